@@ -1,0 +1,139 @@
+"""Reduce, Reuse, Recycle: live room presence and pub/sub relay over Tornado and Redis.
+
+Run ``python app.py`` and open the URL it prints. Every option is also read from
+an ``RRR_<NAME>`` environment variable (``--redis-url`` from ``RRR_REDIS_URL``);
+the command line wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from tornado.options import define, options, parse_command_line
+
+from handlers.api import HealthHandler, MetricsHandler, NotFoundHandler, PublishHandler, RoomHandler
+from handlers.pages import CountPageHandler, IndexHandler
+from handlers.sockets import CountSocket, RelaySocket
+from rrr.backplane import RedisBackplane
+from rrr.config import command_line
+from rrr.embedded import EmbeddedRedis
+from rrr.hub import Hub
+from rrr.metrics import Metrics
+from rrr.policy import parse_origins
+from rrr.protocol import SLUG_PATTERN
+from rrr.session import Limits
+
+ROOT = Path(__file__).resolve().parent
+
+define("address", default="127.0.0.1", help="address to listen on")
+define("port", default=8888, type=int, help="port to listen on (0: any free port)")
+define("redis_url", default="", help="redis://, rediss:// or unix:// URL; empty starts an embedded redis-server")
+define("allowed_origins", default="", help="comma list of extra allowed Origins ('*' for any); same origin always")
+define("xheaders", default=False, type=bool, help="trust X-Real-IP/X-Forwarded-For/-Proto/-Host (behind nginx)")
+define("publish_token", default="", help="Bearer token for POST /api/rooms/<slug>/messages; empty disables it")
+define("client_publish", default=False, type=bool, help="let browsers publish to rooms over /ws/")
+define("publish_rate", default=10.0, type=float, help="client publishes per second per socket (burst: 2x)")
+define("presence_ttl", default=15.0, type=float, help="seconds a dead process's presence may outlive it")
+define("count_interval", default=0.1, type=float, help="at most one count broadcast per room per interval (s)")
+define("ping_interval", default=20.0, type=float, help="WebSocket ping period (s); keep under the proxy's idle timeout")
+define("max_message_size", default=65536, type=int, help="largest client frame or publish body (bytes)")
+define("send_buffer", default=1 << 20, type=int, help="bytes buffered for a client that stops reading, then cut")
+define("max_subscriptions", default=1000, type=int, help="subscriptions per socket")
+define("redis_timeout", default=2.0, type=float, help="seconds before a Redis call is abandoned")
+define("log_level", default="info", help="debug, info, warning or error")
+
+
+def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
+    """The Tornado application; ``overrides`` replace option values (tests use them)."""
+    o = {name: options[name] for name in options.as_dict()}
+    o.update(overrides)
+    sockets = dict(
+        hub=hub,
+        limits=Limits(
+            client_publish=o["client_publish"],
+            publish_rate=o["publish_rate"],
+            publish_burst=2 * o["publish_rate"],
+            max_subscriptions=o["max_subscriptions"],
+        ),
+        allowed_origins=parse_origins(o["allowed_origins"]),
+        send_buffer=o["send_buffer"],
+        xheaders=o["xheaders"],
+    )
+    slug = f"({SLUG_PATTERN})"
+    return tornado.web.Application(
+        [
+            (r"/", IndexHandler),
+            (rf"/count/{slug}/", CountPageHandler, dict(client_publish=o["client_publish"])),
+            (rf"/ws/count/{slug}/", CountSocket, sockets),
+            (r"/ws/", RelaySocket, sockets),
+            (rf"/api/rooms/{slug}", RoomHandler, dict(hub=hub)),
+            (
+                rf"/api/rooms/{slug}/messages",
+                PublishHandler,
+                dict(hub=hub, token=o["publish_token"], max_size=o["max_message_size"]),
+            ),
+            (r"/healthz", HealthHandler, dict(hub=hub)),
+            (r"/metrics", MetricsHandler, dict(hub=hub)),
+        ],
+        default_handler_class=NotFoundHandler,
+        template_path=str(ROOT / "templates"),
+        static_path=str(ROOT / "static"),
+        websocket_ping_interval=o["ping_interval"],
+        websocket_ping_timeout=o["ping_interval"],
+        websocket_max_message_size=o["max_message_size"],
+    )
+
+
+async def main() -> None:
+    parse_command_line(command_line(options, sys.argv, os.environ))
+    logging.getLogger().setLevel(options.log_level.upper())
+    log = logging.getLogger("rrr")
+
+    embedded = None
+    url = options.redis_url
+    if not url:
+        embedded = EmbeddedRedis().start()
+        url = embedded.url
+        log.info("started embedded redis-server (%s)", embedded.binary)
+    metrics = Metrics()
+    backplane = RedisBackplane(
+        url, metrics, presence_ttl=options.presence_ttl,
+        sweep_interval=options.count_interval, timeout=options.redis_timeout,
+    )
+    hub = Hub(backplane, metrics, count_interval=options.count_interval)
+    await hub.start()
+    sockets = tornado.netutil.bind_sockets(options.port, options.address)
+    server = tornado.httpserver.HTTPServer(make_app(hub), xheaders=options.xheaders)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    host = f"[{options.address}]" if ":" in options.address else options.address
+    log.info("rrr serving http://%s:%d/ (pid %d)", host, port, os.getpid())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down: removing presence, closing sockets with 1001")
+    server.stop()
+    await hub.shutdown()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), 5)
+    except asyncio.TimeoutError:
+        log.warning("some connections did not close within 5 s")
+    if embedded is not None:
+        embedded.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

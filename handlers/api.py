@@ -1,0 +1,96 @@
+"""JSON API: room state, server-side publish, health and metrics."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+import tornado.web
+
+from rrr.backplane import BackplaneError
+from rrr.hub import Hub
+
+
+class JsonHandler(tornado.web.RequestHandler):
+    """Errors as JSON with a reason a person can act on."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        reason = self._reason
+        exc = kwargs.get("exc_info")
+        if exc and isinstance(exc[1], tornado.web.HTTPError) and exc[1].log_message:
+            reason = exc[1].log_message
+        self.finish({"error": reason, "status": status_code})
+
+
+class RoomHandler(JsonHandler):
+    def initialize(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def get(self, slug: str) -> None:
+        try:
+            state = await self.hub.room_state(slug)
+        except BackplaneError:
+            raise tornado.web.HTTPError(503, "redis unavailable") from None
+        self.set_header("Cache-Control", "no-store")
+        self.finish({"room": slug, "connections": state.connections, "tabs": state.tabs, "updated": state.updated})
+
+
+class PublishHandler(JsonHandler):
+    """What a Django (or any) backend calls to reach every browser in a room."""
+
+    def initialize(self, hub: Hub, token: str, max_size: int) -> None:
+        self.hub = hub
+        self.token = token
+        self.max_size = max_size
+
+    async def post(self, slug: str) -> None:
+        if not self.token:
+            raise tornado.web.HTTPError(403, "publishing is disabled: the server has no --publish-token")
+        auth = self.request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            self.set_header("WWW-Authenticate", 'Bearer realm="rrr"')
+            raise tornado.web.HTTPError(401, "missing 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(auth[7:].strip().encode(), self.token.encode()):
+            raise tornado.web.HTTPError(403, "wrong publish token")
+        body = self.request.body
+        if len(body) > self.max_size:
+            raise tornado.web.HTTPError(413, f"body over {self.max_size} bytes")
+        try:
+            text = body.decode("utf-8")
+            json.loads(text)
+        except (UnicodeDecodeError, ValueError):
+            raise tornado.web.HTTPError(400, "body must be a JSON value") from None
+        try:
+            processes = await self.hub.publish(slug, text.strip())
+        except BackplaneError:
+            raise tornado.web.HTTPError(503, "redis unavailable") from None
+        self.set_status(202)
+        self.finish({"room": slug, "processes": processes})
+
+
+class HealthHandler(JsonHandler):
+    def initialize(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def get(self) -> None:
+        ok = await self.hub.healthy()
+        self.set_header("Cache-Control", "no-store")
+        self.set_status(200 if ok else 503)
+        self.finish({"status": "ok" if ok else "redis unavailable", "redis": ok})
+
+
+class MetricsHandler(tornado.web.RequestHandler):
+    def initialize(self, hub: Hub) -> None:
+        self.metrics = hub.metrics
+
+    def get(self) -> None:
+        self.set_header("Content-Type", self.metrics.content_type)
+        self.finish(self.metrics.render())
+
+
+class NotFoundHandler(JsonHandler):
+    """Every unknown path, including a route with a bad slug, before any upgrade."""
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404, "no such page; room slugs are [A-Za-z0-9_-]{1,64}")

@@ -1,0 +1,91 @@
+"""WebSocket endpoints: the talk's one-room socket and the multiplexed ``/ws/``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tornado.iostream import StreamBufferFullError, StreamClosedError
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from rrr import wsframe
+from rrr.hub import Hub
+from rrr.policy import origin_allowed
+from rrr.session import Limits, Session
+
+log = logging.getLogger("rrr.sockets")
+
+
+class RelaySocket(WebSocketHandler):
+    """``WS /ws/``: one socket, many rooms, one subscription per tab."""
+
+    def initialize(
+        self, hub: Hub, limits: Limits, allowed_origins: frozenset[str], send_buffer: int, xheaders: bool
+    ) -> None:
+        self.hub = hub
+        self.limits = limits
+        self.allowed_origins = allowed_origins
+        self.send_buffer = send_buffer
+        self.xheaders = xheaders
+        self.session: Session | None = None
+        self._fast = False
+
+    def check_origin(self, origin: str) -> bool:
+        host = self.request.host
+        if self.xheaders:
+            host = self.request.headers.get("X-Forwarded-Host", host).split(",")[0]
+        if origin_allowed(origin, host, self.allowed_origins):
+            return True
+        log.info("refused origin %r for host %r from %s", origin, host, self.request.remote_ip)
+        return False
+
+    def open(self, *args: str) -> None:
+        if self.hub.closing:
+            self.close(1001, "server shutting down")
+            return
+        conn = self.ws_connection
+        assert conn is not None
+        # A client that stops reading may buffer at most this much before we cut it off.
+        conn.stream.max_write_buffer_size = self.send_buffer  # type: ignore[attr-defined]
+        self._fast = wsframe.fast_path_ok(conn)
+        self.session = self._new_session(*args)
+        log.debug("open %s from %s", self.request.path, self.request.remote_ip)
+
+    def _new_session(self, *args: str) -> Session:
+        return Session(self, self.hub, self.limits)
+
+    def on_message(self, message: str | bytes) -> Any:
+        if isinstance(message, bytes):
+            self.close(1003, "binary frames are not supported")
+            return None
+        self.hub.metrics.messages_in.inc()
+        if self.session is None:
+            return None
+        return self.session.handle(message)
+
+    def on_close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        log.debug("close %s from %s (%s)", self.request.path, self.request.remote_ip, self.close_code)
+
+    def send_frame(self, frame: wsframe.Frame) -> None:
+        conn = self.ws_connection
+        if conn is None or conn.is_closing():
+            return
+        try:
+            wsframe.send(conn, frame, self._fast)
+        except (WebSocketClosedError, StreamClosedError):
+            pass
+        except StreamBufferFullError:
+            self.hub.metrics.slow_client_disconnects.inc()
+            log.warning("closing slow client %s: send buffer over %d bytes", self.request.remote_ip, self.send_buffer)
+            # A close frame would not fit in the full buffer either: drop the TCP connection.
+            conn.stream.close()  # type: ignore[attr-defined]
+
+
+class CountSocket(RelaySocket):
+    """``WS /ws/count/<slug>/``: the talk's socket, one room for its whole life."""
+
+    def _new_session(self, *args: str) -> Session:
+        return Session(self, self.hub, self.limits, room=args[0])

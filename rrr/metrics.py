@@ -1,0 +1,50 @@
+"""Prometheus metrics, one registry per application.
+
+A registry per app (not the global default) lets two apps live in one test
+process, and keeps /metrics free of whatever else imported prometheus_client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.open_sockets = Gauge("rrr_open_sockets", "Open WebSocket connections", registry=r)
+        self.subscriptions = Gauge("rrr_subscriptions", "Subscriptions (tabs) held by this process", registry=r)
+        self.rooms = Gauge("rrr_rooms", "Rooms with at least one local subscriber", registry=r)
+        self.transports = Gauge(
+            "rrr_sockets_by_transport", "Open sockets by the transport the client reported",
+            ["transport"], registry=r,
+        )
+        self.messages_in = Counter("rrr_messages_in", "Frames received from clients", registry=r)
+        self.messages_out = Counter("rrr_messages_out", "Frames sent to clients", registry=r)
+        self.relayed = Counter("rrr_relayed_messages", "Room messages received from Redis", registry=r)
+        self.count_broadcasts = Counter("rrr_count_broadcasts", "Coalesced count broadcasts to a room", registry=r)
+        self.redis_reconnects = Counter("rrr_redis_reconnects", "Pub/sub connection re-establishments", registry=r)
+        self.redis_errors = Counter("rrr_redis_errors", "Failed Redis calls", ["op"], registry=r)
+        self.malformed_payloads = Counter("rrr_malformed_payloads", "Non-JSON payloads dropped from Redis", registry=r)
+        self.slow_client_disconnects = Counter(
+            "rrr_slow_client_disconnects", "Clients closed because their send buffer overflowed", registry=r,
+        )
+        self.presence_expired = Counter(
+            "rrr_presence_expired", "Dead processes whose presence this process swept", registry=r,
+        )
+        self.client_errors = Counter("rrr_client_errors", "Error replies sent to clients", ["code"], registry=r)
+
+    def bind_gauges(self, sockets: Callable[[], float], subs: Callable[[], float], rooms: Callable[[], float]) -> None:
+        """Read gauges from the hub at scrape time instead of updating them on every join."""
+        self.open_sockets.set_function(sockets)
+        self.subscriptions.set_function(subs)
+        self.rooms.set_function(rooms)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,57 @@
+"""Small, pure rules about who may do what: origins and per-socket publish rates."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlsplit
+
+
+def parse_origins(value: str) -> frozenset[str]:
+    """``--allowed-origins``: a comma list of ``scheme://host[:port]`` or ``*``; empty means same origin only."""
+    return frozenset(o.strip().rstrip("/").lower() for o in value.split(",") if o.strip())
+
+
+def origin_allowed(origin: str, host: str, allowed: frozenset[str]) -> bool:
+    """Same origin (the Origin's host:port equals the Host the browser asked for), or allow-listed.
+
+    ``host`` is the Host header (nginx passes it through), or X-Forwarded-Host when
+    a proxy rewrites Host and the app runs with --xheaders.
+    """
+    origin = origin.strip().rstrip("/").lower()
+    if "*" in allowed or origin in allowed:
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    default_port = 443 if parts.scheme == "https" else 80
+    try:
+        origin_port = parts.port or default_port
+    except ValueError:
+        return False
+    want = urlsplit("//" + host.strip().lower())
+    try:
+        want_port = want.port or default_port
+    except ValueError:
+        return False
+    return parts.hostname == want.hostname and origin_port == want_port
+
+
+class TokenBucket:
+    """Per-socket publish limit: ``rate`` a second on average, bursts up to ``burst``."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False

@@ -1,0 +1,167 @@
+"""Message shapes of the rrr wire protocol, as pure functions.
+
+Everything that decides what goes on a socket or a Redis channel lives here, so
+the shapes can be tested without a server, and the page, the worker and the
+server agree on one definition (`static/js/protocol.js` mirrors this module).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+SLUG_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+_SLUG_RE = re.compile(rf"^{SLUG_PATTERN}\Z")
+SUB_ID_MAX = 128
+
+#: Redis channel any backend may PUBLISH a JSON value to; it reaches the room as ``data``.
+ROOM_CHANNEL_PREFIX = "rrr:room:"
+#: Redis channel on which presence changes are announced (written by the backplane's scripts).
+COUNT_CHANNEL_PREFIX = "rrr:count:"
+
+CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "ping", "hello"})
+TRANSPORTS = frozenset({"sharedworker", "leader", "direct", "unknown"})
+
+
+class ProtocolError(ValueError):
+    """A client frame we refuse; ``code`` is sent back in an ``error`` message."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ClientMessage:
+    """A validated client frame. ``data_json`` is the publish payload, re-encoded once."""
+
+    type: str
+    room: str | None = None
+    sub: str | None = None
+    data_json: str | None = None
+    transport: str | None = None
+
+
+@dataclass(frozen=True)
+class CountState:
+    """A room's totals across every live process, as computed atomically in Redis.
+
+    ``version`` grows with every change (a global Redis sequence), so a process
+    can drop announcements that arrive out of order and always end on the truth.
+    """
+
+    connections: int
+    tabs: int
+    updated: float | None
+    version: int
+
+
+def is_valid_slug(value: object) -> bool:
+    return isinstance(value, str) and _SLUG_RE.match(value) is not None
+
+
+def room_channel(slug: str) -> str:
+    return ROOM_CHANNEL_PREFIX + slug
+
+
+def count_channel(slug: str) -> str:
+    return COUNT_CHANNEL_PREFIX + slug
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON, the one encoding every frame uses."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def parse_client_message(text: str) -> ClientMessage:
+    """Validate one text frame from a browser; raise `ProtocolError` with a reply code."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError("bad_json", "frame is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_message", "frame must be a JSON object")
+    kind = obj.get("type")
+    if kind not in CLIENT_TYPES:
+        raise ProtocolError("unknown_type", f"unknown message type {str(kind)[:40]!r}")
+    if kind == "ping":
+        return ClientMessage("ping")
+    if kind == "hello":
+        transport = obj.get("transport")
+        if transport not in TRANSPORTS:
+            transport = "unknown"
+        return ClientMessage("hello", transport=transport)
+    room = obj.get("room")
+    if not is_valid_slug(room):
+        raise ProtocolError("bad_room", "room must match [A-Za-z0-9_-]{1,64}")
+    if kind == "publish":
+        if "data" not in obj:
+            raise ProtocolError("bad_message", "publish needs a 'data' field")
+        try:
+            data_json = dumps(obj["data"])
+        except ValueError:
+            raise ProtocolError("bad_message", "data must be plain JSON") from None
+        return ClientMessage("publish", room=room, data_json=data_json)
+    sub = obj.get("sub", "")
+    if isinstance(sub, int) and not isinstance(sub, bool):
+        sub = str(sub)
+    if not isinstance(sub, str) or len(sub) > SUB_ID_MAX:
+        raise ProtocolError("bad_sub", f"sub must be a string of at most {SUB_ID_MAX} characters")
+    return ClientMessage(kind, room=room, sub=sub)
+
+
+def count_message(room: str, state: CountState) -> dict[str, Any]:
+    """The talk's ``connection_message``: its client reads ``connections`` and ``updated``."""
+    return {
+        "type": "connection_message",
+        "room": room,
+        "connections": state.connections,
+        "tabs": state.tabs,
+        "updated": state.updated,
+    }
+
+
+def relay_frame(room: str, data_json: str) -> str:
+    """A ``message`` frame carrying ``data_json`` byte for byte, as the publisher sent it.
+
+    Built by concatenation so a payload is never decoded and re-encoded per room:
+    ``data_json`` must already be validated JSON text.
+    """
+    return '{"type":"message","room":' + dumps(room) + ',"data":' + data_json + "}"
+
+
+def error_message(code: str, reason: str, **extra: Any) -> dict[str, Any]:
+    msg: dict[str, Any] = {"type": "error", "code": code, "reason": reason}
+    msg.update(extra)
+    return msg
+
+
+PONG_FRAME = '{"type":"pong"}'
+
+
+def validate_json_payload(raw: bytes | str) -> str:
+    """Return ``raw`` as JSON text if it parses (never pickle, never eval); raise ValueError."""
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    json.loads(text)
+    return text.strip()
+
+
+def encode_count_announcement(state: CountState) -> str:
+    """What the Lua scripts publish on a count channel (kept here for tests and docs)."""
+    return dumps({"c": state.connections, "t": state.tabs, "u": state.updated, "v": state.version})
+
+
+def decode_count_announcement(raw: bytes | str) -> CountState:
+    """Parse a count-channel payload; raise ValueError on anything malformed."""
+    obj = json.loads(raw)
+    if not isinstance(obj, dict):
+        raise ValueError("count announcement must be an object")
+    c, t, u, v = obj.get("c"), obj.get("t"), obj.get("u"), obj.get("v")
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (c, t, v)):
+        raise ValueError("count announcement needs non-negative integers c, t, v")
+    if u is not None and not isinstance(u, (int, float)):
+        raise ValueError("count announcement 'u' must be a number")
+    return CountState(c, t, float(u) if u is not None else None, v)
