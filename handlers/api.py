@@ -20,6 +20,8 @@ class JsonHandler(tornado.web.RequestHandler):
         exc = kwargs.get("exc_info")
         if exc and isinstance(exc[1], tornado.web.HTTPError) and exc[1].log_message:
             reason = exc[1].log_message
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="rrr"')
         self.finish({"error": reason, "status": status_code})
 
 
@@ -49,7 +51,6 @@ class PublishHandler(JsonHandler):
             raise tornado.web.HTTPError(403, "publishing is disabled: the server has no --publish-token")
         auth = self.request.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
-            self.set_header("WWW-Authenticate", 'Bearer realm="rrr"')
             raise tornado.web.HTTPError(401, "missing 'Authorization: Bearer <token>'")
         if not hmac.compare_digest(auth[7:].strip().encode(), self.token.encode()):
             raise tornado.web.HTTPError(403, "wrong publish token")

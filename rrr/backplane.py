@@ -17,12 +17,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from . import protocol, scripts
+from .connect import make_redis
 from .metrics import Metrics
 from .protocol import CountState
 
@@ -77,18 +75,6 @@ class Backplane(Protocol):
 def full_jitter(attempt: int, base: float, cap: float) -> float:
     """AWS-style full-jitter backoff, so a fleet reconnecting to a restarted Redis spreads out."""
     return random.uniform(0, min(cap, base * (2 ** min(attempt, 30))))
-
-
-def make_redis(url: str, timeout: float) -> aioredis.Redis:
-    """A client whose every call gives up after ``timeout``: a stalled Redis must never hang the loop."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
-        decode_responses=False,
-        client_name="rrr",
-    )
 
 
 def _state(row: list[Any]) -> CountState:
@@ -239,6 +225,7 @@ class RedisBackplane:
                 self.connected = False
                 if syncer:
                     syncer.cancel()
+                    await asyncio.gather(syncer, return_exceptions=True)
                 try:
                     await pubsub.aclose()
                 except Exception:  # noqa: BLE001 - the connection is already broken

@@ -1,0 +1,355 @@
+"""Fixtures: a real redis-server, real Tornado servers on loopback, real app processes.
+
+Nothing here fakes Redis or our own code: in-process apps are the same
+``make_app`` over the same backplane ``python app.py`` builds, and the
+process fixtures run ``app.py`` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import tornado.httpclient
+import tornado.httpserver
+import tornado.testing
+import tornado.web
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from app import make_app
+from rrr.backplane import RedisBackplane
+from rrr.embedded import EmbeddedRedis
+from rrr.hub import Hub
+from rrr.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE_ALL = os.environ.get("RRR_REQUIRE_ALL") == "1"
+
+
+def need_binary(name: str) -> str:
+    """Skip on a laptop without ``name``; fail under RRR_REQUIRE_ALL=1 (CI installs everything)."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if path:
+        return path
+    if REQUIRE_ALL:
+        pytest.fail(f"{name} is required (RRR_REQUIRE_ALL=1) but not installed")
+    pytest.skip(f"{name} not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- Redis -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    """One real redis-server on a free loopback port for the whole session."""
+    server = EmbeddedRedis(port=free_port()).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    """The session Redis, emptied so each test starts from nothing."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    """A private redis-server a test may kill, stall and restart on the same port."""
+    server = EmbeddedRedis(port=free_port()).start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    server.close()
+
+
+@pytest.fixture
+def rclient(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+# -- In-process servers ------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A running app: its hub, its HTTP server, and helpers to talk to it."""
+
+    hub: Hub
+    http: tornado.httpserver.HTTPServer
+    port: int
+    metrics: Metrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = self.hub.metrics
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws_url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels or {})
+        return 0.0 if value is None else value
+
+
+ServerFactory = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+def server_factory(io_loop: Any, redis_url: str) -> Iterator[ServerFactory]:
+    """Start apps on loopback against Redis; several may share one Redis like processes would."""
+    started: list[Server] = []
+
+    async def start(redis: str | None = None, ttl: float = 15.0, **overrides: Any) -> Server:
+        overrides.setdefault("count_interval", 0.05)
+        metrics = Metrics()
+        backplane = RedisBackplane(
+            redis or redis_url, metrics, presence_ttl=ttl,
+            sweep_interval=overrides["count_interval"], timeout=overrides.pop("redis_timeout", 1.0),
+            keepalive=overrides.pop("keepalive", 5.0), backoff_cap=overrides.pop("backoff_cap", 1.0),
+        )
+        hub = Hub(backplane, metrics, count_interval=overrides["count_interval"])
+        await hub.start()
+        sock, port = tornado.testing.bind_unused_port()
+        http = tornado.httpserver.HTTPServer(make_app(hub, **overrides))
+        http.add_sockets([sock])
+        server = Server(hub, http, port)
+        started.append(server)
+        await wait_until(lambda: backplane.connected, what="backplane connected")
+        return server
+
+    yield start
+
+    async def stop_all() -> None:
+        for server in started:
+            server.http.stop()
+            try:
+                if not server.hub.closing:
+                    await asyncio.wait_for(server.hub.shutdown(), 5)
+                await asyncio.wait_for(server.http.close_all_connections(), 5)
+            except asyncio.TimeoutError:
+                for t in asyncio.all_tasks():
+                    t.print_stack()
+                raise
+
+    io_loop.run_sync(stop_all, timeout=20)
+
+
+@pytest.fixture
+def app(io_loop: Any, redis_url: str) -> tornado.web.Application:
+    """pytest-tornado's ``app``: one app on the session Redis, served by its ``http_server``."""
+    metrics = Metrics()
+    hub = Hub(RedisBackplane(redis_url, metrics, sweep_interval=0.05, timeout=1.0), metrics, count_interval=0.05)
+    io_loop.run_sync(hub.start)
+    yield make_app(hub, publish_token="secret-token", count_interval=0.05)
+    io_loop.run_sync(hub.shutdown, timeout=10)
+
+
+# -- WebSocket clients -------------------------------------------------------
+
+
+async def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``pred`` (sync or async) until truthy; behaviour tests use generous timeouts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Client:
+    """A real WebSocket client that remembers every frame it got."""
+
+    def __init__(self, conn: WebSocketClientConnection) -> None:
+        self.conn = conn
+        self.frames: list[dict[str, Any]] = []
+        self.closed = asyncio.Event()
+        self._new = asyncio.Event()
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            raw = await self.conn.read_message()
+            if raw is None:
+                self.closed.set()
+                self._new.set()
+                return
+            self.frames.append(json.loads(raw))
+            self._new.set()
+
+    @property
+    def close_code(self) -> int | None:
+        return self.conn.close_code
+
+    def send(self, **msg: Any) -> Awaitable[None]:
+        return self.conn.write_message(json.dumps(msg))
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f.get("type") == kind]
+
+    def counts(self, room: str | None = None) -> list[dict[str, Any]]:
+        return [f for f in self.of_type("connection_message") if room is None or f["room"] == room]
+
+    def last_count(self, room: str | None = None) -> tuple[int, int] | None:
+        counts = self.counts(room)
+        return (counts[-1]["connections"], counts[-1]["tabs"]) if counts else None
+
+    async def next(self, kind: str, timeout: float = 10.0, after: int | None = None) -> dict[str, Any]:
+        """The first frame of ``kind`` at or after index ``after`` (default: any not yet seen)."""
+        start = len(self.frames) if after is None else after
+
+        def found() -> dict[str, Any] | None:
+            return next((f for f in self.frames[start:] if f.get("type") == kind), None)
+
+        return await wait_until(found, timeout, what=f"a {kind!r} frame")
+
+    async def settles_on(self, connections: int, tabs: int | None = None, room: str | None = None,
+                         timeout: float = 10.0) -> None:
+        def ok() -> bool:
+            last = self.last_count(room)
+            return last is not None and last[0] == connections and (tabs is None or last[1] == tabs)
+
+        await wait_until(ok, timeout, what=f"count {connections}/{tabs} (last {self.last_count(room)})")
+
+    def close(self, code: int | None = None) -> None:
+        self.conn.close(code)
+
+
+async def connect(url: str, origin: str | None = None, **kwargs: Any) -> Client:
+    headers = {"Origin": origin} if origin else {}
+    request = tornado.httpclient.HTTPRequest(url, headers=headers)
+    return Client(await websocket_connect(request, **kwargs))
+
+
+@pytest.fixture
+def clients(io_loop: Any) -> Iterator[list[Client]]:
+    """Collects clients so every test closes its sockets."""
+    made: list[Client] = []
+    yield made
+    for c in made:
+        c.close()
+        c._reader.cancel()
+
+
+# -- app.py as real processes ------------------------------------------------
+
+
+class AppProcess:
+    """``python app.py`` on a fixed port, which a test can SIGTERM, SIGKILL and start again."""
+
+    def __init__(self, redis_url: str | None, port: int, log_path: Path, **options: Any) -> None:
+        self.redis_url = redis_url
+        self.port = port
+        self.options = options
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        args = [sys.executable, str(ROOT / "app.py"), "--address", "127.0.0.1", "--port", str(self.port)]
+        if self.redis_url:
+            args += ["--redis-url", self.redis_url]
+        for name, value in self.options.items():
+            flag = "--" + name.replace("_", "-")
+            args += [f"{flag}={str(value).lower() if isinstance(value, bool) else value}"]
+        return args
+
+    def start(self, timeout: float = 20.0) -> AppProcess:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app.py exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"app.py did not become healthy:\n{self.log()}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait: the clean shutdown path."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def app_factory(tmp_path: Path) -> Iterator[Callable[..., AppProcess]]:
+    """``app_factory(redis_url=..., **options)`` starts ``python app.py``; all are stopped after the test."""
+    procs: list[AppProcess] = []
+
+    def start(redis_url: str | None = None, port: int | None = None, **options: Any) -> AppProcess:
+        proc = AppProcess(redis_url, port or free_port(), tmp_path / f"app-{len(procs)}.log", **options)
+        procs.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in procs:
+        try:
+            proc.stop(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def fetch_json(url: str, **kwargs: Any) -> Any:
+    with urllib.request.urlopen(url, timeout=5, **kwargs) as r:
+        return json.loads(r.read())

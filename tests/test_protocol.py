@@ -1,0 +1,88 @@
+"""The wire protocol as pure functions: what the server accepts and what it sends."""
+
+import json
+
+import pytest
+
+from rrr import protocol
+from rrr.protocol import CountState, ProtocolError, parse_client_message
+
+
+@pytest.mark.parametrize("slug", ["a", "ZVk89y", "with-dash_and_underscore", "x" * 64])
+def test_valid_slugs(slug):
+    assert protocol.is_valid_slug(slug)
+
+
+@pytest.mark.parametrize("slug", ["", "x" * 65, "bad!slug", "a/b", "a b", "é", "a\n", None, 12])
+def test_invalid_slugs(slug):
+    assert not protocol.is_valid_slug(slug)
+
+
+def test_subscribe_parses_room_and_sub():
+    msg = parse_client_message('{"type":"subscribe","room":"abc","sub":"tab-1"}')
+    assert (msg.type, msg.room, msg.sub) == ("subscribe", "abc", "tab-1")
+
+
+def test_numeric_sub_is_accepted_as_text():
+    assert parse_client_message('{"type":"unsubscribe","room":"abc","sub":7}').sub == "7"
+
+
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        ("not json", "bad_json"),
+        ("[1,2]", "bad_message"),
+        ('{"type":"dance"}', "unknown_type"),
+        ('{"room":"abc"}', "unknown_type"),
+        ('{"type":"subscribe","room":"bad room","sub":"1"}', "bad_room"),
+        ('{"type":"subscribe","sub":"1"}', "bad_room"),
+        ('{"type":"subscribe","room":"abc","sub":{"x":1}}', "bad_sub"),
+        ('{"type":"subscribe","room":"abc","sub":"' + "x" * 200 + '"}', "bad_sub"),
+        ('{"type":"publish","room":"abc"}', "bad_message"),
+    ],
+)
+def test_bad_frames_raise_with_a_reply_code(frame, code):
+    with pytest.raises(ProtocolError) as e:
+        parse_client_message(frame)
+    assert e.value.code == code and e.value.reason
+
+
+def test_deeply_nested_json_is_a_clean_error():
+    with pytest.raises(ProtocolError):
+        parse_client_message("[" * 100000 + "]" * 100000)
+
+
+def test_publish_keeps_data_as_compact_json():
+    msg = parse_client_message('{"type":"publish","room":"abc","data":{"text":"hé", "n":[1, 2]}}')
+    assert json.loads(msg.data_json) == {"text": "hé", "n": [1, 2]}
+
+
+def test_hello_reports_transport_and_tolerates_unknown_ones():
+    assert parse_client_message('{"type":"hello","transport":"leader"}').transport == "leader"
+    assert parse_client_message('{"type":"hello","transport":"carrier-pigeon"}').transport == "unknown"
+
+
+def test_count_message_has_the_talks_fields():
+    msg = protocol.count_message("abc", CountState(3, 5, 1700000000.25, 9))
+    assert msg == {"type": "connection_message", "room": "abc", "connections": 3, "tabs": 5, "updated": 1700000000.25}
+
+
+def test_relay_frame_embeds_data_verbatim():
+    frame = protocol.relay_frame("abc", '{"b": 1,  "a": [true]}')
+    assert frame == '{"type":"message","room":"abc","data":{"b": 1,  "a": [true]}}'
+    assert json.loads(frame)["data"] == {"b": 1, "a": [True]}
+
+
+def test_redis_payloads_must_be_json():
+    assert protocol.validate_json_payload(b' {"x": 1}\n') == '{"x": 1}'
+    for bad in (b"\x80\x04\x95pickle", b"{nope", b""):
+        with pytest.raises(ValueError):
+            protocol.validate_json_payload(bad)
+
+
+def test_count_announcements_round_trip_and_reject_garbage():
+    state = CountState(2, 4, 1700000000.5, 11)
+    assert protocol.decode_count_announcement(protocol.encode_count_announcement(state)) == state
+    for bad in ('{"c":-1,"t":0,"u":1,"v":1}', '{"c":1,"t":1,"v":1,"u":"x"}', "[]", '{"c":true,"t":1,"u":1,"v":1}'):
+        with pytest.raises(ValueError):
+            protocol.decode_count_announcement(bad)
