@@ -46,7 +46,8 @@ class RelaySocket(WebSocketHandler):
         conn = self.ws_connection
         assert conn is not None
         # A client that stops reading may buffer at most this much before we cut it off.
-        conn.stream.max_write_buffer_size = self.send_buffer  # type: ignore[attr-defined]
+        if conn.stream is not None:
+            conn.stream.max_write_buffer_size = self.send_buffer
         self._fast = wsframe.fast_path_ok(conn)
         self.session = self._new_session(*args)
         log.debug("open %s from %s", self.request.path, self.request.remote_ip)
@@ -81,7 +82,8 @@ class RelaySocket(WebSocketHandler):
             self.hub.metrics.slow_client_disconnects.inc()
             log.warning("closing slow client %s: send buffer over %d bytes", self.request.remote_ip, self.send_buffer)
             # A close frame would not fit in the full buffer either: drop the TCP connection.
-            conn.stream.close()  # type: ignore[attr-defined]
+            if conn.stream is not None:
+                conn.stream.close()
 
 
 class CountSocket(RelaySocket):

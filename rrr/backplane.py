@@ -141,15 +141,15 @@ class RedisBackplane:
         rooms = list(updates)
         for i in range(0, len(rooms), _PRESENCE_CHUNK):
             chunk = rooms[i : i + _PRESENCE_CHUNK]
-            args: list[Any] = [self.process_id]
+            args: list[Any] = [self.process_id, self.presence_ttl]
             for room in chunk:
                 c, t = updates[room]
                 args += [room, c, t]
             reply = await self._call("set_presence", self._set_presence(args=args))
-            if not reply[0]:
-                # Our lease is gone (Redis restarted, or we stalled past the TTL and were
-                # swept): these rows are written but not counted until we renew and resync.
-                self._renew_now.set()
+            if not reply[0] and self._listener:
+                # Our lease was gone (Redis restarted, or we stalled past the TTL and were
+                # swept): the script took a new one; every other room must be rewritten.
+                self._listener.on_resync()
             out.update(zip(chunk, map(_state, reply[1:])))
         return out
 

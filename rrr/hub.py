@@ -58,6 +58,7 @@ class Hub:
         self._conns: set[Connection] = set()
         self._dirty: set[str] = set()
         self._flushing = False
+        self._flush_task: asyncio.Future[None] | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
         self._last_flush = float("-inf")
         self._flush_failures = 0
@@ -139,7 +140,7 @@ class Hub:
     def _start_flush(self) -> None:
         self._flush_timer = None
         self._flushing = True
-        asyncio.ensure_future(self._flush())
+        self._flush_task = asyncio.ensure_future(self._flush())
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -259,6 +260,9 @@ class Hub:
         for r in self._rooms.values():
             if r.timer:
                 r.timer.cancel()
+        if self._flush_task is not None:
+            # A write still in flight must land before LEAVE, or it would re-add us.
+            await asyncio.gather(self._flush_task, return_exceptions=True)
         try:
             await self.backplane.leave()
         except BackplaneError as e:

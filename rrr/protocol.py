@@ -159,9 +159,14 @@ def decode_count_announcement(raw: bytes | str) -> CountState:
     obj = json.loads(raw)
     if not isinstance(obj, dict):
         raise ValueError("count announcement must be an object")
-    c, t, u, v = obj.get("c"), obj.get("t"), obj.get("u"), obj.get("v")
-    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (c, t, v)):
-        raise ValueError("count announcement needs non-negative integers c, t, v")
-    if u is not None and not isinstance(u, (int, float)):
+    u = obj.get("u")
+    if u is not None and (not isinstance(u, (int, float)) or isinstance(u, bool)):
         raise ValueError("count announcement 'u' must be a number")
-    return CountState(c, t, float(u) if u is not None else None, v)
+    return CountState(_count(obj, "c"), _count(obj, "t"), None if u is None else float(u), _count(obj, "v"))
+
+
+def _count(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"count announcement needs a non-negative integer {key!r}")
+    return value

@@ -82,15 +82,18 @@ local function drop_process(pid, t)
 end
 """
 
-#: KEYS: none. ARGV: pid, then triples room, connections, tabs.
-#: Returns: lease_ok flag, then a row {c, t, u, v} per room.
+#: KEYS: none. ARGV: pid, ttl, then triples room, connections, tabs.
+#: Returns: lease_ok flag, then a row {c, t, u, v} per room. A missing lease is
+#: re-created first, so every field written here is always one a sweeper can find.
 SET_PRESENCE = _COMMON + r"""
 local pid = ARGV[1]
 local t = now()
 local exp = redis.call('ZSCORE', PROCS, pid)
-local out = {(exp and tonumber(exp) > t) and 1 or 0}
+local ok = exp and tonumber(exp) > t
+if not ok then redis.call('ZADD', PROCS, t + tonumber(ARGV[2]), pid) end
+local out = {ok and 1 or 0}
 local set = 'rrr:proc:' .. pid .. ':rooms'
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local room, c, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local key = PRESENCE .. room
   local cur = redis.call('HGET', key, pid)

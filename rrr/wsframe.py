@@ -66,6 +66,8 @@ def send(conn: WebSocketProtocol, frame: Frame, fast: bool) -> None:
     """Queue ``frame`` on ``conn``. Raises tornado's StreamBufferFullError if the client stopped reading."""
     if fast:
         # IOStream.write's future is silenced by Tornado itself when the stream closes.
-        conn.stream.write(frame.wire)  # type: ignore[attr-defined]
+        stream = conn.stream
+        if stream is not None:
+            stream.write(frame.wire)
     else:
         conn.write_message(frame.text).add_done_callback(_retrieve)

@@ -60,7 +60,8 @@ def _parser() -> OptionParser:
 
 def test_env_vars_then_argv_with_space_or_equals():
     p = _parser()
-    argv = command_line(p, ["app.py", "--port", "8001", "--xheaders"], {"RRR_PORT": "7000", "RRR_REDIS_URL": "redis://x"})
+    env = {"RRR_PORT": "7000", "RRR_REDIS_URL": "redis://x"}
+    argv = command_line(p, ["app.py", "--port", "8001", "--xheaders"], env)
     p.parse_command_line(argv)
     assert (p.port, p.redis_url, p.xheaders) == (8001, "redis://x", True)
 

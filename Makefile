@@ -1,0 +1,69 @@
+# Everyday targets. Each one sets up what it needs in ./.venv on first use.
+#
+#   make run     install the service's requirements and run it (python app.py; embedded Redis)
+#   make test    install test requirements and run the whole suite (pytest)
+#   make lint    flake8 + mypy, configured in setup.cfg
+#
+# ARGS: extra arguments, e.g. make run ARGS="--port 8001" or make test ARGS="-k presence".
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: run test lint
+
+$(VENV)/.run-deps: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-deps: $(VENV)/.run-deps requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.run-deps
+	$(PY) app.py $(ARGS)
+
+test: $(VENV)/.dev-deps
+	$(PY) -m pytest $(ARGS)
+
+lint: $(VENV)/.dev-deps
+	$(PY) -m flake8 app.py rrr handlers tests
+	$(PY) -m mypy
+
+# Benchmark targets (bench/ and docs/benchmarks.md). The harness and the peer servers
+# live in their own venv so they never touch the project's test requirements.
+#
+#   make bench-quick   small sizes, 3 repeats, < 10 minutes; rewrites docs/benchmarks.md
+#   make bench         full sizes (19k sockets, 10k-member rooms); takes much longer
+#   make bench-report  redraw docs/benchmarks.md + plots from the latest results JSON
+#
+# BENCH_VENV: where the venv goes; RRR_PYTHON: interpreter for app.py (default: the
+# bench venv, which also gets the project's requirements.txt); BENCH_ARGS: extra
+# arguments for bench.run (e.g. BENCH_ARGS="--servers rrr,channels --scenarios fanout").
+
+PYTHON ?= python3
+BENCH_VENV ?= /tmp/bench-venv
+RRR_PYTHON ?= $(BENCH_VENV)/bin/python
+BENCH_ARGS ?=
+BENCH_PY := $(BENCH_VENV)/bin/python
+
+.PHONY: bench bench-quick bench-report bench-venv
+
+$(BENCH_VENV)/.installed: bench/requirements.txt requirements.txt
+	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+	$(BENCH_PY) -m pip install --quiet -r requirements.txt -r bench/requirements.txt
+	touch $@
+
+bench-venv: $(BENCH_VENV)/.installed
+
+bench: bench-venv
+	$(BENCH_PY) -m bench.run --profile full --rrr-python $(RRR_PYTHON) $(BENCH_ARGS)
+
+bench-quick: bench-venv
+	$(BENCH_PY) -m bench.run --profile quick --rrr-python $(RRR_PYTHON) $(BENCH_ARGS)
+
+bench-report: bench-venv
+	$(BENCH_PY) -m bench.report bench/results/quick.json

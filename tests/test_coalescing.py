@@ -1,0 +1,38 @@
+"""A join storm costs O(N) count frames, not O(N^2), and always ends on the true count."""
+
+import asyncio
+
+import pytest
+
+from conftest import connect, wait_until
+
+pytestmark = pytest.mark.gen_test(timeout=120)
+
+
+@pytest.mark.parametrize("n", [100, 300])
+async def test_a_join_storm_delivers_linear_count_messages(server_factory, clients, n):
+    server = await server_factory(count_interval=0.1)
+    joined = await asyncio.gather(*[connect(server.ws_url("/ws/count/storm/")) for _ in range(n)])
+    clients += joined
+    await wait_until(lambda: all(c.last_count() == (n, n) for c in joined), timeout=60,
+                     what=f"all {n} clients showing {n}")
+    frames = sum(len(c.counts()) for c in joined)
+    # Naive broadcast-on-join would send n*(n+1)/2 frames (5,050 for 100, 45,150 for 300).
+    assert frames <= 6 * n, f"{frames} count frames for {n} joins"
+    assert server.metric("rrr_count_broadcasts_total") < n
+
+
+async def test_a_burst_of_changes_ends_on_the_truth(server_factory, clients):
+    server = await server_factory(count_interval=0.2)
+    watcher = await connect(server.ws_url("/ws/"))
+    clients.append(watcher)
+    await watcher.send(type="subscribe", room="burst", sub="w")
+    await watcher.settles_on(1, 1)
+    burst = await asyncio.gather(*[connect(server.ws_url("/ws/count/burst/")) for _ in range(40)])
+    for c in burst[:25]:
+        c.close()
+    clients += burst[25:]
+    await watcher.settles_on(16, 16, timeout=30)
+    before = len(watcher.counts())
+    await asyncio.sleep(1)
+    assert len(watcher.counts()) == before, "a settled room keeps sending counts"

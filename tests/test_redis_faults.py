@@ -1,0 +1,78 @@
+"""A dead, restarted or stalled Redis: the process stays up, tells the truth, and recovers by itself."""
+
+import asyncio
+import json
+import os
+import signal
+
+import pytest
+import redis
+from tornado.httpclient import AsyncHTTPClient
+
+from conftest import connect, wait_until
+
+pytestmark = pytest.mark.gen_test(timeout=120)
+
+
+async def get(url):
+    return await AsyncHTTPClient().fetch(url, raise_error=False, request_timeout=20)
+
+
+async def test_redis_restarted_empty_rebuilds_counts_and_relay(server_factory, own_redis, clients):
+    one = await server_factory(redis=own_redis.url)
+    two = await server_factory(redis=own_redis.url)
+    a = [await connect(one.ws_url("/ws/count/phoenix/")) for _ in range(2)]
+    b = await connect(two.ws_url("/ws/"))
+    clients += a + [b]
+    await b.send(type="subscribe", room="phoenix", sub="1")
+    await b.send(type="subscribe", room="phoenix", sub="2")
+    for c in a + [b]:
+        await c.settles_on(3, 4)
+
+    own_redis.kill()
+    await wait_until(lambda: get(one.base_url + "/healthz"), what="healthz answers")
+    assert (await get(one.base_url + "/healthz")).code == 503
+    assert (await get(one.base_url + "/api/rooms/phoenix")).code == 503
+    # A client arriving while Redis is down is registered once it is back.
+    late = await connect(two.ws_url("/ws/count/phoenix/"))
+    clients.append(late)
+
+    own_redis.start()  # same port, empty: every key is gone
+    await wait_until(lambda: one.metric("rrr_redis_reconnects_total") >= 1, timeout=30, what="reconnect")
+    for c in a + [b, late]:
+        await c.settles_on(4, 5, timeout=30)
+    assert (await get(one.base_url + "/healthz")).code == 200
+    api = json.loads((await get(two.base_url + "/api/rooms/phoenix")).body)
+    assert (api["connections"], api["tabs"]) == (4, 5)
+
+    r = redis.Redis.from_url(own_redis.url)
+    await wait_until(lambda: r.publish("rrr:room:phoenix", '"back"') == 2, timeout=30, what="both resubscribed")
+    r.close()
+    for c in a + [b, late]:
+        await wait_until(lambda c=c: any(m["data"] == "back" for m in c.of_type("message")))
+
+
+async def test_a_stalled_redis_never_hangs_the_event_loop(server_factory, own_redis, clients):
+    server = await server_factory(redis=own_redis.url, redis_timeout=0.5)
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    await c.send(type="subscribe", room="stall", sub="1")
+    await c.settles_on(1, 1)
+    os.kill(own_redis.proc.pid, signal.SIGSTOP)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        health = await get(server.base_url + "/healthz")
+        assert health.code == 503
+        assert loop.time() - started < 10
+        page = await get(server.base_url + "/count/stall/")
+        assert page.code == 200
+        n = len(c.frames)
+        await c.send(type="ping")
+        await c.next("pong", after=n, timeout=5)
+        # A join during the stall is not lost: it is written when Redis answers again.
+        await c.send(type="subscribe", room="stall", sub="2")
+    finally:
+        os.kill(own_redis.proc.pid, signal.SIGCONT)
+    await c.settles_on(1, 2, timeout=30)
+    assert (await get(server.base_url + "/healthz")).code == 200

@@ -1,0 +1,64 @@
+"""The fast path writes exactly the bytes Tornado would; if Tornado changes underneath, this fails loudly."""
+
+import pytest
+from tornado.websocket import WebSocketProtocol13
+
+from conftest import connect, wait_until
+from rrr import wsframe
+
+
+class _Capture:
+    """Stands in for an IOStream only to capture bytes Tornado's own framer writes."""
+
+    def __init__(self):
+        self.data = b""
+
+    def write(self, data):
+        self.data += data
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_frames_match_tornados_own_framing(size):
+    payload = ("é" * size).encode()[:size]
+    proto = WebSocketProtocol13.__new__(WebSocketProtocol13)
+    proto.mask_outgoing = False
+    proto._wire_bytes_out = 0
+    proto.stream = _Capture()
+    WebSocketProtocol13._write_frame(proto, True, 0x1, payload)
+    assert wsframe.encode_text_frame(payload) == proto.stream.data
+
+
+def test_a_frame_is_encoded_once():
+    frame = wsframe.Frame('{"type":"pong"}')
+    assert frame.wire is frame.wire
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_real_server_connections_take_the_fast_path(server_factory, clients):
+    server = await server_factory()
+    c = await connect(server.ws_url("/ws/count/fast/"))
+    clients.append(c)
+    await c.settles_on(1)
+    (handler,) = list(server.hub._conns)
+    assert wsframe.fast_path_ok(handler.ws_connection), "Tornado internals changed: review rrr/wsframe.py"
+    assert handler._fast
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_compressed_connections_fall_back_to_the_public_api(server_factory, clients):
+    from handlers.sockets import RelaySocket
+
+    server = await server_factory()
+    original = RelaySocket.get_compression_options
+    RelaySocket.get_compression_options = lambda self: {}
+    try:
+        c = await connect(server.ws_url("/ws/count/deflate/"), compression_options={})
+        clients.append(c)
+        await c.settles_on(1)
+        (handler,) = list(server.hub._conns)
+        assert not handler._fast
+        server.hub.on_room_message("deflate", '{"still":"works"}')
+        await wait_until(lambda: c.of_type("message"))
+        assert c.of_type("message")[0]["data"] == {"still": "works"}
+    finally:
+        RelaySocket.get_compression_options = original
