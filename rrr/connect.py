@@ -1,19 +1,191 @@
-"""Build the Redis client from ``--redis-url``."""
+"""Build the Redis client from ``--redis-url``.
+
+Plain Redis (one server)::
+
+    redis://[[user]:password@]host:port/db      rediss://... (TLS)      unix:///path/redis.sock?db=0
+
+Redis Sentinel (the client asks the sentinels for the current master and follows failover)::
+
+    redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service_name[/db][?option=value&...]
+    rediss+sentinel://...                        TLS to the sentinels and to the data nodes
+
+* ``host:port`` pairs are the sentinels (default port 26379; IPv6 as ``[::1]:26379``).
+* ``user``/``password`` authenticate to the Redis master (the app's ACL user), not to the sentinels.
+* ``service_name`` is the name in ``sentinel monitor <service_name> ...``; ``db`` defaults to 0.
+* options: ``sentinel_username`` and ``sentinel_password`` when the sentinels themselves require
+  AUTH (``requirepass`` in sentinel.conf); ``min_other_sentinels`` (default 0) to ignore a sentinel
+  that sees fewer peers than that (a partitioned one).
+
+Example: ``redis+sentinel://rrr:s3cret@10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/rrr/0``.
+
+Both kinds of client time out every call after ``timeout`` seconds and retry a failed
+call once: a stalled Redis must never hang the event loop. With Sentinel, a connection
+that finds the old master gone (or demoted: READONLY) is dropped, and the next
+connection asks the sentinels again, so the backplane's reconnect loop lands on the
+new master after a failover.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+DEFAULT_SENTINEL_PORT = 26379
+_SENTINEL_OPTIONS = frozenset({"sentinel_username", "sentinel_password", "min_other_sentinels"})
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A parsed ``redis+sentinel://`` URL."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    min_other_sentinels: int = 0
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in SENTINEL_SCHEMES
+
+
+def _host_port(item: str, url: str) -> tuple[str, int]:
+    item = item.strip()
+    if item.startswith("["):  # [v6]:port
+        host, sep, rest = item[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad sentinel address {item!r} in {url!r}")
+        port_text = rest[1:]
+    else:
+        host, _, port_text = item.partition(":")
+    if not host:
+        raise ValueError(f"empty sentinel host in {url!r}")
+    try:
+        port = int(port_text) if port_text else DEFAULT_SENTINEL_PORT
+    except ValueError:
+        raise ValueError(f"bad sentinel port {port_text!r} in {url!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"bad sentinel port {port} in {url!r}")
+    return host, port
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Parse ``redis+sentinel://[[user]:password@]h1:p1,h2:p2/service[/db][?opts]``; ValueError if malformed."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+        raise ValueError(f"not a sentinel URL (want redis+sentinel://...): {url!r}")
+    rest, _, query = rest.partition("?")
+    rest = rest.split("#", 1)[0]
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        userinfo, hosts = "", netloc
+    username: str | None = None
+    password: str | None = None
+    if userinfo:
+        user, colon, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if colon else None
+        if not colon:  # redis://secret@host is commonly meant as a password, as redis-py reads it
+            username, password = None, unquote(user)
+    sentinels = tuple(_host_port(item, url) for item in hosts.split(",") if item.strip())
+    if not sentinels:
+        raise ValueError(f"no sentinel addresses in {url!r}")
+    parts = [unquote(p) for p in path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise ValueError(f"sentinel URL needs /service_name[/db]: {url!r}")
+    service = parts[0]
+    try:
+        db = int(parts[1]) if len(parts) == 2 else 0
+    except ValueError:
+        raise ValueError(f"bad db {parts[1]!r} in {url!r}") from None
+    opts = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = set(opts) - _SENTINEL_OPTIONS - {"db"}
+    if unknown:
+        raise ValueError(f"unknown sentinel URL option(s) {sorted(unknown)} in {url!r}")
+    if "db" in opts:
+        db = int(opts["db"])
+    return SentinelURL(
+        sentinels=sentinels,
+        service_name=service,
+        db=db,
+        username=username,
+        password=password,
+        ssl=scheme.lower() == "rediss+sentinel",
+        sentinel_username=opts.get("sentinel_username") or None,
+        sentinel_password=opts.get("sentinel_password") or None,
+        min_other_sentinels=int(opts.get("min_other_sentinels", 0)),
+    )
+
+
+class SentinelRedis(aioredis.Redis):
+    """The master client ``master_for`` returns, which also closes the sentinel connections."""
+
+    sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinel is not None:
+                await self.sentinel.aclose()
+
+
+def _retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=0.2, base=0.02), 1)
+
+
+def make_sentinel_redis(parsed: SentinelURL, timeout: float) -> SentinelRedis:
+    """A client for the current master of ``parsed.service_name``, found through the sentinels."""
+    sentinel_kwargs: dict[str, Any] = dict(
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        username=parsed.sentinel_username,
+        password=parsed.sentinel_password,
+        ssl=parsed.ssl,
+    )
+    sentinel = Sentinel(
+        list(parsed.sentinels),
+        min_other_sentinels=parsed.min_other_sentinels,
+        sentinel_kwargs=sentinel_kwargs,
+    )
+    client = sentinel.master_for(
+        parsed.service_name,
+        redis_class=SentinelRedis,
+        db=parsed.db,
+        username=parsed.username,
+        password=parsed.password,
+        ssl=parsed.ssl,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=_retry(),
+        decode_responses=False,
+        client_name="rrr",
+    )
+    client.sentinel = sentinel
+    return client
 
 
 def make_redis(url: str, timeout: float) -> aioredis.Redis:
     """A client whose every call gives up after ``timeout``: a stalled Redis must never hang the loop."""
+    if is_sentinel_url(url):
+        return make_sentinel_redis(parse_sentinel_url(url), timeout)
     return aioredis.Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+        retry=_retry(),
         decode_responses=False,
         client_name="rrr",
     )

@@ -19,9 +19,15 @@ export const SLUG_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** The client pings this often; the server answers with a pong. */
 export const PING_INTERVAL_MS = 15_000;
+/** A socket still handshaking after this long is given up (a blackholed or frozen server). */
+export const CONNECT_TIMEOUT_MS = 10_000;
 /** Tabs tell their socket owner they are alive this often… */
 export const HEARTBEAT_MS = 2_000;
-/** …and a tab without a Web Lock is dropped after this much silence. */
+/**
+ * …and a tab without a Web Lock is dropped after this much silence. A live tab
+ * dropped this way (its timers throttled in the background) is told to attach
+ * again on its next heartbeat.
+ */
 export const TAB_TIMEOUT_MS = 8_000;
 
 export const BACKOFF_BASE_MS = 500;
@@ -124,6 +130,8 @@ export function parseServerFrame(text) {
 export const attachMsg = (watch) => ({ type: "attach", watch });
 export const detachMsg = () => ({ type: "detach" });
 export const heartbeatMsg = () => ({ type: "heartbeat" });
+/** The tab saw an online/offline event. */
+export const networkMsg = (online) => ({ type: "network", online });
 
 // ---- tab link (owner → tab) ---------------------------------------------------
 

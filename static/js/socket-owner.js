@@ -9,6 +9,7 @@
  * room, and forget tabs that are gone so the server's count stays honest.
  */
 import {
+  CONNECT_TIMEOUT_MS,
   HEARTBEAT_MS,
   PING_INTERVAL_MS,
   SLUG_RE,
@@ -17,6 +18,7 @@ import {
   helloFrame,
   parseServerFrame,
   pingFrame,
+  publishFrame,
   reattachMsg,
   stateMsg,
   subscribeFrame,
@@ -27,7 +29,6 @@ import {
 /**
  * @typedef {object} TabLink How the owner reaches one tab.
  * @property {(msg: object) => void} send
- * @property {() => void} [close] release the channel when the tab is dropped
  *
  * @typedef {object} Tab
  * @property {TabLink} link
@@ -45,10 +46,13 @@ export class SocketOwner {
   #ws = null;
   #attempt = 0;
   #retryTimer = 0;
+  #connectTimer = 0;
   #pingTimer = 0;
   #sweepTimer = 0;
   #lastFrameAt = 0;
   #lastPingAt = 0;
+  /** What the last online/offline event said, from our own scope or from a tab. */
+  #online = globalThis.navigator?.onLine !== false;
   /** @type {import("./protocol.js").LinkState} */
   #state;
 
@@ -59,7 +63,8 @@ export class SocketOwner {
     this.url = url;
     this.transport = transport;
     this.#state = { transport, status: "connecting", retryAt: null };
-    // Workers and windows both fire these on their global scope.
+    // Workers and windows both fire these on their global scope; tabs forward theirs
+    // too, as a worker may not hear about a network change (or its emulation).
     globalThis.addEventListener("online", () => this.#onOnline());
     globalThis.addEventListener("offline", () => this.#onOffline());
   }
@@ -100,9 +105,13 @@ export class SocketOwner {
         }
         break;
       case "publish":
-        if (!this.#send(msg)) {
+        if (!this.#send(publishFrame(msg.room, msg.data))) {
           tab.link.send({ type: "error", code: "not_connected", reason: "not connected; message not sent" });
         }
+        break;
+      case "network":
+        if (msg.online) this.#onOnline();
+        else this.#onOffline();
         break;
       // "heartbeat" only refreshes lastSeen.
     }
@@ -140,7 +149,6 @@ export class SocketOwner {
     if (!tab) return;
     this.#tabs.delete(tabId);
     for (const [sub, room] of tab.subs) this.#send(unsubscribeFrame(room, sub));
-    tab.link.close?.();
     if (this.#tabs.size === 0) this.#stop();
   }
 
@@ -168,7 +176,7 @@ export class SocketOwner {
 
   #connect() {
     clearTimeout(this.#retryTimer);
-    if (globalThis.navigator?.onLine === false) {
+    if (!this.#online) {
       this.#setState("offline");
       return;
     }
@@ -178,10 +186,12 @@ export class SocketOwner {
     ws.onopen = () => this.#onOpen();
     ws.onmessage = (event) => this.#onFrame(event.data);
     // A failed connect fires error then close; close alone carries the decision.
-    ws.onclose = () => this.#onClose();
+    ws.onclose = () => this.#recycle();
+    this.#connectTimer = setTimeout(() => this.#recycle(), CONNECT_TIMEOUT_MS);
   }
 
   #onOpen() {
+    clearTimeout(this.#connectTimer);
     this.#lastFrameAt = this.#lastPingAt = Date.now();
     this.#send(helloFrame(this.transport));
     for (const tab of this.#tabs.values()) {
@@ -207,7 +217,8 @@ export class SocketOwner {
     }
   }
 
-  #onClose() {
+  /** Drop the socket (closed, stuck handshaking or silent) and reconnect after a backoff. */
+  #recycle() {
     this.#abandonSocket();
     this.#scheduleReconnect();
   }
@@ -219,8 +230,7 @@ export class SocketOwner {
    */
   #ping() {
     if (this.#lastPingAt > this.#lastFrameAt) {
-      this.#abandonSocket();
-      this.#scheduleReconnect();
+      this.#recycle();
       return;
     }
     this.#lastPingAt = Date.now();
@@ -229,7 +239,7 @@ export class SocketOwner {
 
   #scheduleReconnect() {
     if (this.#tabs.size === 0) return;
-    if (globalThis.navigator?.onLine === false) {
+    if (!this.#online) {
       this.#setState("offline");
       return;
     }
@@ -243,6 +253,7 @@ export class SocketOwner {
    * network can take a minute; a late event from it must not touch the new one.
    */
   #abandonSocket() {
+    clearTimeout(this.#connectTimer);
     clearInterval(this.#pingTimer);
     const ws = this.#ws;
     if (!ws) return;
@@ -252,6 +263,8 @@ export class SocketOwner {
   }
 
   #onOffline() {
+    if (!this.#online) return;
+    this.#online = false;
     if (this.#tabs.size === 0) return;
     clearTimeout(this.#retryTimer);
     this.#abandonSocket();
@@ -259,6 +272,8 @@ export class SocketOwner {
   }
 
   #onOnline() {
+    if (this.#online) return;
+    this.#online = true;
     if (this.#tabs.size === 0 || this.#ws) return;
     this.#attempt = 0;
     this.#connect();
