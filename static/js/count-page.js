@@ -1,0 +1,151 @@
+/**
+ * The count page (`/count/<slug>/`): live browsers and tabs in one room, the
+ * socket's state, extra subscriptions to watch the numbers move, and the
+ * room's messages. Everything from the network is rendered with textContent.
+ */
+import { connect } from "./rrr.js";
+
+const MAX_MESSAGES = 50;
+const MAX_EXTRAS = 20;
+
+const $ = (id) => document.getElementById(id);
+const main = document.querySelector("main.room");
+const slug = main.dataset.slug;
+
+const TRANSPORT_NAMES = {
+  sharedworker: "a SharedWorker",
+  leader: "a leader tab",
+  direct: "this tab's own socket",
+};
+
+/** "just now", "12 s ago", "3 min ago"… for a unix time in seconds. */
+function ago(unixSeconds, now = Date.now()) {
+  // Clamp: the server's clock may run slightly ahead of ours.
+  const s = Math.max(0, Math.round(now / 1000 - unixSeconds));
+  if (s < 2) return "just now";
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return new Date(unixSeconds * 1000).toLocaleString();
+}
+
+/** Human text for the socket state; needs refreshing every second while a retry is pending. */
+function stateText(state, now = Date.now()) {
+  switch (state.status) {
+    case "open":
+      return `Connected via ${TRANSPORT_NAMES[state.transport] ?? state.transport}`;
+    case "reconnecting": {
+      const s = Math.max(0, Math.ceil((state.retryAt - now) / 1000));
+      return s > 0 ? `Connection lost, reconnecting in ${s} s` : "Reconnecting…";
+    }
+    case "offline":
+      return "Offline: waiting for the network";
+    default:
+      return "Connecting…";
+  }
+}
+
+let lastUpdated = null;
+let linkState = null;
+
+function renderClock() {
+  const updated = $("updated");
+  if (lastUpdated === null) {
+    updated.textContent = "not yet";
+  } else {
+    updated.textContent = ago(lastUpdated);
+    const when = new Date(lastUpdated * 1000);
+    updated.dateTime = when.toISOString();
+    updated.title = when.toLocaleString();
+  }
+  if (linkState) $("state").textContent = stateText(linkState);
+}
+
+function showCount({ connections, tabs, updated }) {
+  $("count").textContent = String(connections);
+  $("tabs").textContent = String(tabs);
+  document.title = `${connections} · ${slug} · Reduce, Reuse, Recycle`;
+  lastUpdated = typeof updated === "number" ? updated : null;
+  renderClock();
+}
+
+function showState(state) {
+  linkState = state;
+  $("state").dataset.status = state.status;
+  main.dataset.status = state.status;
+  renderClock();
+}
+
+/** Add one entry to the message panel, newest first. */
+function addMessage(text, kind = "message") {
+  const item = document.createElement("li");
+  item.className = kind;
+  const time = document.createElement("time");
+  const now = new Date();
+  time.dateTime = now.toISOString();
+  time.textContent = now.toLocaleTimeString();
+  const body = document.createElement("span");
+  body.className = "text";
+  body.textContent = text;
+  item.append(time, body);
+  const list = $("messages");
+  list.prepend(item);
+  while (list.children.length > MAX_MESSAGES) list.lastElementChild.remove();
+}
+
+const rt = connect();
+const room = rt.room(slug, {
+  onCount: showCount,
+  onState: showState,
+  onMessage: (data) => addMessage(typeof data === "string" ? data : JSON.stringify(data)),
+  onError: ({ code, reason }) => addMessage(`${reason} (${code})`, "notice"),
+});
+setInterval(renderClock, 1000);
+
+// ---- share link ---------------------------------------------------------------
+
+const link = $("link");
+link.value = location.href;
+$("copy").addEventListener("click", async () => {
+  const button = $("copy");
+  try {
+    await navigator.clipboard.writeText(location.href);
+    button.textContent = "Copied!";
+  } catch {
+    // No clipboard outside secure contexts or without permission: let the user copy.
+    link.select();
+    button.textContent = "Press Ctrl+C";
+  }
+  setTimeout(() => (button.textContent = "Copy link"), 2000);
+});
+
+// ---- extra subscriptions (the talk's iframes) -----------------------------------
+
+const extras = [];
+function renderExtras() {
+  $("remove").disabled = extras.length === 0;
+  $("add").disabled = extras.length >= MAX_EXTRAS;
+  $("extras-note").textContent =
+    extras.length === 0
+      ? "Each extra counts as one more tab, without opening one."
+      : `This page holds ${extras.length + 1} subscriptions (${extras.length} extra).`;
+}
+$("add").addEventListener("click", () => {
+  extras.push(rt.room(slug));
+  renderExtras();
+});
+$("remove").addEventListener("click", () => {
+  extras.pop()?.leave();
+  renderExtras();
+});
+
+// ---- publishing (only when the server allows it) ------------------------------------
+
+$("publish")?.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = $("publish-text");
+  const text = input.value.trim();
+  if (!text) return;
+  room.publish(text);
+  input.value = "";
+});
