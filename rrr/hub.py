@@ -121,13 +121,11 @@ class Hub:
     # -- presence writes, coalesced ---------------------------------------
 
     def _mark_dirty(self, room: str) -> None:
-        if self._closing:
-            return
         self._dirty.add(room)
         self._schedule_flush()
 
     def _schedule_flush(self, delay: float | None = None) -> None:
-        if self._flushing or self._flush_timer is not None or not self._dirty:
+        if self._closing or self._flushing or self._flush_timer is not None or not self._dirty:
             return
         loop = asyncio.get_running_loop()
         if delay is None:
@@ -171,8 +169,7 @@ class Hub:
                     self._send_initial(r, room, owed[room])
         finally:
             self._flushing = False
-        if not self._closing:
-            self._schedule_flush(retry)
+        self._schedule_flush(retry)
 
     def _send_initial(self, r: _Room, room: str, conns: set[Connection]) -> None:
         """Give new subscribers the latest count now; the throttled broadcast then skips them."""
