@@ -110,7 +110,7 @@ def open_tabs(context: BrowserContext, url: str, n: int, before: Callable[[Page]
     return pages
 
 
-def expect_counts(pages: list[Page], connections: int, tabs: int, within: float = 10.0) -> None:
+def expect_counts(pages: list[Page], connections: int, tabs: int, within: float = 20.0) -> None:
     """Every page shows these numbers within ``within`` seconds from now."""
     deadline = time.monotonic() + within
     for page in pages:
@@ -121,7 +121,7 @@ def expect_counts(pages: list[Page], connections: int, tabs: int, within: float 
 
 def expect_connected(pages: list[Page], transport: str) -> None:
     for page in pages:
-        expect(page.locator("#state")).to_have_attribute("data-status", "open", timeout=10_000)
+        expect(page.locator("#state")).to_have_attribute("data-status", "open", timeout=20_000)
         expect(page.locator("#state")).to_contain_text(TRANSPORT_TEXT[transport])
 
 
