@@ -114,6 +114,7 @@ class RedisBackplane:
         self._subs_changed = asyncio.Event()
         self._renew_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._syncer: asyncio.Task[None] | None = None
         self._leaving = False
         self.connected = False
 
@@ -127,9 +128,9 @@ class RedisBackplane:
         ]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # The subscriber's own cleanup can be interrupted by our re-cancels: end its child first.
+        for task in [t for t in (self._syncer,) if t] + self._tasks:
+            await _cancel(task)
         self._tasks = []
         await self._redis.aclose()
 
@@ -199,7 +200,7 @@ class RedisBackplane:
             try:
                 await pubsub.subscribe(CONTROL_CHANNEL)
                 active: set[str] = set()
-                syncer = asyncio.create_task(self._sync_subscriptions(pubsub, active))
+                syncer = self._syncer = asyncio.create_task(self._sync_subscriptions(pubsub, active))
                 self.connected = True
                 if not first:
                     self.metrics.redis_reconnects.inc()
@@ -224,8 +225,7 @@ class RedisBackplane:
             finally:
                 self.connected = False
                 if syncer:
-                    syncer.cancel()
-                    await asyncio.gather(syncer, return_exceptions=True)
+                    await _cancel(syncer)
                 try:
                     await pubsub.aclose()
                 except Exception:  # noqa: BLE001 - the connection is already broken
@@ -317,6 +317,20 @@ class RedisBackplane:
                 await asyncio.wait_for(self._renew_now.wait(), self.sweep_interval)
             except asyncio.TimeoutError:
                 pass
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it, cancelling again if a cancel was swallowed.
+
+    On Python 3.11 ``asyncio.wait_for`` (which redis-py wraps every command in) drops
+    a cancel that lands just as the command completes; one ``cancel()`` is then not
+    enough and a shutdown would hang (tests/test_shutdown_race.py).
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.1)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("task %s ended with %r", task.get_name(), task.exception())
 
 
 def _channels(rooms: Iterable[str]) -> list[str]:
