@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from tornado.iostream import IOStream
 from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
 
 _FIN_TEXT = 0x81
@@ -62,12 +63,32 @@ def _retrieve(fut: Any) -> None:
         fut.exception()  # a closed socket is expected here; don't log it as unhandled
 
 
+def _write(stream: IOStream, data: bytes) -> None:
+    """Send straight to the socket when nothing is queued, else queue behind what is.
+
+    Most sockets in a broadcast have an empty buffer and room in the kernel's, so
+    one ``send`` finishes the job without IOStream's per-write Future and buffer
+    bookkeeping. Ordering holds because we only bypass an empty queue; anything
+    unsent, and every error, goes through ``IOStream.write``, which buffers, applies
+    ``max_write_buffer_size`` and closes the stream on a dead peer as usual.
+    """
+    if type(stream) is IOStream and not stream.writing():
+        try:
+            sent = stream.socket.send(data)
+        except OSError:  # would block, or a dead peer: IOStream.write handles both
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    # IOStream.write's future is silenced by Tornado itself when the stream closes.
+    stream.write(data)
+
+
 def send(conn: WebSocketProtocol, frame: Frame, fast: bool) -> None:
     """Queue ``frame`` on ``conn``. Raises tornado's StreamBufferFullError if the client stopped reading."""
     if fast:
-        # IOStream.write's future is silenced by Tornado itself when the stream closes.
         stream = conn.stream
-        if stream is not None:
-            stream.write(frame.wire)
+        if stream is not None and not stream.closed():
+            _write(stream, frame.wire)
     else:
         conn.write_message(frame.text).add_done_callback(_retrieve)

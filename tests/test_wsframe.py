@@ -62,3 +62,17 @@ async def test_compressed_connections_fall_back_to_the_public_api(server_factory
         assert c.of_type("message")[0]["data"] == {"still": "works"}
     finally:
         RelaySocket.get_compression_options = original
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_frames_stay_in_order_when_sends_switch_between_direct_and_queued(server_factory, clients):
+    """Big frames to a client fill the kernel buffer, so writes alternate between the socket and IOStream's queue."""
+    server = await server_factory(send_buffer=64 << 20)
+    c = await connect(server.ws_url("/ws/count/order/"), max_message_size=1 << 20)
+    clients.append(c)
+    await c.settles_on(1)
+    blob = "x" * 50_000
+    for i in range(200):
+        server.hub.on_room_message("order", '{"i":%d,"pad":"%s"}' % (i, blob))
+    await wait_until(lambda: len(c.of_type("message")) == 200, timeout=30, what="200 messages")
+    assert [m["data"]["i"] for m in c.of_type("message")] == list(range(200))
