@@ -38,18 +38,18 @@ lint: $(VENV)/.dev-deps
 #   make bench-quick   small sizes, 3 repeats, < 10 minutes; rewrites docs/benchmarks.md
 #   make bench         full sizes (19k sockets, 10k-member rooms); takes much longer
 #   make bench-report  redraw docs/benchmarks.md + plots from the latest results JSON
+#   make bench-test    the harness's own tests (its checks catch injected faults)
 #
 # BENCH_VENV: where the venv goes; RRR_PYTHON: interpreter for app.py (default: the
 # bench venv, which also gets the project's requirements.txt); BENCH_ARGS: extra
 # arguments for bench.run (e.g. BENCH_ARGS="--servers rrr,channels --scenarios fanout").
 
-PYTHON ?= python3
 BENCH_VENV ?= /tmp/bench-venv
 RRR_PYTHON ?= $(BENCH_VENV)/bin/python
 BENCH_ARGS ?=
 BENCH_PY := $(BENCH_VENV)/bin/python
 
-.PHONY: bench bench-quick bench-report bench-venv
+.PHONY: bench bench-quick bench-report bench-test bench-venv
 
 $(BENCH_VENV)/.installed: bench/requirements.txt requirements.txt
 	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
@@ -67,3 +67,6 @@ bench-quick: bench-venv
 
 bench-report: bench-venv
 	$(BENCH_PY) -m bench.report bench/results/quick.json
+
+bench-test: bench-venv
+	$(BENCH_PY) -m pytest -q -p no:cacheprovider bench/test_harness.py

@@ -1,0 +1,124 @@
+"""Tests of the harness itself: that its checks catch what they claim to catch.
+
+Run with ``$(BENCH_VENV)/bin/python -m pytest bench/test_harness.py`` (``make bench-test``).
+They start no benchmark server: a tiny in-process WebSocket server plays a
+faulty rrr, so the worker's accounting is tested against known faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection, serve
+
+from .dialects import COUNT, ERROR, JOINED, MESSAGE, RrrDialect, SocketIODialect
+from .report import Metric, aggregate, fmt_cell, ratio
+from .scenarios import latency_summary, split
+from .worker import Client, Worker
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send_text(self, text: str) -> None:
+        self.sent.append(text)
+
+
+def test_worker_counts_duplicates_gaps_and_disorder() -> None:
+    w = Worker(0)
+    c = Client("r")
+    w.clients.append(c)
+    w.begin_messages("run")
+    for seq in (0, 1, 1, 3, 2):
+        w.on_message(c, {"run": "run", "seq": seq, "t": 0}, 1_000_000)
+    w.on_message(c, {"run": "other", "seq": 4, "t": 0}, 1_000_000)
+    c.conn = object()  # type: ignore[assignment]  # counted as a member without a socket
+    report = w.cmd_messages_report({"n_seqs": 5, "room": "r"})
+    assert report["receipts"] == 4
+    assert report["duplicates"] == 1
+    assert report["disorder"] == 1
+    assert report["missing"] == 1  # seq 4 never arrived for this run
+    assert report["foreign"] == 1
+    assert report["latency_us"]["0"] == [1000]
+
+
+def test_socketio_dialect_handshake_ping_and_events() -> None:
+    d, conn = SocketIODialect(), Recorder()
+    assert d.on_open(conn, "room1", relay=False) is False
+    assert d.parse(conn, '0{"sid":"e","pingInterval":25000}') is None
+    assert json.loads(conn.sent[-1][2:]) == {"room": "room1", "count": True}
+    assert d.parse(conn, "2") is None and conn.sent[-1] == "3"
+    assert d.parse(conn, '40{"sid":"s"}') == (JOINED, None)
+    assert d.parse(conn, '42["connection_message",{"connections":7}]') == (COUNT, 7)
+    assert d.parse(conn, '42["message",{"room":"room1","data":{"a":1}}]') == (MESSAGE, {"a": 1})
+    assert d.parse(conn, '44{"message":"no"}')[0] == ERROR  # type: ignore[index]
+
+
+def test_rrr_dialect_relay_subscribes_and_parses() -> None:
+    d, conn = RrrDialect(), Recorder()
+    assert d.path("r1", relay=True) == "/ws/" and d.path("r1", relay=False) == "/ws/count/r1/"
+    d.on_open(conn, "r1", relay=True)
+    assert json.loads(conn.sent[0]) == {"type": "subscribe", "room": "r1", "sub": "bench"}
+    assert d.parse(conn, '{"type":"connection_message","room":"r1","connections":3}') == (COUNT, 3)
+    assert d.parse(conn, '{"type":"message","room":"r1","data":[1]}') == (MESSAGE, [1])
+    assert d.parse(conn, '{"type":"pong"}') is None
+
+
+def test_latency_summary_and_split() -> None:
+    s = latency_summary({"0": [1000, 3000], "1": [2000]})
+    assert s["p50_ms"] == 2.0 and s["max_ms"] == 3.0
+    assert s["last_recipient_p50_ms"] == 2.5 and s["last_recipient_max_ms"] == 3.0
+    assert split(5, 2) == [3, 2] and sum(split(19000, 3)) == 19000
+
+
+def test_report_marks_failures_and_parenthesises_their_ratios() -> None:
+    cells: list[dict[str, Any]] = [
+        {"scenario": "fanout", "size": 10, "server": "rrr", "ok": True, "failures": [], "metrics": {"p50_ms": 1.0}},
+        {"scenario": "fanout", "size": 10, "server": "channels", "ok": False, "failures": ["lost"],
+         "metrics": {"p50_ms": 4.0}},
+        {"scenario": "fanout", "size": 10, "server": "socketio", "ok": True, "failures": [],
+         "metrics": {"p50_ms": 2.0}},
+    ]
+    agg = aggregate(cells)
+    m = Metric("p50_ms", "p50", "lower")
+    assert fmt_cell(agg[("fanout", 10, "channels")], m).startswith("**FAIL** 1/1")
+    assert ratio(agg[("fanout", 10, "rrr")], agg[("fanout", 10, "channels")], m) == "(0.25)"
+    assert ratio(agg[("fanout", 10, "rrr")], agg[("fanout", 10, "socketio")], m) == "0.5"
+
+
+def test_worker_catches_a_faulty_server_end_to_end() -> None:
+    """A fake rrr that duplicates message 1, drops message 2 and reports a stale count."""
+
+    async def handler(ws: ServerConnection) -> None:
+        sub = json.loads(await ws.recv())
+        room = sub["room"]
+        await ws.send(json.dumps({"type": "connection_message", "room": room, "connections": 1}))
+        async for _ in ws:
+            pass
+
+    async def main() -> None:
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            w = Worker(0)
+            opened = await w.cmd_open({"kind": "rrr", "relay": True, "host": "127.0.0.1", "ports": [port],
+                                       "sources": ["127.0.0.1"], "specs": [["r", 2]], "in_flight": 2,
+                                       "timeout": 5, "wait_joined": 5})
+            assert opened["opened"] == 2 and opened["joined"] == 2
+            w.begin_messages("run")
+            for conn in list(server.connections):
+                for seq in (0, 1, 1, 3):
+                    await conn.send(json.dumps({"type": "message", "room": "r",
+                                                "data": {"run": "run", "seq": seq, "t": 0}}))
+            await asyncio.sleep(0.3)
+            report = w.cmd_messages_report({"n_seqs": 4, "room": "r"})
+            assert report["duplicates"] == 2 and report["missing"] == 2 and report["receipts"] == 6
+            state = w.cmd_state({"expected": {"r": 2}})
+            assert state["count_ok"] == 0 and state["count_bad"] == 2  # both show 1, not 2
+            closed = await w.cmd_close({"timeout": 5, "in_flight": 2})
+            assert closed["closed"] == 2 and closed["timeouts"] == 0
+            assert w.cmd_state({})["dropped"] == 0
+
+    asyncio.run(main())
