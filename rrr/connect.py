@@ -132,14 +132,15 @@ def parse_sentinel_url(url: str) -> SentinelURL:
 class SentinelRedis(aioredis.Redis):
     """The master client ``master_for`` returns, which also closes the sentinel connections."""
 
-    sentinel: Sentinel | None = None
+    # Not ``sentinel``: that name is the SENTINEL command method of every Redis client.
+    sentinel_manager: Sentinel | None = None
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         try:
             await super().aclose(close_connection_pool)
         finally:
-            if self.sentinel is not None:
-                await self.sentinel.aclose()
+            if self.sentinel_manager is not None:
+                await self.sentinel_manager.aclose()
 
 
 def _retry() -> Retry:
@@ -173,7 +174,7 @@ def make_sentinel_redis(parsed: SentinelURL, timeout: float) -> SentinelRedis:
         decode_responses=False,
         client_name="rrr",
     )
-    client.sentinel = sentinel
+    client.sentinel_manager = sentinel
     return client
 
 
