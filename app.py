@@ -36,7 +36,10 @@ ROOT = Path(__file__).resolve().parent
 
 define("address", default="127.0.0.1", help="address to listen on")
 define("port", default=8888, type=int, help="port to listen on (0: any free port)")
-define("redis_url", default="", help="redis://, rediss://, unix:// or redis+sentinel:// URL; empty starts an embedded redis-server")
+define(
+    "redis_url", default="",
+    help="redis://, rediss://, unix:// or redis+sentinel:// URL; empty starts an embedded redis-server",
+)
 define("allowed_origins", default="", help="comma list of extra allowed Origins ('*' for any); same origin always")
 define("xheaders", default=False, type=bool, help="trust X-Real-IP/X-Forwarded-For/-Proto/-Host (behind nginx)")
 define("publish_token", default="", help="Bearer token for POST /api/rooms/<slug>/messages; empty disables it")
