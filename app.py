@@ -115,7 +115,9 @@ async def main() -> None:
     hub = Hub(backplane, metrics, count_interval=options.count_interval)
     await hub.start()
     sockets = tornado.netutil.bind_sockets(options.port, options.address)
-    server = tornado.httpserver.HTTPServer(make_app(hub), xheaders=options.xheaders)
+    # Publish bodies over --max-message-size get a 413; far bigger ones are cut off unread.
+    max_body = max(2 * options.max_message_size, 1 << 20)
+    server = tornado.httpserver.HTTPServer(make_app(hub), xheaders=options.xheaders, max_body_size=max_body)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     host = f"[{options.address}]" if ":" in options.address else options.address

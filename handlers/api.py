@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
 
 import tornado.web
 
 from rrr.backplane import BackplaneError
 from rrr.hub import Hub
+from rrr.protocol import validate_json_payload
 
 
 class JsonHandler(tornado.web.RequestHandler):
@@ -58,12 +58,11 @@ class PublishHandler(JsonHandler):
         if len(body) > self.max_size:
             raise tornado.web.HTTPError(413, f"body over {self.max_size} bytes")
         try:
-            text = body.decode("utf-8")
-            json.loads(text)
-        except (UnicodeDecodeError, ValueError):
-            raise tornado.web.HTTPError(400, "body must be a JSON value") from None
+            text = validate_json_payload(body)
+        except ValueError:
+            raise tornado.web.HTTPError(400, "body must be a JSON value (UTF-8, no NaN or Infinity)") from None
         try:
-            processes = await self.hub.publish(slug, text.strip())
+            processes = await self.hub.publish(slug, text)
         except BackplaneError:
             raise tornado.web.HTTPError(503, "redis unavailable") from None
         self.set_status(202)

@@ -47,6 +47,9 @@ class Listener(Protocol):
     def on_resync(self) -> None:
         """Redis came back or lost our lease: re-register all local presence."""
 
+    def on_subscribed(self, room: str) -> None:
+        """The room's count channel is now subscribed: recount once to catch up."""
+
 
 class Backplane(Protocol):
     """The small interface the hub depends on."""
@@ -116,6 +119,7 @@ class RedisBackplane:
         self._tasks: list[asyncio.Task[None]] = []
         self._syncer: asyncio.Task[None] | None = None
         self._leaving = False
+        self._renewed_once = False
         self.connected = False
 
     # -- lifecycle -------------------------------------------------------
@@ -257,8 +261,12 @@ class RedisBackplane:
             now = loop.time()
             if msg is not None:
                 last_seen = now
-                if msg["type"] in ("message", b"message"):
+                kind = msg["type"]
+                if kind in ("message", b"message"):
                     self._dispatch(msg["channel"], msg["data"])
+                elif kind in ("subscribe", b"subscribe") and msg["channel"].startswith(_COUNT) and self._listener:
+                    # Announcements made between our first write and this SUBSCRIBE were missed.
+                    self._listener.on_subscribed(msg["channel"][len(_COUNT) :].decode())
                 continue
             if now - last_seen > 3 * self.keepalive:
                 raise ConnectionError("redis pub/sub silent for %.0f s" % (now - last_seen))
@@ -278,7 +286,7 @@ class RedisBackplane:
                 self.metrics.relayed.inc()
                 room = channel[len(_ROOM) :].decode()
                 listener.on_room_message(room, protocol.validate_json_payload(data))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             self.metrics.malformed_payloads.inc()
             log.debug("dropped malformed payload on %r", channel)
 
@@ -297,10 +305,12 @@ class RedisBackplane:
                 if now >= next_renew or self._renew_now.is_set():
                     self._renew_now.clear()
                     lost = await self._call("renew", self._renew(args=[self.process_id, self.presence_ttl]))
-                    first, next_renew = next_renew == 0.0, now + renew_every
-                    if lost and not first and self._listener:
-                        log.info("presence lease was missing; re-registering local presence")
+                    next_renew = now + renew_every
+                    if lost and self._listener:
+                        if self._renewed_once:
+                            log.info("presence lease was missing; re-registering local presence")
                         self._listener.on_resync()
+                    self._renewed_once = True
                 swept = await self._call("sweep", self._sweep(args=[16]))
                 if swept:
                     self.metrics.presence_expired.inc(int(swept))

@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 
@@ -144,7 +145,9 @@ class SentinelRedis(aioredis.Redis):
 
 
 def _retry() -> Retry:
-    return Retry(ExponentialBackoff(cap=0.2, base=0.02), 1)
+    """One retry, on connection errors only: a command that timed out may still run when a
+    stalled Redis resumes, and retrying it would deliver a PUBLISH twice."""
+    return Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(RedisConnectionError,))
 
 
 def make_sentinel_redis(parsed: SentinelURL, timeout: float) -> SentinelRedis:

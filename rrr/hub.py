@@ -157,8 +157,8 @@ class Hub:
                 log.warning("presence write failed, will retry: %s", e)
             self._dirty |= dirty
             for room, conns in owed.items():
-                if room in self._rooms:
-                    self._rooms[room].waiting |= conns
+                if (r := self._rooms.get(room)) is not None:
+                    r.waiting |= {c for c in conns if c in r.tabs_by_conn}
         else:
             self._flush_failures = 0
             for room, state in states.items():
@@ -228,6 +228,10 @@ class Hub:
         for conn in conns:
             conn.send_frame(frame)
         self.metrics.messages_out.inc(len(conns))
+
+    def on_subscribed(self, room: str) -> None:
+        if room in self._rooms:
+            self._mark_dirty(room)
 
     def on_resync(self) -> None:
         """Redis restarted or lost our lease: forget versions, rewrite every local room."""

@@ -85,13 +85,13 @@ def parse_client_message(text: str) -> ClientMessage:
     if not isinstance(obj, dict):
         raise ProtocolError("bad_message", "frame must be a JSON object")
     kind = obj.get("type")
-    if kind not in CLIENT_TYPES:
+    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
         raise ProtocolError("unknown_type", f"unknown message type {str(kind)[:40]!r}")
     if kind == "ping":
         return ClientMessage("ping")
     if kind == "hello":
         transport = obj.get("transport")
-        if transport not in TRANSPORTS:
+        if not isinstance(transport, str) or transport not in TRANSPORTS:
             transport = "unknown"
         return ClientMessage("hello", transport=transport)
     room = obj.get("room")
@@ -142,10 +142,21 @@ def error_message(code: str, reason: str, **extra: Any) -> dict[str, Any]:
 PONG_FRAME = '{"type":"pong"}'
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON a browser can parse")
+
+
 def validate_json_payload(raw: bytes | str) -> str:
-    """Return ``raw`` as JSON text if it parses (never pickle, never eval); raise ValueError."""
-    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    json.loads(text)
+    """Return ``raw`` as JSON text if it parses as strict JSON (never pickle, never eval).
+
+    Raises ValueError for anything else: not UTF-8, not JSON, NaN/Infinity (which
+    browsers' JSON.parse rejects), or nesting deep enough to exhaust the parser.
+    """
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        json.loads(text, parse_constant=_no_constants)
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(str(e)) from None
     return text.strip()
 
 
@@ -156,7 +167,7 @@ def encode_count_announcement(state: CountState) -> str:
 
 def decode_count_announcement(raw: bytes | str) -> CountState:
     """Parse a count-channel payload; raise ValueError on anything malformed."""
-    obj = json.loads(raw)
+    obj = json.loads(validate_json_payload(raw))
     if not isinstance(obj, dict):
         raise ValueError("count announcement must be an object")
     u = obj.get("u")

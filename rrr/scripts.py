@@ -90,7 +90,12 @@ local pid = ARGV[1]
 local t = now()
 local exp = redis.call('ZSCORE', PROCS, pid)
 local ok = exp and tonumber(exp) > t
-if not ok then redis.call('ZADD', PROCS, t + tonumber(ARGV[2]), pid) end
+if not ok then
+  -- Expired but not yet swept: others already count us out, so sweep ourselves (announced)
+  -- and let the rows below and the caller's resync write everything back (announced too).
+  if exp then redis.call('ZREM', PROCS, pid); drop_process(pid, t) end
+  redis.call('ZADD', PROCS, t + tonumber(ARGV[2]), pid)
+end
 local out = {ok and 1 or 0}
 local set = 'rrr:proc:' .. pid .. ':rooms'
 for i = 3, #ARGV, 3 do
@@ -126,8 +131,13 @@ return out
 RENEW = _COMMON + r"""
 local t = now()
 local exp = redis.call('ZSCORE', PROCS, ARGV[1])
+if exp and tonumber(exp) > t then
+  redis.call('ZADD', PROCS, t + tonumber(ARGV[2]), ARGV[1])
+  return 0
+end
+-- Expired but not yet swept: sweep ourselves so the caller's resync is announced.
+if exp then redis.call('ZREM', PROCS, ARGV[1]); drop_process(ARGV[1], t) end
 redis.call('ZADD', PROCS, t + tonumber(ARGV[2]), ARGV[1])
-if exp and tonumber(exp) > t then return 0 end
 return 1
 """
 

@@ -113,3 +113,25 @@ async def test_the_server_keeps_serving_after_abuse(server_factory, clients):
     ok = await connect(server.ws_url("/ws/count/after/"))
     clients.append(ok)
     await ok.settles_on(1)
+
+
+async def test_a_deeply_nested_redis_payload_does_not_disturb_the_subscriber(server_factory, clients, rclient):
+    server = await server_factory()
+    c = await connect(server.ws_url("/ws/count/deep/"))
+    clients.append(c)
+    await c.settles_on(1)
+    rclient.publish("rrr:room:deep", "[" * 100000 + "]" * 100000)
+    rclient.publish("rrr:room:deep", '"after"')
+    assert (await c.next("message", after=0))["data"] == "after"
+    assert server.metric("rrr_malformed_payloads_total") == 1
+    assert server.metric("rrr_redis_reconnects_total") == 0
+
+
+async def test_unhashable_message_types_get_an_error_reply(server_factory, clients):
+    server = await server_factory()
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    await c.conn.write_message('{"type":[]}')
+    assert (await c.next("error", after=0))["code"] == "unknown_type"
+    await c.send(type="ping")
+    await c.next("pong", after=0)

@@ -114,3 +114,18 @@ async def test_sigterm_removes_presence_at_once_and_closes_with_1001(
         assert c.close_code == 1001
     assert await asyncio.to_thread(leaving.proc.wait, 10) == 0
     assert not [p for p in rclient.zrange("rrr:procs", 0, -1) if str(leaving.proc.pid) in p.split(":")[1:2]]
+
+
+async def test_a_live_process_whose_lease_lapsed_comes_back(server_factory, clients, rclient):
+    """A process stalled past its TTL is swept by others; when it answers again it re-registers, announced."""
+    server = await server_factory(ttl=1.0)
+    watcher_host = await server_factory(ttl=30)
+    mine = [await connect(server.ws_url("/ws/count/lapse/")) for _ in range(2)]
+    watcher = await connect(watcher_host.ws_url("/ws/count/lapse/"))
+    clients += mine + [watcher]
+    await watcher.settles_on(3)
+    pid = server.hub.backplane.process_id
+    rclient.zadd("rrr:procs", {pid: 0})  # as if its renewals had stalled past the TTL
+    await wait_until(lambda: any(f["connections"] == 1 for f in watcher.counts()), what="lapsed process counted out")
+    await watcher.settles_on(3, timeout=15)
+    assert rclient.hget("rrr:presence:lapse", pid) == "2 2"

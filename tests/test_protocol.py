@@ -86,3 +86,19 @@ def test_count_announcements_round_trip_and_reject_garbage():
     for bad in ('{"c":-1,"t":0,"u":1,"v":1}', '{"c":1,"t":1,"v":1,"u":"x"}', "[]", '{"c":true,"t":1,"u":1,"v":1}'):
         with pytest.raises(ValueError):
             protocol.decode_count_announcement(bad)
+
+
+@pytest.mark.parametrize("frame", ['{"type":[]}', '{"type":{"a":1}}', '{"type":"hello","transport":{}}'])
+def test_unhashable_fields_are_protocol_errors_not_crashes(frame):
+    try:
+        msg = parse_client_message(frame)
+    except ProtocolError as e:
+        assert e.code == "unknown_type"
+    else:
+        assert msg.transport == "unknown"
+
+
+@pytest.mark.parametrize("payload", ["[" * 100000 + "]" * 100000, "NaN", '{"x": Infinity}', b"\xff\xfe"])
+def test_hostile_redis_payloads_are_value_errors(payload):
+    with pytest.raises(ValueError):
+        protocol.validate_json_payload(payload)
