@@ -12,29 +12,26 @@ order and receivers can drop stale ones.
 
 from __future__ import annotations
 
+from .protocol import COUNT_CHANNEL_PREFIX
+
 PROCS_KEY = "rrr:procs"
 SEQ_KEY = "rrr:seq"
 PRESENCE_PREFIX = "rrr:presence:"
 PROC_ROOMS_PREFIX = "rrr:proc:"
 
 
-def presence_key(room: str) -> str:
-    return PRESENCE_PREFIX + room
-
-
-def proc_rooms_key(pid: str) -> str:
-    return PROC_ROOMS_PREFIX + pid + ":rooms"
-
-
-# Shared Lua: clock, recount and announce. KEYS/ARGV differ per script.
-_COMMON = r"""
+# Shared Lua: key names (from the constants above, the one place they are spelled),
+# clock, recount and announce. KEYS/ARGV differ per script.
+_COMMON = f"""
+local PROCS, SEQ = '{PROCS_KEY}', '{SEQ_KEY}'
+local PRESENCE, COUNT = '{PRESENCE_PREFIX}', '{COUNT_CHANNEL_PREFIX}'
+local function rooms_key(pid) return '{PROC_ROOMS_PREFIX}' .. pid .. ':rooms' end
+""" + r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local PROCS, SEQ = 'rrr:procs', 'rrr:seq'
-local PRESENCE, COUNT = 'rrr:presence:', 'rrr:count:'
 
 -- Sum the fields of live leases; returns connections, tabs, updated, version, owners.
 local function recount(room, t)
@@ -72,7 +69,7 @@ end
 
 -- Remove every field a process owns and announce each room it was in.
 local function drop_process(pid, t)
-  local set = 'rrr:proc:' .. pid .. ':rooms'
+  local set = rooms_key(pid)
   local rooms = redis.call('SMEMBERS', set)
   for _, room in ipairs(rooms) do
     if redis.call('HDEL', PRESENCE .. room, pid) == 1 then changed(room, t) end
@@ -97,7 +94,7 @@ if not ok then
   redis.call('ZADD', PROCS, t + tonumber(ARGV[2]), pid)
 end
 local out = {ok and 1 or 0}
-local set = 'rrr:proc:' .. pid .. ':rooms'
+local set = rooms_key(pid)
 for i = 3, #ARGV, 3 do
   local room, c, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local key = PRESENCE .. room
