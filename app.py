@@ -27,6 +27,7 @@ from rrr.backplane import RedisBackplane
 from rrr.config import command_line
 from rrr.embedded import EmbeddedRedis
 from rrr.hub import Hub
+from rrr.keepalive import Keepalive
 from rrr.metrics import Metrics
 from rrr.policy import parse_origins
 from rrr.protocol import SLUG_PATTERN
@@ -47,7 +48,10 @@ define("client_publish", default=False, type=bool, help="let browsers publish to
 define("publish_rate", default=10.0, type=float, help="client publishes per second per socket (burst: 2x)")
 define("presence_ttl", default=15.0, type=float, help="seconds a dead process's presence may outlive it")
 define("count_interval", default=0.1, type=float, help="at most one count broadcast per room per interval (s)")
-define("ping_interval", default=20.0, type=float, help="WebSocket ping period (s); keep under the proxy's idle timeout")
+define(
+    "ping_interval", default=20.0, type=float,
+    help="WebSocket ping period (s); a peer silent for a period after a ping is dropped; keep under proxy timeouts",
+)
 define("max_message_size", default=65536, type=int, help="largest client frame or publish body (bytes)")
 define("send_buffer", default=1 << 20, type=int, help="bytes buffered for a client that stops reading, then cut")
 define("max_subscriptions", default=1000, type=int, help="subscriptions per socket")
@@ -61,6 +65,7 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
     o.update(overrides)
     sockets = dict(
         hub=hub,
+        keepalive=Keepalive(o["ping_interval"], on_timeout=hub.metrics.ping_timeouts.inc),
         limits=Limits(
             client_publish=o["client_publish"],
             publish_rate=o["publish_rate"],
@@ -90,8 +95,8 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         template_path=str(ROOT / "templates"),
         static_path=str(ROOT / "static"),
-        websocket_ping_interval=o["ping_interval"],
-        websocket_ping_timeout=o["ping_interval"],
+        # Pings come from one Keepalive timer per process instead of a Task per socket.
+        websocket_ping_interval=None,
         websocket_max_message_size=o["max_message_size"],
     )
 

@@ -10,6 +10,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from rrr import wsframe
 from rrr.hub import Hub
+from rrr.keepalive import Keepalive
 from rrr.policy import origin_allowed
 from rrr.session import Limits, Session
 
@@ -20,9 +21,11 @@ class RelaySocket(WebSocketHandler):
     """``WS /ws/``: one socket, many rooms, one subscription per tab."""
 
     def initialize(
-        self, hub: Hub, limits: Limits, allowed_origins: frozenset[str], send_buffer: int, xheaders: bool
+        self, hub: Hub, keepalive: Keepalive, limits: Limits, allowed_origins: frozenset[str], send_buffer: int,
+        xheaders: bool,
     ) -> None:
         self.hub = hub
+        self.keepalive = keepalive
         self.limits = limits
         self.allowed_origins = allowed_origins
         self.send_buffer = send_buffer
@@ -50,7 +53,12 @@ class RelaySocket(WebSocketHandler):
             conn.stream.max_write_buffer_size = self.send_buffer
         self._fast = wsframe.fast_path_ok(conn)
         self.session = self._new_session(*args)
+        self.keepalive.add(self)
         log.debug("open %s from %s", self.request.path, self.request.remote_ip)
+        # The handshake is done and nothing reads these again. Tornado's frames keep a reference
+        # to the headers for the socket's whole life, so empty them in place: a browser sends
+        # 1-2 KiB of them (cookies, user agent), more than the rest of an idle socket's state.
+        self.request.headers.clear()
 
     def _new_session(self, *args: str) -> Session:
         return Session(self, self.hub, self.limits)
@@ -60,22 +68,37 @@ class RelaySocket(WebSocketHandler):
             self.close(1003, "binary frames are not supported")
             return None
         self.hub.metrics.messages_in.inc()
+        self.keepalive.heard(self)
         if self.session is None:
             return None
         return self.session.handle(message)
 
+    def on_pong(self, data: bytes) -> None:
+        self.keepalive.heard(self)
+
     def on_close(self) -> None:
+        self.keepalive.discard(self)
         if self.session is not None:
             self.session.close()
             self.session = None
         log.debug("close %s from %s (%s)", self.request.path, self.request.remote_ip, self.close_code)
 
     def send_frame(self, frame: wsframe.Frame) -> None:
+        self._send(frame)
+
+    def send_ping(self) -> None:
+        self._send(None)
+
+    def _send(self, frame: wsframe.Frame | None) -> None:
+        """Write ``frame`` (None: a ping); never raises, and cuts off a client that stopped reading."""
         conn = self.ws_connection
         if conn is None or conn.is_closing():
             return
         try:
-            wsframe.send(conn, frame, self._fast)
+            if frame is None:
+                wsframe.ping(conn, self._fast)
+            else:
+                wsframe.send(conn, frame, self._fast)
         except (WebSocketClosedError, StreamClosedError):
             pass
         except StreamBufferFullError:

@@ -35,6 +35,9 @@ class Metrics:
         self.slow_client_disconnects = Counter(
             "rrr_slow_client_disconnects", "Clients closed because their send buffer overflowed", registry=r,
         )
+        self.ping_timeouts = Counter(
+            "rrr_ping_timeouts", "Sockets closed because they sent nothing for a whole ping interval", registry=r,
+        )
         self.presence_expired = Counter(
             "rrr_presence_expired", "Dead processes whose presence this process swept", registry=r,
         )

@@ -30,6 +30,9 @@ class Limits:
 
 
 class Session:
+    # Slots, and a rate bucket only once the socket publishes: one Session lives per idle socket.
+    __slots__ = ("conn", "hub", "limits", "fixed_room", "subs", "transport", "_bucket")
+
     def __init__(self, conn: Connection, hub: Hub, limits: Limits, room: str | None = None) -> None:
         """With ``room``, this is the talk's one-room socket: joined at once, fixed for life."""
         self.conn = conn
@@ -38,7 +41,7 @@ class Session:
         self.fixed_room = room
         self.subs: set[tuple[str, str]] = set()
         self.transport = "unknown"
-        self._bucket = TokenBucket(limits.publish_rate, limits.publish_burst)
+        self._bucket: TokenBucket | None = None
         hub.attach(conn)
         if room is not None:
             self.join(room, "")
@@ -93,6 +96,8 @@ class Session:
         assert msg.room is not None and msg.data_json is not None
         if not self.limits.client_publish:
             raise ProtocolError("publish_disabled", "client publish is off on this server")
+        if self._bucket is None:
+            self._bucket = TokenBucket(self.limits.publish_rate, self.limits.publish_burst)
         if not self._bucket.take():
             raise ProtocolError("rate_limited", "too many publishes; slow down")
         try:

@@ -19,17 +19,27 @@ from typing import Any
 from tornado.iostream import IOStream
 from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
 
-_FIN_TEXT = 0x81
+_FIN = 0x80
+_TEXT = 0x1
+_PING = 0x9
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """RFC 6455 section 5.2: a final, unmasked frame of ``opcode`` carrying ``payload``."""
+    head = _FIN | opcode
+    n = len(payload)
+    if n < 126:
+        return struct.pack("!BB", head, n) + payload
+    if n <= 0xFFFF:
+        return struct.pack("!BBH", head, 126, n) + payload
+    return struct.pack("!BBQ", head, 127, n) + payload
 
 
 def encode_text_frame(payload: bytes) -> bytes:
-    """RFC 6455 section 5.2: a final, unmasked text frame carrying ``payload``."""
-    n = len(payload)
-    if n < 126:
-        return struct.pack("!BB", _FIN_TEXT, n) + payload
-    if n <= 0xFFFF:
-        return struct.pack("!BBH", _FIN_TEXT, 126, n) + payload
-    return struct.pack("!BBQ", _FIN_TEXT, 127, n) + payload
+    return encode_frame(_TEXT, payload)
+
+
+PING_WIRE = encode_frame(_PING, b"")
 
 
 class Frame:
@@ -82,6 +92,16 @@ def _write(stream: IOStream, data: bytes) -> None:
         data = data[sent:]
     # IOStream.write's future is silenced by Tornado itself when the stream closes.
     stream.write(data)
+
+
+def ping(conn: WebSocketProtocol, fast: bool) -> None:
+    """Queue an empty ping on ``conn``; same errors as `send`."""
+    if fast:
+        stream = conn.stream
+        if stream is not None and not stream.closed():
+            _write(stream, PING_WIRE)
+    else:
+        conn.write_ping(b"")
 
 
 def send(conn: WebSocketProtocol, frame: Frame, fast: bool) -> None:

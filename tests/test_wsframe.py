@@ -28,6 +28,15 @@ def test_frames_match_tornados_own_framing(size):
     assert wsframe.encode_text_frame(payload) == proto.stream.data
 
 
+def test_the_ping_matches_tornados_own_ping():
+    proto = WebSocketProtocol13.__new__(WebSocketProtocol13)
+    proto.mask_outgoing = False
+    proto._wire_bytes_out = 0
+    proto.stream = _Capture()
+    proto.write_ping(b"")
+    assert wsframe.PING_WIRE == proto.stream.data
+
+
 def test_a_frame_is_encoded_once():
     frame = wsframe.Frame('{"type":"pong"}')
     assert frame.wire is frame.wire
