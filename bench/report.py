@@ -338,6 +338,63 @@ def marginal_rss(agg: dict[Any, Any], servers: list[str]) -> str | None:
     return f"- Server memory per extra idle connection, {lo:g} to {hi:g} connections: " + ", ".join(parts)
 
 
+@dataclass(frozen=True)
+class Target:
+    """One of issue #5's goals for rrr, read off the results at the size the goal names."""
+
+    what: str
+    scenario: str
+    size: float
+    key: str
+    limit: float
+    better: str  # "lower" or "higher"
+    unit: str
+
+
+TARGETS = (
+    Target("idle: memory per connection, presence included", "idle", 19000, "rss_per_conn_kib", 16, "lower", "KiB"),
+    Target("fan-out: server CPU per delivered frame", "fanout", 10000, "server_cpu_us_per_frame", 15, "lower", "us"),
+    Target("fan-out to 10k members: p99 delivery latency", "fanout", 10000, "p99_ms", 200, "lower", "ms"),
+    Target("join storm: every client shows N", "join_storm", 10000, "all_show_n_s", 10, "lower", "s"),
+    Target("churn: opens + closes per second, counts exact", "churn", 30, "ops_per_s", 1000, "higher", "ops/s"),
+)
+#: Delivered frames per CPU second, rrr over each peer, at least this much (same room size, same run).
+RATIO_TARGETS = {"channels": 10.0, "socketio": 3.0}
+
+
+def targets_table(agg: dict[Any, Any], servers: list[str]) -> str:
+    """Each goal: what rrr measured at that size (median), and whether it is met; absent sizes say so."""
+    lines = ["| goal | size | target | rrr measured | met |", "|---|---|---|---|---|"]
+    for t in TARGETS:
+        a = agg.get((t.scenario, t.size, OURS))
+        bound = f"{'≤' if t.better == 'lower' else '≥'} {t.limit:g} {t.unit}"
+        value = a["median"].get(t.key) if a and a["runs"] else None
+        if value is None:
+            shown, met = "not measured in this profile", "—"
+        elif a["failed"]:
+            shown, met = f"{value:.4g} {t.unit}, but a check FAILED in {a['failed']} of {a['runs']} runs", "no"
+        else:
+            ok = value <= t.limit if t.better == "lower" else value >= t.limit
+            shown, met = f"{value:.4g} {t.unit}", "yes" if ok else "**no**"
+        lines.append(f"| {t.what} | {t.size:g} | {bound} | {shown} | {met} |")
+    sizes = sorted({size for (name, size, _) in agg if name == "fanout"})
+    for peer, want in RATIO_TARGETS.items():
+        if peer not in servers or not sizes:
+            continue
+        size = sizes[-1]
+        ours, theirs = agg.get(("fanout", size, OURS)), agg.get(("fanout", size, peer))
+        a = ours["median"].get("server_cpu_us_per_frame") if ours and ours["runs"] else None
+        b = theirs["median"].get("server_cpu_us_per_frame") if theirs and theirs["runs"] else None
+        what = f"delivered frames per CPU second, rrr / {peer}"
+        if not a or not b:
+            lines.append(f"| {what} | {size:g} | ≥ {want:g}× | not measured | — |")
+            continue
+        flag = " (a check failed in those runs)" if ours["failed"] or theirs["failed"] else ""
+        lines.append(f"| {what} | {size:g} | ≥ {want:g}× | {b / a:.1f}×{flag} | "
+                     f"{'yes' if b / a >= want and not flag else '**no**'} |")
+    return "\n".join(lines)
+
+
 #: What the harness found behind the peers' failures, shown only when such failures are in the results.
 KNOWN_CAUSES = (
     ("show the true count",
@@ -391,6 +448,12 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
         "",
         *headline(agg, servers),
         *filter(None, [marginal_rss(agg, servers)]),
+        "",
+        "## rrr against its targets",
+        "",
+        "The goals of issue #5 (one server process on this 2-core machine), at the sizes they name:",
+        "",
+        targets_table(agg, servers),
         "",
         "Ratios below are ours/peer of the medians: under 1 is better for ↓ figures, over 1 for ↑ figures. "
         "A cell shows **FAIL k/n** when k of its n runs failed a correctness check (lost, duplicated or "

@@ -14,7 +14,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection, serve
 
 from .dialects import COUNT, ERROR, JOINED, MESSAGE, RrrDialect, SocketIODialect
-from .report import Metric, aggregate, fmt_cell, ratio
+from .report import Metric, aggregate, fmt_cell, ratio, targets_table
 from .scenarios import latency_summary, split
 from .worker import Client, Worker
 
@@ -87,6 +87,26 @@ def test_report_marks_failures_and_parenthesises_their_ratios() -> None:
     assert fmt_cell(agg[("fanout", 10, "channels")], m).startswith("**FAIL** 1/1")
     assert ratio(agg[("fanout", 10, "rrr")], agg[("fanout", 10, "channels")], m) == "(0.25)"
     assert ratio(agg[("fanout", 10, "rrr")], agg[("fanout", 10, "socketio")], m) == "0.5"
+
+
+def test_targets_are_read_at_their_size_and_a_failed_check_never_meets_one() -> None:
+    def cell(server: str, scenario: str, size: float, ok: bool = True, **metrics: float) -> dict[str, Any]:
+        return {"scenario": scenario, "size": size, "server": server, "ok": ok,
+                "failures": [] if ok else ["lost"], "metrics": metrics}
+
+    cells = [
+        cell("rrr", "idle", 19000, rss_per_conn_kib=15.0),
+        cell("rrr", "fanout", 10000, False, server_cpu_us_per_frame=5.0, p99_ms=300.0),
+        cell("rrr", "join_storm", 1000, all_show_n_s=1.0),
+        cell("channels", "fanout", 10000, server_cpu_us_per_frame=100.0),
+        cell("socketio", "fanout", 10000, server_cpu_us_per_frame=10.0),
+    ]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in
+            targets_table(aggregate(cells), ["rrr", "channels", "socketio"]).splitlines()[2:]}
+    assert rows["idle: memory per connection, presence included"].endswith("| 15 KiB | yes |")
+    assert "FAILED in 1 of 1" in rows["fan-out to 10k members: p99 delivery latency"]
+    assert "not measured" in rows["join storm: every client shows N"]  # 1000 is not the size the goal names
+    assert rows["delivered frames per CPU second, rrr / channels"].endswith("(a check failed in those runs) | **no** |")
 
 
 def test_worker_catches_a_faulty_server_end_to_end() -> None:

@@ -54,14 +54,20 @@ class RawPeer:
         self.writer.close()
 
 
+async def watched_peer(server_factory, clients, room):
+    """A server pinging every 0.3 s, a raw peer in ``room``, and a normal client watching the count."""
+    server = await server_factory(ping_interval=0.3)
+    watcher = await connect(server.ws_url(f"/ws/count/{room}/"))
+    clients.append(watcher)
+    peer = await RawPeer.open(server.port, f"/ws/count/{room}/")
+    await watcher.settles_on(2)
+    return server, watcher, peer
+
+
 @pytest.mark.parametrize("answer", ["pong", "message"])
 async def test_quiet_peers_that_answer_stay_connected_and_counted(server_factory, clients, answer):
-    server = await server_factory(ping_interval=0.3)
-    watcher = await connect(server.ws_url("/ws/count/quiet/"))
-    clients.append(watcher)
-    peer = await RawPeer.open(server.port, "/ws/count/quiet/")
+    server, watcher, peer = await watched_peer(server_factory, clients, "quiet")
     try:
-        await watcher.settles_on(2)
         pings = 0
         while pings < 6:  # six rounds: far past the two it takes to drop a silent peer
             opcode, _ = await asyncio.wait_for(peer.frame(), 10)
@@ -82,12 +88,8 @@ async def test_quiet_peers_that_answer_stay_connected_and_counted(server_factory
 
 
 async def test_a_peer_that_stops_answering_is_closed_and_leaves_the_count(server_factory, clients):
-    server = await server_factory(ping_interval=0.3)
-    watcher = await connect(server.ws_url("/ws/count/silent/"))
-    clients.append(watcher)
-    peer = await RawPeer.open(server.port, "/ws/count/silent/")
+    server, watcher, peer = await watched_peer(server_factory, clients, "silent")
     try:
-        await watcher.settles_on(2)
         seen = []
         while not seen or seen[-1][0] != CLOSE:
             seen.append(await asyncio.wait_for(peer.frame(), 10))
