@@ -76,6 +76,9 @@ class RelaySocket(WebSocketHandler):
     def on_pong(self, data: bytes) -> None:
         self.keepalive.heard(self)
 
+    def on_ping(self, data: bytes) -> None:
+        self.keepalive.heard(self)
+
     def on_close(self) -> None:
         self.keepalive.discard(self)
         if self.session is not None:
@@ -88,6 +91,19 @@ class RelaySocket(WebSocketHandler):
 
     def send_ping(self) -> None:
         self._send(None)
+
+    def drop(self, reason: str) -> bool:
+        """Close a peer the keepalive gave up on; False if it was closing already."""
+        conn = self.ws_connection
+        if conn is None or conn.is_closing():
+            return False
+        try:
+            self.close(1000, reason)
+        except StreamBufferFullError:
+            # No room for a close frame behind all the peer never read: cut the TCP connection.
+            if conn.stream is not None:
+                conn.stream.close()
+        return True
 
     def _send(self, frame: wsframe.Frame | None) -> None:
         """Write ``frame`` (None: a ping); never raises, and cuts off a client that stopped reading."""

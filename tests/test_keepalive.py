@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import struct
@@ -9,6 +10,7 @@ import struct
 import pytest
 
 from conftest import connect, wait_until
+from rrr.keepalive import Keepalive
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 
@@ -120,3 +122,89 @@ async def test_ping_interval_zero_turns_pings_off(server_factory, clients):
         assert server.metric("rrr_open_sockets") == 1
     finally:
         peer.close()
+
+
+class FakeSocket:
+    """Stands in for a handler only to count what the Keepalive asks of it."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.pings = 0
+        self.dropped = False
+        self.fail = fail
+
+    def send_ping(self) -> None:
+        if self.fail == "ping":
+            raise OSError("ping failed")
+        self.pings += 1
+
+    def drop(self, reason: str) -> bool:
+        if self.fail == "drop":
+            raise OSError("drop failed")
+        self.dropped = True
+        return True
+
+
+@contextlib.asynccontextmanager
+async def answering(ka, socks):
+    """Peers that answer every 10 ms, far more often than the 0.2 s rounds ping them."""
+
+    async def answer():
+        while True:
+            for sock in socks:
+                ka.heard(sock)
+            await asyncio.sleep(0.01)
+
+    task = asyncio.ensure_future(answer())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+async def test_every_socket_is_pinged_across_slices_and_the_silent_are_dropped():
+    ka = Keepalive(0.2, slices=4)
+    alive, silent = [FakeSocket() for _ in range(5)], [FakeSocket() for _ in range(3)]
+    for sock in alive + silent:
+        ka.add(sock)
+    async with answering(ka, alive):
+        await wait_until(lambda: all(sock.dropped for sock in silent), what="the silent sockets dropped")
+        await wait_until(lambda: all(sock.pings >= 3 for sock in alive), what="three rounds of pings")
+    assert not any(sock.dropped for sock in alive)
+    assert len(ka) == 5
+
+
+async def test_a_socket_that_raises_does_not_stop_the_rounds_for_the_others():
+    timeouts = []
+    ka = Keepalive(0.2, on_timeout=lambda: timeouts.append(1), slices=4)
+    bad_ping, bad_drop, good = FakeSocket("ping"), FakeSocket("drop"), FakeSocket()
+    for sock in (bad_ping, bad_drop, good):
+        ka.add(sock)
+    async with answering(ka, [good]):
+        await wait_until(lambda: good.pings >= 4, what="rounds to go on past the failing sockets")
+    assert bad_ping.dropped, "a socket whose ping failed never answered, so it is dropped"
+    assert len(ka) == 1 and ka.running
+    assert timeouts == [1]  # bad_drop's failed drop is logged, not counted
+
+
+async def test_the_timer_stops_with_the_last_socket_and_starts_with_the_next():
+    ka = Keepalive(0.2, slices=4)
+    sock = FakeSocket()
+    ka.add(sock)
+    assert ka.running
+    await wait_until(lambda: sock.dropped, what="the silent socket dropped")
+    await wait_until(lambda: not ka.running, what="the timer to stop")
+    ka.add(FakeSocket())
+    assert ka.running
+
+
+async def test_pings_are_spread_over_the_interval_not_sent_all_at_once():
+    ka = Keepalive(1.0, slices=10)
+    socks = [FakeSocket() for _ in range(1000)]
+    for sock in socks:
+        ka.add(sock)
+    async with answering(ka, socks):
+        await wait_until(lambda: any(sock.pings for sock in socks), what="the first tick")
+        first = sum(1 for sock in socks if sock.pings)
+        # One tick visits one slice: about a tenth, never all (objects of one size must not share a slice).
+        assert 30 <= first <= 250, first
+        await wait_until(lambda: all(sock.pings for sock in socks), timeout=5, what="every socket within an interval")
