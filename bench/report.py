@@ -426,6 +426,17 @@ def known_causes(results: dict[str, Any]) -> list[str]:
     return [f"- {why}" for needle, why in KNOWN_CAUSES if needle in text]
 
 
+def composed_note(meta: dict[str, Any]) -> list[str]:
+    """A results file put together from two runs says so, and why, at the top of the page."""
+    c = meta.get("composed")
+    if not c:
+        return []
+    r, p = c["rrr_run"], c["peers_run"]
+    return [f"**Two runs.** {c['why']} rrr's cells come from the run of {r['started']} "
+            f"({r['elapsed_s'] / 60:.0f} min, load {r['loadavg_start']} → {r['loadavg_end']}); the peers' from "
+            f"the run of {p['started']} ({p['elapsed_s'] / 60:.0f} min), on the same machine and sizes.", ""]
+
+
 def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path:
     results = json.loads(results_path.read_text())
     meta = results["meta"]
@@ -447,6 +458,7 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
         "Do not edit by hand: `make bench-quick` (or `make bench` for the full sizes) reruns everything and "
         "rewrites this page.",
         "",
+        *composed_note(meta),
         "Servers, all on one Redis, all started fresh for every cell:",
         "",
         *(f"- **{k}**: {v}" for k, v in labels.items()),

@@ -142,3 +142,28 @@ def test_worker_catches_a_faulty_server_end_to_end() -> None:
             assert w.cmd_state({})["dropped"] == 0
 
     asyncio.run(main())
+
+
+def test_connects_left_over_from_a_reset_cell_are_not_the_next_cells_errors() -> None:
+    """A cell cut short leaves handshakes in flight; when they fail later they must not count against the next cell."""
+
+    async def main() -> dict[str, Any]:
+        async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(5)  # accept TCP, never answer the handshake
+            writer.close()
+
+        server = await asyncio.start_server(stall, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        w = Worker(0)
+        opening = asyncio.ensure_future(w.cmd_open({
+            "kind": "rrr", "ports": [port], "sources": ["127.0.0.1"], "specs": [["r", 5]], "host": "127.0.0.1",
+            "timeout": 1.0, "in_flight": 5,
+        }))
+        await asyncio.sleep(0.3)
+        w.cmd_reset({})
+        await opening
+        server.close()
+        return w.cmd_state({})
+
+    state = asyncio.run(main())
+    assert state["errors"] == 0, state["error_samples"]

@@ -182,6 +182,8 @@ class Worker:
             try:
                 await self._connect(client, relay, a["host"], ports[i % len(ports)], srcs[i % len(srcs)], a["timeout"])
             except Exception as e:  # noqa: BLE001 - every failure is reported, none is fatal
+                if generation != self.generation:
+                    return  # a connect left over from a cell that was cut short; not the new cell's error
                 failed += 1
                 self._note_error(f"connect: {type(e).__name__}: {e}"[:160])
 
