@@ -387,12 +387,16 @@ def targets_table(agg: dict[Any, Any], servers: list[str]) -> str:
             a = agg.get(("fanout", size, server))
             return a["median"].get("server_cpu_us_per_frame") if a and a["runs"] else None
 
-        # The largest room both servers were measured at (a peer may have run out of time above it).
+        def passed(size: float) -> bool:
+            return all(not agg[("fanout", size, s)]["failed"] for s in (OURS, peer))
+
+        # The largest room both servers were measured at and passed every check in; failing that,
+        # the largest they were measured at, flagged (a server that loses frames is cheap per frame).
         both = [size for size in sizes if cpu(OURS, size) and cpu(peer, size)]
         if not both:
             lines.append(f"| {what} | {sizes[-1]:g} | ≥ {want:g}× | not measured | — |")
             continue
-        size = both[-1]
+        size = ([size for size in both if passed(size)] or both)[-1]
         ours, theirs = agg[("fanout", size, OURS)], agg[("fanout", size, peer)]
         a, b = cpu(OURS, size), cpu(peer, size)
         assert a and b
