@@ -73,7 +73,7 @@ def _retrieve(fut: Any) -> None:
         fut.exception()  # a closed socket is expected here; don't log it as unhandled
 
 
-def _write(stream: IOStream, data: bytes) -> None:
+def _write(conn: WebSocketProtocol, data: bytes) -> None:
     """Send straight to the socket when nothing is queued, else queue behind what is.
 
     Most sockets in a broadcast have an empty buffer and room in the kernel's, so
@@ -82,6 +82,9 @@ def _write(stream: IOStream, data: bytes) -> None:
     unsent, and every error, goes through ``IOStream.write``, which buffers, applies
     ``max_write_buffer_size`` and closes the stream on a dead peer as usual.
     """
+    stream = conn.stream
+    if stream is None or stream.closed():
+        return
     if type(stream) is IOStream and not stream.writing():
         try:
             sent = stream.socket.send(data)
@@ -97,9 +100,7 @@ def _write(stream: IOStream, data: bytes) -> None:
 def ping(conn: WebSocketProtocol, fast: bool) -> None:
     """Queue an empty ping on ``conn``; same errors as `send`."""
     if fast:
-        stream = conn.stream
-        if stream is not None and not stream.closed():
-            _write(stream, PING_WIRE)
+        _write(conn, PING_WIRE)
     else:
         conn.write_ping(b"")
 
@@ -107,8 +108,6 @@ def ping(conn: WebSocketProtocol, fast: bool) -> None:
 def send(conn: WebSocketProtocol, frame: Frame, fast: bool) -> None:
     """Queue ``frame`` on ``conn``. Raises tornado's StreamBufferFullError if the client stopped reading."""
     if fast:
-        stream = conn.stream
-        if stream is not None and not stream.closed():
-            _write(stream, frame.wire)
+        _write(conn, frame.wire)
     else:
         conn.write_message(frame.text).add_done_callback(_retrieve)
