@@ -7,7 +7,7 @@ from typing import Any
 
 import tornado.web
 
-from rrr.backplane import BackplaneError
+from rrr.errors import BackplaneError
 from rrr.hub import Hub
 from rrr.protocol import validate_json_payload
 

@@ -18,9 +18,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import protocol, scripts
 from .connect import make_redis
+from .errors import BackplaneError, OutcomeUnknown
 from .metrics import Metrics
 from .protocol import CountState
 
@@ -31,10 +33,6 @@ _ROOM = protocol.ROOM_CHANNEL_PREFIX.encode()
 _COUNT = protocol.COUNT_CHANNEL_PREFIX.encode()
 #: Rooms per SET_PRESENCE call: one round trip for a whole batch, yet short scripts.
 _PRESENCE_CHUNK = 500
-
-
-class BackplaneError(Exception):
-    """Redis did not answer in time or refused; the caller decides how to degrade."""
 
 
 class Listener(Protocol):
@@ -180,6 +178,8 @@ class RedisBackplane:
             return await coro
         except (RedisError, OSError, asyncio.TimeoutError) as e:
             self.metrics.redis_errors.labels(op).inc()
+            if isinstance(e, (asyncio.TimeoutError, RedisTimeoutError)):
+                raise OutcomeUnknown(f"redis {op} timed out: {e}") from e
             raise BackplaneError(f"redis {op} failed: {e}") from e
 
     # -- subscriptions ---------------------------------------------------

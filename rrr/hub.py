@@ -17,7 +17,8 @@ import logging
 from typing import Protocol
 
 from . import protocol
-from .backplane import Backplane, BackplaneError, full_jitter
+from .backplane import Backplane, full_jitter
+from .errors import BackplaneError
 from .metrics import Metrics
 from .protocol import CountState
 from .wsframe import Frame
@@ -113,6 +114,16 @@ class Hub:
             del self._rooms[room]
             self.backplane.unsubscribe(room)
         self._mark_dirty(room)
+
+    def current_state(self, room: str) -> CountState | None:
+        """The newest totals this process knows for ``room`` (None before its first write)."""
+        r = self._rooms.get(room)
+        return r.state if r else None
+
+    @property
+    def room_count(self) -> int:
+        """Rooms with at least one local subscriber."""
+        return len(self._rooms)
 
     def local_counts(self, room: str) -> tuple[int, int]:
         r = self._rooms.get(room)

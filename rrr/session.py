@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 
 from . import protocol
-from .backplane import BackplaneError
+from .errors import BackplaneError
 from .hub import Connection, Hub
 from .policy import TokenBucket
 from .protocol import ClientMessage, ProtocolError
