@@ -23,14 +23,12 @@ from tornado.options import define, options, parse_command_line
 from handlers.api import HealthHandler, MetricsHandler, NotFoundHandler, PublishHandler, RoomHandler
 from handlers.pages import CountPageHandler, IndexHandler
 from handlers.sockets import CountSocket, RelaySocket
-from rrr.backplane import RedisBackplane
 from rrr.config import command_line
 from rrr.embedded import EmbeddedRedis
-from rrr.hub import Hub
 from rrr.keepalive import Keepalive
-from rrr.metrics import Metrics
 from rrr.policy import parse_origins
 from rrr.protocol import SLUG_PATTERN
+from rrr.service import Service, Settings
 from rrr.session import Limits
 
 ROOT = Path(__file__).resolve().parent
@@ -48,6 +46,7 @@ define("client_publish", default=False, type=bool, help="let browsers publish to
 define("publish_rate", default=10.0, type=float, help="client publishes per second per socket (burst: 2x)")
 define("presence_ttl", default=15.0, type=float, help="seconds a dead process's presence may outlive it")
 define("count_interval", default=0.1, type=float, help="at most one count broadcast per room per interval (s)")
+define("sweep_interval", default=1.0, type=float, help="how often each process sweeps dead processes' presence (s)")
 define(
     "ping_interval", default=20.0, type=float,
     help="WebSocket ping period (s); a peer silent for a period after a ping is dropped; keep under proxy timeouts",
@@ -56,13 +55,32 @@ define("max_message_size", default=65536, type=int, help="largest client frame o
 define("send_buffer", default=1 << 20, type=int, help="bytes buffered for a client that stops reading, then cut")
 define("max_subscriptions", default=1000, type=int, help="subscriptions per socket")
 define("redis_timeout", default=2.0, type=float, help="seconds before a Redis call is abandoned")
+define(
+    "redis_pool_size", default=32, type=int,
+    help="Redis connections for requests (lease renewal and pub/sub have their own); callers beyond wait",
+)
 define("log_level", default="info", help="debug, info, warning or error")
 
 
-def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
-    """The Tornado application; ``overrides`` replace option values (tests use them)."""
+def make_app(**overrides: Any) -> tornado.web.Application:
+    """The Tornado application and the service behind it (``app.settings["service"]``, not yet
+    started); ``overrides`` replace option values. ``main()`` and the tests both build it here."""
     o = {name: options[name] for name in options.as_dict()}
     o.update(overrides)
+    service = Service(
+        Settings(
+            redis_url=o["redis_url"],
+            presence_ttl=o["presence_ttl"],
+            count_interval=o["count_interval"],
+            sweep_interval=o["sweep_interval"],
+            redis_timeout=o["redis_timeout"],
+            redis_pool_size=o["redis_pool_size"],
+            # Not options: tests shorten them to see reconnects quickly.
+            pubsub_keepalive=o.get("pubsub_keepalive", 5.0),
+            backoff_cap=o.get("backoff_cap", 5.0),
+        )
+    )
+    hub = service.hub
     sockets = dict(
         hub=hub,
         keepalive=Keepalive(o["ping_interval"], on_timeout=hub.metrics.ping_timeouts.inc),
@@ -89,7 +107,7 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
                 PublishHandler,
                 dict(hub=hub, token=o["publish_token"], max_size=o["max_message_size"]),
             ),
-            (r"/healthz", HealthHandler, dict(hub=hub)),
+            (r"/healthz", HealthHandler, dict(health=service.health)),
             (r"/metrics", MetricsHandler, dict(hub=hub)),
         ],
         default_handler_class=NotFoundHandler,
@@ -98,6 +116,7 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
         # Pings come from one Keepalive timer per process instead of a Task per socket.
         websocket_ping_interval=None,
         websocket_max_message_size=o["max_message_size"],
+        service=service,
     )
 
 
@@ -112,17 +131,13 @@ async def main() -> None:
         embedded = EmbeddedRedis().start()
         url = embedded.url
         log.info("started embedded redis-server (%s)", embedded.binary)
-    metrics = Metrics()
-    backplane = RedisBackplane(
-        url, metrics, presence_ttl=options.presence_ttl,
-        sweep_interval=options.count_interval, timeout=options.redis_timeout,
-    )
-    hub = Hub(backplane, metrics, count_interval=options.count_interval)
-    await hub.start()
+    app = make_app(redis_url=url)
+    service: Service = app.settings["service"]
+    await service.start()
     sockets = tornado.netutil.bind_sockets(options.port, options.address)
     # Publish bodies over --max-message-size get a 413; far bigger ones are cut off unread.
     max_body = max(2 * options.max_message_size, 1 << 20)
-    server = tornado.httpserver.HTTPServer(make_app(hub), xheaders=options.xheaders, max_body_size=max_body)
+    server = tornado.httpserver.HTTPServer(app, xheaders=options.xheaders, max_body_size=max_body)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     host = f"[{options.address}]" if ":" in options.address else options.address
@@ -136,7 +151,7 @@ async def main() -> None:
 
     log.info("shutting down: removing presence, closing sockets with 1001")
     server.stop()
-    await hub.shutdown()
+    await service.shutdown()
     try:
         await asyncio.wait_for(server.close_all_connections(), 5)
     except asyncio.TimeoutError:

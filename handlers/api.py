@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import tornado.web
@@ -70,14 +71,22 @@ class PublishHandler(JsonHandler):
 
 
 class HealthHandler(JsonHandler):
-    def initialize(self, hub: Hub) -> None:
-        self.hub = hub
+    """Readiness: 200 only when every check passes; the body names each one."""
+
+    def initialize(self, health: Callable[[], Awaitable[dict[str, bool]]]) -> None:
+        self.health = health
 
     async def get(self) -> None:
-        ok = await self.hub.healthy()
+        checks = await self.health()
+        ok = all(checks.values())
+        failing = [name for name, passed in checks.items() if not passed]
         self.set_header("Cache-Control", "no-store")
         self.set_status(200 if ok else 503)
-        self.finish({"status": "ok" if ok else "redis unavailable", "redis": ok})
+        self.finish({
+            "status": "ok" if ok else "failing: " + ", ".join(failing),
+            "redis": checks.get("redis", False),
+            "checks": checks,
+        })
 
 
 class MetricsHandler(tornado.web.RequestHandler):

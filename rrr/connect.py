@@ -19,7 +19,9 @@ Redis Sentinel (the client asks the sentinels for the current master and follows
 Example: ``redis+sentinel://rrr:s3cret@10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/rrr/0``.
 
 Both kinds of client time out every call after ``timeout`` seconds and retry a failed
-call once: a stalled Redis must never hang the event loop. With Sentinel, a connection
+call once: a stalled Redis must never hang the event loop. Their pools are sized on
+purpose (``max_connections``) and block for a free connection (up to ``timeout``)
+instead of failing with "Too many connections" under a burst of requests. With Sentinel, a connection
 that finds the old master gone (or demoted: READONLY) is dropped, and the next
 connection asks the sentinels again, so the backplane's reconnect loop lands on the
 new master after a failover.
@@ -34,7 +36,8 @@ from urllib.parse import parse_qsl, unquote
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -144,13 +147,17 @@ class SentinelRedis(aioredis.Redis):
                 await self.sentinel_manager.aclose()
 
 
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's master discovery with the blocking pool's wait for a free connection."""
+
+
 def _retry() -> Retry:
     """One retry, on connection errors only: a command that timed out may still run when a
     stalled Redis resumes, and retrying it would deliver a PUBLISH twice."""
     return Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(RedisConnectionError,))
 
 
-def make_sentinel_redis(parsed: SentinelURL, timeout: float) -> SentinelRedis:
+def make_sentinel_redis(parsed: SentinelURL, timeout: float, max_connections: int = 32) -> SentinelRedis:
     """A client for the current master of ``parsed.service_name``, found through the sentinels."""
     sentinel_kwargs: dict[str, Any] = dict(
         socket_timeout=timeout,
@@ -167,6 +174,9 @@ def make_sentinel_redis(parsed: SentinelURL, timeout: float) -> SentinelRedis:
     client = sentinel.master_for(
         parsed.service_name,
         redis_class=SentinelRedis,
+        connection_pool_class=BlockingSentinelConnectionPool,
+        max_connections=max_connections,
+        timeout=timeout,
         db=parsed.db,
         username=parsed.username,
         password=parsed.password,
@@ -181,15 +191,21 @@ def make_sentinel_redis(parsed: SentinelURL, timeout: float) -> SentinelRedis:
     return client
 
 
-def make_redis(url: str, timeout: float) -> aioredis.Redis:
-    """A client whose every call gives up after ``timeout``: a stalled Redis must never hang the loop."""
+def make_redis(url: str, timeout: float, max_connections: int = 32) -> aioredis.Redis:
+    """A client whose every call gives up after ``timeout``: a stalled Redis must never hang the loop.
+
+    At most ``max_connections`` at once; a caller beyond that waits up to ``timeout`` for one.
+    """
     if is_sentinel_url(url):
-        return make_sentinel_redis(parse_sentinel_url(url), timeout)
-    return aioredis.Redis.from_url(
+        return make_sentinel_redis(parse_sentinel_url(url), timeout, max_connections)
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=_retry(),
         decode_responses=False,
         client_name="rrr",
     )
+    return aioredis.Redis.from_pool(pool)

@@ -1,7 +1,8 @@
 """The process-local hub: who is in which room here, and what they are sent.
 
-Handlers talk to the hub; the hub talks to the backplane. Two rates are
-coalesced per process so a join storm of N costs O(N) frames, not O(N^2):
+Handlers talk to the hub; the hub asks the subscriber for rooms and marks presence
+writes, which the service's flush loop writes (`rrr.coalesce` decides when). Two rates
+are coalesced per process so a join storm of N costs O(N) frames, not O(N^2):
 
 * presence writes: joins and leaves only mark a room dirty; at most one batched
   Redis call per ``count_interval`` writes every dirty room (leading edge at once,
@@ -14,13 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Protocol
 
-from . import protocol
-from .backplane import Backplane, full_jitter
-from .errors import BackplaneError
+from . import keys, protocol
+from .coalesce import Coalescer
 from .metrics import Metrics
+from .presence import Presence
 from .protocol import CountState
+from .subscriber import Subscriber
 from .wsframe import Frame
 
 log = logging.getLogger("rrr.hub")
@@ -51,27 +54,26 @@ class _Room:
 
 
 class Hub:
-    def __init__(self, backplane: Backplane, metrics: Metrics, *, count_interval: float = 0.1) -> None:
-        self.backplane = backplane
+    """Local rooms and fan-out. Presence writes are *marked* here and written by the service's
+    flush loop (`take_batch` / `apply`); nothing here awaits Redis except handler requests."""
+
+    def __init__(
+        self, presence: Presence, subscriber: Subscriber, coalescer: Coalescer, metrics: Metrics, *,
+        count_interval: float = 0.1,
+    ) -> None:
+        self.presence = presence
+        self.subscriber = subscriber
+        self.coalescer = coalescer
         self.metrics = metrics
         self.count_interval = count_interval
         self._rooms: dict[str, _Room] = {}
         self._conns: set[Connection] = set()
-        self._dirty: set[str] = set()
-        self._flushing = False
-        self._flush_task: asyncio.Future[None] | None = None
-        self._flush_timer: asyncio.TimerHandle | None = None
-        self._last_flush = float("-inf")
-        self._flush_failures = 0
         self._closing = False
         metrics.bind_gauges(
             lambda: len(self._conns),
             lambda: sum(r.tabs for r in self._rooms.values()),
             lambda: len(self._rooms),
         )
-
-    async def start(self) -> None:
-        await self.backplane.start(self)
 
     @property
     def closing(self) -> bool:
@@ -90,7 +92,7 @@ class Hub:
         r = self._rooms.get(room)
         if r is None:
             r = self._rooms[room] = _Room()
-            self.backplane.subscribe(room)
+            self.subscriber.subscribe(room)
         r.tabs_by_conn[conn] = r.tabs_by_conn.get(conn, 0) + 1
         r.tabs += 1
         r.waiting.add(conn)
@@ -112,7 +114,7 @@ class Hub:
             if r.timer:
                 r.timer.cancel()
             del self._rooms[room]
-            self.backplane.unsubscribe(room)
+            self.subscriber.unsubscribe(room)
         self._mark_dirty(room)
 
     def current_state(self, room: str) -> CountState | None:
@@ -129,58 +131,46 @@ class Hub:
         r = self._rooms.get(room)
         return (len(r.tabs_by_conn), r.tabs) if r else (0, 0)
 
-    # -- presence writes, coalesced ---------------------------------------
+    # -- presence writes: marked here, written by the service's flush loop ------
 
     def _mark_dirty(self, room: str) -> None:
-        self._dirty.add(room)
-        self._schedule_flush()
+        if not self._closing:
+            self.coalescer.mark(room)
 
-    def _schedule_flush(self, delay: float | None = None) -> None:
-        if self._closing or self._flushing or self._flush_timer is not None or not self._dirty:
-            return
-        loop = asyncio.get_running_loop()
-        if delay is None:
-            delay = self._last_flush + self.count_interval - loop.time()
-        if delay <= 0:
-            self._start_flush()
-        else:
-            self._flush_timer = loop.call_later(delay, self._start_flush)
+    def take_batch(self, rooms: set[str]) -> tuple[dict[str, tuple[int, int]], dict[str, set[Connection]]]:
+        """The rows to write for ``rooms`` now, and the sockets owed a count once written.
 
-    def _start_flush(self) -> None:
-        self._flush_timer = None
-        self._flushing = True
-        self._flush_task = asyncio.ensure_future(self._flush())
+        A room with local subscribers is written only once its channels are confirmed
+        subscribed (`on_subscribed` marks it again then): a count that shows this process
+        means its relay works too. A room we left is written at once.
+        """
+        rows: dict[str, tuple[int, int]] = {}
+        owed: dict[str, set[Connection]] = {}
+        for room in rooms:
+            counts = self.local_counts(room)
+            if counts != (0, 0) and not self.subscriber.confirmed(room):
+                continue
+            rows[room] = counts
+            r = self._rooms.get(room)
+            if r is not None and r.waiting:
+                owed[room], r.waiting = r.waiting, set()
+        return rows, owed
 
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._last_flush = loop.time()
-        dirty, self._dirty = self._dirty, set()
-        owed = {room: r.waiting for room in dirty if (r := self._rooms.get(room)) and r.waiting}
-        for room in owed:
-            self._rooms[room].waiting = set()
-        retry: float | None = None
-        try:
-            states = await self.backplane.set_presence({room: self.local_counts(room) for room in dirty})
-        except BackplaneError as e:
-            self._flush_failures += 1
-            retry = max(self.count_interval, full_jitter(self._flush_failures, 0.25, 5.0))
-            if self._flush_failures == 1:
-                log.warning("presence write failed, will retry: %s", e)
-            self._dirty |= dirty
-            for room, conns in owed.items():
-                if (r := self._rooms.get(room)) is not None:
-                    r.waiting |= {c for c in conns if c in r.tabs_by_conn}
-        else:
-            self._flush_failures = 0
-            for room, state in states.items():
-                r = self._rooms.get(room)
-                sent_before = r.sent_version if r else None
-                self.on_count(room, state)
-                if r is not None and room in owed and r.sent_version == sent_before:
-                    self._send_initial(r, room, owed[room])
-        finally:
-            self._flushing = False
-        self._schedule_flush(retry)
+    def restore(self, rows: Mapping[str, tuple[int, int]], owed: dict[str, set[Connection]]) -> None:
+        """A batch failed: its rooms are dirty again, and still owe their new sockets a count."""
+        self.coalescer.failed(set(rows))
+        for room, conns in owed.items():
+            if (r := self._rooms.get(room)) is not None:
+                r.waiting |= {c for c in conns if c in r.tabs_by_conn}
+
+    def apply(self, states: Mapping[str, CountState], owed: dict[str, set[Connection]]) -> None:
+        """A batch was written: take the new totals, and give new sockets their count now."""
+        for room, state in states.items():
+            r = self._rooms.get(room)
+            sent_before = r.sent_version if r else None
+            self.on_count(room, state)
+            if r is not None and room in owed and r.sent_version == sent_before:
+                self._send_initial(r, room, owed[room])
 
     def _send_initial(self, r: _Room, room: str, conns: set[Connection]) -> None:
         """Give new subscribers the latest count now; the throttled broadcast then skips them."""
@@ -195,7 +185,7 @@ class Hub:
                 sent += 1
         self.metrics.messages_out.inc(sent)
 
-    # -- backplane callbacks ------------------------------------------------
+    # -- what the subscriber hears (its Listener) ------------------------------------------------
 
     def on_count(self, room: str, state: CountState) -> None:
         r = self._rooms.get(room)
@@ -244,41 +234,35 @@ class Hub:
         if room in self._rooms:
             self._mark_dirty(room)
 
-    def on_resync(self) -> None:
-        """Redis restarted or lost our lease: forget versions, rewrite every local room."""
-        for room, r in self._rooms.items():
+    def on_connected(self) -> None:
+        self.resync()
+
+    def resync(self) -> None:
+        """Redis restarted, the subscriber reconnected or our lease was lost: forget versions,
+        write every local room again (each once its channels are confirmed)."""
+        for r in self._rooms.values():
             r.state = None
             r.sent_version = -1
             r.fresh.clear()
-            self._dirty.add(room)
-        self._schedule_flush(0)
+        if not self._closing:
+            self.coalescer.mark_all(list(self._rooms))
 
     # -- requests from handlers -----------------------------------------------
 
     async def publish(self, room: str, data_json: str) -> int:
-        return await self.backplane.publish(room, data_json)
+        return await self.presence.publish(keys.room_channel(room), data_json)
 
     async def room_state(self, room: str) -> CountState:
-        return await self.backplane.room_state(room)
+        return await self.presence.room_state(room)
 
-    async def healthy(self) -> bool:
-        return await self.backplane.ping()
-
-    async def shutdown(self, code: int = 1001, reason: str = "server shutting down") -> None:
-        """Remove our presence first (counts drop at once), then close every socket with 1001."""
+    def begin_shutdown(self) -> None:
+        """From now on nothing is marked for writing: LEAVE removes all our presence at once."""
         self._closing = True
-        if self._flush_timer:
-            self._flush_timer.cancel()
+        self.coalescer.drop()
         for r in self._rooms.values():
             if r.timer:
                 r.timer.cancel()
-        if self._flush_task is not None:
-            # A write still in flight must land before LEAVE, or it would re-add us.
-            await asyncio.gather(self._flush_task, return_exceptions=True)
-        try:
-            await self.backplane.leave()
-        except BackplaneError as e:
-            log.warning("could not remove presence on shutdown (it will expire): %s", e)
+
+    def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
         for conn in list(self._conns):
             conn.close(code, reason)
-        await self.backplane.close()

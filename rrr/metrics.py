@@ -42,6 +42,15 @@ class Metrics:
             "rrr_presence_expired", "Dead processes whose presence this process swept", registry=r,
         )
         self.client_errors = Counter("rrr_client_errors", "Error replies sent to clients", ["code"], registry=r)
+        self.task_errors = Counter(
+            "rrr_task_errors", "Failures of long-lived tasks (each logged, then retried or restarted)", ["task"],
+            registry=r,
+        )
+        self.redis_oom = Gauge(
+            "rrr_redis_oom", "1 while Redis refuses writes at maxmemory (its last probe write failed OOM)", registry=r,
+        )
+        self.health = Gauge("rrr_health_check", "Each /healthz check at its last run (1 ok, 0 failing)", ["check"],
+                            registry=r)
 
     def bind_gauges(self, sockets: Callable[[], float], subs: Callable[[], float], rooms: Callable[[], float]) -> None:
         """Read gauges from the hub at scrape time instead of updating them on every join."""

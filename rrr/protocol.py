@@ -16,11 +16,6 @@ SLUG_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 _SLUG_RE = re.compile(rf"^{SLUG_PATTERN}\Z")
 SUB_ID_MAX = 128
 
-#: Redis channel any backend may PUBLISH a JSON value to; it reaches the room as ``data``.
-ROOM_CHANNEL_PREFIX = "rrr:room:"
-#: Redis channel on which presence changes are announced (written by the backplane's scripts).
-COUNT_CHANNEL_PREFIX = "rrr:count:"
-
 CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "ping", "hello"})
 TRANSPORTS = frozenset({"sharedworker", "leader", "direct", "unknown"})
 
@@ -61,14 +56,6 @@ class CountState:
 
 def is_valid_slug(value: object) -> bool:
     return isinstance(value, str) and _SLUG_RE.match(value) is not None
-
-
-def room_channel(slug: str) -> str:
-    return ROOM_CHANNEL_PREFIX + slug
-
-
-def count_channel(slug: str) -> str:
-    return COUNT_CHANNEL_PREFIX + slug
 
 
 def dumps(obj: Any) -> str:

@@ -12,21 +12,16 @@ order and receivers can drop stale ones.
 
 from __future__ import annotations
 
-from .protocol import COUNT_CHANNEL_PREFIX
+from .keys import LUA_PRELUDE
 
-PROCS_KEY = "rrr:procs"
-SEQ_KEY = "rrr:seq"
-PRESENCE_PREFIX = "rrr:presence:"
-PROC_ROOMS_PREFIX = "rrr:proc:"
+#: Redis 7 script flags: presence must keep working when Redis is at ``maxmemory``
+#: (its writes are small and bounded per process by the caps), so these scripts may write
+#: there; Redis < 7 does not know the shebang and gets the scripts without it.
+FLAGS = "#!lua flags=allow-oom\n"
 
-
-# Shared Lua: key names (from the constants above, the one place they are spelled),
-# clock, recount and announce. KEYS/ARGV differ per script.
-_COMMON = f"""
-local PROCS, SEQ = '{PROCS_KEY}', '{SEQ_KEY}'
-local PRESENCE, COUNT = '{PRESENCE_PREFIX}', '{COUNT_CHANNEL_PREFIX}'
-local function rooms_key(pid) return '{PROC_ROOMS_PREFIX}' .. pid .. ':rooms' end
-""" + r"""
+# Shared Lua: key names (from rrr.keys, the one place they are spelled), clock, recount
+# and announce. KEYS/ARGV differ per script.
+_COMMON = LUA_PRELUDE + r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local function now()
   local t = redis.call('TIME')
@@ -35,7 +30,7 @@ end
 
 -- Sum the fields of live leases; returns connections, tabs, updated, version, owners.
 local function recount(room, t)
-  local flat = redis.call('HGETALL', PRESENCE .. room)
+  local flat = redis.call('HGETALL', presence_key(room))
   local c, n, u, v, owners = 0, 0, false, 0, 0
   for i = 1, #flat, 2 do
     local f, val = flat[i], flat[i + 1]
@@ -56,13 +51,13 @@ end
 
 -- Record that a room changed: new version, timestamp, announcement. Returns the reply row.
 local function changed(room, t)
-  local key = PRESENCE .. room
+  local key = presence_key(room)
   local v = redis.call('INCR', SEQ)
   local u = string.format('%.6f', t)
   redis.call('HSET', key, '@v', v, '@u', u)
   local c, n, _, _, owners = recount(room, t)
   if owners == 0 then redis.call('DEL', key) end
-  redis.call('PUBLISH', COUNT .. room,
+  redis.call('PUBLISH', count_channel(room),
     '{"c":' .. c .. ',"t":' .. n .. ',"u":' .. u .. ',"v":' .. v .. '}')
   return {c, n, u, v}
 end
@@ -72,9 +67,10 @@ local function drop_process(pid, t)
   local set = rooms_key(pid)
   local rooms = redis.call('SMEMBERS', set)
   for _, room in ipairs(rooms) do
-    if redis.call('HDEL', PRESENCE .. room, pid) == 1 then changed(room, t) end
+    if redis.call('HDEL', presence_key(room), pid) == 1 then changed(room, t) end
   end
   redis.call('DEL', set)
+  redis.call('HDEL', PROBE, pid)
   return #rooms
 end
 """
@@ -97,7 +93,7 @@ local out = {ok and 1 or 0}
 local set = rooms_key(pid)
 for i = 3, #ARGV, 3 do
   local room, c, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local key = PRESENCE .. room
+  local key = presence_key(room)
   local cur = redis.call('HGET', key, pid)
   local row
   if c == 0 and n == 0 then
@@ -161,3 +157,6 @@ COUNT = _COMMON + r"""
 local c, n, u, v = recount(ARGV[1], now())
 return {c, n, u, v}
 """
+
+#: Every script by name, as `rrr.presence` loads them.
+ALL = {"set_presence": SET_PRESENCE, "renew": RENEW, "sweep": SWEEP, "leave": LEAVE, "count": COUNT}

@@ -1,7 +1,7 @@
 """Fixtures: a real redis-server, real Tornado servers on loopback, real app processes.
 
-Nothing here fakes Redis or our own code: in-process apps are the same
-``make_app`` over the same backplane ``python app.py`` builds, and the
+Nothing here fakes Redis or our own code: in-process apps are built by the same
+``make_app`` that ``python app.py`` calls, and the
 process fixtures run ``app.py`` itself.
 """
 
@@ -31,10 +31,10 @@ import tornado.web
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from app import make_app
-from rrr.backplane import RedisBackplane
 from rrr.embedded import EmbeddedRedis
 from rrr.hub import Hub
 from rrr.metrics import Metrics
+from rrr.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_ALL = os.environ.get("RRR_REQUIRE_ALL") == "1"
@@ -100,13 +100,15 @@ def rclient(redis_url: str) -> Iterator[redis.Redis]:
 class Server:
     """A running app: its hub, its HTTP server, and helpers to talk to it."""
 
-    hub: Hub
+    service: Service
     http: tornado.httpserver.HTTPServer
     port: int
+    hub: Hub = field(init=False)
     metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = self.hub.metrics
+        self.hub = self.service.hub
+        self.metrics = self.service.metrics
 
     @property
     def base_url(self) -> str:
@@ -129,21 +131,20 @@ def server_factory(io_loop: Any, redis_url: str) -> Iterator[ServerFactory]:
     started: list[Server] = []
 
     async def start(redis: str | None = None, ttl: float = 15.0, **overrides: Any) -> Server:
+        """``make_app`` as ``main()`` calls it, with test-sized intervals unless a test says otherwise."""
         overrides.setdefault("count_interval", 0.05)
-        metrics = Metrics()
-        backplane = RedisBackplane(
-            redis or redis_url, metrics, presence_ttl=ttl,
-            sweep_interval=overrides["count_interval"], timeout=overrides.pop("redis_timeout", 1.0),
-            keepalive=overrides.pop("keepalive", 5.0), backoff_cap=overrides.pop("backoff_cap", 1.0),
-        )
-        hub = Hub(backplane, metrics, count_interval=overrides["count_interval"])
-        await hub.start()
+        overrides.setdefault("sweep_interval", 0.2)
+        overrides.setdefault("redis_timeout", 1.0)
+        overrides.setdefault("backoff_cap", 1.0)
+        app = make_app(redis_url=redis or redis_url, presence_ttl=ttl, **overrides)
+        service: Service = app.settings["service"]
+        await service.start()
         sock, port = tornado.testing.bind_unused_port()
-        http = tornado.httpserver.HTTPServer(make_app(hub, **overrides))
+        http = tornado.httpserver.HTTPServer(app)
         http.add_sockets([sock])
-        server = Server(hub, http, port)
+        server = Server(service, http, port)
         started.append(server)
-        await wait_until(lambda: backplane.connected, what="backplane connected")
+        await wait_until(lambda: service.subscriber.connected, what="subscriber connected")
         return server
 
     yield start
@@ -153,7 +154,7 @@ def server_factory(io_loop: Any, redis_url: str) -> Iterator[ServerFactory]:
             server.http.stop()
             try:
                 if not server.hub.closing:
-                    await asyncio.wait_for(server.hub.shutdown(), 5)
+                    await asyncio.wait_for(server.service.shutdown(), 5)
                 await asyncio.wait_for(server.http.close_all_connections(), 5)
             except asyncio.TimeoutError:
                 for t in asyncio.all_tasks():
@@ -166,11 +167,13 @@ def server_factory(io_loop: Any, redis_url: str) -> Iterator[ServerFactory]:
 @pytest.fixture
 def app(io_loop: Any, redis_url: str) -> tornado.web.Application:
     """pytest-tornado's ``app``: one app on the session Redis, served by its ``http_server``."""
-    metrics = Metrics()
-    hub = Hub(RedisBackplane(redis_url, metrics, sweep_interval=0.05, timeout=1.0), metrics, count_interval=0.05)
-    io_loop.run_sync(hub.start)
-    yield make_app(hub, publish_token="secret-token", count_interval=0.05)
-    io_loop.run_sync(hub.shutdown, timeout=10)
+    app = make_app(
+        redis_url=redis_url, publish_token="secret-token", count_interval=0.05, sweep_interval=0.2, redis_timeout=1.0,
+    )
+    service: Service = app.settings["service"]
+    io_loop.run_sync(service.start)
+    yield app
+    io_loop.run_sync(service.shutdown, timeout=10)
 
 
 # -- WebSocket clients -------------------------------------------------------

@@ -5,7 +5,7 @@ import json
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from rrr.protocol import room_channel
+from rrr.keys import room_channel
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 

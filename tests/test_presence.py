@@ -10,6 +10,8 @@ from tornado.httpclient import AsyncHTTPClient
 
 from conftest import connect, wait_until
 
+from rrr import keys
+
 pytestmark = pytest.mark.gen_test(timeout=90)
 
 
@@ -70,7 +72,7 @@ async def test_malformed_redis_payloads_are_dropped_and_counted(server_factory, 
     clients.append(c)
     await c.settles_on(1)
     rclient.publish("rrr:room:junk", b"\x80\x04\x95 pickled")
-    rclient.publish("rrr:count:junk", "{not json")
+    rclient.publish(keys.count_channel("junk"), "{not json")
     rclient.publish("rrr:room:junk", '"fine"')
     assert (await c.next("message", after=0))["data"] == "fine"
     assert server.metric("rrr_malformed_payloads_total") == 2
@@ -124,8 +126,8 @@ async def test_a_live_process_whose_lease_lapsed_comes_back(server_factory, clie
     watcher = await connect(watcher_host.ws_url("/ws/count/lapse/"))
     clients += mine + [watcher]
     await watcher.settles_on(3)
-    pid = server.hub.backplane.process_id
+    pid = server.hub.presence.process_id
     rclient.zadd("rrr:procs", {pid: 0})  # as if its renewals had stalled past the TTL
     await wait_until(lambda: any(f["connections"] == 1 for f in watcher.counts()), what="lapsed process counted out")
     await watcher.settles_on(3, timeout=15)
-    assert rclient.hget("rrr:presence:lapse", pid) == "2 2"
+    assert rclient.hget(keys.presence("lapse"), pid) == "2 2"

@@ -1,17 +1,21 @@
-"""Regression: the backplane's shutdown must finish when an UNSUBSCRIBE is in flight.
+"""Regression: a process's shutdown must finish when an UNSUBSCRIBE is in flight.
 
 Found by tests/test_production.py (a process behind nginx hung forever after SIGTERM when
 its sockets dropped at the same moment). On Python 3.11 ``asyncio.wait_for`` swallows a
 cancellation that arrives just as the wrapped coroutine completes; redis-py sends every
-command through ``wait_for``. ``RedisBackplane._sync_subscriptions`` is cancelled once by
-``_subscriber_loop``'s ``finally`` while it sends the UNSUBSCRIBE that the sockets' closes
-asked for; the cancel is lost, the task goes back to ``await self._subs_changed.wait()``
-forever, and ``close()`` -> ``hub.shutdown()`` -> the process never exits (systemd then
-SIGKILLs it after TimeoutStopSec, and its presence lingers for the TTL).
+command through ``wait_for``. The subscriber's sync task is cancelled once by ``run``'s
+``finally`` while it sends the UNSUBSCRIBE that the sockets' closes asked for; the cancel is
+lost, the task goes back to waiting for changes forever, and the supervisor's ``close()`` ->
+``Service.shutdown()`` -> the process never exits (systemd then SIGKILLs it after
+TimeoutStopSec, and its presence lingers for the TTL).
 
 The loop below is deterministic: the same task interleaving every run, no timing involved
 (0 and 1 extra loop turns between the unsubscribe and close() lose the cancel on 3.11).
-Fixed by ``rrr.backplane._cancel``, which cancels again until the task is really done.
+Fixed by ``rrr.supervise.cancel``, which cancels again until the task is really done.
+
+The listener is a complete `Listener` (mypy checks it): a partial stub made the subscriber
+fail and reconnect on every SUBSCRIBE, so the race was rarely reached and the test passed
+with its fix reverted.
 """
 
 from __future__ import annotations
@@ -22,43 +26,59 @@ import time
 import pytest
 import redis
 
-from rrr.backplane import RedisBackplane
+from rrr.connect import make_redis
 from rrr.metrics import Metrics
+from rrr.protocol import CountState
+from rrr.subscriber import Listener, Subscriber
+from rrr.supervise import Supervisor
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 
 
 class Quiet:
+    """Hears everything, does nothing."""
+
+    def __init__(self) -> None:
+        self.subscribed: list[str] = []
+
     def on_room_message(self, room: str, data_json: str) -> None: ...
 
-    def on_count(self, room: str, state: object) -> None: ...
+    def on_count(self, room: str, state: CountState) -> None: ...
 
-    def on_resync(self) -> None: ...
+    def on_subscribed(self, room: str) -> None:
+        self.subscribed.append(room)
+
+    def on_connected(self) -> None: ...
 
 
-async def test_backplane_close_finishes_with_an_unsubscribe_in_flight(redis_url):
+async def test_shutdown_finishes_with_an_unsubscribe_in_flight(redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)
     hung = []
     try:
         for spins in range(6):
-            bp = RedisBackplane(redis_url, Metrics(), sweep_interval=0.05, timeout=1.0)
-            await bp.start(Quiet())
-            bp.subscribe("race")
+            metrics = Metrics()
+            quiet = Quiet()
+            listener: Listener = quiet
+            client = make_redis(redis_url, 1.0)
+            subscriber = Subscriber(metrics, process_id=f"race-{spins}")
+            subscriber.bind(client, listener)
+            supervisor = Supervisor(metrics)
+            supervisor.spawn("subscriber", subscriber.run)
+            subscriber.subscribe("race")
             deadline = time.monotonic() + 10
-            while dict(r.pubsub_numsub("rrr:room:race")).get(b"rrr:room:race", 0) < 1:
-                assert time.monotonic() < deadline, "backplane never subscribed"
+            while "race" not in quiet.subscribed:
+                assert time.monotonic() < deadline, "subscriber never confirmed the room"
                 await asyncio.sleep(0.01)
-            bp.unsubscribe("race")  # what the last socket of a room closing during shutdown does
+            subscriber.unsubscribe("race")  # what the last socket of a room closing during shutdown does
             for _ in range(spins):
                 await asyncio.sleep(0)
             try:
-                await asyncio.wait_for(bp.close(), 3)
+                await asyncio.wait_for(subscriber.stop(), 3)  # as Service.shutdown does
+                await asyncio.wait_for(supervisor.close(), 3)
             except asyncio.TimeoutError:
                 hung.append(spins)
-                for task in bp._tasks:  # clean up what close() could not
-                    task.cancel()
-                await asyncio.sleep(0.1)
-                await bp._redis.aclose()
+            assert metrics.registry.get_sample_value("rrr_task_errors_total", {"task": "subscriber"}) is None
+            await client.aclose()
     finally:
         r.close()
-    assert not hung, f"RedisBackplane.close() hung (> 3 s) after {hung} loop turns with an UNSUBSCRIBE in flight"
+    assert not hung, f"shutdown hung (> 3 s) after {hung} loop turns with an UNSUBSCRIBE in flight"

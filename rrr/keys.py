@@ -1,0 +1,78 @@
+"""Every Redis key and channel rrr uses, spelled once.
+
+Whatever belongs to one room carries the room as a hash tag (``{<room>}``), so under
+Redis Cluster a room's keys and channels share a slot and a script can touch them all.
+The public backend channel ``rrr:room:<slug>`` keeps its documented name: backends
+``PUBLISH`` to it, and it is not ours to rename.
+
+The Lua scripts get these names through `LUA_PRELUDE`, never as literals of their own.
+"""
+
+from __future__ import annotations
+
+#: Any backend may PUBLISH a JSON value here; it reaches the room's sockets as ``data``.
+ROOM_CHANNEL_PREFIX = "rrr:room:"
+#: Sorted set of process leases, scored by expiry on Redis's own clock.
+PROCS = "rrr:procs"
+#: Global version of presence changes, so announcements can be ordered.
+SEQ = "rrr:seq"
+#: Hash: the field of every process that answered a health probe (a write Redis refuses at maxmemory).
+PROBE = "rrr:probe"
+
+_PRESENCE = "rrr:presence:{%s}"
+_COUNT = "rrr:count:{%s}"
+_PROC_ROOMS = "rrr:proc:%s:rooms"
+_PROC_PROBE = "rrr:proc:%s:probe"
+
+
+def room_channel(room: str) -> str:
+    return ROOM_CHANNEL_PREFIX + room
+
+
+def presence(room: str) -> str:
+    """Hash of one room: ``<pid> -> "<connections> <tabs>"``, plus ``@v`` (version) and ``@u`` (updated)."""
+    return _PRESENCE % room
+
+
+def count_channel(room: str) -> str:
+    """Where a room's presence changes are announced, from inside the scripts."""
+    return _COUNT % room
+
+
+def proc_rooms(pid: str) -> str:
+    """Set of the rooms a process has presence in, so its death can be swept room by room."""
+    return _PROC_ROOMS % pid
+
+
+def probe_channel(pid: str) -> str:
+    """A process's own channel for the health probe round trip through pub/sub."""
+    return _PROC_PROBE % pid
+
+
+COUNT_CHANNEL_PREFIX, COUNT_CHANNEL_SUFFIX = _COUNT.split("%s")
+
+
+def room_of_count_channel(channel: str) -> str | None:
+    """The room a count channel belongs to, or None if ``channel`` is not one."""
+    if channel.startswith(COUNT_CHANNEL_PREFIX) and channel.endswith(COUNT_CHANNEL_SUFFIX):
+        return channel[len(COUNT_CHANNEL_PREFIX) : -len(COUNT_CHANNEL_SUFFIX)]
+    return None
+
+
+def room_of_room_channel(channel: str) -> str | None:
+    return channel[len(ROOM_CHANNEL_PREFIX) :] if channel.startswith(ROOM_CHANNEL_PREFIX) else None
+
+
+def _lua_key(template: str) -> str:
+    """A Lua function body building ``template`` around its argument."""
+    before, after = template.split("%s")
+    return f"return '{before}' .. x .. '{after}'"
+
+
+#: Shared Lua: the names above as Lua constants and functions.
+LUA_PRELUDE = f"""
+local PROCS, SEQ, PROBE = '{PROCS}', '{SEQ}', '{PROBE}'
+local function presence_key(x) {_lua_key(_PRESENCE)} end
+local function count_channel(x) {_lua_key(_COUNT)} end
+local function rooms_key(x) {_lua_key(_PROC_ROOMS)} end
+"""

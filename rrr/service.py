@@ -1,0 +1,221 @@
+"""One rrr process's backplane, assembled: presence, subscriber, write coalescer, hub, and the
+supervised loops that keep them true.
+
+Three long-lived tasks, each supervised (`rrr.supervise`): any exception is counted,
+logged once (rate-limited) and the task restarts; nothing a Redis reply holds can stop
+lease renewal for good.
+
+* ``lease``: renews this process's lease every TTL/3 and sweeps dead processes every
+  ``sweep_interval``. When Redis answers again after failing, it tells the subscriber to
+  reconnect at once instead of sleeping out its backoff.
+* ``subscriber``: the one pub/sub connection (`rrr.subscriber`).
+* ``flush``: writes the rooms the hub marked, in batches (`rrr.coalesce`), each room once
+  its channels are confirmed subscribed, so a count that shows this process again after
+  a Redis restart means its relay works too.
+
+`health` is what ``/healthz`` reports: each check by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from .coalesce import Coalescer
+from .errors import BackplaneError
+from .hub import Hub
+from .metrics import Metrics
+from .presence import Presence
+from .subscriber import Subscriber
+from .supervise import Supervisor, full_jitter
+
+log = logging.getLogger("rrr.service")
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    presence_ttl: float = 15.0
+    count_interval: float = 0.1
+    sweep_interval: float = 1.0
+    redis_timeout: float = 2.0
+    redis_pool_size: int = 32
+    pubsub_keepalive: float = 5.0
+    backoff_cap: float = 5.0
+
+
+class Service:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = s = settings
+        self.metrics = metrics = metrics or Metrics()
+        self.presence = Presence(
+            s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
+        )
+        self.subscriber = Subscriber(metrics, keepalive=s.pubsub_keepalive, process_id=self.presence.process_id)
+        self.coalescer = Coalescer(s.count_interval)
+        self.hub = Hub(self.presence, self.subscriber, self.coalescer, metrics, count_interval=s.count_interval)
+        self.supervisor = Supervisor(metrics, backoff_cap=s.backoff_cap)
+        self._renew_now = asyncio.Event()
+        self._write_ok = True
+        self._writing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._health: asyncio.Future[dict[str, bool]] | None = None
+        metrics.redis_oom.set_function(lambda: float(self.presence.oom))
+
+    @property
+    def process_id(self) -> str:
+        return self.presence.process_id
+
+    async def start(self) -> None:
+        self.subscriber.bind(self.presence.pubsub_client, self.hub)
+        self.supervisor.spawn("subscriber", self._subscribe)
+        self.supervisor.spawn("lease", self._maintain, backoff_cap=min(self.settings.backoff_cap, 1.0))
+        self.supervisor.spawn("flush", self._flush)
+        # Serve only once ready, unless Redis is down: then start anyway and heal when it is back.
+        deadline = time.monotonic() + 2 * self.settings.redis_timeout + 1
+        while not (self.presence.lease_fresh() and self.subscriber.synced) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if not self.subscriber.synced:
+            log.warning("starting without Redis; presence and relay begin once it answers")
+
+    # -- the loops -------------------------------------------------------
+
+    async def _subscribe(self) -> None:
+        """Run the subscriber's connection again whenever it breaks, after a backoff that the lease
+        loop cuts short once Redis answers again (the supervisor's own backoff could not be woken)."""
+        attempt = 0
+        while True:
+            try:
+                await self.subscriber.run()
+            except BackplaneError as e:
+                self.supervisor.report("subscriber", e)
+            except (OSError, ConnectionError, asyncio.TimeoutError) as e:
+                self.supervisor.report("subscriber", e)
+            except Exception as e:  # noqa: BLE001 - a garbled reply can break redis-py's parser any way
+                self.supervisor.report("subscriber", e)
+            if self.subscriber.ran_for > 10:
+                attempt = 0
+            await self.subscriber.backoff(full_jitter(attempt, 0.1, self.settings.backoff_cap))
+            attempt += 1
+
+    async def _maintain(self) -> None:
+        s = self.settings
+        renew_every = max(s.presence_ttl / 3, 0.05)
+        loop = asyncio.get_running_loop()
+        next_renew = next_sweep = loop.time()
+        while not self.hub.closing:
+            now = loop.time()
+            try:
+                if now >= next_renew or self._renew_now.is_set():
+                    self._renew_now.clear()
+                    lost = await self.presence.renew()
+                    next_renew = now + renew_every
+                    if not self.subscriber.connected:
+                        self.subscriber.reconnect_now()  # Redis answers: no need to sleep out a backoff
+                    self.supervisor.recovered("lease")
+                    if lost:
+                        log.info("presence lease was missing; re-registering local presence")
+                        self.hub.resync()
+                if now >= next_sweep:
+                    next_sweep = now + s.sweep_interval
+                    swept = await self.presence.sweep()
+                    if swept:
+                        log.info("swept presence of %d dead process(es)", swept)
+            except BackplaneError as e:
+                self.supervisor.report("lease", e)
+                next_renew = now + full_jitter(1, 0.25, min(1.0, renew_every))
+            wait = max(0.0, min(next_renew, next_sweep) - loop.time())
+            try:
+                await asyncio.wait_for(self._renew_now.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _flush(self) -> None:
+        hub = self.hub
+        while not hub.closing:
+            batch = await self.coalescer.next_batch()
+            if hub.closing:
+                return
+            rows, owed = hub.take_batch(batch)
+            if not rows:
+                continue
+            self._writing = True
+            self._idle.clear()
+            try:
+                result = await self.presence.write(rows)
+            except BaseException as e:
+                self._write_ok = False
+                hub.restore(rows, owed)  # retried after the coalescer's backoff
+                if not isinstance(e, BackplaneError):
+                    raise
+                self.supervisor.report("flush", e)
+                continue
+            finally:
+                self._writing = False
+                self._idle.set()
+            self._write_ok = True
+            self.coalescer.succeeded()
+            self.supervisor.recovered("flush")
+            if result.lease_lost:
+                hub.resync()
+            hub.apply(result.states, owed)
+
+    # -- health ----------------------------------------------------------
+
+    async def health(self) -> dict[str, bool]:
+        """Each readiness check by name. Concurrent callers share one run (a flood costs one probe)."""
+        if self._health is None or self._health.done():
+            self._health = asyncio.ensure_future(self._check())
+        return await asyncio.shield(self._health)
+
+    async def _check(self) -> dict[str, bool]:
+        timeout = self.settings.redis_timeout
+
+        async def memory() -> bool:
+            try:
+                await self.presence.probe_write()
+            except BackplaneError:
+                pass
+            return not self.presence.oom
+
+        redis_ok, relay_ok, memory_ok = await asyncio.gather(
+            self.presence.ping(),
+            self.subscriber.probe(self.presence, timeout),
+            memory(),
+        )
+        checks = {
+            "redis": redis_ok,
+            "lease": self.presence.lease_fresh(),
+            "presence_write": self._write_ok and not self.coalescer.failing,
+            "subscriber": relay_ok and self.subscriber.synced,
+            "memory": memory_ok,
+        }
+        for name, ok in checks.items():
+            self.metrics.health.labels(name).set(1.0 if ok else 0.0)
+        return checks
+
+    # -- shutdown --------------------------------------------------------
+
+    async def shutdown(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        """Remove our presence first (counts drop at once), then close every socket with 1001."""
+        if self.hub.closing:
+            return
+        self.hub.begin_shutdown()
+        # A write still in flight must land before LEAVE, or it would re-add us.
+        deadline = time.monotonic() + self.settings.redis_timeout + 1
+        while self._writing and time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+        await self.subscriber.stop()
+        await self.supervisor.close()
+        try:
+            await self.presence.leave()
+        except BackplaneError as e:
+            log.warning("could not remove presence on shutdown (it will expire): %s", e)
+        self.hub.close_all(code, reason)
+        await self.presence.close()

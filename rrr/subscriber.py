@@ -1,0 +1,260 @@
+"""One Redis pub/sub connection per process: the rooms with local sockets, and a probe.
+
+`Subscriber.run` owns one connection for its life and raises when it breaks; the
+supervisor runs it again after a backoff, which `reconnect_now` cuts short when the
+command connection sees Redis answer again. It knows which rooms Redis has *confirmed*
+(both the room's channels acknowledged), so the hub writes a room's presence only once
+its messages can arrive: a count that shows this process means its relay works too.
+
+`probe` proves the connection delivers, not merely that it is open: a message published
+on this process's own channel must come back through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from . import keys, protocol
+from .errors import BackplaneError
+from .metrics import Metrics
+from .protocol import CountState
+from .supervise import RateLimitedLog, cancel
+
+log = logging.getLogger("rrr.subscriber")
+
+
+class Listener(Protocol):
+    """Where the subscriber delivers what it hears (the hub). Called from the subscriber's own
+    task, never from inside a call the listener made."""
+
+    def on_room_message(self, room: str, data_json: str) -> None: ...
+
+    def on_count(self, room: str, state: CountState) -> None: ...
+
+    def on_subscribed(self, room: str) -> None:
+        """Both of the room's channels are confirmed: its presence may be written now."""
+
+    def on_connected(self) -> None:
+        """A new connection (after a restart or a cut): whatever was missed, write every room again."""
+
+
+class Publisher(Protocol):
+    async def publish(self, channel: str, data: str) -> int: ...
+
+
+class Subscriber:
+    def __init__(self, metrics: Metrics, *, keepalive: float = 5.0, process_id: str = "") -> None:
+        self.metrics = metrics
+        self.keepalive = keepalive
+        self.probe_channel = keys.probe_channel(process_id or secrets.token_hex(8))
+        self._listener: Listener | None = None
+        self._redis: Any = None
+        self._wanted: set[str] = set()
+        self._confirmed: set[str] = set()
+        self._pending: dict[bytes, str] = {}  # channel -> room, sent SUBSCRIBE not yet acknowledged
+        self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._probes: dict[str, asyncio.Future[None]] = {}
+        self._syncer: asyncio.Task[None] | None = None
+        self._connected_once = False
+        self._connected_at: float | None = None
+        self._ran_for = 0.0
+        self.connected = False
+        self._dispatch_log = RateLimitedLog(log)
+
+    def bind(self, redis: Any, listener: Listener) -> None:
+        self._redis = redis
+        self._listener = listener
+
+    # -- what the hub asks for -------------------------------------------
+
+    def subscribe(self, room: str) -> None:
+        if room not in self._wanted:
+            self._wanted.add(room)
+            self._changed.set()
+
+    def unsubscribe(self, room: str) -> None:
+        if room in self._wanted:
+            self._wanted.discard(room)
+            self._confirmed.discard(room)
+            self._changed.set()
+
+    def confirmed(self, room: str) -> bool:
+        return self.connected and room in self._confirmed
+
+    @property
+    def synced(self) -> bool:
+        """Connected, and every wanted room confirmed subscribed."""
+        return self.connected and self._wanted <= self._confirmed
+
+    @property
+    def ran_for(self) -> float:
+        """Seconds the last connection was up (0 if it never came up)."""
+        return self._ran_for
+
+    def reconnect_now(self) -> None:
+        """Redis answers again: skip what is left of the reconnect backoff."""
+        self._wake.set()
+
+    async def backoff(self, delay: float) -> None:
+        """Wait ``delay`` or until `reconnect_now`."""
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+
+    async def probe(self, publisher: Publisher, timeout: float) -> bool:
+        """Publish a token on our own channel and wait for it to come back through pub/sub."""
+        if not self.connected:
+            return False
+        token = secrets.token_hex(8)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._probes[token] = fut
+        try:
+            await publisher.publish(self.probe_channel, token)
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return True
+        except (BackplaneError, asyncio.TimeoutError):
+            return False
+        finally:
+            self._probes.pop(token, None)
+
+    # -- the connection --------------------------------------------------
+
+    async def run(self) -> None:
+        """Hold one pub/sub connection until it breaks (then raise: the supervisor restarts us)."""
+        pubsub = self._redis.pubsub()
+        syncer: asyncio.Task[None] | None = None
+        try:
+            await pubsub.subscribe(self.probe_channel)
+            self._confirmed = set()
+            self._pending = {}
+            syncer = self._syncer = asyncio.create_task(self._sync(pubsub, set()), name="rrr-subscriber-sync")
+            self.connected = True
+            self._connected_at = time.monotonic()
+            if self._connected_once:
+                self.metrics.redis_reconnects.inc()
+                log.info("redis pub/sub reconnected; resubscribing %d rooms", len(self._wanted))
+            self._connected_once = True
+            if self._listener:
+                self._listener.on_connected()
+            await self._read(pubsub, syncer)
+        finally:
+            self._ran_for = time.monotonic() - self._connected_at if self._connected_at else 0.0
+            self._connected_at = None
+            self.connected = False
+            self._confirmed = set()
+            if syncer is not None:
+                await cancel(syncer)
+            try:
+                await pubsub.aclose()
+            except Exception:  # noqa: BLE001 - the connection is already broken
+                pass
+
+    async def stop(self) -> None:
+        """End the sync task before whoever runs us cancels `run`: a cancel that interrupted
+        run's own cleanup would leave that child pending."""
+        if self._syncer is not None:
+            await cancel(self._syncer)
+
+    async def _sync(self, pubsub: Any, active: set[str]) -> None:
+        """Converge SUBSCRIBEs to the wanted rooms, batched, one command at a time, in order."""
+        self._changed.set()
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            add = self._wanted - active
+            drop = active - self._wanted
+            if add:
+                for room in add:
+                    for channel in _channels((room,)):
+                        self._pending[channel.encode()] = room
+                await pubsub.subscribe(*_channels(add))
+                active |= add
+            if drop:
+                await pubsub.unsubscribe(*_channels(drop))
+                active -= drop
+                for room in drop:
+                    for channel in _channels((room,)):
+                        self._pending.pop(channel.encode(), None)
+
+    async def _read(self, pubsub: Any, syncer: asyncio.Task[None]) -> None:
+        loop = asyncio.get_running_loop()
+        last_seen = loop.time()
+        last_ping = last_seen
+        while True:
+            if syncer.done():
+                syncer.result()  # re-raise a failed SUBSCRIBE: reconnect
+                raise ConnectionError("subscription sync ended")
+            msg = await pubsub.get_message(timeout=1.0)
+            now = loop.time()
+            if msg is not None:
+                last_seen = now
+                self._handle(msg)
+                continue
+            if now - last_seen > 3 * self.keepalive:
+                raise ConnectionError("redis pub/sub silent for %.0f s" % (now - last_seen))
+            if now - last_ping > self.keepalive:
+                last_ping = now
+                await pubsub.ping()
+
+    def _handle(self, msg: Any) -> None:
+        if not isinstance(msg, dict):
+            raise ConnectionError(f"unexpected pub/sub reply {msg!r:.80}")
+        kind, channel, data = msg.get("type"), msg.get("channel"), msg.get("data")
+        if isinstance(kind, bytes):
+            kind = kind.decode("latin-1")
+        if not isinstance(channel, bytes):
+            return  # pong replies carry no channel
+        if kind == "message":
+            self._dispatch(channel, data)
+        elif kind == "subscribe":
+            room = self._pending.pop(channel, None)
+            if room is not None and room in self._wanted and not any(v == room for v in self._pending.values()):
+                self._confirmed.add(room)
+                self._notify("on_subscribed", room)
+
+    def _dispatch(self, channel: bytes, data: Any) -> None:
+        try:
+            name = channel.decode()
+            if name == self.probe_channel:
+                fut = self._probes.get(data.decode() if isinstance(data, bytes) else str(data))
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+                return
+            if not isinstance(data, bytes):
+                raise ValueError("payload is not a string")
+            room = keys.room_of_count_channel(name)
+            if room is not None:
+                self._notify("on_count", room, protocol.decode_count_announcement(data))
+                return
+            room = keys.room_of_room_channel(name)
+            if room is not None:
+                self.metrics.relayed.inc()
+                self._notify("on_room_message", room, protocol.validate_json_payload(data))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            self.metrics.malformed_payloads.inc()
+            log.debug("dropped malformed payload on %r", channel)
+
+    def _notify(self, method: str, *args: Any) -> None:
+        """Hand an event to the listener; a listener that raises loses that event, not the connection."""
+        if self._listener is None:
+            return
+        try:
+            getattr(self._listener, method)(*args)
+        except Exception as e:  # noqa: BLE001 - a bug there must not cut pub/sub for every room
+            self.metrics.task_errors.labels("dispatch").inc()
+            self._dispatch_log.warning(method, "%s failed: %s: %s", method, type(e).__name__, e)
+
+
+def _channels(rooms: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for room in rooms:
+        out += [keys.room_channel(room), keys.count_channel(room)]
+    return out
