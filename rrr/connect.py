@@ -151,13 +151,15 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
     """Sentinel's master discovery with the blocking pool's wait for a free connection."""
 
 
-def _retry() -> Retry:
+def _retry(retries: int = 1) -> Retry:
     """One retry, on connection errors only: a command that timed out may still run when a
     stalled Redis resumes, and retrying it would deliver a PUBLISH twice."""
-    return Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(RedisConnectionError,))
+    return Retry(ExponentialBackoff(cap=0.2, base=0.02), retries, supported_errors=(RedisConnectionError,))
 
 
-def make_sentinel_redis(parsed: SentinelURL, timeout: float, max_connections: int = 32) -> SentinelRedis:
+def make_sentinel_redis(
+    parsed: SentinelURL, timeout: float, max_connections: int = 32, retries: int = 1,
+) -> SentinelRedis:
     """A client for the current master of ``parsed.service_name``, found through the sentinels."""
     sentinel_kwargs: dict[str, Any] = dict(
         socket_timeout=timeout,
@@ -183,7 +185,7 @@ def make_sentinel_redis(parsed: SentinelURL, timeout: float, max_connections: in
         ssl=parsed.ssl,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=_retry(),
+        retry=_retry(retries),
         decode_responses=False,
         client_name="rrr",
     )
@@ -191,20 +193,22 @@ def make_sentinel_redis(parsed: SentinelURL, timeout: float, max_connections: in
     return client
 
 
-def make_redis(url: str, timeout: float, max_connections: int = 32) -> aioredis.Redis:
+def make_redis(url: str, timeout: float, max_connections: int = 32, retries: int = 1) -> aioredis.Redis:
     """A client whose every call gives up after ``timeout``: a stalled Redis must never hang the loop.
 
     At most ``max_connections`` at once; a caller beyond that waits up to ``timeout`` for one.
+    ``retries=0`` for a pub/sub connection: one that reconnected by itself would have lost
+    messages and announcements without anyone knowing.
     """
     if is_sentinel_url(url):
-        return make_sentinel_redis(parse_sentinel_url(url), timeout, max_connections)
+        return make_sentinel_redis(parse_sentinel_url(url), timeout, max_connections, retries)
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=_retry(),
+        retry=_retry(retries),
         decode_responses=False,
         client_name="rrr",
     )

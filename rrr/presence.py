@@ -94,8 +94,10 @@ class Presence:
         self.ttl = ttl
         self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._redis = make_redis(url, timeout, pool_size)
-        # Renewal, sweep and the pub/sub connection: never behind request traffic in the pool.
-        self._lease_redis = make_redis(url, timeout, 3)
+        # Renewal and sweep: never behind request traffic in the pool.
+        self._lease_redis = make_redis(url, timeout, 2)
+        # The subscriber's: never reconnected behind its back (it must resubscribe and resync).
+        self._pubsub_redis = make_redis(url, timeout, 1, retries=0)
         self._flags: bool | None = None  # does this Redis take script flags (7.0+)?
         self._scripts: dict[str, Any] = {}
         self._renewed_at: float | None = None  # monotonic time of the last renewal Redis confirmed
@@ -104,11 +106,11 @@ class Presence:
     @property
     def pubsub_client(self) -> Any:
         """The client the subscriber takes its connection from (not the request pool)."""
-        return self._lease_redis
+        return self._pubsub_redis
 
     async def close(self) -> None:
-        await self._redis.aclose()
-        await self._lease_redis.aclose()
+        for client in (self._redis, self._lease_redis, self._pubsub_redis):
+            await client.aclose()
 
     # -- the lease -------------------------------------------------------
 
@@ -224,7 +226,7 @@ class Presence:
 
     async def _reset_pools(self) -> None:
         """A parser that choked may leave a connection mid-reply: start every connection afresh."""
-        for client in (self._redis, self._lease_redis):
+        for client in (self._redis, self._lease_redis, self._pubsub_redis):
             try:
                 await client.connection_pool.disconnect()
             except Exception:  # noqa: BLE001 - already broken; the next call reconnects

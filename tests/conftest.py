@@ -86,6 +86,93 @@ def own_redis() -> Iterator[EmbeddedRedis]:
     server.close()
 
 
+class LyingRedis:
+    """A real TCP server in front of a real Redis that can start lying.
+
+    ``mode`` "real" forwards bytes both ways; "ok" answers ``+OK`` to whatever arrives;
+    "random" answers random bytes. Changing the mode cuts every open connection, so
+    clients reconnect into the new behaviour.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.mode = "real"
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> LyingRedis:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def set_mode(self, mode: str) -> None:
+        assert mode in ("real", "ok", "random")
+        self.mode = mode
+        for w in list(self._writers):
+            w.close()
+
+    async def close(self) -> None:
+        self.set_mode("real")
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            if self.mode == "real":
+                await self._forward(reader, writer)
+            else:
+                while data := await reader.read(65536):
+                    writer.write(b"+OK\r\n" if self.mode == "ok" else os.urandom(1 + len(data) % 64))
+                    await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = self.upstream.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        self._writers.add(up_writer)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            self._writers.discard(up_writer)
+            up_writer.close()
+
+
+@pytest.fixture
+def lying_redis(io_loop: Any, redis_url: str) -> Iterator[Callable[[], Awaitable[LyingRedis]]]:
+    """``await lying_redis()``: a `LyingRedis` in front of the session Redis, closed after the test."""
+    made: list[LyingRedis] = []
+
+    async def start() -> LyingRedis:
+        proxy = await LyingRedis(redis_url).start()
+        made.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in made:
+        io_loop.run_sync(proxy.close)
+
+
 @pytest.fixture
 def rclient(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
