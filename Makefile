@@ -13,12 +13,12 @@ ARGS ?=
 
 .PHONY: run test lint
 
-$(VENV)/.run-deps: requirements.txt
+$(VENV)/.run-deps: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-$(VENV)/.dev-deps: $(VENV)/.run-deps requirements-dev.txt
+$(VENV)/.dev-deps: $(VENV)/.run-deps requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
@@ -51,7 +51,7 @@ BENCH_PY := $(BENCH_VENV)/bin/python
 
 .PHONY: bench bench-quick bench-report bench-test bench-venv
 
-$(BENCH_VENV)/.installed: bench/requirements.txt requirements.txt
+$(BENCH_VENV)/.installed: bench/requirements.txt requirements.txt pyproject.toml
 	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_PY) -m pip install --quiet --upgrade pip
 	$(BENCH_PY) -m pip install --quiet -r requirements.txt -r bench/requirements.txt

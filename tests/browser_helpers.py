@@ -52,7 +52,9 @@ class ErrorLog:
         self._cdp.send("Target.setDiscoverTargets", {"discover": True})
 
     def watch(self, context: BrowserContext) -> BrowserContext:
-        context.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
+        context.on("console",  # type: ignore[call-overload]
+                   lambda m: m.type == "error"
+                   and self.errors.append(f"console: {m.text}"))  # type: ignore[func-returns-value]
         context.on("weberror", lambda e: self.errors.append(f"pageerror: {e.error}"))
         return context
 

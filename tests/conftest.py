@@ -28,6 +28,7 @@ import tornado.httpclient
 import tornado.httpserver
 import tornado.testing
 import tornado.web
+from tornado.ioloop import IOLoop
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from app import make_app
@@ -159,7 +160,7 @@ class LyingRedis:
 
 
 @pytest.fixture
-def lying_redis(io_loop: Any, redis_url: str) -> Iterator[Callable[[], Awaitable[LyingRedis]]]:
+def lying_redis(io_loop: IOLoop, redis_url: str) -> Iterator[Callable[[], Awaitable[LyingRedis]]]:
     """``await lying_redis()``: a `LyingRedis` in front of the session Redis, closed after the test."""
     made: list[LyingRedis] = []
 
@@ -213,7 +214,7 @@ ServerFactory = Callable[..., Awaitable[Server]]
 
 
 @pytest.fixture
-def server_factory(io_loop: Any, redis_url: str) -> Iterator[ServerFactory]:
+def server_factory(io_loop: IOLoop, redis_url: str) -> Iterator[ServerFactory]:
     """Start apps on loopback against Redis; several may share one Redis like processes would."""
     started: list[Server] = []
 
@@ -252,7 +253,7 @@ def server_factory(io_loop: Any, redis_url: str) -> Iterator[ServerFactory]:
 
 
 @pytest.fixture
-def app(io_loop: Any, redis_url: str) -> tornado.web.Application:
+def app(io_loop: IOLoop, redis_url: str) -> Iterator[tornado.web.Application]:
     """pytest-tornado's ``app``: one app on the session Redis, served by its ``http_server``."""
     app = make_app(
         redis_url=redis_url, publish_token="secret-token", count_interval=0.05, sweep_interval=0.2, redis_timeout=1.0,
@@ -345,7 +346,7 @@ async def connect(url: str, origin: str | None = None, **kwargs: Any) -> Client:
 
 
 @pytest.fixture
-def clients(io_loop: Any) -> Iterator[list[Client]]:
+def clients(io_loop: IOLoop) -> Iterator[list[Client]]:
     """Collects clients so every test closes its sockets."""
     made: list[Client] = []
     yield made

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import redis
 import tornado.httpclient
+from tornado.ioloop import IOLoop
 from tornado.websocket import websocket_connect
 
 from conftest import AppProcess, Client, free_port, need_binary
@@ -144,7 +145,7 @@ def kill_tree(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: f
 
 
 @pytest.fixture
-def ws_clients(io_loop: Any) -> Iterator[list[Client]]:
+def ws_clients(io_loop: IOLoop) -> Iterator[list[Client]]:
     """Collects clients; afterwards closes them all and waits for their readers (no dangling tasks)."""
     made: list[Client] = []
     yield made

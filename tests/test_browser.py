@@ -22,7 +22,7 @@ try:
     from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
     from playwright.sync_api import Error as PlaywrightError
 except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
+    sync_playwright = None  # type: ignore[assignment]
 
 from browser_helpers import (
     FORCE_TRANSPORT,
@@ -34,6 +34,7 @@ from browser_helpers import (
     publish,
     room,
 )
+from conftest import AppProcess
 
 pytestmark = pytest.mark.browser
 
@@ -47,7 +48,7 @@ TRANSPORT_TEXT = {"sharedworker": "SharedWorker", "leader": "leader tab", "direc
 
 
 @pytest.fixture
-def playwright() -> Iterator[tuple[Playwright, str]]:
+def playwright() -> Iterator[tuple[Playwright, str | None]]:
     """Per test, not per session: the sync API holds an event loop as running while
     it is started, which would break the pytest-tornado tests that run after us."""
     path = chromium_path()
@@ -61,7 +62,7 @@ def playwright() -> Iterator[tuple[Playwright, str]]:
 
 
 @pytest.fixture
-def browser(playwright: tuple[Playwright, str]) -> Iterator[Browser]:
+def browser(playwright: tuple[Playwright, str | None]) -> Iterator[Browser]:
     p, path = playwright
     browser = p.chromium.launch(executable_path=path, args=LAUNCH_ARGS)
     yield browser
@@ -77,7 +78,7 @@ def errors(browser: Browser) -> ErrorLog:
 def new_context(browser: Browser, errors: ErrorLog) -> Callable[..., BrowserContext]:
     """A fresh browser profile (its own SharedWorker) forced onto ``transport``."""
 
-    def make(transport: str = "sharedworker", **options: object) -> BrowserContext:
+    def make(transport: str = "sharedworker", **options: Any) -> BrowserContext:
         context = browser.new_context(**options)
         if FORCE_TRANSPORT[transport]:
             context.add_init_script(FORCE_TRANSPORT[transport])
@@ -87,7 +88,7 @@ def new_context(browser: Browser, errors: ErrorLog) -> Callable[..., BrowserCont
 
 
 @pytest.fixture
-def server(app_factory: Callable[..., Any], redis_url: str) -> Any:
+def server(app_factory: Callable[..., AppProcess], redis_url: str) -> AppProcess:
     return app_factory(redis_url=redis_url, publish_token=TOKEN)
 
 
@@ -133,18 +134,20 @@ def crash(page: Page) -> None:
         pass
 
 
-def sockets(server: Any) -> float:
+def sockets(server: AppProcess) -> float:
     return metric(server.base_url, "rrr_open_sockets")
 
 
-def sockets_by(server: Any, transport: str) -> float:
+def sockets_by(server: AppProcess, transport: str) -> float:
     return metric(server.base_url, "rrr_sockets_by_transport", f'transport="{transport}"')
 
 
 # -- Reduce: one socket per browser -----------------------------------------------
 
 
-def test_tabs_of_one_browser_share_one_socket(server, new_context, errors, slug):
+def test_tabs_of_one_browser_share_one_socket(
+    server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str
+) -> None:
     url = f"{server.base_url}/count/{slug}/"
     pages = open_tabs(new_context(), url, 5)
 
@@ -173,7 +176,9 @@ def test_tabs_of_one_browser_share_one_socket(server, new_context, errors, slug)
     assert errors.errors == []
 
 
-def test_two_browsers_are_two_connections(server, new_context, errors, slug):
+def test_two_browsers_are_two_connections(
+    server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str
+) -> None:
     url = f"{server.base_url}/count/{slug}/"
     pages = open_tabs(new_context(), url, 2) + open_tabs(new_context(), url, 1)
 
@@ -183,7 +188,9 @@ def test_two_browsers_are_two_connections(server, new_context, errors, slug):
 
 
 @pytest.mark.parametrize("how", ["close", "crash"])
-def test_leader_tab_owns_the_socket_without_shared_worker(server, new_context, errors, slug, how):
+def test_leader_tab_owns_the_socket_without_shared_worker(
+    server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str, how: str
+) -> None:
     url = f"{server.base_url}/count/{slug}/"
     with_socket: list[Page] = []
     pages = open_tabs(
@@ -212,12 +219,15 @@ def test_leader_tab_owns_the_socket_without_shared_worker(server, new_context, e
     assert errors.errors == []
 
 
-def test_shared_worker_that_fails_to_load_falls_back_to_a_leader(server, browser, slug):
+def test_shared_worker_that_fails_to_load_falls_back_to_a_leader(
+    server: AppProcess, browser: Browser, slug: str
+) -> None:
     # Not through new_context/errors: with CDP attached to the failing worker,
     # Chromium gives the next tabs no error event (seen on Chromium 156).
     context = browser.new_context()
     page_errors: list[str] = []
-    context.on("console", lambda m: m.type == "error" and page_errors.append(m.text))
+    context.on("console",  # type: ignore[call-overload]
+               lambda m: m.type == "error" and page_errors.append(m.text))  # type: ignore[func-returns-value]
     context.on("weberror", lambda e: page_errors.append(str(e.error)))
     context.route("**/static/js/worker.js", lambda route: route.fulfill(status=404, body="gone"))
     pages = open_tabs(context, f"{server.base_url}/count/{slug}/", 3)
@@ -227,7 +237,9 @@ def test_shared_worker_that_fails_to_load_falls_back_to_a_leader(server, browser
     assert page_errors == []
 
 
-def test_without_shared_worker_or_locks_each_tab_has_its_own_socket(server, new_context, errors, slug):
+def test_without_shared_worker_or_locks_each_tab_has_its_own_socket(
+    server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str
+) -> None:
     url = f"{server.base_url}/count/{slug}/"
     pages = open_tabs(new_context("direct"), url, 3)
 
@@ -239,7 +251,9 @@ def test_without_shared_worker_or_locks_each_tab_has_its_own_socket(server, new_
     assert errors.errors == []
 
 
-def test_navigating_away_and_back(server, new_context, errors, slug):
+def test_navigating_away_and_back(
+    server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str
+) -> None:
     pages = open_tabs(new_context(), f"{server.base_url}/count/{slug}/", 2)
     expect_counts(pages, connections=1, tabs=2)
 
@@ -254,7 +268,9 @@ def test_navigating_away_and_back(server, new_context, errors, slug):
 
 
 @pytest.mark.parametrize("watch", ["lock", "heartbeat"])
-def test_crashed_tab_is_dropped(server, new_context, slug, watch):
+def test_crashed_tab_is_dropped(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str, watch: str
+) -> None:
     context = new_context()
     if watch == "heartbeat":  # as on plain http: no Web Locks in the page, only heartbeats
         context.add_init_script("delete Navigator.prototype.locks;")
@@ -272,7 +288,9 @@ def test_crashed_tab_is_dropped(server, new_context, slug, watch):
 
 
 @pytest.mark.parametrize("transport", ["sharedworker", "leader", "direct"])
-def test_tabs_reconnect_after_server_restart(server, new_context, slug, transport):
+def test_tabs_reconnect_after_server_restart(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str, transport: str
+) -> None:
     pages = open_tabs(new_context(transport), f"{server.base_url}/count/{slug}/", 3)
     connections = 3 if transport == "direct" else 1
     expect_counts(pages, connections=connections, tabs=3)
@@ -288,7 +306,9 @@ def test_tabs_reconnect_after_server_restart(server, new_context, slug, transpor
 
 
 @pytest.mark.slow
-def test_silent_server_is_detected_and_left(server, new_context, slug):
+def test_silent_server_is_detected_and_left(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str
+) -> None:
     """A frozen server answers no ping: within ~2 ping periods (15 s) the socket is recycled."""
     pages = open_tabs(new_context(), f"{server.base_url}/count/{slug}/", 2)
     expect_counts(pages, connections=1, tabs=2)
@@ -305,7 +325,9 @@ def test_silent_server_is_detected_and_left(server, new_context, slug):
     eventually(lambda: sockets(server), 1, what="open sockets after the freeze")
 
 
-def test_offline_then_online(server, new_context, errors, slug):
+def test_offline_then_online(
+    server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str
+) -> None:
     context = new_context()
     pages = open_tabs(context, f"{server.base_url}/count/{slug}/", 2)
     expect_counts(pages, connections=1, tabs=2)
@@ -325,7 +347,9 @@ def test_offline_then_online(server, new_context, errors, slug):
 # -- messages -----------------------------------------------------------------------------
 
 
-def test_api_message_reaches_every_tab_once(server, new_context, errors, slug):
+def test_api_message_reaches_every_tab_once(
+    server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str
+) -> None:
     url = f"{server.base_url}/count/{slug}/"
     pages = open_tabs(new_context(), url, 2) + open_tabs(new_context("leader"), url, 2)
     expect_counts(pages, connections=2, tabs=4)
@@ -340,7 +364,10 @@ def test_api_message_reaches_every_tab_once(server, new_context, errors, slug):
     assert errors.errors == []
 
 
-def test_tab_publishes_when_the_server_allows_it(app_factory, redis_url, new_context, errors, slug):
+def test_tab_publishes_when_the_server_allows_it(
+    app_factory: Callable[..., AppProcess], redis_url: str, new_context: Callable[..., BrowserContext],
+    errors: ErrorLog, slug: str
+) -> None:
     server = app_factory(redis_url=redis_url, publish_token=TOKEN, client_publish=True)
     pages = open_tabs(new_context(), f"{server.base_url}/count/{slug}/", 2)
     expect_counts(pages, connections=1, tabs=2)
@@ -356,7 +383,7 @@ def test_tab_publishes_when_the_server_allows_it(app_factory, redis_url, new_con
 # -- the shared module, run where it runs ---------------------------------------------------
 
 
-def test_protocol_module(server, new_context):
+def test_protocol_module(server: AppProcess, new_context: Callable[..., BrowserContext]) -> None:
     page = new_context().new_page()
     page.goto(f"{server.base_url}/count/protocol/")
     result = page.evaluate(
@@ -388,7 +415,9 @@ def test_protocol_module(server, new_context):
 # -- screenshots for people ---------------------------------------------------------------------
 
 
-def test_count_page_screenshots(server, new_context, errors):
+def test_count_page_screenshots(
+    server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog
+) -> None:
     url = f"{server.base_url}/count/demo/"
     ARTIFACTS.mkdir(exist_ok=True)
     desktop = new_context(viewport={"width": 1280, "height": 800})

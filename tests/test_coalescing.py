@@ -4,13 +4,15 @@ import asyncio
 
 import pytest
 
-from conftest import connect, wait_until
+from conftest import Client, ServerFactory, connect, wait_until
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 
 
 @pytest.mark.parametrize("n", [100, 300])
-async def test_a_join_storm_delivers_linear_count_messages(server_factory, clients, n):
+async def test_a_join_storm_delivers_linear_count_messages(
+    server_factory: ServerFactory, clients: list[Client], n: int
+) -> None:
     server = await server_factory(count_interval=0.1)
     joined = await asyncio.gather(*[connect(server.ws_url("/ws/count/storm/")) for _ in range(n)])
     clients += joined
@@ -22,7 +24,7 @@ async def test_a_join_storm_delivers_linear_count_messages(server_factory, clien
     assert server.metric("rrr_count_broadcasts_total") < n
 
 
-async def test_a_burst_of_changes_ends_on_the_truth(server_factory, clients):
+async def test_a_burst_of_changes_ends_on_the_truth(server_factory: ServerFactory, clients: list[Client]) -> None:
     server = await server_factory(count_interval=0.2)
     watcher = await connect(server.ws_url("/ws/"))
     clients.append(watcher)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,13 +17,13 @@ from rrr.connect import SentinelRedis, make_redis, parse_sentinel_url
 # -- deploy/render.py ---------------------------------------------------------------------
 
 
-def rendered(tmp_path, *args: str) -> str:
+def rendered(tmp_path: Path, *args: str) -> str:
     out = tmp_path / "nginx.conf"
     assert render.main(["--runtime-dir", str(tmp_path / "rt"), "-o", str(out), *args]) == 0
     return out.read_text()
 
 
-def test_render_fills_every_placeholder_and_keeps_the_websocket_essentials(tmp_path):
+def test_render_fills_every_placeholder_and_keeps_the_websocket_essentials(tmp_path: Path) -> None:
     conf = rendered(tmp_path, "--ports", "8001-8003", "--listen", "127.0.0.1:8080", "--foreground")
     assert "{{" not in conf and "}}" not in conf
     for line in (
@@ -46,7 +47,7 @@ def test_render_fills_every_placeholder_and_keeps_the_websocket_essentials(tmp_p
     assert str(tmp_path / "rt" / "nginx.pid") in conf
 
 
-def test_rendered_config_passes_nginx_t(tmp_path):
+def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
     nginx = need_binary("nginx")
     conf = rendered(tmp_path, "--ports", "8001,8002", "--app", "10.0.0.5:8001", "--listen", "127.0.0.1:8080",
                     "--foreground", "--worker-rlimit-nofile", "4096", "--worker-connections", "1024")
@@ -64,7 +65,9 @@ def test_rendered_config_passes_nginx_t(tmp_path):
     (["--ports", "8001", "--worker-connections", "4096", "--worker-rlimit-nofile", "5000"], "2 x --worker-connections"),
     (["--ports", "8001", "--proxy-read-timeout", "soon"], "not an nginx time"),
 ])
-def test_render_refuses_settings_that_would_break_websockets(tmp_path, capsys, args, complaint):
+def test_render_refuses_settings_that_would_break_websockets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], complaint: str
+) -> None:
     with pytest.raises(SystemExit) as e:
         render.main(["-o", str(tmp_path / "x.conf"), *args])
     assert e.value.code == 2
@@ -72,20 +75,20 @@ def test_render_refuses_settings_that_would_break_websockets(tmp_path, capsys, a
     assert not (tmp_path / "x.conf").exists()
 
 
-def test_render_refuses_unknown_or_missing_placeholders():
+def test_render_refuses_unknown_or_missing_placeholders() -> None:
     with pytest.raises(KeyError, match="no value"):
         render.render("a {{ nope }}", {})
     with pytest.raises(KeyError, match="not used"):
         render.render("a", {"extra": "1"})
 
 
-def test_nginx_time_and_ports_parsing():
+def test_nginx_time_and_ports_parsing() -> None:
     assert render.nginx_seconds("75s") == 75 and render.nginx_seconds("2m") == 120
     assert render.nginx_seconds("500ms") == 0.5 and render.nginx_seconds("30") == 30
     assert render.parse_ports("8001-8003,8005") == [8001, 8002, 8003, 8005]
 
 
-def test_run_cluster_script_is_valid_bash():
+def test_run_cluster_script_is_valid_bash() -> None:
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("no bash")
@@ -97,7 +100,7 @@ def test_run_cluster_script_is_valid_bash():
 # -- redis+sentinel:// URLs -------------------------------------------------------------------
 
 
-def test_sentinel_url_full_form():
+def test_sentinel_url_full_form() -> None:
     u = parse_sentinel_url(
         "redis+sentinel://rrr:p%40ss@10.0.0.1:26379,10.0.0.2,[::1]:26380/mymaster/2"
         "?sentinel_password=sp&sentinel_username=su&min_other_sentinels=1"
@@ -108,7 +111,7 @@ def test_sentinel_url_full_form():
     assert "p@ss" not in repr(u) and "sentinel_password" not in repr(u)  # no secrets in logs
 
 
-def test_sentinel_url_short_forms():
+def test_sentinel_url_short_forms() -> None:
     u = parse_sentinel_url("redis+sentinel://127.0.0.1:5000/rrr")
     assert u.sentinels == (("127.0.0.1", 5000),) and u.service_name == "rrr" and u.db == 0
     assert u.username is None and u.password is None
@@ -128,21 +131,22 @@ def test_sentinel_url_short_forms():
     "redis+sentinel://h:70000/rrr",
     "redis+sentinel://h:1/rrr?sentinel_pasword=typo",
 ])
-def test_sentinel_url_mistakes_are_errors(url):
+def test_sentinel_url_mistakes_are_errors(url: str) -> None:
     with pytest.raises(ValueError):
         parse_sentinel_url(url)
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_make_redis_builds_a_failover_following_client_with_the_same_timeouts():
+async def test_make_redis_builds_a_failover_following_client_with_the_same_timeouts() -> None:
     client = make_redis("redis+sentinel://127.0.0.1:1,127.0.0.1:2/rrr/3", 1.5)
     try:
         assert isinstance(client, SentinelRedis)
         kw = client.connection_pool.connection_kwargs
         assert (kw["socket_timeout"], kw["socket_connect_timeout"], kw["db"]) == (1.5, 1.5, 3)
         assert kw["client_name"] == "rrr" and kw["retry"].get_retries() == 1
-        assert client.connection_pool.service_name == "rrr" and client.connection_pool.is_master
-        sentinels = client.sentinel_manager.sentinels
+        assert (client.connection_pool.service_name == "rrr"  # type: ignore[attr-defined]
+                and client.connection_pool.is_master)  # type: ignore[attr-defined]
+        sentinels = client.sentinel_manager.sentinels  # type: ignore[union-attr]
         assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [1, 2]
         assert all(s.connection_pool.connection_kwargs["socket_timeout"] == 1.5 for s in sentinels)
         # What the backplane calls on it exists and does not touch the network until used.
@@ -153,7 +157,7 @@ async def test_make_redis_builds_a_failover_following_client_with_the_same_timeo
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_make_redis_plain_urls_are_unchanged():
+async def test_make_redis_plain_urls_are_unchanged() -> None:
     client = make_redis("redis://127.0.0.1:1/4", 0.7)
     try:
         assert type(client) is aioredis.Redis

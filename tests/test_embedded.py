@@ -2,17 +2,19 @@
 
 import json
 import urllib.request
+from collections.abc import Callable
 
 import pytest
 
+from conftest import AppProcess
 from rrr.embedded import EmbeddedRedis, find_redis_server
 
 
-def test_app_runs_on_an_embedded_redis_and_stops_it(app_factory):
+def test_app_runs_on_an_embedded_redis_and_stops_it(app_factory: Callable[..., AppProcess]) -> None:
     proc = app_factory(redis_url=None)
     with urllib.request.urlopen(proc.base_url + "/healthz", timeout=5) as r:
         assert json.loads(r.read())["redis"] is True
-    children = open(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children").read().split()
+    children = open(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children").read().split()  # type: ignore[union-attr]
     assert children, "no embedded redis-server child"
     redis_pid = int(children[0])
     assert "redis-server" in open(f"/proc/{redis_pid}/cmdline").read()
@@ -22,7 +24,7 @@ def test_app_runs_on_an_embedded_redis_and_stops_it(app_factory):
         open(f"/proc/{redis_pid}/cmdline").read()
 
 
-def test_embedded_redis_on_a_unix_socket():
+def test_embedded_redis_on_a_unix_socket() -> None:
     server = EmbeddedRedis().start()
     try:
         assert server.url.startswith("unix://") and server._answers()
@@ -31,5 +33,5 @@ def test_embedded_redis_on_a_unix_socket():
     assert not server._answers()
 
 
-def test_a_redis_server_binary_is_found():
+def test_a_redis_server_binary_is_found() -> None:
     assert find_redis_server().endswith("redis-server")

@@ -7,14 +7,15 @@ import os
 import socket
 
 import pytest
+import redis
 from tornado.httpclient import HTTPClientError
 
-from conftest import connect, wait_until
+from conftest import Client, ServerFactory, connect, wait_until
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 
 
-async def test_foreign_origin_is_refused_at_the_handshake(server_factory):
+async def test_foreign_origin_is_refused_at_the_handshake(server_factory: ServerFactory) -> None:
     server = await server_factory()
     for path in ("/ws/", "/ws/count/abc/"):
         with pytest.raises(HTTPClientError) as e:
@@ -22,13 +23,17 @@ async def test_foreign_origin_is_refused_at_the_handshake(server_factory):
         assert e.value.code == 403
 
 
-async def test_same_origin_and_allow_listed_origins_are_accepted(server_factory, clients):
+async def test_same_origin_and_allow_listed_origins_are_accepted(
+    server_factory: ServerFactory, clients: list[Client]
+) -> None:
     server = await server_factory(allowed_origins="https://app.example")
     clients.append(await connect(server.ws_url("/ws/"), origin=server.base_url))
     clients.append(await connect(server.ws_url("/ws/"), origin="https://app.example"))
 
 
-async def test_bad_frames_get_error_replies_and_the_socket_stays_up(server_factory, clients):
+async def test_bad_frames_get_error_replies_and_the_socket_stays_up(
+    server_factory: ServerFactory, clients: list[Client]
+) -> None:
     server = await server_factory()
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
@@ -43,7 +48,7 @@ async def test_bad_frames_get_error_replies_and_the_socket_stays_up(server_facto
     assert c.last_count() == (1, 1)
 
 
-async def test_binary_frames_close_with_1003(server_factory):
+async def test_binary_frames_close_with_1003(server_factory: ServerFactory) -> None:
     server = await server_factory()
     c = await connect(server.ws_url("/ws/"))
     await c.conn.write_message(b"\x00\x01", binary=True)
@@ -51,7 +56,7 @@ async def test_binary_frames_close_with_1003(server_factory):
     assert c.close_code == 1003
 
 
-async def test_oversized_frames_close_with_1009(server_factory, clients):
+async def test_oversized_frames_close_with_1009(server_factory: ServerFactory, clients: list[Client]) -> None:
     server = await server_factory(max_message_size=1024)
     c = await connect(server.ws_url("/ws/"))
     other = await connect(server.ws_url("/ws/count/abc/"))
@@ -80,7 +85,9 @@ def _raw_handshake(port: int, path: str) -> socket.socket:
     return s
 
 
-async def test_a_client_that_stops_reading_is_cut_off_and_unregistered(server_factory, clients):
+async def test_a_client_that_stops_reading_is_cut_off_and_unregistered(
+    server_factory: ServerFactory, clients: list[Client]
+) -> None:
     server = await server_factory(send_buffer=256 * 1024, publish_token="tok")
     watcher = await connect(server.ws_url("/ws/count/slow/"))
     clients.append(watcher)
@@ -103,7 +110,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_unregistered(server_fa
         stuck.close()
 
 
-async def test_the_server_keeps_serving_after_abuse(server_factory, clients):
+async def test_the_server_keeps_serving_after_abuse(server_factory: ServerFactory, clients: list[Client]) -> None:
     server = await server_factory(max_message_size=2048)
     for frame in (b"\xff" * 10, "{" * 3000, '{"type":"subscribe","room":"' + "x" * 100 + '","sub":1}'):
         c = await connect(server.ws_url("/ws/"))
@@ -115,7 +122,9 @@ async def test_the_server_keeps_serving_after_abuse(server_factory, clients):
     await ok.settles_on(1)
 
 
-async def test_a_deeply_nested_redis_payload_does_not_disturb_the_subscriber(server_factory, clients, rclient):
+async def test_a_deeply_nested_redis_payload_does_not_disturb_the_subscriber(
+    server_factory: ServerFactory, clients: list[Client], rclient: redis.Redis
+) -> None:
     server = await server_factory()
     c = await connect(server.ws_url("/ws/count/deep/"))
     clients.append(c)
@@ -127,7 +136,9 @@ async def test_a_deeply_nested_redis_payload_does_not_disturb_the_subscriber(ser
     assert server.metric("rrr_redis_reconnects_total") == 0
 
 
-async def test_unhashable_message_types_get_an_error_reply(server_factory, clients):
+async def test_unhashable_message_types_get_an_error_reply(
+    server_factory: ServerFactory, clients: list[Client]
+) -> None:
     server = await server_factory()
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)

@@ -1,22 +1,25 @@
 """The HTTP surface: redirect, count page, room API, publish API, health, metrics, bad slugs."""
 
 import json
+from typing import Any
 
 import pytest
-from tornado.httpclient import HTTPClientError
+import redis
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 
+from conftest import ServerFactory
 from rrr.keys import room_channel
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
 
-async def fetch(http_client, url, **kw):
+async def fetch(http_client: AsyncHTTPClient, url: str, **kw: Any) -> HTTPResponse:
     kw.setdefault("raise_error", False)
     kw.setdefault("follow_redirects", False)
     return await http_client.fetch(url, **kw)
 
 
-async def test_root_redirects_to_a_fresh_six_character_room(http_client, base_url):
+async def test_root_redirects_to_a_fresh_six_character_room(http_client: AsyncHTTPClient, base_url: str) -> None:
     seen = set()
     for _ in range(3):
         r = await fetch(http_client, base_url + "/")
@@ -29,7 +32,7 @@ async def test_root_redirects_to_a_fresh_six_character_room(http_client, base_ur
     assert len(seen) == 3
 
 
-async def test_count_page_renders_for_the_room(http_client, base_url):
+async def test_count_page_renders_for_the_room(http_client: AsyncHTTPClient, base_url: str) -> None:
     r = await fetch(http_client, base_url + "/count/ZVk89y/")
     assert r.code == 200
     body = r.body.decode()
@@ -40,26 +43,28 @@ async def test_count_page_renders_for_the_room(http_client, base_url):
     "/count/bad!slug/", "/count/" + "x" * 65 + "/", "/ws/count/bad%20slug/", "/ws/count/a.b/",
     "/api/rooms/bad!slug", "/api/rooms/%2e%2e", "/nope",
 ])
-async def test_bad_slugs_and_unknown_paths_are_404_and_create_nothing(http_client, base_url, rclient, path):
+async def test_bad_slugs_and_unknown_paths_are_404_and_create_nothing(
+    http_client: AsyncHTTPClient, base_url: str, rclient: redis.Redis, path: str
+) -> None:
     r = await fetch(http_client, base_url + path, headers={"Upgrade": "websocket", "Connection": "Upgrade"})
     assert r.code == 404
     assert "slug" in json.loads(r.body)["error"]
     assert [k for k in rclient.keys("rrr:presence:*")] == []
 
 
-async def test_bad_slug_in_publish_is_404(http_client, base_url):
+async def test_bad_slug_in_publish_is_404(http_client: AsyncHTTPClient, base_url: str) -> None:
     r = await fetch(http_client, base_url + "/api/rooms/no%20pe/messages", method="POST", body="1",
                     headers={"Authorization": "Bearer secret-token"})
     assert r.code == 404
 
 
-async def test_room_api_for_an_empty_room(http_client, base_url):
+async def test_room_api_for_an_empty_room(http_client: AsyncHTTPClient, base_url: str) -> None:
     r = await fetch(http_client, base_url + "/api/rooms/empty-room")
     assert r.code == 200
     assert json.loads(r.body) == {"room": "empty-room", "connections": 0, "tabs": 0, "updated": None}
 
 
-async def test_publish_requires_the_bearer_token(http_client, base_url):
+async def test_publish_requires_the_bearer_token(http_client: AsyncHTTPClient, base_url: str) -> None:
     url = base_url + "/api/rooms/abc/messages"
     r = await fetch(http_client, url, method="POST", body='{"x":1}')
     assert r.code == 401 and "Bearer" in r.headers["WWW-Authenticate"]
@@ -67,19 +72,21 @@ async def test_publish_requires_the_bearer_token(http_client, base_url):
     assert r.code == 403
 
 
-async def test_publish_rejects_bodies_that_are_not_json(http_client, base_url):
+async def test_publish_rejects_bodies_that_are_not_json(http_client: AsyncHTTPClient, base_url: str) -> None:
     r = await fetch(http_client, base_url + "/api/rooms/abc/messages", method="POST", body="{not json",
                     headers={"Authorization": "Bearer secret-token"})
     assert r.code == 400 and "JSON" in json.loads(r.body)["error"]
 
 
-async def test_publish_rejects_oversized_bodies(http_client, base_url):
+async def test_publish_rejects_oversized_bodies(http_client: AsyncHTTPClient, base_url: str) -> None:
     r = await fetch(http_client, base_url + "/api/rooms/abc/messages", method="POST",
                     body=json.dumps("x" * 70000), headers={"Authorization": "Bearer secret-token"})
     assert r.code == 413
 
 
-async def test_publish_reaches_redis_verbatim(http_client, base_url, rclient):
+async def test_publish_reaches_redis_verbatim(
+    http_client: AsyncHTTPClient, base_url: str, rclient: redis.Redis
+) -> None:
     pubsub = rclient.pubsub()
     pubsub.subscribe(room_channel("abc"))
     pubsub.get_message(timeout=1)
@@ -92,16 +99,16 @@ async def test_publish_reaches_redis_verbatim(http_client, base_url, rclient):
     pubsub.close()
 
 
-async def test_publish_is_disabled_without_a_token(server_factory):
+async def test_publish_is_disabled_without_a_token(server_factory: ServerFactory) -> None:
     server = await server_factory(publish_token="")
     from tornado.httpclient import AsyncHTTPClient
     with pytest.raises(HTTPClientError) as e:
         await AsyncHTTPClient().fetch(server.base_url + "/api/rooms/abc/messages", method="POST", body="1",
                                       headers={"Authorization": "Bearer "})
-    assert e.value.code == 403 and b"disabled" in e.value.response.body
+    assert e.value.code == 403 and b"disabled" in e.value.response.body  # type: ignore[union-attr]
 
 
-async def test_healthz_and_metrics(http_client, base_url):
+async def test_healthz_and_metrics(http_client: AsyncHTTPClient, base_url: str) -> None:
     r = await fetch(http_client, base_url + "/healthz")
     assert r.code == 200 and json.loads(r.body)["redis"] is True
     r = await fetch(http_client, base_url + "/metrics")

@@ -6,10 +6,11 @@ import contextlib
 import json
 import os
 import struct
+from collections.abc import AsyncIterator
 
 import pytest
 
-from conftest import connect, wait_until
+from conftest import Client, Server, ServerFactory, connect, wait_until
 from rrr.keepalive import Keepalive
 
 pytestmark = pytest.mark.gen_test(timeout=60)
@@ -56,7 +57,9 @@ class RawPeer:
         self.writer.close()
 
 
-async def watched_peer(server_factory, clients, room):
+async def watched_peer(
+    server_factory: ServerFactory, clients: list[Client], room: str
+) -> tuple[Server, Client, RawPeer]:
     """A server pinging every 0.3 s, a raw peer in ``room``, and a normal client watching the count."""
     server = await server_factory(ping_interval=0.3)
     watcher = await connect(server.ws_url(f"/ws/count/{room}/"))
@@ -67,7 +70,9 @@ async def watched_peer(server_factory, clients, room):
 
 
 @pytest.mark.parametrize("answer", ["pong", "message"])
-async def test_quiet_peers_that_answer_stay_connected_and_counted(server_factory, clients, answer):
+async def test_quiet_peers_that_answer_stay_connected_and_counted(
+    server_factory: ServerFactory, clients: list[Client], answer: str
+) -> None:
     server, watcher, peer = await watched_peer(server_factory, clients, "quiet")
     try:
         pings = 0
@@ -89,10 +94,12 @@ async def test_quiet_peers_that_answer_stay_connected_and_counted(server_factory
         peer.close()
 
 
-async def test_a_peer_that_stops_answering_is_closed_and_leaves_the_count(server_factory, clients):
+async def test_a_peer_that_stops_answering_is_closed_and_leaves_the_count(
+    server_factory: ServerFactory, clients: list[Client]
+) -> None:
     server, watcher, peer = await watched_peer(server_factory, clients, "silent")
     try:
-        seen = []
+        seen: list[tuple[int, bytes]] = []
         while not seen or seen[-1][0] != CLOSE:
             seen.append(await asyncio.wait_for(peer.frame(), 10))
         assert PING in [op for op, _ in seen]
@@ -108,7 +115,7 @@ async def test_a_peer_that_stops_answering_is_closed_and_leaves_the_count(server
         peer.close()
 
 
-async def test_ping_interval_zero_turns_pings_off(server_factory, clients):
+async def test_ping_interval_zero_turns_pings_off(server_factory: ServerFactory, clients: list[Client]) -> None:
     server = await server_factory(ping_interval=0)
     peer = await RawPeer.open(server.port, "/ws/count/nopings/")
     try:
@@ -145,10 +152,10 @@ class FakeSocket:
 
 
 @contextlib.asynccontextmanager
-async def answering(ka, socks):
+async def answering(ka: Keepalive, socks: list[FakeSocket]) -> AsyncIterator[None]:
     """Peers that answer every 10 ms, far more often than the 0.2 s rounds ping them."""
 
-    async def answer():
+    async def answer() -> None:
         while True:
             for sock in socks:
                 ka.heard(sock)
@@ -161,7 +168,7 @@ async def answering(ka, socks):
         task.cancel()
 
 
-async def test_every_socket_is_pinged_across_slices_and_the_silent_are_dropped():
+async def test_every_socket_is_pinged_across_slices_and_the_silent_are_dropped() -> None:
     ka = Keepalive(0.2, slices=4)
     alive, silent = [FakeSocket() for _ in range(5)], [FakeSocket() for _ in range(3)]
     for sock in alive + silent:
@@ -173,7 +180,7 @@ async def test_every_socket_is_pinged_across_slices_and_the_silent_are_dropped()
     assert len(ka) == 5
 
 
-async def test_a_socket_that_raises_does_not_stop_the_rounds_for_the_others():
+async def test_a_socket_that_raises_does_not_stop_the_rounds_for_the_others() -> None:
     timeouts = []
     ka = Keepalive(0.2, on_timeout=lambda: timeouts.append(1), slices=4)
     bad_ping, bad_drop, good = FakeSocket("ping"), FakeSocket("drop"), FakeSocket()
@@ -186,7 +193,7 @@ async def test_a_socket_that_raises_does_not_stop_the_rounds_for_the_others():
     assert timeouts == [1]  # bad_drop's failed drop is logged, not counted
 
 
-async def test_the_timer_stops_with_the_last_socket_and_starts_with_the_next():
+async def test_the_timer_stops_with_the_last_socket_and_starts_with_the_next() -> None:
     ka = Keepalive(0.2, slices=4)
     sock = FakeSocket()
     ka.add(sock)
@@ -197,7 +204,7 @@ async def test_the_timer_stops_with_the_last_socket_and_starts_with_the_next():
     assert ka.running
 
 
-async def test_pings_are_spread_over_the_interval_not_sent_all_at_once():
+async def test_pings_are_spread_over_the_interval_not_sent_all_at_once() -> None:
     ka = Keepalive(1.0, slices=10)
     socks = [FakeSocket() for _ in range(1000)]
     for sock in socks:

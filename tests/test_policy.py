@@ -6,7 +6,7 @@ from tornado.options import OptionParser
 from rrr.config import command_line
 from rrr.policy import TokenBucket, origin_allowed, parse_origins
 
-NONE = frozenset()
+NONE: frozenset[str] = frozenset()
 
 
 @pytest.mark.parametrize(
@@ -18,7 +18,7 @@ NONE = frozenset()
         ("http://RRR.example", "rrr.example:80"),
     ],
 )
-def test_same_origin_is_allowed(origin, host):
+def test_same_origin_is_allowed(origin: str, host: str) -> None:
     assert origin_allowed(origin, host, NONE)
 
 
@@ -33,11 +33,11 @@ def test_same_origin_is_allowed(origin, host):
         ("http://rrr.example:notaport", "rrr.example"),
     ],
 )
-def test_foreign_origins_are_refused(origin, host):
+def test_foreign_origins_are_refused(origin: str, host: str) -> None:
     assert not origin_allowed(origin, host, NONE)
 
 
-def test_allow_list_and_wildcard():
+def test_allow_list_and_wildcard() -> None:
     allowed = parse_origins(" https://app.example/ , http://localhost:3000")
     assert origin_allowed("https://app.example", "api.example", allowed)
     assert origin_allowed("http://localhost:3000", "api.example", allowed)
@@ -45,7 +45,7 @@ def test_allow_list_and_wildcard():
     assert origin_allowed("https://anything.example", "api.example", parse_origins("*"))
 
 
-def test_token_bucket_allows_a_burst_then_refuses():
+def test_token_bucket_allows_a_burst_then_refuses() -> None:
     bucket = TokenBucket(rate=0.001, burst=3)
     assert [bucket.take() for _ in range(5)] == [True, True, True, False, False]
 
@@ -58,7 +58,7 @@ def _parser() -> OptionParser:
     return p
 
 
-def test_env_vars_then_argv_with_space_or_equals():
+def test_env_vars_then_argv_with_space_or_equals() -> None:
     p = _parser()
     env = {"RRR_PORT": "7000", "RRR_REDIS_URL": "redis://x"}
     argv = command_line(p, ["app.py", "--port", "8001", "--xheaders"], env)
@@ -66,7 +66,7 @@ def test_env_vars_then_argv_with_space_or_equals():
     assert (p.port, p.redis_url, p.xheaders) == (8001, "redis://x", True)
 
 
-def test_env_var_alone_sets_an_option():
+def test_env_var_alone_sets_an_option() -> None:
     p = _parser()
     p.parse_command_line(command_line(p, ["app.py"], {"RRR_PORT": "7001"}))
     assert p.port == 7001

@@ -4,29 +4,32 @@ import asyncio
 import json
 import signal
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+import redis
 from tornado.httpclient import AsyncHTTPClient
 
-from conftest import connect, wait_until
+from conftest import AppProcess, Client, ServerFactory, connect, wait_until
 
 from rrr import keys
 
 pytestmark = pytest.mark.gen_test(timeout=90)
 
 
-async def room_api(base_url, room):
+async def room_api(base_url: str, room: str) -> dict[str, Any]:
     resp = await AsyncHTTPClient().fetch(f"{base_url}/api/rooms/{room}")
     return json.loads(resp.body)
 
 
-def never_negative(*clients):
+def never_negative(*clients: Client) -> None:
     for c in clients:
         for f in c.counts():
             assert f["connections"] >= 0 and f["tabs"] >= 0, f
 
 
-async def test_two_instances_agree_on_counts(server_factory, clients):
+async def test_two_instances_agree_on_counts(server_factory: ServerFactory, clients: list[Client]) -> None:
     one, two = await server_factory(), await server_factory()
     a = [await connect(one.ws_url("/ws/count/shared/")) for _ in range(3)]
     b = [await connect(two.ws_url("/ws/")) for _ in range(2)]
@@ -43,7 +46,7 @@ async def test_two_instances_agree_on_counts(server_factory, clients):
     never_negative(*a, *b)
 
 
-async def test_instances_relay_each_others_messages(server_factory, clients):
+async def test_instances_relay_each_others_messages(server_factory: ServerFactory, clients: list[Client]) -> None:
     one, two = await server_factory(client_publish=True), await server_factory(publish_token="tok")
     a = await connect(one.ws_url("/ws/"))
     b = await connect(two.ws_url("/ws/count/relay/"))
@@ -57,7 +60,9 @@ async def test_instances_relay_each_others_messages(server_factory, clients):
     await wait_until(lambda: [m["data"] for m in a.of_type("message")] == ["from one", "from two"])
 
 
-async def test_any_backend_publishing_to_redis_reaches_the_room(server_factory, clients, rclient):
+async def test_any_backend_publishing_to_redis_reaches_the_room(
+    server_factory: ServerFactory, clients: list[Client], rclient: redis.Redis
+) -> None:
     server = await server_factory()
     c = await connect(server.ws_url("/ws/count/django/"))
     clients.append(c)
@@ -66,7 +71,9 @@ async def test_any_backend_publishing_to_redis_reaches_the_room(server_factory, 
     assert (await c.next("message", after=0))["data"] == {"from": "django"}
 
 
-async def test_malformed_redis_payloads_are_dropped_and_counted(server_factory, clients, rclient):
+async def test_malformed_redis_payloads_are_dropped_and_counted(
+    server_factory: ServerFactory, clients: list[Client], rclient: redis.Redis
+) -> None:
     server = await server_factory()
     c = await connect(server.ws_url("/ws/count/junk/"))
     clients.append(c)
@@ -79,7 +86,9 @@ async def test_malformed_redis_payloads_are_dropped_and_counted(server_factory, 
     assert c.last_count() == (1, 1)
 
 
-async def test_a_killed_process_vanishes_within_the_ttl(server_factory, app_factory, redis_url, clients):
+async def test_a_killed_process_vanishes_within_the_ttl(
+    server_factory: ServerFactory, app_factory: Callable[..., AppProcess], redis_url: str, clients: list[Client]
+) -> None:
     ttl = 2.0
     survivor = await server_factory(ttl=ttl)
     victim = await asyncio.to_thread(app_factory, redis_url=redis_url, presence_ttl=ttl, count_interval=0.05)
@@ -100,8 +109,9 @@ async def test_a_killed_process_vanishes_within_the_ttl(server_factory, app_fact
 
 
 async def test_sigterm_removes_presence_at_once_and_closes_with_1001(
-    server_factory, app_factory, redis_url, clients, rclient
-):
+    server_factory: ServerFactory, app_factory: Callable[..., AppProcess], redis_url: str, clients: list[Client],
+    rclient: redis.Redis,
+) -> None:
     survivor = await server_factory(ttl=60)
     leaving = await asyncio.to_thread(app_factory, redis_url=redis_url, presence_ttl=60, count_interval=0.05)
     mine = await connect(survivor.ws_url("/ws/count/term/"))
@@ -114,11 +124,14 @@ async def test_sigterm_removes_presence_at_once_and_closes_with_1001(
     for c in theirs:
         await asyncio.wait_for(c.closed.wait(), 10)
         assert c.close_code == 1001
-    assert await asyncio.to_thread(leaving.proc.wait, 10) == 0
-    assert not [p for p in rclient.zrange("rrr:procs", 0, -1) if str(leaving.proc.pid) in p.split(":")[1:2]]
+    assert await asyncio.to_thread(leaving.proc.wait, 10) == 0  # type: ignore[union-attr]
+    assert not [p for p in rclient.zrange("rrr:procs", 0, -1)
+                if str(leaving.proc.pid) in p.split(":")[1:2]]  # type: ignore[arg-type, union-attr]
 
 
-async def test_a_live_process_whose_lease_lapsed_comes_back(server_factory, clients, rclient):
+async def test_a_live_process_whose_lease_lapsed_comes_back(
+    server_factory: ServerFactory, clients: list[Client], rclient: redis.Redis
+) -> None:
     """A process stalled past its TTL is swept by others; when it answers again it re-registers, announced."""
     server = await server_factory(ttl=1.0)
     watcher_host = await server_factory(ttl=30)

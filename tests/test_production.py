@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import redis
@@ -29,9 +31,11 @@ import tornado.websocket
 from tornado.httpclient import HTTPClientError
 
 from conftest import ROOT, Client, free_port, need_binary, wait_until
-from rrr.embedded import _die_with_parent
+from rrr.embedded import EmbeddedRedis, _die_with_parent
 import production_fixtures
-from production_fixtures import Cluster, abort, connect_many, http, port_open, wait_sync, ws_connect
+from production_fixtures import (
+    Cluster, Nginx, Script, SentinelGroup, abort, connect_many, http, port_open, wait_sync, ws_connect,
+)
 
 # The fixtures this module uses (pytest finds fixtures among a module's attributes).
 nginx_factory = production_fixtures.nginx_factory
@@ -73,7 +77,7 @@ def messages(c: Client) -> list[object]:
     return [f["data"] for f in c.of_type("message")]
 
 
-async def all_got(clients: list[Client], expected: list[object], timeout: float = 15.0) -> None:
+async def all_got(clients: list[Client], expected: Sequence[object], timeout: float = 15.0) -> None:
     await wait_until(lambda: all(messages(c) == expected for c in clients), timeout,
                      what=f"every client to receive exactly {expected}")
 
@@ -103,7 +107,9 @@ async def open_in_rooms(cluster: Cluster, sizes: dict[str, int], into: list[Clie
 
 
 @pytest.mark.gen_test(timeout=240)
-async def test_300_clients_through_nginx_see_exact_counts_and_every_message(redis_url, cluster_factory, ws_clients):
+async def test_300_clients_through_nginx_see_exact_counts_and_every_message(
+    redis_url: str, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
+) -> None:
     cluster = cluster_factory(redis_url, n=3)
     sizes = {"r-a": 10, "r-b": 25, "r-c": 40, "r-d": 55, "r-e": 70, "r-f": 100}
     by_room = await open_in_rooms(cluster, sizes, ws_clients)
@@ -137,7 +143,9 @@ async def test_300_clients_through_nginx_see_exact_counts_and_every_message(redi
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_same_origin_foreign_origin_static_files_and_real_client_ip(redis_url, cluster_factory, ws_clients):
+async def test_same_origin_foreign_origin_static_files_and_real_client_ip(
+    redis_url: str, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
+) -> None:
     cluster = cluster_factory(redis_url, n=2)
     front = cluster.nginx
     spoof = {"X-Real-IP": "6.6.6.6", "X-Forwarded-For": "6.6.6.6", "X-Forwarded-Host": "evil.example"}
@@ -190,7 +198,7 @@ class _EchoHeadersSocket(tornado.websocket.WebSocketHandler):
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_nginx_sends_the_app_the_headers_it_relies_on(nginx_factory):
+async def test_nginx_sends_the_app_the_headers_it_relies_on(nginx_factory: Callable[..., Nginx]) -> None:
     """What the upstream really receives, spoofed headers and all (an echo server stands in for app.py)."""
     app = tornado.web.Application([(r"/ws/echo", _EchoHeadersSocket), (r"/(.*)", _EchoHeaders)])
     sock, port = tornado.testing.bind_unused_port()
@@ -224,7 +232,9 @@ async def test_nginx_sends_the_app_the_headers_it_relies_on(nginx_factory):
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_limit_conn_caps_websockets_per_client_ip(redis_url, cluster_factory, ws_clients):
+async def test_limit_conn_caps_websockets_per_client_ip(
+    redis_url: str, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
+) -> None:
     cluster = cluster_factory(redis_url, n=1, nginx={"limit_conn": 5})
     url = cluster.ws_url("/ws/count/capped/")
     five = await connect_many(url, 5, origin=cluster.origin, into=ws_clients)
@@ -250,7 +260,9 @@ async def test_limit_conn_caps_websockets_per_client_ip(redis_url, cluster_facto
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_kill_9_one_of_three_survivors_converge_within_the_ttl(redis_url, cluster_factory, ws_clients):
+async def test_kill_9_one_of_three_survivors_converge_within_the_ttl(
+    redis_url: str, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
+) -> None:
     ttl = 2.0
     cluster = cluster_factory(redis_url, n=3, presence_ttl=ttl)
     room, total = "killed", 30
@@ -283,8 +295,8 @@ async def test_kill_9_one_of_three_survivors_converge_within_the_ttl(redis_url, 
 
 @pytest.mark.gen_test(timeout=120)
 async def test_sigterm_one_process_closes_1001_drops_counts_at_once_and_clients_reconnect(
-    redis_url, cluster_factory, ws_clients
-):
+    redis_url: str, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
+) -> None:
     ttl = 30.0  # far longer than the test's bound: the drop must come from the clean shutdown
     cluster = cluster_factory(redis_url, n=3, presence_ttl=ttl)
     room, total = "drained", 30
@@ -306,7 +318,7 @@ async def test_sigterm_one_process_closes_1001_drops_counts_at_once_and_clients_
     note("SIGTERM", ttl=ttl, dropped_s=dropped_after, held=held)
     assert dropped_after < 5.0 < ttl, f"count dropped after {dropped_after:.2f} s"
     # It exits by itself, cleanly (no second signal: it is already on its way out).
-    assert await asyncio.to_thread(leaving.proc.wait, 15) == 0, leaving.log()[-2000:]
+    assert await asyncio.to_thread(leaving.proc.wait, 15) == 0, leaving.log()[-2000:]  # type: ignore[union-attr]
     leaving.proc = None
 
     # The page reconnects: through nginx, the drained clients land on the two survivors.
@@ -320,7 +332,9 @@ async def test_sigterm_one_process_closes_1001_drops_counts_at_once_and_clients_
 
 
 @pytest.mark.gen_test(timeout=180)
-async def test_redis_killed_and_restarted_empty_counts_and_relay_are_rebuilt(own_redis, cluster_factory, ws_clients):
+async def test_redis_killed_and_restarted_empty_counts_and_relay_are_rebuilt(
+    own_redis: EmbeddedRedis, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
+) -> None:
     cluster = cluster_factory(own_redis.url, n=3, presence_ttl=5, redis_timeout=0.5)
     sizes = {"rb-1": 7, "rb-2": 11, "rb-3": 19}
     by_room = await open_in_rooms(cluster, sizes, ws_clients)
@@ -329,15 +343,18 @@ async def test_redis_killed_and_restarted_empty_counts_and_relay_are_rebuilt(own
 
     own_redis.kill()
     for app in cluster.apps:
-        await wait_until(lambda app=app: _status(app.base_url + "/healthz", 503), 15, what=f"{app.port} /healthz 503")
+        await wait_until(lambda app=app: _status(app.base_url + "/healthz", 503), 15,  # type: ignore[misc]
+                         what=f"{app.port} /healthz 503")
     page = await http(f"{cluster.nginx.base_url}/count/rb-1/")
     assert page.code == 200  # pages are still served without Redis
-    assert all(a.proc.poll() is None for a in cluster.apps), "a process died when Redis went away"
+    assert all(a.proc.poll() is None  # type: ignore[union-attr]
+               for a in cluster.apps), "a process died when Redis went away"
 
     restarted_at = time.monotonic()
     await asyncio.to_thread(own_redis.start)  # same port, empty: no persistence
     for app in cluster.apps:
-        await wait_until(lambda app=app: _status(app.base_url + "/healthz", 200), 20, what=f"{app.port} /healthz 200")
+        await wait_until(lambda app=app: _status(app.base_url + "/healthz", 200), 20,  # type: ignore[misc]
+                         what=f"{app.port} /healthz 200")
     for room, members in by_room.items():
         await room_is(cluster, room, sizes[room], timeout=20)
         await settle_all(members, sizes[room], timeout=20)
@@ -350,7 +367,7 @@ async def test_redis_killed_and_restarted_empty_counts_and_relay_are_rebuilt(own
         await all_got(members, [{"after": i} for i in range(3)])
     note("redis restart", recovered_s=recovered)
     assert recovered < 15, f"counts and relay took {recovered:.1f} s to come back"
-    assert all(a.proc.poll() is None for a in cluster.apps)
+    assert all(a.proc.poll() is None for a in cluster.apps)  # type: ignore[union-attr]
 
 
 async def _status(url: str, code: int) -> bool:
@@ -361,13 +378,15 @@ async def _status(url: str, code: int) -> bool:
 
 
 @pytest.mark.gen_test(timeout=180)
-async def test_redis_stalled_5s_pages_and_pings_keep_flowing(own_redis, cluster_factory, ws_clients):
+async def test_redis_stalled_5s_pages_and_pings_keep_flowing(
+    own_redis: EmbeddedRedis, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
+) -> None:
     cluster = cluster_factory(own_redis.url, n=3, redis_timeout=1.0)
     room, total = "stall", 12
     members = await connect_many(cluster.ws_url(f"/ws/count/{room}/"), total, origin=cluster.origin, into=ws_clients)
     await settle_all(members, total)
 
-    os.kill(own_redis.proc.pid, signal.SIGSTOP)
+    os.kill(own_redis.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
     stalled_at = time.monotonic()
     worst = {"page": 0.0, "pong": 0.0, "health": 0.0}
     probes = 0
@@ -395,25 +414,28 @@ async def test_redis_stalled_5s_pages_and_pings_keep_flowing(own_redis, cluster_
         worst["health"] = time.monotonic() - t
         assert [r.code for r in health] == [503] * len(cluster.apps)
     finally:
-        os.kill(own_redis.proc.pid, signal.SIGCONT)
+        os.kill(own_redis.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
     note("redis stall", probes=probes, **{f"worst_{k}_s": v for k, v in worst.items()})
     assert probes >= 3
     assert worst["page"] < 1.0 and worst["pong"] < 1.0, worst
     assert worst["health"] < 5.0, worst
 
     for app in cluster.apps:
-        await wait_until(lambda app=app: _status(app.base_url + "/healthz", 200), 20, what=f"{app.port} healthy")
+        await wait_until(lambda app=app: _status(app.base_url + "/healthz", 200), 20,  # type: ignore[misc]
+                         what=f"{app.port} healthy")
     await settle_all(members + joined, total + 1, timeout=20)
     await room_is(cluster, room, total + 1)
     await relay_ready(own_redis.url, room, 3)
     for i, app in enumerate(cluster.apps):
         assert await cluster.publish(app, room, {"resumed": i}) == 3
     await all_got(members + joined, [{"resumed": i} for i in range(3)])
-    assert all(a.proc.poll() is None for a in cluster.apps)
+    assert all(a.proc.poll() is None for a in cluster.apps)  # type: ignore[union-attr]
 
 
 @pytest.mark.gen_test(timeout=180)
-async def test_sentinel_failover_service_recovers_with_exact_counts(sentinel_group, cluster_factory, ws_clients):
+async def test_sentinel_failover_service_recovers_with_exact_counts(
+    sentinel_group: SentinelGroup, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
+) -> None:
     group = sentinel_group
     assert group.master_addr() == ("127.0.0.1", group.master_port)
     cluster = cluster_factory(group.url, n=2, redis_timeout=0.5)
@@ -431,7 +453,8 @@ async def test_sentinel_failover_service_recovers_with_exact_counts(sentinel_gro
     await wait_until(lambda: _sentinel_moved(group), 60, what="the sentinels to promote the replica")
     promoted = time.monotonic() - killed_at
     for app in cluster.apps:
-        await wait_until(lambda app=app: _status(app.base_url + "/healthz", 200), 30, what=f"{app.port} healthy")
+        await wait_until(lambda app=app: _status(app.base_url + "/healthz", 200), 30,  # type: ignore[misc]
+                         what=f"{app.port} healthy")
     new_master = f"redis://127.0.0.1:{group.replica_port}/0"
     for room, members in by_room.items():
         await room_is(cluster, room, sizes[room], timeout=30)
@@ -450,7 +473,7 @@ async def test_sentinel_failover_service_recovers_with_exact_counts(sentinel_gro
     note("sentinel failover", promoted_s=promoted, recovered_s=recovered)
 
 
-def _sentinel_moved(group) -> bool:
+def _sentinel_moved(group: SentinelGroup) -> bool:
     try:
         return group.master_addr() == ("127.0.0.1", group.replica_port)
     except redis.RedisError:
@@ -461,7 +484,9 @@ def _sentinel_moved(group) -> bool:
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_idle_socket_survives_3x_proxy_read_timeout_because_of_pings(redis_url, cluster_factory, ws_clients):
+async def test_idle_socket_survives_3x_proxy_read_timeout_because_of_pings(
+    redis_url: str, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
+) -> None:
     read_timeout = 2.0
     pinged = cluster_factory(redis_url, n=1, ping_interval=1, nginx={"proxy_read_timeout": "2s", "ping_interval": 1})
     # Control: the same proxy in front of an app that pings too rarely; nginx must cut it. Without
@@ -489,8 +514,8 @@ async def test_idle_socket_survives_3x_proxy_read_timeout_because_of_pings(redis
 
 @pytest.mark.gen_test(timeout=180)
 async def test_churn_100_opens_and_100_closes_a_second_leaves_exact_counts_and_no_leftovers(
-    redis_url, cluster_factory, ws_clients
-):
+    redis_url: str, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
+) -> None:
     cluster = cluster_factory(redis_url, n=3)
     rooms = [f"churn-{i}" for i in range(20)]
     rng = random.Random(4)
@@ -498,7 +523,7 @@ async def test_churn_100_opens_and_100_closes_a_second_leaves_exact_counts_and_n
     live: list[Client] = []
     opening: set[asyncio.Task[None]] = set()
     failures: list[BaseException] = []
-    stats = Counter()
+    stats: Counter[str] = Counter()
 
     async def open_one(room: str) -> None:
         try:
@@ -574,7 +599,9 @@ async def _all_zero(cluster: Cluster) -> bool:
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_deploy_redis_conf_acl_user_is_enough_for_the_app(tmp_path, cluster_factory, ws_clients):
+async def test_deploy_redis_conf_acl_user_is_enough_for_the_app(
+    tmp_path: Path, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
+) -> None:
     """Redis from deploy/redis.conf (passwords filled in), the app as its ``rrr`` ACL user."""
     binary = need_binary("redis-server")
     conf = (ROOT / "deploy" / "redis.conf").read_text()
@@ -620,7 +647,7 @@ async def test_deploy_redis_conf_acl_user_is_enough_for_the_app(tmp_path, cluste
         survivors = [c for c in members if not c.closed.is_set()]
         await settle_all(survivors, len(survivors))
         assert admin.acl_log() == [], "the app ran a command its ACL user may not"
-        assert all(a.proc.poll() is None for a in cluster.apps[1:])
+        assert all(a.proc.poll() is None for a in cluster.apps[1:])  # type: ignore[union-attr]
     finally:
         admin.close()
         proc.terminate()
@@ -629,8 +656,8 @@ async def test_deploy_redis_conf_acl_user_is_enough_for_the_app(tmp_path, cluste
 
 @pytest.mark.gen_test(timeout=120)
 async def test_run_cluster_script_serves_and_stops_everything_on_sigterm(
-    redis_url, tmp_path, script_runner, ws_clients
-):
+    redis_url: str, tmp_path: Path, script_runner: Callable[..., Script], ws_clients: list[Client]
+) -> None:
     need_binary("nginx")
     ports = [free_port(), free_port()]
     listen = free_port()
@@ -661,8 +688,8 @@ async def test_run_cluster_script_serves_and_stops_everything_on_sigterm(
 
 @pytest.mark.gen_test(timeout=180)
 async def test_sigterm_exits_promptly_even_when_every_socket_drops_at_the_same_moment(
-    redis_url, cluster_factory, ws_clients
-):
+    redis_url: str, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
+) -> None:
     """A deploy that restarts nginx and the apps together: sockets vanish while the apps shut down.
 
     The sockets' closes make the backplane UNSUBSCRIBE just as shutdown cancels its tasks;
@@ -680,20 +707,21 @@ async def test_sigterm_exits_promptly_even_when_every_socket_drops_at_the_same_m
         for room, members in by_room.items():
             await settle_all(members, rooms[room])
         procs = [a.proc for a in cluster.apps]
-        cluster.nginx.proc.send_signal(signal.SIGTERM)  # fast shutdown: every socket drops now
+        # fast shutdown: every socket drops now
+        cluster.nginx.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         for p in procs:
-            p.send_signal(signal.SIGTERM)
+            p.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         started = time.monotonic()
         for app, p in zip(cluster.apps, procs):
             left = max(0.1, 10 - (time.monotonic() - started))
             try:
-                code = await asyncio.to_thread(p.wait, left)
+                code = await asyncio.to_thread(p.wait, left)  # type: ignore[union-attr]
             except subprocess.TimeoutExpired:
                 pytest.fail(f"round {round_}: app on port {app.port} still running 10 s after SIGTERM "
                             f"(hung in shutdown):\n{app.log()[-2000:]}")
             assert code == 0, app.log()[-2000:]
             app.proc = None
-        await asyncio.to_thread(cluster.nginx.proc.wait, 10)
+        await asyncio.to_thread(cluster.nginx.proc.wait, 10)  # type: ignore[union-attr]
         cluster.nginx.proc = None
         # Everything was removed on the way out (clean path: the TTL is 30 s).
         r = redis.Redis.from_url(redis_url)

@@ -9,21 +9,21 @@ from rrr.protocol import CountState, ProtocolError, parse_client_message
 
 
 @pytest.mark.parametrize("slug", ["a", "ZVk89y", "with-dash_and_underscore", "x" * 64])
-def test_valid_slugs(slug):
+def test_valid_slugs(slug: str) -> None:
     assert protocol.is_valid_slug(slug)
 
 
 @pytest.mark.parametrize("slug", ["", "x" * 65, "bad!slug", "a/b", "a b", "é", "a\n", None, 12])
-def test_invalid_slugs(slug):
+def test_invalid_slugs(slug: str) -> None:
     assert not protocol.is_valid_slug(slug)
 
 
-def test_subscribe_parses_room_and_sub():
+def test_subscribe_parses_room_and_sub() -> None:
     msg = parse_client_message('{"type":"subscribe","room":"abc","sub":"tab-1"}')
     assert (msg.type, msg.room, msg.sub) == ("subscribe", "abc", "tab-1")
 
 
-def test_numeric_sub_is_accepted_as_text():
+def test_numeric_sub_is_accepted_as_text() -> None:
     assert parse_client_message('{"type":"unsubscribe","room":"abc","sub":7}').sub == "7"
 
 
@@ -41,46 +41,46 @@ def test_numeric_sub_is_accepted_as_text():
         ('{"type":"publish","room":"abc"}', "bad_message"),
     ],
 )
-def test_bad_frames_raise_with_a_reply_code(frame, code):
+def test_bad_frames_raise_with_a_reply_code(frame: str, code: str) -> None:
     with pytest.raises(ProtocolError) as e:
         parse_client_message(frame)
     assert e.value.code == code and e.value.reason
 
 
-def test_deeply_nested_json_is_a_clean_error():
+def test_deeply_nested_json_is_a_clean_error() -> None:
     with pytest.raises(ProtocolError):
         parse_client_message("[" * 100000 + "]" * 100000)
 
 
-def test_publish_keeps_data_as_compact_json():
+def test_publish_keeps_data_as_compact_json() -> None:
     msg = parse_client_message('{"type":"publish","room":"abc","data":{"text":"hé", "n":[1, 2]}}')
-    assert json.loads(msg.data_json) == {"text": "hé", "n": [1, 2]}
+    assert json.loads(msg.data_json) == {"text": "hé", "n": [1, 2]}  # type: ignore[arg-type]
 
 
-def test_hello_reports_transport_and_tolerates_unknown_ones():
+def test_hello_reports_transport_and_tolerates_unknown_ones() -> None:
     assert parse_client_message('{"type":"hello","transport":"leader"}').transport == "leader"
     assert parse_client_message('{"type":"hello","transport":"carrier-pigeon"}').transport == "unknown"
 
 
-def test_count_message_has_the_talks_fields():
+def test_count_message_has_the_talks_fields() -> None:
     msg = protocol.count_message("abc", CountState(3, 5, 1700000000.25, 9))
     assert msg == {"type": "connection_message", "room": "abc", "connections": 3, "tabs": 5, "updated": 1700000000.25}
 
 
-def test_relay_frame_embeds_data_verbatim():
+def test_relay_frame_embeds_data_verbatim() -> None:
     frame = protocol.relay_frame("abc", '{"b": 1,  "a": [true]}')
     assert frame == '{"type":"message","room":"abc","data":{"b": 1,  "a": [true]}}'
     assert json.loads(frame)["data"] == {"b": 1, "a": [True]}
 
 
-def test_redis_payloads_must_be_json():
+def test_redis_payloads_must_be_json() -> None:
     assert protocol.validate_json_payload(b' {"x": 1}\n') == '{"x": 1}'
     for bad in (b"\x80\x04\x95pickle", b"{nope", b""):
         with pytest.raises(ValueError):
             protocol.validate_json_payload(bad)
 
 
-def test_count_announcements_round_trip_and_reject_garbage():
+def test_count_announcements_round_trip_and_reject_garbage() -> None:
     state = CountState(2, 4, 1700000000.5, 11)
     assert protocol.decode_count_announcement(protocol.encode_count_announcement(state)) == state
     for bad in ('{"c":-1,"t":0,"u":1,"v":1}', '{"c":1,"t":1,"v":1,"u":"x"}', "[]", '{"c":true,"t":1,"u":1,"v":1}'):
@@ -89,7 +89,7 @@ def test_count_announcements_round_trip_and_reject_garbage():
 
 
 @pytest.mark.parametrize("frame", ['{"type":[]}', '{"type":{"a":1}}', '{"type":"hello","transport":{}}'])
-def test_unhashable_fields_are_protocol_errors_not_crashes(frame):
+def test_unhashable_fields_are_protocol_errors_not_crashes(frame: str) -> None:
     try:
         msg = parse_client_message(frame)
     except ProtocolError as e:
@@ -99,6 +99,6 @@ def test_unhashable_fields_are_protocol_errors_not_crashes(frame):
 
 
 @pytest.mark.parametrize("payload", ["[" * 100000 + "]" * 100000, "NaN", '{"x": Infinity}', b"\xff\xfe"])
-def test_hostile_redis_payloads_are_value_errors(payload):
+def test_hostile_redis_payloads_are_value_errors(payload: str | bytes) -> None:
     with pytest.raises(ValueError):
         protocol.validate_json_payload(payload)

@@ -7,18 +7,21 @@ import signal
 
 import pytest
 import redis
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from conftest import connect, wait_until
+from conftest import Client, ServerFactory, connect, wait_until
+from rrr.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 
 
-async def get(url):
+async def get(url: str) -> HTTPResponse:
     return await AsyncHTTPClient().fetch(url, raise_error=False, request_timeout=20)
 
 
-async def test_redis_restarted_empty_rebuilds_counts_and_relay(server_factory, own_redis, clients):
+async def test_redis_restarted_empty_rebuilds_counts_and_relay(
+    server_factory: ServerFactory, own_redis: EmbeddedRedis, clients: list[Client]
+) -> None:
     one = await server_factory(redis=own_redis.url)
     two = await server_factory(redis=own_redis.url)
     a = [await connect(one.ws_url("/ws/count/phoenix/")) for _ in range(2)]
@@ -49,16 +52,18 @@ async def test_redis_restarted_empty_rebuilds_counts_and_relay(server_factory, o
     await wait_until(lambda: r.publish("rrr:room:phoenix", '"back"') == 2, timeout=30, what="both resubscribed")
     r.close()
     for c in a + [b, late]:
-        await wait_until(lambda c=c: any(m["data"] == "back" for m in c.of_type("message")))
+        await wait_until(lambda c=c: any(m["data"] == "back" for m in c.of_type("message")))  # type: ignore[misc]
 
 
-async def test_a_stalled_redis_never_hangs_the_event_loop(server_factory, own_redis, clients):
+async def test_a_stalled_redis_never_hangs_the_event_loop(
+    server_factory: ServerFactory, own_redis: EmbeddedRedis, clients: list[Client]
+) -> None:
     server = await server_factory(redis=own_redis.url, redis_timeout=0.5)
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
     await c.send(type="subscribe", room="stall", sub="1")
     await c.settles_on(1, 1)
-    os.kill(own_redis.proc.pid, signal.SIGSTOP)
+    os.kill(own_redis.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -73,6 +78,6 @@ async def test_a_stalled_redis_never_hangs_the_event_loop(server_factory, own_re
         # A join during the stall is not lost: it is written when Redis answers again.
         await c.send(type="subscribe", room="stall", sub="2")
     finally:
-        os.kill(own_redis.proc.pid, signal.SIGCONT)
+        os.kill(own_redis.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
     await c.settles_on(1, 2, timeout=30)
     assert (await get(server.base_url + "/healthz")).code == 200

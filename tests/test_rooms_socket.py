@@ -3,14 +3,17 @@
 import json
 
 import pytest
+import redis
 from tornado.httpclient import AsyncHTTPClient
 
-from conftest import connect
+from conftest import Client, ServerFactory, connect
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 
 
-async def test_tabs_count_subscriptions_and_connections_count_sockets(server_factory, clients):
+async def test_tabs_count_subscriptions_and_connections_count_sockets(
+    server_factory: ServerFactory, clients: list[Client]
+) -> None:
     server = await server_factory()
     worker = await connect(server.ws_url("/ws/"))
     other = await connect(server.ws_url("/ws/"))
@@ -28,7 +31,7 @@ async def test_tabs_count_subscriptions_and_connections_count_sockets(server_fac
     await other.settles_on(1, 1)
 
 
-async def test_one_socket_carries_many_rooms(server_factory, clients):
+async def test_one_socket_carries_many_rooms(server_factory: ServerFactory, clients: list[Client]) -> None:
     server = await server_factory(publish_token="tok")
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
@@ -42,7 +45,7 @@ async def test_one_socket_carries_many_rooms(server_factory, clients):
     assert msg == {"type": "message", "room": "r2", "data": "to r2"}
 
 
-async def test_subscribing_twice_is_idempotent(server_factory, clients):
+async def test_subscribing_twice_is_idempotent(server_factory: ServerFactory, clients: list[Client]) -> None:
     server = await server_factory()
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
@@ -55,7 +58,7 @@ async def test_subscribing_twice_is_idempotent(server_factory, clients):
     assert server.metric("rrr_subscriptions") == 1
 
 
-async def test_every_subscribe_gets_the_current_count(server_factory, clients):
+async def test_every_subscribe_gets_the_current_count(server_factory: ServerFactory, clients: list[Client]) -> None:
     """A worker adding a second tab to a room it already follows still hears the count at once."""
     server = await server_factory()
     c = await connect(server.ws_url("/ws/"))
@@ -68,7 +71,9 @@ async def test_every_subscribe_gets_the_current_count(server_factory, clients):
     assert (frame["connections"], frame["tabs"]) == (1, 2)
 
 
-async def test_closing_the_socket_drops_all_its_tabs(server_factory, clients, rclient):
+async def test_closing_the_socket_drops_all_its_tabs(
+    server_factory: ServerFactory, clients: list[Client], rclient: redis.Redis
+) -> None:
     server = await server_factory()
     a = await connect(server.ws_url("/ws/"))
     b = await connect(server.ws_url("/ws/"))
@@ -81,7 +86,7 @@ async def test_closing_the_socket_drops_all_its_tabs(server_factory, clients, rc
     await b.settles_on(1, 1)
     b.close()
 
-    async def gone():
+    async def gone() -> bool:
         resp = await AsyncHTTPClient().fetch(server.base_url + "/api/rooms/abc")
         return json.loads(resp.body)["tabs"] == 0 and not rclient.keys("rrr:presence:*")
 
@@ -89,7 +94,7 @@ async def test_closing_the_socket_drops_all_its_tabs(server_factory, clients, rc
     await wait_until(gone, what="room emptied in Redis")
 
 
-async def test_client_publish_is_off_by_default(server_factory, clients):
+async def test_client_publish_is_off_by_default(server_factory: ServerFactory, clients: list[Client]) -> None:
     server = await server_factory()
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
@@ -97,7 +102,9 @@ async def test_client_publish_is_off_by_default(server_factory, clients):
     assert (await c.next("error", after=0))["code"] == "publish_disabled"
 
 
-async def test_client_publish_when_on_reaches_every_subscriber(server_factory, clients):
+async def test_client_publish_when_on_reaches_every_subscriber(
+    server_factory: ServerFactory, clients: list[Client]
+) -> None:
     server = await server_factory(client_publish=True)
     a = await connect(server.ws_url("/ws/"))
     b = await connect(server.ws_url("/ws/count/abc/"))
@@ -109,7 +116,7 @@ async def test_client_publish_when_on_reaches_every_subscriber(server_factory, c
         assert (await c.next("message", after=0))["data"] == {"hello": ["wörld", 1.5, None]}
 
 
-async def test_client_publish_is_rate_limited(server_factory, clients):
+async def test_client_publish_is_rate_limited(server_factory: ServerFactory, clients: list[Client]) -> None:
     server = await server_factory(client_publish=True, publish_rate=1.0)
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
@@ -121,7 +128,7 @@ async def test_client_publish_is_rate_limited(server_factory, clients):
     await c.next("pong", after=0)
 
 
-async def test_hello_records_the_transport(server_factory, clients):
+async def test_hello_records_the_transport(server_factory: ServerFactory, clients: list[Client]) -> None:
     server = await server_factory()
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
@@ -63,7 +64,11 @@ async def test_garbage_from_redis_never_stops_renewal_and_counts_heal(
     # The relay works again too: a message published by the liar reaches every socket of both.
     await liar.hub.publish("garbage", json.dumps({"n": 1}))
     for c in mine + [watcher]:
-        await wait_until(lambda c=c: any(m["data"] == {"n": 1} for m in c.of_type("message")), what="relay")
+        await wait_until(partial(_got, c, {"n": 1}), what="relay")
+
+
+def _got(c: Client, data: object) -> bool:
+    return any(m["data"] == data for m in c.of_type("message"))
 
 
 async def _code(resp: Awaitable[HTTPResponse], want: int) -> bool:
