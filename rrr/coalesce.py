@@ -19,6 +19,7 @@ class Coalescer:
         self._dirty: set[str] = set()
         self._event = asyncio.Event()
         self._not_before = float("-inf")
+        self._handed_at = float("-inf")
         self._failures = 0
 
     @property
@@ -53,8 +54,14 @@ class Coalescer:
                 await asyncio.sleep(delay)
             if self._dirty:
                 batch, self._dirty = self._dirty, set()
+                self._handed_at = self._not_before
                 self._not_before = loop.time() + self.interval
                 return batch
+
+    def unused(self) -> None:
+        """Nothing of the last batch was written (its rooms wait for their subscriptions):
+        it does not count against the interval, so they go out the moment they are ready."""
+        self._not_before = self._handed_at
 
     def failed(self, batch: set[str]) -> None:
         """The batch was not written: keep it, and wait longer before each retry."""

@@ -24,6 +24,7 @@ from .metrics import Metrics
 from .presence import Presence
 from .protocol import CountState
 from .subscriber import Subscriber
+from .supervise import RateLimitedLog
 from .wsframe import Frame
 
 log = logging.getLogger("rrr.hub")
@@ -69,6 +70,7 @@ class Hub:
         self._rooms: dict[str, _Room] = {}
         self._conns: set[Connection] = set()
         self._closing = False
+        self._log = RateLimitedLog(log)
         metrics.bind_gauges(
             lambda: len(self._conns),
             lambda: sum(r.tabs for r in self._rooms.values()),
@@ -200,7 +202,16 @@ class Hub:
         if due <= loop.time():
             self._broadcast(room, r)
         else:
-            r.timer = loop.call_at(due, self._broadcast, room, r)
+            r.timer = loop.call_at(due, self._timed_broadcast, room, r)
+
+    def _timed_broadcast(self, room: str, r: _Room) -> None:
+        """A timer's callback: whatever goes wrong is counted and logged once, never per call."""
+        try:
+            self._broadcast(room, r)
+        except Exception as e:  # noqa: BLE001 - a timer callback has no caller to raise to
+            r.timer = None
+            self.metrics.task_errors.labels("broadcast").inc()
+            self._log.warning("broadcast", "count broadcast to %s failed: %s: %s", room, type(e).__name__, e)
 
     def _broadcast(self, room: str, r: _Room) -> None:
         r.timer = None

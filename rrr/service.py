@@ -141,6 +141,7 @@ class Service:
                 return
             rows, owed = hub.take_batch(batch)
             if not rows:
+                self.coalescer.unused()
                 continue
             self._writing = True
             self._idle.clear()
