@@ -1,0 +1,189 @@
+"""Tokens: who a socket is, and which rooms it may read and publish to.
+
+Standard JWTs (RFC 7519), verified with PyJWT. ``--token-secret`` enables HS256;
+``--token-public-key`` (PEM) enables RS256/ES256, so rrr can verify tokens it cannot mint.
+Rooms named ``private-<rest>`` or ``presence-<rest>`` need a grant; every other room is
+public. This module is pure: no Redis, no sockets; revocation (which needs Redis) is
+checked by the caller with `Identity.issued_at`.
+
+Claims:
+
+* ``sub``: the user id, a string of at most 128 characters (required);
+* ``exp``: required, checked with no leeway; ``iat``: optional;
+* ``info``: an optional JSON object of at most 1 KiB encoded, shown to other members;
+* ``rooms`` / ``publish``: grants, each an exact slug or a prefix ending in ``*``.
+
+Unknown claims are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+SUB_MAX = 128
+INFO_MAX = 1024
+GRANTS_MAX = 100
+PRIVATE_PREFIX = "private-"
+PRESENCE_PREFIX = "presence-"
+HMAC_ALGORITHMS = ("HS256",)
+KEY_ALGORITHMS = ("RS256", "ES256")
+
+
+class TokenError(ValueError):
+    """A token we refuse; ``reason`` says why in words a developer can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def needs_grant(room: str) -> bool:
+    """Private and presence rooms need a token that grants them; all others are public."""
+    return room.startswith((PRIVATE_PREFIX, PRESENCE_PREFIX))
+
+
+def is_presence_room(room: str) -> bool:
+    return room.startswith(PRESENCE_PREFIX)
+
+
+@dataclass(frozen=True)
+class Grants:
+    """Exact room names and prefixes (a grant ``"private-user-42-*"`` is the prefix ``private-user-42-``)."""
+
+    exact: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, value: Any, claim: str) -> Grants:
+        if value is None:
+            return cls()
+        if not isinstance(value, list) or not all(isinstance(g, str) and g for g in value):
+            raise TokenError(f"'{claim}' must be a list of room names or prefixes ending in '*'")
+        if len(value) > GRANTS_MAX:
+            raise TokenError(f"'{claim}' has more than {GRANTS_MAX} grants")
+        exact = frozenset(g for g in value if not g.endswith("*"))
+        prefixes = tuple(sorted({g[:-1] for g in value if g.endswith("*")}))
+        return cls(exact, prefixes)
+
+    def allows(self, room: str) -> bool:
+        return room in self.exact or any(room.startswith(p) for p in self.prefixes)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A verified token's meaning."""
+
+    user: str
+    expires: float
+    issued_at: float | None = None
+    info: dict[str, Any] | None = None
+    info_json: str = "null"
+    rooms: Grants = field(default_factory=Grants)
+    publish: Grants = field(default_factory=Grants)
+
+    def may_read(self, room: str) -> bool:
+        return not needs_grant(room) or self.rooms.allows(room) or self.publish.allows(room)
+
+    def may_publish(self, room: str) -> bool:
+        return self.publish.allows(room)
+
+    def expired(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) >= self.expires
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """Checks tokens against the configured keys. With no key, every token is refused
+    (and private and presence rooms with it); public rooms need none."""
+
+    secret: str = ""
+    public_key: str = ""
+    max_age: float = 24 * 3600
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret or self.public_key)
+
+    def verify(self, token: object, now: float | None = None) -> Identity:
+        if not self.enabled:
+            raise TokenError("this server verifies no tokens (no --token-secret or --token-public-key)")
+        if not isinstance(token, str) or not token or len(token) > 8192:
+            raise TokenError("token must be a JWT string of at most 8 KiB")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as e:
+            raise TokenError(f"token is not a JWT: {e}") from None
+        alg = header.get("alg")
+        if alg in HMAC_ALGORITHMS and self.secret:
+            key: str = self.secret
+        elif alg in KEY_ALGORITHMS and self.public_key:
+            key = self.public_key
+        else:
+            raise TokenError(f"token algorithm {str(alg)[:16]!r} is not accepted here")
+        now = time.time() if now is None else now
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=[alg], leeway=0,
+                options={"require": ["exp", "sub"], "verify_exp": False, "verify_iat": False,
+                         "verify_aud": False, "verify_iss": False, "verify_nbf": True},
+            )
+        except jwt.PyJWTError as e:
+            raise TokenError(f"token refused: {e}") from None
+        return self._identity(claims, now)
+
+    def _identity(self, claims: dict[str, Any], now: float) -> Identity:
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > SUB_MAX:
+            raise TokenError(f"'sub' must be a string of 1 to {SUB_MAX} characters")
+        exp = _number(claims.get("exp"), "exp")
+        if exp is None:
+            raise TokenError("'exp' is required")
+        if now >= exp:  # no leeway: an expired token never extends anything
+            raise TokenError("token has expired")
+        if exp - now > self.max_age:
+            raise TokenError(f"'exp' lies more than {self.max_age:.0f} s ahead (--token-max-age)")
+        iat = _number(claims.get("iat"), "iat")
+        info = claims.get("info")
+        info_json = "null"
+        if info is not None:
+            if not isinstance(info, dict):
+                raise TokenError("'info' must be a JSON object")
+            info_json = json.dumps(info, separators=(",", ":"), ensure_ascii=False)
+            try:
+                size = len(info_json.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise TokenError("'info' holds text that is not valid Unicode (a lone surrogate)") from None
+            if size > INFO_MAX:
+                raise TokenError(f"'info' is over {INFO_MAX} bytes encoded")
+        return Identity(
+            user=sub, expires=float(exp), issued_at=iat, info=info, info_json=info_json,
+            rooms=Grants.parse(claims.get("rooms"), "rooms"), publish=Grants.parse(claims.get("publish"), "publish"),
+        )
+
+
+def _number(value: Any, claim: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TokenError(f"'{claim}' must be a number (seconds since the epoch)")
+    return float(value)
+
+
+def mint(
+    sub: str, *, secret: str, rooms: Iterable[str] = (), publish: Iterable[str] = (),
+    info: dict[str, Any] | None = None, ttl: float = 3600, now: float | None = None,
+) -> str:
+    """An HS256 token the server accepts (what `rrr.client.token` returns)."""
+    now = time.time() if now is None else now
+    claims: dict[str, Any] = {"sub": sub, "iat": int(now), "exp": int(now + ttl), "rooms": list(rooms)}
+    if publish:
+        claims["publish"] = list(publish)
+    if info is not None:
+        claims["info"] = info
+    return jwt.encode(claims, secret, algorithm="HS256")
