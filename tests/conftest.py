@@ -92,12 +92,14 @@ class LyingRedis:
 
     ``mode`` "real" forwards bytes both ways; "ok" answers ``+OK`` to whatever arrives;
     "random" answers random bytes. Changing the mode cuts every open connection, so
-    clients reconnect into the new behaviour.
+    clients reconnect into the new behaviour. ``subscribe_delay`` holds every command
+    that contains SUBSCRIBE that long before passing it on (a slow pub/sub path).
     """
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.mode = "real"
+        self.subscribe_delay = 0.0
         self.port = 0
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -142,9 +144,11 @@ class LyingRedis:
         up_reader, up_writer = await asyncio.open_connection(host, int(port))
         self._writers.add(up_writer)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
             try:
                 while data := await src.read(65536):
+                    if upstream and self.subscribe_delay and b"SUBSCRIBE" in data.upper():
+                        await asyncio.sleep(self.subscribe_delay)
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -153,7 +157,7 @@ class LyingRedis:
                 dst.close()
 
         try:
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
         finally:
             self._writers.discard(up_writer)
             up_writer.close()

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,7 +18,8 @@ import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
-from conftest import Client, ServerFactory, connect, wait_until
+from conftest import Client, LyingRedis, ServerFactory, connect, wait_until
+from rrr import keys
 from rrr.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.gen_test(timeout=180)
@@ -70,22 +72,23 @@ async def test_after_a_redis_restart_healthy_means_delivering(
         r.close()
 
 
-async def test_a_count_that_shows_the_process_again_means_its_relay_works(
-    server_factory: ServerFactory, own_redis: EmbeddedRedis, clients: list[Client],
+async def test_a_count_that_shows_the_process_means_its_relay_works(
+    lying_redis: Callable[[], Awaitable[LyingRedis]], server_factory: ServerFactory, redis_url: str,
+    clients: list[Client],
 ) -> None:
-    """Presence is re-registered only once the subscriber is back: whoever sees the count
-    sees a process that will deliver."""
-    server = await server_factory(redis=own_redis.url)
-    c = await connect(server.ws_url("/ws/count/again/"))
+    """Presence is written only once the room's channels are subscribed: whoever sees the
+    count sees a process that will deliver. Here every SUBSCRIBE takes a second to reach Redis."""
+    proxy = await lying_redis()
+    server = await server_factory(redis=proxy.url)
+    proxy.subscribe_delay = 1.0
+    c = await connect(server.ws_url("/ws/count/slowsub/"))
     clients.append(c)
-    await c.settles_on(1)
-    own_redis.kill()
-    own_redis.start()
-    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        await wait_until(lambda: r.hlen("rrr:presence:{again}") > 0, timeout=30, what="presence re-registered")
-        assert r.publish("rrr:room:again", '"counted"') == 1
+        await wait_until(lambda: r.hlen(keys.presence("slowsub")) > 0, timeout=30, what="presence written")
+        assert r.publish(keys.room_channel("slowsub"), '"counted"') == 1
         await delivered(c, "counted")
+        await c.settles_on(1)
     finally:
         r.close()
 
@@ -126,6 +129,8 @@ async def test_redis_at_maxmemory_is_reported_and_presence_keeps_working(
         with pytest.raises(redis.exceptions.OutOfMemoryError):
             for i in range(100_000):
                 r.set(f"filler:{i}", "x" * 1024)
+        # Well below what it holds: every write Redis does not allow at maxmemory is refused.
+        r.config_set("maxmemory", r.info("memory")["used_memory"] // 2)
         code, body = await health(server.base_url)
         assert code == 503 and body["checks"]["memory"] is False
         assert server.metric("rrr_redis_oom") == 1

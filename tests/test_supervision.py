@@ -14,6 +14,8 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from conftest import Client, LyingRedis, ServerFactory, connect, wait_until
+from rrr.metrics import Metrics
+from rrr.supervise import Supervisor
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 
@@ -73,3 +75,26 @@ def _got(c: Client, data: object) -> bool:
 
 async def _code(resp: Awaitable[HTTPResponse], want: int) -> bool:
     return (await resp).code == want
+
+
+async def test_a_supervised_task_that_raises_is_counted_logged_once_and_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever escapes a loop (not only the errors it expects) restarts it; the log says so once."""
+    metrics = Metrics()
+    supervisor = Supervisor(metrics, backoff_cap=0.01)
+    runs: list[int] = []
+
+    async def body() -> None:
+        runs.append(len(runs))
+        if len(runs) < 20:
+            raise ValueError(f"unexpected reply shape #{len(runs)}")
+        await asyncio.sleep(3600)
+
+    with caplog.at_level(logging.WARNING, logger="rrr"):
+        supervisor.spawn("lease", body)
+        await wait_until(lambda: len(runs) == 20, what="20 runs")
+        await supervisor.close()
+    assert metrics.registry.get_sample_value("rrr_task_errors_total", {"task": "lease"}) == 19
+    lines = [r.getMessage() for r in caplog.records if r.name == "rrr.supervise"]
+    assert len(lines) == 1 and "lease failed: ValueError: unexpected reply shape #1" in lines[0]
