@@ -91,6 +91,12 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
             ),
             (r"/healthz", HealthHandler, dict(hub=hub)),
             (r"/metrics", MetricsHandler, dict(hub=hub)),
+            # The talk's own page and SharedWorker, unchanged (examples/talk/README.md).
+            (
+                rf"/examples/talk/(?:{SLUG_PATTERN})/(.*)",
+                tornado.web.StaticFileHandler,
+                dict(path=str(ROOT / "examples" / "talk"), default_filename="index.html"),
+            ),
         ],
         default_handler_class=NotFoundHandler,
         template_path=str(ROOT / "templates"),

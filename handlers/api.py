@@ -9,11 +9,20 @@ import tornado.web
 
 from rrr.errors import BackplaneError
 from rrr.hub import Hub
+from rrr import protocol
 from rrr.protocol import validate_json_payload
 
 
 class JsonHandler(tornado.web.RequestHandler):
     """Errors as JSON with a reason a person can act on."""
+
+    def write(self, chunk: str | bytes | dict[str, Any]) -> None:
+        """A dict goes through ``protocol.dumps``, the one encoder every frame uses, not Tornado's
+        own ``json_encode``: the API and the sockets then agree byte for byte on what JSON is."""
+        if isinstance(chunk, dict):
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            chunk = protocol.dumps(chunk)
+        super().write(chunk)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         reason = self._reason

@@ -14,6 +14,8 @@ from typing import Any
 
 SLUG_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 _SLUG_RE = re.compile(rf"^{SLUG_PATTERN}\Z")
+# A JSON escape that may decode to half of a surrogate pair: only such frames need the full check.
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
 SUB_ID_MAX = 128
 
 #: Redis channel any backend may PUBLISH a JSON value to; it reaches the room as ``data``.
@@ -84,6 +86,9 @@ def parse_client_message(text: str) -> ClientMessage:
         raise ProtocolError("bad_json", "frame is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_message", "frame must be a JSON object")
+    if _SURROGATE_ESCAPE_RE.search(text) and not _encodable(obj):
+        # A lone surrogate (``"\\ud800"``) parses, but no UTF-8 frame can carry it back out.
+        raise ProtocolError("bad_message", "strings must be valid Unicode (no lone surrogates)")
     kind = obj.get("type")
     if not isinstance(kind, str) or kind not in CLIENT_TYPES:
         raise ProtocolError("unknown_type", f"unknown message type {str(kind)[:40]!r}")
@@ -111,6 +116,15 @@ def parse_client_message(text: str) -> ClientMessage:
     if not isinstance(sub, str) or len(sub) > SUB_ID_MAX:
         raise ProtocolError("bad_sub", f"sub must be a string of at most {SUB_ID_MAX} characters")
     return ClientMessage(kind, room=room, sub=sub)
+
+
+def _encodable(obj: Any) -> bool:
+    """Whether ``obj`` survives the trip to UTF-8: JSON escapes can smuggle in lone surrogates."""
+    try:
+        dumps(obj).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def count_message(room: str, state: CountState) -> dict[str, Any]:

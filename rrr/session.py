@@ -68,9 +68,24 @@ class Session:
     async def handle(self, text: str) -> None:
         """Act on one text frame; a bad frame gets an ``error`` reply and the socket stays up."""
         try:
-            await self._dispatch(protocol.parse_client_message(text))
+            msg = protocol.parse_client_message(text)
+        except ProtocolError as e:
+            if e.code == "bad_json" and self.fixed_room is not None:
+                self._send_count(self.fixed_room)
+            else:
+                self.reply_error(e.code, e.reason)
+            return
+        try:
+            await self._dispatch(msg)
         except ProtocolError as e:
             self.reply_error(e.code, e.reason)
+
+    def _send_count(self, room: str) -> None:
+        """The talk's SharedWorker sends ``PING`` (not JSON) for each new tab and shows whatever
+        comes back: it gets the count. Before the first count is known, that one is on its way."""
+        state = self.hub.current_state(room)
+        if state is not None:
+            self.conn.send_frame(Frame(protocol.dumps(protocol.count_message(room, state))))
 
     def reply_error(self, code: str, reason: str) -> None:
         self.hub.metrics.client_errors.labels(code).inc()
