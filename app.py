@@ -28,6 +28,7 @@ from rrr.config import command_line
 from rrr.embedded import EmbeddedRedis
 from rrr.hub import Hub
 from rrr.keepalive import Keepalive
+from rrr.limits import AddressLimits
 from rrr.metrics import Metrics
 from rrr.policy import parse_origins
 from rrr.protocol import SLUG_PATTERN
@@ -56,6 +57,16 @@ define("max_message_size", default=65536, type=int, help="largest client frame o
 define("send_buffer", default=1 << 20, type=int, help="bytes buffered for a client that stops reading, then cut")
 define("max_subscriptions", default=1000, type=int, help="subscriptions per socket")
 define("redis_timeout", default=2.0, type=float, help="seconds before a Redis call is abandoned")
+# Caps: everything an anonymous client can make us hold or do has a price (README, "Caps").
+define("max_tabs_per_room", default=50, type=int, help="subscriptions (tabs) per socket per room")
+define("max_rooms", default=10000, type=int, help="rooms with local subscribers per process (0: no cap)")
+define("message_rate", default=50.0, type=float, help="client frames per second per socket, pings included (0: off)")
+define("message_burst", default=100, type=int, help="client frames a socket may send at once before --message-rate")
+define("max_sockets_per_ip", default=0, type=int, help="open sockets per client address (0: off; nginx limit_conn)")
+define("max_subscriptions_per_ip", default=0, type=int, help="subscriptions per client address (0: off)")
+define("publish_rate_per_ip", default=100.0, type=float, help="client publishes per second per address (burst: 2x)")
+define("api_rate", default=100.0, type=float, help="GET /api/rooms/<slug> per second per address (0: off)")
+define("api_burst", default=200, type=int, help="GET /api/rooms/<slug> a client address may send at once")
 define("log_level", default="info", help="debug, info, warning or error")
 
 
@@ -63,6 +74,15 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
     """The Tornado application; ``overrides`` replace option values (tests use them)."""
     o = {name: options[name] for name in options.as_dict()}
     o.update(overrides)
+    addresses = AddressLimits(
+        max_sockets=o["max_sockets_per_ip"],
+        max_subscriptions=o["max_subscriptions_per_ip"],
+        publish_rate=o["publish_rate_per_ip"],
+        publish_burst=2 * o["publish_rate_per_ip"],
+        api_rate=o["api_rate"],
+        api_burst=o["api_burst"],
+    )
+    hub.metrics.tracked_addresses.set_function(addresses.tracked)
     sockets = dict(
         hub=hub,
         keepalive=Keepalive(o["ping_interval"], on_timeout=hub.metrics.ping_timeouts.inc),
@@ -71,7 +91,12 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
             publish_rate=o["publish_rate"],
             publish_burst=2 * o["publish_rate"],
             max_subscriptions=o["max_subscriptions"],
+            max_tabs_per_room=o["max_tabs_per_room"],
+            max_rooms=o["max_rooms"],
+            message_rate=o["message_rate"],
+            message_burst=o["message_burst"],
         ),
+        addresses=addresses,
         allowed_origins=parse_origins(o["allowed_origins"]),
         send_buffer=o["send_buffer"],
         xheaders=o["xheaders"],
@@ -83,7 +108,7 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
             (rf"/count/{slug}/", CountPageHandler, dict(client_publish=o["client_publish"])),
             (rf"/ws/count/{slug}/", CountSocket, sockets),
             (r"/ws/", RelaySocket, sockets),
-            (rf"/api/rooms/{slug}", RoomHandler, dict(hub=hub)),
+            (rf"/api/rooms/{slug}", RoomHandler, dict(hub=hub, rate=addresses.api)),
             (
                 rf"/api/rooms/{slug}/messages",
                 PublishHandler,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hmac
+import math
 from typing import Any
 
 import tornado.web
 
 from rrr.errors import BackplaneError
 from rrr.hub import Hub
+from rrr.limits import RateLimiter
 from rrr import protocol
 from rrr.protocol import validate_json_payload
 
@@ -35,10 +37,19 @@ class JsonHandler(tornado.web.RequestHandler):
 
 
 class RoomHandler(JsonHandler):
-    def initialize(self, hub: Hub) -> None:
+    def initialize(self, hub: Hub, rate: RateLimiter) -> None:
         self.hub = hub
+        self.rate = rate
 
     async def get(self, slug: str) -> None:
+        wait = self.rate.take(self.request.remote_ip or "")
+        if wait:
+            self.hub.metrics.limited.labels("api_rate").inc()
+            # Not an HTTPError: send_error would clear the Retry-After header.
+            self.set_status(429)
+            self.set_header("Retry-After", str(max(1, math.ceil(wait))))
+            self.finish({"error": "too many requests from this address; retry after Retry-After s", "status": 429})
+            return
         try:
             state = await self.hub.room_state(slug)
         except BackplaneError:

@@ -30,10 +30,17 @@ TRANSPORTS = frozenset({"sharedworker", "leader", "direct", "unknown"})
 class ProtocolError(ValueError):
     """A client frame we refuse; ``code`` is sent back in an ``error`` message."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, *, room: str | None = None, sub: str | None = None) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.room = room
+        self.sub = sub
+
+    def message(self) -> dict[str, Any]:
+        """The ``error`` frame; one about a subscription says which (``room``, ``sub``)."""
+        extra = {k: v for k, v in (("room", self.room), ("sub", self.sub)) if v is not None}
+        return error_message(self.code, self.reason, **extra)
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,7 @@ def parse_client_message(text: str) -> ClientMessage:
     if isinstance(sub, int) and not isinstance(sub, bool):
         sub = str(sub)
     if not isinstance(sub, str) or len(sub) > SUB_ID_MAX:
-        raise ProtocolError("bad_sub", f"sub must be a string of at most {SUB_ID_MAX} characters")
+        raise ProtocolError("bad_sub", f"sub must be a string of at most {SUB_ID_MAX} characters", room=room)
     return ClientMessage(kind, room=room, sub=sub)
 
 
