@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -219,8 +220,6 @@ def test_sockets_per_address_use_the_real_ip_behind_a_proxy(
 
 
 def wait_sync(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-    import time
-
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:
