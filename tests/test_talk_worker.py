@@ -7,6 +7,7 @@ never an error, or the second and third tabs of a browser show ``undefined``.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
@@ -20,8 +21,10 @@ from conftest import Client, ServerFactory, connect, wait_until
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+    HAVE_PLAYWRIGHT = True
 except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
+    HAVE_PLAYWRIGHT = False
 
 
 # -- the socket alone -----------------------------------------------------------------------
@@ -59,7 +62,9 @@ async def test_a_non_json_frame_on_the_count_socket_gets_the_count(
 @pytest.fixture
 def browser() -> Iterator[Browser]:
     path = chromium_path()
-    if sync_playwright is None or path is None:
+    if not HAVE_PLAYWRIGHT or path is None:
+        if os.environ.get("RRR_REQUIRE_ALL") == "1":
+            pytest.fail("Python Playwright and /usr/bin/chromium are required (RRR_REQUIRE_ALL=1)")
         pytest.skip("Python Playwright or /usr/bin/chromium not installed")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=path, args=LAUNCH_ARGS)
