@@ -8,10 +8,10 @@ from typing import Any
 
 import tornado.web
 
+from rrr import protocol
 from rrr.errors import BackplaneError
 from rrr.hub import Hub
 from rrr.limits import RateLimiter
-from rrr import protocol
 from rrr.protocol import validate_json_payload
 
 
@@ -33,7 +33,7 @@ class JsonHandler(tornado.web.RequestHandler):
             reason = exc[1].log_message
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="rrr"')
-        self.finish({"error": reason, "status": status_code})
+        self.finish(protocol.http_error(status_code, reason))
 
 
 class RoomHandler(JsonHandler):
@@ -48,7 +48,7 @@ class RoomHandler(JsonHandler):
             # Not an HTTPError: send_error would clear the Retry-After header.
             self.set_status(429)
             self.set_header("Retry-After", str(max(1, math.ceil(wait))))
-            self.finish({"error": "too many requests from this address; retry after Retry-After s", "status": 429})
+            self.finish(protocol.http_error(429, "too many requests from this address; see Retry-After"))
             return
         try:
             state = await self.hub.room_state(slug)

@@ -55,8 +55,8 @@ class RelaySocket(WebSocketHandler):
             self.set_status(429)
             self.set_header("Content-Type", "application/json; charset=UTF-8")
             self.set_header("Retry-After", "10")
-            body = {"error": f"at most {self.addresses.max_sockets} sockets per client address", "status": 429}
-            self.finish(protocol.dumps(body))
+            reason = f"at most {self.addresses.max_sockets} sockets per client address"
+            self.finish(protocol.dumps(protocol.http_error(429, reason)))
             return
         await super().get(*args, **kwargs)
 

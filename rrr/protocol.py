@@ -128,8 +128,9 @@ def parse_client_message(text: str) -> ClientMessage:
 def _encodable(obj: Any) -> bool:
     """Whether ``obj`` survives the trip to UTF-8: JSON escapes can smuggle in lone surrogates."""
     try:
-        dumps(obj).encode("utf-8")
-    except UnicodeEncodeError:
+        # Not dumps(): NaN, which json.loads lets through, is not what this check is about.
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
         return False
     return True
 
@@ -161,6 +162,11 @@ def error_message(code: str, reason: str, **extra: Any) -> dict[str, Any]:
 
 
 PONG_FRAME = '{"type":"pong"}'
+
+
+def http_error(status: int, reason: str) -> dict[str, Any]:
+    """The body of every HTTP error, from the JSON API or a refused WebSocket handshake."""
+    return {"error": reason, "status": status}
 
 
 def _no_constants(name: str) -> Any:

@@ -85,3 +85,9 @@ async def test_json_responses_use_the_protocol_encoder(server_factory: ServerFac
     status, ctype, body = await asyncio.to_thread(get, "/no/such/page")
     assert status == 404 and ctype.startswith("application/json")
     assert body == protocol.dumps(json.loads(body)).encode()
+
+
+def test_nan_beside_a_lone_surrogate_is_still_an_error_reply() -> None:
+    with pytest.raises(protocol.ProtocolError) as e:
+        protocol.parse_client_message('{"type":"ping","n":NaN,"s":"' + LONE + '"}')
+    assert e.value.code == "bad_message"
