@@ -26,6 +26,7 @@ from handlers.sockets import CountSocket, RelaySocket
 from rrr.config import command_line
 from rrr.embedded import EmbeddedRedis
 from rrr.keepalive import Keepalive
+from rrr.limits import AddressLimits
 from rrr.policy import parse_origins
 from rrr.protocol import SLUG_PATTERN
 from rrr.service import Service, Settings
@@ -59,6 +60,16 @@ define(
     "redis_pool_size", default=32, type=int,
     help="Redis connections for requests (lease renewal and pub/sub have their own); callers beyond wait",
 )
+# Caps: everything an anonymous client can make us hold or do has a price (README, "Caps").
+define("max_tabs_per_room", default=50, type=int, help="subscriptions (tabs) per socket per room")
+define("max_rooms", default=10000, type=int, help="rooms with local subscribers per process (0: no cap)")
+define("message_rate", default=50.0, type=float, help="client frames per second per socket, pings included (0: off)")
+define("message_burst", default=100, type=int, help="client frames a socket may send at once before --message-rate")
+define("max_sockets_per_ip", default=0, type=int, help="open sockets per client address (0: off; nginx limit_conn)")
+define("max_subscriptions_per_ip", default=0, type=int, help="subscriptions per client address (0: off)")
+define("publish_rate_per_ip", default=100.0, type=float, help="client publishes per second per address (burst: 2x)")
+define("api_rate", default=100.0, type=float, help="GET /api/rooms/<slug> per second per address (0: off)")
+define("api_burst", default=200, type=int, help="GET /api/rooms/<slug> a client address may send at once")
 define("log_level", default="info", help="debug, info, warning or error")
 
 
@@ -81,6 +92,15 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         )
     )
     hub = service.hub
+    addresses = AddressLimits(
+        max_sockets=o["max_sockets_per_ip"],
+        max_subscriptions=o["max_subscriptions_per_ip"],
+        publish_rate=o["publish_rate_per_ip"],
+        publish_burst=2 * o["publish_rate_per_ip"],
+        api_rate=o["api_rate"],
+        api_burst=o["api_burst"],
+    )
+    hub.metrics.tracked_addresses.set_function(addresses.tracked)
     sockets = dict(
         hub=hub,
         keepalive=Keepalive(o["ping_interval"], on_timeout=hub.metrics.ping_timeouts.inc),
@@ -89,7 +109,12 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             publish_rate=o["publish_rate"],
             publish_burst=2 * o["publish_rate"],
             max_subscriptions=o["max_subscriptions"],
+            max_tabs_per_room=o["max_tabs_per_room"],
+            max_rooms=o["max_rooms"],
+            message_rate=o["message_rate"],
+            message_burst=o["message_burst"],
         ),
+        addresses=addresses,
         allowed_origins=parse_origins(o["allowed_origins"]),
         send_buffer=o["send_buffer"],
         xheaders=o["xheaders"],
@@ -101,7 +126,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             (rf"/count/{slug}/", CountPageHandler, dict(client_publish=o["client_publish"])),
             (rf"/ws/count/{slug}/", CountSocket, sockets),
             (r"/ws/", RelaySocket, sockets),
-            (rf"/api/rooms/{slug}", RoomHandler, dict(hub=hub)),
+            (rf"/api/rooms/{slug}", RoomHandler, dict(hub=hub, rate=addresses.api)),
             (
                 rf"/api/rooms/{slug}/messages",
                 PublishHandler,
@@ -109,6 +134,12 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             ),
             (r"/healthz", HealthHandler, dict(health=service.health)),
             (r"/metrics", MetricsHandler, dict(hub=hub)),
+            # The talk's own page and SharedWorker, unchanged (examples/talk/README.md).
+            (
+                rf"/examples/talk/(?:{SLUG_PATTERN})/(.*)",
+                tornado.web.StaticFileHandler,
+                dict(path=str(ROOT / "examples" / "talk"), default_filename="index.html"),
+            ),
         ],
         default_handler_class=NotFoundHandler,
         template_path=str(ROOT / "templates"),

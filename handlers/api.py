@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import tornado.web
 
+from rrr import protocol
 from rrr.errors import BackplaneError
 from rrr.hub import Hub
+from rrr.limits import RateLimiter
 from rrr.protocol import validate_json_payload
 
 
 class JsonHandler(tornado.web.RequestHandler):
     """Errors as JSON with a reason a person can act on."""
+
+    def write(self, chunk: str | bytes | dict[str, Any]) -> None:
+        """A dict goes through ``protocol.dumps``, the one encoder every frame uses, not Tornado's
+        own ``json_encode``: the API and the sockets then agree byte for byte on what JSON is."""
+        if isinstance(chunk, dict):
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            chunk = protocol.dumps(chunk)
+        super().write(chunk)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         reason = self._reason
@@ -23,14 +34,23 @@ class JsonHandler(tornado.web.RequestHandler):
             reason = exc[1].log_message
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="rrr"')
-        self.finish({"error": reason, "status": status_code})
+        self.finish(protocol.http_error(status_code, reason))
 
 
 class RoomHandler(JsonHandler):
-    def initialize(self, hub: Hub) -> None:
+    def initialize(self, hub: Hub, rate: RateLimiter) -> None:
         self.hub = hub
+        self.rate = rate
 
     async def get(self, slug: str) -> None:
+        wait = self.rate.take(self.request.remote_ip or "")
+        if wait:
+            self.hub.metrics.limited.labels("api_rate").inc()
+            # Not an HTTPError: send_error would clear the Retry-After header.
+            self.set_status(429)
+            self.set_header("Retry-After", str(max(1, math.ceil(wait))))
+            self.finish(protocol.http_error(429, "too many requests from this address; see Retry-After"))
+            return
         try:
             state = await self.hub.room_state(slug)
         except BackplaneError:

@@ -8,9 +8,10 @@ from typing import Any
 from tornado.iostream import StreamBufferFullError, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from rrr import wsframe
+from rrr import protocol, wsframe
 from rrr.hub import Hub
 from rrr.keepalive import Keepalive
+from rrr.limits import AddressLimits
 from rrr.policy import origin_allowed
 from rrr.session import Limits, Session
 
@@ -21,12 +22,14 @@ class RelaySocket(WebSocketHandler):
     """``WS /ws/``: one socket, many rooms, one subscription per tab."""
 
     def initialize(
-        self, hub: Hub, keepalive: Keepalive, limits: Limits, allowed_origins: frozenset[str], send_buffer: int,
-        xheaders: bool,
+        self, hub: Hub, keepalive: Keepalive, limits: Limits, addresses: AddressLimits,
+        allowed_origins: frozenset[str], send_buffer: int, xheaders: bool,
     ) -> None:
         self.hub = hub
         self.keepalive = keepalive
         self.limits = limits
+        self.addresses = addresses
+        self.ip: str | None = None  # set once open() counts this socket against its address
         self.allowed_origins = allowed_origins
         self.send_buffer = send_buffer
         self.xheaders = xheaders
@@ -42,7 +45,24 @@ class RelaySocket(WebSocketHandler):
         log.info("refused origin %r for host %r from %s", origin, host, self.request.remote_ip)
         return False
 
+    async def get(self, *args: str, **kwargs: str) -> None:
+        """Refuse an address over ``--max-sockets-per-ip`` before the upgrade, with a 429.
+
+        Nothing awaits between here and ``open()``, where the socket is counted, so two
+        handshakes cannot both squeeze through the last slot."""
+        if not self.addresses.may_open_socket(self.request.remote_ip or ""):
+            self.hub.metrics.limited.labels("sockets_per_ip").inc()
+            self.set_status(429)
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.set_header("Retry-After", "10")
+            reason = f"at most {self.addresses.max_sockets} sockets per client address"
+            self.finish(protocol.dumps(protocol.http_error(429, reason)))
+            return
+        await super().get(*args, **kwargs)
+
     def open(self, *args: str) -> None:
+        self.ip = self.request.remote_ip or ""
+        self.addresses.socket_opened(self.ip)
         if self.hub.closing:
             self.close(1001, "server shutting down")
             return
@@ -61,7 +81,8 @@ class RelaySocket(WebSocketHandler):
         self.request.headers.clear()
 
     def _new_session(self, *args: str) -> Session:
-        return Session(self, self.hub, self.limits)
+        assert self.ip is not None
+        return Session(self, self.hub, self.limits, self.addresses, self.ip)
 
     def on_message(self, message: str | bytes) -> Any:
         if isinstance(message, bytes):
@@ -84,6 +105,9 @@ class RelaySocket(WebSocketHandler):
         if self.session is not None:
             self.session.close()
             self.session = None
+        if self.ip is not None:
+            self.addresses.socket_closed(self.ip)
+            self.ip = None
         log.debug("close %s from %s (%s)", self.request.path, self.request.remote_ip, self.close_code)
 
     def send_frame(self, frame: wsframe.Frame) -> None:
@@ -129,4 +153,5 @@ class CountSocket(RelaySocket):
     """``WS /ws/count/<slug>/``: the talk's socket, one room for its whole life."""
 
     def _new_session(self, *args: str) -> Session:
-        return Session(self, self.hub, self.limits, room=args[0])
+        assert self.ip is not None
+        return Session(self, self.hub, self.limits, self.addresses, self.ip, room=args[0])

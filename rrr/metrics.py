@@ -12,6 +12,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
+#: The ``limit`` label values of ``rrr_limited_total``, one per cap.
+LIMITS = (
+    "tabs_per_room", "subscriptions_per_socket", "subscriptions_per_ip", "rooms", "sockets_per_ip",
+    "message_rate", "publish_rate", "publish_rate_per_ip", "api_rate",
+)
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -51,6 +58,14 @@ class Metrics:
         )
         self.health = Gauge("rrr_health_check", "Each /healthz check at its last run (1 ok, 0 failing)", ["check"],
                             registry=r)
+        self.limited = Counter(
+            "rrr_limited", "Requests refused by a cap or a rate limit (see README, Caps)", ["limit"], registry=r,
+        )
+        for limit in LIMITS:
+            self.limited.labels(limit)  # every series exists from the start, at 0, for alerts
+        self.tracked_addresses = Gauge(
+            "rrr_tracked_addresses", "Per-client-address entries held for caps and rate limits", registry=r,
+        )
 
     def bind_gauges(self, sockets: Callable[[], float], subs: Callable[[], float], rooms: Callable[[], float]) -> None:
         """Read gauges from the hub at scrape time instead of updating them on every join."""

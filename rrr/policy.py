@@ -1,4 +1,4 @@
-"""Small, pure rules about who may do what: origins and per-socket publish rates."""
+"""Small, pure rules about who may do what: origins and rate limits."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def origin_allowed(origin: str, host: str, allowed: frozenset[str]) -> bool:
 
 
 class TokenBucket:
-    """Per-socket publish limit: ``rate`` a second on average, bursts up to ``burst``."""
+    """A rate limit: ``rate`` a second on average, bursts up to ``burst``."""
 
     __slots__ = ("rate", "burst", "tokens", "stamp")
 
@@ -55,3 +55,11 @@ class TokenBucket:
             self.tokens -= 1
             return True
         return False
+
+    def wait(self) -> float:
+        """Seconds until the next ``take`` can succeed (0 if it can now)."""
+        return max(0.0, (1 - self.tokens) / self.rate) if self.rate > 0 else float("inf")
+
+    def full(self) -> bool:
+        """Whether the bucket has refilled: it then holds nothing a fresh bucket would not."""
+        return self.tokens + (time.monotonic() - self.stamp) * self.rate >= self.burst

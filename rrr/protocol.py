@@ -14,6 +14,8 @@ from typing import Any
 
 SLUG_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 _SLUG_RE = re.compile(rf"^{SLUG_PATTERN}\Z")
+# A JSON escape that may decode to half of a surrogate pair: only such frames need the full check.
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
 SUB_ID_MAX = 128
 
 CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "ping", "hello"})
@@ -23,10 +25,17 @@ TRANSPORTS = frozenset({"sharedworker", "leader", "direct", "unknown"})
 class ProtocolError(ValueError):
     """A client frame we refuse; ``code`` is sent back in an ``error`` message."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, *, room: str | None = None, sub: str | None = None) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.room = room
+        self.sub = sub
+
+    def message(self) -> dict[str, Any]:
+        """The ``error`` frame; one about a subscription says which (``room``, ``sub``)."""
+        extra = {k: v for k, v in (("room", self.room), ("sub", self.sub)) if v is not None}
+        return error_message(self.code, self.reason, **extra)
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,9 @@ def parse_client_message(text: str) -> ClientMessage:
         raise ProtocolError("bad_json", "frame is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_message", "frame must be a JSON object")
+    if _SURROGATE_ESCAPE_RE.search(text) and not _encodable(obj):
+        # A lone surrogate (``"\\ud800"``) parses, but no UTF-8 frame can carry it back out.
+        raise ProtocolError("bad_message", "strings must be valid Unicode (no lone surrogates)")
     kind = obj.get("type")
     if not isinstance(kind, str) or kind not in CLIENT_TYPES:
         raise ProtocolError("unknown_type", f"unknown message type {str(kind)[:40]!r}")
@@ -96,8 +108,18 @@ def parse_client_message(text: str) -> ClientMessage:
     if isinstance(sub, int) and not isinstance(sub, bool):
         sub = str(sub)
     if not isinstance(sub, str) or len(sub) > SUB_ID_MAX:
-        raise ProtocolError("bad_sub", f"sub must be a string of at most {SUB_ID_MAX} characters")
+        raise ProtocolError("bad_sub", f"sub must be a string of at most {SUB_ID_MAX} characters", room=room)
     return ClientMessage(kind, room=room, sub=sub)
+
+
+def _encodable(obj: Any) -> bool:
+    """Whether ``obj`` survives the trip to UTF-8: JSON escapes can smuggle in lone surrogates."""
+    try:
+        # Not dumps(): NaN, which json.loads lets through, is not what this check is about.
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return False
+    return True
 
 
 def count_message(room: str, state: CountState) -> dict[str, Any]:
@@ -127,6 +149,11 @@ def error_message(code: str, reason: str, **extra: Any) -> dict[str, Any]:
 
 
 PONG_FRAME = '{"type":"pong"}'
+
+
+def http_error(status: int, reason: str) -> dict[str, Any]:
+    """The body of every HTTP error, from the JSON API or a refused WebSocket handshake."""
+    return {"error": reason, "status": status}
 
 
 def _no_constants(name: str) -> Any:

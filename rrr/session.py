@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NoReturn
 
 from . import protocol
 from .errors import BackplaneError
 from .hub import Connection, Hub
+from .limits import AddressLimits
 from .policy import TokenBucket
 from .protocol import ClientMessage, ProtocolError
 from .wsframe import Frame
@@ -27,54 +29,148 @@ class Limits:
     publish_rate: float = 10.0
     publish_burst: float = 20.0
     max_subscriptions: int = 1000
+    max_tabs_per_room: int = 50
+    max_rooms: int = 10000
+    message_rate: float = 50.0
+    message_burst: float = 100.0
 
 
 class Session:
-    # Slots, and a rate bucket only once the socket publishes: one Session lives per idle socket.
-    __slots__ = ("conn", "hub", "limits", "fixed_room", "subs", "transport", "_bucket")
+    # Slots, and rate buckets only once the socket sends: one Session lives per idle socket.
+    __slots__ = (
+        "conn", "hub", "limits", "addresses", "ip", "fixed_room", "subs", "n_subs", "transport",
+        "_bucket", "_frames", "_dropped",
+    )
 
-    def __init__(self, conn: Connection, hub: Hub, limits: Limits, room: str | None = None) -> None:
-        """With ``room``, this is the talk's one-room socket: joined at once, fixed for life."""
+    def __init__(
+        self, conn: Connection, hub: Hub, limits: Limits, addresses: AddressLimits, ip: str,
+        room: str | None = None,
+    ) -> None:
+        """With ``room``, this is the talk's one-room socket: joined at once, fixed for life.
+
+        If a cap refuses that room the socket is told why and closed (1008): it has nothing else to do.
+        """
         self.conn = conn
         self.hub = hub
         self.limits = limits
+        self.addresses = addresses
+        self.ip = ip
         self.fixed_room = room
-        self.subs: set[tuple[str, str]] = set()
+        self.subs: dict[str, set[str]] = {}  # room -> sub ids
+        self.n_subs = 0
         self.transport = "unknown"
         self._bucket: TokenBucket | None = None
+        self._frames: TokenBucket | None = None
+        self._dropped = 0
         hub.attach(conn)
         if room is not None:
-            self.join(room, "")
+            try:
+                self.join(room, "")
+            except ProtocolError as e:
+                self.reply(e)
+                conn.close(1008, e.reason[:120])
 
     def join(self, room: str, sub: str) -> None:
-        if (room, sub) in self.subs:
+        """Register one subscription, or raise the cap it would break (nothing is registered then)."""
+        tabs = self.subs.get(room)
+        if tabs is not None and sub in tabs:
             return  # idempotent: a worker resubscribing after a hiccup must not double-count
-        if len(self.subs) >= self.limits.max_subscriptions:
-            raise ProtocolError("too_many_subscriptions", f"at most {self.limits.max_subscriptions} per socket")
-        self.subs.add((room, sub))
+        lim = self.limits
+        if self.n_subs >= lim.max_subscriptions:
+            self._refuse(
+                "subscriptions_per_socket", "too_many_subscriptions",
+                f"at most {lim.max_subscriptions} subscriptions per socket", room, sub,
+            )
+        if tabs is not None and len(tabs) >= lim.max_tabs_per_room:
+            self._refuse(
+                "tabs_per_room", "too_many_tabs",
+                f"at most {lim.max_tabs_per_room} tabs per room per socket", room, sub,
+            )
+        if 0 < lim.max_rooms <= self.hub.room_count and self.hub.local_counts(room) == (0, 0):
+            self._refuse(
+                "rooms", "too_many_rooms", f"this server follows its maximum of {lim.max_rooms} rooms; try later",
+                room, sub,
+            )
+        if not self.addresses.add_subscription(self.ip):
+            self._refuse(
+                "subscriptions_per_ip", "too_many_subscriptions",
+                f"at most {self.addresses.max_subscriptions} subscriptions per client address", room, sub,
+            )
+        if tabs is None:
+            tabs = self.subs[room] = set()
+        tabs.add(sub)
+        self.n_subs += 1
         self.hub.add_tab(self.conn, room)
 
     def leave(self, room: str, sub: str) -> None:
-        if (room, sub) in self.subs:
-            self.subs.discard((room, sub))
-            self.hub.remove_tab(self.conn, room)
+        tabs = self.subs.get(room)
+        if tabs is None or sub not in tabs:
+            return
+        tabs.discard(sub)
+        if not tabs:
+            del self.subs[room]
+        self.n_subs -= 1
+        self.addresses.remove_subscription(self.ip)
+        self.hub.remove_tab(self.conn, room)
 
     def close(self) -> None:
-        for room, sub in list(self.subs):
-            self.leave(room, sub)
+        for room, tabs in list(self.subs.items()):
+            for sub in list(tabs):
+                self.leave(room, sub)
         self._set_transport("unknown")
         self.hub.detach(self.conn)
 
     async def handle(self, text: str) -> None:
         """Act on one text frame; a bad frame gets an ``error`` reply and the socket stays up."""
+        if not self._within_rate():
+            return
         try:
-            await self._dispatch(protocol.parse_client_message(text))
+            msg = protocol.parse_client_message(text)
         except ProtocolError as e:
-            self.reply_error(e.code, e.reason)
+            if e.code == "bad_json" and self.fixed_room is not None:
+                self._send_count(self.fixed_room)
+            else:
+                self.reply(e)
+            return
+        try:
+            await self._dispatch(msg)
+        except ProtocolError as e:
+            self.reply(e)
 
-    def reply_error(self, code: str, reason: str) -> None:
-        self.hub.metrics.client_errors.labels(code).inc()
-        self.conn.send_frame(Frame(protocol.dumps(protocol.error_message(code, reason))))
+    def _within_rate(self) -> bool:
+        """Every frame, pings included, spends a token. Over the limit a frame is dropped; only the
+        first drop of a run is answered (an error per dropped frame would let a flood make us flood
+        back), and a client still sending a whole burst's worth into a full stop is closed with 1008."""
+        lim = self.limits
+        if lim.message_rate <= 0:
+            return True
+        if self._frames is None:
+            self._frames = TokenBucket(lim.message_rate, lim.message_burst)
+        if self._frames.take():
+            self._dropped = 0
+            return True
+        self._dropped += 1
+        self.hub.metrics.limited.labels("message_rate").inc()
+        if self._dropped == 1:
+            self.reply(ProtocolError("rate_limited", f"more than {lim.message_rate:g} frames a second; frame dropped"))
+        elif self._dropped > lim.message_burst:
+            self.conn.close(1008, "message rate limit exceeded")
+        return False
+
+    def _send_count(self, room: str) -> None:
+        """The talk's SharedWorker sends ``PING`` (not JSON) for each new tab and shows whatever
+        comes back: it gets the count. Before the first count is known, that one is on its way."""
+        state = self.hub.current_state(room)
+        if state is not None:
+            self.conn.send_frame(Frame(protocol.dumps(protocol.count_message(room, state))))
+
+    def reply(self, error: ProtocolError) -> None:
+        self.hub.metrics.client_errors.labels(error.code).inc()
+        self.conn.send_frame(Frame(protocol.dumps(error.message())))
+
+    def _refuse(self, limit: str, code: str, reason: str, room: str, sub: str | None = None) -> NoReturn:
+        self.hub.metrics.limited.labels(limit).inc()
+        raise ProtocolError(code, reason, room=room, sub=sub)
 
     async def _dispatch(self, msg: ClientMessage) -> None:
         if msg.type == "ping":
@@ -82,7 +178,7 @@ class Session:
         elif msg.type == "hello":
             self._set_transport(msg.transport or "unknown")
         elif self.fixed_room is not None:
-            raise ProtocolError("unsupported", "this socket follows one room; use /ws/ for more")
+            raise ProtocolError("unsupported", "this socket follows one room; use /ws/ for more", room=msg.room)
         elif msg.type == "subscribe":
             assert msg.room is not None and msg.sub is not None
             self.join(msg.room, msg.sub)
@@ -93,17 +189,22 @@ class Session:
             await self._publish(msg)
 
     async def _publish(self, msg: ClientMessage) -> None:
-        assert msg.room is not None and msg.data_json is not None
+        room = msg.room
+        assert room is not None and msg.data_json is not None
         if not self.limits.client_publish:
-            raise ProtocolError("publish_disabled", "client publish is off on this server")
+            raise ProtocolError("publish_disabled", "client publish is off on this server", room=room)
+        if room not in self.subs:
+            raise ProtocolError("not_subscribed", "subscribe to a room before publishing to it", room=room)
         if self._bucket is None:
             self._bucket = TokenBucket(self.limits.publish_rate, self.limits.publish_burst)
         if not self._bucket.take():
-            raise ProtocolError("rate_limited", "too many publishes; slow down")
+            self._refuse("publish_rate", "rate_limited", "too many publishes from this socket; slow down", room)
+        if self.addresses.publish.take(self.ip):
+            self._refuse("publish_rate_per_ip", "rate_limited", "too many publishes from this address; slow down", room)
         try:
-            await self.hub.publish(msg.room, msg.data_json)
+            await self.hub.publish(room, msg.data_json)
         except BackplaneError:
-            raise ProtocolError("unavailable", "the message bus is unavailable; try again") from None
+            raise ProtocolError("unavailable", "the message bus is unavailable; try again", room=room) from None
 
     def _set_transport(self, transport: str) -> None:
         gauge = self.hub.metrics.transports

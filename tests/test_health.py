@@ -153,7 +153,8 @@ async def test_a_get_flood_cannot_starve_the_lease_or_publishes(
     server_factory: ServerFactory, clients: list[Client],
 ) -> None:
     """A small pool under 300 concurrent reads: callers wait their turn instead of failing."""
-    server = await server_factory(redis_pool_size=4, publish_token="secret", ttl=3.0)
+    # api_rate 0: this is about the Redis pool, not the per-address rate limit (tests/test_caps.py).
+    server = await server_factory(redis_pool_size=4, publish_token="secret", ttl=3.0, api_rate=0)
     c = await connect(server.ws_url("/ws/count/flood/"))
     clients.append(c)
     await c.settles_on(1)

@@ -120,6 +120,7 @@ async def test_client_publish_is_rate_limited(server_factory: ServerFactory, cli
     server = await server_factory(client_publish=True, publish_rate=1.0)
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
+    await c.send(type="subscribe", room="abc", sub="t")  # publishing needs a subscription
     for i in range(5):
         await c.send(type="publish", room="abc", data=i)
     err = await c.next("error", after=0)

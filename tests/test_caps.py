@@ -1,0 +1,304 @@
+"""A price on everything anonymous: each cap refuses with an error frame or a 429, counts the
+refusal in ``rrr_limited_total``, registers nothing, and leaves the socket (and the process) up.
+
+Caps are set tiny here so a test reaches them in a few frames; rates are set so slow that no
+token comes back during a test, so the outcomes do not depend on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import tornado.httpclient
+from tornado.httpclient import HTTPClientError
+from tornado.websocket import websocket_connect
+
+from browser_helpers import metric
+from conftest import Client, ServerFactory, connect, wait_until
+from rrr.limits import RateLimiter
+
+gen_test = pytest.mark.gen_test(timeout=60)
+
+
+async def connect_as(url: str, ip: str) -> Client:
+    """A socket that claims, through the header nginx sets, to come from ``ip``."""
+    request = tornado.httpclient.HTTPRequest(url, headers={"X-Real-IP": ip})
+    return Client(await websocket_connect(request))
+
+
+async def ping_pong(c: Client) -> None:
+    """The socket is still up and answering."""
+    seen = len(c.frames)
+    await c.send(type="ping")
+    await c.next("pong", after=seen)
+
+
+def http_get(url: str) -> tuple[int, dict[str, str], Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, dict(r.headers), json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), json.loads(e.read())
+
+
+# -- per socket ------------------------------------------------------------------------------
+
+
+@gen_test
+async def test_tabs_per_socket_per_room(server_factory: ServerFactory, clients: list[Client]) -> None:
+    server = await server_factory(max_tabs_per_room=3)
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    for i in range(4):
+        await c.send(type="subscribe", room="r", sub=f"t{i}")
+    err = await c.next("error", after=0)
+    assert (err["code"], err["room"], err["sub"]) == ("too_many_tabs", "r", "t3")
+    await c.settles_on(1, 3, room="r")
+    assert (await asyncio.to_thread(http_get, f"{server.base_url}/api/rooms/r"))[2]["tabs"] == 3
+    await c.send(type="subscribe", room="r", sub="t0")  # already held: a no-op, not a refusal
+    await c.send(type="subscribe", room="other", sub="t0")  # another room has its own allowance
+    await c.settles_on(1, 1, room="other")
+    await c.send(type="unsubscribe", room="r", sub="t0")
+    await c.send(type="subscribe", room="r", sub="t3")
+    await c.settles_on(1, 3, room="r")
+    await ping_pong(c)
+    assert len(c.of_type("error")) == 1
+    assert server.metric("rrr_limited_total", {"limit": "tabs_per_room"}) == 1
+
+
+@gen_test
+async def test_rooms_per_process(server_factory: ServerFactory, clients: list[Client]) -> None:
+    server = await server_factory(max_rooms=2)
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    for room in ("r1", "r2", "r3"):
+        await c.send(type="subscribe", room=room, sub="t")
+    err = await c.next("error", after=0)
+    assert (err["code"], err["room"], err["sub"]) == ("too_many_rooms", "r3", "t")
+    assert server.hub.room_count == 2
+    # Joining a room the process already follows costs no room, so it is still allowed.
+    talk = await connect(server.ws_url("/ws/count/r1/"))
+    clients.append(talk)
+    await talk.settles_on(2)
+    # The talk's one-room socket has nothing to do without its room: it is told why and closed.
+    refused = await connect(server.ws_url("/ws/count/r4/"))
+    await asyncio.wait_for(refused.closed.wait(), 10)
+    assert refused.close_code == 1008
+    assert [(f["code"], f["room"]) for f in refused.of_type("error")] == [("too_many_rooms", "r4")]
+    await c.send(type="unsubscribe", room="r2", sub="t")
+    await wait_until(lambda: server.hub.room_count == 1, what="r2 left")
+    await c.send(type="subscribe", room="r3", sub="t")
+    await c.settles_on(1, 1, room="r3")
+    assert server.metric("rrr_limited_total", {"limit": "rooms"}) == 2
+
+
+@gen_test
+async def test_a_frame_flood_is_dropped_then_closed(server_factory: ServerFactory, clients: list[Client]) -> None:
+    server = await server_factory(message_rate=0.001, message_burst=5)
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    for _ in range(4):
+        await c.send(type="ping")
+    await c.conn.write_message("not json")  # every frame spends a token, whatever it is
+    await wait_until(lambda: len(c.frames) == 5, what="4 pongs and a bad_json error")
+    await c.send(type="ping")
+    err = await c.next("error", after=5)
+    assert err["code"] == "rate_limited"
+    assert "room" not in err
+    # A run of drops is answered once; a whole burst more into the limit closes the socket.
+    for _ in range(4):
+        await c.send(type="ping")
+    await asyncio.sleep(0.2)
+    assert not c.closed.is_set() and len(c.frames) == 6
+    await c.send(type="ping")
+    await asyncio.wait_for(c.closed.wait(), 10)
+    assert c.close_code == 1008
+    assert [f["type"] for f in c.frames] == ["pong"] * 4 + ["error", "error"]
+    assert server.metric("rrr_limited_total", {"limit": "message_rate"}) == 6
+
+
+@gen_test
+async def test_the_talks_ping_frames_are_rate_limited_too(server_factory: ServerFactory, clients: list[Client]) -> None:
+    server = await server_factory(message_rate=0.001, message_burst=2)
+    c = await connect(server.ws_url("/ws/count/x/"))
+    clients.append(c)
+    await c.settles_on(1)
+    for _ in range(3):
+        await c.conn.write_message("PING")
+    err = await c.next("error", after=0)
+    assert err["code"] == "rate_limited"
+    # Before the error: the join's count, two PING replies (and maybe a coalesced broadcast).
+    assert len(c.counts()) >= 3 and len(c.of_type("error")) == 1
+    assert server.metric("rrr_limited_total", {"limit": "message_rate"}) == 1
+
+
+@gen_test
+async def test_default_rates_let_a_busy_page_through(server_factory: ServerFactory, clients: list[Client]) -> None:
+    """100 frames at once (a page restoring 100 subscriptions after a reconnect) are within the burst."""
+    server = await server_factory()
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    for i in range(99):
+        await c.send(type="subscribe", room=f"r{i % 3}", sub=f"t{i // 3}")
+    await c.send(type="ping")
+    await c.next("pong", after=0)
+    await wait_until(lambda: all(c.last_count(f"r{i}") == (1, 33) for i in range(3)), what="33 tabs in 3 rooms")
+    assert c.of_type("error") == []
+    assert server.metric("rrr_limited_total", {"limit": "message_rate"}) == 0
+
+
+# -- publish -------------------------------------------------------------------------------------
+
+
+@gen_test
+async def test_publish_needs_a_subscription_and_is_limited_per_address(
+    server_factory: ServerFactory, clients: list[Client]
+) -> None:
+    server = await server_factory(client_publish=True, publish_rate_per_ip=0.001)  # one publish, then none
+    a = await connect(server.ws_url("/ws/"))
+    b = await connect(server.ws_url("/ws/"))
+    clients += [a, b]
+    await a.send(type="publish", room="r", data="not yet")
+    err = await a.next("error", after=0)
+    assert (err["code"], err["room"]) == ("not_subscribed", "r")
+    for c in (a, b):
+        await c.send(type="subscribe", room="r", sub="t")
+    for c in (a, b):
+        await c.settles_on(2, 2)
+    await a.send(type="publish", room="r", data="first")
+    assert (await b.next("message", after=0))["data"] == "first"
+    # b has its own per-socket allowance, but shares the address's.
+    await b.send(type="publish", room="r", data="second")
+    err = await b.next("error", after=0)
+    assert (err["code"], err["room"]) == ("rate_limited", "r")
+    await ping_pong(b)
+    assert [m["data"] for m in a.of_type("message")] == ["first"]
+    assert server.metric("rrr_limited_total", {"limit": "publish_rate_per_ip"}) == 1
+    await b.send(type="unsubscribe", room="r", sub="t")
+    await b.send(type="publish", room="r", data="gone")
+    assert (await b.next("error", after=len(b.frames)))["code"] == "not_subscribed"
+
+
+# -- per client address ------------------------------------------------------------------------------
+
+
+def test_sockets_per_address_use_the_real_ip_behind_a_proxy(
+    app_factory: Callable[..., Any], redis_url: str, io_loop: Any
+) -> None:
+    """Through env and argv as in production: ``RRR_``-style options reach make_app."""
+    server = app_factory(redis_url=redis_url, xheaders=True, max_sockets_per_ip=2)
+    ws = f"ws://127.0.0.1:{server.port}/ws/count/ip/"
+
+    async def scenario() -> None:
+        a = await connect_as(ws, "203.0.113.7")
+        b = await connect_as(ws, "203.0.113.7")
+        with pytest.raises(HTTPClientError) as refused:
+            await connect_as(ws, "203.0.113.7")
+        assert refused.value.code == 429
+        assert refused.value.response is not None
+        assert refused.value.response.headers["Retry-After"].isdigit()
+        assert json.loads(refused.value.response.body)["status"] == 429
+        other = await connect_as(ws, "203.0.113.8")  # someone else behind the same proxy
+        await other.settles_on(3)
+        a.close()
+        await b.settles_on(2)
+        again = await connect_as(ws, "203.0.113.7")
+        await again.settles_on(3)
+        for c in (b, other, again):
+            c.close()
+
+    io_loop.run_sync(scenario, timeout=60)
+    assert metric(server.base_url, "rrr_limited_total", 'limit="sockets_per_ip"') == 1
+    deadline_ok = wait_sync(lambda: metric(server.base_url, "rrr_tracked_addresses") == 0)
+    assert deadline_ok, "per-address counts are dropped once an address has no sockets"
+
+
+def wait_sync(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@gen_test
+async def test_without_xheaders_a_client_cannot_pick_its_address(
+    server_factory: ServerFactory, clients: list[Client]
+) -> None:
+    server = await server_factory(max_sockets_per_ip=1)
+    clients.append(await connect_as(server.ws_url("/ws/"), "198.51.100.1"))
+    with pytest.raises(HTTPClientError) as refused:
+        await connect_as(server.ws_url("/ws/"), "198.51.100.2")
+    assert refused.value.code == 429
+    assert server.metric("rrr_open_sockets") == 1
+
+
+@gen_test
+async def test_subscriptions_per_address(server_factory: ServerFactory, clients: list[Client]) -> None:
+    server = await server_factory(max_subscriptions_per_ip=3)
+    a = await connect(server.ws_url("/ws/"))
+    b = await connect(server.ws_url("/ws/count/r/"))  # the talk's socket holds one too
+    clients += [a, b]
+    for sub in ("t1", "t2"):
+        await a.send(type="subscribe", room="r", sub=sub)
+    await b.settles_on(2, 3)
+    await a.send(type="subscribe", room="s", sub="t3")
+    err = await a.next("error", after=0)
+    assert (err["code"], err["room"], err["sub"]) == ("too_many_subscriptions", "s", "t3")
+    assert server.metric("rrr_tracked_addresses") == 1
+    b.close()
+    await a.settles_on(1, 2, room="r")
+    await a.send(type="subscribe", room="s", sub="t3")
+    await a.settles_on(1, 1, room="s")
+    assert server.metric("rrr_limited_total", {"limit": "subscriptions_per_ip"}) == 1
+    a.close()
+    await wait_until(lambda: server.metric("rrr_tracked_addresses") == 0, what="the address forgotten")
+
+
+# -- the JSON API --------------------------------------------------------------------------------------
+
+
+@gen_test
+async def test_room_api_is_rate_limited_per_address(server_factory: ServerFactory) -> None:
+    server = await server_factory(api_rate=0.001, api_burst=3)
+    url = f"{server.base_url}/api/rooms/r"
+    for _ in range(3):
+        assert (await asyncio.to_thread(http_get, url))[0] == 200
+    status, headers, body = await asyncio.to_thread(http_get, url)
+    assert status == 429
+    assert headers["Content-Type"].startswith("application/json")
+    assert int(headers["Retry-After"]) >= 1
+    assert body["status"] == 429 and "error" in body
+    assert (await asyncio.to_thread(http_get, f"{server.base_url}/healthz"))[0] == 200
+    assert server.metric("rrr_limited_total", {"limit": "api_rate"}) == 1
+    assert server.metric("rrr_tracked_addresses") == 1
+
+
+@gen_test
+async def test_a_refilled_bucket_is_forgotten(server_factory: ServerFactory) -> None:
+    server = await server_factory(api_rate=50, api_burst=2)
+    for _ in range(3):
+        await asyncio.to_thread(http_get, f"{server.base_url}/api/rooms/r")
+    await wait_until(lambda: server.metric("rrr_tracked_addresses") == 0, what="the address forgotten")
+
+
+def test_rate_limiter_state_stays_bounded_under_an_address_scan() -> None:
+    limiter = RateLimiter(rate=1e9, burst=1)  # every bucket is full again a nanosecond later
+    largest = 0
+    for i in range(20000):
+        assert limiter.take(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}") == 0.0
+        largest = max(largest, len(limiter))
+    assert largest <= 1025
+    assert limiter.sweep() == 0
+    slow = RateLimiter(rate=0.001, burst=1)
+    assert slow.take("a") == 0.0 and slow.take("a") > 100 and slow.take("b") == 0.0
+    assert len(slow) == 2
+    assert RateLimiter(rate=0, burst=0).take("a") == 0.0  # off
