@@ -21,11 +21,14 @@ import tornado.web
 from tornado.options import define, options, parse_command_line
 
 from handlers.api import HealthHandler, MetricsHandler, NotFoundHandler, PublishHandler, RoomHandler
+from handlers.base import SecureStaticFileHandler, host_guard
 from handlers.pages import CountPageHandler, IndexHandler
 from handlers.sockets import CountSocket, RelaySocket
 from rrr.backplane import RedisBackplane
 from rrr.config import command_line
 from rrr.embedded import EmbeddedRedis
+from rrr.httpguard import make_http_server
+from rrr.httpsec import parse_hosts
 from rrr.hub import Hub
 from rrr.keepalive import Keepalive
 from rrr.metrics import Metrics
@@ -57,6 +60,15 @@ define("send_buffer", default=1 << 20, type=int, help="bytes buffered for a clie
 define("max_subscriptions", default=1000, type=int, help="subscriptions per socket")
 define("redis_timeout", default=2.0, type=float, help="seconds before a Redis call is abandoned")
 define("log_level", default="info", help="debug, info, warning or error")
+# HTTP hardening: host allow-list, timeouts and the connection cap (rrr/httpguard.py).
+define("header_timeout", default=10.0, type=float, help="seconds from a request's first byte to its blank line")
+define("body_timeout", default=30.0, type=float, help="seconds to receive a request body")
+define("idle_timeout", default=60.0, type=float, help="seconds a connection may wait before sending a request")
+define(
+    "max_connections", default=0, type=int,
+    help="open connections before new ones get 503 and close (0: the descriptor limit less headroom)",
+)
+define("allowed_hosts", default="", help="comma list of Host names served ('.example.com': and subdomains; '*')")
 
 
 def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
@@ -79,6 +91,7 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
     slug = f"({SLUG_PATTERN})"
     return tornado.web.Application(
         [
+            host_guard(parse_hosts(o["allowed_hosts"]), o["xheaders"]),
             (r"/", IndexHandler),
             (rf"/count/{slug}/", CountPageHandler, dict(client_publish=o["client_publish"])),
             (rf"/ws/count/{slug}/", CountSocket, sockets),
@@ -95,6 +108,8 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         template_path=str(ROOT / "templates"),
         static_path=str(ROOT / "static"),
+        static_handler_class=SecureStaticFileHandler,
+        xheaders=o["xheaders"],
         # Pings come from one Keepalive timer per process instead of a Task per socket.
         websocket_ping_interval=None,
         websocket_max_message_size=o["max_message_size"],
@@ -122,7 +137,11 @@ async def main() -> None:
     sockets = tornado.netutil.bind_sockets(options.port, options.address)
     # Publish bodies over --max-message-size get a 413; far bigger ones are cut off unread.
     max_body = max(2 * options.max_message_size, 1 << 20)
-    server = tornado.httpserver.HTTPServer(make_app(hub), xheaders=options.xheaders, max_body_size=max_body)
+    server = make_http_server(
+        make_app(hub), metrics, xheaders=options.xheaders, max_body_size=max_body,
+        header_timeout=options.header_timeout, body_timeout=options.body_timeout, idle_timeout=options.idle_timeout,
+        max_connections=options.max_connections,
+    )
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     host = f"[{options.address}]" if ":" in options.address else options.address

@@ -37,9 +37,11 @@ class RelaySocket(WebSocketHandler):
         host = self.request.host
         if self.xheaders:
             host = self.request.headers.get("X-Forwarded-Host", host).split(",")[0]
-        if origin_allowed(origin, host, self.allowed_origins):
+        if origin_allowed(origin, host, self.allowed_origins, self.request.protocol):
             return True
-        log.info("refused origin %r for host %r from %s", origin, host, self.request.remote_ip)
+        log.info(
+            "refused origin %r for %s://%s from %s", origin, self.request.protocol, host, self.request.remote_ip,
+        )
         return False
 
     def open(self, *args: str) -> None:
