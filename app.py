@@ -21,7 +21,7 @@ import tornado.web
 from tornado.options import define, options, parse_command_line
 
 from handlers.api import HealthHandler, MetricsHandler, NotFoundHandler, PublishHandler, RoomHandler
-from handlers.base import SecureStaticFileHandler, host_guard
+from handlers.base import SecureStaticFileHandler, guard_hosts
 from handlers.pages import CountPageHandler, IndexHandler
 from handlers.sockets import CountSocket, RelaySocket
 from rrr.backplane import RedisBackplane
@@ -89,9 +89,8 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
         xheaders=o["xheaders"],
     )
     slug = f"({SLUG_PATTERN})"
-    return tornado.web.Application(
+    app = tornado.web.Application(
         [
-            host_guard(parse_hosts(o["allowed_hosts"]), o["xheaders"]),
             (r"/", IndexHandler),
             (rf"/count/{slug}/", CountPageHandler, dict(client_publish=o["client_publish"])),
             (rf"/ws/count/{slug}/", CountSocket, sockets),
@@ -114,6 +113,8 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
         websocket_ping_interval=None,
         websocket_max_message_size=o["max_message_size"],
     )
+    guard_hosts(app, parse_hosts(o["allowed_hosts"]), o["xheaders"])
+    return app
 
 
 async def main() -> None:

@@ -49,5 +49,8 @@ class DisallowedHost(tornado.routing.Matcher):
         return None if host_allowed(host, self.allowed) else {}
 
 
-def host_guard(allowed: frozenset[str], xheaders: bool) -> tornado.routing.Rule:
-    return tornado.routing.Rule(DisallowedHost(allowed, xheaders), HostRefused)
+def guard_hosts(app: tornado.web.Application, allowed: frozenset[str], xheaders: bool) -> None:
+    """Put the Host check in front of every route, static files included (Tornado adds those
+    ahead of the application's own rules, so a rule in the handler list would come too late)."""
+    if allowed:
+        app.default_router.rules.insert(0, tornado.routing.Rule(DisallowedHost(allowed, xheaders), HostRefused))
