@@ -144,6 +144,7 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         self._shed_log = RateLimitedLog(log)
         self._accept_log = RateLimitedLog(log)
         metrics.http_open_connections.set_function(lambda: self.open_connections)
+        metrics.http_max_connections.set(max_connections)
 
     # -- listening -----------------------------------------------------------
 

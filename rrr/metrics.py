@@ -46,6 +46,9 @@ class Metrics:
         self.http_open_connections = Gauge(
             "rrr_http_open_connections", "Client TCP connections held open (HTTP and WebSocket)", registry=r,
         )
+        self.http_max_connections = Gauge(
+            "rrr_http_max_connections", "The connection cap (--max-connections, or the one derived)", registry=r,
+        )
         self.connections_shed = Counter(
             "rrr_connections_shed", "Connections answered 503 and closed at --max-connections", registry=r,
         )

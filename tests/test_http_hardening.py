@@ -11,7 +11,7 @@ import asyncio
 import errno
 import json
 import os
-import select
+import selectors
 import signal
 import socket
 import sys
@@ -398,19 +398,22 @@ def flood(port: int, n: int) -> list[socket.socket]:
 def answers(socks: list[socket.socket], within: float) -> dict[socket.socket, bytes]:
     """What each socket received before it was closed, or until ``within`` seconds pass."""
     got: dict[socket.socket, bytes] = {s: b"" for s in socks}
-    open_ = set(socks)
-    deadline = time.monotonic() + within
-    while open_ and time.monotonic() < deadline:
-        readable, _, _ = select.select(list(open_)[:900], [], [], 0.2)
-        for s in readable:
-            try:
-                data = s.recv(65536)
-            except OSError:
-                data = b""
-            if data:
-                got[s] += data
-            else:
-                open_.discard(s)
+    with selectors.DefaultSelector() as sel:
+        for s in socks:
+            sel.register(s, selectors.EVENT_READ)
+        deadline = time.monotonic() + within
+        while sel.get_map() and time.monotonic() < deadline:
+            for key, _ in sel.select(0.2):
+                s = key.fileobj
+                assert isinstance(s, socket.socket)
+                try:
+                    data = s.recv(65536)
+                except OSError:
+                    data = b""
+                if data:
+                    got[s] += data
+                else:
+                    sel.unregister(s)
     return got
 
 
@@ -443,7 +446,7 @@ def test_a_flood_at_the_derived_cap_is_shed_with_503_and_logged_once(limited_app
     try:
         got = answers(socks, within=10)
         shed = [s for s, data in got.items() if data.startswith(b"HTTP/1.1 503 ")]
-        assert len(shed) >= 150, f"{len(shed)} of 400 shed"
+        assert len(shed) >= 100, f"{len(shed)} of 400 shed"
         assert all(data == b"" or data.startswith(b"HTTP/1.1 503 ") for data in got.values())
     finally:
         for s in socks:
@@ -452,6 +455,7 @@ def test_a_flood_at_the_derived_cap_is_shed_with_503_and_logged_once(limited_app
     metrics = urllib.request.urlopen(app.base_url + "/metrics", timeout=5).read().decode()
     shed_total = [line for line in metrics.splitlines() if line.startswith("rrr_connections_shed_total ")]
     assert shed_total and float(shed_total[0].split()[1]) >= len(shed)
+    assert "rrr_http_max_connections 192.0" in metrics
     log = app.log()
     assert len(lines_about(log, "max-connections", "Traceback", "accept")) < 5, log[-3000:]
     assert len(log.splitlines()) < 50, log[-3000:]
