@@ -63,6 +63,7 @@ class Guarded:
 
 
 GuardedFactory = Callable[..., Awaitable[Guarded]]
+RawOpen = Callable[[int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
 @pytest.fixture
@@ -104,7 +105,7 @@ def guarded(io_loop: Any, redis_url: str) -> Iterator[GuardedFactory]:
 
 
 @pytest.fixture
-def raw(io_loop: Any) -> Iterator[Callable[[int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]]:
+def raw(io_loop: Any) -> Iterator[RawOpen]:
     """Plain TCP connections to a port, closed after the test."""
     writers: list[asyncio.StreamWriter] = []
 
@@ -137,7 +138,7 @@ async def fetch(url: str, **kwargs: Any) -> HTTPResponse:
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_slowloris_head_is_cut_after_the_header_timeout(guarded: GuardedFactory, raw: Any) -> None:
+async def test_a_slowloris_head_is_cut_after_the_header_timeout(guarded: GuardedFactory, raw: RawOpen) -> None:
     server = await guarded(header_timeout=0.5, idle_timeout=60)
     reader, writer = await raw(server.port)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
@@ -152,7 +153,7 @@ async def test_a_slowloris_head_is_cut_after_the_header_timeout(guarded: Guarded
 
 @pytest.mark.gen_test(timeout=60)
 async def test_silent_and_kept_alive_connections_are_closed_after_the_idle_timeout(
-    guarded: GuardedFactory, raw: Any,
+    guarded: GuardedFactory, raw: RawOpen,
 ) -> None:
     server = await guarded(idle_timeout=0.5, header_timeout=60)
     silent, _ = await raw(server.port)
@@ -168,7 +169,7 @@ async def test_silent_and_kept_alive_connections_are_closed_after_the_idle_timeo
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_body_that_stops_arriving_is_cut_after_the_body_timeout(
-    guarded: GuardedFactory, raw: Any, rclient: redis.Redis,
+    guarded: GuardedFactory, raw: RawOpen, rclient: redis.Redis,
 ) -> None:
     server = await guarded(body_timeout=0.5)
     pubsub = rclient.pubsub()
@@ -192,7 +193,7 @@ async def test_a_body_that_stops_arriving_is_cut_after_the_body_timeout(
 @pytest.mark.parametrize("auth, code", [(None, 401), ("Bearer wrong", 403), (f"Bearer {TOKEN}", 413)])
 @pytest.mark.parametrize("expect_continue", [False, True])
 async def test_a_refused_post_is_answered_before_its_body_is_sent(
-    guarded: GuardedFactory, raw: Any, auth: str | None, code: int, expect_continue: bool,
+    guarded: GuardedFactory, raw: RawOpen, auth: str | None, code: int, expect_continue: bool,
 ) -> None:
     server = await guarded(max_message_size=4096)
     reader, writer = await raw(server.port)
@@ -212,7 +213,9 @@ async def test_a_refused_post_is_answered_before_its_body_is_sent(
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_chunked_body_is_refused_as_soon_as_it_outgrows_the_limit(guarded: GuardedFactory, raw: Any) -> None:
+async def test_a_chunked_body_is_refused_as_soon_as_it_outgrows_the_limit(
+    guarded: GuardedFactory, raw: RawOpen,
+) -> None:
     server = await guarded(max_message_size=4096)
     reader, writer = await raw(server.port)
     writer.write(
@@ -325,7 +328,7 @@ async def test_the_origin_must_have_the_page_scheme(guarded: GuardedFactory, cli
 
 @pytest.mark.gen_test(timeout=60)
 async def test_over_the_connection_cap_new_connections_get_503_and_the_server_recovers(
-    guarded: GuardedFactory, raw: Any, clients: list[Client],
+    guarded: GuardedFactory, raw: RawOpen, clients: list[Client],
 ) -> None:
     server = await guarded(max_connections=4)
     socket_client = await connect(server.ws_url("/ws/count/capped/"))  # sockets count too
@@ -404,16 +407,16 @@ def answers(socks: list[socket.socket], within: float) -> dict[socket.socket, by
         deadline = time.monotonic() + within
         while sel.get_map() and time.monotonic() < deadline:
             for key, _ in sel.select(0.2):
-                s = key.fileobj
-                assert isinstance(s, socket.socket)
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
                 try:
-                    data = s.recv(65536)
+                    data = ready.recv(65536)
                 except OSError:
                     data = b""
                 if data:
-                    got[s] += data
+                    got[ready] += data
                 else:
-                    sel.unregister(s)
+                    sel.unregister(ready)
     return got
 
 

@@ -16,8 +16,10 @@ from browser_helpers import LAUNCH_ARGS, ErrorLog, chromium_path, room
 
 try:
     from playwright.sync_api import Browser, expect, sync_playwright
+
+    HAVE_PLAYWRIGHT = True
 except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
+    HAVE_PLAYWRIGHT = False
 
 ROUTES = [
     ("GET", "/", 302),
@@ -87,7 +89,8 @@ async def test_the_page_inline_script_runs_by_a_fresh_nonce_and_nothing_else_is_
 @pytest.fixture
 def chromium() -> Iterator[Browser]:
     path = chromium_path()
-    missing = "Python Playwright" if sync_playwright is None else None if path else "/usr/bin/chromium"
+    missing = None if HAVE_PLAYWRIGHT else "Python Playwright"
+    missing = missing or (None if path else "/usr/bin/chromium")
     if missing:
         if os.environ.get("RRR_REQUIRE_ALL") == "1":
             pytest.fail(f"{missing} is required (RRR_REQUIRE_ALL=1) but not installed")
