@@ -15,16 +15,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import tornado.httpserver
 import tornado.netutil
 import tornado.web
 from tornado.options import define, options, parse_command_line
 
 from handlers.api import HealthHandler, MetricsHandler, NotFoundHandler, PublishHandler, RoomHandler
+from handlers.base import SecureStaticFileHandler, guard_hosts
 from handlers.pages import CountPageHandler, IndexHandler
 from handlers.sockets import CountSocket, RelaySocket
 from rrr.config import command_line
 from rrr.embedded import EmbeddedRedis
+from rrr.httpguard import make_http_server
+from rrr.httpsec import parse_hosts
 from rrr.keepalive import Keepalive
 from rrr.limits import AddressLimits
 from rrr.policy import parse_origins
@@ -71,6 +73,15 @@ define("publish_rate_per_ip", default=100.0, type=float, help="client publishes 
 define("api_rate", default=100.0, type=float, help="GET /api/rooms/<slug> per second per address (0: off)")
 define("api_burst", default=200, type=int, help="GET /api/rooms/<slug> a client address may send at once")
 define("log_level", default="info", help="debug, info, warning or error")
+# HTTP hardening: host allow-list, timeouts and the connection cap (rrr/httpguard.py).
+define("header_timeout", default=10.0, type=float, help="seconds from a request's first byte to its blank line")
+define("body_timeout", default=30.0, type=float, help="seconds to receive a request body")
+define("idle_timeout", default=60.0, type=float, help="seconds a connection may wait before sending a request")
+define(
+    "max_connections", default=0, type=int,
+    help="open connections before new ones get 503 and close (0: the descriptor limit less headroom)",
+)
+define("allowed_hosts", default="", help="comma list of Host names served ('.example.com': and subdomains; '*')")
 
 
 def make_app(**overrides: Any) -> tornado.web.Application:
@@ -120,7 +131,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         xheaders=o["xheaders"],
     )
     slug = f"({SLUG_PATTERN})"
-    return tornado.web.Application(
+    app = tornado.web.Application(
         [
             (r"/", IndexHandler),
             (rf"/count/{slug}/", CountPageHandler, dict(client_publish=o["client_publish"])),
@@ -144,11 +155,23 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         template_path=str(ROOT / "templates"),
         static_path=str(ROOT / "static"),
+        static_handler_class=SecureStaticFileHandler,
+        xheaders=o["xheaders"],
         # Pings come from one Keepalive timer per process instead of a Task per socket.
         websocket_ping_interval=None,
         websocket_max_message_size=o["max_message_size"],
         service=service,
+        # What make_http_server needs, from the same options (main() and the tests both use it).
+        http_server=dict(
+            xheaders=o["xheaders"],
+            # Publish bodies over --max-message-size get a 413; far bigger ones are cut off unread.
+            max_body_size=max(2 * o["max_message_size"], 1 << 20),
+            header_timeout=o["header_timeout"], body_timeout=o["body_timeout"], idle_timeout=o["idle_timeout"],
+            max_connections=o["max_connections"],
+        ),
     )
+    guard_hosts(app, parse_hosts(o["allowed_hosts"]), o["xheaders"])
+    return app
 
 
 async def main() -> None:
@@ -166,9 +189,7 @@ async def main() -> None:
     service: Service = app.settings["service"]
     await service.start()
     sockets = tornado.netutil.bind_sockets(options.port, options.address)
-    # Publish bodies over --max-message-size get a 413; far bigger ones are cut off unread.
-    max_body = max(2 * options.max_message_size, 1 << 20)
-    server = tornado.httpserver.HTTPServer(app, xheaders=options.xheaders, max_body_size=max_body)
+    server = make_http_server(app, service.metrics, **app.settings["http_server"])
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     host = f"[{options.address}]" if ":" in options.address else options.address

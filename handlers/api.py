@@ -9,14 +9,15 @@ from typing import Any
 
 import tornado.web
 
+from handlers.base import SecureHeaders
 from rrr import protocol
-from rrr.errors import BackplaneError
+from rrr.errors import BackplaneError, OutcomeUnknown
 from rrr.hub import Hub
 from rrr.limits import RateLimiter
 from rrr.protocol import validate_json_payload
 
 
-class JsonHandler(tornado.web.RequestHandler):
+class JsonHandler(SecureHeaders):
     """Errors as JSON with a reason a person can act on."""
 
     def write(self, chunk: str | bytes | dict[str, Any]) -> None:
@@ -59,15 +60,31 @@ class RoomHandler(JsonHandler):
         self.finish({"room": slug, "connections": state.connections, "tabs": state.tabs, "updated": state.updated})
 
 
+@tornado.web.stream_request_body
 class PublishHandler(JsonHandler):
-    """What a Django (or any) backend calls to reach every browser in a room."""
+    """What a Django (or any) backend calls to reach every browser in a room.
+
+    The body is streamed so the token and the declared size are judged before a byte of it is
+    read: a caller without the token cannot make the server receive (let alone buffer) a body,
+    and an authorised one can make it hold at most ``max_size`` bytes.
+    """
 
     def initialize(self, hub: Hub, token: str, max_size: int) -> None:
         self.hub = hub
         self.token = token
         self.max_size = max_size
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._refused = False
 
-    async def post(self, slug: str) -> None:
+    def prepare(self) -> None:
+        # Over-size bodies get our JSON 413 below; Tornado's own limit would answer a bare 400.
+        # Whatever arrives after we have answered is discarded unread and the connection closed.
+        set_max_body_size = getattr(self.request.connection, "set_max_body_size", None)
+        if set_max_body_size is not None:
+            set_max_body_size(1 << 62)
+        if self.request.method != "POST":
+            return
         if not self.token:
             raise tornado.web.HTTPError(403, "publishing is disabled: the server has no --publish-token")
         auth = self.request.headers.get("Authorization", "")
@@ -75,17 +92,46 @@ class PublishHandler(JsonHandler):
             raise tornado.web.HTTPError(401, "missing 'Authorization: Bearer <token>'")
         if not hmac.compare_digest(auth[7:].strip().encode(), self.token.encode()):
             raise tornado.web.HTTPError(403, "wrong publish token")
-        body = self.request.body
-        if len(body) > self.max_size:
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_size:
             raise tornado.web.HTTPError(413, f"body over {self.max_size} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._refused:
+            return
+        self._size += len(chunk)
+        if self._size > self.max_size:
+            # A chunked body has no declared length: refuse as soon as it outgrows the limit.
+            self._refused = True
+            self._chunks.clear()
+            self.set_status(413)
+            self.finish({"error": f"body over {self.max_size} bytes", "status": 413})
+            return
+        self._chunks.append(chunk)
+
+    async def post(self, slug: str) -> None:
+        if self._refused:
+            return
+        body = b"".join(self._chunks)
+        self._chunks.clear()
         try:
             text = validate_json_payload(body)
         except ValueError:
             raise tornado.web.HTTPError(400, "body must be a JSON value (UTF-8, no NaN or Infinity)") from None
         try:
             processes = await self.hub.publish(slug, text)
+        except OutcomeUnknown:
+            # Redis took the PUBLISH but did not answer in time: it may have been delivered.
+            # A distinct status lets a publisher decide instead of blindly retrying a duplicate.
+            self.set_status(504)
+            self.finish({
+                "error": "redis did not answer in time: the message may or may not have been delivered",
+                "status": 504,
+                "outcome": "unknown",
+            })
+            return
         except BackplaneError:
-            raise tornado.web.HTTPError(503, "redis unavailable") from None
+            raise tornado.web.HTTPError(503, "redis unavailable: the message was not delivered") from None
         self.set_status(202)
         self.finish({"room": slug, "processes": processes})
 
@@ -109,7 +155,7 @@ class HealthHandler(JsonHandler):
         })
 
 
-class MetricsHandler(tornado.web.RequestHandler):
+class MetricsHandler(SecureHeaders):
     def initialize(self, hub: Hub) -> None:
         self.metrics = hub.metrics
 

@@ -66,6 +66,24 @@ class Metrics:
         self.tracked_addresses = Gauge(
             "rrr_tracked_addresses", "Per-client-address entries held for caps and rate limits", registry=r,
         )
+        # The HTTP server's own guards (rrr/httpguard.py).
+        self.http_open_connections = Gauge(
+            "rrr_http_open_connections", "Client TCP connections held open (HTTP and WebSocket)", registry=r,
+        )
+        self.http_max_connections = Gauge(
+            "rrr_http_max_connections", "The connection cap (--max-connections, or the one derived)", registry=r,
+        )
+        self.connections_shed = Counter(
+            "rrr_connections_shed", "Connections answered 503 and closed at --max-connections", registry=r,
+        )
+        self.accept_errors = Counter(
+            "rrr_accept_errors", "accept() failures (EMFILE: out of descriptors); each pauses accepting", ["errno"],
+            registry=r,
+        )
+        self.http_timeouts = Counter(
+            "rrr_http_timeouts", "Connections closed for sending no request (idle) or too slow a head (header)",
+            ["phase"], registry=r,
+        )
 
     def bind_gauges(self, sockets: Callable[[], float], subs: Callable[[], float], rooms: Callable[[], float]) -> None:
         """Read gauges from the hub at scrape time instead of updating them on every join."""

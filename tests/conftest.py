@@ -33,6 +33,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from app import make_app
 from rrr.embedded import EmbeddedRedis
+from rrr.httpguard import make_http_server
 from rrr.hub import Hub
 from rrr.metrics import Metrics
 from rrr.service import Service
@@ -232,7 +233,7 @@ def server_factory(io_loop: IOLoop, redis_url: str) -> Iterator[ServerFactory]:
         service: Service = app.settings["service"]
         await service.start()
         sock, port = tornado.testing.bind_unused_port()
-        http = tornado.httpserver.HTTPServer(app)
+        http = make_http_server(app, service.metrics, **app.settings["http_server"])
         http.add_sockets([sock])
         server = Server(service, http, port)
         started.append(server)

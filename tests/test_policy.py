@@ -19,7 +19,7 @@ NONE: frozenset[str] = frozenset()
     ],
 )
 def test_same_origin_is_allowed(origin: str, host: str) -> None:
-    assert origin_allowed(origin, host, NONE)
+    assert origin_allowed(origin, host, NONE, origin.split(":")[0].lower())
 
 
 @pytest.mark.parametrize(
@@ -34,15 +34,15 @@ def test_same_origin_is_allowed(origin: str, host: str) -> None:
     ],
 )
 def test_foreign_origins_are_refused(origin: str, host: str) -> None:
-    assert not origin_allowed(origin, host, NONE)
+    assert not origin_allowed(origin, host, NONE, "http")
 
 
 def test_allow_list_and_wildcard() -> None:
     allowed = parse_origins(" https://app.example/ , http://localhost:3000")
-    assert origin_allowed("https://app.example", "api.example", allowed)
-    assert origin_allowed("http://localhost:3000", "api.example", allowed)
-    assert not origin_allowed("https://other.example", "api.example", allowed)
-    assert origin_allowed("https://anything.example", "api.example", parse_origins("*"))
+    assert origin_allowed("https://app.example", "api.example", allowed, "https")
+    assert origin_allowed("http://localhost:3000", "api.example", allowed, "https")
+    assert not origin_allowed("https://other.example", "api.example", allowed, "https")
+    assert origin_allowed("https://anything.example", "api.example", parse_origins("*"), "https")
 
 
 def test_token_bucket_allows_a_burst_then_refuses() -> None:

@@ -1,0 +1,56 @@
+"""What every HTTP response shares: security headers, and the Host allow-list in front of all routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tornado.httputil
+import tornado.routing
+import tornado.web
+
+from rrr.httpsec import host_allowed, request_host, security_headers
+
+
+class SecureHeaders(tornado.web.RequestHandler):
+    """Sets the security headers in ``set_default_headers``, so error pages (which clear the
+    headers and set the defaults again) carry them too. A page that renders an inline script
+    sets ``csp_nonce`` in ``initialize`` and passes it to its template."""
+
+    csp_nonce: str | None = None
+
+    def set_default_headers(self) -> None:
+        host = request_host(self.request.headers, self.request.host, bool(self.settings.get("xheaders")))
+        for name, value in security_headers(self.request.protocol, host, self.csp_nonce).items():
+            self.set_header(name, value)
+
+
+class SecureStaticFileHandler(SecureHeaders, tornado.web.StaticFileHandler):
+    """Static files too: the SharedWorker's script brings the policy its socket runs under."""
+
+
+class HostRefused(SecureHeaders):
+    """The answer to a Host we do not serve: 400 on every route and method, before any upgrade."""
+
+    def prepare(self) -> None:
+        self.set_status(400)
+        self.finish({"error": "this server does not answer for that Host", "status": 400})
+
+
+class DisallowedHost(tornado.routing.Matcher):
+    """Matches the requests whose Host (X-Forwarded-Host with --xheaders) is not allow-listed,
+    so one rule in front of all the others refuses them whatever their path."""
+
+    def __init__(self, allowed: frozenset[str], xheaders: bool) -> None:
+        self.allowed = allowed
+        self.xheaders = xheaders
+
+    def match(self, request: tornado.httputil.HTTPServerRequest) -> dict[str, Any] | None:
+        host = request_host(request.headers, request.host, self.xheaders)
+        return None if host_allowed(host, self.allowed) else {}
+
+
+def guard_hosts(app: tornado.web.Application, allowed: frozenset[str], xheaders: bool) -> None:
+    """Put the Host check in front of every route, static files included (Tornado adds those
+    ahead of the application's own rules, so a rule in the handler list would come too late)."""
+    if allowed:
+        app.default_router.rules.insert(0, tornado.routing.Rule(DisallowedHost(allowed, xheaders), HostRefused))
