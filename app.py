@@ -148,7 +148,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             # The talk's own page and SharedWorker, unchanged (examples/talk/README.md).
             (
                 rf"/examples/talk/(?:{SLUG_PATTERN})/(.*)",
-                tornado.web.StaticFileHandler,
+                SecureStaticFileHandler,
                 dict(path=str(ROOT / "examples" / "talk"), default_filename="index.html"),
             ),
         ],
