@@ -23,6 +23,7 @@ from handlers.api import HealthHandler, MetricsHandler, NotFoundHandler, Publish
 from handlers.base import SecureStaticFileHandler, guard_hosts
 from handlers.pages import CountPageHandler, IndexHandler
 from handlers.sockets import CountSocket, RelaySocket
+from rrr.auth import Verifier
 from rrr.config import command_line
 from rrr.embedded import EmbeddedRedis
 from rrr.httpguard import make_http_server
@@ -81,6 +82,10 @@ define(
     "max_connections", default=0, type=int,
     help="open connections before new ones get 503 and close (0: the descriptor limit less headroom)",
 )
+# Identity (rrr/auth.py): with neither key, private and presence rooms are refused.
+define("token_secret", default="", help="HS256 secret that signs client tokens (JWT)")
+define("token_public_key", default="", help="PEM file with the RS256/ES256 public key that verifies client tokens")
+define("token_max_age", default=24 * 3600.0, type=float, help="refuse tokens whose exp lies further ahead (s)")
 define("allowed_hosts", default="", help="comma list of Host names served ('.example.com': and subdomains; '*')")
 
 
@@ -112,8 +117,10 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         api_burst=o["api_burst"],
     )
     hub.metrics.tracked_addresses.set_function(addresses.tracked)
+    public_key = Path(o["token_public_key"]).read_text() if o["token_public_key"] else ""
     sockets = dict(
         hub=hub,
+        verifier=Verifier(secret=o["token_secret"], public_key=public_key, max_age=o["token_max_age"]),
         keepalive=Keepalive(o["ping_interval"], on_timeout=hub.metrics.ping_timeouts.inc),
         limits=Limits(
             client_publish=o["client_publish"],

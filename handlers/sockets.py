@@ -10,6 +10,7 @@ from tornado.iostream import StreamBufferFullError, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from rrr import protocol, wsframe
+from rrr.auth import Identity, TokenError, Verifier, needs_grant
 from rrr.hub import Hub
 from rrr.keepalive import Keepalive
 from rrr.limits import AddressLimits
@@ -24,9 +25,11 @@ class RelaySocket(WebSocketHandler):
 
     def initialize(
         self, hub: Hub, keepalive: Keepalive, limits: Limits, addresses: AddressLimits,
-        allowed_origins: frozenset[str], send_buffer: int, xheaders: bool,
+        allowed_origins: frozenset[str], send_buffer: int, xheaders: bool, verifier: Verifier,
     ) -> None:
         self.hub = hub
+        self.verifier = verifier
+        self.identity: Identity | None = None  # from ?token= on the one-room socket
         self.keepalive = keepalive
         self.limits = limits
         self.addresses = addresses
@@ -93,7 +96,7 @@ class RelaySocket(WebSocketHandler):
 
     def _new_session(self, *args: str) -> Session:
         assert self.ip is not None
-        return Session(self, self.hub, self.limits, self.addresses, self.ip)
+        return Session(self, self.hub, self.limits, self.addresses, self.ip, verifier=self.verifier)
 
     def on_message(self, message: str | bytes) -> Any:
         if isinstance(message, bytes):
@@ -163,6 +166,24 @@ class RelaySocket(WebSocketHandler):
 class CountSocket(RelaySocket):
     """``WS /ws/count/<slug>/``: the talk's socket, one room for its whole life."""
 
+    async def get(self, *args: str, **kwargs: str) -> None:
+        """``?token=<jwt>``: a private or presence room without a token that grants it is 403,
+        before the upgrade."""
+        room = args[0]
+        token = self.get_query_argument("token", None)
+        if token:
+            try:
+                self.identity = self.verifier.verify(token)
+            except TokenError as e:
+                if needs_grant(room):
+                    raise tornado.web.HTTPError(403, f"bad token: {e.reason}") from None
+        if needs_grant(room) and not (self.identity is not None and self.identity.may_read(room)):
+            raise tornado.web.HTTPError(403, "this room needs a token that grants it (?token=<jwt>)")
+        await super().get(*args, **kwargs)
+
     def _new_session(self, *args: str) -> Session:
         assert self.ip is not None
-        return Session(self, self.hub, self.limits, self.addresses, self.ip, room=args[0])
+        return Session(
+            self, self.hub, self.limits, self.addresses, self.ip, room=args[0], verifier=self.verifier,
+            identity=self.identity,
+        )

@@ -18,7 +18,7 @@ _SLUG_RE = re.compile(rf"^{SLUG_PATTERN}\Z")
 _SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
 SUB_ID_MAX = 128
 
-CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "ping", "hello"})
+CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "ping", "hello", "auth"})
 TRANSPORTS = frozenset({"sharedworker", "leader", "direct", "unknown"})
 
 
@@ -47,6 +47,7 @@ class ClientMessage:
     sub: str | None = None
     data_json: str | None = None
     transport: str | None = None
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,11 @@ def parse_client_message(text: str) -> ClientMessage:
         if not isinstance(transport, str) or transport not in TRANSPORTS:
             transport = "unknown"
         return ClientMessage("hello", transport=transport)
+    if kind == "auth":
+        token = obj.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("bad_token", "auth needs a 'token' string (a JWT)")
+        return ClientMessage("auth", token=token)
     room = obj.get("room")
     if not is_valid_slug(room):
         raise ProtocolError("bad_room", "room must match [A-Za-z0-9_-]{1,64}")
@@ -120,6 +126,11 @@ def _encodable(obj: Any) -> bool:
     except (UnicodeEncodeError, RecursionError):
         return False
     return True
+
+
+def authenticated_message(user: str, expires: float) -> dict[str, Any]:
+    """The reply to a good ``auth``: who the socket now is, and until when (unix seconds)."""
+    return {"type": "authenticated", "user": user, "exp": int(expires)}
 
 
 def count_message(room: str, state: CountState) -> dict[str, Any]:

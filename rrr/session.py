@@ -6,11 +6,14 @@ WebSocket callbacks and the hub, and so the rules read in one place.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import NoReturn
 
 from . import protocol
+from .auth import Identity, TokenError, Verifier, needs_grant
 from .errors import BackplaneError
 from .hub import Connection, Hub
 from .limits import AddressLimits
@@ -39,12 +42,12 @@ class Session:
     # Slots, and rate buckets only once the socket sends: one Session lives per idle socket.
     __slots__ = (
         "conn", "hub", "limits", "addresses", "ip", "fixed_room", "subs", "n_subs", "transport",
-        "_bucket", "_frames", "_dropped",
+        "_bucket", "_frames", "_dropped", "verifier", "identity", "_expiry",
     )
 
     def __init__(
         self, conn: Connection, hub: Hub, limits: Limits, addresses: AddressLimits, ip: str,
-        room: str | None = None,
+        room: str | None = None, verifier: Verifier | None = None, identity: Identity | None = None,
     ) -> None:
         """With ``room``, this is the talk's one-room socket: joined at once, fixed for life.
 
@@ -62,6 +65,11 @@ class Session:
         self._bucket: TokenBucket | None = None
         self._frames: TokenBucket | None = None
         self._dropped = 0
+        self.verifier = verifier or Verifier()
+        self.identity: Identity | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        if identity is not None:
+            self._authenticate(identity)
         hub.attach(conn)
         if room is not None:
             try:
@@ -75,6 +83,11 @@ class Session:
         tabs = self.subs.get(room)
         if tabs is not None and sub in tabs:
             return  # idempotent: a worker resubscribing after a hiccup must not double-count
+        if needs_grant(room) and not (self.identity is not None and self.identity.may_read(room)):
+            raise ProtocolError(
+                "forbidden", "private and presence rooms need a token that grants them ('auth' first)",
+                room=room, sub=sub,
+            )
         lim = self.limits
         if self.n_subs >= lim.max_subscriptions:
             self._refuse(
@@ -114,6 +127,9 @@ class Session:
         self.hub.remove_tab(self.conn, room)
 
     def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for room, tabs in list(self.subs.items()):
             for sub in list(tabs):
                 self.leave(room, sub)
@@ -177,6 +193,9 @@ class Session:
             self.conn.send_frame(_PONG)
         elif msg.type == "hello":
             self._set_transport(msg.transport or "unknown")
+        elif msg.type == "auth":
+            assert msg.token is not None
+            self._auth(msg.token)
         elif self.fixed_room is not None:
             raise ProtocolError("unsupported", "this socket follows one room; use /ws/ for more", room=msg.room)
         elif msg.type == "subscribe":
@@ -191,7 +210,10 @@ class Session:
     async def _publish(self, msg: ClientMessage) -> None:
         room = msg.room
         assert room is not None and msg.data_json is not None
-        if not self.limits.client_publish:
+        granted = self.identity is not None and self.identity.may_publish(room)
+        if needs_grant(room) and not granted:
+            raise ProtocolError("forbidden", "publishing here needs a token whose 'publish' grants it", room=room)
+        if not (self.limits.client_publish or granted):
             raise ProtocolError("publish_disabled", "client publish is off on this server", room=room)
         if room not in self.subs:
             raise ProtocolError("not_subscribed", "subscribe to a room before publishing to it", room=room)
@@ -205,6 +227,49 @@ class Session:
             await self.hub.publish(room, msg.data_json)
         except BackplaneError:
             raise ProtocolError("unavailable", "the message bus is unavailable; try again", room=room) from None
+
+    # -- identity ----------------------------------------------------------
+
+    def _auth(self, token: str) -> None:
+        """``auth`` first or any time; again to refresh. A bad token leaves the identity as it was."""
+        try:
+            identity = self.verifier.verify(token)
+        except TokenError as e:
+            raise ProtocolError("bad_token", e.reason) from None
+        if self.identity is not None and identity.user != self.identity.user:
+            raise ProtocolError("bad_token", "a refreshed token must carry the same 'sub'")
+        self._authenticate(identity)
+        self.conn.send_frame(Frame(protocol.dumps(protocol.authenticated_message(identity.user, identity.expires))))
+
+    def _authenticate(self, identity: Identity) -> None:
+        self.identity = identity
+        if self._expiry is not None:
+            self._expiry.cancel()
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_at(loop.time() + max(0.0, identity.expires - time.time()), self._expired)
+
+    def _expired(self) -> None:
+        """``exp`` passed with no refresh: every subscription that needed the token goes, each told so."""
+        self._expiry = None
+        identity = self.identity
+        if identity is None:
+            return
+        if not identity.expired():  # the clock ran early: look again when it is really due
+            self._authenticate(identity)
+            return
+        self.identity = None
+        try:
+            for room, tabs in list(self.subs.items()):
+                if not needs_grant(room):
+                    continue
+                for sub in list(tabs):
+                    self.leave(room, sub)
+                    self.reply(ProtocolError("token_expired", "the token expired; send a fresh one", room=room,
+                                             sub=sub))
+            if self.fixed_room is not None and needs_grant(self.fixed_room):
+                self.conn.close(1008, "token expired")
+        except Exception:  # noqa: BLE001 - a timer callback has no caller to raise to
+            log.exception("dropping the subscriptions of an expired token failed")
 
     def _set_transport(self, transport: str) -> None:
         gauge = self.hub.metrics.transports

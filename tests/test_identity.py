@@ -1,0 +1,138 @@
+"""Tokens on the sockets: private and presence rooms need a grant; a bad token changes nothing;
+a refresh keeps the user; an expired token drops exactly the subscriptions that needed it.
+
+Tokens are minted with PyJWT directly, as another service would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import jwt
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from conftest import Client, ServerFactory, connect, wait_until
+
+pytestmark = pytest.mark.gen_test(timeout=60)
+
+SECRET = "identity-test-secret-of-decent-length"
+
+
+def token(sub: str = "ada", ttl: float = 600, **claims: Any) -> str:
+    now = time.time()
+    body: dict[str, Any] = {"sub": sub, "iat": int(now), "exp": now + ttl}
+    body.update(claims)
+    return jwt.encode(body, SECRET, algorithm="HS256")
+
+
+def errors(c: Client, code: str) -> list[dict[str, Any]]:
+    return [e for e in c.of_type("error") if e["code"] == code]
+
+
+async def test_private_and_presence_rooms_need_a_grant(server_factory: ServerFactory, clients: list[Client]) -> None:
+    server = await server_factory(token_secret=SECRET)
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    await c.send(type="subscribe", room="private-ada-inbox", sub="t1")
+    await wait_until(lambda: errors(c, "forbidden"), what="forbidden")
+    assert errors(c, "forbidden")[0]["room"] == "private-ada-inbox" and errors(c, "forbidden")[0]["sub"] == "t1"
+    assert server.hub.local_counts("private-ada-inbox") == (0, 0)  # nothing registered or counted
+
+    await c.send(type="auth", token=token(rooms=["private-ada-*", "presence-team"]))
+    auth = await c.next("authenticated", after=0)
+    assert auth["user"] == "ada" and isinstance(auth["exp"], int)
+    await c.send(type="subscribe", room="private-ada-inbox", sub="t1")
+    await c.send(type="subscribe", room="presence-team", sub="t1")
+    await c.settles_on(1, 1, room="private-ada-inbox")
+    await c.settles_on(1, 1, room="presence-team")
+    await c.send(type="subscribe", room="private-bob-inbox", sub="t1")
+    await wait_until(lambda: any(e["room"] == "private-bob-inbox" for e in errors(c, "forbidden")), what="bob's")
+    await c.send(type="subscribe", room="lobby", sub="t1")  # public rooms need nothing
+    await c.settles_on(1, 1, room="lobby")
+
+
+async def test_a_bad_token_is_refused_and_the_socket_keeps_its_identity(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    server = await server_factory(token_secret=SECRET)
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    await c.send(type="auth", token=token(rooms=["private-ada-x"]))
+    await c.next("authenticated", after=0)
+    bad = [
+        jwt.encode({"sub": "ada", "exp": time.time() + 60}, "another-secret-of-decent-length!!", algorithm="HS256"),
+        token(ttl=-1),  # expired: a refresh never extends anything
+        token(sub="bob", rooms=["private-ada-x"]),  # a refresh must keep the user
+        token(sub="x" * 129),
+    ]
+    for t in bad:
+        await c.send(type="auth", token=t)
+    await wait_until(lambda: len(errors(c, "bad_token")) == len(bad), what="four bad_token errors")
+    await c.send(type="subscribe", room="private-ada-x", sub="t")  # still ada, still granted
+    await c.settles_on(1, 1, room="private-ada-x")
+
+
+async def test_expiry_drops_only_what_needed_the_token_and_a_refresh_keeps_it(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    server = await server_factory(token_secret=SECRET)
+    refreshed, lapsing = await connect(server.ws_url("/ws/")), await connect(server.ws_url("/ws/"))
+    clients += [refreshed, lapsing]
+    for c in (refreshed, lapsing):
+        await c.send(type="auth", token=token(ttl=2, rooms=["private-ada-x"]))
+        await c.next("authenticated", after=0)
+        await c.send(type="subscribe", room="private-ada-x", sub="a")
+        await c.send(type="subscribe", room="lobby", sub="a")
+    await lapsing.settles_on(2, 2, room="private-ada-x")
+    await refreshed.send(type="auth", token=token(ttl=600, rooms=["private-ada-x"]))
+    await wait_until(lambda: len(refreshed.of_type("authenticated")) == 2, what="refreshed")
+
+    await wait_until(lambda: errors(lapsing, "token_expired"), timeout=10, what="token_expired")
+    (expired,) = errors(lapsing, "token_expired")
+    assert (expired["room"], expired["sub"]) == ("private-ada-x", "a")
+    await refreshed.settles_on(1, 1, room="private-ada-x")  # the lapsed socket left the room
+    await asyncio.sleep(0.5)
+    assert not errors(refreshed, "token_expired")
+    assert server.hub.local_counts("lobby") == (2, 2)  # public subscriptions stay
+
+
+async def test_the_one_room_socket_takes_its_token_in_the_query(server_factory: ServerFactory,
+                                                                 clients: list[Client]) -> None:
+    server = await server_factory(token_secret=SECRET)
+    for query in ("", "?token=junk", "?token=" + token(rooms=["private-bob"])):
+        with pytest.raises(HTTPClientError) as e:
+            await connect(server.ws_url("/ws/count/private-ada/" + query))
+        assert e.value.code == 403
+    c = await connect(server.ws_url("/ws/count/private-ada/?token=" + token(rooms=["private-ada"])))
+    clients.append(c)
+    await c.settles_on(1)
+    clients.append(await connect(server.ws_url("/ws/count/public-room/")))  # the talk's page needs no token
+
+
+async def test_a_publish_grant_lets_a_client_publish_without_client_publish(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    server = await server_factory(token_secret=SECRET)
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    await c.send(type="auth", token=token(rooms=["presence-team"], publish=["presence-team"]))
+    await c.next("authenticated", after=0)
+    await c.send(type="subscribe", room="presence-team", sub="a")
+    await c.send(type="subscribe", room="lobby", sub="a")
+    await c.settles_on(1, 1, room="lobby")
+    await c.send(type="publish", room="presence-team", data={"hi": 1})
+    await wait_until(lambda: any(m["data"] == {"hi": 1} for m in c.of_type("message")), what="published")
+    await c.send(type="publish", room="lobby", data="no grant")
+    await wait_until(lambda: errors(c, "publish_disabled"), what="publish_disabled for the public room")
+
+
+async def test_with_no_key_configured_private_rooms_are_refused(server_factory: ServerFactory,
+                                                                clients: list[Client]) -> None:
+    server = await server_factory()
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    await c.send(type="auth", token=token(rooms=["private-ada"]))
+    await c.send(type="subscribe", room="private-ada", sub="a")
+    await wait_until(lambda: errors(c, "bad_token") and errors(c, "forbidden"), what="both refused")
