@@ -98,8 +98,9 @@ async def test_expiry_drops_only_what_needed_the_token_and_a_refresh_keeps_it(
     assert server.hub.local_counts("lobby") == (2, 2)  # public subscriptions stay
 
 
-async def test_the_one_room_socket_takes_its_token_in_the_query(server_factory: ServerFactory,
-                                                                 clients: list[Client]) -> None:
+async def test_the_one_room_socket_takes_its_token_in_the_query(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
     server = await server_factory(token_secret=SECRET)
     for query in ("", "?token=junk", "?token=" + token(rooms=["private-bob"])):
         with pytest.raises(HTTPClientError) as e:
@@ -128,8 +129,9 @@ async def test_a_publish_grant_lets_a_client_publish_without_client_publish(
     await wait_until(lambda: errors(c, "publish_disabled"), what="publish_disabled for the public room")
 
 
-async def test_with_no_key_configured_private_rooms_are_refused(server_factory: ServerFactory,
-                                                                clients: list[Client]) -> None:
+async def test_with_no_key_configured_private_rooms_are_refused(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
     server = await server_factory()
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
