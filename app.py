@@ -45,7 +45,11 @@ define(
 )
 define("allowed_origins", default="", help="comma list of extra allowed Origins ('*' for any); same origin always")
 define("xheaders", default=False, type=bool, help="trust X-Real-IP/X-Forwarded-For/-Proto/-Host (behind nginx)")
-define("publish_token", default="", help="Bearer token for POST /api/rooms/<slug>/messages; empty disables it")
+define(
+    "api_token", default="",
+    help="server key (Bearer) for publishing and for private/presence rooms' API; empty disables those",
+)
+define("publish_token", default="", help="the older name of --api-token (used when --api-token is empty)")
 define("client_publish", default=False, type=bool, help="let browsers publish to rooms over /ws/")
 define("publish_rate", default=10.0, type=float, help="client publishes per second per socket (burst: 2x)")
 define("presence_ttl", default=15.0, type=float, help="seconds a dead process's presence may outlive it")
@@ -118,6 +122,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     )
     hub.metrics.tracked_addresses.set_function(addresses.tracked)
     public_key = Path(o["token_public_key"]).read_text() if o["token_public_key"] else ""
+    api_token = o["api_token"] or o["publish_token"]
     sockets = dict(
         hub=hub,
         verifier=Verifier(secret=o["token_secret"], public_key=public_key, max_age=o["token_max_age"]),
@@ -144,11 +149,11 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             (rf"/count/{slug}/", CountPageHandler, dict(client_publish=o["client_publish"])),
             (rf"/ws/count/{slug}/", CountSocket, sockets),
             (r"/ws/", RelaySocket, sockets),
-            (rf"/api/rooms/{slug}", RoomHandler, dict(hub=hub, rate=addresses.api)),
+            (rf"/api/rooms/{slug}", RoomHandler, dict(hub=hub, rate=addresses.api, token=api_token)),
             (
                 rf"/api/rooms/{slug}/messages",
                 PublishHandler,
-                dict(hub=hub, token=o["publish_token"], max_size=o["max_message_size"]),
+                dict(hub=hub, token=api_token, max_size=o["max_message_size"]),
             ),
             (r"/healthz", HealthHandler, dict(health=service.health)),
             (r"/metrics", MetricsHandler, dict(hub=hub)),

@@ -11,6 +11,7 @@ import tornado.web
 
 from handlers.base import SecureHeaders
 from rrr import protocol
+from rrr.auth import needs_grant
 from rrr.errors import BackplaneError, OutcomeUnknown
 from rrr.hub import Hub
 from rrr.limits import RateLimiter
@@ -38,12 +39,21 @@ class JsonHandler(SecureHeaders):
         self.finish(protocol.http_error(status_code, reason))
 
 
+def bearer_matches(handler: tornado.web.RequestHandler, key: str) -> bool:
+    """``Authorization: Bearer <key>``, compared in constant time; never true for an empty key."""
+    auth = handler.request.headers.get("Authorization", "")
+    return bool(key) and auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip().encode(), key.encode())
+
+
 class RoomHandler(JsonHandler):
-    def initialize(self, hub: Hub, rate: RateLimiter) -> None:
+    def initialize(self, hub: Hub, rate: RateLimiter, token: str) -> None:
         self.hub = hub
         self.rate = rate
+        self.token = token
 
     async def get(self, slug: str) -> None:
+        if needs_grant(slug) and not bearer_matches(self, self.token):
+            raise tornado.web.HTTPError(403, "private and presence rooms need 'Authorization: Bearer <--api-token>'")
         wait = self.rate.take(self.request.remote_ip or "")
         if wait:
             self.hub.metrics.limited.labels("api_rate").inc()
@@ -86,12 +96,12 @@ class PublishHandler(JsonHandler):
         if self.request.method != "POST":
             return
         if not self.token:
-            raise tornado.web.HTTPError(403, "publishing is disabled: the server has no --publish-token")
+            raise tornado.web.HTTPError(403, "publishing is disabled: the server has no --api-token")
         auth = self.request.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
             raise tornado.web.HTTPError(401, "missing 'Authorization: Bearer <token>'")
         if not hmac.compare_digest(auth[7:].strip().encode(), self.token.encode()):
-            raise tornado.web.HTTPError(403, "wrong publish token")
+            raise tornado.web.HTTPError(403, "wrong API token")
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_size:
             raise tornado.web.HTTPError(413, f"body over {self.max_size} bytes")

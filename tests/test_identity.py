@@ -11,7 +11,7 @@ from typing import Any
 
 import jwt
 import pytest
-from tornado.httpclient import HTTPClientError
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from conftest import Client, ServerFactory, connect, wait_until
 
@@ -138,3 +138,23 @@ async def test_with_no_key_configured_private_rooms_are_refused(
     await c.send(type="auth", token=token(rooms=["private-ada"]))
     await c.send(type="subscribe", room="private-ada", sub="a")
     await wait_until(lambda: errors(c, "bad_token") and errors(c, "forbidden"), what="both refused")
+
+
+async def test_the_server_key_guards_private_rooms_in_the_api(server_factory: ServerFactory) -> None:
+    """``--api-token`` is the server key; ``--publish-token`` stays as its older name."""
+    for key_option in ("api_token", "publish_token"):
+        server = await server_factory(**{key_option: "server-key"})
+        http = AsyncHTTPClient()
+        key = {"Authorization": "Bearer server-key"}
+        for room in ("private-ada", "presence-team"):
+            url = f"{server.base_url}/api/rooms/{room}"
+            assert (await http.fetch(url, raise_error=False)).code == 403
+            wrong = {"Authorization": "Bearer guess"}
+            assert (await http.fetch(url, headers=wrong, raise_error=False)).code == 403
+            assert (await http.fetch(url, headers=key, raise_error=False)).code == 200
+        assert (await http.fetch(server.base_url + "/api/rooms/lobby", raise_error=False)).code == 200
+        published = await http.fetch(
+            server.base_url + "/api/rooms/private-ada/messages", method="POST", body='"hi"', headers=key,
+            raise_error=False,
+        )
+        assert published.code == 202
