@@ -19,7 +19,9 @@ import tornado.netutil
 import tornado.web
 from tornado.options import define, options, parse_command_line
 
-from handlers.api import HealthHandler, MetricsHandler, NotFoundHandler, PublishHandler, RoomHandler
+from handlers.api import (
+    HealthHandler, MembersHandler, MetricsHandler, NotFoundHandler, PublishHandler, RoomHandler,
+)
 from handlers.base import SecureStaticFileHandler, guard_hosts
 from handlers.pages import CountPageHandler, IndexHandler
 from handlers.sockets import CountSocket, RelaySocket
@@ -150,6 +152,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             (rf"/ws/count/{slug}/", CountSocket, sockets),
             (r"/ws/", RelaySocket, sockets),
             (rf"/api/rooms/{slug}", RoomHandler, dict(hub=hub, rate=addresses.api, token=api_token)),
+            (rf"/api/rooms/{slug}/members", MembersHandler, dict(hub=hub, token=api_token)),
             (
                 rf"/api/rooms/{slug}/messages",
                 PublishHandler,

@@ -70,6 +70,25 @@ class RoomHandler(JsonHandler):
         self.finish({"room": slug, "connections": state.connections, "tabs": state.tabs, "updated": state.updated})
 
 
+class MembersHandler(JsonHandler):
+    """``GET /api/rooms/<slug>/members``: a presence room's members (one entry per user)."""
+
+    def initialize(self, hub: Hub, token: str) -> None:
+        self.hub = hub
+        self.token = token
+
+    async def get(self, slug: str) -> None:
+        if needs_grant(slug) and not bearer_matches(self, self.token):
+            raise tornado.web.HTTPError(403, "private and presence rooms need 'Authorization: Bearer <--api-token>'")
+        try:
+            members = await self.hub.members(slug) if protocol.is_presence_room(slug) else {}
+        except BackplaneError:
+            raise tornado.web.HTTPError(503, "redis unavailable") from None
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish('{"room":' + protocol.dumps(slug) + ',"members":' + protocol.members_json(members) + "}")
+
+
 @tornado.web.stream_request_body
 class PublishHandler(JsonHandler):
     """What a Django (or any) backend calls to reach every browser in a room.

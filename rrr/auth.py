@@ -26,11 +26,13 @@ from typing import Any
 
 import jwt
 
+from .protocol import is_presence_room, needs_grant
+
+__all__ = ["Grants", "Identity", "TokenError", "Verifier", "is_presence_room", "mint", "needs_grant"]
+
 SUB_MAX = 128
 INFO_MAX = 1024
 GRANTS_MAX = 100
-PRIVATE_PREFIX = "private-"
-PRESENCE_PREFIX = "presence-"
 HMAC_ALGORITHMS = ("HS256",)
 KEY_ALGORITHMS = ("RS256", "ES256")
 
@@ -41,15 +43,6 @@ class TokenError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def needs_grant(room: str) -> bool:
-    """Private and presence rooms need a token that grants them; all others are public."""
-    return room.startswith((PRIVATE_PREFIX, PRESENCE_PREFIX))
-
-
-def is_presence_room(room: str) -> bool:
-    return room.startswith(PRESENCE_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import keys, protocol
 from .coalesce import Coalescer
+from .errors import BackplaneError
 from .metrics import Metrics
-from .presence import Presence
+from .presence import MemberDelta, Presence
 from .protocol import CountState
 from .subscriber import Subscriber
 from .supervise import RateLimitedLog
@@ -39,7 +40,11 @@ class Connection(Protocol):
 
 
 class _Room:
-    __slots__ = ("tabs_by_conn", "tabs", "state", "sent_version", "last_broadcast", "timer", "waiting", "fresh")
+    __slots__ = (
+        "tabs_by_conn", "tabs", "state", "sent_version", "last_broadcast", "timer", "waiting", "fresh",
+        "user_by_conn", "users", "members_sent", "members_owed", "members_inflight", "members_ready",
+        "members_task", "members_again",
+    )
 
     def __init__(self) -> None:
         self.tabs_by_conn: dict[Connection, int] = {}
@@ -52,6 +57,18 @@ class _Room:
         self.waiting: set[Connection] = set()
         # Sockets already sent ``state`` directly, so the broadcast of that version skips them.
         self.fresh: set[Connection] = set()
+        # Presence rooms: each socket's user, and the local users: user -> [tabs, info JSON].
+        self.user_by_conn: dict[Connection, str] = {}
+        self.users: dict[str, list[Any]] = {}
+        # The member list the room's sockets were last sent, and the (socket, sub) owed a whole list.
+        self.members_sent: dict[str, str] | None = None
+        # Owed: joined, not yet written; in flight: in the write under way; ready: written, so the
+        # next list read from Redis includes them.
+        self.members_owed: list[tuple[Connection, str | None]] = []
+        self.members_inflight: list[tuple[Connection, str | None]] = []
+        self.members_ready: list[tuple[Connection, str | None]] = []
+        self.members_task: asyncio.Future[None] | None = None
+        self.members_again = False
 
 
 class Hub:
@@ -71,6 +88,8 @@ class Hub:
         self._conns: set[Connection] = set()
         self._closing = False
         self._log = RateLimitedLog(log)
+        # Presence rooms: the members Redis holds from this process (user -> info JSON).
+        self._written_members: dict[str, dict[str, str]] = {}
         metrics.bind_gauges(
             lambda: len(self._conns),
             lambda: sum(r.tabs for r in self._rooms.values()),
@@ -89,8 +108,11 @@ class Hub:
     def detach(self, conn: Connection) -> None:
         self._conns.discard(conn)
 
-    def add_tab(self, conn: Connection, room: str) -> None:
-        """One more subscription (tab) of ``conn`` to ``room``; the socket is owed a count."""
+    def add_tab(
+        self, conn: Connection, room: str, user: str | None = None, info_json: str = "null", sub: str | None = None,
+    ) -> None:
+        """One more subscription (tab) of ``conn`` to ``room``; the socket is owed a count (and, in a
+        presence room, where ``user`` is the socket's authenticated user, the member list)."""
         r = self._rooms.get(room)
         if r is None:
             r = self._rooms[room] = _Room()
@@ -98,6 +120,11 @@ class Hub:
         r.tabs_by_conn[conn] = r.tabs_by_conn.get(conn, 0) + 1
         r.tabs += 1
         r.waiting.add(conn)
+        if user is not None and protocol.is_presence_room(room):
+            r.user_by_conn[conn] = user
+            entry = r.users.setdefault(user, [0, info_json])
+            entry[0] += 1
+            r.members_owed.append((conn, sub))
         self._mark_dirty(room)
 
     def remove_tab(self, conn: Connection, room: str) -> None:
@@ -112,6 +139,14 @@ class Hub:
         else:
             r.tabs_by_conn[conn] = n - 1
         r.tabs -= 1
+        user = r.user_by_conn.get(conn)
+        if user is not None:
+            if n == 1:
+                del r.user_by_conn[conn]
+            entry = r.users[user]
+            entry[0] -= 1
+            if entry[0] == 0:
+                del r.users[user]
         if not r.tabs_by_conn:
             if r.timer:
                 r.timer.cancel()
@@ -156,7 +191,36 @@ class Hub:
             r = self._rooms.get(room)
             if r is not None and r.waiting:
                 owed[room], r.waiting = r.waiting, set()
+            if r is not None and r.members_owed:
+                r.members_inflight += r.members_owed
+                r.members_owed = []
         return rows, owed
+
+    def member_changes(self, rooms: Mapping[str, object]) -> dict[str, MemberDelta]:
+        """What Redis must learn of this process's members in ``rooms``: users to add (with their
+        info) and users to remove, against what was last written."""
+        out: dict[str, MemberDelta] = {}
+        for room in rooms:
+            if not protocol.is_presence_room(room):
+                continue
+            r = self._rooms.get(room)
+            now = {user: entry[1] for user, entry in r.users.items()} if r else {}
+            written = self._written_members.get(room, {})
+            adds = {u: info for u, info in now.items() if written.get(u) != info}
+            removes = [u for u in written if u not in now]
+            if adds or removes:
+                out[room] = (adds, removes)
+        return out
+
+    def members_written(self, changes: Mapping[str, MemberDelta]) -> None:
+        """A write with these member changes landed."""
+        for room, (adds, removes) in changes.items():
+            written = self._written_members.setdefault(room, {})
+            written.update(adds)
+            for user in removes:
+                written.pop(user, None)
+            if not written:
+                del self._written_members[room]
 
     def restore(self, rows: Mapping[str, tuple[int, int]], owed: dict[str, set[Connection]]) -> None:
         """A batch failed: its rooms are dirty again, and still owe their new sockets a count."""
@@ -164,6 +228,10 @@ class Hub:
         for room, conns in owed.items():
             if (r := self._rooms.get(room)) is not None:
                 r.waiting |= {c for c in conns if c in r.tabs_by_conn}
+        for room in rows:
+            if (r := self._rooms.get(room)) is not None and r.members_inflight:
+                r.members_owed = r.members_inflight + r.members_owed
+                r.members_inflight = []
 
     def apply(self, states: Mapping[str, CountState], owed: dict[str, set[Connection]]) -> None:
         """A batch was written: take the new totals, and give new sockets their count now."""
@@ -173,6 +241,10 @@ class Hub:
             self.on_count(room, state)
             if r is not None and room in owed and r.sent_version == sent_before:
                 self._send_initial(r, room, owed[room])
+            if r is not None and protocol.is_presence_room(room):
+                r.members_ready += r.members_inflight
+                r.members_inflight = []
+                self._refresh_members(room, r)
 
     def _send_initial(self, r: _Room, room: str, conns: set[Connection]) -> None:
         """Give new subscribers the latest count now; the throttled broadcast then skips them."""
@@ -195,6 +267,8 @@ class Hub:
             return
         r.fresh.clear()  # whoever was sent the old state directly must get the new one
         r.state = state
+        if protocol.is_presence_room(room):
+            self._refresh_members(room, r)
         if r.timer is not None:
             return
         loop = asyncio.get_running_loop()
@@ -231,6 +305,70 @@ class Hub:
         self.metrics.count_broadcasts.inc()
         self.metrics.messages_out.inc(sent)
 
+    # -- presence rooms: member lists and diffs --------------------------------------------------
+
+    def _refresh_members(self, room: str, r: _Room) -> None:
+        """Read the room's members again (coalesced: one read at a time, then one more if asked)."""
+        if self._closing:
+            return
+        if r.members_task is not None and not r.members_task.done():
+            r.members_again = True
+            return
+        r.members_task = asyncio.ensure_future(self._members_rounds(room, r))
+
+    async def _members_rounds(self, room: str, r: _Room) -> None:
+        failures = 0
+        while self._rooms.get(room) is r and not self._closing:
+            r.members_again = False
+            ready, r.members_ready = r.members_ready, []
+            try:
+                members = await self.presence.members(room)
+            except BackplaneError as e:
+                r.members_ready = ready + r.members_ready
+                failures += 1
+                self.metrics.task_errors.labels("members").inc()
+                self._log.warning("members", "reading the members of %s failed: %s", room, e)
+                await asyncio.sleep(min(5.0, self.count_interval * 2 ** failures))
+                continue
+            except Exception as e:  # noqa: BLE001 - a task with no caller: count, log once, stop
+                self.metrics.task_errors.labels("members").inc()
+                self._log.warning("members", "members of %s: %s: %s", room, type(e).__name__, e)
+                return
+            failures = 0
+            if self._rooms.get(room) is not r:
+                return
+            self._send_members(room, r, members, ready)
+            if not (r.members_again or r.members_ready):
+                return
+            await asyncio.sleep(self.count_interval)
+
+    def _send_members(
+        self, room: str, r: _Room, members: dict[str, str], ready: list[tuple[Connection, str | None]],
+    ) -> None:
+        """Whole lists to the subscriptions that were owed one; a diff to every other socket."""
+        owed = {conn for conn, _ in ready}
+        prev = r.members_sent
+        sent = 0
+        if prev is not None:
+            joins = {u: info for u, info in members.items() if u not in prev}
+            leaves = {u: info for u, info in prev.items() if u not in members}
+            if joins or leaves:
+                frame = Frame(protocol.presence_diff_frame(room, joins, leaves))
+                for conn in list(r.tabs_by_conn):
+                    if conn not in owed:
+                        conn.send_frame(frame)
+                        sent += 1
+        for conn, sub in ready:
+            if conn in r.tabs_by_conn:
+                conn.send_frame(Frame(protocol.presence_frame(room, members, sub)))
+                sent += 1
+        r.members_sent = members
+        self.metrics.messages_out.inc(sent)
+
+    async def members(self, room: str) -> dict[str, str]:
+        """A presence room's members across every live process: user -> info JSON."""
+        return await self.presence.members(room)
+
     def on_room_message(self, room: str, data_json: str) -> None:
         r = self._rooms.get(room)
         if r is None:
@@ -255,6 +393,7 @@ class Hub:
             r.state = None
             r.sent_version = -1
             r.fresh.clear()
+        self._written_members.clear()
         if not self._closing:
             self.coalescer.mark_all(list(self._rooms))
 
@@ -273,6 +412,8 @@ class Hub:
         for r in self._rooms.values():
             if r.timer:
                 r.timer.cancel()
+            if r.members_task is not None:
+                r.members_task.cancel()
 
     def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
         for conn in list(self._conns):

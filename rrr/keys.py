@@ -20,6 +20,7 @@ SEQ = "rrr:seq"
 PROBE = "rrr:probe"
 
 _PRESENCE = "rrr:presence:{%s}"
+_MEMBERS = "rrr:members:{%s}"
 _COUNT = "rrr:count:{%s}"
 _PROC_ROOMS = "rrr:proc:%s:rooms"
 _PROC_PROBE = "rrr:proc:%s:probe"
@@ -32,6 +33,12 @@ def room_channel(room: str) -> str:
 def presence(room: str) -> str:
     """Hash of one room: ``<pid> -> "<connections> <tabs>"``, plus ``@v`` (version) and ``@u`` (updated)."""
     return _PRESENCE % room
+
+
+def members(room: str) -> str:
+    """Hash of a presence room's members: ``<pid>|<user> -> <info JSON>``, one field per process
+    a user is in the room through, so a dead process's members go with its lease."""
+    return _MEMBERS % room
 
 
 def count_channel(room: str) -> str:
@@ -73,6 +80,7 @@ def _lua_key(template: str) -> str:
 LUA_PRELUDE = f"""
 local PROCS, SEQ, PROBE = '{PROCS}', '{SEQ}', '{PROBE}'
 local function presence_key(x) {_lua_key(_PRESENCE)} end
+local function members_key(x) {_lua_key(_MEMBERS)} end
 local function count_channel(x) {_lua_key(_COUNT)} end
 local function rooms_key(x) {_lua_key(_PROC_ROOMS)} end
 """

@@ -28,7 +28,7 @@ from . import keys, scripts
 from .connect import make_redis
 from .errors import BackplaneError, OutcomeUnknown
 from .metrics import Metrics
-from .protocol import CountState
+from .protocol import CountState, validate_json_payload
 
 log = logging.getLogger("rrr.presence")
 
@@ -38,6 +38,10 @@ CHUNK = 500
 
 class BadReply(BackplaneError):
     """Redis answered, but not what the call can answer: something else is on that port."""
+
+
+#: A presence room's member changes for one write: users added (user -> info JSON), users removed.
+MemberDelta = tuple[dict[str, str], list[str]]
 
 
 @dataclass
@@ -51,16 +55,16 @@ class WriteResult:
 
 def parse_state(row: Any) -> CountState:
     """One ``{connections, tabs, updated, version}`` row of a script's reply."""
-    if not isinstance(row, list) or len(row) != 4:
-        raise BadReply(f"expected a 4-item count row, got {_show(row)}")
-    c, t, u, v = row
-    if not (_is_count(c) and _is_count(t) and (v is None or _is_count(v))):
+    if not isinstance(row, list) or len(row) != 5:
+        raise BadReply(f"expected a 5-item count row, got {_show(row)}")
+    c, t, u, v, users = row
+    if not (_is_count(c) and _is_count(t) and (v is None or _is_count(v)) and _is_count(users)):
         raise BadReply(f"expected counts in a count row, got {_show(row)}")
     try:
         updated = float(u) if u else None
     except (TypeError, ValueError):
         raise BadReply(f"expected a timestamp in a count row, got {_show(row)}") from None
-    return CountState(c, t, updated, v or 0)
+    return CountState(c, t, updated, v or 0, users)
 
 
 def _is_count(x: Any) -> bool:
@@ -136,16 +140,24 @@ class Presence:
 
     # -- rows ------------------------------------------------------------
 
-    async def write(self, updates: Mapping[str, tuple[int, int]]) -> WriteResult:
-        """Write this process's ``(connections, tabs)`` per room and return each room's new totals."""
+    async def write(
+        self, updates: Mapping[str, tuple[int, int]], members: Mapping[str, MemberDelta] | None = None,
+    ) -> WriteResult:
+        """Write this process's ``(connections, tabs)`` per room, and its member changes in presence
+        rooms (users added with their info JSON, users removed); return each room's new totals."""
         result = WriteResult()
         rooms = list(updates)
+        members = members or {}
         for i in range(0, len(rooms), CHUNK):
             chunk = rooms[i : i + CHUNK]
             args: list[Any] = [self.process_id, self.ttl]
             for room in chunk:
                 c, t = updates[room]
-                args += [room, c, t]
+                adds, removes = members.get(room, ({}, []))
+                args += [room, c, t, len(adds), len(removes)]
+                for user, info in adds.items():
+                    args += [user, info]
+                args += removes
             reply = await self._script("set_presence", args)
             if not isinstance(reply, list) or len(reply) != len(chunk) + 1:
                 raise BadReply(f"expected {len(chunk) + 1} items from SET_PRESENCE, got {_show(reply)}")
@@ -163,6 +175,22 @@ class Presence:
 
     async def room_state(self, room: str) -> CountState:
         return parse_state(await self._script("count", [room]))
+
+    async def members(self, room: str) -> dict[str, str]:
+        """A presence room's members through live processes: user -> info JSON."""
+        reply = await self._script("members", [room])
+        if not isinstance(reply, list) or len(reply) % 2:
+            raise BadReply(f"expected user, info pairs from MEMBERS, got {_show(reply)}")
+        try:
+            out = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+        except (AttributeError, UnicodeDecodeError):
+            raise BadReply(f"expected strings from MEMBERS, got {_show(reply)}") from None
+        try:
+            for info in out.values():
+                validate_json_payload(info)  # only our own writes are there, but nothing is believed blindly
+        except ValueError:
+            raise BadReply("a member's info in Redis is not JSON") from None
+        return out
 
     # -- plain commands --------------------------------------------------
 
@@ -187,7 +215,7 @@ class Presence:
         if self._flags is None:
             self._flags = await self._flags_supported(client)
             self._scripts = {
-                n: client.register_script((scripts.FLAGS if self._flags and n != "count" else "") + text)
+                n: client.register_script((scripts.FLAGS if self._flags and n not in scripts.READ_ONLY else "") + text)
                 for n, text in scripts.ALL.items()
             }
         return await self._call(name, self._scripts[name](args=args, client=client))

@@ -62,6 +62,20 @@ class CountState:
     tabs: int
     updated: float | None
     version: int
+    users: int = 0  # distinct members, in a presence room
+
+
+PRIVATE_PREFIX = "private-"
+PRESENCE_PREFIX = "presence-"
+
+
+def needs_grant(room: str) -> bool:
+    """Private and presence rooms need a token that grants them; all others are public."""
+    return room.startswith((PRIVATE_PREFIX, PRESENCE_PREFIX))
+
+
+def is_presence_room(room: str) -> bool:
+    return room.startswith(PRESENCE_PREFIX)
 
 
 def is_valid_slug(value: object) -> bool:
@@ -135,13 +149,37 @@ def authenticated_message(user: str, expires: float) -> dict[str, Any]:
 
 def count_message(room: str, state: CountState) -> dict[str, Any]:
     """The talk's ``connection_message``: its client reads ``connections`` and ``updated``."""
-    return {
+    msg: dict[str, Any] = {
         "type": "connection_message",
         "room": room,
         "connections": state.connections,
         "tabs": state.tabs,
         "updated": state.updated,
     }
+    if is_presence_room(room):
+        msg["users"] = state.users
+    return msg
+
+
+def members_json(members: dict[str, str]) -> str:
+    """``{"<user>": {"info": <info>}, ...}`` from info JSON already validated (never re-decoded)."""
+    return "{" + ",".join(dumps(user) + ':{"info":' + info + "}" for user, info in members.items()) + "}"
+
+
+def presence_frame(room: str, members: dict[str, str], sub: str | None = None) -> str:
+    """The whole member list of a presence room, sent on subscribe (``members``: user -> info JSON)."""
+    head = '{"type":"presence","room":' + dumps(room)
+    if sub is not None:
+        head += ',"sub":' + dumps(sub)
+    return head + ',"members":' + members_json(members) + "}"
+
+
+def presence_diff_frame(room: str, joins: dict[str, str], leaves: dict[str, str]) -> str:
+    """Who came and who went since the last list or diff this socket got."""
+    return (
+        '{"type":"presence_diff","room":' + dumps(room) + ',"joins":' + members_json(joins)
+        + ',"leaves":' + members_json(leaves) + "}"
+    )
 
 
 def relay_frame(room: str, data_json: str) -> str:
@@ -198,7 +236,8 @@ def decode_count_announcement(raw: bytes | str) -> CountState:
     u = obj.get("u")
     if u is not None and (not isinstance(u, (int, float)) or isinstance(u, bool)):
         raise ValueError("count announcement 'u' must be a number")
-    return CountState(_count(obj, "c"), _count(obj, "t"), None if u is None else float(u), _count(obj, "v"))
+    users = _count(obj, "n") if "n" in obj else 0
+    return CountState(_count(obj, "c"), _count(obj, "t"), None if u is None else float(u), _count(obj, "v"), users)
 
 
 def _count(obj: dict[str, Any], key: str) -> int:

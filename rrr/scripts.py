@@ -28,25 +28,51 @@ local function now()
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
--- Sum the fields of live leases; returns connections, tabs, updated, version, owners.
+local function alive(pid, t, cache)
+  local ok = cache[pid]
+  if ok == nil then
+    local exp = redis.call('ZSCORE', PROCS, pid)
+    ok = exp and tonumber(exp) > t or false
+    cache[pid] = ok
+  end
+  return ok
+end
+
+-- A presence room's members through live processes: user -> info JSON (one entry per user).
+local function live_members(room, t, cache)
+  local flat = redis.call('HGETALL', members_key(room))
+  local out, n = {}, 0
+  for i = 1, #flat, 2 do
+    local bar = string.find(flat[i], '|', 1, true)
+    if bar and alive(string.sub(flat[i], 1, bar - 1), t, cache) then
+      local user = string.sub(flat[i], bar + 1)
+      if out[user] == nil then n = n + 1 end
+      out[user] = flat[i + 1]
+    end
+  end
+  return out, n
+end
+
+-- Sum the fields of live leases; returns connections, tabs, updated, version, owners, users.
 local function recount(room, t)
   local flat = redis.call('HGETALL', presence_key(room))
   local c, n, u, v, owners = 0, 0, false, 0, 0
+  local cache = {}
   for i = 1, #flat, 2 do
     local f, val = flat[i], flat[i + 1]
     if f == '@u' then u = val
     elseif f == '@v' then v = tonumber(val)
     else
       owners = owners + 1
-      local exp = redis.call('ZSCORE', PROCS, f)
-      if exp and tonumber(exp) > t then
+      if alive(f, t, cache) then
         local sp = string.find(val, ' ', 1, true)
         c = c + tonumber(string.sub(val, 1, sp - 1))
         n = n + tonumber(string.sub(val, sp + 1))
       end
     end
   end
-  return c, n, u, v, owners
+  local _, users = live_members(room, t, cache)
+  return c, n, u, v, owners, users
 end
 
 -- Record that a room changed: new version, timestamp, announcement. Returns the reply row.
@@ -55,11 +81,26 @@ local function changed(room, t)
   local v = redis.call('INCR', SEQ)
   local u = string.format('%.6f', t)
   redis.call('HSET', key, '@v', v, '@u', u)
-  local c, n, _, _, owners = recount(room, t)
+  local c, n, _, _, owners, users = recount(room, t)
   if owners == 0 then redis.call('DEL', key) end
   redis.call('PUBLISH', count_channel(room),
-    '{"c":' .. c .. ',"t":' .. n .. ',"u":' .. u .. ',"v":' .. v .. '}')
-  return {c, n, u, v}
+    '{"c":' .. c .. ',"t":' .. n .. ',"u":' .. u .. ',"v":' .. v .. ',"n":' .. users .. '}')
+  return {c, n, u, v, users}
+end
+
+-- Delete every member field of ``pid`` in ``room``; returns how many.
+local function drop_members(pid, room)
+  local key = members_key(room)
+  local prefix = pid .. '|'
+  local fields = redis.call('HKEYS', key)
+  local gone = 0
+  for _, f in ipairs(fields) do
+    if string.sub(f, 1, #prefix) == prefix then
+      redis.call('HDEL', key, f)
+      gone = gone + 1
+    end
+  end
+  return gone
 end
 
 -- Remove every field a process owns and announce each room it was in.
@@ -67,7 +108,8 @@ local function drop_process(pid, t)
   local set = rooms_key(pid)
   local rooms = redis.call('SMEMBERS', set)
   for _, room in ipairs(rooms) do
-    if redis.call('HDEL', presence_key(room), pid) == 1 then changed(room, t) end
+    local gone = drop_members(pid, room)
+    if redis.call('HDEL', presence_key(room), pid) == 1 or gone > 0 then changed(room, t) end
   end
   redis.call('DEL', set)
   redis.call('HDEL', PROBE, pid)
@@ -75,8 +117,9 @@ local function drop_process(pid, t)
 end
 """
 
-#: KEYS: none. ARGV: pid, ttl, then triples room, connections, tabs.
-#: Returns: lease_ok flag, then a row {c, t, u, v} per room. A missing lease is
+#: KEYS: none. ARGV: pid, ttl, then per room: room, connections, tabs, number of member
+#: adds A, number of member removes R, A pairs (user, info JSON), R users.
+#: Returns: lease_ok flag, then a row {c, t, u, v, users} per room. A missing lease is
 #: re-created first, so every field written here is always one a sweeper can find.
 SET_PRESENCE = _COMMON + r"""
 local pid = ARGV[1]
@@ -91,28 +134,48 @@ if not ok then
 end
 local out = {ok and 1 or 0}
 local set = rooms_key(pid)
-for i = 3, #ARGV, 3 do
+local i = 3
+while i <= #ARGV do
   local room, c, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local adds, removes = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  i = i + 5
+  local dirty = false
+  local mkey = members_key(room)
+  for _ = 1, adds do
+    local field = pid .. '|' .. ARGV[i]
+    if redis.call('HGET', mkey, field) ~= ARGV[i + 1] then
+      redis.call('HSET', mkey, field, ARGV[i + 1])
+      dirty = true
+    end
+    i = i + 2
+  end
+  for _ = 1, removes do
+    if redis.call('HDEL', mkey, pid .. '|' .. ARGV[i]) == 1 then dirty = true end
+    i = i + 1
+  end
   local key = presence_key(room)
   local cur = redis.call('HGET', key, pid)
-  local row
   if c == 0 and n == 0 then
     redis.call('SREM', set, room)
+    if drop_members(pid, room) > 0 then dirty = true end
     if cur then
       redis.call('HDEL', key, pid)
-      row = changed(room, t)
+      dirty = true
     end
   else
     local val = c .. ' ' .. n
     redis.call('SADD', set, room)
     if cur ~= val then
       redis.call('HSET', key, pid, val)
-      row = changed(room, t)
+      dirty = true
     end
   end
-  if not row then
-    local rc, rn, u, v = recount(room, t)
-    row = {rc, rn, u, v}
+  local row
+  if dirty then
+    row = changed(room, t)
+  else
+    local rc, rn, u, v, _, users = recount(room, t)
+    row = {rc, rn, u, v, users}
   end
   out[#out + 1] = row
 end
@@ -154,9 +217,24 @@ return drop_process(ARGV[1], t)
 
 #: KEYS: none. ARGV: room. Read-only totals for the HTTP API.
 COUNT = _COMMON + r"""
-local c, n, u, v = recount(ARGV[1], now())
-return {c, n, u, v}
+local c, n, u, v, _, users = recount(ARGV[1], now())
+return {c, n, u, v, users}
+"""
+
+#: KEYS: none. ARGV: room. Read-only: the members through live processes, flat user, info JSON.
+MEMBERS = _COMMON + r"""
+local members = live_members(ARGV[1], now(), {})
+local out = {}
+for user, info in pairs(members) do
+  out[#out + 1] = user
+  out[#out + 1] = info
+end
+return out
 """
 
 #: Every script by name, as `rrr.presence` loads them.
-ALL = {"set_presence": SET_PRESENCE, "renew": RENEW, "sweep": SWEEP, "leave": LEAVE, "count": COUNT}
+ALL = {
+    "set_presence": SET_PRESENCE, "renew": RENEW, "sweep": SWEEP, "leave": LEAVE, "count": COUNT, "members": MEMBERS,
+}
+#: Scripts that only read (no flags: they work on any Redis, at maxmemory too).
+READ_ONLY = frozenset({"count", "members"})

@@ -143,10 +143,11 @@ class Service:
             if not rows:
                 self.coalescer.unused()
                 continue
+            members = hub.member_changes(rows)
             self._writing = True
             self._idle.clear()
             try:
-                result = await self.presence.write(rows)
+                result = await self.presence.write(rows, members)
             except BaseException as e:
                 self._write_ok = False
                 hub.restore(rows, owed)  # retried after the coalescer's backoff
@@ -158,6 +159,7 @@ class Service:
                 self._writing = False
                 self._idle.set()
             self._write_ok = True
+            hub.members_written(members)
             self.coalescer.succeeded()
             self.supervisor.recovered("flush")
             if result.lease_lost:

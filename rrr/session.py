@@ -113,7 +113,11 @@ class Session:
             tabs = self.subs[room] = set()
         tabs.add(sub)
         self.n_subs += 1
-        self.hub.add_tab(self.conn, room)
+        who = self.identity
+        if who is not None and protocol.is_presence_room(room):
+            self.hub.add_tab(self.conn, room, who.user, who.info_json, sub)
+        else:
+            self.hub.add_tab(self.conn, room)
 
     def leave(self, room: str, sub: str) -> None:
         tabs = self.subs.get(room)

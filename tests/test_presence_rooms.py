@@ -1,0 +1,136 @@
+"""Presence rooms: who is here, not only how many. A member is a user: one entry however many
+tabs, sockets and processes it is in through; it joins with its first subscription anywhere and
+leaves with its last, also when its process dies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import jwt
+import pytest
+import redis
+from tornado.httpclient import AsyncHTTPClient
+
+from conftest import AppProcess, Client, ServerFactory, connect, wait_until
+from rrr import keys
+
+pytestmark = pytest.mark.gen_test(timeout=90)
+
+SECRET = "presence-test-secret-of-decent-length"
+ROOM = "presence-team"
+KEY = "server-key"
+
+
+def token(sub: str, name: str) -> str:
+    now = time.time()
+    return jwt.encode({"sub": sub, "exp": now + 600, "rooms": [ROOM], "info": {"name": name}}, SECRET,
+                      algorithm="HS256")
+
+
+async def member(url: str, sub: str, name: str, tabs: tuple[str, ...] = ("t1",)) -> Client:
+    c = await connect(url + "/ws/")
+    await c.send(type="auth", token=token(sub, name))
+    await c.next("authenticated", after=0)
+    for tab in tabs:
+        await c.send(type="subscribe", room=ROOM, sub=tab)
+    return c
+
+
+def seen(c: Client) -> dict[str, Any]:
+    """The member list this socket holds: its last whole list with every diff after it applied."""
+    members: dict[str, Any] = {}
+    for f in c.frames:
+        if f.get("room") != ROOM:
+            continue
+        if f["type"] == "presence":
+            members = dict(f["members"])
+        elif f["type"] == "presence_diff":
+            for user in f["leaves"]:
+                members.pop(user, None)
+            members.update(f["joins"])
+    return members
+
+
+def sees(c: Client, members: dict[str, Any]) -> bool:
+    return seen(c) == members
+
+
+def users_shown(c: Client, n: int) -> bool:
+    counts = c.counts(ROOM)
+    return bool(counts) and counts[-1].get("users") == n
+
+
+def ws_base(port: int) -> str:
+    return f"ws://127.0.0.1:{port}"
+
+
+async def api_members(base_url: str) -> Any:
+    resp = await AsyncHTTPClient().fetch(f"{base_url}/api/rooms/{ROOM}/members",
+                                         headers={"Authorization": f"Bearer {KEY}"}, raise_error=False)
+    assert resp.code == 200, resp.body
+    return json.loads(resp.body)
+
+
+async def test_a_user_is_one_member_across_tabs_sockets_and_processes(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    one = await server_factory(token_secret=SECRET, api_token=KEY)
+    two = await server_factory(token_secret=SECRET, api_token=KEY)
+    ada_1 = await member(ws_base(one.port), "ada", "Ada", ("t1", "t2", "t3"))  # 3 tabs, one browser
+    ada_2 = await member(ws_base(two.port), "ada", "Ada")  # a second browser, another process
+    bob = await member(ws_base(two.port), "bob", "Bob")
+    clients += [ada_1, ada_2, bob]
+    everyone = {"ada": {"info": {"name": "Ada"}}, "bob": {"info": {"name": "Bob"}}}
+    for c in (ada_1, ada_2, bob):
+        await wait_until(partial(sees, c, everyone), what="both members, each once")
+        await c.settles_on(3, 5, room=ROOM)
+        await wait_until(partial(users_shown, c, 2), what="users 2")
+    assert (await api_members(one.base_url)) == {"room": ROOM, "members": everyone}
+
+    # Ada closes one browser: still a member. Bob leaves: every socket hears it once.
+    ada_2.close()
+    bob.close()
+    await wait_until(lambda: seen(ada_1) == {"ada": {"info": {"name": "Ada"}}}, what="bob left")
+    leaves = [f for f in ada_1.of_type("presence_diff") if f["leaves"]]
+    assert [list(f["leaves"]) for f in leaves] == [["bob"]]
+    await ada_1.settles_on(1, 3, room=ROOM)
+
+
+async def test_members_of_a_killed_process_leave_and_sigterm_removes_them_at_once(
+    server_factory: ServerFactory, app_factory: Callable[..., AppProcess], redis_url: str, clients: list[Client],
+    rclient: redis.Redis,
+) -> None:
+    ttl = 2.0
+    survivor = await server_factory(ttl=ttl, token_secret=SECRET, api_token=KEY)
+    victim, leaving = [
+        await asyncio.to_thread(app_factory, redis_url=redis_url, presence_ttl=ttl_, count_interval=0.05,
+                                token_secret=SECRET)
+        for ttl_ in (ttl, 60)
+    ]
+    watcher = await member(ws_base(survivor.port), "ada", "Ada")
+    bob = await member(ws_base(victim.port), "bob", "Bob")
+    cy = await member(ws_base(leaving.port), "cy", "Cy")
+    clients += [watcher, bob, cy]
+    await wait_until(lambda: set(seen(watcher)) == {"ada", "bob", "cy"}, what="three members")
+
+    victim.kill()
+    await wait_until(lambda: set(seen(watcher)) == {"ada", "cy"}, timeout=ttl + 10, what="bob gone with his process")
+    leaving.signal(signal.SIGTERM)
+    # A TTL of 60 s cannot explain a leave within 10 s: the process removed its members itself.
+    await wait_until(lambda: set(seen(watcher)) == {"ada"}, timeout=10, what="cy gone at SIGTERM")
+    assert (await api_members(survivor.base_url))["members"] == {"ada": {"info": {"name": "Ada"}}}
+    # The dead and the departed leave nothing behind in Redis: one field, the survivor's Ada.
+    assert len(rclient.hkeys(keys.members(ROOM))) == 1
+
+
+async def test_the_members_api_needs_the_server_key(server_factory: ServerFactory) -> None:
+    server = await server_factory(token_secret=SECRET, api_token=KEY)
+    resp = await AsyncHTTPClient().fetch(f"{server.base_url}/api/rooms/{ROOM}/members", raise_error=False)
+    assert resp.code == 403
+    assert (await api_members(server.base_url)) == {"room": ROOM, "members": {}}
