@@ -20,7 +20,7 @@ import tornado.web
 from tornado.options import define, options, parse_command_line
 
 from handlers.api import (
-    HealthHandler, MembersHandler, MetricsHandler, NotFoundHandler, PublishHandler, RoomHandler,
+    DisconnectHandler, HealthHandler, MembersHandler, MetricsHandler, NotFoundHandler, PublishHandler, RoomHandler,
 )
 from handlers.base import SecureStaticFileHandler, guard_hosts
 from handlers.pages import CountPageHandler, IndexHandler
@@ -153,6 +153,10 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             (r"/ws/", RelaySocket, sockets),
             (rf"/api/rooms/{slug}", RoomHandler, dict(hub=hub, rate=addresses.api, token=api_token)),
             (rf"/api/rooms/{slug}/members", MembersHandler, dict(hub=hub, token=api_token)),
+            (
+                r"/api/users/([^/]{1,128})/disconnect", DisconnectHandler,
+                dict(hub=hub, token=api_token, keep_for=o["token_max_age"]),
+            ),
             (
                 rf"/api/rooms/{slug}/messages",
                 PublishHandler,

@@ -70,6 +70,31 @@ class RoomHandler(JsonHandler):
         self.finish({"room": slug, "connections": state.connections, "tabs": state.tabs, "updated": state.updated})
 
 
+class DisconnectHandler(JsonHandler):
+    """``POST /api/users/<sub>/disconnect``: sign a user out everywhere (the server key only)."""
+
+    def initialize(self, hub: Hub, token: str, keep_for: float) -> None:
+        self.hub = hub
+        self.token = token
+        self.keep_for = keep_for
+
+    async def post(self, user: str) -> None:
+        if not self.token:
+            raise tornado.web.HTTPError(403, "the server has no --api-token")
+        if not self.request.headers.get("Authorization", "").startswith("Bearer "):
+            raise tornado.web.HTTPError(401, "missing 'Authorization: Bearer <token>'")
+        if not bearer_matches(self, self.token):
+            raise tornado.web.HTTPError(403, "wrong API token")
+        if not user or len(user) > 128:
+            raise tornado.web.HTTPError(400, "a user id is 1 to 128 characters")
+        try:
+            at = await self.hub.revoke(user, self.keep_for)
+        except BackplaneError:
+            raise tornado.web.HTTPError(503, "redis unavailable: nothing was revoked") from None
+        self.set_status(202)
+        self.finish({"user": user, "revoked_at": at})
+
+
 class MembersHandler(JsonHandler):
     """``GET /api/rooms/<slug>/members``: a presence room's members (one entry per user)."""
 

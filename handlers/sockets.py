@@ -11,6 +11,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from rrr import protocol, wsframe
 from rrr.auth import Identity, TokenError, Verifier, needs_grant
+from rrr.errors import BackplaneError
 from rrr.hub import Hub
 from rrr.keepalive import Keepalive
 from rrr.limits import AddressLimits
@@ -177,6 +178,13 @@ class CountSocket(RelaySocket):
             except TokenError as e:
                 if needs_grant(room):
                     raise tornado.web.HTTPError(403, f"bad token: {e.reason}") from None
+        if self.identity is not None:
+            try:
+                revoked = await self.hub.revoked(self.identity)
+            except BackplaneError:
+                raise tornado.web.HTTPError(503, "cannot check the token now; try again") from None
+            if revoked:
+                raise tornado.web.HTTPError(403, "this user's tokens issued before its last sign-out are revoked")
         if needs_grant(room) and not (self.identity is not None and self.identity.may_read(room)):
             raise tornado.web.HTTPError(403, "this room needs a token that grants it (?token=<jwt>)")
         await super().get(*args, **kwargs)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from . import keys, protocol
 from .coalesce import Coalescer
+from .auth import Identity
 from .errors import BackplaneError
 from .metrics import Metrics
 from .presence import MemberDelta, Presence
@@ -90,6 +91,9 @@ class Hub:
         self._log = RateLimitedLog(log)
         # Presence rooms: the members Redis holds from this process (user -> info JSON).
         self._written_members: dict[str, dict[str, str]] = {}
+        # Authenticated sockets by user, so a revocation finds them.
+        self._by_user: dict[str, set[Connection]] = {}
+        self._user_of: dict[Connection, str] = {}
         metrics.bind_gauges(
             lambda: len(self._conns),
             lambda: sum(r.tabs for r in self._rooms.values()),
@@ -107,6 +111,24 @@ class Hub:
 
     def detach(self, conn: Connection) -> None:
         self._conns.discard(conn)
+        self.identify(conn, None)
+
+    def identify(self, conn: Connection, user: str | None) -> None:
+        """``conn`` is now authenticated as ``user`` (None: as nobody)."""
+        old = self._user_of.pop(conn, None)
+        if old is not None and (conns := self._by_user.get(old)) is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._by_user[old]
+        if user is not None:
+            self._user_of[conn] = user
+            self._by_user.setdefault(user, set()).add(conn)
+
+    def on_disconnect_user(self, user: str) -> None:
+        """The user's tokens were revoked: close each of its sockets here with 4001."""
+        for conn in list(self._by_user.get(user, ())):
+            self.identify(conn, None)
+            conn.close(4001, "signed out")
 
     def add_tab(
         self, conn: Connection, room: str, user: str | None = None, info_json: str = "null", sub: str | None = None,
@@ -364,6 +386,20 @@ class Hub:
                 sent += 1
         r.members_sent = members
         self.metrics.messages_out.inc(sent)
+
+    @property
+    def connections(self) -> frozenset[Connection] | set[Connection]:
+        return self._conns
+
+    async def revoked(self, identity: Identity) -> bool:
+        """Whether ``identity``'s token was issued before its user's last revocation (no ``iat``: yes)."""
+        at = await self.presence.revoked_at(identity.user)
+        return at is not None and (identity.issued_at is None or identity.issued_at < at)
+
+    async def revoke(self, user: str, keep_for: float) -> float:
+        """Sign ``user`` out everywhere: its sockets on every process close with 4001, and its
+        tokens issued until now are refused for ``keep_for`` seconds."""
+        return await self.presence.revoke(user, keep_for)
 
     async def members(self, room: str) -> dict[str, str]:
         """A presence room's members across every live process: user -> info JSON."""

@@ -23,6 +23,9 @@ _PRESENCE = "rrr:presence:{%s}"
 _MEMBERS = "rrr:members:{%s}"
 _COUNT = "rrr:count:{%s}"
 _PROC_ROOMS = "rrr:proc:%s:rooms"
+_REVOKED = "rrr:revoked:%s"
+#: Every process listens here for orders that concern all of them (a user's disconnect).
+CONTROL_CHANNEL = "rrr:ctl"
 _PROC_PROBE = "rrr:proc:%s:probe"
 
 
@@ -49,6 +52,11 @@ def count_channel(room: str) -> str:
 def proc_rooms(pid: str) -> str:
     """Set of the rooms a process has presence in, so its death can be swept room by room."""
     return _PROC_ROOMS % pid
+
+
+def revoked(user: str) -> str:
+    """When a user's tokens were revoked (unix seconds): tokens issued before then are refused."""
+    return _REVOKED % user
 
 
 def probe_channel(pid: str) -> str:

@@ -12,6 +12,7 @@ traffic (room reads, publishes) can never starve the lease out of the pool.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -197,6 +198,24 @@ class Presence:
     async def publish(self, channel: str, data: str) -> int:
         """PUBLISH; a timeout raises `OutcomeUnknown` (it may have been delivered): never retried."""
         return _count(await self._call("publish", self._redis.publish(channel, data)), "PUBLISH")
+
+    async def revoke(self, user: str, keep_for: float) -> float:
+        """Refuse every token of ``user`` issued until now, on every process, for ``keep_for`` seconds
+        (as long as such a token could still be valid), and tell every process to close its sockets."""
+        at = time.time()
+        await self._call("revoke", self._redis.set(keys.revoked(user), repr(at), ex=max(1, int(keep_for) + 1)))
+        await self.publish(keys.CONTROL_CHANNEL, json.dumps({"disconnect": user, "at": at}))
+        return at
+
+    async def revoked_at(self, user: str) -> float | None:
+        """When ``user``'s tokens were last revoked, if that still matters."""
+        raw = await self._call("revoked", self._redis.get(keys.revoked(user)))
+        if raw is None:
+            return None
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise BadReply(f"expected a time for a revocation, got {_show(raw)}") from None
 
     async def ping(self) -> bool:
         try:

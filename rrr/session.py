@@ -199,7 +199,7 @@ class Session:
             self._set_transport(msg.transport or "unknown")
         elif msg.type == "auth":
             assert msg.token is not None
-            self._auth(msg.token)
+            await self._auth(msg.token)
         elif self.fixed_room is not None:
             raise ProtocolError("unsupported", "this socket follows one room; use /ws/ for more", room=msg.room)
         elif msg.type == "subscribe":
@@ -234,7 +234,7 @@ class Session:
 
     # -- identity ----------------------------------------------------------
 
-    def _auth(self, token: str) -> None:
+    async def _auth(self, token: str) -> None:
         """``auth`` first or any time; again to refresh. A bad token leaves the identity as it was."""
         try:
             identity = self.verifier.verify(token)
@@ -242,11 +242,20 @@ class Session:
             raise ProtocolError("bad_token", e.reason) from None
         if self.identity is not None and identity.user != self.identity.user:
             raise ProtocolError("bad_token", "a refreshed token must carry the same 'sub'")
+        try:
+            revoked = await self.hub.revoked(identity)
+        except BackplaneError:
+            raise ProtocolError("unavailable", "cannot check the token now; try again") from None
+        if revoked:
+            raise ProtocolError("bad_token", "this user's tokens issued before its last sign-out are revoked")
+        if self.conn not in self.hub.connections:
+            return  # closed (or revoked) while we looked
         self._authenticate(identity)
         self.conn.send_frame(Frame(protocol.dumps(protocol.authenticated_message(identity.user, identity.expires))))
 
     def _authenticate(self, identity: Identity) -> None:
         self.identity = identity
+        self.hub.identify(self.conn, identity.user)
         if self._expiry is not None:
             self._expiry.cancel()
         loop = asyncio.get_running_loop()
@@ -262,6 +271,7 @@ class Session:
             self._authenticate(identity)
             return
         self.identity = None
+        self.hub.identify(self.conn, None)
         try:
             for room, tabs in list(self.subs.items()):
                 if not needs_grant(room):

@@ -13,6 +13,7 @@ on this process's own channel must come back through it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -41,6 +42,9 @@ class Listener(Protocol):
 
     def on_connected(self) -> None:
         """A new connection (after a restart or a cut): whatever was missed, write every room again."""
+
+    def on_disconnect_user(self, user: str) -> None:
+        """Every process was told to close the sockets of ``user`` (its tokens were revoked)."""
 
 
 class Publisher(Protocol):
@@ -132,7 +136,7 @@ class Subscriber:
         pubsub = self._redis.pubsub()
         syncer: asyncio.Task[None] | None = None
         try:
-            await pubsub.subscribe(self.probe_channel)
+            await pubsub.subscribe(self.probe_channel, keys.CONTROL_CHANNEL)
             self._confirmed = set()
             self._pending = {}
             syncer = self._syncer = asyncio.create_task(self._sync(pubsub, set()), name="rrr-subscriber-sync")
@@ -230,6 +234,11 @@ class Subscriber:
                 return
             if not isinstance(data, bytes):
                 raise ValueError("payload is not a string")
+            if name == keys.CONTROL_CHANNEL:
+                order = json.loads(protocol.validate_json_payload(data))
+                if isinstance(order, dict) and isinstance(order.get("disconnect"), str):
+                    self._notify("on_disconnect_user", order["disconnect"])
+                return
             room = keys.room_of_count_channel(name)
             if room is not None:
                 self._notify("on_count", room, protocol.decode_count_announcement(data))

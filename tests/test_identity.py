@@ -158,3 +158,44 @@ async def test_the_server_key_guards_private_rooms_in_the_api(server_factory: Se
             raise_error=False,
         )
         assert published.code == 202
+
+
+async def test_signing_a_user_out_closes_its_sockets_everywhere_and_refuses_its_old_tokens(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    one = await server_factory(token_secret=SECRET, api_token="server-key")
+    two = await server_factory(token_secret=SECRET, api_token="server-key")
+    old = token(rooms=["private-ada-x"])
+    ada = [await connect(s.ws_url("/ws/")) for s in (one, two, one)]
+    bob = await connect(two.ws_url("/ws/"))
+    clients += ada + [bob]
+    for c in ada:
+        await c.send(type="auth", token=old)
+    await bob.send(type="auth", token=token(sub="bob"))
+    for c in ada + [bob]:
+        await c.next("authenticated", after=0)
+
+    http = AsyncHTTPClient()
+    url = one.base_url + "/api/users/ada/disconnect"
+    assert (await http.fetch(url, method="POST", body="", raise_error=False)).code == 401
+    signed_out = await http.fetch(url, method="POST", body="", headers={"Authorization": "Bearer server-key"},
+                                  raise_error=False)
+    assert signed_out.code == 202
+    for c in ada:
+        await asyncio.wait_for(c.closed.wait(), 10)
+        assert c.close_code == 4001
+    assert not bob.closed.is_set()
+
+    # The old token is refused from now on, on every process and on both sockets.
+    again = await connect(two.ws_url("/ws/"))
+    clients.append(again)
+    await again.send(type="auth", token=old)
+    await wait_until(lambda: errors(again, "bad_token"), what="revoked token refused")
+    with pytest.raises(HTTPClientError) as e:
+        await connect(one.ws_url("/ws/count/private-ada-x/?token=" + old))
+    assert e.value.code == 403
+    # A token issued after the sign-out is fine.
+    fresh = jwt.encode({"sub": "ada", "iat": int(time.time()) + 1, "exp": time.time() + 600,
+                        "rooms": ["private-ada-x"]}, SECRET, algorithm="HS256")
+    await again.send(type="auth", token=fresh)
+    await again.next("authenticated", after=0)

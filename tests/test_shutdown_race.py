@@ -50,6 +50,8 @@ class Quiet:
 
     def on_connected(self) -> None: ...
 
+    def on_disconnect_user(self, user: str) -> None: ...
+
 
 async def test_shutdown_finishes_with_an_unsubscribe_in_flight(redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)
