@@ -229,7 +229,7 @@ def test_shared_worker_that_fails_to_load_falls_back_to_a_leader(
     context.on("console",  # type: ignore[call-overload]
                lambda m: m.type == "error" and page_errors.append(m.text))  # type: ignore[func-returns-value]
     context.on("weberror", lambda e: page_errors.append(str(e.error)))
-    context.route("**/static/js/worker.js", lambda route: route.fulfill(status=404, body="gone"))
+    context.route("**/static/js/worker.js*", lambda route: route.fulfill(status=404, body="gone"))
     pages = open_tabs(context, f"{server.base_url}/count/{slug}/", 3)
 
     expect_counts(pages, connections=1, tabs=3)

@@ -4,11 +4,19 @@
  *
  * The worker keeps no list of ports of its own: a port lives only inside the
  * TabLink the owner holds for an attached tab, so dropping a dead tab frees it.
- * Ports are not closed on drop: a tab that detached on pagehide may come back
- * from the back/forward cache and attach again over the same port.
+ * A tab closes its port when it leaves (pagehide, close()) and opens a new
+ * SharedWorker connection when it comes back.
  */
-import { socketUrlFromWorkerName } from "./protocol.js";
+import { LINK_VERSION, linkVersionOfWorkerUrl, socketUrlFromWorkerName } from "./protocol.js";
 import { SocketOwner } from "./socket-owner.js";
+
+// The page asked for a worker of its link version (`?link=` in our URL). A
+// protocol.js of another version (a cache mixing two deploys) must not serve
+// it: failing here fires `error` at the page, which falls back to a leader.
+const wanted = linkVersionOfWorkerUrl(self.location.href);
+if (wanted !== null && wanted !== LINK_VERSION) {
+  throw new Error(`rrr worker: page wants link version ${wanted}, protocol.js is ${LINK_VERSION}`);
+}
 
 const owner = new SocketOwner({
   url: socketUrlFromWorkerName(self.name),
