@@ -549,6 +549,7 @@ def test_tabs_recover_when_the_shared_worker_dies(server: AppProcess, browser: B
 
     assert cdp.send("Target.closeTarget", {"targetId": workers[0]["targetId"]})["success"]
     eventually(lambda: sockets(server), 0, what="open sockets once the worker is gone")
+    eventually(lambda: counts(server, slug), (0, 0), what="counts once the worker is gone")
 
     eventually(lambda: counts(server, slug), (1, 3), timeout=30, what="counts after the worker died")
     eventually(lambda: sockets(server), 1, what="open sockets with the new worker")
@@ -581,6 +582,10 @@ def test_two_endpoints_on_one_origin_elect_two_leaders(
     assert errors.errors == []
 
 
+def held_locks(page: Page) -> list[str]:
+    return [str(lock["name"]) for lock in page.evaluate("navigator.locks.query()")["held"]]
+
+
 CONNECT = """async ({slug, url}) => {
   const { connect } = await import("/static/js/rrr.js");
   const rt = connect(url ? { url } : {});
@@ -606,6 +611,7 @@ def test_connect_close_connect(
     page.evaluate("window.rts[0].close(); window.rts[0].close()")  # twice is harmless
     eventually(lambda: counts(server, slug), (0, 0), timeout=5, what="counts after close")
     eventually(lambda: sockets(server), 0, timeout=5, what="open sockets after close")
+    eventually(lambda: held_locks(page), [], timeout=5, what="Web Locks held after close")
     assert page.evaluate("(() => { try { window.rts[0].room('x'); } catch { return 'refused'; } })()") == "refused"
 
     page.evaluate(CONNECT, {"slug": slug, "url": None})
@@ -619,6 +625,7 @@ def test_connect_close_connect(
     page.evaluate("window.rts[2].close()")
     eventually(lambda: counts(server, slug), (0, 0), timeout=5, what="counts after closing both")
     eventually(lambda: sockets(server), 0, timeout=5, what="open sockets after closing both")
+    eventually(lambda: held_locks(page), [], timeout=5, what="Web Locks held after closing both")
     assert errors.errors == []
 
 
