@@ -7,6 +7,7 @@ are reached by deleting APIs with an init script (see FORCE_TRANSPORT).
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import secrets
@@ -234,6 +235,38 @@ def test_shared_worker_that_fails_to_load_falls_back_to_a_leader(
     pages = open_tabs(context, f"{server.base_url}/count/{slug}/", 3)
 
     expect_counts(pages, connections=1, tabs=3)
+    expect_connected(pages, "leader")
+    assert page_errors == []
+
+
+def test_worker_that_loads_another_versions_protocol_refuses_to_serve(
+    server: AppProcess, browser: Browser, slug: str
+) -> None:
+    """Issue defect 6: a worker.js paired with another version's protocol.js (a cache mixing two
+    deploys: the worker's imports carry no ?v=) sees the link version in its own URL differ and
+    fails, so the tabs use a leader instead of a worker that speaks another tab link.
+
+    Playwright sees a SharedWorker's script request but not its imports, so the served worker.js
+    imports an older protocol.js from a data: URL (the real file with LINK_VERSION lowered)."""
+    js = ROOT / "static" / "js"
+    protocol = (js / "protocol.js").read_text()
+    version = int(re.search(r"LINK_VERSION = (\d+);", protocol).group(1))  # type: ignore[union-attr]
+    stale = protocol.replace(f"LINK_VERSION = {version};", f"LINK_VERSION = {version - 1};")
+    stale_url = "data:text/javascript;base64," + base64.b64encode(stale.encode()).decode()
+    worker = (js / "worker.js").read_text().replace('from "./protocol.js"', f'from "{stale_url}"')
+    assert stale_url in worker
+    context = browser.new_context()  # not watched by ErrorLog: see the test above
+    page_errors: list[str] = []
+    context.on("console",  # type: ignore[call-overload]
+               lambda m: m.type == "error" and page_errors.append(m.text))  # type: ignore[func-returns-value]
+    context.on("weberror", lambda e: page_errors.append(str(e.error)))
+    context.route(
+        "**/static/js/worker.js*",
+        lambda route: route.fulfill(status=200, body=worker, content_type="text/javascript"),
+    )
+    pages = open_tabs(context, f"{server.base_url}/count/{slug}/", 2)
+
+    expect_counts(pages, connections=1, tabs=2)
     expect_connected(pages, "leader")
     assert page_errors == []
 

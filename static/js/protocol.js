@@ -41,6 +41,12 @@ export const TAB_TIMEOUT_MS = 8_000;
  */
 export const OWNER_SILENCE_MS = 5_000;
 export const PROBE_TIMEOUT_MS = 3_000;
+/**
+ * A new link whose owner has not said a word after this long (a worker that
+ * hangs on start, a leader lock held by a hung tab) is given up for the next
+ * transport. Longer than the silence budget: a worker script may load slowly.
+ */
+export const OWNER_START_TIMEOUT_MS = 15_000;
 
 export const BACKOFF_BASE_MS = 500;
 export const BACKOFF_CAP_MS = 30_000;
@@ -175,6 +181,9 @@ export const probeMsg = () => ({ type: "probe" });
 export const networkMsg = (online) => ({ type: "network", online });
 
 // ---- tab link (owner → tab) ---------------------------------------------------
+
+// A SharedWorker that finds its protocol.js of another link version answers every
+// tab with {type: "unsupported", link} and nothing else; the tab moves on to a leader.
 
 /** The owner lost track of this tab (it was dropped as silent); it should attach again. */
 export const reattachMsg = () => ({ type: "reattach" });

@@ -20,6 +20,7 @@ import { leaderLink } from "./leader.js";
 import {
   HEARTBEAT_MS,
   OWNER_SILENCE_MS,
+  OWNER_START_TIMEOUT_MS,
   PROBE_TIMEOUT_MS,
   SLUG_RE,
   attachMsg,
@@ -82,7 +83,8 @@ function sharedWorkerLink(tab) {
   const worker = new SharedWorker(workerUrl(), { type: "module", name: workerName(tab.url) });
   // Fired when the script cannot load or parse (e.g. no module workers): fall back.
   worker.onerror = () => tab.fail();
-  worker.port.onmessage = ({ data }) => tab.deliver(data);
+  // A worker whose protocol.js is of another link version refuses to serve.
+  worker.port.onmessage = ({ data }) => (data?.type === "unsupported" ? tab.fail() : tab.deliver(data));
   return {
     transport: "sharedworker",
     isLocal: () => false,
@@ -155,7 +157,8 @@ class Runtime {
   #tabLock;
   /** How the owner watches us, once known; heartbeats are only sent for "heartbeat". */
   #watch = null;
-  /** When the current link's owner last said anything, whether it ever did, and an unanswered probe. */
+  /** When the current link was made, when its owner last said anything, whether it ever did, an unanswered probe. */
+  #linkAt = 0;
   #lastHeard = 0;
   #heard = false;
   #probeAt = 0;
@@ -260,7 +263,7 @@ class Runtime {
       this.#side = null;
       return false; // e.g. SharedWorker blocked by the browser's settings
     }
-    this.#lastHeard = Date.now();
+    this.#linkAt = this.#lastHeard = Date.now();
     this.#heard = false;
     this.#probeAt = 0;
     this.#setState({ transport: this.#link.transport, status: "connecting", retryAt: null });
@@ -284,18 +287,19 @@ class Runtime {
 
   /**
    * The owner went quiet, was probed and did not answer: it is dead (a
-   * terminated worker, a hung leader). A link that worked once is made again
-   * (a new worker, a new election); one that never answered is given up for
-   * the next transport (a worker that hangs whenever it is started).
+   * terminated worker, a hung leader), and a new link of the same kind is made
+   * (a new worker, a new election). A link that never answered at all within
+   * OWNER_START_TIMEOUT_MS is given up for the next transport (a worker that
+   * hangs whenever it is started, a leader lock nobody lets go of).
    */
   #checkOwner() {
     const link = this.#link;
     if (!link || link.isLocal()) return;
     const now = Date.now();
-    if (this.#probeAt && this.#lastHeard < this.#probeAt) {
-      if (now - this.#probeAt < PROBE_TIMEOUT_MS) return;
-      if (this.#heard) this.#relink();
-      else this.#nextTransport();
+    if (!this.#heard) {
+      if (now - this.#linkAt > OWNER_START_TIMEOUT_MS) this.#nextTransport();
+    } else if (this.#probeAt && this.#lastHeard < this.#probeAt) {
+      if (now - this.#probeAt > PROBE_TIMEOUT_MS) this.#relink();
     } else if (now - this.#lastHeard > OWNER_SILENCE_MS) {
       this.#probeAt = now;
       link.send({ tab: this.tabId, msg: probeMsg() });

@@ -10,23 +10,24 @@
 import { LINK_VERSION, linkVersionOfWorkerUrl, socketUrlFromWorkerName } from "./protocol.js";
 import { SocketOwner } from "./socket-owner.js";
 
-// The page asked for a worker of its link version (`?link=` in our URL). A
-// protocol.js of another version (a cache mixing two deploys) must not serve
-// it: failing here fires `error` at the page, which falls back to a leader.
+// The page asked for a worker of its link version (`?link=` in our URL). With a
+// protocol.js of another version (a cache mixing two deploys) we must not serve
+// it: every tab that connects is told so, at once, and falls back to a leader.
+// (An exception thrown here would not reach the pages in Chromium.)
 const wanted = linkVersionOfWorkerUrl(self.location.href);
 if (wanted !== null && wanted !== LINK_VERSION) {
-  throw new Error(`rrr worker: page wants link version ${wanted}, protocol.js is ${LINK_VERSION}`);
+  self.onconnect = ({ ports }) => ports[0].postMessage({ type: "unsupported", link: LINK_VERSION });
+} else {
+  const owner = new SocketOwner({
+    url: socketUrlFromWorkerName(self.name),
+    transport: "sharedworker",
+  });
+
+  self.onconnect = (event) => {
+    const port = event.ports[0];
+    /** @type {import("./socket-owner.js").TabLink} */
+    const link = { send: (msg) => port.postMessage(msg) };
+    // Assigning onmessage also starts the port.
+    port.onmessage = ({ data }) => owner.receive(data?.tab, data?.msg, link);
+  };
 }
-
-const owner = new SocketOwner({
-  url: socketUrlFromWorkerName(self.name),
-  transport: "sharedworker",
-});
-
-self.onconnect = (event) => {
-  const port = event.ports[0];
-  /** @type {import("./socket-owner.js").TabLink} */
-  const link = { send: (msg) => port.postMessage(msg) };
-  // Assigning onmessage also starts the port.
-  port.onmessage = ({ data }) => owner.receive(data?.tab, data?.msg, link);
-};
