@@ -137,6 +137,29 @@ export class TabRegistry {
   }
 }
 
+/**
+ * Send one message to many tabs: one post per group (the leader's
+ * BroadcastChannel, naming every recipient), else one per tab.
+ * @param {TabRegistry} registry
+ * @param {string[]} tabIds
+ * @param {object} msg
+ */
+export function sendToTabs(registry, tabIds, msg) {
+  /** @type {Map<object, string[]>} */
+  const groups = new Map();
+  for (const id of tabIds) {
+    const link = registry.get(id)?.link;
+    if (!link) continue;
+    if (link.group) {
+      if (!groups.has(link.group)) groups.set(link.group, []);
+      groups.get(link.group).push(id);
+    } else {
+      link.send(msg);
+    }
+  }
+  for (const [group, ids] of groups) group.sendMany(ids, msg);
+}
+
 export class SocketOwner {
   #tabs = new TabRegistry();
   /** Tab ids whose Web Lock we already wait on (a restored tab must not queue a second waiter). */
@@ -266,21 +289,8 @@ export class SocketOwner {
     for (const tabId of this.#tabs.stale(Date.now(), TAB_TIMEOUT_MS)) this.#drop(tabId);
   }
 
-  /** Send one message to many tabs: one post per group (BroadcastChannel), else one per tab. */
   #sendTo(tabIds, msg) {
-    /** @type {Map<object, string[]>} */
-    const groups = new Map();
-    for (const id of tabIds) {
-      const link = this.#tabs.get(id)?.link;
-      if (!link) continue;
-      if (link.group) {
-        if (!groups.has(link.group)) groups.set(link.group, []);
-        groups.get(link.group).push(id);
-      } else {
-        link.send(msg);
-      }
-    }
-    for (const [group, ids] of groups) group.sendMany(ids, msg);
+    sendToTabs(this.#tabs, tabIds, msg);
   }
 
   // ---- socket lifecycle -------------------------------------------------------

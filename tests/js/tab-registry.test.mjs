@@ -1,8 +1,8 @@
-// Unit tests for the socket owner's book of tabs (static/js/socket-owner.js): `node --test tests/js/`
+// Unit tests for the socket owner's book of tabs and its fan-out (static/js/socket-owner.js): `node --test tests/js/`
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { TabRegistry } from "../../static/js/socket-owner.js";
+import { TabRegistry, sendToTabs } from "../../static/js/socket-owner.js";
 
 const link = (name) => ({ name, send() {} });
 
@@ -70,4 +70,19 @@ test("drop returns the tab with the subscriptions to undo, once", () => {
   assert.equal(reg.drop("A"), undefined);
   assert.equal(reg.size, 0);
   assert.deepEqual(reg.ids(), []);
+});
+
+test("sendToTabs: one post per group naming its tabs, one send per ungrouped tab, unknown tabs skipped", () => {
+  const posts = [];
+  const channel = { sendMany: (ids, msg) => posts.push({ to: ids, msg }) };
+  const direct = [];
+  const reg = new TabRegistry();
+  for (const id of ["F1", "F2", "F3"]) {
+    reg.attach(id, "lock", { send: () => assert.fail("grouped tabs are not sent to one by one"), group: channel }, 0);
+  }
+  reg.attach("self", "none", { send: (msg) => direct.push(msg) }, 0);
+  const frame = { type: "message", room: "lobby", data: 1 };
+  sendToTabs(reg, ["F1", "self", "F3", "gone"], frame);
+  assert.deepEqual(posts, [{ to: ["F1", "F3"], msg: frame }]);
+  assert.deepEqual(direct, [frame]);
 });
