@@ -653,7 +653,8 @@ def test_worker_url_follows_the_pages_import_map(
     expect_connected(pages, "sharedworker")
     cdp = browser.new_browser_cdp_session()
     urls = [t["url"] for t in cdp.send("Target.getTargets")["targetInfos"] if t["type"] == "shared_worker"]
-    assert [re.sub(r"link=\d+", "link=N", u) for u in urls] == [f"{server.base_url}/static/js/worker.js?v=deploy42&link=N"]
+    expected = f"{server.base_url}/static/js/worker.js?v=deploy42&link=N"
+    assert [re.sub(r"link=\d+", "link=N", u) for u in urls] == [expected]
 
 
 CONNECT = """async ({slug, url}) => {
