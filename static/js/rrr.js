@@ -376,7 +376,7 @@ class Runtime {
         break;
       case "error":
         for (const sub of errorHandles(msg, this.#handles)) {
-          call(this.#handles.get(sub).handlers.onError, { code: msg.code, reason: msg.reason });
+          call(this.#handles.get(sub)?.handlers.onError, { code: msg.code, reason: msg.reason });
         }
         break;
       // "alive" only tells us the owner is there.

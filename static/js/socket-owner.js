@@ -175,7 +175,7 @@ export class SocketOwner {
   #lastFrameAt = 0;
   #lastPingAt = 0;
   #closed = false;
-  /** Removes our online/offline listeners on close(). */
+  /** Aborted on close(): our online/offline listeners and the tab-lock waits still queued. */
   #listening = new AbortController();
   /** What the last online/offline event said, from our own scope or from a tab. */
   #online = globalThis.navigator?.onLine !== false;
@@ -269,8 +269,9 @@ export class SocketOwner {
   #watchLock(tabId) {
     if (this.#watching.has(tabId) || !globalThis.navigator?.locks) return;
     this.#watching.add(tabId);
+    // close() withdraws the waits still queued (a leader stepping down).
     navigator.locks
-      .request(tabLockName(tabId), () => {
+      .request(tabLockName(tabId), { signal: this.#listening.signal }, () => {
         this.#watching.delete(tabId);
         this.#drop(tabId);
       })
