@@ -7,6 +7,7 @@ are reached by deleting APIs with an init script (see FORCE_TRANSPORT).
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import secrets
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 try:
-    from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
+    from playwright.sync_api import Browser, BrowserContext, Page, Playwright, WebSocket, expect, sync_playwright
     from playwright.sync_api import Error as PlaywrightError
 except ImportError:  # pragma: no cover - depends on the machine
     sync_playwright = None  # type: ignore[assignment]
@@ -30,6 +31,7 @@ from browser_helpers import (
     ErrorLog,
     chromium_path,
     eventually,
+    http_get,
     metric,
     publish,
     room,
@@ -41,6 +43,7 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 TOKEN = "browser-test-token"
+HEARTBEAT_S = 2.0  # HEARTBEAT_MS in static/js/protocol.js
 TRANSPORT_TEXT = {"sharedworker": "SharedWorker", "leader": "leader tab", "direct": "own socket"}
 
 
@@ -229,10 +232,42 @@ def test_shared_worker_that_fails_to_load_falls_back_to_a_leader(
     context.on("console",  # type: ignore[call-overload]
                lambda m: m.type == "error" and page_errors.append(m.text))  # type: ignore[func-returns-value]
     context.on("weberror", lambda e: page_errors.append(str(e.error)))
-    context.route("**/static/js/worker.js", lambda route: route.fulfill(status=404, body="gone"))
+    context.route("**/static/js/worker.js*", lambda route: route.fulfill(status=404, body="gone"))
     pages = open_tabs(context, f"{server.base_url}/count/{slug}/", 3)
 
     expect_counts(pages, connections=1, tabs=3)
+    expect_connected(pages, "leader")
+    assert page_errors == []
+
+
+def test_worker_that_loads_another_versions_protocol_refuses_to_serve(
+    server: AppProcess, browser: Browser, slug: str
+) -> None:
+    """Issue defect 6: a worker.js paired with another version's protocol.js (a cache mixing two
+    deploys: the worker's imports carry no ?v=) sees the link version in its own URL differ and
+    fails, so the tabs use a leader instead of a worker that speaks another tab link.
+
+    Playwright sees a SharedWorker's script request but not its imports, so the served worker.js
+    imports an older protocol.js from a data: URL (the real file with LINK_VERSION lowered)."""
+    js = ROOT / "static" / "js"
+    protocol = (js / "protocol.js").read_text()
+    version = int(re.search(r"LINK_VERSION = (\d+);", protocol).group(1))  # type: ignore[union-attr]
+    stale = protocol.replace(f"LINK_VERSION = {version};", f"LINK_VERSION = {version - 1};")
+    stale_url = "data:text/javascript;base64," + base64.b64encode(stale.encode()).decode()
+    worker = (js / "worker.js").read_text().replace('from "./protocol.js"', f'from "{stale_url}"')
+    assert stale_url in worker
+    context = browser.new_context()  # not watched by ErrorLog: see the test above
+    page_errors: list[str] = []
+    context.on("console",  # type: ignore[call-overload]
+               lambda m: m.type == "error" and page_errors.append(m.text))  # type: ignore[func-returns-value]
+    context.on("weberror", lambda e: page_errors.append(str(e.error)))
+    context.route(
+        "**/static/js/worker.js*",
+        lambda route: route.fulfill(status=200, body=worker, content_type="text/javascript"),
+    )
+    pages = open_tabs(context, f"{server.base_url}/count/{slug}/", 2)
+
+    expect_counts(pages, connections=1, tabs=2)
     expect_connected(pages, "leader")
     assert page_errors == []
 
@@ -377,6 +412,291 @@ def test_tab_publishes_when_the_server_allows_it(
 
     for page in pages:
         expect(page.locator("#messages li .text")).to_have_text(["hello from a tab"])
+    assert errors.errors == []
+
+
+# -- the browser issue: bfcache, leader lock, channel traffic, dead owners, names, close() ----------
+
+RESTORED = "addEventListener('pageshow', (event) => (window.__restored = event.persisted));"
+
+# Counts what each page's BroadcastChannels hear, by kind (leader mode).
+CHANNEL_SPY = """(() => {
+  const heard = (window.__heard = { total: 0, toLeader: 0, alive: 0, message: 0, other: 0 });
+  const Original = window.BroadcastChannel;
+  if (!Original) return;
+  window.BroadcastChannel = class extends Original {
+    constructor(name) {
+      super(name);
+      this.addEventListener("message", ({ data }) => {
+        heard.total++;
+        const type = data?.msg?.type;
+        if (data?.to === "leader") heard.toLeader++;
+        else if (type === "alive") heard.alive++;
+        else if (type === "message") heard.message++;
+        else if (type !== "connection_message" && type !== "state") heard.other++;
+      });
+    }
+  };
+})();"""
+
+STEAL_LEADER_LOCK = """async () => {
+  const p = await import("/static/js/protocol.js");
+  await navigator.locks.request(p.leaderLockName(p.defaultSocketUrl()), { steal: true }, () => {});
+}"""
+
+
+@pytest.fixture
+def bfcache_browser(playwright: tuple[Playwright, str | None]) -> Iterator[Browser]:
+    """Chromium with its back/forward cache on (Playwright launches it with the cache off)."""
+    p, path = playwright
+    browser = p.chromium.launch(
+        executable_path=path, args=LAUNCH_ARGS, ignore_default_args=["--disable-back-forward-cache"]
+    )
+    yield browser
+    browser.close()
+
+
+def holds(read: Callable[[], Any], expected: Any, seconds: float, what: str) -> None:
+    """``read()`` equals ``expected`` at every poll for ``seconds`` (no flip-flopping)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert (value := read()) == expected, f"{what}: {value!r} while it should stay {expected!r}"
+        time.sleep(0.2)
+
+
+def counts(server: AppProcess, slug: str) -> tuple[int, int]:
+    data = room(server.base_url, slug)
+    return int(data["connections"]), int(data["tabs"])
+
+
+def expect_messages(pages: list[Page], texts: list[str]) -> None:
+    for page in pages:
+        expect(page.locator("#messages li .text")).to_have_text(texts, timeout=20_000)
+
+
+@pytest.mark.parametrize("transport", ["sharedworker", "leader"])
+def test_page_restored_from_back_forward_cache_counts_once(
+    server: AppProcess, bfcache_browser: Browser, slug: str, transport: str
+) -> None:
+    """Issue defect 1: back from the back/forward cache, the tab is counted once and hears messages."""
+    errors = ErrorLog(bfcache_browser)
+    context = errors.watch(bfcache_browser.new_context())
+    if FORCE_TRANSPORT[transport]:
+        context.add_init_script(FORCE_TRANSPORT[transport])
+    context.add_init_script(RESTORED)
+    pages = open_tabs(context, f"{server.base_url}/count/{slug}/", 2)
+    expect_counts(pages, connections=1, tabs=2)
+    expect_connected(pages, transport)
+
+    pages[1].goto(f"{server.base_url}/count/{slug}-away/")  # same origin: eligible for the cache
+    eventually(lambda: counts(server, slug), (1, 1), what="counts while away")
+    pages[1].go_back(wait_until="commit")  # a restore fires no load event
+    pages[1].wait_for_function("window.__restored === true", timeout=10_000)  # restored, not reloaded
+
+    eventually(lambda: counts(server, slug), (1, 2), what="counts after the restore")
+    holds(lambda: counts(server, slug), (1, 2), seconds=10, what="counts after the restore")
+    expect_counts(pages, connections=1, tabs=2)
+    expect_connected(pages, transport)
+    assert publish(server.base_url, slug, TOKEN, "after the restore") == 202
+    expect_messages(pages, ["after the restore"])
+    eventually(lambda: counts(server, f"{slug}-away"), (0, 0), what="the page left behind")
+    assert errors.errors == []
+
+
+def pump_until(page: Page, done: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    """Wait for ``done()`` while letting Playwright deliver page events (it does so only inside its calls)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        page.wait_for_timeout(100)
+
+
+def test_leader_that_loses_its_lock_steps_down(
+    server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str
+) -> None:
+    """Issue defect 2: a leader whose lock is taken stops its socket and channel and follows again."""
+    url = f"{server.base_url}/count/{slug}/"
+    opened: list[Page] = []
+    closed: list[Page] = []
+
+    def track(page: Page) -> None:
+        def on_socket(ws: WebSocket) -> None:
+            opened.append(page)
+            ws.on("close", lambda _: closed.append(page))
+
+        page.on("websocket", on_socket)
+
+    pages = open_tabs(new_context("leader"), url, 3, before=track)
+    expect_counts(pages, connections=1, tabs=3)
+    eventually(lambda: sockets(server), 1, what="open sockets")
+    leader = opened[0]
+    thief = next(p for p in pages if p is not leader)
+
+    thief.evaluate(STEAL_LEADER_LOCK)  # takes the lock by force and lets it go at once
+
+    # The old leader closes its socket and another tab opens one: a handover, like a leader closing.
+    pump_until(thief, lambda: closed == [leader] and len(opened) == 2, what="old leader's socket closed, a new one")
+    eventually(lambda: counts(server, slug), (1, 3), timeout=20, what="counts after the steal")
+    eventually(lambda: sockets(server), 1, what="open sockets after the steal")
+    expect_counts(pages, connections=1, tabs=3)
+    expect_connected(pages, "leader")  # the old leader follows: nobody fell back to a socket of its own
+    holds(lambda: counts(server, slug), (1, 3), seconds=3, what="counts after the steal")
+    assert publish(server.base_url, slug, TOKEN, "one leader") == 202
+    expect_messages(pages, ["one leader"])
+    assert errors.errors == []
+
+
+def test_leader_posts_each_frame_once_for_all_followers(
+    server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str
+) -> None:
+    """Issue defect 3: one channel post per server frame, and no follower chatter when idle."""
+    context = new_context("leader")
+    context.add_init_script(CHANNEL_SPY)
+    with_socket: list[Page] = []
+    pages = open_tabs(
+        context, f"{server.base_url}/count/{slug}/", 5,
+        before=lambda page: page.on("websocket", lambda ws: with_socket.append(page)),
+    )
+    expect_counts(pages, connections=1, tabs=5)
+    assert len(with_socket) == 1
+    followers = [p for p in pages if p is not with_socket[0]]
+
+    # Idle: followers (watched through their Web Locks) send nothing; the leader only says "alive".
+    before = [p.evaluate("({...window.__heard})") for p in followers]
+    time.sleep(HEARTBEAT_S * 3)
+    after = [p.evaluate("({...window.__heard})") for p in followers]
+    for b, a in zip(before, after):
+        assert a["toLeader"] == b["toLeader"], f"followers talked to the leader while idle: {b} -> {a}"
+        assert a["other"] == b["other"], f"unexpected channel traffic: {b} -> {a}"
+        assert a["alive"] > b["alive"], f"the leader never said it was alive: {b} -> {a}"
+
+    for n in range(3):
+        assert publish(server.base_url, slug, TOKEN, f"m{n}") == 202
+    expect_messages(pages, ["m2", "m1", "m0"])
+    for page in followers:
+        assert page.evaluate("window.__heard.message") == 3, "each frame reaches each follower once"
+    assert with_socket[0].evaluate("window.__heard.message") == 0
+    assert errors.errors == []
+
+
+def test_tabs_recover_when_the_shared_worker_dies(server: AppProcess, browser: Browser, slug: str) -> None:
+    """Issue defect 5: the worker is terminated (CDP Target.closeTarget); tabs notice and start a new one.
+
+    Not through new_context/errors: with ErrorLog's CDP session attached, Chromium 156 starts the
+    replacement worker but it never answers (the tabs then fall back to a leader, also a recovery)."""
+    context = browser.new_context()
+    page_errors: list[str] = []
+    context.on("console",  # type: ignore[call-overload]
+               lambda m: m.type == "error" and page_errors.append(m.text))  # type: ignore[func-returns-value]
+    context.on("weberror", lambda e: page_errors.append(str(e.error)))
+    pages = open_tabs(context, f"{server.base_url}/count/{slug}/", 3)
+    expect_counts(pages, connections=1, tabs=3)
+    cdp = browser.new_browser_cdp_session()
+    workers = [t for t in cdp.send("Target.getTargets")["targetInfos"] if t["type"] == "shared_worker"]
+    assert len(workers) == 1
+    assert "link=" in workers[0]["url"], "the worker URL carries the link version"
+
+    assert cdp.send("Target.closeTarget", {"targetId": workers[0]["targetId"]})["success"]
+    eventually(lambda: sockets(server), 0, what="open sockets once the worker is gone")
+    eventually(lambda: counts(server, slug), (0, 0), what="counts once the worker is gone")
+
+    eventually(lambda: counts(server, slug), (1, 3), timeout=30, what="counts after the worker died")
+    eventually(lambda: sockets(server), 1, what="open sockets with the new worker")
+    expect_connected(pages, "sharedworker")
+    assert publish(server.base_url, slug, TOKEN, "new worker") == 202
+    expect_messages(pages, ["new worker"])
+    assert page_errors == []
+
+
+def test_two_endpoints_on_one_origin_elect_two_leaders(
+    server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str
+) -> None:
+    """Issue defect 6: the leader lock and channel names carry the endpoint, so each endpoint gets its own.
+
+    The second endpoint is the same server under another URL (a query string): the server checks
+    Origin, so a second server on another port would refuse this page."""
+    page = open_tabs(new_context("leader"), f"{server.base_url}/count/{slug}/", 1)[0]
+    expect_counts([page], connections=1, tabs=1)
+    page.evaluate(
+        """async (url) => {
+            const { connect } = await import("/static/js/rrr.js");
+            window.rt = connect({ url });
+            window.rt.room("elsewhere");
+        }""",
+        f"ws://127.0.0.1:{server.port}/ws/?endpoint=2",
+    )
+    eventually(lambda: sockets_by(server, "leader"), 2, what="one leader socket per endpoint")
+    eventually(lambda: counts(server, "elsewhere"), (1, 1), what="the second endpoint's room")
+    assert counts(server, slug) == (1, 1)
+    assert errors.errors == []
+
+
+def held_locks(page: Page) -> list[str]:
+    return [str(lock["name"]) for lock in page.evaluate("navigator.locks.query()")["held"]]
+
+
+def test_worker_url_follows_the_pages_import_map(
+    server: AppProcess, browser: Browser, new_context: Callable[..., BrowserContext], slug: str
+) -> None:
+    """Issue defect 6: rrr.js resolves worker.js through the page's import map, so a page that maps it
+    to its ?v= URL gets a worker of its own deploy; link=<LINK_VERSION> is added either way.
+    (count.html does not map worker.js yet: the page is served with one more import-map entry.)"""
+    html = http_get(f"{server.base_url}/count/{slug}/").decode()
+    entry = '"/static/js/worker.js": "/static/js/worker.js?v=deploy42",'
+    mapped = html.replace('{"imports": {', '{"imports": {' + entry, 1)
+    assert mapped != html
+    context = new_context()
+    context.route(f"**/count/{slug}/", lambda route: route.fulfill(status=200, body=mapped, content_type="text/html"))
+    pages = open_tabs(context, f"{server.base_url}/count/{slug}/", 2)
+    expect_counts(pages, connections=1, tabs=2)
+    expect_connected(pages, "sharedworker")
+    cdp = browser.new_browser_cdp_session()
+    urls = [t["url"] for t in cdp.send("Target.getTargets")["targetInfos"] if t["type"] == "shared_worker"]
+    expected = f"{server.base_url}/static/js/worker.js?v=deploy42&link=N"
+    assert [re.sub(r"link=\d+", "link=N", u) for u in urls] == [expected]
+
+
+CONNECT = """async ({slug, url}) => {
+  const { connect } = await import("/static/js/rrr.js");
+  const rt = connect(url ? { url } : {});
+  rt.room(slug);
+  (window.rts ??= []).push(rt);
+}"""
+
+
+@pytest.mark.parametrize("transport", ["sharedworker", "leader", "direct"])
+def test_connect_close_connect(
+    server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str, transport: str
+) -> None:
+    """Issue defect 7: close() leaves, and releases the socket when nobody else uses it; connect again works."""
+    context = new_context(transport)
+    context.route("**/favicon.ico", lambda route: route.fulfill(status=204))
+    page = context.new_page()
+    page.goto(f"{server.base_url}/healthz")  # any same-origin page without a client of its own
+    per_runtime = 1 if transport == "direct" else 0
+
+    page.evaluate(CONNECT, {"slug": slug, "url": None})
+    eventually(lambda: counts(server, slug), (1, 1), what="counts after connect")
+    eventually(lambda: sockets(server), 1, what="open sockets after connect")
+    page.evaluate("window.rts[0].close(); window.rts[0].close()")  # twice is harmless
+    eventually(lambda: counts(server, slug), (0, 0), timeout=5, what="counts after close")
+    eventually(lambda: sockets(server), 0, timeout=5, what="open sockets after close")
+    eventually(lambda: held_locks(page), [], timeout=5, what="Web Locks held after close")
+    assert page.evaluate("(() => { try { window.rts[0].room('x'); } catch { return 'refused'; } })()") == "refused"
+
+    page.evaluate(CONNECT, {"slug": slug, "url": None})
+    page.evaluate(CONNECT, {"slug": slug, "url": None})
+    eventually(lambda: counts(server, slug), (1 + per_runtime, 2), what="counts with two runtimes")
+    eventually(lambda: sockets(server), 1 + per_runtime, what="open sockets with two runtimes")
+    page.evaluate("window.rts[1].close()")
+    eventually(lambda: counts(server, slug), (1, 1), timeout=5, what="counts after closing one")
+    eventually(lambda: sockets(server), 1, timeout=5, what="open sockets after closing one")
+    assert publish(server.base_url, slug, TOKEN, "still here") == 202
+    page.evaluate("window.rts[2].close()")
+    eventually(lambda: counts(server, slug), (0, 0), timeout=5, what="counts after closing both")
+    eventually(lambda: sockets(server), 0, timeout=5, what="open sockets after closing both")
+    eventually(lambda: held_locks(page), [], timeout=5, what="Web Locks held after closing both")
     assert errors.errors == []
 
 

@@ -2,18 +2,23 @@
  * Fallback when there is no SharedWorker (Safari before 16, Chrome on Android):
  * the tabs elect a leader with a Web Lock and the leader owns the socket.
  *
- * Every tab asks for LEADER_LOCK; the browser grants it to one tab and queues
- * the rest, so when the leader closes or crashes the next tab in the queue is
- * granted the lock without any timeout of ours. A new leader announces itself
- * on the BroadcastChannel and every follower attaches to it again with all its
- * subscriptions; the dead leader's socket took its subscriptions with it.
+ * Every tab asks for the leader lock; the browser grants it to one tab and
+ * queues the rest, so when the leader closes or crashes the next tab in the
+ * queue is granted the lock without any timeout of ours. A new leader announces
+ * itself on the BroadcastChannel and every follower attaches to it again with
+ * all its subscriptions; the dead leader's socket took its subscriptions with it.
+ * The lock and channel names carry the link version and the socket URL
+ * (protocol.js), so two deploys or two endpoints on one origin never share a leader.
  *
  * Channel messages:
  *   {to: "leader", tab, msg}  follower → leader (a tab-link message)
- *   {to: tabId, msg}          leader → one follower
+ *   {to: [tabId, …], msg}     leader → the followers named (one post per message, however many)
  *   {type: "leader"}          a new leader took over
+ *
+ * A leader that loses its lock (stolen, or released by the browser) stops at
+ * once, socket and channel, and its tab joins the election again as a follower.
  */
-import { CHANNEL_NAME, LEADER_LOCK } from "./protocol.js";
+import { channelName, leaderLockName } from "./protocol.js";
 import { SocketOwner } from "./socket-owner.js";
 
 /**
@@ -21,34 +26,58 @@ import { SocketOwner } from "./socket-owner.js";
  * @returns {import("./rrr.js").Link}
  */
 export function leaderLink(tab) {
-  const channel = new BroadcastChannel(CHANNEL_NAME);
+  const channel = new BroadcastChannel(channelName(tab.url));
   /** Set once this tab is the leader. @type {SocketOwner|null} */
   let owner = null;
-  const self = { send: (msg) => queueMicrotask(() => tab.deliver(msg)) };
-  const follower = (tabId) => ({ send: (msg) => channel.postMessage({ to: tabId, msg }) });
+  let closed = false;
+  /** Ends the lock callback, which releases the leader lock. */
+  let release = () => {};
+  const abort = new AbortController();
+  const self = { send: (msg) => queueMicrotask(() => closed || tab.deliver(msg)) };
+  const group = { sendMany: (tabIds, msg) => channel.postMessage({ to: tabIds, msg }) };
+  const follower = (tabId) => ({ send: (msg) => channel.postMessage({ to: [tabId], msg }), group });
 
   channel.onmessage = ({ data }) => {
     if (data?.to === "leader") owner?.receive(data.tab, data.msg, follower(data.tab));
-    else if (data?.to === tab.tabId) tab.deliver(data.msg);
+    else if (Array.isArray(data?.to)) data.to.includes(tab.tabId) && tab.deliver(data.msg);
     else if (data?.type === "leader") tab.reannounce();
   };
 
+  function close() {
+    if (closed) return;
+    closed = true;
+    abort.abort();
+    release();
+    owner?.close();
+    channel.close();
+  }
+
   navigator.locks
-    .request(LEADER_LOCK, () => {
+    .request(leaderLockName(tab.url), { signal: abort.signal }, () => {
+      if (closed) return undefined;
       owner = new SocketOwner({ url: tab.url, transport: "leader" });
       channel.postMessage({ type: "leader" });
       tab.reannounce();
-      // Hold the lock for the rest of this tab's life.
-      return new Promise(() => {});
+      // Hold the lock until close().
+      return new Promise((resolve) => (release = resolve));
     })
-    .catch(() => tab.fail());
+    .catch(() => {
+      if (closed) return;
+      const wasLeader = owner !== null;
+      close();
+      // Lost the lock we held: elect again. Never got it (no permission…): next transport.
+      if (wasLeader) tab.relink();
+      else tab.fail();
+    });
 
   return {
     transport: "leader",
-    isLocal: () => owner !== null,
+    isLocal: () => owner !== null && !closed,
     send(envelope) {
+      if (closed) return;
       if (owner) owner.receive(envelope.tab, envelope.msg, self);
       else channel.postMessage({ to: "leader", ...envelope });
     },
+    close,
   };
 }

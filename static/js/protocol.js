@@ -12,8 +12,12 @@
  * on a field name.
  */
 
-/** Bumped when the tab link changes, so an old SharedWorker never serves a new page. */
-export const LINK_VERSION = 1;
+/**
+ * Bumped when the tab link changes, so an old SharedWorker or leader never
+ * serves a new page: it is part of the worker URL (and so the worker's
+ * identity) and of the leader's lock and channel names.
+ */
+export const LINK_VERSION = 2;
 
 export const SLUG_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -21,7 +25,7 @@ export const SLUG_RE = /^[A-Za-z0-9_-]{1,64}$/;
 export const PING_INTERVAL_MS = 15_000;
 /** A socket still handshaking after this long is given up (a blackholed or frozen server). */
 export const CONNECT_TIMEOUT_MS = 10_000;
-/** Tabs tell their socket owner they are alive this often… */
+/** Tabs watched by heartbeat tell their socket owner they are alive this often… */
 export const HEARTBEAT_MS = 2_000;
 /**
  * …and a tab without a Web Lock is dropped after this much silence. A live tab
@@ -29,14 +33,55 @@ export const HEARTBEAT_MS = 2_000;
  * again on its next heartbeat.
  */
 export const TAB_TIMEOUT_MS = 8_000;
+/**
+ * The owner says "alive" to its tabs every HEARTBEAT_MS. A tab that heard
+ * nothing from it for OWNER_SILENCE_MS probes it (the owner answers a probe at
+ * once, even where its timers are throttled); no answer within PROBE_TIMEOUT_MS
+ * and the owner is taken for dead.
+ */
+export const OWNER_SILENCE_MS = 5_000;
+export const PROBE_TIMEOUT_MS = 3_000;
+/**
+ * A new link whose owner has not said a word after this long (a worker that
+ * hangs on start, a leader lock held by a hung tab) is given up for the next
+ * transport. Longer than the silence budget: a worker script may load slowly.
+ */
+export const OWNER_START_TIMEOUT_MS = 15_000;
 
 export const BACKOFF_BASE_MS = 500;
 export const BACKOFF_CAP_MS = 30_000;
 
-/** Web Lock held forever by the tab that owns the socket in leader mode. */
-export const LEADER_LOCK = "rrr-leader";
+// ---- names --------------------------------------------------------------------
+// Everything two tabs must agree on to share a socket carries the link version
+// and the socket URL: two deploys, or two endpoints, on one origin never mix.
+
+/** Web Lock held by the tab that owns the socket in leader mode. */
+export function leaderLockName(socketUrl) {
+  return `rrr-leader/v${LINK_VERSION} ${socketUrl}`;
+}
+
 /** BroadcastChannel the leader and its followers talk on. */
-export const CHANNEL_NAME = `rrr-v${LINK_VERSION}`;
+export function channelName(socketUrl) {
+  return `rrr/v${LINK_VERSION} ${socketUrl}`;
+}
+
+/**
+ * The SharedWorker's script URL: the resolved `worker.js` (which keeps a `?v=`
+ * the page's import map gave it) plus `link=<LINK_VERSION>`, so a page never
+ * attaches to a worker started from another version's script.
+ * @param {string|URL} scriptUrl
+ */
+export function workerScriptUrl(scriptUrl) {
+  const url = new URL(scriptUrl);
+  url.searchParams.set("link", String(LINK_VERSION));
+  return url.href;
+}
+
+/** The link version a worker's own URL asks for (null when absent). */
+export function linkVersionOfWorkerUrl(scriptUrl) {
+  const value = new URL(scriptUrl).searchParams.get("link");
+  return value === null ? null : Number(value);
+}
 
 /**
  * SharedWorkers are matched by script URL and name. Putting the link version and
@@ -53,7 +98,7 @@ export function socketUrlFromWorkerName(name, loc = globalThis.location) {
   return name.startsWith(prefix) ? name.slice(prefix.length) : defaultSocketUrl(loc);
 }
 
-/** Each tab holds this lock for its whole life; its owner waits on it to learn when the tab is gone. */
+/** Each tab holds this lock while it is shown; its owner waits on it to learn when the tab is gone. */
 export function tabLockName(tabId) {
   return `rrr-tab-${tabId}`;
 }
@@ -130,13 +175,21 @@ export function parseServerFrame(text) {
 export const attachMsg = (watch) => ({ type: "attach", watch });
 export const detachMsg = () => ({ type: "detach" });
 export const heartbeatMsg = () => ({ type: "heartbeat" });
+/** The tab heard nothing from its owner for a while: the owner answers with aliveMsg() at once. */
+export const probeMsg = () => ({ type: "probe" });
 /** The tab saw an online/offline event. */
 export const networkMsg = (online) => ({ type: "network", online });
 
 // ---- tab link (owner → tab) ---------------------------------------------------
 
+// A SharedWorker that finds its protocol.js of another link version answers every
+// tab with {type: "unsupported", link} and nothing else; the tab moves on to a leader.
+
 /** The owner lost track of this tab (it was dropped as silent); it should attach again. */
 export const reattachMsg = () => ({ type: "reattach" });
+
+/** The owner is alive: sent to every tab each HEARTBEAT_MS, and in answer to a probe. */
+export const aliveMsg = () => ({ type: "alive" });
 
 /**
  * Where the shared socket stands.
@@ -145,3 +198,43 @@ export const reattachMsg = () => ({ type: "reattach" });
  * @param {LinkState} state
  */
 export const stateMsg = (state) => ({ type: "state", state });
+
+// ---- error routing ----------------------------------------------------------------
+// The server names the subscription an error is about (`room` and `sub`); an error
+// without them is about the whole socket. Older servers sent only `room`, or nothing.
+
+/**
+ * Which tabs an error frame is for, on the owner's side.
+ * @param {{room?: unknown, sub?: unknown}} frame
+ * @param {Iterable<[string, {subs: Map<string, string>}]>} tabs tab id → its subscriptions (sub → room)
+ * @returns {string[]} tab ids
+ */
+export function errorTabs(frame, tabs) {
+  const ids = [];
+  for (const [id, { subs }] of tabs) {
+    if (typeof frame.sub === "string") {
+      if (subs.has(frame.sub)) ids.push(id);
+    } else if (typeof frame.room === "string") {
+      if ([...subs.values()].includes(frame.room)) ids.push(id);
+    } else {
+      ids.push(id);
+    }
+  }
+  return ids;
+}
+
+/**
+ * Which room handles of one tab an error frame is for.
+ * @param {{room?: unknown, sub?: unknown}} frame
+ * @param {Iterable<[string, {room: string}]>} handles sub id → handle
+ * @returns {string[]} sub ids
+ */
+export function errorHandles(frame, handles) {
+  const subs = [];
+  for (const [sub, { room }] of handles) {
+    if (typeof frame.sub === "string" ? sub === frame.sub : typeof frame.room !== "string" || room === frame.room) {
+      subs.push(sub);
+    }
+  }
+  return subs;
+}

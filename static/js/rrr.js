@@ -6,6 +6,7 @@
  *   const room = rt.room("lobby", { onCount, onMessage, onState, onError });
  *   room.publish({ hi: 1 });
  *   room.leave();
+ *   rt.close();   // leave every room; release the socket, locks, timers
  *
  * The page never learns which transport it got; `rt.transport` and the state
  * passed to onState say it. Transports, best first:
@@ -18,18 +19,24 @@
 import { leaderLink } from "./leader.js";
 import {
   HEARTBEAT_MS,
+  OWNER_SILENCE_MS,
+  OWNER_START_TIMEOUT_MS,
+  PROBE_TIMEOUT_MS,
   SLUG_RE,
   attachMsg,
   defaultSocketUrl,
   detachMsg,
+  errorHandles,
   heartbeatMsg,
   networkMsg,
+  probeMsg,
   publishFrame,
   randomId,
   subscribeFrame,
   tabLockName,
   unsubscribeFrame,
   workerName,
+  workerScriptUrl,
 } from "./protocol.js";
 import { SocketOwner } from "./socket-owner.js";
 
@@ -40,6 +47,7 @@ import { SocketOwner } from "./socket-owner.js";
  * @property {string} tabId
  * @property {(msg: object) => void} deliver hand a message from the owner to this tab
  * @property {() => void} reannounce attach again with every subscription (new owner)
+ * @property {() => void} relink this link is gone (e.g. a leader lost its lock): make a new one of the same kind
  * @property {() => void} fail this transport cannot work: try the next one
  *
  * A transport, as the tab sees it.
@@ -47,27 +55,44 @@ import { SocketOwner } from "./socket-owner.js";
  * @property {string} transport
  * @property {() => boolean} isLocal whether the owner lives in this very page
  * @property {(envelope: {tab: string, msg: object}) => void} send
+ * @property {() => void} close release everything the link holds (port, channel, lock, socket)
  *
  * @typedef {object} RoomHandlers
  * @property {(count: {connections: number, tabs: number, updated: number|null}) => void} [onCount]
  * @property {(data: unknown) => void} [onMessage]
  * @property {(state: import("./protocol.js").LinkState) => void} [onState]
- * @property {(error: {code: string, reason: string}) => void} [onError]
+ * @property {(error: {code: string, reason: string}) => void} [onError] errors about this
+ *   subscription, and errors about the whole socket
  */
+
+/**
+ * `worker.js` next to this module. import.meta.resolve applies the page's import
+ * map, so a page that maps worker.js to its `?v=` URL gets a worker of the same
+ * deploy; `link=` is added either way (protocol.js).
+ */
+function workerUrl() {
+  try {
+    return workerScriptUrl(import.meta.resolve("./worker.js"));
+  } catch {
+    return workerScriptUrl(new URL("./worker.js", import.meta.url));
+  }
+}
 
 /** @param {TabSide} tab @returns {Link} */
 function sharedWorkerLink(tab) {
-  const worker = new SharedWorker(new URL("./worker.js", import.meta.url), {
-    type: "module",
-    name: workerName(tab.url),
-  });
+  const worker = new SharedWorker(workerUrl(), { type: "module", name: workerName(tab.url) });
   // Fired when the script cannot load or parse (e.g. no module workers): fall back.
   worker.onerror = () => tab.fail();
-  worker.port.onmessage = ({ data }) => tab.deliver(data);
+  // A worker whose protocol.js is of another link version refuses to serve.
+  worker.port.onmessage = ({ data }) => (data?.type === "unsupported" ? tab.fail() : tab.deliver(data));
   return {
     transport: "sharedworker",
     isLocal: () => false,
     send: (envelope) => worker.port.postMessage(envelope),
+    close() {
+      worker.onerror = worker.port.onmessage = null;
+      worker.port.close();
+    },
   };
 }
 
@@ -80,6 +105,7 @@ function directLink(tab) {
     transport: "direct",
     isLocal: () => true,
     send: (envelope) => owner.receive(envelope.tab, envelope.msg, self),
+    close: () => owner.close(),
   };
 }
 
@@ -94,23 +120,26 @@ const TRANSPORTS = [
 ];
 
 /**
- * Hold this tab's lock until the page dies, so its socket owner can wait on it.
- * Resolves to how the owner should watch this tab once the lock is actually
- * held: reporting earlier would let the owner take the lock first and drop a
- * live tab.
- * @returns {Promise<"lock"|"heartbeat">}
+ * Hold this tab's lock until released, so its socket owner can wait on it.
+ * `watch` resolves to how the owner should watch this tab once the lock is
+ * actually held: reporting earlier would let the owner take the lock first and
+ * drop a live tab.
+ * @returns {{watch: Promise<"lock"|"heartbeat">, release: () => void}}
  */
 function holdTabLock(tabId) {
   const locks = globalThis.navigator?.locks;
-  if (!locks) return Promise.resolve("heartbeat");
-  return new Promise((resolve) => {
+  if (!locks) return { watch: Promise.resolve("heartbeat"), release: () => {} };
+  const abort = new AbortController();
+  let release = () => abort.abort();
+  const watch = new Promise((resolve) => {
     locks
-      .request(tabLockName(tabId), () => {
+      .request(tabLockName(tabId), { signal: abort.signal }, () => {
         resolve("lock");
-        return new Promise(() => {});
+        return new Promise((done) => (release = done));
       })
       .catch(() => resolve("heartbeat"));
   });
+  return { watch, release: () => release() };
 }
 
 class Runtime {
@@ -119,25 +148,42 @@ class Runtime {
   #rung = -1;
   /** @type {Link|null} */
   #link = null;
+  /** The TabSide given to the current link; calls from older ones are ignored. */
+  #side = null;
   /** Whether the current link has our attach; until then only announce() talks to it. */
   #attached = false;
   #subCounter = 0;
-  /** How the owner should watch this tab; settles once our tab lock is held. */
-  #watch;
+  /** This tab's lock, taken again each time the page is shown from the back/forward cache. */
+  #tabLock;
+  /** How the owner watches us, once known; heartbeats are only sent for "heartbeat". */
+  #watch = null;
+  /** When the current link was made, when its owner last said anything, whether it ever did, an unanswered probe. */
+  #linkAt = 0;
+  #lastHeard = 0;
+  #heard = false;
+  #probeAt = 0;
+  /** False between pagehide and a pageshow from the back/forward cache. */
+  #shown = true;
+  #closed = false;
+  #timers = [];
+  #listening = new AbortController();
   /** @type {import("./protocol.js").LinkState} */
-  #state;
+  #state = { transport: "none", status: "connecting", retryAt: null };
 
   constructor(url) {
     this.url = url;
     this.tabId = randomId();
-    this.#watch = holdTabLock(this.tabId);
+    this.#tabLock = holdTabLock(this.tabId);
     this.#nextTransport();
-    setInterval(() => this.#sendRemote(heartbeatMsg()), HEARTBEAT_MS);
-    addEventListener("online", () => this.#sendRemote(networkMsg(true)));
-    addEventListener("offline", () => this.#sendRemote(networkMsg(false)));
-    addEventListener("pagehide", () => this.#send(detachMsg()));
-    // Back from the back/forward cache: the owner forgot us on pagehide.
-    addEventListener("pageshow", (event) => event.persisted && this.#announce());
+    this.#timers.push(
+      setInterval(() => this.#watch === "heartbeat" && this.#sendRemote(heartbeatMsg()), HEARTBEAT_MS),
+      setInterval(() => this.#checkOwner(), 1_000),
+    );
+    const opts = { signal: this.#listening.signal };
+    addEventListener("online", () => this.#sendRemote(networkMsg(true)), opts);
+    addEventListener("offline", () => this.#sendRemote(networkMsg(false)), opts);
+    addEventListener("pagehide", () => this.#hide(), opts);
+    addEventListener("pageshow", (event) => event.persisted && this.#show(), opts);
   }
 
   /** "sharedworker" | "leader" | "direct" */
@@ -157,6 +203,7 @@ class Runtime {
    * @param {RoomHandlers} [handlers]
    */
   room(slug, handlers = {}) {
+    if (this.#closed) throw new Error("rrr: connection closed");
     if (!SLUG_RE.test(slug)) throw new TypeError(`invalid room slug: ${slug}`);
     const sub = `${this.tabId}-${++this.#subCounter}`;
     this.#handles.set(sub, { room: slug, handlers });
@@ -171,39 +218,121 @@ class Runtime {
     };
   }
 
+  /**
+   * Stop: leave every room and release the timers, listeners, this tab's lock
+   * and the link (port, channel, leader lock; the socket if this tab owns it;
+   * a SharedWorker closes its socket once no tab uses it). Idempotent.
+   */
+  close() {
+    if (this.#closed) return;
+    this.#send(detachMsg());
+    this.#closed = true;
+    this.#dropLink();
+    this.#tabLock.release();
+    this.#timers.forEach(clearInterval);
+    this.#listening.abort();
+    this.#handles.clear();
+  }
+
   /** Take the next usable transport down the ladder; called at start and when one fails. */
   #nextTransport() {
+    this.#dropLink();
     while (++this.#rung < TRANSPORTS.length) {
-      const { usable, make } = TRANSPORTS[this.#rung];
-      if (!usable()) continue;
-      const rung = this.#rung;
-      /** @type {TabSide} */
-      const side = {
-        url: this.url,
-        tabId: this.tabId,
-        // A transport we left behind may still talk; ignore it.
-        deliver: (msg) => rung === this.#rung && this.#deliver(msg),
-        reannounce: () => rung === this.#rung && this.#announce(),
-        fail: () => rung === this.#rung && this.#nextTransport(),
-      };
-      try {
-        this.#link = make(side);
-      } catch {
-        continue; // e.g. SharedWorker blocked by the browser's settings
-      }
-      this.#state = { transport: this.#link.transport, status: "connecting", retryAt: null };
-      this.#announce();
-      return;
+      if (this.#makeLink()) return;
     }
+  }
+
+  /** Make a link of the current rung; false when it is not usable here. */
+  #makeLink() {
+    const { usable, make } = TRANSPORTS[this.#rung];
+    if (!usable()) return false;
+    /** @type {TabSide} */
+    const side = {
+      url: this.url,
+      tabId: this.tabId,
+      // A link we left behind may still talk; ignore it.
+      deliver: (msg) => side === this.#side && this.#deliver(msg),
+      reannounce: () => side === this.#side && this.#announce(),
+      relink: () => side === this.#side && this.#relink(),
+      fail: () => side === this.#side && this.#nextTransport(),
+    };
+    this.#side = side;
+    try {
+      this.#link = make(side);
+    } catch {
+      this.#side = null;
+      return false; // e.g. SharedWorker blocked by the browser's settings
+    }
+    this.#linkAt = this.#lastHeard = Date.now();
+    this.#heard = false;
+    this.#probeAt = 0;
+    this.#setState({ transport: this.#link.transport, status: "connecting", retryAt: null });
+    this.#announce();
+    return true;
+  }
+
+  /** Drop the current link and make a new one of the same kind. */
+  #relink() {
+    this.#dropLink();
+    if (!this.#makeLink()) this.#nextTransport();
+  }
+
+  /** Close the current link, if any; nothing it says is heard any more. */
+  #dropLink() {
+    const link = this.#link;
+    this.#link = this.#side = null;
+    this.#attached = false;
+    link?.close();
+  }
+
+  /**
+   * The owner went quiet, was probed and did not answer: it is dead (a
+   * terminated worker, a hung leader), and a new link of the same kind is made
+   * (a new worker, a new election). A link that never answered at all within
+   * OWNER_START_TIMEOUT_MS is given up for the next transport (a worker that
+   * hangs whenever it is started, a leader lock nobody lets go of).
+   */
+  #checkOwner() {
+    const link = this.#link;
+    if (!link || link.isLocal()) return;
+    const now = Date.now();
+    if (!this.#heard) {
+      if (now - this.#linkAt > OWNER_START_TIMEOUT_MS) this.#nextTransport();
+    } else if (this.#probeAt && this.#lastHeard < this.#probeAt) {
+      if (now - this.#probeAt > PROBE_TIMEOUT_MS) this.#relink();
+    } else if (now - this.#lastHeard > OWNER_SILENCE_MS) {
+      this.#probeAt = now;
+      link.send({ tab: this.tabId, msg: probeMsg() });
+    }
+  }
+
+  /** pagehide: leave the owner, close the link, let go of our lock (WebKit drops it anyway). */
+  #hide() {
+    if (this.#closed || !this.#shown) return;
+    this.#shown = false;
+    this.#send(detachMsg());
+    this.#dropLink();
+    this.#tabLock.release();
+  }
+
+  /** pageshow from the back/forward cache: take our lock again, then a link of the same kind. */
+  #show() {
+    if (this.#closed || this.#shown) return;
+    this.#shown = true;
+    this.#tabLock = holdTabLock(this.tabId);
+    this.#watch = null;
+    if (!this.#makeLink()) this.#nextTransport();
   }
 
   /** Attach to the link's owner (once our tab lock is held) and replay every subscription. */
   async #announce() {
     const link = this.#link;
+    const lock = this.#tabLock;
     // Until the attach goes out, the owner would not know whose message it got.
     this.#attached = false;
-    const watch = link.isLocal() ? "none" : await this.#watch;
-    if (link !== this.#link) return;
+    const watch = link.isLocal() ? "none" : await lock.watch;
+    if (link !== this.#link || lock !== this.#tabLock) return;
+    if (watch !== "none") this.#watch = watch;
     link.send({ tab: this.tabId, msg: attachMsg(watch) });
     for (const [sub, { room }] of this.#handles) {
       link.send({ tab: this.tabId, msg: subscribeFrame(room, sub) });
@@ -217,14 +346,20 @@ class Runtime {
 
   /** Send what an owner in another context needs to hear; one in this page hears it itself. */
   #sendRemote(msg) {
-    if (!this.#link.isLocal()) this.#send(msg);
+    if (this.#link && !this.#link.isLocal()) this.#send(msg);
+  }
+
+  #setState(state) {
+    this.#state = state;
+    for (const { handlers } of this.#handles.values()) call(handlers.onState, state);
   }
 
   #deliver(msg) {
+    this.#lastHeard = Date.now();
+    this.#heard = true;
     switch (msg?.type) {
       case "state":
-        this.#state = msg.state;
-        for (const { handlers } of this.#handles.values()) call(handlers.onState, msg.state);
+        this.#setState(msg.state);
         break;
       case "reattach":
         this.#announce();
@@ -240,15 +375,18 @@ class Runtime {
         this.#each(msg.room, "onMessage", msg.data);
         break;
       case "error":
-        this.#each(msg.room, "onError", { code: msg.code, reason: msg.reason });
+        for (const sub of errorHandles(msg, this.#handles)) {
+          call(this.#handles.get(sub)?.handlers.onError, { code: msg.code, reason: msg.reason });
+        }
         break;
+      // "alive" only tells us the owner is there.
     }
   }
 
-  /** Call `name` on every handle in `room`, or on every handle when room is absent. */
+  /** Call `name` on every handle in `room`. */
   #each(room, name, value) {
     for (const handle of this.#handles.values()) {
-      if (room === undefined || handle.room === room) call(handle.handlers[name], value);
+      if (handle.room === room) call(handle.handlers[name], value);
     }
   }
 }

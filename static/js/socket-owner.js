@@ -14,7 +14,9 @@ import {
   PING_INTERVAL_MS,
   SLUG_RE,
   TAB_TIMEOUT_MS,
+  aliveMsg,
   backoffDelay,
+  errorTabs,
   helloFrame,
   parseServerFrame,
   pingFrame,
@@ -29,17 +31,137 @@ import {
 /**
  * @typedef {object} TabLink How the owner reaches one tab.
  * @property {(msg: object) => void} send
+ * @property {{sendMany: (tabIds: string[], msg: object) => void}} [group]
+ *   links sharing a group (the leader's BroadcastChannel) take one message for
+ *   many tabs in one post instead of one post per tab
  *
  * @typedef {object} Tab
  * @property {TabLink} link
  * @property {"lock"|"heartbeat"|"none"} watch
- * @property {number} lastSeen Date.now() of the tab's last message
+ * @property {number} lastSeen time of the tab's last message
  * @property {Map<string, string>} subs subscription id → room
  */
 
-export class SocketOwner {
+/**
+ * The owner's book of attached tabs and their subscriptions. Pure: no timers,
+ * no sockets, no globals, so it is unit-tested on its own.
+ */
+export class TabRegistry {
   /** @type {Map<string, Tab>} */
   #tabs = new Map();
+
+  get size() {
+    return this.#tabs.size;
+  }
+
+  /** @returns {Tab|undefined} */
+  get(tabId) {
+    return this.#tabs.get(tabId);
+  }
+
+  /** @returns {IterableIterator<[string, Tab]>} */
+  entries() {
+    return this.#tabs.entries();
+  }
+
+  ids() {
+    return [...this.#tabs.keys()];
+  }
+
+  /**
+   * Attach a tab, or refresh one we know (it keeps its subscriptions).
+   * @returns {boolean} whether the tab is new
+   */
+  attach(tabId, watch, link, now) {
+    const known = this.#tabs.get(tabId);
+    if (known) {
+      known.link = link;
+      known.watch = watch;
+      known.lastSeen = now;
+      return false;
+    }
+    this.#tabs.set(tabId, { link, watch, lastSeen: now, subs: new Map() });
+    return true;
+  }
+
+  /** Forget a tab; returns it (with the subscriptions to undo) if it was known. */
+  drop(tabId) {
+    const tab = this.#tabs.get(tabId);
+    this.#tabs.delete(tabId);
+    return tab;
+  }
+
+  /** @returns {boolean} whether this is a new subscription (a valid room, an unknown sub) */
+  subscribe(tabId, sub, room) {
+    const tab = this.#tabs.get(tabId);
+    if (!tab || !SLUG_RE.test(room) || typeof sub !== "string" || tab.subs.has(sub)) return false;
+    tab.subs.set(sub, room);
+    return true;
+  }
+
+  /** @returns {string|null} the room the subscription was in, null if it was not the tab's */
+  unsubscribe(tabId, sub) {
+    const tab = this.#tabs.get(tabId);
+    const room = tab?.subs.get(sub);
+    if (room === undefined) return null;
+    tab.subs.delete(sub);
+    return room;
+  }
+
+  /** Tab ids with at least one subscription in `room`. */
+  inRoom(room) {
+    const ids = [];
+    for (const [id, tab] of this.#tabs) {
+      for (const r of tab.subs.values()) {
+        if (r === room) {
+          ids.push(id);
+          break;
+        }
+      }
+    }
+    return ids;
+  }
+
+  /** Heartbeat-watched tabs silent since before now - timeout. */
+  stale(now, timeout) {
+    const ids = [];
+    for (const [id, tab] of this.#tabs) {
+      if (tab.watch === "heartbeat" && tab.lastSeen < now - timeout) ids.push(id);
+    }
+    return ids;
+  }
+
+  /** Every subscription of every tab, as [sub, room]. */
+  *subscriptions() {
+    for (const tab of this.#tabs.values()) yield* tab.subs;
+  }
+}
+
+/**
+ * Send one message to many tabs: one post per group (the leader's
+ * BroadcastChannel, naming every recipient), else one per tab.
+ * @param {TabRegistry} registry
+ * @param {string[]} tabIds
+ * @param {object} msg
+ */
+export function sendToTabs(registry, tabIds, msg) {
+  /** @type {Map<object, string[]>} */
+  const groups = new Map();
+  for (const id of tabIds) {
+    const link = registry.get(id)?.link;
+    if (!link) continue;
+    if (link.group) {
+      if (!groups.has(link.group)) groups.set(link.group, []);
+      groups.get(link.group).push(id);
+    } else {
+      link.send(msg);
+    }
+  }
+  for (const [group, ids] of groups) group.sendMany(ids, msg);
+}
+
+export class SocketOwner {
+  #tabs = new TabRegistry();
   /** Tab ids whose Web Lock we already wait on (a restored tab must not queue a second waiter). */
   #watching = new Set();
   /** @type {WebSocket|null} */
@@ -49,8 +171,12 @@ export class SocketOwner {
   #connectTimer = 0;
   #pingTimer = 0;
   #sweepTimer = 0;
+  #aliveTimer = 0;
   #lastFrameAt = 0;
   #lastPingAt = 0;
+  #closed = false;
+  /** Aborted on close(): our online/offline listeners and the tab-lock waits still queued. */
+  #listening = new AbortController();
   /** What the last online/offline event said, from our own scope or from a tab. */
   #online = globalThis.navigator?.onLine !== false;
   /** @type {import("./protocol.js").LinkState} */
@@ -65,8 +191,9 @@ export class SocketOwner {
     this.#state = { transport, status: "connecting", retryAt: null };
     // Workers and windows both fire these on their global scope; tabs forward theirs
     // too, as a worker may not hear about a network change (or its emulation).
-    globalThis.addEventListener("online", () => this.#onOnline());
-    globalThis.addEventListener("offline", () => this.#onOffline());
+    const signal = this.#listening.signal;
+    globalThis.addEventListener?.("online", () => this.#onOnline(), { signal });
+    globalThis.addEventListener?.("offline", () => this.#onOffline(), { signal });
   }
 
   /**
@@ -76,11 +203,12 @@ export class SocketOwner {
    * @param {TabLink} link used to answer a tab we do not know yet
    */
   receive(tabId, msg, link) {
-    if (typeof tabId !== "string" || !msg || typeof msg.type !== "string") return;
+    if (this.#closed || typeof tabId !== "string" || !msg || typeof msg.type !== "string") return;
     if (msg.type === "attach") {
       this.#attach(tabId, msg.watch, link);
       return;
     }
+    if (msg.type === "probe") link.send(aliveMsg());
     const tab = this.#tabs.get(tabId);
     if (!tab) {
       // Dropped while it was alive after all (e.g. a throttled heartbeat): ask it to start over.
@@ -93,50 +221,57 @@ export class SocketOwner {
         this.#drop(tabId);
         break;
       case "subscribe":
-        if (SLUG_RE.test(msg.room) && typeof msg.sub === "string" && !tab.subs.has(msg.sub)) {
-          tab.subs.set(msg.sub, msg.room);
-          this.#send(subscribeFrame(msg.room, msg.sub));
-        }
+        if (this.#tabs.subscribe(tabId, msg.sub, msg.room)) this.#send(subscribeFrame(msg.room, msg.sub));
         break;
-      case "unsubscribe":
-        if (tab.subs.has(msg.sub)) {
-          this.#send(unsubscribeFrame(tab.subs.get(msg.sub), msg.sub));
-          tab.subs.delete(msg.sub);
-        }
+      case "unsubscribe": {
+        const room = this.#tabs.unsubscribe(tabId, msg.sub);
+        if (room !== null) this.#send(unsubscribeFrame(room, msg.sub));
         break;
+      }
       case "publish":
         if (!this.#send(publishFrame(msg.room, msg.data))) {
-          tab.link.send({ type: "error", code: "not_connected", reason: "not connected; message not sent" });
+          tab.link.send({
+            type: "error",
+            code: "not_connected",
+            reason: "not connected; message not sent",
+            room: msg.room,
+          });
         }
         break;
       case "network":
         if (msg.online) this.#onOnline();
         else this.#onOffline();
         break;
-      // "heartbeat" only refreshes lastSeen.
+      // "heartbeat" and "probe" only refresh lastSeen.
     }
   }
 
+  /**
+   * Stop for good: the socket, every timer and listener. Tabs are not told; the
+   * leader that calls this has lost its lock, and its followers follow the next one.
+   */
+  close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#listening.abort();
+    for (const tabId of this.#tabs.ids()) this.#tabs.drop(tabId);
+    this.#stop();
+  }
+
   #attach(tabId, watch, link) {
-    const known = this.#tabs.get(tabId);
-    if (known) {
-      known.link = link;
-      known.watch = watch;
-      known.lastSeen = Date.now();
-    } else {
-      this.#tabs.set(tabId, { link, watch, lastSeen: Date.now(), subs: new Map() });
-    }
+    const isNew = this.#tabs.attach(tabId, watch, link, Date.now());
     if (watch === "lock") this.#watchLock(tabId);
     link.send(stateMsg(this.#state));
-    if (this.#tabs.size === 1 && !known) this.#start();
+    if (this.#tabs.size === 1 && isNew) this.#start();
   }
 
   /** Wait on the tab's own lock: the browser grants it to us once the tab has closed or crashed. */
   #watchLock(tabId) {
     if (this.#watching.has(tabId) || !globalThis.navigator?.locks) return;
     this.#watching.add(tabId);
+    // close() withdraws the waits still queued (a leader stepping down).
     navigator.locks
-      .request(tabLockName(tabId), () => {
+      .request(tabLockName(tabId), { signal: this.#listening.signal }, () => {
         this.#watching.delete(tabId);
         this.#drop(tabId);
       })
@@ -145,30 +280,32 @@ export class SocketOwner {
 
   /** Forget a tab and its subscriptions; the socket goes once no tab is left. */
   #drop(tabId) {
-    const tab = this.#tabs.get(tabId);
+    const tab = this.#tabs.drop(tabId);
     if (!tab) return;
-    this.#tabs.delete(tabId);
     for (const [sub, room] of tab.subs) this.#send(unsubscribeFrame(room, sub));
     if (this.#tabs.size === 0) this.#stop();
   }
 
   #sweep() {
-    const cutoff = Date.now() - TAB_TIMEOUT_MS;
-    for (const [tabId, tab] of this.#tabs) {
-      if (tab.watch === "heartbeat" && tab.lastSeen < cutoff) this.#drop(tabId);
-    }
+    for (const tabId of this.#tabs.stale(Date.now(), TAB_TIMEOUT_MS)) this.#drop(tabId);
+  }
+
+  #sendTo(tabIds, msg) {
+    sendToTabs(this.#tabs, tabIds, msg);
   }
 
   // ---- socket lifecycle -------------------------------------------------------
 
   #start() {
     this.#sweepTimer = setInterval(() => this.#sweep(), HEARTBEAT_MS);
+    this.#aliveTimer = setInterval(() => this.#sendTo(this.#tabs.ids(), aliveMsg()), HEARTBEAT_MS);
     this.#attempt = 0;
     this.#connect();
   }
 
   #stop() {
     clearInterval(this.#sweepTimer);
+    clearInterval(this.#aliveTimer);
     clearTimeout(this.#retryTimer);
     this.#abandonSocket();
     this.#setState("connecting");
@@ -194,9 +331,7 @@ export class SocketOwner {
     clearTimeout(this.#connectTimer);
     this.#lastFrameAt = this.#lastPingAt = Date.now();
     this.#send(helloFrame(this.transport));
-    for (const tab of this.#tabs.values()) {
-      for (const [sub, room] of tab.subs) this.#send(subscribeFrame(room, sub));
-    }
+    for (const [sub, room] of this.#tabs.subscriptions()) this.#send(subscribeFrame(room, sub));
     this.#pingTimer = setInterval(() => this.#ping(), PING_INTERVAL_MS);
     this.#setState("open");
   }
@@ -209,11 +344,9 @@ export class SocketOwner {
     const frame = parseServerFrame(text);
     if (!frame) return;
     if (frame.type === "connection_message" || frame.type === "message") {
-      for (const tab of this.#tabs.values()) {
-        if (hasRoom(tab, frame.room)) tab.link.send(frame);
-      }
+      this.#sendTo(this.#tabs.inRoom(frame.room), frame);
     } else if (frame.type === "error") {
-      for (const tab of this.#tabs.values()) tab.link.send(frame);
+      this.#sendTo(errorTabs(frame, this.#tabs.entries()), frame);
     }
   }
 
@@ -288,11 +421,6 @@ export class SocketOwner {
 
   #setState(status, retryAt = null) {
     this.#state = { transport: this.transport, status, retryAt };
-    for (const tab of this.#tabs.values()) tab.link.send(stateMsg(this.#state));
+    this.#sendTo(this.#tabs.ids(), stateMsg(this.#state));
   }
-}
-
-function hasRoom(tab, room) {
-  for (const r of tab.subs.values()) if (r === room) return true;
-  return false;
 }

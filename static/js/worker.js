@@ -4,21 +4,30 @@
  *
  * The worker keeps no list of ports of its own: a port lives only inside the
  * TabLink the owner holds for an attached tab, so dropping a dead tab frees it.
- * Ports are not closed on drop: a tab that detached on pagehide may come back
- * from the back/forward cache and attach again over the same port.
+ * A tab closes its port when it leaves (pagehide, close()) and opens a new
+ * SharedWorker connection when it comes back.
  */
-import { socketUrlFromWorkerName } from "./protocol.js";
+import { LINK_VERSION, linkVersionOfWorkerUrl, socketUrlFromWorkerName } from "./protocol.js";
 import { SocketOwner } from "./socket-owner.js";
 
-const owner = new SocketOwner({
-  url: socketUrlFromWorkerName(self.name),
-  transport: "sharedworker",
-});
+// The page asked for a worker of its link version (`?link=` in our URL). With a
+// protocol.js of another version (a cache mixing two deploys) we must not serve
+// it: every tab that connects is told so, at once, and falls back to a leader.
+// (An exception thrown here would not reach the pages in Chromium.)
+const wanted = linkVersionOfWorkerUrl(self.location.href);
+if (wanted !== null && wanted !== LINK_VERSION) {
+  self.onconnect = ({ ports }) => ports[0].postMessage({ type: "unsupported", link: LINK_VERSION });
+} else {
+  const owner = new SocketOwner({
+    url: socketUrlFromWorkerName(self.name),
+    transport: "sharedworker",
+  });
 
-self.onconnect = (event) => {
-  const port = event.ports[0];
-  /** @type {import("./socket-owner.js").TabLink} */
-  const link = { send: (msg) => port.postMessage(msg) };
-  // Assigning onmessage also starts the port.
-  port.onmessage = ({ data }) => owner.receive(data?.tab, data?.msg, link);
-};
+  self.onconnect = (event) => {
+    const port = event.ports[0];
+    /** @type {import("./socket-owner.js").TabLink} */
+    const link = { send: (msg) => port.postMessage(msg) };
+    // Assigning onmessage also starts the port.
+    port.onmessage = ({ data }) => owner.receive(data?.tab, data?.msg, link);
+  };
+}
