@@ -1,7 +1,7 @@
 # Everyday targets. Each one sets up what it needs in ./.venv on first use.
 #
 #   make run     install the service's requirements and run it (python app.py; embedded Redis)
-#   make test    install test requirements and run the whole suite (pytest)
+#   make test    install test requirements and run the whole suite (node --test tests/js/, then pytest)
 #   make lint    flake8 + mypy, configured in setup.cfg
 #
 # ARGS: extra arguments, e.g. make run ARGS="--port 8001" or make test ARGS="-k presence".
@@ -26,6 +26,7 @@ run: $(VENV)/.run-deps
 	$(PY) app.py $(ARGS)
 
 test: $(VENV)/.dev-deps
+	node --test tests/js/
 	$(PY) -m pytest $(ARGS)
 
 lint: $(VENV)/.dev-deps
