@@ -43,10 +43,11 @@ export const OWNER_SILENCE_MS = 5_000;
 export const PROBE_TIMEOUT_MS = 3_000;
 /**
  * A new link whose owner has not said a word after this long (a worker that
- * hangs on start, a leader lock held by a hung tab) is given up for the next
- * transport. Longer than the silence budget: a worker script may load slowly.
+ * hangs on start, a leader lock held by a hung tab, a worker script that failed
+ * to load where Chromium did not fire `error` at this tab) is given up for the
+ * next transport. Longer than the silence budget: a worker script may load slowly.
  */
-export const OWNER_START_TIMEOUT_MS = 15_000;
+export const OWNER_START_TIMEOUT_MS = 8_000;
 
 export const BACKOFF_BASE_MS = 500;
 export const BACKOFF_CAP_MS = 30_000;
