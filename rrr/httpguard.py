@@ -15,7 +15,6 @@ import errno
 import logging
 import resource
 import socket
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -26,6 +25,7 @@ from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 
 from .metrics import Metrics
+from .supervise import RateLimitedLog
 
 log = logging.getLogger("rrr.http")
 
@@ -56,28 +56,6 @@ def default_max_connections(headroom_min: int = 64) -> int:
     if soft == resource.RLIM_INFINITY or soft <= 0:
         return 1 << 20
     return max(1, soft - max(headroom_min, soft // 8))
-
-
-class RateLimitedLog:
-    """The first occurrence is logged at once, later ones at most once per ``interval`` with a
-    count of those left out: a flood of identical failures costs a few lines, not one each."""
-
-    def __init__(self, logger: logging.Logger, interval: float = LOG_EVERY) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._next = 0.0
-        self._suppressed = 0
-
-    def warning(self, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += f" ({self._suppressed} more like this since the last report)"
-        self.logger.warning(msg, *args)
-        self._suppressed = 0
-        self._next = now + self.interval
 
 
 class GuardedStream(IOStream):
@@ -141,8 +119,7 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         self._listeners: dict[int, socket.socket] = {}
         self._registered: set[int] = set()
         self._resume: object | None = None
-        self._shed_log = RateLimitedLog(log)
-        self._accept_log = RateLimitedLog(log)
+        self._log = RateLimitedLog(log, LOG_EVERY)
         metrics.http_open_connections.set_function(lambda: self.open_connections)
         metrics.http_max_connections.set(max_connections)
 
@@ -198,7 +175,7 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         name = errno.errorcode.get(e.errno or 0, str(e.errno))
         self.metrics.accept_errors.labels(name).inc()
         hint = " (out of file descriptors: lower --max-connections or raise ulimit -n)" if e.errno in EXHAUSTED else ""
-        self._accept_log.warning("accept() failed: %s%s; pausing accepts for %.1f s", e, hint, ACCEPT_PAUSE)
+        self._log.warning("accept", "accept() failed: %s%s; pausing accepts for %.1f s", e, hint, ACCEPT_PAUSE)
         for fd in list(self._registered):
             self._unlisten(fd)
         if self._resume is None:
@@ -216,8 +193,8 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         """A minimal 503 written straight to the new socket, which is closed at once: shedding
         costs a descriptor for microseconds, not a connection's worth of buffers and timers."""
         self.metrics.connections_shed.inc()
-        self._shed_log.warning(
-            "%d connections open (--max-connections): answering new ones 503 and closing them",
+        self._log.warning(
+            "shed", "%d connections open (--max-connections): answering new ones 503 and closing them",
             self.open_connections,
         )
         try:
