@@ -163,10 +163,9 @@ async def test_the_server_key_guards_private_rooms_in_the_api(server_factory: Se
 async def test_signing_a_user_out_closes_its_sockets_everywhere_and_refuses_its_old_tokens(
     server_factory: ServerFactory, clients: list[Client],
 ) -> None:
-    one = await server_factory(token_secret=SECRET, api_token="server-key")
-    two = await server_factory(token_secret=SECRET, api_token="server-key")
+    one, two, three = [await server_factory(token_secret=SECRET, api_token="server-key") for _ in range(3)]
     old = token(rooms=["private-ada-x"])
-    ada = [await connect(s.ws_url("/ws/")) for s in (one, two, one)]
+    ada = [await connect(s.ws_url("/ws/")) for s in (one, two, three, one)]
     bob = await connect(two.ws_url("/ws/"))
     clients += ada + [bob]
     for c in ada:
