@@ -59,6 +59,7 @@ class Service:
         self.supervisor = Supervisor(metrics, backoff_cap=s.backoff_cap)
         self._renew_now = asyncio.Event()
         self._write_ok = True
+        self._renewed_once = False  # the first renewal always finds no lease: not news
         self._writing = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -116,9 +117,11 @@ class Service:
                     if not self.subscriber.connected:
                         self.subscriber.reconnect_now()  # Redis answers: no need to sleep out a backoff
                     self.supervisor.recovered("lease")
-                    if lost:
+                    if lost and self._renewed_once:
                         log.info("presence lease was missing; re-registering local presence")
+                    if lost:
                         self.hub.resync()
+                    self._renewed_once = True
                 if now >= next_sweep:
                     next_sweep = now + s.sweep_interval
                     swept = await self.presence.sweep()
