@@ -380,9 +380,10 @@ class Hub:
                     if conn not in owed:
                         conn.send_frame(frame)
                         sent += 1
+        encoded = protocol.members_json(members) if ready else ""
         for conn, sub in ready:
             if conn in r.tabs_by_conn:
-                conn.send_frame(Frame(protocol.presence_frame(room, members, sub)))
+                conn.send_frame(Frame(protocol.presence_frame(room, encoded, sub)))
                 sent += 1
         r.members_sent = members
         self.metrics.messages_out.inc(sent)

@@ -166,12 +166,14 @@ def members_json(members: dict[str, str]) -> str:
     return "{" + ",".join(dumps(user) + ':{"info":' + info + "}" for user, info in members.items()) + "}"
 
 
-def presence_frame(room: str, members: dict[str, str], sub: str | None = None) -> str:
-    """The whole member list of a presence room, sent on subscribe (``members``: user -> info JSON)."""
+def presence_frame(room: str, members: dict[str, str] | str, sub: str | None = None) -> str:
+    """The whole member list of a presence room, sent on subscribe (``members``: user -> info JSON,
+    or that already encoded by `members_json`, so many subscribers cost one encoding)."""
     head = '{"type":"presence","room":' + dumps(room)
     if sub is not None:
         head += ',"sub":' + dumps(sub)
-    return head + ',"members":' + members_json(members) + "}"
+    body = members if isinstance(members, str) else members_json(members)
+    return head + ',"members":' + body + "}"
 
 
 def presence_diff_frame(room: str, joins: dict[str, str], leaves: dict[str, str]) -> str:
