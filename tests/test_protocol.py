@@ -102,3 +102,23 @@ def test_unhashable_fields_are_protocol_errors_not_crashes(frame: str) -> None:
 def test_hostile_redis_payloads_are_value_errors(payload: str | bytes) -> None:
     with pytest.raises(ValueError):
         protocol.validate_json_payload(payload)
+
+
+def test_presence_frames_carry_each_member_once_with_its_info_untouched() -> None:
+    members = {"42": '{"name":"Ada"}', 'quo"te': "null"}
+    whole = json.loads(protocol.presence_frame("presence-team", members, "tab-1"))
+    assert whole == {"type": "presence", "room": "presence-team", "sub": "tab-1",
+                     "members": {"42": {"info": {"name": "Ada"}}, 'quo"te': {"info": None}}}
+    assert protocol.presence_frame("presence-team", protocol.members_json(members), "tab-1") == json.dumps(
+        whole, separators=(",", ":"), ensure_ascii=False)
+    diff = json.loads(protocol.presence_diff_frame("presence-team", {"43": '{"name":"Bob"}'}, {"42": "null"}))
+    assert diff == {"type": "presence_diff", "room": "presence-team", "joins": {"43": {"info": {"name": "Bob"}}},
+                    "leaves": {"42": {"info": None}}}
+
+
+def test_only_presence_rooms_show_users_in_their_counts() -> None:
+    state = protocol.CountState(2, 5, 1.5, 7, users=1)
+    assert protocol.count_message("presence-team", state)["users"] == 1
+    assert "users" not in protocol.count_message("lobby", state)
+    wire = '{"c":2,"t":5,"u":1.5,"v":7,"n":1}'
+    assert protocol.decode_count_announcement(wire) == state
