@@ -11,13 +11,14 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 import tornado.netutil
 import tornado.web
-from tornado.options import define, options, parse_command_line
+from tornado.options import define, options
 
 from handlers.api import (
     DisconnectHandler, HealthHandler, MembersHandler, MetricsHandler, NotFoundHandler, PublishHandler, RoomHandler,
@@ -25,9 +26,8 @@ from handlers.api import (
 from handlers.base import SecureStaticFileHandler, guard_hosts
 from handlers.pages import CountPageHandler, IndexHandler
 from handlers.sockets import CountSocket, RelaySocket
+from rrr import workers
 from rrr.auth import Verifier
-from rrr.config import command_line
-from rrr.embedded import EmbeddedRedis
 from rrr.httpguard import make_http_server
 from rrr.httpsec import parse_hosts
 from rrr.keepalive import Keepalive
@@ -80,6 +80,7 @@ define("publish_rate_per_ip", default=100.0, type=float, help="client publishes 
 define("api_rate", default=100.0, type=float, help="GET /api/rooms/<slug> per second per address (0: off)")
 define("api_burst", default=200, type=int, help="GET /api/rooms/<slug> a client address may send at once")
 define("log_level", default="info", help="debug, info, warning or error")
+define("processes", default=1, type=int, help="worker processes sharing the port (0: one per CPU core)")
 # HTTP hardening: host allow-list, timeouts and the connection cap (rrr/httpguard.py).
 define("header_timeout", default=10.0, type=float, help="seconds from a request's first byte to its blank line")
 define("body_timeout", default=30.0, type=float, help="seconds to receive a request body")
@@ -193,21 +194,16 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     return app
 
 
-async def main() -> None:
-    parse_command_line(command_line(options, sys.argv, os.environ))
-    logging.getLogger().setLevel(options.log_level.upper())
+async def main(redis_url: str, sockets: list[socket.socket] | None = None) -> None:
+    """One rrr process on ``redis_url``: on ``sockets`` (a worker of ``--processes``, forked by
+    `rrr.workers`, which also parses the options and starts the embedded Redis), else on
+    ``--address``/``--port`` bound here."""
     log = logging.getLogger("rrr")
-
-    embedded = None
-    url = options.redis_url
-    if not url:
-        embedded = EmbeddedRedis().start()
-        url = embedded.url
-        log.info("started embedded redis-server (%s)", embedded.binary)
-    app = make_app(redis_url=url)
+    app = make_app(redis_url=redis_url)
     service: Service = app.settings["service"]
     await service.start()
-    sockets = tornado.netutil.bind_sockets(options.port, options.address)
+    if sockets is None:
+        sockets = tornado.netutil.bind_sockets(options.port, options.address)
     server = make_http_server(app, service.metrics, **app.settings["http_server"])
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
@@ -227,9 +223,7 @@ async def main() -> None:
         await asyncio.wait_for(server.close_all_connections(), 5)
     except asyncio.TimeoutError:
         log.warning("some connections did not close within 5 s")
-    if embedded is not None:
-        embedded.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(workers.run(main))
