@@ -778,7 +778,8 @@ def token_server(app_factory: Callable[..., AppProcess], redis_url: str) -> AppP
 
 def keyed_counts(server: AppProcess, slug: str) -> tuple[int, int]:
     """A private room's numbers: its API needs the server key."""
-    request = urllib.request.Request(f"{server.base_url}/api/rooms/{slug}", headers={"Authorization": f"Bearer {TOKEN}"})
+    request = urllib.request.Request(f"{server.base_url}/api/rooms/{slug}",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=5) as r:
         data = json.loads(r.read())
     return int(data["connections"]), int(data["tabs"])
