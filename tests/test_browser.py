@@ -890,3 +890,31 @@ def test_get_token_rejecting_fails_the_private_room_only(
     pump_until(page, lambda: "still counting" in page.evaluate("window.seen.messages"), what="the message")
     assert [e["code"] for e in page.evaluate("window.seen.errors")] == ["no_token"]
     assert errors.errors == []
+
+
+@pytest.mark.parametrize("transport", ["leader", "direct"])
+def test_presence_room_comes_back_after_server_restart_authenticated_first(
+    token_server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str, transport: str
+) -> None:
+    """After a reconnect the owner sends `auth` before it subscribes the presence room again, so
+    the server never refuses it (no `forbidden`), and every tab gets its whole list back."""
+    presence = "presence-" + slug
+    url = f"{token_server.base_url}/count/{presence}/#token=" + jwt_token("ada", [presence], "Ada")
+    pages = open_tabs(new_context(transport), url, 2)
+    for page in pages:
+        expect(page.locator("#members li")).to_have_text(["Ada"], timeout=20_000)
+
+    token_server.stop()
+    for page in pages:
+        expect(page.locator("#state")).to_have_attribute("data-status", re.compile("reconnecting|connecting"))
+    token_server.start()
+
+    expect_connected(pages, transport)
+    for page in pages:
+        expect(page.locator("#members li")).to_have_text(["Ada"], timeout=40_000)
+    connections = 2 if transport == "direct" else 1
+    eventually(lambda: keyed_counts(token_server, presence), (connections, 2), timeout=20, what="counts after restart")
+    for page in pages:
+        expect(page.locator("#messages")).not_to_contain_text("forbidden")
+        expect(page.locator("#messages")).not_to_contain_text("no_token")
+    assert [e for e in errors.errors if "ERR_CONNECTION_REFUSED" not in e] == []  # refused while it was down
