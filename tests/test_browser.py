@@ -918,3 +918,32 @@ def test_presence_room_comes_back_after_server_restart_authenticated_first(
         expect(page.locator("#messages")).not_to_contain_text("forbidden")
         expect(page.locator("#messages")).not_to_contain_text("no_token")
     assert [e for e in errors.errors if "ERR_CONNECTION_REFUSED" not in e] == []  # refused while it was down
+
+
+def test_signed_out_user_is_told_and_does_not_loop_on_its_old_token(
+    token_server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str
+) -> None:
+    """Signing the user out closes its socket with 4001: each tab hears `signed_out`; the owner
+    reconnects and asks getToken again, which here still has only the revoked token, so the
+    presence room ends at `no_token` on one open socket instead of a reconnect loop."""
+    presence = "presence-" + slug
+    url = f"{token_server.base_url}/count/{presence}/#token=" + jwt_token("ada", [presence], "Ada")
+    pages = open_tabs(new_context(), url, 2)
+    for page in pages:
+        expect(page.locator("#members li")).to_have_text(["Ada"], timeout=20_000)
+    time.sleep(1.1)  # the revocation refuses tokens issued (iat, whole seconds) before it
+
+    request = urllib.request.Request(f"{token_server.base_url}/api/users/ada/disconnect", data=b"",
+                                     headers={"Authorization": f"Bearer {TOKEN}"}, method="POST")
+    with urllib.request.urlopen(request, timeout=5) as r:
+        assert r.status == 202
+    for page in pages:
+        expect(page.locator("#messages")).to_contain_text("signed_out", timeout=20_000)
+        expect(page.locator("#messages")).to_contain_text("no_token", timeout=20_000)
+        expect(page.locator("#members li")).to_have_count(0)
+    eventually(lambda: keyed_counts(token_server, presence), (0, 0), what="presence room after sign-out")
+    expect_connected(pages, "sharedworker")
+    holds(lambda: sockets(token_server), 1, seconds=4, what="one socket, no reconnect loop")
+    for page in pages:
+        expect(page.locator("#messages li")).to_have_count(2)  # signed_out and no_token, once each
+    assert errors.errors == []

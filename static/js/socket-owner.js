@@ -401,8 +401,10 @@ export class SocketOwner {
       this.#onAuthenticated(frame);
     } else if (frame.type === "error") {
       if (frame.code === "bad_token" && this.#auth === "pending") {
+        // Our own auth was refused: its subscriptions are told (no_token, with the reason), nobody else.
         this.#auth = "failed";
         this.#failPrivate(`the server refused it (${frame.reason})`);
+        return;
       } else if (frame.code === "token_expired") {
         this.#auth = "none"; // the server forgot who we are; the next private subscription asks again
       }
