@@ -205,3 +205,35 @@ test("a tab that never answers is passed over for the next; none left means no_t
   assert.match(a.of("error")[0].reason, /no page answered/);
   owner.close();
 });
+
+test("the server refusing our token: no_token to each private subscription's tab, the bad_token itself to nobody", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  const { owner, a, b, ws } = setup();
+  owner.receive("A", tokenReplyMsg(a.of("token_request")[0].id, "revoked"), a);
+  await tick();
+  ws.frame({ type: "error", code: "bad_token", reason: "revoked" });
+  assert.deepEqual(a.of("error").map((e) => [e.code, e.sub]), [["no_token", "A-2"]]);
+  assert.deepEqual(b.of("error").map((e) => [e.code, e.sub]), [["no_token", "B-1"]]);
+  assert.match(a.of("error")[0].reason, /refused it \(revoked\)/);
+  // A later subscription to a private room asks for a token again.
+  owner.receive("B", { type: "subscribe", room: "private-b", sub: "B-2" }, b);
+  assert.equal(a.of("token_request").length, 2);
+  owner.close();
+});
+
+test("a socket closed with 4001 (signed out) tells every tab, and the next socket asks for a token again", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  const { owner, a, b, ws } = setup();
+  owner.receive("A", tokenReplyMsg(a.of("token_request")[0].id, "jwt-1"), a);
+  await tick();
+  ws.frame({ type: "authenticated", user: "ada", exp: Date.now() / 1000 + 100 });
+  ws.onclose({ code: 4001 });
+  assert.deepEqual(a.of("error").map((e) => e.code), ["signed_out"]);
+  assert.deepEqual(b.of("error").map((e) => e.code), ["signed_out"]);
+  t.mock.timers.tick(1_000); // the reconnect backoff (first attempt: under 0.5 s)
+  assert.notEqual(FakeSocket.last, ws);
+  FakeSocket.last.open();
+  assert.equal(a.of("token_request").length, 2, "getToken is asked again, the old token is not reused");
+  assert.deepEqual(FakeSocket.last.sent.map((f) => f.type), ["hello", "subscribe"]);
+  owner.close();
+});
