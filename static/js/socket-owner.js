@@ -201,6 +201,8 @@ export class SocketOwner {
   /** The last `authenticated` frame of this socket (user, exp), told to tabs that attach later. */
   #identity = null;
   #refreshTimer = 0;
+  /** Subscriptions already told no_token on this socket: a later failure tells only the new ones. */
+  #toldNoToken = new Set();
   /** Token requests in flight: id → {asked: tab ids, tabId: the one asked now, timer, resolve, reject}. */
   #asks = new Map();
 
@@ -373,6 +375,7 @@ export class SocketOwner {
     this.#lastFrameAt = this.#lastPingAt = Date.now();
     this.#send(helloFrame(this.transport));
     this.#auth = "none";
+    this.#toldNoToken.clear();
     let tokensNeeded = false;
     for (const [sub, room] of this.#tabs.subscriptions()) {
       if (needsToken(room)) tokensNeeded = true;
@@ -454,6 +457,7 @@ export class SocketOwner {
     const first = this.#auth !== "ok";
     this.#auth = "ok";
     this.#identity = { type: "authenticated", user: frame.user, exp: frame.exp };
+    this.#toldNoToken.clear();
     clearTimeout(this.#refreshTimer);
     this.#refreshTimer = setTimeout(() => this.#refresh(frame.exp), refreshDelay(frame.exp, Date.now()));
     if (first) {
@@ -468,7 +472,9 @@ export class SocketOwner {
   #failPrivate(reason) {
     for (const [, tab] of this.#tabs.entries()) {
       for (const [sub, room] of tab.subs) {
-        if (needsToken(room)) tab.link.send(noTokenError(room, sub, reason));
+        if (!needsToken(room) || this.#toldNoToken.has(sub)) continue;
+        this.#toldNoToken.add(sub);
+        tab.link.send(noTokenError(room, sub, reason));
       }
     }
   }

@@ -218,6 +218,11 @@ test("the server refusing our token: no_token to each private subscription's tab
   // A later subscription to a private room asks for a token again.
   owner.receive("B", { type: "subscribe", room: "private-b", sub: "B-2" }, b);
   assert.equal(a.of("token_request").length, 2);
+  owner.receive("A", tokenReplyMsg(a.of("token_request")[1].id, null, "still signed out"), a);
+  await tick();
+  // Only the new subscription is told; the others were already.
+  assert.deepEqual(b.of("error").map((e) => [e.code, e.sub]), [["no_token", "B-1"], ["no_token", "B-2"]]);
+  assert.equal(a.of("error").length, 1);
   owner.close();
 });
 
