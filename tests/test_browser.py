@@ -8,15 +8,18 @@ are reached by deleting APIs with an init script (see FORCE_TRANSPORT).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import secrets
 import signal
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 try:
@@ -750,4 +753,197 @@ def test_count_page_screenshots(
     pages[0].screenshot(path=str(ARTIFACTS / "count-desktop.png"), full_page=True)
     pages[-1].screenshot(path=str(ARTIFACTS / "count-phone.png"), full_page=True)
     assert pages[-1].evaluate("document.documentElement.scrollWidth") <= 390, "no sideways scrolling on a phone"
+    assert errors.errors == []
+
+
+# -- tokens and presence rooms -------------------------------------------------------------------
+
+SECRET = "browser-token-secret-of-decent-length"
+# A page's getToken in these tests: fetch a token from a same-origin URL the test fulfils itself.
+TOKEN_HOOK = "window.rrrGetToken = () => fetch('/test-token', {cache: 'no-store'}).then((r) => r.text());"
+
+
+def jwt_token(sub: str, rooms: list[str], name: str | None = None, ttl: float = 600) -> str:
+    now = time.time()
+    body: dict[str, Any] = {"sub": sub, "iat": int(now), "exp": now + ttl, "rooms": rooms}
+    if name is not None:
+        body["info"] = {"name": name}
+    return jwt.encode(body, SECRET, algorithm="HS256")
+
+
+@pytest.fixture
+def token_server(app_factory: Callable[..., AppProcess], redis_url: str) -> AppProcess:
+    return app_factory(redis_url=redis_url, publish_token=TOKEN, token_secret=SECRET)
+
+
+def keyed_counts(server: AppProcess, slug: str) -> tuple[int, int]:
+    """A private room's numbers: its API needs the server key."""
+    request = urllib.request.Request(f"{server.base_url}/api/rooms/{slug}",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as r:
+        data = json.loads(r.read())
+    return int(data["connections"]), int(data["tabs"])
+
+
+def test_presence_room_lists_every_member_once_in_every_tab(
+    token_server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str
+) -> None:
+    """Two users in two browsers, the first with two tabs on its one shared socket: each tab
+    shows both names once (the later tab gets its own whole list); a browser that goes is gone
+    from the others' lists within 5 s. Tokens come from the URL fragment, as a person would use it."""
+    presence = "presence-" + slug
+    url = f"{token_server.base_url}/count/{presence}/"
+    ada_context, bob_context = new_context(), new_context()
+    ada = open_tabs(ada_context, url + "#token=" + jwt_token("ada", [presence], "Ada"), 1)
+    bob = open_tabs(bob_context, url + "#token=" + jwt_token("bob", [presence], "Bob"), 1)
+    expect(ada[0].locator("#members li")).to_have_text(["Ada", "Bob"], timeout=20_000)
+    # A second tab of Ada's browser subscribes on the socket that already has the list.
+    ada += open_tabs(ada_context, url + "#token=" + jwt_token("ada", [presence], "Ada"), 1)
+    for page in ada + bob:
+        expect(page.locator("#members li")).to_have_text(["Ada", "Bob"], timeout=20_000)
+        expect(page.locator("#users")).to_have_text("2")
+        expect(page.locator("#members-title")).to_contain_text("Who is here")
+    expect_connected(ada + bob, "sharedworker")
+    eventually(lambda: sockets(token_server), 2, what="open sockets")
+    expect(ada[0].locator("#identity")).to_have_attribute("data-user", "ada")
+    # The token left the address bar, so the share link never carries it.
+    assert "token" not in ada[0].url and "token" not in ada[0].locator("#link").input_value()
+
+    bob_context.close()
+    for page in ada:
+        expect(page.locator("#members li")).to_have_text(["Ada"], timeout=5_000)
+        expect(page.locator("#users")).to_have_text("1")
+    assert errors.errors == []
+
+
+def test_token_is_refreshed_before_it_expires_through_the_shared_worker(
+    token_server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str
+) -> None:
+    """Tokens live 6 s; the worker asks a tab for a fresh one at 80 % of each one's life,
+    so the private subscription outlives the first token and the server keeps the socket
+    authenticated with later and later exps."""
+    private = "private-" + slug
+    minted: list[float] = []
+
+    def mint(route: Any) -> None:
+        token = jwt_token("ada", [private], "Ada", ttl=6)
+        minted.append(float(jwt.decode(token, SECRET, algorithms=["HS256"])["exp"]))
+        route.fulfill(status=200, content_type="text/plain", body=token)
+
+    context = new_context()
+    context.route("**/test-token", mint)
+    context.add_init_script(TOKEN_HOOK)
+    pages = open_tabs(context, f"{token_server.base_url}/count/{private}/", 2)
+    expect_connected(pages, "sharedworker")
+    expect_counts(pages, connections=1, tabs=2)
+    first_exp = minted[0]
+
+    # Well past the first token's exp (and the second's): still subscribed, never told token_expired.
+    # (pump_until, not sleep: the route above is only served while Playwright runs.)
+    pump_until(pages[0], lambda: time.time() > first_exp + 7, timeout=30, what="past the second token's exp")
+    assert keyed_counts(token_server, private) == (1, 2)
+    expect_counts(pages, connections=1, tabs=2, within=1)
+    assert len(minted) >= 3, f"refreshed at 80 % of each 6 s life: {len(minted)} tokens"
+    # The server's latest `authenticated` reply (shown by each tab) carries a fresh exp.
+    for page in pages:
+        pump_until(page, lambda: int(page.locator("#identity").get_attribute("data-exp") or 0) == int(minted[-1]),
+                   what="the exp of the last authenticated reply is the last token's")
+        assert int(page.locator("#identity").get_attribute("data-exp") or 0) > first_exp + 6
+        expect(page.locator("#messages")).not_to_contain_text("token_expired")
+    assert errors.errors == []
+
+
+JOIN_WITH_FAILING_TOKEN = """async ({priv, pub}) => {
+  const { connect } = await import("/static/js/rrr.js");
+  const seen = window.seen = { errors: [], tabs: [], messages: [] };
+  const rt = connect({ getToken: () => Promise.reject(new Error("signed out")) });
+  rt.room(priv, { onError: (e) => seen.errors.push(e), onCount: () => seen.errors.push("counted") });
+  rt.room(pub, { onCount: (c) => seen.tabs.push(c.tabs), onMessage: (d) => seen.messages.push(d),
+                 onError: (e) => seen.errors.push(e) });
+}"""
+
+
+@pytest.mark.parametrize("transport", ["sharedworker", "leader"])
+def test_get_token_rejecting_fails_the_private_room_only(
+    token_server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str, transport: str
+) -> None:
+    private, public = "private-" + slug, "pub-" + slug
+    context = new_context(transport)
+    context.route("**/favicon.ico", lambda route: route.fulfill(status=204))
+    page = context.new_page()
+    page.goto(f"{token_server.base_url}/healthz")  # a same-origin page without a client of its own
+    page.evaluate(JOIN_WITH_FAILING_TOKEN, {"priv": private, "pub": public})
+
+    pump_until(page, lambda: page.evaluate("window.seen.errors.length") > 0, what="an error for the private room")
+    seen = page.evaluate("window.seen")
+    assert [e["code"] for e in seen["errors"]] == ["no_token"], seen
+    assert "signed out" in seen["errors"][0]["reason"]
+    assert keyed_counts(token_server, private) == (0, 0)
+
+    # The public room keeps counting (another tab joins it) and hearing messages.
+    other = context.new_page()
+    other.goto(f"{token_server.base_url}/healthz")
+    other.evaluate(CONNECT, {"slug": public, "url": None})
+    eventually(lambda: counts(token_server, public), (1, 2), what="public room counts")
+    pump_until(page, lambda: page.evaluate("window.seen.tabs.at(-1)") == 2, what="the public count")
+    assert publish(token_server.base_url, public, TOKEN, "still counting") == 202
+    pump_until(page, lambda: "still counting" in page.evaluate("window.seen.messages"), what="the message")
+    assert [e["code"] for e in page.evaluate("window.seen.errors")] == ["no_token"]
+    assert errors.errors == []
+
+
+@pytest.mark.parametrize("transport", ["leader", "direct"])
+def test_presence_room_comes_back_after_server_restart_authenticated_first(
+    token_server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str, transport: str
+) -> None:
+    """After a reconnect the owner sends `auth` before it subscribes the presence room again, so
+    the server never refuses it (no `forbidden`), and every tab gets its whole list back."""
+    presence = "presence-" + slug
+    url = f"{token_server.base_url}/count/{presence}/#token=" + jwt_token("ada", [presence], "Ada")
+    pages = open_tabs(new_context(transport), url, 2)
+    for page in pages:
+        expect(page.locator("#members li")).to_have_text(["Ada"], timeout=20_000)
+
+    token_server.stop()
+    for page in pages:
+        expect(page.locator("#state")).to_have_attribute("data-status", re.compile("reconnecting|connecting"))
+    token_server.start()
+
+    expect_connected(pages, transport)
+    for page in pages:
+        expect(page.locator("#members li")).to_have_text(["Ada"], timeout=40_000)
+    connections = 2 if transport == "direct" else 1
+    eventually(lambda: keyed_counts(token_server, presence), (connections, 2), timeout=20, what="counts after restart")
+    for page in pages:
+        expect(page.locator("#messages")).not_to_contain_text("forbidden")
+        expect(page.locator("#messages")).not_to_contain_text("no_token")
+    assert [e for e in errors.errors if "ERR_CONNECTION_REFUSED" not in e] == []  # refused while it was down
+
+
+def test_signed_out_user_is_told_and_does_not_loop_on_its_old_token(
+    token_server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str
+) -> None:
+    """Signing the user out closes its socket with 4001: each tab hears `signed_out`; the owner
+    reconnects and asks getToken again, which here still has only the revoked token, so the
+    presence room ends at `no_token` on one open socket instead of a reconnect loop."""
+    presence = "presence-" + slug
+    url = f"{token_server.base_url}/count/{presence}/#token=" + jwt_token("ada", [presence], "Ada")
+    pages = open_tabs(new_context(), url, 2)
+    for page in pages:
+        expect(page.locator("#members li")).to_have_text(["Ada"], timeout=20_000)
+    time.sleep(1.1)  # the revocation refuses tokens issued (iat, whole seconds) before it
+
+    request = urllib.request.Request(f"{token_server.base_url}/api/users/ada/disconnect", data=b"",
+                                     headers={"Authorization": f"Bearer {TOKEN}"}, method="POST")
+    with urllib.request.urlopen(request, timeout=5) as r:
+        assert r.status == 202
+    for page in pages:
+        expect(page.locator("#messages")).to_contain_text("signed_out", timeout=20_000)
+        expect(page.locator("#messages")).to_contain_text("no_token", timeout=20_000)
+        expect(page.locator("#members li")).to_have_count(0)
+    eventually(lambda: keyed_counts(token_server, presence), (0, 0), what="presence room after sign-out")
+    expect_connected(pages, "sharedworker")
+    holds(lambda: sockets(token_server), 1, seconds=4, what="one socket, no reconnect loop")
+    for page in pages:
+        expect(page.locator("#messages li")).to_have_count(2)  # signed_out and no_token, once each
     assert errors.errors == []

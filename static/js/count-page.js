@@ -1,8 +1,10 @@
 /**
  * The count page (`/count/<slug>/`): live browsers and tabs in one room, the
  * socket's state, extra subscriptions to watch the numbers move, and the
- * room's messages. Everything from the network is rendered with textContent.
+ * room's messages; in a presence room (`presence-…`) who is here. Everything from
+ * the network is rendered with textContent.
  */
+import { memberName, needsToken } from "./protocol.js";
 import { connect } from "./rrr.js";
 
 const MAX_MESSAGES = 50;
@@ -93,19 +95,93 @@ function addMessage(text, kind = "message") {
   while (list.children.length > MAX_MESSAGES) list.lastElementChild.remove();
 }
 
-const rt = connect();
+// ---- token (private and presence rooms) -----------------------------------------
+// For the demo the page takes a token from its URL fragment, `/count/presence-x/#token=<jwt>`:
+// a fragment never reaches a server, a log or a Referer (never put a token in the query
+// string). It is taken out of the address bar at once (so the share link never carries it) and
+// kept in this tab's sessionStorage for reloads. A real application's getToken would fetch one
+// from its own backend; a script that defines window.rrrGetToken before this module runs
+// (the browser tests do) replaces the fragment.
+
+const TOKEN_KEY = "rrr-token";
+
+function takeFragmentToken() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const token = params.get("token");
+  if (token === null) return;
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(history.state, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
+  try {
+    sessionStorage.setItem(TOKEN_KEY, token);
+  } catch {
+    memoryToken = token; // storage disabled
+  }
+}
+
+let memoryToken = null;
+takeFragmentToken();
+
+function storedToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) ?? memoryToken;
+  } catch {
+    return memoryToken;
+  }
+}
+
+async function getToken() {
+  if (typeof window.rrrGetToken === "function") return window.rrrGetToken();
+  const token = storedToken();
+  if (token) return token;
+  throw new Error("this page has no token: open it with #token=<jwt>");
+}
+
+function showIdentity({ user, exp }) {
+  const identity = $("identity");
+  identity.hidden = false;
+  identity.dataset.user = user;
+  identity.dataset.exp = String(exp);
+  identity.textContent = `Signed in as ${user} until ${new Date(exp * 1000).toLocaleTimeString()}`;
+}
+
+// ---- members (presence rooms) ---------------------------------------------------------
+
+function showMembers(members) {
+  const list = $("members");
+  if (!list) return;
+  const names = Object.entries(members)
+    .map(([user, entry]) => ({ user, name: memberName(user, entry) }))
+    .sort((a, b) => a.name.localeCompare(b.name) || a.user.localeCompare(b.user));
+  list.replaceChildren(
+    ...names.map(({ user, name }) => {
+      const item = document.createElement("li");
+      item.dataset.user = user;
+      item.textContent = name;
+      return item;
+    }),
+  );
+  $("users").textContent = String(names.length);
+}
+
+const hasToken = typeof window.rrrGetToken === "function" || Boolean(storedToken());
+const rt = connect(hasToken || needsToken(slug) ? { getToken, onAuth: showIdentity } : {});
 const room = rt.room(slug, {
   onCount: showCount,
   onState: showState,
   onMessage: (data) => addMessage(typeof data === "string" ? data : JSON.stringify(data)),
-  onError: ({ code, reason }) => addMessage(`${reason} (${code})`, "notice"),
+  onError: ({ code, reason }) => {
+    if (code === "forbidden" || code === "token_expired" || code === "no_token") showMembers({});
+    addMessage(`${reason} (${code})`, "notice");
+  },
+  onPresence: (members) => showMembers(members),
 });
 setInterval(renderClock, 1000);
 
 // ---- share link ---------------------------------------------------------------
 
 const link = $("link");
-link.value = location.href;
+link.value = location.href; // the fragment's token was removed above
 $("copy").addEventListener("click", async () => {
   const button = $("copy");
   try {

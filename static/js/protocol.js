@@ -17,7 +17,7 @@
  * serves a new page: it is part of the worker URL (and so the worker's
  * identity) and of the leader's lock and channel names.
  */
-export const LINK_VERSION = 2;
+export const LINK_VERSION = 3;
 
 export const SLUG_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -48,6 +48,11 @@ export const PROBE_TIMEOUT_MS = 3_000;
  * next transport. Longer than the silence budget: a worker script may load slowly.
  */
 export const OWNER_START_TIMEOUT_MS = 8_000;
+
+/** A tab asked for a token that has not answered after this long is passed over for the next. */
+export const TOKEN_TIMEOUT_MS = 10_000;
+/** A token is refreshed once this share of its life (from the `authenticated` reply's exp) has passed. */
+export const REFRESH_AT = 0.8;
 
 export const BACKOFF_BASE_MS = 500;
 export const BACKOFF_CAP_MS = 30_000;
@@ -140,10 +145,54 @@ export const publishFrame = (room, data) => ({ type: "publish", room, data });
 export const pingFrame = () => ({ type: "ping" });
 /** @param {"sharedworker"|"leader"|"direct"} transport */
 export const helloFrame = (transport) => ({ type: "hello", transport });
+export const authFrame = (token) => ({ type: "auth", token });
+
+/** Rooms the server refuses without a granting token (`rrr/auth.py` needs_grant). */
+export function needsToken(room) {
+  return typeof room === "string" && (room.startsWith("private-") || room.startsWith("presence-"));
+}
+
+/** Presence rooms: the server sends member lists and diffs for them. */
+export function isPresenceRoom(room) {
+  return typeof room === "string" && room.startsWith("presence-");
+}
+
+/**
+ * How long to wait before refreshing a token the server accepted until `exp`
+ * (unix seconds), heard at `now` (ms): REFRESH_AT of the life left, never negative.
+ * @param {number} exp
+ * @param {number} now
+ */
+export function refreshDelay(exp, now) {
+  return Math.max(0, Math.floor((exp * 1000 - now) * REFRESH_AT));
+}
+
+/**
+ * A member map after one `presence_diff`: leaves first, then joins (a user who left
+ * and came back within one coalescing interval is in both and stays). Pure: returns
+ * a new object.
+ * @param {Record<string, {info?: object}>} members
+ * @param {{joins?: Record<string, {info?: object}>, leaves?: Record<string, unknown>}} diff
+ */
+export function applyPresenceDiff(members, diff) {
+  const next = { ...members };
+  for (const user of Object.keys(diff?.leaves ?? {})) delete next[user];
+  for (const [user, entry] of Object.entries(diff?.joins ?? {})) next[user] = entry;
+  return next;
+}
+
+/** The name to show for a member: its token's `info.name` when it is a non-empty string, else the user id. */
+export function memberName(user, entry) {
+  const name = entry?.info?.name;
+  return typeof name === "string" && name.trim() ? name : user;
+}
 
 // ---- server → client frames -------------------------------------------------
 
-const SERVER_TYPES = new Set(["connection_message", "message", "pong", "error"]);
+const SERVER_TYPES = new Set([
+  "connection_message", "message", "pong", "error", "authenticated", "presence", "presence_diff",
+]);
+const ROOM_TYPES = new Set(["connection_message", "message", "presence", "presence_diff"]);
 
 /**
  * Parse one text frame from the server. Returns null for anything that is not
@@ -160,11 +209,14 @@ export function parseServerFrame(text) {
     return null;
   }
   if (frame === null || typeof frame !== "object" || !SERVER_TYPES.has(frame.type)) return null;
-  if ((frame.type === "connection_message" || frame.type === "message") && !SLUG_RE.test(frame.room)) {
-    return null;
-  }
+  if (ROOM_TYPES.has(frame.type) && !SLUG_RE.test(frame.room)) return null;
+  if (frame.type === "presence" && !isMap(frame.members)) return null;
+  if (frame.type === "presence_diff" && !(isMap(frame.joins) && isMap(frame.leaves))) return null;
+  if (frame.type === "authenticated" && (typeof frame.user !== "string" || typeof frame.exp !== "number")) return null;
   return frame;
 }
+
+const isMap = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
 
 // ---- tab link (tab → owner) ---------------------------------------------------
 // A tab attaches once per owner, saying how the owner can tell when it is gone:
@@ -172,14 +224,27 @@ export function parseServerFrame(text) {
 //   "heartbeat": no Web Locks here, so silence for TAB_TIMEOUT_MS means gone;
 //   "none":      the tab lives in the owner's own page and dies with it.
 
-/** @param {"lock"|"heartbeat"|"none"} watch */
-export const attachMsg = (watch) => ({ type: "attach", watch });
+/**
+ * @param {"lock"|"heartbeat"|"none"} watch
+ * @param {boolean} [tokens] whether this tab can answer token requests (its page gave connect() a getToken)
+ */
+export const attachMsg = (watch, tokens = false) => ({ type: "attach", watch, tokens });
 export const detachMsg = () => ({ type: "detach" });
 export const heartbeatMsg = () => ({ type: "heartbeat" });
 /** The tab heard nothing from its owner for a while: the owner answers with aliveMsg() at once. */
 export const probeMsg = () => ({ type: "probe" });
 /** The tab saw an online/offline event. */
 export const networkMsg = (online) => ({ type: "network", online });
+
+/**
+ * The tab's answer to tokenRequestMsg(id): a token, or why there is none
+ * (getToken rejected, returned something other than a non-empty string, or the page gave none).
+ */
+export function tokenReplyMsg(id, token, error = null) {
+  return typeof token === "string" && token && error === null
+    ? { type: "token", id, token }
+    : { type: "token", id, error: String(error ?? "getToken gave no token") };
+}
 
 // ---- tab link (owner → tab) ---------------------------------------------------
 
@@ -188,6 +253,33 @@ export const networkMsg = (online) => ({ type: "network", online });
 
 /** The owner lost track of this tab (it was dropped as silent); it should attach again. */
 export const reattachMsg = () => ({ type: "reattach" });
+
+/**
+ * Tokens: only a page can call the application, so the socket owner (a SharedWorker,
+ * a leader tab, or the page itself) asks one tab whose page has a getToken, waits
+ * TOKEN_TIMEOUT_MS for its tokenReplyMsg, and asks the next such tab if none came.
+ */
+export const tokenRequestMsg = (id) => ({ type: "token_request", id });
+
+/**
+ * Which tab to ask for a token next: the first tab that said it can answer and
+ * has not been asked yet for this request.
+ * @param {Iterable<[string, {tokens?: boolean}]>} tabs
+ * @param {Set<string>} asked
+ * @returns {string|null}
+ */
+export function tokenTab(tabs, asked) {
+  for (const [id, tab] of tabs) if (tab.tokens && !asked.has(id)) return id;
+  return null;
+}
+
+/**
+ * An error the owner makes up for one subscription that needs a token it cannot get
+ * (no tab answered, or getToken failed): shaped like the server's, so it is routed the same way.
+ */
+export const noTokenError = (room, sub, reason) => ({
+  type: "error", code: "no_token", reason: `no token: ${reason}`, room, sub,
+});
 
 /** The owner is alive: sent to every tab each HEARTBEAT_MS, and in answer to a probe. */
 export const aliveMsg = () => ({ type: "alive" });

@@ -2,8 +2,8 @@
  * Page client: one shared socket per browser, however many tabs.
  *
  *   import { connect } from "/static/js/rrr.js";
- *   const rt = connect();
- *   const room = rt.room("lobby", { onCount, onMessage, onState, onError });
+ *   const rt = connect({ getToken });   // getToken only for private-… and presence-… rooms
+ *   const room = rt.room("lobby", { onCount, onMessage, onState, onError, onPresence });
  *   room.publish({ hi: 1 });
  *   room.leave();
  *   rt.close();   // leave every room; release the socket, locks, timers
@@ -23,6 +23,7 @@ import {
   OWNER_START_TIMEOUT_MS,
   PROBE_TIMEOUT_MS,
   SLUG_RE,
+  applyPresenceDiff,
   attachMsg,
   defaultSocketUrl,
   detachMsg,
@@ -34,6 +35,7 @@ import {
   randomId,
   subscribeFrame,
   tabLockName,
+  tokenReplyMsg,
   unsubscribeFrame,
   workerName,
   workerScriptUrl,
@@ -58,11 +60,14 @@ import { SocketOwner } from "./socket-owner.js";
  * @property {() => void} close release everything the link holds (port, channel, lock, socket)
  *
  * @typedef {object} RoomHandlers
- * @property {(count: {connections: number, tabs: number, updated: number|null}) => void} [onCount]
+ * @property {(count: {connections: number, tabs: number, updated: number|null, users?: number}) => void} [onCount]
+ *   `users` (distinct members) in presence rooms
  * @property {(data: unknown) => void} [onMessage]
  * @property {(state: import("./protocol.js").LinkState) => void} [onState]
  * @property {(error: {code: string, reason: string}) => void} [onError] errors about this
  *   subscription, and errors about the whole socket
+ * @property {(members: Record<string, {info?: object}>, diff: {joins: object, leaves: object}|null) => void} [onPresence]
+ *   presence rooms: the whole member list each time, after applying `diff` (null for the first list)
  */
 
 /**
@@ -143,8 +148,14 @@ function holdTabLock(tabId) {
 }
 
 class Runtime {
-  /** @type {Map<string, {room: string, handlers: RoomHandlers}>} sub id → handle */
+  /** @type {Map<string, {room: string, handlers: RoomHandlers, members: Record<string, object>|null}>} sub id → handle */
   #handles = new Map();
+  /** The page's getToken, or null. */
+  #getToken;
+  /** @type {((identity: {user: string, exp: number}) => void)|null} */
+  #onAuth;
+  /** @type {{user: string, exp: number}|null} */
+  #identity = null;
   #rung = -1;
   /** @type {Link|null} */
   #link = null;
@@ -170,8 +181,10 @@ class Runtime {
   /** @type {import("./protocol.js").LinkState} */
   #state = { transport: "none", status: "connecting", retryAt: null };
 
-  constructor(url) {
+  constructor(url, getToken = null, onAuth = null) {
     this.url = url;
+    this.#getToken = typeof getToken === "function" ? getToken : null;
+    this.#onAuth = typeof onAuth === "function" ? onAuth : null;
     this.tabId = randomId();
     this.#tabLock = holdTabLock(this.tabId);
     this.#nextTransport();
@@ -196,6 +209,11 @@ class Runtime {
     return this.#state;
   }
 
+  /** Who the shared socket is authenticated as, from the server's last `authenticated` reply (null before). */
+  get identity() {
+    return this.#identity;
+  }
+
   /**
    * Join a room. Each handle counts as one tab on the server, so a page may hold
    * several (the count page's "+ Add").
@@ -206,7 +224,7 @@ class Runtime {
     if (this.#closed) throw new Error("rrr: connection closed");
     if (!SLUG_RE.test(slug)) throw new TypeError(`invalid room slug: ${slug}`);
     const sub = `${this.tabId}-${++this.#subCounter}`;
-    this.#handles.set(sub, { room: slug, handlers });
+    this.#handles.set(sub, { room: slug, handlers, members: null });
     this.#send(subscribeFrame(slug, sub));
     queueMicrotask(() => call(handlers.onState, this.#state));
     return {
@@ -333,7 +351,7 @@ class Runtime {
     const watch = link.isLocal() ? "none" : await lock.watch;
     if (link !== this.#link || lock !== this.#tabLock) return;
     if (watch !== "none") this.#watch = watch;
-    link.send({ tab: this.tabId, msg: attachMsg(watch) });
+    link.send({ tab: this.tabId, msg: attachMsg(watch, this.#getToken !== null) });
     for (const [sub, { room }] of this.#handles) {
       link.send({ tab: this.tabId, msg: subscribeFrame(room, sub) });
     }
@@ -369,6 +387,7 @@ class Runtime {
           connections: msg.connections,
           tabs: msg.tabs,
           updated: msg.updated,
+          ...(typeof msg.users === "number" ? { users: msg.users } : {}),
         });
         break;
       case "message":
@@ -376,11 +395,49 @@ class Runtime {
         break;
       case "error":
         for (const sub of errorHandles(msg, this.#handles)) {
-          call(this.#handles.get(sub)?.handlers.onError, { code: msg.code, reason: msg.reason });
+          const handle = this.#handles.get(sub);
+          // A subscription the server dropped (or never took) has no member list any more.
+          if (typeof msg.sub === "string") handle.members = null;
+          call(handle.handlers.onError, { code: msg.code, reason: msg.reason });
         }
+        break;
+      case "presence":
+        // The whole list for one subscription (the owner sends each tab its own).
+        for (const [sub, handle] of this.#handles) {
+          if (handle.room !== msg.room || (typeof msg.sub === "string" && sub !== msg.sub)) continue;
+          handle.members = { ...msg.members };
+          call2(handle.handlers.onPresence, handle.members, null);
+        }
+        break;
+      case "presence_diff":
+        for (const handle of this.#handles.values()) {
+          // Before its first list a handle has nothing to apply the diff to; that list will include it.
+          if (handle.room !== msg.room || handle.members === null) continue;
+          handle.members = applyPresenceDiff(handle.members, msg);
+          call2(handle.handlers.onPresence, handle.members, { joins: msg.joins, leaves: msg.leaves });
+        }
+        break;
+      case "authenticated":
+        this.#identity = { user: msg.user, exp: msg.exp };
+        call(this.#onAuth, this.#identity);
+        break;
+      case "token_request":
+        this.#answerToken(msg.id);
         break;
       // "alive" only tells us the owner is there.
     }
+  }
+
+  /** The owner needs a token: only a page can call the application. */
+  async #answerToken(id) {
+    let reply;
+    try {
+      if (!this.#getToken) throw new Error("this page has no getToken");
+      reply = tokenReplyMsg(id, await this.#getToken());
+    } catch (err) {
+      reply = tokenReplyMsg(id, null, err instanceof Error ? err.message : err);
+    }
+    this.#send(reply);
   }
 
   /** Call `name` on every handle in `room`. */
@@ -401,10 +458,24 @@ function call(fn, value) {
   }
 }
 
+function call2(fn, a, b) {
+  if (typeof fn !== "function") return;
+  try {
+    fn(a, b);
+  } catch (err) {
+    reportError(err);
+  }
+}
+
 /**
- * @param {{url?: string}} [options] url defaults to `/ws/` on this page's host
+ * @param {{url?: string, getToken?: () => Promise<string>,
+ *          onAuth?: (identity: {user: string, exp: number}) => void}} [options]
+ *   url defaults to `/ws/` on this page's host. getToken returns a JWT from the
+ *   application; the socket owner asks a page for one on every (re)connect before
+ *   it subscribes private and presence rooms, and again at 80 % of each token's life.
+ *   onAuth hears each `authenticated` reply (the user and the token's exp).
  * @returns {Runtime}
  */
-export function connect({ url } = {}) {
-  return new Runtime(url ?? defaultSocketUrl());
+export function connect({ url, getToken, onAuth } = {}) {
+  return new Runtime(url ?? defaultSocketUrl(), getToken ?? null, onAuth ?? null);
 }

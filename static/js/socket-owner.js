@@ -14,17 +14,25 @@ import {
   PING_INTERVAL_MS,
   SLUG_RE,
   TAB_TIMEOUT_MS,
+  TOKEN_TIMEOUT_MS,
   aliveMsg,
+  authFrame,
   backoffDelay,
   errorTabs,
   helloFrame,
+  needsToken,
+  noTokenError,
   parseServerFrame,
   pingFrame,
   publishFrame,
+  randomId,
   reattachMsg,
+  refreshDelay,
   stateMsg,
   subscribeFrame,
   tabLockName,
+  tokenRequestMsg,
+  tokenTab,
   unsubscribeFrame,
 } from "./protocol.js";
 
@@ -40,6 +48,7 @@ import {
  * @property {"lock"|"heartbeat"|"none"} watch
  * @property {number} lastSeen time of the tab's last message
  * @property {Map<string, string>} subs subscription id → room
+ * @property {boolean} tokens whether its page can answer token requests
  */
 
 /**
@@ -72,15 +81,16 @@ export class TabRegistry {
    * Attach a tab, or refresh one we know (it keeps its subscriptions).
    * @returns {boolean} whether the tab is new
    */
-  attach(tabId, watch, link, now) {
+  attach(tabId, watch, link, now, tokens = false) {
     const known = this.#tabs.get(tabId);
     if (known) {
       known.link = link;
       known.watch = watch;
       known.lastSeen = now;
+      known.tokens = tokens;
       return false;
     }
-    this.#tabs.set(tabId, { link, watch, lastSeen: now, subs: new Map() });
+    this.#tabs.set(tabId, { link, watch, lastSeen: now, subs: new Map(), tokens });
     return true;
   }
 
@@ -181,6 +191,20 @@ export class SocketOwner {
   #online = globalThis.navigator?.onLine !== false;
   /** @type {import("./protocol.js").LinkState} */
   #state;
+  /**
+   * This socket's identity: "none" (never asked), "pending" (a token is being fetched,
+   * or its auth frame awaits the reply), "ok" (the server said `authenticated`),
+   * "failed" (no token; the private and presence subscriptions were told `no_token`).
+   * Private and presence subscriptions go to the server only while "ok".
+   */
+  #auth = "none";
+  /** The last `authenticated` frame of this socket (user, exp), told to tabs that attach later. */
+  #identity = null;
+  #refreshTimer = 0;
+  /** Subscriptions already told no_token on this socket: a later failure tells only the new ones. */
+  #toldNoToken = new Set();
+  /** Token requests in flight: id → {asked: tab ids, tabId: the one asked now, timer, resolve, reject}. */
+  #asks = new Map();
 
   /**
    * @param {{url: string, transport: "sharedworker"|"leader"|"direct"}} options
@@ -205,7 +229,7 @@ export class SocketOwner {
   receive(tabId, msg, link) {
     if (this.#closed || typeof tabId !== "string" || !msg || typeof msg.type !== "string") return;
     if (msg.type === "attach") {
-      this.#attach(tabId, msg.watch, link);
+      this.#attach(tabId, msg.watch, link, msg.tokens === true);
       return;
     }
     if (msg.type === "probe") link.send(aliveMsg());
@@ -221,13 +245,17 @@ export class SocketOwner {
         this.#drop(tabId);
         break;
       case "subscribe":
-        if (this.#tabs.subscribe(tabId, msg.sub, msg.room)) this.#send(subscribeFrame(msg.room, msg.sub));
+        if (this.#tabs.subscribe(tabId, msg.sub, msg.room)) this.#subscribe(msg.room, msg.sub);
         break;
       case "unsubscribe": {
         const room = this.#tabs.unsubscribe(tabId, msg.sub);
-        if (room !== null) this.#send(unsubscribeFrame(room, msg.sub));
+        // A private subscription was only sent while authenticated.
+        if (room !== null && (!needsToken(room) || this.#auth === "ok")) this.#send(unsubscribeFrame(room, msg.sub));
         break;
       }
+      case "token":
+        this.#onToken(tabId, msg);
+        break;
       case "publish":
         if (!this.#send(publishFrame(msg.room, msg.data))) {
           tab.link.send({
@@ -258,10 +286,11 @@ export class SocketOwner {
     this.#stop();
   }
 
-  #attach(tabId, watch, link) {
-    const isNew = this.#tabs.attach(tabId, watch, link, Date.now());
+  #attach(tabId, watch, link, tokens) {
+    const isNew = this.#tabs.attach(tabId, watch, link, Date.now(), tokens);
     if (watch === "lock") this.#watchLock(tabId);
     link.send(stateMsg(this.#state));
+    if (this.#auth === "ok" && this.#identity) link.send(this.#identity);
     if (this.#tabs.size === 1 && isNew) this.#start();
   }
 
@@ -282,7 +311,13 @@ export class SocketOwner {
   #drop(tabId) {
     const tab = this.#tabs.drop(tabId);
     if (!tab) return;
-    for (const [sub, room] of tab.subs) this.#send(unsubscribeFrame(room, sub));
+    for (const [sub, room] of tab.subs) {
+      if (!needsToken(room) || this.#auth === "ok") this.#send(unsubscribeFrame(room, sub));
+    }
+    // A token request waiting on this tab goes to the next one.
+    for (const ask of [...this.#asks.values()]) {
+      if (ask.tabId === tabId) this.#askNext(ask, "the tab asked for a token has gone");
+    }
     if (this.#tabs.size === 0) this.#stop();
   }
 
@@ -304,6 +339,7 @@ export class SocketOwner {
   }
 
   #stop() {
+    for (const ask of [...this.#asks.values()]) this.#endAsk(ask, null, "the socket owner stopped");
     clearInterval(this.#sweepTimer);
     clearInterval(this.#aliveTimer);
     clearTimeout(this.#retryTimer);
@@ -323,7 +359,14 @@ export class SocketOwner {
     ws.onopen = () => this.#onOpen();
     ws.onmessage = (event) => this.#onFrame(event.data);
     // A failed connect fires error then close; close alone carries the decision.
-    ws.onclose = () => this.#recycle();
+    ws.onclose = (event) => {
+      // 4001: this user was signed out. We reconnect, and the new socket asks getToken
+      // again: a page that has no token any more gets no_token, and nothing loops.
+      if (event.code === 4001) {
+        this.#sendTo(this.#tabs.ids(), { type: "error", code: "signed_out", reason: "this user was signed out" });
+      }
+      this.#recycle();
+    };
     this.#connectTimer = setTimeout(() => this.#recycle(), CONNECT_TIMEOUT_MS);
   }
 
@@ -331,7 +374,15 @@ export class SocketOwner {
     clearTimeout(this.#connectTimer);
     this.#lastFrameAt = this.#lastPingAt = Date.now();
     this.#send(helloFrame(this.transport));
-    for (const [sub, room] of this.#tabs.subscriptions()) this.#send(subscribeFrame(room, sub));
+    this.#auth = "none";
+    this.#toldNoToken.clear();
+    let tokensNeeded = false;
+    for (const [sub, room] of this.#tabs.subscriptions()) {
+      if (needsToken(room)) tokensNeeded = true;
+      else this.#send(subscribeFrame(room, sub));
+    }
+    // Authenticate before the private and presence rooms go (they follow the reply).
+    if (tokensNeeded || [...this.#tabs.entries()].some(([, tab]) => tab.tokens)) this.#authenticate();
     this.#pingTimer = setInterval(() => this.#ping(), PING_INTERVAL_MS);
     this.#setState("open");
   }
@@ -343,11 +394,125 @@ export class SocketOwner {
     this.#attempt = 0;
     const frame = parseServerFrame(text);
     if (!frame) return;
-    if (frame.type === "connection_message" || frame.type === "message") {
+    if (frame.type === "connection_message" || frame.type === "message" || frame.type === "presence_diff") {
       this.#sendTo(this.#tabs.inRoom(frame.room), frame);
+    } else if (frame.type === "presence") {
+      // The whole list, once per subscription: only to the tab whose subscription it is.
+      const tabs = typeof frame.sub === "string" ? errorTabs(frame, this.#tabs.entries()) : this.#tabs.inRoom(frame.room);
+      this.#sendTo(tabs, frame);
+    } else if (frame.type === "authenticated") {
+      this.#onAuthenticated(frame);
     } else if (frame.type === "error") {
+      if (frame.code === "bad_token" && this.#auth === "pending") {
+        // Our own auth was refused: its subscriptions are told (no_token, with the reason), nobody else.
+        this.#auth = "failed";
+        this.#failPrivate(`the server refused it (${frame.reason})`);
+        return;
+      } else if (frame.code === "token_expired") {
+        this.#auth = "none"; // the server forgot who we are; the next private subscription asks again
+      }
       this.#sendTo(errorTabs(frame, this.#tabs.entries()), frame);
     }
+  }
+
+  // ---- identity ---------------------------------------------------------------
+
+  /** A private or presence subscription goes once the socket is authenticated, and asks for a token if nobody has. */
+  #subscribe(room, sub) {
+    if (!needsToken(room) || this.#auth === "ok") {
+      this.#send(subscribeFrame(room, sub));
+    } else if (this.#ws?.readyState === WebSocket.OPEN && this.#auth !== "pending") {
+      this.#authenticate();
+    }
+  }
+
+  /** Ask a tab for a token and send it; the `authenticated` reply sends the private subscriptions. */
+  #authenticate() {
+    const ws = this.#ws;
+    this.#auth = "pending";
+    this.#fetchToken().then(
+      (token) => ws === this.#ws && this.#send(authFrame(token)),
+      (reason) => {
+        if (ws !== this.#ws || this.#auth !== "pending") return;
+        this.#auth = "failed";
+        this.#failPrivate(reason);
+      },
+    );
+  }
+
+  /** Refresh before exp; if no token comes, try again later while some life is left (else token_expired will say so). */
+  #refresh(exp) {
+    const ws = this.#ws;
+    this.#fetchToken().then(
+      (token) => ws === this.#ws && this.#send(authFrame(token)),
+      () => {
+        if (ws !== this.#ws) return;
+        const delay = refreshDelay(exp, Date.now());
+        if (delay > 1_000) this.#refreshTimer = setTimeout(() => this.#refresh(exp), delay);
+      },
+    );
+  }
+
+  #onAuthenticated(frame) {
+    const first = this.#auth !== "ok";
+    this.#auth = "ok";
+    this.#identity = { type: "authenticated", user: frame.user, exp: frame.exp };
+    this.#toldNoToken.clear();
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = setTimeout(() => this.#refresh(frame.exp), refreshDelay(frame.exp, Date.now()));
+    if (first) {
+      for (const [sub, room] of this.#tabs.subscriptions()) {
+        if (needsToken(room)) this.#send(subscribeFrame(room, sub));
+      }
+    }
+    this.#sendTo(this.#tabs.ids(), this.#identity);
+  }
+
+  /** No token: tell each private and presence subscription (only its own tab). They stay booked for a later token. */
+  #failPrivate(reason) {
+    for (const [, tab] of this.#tabs.entries()) {
+      for (const [sub, room] of tab.subs) {
+        if (!needsToken(room) || this.#toldNoToken.has(sub)) continue;
+        this.#toldNoToken.add(sub);
+        tab.link.send(noTokenError(room, sub, reason));
+      }
+    }
+  }
+
+  /** @returns {Promise<string>} a token from the first tab that can give one */
+  #fetchToken() {
+    return new Promise((resolve, reject) => {
+      const ask = { id: randomId(), asked: new Set(), tabId: null, timer: 0, resolve, reject };
+      this.#asks.set(ask.id, ask);
+      this.#askNext(ask, "no open page can give a token");
+    });
+  }
+
+  #askNext(ask, reason) {
+    clearTimeout(ask.timer);
+    const tabId = this.#closed ? null : tokenTab(this.#tabs.entries(), ask.asked);
+    if (tabId === null) {
+      this.#endAsk(ask, null, reason);
+      return;
+    }
+    ask.asked.add(tabId);
+    ask.tabId = tabId;
+    ask.timer = setTimeout(() => this.#askNext(ask, "no page answered the token request"), TOKEN_TIMEOUT_MS);
+    this.#tabs.get(tabId).link.send(tokenRequestMsg(ask.id));
+  }
+
+  /** A tab's answer: a token, or getToken's refusal (no other tab is asked then). */
+  #onToken(tabId, msg) {
+    const ask = this.#asks.get(msg.id);
+    if (!ask || ask.tabId !== tabId) return;
+    this.#endAsk(ask, typeof msg.token === "string" && msg.token ? msg.token : null, msg.error ?? "getToken gave no token");
+  }
+
+  #endAsk(ask, token, reason) {
+    clearTimeout(ask.timer);
+    this.#asks.delete(ask.id);
+    if (token) ask.resolve(token);
+    else ask.reject(String(reason));
   }
 
   /** Drop the socket (closed, stuck handshaking or silent) and reconnect after a backoff. */
@@ -387,6 +552,8 @@ export class SocketOwner {
    */
   #abandonSocket() {
     clearTimeout(this.#connectTimer);
+    clearTimeout(this.#refreshTimer);
+    this.#auth = "none";
     clearInterval(this.#pingTimer);
     const ws = this.#ws;
     if (!ws) return;
