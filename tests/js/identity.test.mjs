@@ -98,7 +98,12 @@ class FakeSocket {
     FakeSocket.last = this;
   }
   send(text) {
-    this.sent.push(JSON.parse(text));
+    const frame = JSON.parse(text);
+    this.sent.push(frame);
+    // A live server answers every ping: without it the owner rightly recycles a silent socket
+    // (which it checks against the real clock, while these tests move only the timers, all in one
+    // synchronous tick: so the pong comes at once, not from a microtask).
+    if (frame.type === "ping" && this.readyState === 1) this.frame({ type: "pong" });
   }
   close() {
     this.readyState = 3;
