@@ -12,6 +12,7 @@ All waiting happens here, by polling the page's text, against a real ``python ap
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import queue
@@ -42,8 +43,10 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
 FIREFOX_DRIVER = ROOT / "tests" / "engines" / "firefox.mjs"
-MINIBROWSER = "/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser"
+# From libwebkit2gtk-4.1-0 (a dependency of webkit2gtk-driver), under the machine's multiarch folder.
+MINIBROWSER = next(iter(sorted(glob.glob("/usr/lib/*/webkit2gtk-4.1/MiniBrowser"))), "MiniBrowser")
 TOKEN = "engines-test-token"
 # The transport each engine picks on its own (nothing deleted): the server's hello label, and
 # how its pages say it in #state.
@@ -54,9 +57,12 @@ STATE_TEXT = {"sharedworker": "a SharedWorker", "leader": "a leader tab", "direc
 class Tabs(Protocol):
     """Tabs of one browser profile (so they may share one SharedWorker)."""
 
+    version: str
+
     def open(self, url: str) -> int: ...
     def eval(self, tab: int, js: str) -> Any: ...
     def close(self, tab: int) -> None: ...
+    def errors(self) -> list[str]: ...
     def quit(self) -> None: ...
 
 
@@ -78,7 +84,7 @@ class FirefoxTabs:
         )
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.version = self._answer(timeout=60)
+        self.version = str(self._answer(timeout=60))
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -113,6 +119,10 @@ class FirefoxTabs:
     def close(self, tab: int) -> None:
         self._call("close", tab=tab)
 
+    def errors(self) -> list[str]:
+        """Uncaught errors and console errors of every page (not of the SharedWorker)."""
+        return list(self._call("errors"))
+
     def quit(self) -> None:
         try:
             if self.proc.poll() is None:
@@ -136,6 +146,7 @@ class WebKitTabs:
         env = {**os.environ, "DISPLAY": display, "HOME": str(home)}
         self.driver = webdriver.WebKitGTK(options=options, service=WebKitService(executable_path=driver_path, env=env))
         self.handles: list[str | None] = []
+        self.version = f"webkitgtk/{self.driver.capabilities.get('browserVersion', '?')}"
 
     def _to(self, tab: int) -> None:
         handle = self.handles[tab]
@@ -161,6 +172,10 @@ class WebKitTabs:
         alive = [h for h in self.handles if h is not None]
         if alive:
             self.driver.switch_to.window(alive[0])
+
+    def errors(self) -> list[str]:
+        """WebKitWebDriver exposes no console log; the pages' #messages notices are checked instead."""
+        return []
 
     def quit(self) -> None:
         self.driver.quit()
@@ -272,7 +287,7 @@ def open_tabs(tabs: Tabs, url: str, n: int) -> list[int]:
 
 
 def test_tabs_share_one_socket_get_each_message_once_and_follow_a_close(
-    server: AppProcess, browser: Tabs, engine: str, slug: str
+    browser: Tabs, server: AppProcess, engine: str, slug: str
 ) -> None:
     pages = open_tabs(browser, f"{server.base_url}/count/{slug}/", 3)
 
@@ -287,6 +302,10 @@ def test_tabs_share_one_socket_get_each_message_once_and_follow_a_close(
         until(lambda: status(browser, tab), "open", 10, f"tab {tab} status")
         assert text(browser, tab, "#state") == f"Connected via {STATE_TEXT[EXPECTED_TRANSPORT[engine]]}"
     until(lambda: sockets_by(server, EXPECTED_TRANSPORT[engine]), 1, 10, "hello transport")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / f"engine-{engine}.json").write_text(json.dumps(
+        {"browser": browser.version, "transport": EXPECTED_TRANSPORT[engine], "state": text(browser, 0, "#state")}
+    ))
 
     # (3) An API message reaches every tab once, as text.
     assert publish(server.base_url, slug, TOKEN, "<b>not bold</b>") == 202
@@ -302,9 +321,10 @@ def test_tabs_share_one_socket_get_each_message_once_and_follow_a_close(
     assert sockets(server) == 1
     for tab in pages:  # nothing arrived twice, nothing went wrong meanwhile
         assert messages(browser, tab) == ['message:{"n":1}', "message:<b>not bold</b>"]
+    assert browser.errors() == []
 
 
-def test_tabs_come_back_after_server_restart(server: AppProcess, browser: Tabs, engine: str, slug: str) -> None:
+def test_tabs_come_back_after_server_restart(browser: Tabs, server: AppProcess, engine: str, slug: str) -> None:
     pages = open_tabs(browser, f"{server.base_url}/count/{slug}/", 3)
     expect_counts(browser, pages, connections=1, n=3)
 
@@ -319,3 +339,4 @@ def test_tabs_come_back_after_server_restart(server: AppProcess, browser: Tabs, 
               10, "state")
     until(lambda: sockets(server), 1, 10, "open sockets after restart")
     assert room(server.base_url, slug)["tabs"] == 3
+    assert messages(browser, pages[0]) == []  # no error notices

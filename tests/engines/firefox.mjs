@@ -3,6 +3,7 @@
 //   {"cmd": "open", "url": "..."}            -> {"ok": true, "value": <tab id>}
 //   {"cmd": "eval", "tab": 0, "js": "expr"}  -> {"ok": true, "value": <the expression's JSON value>}
 //   {"cmd": "close", "tab": 0}               -> {"ok": true}
+//   {"cmd": "errors"}                        -> {"ok": true, "value": [page errors and console errors so far]}
 //   {"cmd": "quit"}                          -> {"ok": true}, then the browser closes and we exit
 // A failed command answers {"ok": false, "error": "..."}. Usage: node firefox.mjs <firefox binary> <profile home>
 import { createInterface } from "node:readline";
@@ -17,10 +18,14 @@ const browser = await puppeteer.launch({
   env: { ...process.env, HOME: home },
 });
 const tabs = [];
+const errors = [];
 
 const commands = {
   async open({ url }) {
     const page = await browser.newPage();
+    const tab = tabs.length;
+    page.on("pageerror", (e) => errors.push(`tab ${tab}: ${e?.message ?? e}`));
+    page.on("console", (m) => m.type() === "error" && errors.push(`tab ${tab} console: ${m.text()}`));
     await page.goto(url);
     tabs.push(page);
     return tabs.length - 1;
@@ -31,6 +36,9 @@ const commands = {
   async close({ tab }) {
     await tabs[tab].close();
     tabs[tab] = null;
+  },
+  async errors() {
+    return errors;
   },
   async quit() {
     await browser.close();
