@@ -51,6 +51,10 @@ TOKEN = "engines-test-token"
 # The transport each engine picks on its own (nothing deleted): the server's hello label, and
 # how its pages say it in #state.
 EXPECTED_TRANSPORT = {"firefox": "sharedworker", "webkit": "sharedworker"}
+# How a transport is forced: WebKit is started with the APIs above it turned off (MiniBrowser
+# --features); Firefox 153 has no pref for SharedWorker any more, so its tabs delete it before any script.
+WEBKIT_FEATURES = {"sharedworker": [], "leader": ["--features=-SharedWorker"]}
+FIREFOX_INIT = {"sharedworker": None, "leader": "delete window.SharedWorker;"}
 STATE_TEXT = {"sharedworker": "a SharedWorker", "leader": "a leader tab", "direct": "this tab's own socket"}
 
 
@@ -76,7 +80,8 @@ def unavailable(what: str) -> None:
 
 
 class FirefoxTabs:
-    def __init__(self, firefox: str, node: str, home: Path, log: Path) -> None:
+    def __init__(self, firefox: str, node: str, home: Path, log: Path, init: str | None) -> None:
+        self.init = init
         self._log = open(log, "wb")
         self.proc = subprocess.Popen(
             [node, str(FIREFOX_DRIVER), firefox, str(home)],
@@ -111,7 +116,7 @@ class FirefoxTabs:
         return self._answer(timeout)
 
     def open(self, url: str) -> int:
-        return int(self._call("open", url=url))
+        return int(self._call("open", url=url, init=self.init))
 
     def eval(self, tab: int, js: str) -> Any:
         return self._call("eval", tab=tab, js=js)
@@ -139,10 +144,11 @@ class FirefoxTabs:
 
 
 class WebKitTabs:
-    def __init__(self, driver_path: str, display: str, home: Path) -> None:
+    def __init__(self, driver_path: str, display: str, home: Path, args: list[str]) -> None:
         options = WebKitOptions()
         options.binary_location = MINIBROWSER
-        options.add_argument("--automation")
+        for arg in ["--automation", *args]:
+            options.add_argument(arg)
         env = {**os.environ, "DISPLAY": display, "HOME": str(home)}
         self.driver = webdriver.WebKitGTK(options=options, service=WebKitService(executable_path=driver_path, env=env))
         self.handles: list[str | None] = []
@@ -209,7 +215,13 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def browser(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tabs]:
+def transport() -> str:
+    """The transport a test forces (by starting the browser without the APIs above it)."""
+    return "sharedworker"
+
+
+@pytest.fixture
+def browser(engine: str, transport: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tabs]:
     home = tmp_path / "home"
     home.mkdir()
     tabs: Tabs
@@ -218,14 +230,14 @@ def browser(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iter
         node = need_binary("node")
         if not (ROOT / "node_modules" / "puppeteer-core").is_dir():
             unavailable("npm puppeteer-core (npm ci)")
-        tabs = FirefoxTabs(firefox, node, home, tmp_path / "firefox.log")
+        tabs = FirefoxTabs(firefox, node, home, tmp_path / "firefox.log", FIREFOX_INIT[transport])
     else:
         driver_path = need_binary("WebKitWebDriver")
         if webdriver is None:
             unavailable("Python selenium")
         if not os.path.exists(MINIBROWSER):
             unavailable(MINIBROWSER)
-        tabs = WebKitTabs(driver_path, request.getfixturevalue("xvfb"), home)
+        tabs = WebKitTabs(driver_path, request.getfixturevalue("xvfb"), home, WEBKIT_FEATURES[transport])
     yield tabs
     tabs.quit()
 
@@ -346,4 +358,30 @@ def test_tabs_come_back_after_server_restart(browser: Tabs, server: AppProcess, 
         until(lambda: messages(browser, tab), ["message:after the restart"], 10, f"tab {tab} messages")
     expect_counts(browser, pages, connections=1, n=3)
     assert room(server.base_url, slug)["connections"] == 1
+    assert browser.errors() == []
+
+
+@pytest.mark.parametrize("transport", ["leader"])
+def test_leader_tab_owns_the_socket_without_shared_worker(
+    browser: Tabs, server: AppProcess, engine: str, transport: str, slug: str
+) -> None:
+    url = f"{server.base_url}/count/{slug}/"
+    leader = browser.open(url)  # alone, so it is elected; the others follow it
+    expect_counts(browser, [leader], connections=1, n=1)
+    assert browser.eval(leader, "typeof SharedWorker") == "undefined"
+    followers = open_tabs(browser, url, 2)
+
+    expect_counts(browser, [leader, *followers], connections=1, n=3)
+    for tab in [leader, *followers]:
+        until(lambda: text(browser, tab, "#state"), f"Connected via {STATE_TEXT['leader']}", 10, f"tab {tab} state")
+    until(lambda: sockets(server), 1, 10, "open sockets")
+    until(lambda: sockets_by(server, "leader"), 1, 10, "hello transport=leader")
+
+    browser.close(leader)  # a follower takes over: a new socket, the same numbers less one tab
+    expect_counts(browser, followers, connections=1, n=2)
+    until(lambda: sockets(server), 1, 10, "open sockets after the takeover")
+    assert publish(server.base_url, slug, TOKEN, "new leader") == 202
+    for tab in followers:
+        until(lambda: messages(browser, tab), ["message:new leader"], 10, f"tab {tab} messages")
+        assert text(browser, tab, "#state") == f"Connected via {STATE_TEXT['leader']}"
     assert browser.errors() == []

@@ -1,6 +1,7 @@
 // Drives Firefox ESR for tests/test_engines.py: puppeteer-core over WebDriver BiDi, no browser download
 // (recipe: shared/notes/browser.md). One JSON command per stdin line, one JSON answer per stdout line:
-//   {"cmd": "open", "url": "..."}            -> {"ok": true, "value": <tab id>}
+//   {"cmd": "open", "url": "...", "init": "js"}  -> {"ok": true, "value": <tab id>}; init (optional) runs
+//                                            before the page's own scripts, on every document of the tab
 //   {"cmd": "eval", "tab": 0, "js": "expr"}  -> {"ok": true, "value": <the expression's JSON value>}
 //   {"cmd": "close", "tab": 0}               -> {"ok": true}
 //   {"cmd": "errors"}                        -> {"ok": true, "value": [page errors and console errors so far]}
@@ -21,8 +22,9 @@ const tabs = [];
 const errors = [];
 
 const commands = {
-  async open({ url }) {
+  async open({ url, init }) {
     const page = await browser.newPage();
+    if (init) await page.evaluateOnNewDocument(init);
     const tab = tabs.length;
     page.on("pageerror", (e) => errors.push(`tab ${tab}: ${e?.message ?? e}`));
     page.on("console", (m) => m.type() === "error" && errors.push(`tab ${tab} console: ${m.text()}`));
