@@ -17,6 +17,7 @@ import json
 import os
 import queue
 import secrets
+import signal
 import subprocess
 import threading
 import time
@@ -86,9 +87,11 @@ class FirefoxTabs:
         self.proc = subprocess.Popen(
             [node, str(FIREFOX_DRIVER), firefox, str(home)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT,
+            start_new_session=True,  # Node and the Firefox it started: one group to kill if it hangs
         )
         self._lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         self.version = str(self._answer(timeout=60))
 
     def _read(self) -> None:
@@ -134,9 +137,16 @@ class FirefoxTabs:
                 self._call("quit")
             self.proc.wait(15)
         except (AssertionError, OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait()
         finally:
+            self._reader.join(5)
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
             self._log.close()
 
 
@@ -190,11 +200,13 @@ class WebKitTabs:
 @pytest.fixture
 def xvfb(tmp_path: Path) -> Iterator[str]:
     """A private X display; Xvfb picks a free number itself (-displayfd)."""
+    xvfb = need_binary("Xvfb")
     read, write = os.pipe()
-    proc = subprocess.Popen(
-        [need_binary("Xvfb"), "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-        pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "xvfb.log", "wb"),
-    )
+    with open(tmp_path / "xvfb.log", "wb") as log:
+        proc = subprocess.Popen(
+            [xvfb, "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=log,
+        )
     os.close(write)
     with os.fdopen(read) as f:
         number = f.readline().strip()
