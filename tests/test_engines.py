@@ -53,7 +53,8 @@ TOKEN = "engines-test-token"
 # how its pages say it in #state.
 EXPECTED_TRANSPORT = {"firefox": "sharedworker", "webkit": "sharedworker"}
 # How a transport is forced: WebKit is started with the APIs above it turned off (MiniBrowser
-# --features); Firefox 153 has no pref for SharedWorker any more, so its tabs delete it before any script.
+# --features); in Firefox 153 the pref dom.workers.sharedWorkers.enabled=false leaves SharedWorker
+# defined (the pref is gone), so its tabs delete it before any script, as tests/test_browser.py does.
 WEBKIT_FEATURES = {"sharedworker": [], "leader": ["--features=-SharedWorker"]}
 FIREFOX_INIT = {"sharedworker": None, "leader": "delete window.SharedWorker;"}
 STATE_TEXT = {"sharedworker": "a SharedWorker", "leader": "a leader tab", "direct": "this tab's own socket"}
