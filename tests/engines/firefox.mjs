@@ -11,11 +11,12 @@ import { createInterface } from "node:readline";
 import puppeteer from "puppeteer-core";
 
 const [executablePath, home] = process.argv.slice(2);
+// No prefs needed: SharedWorker, module workers, Web Locks and BroadcastChannel are on in Firefox 153 headless
+// (dom.workers.sharedWorkers.enabled from shared/notes/browser.md no longer changes anything).
 const browser = await puppeteer.launch({
   browser: "firefox",
   executablePath,
   headless: true,
-  extraPrefsFirefox: { "dom.workers.sharedWorkers.enabled": true },
   env: { ...process.env, HOME: home },
 });
 const tabs = [];
