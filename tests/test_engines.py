@@ -1,0 +1,400 @@
+"""The browser library's core promises in Firefox ESR and WebKitGTK (Chromium: tests/test_browser.py).
+
+Each engine is driven through the same small `Tabs` interface (open a tab, evaluate an
+expression in it, close it), so one set of tests runs per engine:
+
+- firefox: tests/engines/firefox.mjs, npm ``puppeteer-core`` over WebDriver BiDi (no browser
+  download, no geckodriver), answering one JSON command per line on stdin/stdout;
+- webkit: Python ``selenium`` with ``WebKitWebDriver`` and MiniBrowser on a private Xvfb display.
+
+All waiting happens here, by polling the page's text, against a real ``python app.py``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import queue
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from browser_helpers import metric, publish, room
+from conftest import REQUIRE_ALL, AppProcess, need_binary
+
+try:
+    from selenium import webdriver
+    from selenium.webdriver.webkitgtk.options import Options as WebKitOptions
+    from selenium.webdriver.webkitgtk.service import Service as WebKitService
+except ImportError:  # pragma: no cover - depends on the machine
+    webdriver = None  # type: ignore[assignment]
+
+pytestmark = [
+    pytest.mark.browser,
+    # selenium's own WebKitGTK driver still builds its RemoteConnection the deprecated way
+    pytest.mark.filterwarnings("ignore:setting remote_server_addr:DeprecationWarning"),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+FIREFOX_DRIVER = ROOT / "tests" / "engines" / "firefox.mjs"
+# From libwebkit2gtk-4.1-0 (a dependency of webkit2gtk-driver), under the machine's multiarch folder.
+MINIBROWSER = next(iter(sorted(glob.glob("/usr/lib/*/webkit2gtk-4.1/MiniBrowser"))), "MiniBrowser")
+TOKEN = "engines-test-token"
+# The transport each engine picks on its own (nothing deleted): the server's hello label, and
+# how its pages say it in #state.
+EXPECTED_TRANSPORT = {"firefox": "sharedworker", "webkit": "sharedworker"}
+# How a transport is forced: WebKit is started with the APIs above it turned off (MiniBrowser
+# --features); in Firefox 153 the pref dom.workers.sharedWorkers.enabled=false leaves SharedWorker
+# defined (the pref is gone), so its tabs delete it before any script, as tests/test_browser.py does.
+WEBKIT_FEATURES = {"sharedworker": [], "leader": ["--features=-SharedWorker"]}
+FIREFOX_INIT = {"sharedworker": None, "leader": "delete window.SharedWorker;"}
+STATE_TEXT = {"sharedworker": "a SharedWorker", "leader": "a leader tab", "direct": "this tab's own socket"}
+
+
+class Tabs(Protocol):
+    """Tabs of one browser profile (so they may share one SharedWorker)."""
+
+    version: str
+
+    def open(self, url: str) -> int: ...
+    def eval(self, tab: int, js: str) -> Any: ...
+    def close(self, tab: int) -> None: ...
+    def errors(self) -> list[str]: ...
+    def quit(self) -> None: ...
+
+
+def unavailable(what: str) -> None:
+    if REQUIRE_ALL:
+        pytest.fail(f"{what} is required (RRR_REQUIRE_ALL=1) but not installed")
+    pytest.skip(f"{what} not installed")
+
+
+# -- Firefox: a Node child speaking JSON lines -------------------------------------------------
+
+
+class FirefoxTabs:
+    def __init__(self, firefox: str, node: str, home: Path, log: Path, init: str | None) -> None:
+        self.init = init
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(
+            [node, str(FIREFOX_DRIVER), firefox, str(home)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT,
+            start_new_session=True,  # Node and the Firefox it started: one group to kill if it hangs
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.version = str(self._answer(timeout=60))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")
+
+    def _answer(self, timeout: float) -> Any:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"firefox.mjs gave no answer within {timeout} s") from None
+        if not line:
+            raise AssertionError(f"firefox.mjs exited {self.proc.poll()}")
+        reply = json.loads(line)
+        if not reply["ok"]:
+            raise AssertionError(f"firefox.mjs: {reply['error']}")
+        return reply["value"]
+
+    def _call(self, cmd: str, timeout: float = 30.0, **args: Any) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
+        self.proc.stdin.flush()
+        return self._answer(timeout)
+
+    def open(self, url: str) -> int:
+        return int(self._call("open", url=url, init=self.init))
+
+    def eval(self, tab: int, js: str) -> Any:
+        return self._call("eval", tab=tab, js=js)
+
+    def close(self, tab: int) -> None:
+        self._call("close", tab=tab)
+
+    def errors(self) -> list[str]:
+        """Uncaught errors and console errors of every page (not of the SharedWorker)."""
+        return list(self._call("errors"))
+
+    def quit(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self._call("quit")
+            self.proc.wait(15)
+        except (AssertionError, OSError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        finally:
+            self._reader.join(5)
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+            self._log.close()
+
+
+# -- WebKit: selenium + WebKitWebDriver + MiniBrowser ------------------------------------------
+
+
+class WebKitTabs:
+    def __init__(self, driver_path: str, display: str, home: Path, args: list[str]) -> None:
+        options = WebKitOptions()
+        options.binary_location = MINIBROWSER
+        for arg in ["--automation", *args]:
+            options.add_argument(arg)
+        env = {**os.environ, "DISPLAY": display, "HOME": str(home)}
+        self.driver = webdriver.WebKitGTK(options=options, service=WebKitService(executable_path=driver_path, env=env))
+        self.handles: list[str | None] = []
+        self.version = f"webkitgtk/{self.driver.capabilities.get('browserVersion', '?')}"
+
+    def _to(self, tab: int) -> None:
+        handle = self.handles[tab]
+        assert handle is not None, f"tab {tab} is closed"
+        if self.driver.current_window_handle != handle:
+            self.driver.switch_to.window(handle)
+
+    def open(self, url: str) -> int:
+        if self.handles:
+            self.driver.switch_to.new_window("tab")
+        self.driver.get(url)
+        self.handles.append(self.driver.current_window_handle)
+        return len(self.handles) - 1
+
+    def eval(self, tab: int, js: str) -> Any:
+        self._to(tab)
+        return self.driver.execute_script(f"return ({js});")
+
+    def close(self, tab: int) -> None:
+        self._to(tab)
+        self.driver.close()
+        self.handles[tab] = None
+        alive = [h for h in self.handles if h is not None]
+        if alive:
+            self.driver.switch_to.window(alive[0])
+
+    def errors(self) -> list[str]:
+        """WebKitWebDriver exposes no console log; the pages' #messages notices are checked instead."""
+        return []
+
+    def quit(self) -> None:
+        self.driver.quit()
+
+
+@pytest.fixture
+def xvfb(tmp_path: Path) -> Iterator[str]:
+    """A private X display; Xvfb picks a free number itself (-displayfd)."""
+    xvfb = need_binary("Xvfb")
+    read, write = os.pipe()
+    with open(tmp_path / "xvfb.log", "wb") as log:
+        proc = subprocess.Popen(
+            [xvfb, "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=log,
+        )
+    os.close(write)
+    with os.fdopen(read) as f:
+        number = f.readline().strip()
+    if not number:
+        proc.kill()
+        raise RuntimeError(f"Xvfb did not start: {(tmp_path / 'xvfb.log').read_text()}")
+    yield f":{number}"
+    proc.terminate()
+    proc.wait(10)
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["firefox", "webkit"])
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def transport() -> str:
+    """The transport a test forces (by starting the browser without the APIs above it)."""
+    return "sharedworker"
+
+
+@pytest.fixture
+def browser(engine: str, transport: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tabs]:
+    home = tmp_path / "home"
+    home.mkdir()
+    tabs: Tabs
+    if engine == "firefox":
+        firefox = need_binary("firefox-esr")
+        node = need_binary("node")
+        if not (ROOT / "node_modules" / "puppeteer-core").is_dir():
+            unavailable("npm puppeteer-core (npm ci)")
+        tabs = FirefoxTabs(firefox, node, home, tmp_path / "firefox.log", FIREFOX_INIT[transport])
+    else:
+        driver_path = need_binary("WebKitWebDriver")
+        if webdriver is None:
+            unavailable("Python selenium")
+        if not os.path.exists(MINIBROWSER):
+            unavailable(MINIBROWSER)
+        tabs = WebKitTabs(driver_path, request.getfixturevalue("xvfb"), home, WEBKIT_FEATURES[transport])
+    yield tabs
+    tabs.quit()
+
+
+@pytest.fixture
+def server(app_factory: Callable[..., AppProcess], redis_url: str) -> AppProcess:
+    return app_factory(redis_url=redis_url, api_token=TOKEN)
+
+
+@pytest.fixture
+def slug() -> str:
+    return "e-" + secrets.token_hex(4)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def text(tabs: Tabs, tab: int, selector: str) -> Any:
+    return tabs.eval(tab, f"document.querySelector({json.dumps(selector)})?.textContent ?? null")
+
+
+def messages(tabs: Tabs, tab: int) -> Any:
+    return tabs.eval(tab, "[...document.querySelectorAll('#messages li')].map(li => li.className + ':' "
+                          "+ li.querySelector('.text').textContent)")
+
+
+def status(tabs: Tabs, tab: int) -> Any:
+    return tabs.eval(tab, "document.querySelector('#state').dataset.status ?? null")
+
+
+def until(read: Callable[[], Any], expected: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while (last := read()) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: expected {expected!r} within {within} s, last {last!r}")
+        time.sleep(0.2)
+
+
+def expect_counts(tabs: Tabs, open_tabs: list[int], connections: int, n: int, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    for tab in open_tabs:
+        until(lambda: (text(tabs, tab, "#count"), text(tabs, tab, "#tabs")), (str(connections), str(n)),
+              max(1.0, deadline - time.monotonic()), f"tab {tab} count / tabs")
+
+
+def sockets(server: AppProcess) -> float:
+    return metric(server.base_url, "rrr_open_sockets")
+
+
+def sockets_by(server: AppProcess, transport: str) -> float:
+    return metric(server.base_url, "rrr_sockets_by_transport", f'transport="{transport}"')
+
+
+def open_tabs(tabs: Tabs, url: str, n: int) -> list[int]:
+    return [tabs.open(url) for _ in range(n)]
+
+
+# -- the behaviours, once per engine ----------------------------------------------------------------
+
+
+def test_tabs_share_one_socket_get_each_message_once_and_follow_a_close(
+    browser: Tabs, server: AppProcess, engine: str, slug: str
+) -> None:
+    pages = open_tabs(browser, f"{server.base_url}/count/{slug}/", 3)
+
+    # (1) Reduce: three tabs, one socket, and every tab says 1 / 3.
+    expect_counts(browser, pages, connections=1, n=3)
+    until(lambda: sockets(server), 1, 10, "open sockets")
+    assert room(server.base_url, slug) | {"updated": None} == {
+        "room": slug, "connections": 1, "tabs": 3, "updated": None,
+    }
+    # (4) The transport the engine picked by itself.
+    for tab in pages:
+        until(lambda: status(browser, tab), "open", 10, f"tab {tab} status")
+        assert text(browser, tab, "#state") == f"Connected via {STATE_TEXT[EXPECTED_TRANSPORT[engine]]}"
+    until(lambda: sockets_by(server, EXPECTED_TRANSPORT[engine]), 1, 10, "hello transport")
+    seen = {"browser": browser.version, "transport": EXPECTED_TRANSPORT[engine], "state": text(browser, 0, "#state")}
+
+    # (3) An API message reaches every tab once, as text.
+    assert publish(server.base_url, slug, TOKEN, "<b>not bold</b>") == 202
+    assert publish(server.base_url, slug, TOKEN, {"n": 1}) == 202
+    for tab in pages:
+        until(lambda: messages(browser, tab), ['message:{"n":1}', "message:<b>not bold</b>"], 10, f"tab {tab} messages")
+        assert browser.eval(tab, "document.querySelectorAll('#messages b').length") == 0
+
+    # (2) Closing a tab: the others follow to 1 / 2, still on one socket.
+    closed_at = time.monotonic()
+    browser.close(pages.pop())
+    expect_counts(browser, pages, connections=1, n=2)
+    seen["close_seen_after_s"] = round(time.monotonic() - closed_at, 2)
+    assert room(server.base_url, slug)["tabs"] == 2
+    assert sockets(server) == 1
+    for tab in pages:  # nothing arrived twice, nothing went wrong meanwhile
+        assert messages(browser, tab) == ['message:{"n":1}', "message:<b>not bold</b>"]
+    assert browser.errors() == []
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / f"engine-{engine}.json").write_text(json.dumps(seen) + "\n")
+
+
+def test_tabs_come_back_after_server_restart(browser: Tabs, server: AppProcess, engine: str, slug: str) -> None:
+    pages = open_tabs(browser, f"{server.base_url}/count/{slug}/", 3)
+    expect_counts(browser, pages, connections=1, n=3)
+
+    server.stop()
+    for tab in pages:
+        until(lambda: status(browser, tab) in ("reconnecting", "connecting"), True, 20, f"tab {tab} notices")
+    server.start()
+
+    # The pages keep showing the last numbers while they reconnect, so ask the server, then prove
+    # each tab is subscribed again with a message.
+    until(lambda: room(server.base_url, slug)["tabs"], 3, 40, "tabs subscribed again")
+    until(lambda: sockets(server), 1, 10, "open sockets after restart")
+    for tab in pages:
+        until(lambda: text(browser, tab, "#state"), f"Connected via {STATE_TEXT[EXPECTED_TRANSPORT[engine]]}",
+              10, "state")
+    assert publish(server.base_url, slug, TOKEN, "after the restart") == 202
+    for tab in pages:
+        until(lambda: messages(browser, tab), ["message:after the restart"], 10, f"tab {tab} messages")
+    expect_counts(browser, pages, connections=1, n=3)
+    assert room(server.base_url, slug)["connections"] == 1
+    assert browser.errors() == []
+
+
+@pytest.mark.parametrize("transport", ["leader"])
+def test_leader_tab_owns_the_socket_without_shared_worker(
+    browser: Tabs, server: AppProcess, engine: str, transport: str, slug: str
+) -> None:
+    url = f"{server.base_url}/count/{slug}/"
+    leader = browser.open(url)  # alone, so it is elected; the others follow it
+    expect_counts(browser, [leader], connections=1, n=1)
+    assert browser.eval(leader, "typeof SharedWorker") == "undefined"
+    followers = open_tabs(browser, url, 2)
+
+    expect_counts(browser, [leader, *followers], connections=1, n=3)
+    for tab in [leader, *followers]:
+        until(lambda: text(browser, tab, "#state"), f"Connected via {STATE_TEXT['leader']}", 10, f"tab {tab} state")
+    until(lambda: sockets(server), 1, 10, "open sockets")
+    until(lambda: sockets_by(server, "leader"), 1, 10, "hello transport=leader")
+
+    browser.close(leader)  # a follower takes over: a new socket, the same numbers less one tab
+    expect_counts(browser, followers, connections=1, n=2)
+    until(lambda: sockets(server), 1, 10, "open sockets after the takeover")
+    assert publish(server.base_url, slug, TOKEN, "new leader") == 202
+    for tab in followers:
+        until(lambda: messages(browser, tab), ["message:new leader"], 10, f"tab {tab} messages")
+        assert text(browser, tab, "#state") == f"Connected via {STATE_TEXT['leader']}"
+    assert browser.errors() == []
