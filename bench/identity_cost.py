@@ -93,16 +93,75 @@ async def member_bytes(n: int) -> dict[str, float]:
         server.close()
 
 
+async def presence_storm(n: int) -> dict[str, float]:
+    """``n`` users join one presence room at once (each its own socket): time until every client
+    holds the whole list of ``n``, and the presence frames that took."""
+    server = EmbeddedRedis(port=free_port()).start()
+    port = free_port()
+    log = Path(tempfile.mkdtemp(prefix="rrr-storm-")) / "app.log"
+    # Pings off: one Python process reads every client here, and while it parses N whole lists
+    # (N x N members) some clients would answer a ping later than --ping-interval and be dropped,
+    # which measures this driver, not the server.
+    app = start_app(server.url, port, log, {"token_secret": SECRET, "message_rate": 0, "ping_interval": 0})
+    sockets: list[WebSocketClientConnection] = []
+    try:
+        sockets = list(await asyncio.gather(*(websocket_connect(f"ws://127.0.0.1:{port}/ws/") for _ in range(n))))
+        views: list[dict[str, Any]] = [{} for _ in range(n)]
+        frames = [0]
+
+        async def read(i: int, ws: WebSocketClientConnection) -> None:
+            while (raw := await ws.read_message()) is not None:
+                f = json.loads(raw)
+                if f["type"] == "presence":
+                    views[i] = dict(f["members"])
+                elif f["type"] == "presence_diff":
+                    for user in f["leaves"]:
+                        views[i].pop(user, None)
+                    views[i].update(f["joins"])
+                else:
+                    continue
+                frames[0] += 1
+
+        readers = [asyncio.ensure_future(read(i, ws)) for i, ws in enumerate(sockets)]
+        started = time.monotonic()
+        for i, ws in enumerate(sockets):
+            await ws.write_message(json.dumps({"type": "auth", "token": jwt.encode(claims(str(i)), SECRET)}))
+            await ws.write_message(json.dumps({"type": "subscribe", "room": ROOM, "sub": "t"}))
+        deadline = started + 300
+        while not all(len(v) == n for v in views):
+            if time.monotonic() > deadline:
+                closed = sum(r.done() for r in readers)
+                raise RuntimeError(f"{sum(len(v) == n for v in views)} of {n} clients converged; {closed} closed "
+                                   f"(codes {sorted({(ws.close_code, ws.close_reason) for ws in sockets if ws.close_code})})")
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - started
+        for r in readers:
+            r.cancel()
+        return {"members": n, "seconds": took, "frames": frames[0], "frames_per_member": frames[0] / n}
+    finally:
+        for ws in sockets:
+            ws.close()
+        app.terminate()
+        app.wait(10)
+        server.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--members", type=int, default=500)
     ap.add_argument("--verifications", type=int, default=2000)
+    ap.add_argument("--storm", type=int, default=1000, help="users joining one presence room at once (0: skip)")
     args = ap.parse_args()
     for alg, us in verification_costs(args.verifications).items():
         print(f"verify {alg}: {us:7.1f} us per token")
     mem = asyncio.run(member_bytes(args.members))
     print(f"presence room of {mem['members']:.0f} members: {mem['bytes_per_member']:.0f} B of Redis per member "
           f"(the members hash alone: {mem['members_hash_bytes']:.0f} B per member)")
+    if args.storm:
+        st = asyncio.run(presence_storm(args.storm))
+        print(f"presence storm: {st['members']:.0f} users join one room at once; every client holds all "
+              f"{st['members']:.0f} after {st['seconds']:.1f} s, {st['frames']:.0f} presence frames "
+              f"({st['frames_per_member']:.1f} per member)")
 
 
 if __name__ == "__main__":
