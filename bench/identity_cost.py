@@ -131,8 +131,9 @@ async def presence_storm(n: int) -> dict[str, float]:
         while not all(len(v) == n for v in views):
             if time.monotonic() > deadline:
                 closed = sum(r.done() for r in readers)
-                raise RuntimeError(f"{sum(len(v) == n for v in views)} of {n} clients converged; {closed} closed "
-                                   f"(codes {sorted({(ws.close_code, ws.close_reason) for ws in sockets if ws.close_code})})")
+                why = sorted({(ws.close_code, ws.close_reason) for ws in sockets if ws.close_code})
+                raise RuntimeError(f"{sum(len(v) == n for v in views)} of {n} clients converged; "
+                                   f"{closed} closed ({why})")
             await asyncio.sleep(0.05)
         took = time.monotonic() - started
         for r in readers:
