@@ -78,7 +78,7 @@ class Hub:
 
     def __init__(
         self, presence: Presence, subscriber: Subscriber, coalescer: Coalescer, metrics: Metrics, *,
-        count_interval: float = 0.1,
+        count_interval: float = 0.1, member_grace: float = 2.0,
     ) -> None:
         self.presence = presence
         self.subscriber = subscriber
@@ -91,6 +91,9 @@ class Hub:
         self._log = RateLimitedLog(log)
         # Presence rooms: the members Redis holds from this process (user -> info JSON).
         self._written_members: dict[str, dict[str, str]] = {}
+        # Presence rooms: members whose last local tab just went, room -> user -> (until, info JSON).
+        self._leaving: dict[str, dict[str, tuple[float, str]]] = {}
+        self.member_grace = member_grace
         # Authenticated sockets by user, so a revocation finds them.
         self._by_user: dict[str, set[Connection]] = {}
         self._user_of: dict[Connection, str] = {}
@@ -144,6 +147,9 @@ class Hub:
         r.waiting.add(conn)
         if user is not None and protocol.is_presence_room(room):
             r.user_by_conn[conn] = user
+            leaving = self._leaving.get(room)
+            if leaving is not None and leaving.pop(user, None) is not None and not leaving:
+                del self._leaving[room]
             entry = r.users.setdefault(user, [0, info_json])
             entry[0] += 1
             r.members_owed.append((conn, sub))
@@ -168,7 +174,12 @@ class Hub:
             entry = r.users[user]
             entry[0] -= 1
             if entry[0] == 0:
+                # Not gone yet: a reloading tab comes back within the grace, and then nobody
+                # sees it leave and join again.
                 del r.users[user]
+                grace = self.member_grace
+                self._leaving.setdefault(room, {})[user] = (asyncio.get_running_loop().time() + grace, entry[1])
+                asyncio.get_running_loop().call_later(grace + 0.05, self._mark_dirty, room)
         if not r.tabs_by_conn:
             if r.timer:
                 r.timer.cancel()
@@ -209,6 +220,8 @@ class Hub:
             counts = self.local_counts(room)
             if counts != (0, 0) and not self.subscriber.confirmed(room):
                 continue
+            if counts == (0, 0) and self._in_grace(room):
+                continue  # its last member may be reloading: written when the grace ends
             rows[room] = counts
             r = self._rooms.get(room)
             if r is not None and r.waiting:
@@ -227,12 +240,28 @@ class Hub:
                 continue
             r = self._rooms.get(room)
             now = {user: entry[1] for user, entry in r.users.items()} if r else {}
+            if self._in_grace(room):
+                now.update({user: info for user, (_, info) in self._leaving[room].items() if user not in now})
             written = self._written_members.get(room, {})
             adds = {u: info for u, info in now.items() if written.get(u) != info}
             removes = [u for u in written if u not in now]
             if adds or removes:
                 out[room] = (adds, removes)
         return out
+
+    def _in_grace(self, room: str) -> bool:
+        """Whether some member of ``room`` left this process less than ``member_grace`` ago
+        (expired entries are forgotten here)."""
+        leaving = self._leaving.get(room)
+        if not leaving:
+            return False
+        now = asyncio.get_running_loop().time()
+        for user in [u for u, (deadline, _) in leaving.items() if deadline <= now]:
+            del leaving[user]
+        if not leaving:
+            del self._leaving[room]
+            return False
+        return True
 
     def members_written(self, changes: Mapping[str, MemberDelta]) -> None:
         """A write with these member changes landed."""

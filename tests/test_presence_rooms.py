@@ -134,3 +134,26 @@ async def test_the_members_api_needs_the_server_key(server_factory: ServerFactor
     resp = await AsyncHTTPClient().fetch(f"{server.base_url}/api/rooms/{ROOM}/members", raise_error=False)
     assert resp.code == 403
     assert (await api_members(server.base_url)) == {"room": ROOM, "members": {}}
+
+
+async def test_a_reload_is_no_leave_and_join_but_leaving_for_good_is(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    """A tab that reloads (its socket goes, a new one comes within a moment) stays a member
+    throughout; one that does not come back leaves after the grace."""
+    server = await server_factory(token_secret=SECRET, api_token=KEY)
+    watcher = await member(ws_base(server.port), "ada", "Ada")
+    bob = await member(ws_base(server.port), "bob", "Bob")
+    clients += [watcher, bob]
+    await wait_until(lambda: set(seen(watcher)) == {"ada", "bob"}, what="both members")
+    before = len(watcher.frames)
+    bob.close()
+    await asyncio.sleep(0.3)  # the page reloads
+    again = await member(ws_base(server.port), "bob", "Bob")
+    clients.append(again)
+    await wait_until(lambda: set(seen(again)) == {"ada", "bob"}, what="the reloaded page's list")
+    await asyncio.sleep(3)  # past the grace
+    flicker = [f for f in watcher.frames[before:] if f["type"] == "presence_diff"]
+    assert not flicker, f"bob left and came back: {flicker}"
+    again.close()
+    await wait_until(lambda: set(seen(watcher)) == {"ada"}, timeout=10, what="bob gone for good")
