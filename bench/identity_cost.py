@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import tempfile
 import time
 import timeit
@@ -93,55 +94,79 @@ async def member_bytes(n: int) -> dict[str, float]:
         server.close()
 
 
-async def presence_storm(n: int) -> dict[str, float]:
-    """``n`` users join one presence room at once (each its own socket): time until every client
-    holds the whole list of ``n``, and the presence frames that took."""
+async def _drive(port: int, users: range, n: int, go: Any, out: Any) -> None:
+    """One driver process: its share of the users connect, wait for ``go``, then each
+    authenticates and subscribes; report when every one of them holds the whole list of ``n``."""
+    sockets = list(await asyncio.gather(*(websocket_connect(f"ws://127.0.0.1:{port}/ws/") for _ in users)))
+    views: list[dict[str, Any]] = [{} for _ in users]
+    frames = [0]
+
+    async def read(i: int, ws: WebSocketClientConnection) -> None:
+        while (raw := await ws.read_message()) is not None:
+            f = json.loads(raw)
+            if f["type"] == "presence":
+                views[i] = dict(f["members"])
+            elif f["type"] == "presence_diff":
+                for user in f["leaves"]:
+                    views[i].pop(user, None)
+                views[i].update(f["joins"])
+            else:
+                continue
+            frames[0] += 1
+
+    readers = [asyncio.ensure_future(read(i, ws)) for i, ws in enumerate(sockets)]
+    await asyncio.to_thread(go.wait)
+    for user, ws in zip(users, sockets):
+        await ws.write_message(json.dumps({"type": "auth", "token": jwt.encode(claims(str(user)), SECRET)}))
+        await ws.write_message(json.dumps({"type": "subscribe", "room": ROOM, "sub": "t"}))
+    deadline = time.monotonic() + 600
+    while not all(len(v) == n for v in views):
+        if time.monotonic() > deadline or all(r.done() for r in readers):
+            break
+        await asyncio.sleep(0.05)
+    out.put((time.time(), sum(len(v) == n for v in views), frames[0]))
+    for r in readers:
+        r.cancel()
+    for ws in sockets:
+        ws.close()
+
+
+def _driver(port: int, first: int, last: int, n: int, go: Any, out: Any) -> None:
+    asyncio.run(_drive(port, range(first, last), n, go, out))
+
+
+def presence_storm(n: int, drivers: int) -> dict[str, float]:
+    """``n`` users join one presence room at once (each its own socket, spread over ``drivers``
+    processes): time until every client holds the whole list of ``n``, and the presence frames."""
     server = EmbeddedRedis(port=free_port()).start()
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="rrr-storm-")) / "app.log"
-    # Pings off: one Python process reads every client here, and while it parses N whole lists
-    # (N x N members) some clients would answer a ping later than --ping-interval and be dropped,
-    # which measures this driver, not the server.
+    # Pings off: a driver parsing N whole lists (N x N members) may answer a ping later than
+    # --ping-interval and be dropped, which would measure the driver, not the server.
     app = start_app(server.url, port, log, {"token_secret": SECRET, "message_rate": 0, "ping_interval": 0})
-    sockets: list[WebSocketClientConnection] = []
+    ctx = multiprocessing.get_context("spawn")
+    go, out = ctx.Event(), ctx.Queue()
+    share = -(-n // drivers)
+    procs = [ctx.Process(target=_driver, args=(port, i, min(n, i + share), n, go, out))
+             for i in range(0, n, share)]
     try:
-        sockets = list(await asyncio.gather(*(websocket_connect(f"ws://127.0.0.1:{port}/ws/") for _ in range(n))))
-        views: list[dict[str, Any]] = [{} for _ in range(n)]
-        frames = [0]
-
-        async def read(i: int, ws: WebSocketClientConnection) -> None:
-            while (raw := await ws.read_message()) is not None:
-                f = json.loads(raw)
-                if f["type"] == "presence":
-                    views[i] = dict(f["members"])
-                elif f["type"] == "presence_diff":
-                    for user in f["leaves"]:
-                        views[i].pop(user, None)
-                    views[i].update(f["joins"])
-                else:
-                    continue
-                frames[0] += 1
-
-        readers = [asyncio.ensure_future(read(i, ws)) for i, ws in enumerate(sockets)]
-        started = time.monotonic()
-        for i, ws in enumerate(sockets):
-            await ws.write_message(json.dumps({"type": "auth", "token": jwt.encode(claims(str(i)), SECRET)}))
-            await ws.write_message(json.dumps({"type": "subscribe", "room": ROOM, "sub": "t"}))
-        deadline = started + 300
-        while not all(len(v) == n for v in views):
-            if time.monotonic() > deadline:
-                closed = sum(r.done() for r in readers)
-                why = sorted({(ws.close_code, ws.close_reason) for ws in sockets if ws.close_code})
-                raise RuntimeError(f"{sum(len(v) == n for v in views)} of {n} clients converged; "
-                                   f"{closed} closed ({why})")
-            await asyncio.sleep(0.05)
-        took = time.monotonic() - started
-        for r in readers:
-            r.cancel()
-        return {"members": n, "seconds": took, "frames": frames[0], "frames_per_member": frames[0] / n}
+        for p in procs:
+            p.start()
+        time.sleep(2 + n / 2000)  # every driver connected (their handshakes are not the storm)
+        started = time.time()
+        go.set()
+        results = [out.get(timeout=900) for _ in procs]
+        converged = sum(r[1] for r in results)
+        if converged != n:
+            raise RuntimeError(f"{converged} of {n} clients converged")
+        frames = sum(r[2] for r in results)
+        return {"members": n, "seconds": max(r[0] for r in results) - started, "frames": frames,
+                "frames_per_member": frames / n}
     finally:
-        for ws in sockets:
-            ws.close()
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
         app.terminate()
         app.wait(10)
         server.close()
@@ -152,6 +177,7 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=500)
     ap.add_argument("--verifications", type=int, default=2000)
     ap.add_argument("--storm", type=int, default=1000, help="users joining one presence room at once (0: skip)")
+    ap.add_argument("--drivers", type=int, default=4, help="client processes for the storm")
     args = ap.parse_args()
     for alg, us in verification_costs(args.verifications).items():
         print(f"verify {alg}: {us:7.1f} us per token")
@@ -159,7 +185,7 @@ def main() -> None:
     print(f"presence room of {mem['members']:.0f} members: {mem['bytes_per_member']:.0f} B of Redis per member "
           f"(the members hash alone: {mem['members_hash_bytes']:.0f} B per member)")
     if args.storm:
-        st = asyncio.run(presence_storm(args.storm))
+        st = presence_storm(args.storm, args.drivers)
         print(f"presence storm: {st['members']:.0f} users join one room at once; every client holds all "
               f"{st['members']:.0f} after {st['seconds']:.1f} s, {st['frames']:.0f} presence frames "
               f"({st['frames_per_member']:.1f} per member)")
