@@ -947,3 +947,23 @@ def test_signed_out_user_is_told_and_does_not_loop_on_its_old_token(
     for page in pages:
         expect(page.locator("#messages li")).to_have_count(2)  # signed_out and no_token, once each
     assert errors.errors == []
+
+
+# -- the count page for people ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width, root_font", [(320, None), (390, "32px")])
+def test_count_page_never_scrolls_sideways(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str, width: int, root_font: str | None
+) -> None:
+    """From 320 px up, and on a phone with its text at 200 %, nothing sticks out sideways."""
+    page = new_context(viewport={"width": width, "height": 700}, is_mobile=True).new_page()
+    page.goto(f"{server.base_url}/count/{slug}/")
+    expect_counts([page], connections=1, tabs=1)
+    if root_font:  # CSSOM writes are not inline styles: the CSP lets them through
+        page.evaluate("(size) => { document.documentElement.style.fontSize = size; }", root_font)
+    page.click("#add")
+    expect_counts([page], connections=1, tabs=2)
+    # Against the width asked for: a mobile viewport widens innerWidth to fit the overflow.
+    wide = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
+    assert wide[0] <= wide[1] == width, f"page is {wide[0]} px wide in a {wide[1]} px viewport (asked for {width})"
