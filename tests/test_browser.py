@@ -967,3 +967,22 @@ def test_count_page_never_scrolls_sideways(
     # Against the width asked for: a mobile viewport widens innerWidth to fit the overflow.
     wide = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
     assert wide[0] <= wide[1] == width, f"page is {wide[0]} px wide in a {wide[1]} px viewport (asked for {width})"
+
+
+def test_count_page_labels_agree_with_the_numbers_and_the_title_counts(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str
+) -> None:
+    url = f"{server.base_url}/count/{slug}/"
+    page = open_tabs(new_context(), url, 1)[0]
+    expect_counts([page], connections=1, tabs=1)
+    expect(page.locator("#count-label")).to_have_text("browser connected")
+    expect(page.locator("#tabs-label")).to_have_text("tab open")
+    expect(page).to_have_title(f"1 · {slug} · Reduce, Reuse, Recycle")
+
+    page.click("#add")
+    other = open_tabs(new_context(), url, 1)[0]
+    expect_counts([page, other], connections=2, tabs=3)
+    for p in (page, other):
+        expect(p.locator("#count-label")).to_have_text("browsers connected")
+        expect(p.locator("#tabs-label")).to_have_text("tabs open")
+        expect(p).to_have_title(f"2 · {slug} · Reduce, Reuse, Recycle")

@@ -63,9 +63,14 @@ function renderClock() {
   if (linkState) $("state").textContent = stateText(linkState);
 }
 
+/** "1 browser", "2 browsers": the noun for n (English: singular for exactly 1). */
+const plural = (n, one, many) => (n === 1 ? one : many);
+
 function showCount({ connections, tabs, updated }) {
   $("count").textContent = String(connections);
   $("tabs").textContent = String(tabs);
+  $("count-label").textContent = plural(connections, "browser connected", "browsers connected");
+  $("tabs-label").textContent = plural(tabs, "tab open", "tabs open");
   document.title = `${connections} · ${slug} · Reduce, Reuse, Recycle`;
   lastUpdated = typeof updated === "number" ? updated : null;
   renderClock();
