@@ -986,3 +986,32 @@ def test_count_page_labels_agree_with_the_numbers_and_the_title_counts(
         expect(p.locator("#count-label")).to_have_text("browsers connected")
         expect(p.locator("#tabs-label")).to_have_text("tabs open")
         expect(p).to_have_title(f"2 · {slug} · Reduce, Reuse, Recycle")
+
+
+LIVE_REGION_WRITES = """() => {
+  window.liveWrites = 0;
+  new MutationObserver((records) => { window.liveWrites += records.length; })
+    .observe(document.getElementById('state'), {childList: true, characterData: true, subtree: true});
+}"""
+
+
+def test_count_page_status_is_announced_only_when_the_state_changes(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str
+) -> None:
+    """#state is a live region (role=status): each write may be read out, so while connected it
+    is not written at all, and a countdown to the next try stays out of it."""
+    page = open_tabs(new_context(), f"{server.base_url}/count/{slug}/", 1)[0]
+    expect_connected([page], "sharedworker")
+    assert page.locator("#state").get_attribute("role") == "status"
+    page.evaluate(LIVE_REGION_WRITES)
+    page.wait_for_timeout(5_000)
+    assert page.evaluate("window.liveWrites") == 0, "the live region was rewritten while nothing changed"
+
+    server.stop()
+    expect(page.locator("#state")).not_to_have_attribute("data-status", "open", timeout=20_000)
+    assert page.evaluate("window.liveWrites") > 0, "a state change reached the live region"
+    for _ in range(6):
+        assert not re.search(r"\d", page.locator("#state").inner_text()), "no countdown in the live region"
+        page.wait_for_timeout(500)
+    server.start()
+    expect_connected([page], "sharedworker")

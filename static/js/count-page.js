@@ -31,20 +31,33 @@ function ago(unixSeconds, now = Date.now()) {
   return new Date(unixSeconds * 1000).toLocaleString();
 }
 
-/** Human text for the socket state; needs refreshing every second while a retry is pending. */
-function stateText(state, now = Date.now()) {
+/**
+ * Human text for the socket state. It goes into a live region (role=status), so it depends on the
+ * state only: the seconds until the next try are in retryText, outside the live region.
+ */
+function stateText(state) {
   switch (state.status) {
     case "open":
       return `Connected via ${TRANSPORT_NAMES[state.transport] ?? state.transport}`;
-    case "reconnecting": {
-      const s = Math.max(0, Math.ceil((state.retryAt - now) / 1000));
-      return s > 0 ? `Connection lost, reconnecting in ${s} s` : "Reconnecting…";
-    }
+    case "reconnecting":
+      return "Connection lost, reconnecting…";
     case "offline":
       return "Offline: waiting for the network";
     default:
       return "Connecting…";
   }
+}
+
+/** The countdown to the next try, refreshed every second (not announced). */
+function retryText(state, now = Date.now()) {
+  if (state?.status !== "reconnecting" || typeof state.retryAt !== "number") return "";
+  const s = Math.max(0, Math.ceil((state.retryAt - now) / 1000));
+  return s > 0 ? `(next try in ${s} s)` : "";
+}
+
+/** Write text only when it differs: every write to a live region may be read out again. */
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
 }
 
 let lastUpdated = null;
@@ -60,7 +73,10 @@ function renderClock() {
     updated.dateTime = when.toISOString();
     updated.title = when.toLocaleString();
   }
-  if (linkState) $("state").textContent = stateText(linkState);
+  if (linkState) {
+    setText($("state"), stateText(linkState));
+    setText($("retry-in"), retryText(linkState));
+  }
 }
 
 /** "1 browser", "2 browsers": the noun for n (English: singular for exactly 1). */
