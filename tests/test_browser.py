@@ -1015,3 +1015,23 @@ def test_count_page_status_is_announced_only_when_the_state_changes(
         page.wait_for_timeout(500)
     server.start()
     expect_connected([page], "sharedworker")
+
+
+def test_count_page_dims_stale_numbers_while_offline(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str
+) -> None:
+    context = new_context()
+    page = open_tabs(context, f"{server.base_url}/count/{slug}/", 1)[0]
+    expect_counts([page], connections=1, tabs=1)
+    opacity = "(e) => Number(getComputedStyle(e).opacity)"
+    assert page.locator("#count").evaluate(opacity) == 1
+
+    context.set_offline(True)
+    expect(page.locator("#state")).to_have_attribute("data-status", "offline")
+    for number in ("#count", "#tabs"):
+        expect(page.locator(number)).to_have_class(re.compile(r"\bstale\b"))
+        assert page.locator(number).evaluate(opacity) < 0.6
+    context.set_offline(False)
+    expect_connected([page], "sharedworker")
+    expect(page.locator("#count")).not_to_have_class(re.compile(r"\bstale\b"))
+    assert page.locator("#count").evaluate(opacity) == 1

@@ -96,6 +96,13 @@ function showState(state) {
   linkState = state;
   $("state").dataset.status = state.status;
   main.dataset.status = state.status;
+  // Numbers from before a drop are only the last known ones until the link is open again.
+  const stale = state.status === "reconnecting" || state.status === "offline";
+  for (const number of [$("count"), $("tabs")]) {
+    number.classList.toggle("stale", stale);
+    if (stale) number.title = "Last known number; not live until reconnected";
+    else number.removeAttribute("title");
+  }
   renderClock();
 }
 
