@@ -1035,3 +1035,22 @@ def test_count_page_dims_stale_numbers_while_offline(
     expect_connected([page], "sharedworker")
     expect(page.locator("#count")).not_to_have_class(re.compile(r"\bstale\b"))
     assert page.locator("#count").evaluate(opacity) == 1
+
+
+def test_count_page_without_javascript_says_so(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str
+) -> None:
+    page = new_context(java_script_enabled=False).new_page()
+    page.goto(f"{server.base_url}/count/{slug}/")
+    expect(page.locator(".noscript")).to_be_visible()
+    expect(page.locator(".noscript")).to_contain_text("needs JavaScript")
+    for gone in ("#count", "#tabs", "#state", "#copy", "#add"):  # no dead numbers (bars) or buttons
+        expect(page.locator(gone)).to_be_hidden()
+
+    # With JavaScript, before the first count, the placeholders are a muted ellipsis, not a dash.
+    page = new_context().new_page()
+    page.route(re.compile(r"/count-page\.js"), lambda route: route.abort())  # the page's module never runs
+    page.goto(f"{server.base_url}/count/{slug}/")
+    expect(page.locator(".noscript")).to_be_hidden()
+    expect(page.locator("#count")).to_have_text("…")
+    expect(page.locator("#count")).to_have_css("font-weight", "400")

@@ -85,6 +85,8 @@ const plural = (n, one, many) => (n === 1 ? one : many);
 function showCount({ connections, tabs, updated }) {
   $("count").textContent = String(connections);
   $("tabs").textContent = String(tabs);
+  $("count").classList.remove("pending");
+  $("tabs").classList.remove("pending");
   $("count-label").textContent = plural(connections, "browser connected", "browsers connected");
   $("tabs-label").textContent = plural(tabs, "tab open", "tabs open");
   document.title = `${connections} · ${slug} · Reduce, Reuse, Recycle`;
