@@ -14,6 +14,7 @@ import re
 import secrets
 import signal
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -1054,3 +1055,29 @@ def test_count_page_without_javascript_says_so(
     expect(page.locator(".noscript")).to_be_hidden()
     expect(page.locator("#count")).to_have_text("…")
     expect(page.locator("#count")).to_have_css("font-weight", "400")
+
+
+@pytest.mark.parametrize("path", ["/count/bad!slug/", "/count/" + "x" * 65 + "/", "/no/such/page"])
+def test_a_person_gets_a_404_page_with_a_way_home(
+    server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, path: str
+) -> None:
+    page = new_context().new_page()
+    response = page.goto(server.base_url + path)
+    assert response is not None and response.status == 404
+    assert response.headers["content-type"].startswith("text/html")
+    assert "Content-Security-Policy" in {k.title(): v for k, v in response.headers.items()}
+    expect(page.locator("h1")).to_have_text("Page not found")
+    expect(page).to_have_title(re.compile("Page not found"))
+    assert page.evaluate("getComputedStyle(document.documentElement).backgroundColor") != "rgba(0, 0, 0, 0)"
+    page.click("text=Open a new room")
+    expect(page).to_have_url(re.compile(r"/count/[A-Za-z0-9]{6}/$"))
+    # Only the document's own status is logged: the stylesheet loaded under the CSP, nothing was refused.
+    assert errors.errors == ["console: Failed to load resource: the server responded with a status of 404 (Not Found)"]
+
+    # Scripts, the API and the sockets keep the JSON body.
+    for json_path, accept in ((path, "application/json"), ("/api/nope", "text/html"), ("/ws/nope", "text/html")):
+        req = urllib.request.Request(server.base_url + json_path, headers={"Accept": accept})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=5)
+        assert e.value.code == 404 and e.value.headers["Content-Type"].startswith("application/json"), json_path
+        assert "slug" in json.loads(e.value.read())["error"]
