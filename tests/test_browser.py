@@ -1081,3 +1081,47 @@ def test_a_person_gets_a_404_page_with_a_way_home(
             urllib.request.urlopen(req, timeout=5)
         assert e.value.code == 404 and e.value.headers["Content-Type"].startswith("application/json"), json_path
         assert "slug" in json.loads(e.value.read())["error"]
+
+
+CONTRAST = """([ring, under]) => {
+  const rgba = (c) => {  // rgb(a)(0-255 …) or color(srgb 0-1 … / a), as color-mix() computes
+    const [r, g, b, a = 1] = c.replace("color(srgb", "").match(/[\\d.]+/g).map(Number);
+    const k = c.startsWith("color(") ? 255 : 1;
+    return [r * k, g * k, b * k, a];
+  };
+  const [r, g, b, a] = rgba(ring), base = rgba(under);
+  const mixed = [r, g, b].map((v, i) => v * a + base[i] * (1 - a));  // a translucent ring over its background
+  const lum = (c) => c.map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
+    .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const [hi, lo] = [lum(mixed), lum(base.slice(0, 3))].sort((x, y) => y - x);
+  return (hi + 0.05) / (lo + 0.05);
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_count_page_focus_ring_contrast_and_reachable_messages(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str, scheme: str
+) -> None:
+    page = new_context(color_scheme=scheme).new_page()
+    page.goto(f"{server.base_url}/count/{slug}/")
+    expect_counts([page], connections=1, tabs=1)
+    page.locator("#link").focus()
+    page.keyboard.press("Tab")
+    expect(page.locator("#copy")).to_be_focused()
+    style = page.locator("#copy").evaluate(
+        "(e) => [getComputedStyle(e).outlineColor, getComputedStyle(e).outlineStyle]"
+    )
+    assert style[1] == "solid"
+    under = page.evaluate("getComputedStyle(document.documentElement).backgroundColor")  # the header has no card
+    assert page.evaluate(CONTRAST, [style[0], under]) >= 3, f"focus ring {style[0]} on {under}"
+
+    # The scrollable message list is a labelled tab stop (keyboard users can scroll it).
+    messages = page.get_by_role("list", name="Messages")
+    expect(messages).to_have_attribute("tabindex", "0")
+    page.click("#add")  # enables #remove, the last tab stop before the list
+    page.locator("#remove").focus()
+    page.keyboard.press("Tab")
+    expect(messages).to_be_focused()
+    ring = messages.evaluate("(e) => getComputedStyle(e).outlineColor")
+    card = page.locator(".panel").evaluate("(e) => getComputedStyle(e).backgroundColor")
+    assert page.evaluate(CONTRAST, [ring, card]) >= 3, f"focus ring {ring} on {card}"
