@@ -1011,6 +1011,7 @@ def test_count_page_status_is_announced_only_when_the_state_changes(
     server.stop()
     expect(page.locator("#state")).not_to_have_attribute("data-status", "open", timeout=20_000)
     assert page.evaluate("window.liveWrites") > 0, "a state change reached the live region"
+    expect(page.locator("#count")).to_have_class(re.compile(r"\bstale\b"))  # dimmed between tries too
     for _ in range(6):
         assert not re.search(r"\d", page.locator("#state").inner_text()), "no countdown in the live region"
         page.wait_for_timeout(500)

@@ -98,8 +98,9 @@ function showState(state) {
   linkState = state;
   $("state").dataset.status = state.status;
   main.dataset.status = state.status;
-  // Numbers from before a drop are only the last known ones until the link is open again.
-  const stale = state.status === "reconnecting" || state.status === "offline";
+  // Numbers from before a drop are only the last known ones until the link is open again
+  // (also while it is connecting between two tries; before the first count there are none).
+  const stale = state.status !== "open" && !$("count").classList.contains("pending");
   for (const number of [$("count"), $("tabs")]) {
     number.classList.toggle("stale", stale);
     if (stale) number.title = "Last known number; not live until reconnected";
