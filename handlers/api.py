@@ -219,7 +219,26 @@ class MetricsHandler(SecureHeaders):
 
 
 class NotFoundHandler(JsonHandler):
-    """Every unknown path, including a route with a bad slug, before any upgrade."""
+    """Every unknown path, including a route with a bad slug, before any upgrade. A person's
+    browser (it asks for ``text/html``) gets an HTML page with a link home; the API, the sockets,
+    upgrades and any client that asks for JSON or does not ask for HTML (scripts, curl) keep the
+    JSON body."""
 
     def prepare(self) -> None:
         raise tornado.web.HTTPError(404, "no such page; room slugs are [A-Za-z0-9_-]{1,64}")
+
+    def wants_html(self) -> bool:
+        headers = self.request.headers
+        accept = headers.get("Accept", "").lower()
+        return (
+            not self.request.path.startswith(("/api/", "/ws/"))
+            and "upgrade" not in headers
+            and "text/html" in accept
+            and "application/json" not in accept
+        )
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 404 and self.wants_html():
+            self.render("404.html", path=self.request.path)
+            return
+        super().write_error(status_code, **kwargs)

@@ -14,6 +14,7 @@ import re
 import secrets
 import signal
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -947,3 +948,181 @@ def test_signed_out_user_is_told_and_does_not_loop_on_its_old_token(
     for page in pages:
         expect(page.locator("#messages li")).to_have_count(2)  # signed_out and no_token, once each
     assert errors.errors == []
+
+
+# -- the count page for people ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width, root_font", [(320, None), (390, "32px")])
+def test_count_page_never_scrolls_sideways(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str, width: int, root_font: str | None
+) -> None:
+    """From 320 px up, and on a phone with its text at 200 %, nothing sticks out sideways."""
+    page = new_context(viewport={"width": width, "height": 700}, is_mobile=True).new_page()
+    page.goto(f"{server.base_url}/count/{slug}/")
+    expect_counts([page], connections=1, tabs=1)
+    if root_font:  # CSSOM writes are not inline styles: the CSP lets them through
+        page.evaluate("(size) => { document.documentElement.style.fontSize = size; }", root_font)
+    page.click("#add")
+    expect_counts([page], connections=1, tabs=2)
+    # Against the width asked for: a mobile viewport widens innerWidth to fit the overflow.
+    wide = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
+    assert wide[0] <= wide[1] == width, f"page is {wide[0]} px wide in a {wide[1]} px viewport (asked for {width})"
+
+
+def test_count_page_labels_agree_with_the_numbers_and_the_title_counts(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str
+) -> None:
+    url = f"{server.base_url}/count/{slug}/"
+    page = open_tabs(new_context(), url, 1)[0]
+    expect_counts([page], connections=1, tabs=1)
+    expect(page.locator("#count-label")).to_have_text("browser connected")
+    expect(page.locator("#tabs-label")).to_have_text("tab open")
+    expect(page).to_have_title(f"1 · {slug} · Reduce, Reuse, Recycle")
+
+    page.click("#add")
+    other = open_tabs(new_context(), url, 1)[0]
+    expect_counts([page, other], connections=2, tabs=3)
+    for p in (page, other):
+        expect(p.locator("#count-label")).to_have_text("browsers connected")
+        expect(p.locator("#tabs-label")).to_have_text("tabs open")
+        expect(p).to_have_title(f"2 · {slug} · Reduce, Reuse, Recycle")
+
+
+LIVE_REGION_WRITES = """() => {
+  window.liveWrites = 0;
+  new MutationObserver((records) => { window.liveWrites += records.length; })
+    .observe(document.getElementById('state'), {childList: true, characterData: true, subtree: true});
+}"""
+
+
+def test_count_page_status_is_announced_only_when_the_state_changes(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str
+) -> None:
+    """#state is a live region (role=status): each write may be read out, so while connected it
+    is not written at all, and a countdown to the next try stays out of it."""
+    page = open_tabs(new_context(), f"{server.base_url}/count/{slug}/", 1)[0]
+    expect_connected([page], "sharedworker")
+    assert page.locator("#state").get_attribute("role") == "status"
+    page.evaluate(LIVE_REGION_WRITES)
+    page.wait_for_timeout(5_000)
+    assert page.evaluate("window.liveWrites") == 0, "the live region was rewritten while nothing changed"
+
+    server.stop()
+    expect(page.locator("#state")).not_to_have_attribute("data-status", "open", timeout=20_000)
+    assert page.evaluate("window.liveWrites") > 0, "a state change reached the live region"
+    expect(page.locator("#count")).to_have_class(re.compile(r"\bstale\b"))  # dimmed between tries too
+    for _ in range(6):
+        assert not re.search(r"\d", page.locator("#state").inner_text()), "no countdown in the live region"
+        page.wait_for_timeout(500)
+    server.start()
+    expect_connected([page], "sharedworker")
+
+
+def test_count_page_dims_stale_numbers_while_offline(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str
+) -> None:
+    context = new_context()
+    page = open_tabs(context, f"{server.base_url}/count/{slug}/", 1)[0]
+    expect_counts([page], connections=1, tabs=1)
+    opacity = "(e) => Number(getComputedStyle(e).opacity)"
+    assert page.locator("#count").evaluate(opacity) == 1
+
+    context.set_offline(True)
+    expect(page.locator("#state")).to_have_attribute("data-status", "offline")
+    for number in ("#count", "#tabs"):
+        expect(page.locator(number)).to_have_class(re.compile(r"\bstale\b"))
+        assert page.locator(number).evaluate(opacity) < 0.6
+    context.set_offline(False)
+    expect_connected([page], "sharedworker")
+    expect(page.locator("#count")).not_to_have_class(re.compile(r"\bstale\b"))
+    assert page.locator("#count").evaluate(opacity) == 1
+
+
+def test_count_page_without_javascript_says_so(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str
+) -> None:
+    page = new_context(java_script_enabled=False).new_page()
+    page.goto(f"{server.base_url}/count/{slug}/")
+    expect(page.locator(".noscript")).to_be_visible()
+    expect(page.locator(".noscript")).to_contain_text("needs JavaScript")
+    for gone in ("#count", "#tabs", "#state", "#copy", "#add"):  # no dead numbers (bars) or buttons
+        expect(page.locator(gone)).to_be_hidden()
+
+    # With JavaScript, before the first count, the placeholders are a muted ellipsis, not a dash.
+    page = new_context().new_page()
+    page.route(re.compile(r"/count-page\.js"), lambda route: route.abort())  # the page's module never runs
+    page.goto(f"{server.base_url}/count/{slug}/")
+    expect(page.locator(".noscript")).to_be_hidden()
+    expect(page.locator("#count")).to_have_text("…")
+    expect(page.locator("#count")).to_have_css("font-weight", "400")
+
+
+@pytest.mark.parametrize("path", ["/count/bad!slug/", "/count/" + "x" * 65 + "/", "/no/such/page"])
+def test_a_person_gets_a_404_page_with_a_way_home(
+    server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, path: str
+) -> None:
+    page = new_context().new_page()
+    response = page.goto(server.base_url + path)
+    assert response is not None and response.status == 404
+    assert response.headers["content-type"].startswith("text/html")
+    assert "Content-Security-Policy" in {k.title(): v for k, v in response.headers.items()}
+    expect(page.locator("h1")).to_have_text("Page not found")
+    expect(page).to_have_title(re.compile("Page not found"))
+    assert page.evaluate("getComputedStyle(document.documentElement).backgroundColor") != "rgba(0, 0, 0, 0)"
+    page.click("text=Open a new room")
+    expect(page).to_have_url(re.compile(r"/count/[A-Za-z0-9]{6}/$"))
+    # Only the document's own status is logged: the stylesheet loaded under the CSP, nothing was refused.
+    assert errors.errors == ["console: Failed to load resource: the server responded with a status of 404 (Not Found)"]
+
+    # Scripts, the API and the sockets keep the JSON body.
+    for json_path, accept in ((path, "application/json"), ("/api/nope", "text/html"), ("/ws/nope", "text/html")):
+        req = urllib.request.Request(server.base_url + json_path, headers={"Accept": accept})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=5)
+        assert e.value.code == 404 and e.value.headers["Content-Type"].startswith("application/json"), json_path
+        assert "slug" in json.loads(e.value.read())["error"]
+
+
+CONTRAST = """([ring, under]) => {
+  const rgba = (c) => {  // rgb(a)(0-255 …) or color(srgb 0-1 … / a), as color-mix() computes
+    const [r, g, b, a = 1] = c.replace("color(srgb", "").match(/[\\d.]+/g).map(Number);
+    const k = c.startsWith("color(") ? 255 : 1;
+    return [r * k, g * k, b * k, a];
+  };
+  const [r, g, b, a] = rgba(ring), base = rgba(under);
+  const mixed = [r, g, b].map((v, i) => v * a + base[i] * (1 - a));  // a translucent ring over its background
+  const lum = (c) => c.map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
+    .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const [hi, lo] = [lum(mixed), lum(base.slice(0, 3))].sort((x, y) => y - x);
+  return (hi + 0.05) / (lo + 0.05);
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_count_page_focus_ring_contrast_and_reachable_messages(
+    server: AppProcess, new_context: Callable[..., BrowserContext], slug: str, scheme: str
+) -> None:
+    page = new_context(color_scheme=scheme).new_page()
+    page.goto(f"{server.base_url}/count/{slug}/")
+    expect_counts([page], connections=1, tabs=1)
+    page.locator("#link").focus()
+    page.keyboard.press("Tab")
+    expect(page.locator("#copy")).to_be_focused()
+    style = page.locator("#copy").evaluate(
+        "(e) => [getComputedStyle(e).outlineColor, getComputedStyle(e).outlineStyle]"
+    )
+    assert style[1] == "solid"
+    under = page.evaluate("getComputedStyle(document.documentElement).backgroundColor")  # the header has no card
+    assert page.evaluate(CONTRAST, [style[0], under]) >= 3, f"focus ring {style[0]} on {under}"
+
+    # The scrollable message list is a labelled tab stop (keyboard users can scroll it).
+    messages = page.get_by_role("list", name="Messages")
+    expect(messages).to_have_attribute("tabindex", "0")
+    page.click("#add")  # enables #remove, the last tab stop before the list
+    page.locator("#remove").focus()
+    page.keyboard.press("Tab")
+    expect(messages).to_be_focused()
+    ring = messages.evaluate("(e) => getComputedStyle(e).outlineColor")
+    card = page.locator(".panel").evaluate("(e) => getComputedStyle(e).backgroundColor")
+    assert page.evaluate(CONTRAST, [ring, card]) >= 3, f"focus ring {ring} on {card}"

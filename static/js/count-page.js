@@ -31,20 +31,33 @@ function ago(unixSeconds, now = Date.now()) {
   return new Date(unixSeconds * 1000).toLocaleString();
 }
 
-/** Human text for the socket state; needs refreshing every second while a retry is pending. */
-function stateText(state, now = Date.now()) {
+/**
+ * Human text for the socket state. It goes into a live region (role=status), so it depends on the
+ * state only: the seconds until the next try are in retryText, outside the live region.
+ */
+function stateText(state) {
   switch (state.status) {
     case "open":
       return `Connected via ${TRANSPORT_NAMES[state.transport] ?? state.transport}`;
-    case "reconnecting": {
-      const s = Math.max(0, Math.ceil((state.retryAt - now) / 1000));
-      return s > 0 ? `Connection lost, reconnecting in ${s} s` : "Reconnecting…";
-    }
+    case "reconnecting":
+      return "Connection lost, reconnecting…";
     case "offline":
       return "Offline: waiting for the network";
     default:
       return "Connecting…";
   }
+}
+
+/** The countdown to the next try, refreshed every second (not announced). */
+function retryText(state, now = Date.now()) {
+  if (state?.status !== "reconnecting" || typeof state.retryAt !== "number") return "";
+  const s = Math.max(0, Math.ceil((state.retryAt - now) / 1000));
+  return s > 0 ? `(next try in ${s} s)` : "";
+}
+
+/** Write text only when it differs: every write to a live region may be read out again. */
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
 }
 
 let lastUpdated = null;
@@ -60,12 +73,22 @@ function renderClock() {
     updated.dateTime = when.toISOString();
     updated.title = when.toLocaleString();
   }
-  if (linkState) $("state").textContent = stateText(linkState);
+  if (linkState) {
+    setText($("state"), stateText(linkState));
+    setText($("retry-in"), retryText(linkState));
+  }
 }
+
+/** "1 browser", "2 browsers": the noun for n (English: singular for exactly 1). */
+const plural = (n, one, many) => (n === 1 ? one : many);
 
 function showCount({ connections, tabs, updated }) {
   $("count").textContent = String(connections);
   $("tabs").textContent = String(tabs);
+  $("count").classList.remove("pending");
+  $("tabs").classList.remove("pending");
+  $("count-label").textContent = plural(connections, "browser connected", "browsers connected");
+  $("tabs-label").textContent = plural(tabs, "tab open", "tabs open");
   document.title = `${connections} · ${slug} · Reduce, Reuse, Recycle`;
   lastUpdated = typeof updated === "number" ? updated : null;
   renderClock();
@@ -75,6 +98,14 @@ function showState(state) {
   linkState = state;
   $("state").dataset.status = state.status;
   main.dataset.status = state.status;
+  // Numbers from before a drop are only the last known ones until the link is open again
+  // (also while it is connecting between two tries; before the first count there are none).
+  const stale = state.status !== "open" && !$("count").classList.contains("pending");
+  for (const number of [$("count"), $("tabs")]) {
+    number.classList.toggle("stale", stale);
+    if (stale) number.title = "Last known number; not live until reconnected";
+    else number.removeAttribute("title");
+  }
   renderClock();
 }
 
