@@ -45,6 +45,17 @@ def bearer_matches(handler: tornado.web.RequestHandler, key: str) -> bool:
     return bool(key) and auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip().encode(), key.encode())
 
 
+def require_server_key(handler: tornado.web.RequestHandler, key: str, disabled: str) -> None:
+    """403 when the server has no key (``disabled`` says what is off), 401 without a Bearer
+    token, 403 with a wrong one."""
+    if not key:
+        raise tornado.web.HTTPError(403, disabled)
+    if not handler.request.headers.get("Authorization", "").startswith("Bearer "):
+        raise tornado.web.HTTPError(401, "missing 'Authorization: Bearer <token>'")
+    if not bearer_matches(handler, key):
+        raise tornado.web.HTTPError(403, "wrong API token")
+
+
 class RoomHandler(JsonHandler):
     def initialize(self, hub: Hub, rate: RateLimiter, token: str) -> None:
         self.hub = hub
@@ -79,12 +90,7 @@ class DisconnectHandler(JsonHandler):
         self.keep_for = keep_for
 
     async def post(self, user: str) -> None:
-        if not self.token:
-            raise tornado.web.HTTPError(403, "the server has no --api-token")
-        if not self.request.headers.get("Authorization", "").startswith("Bearer "):
-            raise tornado.web.HTTPError(401, "missing 'Authorization: Bearer <token>'")
-        if not bearer_matches(self, self.token):
-            raise tornado.web.HTTPError(403, "wrong API token")
+        require_server_key(self, self.token, "the server has no --api-token")
         if not user or len(user) > 128:
             raise tornado.web.HTTPError(400, "a user id is 1 to 128 characters")
         try:
@@ -139,13 +145,7 @@ class PublishHandler(JsonHandler):
             set_max_body_size(1 << 62)
         if self.request.method != "POST":
             return
-        if not self.token:
-            raise tornado.web.HTTPError(403, "publishing is disabled: the server has no --api-token")
-        auth = self.request.headers.get("Authorization", "")
-        if not auth.startswith("Bearer "):
-            raise tornado.web.HTTPError(401, "missing 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(auth[7:].strip().encode(), self.token.encode()):
-            raise tornado.web.HTTPError(403, "wrong API token")
+        require_server_key(self, self.token, "publishing is disabled: the server has no --api-token")
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_size:
             raise tornado.web.HTTPError(413, f"body over {self.max_size} bytes")
