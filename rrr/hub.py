@@ -418,7 +418,7 @@ class Hub:
         self.metrics.messages_out.inc(sent)
 
     @property
-    def connections(self) -> frozenset[Connection] | set[Connection]:
+    def connections(self) -> set[Connection]:
         return self._conns
 
     async def revoked(self, identity: Identity) -> bool:

@@ -164,8 +164,6 @@ class Presence:
                 raise BadReply(f"expected {len(chunk) + 1} items from SET_PRESENCE, got {_show(reply)}")
             if not _flag(reply[0], "SET_PRESENCE"):
                 result.lease_lost = True
-            else:
-                self._renewed_at = self._renewed_at or time.monotonic()
             result.states.update(zip(chunk, map(parse_state, reply[1:])))
         return result
 

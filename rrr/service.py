@@ -91,10 +91,6 @@ class Service:
         while True:
             try:
                 await self.subscriber.run()
-            except BackplaneError as e:
-                self.supervisor.report("subscriber", e)
-            except (OSError, ConnectionError, asyncio.TimeoutError) as e:
-                self.supervisor.report("subscriber", e)
             except Exception as e:  # noqa: BLE001 - a garbled reply can break redis-py's parser any way
                 self.supervisor.report("subscriber", e)
             if self.subscriber.ran_for > 10:

@@ -61,6 +61,7 @@ class Subscriber:
         self._wanted: set[str] = set()
         self._confirmed: set[str] = set()
         self._pending: dict[bytes, str] = {}  # channel -> room, sent SUBSCRIBE not yet acknowledged
+        self._unacked: dict[str, int] = {}  # room -> its channels not yet acknowledged
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._probes: dict[str, asyncio.Future[None]] = {}
@@ -139,6 +140,7 @@ class Subscriber:
             await pubsub.subscribe(self.probe_channel, keys.CONTROL_CHANNEL)
             self._confirmed = set()
             self._pending = {}
+            self._unacked = {}
             syncer = self._syncer = asyncio.create_task(self._sync(pubsub, set()), name="rrr-subscriber-sync")
             self.connected = True
             self._connected_at = time.monotonic()
@@ -177,7 +179,9 @@ class Subscriber:
             drop = active - self._wanted
             if add:
                 for room in add:
-                    for channel in _channels((room,)):
+                    channels = _channels((room,))
+                    self._unacked[room] = len(channels)
+                    for channel in channels:
                         self._pending[channel.encode()] = room
                 await pubsub.subscribe(*_channels(add))
                 active |= add
@@ -185,6 +189,7 @@ class Subscriber:
                 await pubsub.unsubscribe(*_channels(drop))
                 active -= drop
                 for room in drop:
+                    self._unacked.pop(room, None)
                     for channel in _channels((room,)):
                         self._pending.pop(channel.encode(), None)
 
@@ -220,7 +225,14 @@ class Subscriber:
             self._dispatch(channel, data)
         elif kind == "subscribe":
             room = self._pending.pop(channel, None)
-            if room is not None and room in self._wanted and not any(v == room for v in self._pending.values()):
+            if room is None:
+                return
+            left = self._unacked.get(room, 1) - 1
+            if left > 0:
+                self._unacked[room] = left
+                return
+            self._unacked.pop(room, None)
+            if room in self._wanted:
                 self._confirmed.add(room)
                 self._notify("on_subscribed", room)
 

@@ -45,10 +45,11 @@ class RateLimitedLog:
         self.logger.warning(msg + suffix, *args)
         return True
 
-    def clear(self, key: str) -> None:
-        """The condition ended: the next occurrence is news again, logged at once."""
-        self._last.pop(key, None)
+    def clear(self, key: str) -> bool:
+        """The condition ended: the next occurrence is news again, logged at once. True if it
+        had been logged (so its end is news too)."""
         self._held.pop(key, None)
+        return self._last.pop(key, None) is not None
 
 
 class Supervisor:
@@ -71,9 +72,8 @@ class Supervisor:
         self.log.warning(name, "%s failed: %s: %s", name, type(exc).__name__, _cause(exc))
 
     def recovered(self, name: str) -> None:
-        if name in self.log._last:
+        if self.log.clear(name):
             log.info("%s is working again", name)
-        self.log.clear(name)
 
     async def _run(self, name: str, body: Callable[[], Awaitable[None]], cap: float) -> None:
         attempt = 0
