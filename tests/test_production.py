@@ -344,7 +344,8 @@ async def test_kill_9_of_a_clients_process_it_resumes_on_the_survivor_with_every
         await task
     await wait_until(lambda: offsets(again)[-1:] == [published], 15, what=f"offset {published} after the resume")
     assert seen + offsets(again) == list(range(1, published + 1))
-    assert [f["data"]["n"] for f in first.of_type("message") + again.of_type("message")] == list(range(1, published + 1))
+    got = first.of_type("message") + again.of_type("message")
+    assert [f["data"]["n"] for f in got] == list(range(1, published + 1))
     note("resume after kill -9", before=len(seen), replayed=sum("sub" in f for f in again.of_type("message")),
          total=published)
 
