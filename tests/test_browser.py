@@ -432,7 +432,8 @@ def test_a_tab_misses_no_message_across_a_server_restart(
     time.sleep(0.5)
     for page in pages:
         assert page.locator("#messages li .text").all_text_contents() == want
-    assert errors.errors == []
+    # The browser logs each refused reconnect while the server is down; nothing else.
+    assert [e for e in errors.errors if "ERR_CONNECTION_REFUSED" not in e] == []
 
 
 def test_tab_publishes_when_the_server_allows_it(
