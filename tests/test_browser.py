@@ -1245,7 +1245,7 @@ def test_copy_link_works_on_a_phone(
     assert page.evaluate("matchMedia('(pointer: coarse)').matches")
     page.evaluate(COPY_SPY)
     if clipboard == "refused":  # as on a browser without the async clipboard or its permission
-        page.evaluate("() => { navigator.clipboard.writeText = () => Promise.reject(new DOMException('no', 'NotAllowedError')); }")
+        page.evaluate("() => { navigator.clipboard.writeText = () => Promise.reject(new DOMException('no')); }")
 
     page.tap("#copy")
     expect(page.locator("#copy")).to_have_text("Copied!")
@@ -1256,3 +1256,49 @@ def test_copy_link_works_on_a_phone(
         assert page.evaluate("window.copied") == [url]
     expect(page.locator("#copy")).to_have_text("Copy link", timeout=5_000)
     assert errors.errors == []
+
+
+# -- accessibility: axe-core ------------------------------------------------------------------
+
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"  # test-only npm devDependency, never served
+AXE_RUN = """async () => {
+  const result = await axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa",
+                                                                      "wcag22aa", "best-practice"] } });
+  return result.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help,
+    nodes: v.nodes.map((n) => n.target.join(" ") + ": " + n.failureSummary) }));
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_count_page_has_no_axe_violations(
+    app_factory: Callable[..., AppProcess], redis_url: str, new_context: Callable[..., BrowserContext],
+    slug: str, scheme: str
+) -> None:
+    """axe-core finds nothing on the count page, light and dark, with messages, a notice, the
+    publish form and (offline) the stale numbers and the Retry now button showing."""
+    if not AXE.is_file():
+        if os.environ.get("RRR_REQUIRE_ALL") == "1":
+            pytest.fail("npm axe-core is required (RRR_REQUIRE_ALL=1): npm ci")
+        pytest.skip("npm axe-core not installed (npm ci)")
+    server = app_factory(redis_url=redis_url, publish_token=TOKEN, client_publish=True)
+    # The page's CSP admits only its own nonced scripts: the test's injected axe needs it bypassed.
+    context = new_context(color_scheme=scheme, bypass_csp=True)
+    page = open_tabs(context, f"{server.base_url}/count/{slug}/", 1)[0]
+    expect_counts([page], connections=1, tabs=1)
+    page.click("#add")
+    context.set_offline(True)
+    expect(page.locator("#retry")).to_be_visible()
+    page.fill("#publish-text", "typed offline")
+    page.press("#publish-text", "Enter")
+    expect(page.locator("#messages li.notice")).to_have_count(1)
+    page.add_script_tag(path=str(AXE))
+
+    seen = {"offline": page.evaluate(AXE_RUN)}
+    context.set_offline(False)
+    expect_connected([page], "sharedworker")
+    for text in ("Hello from the API", {"deploy": "v42"}):
+        publish(server.base_url, slug, TOKEN, text)
+    expect(page.locator("#messages li")).to_have_count(3)
+    page.locator("#messages").focus()
+    seen["online"] = page.evaluate(AXE_RUN)
+    assert seen == {"offline": [], "online": []}, json.dumps(seen, indent=1)
