@@ -736,24 +736,37 @@ def test_protocol_module(server: AppProcess, new_context: Callable[..., BrowserC
 # -- screenshots for people ---------------------------------------------------------------------
 
 
+DOCS = ROOT / "docs"
+
+
 def test_count_page_screenshots(
     server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog
 ) -> None:
+    """Desktop, phone and dark screenshots of a busy room, in tests/artifacts/; with
+    RRR_UPDATE_SCREENSHOTS=1 also the README's (docs/count-page.png, -phone.png, -dark.png)."""
     url = f"{server.base_url}/count/demo/"
     ARTIFACTS.mkdir(exist_ok=True)
     desktop = new_context(viewport={"width": 1280, "height": 800})
-    phone = new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
-    pages = open_tabs(desktop, url, 3) + open_tabs(phone, url, 1)
+    phone = new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                        has_touch=True)
+    dark = new_context(viewport={"width": 1024, "height": 760}, color_scheme="dark")
+    pages = open_tabs(desktop, url, 3) + open_tabs(phone, url, 1) + open_tabs(dark, url, 1)
     pages[0].click("#add")
-    expect_counts(pages, connections=2, tabs=5)
+    expect_counts(pages, connections=3, tabs=6)
     publish(server.base_url, "demo", TOKEN, "Welcome! Every tab of this browser shares one socket.")
     publish(server.base_url, "demo", TOKEN, {"deploy": "v42", "status": "done"})
-    for page in (pages[0], pages[-1]):
+    shots = {"count-page": pages[0], "count-page-phone": pages[3], "count-page-dark": pages[4]}
+    for page in shots.values():
         expect(page.locator("#messages li")).to_have_count(2)
+        expect(page.locator("#updated")).to_have_text("just now")
+        page.mouse.move(0, 0)  # no hover state in the picture
 
-    pages[0].screenshot(path=str(ARTIFACTS / "count-desktop.png"), full_page=True)
-    pages[-1].screenshot(path=str(ARTIFACTS / "count-phone.png"), full_page=True)
-    assert pages[-1].evaluate("document.documentElement.scrollWidth") <= 390, "no sideways scrolling on a phone"
+    update_docs = os.environ.get("RRR_UPDATE_SCREENSHOTS") == "1"
+    for name, page in shots.items():
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        if update_docs:
+            page.screenshot(path=str(DOCS / f"{name}.png"), full_page=True)
+    assert pages[3].evaluate("document.documentElement.scrollWidth") <= 390, "no sideways scrolling on a phone"
     assert errors.errors == []
 
 
