@@ -1315,3 +1315,23 @@ def test_count_page_has_no_axe_violations(
     page.locator("#messages").focus()
     seen["online"] = page.evaluate(AXE_RUN)
     assert seen == {"offline": [], "online": []}, json.dumps(seen, indent=1)
+
+
+def test_server_error_for_one_subscription_shows_only_in_its_tab(
+    app_factory: Callable[..., AppProcess], redis_url: str, new_context: Callable[..., BrowserContext],
+    errors: ErrorLog, slug: str
+) -> None:
+    """Issue defect 4, from the server: the third tab's subscription on the shared socket is refused
+    (too_many_tabs, naming room and sub); only that tab shows it (tests/test_engines.py: Firefox, WebKit)."""
+    server = app_factory(redis_url=redis_url, publish_token=TOKEN, max_tabs_per_room=2)
+    context = new_context()
+    url = f"{server.base_url}/count/{slug}/"
+    pages = open_tabs(context, url, 2)
+    expect_counts(pages, connections=1, tabs=2)
+    third = open_tabs(context, url, 1)[0]
+    expect(third.locator("#messages li.notice .text")).to_have_text(
+        ["at most 2 tabs per room per socket (too_many_tabs)"], timeout=20_000)
+    assert publish(server.base_url, slug, TOKEN, "after the refusal") == 202
+    expect_messages(pages, ["after the refusal"])  # and nothing else: the error came before it
+    assert counts(server, slug) == (1, 2)
+    assert errors.errors == []
