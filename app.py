@@ -93,6 +93,8 @@ define(
 define("token_secret", default="", help="HS256 secret that signs client tokens (JWT)")
 define("token_public_key", default="", help="PEM file with the RS256/ES256 public key that verifies client tokens")
 define("token_max_age", default=24 * 3600.0, type=float, help="refuse tokens whose exp lies further ahead (s)")
+define("history_size", default=100, type=int, help="messages kept per room for recovery (0: history off)")
+define("history_ttl", default=300.0, type=float, help="seconds a room's history outlives its last message (0: off)")
 define("allowed_hosts", default="", help="comma list of Host names served ('.example.com': and subdomains; '*')")
 
 
@@ -109,6 +111,8 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             sweep_interval=o["sweep_interval"],
             redis_timeout=o["redis_timeout"],
             redis_pool_size=o["redis_pool_size"],
+            history_size=o["history_size"],
+            history_ttl=o["history_ttl"],
             # Not options: tests shorten them to see reconnects quickly.
             pubsub_keepalive=o.get("pubsub_keepalive", 5.0),
             backoff_cap=o.get("backoff_cap", 5.0),
@@ -161,7 +165,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             (
                 rf"/api/rooms/{slug}/messages",
                 PublishHandler,
-                dict(hub=hub, token=api_token, max_size=o["max_message_size"]),
+                dict(hub=hub, token=api_token, max_size=o["max_message_size"], rate=addresses.api),
             ),
             (r"/healthz", HealthHandler, dict(health=service.health)),
             (r"/metrics", MetricsHandler, dict(hub=hub)),

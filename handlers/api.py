@@ -56,6 +56,24 @@ def require_server_key(handler: tornado.web.RequestHandler, key: str, disabled: 
         raise tornado.web.HTTPError(403, "wrong API token")
 
 
+def refuse_over_rate(handler: JsonHandler, rate: RateLimiter, hub: Hub) -> bool:
+    """Answer 429 with Retry-After (and return True) when the client address is over ``--api-rate``."""
+    wait = rate.take(handler.request.remote_ip or "")
+    if not wait:
+        return False
+    hub.metrics.limited.labels("api_rate").inc()
+    # Not an HTTPError: send_error would clear the Retry-After header.
+    handler.set_status(429)
+    handler.set_header("Retry-After", str(max(1, math.ceil(wait))))
+    handler.finish(protocol.http_error(429, "too many requests from this address; see Retry-After"))
+    return True
+
+
+def require_read_grant(handler: tornado.web.RequestHandler, slug: str, key: str) -> None:
+    if needs_grant(slug) and not bearer_matches(handler, key):
+        raise tornado.web.HTTPError(403, "private and presence rooms need 'Authorization: Bearer <--api-token>'")
+
+
 class RoomHandler(JsonHandler):
     def initialize(self, hub: Hub, rate: RateLimiter, token: str) -> None:
         self.hub = hub
@@ -63,15 +81,8 @@ class RoomHandler(JsonHandler):
         self.token = token
 
     async def get(self, slug: str) -> None:
-        if needs_grant(slug) and not bearer_matches(self, self.token):
-            raise tornado.web.HTTPError(403, "private and presence rooms need 'Authorization: Bearer <--api-token>'")
-        wait = self.rate.take(self.request.remote_ip or "")
-        if wait:
-            self.hub.metrics.limited.labels("api_rate").inc()
-            # Not an HTTPError: send_error would clear the Retry-After header.
-            self.set_status(429)
-            self.set_header("Retry-After", str(max(1, math.ceil(wait))))
-            self.finish(protocol.http_error(429, "too many requests from this address; see Retry-After"))
+        require_read_grant(self, slug, self.token)
+        if refuse_over_rate(self, self.rate, self.hub):
             return
         try:
             state = await self.hub.room_state(slug)
@@ -109,8 +120,7 @@ class MembersHandler(JsonHandler):
         self.token = token
 
     async def get(self, slug: str) -> None:
-        if needs_grant(slug) and not bearer_matches(self, self.token):
-            raise tornado.web.HTTPError(403, "private and presence rooms need 'Authorization: Bearer <--api-token>'")
+        require_read_grant(self, slug, self.token)
         try:
             members = await self.hub.members(slug) if protocol.is_presence_room(slug) else {}
         except BackplaneError:
@@ -129,10 +139,11 @@ class PublishHandler(JsonHandler):
     and an authorised one can make it hold at most ``max_size`` bytes.
     """
 
-    def initialize(self, hub: Hub, token: str, max_size: int) -> None:
+    def initialize(self, hub: Hub, token: str, max_size: int, rate: RateLimiter) -> None:
         self.hub = hub
         self.token = token
         self.max_size = max_size
+        self.rate = rate
         self._chunks: list[bytes] = []
         self._size = 0
         self._refused = False
@@ -173,7 +184,7 @@ class PublishHandler(JsonHandler):
         except ValueError:
             raise tornado.web.HTTPError(400, "body must be a JSON value (UTF-8, no NaN or Infinity)") from None
         try:
-            processes = await self.hub.publish(slug, text)
+            published = await self.hub.publish(slug, text)
         except OutcomeUnknown:
             # Redis took the PUBLISH but did not answer in time: it may have been delivered.
             # A distinct status lets a publisher decide instead of blindly retrying a duplicate.
@@ -187,7 +198,36 @@ class PublishHandler(JsonHandler):
         except BackplaneError:
             raise tornado.web.HTTPError(503, "redis unavailable: the message was not delivered") from None
         self.set_status(202)
-        self.finish({"room": slug, "processes": processes})
+        if published.offset:
+            self.finish({"room": slug, "offset": published.offset, "epoch": published.epoch})
+        else:  # history off: relayed, not stored
+            self.finish({"room": slug, "processes": published.receivers})
+
+    async def get(self, slug: str) -> None:
+        """``GET /api/rooms/<slug>/messages?since=<n>[&epoch=<e>]``: what a client that saw offset
+        ``n`` missed, if the room still has all of it (``recovered``)."""
+        require_read_grant(self, slug, self.token)
+        if not self.hub.history.enabled:
+            raise tornado.web.HTTPError(404, "history is off on this server (--history-size or --history-ttl 0)")
+        since_text = self.get_query_argument("since", "0")
+        epoch = self.get_query_argument("epoch", None)
+        if not since_text.isdigit() or len(since_text) > 16 or (epoch is not None and not protocol.is_epoch(epoch)):
+            raise tornado.web.HTTPError(400, "since must be an integer >= 0 (and epoch an epoch string)")
+        if refuse_over_rate(self, self.rate, self.hub):
+            return
+        since = int(since_text)
+        try:
+            read = await self.hub.history.read(slug, since)
+        except BackplaneError:
+            raise tornado.web.HTTPError(503, "redis unavailable") from None
+        recovered = read.covers(since, epoch)
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        messages = ",".join('{"offset":%d,"data":%s}' % (o, d) for o, d in read.entries) if recovered else ""
+        self.finish(
+            '{"room":' + protocol.dumps(slug) + ',"epoch":' + protocol.dumps(read.epoch) + ',"offset":'
+            + str(read.top) + ',"recovered":' + ("true" if recovered else "false") + ',"messages":[' + messages + "]}"
+        )
 
 
 class HealthHandler(JsonHandler):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import tornado.web
@@ -31,6 +32,7 @@ class RelaySocket(WebSocketHandler):
         self.hub = hub
         self.verifier = verifier
         self.identity: Identity | None = None  # from ?token= on the one-room socket
+        self.since: protocol.Since | None = None  # from ?since=&epoch= on the one-room socket
         self.keepalive = keepalive
         self.limits = limits
         self.addresses = addresses
@@ -128,6 +130,9 @@ class RelaySocket(WebSocketHandler):
     def send_frame(self, frame: wsframe.Frame) -> None:
         self._send(frame)
 
+    def announced_subs(self, room: str) -> Iterable[str]:
+        return self.session.announced_subs(room) if self.session is not None else ()
+
     def send_ping(self) -> None:
         self._send(None)
 
@@ -171,6 +176,11 @@ class CountSocket(RelaySocket):
         """``?token=<jwt>``: a private or presence room without a token that grants it is 403,
         before the upgrade."""
         room = args[0]
+        try:
+            self.since = protocol.since_from_query(self.get_query_argument("since", None),
+                                                   self.get_query_argument("epoch", None))
+        except ValueError as e:
+            raise tornado.web.HTTPError(400, str(e)) from None
         token = self.get_query_argument("token", None)
         if token:
             try:
@@ -193,5 +203,5 @@ class CountSocket(RelaySocket):
         assert self.ip is not None
         return Session(
             self, self.hub, self.limits, self.addresses, self.ip, room=args[0], verifier=self.verifier,
-            identity=self.identity,
+            identity=self.identity, since=self.since,
         )

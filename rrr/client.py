@@ -1,11 +1,40 @@
-"""What a backend (Django or any Python program) imports to talk to rrr."""
+"""What a backend (Django or any Python program) imports to talk to rrr.
+
+Importing this starts nothing and needs no Tornado: `publish` talks to Redis directly,
+through the same script the server uses (store in the room's history and publish, in one
+step), so a message from a backend is recoverable like any other; `token` mints a token
+the server accepts. Both have asyncio twins for async views (`apublish`).
+
+Errors are plain: `ValueError` for a bad room or a payload that is not JSON (nothing is
+sent), `BackplaneError` when Redis does not answer or refuses (nothing was published),
+`OutcomeUnknown` when it took the call but did not answer in time (it may have been).
+Payloads are JSON, never pickled.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import keys, protocol, scripts
 from .auth import mint
+from .connect import make_redis, make_sync_redis
+from .errors import BackplaneError, OutcomeUnknown
+from .history import parse_published, publish_args
+
+__all__ = ["BackplaneError", "OutcomeUnknown", "apublish", "publish", "token"]
+
+#: The server's defaults; a room the server has set up keeps the server's own settings.
+HISTORY_SIZE = 100
+HISTORY_TTL = 300.0
+TIMEOUT = 2.0
 
 
 def token(
@@ -16,3 +45,81 @@ def token(
     ``publish`` its grants (exact slugs, or prefixes ending in ``*``), ``info`` what other
     members of a presence room see."""
     return mint(sub, secret=secret, rooms=rooms, publish=publish, info=info, ttl=ttl)
+
+
+def _default_url() -> str:
+    return os.environ.get("RRR_REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+
+def _encode(room: str, data: Any) -> str:
+    if not protocol.is_valid_slug(room):
+        raise ValueError(f"room must match {protocol.SLUG_PATTERN}, got {room!r:.80}")
+    try:
+        text = protocol.dumps(data)
+        text.encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as e:
+        raise ValueError(f"data must be plain JSON (dicts, lists, str, numbers, bool, None): {e}") from None
+    return text
+
+
+_sync_lock = threading.Lock()
+_sync_clients: dict[str, Any] = {}
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _sync_client(url: str) -> Any:
+    with _sync_lock:
+        client = _sync_clients.get(url)
+        if client is None:
+            client = _sync_clients[url] = make_sync_redis(url, TIMEOUT)
+        return client
+
+
+def _async_client(url: str) -> Any:
+    per_loop = _async_clients.setdefault(asyncio.get_running_loop(), {})
+    client = per_loop.get(url)
+    if client is None:
+        client = per_loop[url] = make_redis(url, TIMEOUT, 8)
+    return client
+
+
+def publish(
+    room: str, data: Any, *, redis_url: str | None = None, history_size: int = HISTORY_SIZE,
+    history_ttl: float = HISTORY_TTL,
+) -> int:
+    """Send ``data`` (any JSON value) to every socket in ``room``, stored in its history; returns the
+    message's offset (0 if ``history_size`` is 0: then it is relayed live only, not stored).
+
+    ``redis_url``: the server's ``--redis-url`` (default ``$RRR_REDIS_URL``). ``history_size`` and
+    ``history_ttl`` apply only to a room no rrr process has set up; otherwise the server's win."""
+    text = _encode(room, data)
+    client = _sync_client(redis_url or _default_url())
+    try:
+        if history_size <= 0 or history_ttl <= 0:
+            client.publish(keys.room_channel(room), text)
+            return 0
+        k, a = publish_args(room, text, history_size, history_ttl, own=False)
+        return parse_published(client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)).offset
+    except RedisTimeoutError as e:
+        raise OutcomeUnknown(f"redis did not answer in time; the message may have been published: {e}") from e
+    except (RedisError, OSError) as e:
+        raise BackplaneError(f"redis refused or is unreachable; nothing was published: {e}") from e
+
+
+async def apublish(
+    room: str, data: Any, *, redis_url: str | None = None, history_size: int = HISTORY_SIZE,
+    history_ttl: float = HISTORY_TTL,
+) -> int:
+    """`publish` for async code (one client per event loop)."""
+    text = _encode(room, data)
+    client = _async_client(redis_url or _default_url())
+    try:
+        if history_size <= 0 or history_ttl <= 0:
+            await client.publish(keys.room_channel(room), text)
+            return 0
+        k, a = publish_args(room, text, history_size, history_ttl, own=False)
+        return parse_published(await client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)).offset
+    except (RedisTimeoutError, asyncio.TimeoutError) as e:
+        raise OutcomeUnknown(f"redis did not answer in time; the message may have been published: {e}") from e
+    except (RedisError, OSError) as e:
+        raise BackplaneError(f"redis refused or is unreachable; nothing was published: {e}") from e

@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+import redis
 import redis.asyncio as aioredis
+import redis.sentinel
 from redis.asyncio.retry import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.asyncio.connection import BlockingConnectionPool
@@ -213,3 +215,27 @@ def make_redis(url: str, timeout: float, max_connections: int = 32, retries: int
         client_name="rrr",
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def make_sync_redis(url: str, timeout: float) -> redis.Redis:
+    """A blocking client for backends (`rrr.client`), with the same URLs, timeouts and retry rule."""
+    from redis.retry import Retry as SyncRetry
+
+    retry = SyncRetry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(RedisConnectionError,))
+    if is_sentinel_url(url):
+        parsed = parse_sentinel_url(url)
+        sentinel = redis.sentinel.Sentinel(
+            list(parsed.sentinels),
+            min_other_sentinels=parsed.min_other_sentinels,
+            sentinel_kwargs=dict(
+                socket_timeout=timeout, socket_connect_timeout=timeout, username=parsed.sentinel_username,
+                password=parsed.sentinel_password, ssl=parsed.ssl,
+            ),
+        )
+        return sentinel.master_for(
+            parsed.service_name, db=parsed.db, username=parsed.username, password=parsed.password, ssl=parsed.ssl,
+            socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry, client_name="rrr-client",
+        )
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry, client_name="rrr-client",
+    )

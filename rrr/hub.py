@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from . import keys, protocol
 from .coalesce import Coalescer
 from .auth import Identity
+from .delivery import Delivery
 from .errors import BackplaneError
+from .history import History, Published
 from .metrics import Metrics
 from .presence import MemberDelta, Presence
-from .protocol import CountState
+from .protocol import CountState, Since
 from .subscriber import Subscriber
 from .supervise import RateLimitedLog
 from .wsframe import Frame
@@ -38,6 +40,9 @@ class Connection(Protocol):
     def send_frame(self, frame: Frame) -> None: ...
 
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+    def announced_subs(self, room: str) -> Iterable[str]:
+        """Its subscriptions to ``room`` that are told ``subscribed``."""
 
 
 class _Room:
@@ -78,9 +83,10 @@ class Hub:
 
     def __init__(
         self, presence: Presence, subscriber: Subscriber, coalescer: Coalescer, metrics: Metrics, *,
-        count_interval: float = 0.1, member_grace: float = 2.0,
+        history: History | None = None, count_interval: float = 0.1, member_grace: float = 2.0,
     ) -> None:
         self.presence = presence
+        self.history = history or History(presence, 0, 0)
         self.subscriber = subscriber
         self.coalescer = coalescer
         self.metrics = metrics
@@ -97,6 +103,7 @@ class Hub:
         # Authenticated sockets by user, so a revocation finds them.
         self._by_user: dict[str, set[Connection]] = {}
         self._user_of: dict[Connection, str] = {}
+        self.delivery = Delivery(self.history, metrics, conns=self._room_conns, confirmed=subscriber.confirmed)
         metrics.bind_gauges(
             lambda: len(self._conns),
             lambda: sum(r.tabs for r in self._rooms.values()),
@@ -133,15 +140,22 @@ class Hub:
             self.identify(conn, None)
             conn.close(4001, "signed out")
 
+    def _room_conns(self, room: str) -> Iterable[Connection] | None:
+        r = self._rooms.get(room)
+        return r.tabs_by_conn if r is not None else None
+
     def add_tab(
-        self, conn: Connection, room: str, user: str | None = None, info_json: str = "null", sub: str | None = None,
+        self, conn: Connection, room: str, user: str | None = None, info_json: str = "null", sub: str = "",
+        since: Since | None = None, announce: bool = True,
     ) -> None:
         """One more subscription (tab) of ``conn`` to ``room``; the socket is owed a count (and, in a
-        presence room, where ``user`` is the socket's authenticated user, the member list)."""
+        presence room, where ``user`` is the socket's authenticated user, the member list), and
+        ``subscribed`` (unless not ``announce``) with the messages after ``since``."""
         r = self._rooms.get(room)
         if r is None:
             r = self._rooms[room] = _Room()
             self.subscriber.subscribe(room)
+        new = conn not in r.tabs_by_conn
         r.tabs_by_conn[conn] = r.tabs_by_conn.get(conn, 0) + 1
         r.tabs += 1
         r.waiting.add(conn)
@@ -153,13 +167,15 @@ class Hub:
             entry = r.users.setdefault(user, [0, info_json])
             entry[0] += 1
             r.members_owed.append((conn, sub))
+        self.delivery.subscribe(room, conn, sub, since, announce, new)
         self._mark_dirty(room)
 
-    def remove_tab(self, conn: Connection, room: str) -> None:
+    def remove_tab(self, conn: Connection, room: str, sub: str = "") -> None:
         r = self._rooms.get(room)
         n = r.tabs_by_conn.get(conn, 0) if r else 0
         if r is None or n == 0:
             return
+        self.delivery.unsubscribe(room, conn, sub, n == 1)
         if n == 1:
             del r.tabs_by_conn[conn]
             r.waiting.discard(conn)
@@ -185,6 +201,7 @@ class Hub:
                 r.timer.cancel()
             del self._rooms[room]
             self.subscriber.unsubscribe(room)
+            self.delivery.room_gone(room)
         self._mark_dirty(room)
 
     def current_state(self, room: str) -> CountState | None:
@@ -436,20 +453,18 @@ class Hub:
         return await self.presence.members(room)
 
     def on_room_message(self, room: str, data_json: str) -> None:
-        r = self._rooms.get(room)
-        if r is None:
-            return
-        frame = Frame(protocol.relay_frame(room, data_json))  # encoded once, whatever the room size
-        conns = list(r.tabs_by_conn)
-        for conn in conns:
-            conn.send_frame(frame)
-        self.metrics.messages_out.inc(len(conns))
+        self.delivery.on_raw_message(room, data_json)
+
+    def on_history_message(self, room: str, offset: int, epoch: str, data_json: str) -> None:
+        self.delivery.on_message(room, offset, epoch, data_json)
 
     def on_subscribed(self, room: str) -> None:
         if room in self._rooms:
             self._mark_dirty(room)
+            self.delivery.channels_ready(room)
 
     def on_connected(self) -> None:
+        self.delivery.resync()  # what was published while pub/sub was down is read back
         self.resync()
 
     def resync(self) -> None:
@@ -465,8 +480,11 @@ class Hub:
 
     # -- requests from handlers -----------------------------------------------
 
-    async def publish(self, room: str, data_json: str) -> int:
-        return await self.presence.publish(keys.room_channel(room), data_json)
+    async def publish(self, room: str, data_json: str) -> Published:
+        """Store and relay (history on), or relay only: then ``offset`` is 0 and ``epoch`` empty."""
+        if self.history.enabled:
+            return await self.history.publish(room, data_json)
+        return Published(0, "", await self.presence.publish(keys.room_channel(room), data_json))
 
     async def room_state(self, room: str) -> CountState:
         return await self.presence.room_state(room)
@@ -475,6 +493,7 @@ class Hub:
         """From now on nothing is marked for writing: LEAVE removes all our presence at once."""
         self._closing = True
         self.coalescer.drop()
+        self.delivery.close()
         for r in self._rooms.values():
             if r.timer:
                 r.timer.cancel()

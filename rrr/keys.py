@@ -20,6 +20,9 @@ SEQ = "rrr:seq"
 PROBE = "rrr:probe"
 
 _PRESENCE = "rrr:presence:{%s}"
+_HISTORY = "rrr:history:{%s}"
+_META = "rrr:meta:{%s}"
+_MESSAGES = "rrr:msg:{%s}"
 _MEMBERS = "rrr:members:{%s}"
 _COUNT = "rrr:count:{%s}"
 _PROC_ROOMS = "rrr:proc:%s:rooms"
@@ -49,6 +52,23 @@ def count_channel(room: str) -> str:
     return _COUNT % room
 
 
+def history(room: str) -> str:
+    """Stream of a room's last ``--history-size`` messages; entry ID ``<offset>-0``, field ``d``."""
+    return _HISTORY % room
+
+
+def meta(room: str) -> str:
+    """Hash of a room's history position: ``e`` epoch, ``o`` top offset, ``n``/``t`` its size and TTL.
+    Outlives the stream (see `rrr.history.meta_ttl`), so offsets keep growing across quiet spells."""
+    return _META % room
+
+
+def message_channel(room: str) -> str:
+    """Where messages stored in history are published (``<offset> <epoch> <data JSON>``), from
+    inside the script that stores them."""
+    return _MESSAGES % room
+
+
 def proc_rooms(pid: str) -> str:
     """Set of the rooms a process has presence in, so its death can be swept room by room."""
     return _PROC_ROOMS % pid
@@ -71,6 +91,16 @@ def room_of_count_channel(channel: str) -> str | None:
     """The room a count channel belongs to, or None if ``channel`` is not one."""
     if channel.startswith(COUNT_CHANNEL_PREFIX) and channel.endswith(COUNT_CHANNEL_SUFFIX):
         return channel[len(COUNT_CHANNEL_PREFIX) : -len(COUNT_CHANNEL_SUFFIX)]
+    return None
+
+
+MESSAGE_CHANNEL_PREFIX, MESSAGE_CHANNEL_SUFFIX = _MESSAGES.split("%s")
+
+
+def room_of_message_channel(channel: str) -> str | None:
+    """The room a history message channel belongs to, or None if ``channel`` is not one."""
+    if channel.startswith(MESSAGE_CHANNEL_PREFIX) and channel.endswith(MESSAGE_CHANNEL_SUFFIX):
+        return channel[len(MESSAGE_CHANNEL_PREFIX) : -len(MESSAGE_CHANNEL_SUFFIX)]
     return None
 
 

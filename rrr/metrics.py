@@ -35,6 +35,17 @@ class Metrics:
         self.messages_in = Counter("rrr_messages_in", "Frames received from clients", registry=r)
         self.messages_out = Counter("rrr_messages_out", "Frames sent to clients", registry=r)
         self.relayed = Counter("rrr_relayed_messages", "Room messages received from Redis", registry=r)
+        self.history_replayed = Counter(
+            "rrr_history_replayed", "Messages sent again from history (a resubscribe's since, or a gap here)",
+            registry=r,
+        )
+        self.history_gaps = Counter(
+            "rrr_history_gaps", "Live messages that arrived after a gap, which was then read from history", registry=r,
+        )
+        self.history_resets = Counter(
+            "rrr_history_resets", "Subscriptions told recovered: false (history lost, trimmed, or no since)",
+            registry=r,
+        )
         self.count_broadcasts = Counter("rrr_count_broadcasts", "Coalesced count broadcasts to a room", registry=r)
         self.redis_reconnects = Counter("rrr_redis_reconnects", "Pub/sub connection re-establishments", registry=r)
         self.redis_errors = Counter("rrr_redis_errors", "Failed Redis calls", ["op"], registry=r)

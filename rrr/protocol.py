@@ -48,6 +48,15 @@ class ClientMessage:
     data_json: str | None = None
     transport: str | None = None
     token: str | None = None
+    since: Since | None = None
+
+
+@dataclass(frozen=True)
+class Since:
+    """Where a client's copy of a room's messages ends: resubscribing with it replays the rest."""
+
+    offset: int
+    epoch: str
 
 
 @dataclass(frozen=True)
@@ -129,7 +138,40 @@ def parse_client_message(text: str) -> ClientMessage:
         sub = str(sub)
     if not isinstance(sub, str) or len(sub) > SUB_ID_MAX:
         raise ProtocolError("bad_sub", f"sub must be a string of at most {SUB_ID_MAX} characters", room=room)
-    return ClientMessage(kind, room=room, sub=sub)
+    since = None
+    if kind == "subscribe" and obj.get("since") is not None:
+        since = parse_since(obj["since"], str(room), sub)
+    return ClientMessage(kind, room=room, sub=sub, since=since)
+
+
+_EPOCH_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
+_OFFSET_MAX = 2**53 - 1  # what a browser's JSON numbers hold exactly
+
+
+def parse_since(value: object, room: str, sub: str) -> Since:
+    """``{"offset": <int >= 0>, "epoch": "<string>"}`` from a subscribe's ``since``."""
+    if isinstance(value, dict):
+        offset, epoch = value.get("offset"), value.get("epoch")
+        if isinstance(offset, int) and not isinstance(offset, bool) and 0 <= offset <= _OFFSET_MAX \
+                and isinstance(epoch, str) and is_epoch(epoch):
+            return Since(offset, epoch)
+    raise ProtocolError(
+        "bad_since", "since must be {\"offset\": <integer >= 0>, \"epoch\": \"<epoch>\"}", room=room, sub=sub,
+    )
+
+
+def is_epoch(value: object) -> bool:
+    return isinstance(value, str) and _EPOCH_RE.match(value) is not None
+
+
+def since_from_query(offset: str | None, epoch: str | None) -> Since | None:
+    """``?since=<n>&epoch=<e>`` on the one-room socket; None if absent; ValueError if malformed."""
+    if offset is None and epoch is None:
+        return None
+    if offset is None or not offset.isdigit() or int(offset) > _OFFSET_MAX or epoch is None \
+            or not is_epoch(epoch):
+        raise ValueError("since needs ?since=<integer >= 0>&epoch=<epoch>")
+    return Since(int(offset), epoch)
 
 
 def _encodable(obj: Any) -> bool:
@@ -184,13 +226,33 @@ def presence_diff_frame(room: str, joins: dict[str, str], leaves: dict[str, str]
     )
 
 
-def relay_frame(room: str, data_json: str) -> str:
-    """A ``message`` frame carrying ``data_json`` byte for byte, as the publisher sent it.
+def relay_frame(
+    room: str, data_json: str, offset: int | None = None, epoch: str | None = None, sub: str | None = None,
+) -> str:
+    """A ``message`` frame carrying ``data_json`` byte for byte, as the publisher sent it; a message
+    stored in history says where it is (``offset``, ``epoch``); a replay says for which ``sub``.
 
     Built by concatenation so a payload is never decoded and re-encoded per room:
     ``data_json`` must already be validated JSON text.
     """
-    return '{"type":"message","room":' + dumps(room) + ',"data":' + data_json + "}"
+    head = '{"type":"message","room":' + dumps(room)
+    if sub is not None:
+        head += ',"sub":' + dumps(sub)
+    if offset is not None:
+        head += ',"offset":' + str(offset) + ',"epoch":' + dumps(epoch)
+    return head + ',"data":' + data_json + "}"
+
+
+def subscribed_message(room: str, sub: str, offset: int | None, epoch: str | None, recovered: bool) -> dict[str, Any]:
+    """A subscription now receives the room's messages; ``offset`` and ``epoch`` are where they stand
+    (absent when history is off), ``recovered`` whether everything after the ``since`` it asked
+    for follows (false: reload the state)."""
+    msg: dict[str, Any] = {"type": "subscribed", "room": room, "sub": sub}
+    if offset is not None:
+        msg["offset"] = offset
+        msg["epoch"] = epoch
+    msg["recovered"] = recovered
+    return msg
 
 
 def error_message(code: str, reason: str, **extra: Any) -> dict[str, Any]:

@@ -232,9 +232,75 @@ end
 return out
 """
 
+# -- history (rrr.history) ---------------------------------------------------
+# Cluster-ready: every key is passed in KEYS and carries the room's hash tag.
+# The room's meta hash keeps its epoch ``e`` and top offset ``o``, and the size ``n``
+# and TTL ``t`` (ms) its history is kept at: the server writes those (``own``), so a
+# backend's helper stores with the server's settings without knowing them.
+
+_HISTORY_COMMON = r"""
+local stream, meta = KEYS[1], KEYS[2]
+-- The room's epoch, fixed by whoever comes first; a room with no meta has lost its history
+-- (Redis restarted empty, or it idled past the meta's TTL): any stream left is from before.
+local function epoch_of(new_epoch)
+  local e = redis.call('HGET', meta, 'e')
+  if not e then
+    e = new_epoch
+    redis.call('HSET', meta, 'e', e, 'o', 0)
+    redis.call('DEL', stream)
+  end
+  return e
+end
+local function settings(own, size, ttl)
+  if own == '1' then
+    redis.call('HSET', meta, 'n', size, 't', ttl)
+    return tonumber(size), tonumber(ttl)
+  end
+  local got = redis.call('HMGET', meta, 'n', 't')
+  return tonumber(got[1] or size), tonumber(got[2] or ttl)
+end
+"""
+
+#: KEYS: stream, meta. ARGV: channel, data JSON, size, ttl ms, meta ttl s, new epoch, own (1/0).
+#: Store and publish in one step: the message gets the next offset, the stream is trimmed
+#: exactly to ``size``, and the message goes out on the room's message channel as
+#: ``<offset> <epoch> <data>``. Returns {offset, epoch, receivers}.
+HISTORY_PUBLISH = _HISTORY_COMMON + r"""
+local epoch = epoch_of(ARGV[6])
+local size, ttl = settings(ARGV[7], ARGV[3], ARGV[4])
+local top = redis.call('HINCRBY', meta, 'o', 1)
+if size > 0 then
+  redis.call('XADD', stream, 'MAXLEN', size, top .. '-0', 'd', ARGV[2])
+  redis.call('PEXPIRE', stream, ttl)
+end
+redis.call('EXPIRE', meta, tonumber(ARGV[5]))
+local n = redis.call('PUBLISH', ARGV[1], top .. ' ' .. epoch .. ' ' .. ARGV[2])
+return {top, epoch, n}
+"""
+
+#: KEYS: stream, meta. ARGV: after (-1: the position only), limit, new epoch, meta ttl s,
+#: size, ttl ms, own (1/0). A room's position (fixing its epoch if it has none) and the
+#: stored messages after ``after``, oldest first, at most ``limit``.
+#: Returns {epoch, top, {{id, {field, value}}, ...}}.
+HISTORY_READ = _HISTORY_COMMON + r"""
+local epoch = epoch_of(ARGV[3])
+settings(ARGV[7], ARGV[5], ARGV[6])
+redis.call('EXPIRE', meta, tonumber(ARGV[4]))
+local top = tonumber(redis.call('HGET', meta, 'o')) or 0
+local after = tonumber(ARGV[1])
+local entries = {}
+if after >= 0 and after < top then
+  entries = redis.call('XRANGE', stream, (after + 1) .. '-0', '+', 'COUNT', tonumber(ARGV[2]))
+end
+return {epoch, top, entries}
+"""
+
 #: Every script by name, as `rrr.presence` loads them.
 ALL = {
     "set_presence": SET_PRESENCE, "renew": RENEW, "sweep": SWEEP, "leave": LEAVE, "count": COUNT, "members": MEMBERS,
+    "history_publish": HISTORY_PUBLISH, "history_read": HISTORY_READ,
 }
 #: Scripts that only read (no flags: they work on any Redis, at maxmemory too).
 READ_ONLY = frozenset({"count", "members"})
+#: Scripts that store what clients send: no ``allow-oom``, so Redis refuses them at maxmemory.
+NO_FLAGS = READ_ONLY | {"history_publish", "history_read"}

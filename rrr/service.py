@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from .coalesce import Coalescer
 from .errors import BackplaneError
+from .history import History
 from .hub import Hub
 from .metrics import Metrics
 from .presence import Presence
@@ -42,6 +43,8 @@ class Settings:
     sweep_interval: float = 1.0
     redis_timeout: float = 2.0
     redis_pool_size: int = 32
+    history_size: int = 100
+    history_ttl: float = 300.0
     pubsub_keepalive: float = 5.0
     backoff_cap: float = 5.0
 
@@ -55,7 +58,11 @@ class Service:
         )
         self.subscriber = Subscriber(metrics, keepalive=s.pubsub_keepalive, process_id=self.presence.process_id)
         self.coalescer = Coalescer(s.count_interval)
-        self.hub = Hub(self.presence, self.subscriber, self.coalescer, metrics, count_interval=s.count_interval)
+        self.history = History(self.presence, s.history_size, s.history_ttl)
+        self.hub = Hub(
+            self.presence, self.subscriber, self.coalescer, metrics, history=self.history,
+            count_interval=s.count_interval,
+        )
         self.supervisor = Supervisor(metrics, backoff_cap=s.backoff_cap)
         self._renew_now = asyncio.Event()
         self._write_ok = True

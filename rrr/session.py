@@ -18,7 +18,7 @@ from .errors import BackplaneError
 from .hub import Connection, Hub
 from .limits import AddressLimits
 from .policy import TokenBucket
-from .protocol import ClientMessage, ProtocolError
+from .protocol import ClientMessage, ProtocolError, Since
 from .wsframe import Frame
 
 _PONG = Frame(protocol.PONG_FRAME)
@@ -42,14 +42,17 @@ class Session:
     # Slots, and rate buckets only once the socket sends: one Session lives per idle socket.
     __slots__ = (
         "conn", "hub", "limits", "addresses", "ip", "fixed_room", "subs", "n_subs", "transport",
-        "_bucket", "_frames", "_dropped", "verifier", "identity", "_expiry",
+        "_bucket", "_frames", "_dropped", "verifier", "identity", "_expiry", "_announce_fixed",
     )
 
     def __init__(
         self, conn: Connection, hub: Hub, limits: Limits, addresses: AddressLimits, ip: str,
         room: str | None = None, verifier: Verifier | None = None, identity: Identity | None = None,
+        since: Since | None = None,
     ) -> None:
-        """With ``room``, this is the talk's one-room socket: joined at once, fixed for life.
+        """With ``room``, this is the talk's one-room socket: joined at once, fixed for life; it is
+        sent ``subscribed`` only if it asked to recover (``since``), since the talk's client reads
+        ``connections`` from every frame it gets.
 
         If a cap refuses that room the socket is told why and closed (1008): it has nothing else to do.
         """
@@ -68,17 +71,18 @@ class Session:
         self.verifier = verifier or Verifier()
         self.identity: Identity | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self._announce_fixed = since is not None
         if identity is not None:
             self._authenticate(identity)
         hub.attach(conn)
         if room is not None:
             try:
-                self.join(room, "")
+                self.join(room, "", since)
             except ProtocolError as e:
                 self.reply(e)
                 conn.close(1008, e.reason[:120])
 
-    def join(self, room: str, sub: str) -> None:
+    def join(self, room: str, sub: str, since: Since | None = None) -> None:
         """Register one subscription, or raise the cap it would break (nothing is registered then)."""
         tabs = self.subs.get(room)
         if tabs is not None and sub in tabs:
@@ -114,10 +118,11 @@ class Session:
         tabs.add(sub)
         self.n_subs += 1
         who = self.identity
+        announce = self.fixed_room is None or self._announce_fixed
         if who is not None and protocol.is_presence_room(room):
-            self.hub.add_tab(self.conn, room, who.user, who.info_json, sub)
+            self.hub.add_tab(self.conn, room, who.user, who.info_json, sub, since, announce)
         else:
-            self.hub.add_tab(self.conn, room)
+            self.hub.add_tab(self.conn, room, sub=sub, since=since, announce=announce)
 
     def leave(self, room: str, sub: str) -> None:
         tabs = self.subs.get(room)
@@ -128,7 +133,13 @@ class Session:
             del self.subs[room]
         self.n_subs -= 1
         self.addresses.remove_subscription(self.ip)
-        self.hub.remove_tab(self.conn, room)
+        self.hub.remove_tab(self.conn, room, sub)
+
+    def announced_subs(self, room: str) -> list[str]:
+        """The subscriptions to ``room`` that are told ``subscribed`` (and a reset)."""
+        if self.fixed_room is not None and not self._announce_fixed:
+            return []
+        return list(self.subs.get(room, ()))
 
     def close(self) -> None:
         if self._expiry is not None:
@@ -204,7 +215,7 @@ class Session:
             raise ProtocolError("unsupported", "this socket follows one room; use /ws/ for more", room=msg.room)
         elif msg.type == "subscribe":
             assert msg.room is not None and msg.sub is not None
-            self.join(msg.room, msg.sub)
+            self.join(msg.room, msg.sub, msg.since)
         elif msg.type == "unsubscribe":
             assert msg.room is not None and msg.sub is not None
             self.leave(msg.room, msg.sub)

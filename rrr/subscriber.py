@@ -3,7 +3,7 @@
 `Subscriber.run` owns one connection for its life and raises when it breaks; the
 supervisor runs it again after a backoff, which `reconnect_now` cuts short when the
 command connection sees Redis answer again. It knows which rooms Redis has *confirmed*
-(both the room's channels acknowledged), so the hub writes a room's presence only once
+(each of the room's channels acknowledged), so the hub writes a room's presence only once
 its messages can arrive: a count that shows this process means its relay works too.
 
 `probe` proves the connection delivers, not merely that it is open: a message published
@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from . import keys, protocol
+from . import history, keys, protocol
 from .errors import BackplaneError
 from .metrics import Metrics
 from .protocol import CountState
@@ -33,12 +33,17 @@ class Listener(Protocol):
     """Where the subscriber delivers what it hears (the hub). Called from the subscriber's own
     task, never from inside a call the listener made."""
 
-    def on_room_message(self, room: str, data_json: str) -> None: ...
+    def on_room_message(self, room: str, data_json: str) -> None:
+        """A raw ``PUBLISH rrr:room:<slug>`` from a backend: live only, no offset."""
+
+    def on_history_message(self, room: str, offset: int, epoch: str, data_json: str) -> None:
+        """A message stored in the room's history (published by its script)."""
 
     def on_count(self, room: str, state: CountState) -> None: ...
 
     def on_subscribed(self, room: str) -> None:
-        """Both of the room's channels are confirmed: its presence may be written now."""
+        """Every channel of the room is confirmed: its presence may be written, and its history
+        read, now."""
 
     def on_connected(self) -> None:
         """A new connection (after a restart or a cut): whatever was missed, write every room again."""
@@ -255,6 +260,11 @@ class Subscriber:
             if room is not None:
                 self._notify("on_count", room, protocol.decode_count_announcement(data))
                 return
+            room = keys.room_of_message_channel(name)
+            if room is not None:
+                self.metrics.relayed.inc()
+                self._notify("on_history_message", room, *history.parse_message(data))
+                return
             room = keys.room_of_room_channel(name)
             if room is not None:
                 self.metrics.relayed.inc()
@@ -277,5 +287,5 @@ class Subscriber:
 def _channels(rooms: Iterable[str]) -> list[str]:
     out: list[str] = []
     for room in rooms:
-        out += [keys.room_channel(room), keys.count_channel(room)]
+        out += [keys.room_channel(room), keys.count_channel(room), keys.message_channel(room)]
     return out

@@ -8,7 +8,7 @@ import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 
 from conftest import ServerFactory
-from rrr.keys import room_channel
+from rrr.keys import history, message_channel
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
@@ -84,18 +84,21 @@ async def test_publish_rejects_oversized_bodies(http_client: AsyncHTTPClient, ba
     assert r.code == 413
 
 
-async def test_publish_reaches_redis_verbatim(
+async def test_publish_is_stored_and_reaches_redis_verbatim(
     http_client: AsyncHTTPClient, base_url: str, rclient: redis.Redis
 ) -> None:
     pubsub = rclient.pubsub()
-    pubsub.subscribe(room_channel("abc"))
+    pubsub.subscribe(message_channel("abc"))
     pubsub.get_message(timeout=1)
     body = '{"text": "hi",  "n": 1}'
     r = await fetch(http_client, base_url + "/api/rooms/abc/messages", method="POST", body=body,
                     headers={"Authorization": "Bearer secret-token"})
-    assert r.code == 202 and json.loads(r.body)["room"] == "abc"
+    answer = json.loads(r.body)
+    assert r.code == 202 and set(answer) == {"room", "offset", "epoch"} and answer["room"] == "abc"
     msg = pubsub.get_message(timeout=5)
-    assert msg["data"] == body
+    assert msg["data"] == f"{answer['offset']} {answer['epoch']} {body}"
+    [(entry_id, fields)] = rclient.xrange(history("abc"), min=f"{answer['offset']}-0", max="+")
+    assert entry_id == f"{answer['offset']}-0" and fields == {"d": body}
     pubsub.close()
 
 

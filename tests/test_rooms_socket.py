@@ -42,7 +42,7 @@ async def test_one_socket_carries_many_rooms(server_factory: ServerFactory, clie
     await AsyncHTTPClient().fetch(server.base_url + "/api/rooms/r2/messages", method="POST", body='"to r2"',
                                   headers={"Authorization": "Bearer tok"})
     msg = await c.next("message", after=0)
-    assert msg == {"type": "message", "room": "r2", "data": "to r2"}
+    assert msg == {"type": "message", "room": "r2", "offset": 1, "epoch": msg["epoch"], "data": "to r2"}
 
 
 async def test_subscribing_twice_is_idempotent(server_factory: ServerFactory, clients: list[Client]) -> None:

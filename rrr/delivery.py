@@ -1,0 +1,323 @@
+"""Delivery of a room's messages to this process's sockets: in offset order, each once, nothing lost.
+
+Each room with local subscribers has a `RoomStream`: the room's epoch and the last offset
+delivered here (``top``). A message that arrives live is delivered only if it is the next
+offset; anything else (a gap, a new epoch, a pub/sub connection that came back) makes the
+stream *stale*: live messages are held while the missing ones are read from history, then
+both go out in order. So a pub/sub blip or a failover costs a delay, never a message.
+
+A new subscription is *pending* until this process receives the room's messages (its
+channels confirmed, its position read). Then, in one synchronous step, it is sent
+``subscribed`` and (with ``since``) every message after its offset up to ``top``; live
+messages after ``top`` follow. A socket none of whose subscriptions to the room has been
+served yet gets no live messages of it, so its first frame about the room is ``subscribed``.
+
+Raw ``PUBLISH rrr:room:<slug>`` messages carry no offset: they are relayed live, best effort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from . import protocol
+from .errors import BackplaneError
+from .history import History, Read
+from .metrics import Metrics
+from .protocol import Since
+from .supervise import RateLimitedLog
+from .wsframe import Frame
+
+log = logging.getLogger("rrr.delivery")
+
+
+class Subscriber(Protocol):
+    """A socket as delivery sees it: frames in, and which of its subscriptions follow a room."""
+
+    def send_frame(self, frame: Frame) -> None: ...
+
+    def announced_subs(self, room: str) -> Iterable[str]:
+        """The subscriptions to ``room`` that are told ``subscribed`` (a reset included)."""
+
+
+@dataclass(eq=False)
+class Pending:
+    conn: Subscriber
+    sub: str
+    since: Since | None
+    announce: bool  # send ``subscribed`` (the talk's one-room socket without ``since`` is not)
+    checked: bool = False  # a history read finished after it was queued
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class RoomStream:
+    epoch: str | None = None
+    top: int = 0
+    stale: bool = True  # history must be read before live messages go out again
+    held: list[tuple[int, str, str]] = field(default_factory=list)  # live while stale: (offset, epoch, data)
+    pending: dict[tuple[Subscriber, str], Pending] = field(default_factory=dict)
+    waiting: set[Subscriber] = field(default_factory=set)  # no subscription served yet: no live frames
+    recent: list[tuple[int, str]] | None = None  # delivered during a replay read
+    task: asyncio.Future[None] | None = None
+
+
+class Delivery:
+    """The streams of every local room. The hub tells it who joins and leaves and what the
+    subscriber hears; it sends message and ``subscribed`` frames, and reads history itself."""
+
+    def __init__(
+        self, history: History, metrics: Metrics, *, conns: Callable[[str], Iterable[Subscriber] | None],
+        confirmed: Callable[[str], bool], hold_max: int = 1000,
+    ) -> None:
+        self.history = history
+        self.metrics = metrics
+        self._conns = conns
+        self._confirmed = confirmed
+        self._streams: dict[str, RoomStream] = {}
+        self._closing = False
+        self._log = RateLimitedLog(log)
+        self.hold_max = hold_max
+
+    # -- the hub's calls --------------------------------------------------------------------
+
+    def subscribe(self, room: str, conn: Subscriber, sub: str, since: Since | None, announce: bool, new: bool) -> None:
+        """A subscription registered; ``new``: its socket had no other in the room."""
+        s = self._streams.get(room)
+        if s is None:
+            s = self._streams[room] = RoomStream()
+        if new:
+            s.waiting.add(conn)
+        s.pending[(conn, sub)] = Pending(conn, sub, since, announce)
+        self._run(room, s)
+
+    def unsubscribe(self, room: str, conn: Subscriber, sub: str, last: bool) -> None:
+        """A subscription ended; ``last``: its socket has none left in the room."""
+        s = self._streams.get(room)
+        if s is None:
+            return
+        p = s.pending.pop((conn, sub), None)
+        if p is not None:
+            p.cancelled = True
+        if last:
+            s.waiting.discard(conn)
+
+    def room_gone(self, room: str) -> None:
+        s = self._streams.pop(room, None)
+        if s is not None and s.task is not None:
+            s.task.cancel()
+
+    def channels_ready(self, room: str) -> None:
+        """The room's channels are confirmed subscribed: catch up and serve who waits."""
+        s = self._streams.get(room)
+        if s is not None:
+            self._run(room, s)
+
+    def resync(self) -> None:
+        """The pub/sub connection broke: whatever was published meanwhile must be read back."""
+        for s in self._streams.values():
+            s.stale = True
+            s.held.clear()
+
+    def close(self) -> None:
+        self._closing = True
+        for s in self._streams.values():
+            if s.task is not None:
+                s.task.cancel()
+
+    # -- what the subscriber hears --------------------------------------------------------------
+
+    def on_raw_message(self, room: str, data_json: str) -> None:
+        s = self._streams.get(room)
+        self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json)))
+
+    def on_message(self, room: str, offset: int, epoch: str, data_json: str) -> None:
+        s = self._streams.get(room)
+        if s is None:
+            return
+        if not self.history.enabled:
+            self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json, offset, epoch)))
+            return
+        if not s.stale and epoch == s.epoch and offset > s.top + 1:
+            s.stale = True  # a gap: read what is missing, hold what follows
+            self.metrics.history_gaps.inc()
+        elif not s.stale and epoch != s.epoch:
+            s.stale = True  # the room's history was lost and began again
+        if s.stale:
+            if len(s.held) < self.hold_max:
+                s.held.append((offset, epoch, data_json))
+            else:
+                s.held.clear()  # all of it is in history: the catch-up reads it instead
+            self._run(room, s)
+            return
+        if offset <= s.top:
+            return  # already delivered (a replay read overtook it)
+        self._deliver(room, s, offset, data_json)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _fan_out(self, room: str, s: RoomStream | None, frame: Frame) -> None:
+        conns = self._conns(room)
+        if conns is None:
+            return
+        skip = s.waiting if s is not None else ()
+        sent = 0
+        for conn in list(conns):
+            if conn not in skip:
+                conn.send_frame(frame)
+                sent += 1
+        self.metrics.messages_out.inc(sent)
+
+    def _deliver(self, room: str, s: RoomStream, offset: int, data_json: str) -> None:
+        assert s.epoch is not None
+        s.top = offset
+        if s.recent is not None:
+            s.recent.append((offset, data_json))
+        self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json, offset, s.epoch)))
+
+    def _run(self, room: str, s: RoomStream) -> None:
+        if self._closing or (s.task is not None and not s.task.done()):
+            return
+        if not self._confirmed(room):
+            return  # channels_ready() starts it
+        if not (s.stale or s.pending):
+            return
+        s.task = asyncio.ensure_future(self._rounds(room, s))
+
+    async def _rounds(self, room: str, s: RoomStream) -> None:
+        """Catch the stream up, then serve pending subscriptions, until neither is needed."""
+        failures = 0
+        while self._streams.get(room) is s and not self._closing and self._confirmed(room):
+            try:
+                if s.stale:
+                    await self._catch_up(room, s)
+                elif s.pending:
+                    await self._serve(room, s)
+                else:
+                    return
+                failures = 0
+            except BackplaneError as e:
+                failures += 1
+                self.metrics.task_errors.labels("history").inc()
+                self._log.warning("history", "history of %s: %s (retrying)", room, e)
+                await asyncio.sleep(min(5.0, 0.05 * 2 ** failures))
+            except Exception as e:  # noqa: BLE001 - a task with no caller: count, log once, retry
+                failures += 1
+                self.metrics.task_errors.labels("history").inc()
+                self._log.warning("history", "history of %s: %s: %s", room, type(e).__name__, e)
+                await asyncio.sleep(min(5.0, 0.05 * 2 ** failures))
+
+    async def _catch_up(self, room: str, s: RoomStream) -> None:
+        if not self.history.enabled:
+            s.stale = False
+            s.held.clear()
+            return
+        known = s.epoch is not None
+        read = await self.history.read(room, s.top if known else None)
+        if self._streams.get(room) is not s:
+            return
+        if not known:
+            s.epoch, s.top = read.epoch, read.top
+        elif read.covers(s.top, s.epoch):
+            for offset, data in read.entries:
+                if offset > s.top:
+                    self._deliver(room, s, offset, data)
+                    self.metrics.history_replayed.inc()
+        else:
+            # Lost (Redis restarted empty) or trimmed past us: the room's sockets must reload.
+            s.epoch, s.top = read.epoch, read.top
+            self._reset(room, s)
+        held, s.held = s.held, []
+        s.stale = False
+        for offset, epoch, data in held:
+            self.on_message(room, offset, epoch, data)
+
+    def _reset(self, room: str, s: RoomStream) -> None:
+        """Tell every served subscription its stream began again (``recovered: false``)."""
+        self.metrics.history_resets.inc()
+        conns = self._conns(room) or ()
+        frames = 0
+        for conn in list(conns):
+            if conn in s.waiting:
+                continue
+            for sub in conn.announced_subs(room):
+                conn.send_frame(Frame(protocol.dumps(protocol.subscribed_message(room, sub, s.top, s.epoch, False))))
+                frames += 1
+        self.metrics.messages_out.inc(frames)
+
+    async def _serve(self, room: str, s: RoomStream) -> None:
+        batch = list(s.pending.values())
+        s.pending.clear()
+        read: Read | None = None
+        recent: list[tuple[int, str]] = []
+        behind = [p.since.offset for p in batch if p.since is not None and p.since.epoch == s.epoch
+                  and p.since.offset < s.top]
+        if behind and self.history.enabled:
+            s.recent = []
+            try:
+                read = await self.history.read(room, min(behind))
+            except BaseException:
+                s.pending = {(p.conn, p.sub): p for p in batch if not p.cancelled} | s.pending
+                raise
+            finally:
+                recent, s.recent = s.recent or [], None
+            if self._streams.get(room) is not s:
+                return
+            if s.stale or read.epoch != s.epoch:
+                s.stale = True
+                s.pending = {(p.conn, p.sub): p for p in batch if not p.cancelled} | s.pending
+                return
+        entries = _merge(read.entries if read else [], recent)
+        for p in batch:
+            if p.cancelled:
+                continue
+            if p.since is not None and p.since.epoch == s.epoch and p.since.offset > s.top and not p.checked:
+                # The client saw further than this process has: read history before judging it.
+                p.checked = True
+                s.pending[(p.conn, p.sub)] = p
+                s.stale = True
+                continue
+            self._start(room, s, p, entries)
+
+    def _start(self, room: str, s: RoomStream, p: Pending, entries: list[tuple[int, str]]) -> None:
+        """``subscribed``, then the replay, in one synchronous step: no live frame can come between."""
+        enabled = self.history.enabled
+        replay: list[tuple[int, str]] = []
+        since = p.since
+        recovered = False
+        if enabled and since is not None and since.epoch == s.epoch:
+            if since.offset == s.top:
+                recovered = True
+            elif since.offset < s.top:
+                replay = [(o, d) for o, d in entries if since.offset < o <= s.top]
+                recovered = len(replay) == s.top - since.offset and (not replay or replay[0][0] == since.offset + 1)
+                if not recovered:
+                    replay = []
+        if since is not None and not recovered:
+            self.metrics.history_resets.inc()
+        frames = []
+        if p.announce:
+            frames.append(Frame(protocol.dumps(protocol.subscribed_message(
+                room, p.sub, s.top if enabled else None, s.epoch if enabled else None, recovered,
+            ))))
+        for offset, data in replay:
+            frames.append(Frame(protocol.relay_frame(room, data, offset, s.epoch, p.sub)))
+        for frame in frames:
+            p.conn.send_frame(frame)
+        self.metrics.history_replayed.inc(len(replay))
+        self.metrics.messages_out.inc(len(frames))
+        s.waiting.discard(p.conn)
+
+
+def _merge(entries: list[tuple[int, str]], recent: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """History read from Redis, then what arrived live during the read, in offset order, once each."""
+    out = list(entries)
+    last = out[-1][0] if out else 0
+    for offset, data in recent:
+        if offset > last:
+            out.append((offset, data))
+            last = offset
+    return out

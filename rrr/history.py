@@ -1,0 +1,183 @@
+"""A room's message history in Redis: what makes a reconnect lose nothing.
+
+Each room has a stream of its last ``--history-size`` messages (entry ID ``<offset>-0``)
+and a meta hash with its *epoch* and top *offset*, both under the room's hash tag. A
+message is stored and published by one script (`rrr.scripts.HISTORY_PUBLISH`), so every
+message a socket can see live is already stored, in offset order: whoever missed some
+reads them back from the offset it last saw, and knows (``recovered: false``) when it
+cannot, because the epoch changed (the history was lost) or the oldest stored offset is
+past the one it needs (trimmed or expired).
+
+The meta outlives the stream (`meta_ttl`), so a room that was merely quiet keeps its
+offsets: a client that saw the top offset before a long silence still recovers.
+
+Pure parts (`parse_message`, `Read.covers`) are separate from the calls; the backend's
+helper (`rrr.client.publish`) runs the same scripts with the same argument builders.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import keys
+from .errors import BackplaneError
+from .protocol import is_epoch, validate_json_payload
+#: The smallest TTL of a room's meta (epoch and offsets), in seconds; see `meta_ttl`.
+META_TTL_MIN = 3600
+
+
+class BadHistory(BackplaneError):
+    """Redis answered a history call with something it cannot have meant."""
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(4)
+
+
+def meta_ttl(ttl: float) -> int:
+    """How long a room's epoch and offsets outlive its last use: at least an hour, and at least
+    twice the history's own TTL, so offsets never restart while the messages they name exist."""
+    return max(META_TTL_MIN, int(2 * ttl) + 1)
+
+
+@dataclass(frozen=True)
+class Published:
+    offset: int
+    epoch: str
+    receivers: int  # pub/sub connections that got it (every process with a local subscriber)
+
+
+@dataclass(frozen=True)
+class Read:
+    """A room's position, and the stored messages after some offset (oldest first)."""
+
+    epoch: str
+    top: int
+    entries: list[tuple[int, str]]  # (offset, data JSON)
+
+    def covers(self, after: int, epoch: str | None = None) -> bool:
+        """Whether these entries are every message after ``after`` (of ``epoch``, if given): nothing
+        between ``after`` and the top is missing, because nothing was trimmed or lost."""
+        if epoch is not None and epoch != self.epoch:
+            return False
+        if after == self.top:
+            return True
+        return after < self.top and bool(self.entries) and self.entries[0][0] == after + 1 \
+            and self.entries[-1][0] == self.top
+
+
+def parse_message(raw: bytes | str) -> tuple[int, str, str]:
+    """``<offset> <epoch> <data JSON>`` from a room's message channel; ValueError if malformed."""
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    offset_text, _, rest = text.partition(" ")
+    epoch, _, data = rest.partition(" ")
+    if not offset_text.isdigit() or len(offset_text) > 18 or not is_epoch(epoch):
+        raise ValueError("history message needs '<offset> <epoch> <data>'")
+    offset = int(offset_text)
+    if offset < 1:
+        raise ValueError("history offsets start at 1")
+    return offset, epoch, validate_json_payload(data)
+
+
+def publish_args(room: str, data_json: str, size: int, ttl: float, *, own: bool) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of `rrr.scripts.HISTORY_PUBLISH`. ``own``: these are the server's settings
+    (the helper passes its defaults, used only for a room no server has set up)."""
+    return (
+        [keys.history(room), keys.meta(room)],
+        [keys.message_channel(room), data_json, size, int(ttl * 1000), meta_ttl(ttl), new_epoch(), int(own)],
+    )
+
+
+def parse_published(reply: Any) -> Published:
+    if not (isinstance(reply, list) and len(reply) == 3):
+        raise BadHistory(f"expected {{offset, epoch, receivers}} from HISTORY_PUBLISH, got {reply!r:.80}")
+    offset, epoch, receivers = reply
+    epoch = _text(epoch)
+    if not (_count(offset) and offset >= 1 and is_epoch(epoch) and _count(receivers)):
+        raise BadHistory(f"expected {{offset, epoch, receivers}} from HISTORY_PUBLISH, got {reply!r:.80}")
+    return Published(offset, epoch, receivers)
+
+
+def parse_read(reply: Any, limit: int) -> Read:
+    if not (isinstance(reply, list) and len(reply) == 3 and isinstance(reply[2], list)):
+        raise BadHistory(f"expected {{epoch, top, entries}} from HISTORY_READ, got {reply!r:.80}")
+    epoch, top, raw_entries = _text(reply[0]), reply[1], reply[2]
+    if not (is_epoch(epoch) and _count(top)) or len(raw_entries) > limit:
+        raise BadHistory(f"expected {{epoch, top, entries}} from HISTORY_READ, got {reply!r:.80}")
+    entries: list[tuple[int, str]] = []
+    last = 0
+    for entry in raw_entries:
+        try:
+            entry_id, fields = entry
+            ms, _, seq = _text(entry_id).partition("-")
+            offset = int(ms)
+            data = validate_json_payload(fields[1])
+            if fields[0] != b"d" or seq != "0" or not last < offset <= top:
+                raise ValueError("out of order")
+        except (TypeError, ValueError, IndexError, UnicodeDecodeError):
+            raise BadHistory(f"a malformed history entry: {entry!r:.80}") from None
+        entries.append((offset, data))
+        last = offset
+    return Read(epoch, top, entries)
+
+
+def read_args(room: str, after: int | None, limit: int, size: int, ttl: float) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of `rrr.scripts.HISTORY_READ` (``after`` None: the position only)."""
+    return (
+        [keys.history(room), keys.meta(room)],
+        [-1 if after is None else after, limit, new_epoch(), meta_ttl(ttl), size, int(ttl * 1000), 1],
+    )
+
+
+def _count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _text(x: Any) -> str:
+    if isinstance(x, bytes):
+        try:
+            return x.decode()
+        except UnicodeDecodeError:
+            return ""
+    return x if isinstance(x, str) else ""
+
+
+class ScriptRunner(Protocol):
+    async def script(self, name: str, keys: list[str], args: list[Any]) -> Any: ...
+
+
+class History:
+    """The server's history calls. ``size`` or ``ttl`` 0: history is off (messages are
+    published plainly, with no offset, and nothing is stored)."""
+
+    def __init__(self, redis: ScriptRunner, size: int, ttl: float) -> None:
+        self.redis = redis
+        self.size = max(0, size)
+        self.ttl = max(0.0, ttl)
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0 and self.ttl > 0
+
+    async def publish(self, room: str, data_json: str) -> Published:
+        k, a = publish_args(room, data_json, self.size, self.ttl, own=True)
+        return parse_published(await self.redis.script("history_publish", k, a))
+
+    async def read(self, room: str, after: int | None) -> Read:
+        """The room's position, and (``after`` given) every stored message after it, at most
+        ``size`` of them (all the stream can hold)."""
+        k, a = read_args(room, after, self.size, self.size, self.ttl)
+        return parse_read(await self.redis.script("history_read", k, a), self.size)
+
+    async def touch(self, rooms: Iterable[str]) -> None:
+        """Keep the epochs of rooms with local subscribers (a quiet room must not restart its offsets)."""
+        for room in rooms:
+            await self.read(room, None)
+
+
+def replay_entries(entries: Sequence[tuple[int, str]], after: int, upto: int) -> list[tuple[int, str]]:
+    """The entries with ``after`` < offset <= ``upto``."""
+    return [(o, d) for o, d in entries if after < o <= upto]
