@@ -279,3 +279,51 @@ async def test_a_second_subscription_still_pending_is_not_sent_a_reset_before_it
             f"frames to b: {kinds}")
     finally:
         await proxy.close()
+
+
+async def test_offsets_that_went_back_in_the_same_epoch_are_not_recovered_from(
+    server_factory: ServerFactory, rclient: redis.Redis, clients: list[Client]
+) -> None:
+    """A failover to an asynchronous replica that had not yet received the last writes (the issue's
+    centrifugal/centrifugo#1189): the room's meta comes back with the same epoch and a lower top,
+    the stream without the last entries. The process sees it (its catch-up after the cut finds the
+    top below what it delivered, and resets its sockets) but leaves the epoch as it is, so the next
+    publishes reuse offsets 9 and 10 for other messages under the same epoch. A client that saw the
+    old 9 then asks ``since 9`` and is told ``recovered: true``: it never gets the new 9."""
+    server = await server_factory(api_token="tok")
+    watcher = await connect(server.ws_url("/ws/"))
+    clients.append(watcher)
+    epoch = (await subscribed(watcher, "failover"))["epoch"]
+    leaver = await connect(server.ws_url("/ws/"))
+    await subscribed(leaver, "failover")
+    for i in range(1, 10):
+        await api_publish(server, "failover", f"old {i}")
+    await wait_until(lambda: offsets(leaver, "failover") == list(range(1, 10)), what="1..9 to the leaver")
+    leaver.close()
+    await api_publish(server, "failover", "old 10")
+    await wait_until(lambda: offsets(watcher, "failover")[-1:] == [10], what="10 to the watcher")
+
+    # The promoted replica lacks the last two writes: same epoch, top 8, entries 1..8.
+    kept = rclient.xrange(history("failover"), "1-0", "8-0")
+    ttl = rclient.pttl(history("failover"))
+    with rclient.pipeline(transaction=True) as p:
+        p.delete(history("failover"))
+        for entry_id, fields in kept:
+            p.xadd(history("failover"), fields, id=entry_id)
+        p.pexpire(history("failover"), ttl)
+        p.hset(meta("failover"), "o", 8)
+        p.execute()
+    n = len(watcher.frames)
+    assert rclient.client_kill_filter(_type="pubsub") >= 1  # a failover cuts every connection
+    reset = await watcher.next("subscribed", after=n, timeout=30)
+    assert reset["recovered"] is False and reset["offset"] == 8
+
+    for i in (9, 10, 11):
+        assert (await api_publish(server, "failover", f"new {i}"))["offset"] == i
+    back = await connect(server.ws_url("/ws/"))
+    clients.append(back)
+    answer = await subscribed(back, "failover", offset=9, epoch=epoch)  # it saw "old 9"
+    await asyncio.sleep(0.3)
+    got = [m["data"] for m in messages(back, "failover")]
+    assert answer["recovered"] is False or "new 9" in got, (
+        f"{answer} then {got}: 'new 9' is lost, and nothing says so")
