@@ -327,3 +327,36 @@ async def test_offsets_that_went_back_in_the_same_epoch_are_not_recovered_from(
     got = [m["data"] for m in messages(back, "failover")]
     assert answer["recovered"] is False or "new 9" in got, (
         f"{answer} then {got}: 'new 9' is lost, and nothing says so")
+
+
+@pytest.mark.parametrize("stray", ["foreign epoch", "offset ahead of the stored top"])
+async def test_one_message_of_a_foreign_epoch_does_not_make_the_process_read_history_forever(
+    server_factory: ServerFactory, rclient: redis.Redis, clients: list[Client], stray: str
+) -> None:
+    """A message on ``rrr:msg:{room}`` whose epoch is not the room's (one published just before the
+    history was lost and heard after the process read the new epoch; or any stray publisher) makes
+    the stream stale and is held; the catch-up finds the room's epoch unchanged (covered, nothing to
+    deliver) and hands the held message to `on_message` again, which makes the stream stale again
+    and holds it again: `_rounds` loops on HISTORY_READ, one per round trip, forever."""
+    server = await server_factory(api_token="tok")
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    epoch = (await subscribed(c, "stray"))["epoch"]
+    await api_publish(server, "stray", 1)
+    await wait_until(lambda: offsets(c, "stray") == [1], what="the first message")
+    foreign = "f0f0f0f0" if epoch != "f0f0f0f0" else "0f0f0f0f"
+    if stray == "foreign epoch":
+        rclient.publish("rrr:msg:{stray}", f'7 {foreign} "stray"')
+    else:  # same epoch, an offset no publish made: a gap no read can fill
+        rclient.publish("rrr:msg:{stray}", f'7 {epoch} "stray"')
+    await asyncio.sleep(0.3)
+
+    def evalshas() -> int:
+        return int(rclient.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    before = evalshas()
+    await asyncio.sleep(1.0)
+    calls = evalshas() - before
+    assert calls < 20, f"{calls} script calls in one idle second: the room's history is read in a loop"
+    await api_publish(server, "stray", 2)  # and the room still works
+    await wait_until(lambda: offsets(c, "stray")[-1:] == [2], what="the next message")
