@@ -360,3 +360,23 @@ async def test_one_message_of_a_foreign_epoch_does_not_make_the_process_read_his
     assert calls < 20, f"{calls} script calls in one idle second: the room's history is read in a loop"
     await api_publish(server, "stray", 2)  # and the room still works
     await wait_until(lambda: offsets(c, "stray")[-1:] == [2], what="the next message")
+
+
+async def test_subscribing_to_rooms_nobody_publishes_to_does_not_leave_an_hour_of_keys_per_room(
+    server_factory: ServerFactory, rclient: redis.Redis, clients: list[Client]
+) -> None:
+    """One anonymous socket subscribes and unsubscribes fresh public slugs (50 frames a second is
+    its allowance): each one leaves a meta hash (epoch, top 0, size, TTL) that Redis holds for
+    ``meta_ttl`` (at least an hour) though the room never had a message and nobody is in it. At
+    the default rate that is ~90,000 keys an hour per socket, from any number of sockets."""
+    server = await server_factory(api_token="tok")
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    for i in range(30):
+        await subscribed(c, f"drive-by-{i}", sub=f"s{i}")
+        await c.send(type="unsubscribe", room=f"drive-by-{i}", sub=f"s{i}")
+    await wait_until(lambda: server.hub.room_count == 0, what="every room left")
+    left = {k: rclient.ttl(k) for k in rclient.scan_iter("rrr:meta:{drive-by-*")}
+    assert not [k for k, ttl in left.items() if ttl > 300], (
+        f"{len(left)} rooms nobody is in and nobody published to keep a meta for "
+        f"{max(left.values(), default=0)} s")
