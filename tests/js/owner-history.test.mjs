@@ -1,9 +1,8 @@
-// Review of issue #12 in the browser library: a tab that attaches again to an owner that still
-// knows it (a SharedWorker that was slow to answer a probe, a leader that was slow: the page
-// relinks to the same, live owner) marks each handle not live (rrr.js #announce) and sends its
-// subscribes with `since` again. The owner answers nothing: no subscribe to the server, no
-// `subscribed` to the tab. The page waits for a `subscribed` that never comes and drops every
-// message that has an offset from then on (protocol.js advance: not live -> not delivered).
+// The socket owner and history: a tab that attaches again to an owner that still knows it (a
+// SharedWorker or leader that was slow to answer a probe, so the page relinked to the same, live
+// owner) marks each handle not live and sends its subscribes with `since` again. The owner must
+// ask the server again, so a `subscribed` comes back; without that the page would wait for one
+// for ever and drop every message that has an offset (found in review; failed before its fix).
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
@@ -57,10 +56,17 @@ test("a tab that attaches again to an owner that still knows it is told subscrib
   // The page's side of it (rrr.js #announce): its position, not live until `subscribed`.
   const page = { offset: 1, epoch: "e1", live: false };
   const again = tabLink();
+  const sentBefore = ws.sent.length;
   owner.receive("A", attachMsg("heartbeat"), again);
   owner.receive("A", subscribeFrame("lobby", "A-1", page), again);
-  const sentBefore = ws.sent.length;
-  ws.frame({ type: "message", room: "lobby", offset: 2, epoch: "e1", data: "two" });
+  // The owner asks the server again, from where the page stands...
+  assert.deepEqual(ws.sent.slice(sentBefore), [
+    { type: "unsubscribe", room: "lobby", sub: "A-1" },
+    { type: "subscribe", room: "lobby", sub: "A-1", since: { offset: 1, epoch: "e1" } },
+  ]);
+  // ...and the server answers as it does: subscribed, then the replay for that subscription.
+  ws.frame({ type: "subscribed", room: "lobby", sub: "A-1", offset: 2, epoch: "e1", recovered: true });
+  ws.frame({ type: "message", room: "lobby", sub: "A-1", offset: 2, epoch: "e1", data: "two" });
 
   // What the page makes of what it got: only a `subscribed` makes it live again.
   let position = page;
