@@ -37,7 +37,7 @@ def grants_function() -> Callable[[Any], Grants]:
         value = import_string(value)
     if not callable(value):
         raise ImproperlyConfigured("RRR_GRANTS must be a callable or the dotted path of one")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def secret() -> str:
