@@ -209,6 +209,9 @@ class Hub:
         r = self._rooms.get(room)
         return r.state if r else None
 
+    def local_rooms(self) -> list[str]:
+        return list(self._rooms)
+
     @property
     def room_count(self) -> int:
         """Rooms with at least one local subscriber."""

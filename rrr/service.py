@@ -1,7 +1,7 @@
 """One rrr process's backplane, assembled: presence, subscriber, write coalescer, hub, and the
 supervised loops that keep them true.
 
-Three long-lived tasks, each supervised (`rrr.supervise`): any exception is counted,
+Four long-lived tasks, each supervised (`rrr.supervise`): any exception is counted,
 logged once (rate-limited) and the task restarts; nothing a Redis reply holds can stop
 lease renewal for good.
 
@@ -12,6 +12,8 @@ lease renewal for good.
 * ``flush``: writes the rooms the hub marked, in batches (`rrr.coalesce`), each room once
   its channels are confirmed subscribed, so a count that shows this process again after
   a Redis restart means its relay works too.
+* ``history`` (history on): keeps the epochs of local rooms alive (`rrr.history`); the
+  catch-up of each room's messages after a gap runs in `rrr.delivery`, per room.
 
 `health` is what ``/healthz`` reports: each check by name.
 """
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 from .coalesce import Coalescer
 from .errors import BackplaneError
-from .history import History
+from .history import History, meta_ttl
 from .hub import Hub
 from .metrics import Metrics
 from .presence import Presence
@@ -82,6 +84,8 @@ class Service:
         self.supervisor.spawn("subscriber", self._subscribe)
         self.supervisor.spawn("lease", self._maintain, backoff_cap=min(self.settings.backoff_cap, 1.0))
         self.supervisor.spawn("flush", self._flush)
+        if self.history.enabled:
+            self.supervisor.spawn("history", self._keep_epochs)
         # Serve only once ready, unless Redis is down: then start anyway and heal when it is back.
         deadline = time.monotonic() + 2 * self.settings.redis_timeout + 1
         while not (self.presence.lease_fresh() and self.subscriber.synced) and time.monotonic() < deadline:
@@ -138,6 +142,17 @@ class Service:
                 await asyncio.wait_for(self._renew_now.wait(), wait)
             except asyncio.TimeoutError:
                 pass
+
+    async def _keep_epochs(self) -> None:
+        """A room with subscribers keeps its epoch however long nobody publishes to it: each local
+        room's meta is touched a few times per its TTL (an hour or more: a trickle of calls)."""
+        every = meta_ttl(self.history.ttl) / 4
+        while not self.hub.closing:
+            await asyncio.sleep(every)
+            for room in self.hub.local_rooms():
+                if self.hub.closing:
+                    return
+                await self.history.touch([room])
 
     async def _flush(self) -> None:
         hub = self.hub

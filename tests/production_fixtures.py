@@ -288,13 +288,14 @@ class Cluster:
         return await http_json(f"{base_url or self.nginx.base_url}/api/rooms/{slug}")
 
     async def publish(self, app: AppProcess, room: str, data: Any) -> int:
-        """POST to one process directly: it must reach subscribers on every process."""
+        """POST to one process directly: it must reach subscribers on every process. Returns the
+        message's offset in the room's history."""
         r = await http(
             f"{app.base_url}/api/rooms/{room}/messages", method="POST", body=json.dumps(data),
             headers={"Authorization": f"Bearer {PUBLISH_TOKEN}", "Content-Type": "application/json"},
         )
         assert r.code == 202, f"publish via {app.base_url}: HTTP {r.code} {r.body!r}"
-        return int(json.loads(r.body)["processes"])
+        return int(json.loads(r.body)["offset"])
 
     def logs(self) -> str:
         return "\n".join(f"--- app {a.port}\n{a.log()[-3000:]}" for a in self.apps) + "\n" + self.nginx.log()

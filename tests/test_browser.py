@@ -403,6 +403,39 @@ def test_api_message_reaches_every_tab_once(
     assert errors.errors == []
 
 
+@pytest.mark.parametrize("transport", ["sharedworker", "leader", "direct"])
+def test_a_tab_misses_no_message_across_a_server_restart(
+    server: AppProcess, redis_url: str, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str,
+    transport: str,
+) -> None:
+    """Recycle, with nothing lost: messages published while the server is down reach every tab once,
+    in order, replayed from the room's history when the tabs come back; then live ones follow."""
+    from rrr.client import publish as backend_publish
+
+    pages = open_tabs(new_context(transport), f"{server.base_url}/count/{slug}/", 2)
+    expect_counts(pages, connections=2 if transport == "direct" else 1, tabs=2)
+    for n in range(1, 4):
+        assert publish(server.base_url, slug, TOKEN, {"n": n}) == 202
+    for page in pages:
+        expect(page.locator("#messages li .text")).to_have_count(3)
+
+    server.stop()
+    for n in range(4, 9):  # straight into Redis, as a backend would, while no server is up
+        assert backend_publish(slug, {"n": n}, redis_url=redis_url) == n
+    server.start()
+    expect_connected(pages, transport)
+    assert publish(server.base_url, slug, TOKEN, {"n": 9}) == 202
+
+    want = [f'{{"n":{n}}}' for n in range(9, 0, -1)]  # newest first, each once
+    for page in pages:
+        expect(page.locator("#messages li .text")).to_have_text(want, timeout=20_000)
+    time.sleep(0.5)
+    for page in pages:
+        assert page.locator("#messages li .text").all_text_contents() == want
+    # The browser logs each refused reconnect while the server is down; nothing else.
+    assert [e for e in errors.errors if "ERR_CONNECTION_REFUSED" not in e] == []
+
+
 def test_tab_publishes_when_the_server_allows_it(
     app_factory: Callable[..., AppProcess], redis_url: str, new_context: Callable[..., BrowserContext],
     errors: ErrorLog, slug: str

@@ -97,7 +97,9 @@ async def test_publish_is_stored_and_reaches_redis_verbatim(
     assert r.code == 202 and set(answer) == {"room", "offset", "epoch"} and answer["room"] == "abc"
     msg = pubsub.get_message(timeout=5)
     assert msg["data"] == f"{answer['offset']} {answer['epoch']} {body}"
-    [(entry_id, fields)] = rclient.xrange(history("abc"), min=f"{answer['offset']}-0", max="+")
+    entries = rclient.xrange(history("abc"), min=f"{answer['offset']}-0", max="+")
+    assert entries is not None
+    [(entry_id, fields)] = entries
     assert entry_id == f"{answer['offset']}-0" and fields == {"d": body}
     pubsub.close()
 

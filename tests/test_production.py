@@ -131,7 +131,7 @@ async def test_300_clients_through_nginx_see_exact_counts_and_every_message(
     expected: dict[str, list[object]] = {room: [] for room in sizes}
     for i, app in enumerate(cluster.apps):
         for room in sizes:
-            assert await cluster.publish(app, room, {"via": i, "room": room}) == 3
+            assert await cluster.publish(app, room, {"via": i, "room": room}) >= 1
             expected[room].append({"via": i, "room": room})
     r = redis.Redis.from_url(redis_url)
     for room in sizes:
@@ -294,6 +294,63 @@ async def test_kill_9_one_of_three_survivors_converge_within_the_ttl(
 
 
 @pytest.mark.gen_test(timeout=120)
+async def test_kill_9_of_a_clients_process_it_resumes_on_the_survivor_with_every_message_once(
+    redis_url: str, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
+) -> None:
+    """Recycle through nginx: while messages are published on the other process, the client's own
+    process is killed; it reconnects (to the survivor) with ``since`` and has each message once, in order."""
+    cluster = cluster_factory(redis_url, n=2)
+    room = "resume"
+
+    async def subscribe(c: Client, **since: object) -> dict[str, object]:
+        n = len(c.frames)
+        await c.send(type="subscribe", room=room, sub="tab", **({"since": since} if since else {}))
+        return await c.next("subscribed", after=n)
+
+    def offsets(c: Client) -> list[int]:
+        return [f["offset"] for f in c.of_type("message")]
+
+    first = await ws_connect(cluster.ws_url("/ws/"), origin=cluster.origin)
+    ws_clients.append(first)
+    epoch = (await subscribe(first))["epoch"]
+    held = await cluster.open_sockets()
+    victim, survivor = (cluster.apps[0], cluster.apps[1]) if held[0] == 1 else (cluster.apps[1], cluster.apps[0])
+    published = 0
+    for _ in range(5):
+        published = await cluster.publish(survivor, room, {"n": published + 1})
+    await wait_until(lambda: offsets(first) == [1, 2, 3, 4, 5], what="offsets 1-5 before the kill")
+
+    done = asyncio.Event()
+
+    async def keep_publishing() -> None:
+        nonlocal published
+        while not done.is_set():
+            published = await cluster.publish(survivor, room, {"n": published + 1})
+            await asyncio.sleep(0.02)
+
+    task = asyncio.ensure_future(keep_publishing())
+    try:
+        await asyncio.sleep(0.3)
+        victim.kill()
+        await wait_until(lambda: first.closed.is_set(), 10, what="nginx to drop the victim's client")
+        seen = offsets(first)
+        again = await ws_connect(cluster.ws_url("/ws/"), origin=cluster.origin)
+        ws_clients.append(again)
+        back = await subscribe(again, offset=seen[-1], epoch=epoch)
+        assert back["recovered"] is True and back["epoch"] == epoch
+        await asyncio.sleep(0.5)
+    finally:
+        done.set()
+        await task
+    await wait_until(lambda: offsets(again)[-1:] == [published], 15, what=f"offset {published} after the resume")
+    assert seen + offsets(again) == list(range(1, published + 1))
+    got = first.of_type("message") + again.of_type("message")
+    assert [f["data"]["n"] for f in got] == list(range(1, published + 1))
+    note("resume after kill -9", before=len(seen), replayed=sum("sub" in f for f in again.of_type("message")),
+         total=published)
+
+
+@pytest.mark.gen_test(timeout=120)
 async def test_sigterm_one_process_closes_1001_drops_counts_at_once_and_clients_reconnect(
     redis_url: str, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
 ) -> None:
@@ -362,7 +419,7 @@ async def test_redis_killed_and_restarted_empty_counts_and_relay_are_rebuilt(
     recovered = time.monotonic() - restarted_at
     for i, app in enumerate(cluster.apps):
         for room in sizes:
-            assert await cluster.publish(app, room, {"after": i}) == 3
+            assert await cluster.publish(app, room, {"after": i}) >= 1
     for room, members in by_room.items():
         await all_got(members, [{"after": i} for i in range(3)])
     note("redis restart", recovered_s=recovered)
@@ -427,7 +484,7 @@ async def test_redis_stalled_5s_pages_and_pings_keep_flowing(
     await room_is(cluster, room, total + 1)
     await relay_ready(own_redis.url, room, 3)
     for i, app in enumerate(cluster.apps):
-        assert await cluster.publish(app, room, {"resumed": i}) == 3
+        assert await cluster.publish(app, room, {"resumed": i}) >= 1
     await all_got(members + joined, [{"resumed": i} for i in range(3)])
     assert all(a.proc.poll() is None for a in cluster.apps)  # type: ignore[union-attr]
 
@@ -445,7 +502,7 @@ async def test_sentinel_failover_service_recovers_with_exact_counts(
         await settle_all(members, sizes[room])
     assert all(n > 0 for n in await cluster.open_sockets())
     for i, app in enumerate(cluster.apps):
-        assert await cluster.publish(app, "sf-1", {"before": i}) == 2
+        assert await cluster.publish(app, "sf-1", {"before": i}) >= 1
     await all_got(by_room["sf-1"], [{"before": i} for i in range(2)])
 
     killed_at = time.monotonic()
@@ -463,7 +520,7 @@ async def test_sentinel_failover_service_recovers_with_exact_counts(
     recovered = time.monotonic() - killed_at
     for i, app in enumerate(cluster.apps):
         for room in sizes:
-            assert await cluster.publish(app, room, {"after": i}) == 2
+            assert await cluster.publish(app, room, {"after": i}) >= 1
     await all_got(by_room["sf-1"], [{"before": i} for i in range(2)] + [{"after": i} for i in range(2)])
     await all_got(by_room["sf-2"], [{"after": i} for i in range(2)])
     # A join after the failover is counted on the new master too.
@@ -638,7 +695,7 @@ async def test_deploy_redis_conf_acl_user_is_enough_for_the_app(
         await settle_all(members, 6)
         await room_is(cluster, "acl", 6)
         for i, app in enumerate(cluster.apps):
-            assert await cluster.publish(app, "acl", {"acl": i}) == 2
+            assert await cluster.publish(app, "acl", {"acl": i}) >= 1
         await all_got(members, [{"acl": 0}, {"acl": 1}])
         # The clean shutdown path (LEAVE script) runs under the ACL too.
         held = await cluster.open_sockets()

@@ -17,7 +17,7 @@
  * serves a new page: it is part of the worker URL (and so the worker's
  * identity) and of the leader's lock and channel names.
  */
-export const LINK_VERSION = 3;
+export const LINK_VERSION = 4;
 
 export const SLUG_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -139,7 +139,16 @@ export function backoffDelay(attempt, random = Math.random) {
 
 // ---- client → server frames -------------------------------------------------
 
-export const subscribeFrame = (room, sub) => ({ type: "subscribe", room, sub });
+/**
+ * @param {string} room
+ * @param {string} sub
+ * @param {Position|null} [since] where this subscription's copy of the room ends: the server
+ *   replays what came after it (see `since` below)
+ */
+export const subscribeFrame = (room, sub, since = null) => {
+  const at = sinceOf(since);
+  return at ? { type: "subscribe", room, sub, since: at } : { type: "subscribe", room, sub };
+};
 export const unsubscribeFrame = (room, sub) => ({ type: "unsubscribe", room, sub });
 export const publishFrame = (room, data) => ({ type: "publish", room, data });
 export const pingFrame = () => ({ type: "ping" });
@@ -187,12 +196,73 @@ export function memberName(user, entry) {
   return typeof name === "string" && name.trim() ? name : user;
 }
 
+// ---- history: offsets and epochs ----------------------------------------------
+// A message stored in the room's history carries `offset` (1, 2, 3… per room) and
+// `epoch` (which run of offsets; it changes only when the room's history was lost).
+// Each subscription remembers where it stands; after any reconnect it subscribes
+// again with `since`, the server answers `subscribed` (recovered or not) and replays
+// what was missed, and a message is handed on only if it is the subscription's next.
+
+/**
+ * Where one subscription stands.
+ * @typedef {{offset: number, epoch: string|null, live: boolean}} Position
+ * `live`: the server said `subscribed` on the current socket (before that, live
+ * messages are not yet this subscription's: its replay is still to come).
+ */
+
+const EPOCH_RE = /^[A-Za-z0-9_-]{1,32}$/;
+
+/** The `since` to subscribe with, or null when there is nothing to recover from. */
+export function sinceOf(position) {
+  if (!position || typeof position.epoch !== "string" || !EPOCH_RE.test(position.epoch)) return null;
+  if (!Number.isSafeInteger(position.offset) || position.offset < 0) return null;
+  return { offset: position.offset, epoch: position.epoch };
+}
+
+/**
+ * Whether a `message` frame is the next one for a subscription at `position`, and
+ * where it stands then. Pure. A message without an offset (a raw backend publish)
+ * always goes; one that is not past the position (a duplicate) never does; one of
+ * another epoch starts the position again (the server says `subscribed` first).
+ * @param {Position|undefined|null} position
+ * @param {{offset?: unknown, epoch?: unknown}} frame
+ * @returns {{deliver: boolean, position: Position|undefined|null}}
+ */
+export function advance(position, frame) {
+  if (typeof frame.offset !== "number") return { deliver: true, position };
+  if (!position?.live) return { deliver: false, position };
+  if (frame.epoch !== position.epoch) {
+    return { deliver: true, position: { offset: frame.offset, epoch: String(frame.epoch), live: true } };
+  }
+  if (frame.offset <= position.offset) return { deliver: false, position };
+  return { deliver: true, position: { ...position, offset: frame.offset } };
+}
+
+/**
+ * A subscription's position after the server's `subscribed`, and whether the page
+ * must be told it lost messages (`reset`): it had a position, and the server could
+ * not recover from it. Recovered: the position stays, as the replay follows.
+ * @param {Position|undefined|null} position
+ * @param {{offset?: unknown, epoch?: unknown, recovered?: unknown}} frame
+ * @returns {{position: Position, reset: boolean}}
+ */
+export function subscribedPosition(position, frame) {
+  const hadOne = sinceOf(position) !== null;
+  if (typeof frame.offset !== "number" || typeof frame.epoch !== "string") {
+    return { position: { offset: 0, epoch: null, live: true }, reset: false }; // history off on the server
+  }
+  if (frame.recovered === true && hadOne && position.epoch === frame.epoch) {
+    return { position: { ...position, live: true }, reset: false };
+  }
+  return { position: { offset: frame.offset, epoch: frame.epoch, live: true }, reset: hadOne };
+}
+
 // ---- server → client frames -------------------------------------------------
 
 const SERVER_TYPES = new Set([
-  "connection_message", "message", "pong", "error", "authenticated", "presence", "presence_diff",
+  "connection_message", "message", "pong", "error", "authenticated", "presence", "presence_diff", "subscribed",
 ]);
-const ROOM_TYPES = new Set(["connection_message", "message", "presence", "presence_diff"]);
+const ROOM_TYPES = new Set(["connection_message", "message", "presence", "presence_diff", "subscribed"]);
 
 /**
  * Parse one text frame from the server. Returns null for anything that is not
@@ -213,6 +283,10 @@ export function parseServerFrame(text) {
   if (frame.type === "presence" && !isMap(frame.members)) return null;
   if (frame.type === "presence_diff" && !(isMap(frame.joins) && isMap(frame.leaves))) return null;
   if (frame.type === "authenticated" && (typeof frame.user !== "string" || typeof frame.exp !== "number")) return null;
+  if (frame.type === "subscribed" && (typeof frame.sub !== "string" || typeof frame.recovered !== "boolean")) return null;
+  if (frame.type === "message" && "offset" in frame && !(Number.isSafeInteger(frame.offset) && typeof frame.epoch === "string")) {
+    return null;
+  }
   return frame;
 }
 

@@ -3,7 +3,7 @@
  *
  *   import { connect } from "/static/js/rrr.js";
  *   const rt = connect({ getToken });   // getToken only for private-… and presence-… rooms
- *   const room = rt.room("lobby", { onCount, onMessage, onState, onError, onPresence });
+ *   const room = rt.room("lobby", { onCount, onMessage, onState, onError, onPresence, onReset });
  *   room.publish({ hi: 1 });
  *   room.leave();
  *   rt.close();   // leave every room; release the socket, locks, timers
@@ -23,6 +23,7 @@ import {
   OWNER_START_TIMEOUT_MS,
   PROBE_TIMEOUT_MS,
   SLUG_RE,
+  advance,
   applyPresenceDiff,
   attachMsg,
   defaultSocketUrl,
@@ -33,7 +34,9 @@ import {
   probeMsg,
   publishFrame,
   randomId,
+  sinceOf,
   subscribeFrame,
+  subscribedPosition,
   tabLockName,
   tokenReplyMsg,
   unsubscribeFrame,
@@ -62,7 +65,14 @@ import { SocketOwner } from "./socket-owner.js";
  * @typedef {object} RoomHandlers
  * @property {(count: {connections: number, tabs: number, updated: number|null, users?: number}) => void} [onCount]
  *   `users` (distinct members) in presence rooms
- * @property {(data: unknown) => void} [onMessage]
+ * @property {(data: unknown, meta: {offset: number|null, epoch: string|null}) => void} [onMessage]
+ *   each message once, in order, also across reconnects (missed ones are replayed from the
+ *   room's history); `offset`/`epoch` say where it is (null for a raw backend PUBLISH)
+ * @property {(position: {offset: number, epoch: string|null}) => void} [onReset] messages were
+ *   missed and could not be recovered (the room's history was lost, or trimmed past this
+ *   subscription's last one): reload the page's state; messages continue from `position`
+ * @property {{offset: number, epoch: string}} [since] start after this message (e.g. the
+ *   offset the page was rendered at): what came later is replayed
  * @property {(state: import("./protocol.js").LinkState) => void} [onState]
  * @property {(error: {code: string, reason: string}) => void} [onError] errors about this
  *   subscription, and errors about the whole socket
@@ -224,12 +234,16 @@ class Runtime {
     if (this.#closed) throw new Error("rrr: connection closed");
     if (!SLUG_RE.test(slug)) throw new TypeError(`invalid room slug: ${slug}`);
     const sub = `${this.tabId}-${++this.#subCounter}`;
-    this.#handles.set(sub, { room: slug, handlers, members: null });
-    this.#send(subscribeFrame(slug, sub));
+    const since = sinceOf(handlers.since);
+    const handle = { room: slug, handlers, members: null, position: since ? { ...since, live: false } : null };
+    this.#handles.set(sub, handle);
+    this.#send(subscribeFrame(slug, sub, handle.position));
     queueMicrotask(() => call(handlers.onState, this.#state));
     return {
       room: slug,
       publish: (data) => this.#send(publishFrame(slug, data)),
+      /** The last message handed to the page: resubscribing later from here misses nothing. */
+      position: () => sinceOf(handle.position),
       leave: () => {
         if (this.#handles.delete(sub)) this.#send(unsubscribeFrame(slug, sub));
       },
@@ -352,8 +366,10 @@ class Runtime {
     if (link !== this.#link || lock !== this.#tabLock) return;
     if (watch !== "none") this.#watch = watch;
     link.send({ tab: this.tabId, msg: attachMsg(watch, this.#getToken !== null) });
-    for (const [sub, { room }] of this.#handles) {
-      link.send({ tab: this.tabId, msg: subscribeFrame(room, sub) });
+    for (const [sub, handle] of this.#handles) {
+      // A new owner learns where each subscription stands, so it replays only what we lack.
+      if (handle.position) handle.position.live = false;
+      link.send({ tab: this.tabId, msg: subscribeFrame(handle.room, sub, handle.position) });
     }
     this.#attached = true;
   }
@@ -391,8 +407,16 @@ class Runtime {
         });
         break;
       case "message":
-        this.#each(msg.room, "onMessage", msg.data);
+        this.#onMessage(msg);
         break;
+      case "subscribed": {
+        const handle = this.#handles.get(msg.sub);
+        if (!handle) break;
+        const { position, reset } = subscribedPosition(handle.position, msg);
+        handle.position = position;
+        if (reset || msg.reset === true) call(handle.handlers.onReset, { offset: position.offset, epoch: position.epoch });
+        break;
+      }
       case "error":
         for (const sub of errorHandles(msg, this.#handles)) {
           const handle = this.#handles.get(sub);
@@ -438,6 +462,17 @@ class Runtime {
       reply = tokenReplyMsg(id, null, err instanceof Error ? err.message : err);
     }
     this.#send(reply);
+  }
+
+  /** A message once to each handle it is next for (a replay: to its own subscription only). */
+  #onMessage(msg) {
+    const meta = typeof msg.offset === "number" ? { offset: msg.offset, epoch: msg.epoch } : { offset: null, epoch: null };
+    for (const [sub, handle] of this.#handles) {
+      if (handle.room !== msg.room || (typeof msg.sub === "string" && sub !== msg.sub)) continue;
+      const { deliver, position } = advance(handle.position, msg);
+      handle.position = position;
+      if (deliver) call2(handle.handlers.onMessage, msg.data, meta);
+    }
   }
 
   /** Call `name` on every handle in `room`. */

@@ -15,6 +15,7 @@ import {
   SLUG_RE,
   TAB_TIMEOUT_MS,
   TOKEN_TIMEOUT_MS,
+  advance,
   aliveMsg,
   authFrame,
   backoffDelay,
@@ -28,8 +29,10 @@ import {
   randomId,
   reattachMsg,
   refreshDelay,
+  sinceOf,
   stateMsg,
   subscribeFrame,
+  subscribedPosition,
   tabLockName,
   tokenRequestMsg,
   tokenTab,
@@ -118,6 +121,12 @@ export class TabRegistry {
     return room;
   }
 
+  /** The tab id a subscription belongs to, or null. */
+  tabOf(sub) {
+    for (const [id, tab] of this.#tabs) if (tab.subs.has(sub)) return id;
+    return null;
+  }
+
   /** Tab ids with at least one subscription in `room`. */
   inRoom(room) {
     const ids = [];
@@ -172,6 +181,12 @@ export function sendToTabs(registry, tabIds, msg) {
 
 export class SocketOwner {
   #tabs = new TabRegistry();
+  /**
+   * Where each subscription stands in its room's history (sub → Position): it subscribes
+   * with `since` after any reconnect, and each message reaches its tab once, in order.
+   * @type {Map<string, import("./protocol.js").Position>}
+   */
+  #positions = new Map();
   /** Tab ids whose Web Lock we already wait on (a restored tab must not queue a second waiter). */
   #watching = new Set();
   /** @type {WebSocket|null} */
@@ -245,10 +260,16 @@ export class SocketOwner {
         this.#drop(tabId);
         break;
       case "subscribe":
-        if (this.#tabs.subscribe(tabId, msg.sub, msg.room)) this.#subscribe(msg.room, msg.sub);
+        if (this.#tabs.subscribe(tabId, msg.sub, msg.room)) {
+          // A tab that moved here from another owner says where it stood.
+          const since = sinceOf(msg.since);
+          if (since) this.#positions.set(msg.sub, { ...since, live: false });
+          this.#subscribe(msg.room, msg.sub);
+        }
         break;
       case "unsubscribe": {
         const room = this.#tabs.unsubscribe(tabId, msg.sub);
+        this.#positions.delete(msg.sub);
         // A private subscription was only sent while authenticated.
         if (room !== null && (!needsToken(room) || this.#auth === "ok")) this.#send(unsubscribeFrame(room, msg.sub));
         break;
@@ -312,6 +333,7 @@ export class SocketOwner {
     const tab = this.#tabs.drop(tabId);
     if (!tab) return;
     for (const [sub, room] of tab.subs) {
+      this.#positions.delete(sub);
       if (!needsToken(room) || this.#auth === "ok") this.#send(unsubscribeFrame(room, sub));
     }
     // A token request waiting on this tab goes to the next one.
@@ -376,10 +398,12 @@ export class SocketOwner {
     this.#send(helloFrame(this.transport));
     this.#auth = "none";
     this.#toldNoToken.clear();
+    // Nothing is live on a new socket until the server says `subscribed` (and replays).
+    for (const position of this.#positions.values()) position.live = false;
     let tokensNeeded = false;
     for (const [sub, room] of this.#tabs.subscriptions()) {
       if (needsToken(room)) tokensNeeded = true;
-      else this.#send(subscribeFrame(room, sub));
+      else this.#send(this.#subscribeFrame(room, sub));
     }
     // Authenticate before the private and presence rooms go (they follow the reply).
     if (tokensNeeded || [...this.#tabs.entries()].some(([, tab]) => tab.tokens)) this.#authenticate();
@@ -394,7 +418,11 @@ export class SocketOwner {
     this.#attempt = 0;
     const frame = parseServerFrame(text);
     if (!frame) return;
-    if (frame.type === "connection_message" || frame.type === "message" || frame.type === "presence_diff") {
+    if (frame.type === "message") {
+      this.#onMessage(frame);
+    } else if (frame.type === "subscribed") {
+      this.#onSubscribed(frame);
+    } else if (frame.type === "connection_message" || frame.type === "presence_diff") {
       this.#sendTo(this.#tabs.inRoom(frame.room), frame);
     } else if (frame.type === "presence") {
       // The whole list, once per subscription: only to the tab whose subscription it is.
@@ -415,12 +443,55 @@ export class SocketOwner {
     }
   }
 
+  // ---- history -------------------------------------------------------------
+
+  #subscribeFrame(room, sub) {
+    return subscribeFrame(room, sub, this.#positions.get(sub));
+  }
+
+  /**
+   * A message goes to each tab one of whose subscriptions it is next for: a replay
+   * (`sub` set) to that subscription's tab only, a live one to the tabs in its room.
+   */
+  #onMessage(frame) {
+    if (typeof frame.sub === "string") {
+      const tabId = this.#tabs.tabOf(frame.sub);
+      if (tabId !== null && this.#take(frame.sub, frame)) this.#sendTo([tabId], frame);
+      return;
+    }
+    const tabIds = [];
+    for (const tabId of this.#tabs.inRoom(frame.room)) {
+      let take = false;
+      for (const [sub, room] of this.#tabs.get(tabId).subs) {
+        if (room === frame.room && this.#take(sub, frame)) take = true;
+      }
+      if (take) tabIds.push(tabId);
+    }
+    this.#sendTo(tabIds, frame);
+  }
+
+  /** Whether `frame` is the next message for `sub` (and move its position on). */
+  #take(sub, frame) {
+    const { deliver, position } = advance(this.#positions.get(sub), frame);
+    if (position) this.#positions.set(sub, position);
+    return deliver;
+  }
+
+  /** The server follows the room for `sub` now; its tab hears whether anything was lost. */
+  #onSubscribed(frame) {
+    const tabId = this.#tabs.tabOf(frame.sub);
+    if (tabId === null) return;
+    const { position, reset } = subscribedPosition(this.#positions.get(frame.sub), frame);
+    this.#positions.set(frame.sub, position);
+    this.#sendTo([tabId], { ...frame, reset });
+  }
+
   // ---- identity ---------------------------------------------------------------
 
   /** A private or presence subscription goes once the socket is authenticated, and asks for a token if nobody has. */
   #subscribe(room, sub) {
     if (!needsToken(room) || this.#auth === "ok") {
-      this.#send(subscribeFrame(room, sub));
+      this.#send(this.#subscribeFrame(room, sub));
     } else if (this.#ws?.readyState === WebSocket.OPEN && this.#auth !== "pending") {
       this.#authenticate();
     }
@@ -462,7 +533,7 @@ export class SocketOwner {
     this.#refreshTimer = setTimeout(() => this.#refresh(frame.exp), refreshDelay(frame.exp, Date.now()));
     if (first) {
       for (const [sub, room] of this.#tabs.subscriptions()) {
-        if (needsToken(room)) this.#send(subscribeFrame(room, sub));
+        if (needsToken(room)) this.#send(this.#subscribeFrame(room, sub));
       }
     }
     this.#sendTo(this.#tabs.ids(), this.#identity);
