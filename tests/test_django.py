@@ -41,14 +41,18 @@ API_KEY = "django-e2e-server-key"
 PASSWORD = "demo-pass"  # items/management/commands/seed_demo.py
 WAIT_MS = 15_000
 
-# Every socket a page opens reports its close code here (the leader tab's socket is the browser's).
+# Every socket a page opens reports its close code here (the leader tab's socket is the browser's),
+# and a test can cut the page off: with __blocked set, new sockets go to a closed loopback port.
 RECORD_CLOSES = """
 (() => {
   const Native = window.WebSocket;
   window.__closes = [];
+  window.__sockets = [];
+  window.__blocked = false;
   window.WebSocket = class extends Native {
-    constructor(...args) {
-      super(...args);
+    constructor(url, ...rest) {
+      super(window.__blocked ? "ws://127.0.0.1:9/blocked" : url, ...rest);
+      window.__sockets.push(this);
       this.addEventListener("close", (event) => window.__closes.push(event.code));
     }
   };
@@ -308,6 +312,24 @@ def test_an_item_rolled_back_notifies_nobody(site: Site, sign_in: Any) -> None:
     page.reload()
     expect(page.locator("#items li", has_text="Was")).to_have_count(1)
     assert page.locator("#items li", has_text="Never was").count() == 0
+
+
+@pytest.mark.browser
+def test_a_notification_sent_while_offline_is_recovered_on_reconnect_and_shown_once(site: Site, sign_in: Any) -> None:
+    bob = sign_in("bob")
+    page = bob.pages[0]
+    room = f"private-user-{bob.id}"
+    wait_for(lambda: subscribed_tabs(site, room) == 1, "bob's private room")
+    page.evaluate("window.__blocked = true; window.__sockets.forEach((s) => s.close())")
+    expect(page.locator("#live-status")).not_to_have_attribute("data-status", "open", timeout=WAIT_MS)
+    wait_for(lambda: subscribed_tabs(site, room) == 0, "bob gone from rrr")  # so nothing reaches him live
+    missed = site.manage("create_item", "carol", "While you were away").split()[-1]
+    page.evaluate("window.__blocked = false")
+    expect(notification(page, missed)).to_have_count(1, timeout=WAIT_MS)
+    later = site.manage("create_item", "carol", "After").split()[-1]
+    expect(notification(page, later)).to_have_count(1, timeout=WAIT_MS)
+    assert notification(page, missed).count() == 1
+    assert page.locator("#notifications-reset").is_hidden()
 
 
 @pytest.mark.browser
