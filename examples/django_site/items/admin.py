@@ -19,7 +19,7 @@ from .models import Item
 
 
 @admin.register(Item)
-class ItemAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ItemAdmin(admin.ModelAdmin):
     list_display = ["title", "created_by", "created_at"]
 
 
@@ -56,5 +56,5 @@ admin.site.unregister(User)
 
 
 @admin.register(User)
-class LiveUserAdmin(UserAdmin):  # type: ignore[type-arg]
+class LiveUserAdmin(UserAdmin):
     actions = [sign_out_everywhere]
