@@ -404,3 +404,14 @@ def test_rrr_client_and_rrr_django_import_without_django_configured() -> None:
         "assert callable(rrr.client.publish) and callable(rrr.django.publish_on_commit)\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_rrr_serves_the_browser_library_to_other_origins_without_credentials(site: Site) -> None:
+    """A page of the site's origin loads rrr.js (and what it imports) from rrr as module scripts,
+    which browsers fetch in CORS mode; the site's own pages point there."""
+    request = urllib.request.Request(site.rrr_url + "/static/js/rrr.js", headers={"Origin": site.url})
+    with urllib.request.urlopen(request, timeout=5) as r:
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+        assert r.headers.get("Access-Control-Allow-Credentials") is None
+    with urllib.request.urlopen(site.url + "/accounts/login/", timeout=5) as r:
+        assert b"importmap" not in r.read()  # not for anonymous pages
