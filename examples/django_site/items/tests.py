@@ -18,6 +18,7 @@ from django.test import TestCase, TransactionTestCase, override_settings
 
 from rrr import keys
 from rrr.django import publish_on_commit
+from rrr.errors import BackplaneError
 
 from .models import Item
 from .notify import create_item
@@ -146,6 +147,16 @@ class PublishOnCommitTests(TransactionTestCase):
                 raise RuntimeError("roll back")
         self.assertFalse(Item.objects.exists())
         self.assertEqual(self.listener.until_sentinel(f"private-user-{self.bob.pk}"), [])
+
+    @override_settings(RRR_REDIS_URL="redis://127.0.0.1:9/0")  # nothing listens there
+    def test_a_publish_that_fails_after_the_commit_is_logged_and_the_rows_stay(self) -> None:
+        with self.assertLogs("django.db.backends.base", "ERROR") as logged:
+            create_item(self.alice, "saved")
+        self.assertTrue(Item.objects.filter(title="saved").exists())
+        self.assertIn("BackplaneError", "\n".join(logged.output))
+        with self.assertRaises(BackplaneError):
+            with transaction.atomic():
+                publish_on_commit("anywhere", {"a": 1}, robust=False)
 
     def test_a_bad_room_or_payload_fails_at_once_in_the_caller(self) -> None:
         with self.assertRaises(ValueError):
