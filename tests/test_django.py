@@ -132,7 +132,7 @@ def site(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) 
     env = {
         **os.environ, "RRR_TOKEN_SECRET": SECRET, "RRR_API_TOKEN": API_KEY, "EXAMPLE_FAST_PASSWORDS": "1",
         "EXAMPLE_DB": str(tmp / "db.sqlite3"), "RRR_REDIS_URL": redis_server.url,
-        "RRR_SOCKET_URL": f"ws://127.0.0.1:{rrr_port}/ws/", "PYTHONPATH": str(ROOT),
+        "RRR_SOCKET_URL": f"ws://127.0.0.1:{rrr_port}/ws/", "PYTHONPATH": str(ROOT),  # as run.py sets it
     }
     log = tmp / "run.log"
     with open(log, "wb") as out:

@@ -63,6 +63,8 @@ def main() -> int:
     env.setdefault("RRR_TOKEN_SECRET", secrets.token_urlsafe(32))
     env.setdefault("RRR_API_TOKEN", secrets.token_urlsafe(32))
     env.update(RRR_REDIS_URL=redis_url, RRR_SOCKET_URL=f"ws://127.0.0.1:{args.rrr_port}/ws/", PYTHONUNBUFFERED="1")
+    # the site imports rrr.django from this checkout, installed or not
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     if args.db:
         env["EXAMPLE_DB"] = args.db
     # Both names of the site's host: the browser's Origin is whichever the person typed.
