@@ -71,7 +71,7 @@ class Delivery:
 
     def __init__(
         self, history: History, metrics: Metrics, *, conns: Callable[[str], Iterable[Subscriber] | None],
-        confirmed: Callable[[str], bool], hold_max: int = 1000,
+        confirmed: Callable[[str], bool],
     ) -> None:
         self.history = history
         self.metrics = metrics
@@ -80,7 +80,9 @@ class Delivery:
         self._streams: dict[str, RoomStream] = {}
         self._closing = False
         self._log = RateLimitedLog(log)
-        self.hold_max = hold_max
+        # Live messages held while a room catches up: past this many, the history (which holds
+        # as many) is read instead.
+        self.hold_max = max(1, history.size)
 
     # -- the hub's calls --------------------------------------------------------------------
 
@@ -163,13 +165,12 @@ class Delivery:
         conns = self._conns(room)
         if conns is None:
             return
-        skip = s.waiting if s is not None else ()
-        sent = 0
-        for conn in list(conns):
-            if conn not in skip:
-                conn.send_frame(frame)
-                sent += 1
-        self.metrics.messages_out.inc(sent)
+        targets = list(conns)
+        if s is not None and s.waiting:
+            targets = [conn for conn in targets if conn not in s.waiting]
+        for conn in targets:
+            conn.send_frame(frame)
+        self.metrics.messages_out.inc(len(targets))
 
     def _deliver(self, room: str, s: RoomStream, offset: int, data_json: str) -> None:
         assert s.epoch is not None

@@ -14,7 +14,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from conftest import Client, LyingRedis, ServerFactory, Server, connect, wait_until
 from rrr import client as rrr_client
 from rrr.embedded import EmbeddedRedis
+from rrr.history import publish_args
 from rrr.keys import history, meta
+from rrr.scripts import HISTORY_PUBLISH
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 
@@ -299,6 +301,47 @@ async def test_pubsub_cut_again_and_again_loses_and_duplicates_nothing(
     await asyncio.sleep(0.3)
     assert offsets(c, "cuts") == list(range(1, sent + 1))
     assert server.metric("rrr_history_replayed_total") > 0  # the cuts did cost messages, and they came back
+
+
+async def test_what_was_published_while_pubsub_was_down_arrives_even_if_nothing_follows(
+    server_factory: ServerFactory, lying_redis: Any, rclient: redis.Redis, redis_url: str, clients: list[Client]
+) -> None:
+    """No later message reveals the gap here: the process reads it back because its connection came back."""
+    proxy: LyingRedis = await lying_redis()
+    server = await server_factory(redis=proxy.url, api_token="tok")
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    await subscribed(c, "quiet")
+    await rrr_client.apublish("quiet", "before", redis_url=redis_url)
+    await wait_until(lambda: offsets(c, "quiet") == [1], what="the first message")
+    proxy.subscribe_delay = 1.5  # the resubscribe takes a while: a window to publish into
+    before = server.metric("rrr_redis_reconnects_total")
+    assert rclient.client_kill_filter(_type="pubsub") >= 1
+    await wait_until(lambda: server.metric("rrr_redis_reconnects_total") > before, timeout=30, what="a reconnect")
+    for i in range(3):
+        await rrr_client.apublish("quiet", f"missed {i}", redis_url=redis_url)
+    await wait_until(lambda: offsets(c, "quiet") == [1, 2, 3, 4], timeout=30, what="the three missed messages")
+
+
+async def test_a_live_message_after_a_gap_waits_for_the_gap_to_be_read(
+    server_factory: ServerFactory, rclient: redis.Redis, clients: list[Client]
+) -> None:
+    """Messages stored but never heard live (here: published where nobody listens) are read back,
+    in order, as soon as a later one shows the gap."""
+    server = await server_factory(api_token="tok")
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    await subscribed(c, "gap")
+    await api_publish(server, "gap", 1)
+    await wait_until(lambda: offsets(c, "gap") == [1], what="the first message")
+    for n in (2, 3, 4):
+        k, a = publish_args("gap", str(n), 100, 300, own=False)
+        a[0] = "rrr:nowhere"
+        rclient.eval(HISTORY_PUBLISH, len(k), *k, *a)
+    await api_publish(server, "gap", 5)
+    await wait_until(lambda: offsets(c, "gap") == [1, 2, 3, 4, 5], what="the gap filled, in order")
+    assert [m["data"] for m in messages(c, "gap")] == [1, 2, 3, 4, 5]
+    assert server.metric("rrr_history_gaps_total") == 1
 
 
 async def test_redis_restarted_empty_changes_the_epoch_and_says_so(

@@ -291,6 +291,9 @@ export class SocketOwner {
         if (msg.online) this.#onOnline();
         else this.#onOffline();
         break;
+      case "retry":
+        this.#retryNow();
+        break;
       // "heartbeat" and "probe" only refresh lastSeen.
     }
   }
@@ -631,6 +634,17 @@ export class SocketOwner {
     this.#ws = null;
     ws.onopen = ws.onmessage = ws.onclose = null;
     ws.close();
+  }
+
+  /**
+   * Try now instead of at the end of the backoff wait (reconnecting), or instead of waiting for
+   * an `online` event that may never come (offline: the browser's idea of the network can be
+   * wrong). If the try fails, the backoff goes on from where it was.
+   */
+  #retryNow() {
+    if (this.#ws || this.#tabs.size === 0) return; // a socket is open or opening already
+    this.#online = true;
+    this.#connect();
   }
 
   #onOffline() {
