@@ -21,7 +21,11 @@ function onState({ status, transport }) {
   const el = $("live-status");
   el.dataset.status = status;
   el.textContent = status === "open" ? `live (${transport})` : status;
+  // Between tries after a drop: connect now instead of waiting out the backoff.
+  $("retry-now").hidden = status !== "reconnecting" && status !== "offline";
 }
+
+$("retry-now").addEventListener("click", () => rt.retryNow());
 
 if (pageRoom) {
   rt.room(pageRoom, {
