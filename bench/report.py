@@ -547,6 +547,12 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
                 "failure, but an operational one): " + ", ".join(
                     f"{titles[c['scenario']]} {c['size']:g} {c['server']} r{c['repeat']}" for c in killed) + ".",
                 ""]
+    hundred_k = ROOT / "bench" / "results" / "hundred_k.json"
+    if hundred_k.exists():
+        # A separate run (python -m bench.hundred_k); kept on the page whenever the page is redrawn.
+        from .hundred_k import load_variants, section
+
+        doc += [section(json.loads(hundred_k.read_text()), load_variants(hundred_k))]
     doc += ["## Failures and skips", "", failure_list(agg, servers, titles), ""]
     out.write_text("\n".join(doc))
     return out
