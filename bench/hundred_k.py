@@ -196,10 +196,12 @@ class Run:
         st = await self.state(expected)
         return st["count_ok"] == total and st["live"] == total, st
 
-    def open_args(self, phase: int, specs: list[list[list[Any]]], relay: bool,
-                  wait_joined: float) -> list[dict[str, Any]]:
-        in_flight = max(1, self.args.in_flight // len(self.drivers))
-        return [{"kind": "rrr", "relay": relay, "host": "127.0.0.1", "ports": self.servers.ports,
+    def open_args(self, phase: int, specs: list[list[list[Any]]], relay: bool, wait_joined: float,
+                  ports: list[int] | None = None) -> list[dict[str, Any]]:
+        """One ``open`` per worker; its sockets alternate over ``ports`` (default: every process)."""
+        ports = ports or self.servers.ports
+        in_flight = max(1, self.args.in_flight * len(ports) // len(self.servers.ports) // len(self.drivers))
+        return [{"kind": "rrr", "relay": relay, "host": "127.0.0.1", "ports": ports,
                  "sources": sources(phase, w.index), "specs": s, "in_flight": in_flight,
                  "timeout": 60.0, "wait_joined": wait_joined}
                 for w, s in zip(self.drivers.workers, specs, strict=True)]
@@ -242,15 +244,27 @@ async def density(run: Run) -> dict[str, Any]:
     w = len(run.drivers)
     rooms = [f"r{i}" for i in range(math.ceil(n / a.room_size))]
     sizes = {r: min(a.room_size, n - i * a.room_size) for i, r in enumerate(rooms)}
-    specs = [[[r, sizes[r]] for r in rooms[k::w]] for k in range(w)]
-    shares = per_port([sum(x for _, x in s) for s in specs], len(run.servers.ports))
-    out: dict[str, Any] = {"rooms": len(rooms), "room_size": a.room_size, "per_process": shares, "failures": []}
+    ports = run.servers.ports
+    if a.spread:
+        # As a load balancer would: a room's members alternate over every process.
+        calls = [(ports, [[[r, sizes[r]] for r in rooms[k::w]] for k in range(w)])]
+        shares = per_port([sum(x for _, x in s) for s in calls[0][1]], len(ports))
+    else:
+        # Each room on one process (sticky routing), rooms dealt round the processes.
+        calls = [([port], [[[r, sizes[r]] for r in rooms[j::len(ports)][k::w]] for k in range(w)])
+                 for j, port in enumerate(ports)]
+        shares = [sum(sizes[r] for r in rooms[j::len(ports)]) for j in range(len(ports))]
+    out: dict[str, Any] = {"rooms": len(rooms), "room_size": a.room_size, "spread": a.spread,
+                           "per_process": shares, "failures": []}
     fail: list[str] = out["failures"]
     base_rss = [rss_bytes(p) for p in run.servers.pids]
     base_redis_rss, base_redis_mem = run.redis_rss(), await run.redis_used_memory()
     cpu0, rcpu0 = run.servers.cpu(), run.redis_cpu()
     t0 = time.monotonic()
-    opened = await run.drivers.call("open", run.open_args(1, specs, False, a.phase_timeout), timeout=a.phase_timeout)
+    replies = await asyncio.gather(*(
+        run.drivers.call("open", run.open_args(1, specs, False, a.phase_timeout, on), timeout=a.phase_timeout)
+        for on, specs in calls))
+    opened = [r for rs in replies for r in rs]
     failed = sum(r["failed"] for r in opened)
     t_first = min(r["t_first_ns"] for r in opened)
     out["connect_s"] = round(time.monotonic() - t0, 2)
@@ -263,6 +277,7 @@ async def density(run: Run) -> dict[str, Any]:
     out["open_server_cpu_s"] = round(run.servers.cpu() - cpu0, 2)
     out["open_redis_cpu_s"] = round(run.redis_cpu() - rcpu0, 2)
     fail += await run.check_shares(shares, "density")
+    out["rooms_per_process"] = [int(await run.metric(p, "rrr_rooms")) for p in ports]
     t_check = time.monotonic()
     fail += await run.check_rooms(sizes, "density")
     out["room_check_s"] = round(time.monotonic() - t_check, 1)
@@ -765,6 +780,8 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=8, help="app.py processes, one port each")
     parser.add_argument("--drivers", type=int, default=8, help="load-driver processes")
     parser.add_argument("--room-size", type=int, default=10, help="room size in the density phase")
+    parser.add_argument("--spread", action="store_true",
+                        help="density: a room's members alternate over every process (default: each room on one)")
     parser.add_argument("--hold", type=float, default=10.0, help="seconds held idle in the density phase")
     parser.add_argument("--messages", type=int, default=3, help="fan-out messages, one at a time")
     parser.add_argument("--count-interval", type=float, default=0.1, help="app.py --count-interval")
