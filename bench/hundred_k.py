@@ -76,7 +76,11 @@ TARGETS = {"rss_per_socket_kib": 16.0, "storm_s": 60.0, "fanout_p99_ms": 1500.0}
 
 
 class Failed(Exception):
-    """A phase could not go on (its sockets are not there): the run stops, recorded as failed."""
+    """A phase could not go on (its sockets are not there): recorded as failed, with what was measured."""
+
+    def __init__(self, message: str, partial: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial or {}
 
 
 def split(n: int, parts: int) -> list[int]:
@@ -105,12 +109,14 @@ class Run:
     """The processes of one run and the readings taken from them."""
 
     def __init__(self, args: argparse.Namespace, redis: RedisServer, servers: ServerGroup,
-                 drivers: DriverPool) -> None:
+                 drivers: DriverPool, logdir: Path) -> None:
         self.args = args
         self.redis = redis
         self.servers = servers
         self.drivers = drivers
         self.n: int = args.sockets
+        self.count_interval: float = args.count_interval
+        self.logdir = logdir
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         self.r = aioredis.Redis.from_url(redis.url)
 
@@ -192,7 +198,7 @@ class Run:
             st = await self.state(expected)
             if st["frames"] != frames:
                 frames, changed = st["frames"], time.monotonic()
-        await asyncio.sleep(max(1.0, 10 * self.args.count_interval))
+        await asyncio.sleep(max(1.0, 3 * self.count_interval))
         st = await self.state(expected)
         return st["count_ok"] == total and st["live"] == total, st
 
@@ -347,7 +353,11 @@ async def storm(run: Run, room: str) -> dict[str, Any]:
     out["timeline"] = timeline
     if not converged:
         opening.cancel()
-        raise Failed("; ".join(fail))
+        raise Failed("; ".join(fail), {
+            "timeline": timeline, "count_frames": st["count_frames"] - st0["count_frames"],
+            "live_at_stop": st["live"], "showing_n_at_stop": st["count_ok"],
+            "server_cpu_s": round(cpu1 - cpu0, 2), "redis_cpu_s": round(rcpu1 - rcpu0, 2),
+            "driver_cpu_s": round(st["cpu_s"] - st0["cpu_s"], 1), "per_process": shares})
     opened = await asyncio.wait_for(opening, 30)
     failed = sum(r["failed"] for r in opened)
     if failed:
@@ -476,36 +486,62 @@ async def wait_quiet(limit: float, max_wait: float) -> dict[str, Any]:
             "load1_at_start": round(os.getloadavg()[0], 2)}
 
 
-async def phases(run: Run, results: dict[str, Any], save: Any) -> None:
-    room = "storm"
-    chosen = run.args.phases.split(",")
-    steps = (("density", density), ("storm", lambda r: storm(r, room)), ("fanout", lambda r: fanout(r, room)))
-    for name, step in steps:
-        if name not in chosen:
-            continue
-        load = round(os.getloadavg()[0], 2)
-        print(f"[{time.strftime('%H:%M:%S')}] {name} (load {load})", flush=True)
-        t0 = time.monotonic()
-        try:
-            results[name] = await step(run)
-        except Failed as e:
-            results[name] = {"failures": [str(e)]}
-            raise
-        finally:
-            results.setdefault(name, {})
-            results[name].update(load1_at_start=load, elapsed_s=round(time.monotonic() - t0, 1))
-            save()
-        print(f"    {json.dumps({k: v for k, v in results[name].items() if k not in ('timeline', 'messages')})}",
-              flush=True)
-    if "fanout" in results:
-        for m in results["fanout"]["messages"]:
-            print(f"    message: p50 {m['p50_ms']} ms, p99 {m['p99_ms']} ms, last {m['last_recipient_ms']} ms, "
-                  f"{m['server_cpu_us_per_frame']} us/frame", flush=True)
-    if "storm" in results:
-        fail, t_close = await run.close_all({room: 0}, "end, closing")
-        results["storm"]["failures"] += fail
-        results["storm"]["close_s"] = round(t_close, 1)
+async def step(name: str, body: Any, results: dict[str, Any], save: Any) -> bool:
+    """Run one phase into ``results[name]``; False if it could not finish (``Failed``)."""
+    load = round(os.getloadavg()[0], 2)
+    print(f"[{time.strftime('%H:%M:%S')}] {name} (load {load})", flush=True)
+    t0 = time.monotonic()
+    finished = True
+    try:
+        results[name] = await body
+    except Failed as e:
+        results[name] = {**e.partial, "failures": [str(e)]}
+        finished = False
+    finally:
+        results.setdefault(name, {})
+        results[name].update(load1_at_start=load, elapsed_s=round(time.monotonic() - t0, 1))
         save()
+    print(f"    {json.dumps({k: v for k, v in results[name].items() if k not in ('timeline', 'messages')})}",
+          flush=True)
+    for m in results[name].get("messages", []):
+        print(f"    message: p50 {m['p50_ms']} ms, p99 {m['p99_ms']} ms, last {m['last_recipient_ms']} ms, "
+              f"{m['server_cpu_us_per_frame']} us/frame", flush=True)
+    return finished
+
+
+async def storm_and_fanout(run: Run, results: dict[str, Any], save: Any, suffix: str, chosen: list[str]) -> bool:
+    room = "storm"
+    results["count_interval" + suffix] = run.count_interval
+    ok = True
+    if "storm" in chosen:
+        ok = await step("storm" + suffix, storm(run, room), results, save)
+        if ok and "fanout" in chosen:
+            ok = await step("fanout" + suffix, fanout(run, room), results, save)
+    if ok and "storm" in chosen:
+        fail, t_close = await run.close_all({room: 0}, "end, closing")
+        results["storm" + suffix]["failures"] += fail
+        results["storm" + suffix]["close_s"] = round(t_close, 1)
+        save()
+    return ok
+
+
+async def phases(run: Run, results: dict[str, Any], save: Any) -> None:
+    a = run.args
+    chosen = a.phases.split(",")
+    if "density" in chosen and not await step("density", density(run), results, save):
+        raise Failed("density phase could not finish")
+    if await storm_and_fanout(run, results, save, "", chosen) or not a.then_count_interval:
+        return
+    # The storm (or the fan-out on it) could not finish at this count interval: the same again on fresh
+    # processes at a longer one, recorded apart (storm_b, fanout_b), so the fan-out is still measured.
+    print(f"[{time.strftime('%H:%M:%S')}] again with --count-interval {a.then_count_interval:g}", flush=True)
+    await run.drivers.call("reset")
+    run.servers.stop()
+    await run.redis.flush()
+    run.count_interval = a.then_count_interval
+    kind = RrrKind(a.rrr_python, count_interval=run.count_interval)
+    run.servers = await ServerGroup.start(kind, a.servers, run.redis.url, run.logdir, "100k-b")
+    await storm_and_fanout(run, results, save, "_b", chosen)
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -550,7 +586,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         kind = RrrKind(args.rrr_python, count_interval=args.count_interval)
         servers = await ServerGroup.start(kind, args.servers, redis.url, logdir, "100k")
         drivers = await DriverPool.start(args.drivers)
-        run = Run(args, redis, servers, drivers)
+        run = Run(args, redis, servers, drivers, logdir)
         results["meta"]["redis_version"] = str((await run.r.info("server"))["redis_version"])
         await asyncio.wait_for(phases(run, results, save), args.max_seconds)
     except TimeoutError:
@@ -558,6 +594,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     except Failed as e:
         failures.append(f"stopped: {e}")
     finally:
+        if run is not None:
+            servers = run.servers  # a second round runs on servers of its own
         if servers is not None:
             dead = [p.returncode for p in servers.procs if p.poll() is not None]
             if dead:
@@ -574,10 +612,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             servers.stop()
         redis.stop()
         sampler.cancel()
-        for phase in ("density", "storm", "fanout"):
+        for phase in ("density", "storm", "fanout", "storm_b", "fanout_b"):
             failures += results.get(phase, {}).get("failures", [])
         results["failures"] = failures
         results["ok"] = not failures and all(p in results for p in args.phases.split(","))
+        results["ok_b"] = all(p + "_b" in results and not results[p + "_b"]["failures"]
+                              for p in ("storm", "fanout")) if "storm_b" in results else None
         results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         results["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         results["meta"]["peak_rss_harness_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -788,6 +828,8 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=400, help="handshakes in flight over all drivers")
     parser.add_argument("--phase-timeout", type=float, default=240.0, help="bound on each wait of a phase (s)")
     parser.add_argument("--storm-timeout", type=float, default=300.0, help="bound on the join storm (s)")
+    parser.add_argument("--then-count-interval", type=float, default=0.0,
+                        help="if the storm or fan-out cannot finish, both again on fresh processes at this interval")
     parser.add_argument("--phases", default="density,storm,fanout",
                         help="comma list of density,storm,fanout (fanout needs storm)")
     parser.add_argument("--max-seconds", type=float, default=840.0, help="bound on the whole run (s)")
