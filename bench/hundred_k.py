@@ -632,38 +632,55 @@ def fmt(x: Any, spec: str = "{:,.1f}") -> str:
     return "n/a" if x is None else spec.format(x)
 
 
+def storm_rounds(results: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any], float]]:
+    """(suffix, storm, fanout, count interval) of each round that ran."""
+    out = []
+    for sfx in ("", "_b"):
+        if "storm" + sfx in results:
+            ci = results.get("count_interval" + sfx, results["meta"]["count_interval"])
+            out.append((sfx, results["storm" + sfx], results.get("fanout" + sfx, {}), ci))
+    return out
+
+
 def plot(results: dict[str, Any], path: Path = PLOT) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    st, fo = results.get("storm", {}), results.get("fanout", {})
-    if not st.get("timeline") and not fo.get("messages"):
+    rounds = storm_rounds(results)
+    if not rounds:
         return None
     n = results["meta"]["sockets"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    if st.get("timeline"):
-        t = [p[0] for p in st["timeline"]]
-        ax1.plot(t, [p[1] for p in st["timeline"]], label="sockets open")
-        ax1.plot(t, [p[2] for p in st["timeline"]], label=f"clients showing {n:,}")
-        ax1.axvline(TARGETS["storm_s"], color="grey", ls=":", label=f"target {TARGETS['storm_s']:.0f} s")
-        ax1.set_xlabel("seconds since the first connect")
-        ax1.set_ylabel("clients")
-        ax1.set_title(f"Join storm: {n:,} into one room")
-        ax1.legend(loc="lower right")
-        ax1.grid(alpha=0.3)
-    for i, m in enumerate(fo.get("messages", [])):
-        if m.get("cdf"):
-            ax2.plot([p[1] for p in m["cdf"]], [p[0] for p in m["cdf"]], label=f"message {i + 1}")
-    if fo.get("messages"):
+    for _sfx, st, _fo, ci in rounds:
+        if st.get("timeline"):
+            t = [p[0] for p in st["timeline"]]
+            line = ax1.plot(t, [p[1] for p in st["timeline"]], ls="--", lw=1,
+                            label=f"sockets open (--count-interval {ci:g})")
+            ax1.plot(t, [p[2] for p in st["timeline"]], color=line[0].get_color(),
+                     label=f"clients showing {n:,} (--count-interval {ci:g})")
+    ax1.axvline(TARGETS["storm_s"], color="grey", ls=":", label=f"target {TARGETS['storm_s']:.0f} s")
+    ax1.set_xlabel("seconds since the first connect")
+    ax1.set_ylabel("clients")
+    ax1.set_title(f"Join storm: {n:,} into one room")
+    ax1.legend(loc="upper left", fontsize=7)
+    ax1.grid(alpha=0.3)
+    drawn = False
+    for _sfx, _st, fo, ci in rounds:
+        for i, m in enumerate(fo.get("messages", [])):
+            if m.get("cdf"):
+                ax2.plot([p[1] for p in m["cdf"]], [p[0] for p in m["cdf"]],
+                         label=f"message {i + 1} (--count-interval {ci:g})")
+                drawn = True
+    if drawn:
         ax2.axvline(TARGETS["fanout_p99_ms"], color="grey", ls=":", label="target p99")
         ax2.axhline(0.99, color="grey", ls="--", lw=0.8)
-        ax2.set_xlabel("delivery latency (ms)")
-        ax2.set_ylabel("fraction of recipients")
-        ax2.set_title(f"Fan-out of one message to {n:,}")
-        ax2.legend(loc="lower right")
-        ax2.grid(alpha=0.3)
+        ax2.legend(loc="lower right", fontsize=7)
+    ax2.set_xlabel("delivery latency (ms)")
+    ax2.set_ylabel("fraction of recipients")
+    ax2.set_title(f"Fan-out of one message to {n:,}")
+    ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -679,114 +696,135 @@ def variant_rows(variants: list[dict[str, Any]]) -> list[str]:
             "| server CPU per frame | checks |",
             "|---|---|---|---|---|---|---|---|"]
     for v in variants:
-        m, st, msgs = v["meta"], v.get("storm", {}), v.get("fanout", {}).get("messages", [])
+        m = v["meta"]
         opts = m["command"].removeprefix("python -m bench.hundred_k").strip() or "(defaults)"
-        p99 = max((x["p99_ms"] for x in msgs if x.get("p99_ms") is not None), default=None)
-        last = max((x["last_recipient_ms"] for x in msgs if x.get("last_recipient_ms") is not None), default=None)
         ok = "passed" if v.get("ok") else "**failed**: " + "; ".join(v.get("failures", []))[:300]
-        rows.append(f"| {m['started']} (load {m.get('loadavg_start')}) | `{opts}` | "
-                    f"{fmt(st.get('all_show_n_s'))} s | {fmt(st.get('count_frames'), '{:,}')} | "
-                    f"{fmt(p99, '{:,.0f}')} ms | {fmt(last, '{:,.0f}')} ms | "
-                    f"{', '.join(fmt(x.get('server_cpu_us_per_frame')) for x in msgs) or 'n/a'} µs | {ok} |")
+        for _sfx, st, fo, ci in storm_rounds(v):
+            msgs = fo.get("messages", [])
+            rows.append(f"| {m['started']} (load {m.get('loadavg_start')}) | `{opts}`, interval {ci:g} s | "
+                        f"{storm_time(st)} | {fmt(st.get('count_frames'), '{:,}')} | "
+                        f"{fmt(worst(msgs, 'p99_ms'), '{:,.0f}')} ms | "
+                        f"{fmt(worst(msgs, 'last_recipient_ms'), '{:,.0f}')} ms | "
+                        f"{', '.join(fmt(x.get('server_cpu_us_per_frame')) for x in msgs) or 'n/a'} µs | {ok} |")
     return rows + [""]
+
+
+def worst(msgs: list[dict[str, Any]], key: str) -> float | None:
+    return max((m[key] for m in msgs if m.get(key) is not None), default=None)
+
+
+def storm_time(st: dict[str, Any]) -> str:
+    if st.get("all_show_n_s") is not None:
+        return f"{st['all_show_n_s']:,.1f} s"
+    if "live_at_stop" in st:
+        return (f"not reached: stopped at {st.get('elapsed_s', 0):.0f} s with {st['live_at_stop']:,} connected, "
+                f"{st['showing_n_at_stop']:,} showing N")
+    return "n/a"
 
 
 def section(results: dict[str, Any], variants: list[dict[str, Any]] | None = None) -> str:
     """The markdown of the "100,000 sockets" section, from a results file (and other runs', if any)."""
     meta = results["meta"]
     n, procs, cores = meta["sockets"], meta["servers"], meta["machine"]["cores"]
-    d, st, fo = results.get("density", {}), results.get("storm", {}), results.get("fanout", {})
-    msgs = fo.get("messages", [])
-    loads = [s[1] for s in meta.get("load_samples", [])]
-    avail = [s[2] for s in meta.get("load_samples", [])]
+    d = results.get("density", {})
+    rounds = storm_rounds(results)
+    loads = [x[1] for x in meta.get("load_samples", [])]
+    avail = [x[2] for x in meta.get("load_samples", [])]
 
     def met(value: float | None, target: float) -> str:
         return "n/a" if value is None else ("yes" if value <= target else "**no**")
 
-    p99 = max((m["p99_ms"] for m in msgs if m.get("p99_ms") is not None), default=None)
-    last = max((m["last_recipient_ms"] for m in msgs if m.get("last_recipient_ms") is not None), default=None)
-    us_frame = [m["server_cpu_us_per_frame"] for m in msgs if m.get("server_cpu_us_per_frame") is not None]
-    redis_ms = [m["redis_cpu_ms"] for m in msgs]
-    density_per_cpu = n / cores
-    status = ("every check passed" if results.get("ok") else
-              "**failed**: " + "; ".join(results.get("failures", []))[:600])
     quiet = meta.get("wait", {})
     busy = "" if not quiet or quiet.get("quiet") else (
-        f" The machine never became quiet (1-minute load under the limit) within the wait; the run went ahead "
-        f"at load {quiet.get('load1_at_start')}.")
+        f" The machine did not become quiet (1-minute load under 1.5) within the wait; the run went ahead at "
+        f"load {quiet.get('load1_at_start')}.")
+    failures = results.get("failures", [])
+    status = "every check passed" if not failures else (
+        f"{len(failures)} check(s) failed: " + "; ".join(f[:250] for f in failures))
+    rows = [
+        f"| server RSS per socket, presence included ({n:,} in rooms of {d.get('room_size', '?')}, "
+        f"{n // procs:,} per process) | ≤ 16 KiB | {fmt(d.get('rss_per_socket_kib'), '{:.2f}')} KiB | "
+        f"{met(d.get('rss_per_socket_kib'), 16)} |",
+    ]
+    for _sfx, st, fo, ci in rounds:
+        msgs = fo.get("messages", [])
+        label = f"`--count-interval {ci:g}`"
+        rows += [
+            f"| join storm of {n:,} into one room, {label}: every client shows {n:,} | ≤ 60 s | "
+            f"{storm_time(st)} | {met(st.get('all_show_n_s'), 60)} |",
+            f"| join storm, {label}: count frames sent | | {fmt(st.get('count_frames'), '{:,}')}"
+            + (f" ({st['frames_per_client']:.1f} per client)" if st.get("frames_per_client") else "") + " | |",
+            f"| join storm, {label}: server CPU; Redis CPU; driver CPU | | {fmt(st.get('server_cpu_s'))} s; "
+            f"{fmt(st.get('redis_cpu_s'), '{:.2f}')} s; {fmt(st.get('driver_cpu_s'))} s | |",
+        ]
+        if msgs:
+            rows += [
+                f"| fan-out of one message to {n:,} ({label}): p99 latency, worst of {len(msgs)} messages | "
+                f"≤ 1.5 s | {fmt(worst(msgs, 'p99_ms'), '{:,.0f}')} ms | {met(worst(msgs, 'p99_ms'), 1500)} |",
+                f"| fan-out: last recipient, worst of {len(msgs)} | | "
+                f"{fmt(worst(msgs, 'last_recipient_ms'), '{:,.0f}')} ms | |",
+                "| fan-out: p50 / p99 / last recipient of each message | | " + "; ".join(
+                    f"{fmt(m.get('p50_ms'), '{:,.0f}')} / {fmt(m.get('p99_ms'), '{:,.0f}')} / "
+                    f"{fmt(m.get('last_recipient_ms'), '{:,.0f}')} ms" for m in msgs) + " | |",
+                f"| fan-out: server CPU per delivered frame, each message | | "
+                f"{', '.join(fmt(m.get('server_cpu_us_per_frame')) for m in msgs)} µs | |",
+                f"| fan-out: Redis CPU, each message | | {', '.join(fmt(m.get('redis_cpu_ms'), '{:g}') for m in msgs)} "
+                "ms | |",
+            ]
+    rows += [
+        f"| density: Redis CPU to register {n:,} sockets; idle Redis CPU | | "
+        f"{fmt(d.get('open_redis_cpu_s'), '{:.2f}')} s; {fmt(d.get('idle_redis_cpu_pct'), '{:.1f}')} % of a core | |",
+    ]
     lines = [
         SECTION,
         "",
-        f"`{meta['command']}` (run {meta['started']}, {meta.get('elapsed_s', 0) / 60:.1f} min; "
+        f"`{meta['command']}` (run {meta['started']}, {meta.get('elapsed_s', 0) / 60:.1f} min; results in "
         f"`bench/results/hundred_k.json`): {n:,} concurrent sockets on this {cores}-core, "
-        f"{meta['machine']['memory_gib']} GiB machine, {procs} `app.py` processes (one port each, "
-        f"{n // procs:,} sockets each, `--count-interval {meta['count_interval']:g}`, defaults otherwise) on one "
-        f"`redis-server` {meta.get('redis_version', '')}, and {meta['drivers']} load-driver processes "
-        f"(`bench/worker.py`, each from its own eight 127.x.y.z source addresses), all on the same 2 cores. "
-        f"Result: {status}.{busy} Load average (1 min) during the run: "
+        f"{meta['machine']['memory_gib']} GiB machine: {procs} `app.py` processes (one port each, "
+        f"{n // procs:,} sockets each, defaults but `--count-interval`) on one `redis-server` "
+        f"{meta.get('redis_version', '')}, and {meta['drivers']} load-driver processes (`bench/worker.py`, "
+        "each connecting from its own eight 127.x.y.z source addresses, a fresh set per phase), all sharing "
+        f"the same {cores} cores. Result: {status}.{busy} Load average (1 min) sampled during the run: "
         f"{fmt(min(loads, default=None), '{:.2f}')} to {fmt(max(loads, default=None), '{:.2f}')} "
-        f"(start {meta.get('loadavg_start')}, end {meta.get('loadavg_end')}); least memory available: "
-        f"{fmt(min(avail, default=None), '{:.1f}')} GiB.",
+        f"(at the start {meta.get('loadavg_start')}; the run's own {procs + meta['drivers']} processes count in "
+        f"it); least memory available: {fmt(min(avail, default=None), '{:.1f}')} GiB.",
         "",
         "| figure | target | measured | met |",
         "|---|---|---|---|",
-        f"| server RSS per socket, presence included ({n:,} in rooms of {d.get('room_size', '?')}) | ≤ 16 KiB | "
-        f"{fmt(d.get('rss_per_socket_kib'), '{:.2f}')} KiB | {met(d.get('rss_per_socket_kib'), 16)} |",
-        f"| join storm of {n:,} into one room: every client shows {n:,} | ≤ 60 s | "
-        f"{fmt(st.get('all_show_n_s'), '{:.1f}')} s | {met(st.get('all_show_n_s'), 60)} |",
-        f"| join storm: count frames sent | | {fmt(st.get('count_frames'), '{:,}')} "
-        f"({fmt(st.get('frames_per_client'), '{:.1f}')} per client) | |",
-        f"| fan-out of one message to {n:,}: p99 latency (worst of {len(msgs)} messages) | ≤ 1.5 s | "
-        f"{fmt(p99, '{:,.0f}')} ms | {met(p99, 1500)} |",
-        f"| fan-out: last recipient (worst of {len(msgs)}) | | {fmt(last, '{:,.0f}')} ms | |",
-        f"| fan-out: server CPU per delivered frame | | "
-        f"{', '.join(f'{x:.1f}' for x in us_frame) or 'n/a'} µs | |",
-        f"| fan-out: Redis CPU per message | | {', '.join(f'{x:g}' for x in redis_ms) or 'n/a'} ms | |",
-        f"| join storm: Redis CPU | | {fmt(st.get('redis_cpu_s'), '{:.2f}')} s "
-        f"(server {fmt(st.get('server_cpu_s'), '{:.1f}')} s, {fmt(st.get('server_cpu_us_per_join'), '{:,}')} µs "
-        f"per join) | |",
-        f"| density: Redis CPU to register {n:,} sockets; idle Redis CPU | | "
-        f"{fmt(d.get('open_redis_cpu_s'), '{:.2f}')} s; {fmt(d.get('idle_redis_cpu_pct'), '{:.1f}')} % | |",
+        *rows,
         "",
-        "Every figure was checked, not assumed: in the density phase each client showed its room's exact count, "
-        f"each of the {fmt(d.get('rooms'), '{:,}')} rooms' stored count (`GET /api/rooms/<room>`) matched, each "
-        "process held exactly its share of sockets (its own `rrr_open_sockets`), and after a graceful close "
-        f"every room and process was back to 0; in the storm each of the {n:,} clients' last count was exactly "
-        f"{n:,} (still after a quiet window) and the stored count was {n:,}; in the fan-out each client received "
-        "each message exactly once (no loss, no duplicate, nothing foreign), and no socket was dropped.",
+        "How each figure was checked, not assumed: in the density phase each client showed its room's exact "
+        f"count, each of the {fmt(d.get('rooms'), '{:,}')} rooms' stored count (`GET /api/rooms/<room>`) matched, "
+        "each process held exactly its share of the sockets (its own `rrr_open_sockets`), and after a graceful "
+        "close every room and every process was back to 0. In a storm that finished, each client's last count was "
+        f"exactly {n:,}, still after a quiet window, and the stored count was {n:,}; in the fan-out each client "
+        "received each message exactly once (no loss, no duplicate, nothing foreign; published with "
+        "`rrr.client.apublish`, the stored path), and no socket was dropped by the server.",
         "",
-        "| phase detail | value |",
+        "| density detail | value |",
         "|---|---|",
-        f"| density: all {n:,} open and showing true counts | {fmt(d.get('ready_s'), '{:.1f}')} s "
-        f"(server CPU {fmt(d.get('open_server_cpu_s'), '{:.1f}')} s, "
-        f"Redis {fmt(d.get('open_redis_cpu_s'), '{:.2f}')} s) |",
-        f"| density: server RSS before / with {n:,} (all processes) | {fmt(d.get('rss_base_mib'))} / "
+        f"| all {n:,} open and showing their rooms' true counts | {fmt(d.get('ready_s'), '{:.1f}')} s "
+        f"(server CPU {fmt(d.get('open_server_cpu_s'), '{:.1f}')} s) |",
+        f"| server RSS before / with {n:,} (all processes) | {fmt(d.get('rss_base_mib'))} / "
         f"{fmt(d.get('rss_mib'))} MiB (per process {d.get('rss_per_process_mib')}) |",
-        f"| density: Redis per socket (`used_memory`; RSS) | "
-        f"{fmt(d.get('redis_used_memory_per_socket_b'), '{:.0f}')} B; "
+        f"| rooms per process | {d.get('rooms_per_process')} |",
+        f"| Redis per socket (`used_memory`; RSS) | {fmt(d.get('redis_used_memory_per_socket_b'), '{:.0f}')} B; "
         f"{fmt(d.get('redis_rss_per_socket_kib'), '{:.2f}')} KiB |",
-        f"| density: idle, {fmt(d.get('hold_s'), '{:g}')} s: server CPU | "
-        f"{fmt(d.get('idle_server_cpu_pct'))} % of a core |",
-        f"| density: graceful close of all | {fmt(d.get('close_s'))} s |",
-        f"| storm: all connected | {fmt(st.get('connect_s'))} s (driver CPU {fmt(st.get('driver_cpu_s'))} s) |",
-        f"| storm: server RSS with {n:,} in one room | {fmt(st.get('rss_mib'))} MiB |",
-        f"| fan-out: p50 per message | {', '.join(fmt(m.get('p50_ms'), '{:.0f}') for m in msgs)} ms |",
-        f"| fan-out: p99 per message | {', '.join(fmt(m.get('p99_ms'), '{:.0f}') for m in msgs)} ms |",
-        f"| fan-out: last recipient per message | "
-        f"{', '.join(fmt(m.get('last_recipient_ms'), '{:.0f}') for m in msgs)} ms |",
+        f"| held idle {fmt(d.get('hold_s'), '{:g}')} s: server CPU | {fmt(d.get('idle_server_cpu_pct'))} % of a "
+        "core (all processes) |",
+        f"| graceful close of all | {fmt(d.get('close_s'))} s |",
         "",
         *variant_rows(variants or []),
         "![100,000 sockets: join storm and fan-out](bench-100k.png)",
         "",
-        f"**Per-CPU density.** {n:,} sockets on {cores} cores is {density_per_cpu:,.0f} sockets per CPU, "
-        f"{density_per_cpu / CENTRIFUGO_PER_CPU:.1f}× the about {CENTRIFUGO_PER_CPU:,} per CPU of Centrifugo's "
+        f"**Per-CPU density.** {n:,} sockets on {cores} cores is {n / cores:,.0f} sockets per CPU, "
+        f"{n / cores / CENTRIFUGO_PER_CPU:.1f}× the about {CENTRIFUGO_PER_CPU:,} per CPU of Centrifugo's "
         f"published 1M-connection run ([Million connections with Centrifugo]({CENTRIFUGO_URL}): 1,000,000 "
-        "WebSocket connections on 20 server pods with Redis sharded over 5 instances). The two are not the same "
-        "load: Centrifugo's run delivered about 500,000 messages a second and 200,000 connects and disconnects a "
-        "minute while holding its million, each connection in two channels, with p99 200 ms; here the "
-        f"{cores} cores also run the load drivers and Redis, and the sockets mostly sit idle between the storm and "
-        "the fan-out. It says how many sockets one core can hold with exact presence, not what traffic they can "
-        "carry.",
+        "WebSocket connections on 20 server pods, Redis sharded over 5 instances). Not the same load: that run "
+        "delivered about 500,000 messages a second and 200,000 connects and disconnects a minute while holding "
+        "its million, each connection in two channels, at a p99 of 200 ms; here the sockets mostly sit idle "
+        f"between the storm and the fan-out, and the same {cores} cores also run the load drivers and Redis. It "
+        "says how many sockets a core can hold with exact presence, not how much traffic they can carry.",
         "",
     ]
     return "\n".join(lines)
