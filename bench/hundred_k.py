@@ -642,24 +642,34 @@ def storm_rounds(results: dict[str, Any]) -> list[tuple[str, dict[str, Any], dic
     return out
 
 
-def plot(results: dict[str, Any], path: Path = PLOT) -> Path | None:
+def all_rounds(results: dict[str, Any],
+               variants: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any], float]]:
+    """Every storm round of the main run and of the other runs, labelled by interval (and run)."""
+    runs = [results, *variants]
+    out = []
+    for k, r in enumerate(runs):
+        for _sfx, st, fo, ci in storm_rounds(r):
+            out.append((f"--count-interval {ci:g}" + (f", run {k + 1}" if len(runs) > 1 else ""), st, fo, ci))
+    return out
+
+
+def plot(results: dict[str, Any], variants: list[dict[str, Any]] | None = None, path: Path = PLOT) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = storm_rounds(results)
+    rounds = all_rounds(results, variants or [])
     if not rounds:
         return None
     n = results["meta"]["sockets"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for _sfx, st, _fo, ci in rounds:
+    for label, st, _fo, _ci in rounds:
         if st.get("timeline"):
             t = [p[0] for p in st["timeline"]]
-            line = ax1.plot(t, [p[1] for p in st["timeline"]], ls="--", lw=1,
-                            label=f"sockets open (--count-interval {ci:g})")
+            line = ax1.plot(t, [p[1] for p in st["timeline"]], ls="--", lw=1, label=f"sockets open ({label})")
             ax1.plot(t, [p[2] for p in st["timeline"]], color=line[0].get_color(),
-                     label=f"clients showing {n:,} (--count-interval {ci:g})")
+                     label=f"clients showing {n:,} ({label})")
     ax1.axvline(TARGETS["storm_s"], color="grey", ls=":", label=f"target {TARGETS['storm_s']:.0f} s")
     ax1.set_xlabel("seconds since the first connect")
     ax1.set_ylabel("clients")
@@ -667,11 +677,10 @@ def plot(results: dict[str, Any], path: Path = PLOT) -> Path | None:
     ax1.legend(loc="upper left", fontsize=7)
     ax1.grid(alpha=0.3)
     drawn = False
-    for _sfx, _st, fo, ci in rounds:
+    for label, _st, fo, _ci in rounds:
         for i, m in enumerate(fo.get("messages", [])):
             if m.get("cdf"):
-                ax2.plot([p[1] for p in m["cdf"]], [p[0] for p in m["cdf"]],
-                         label=f"message {i + 1} (--count-interval {ci:g})")
+                ax2.plot([p[1] for p in m["cdf"]], [p[0] for p in m["cdf"]], label=f"message {i + 1} ({label})")
                 drawn = True
     if drawn:
         ax2.axvline(TARGETS["fanout_p99_ms"], color="grey", ls=":", label="target p99")
@@ -687,26 +696,17 @@ def plot(results: dict[str, Any], path: Path = PLOT) -> Path | None:
     return path
 
 
-def variant_rows(variants: list[dict[str, Any]]) -> list[str]:
-    """Runs of the storm and fan-out at other settings (``--out bench/results/hundred_k-<name>.json``)."""
-    if not variants:
-        return []
-    rows = ["Other runs (the same command with the options shown):", "",
-            "| run | options | storm: all show N | count frames | fan-out p99 (worst) | last recipient (worst) "
-            "| server CPU per frame | checks |",
-            "|---|---|---|---|---|---|---|---|"]
-    for v in variants:
+def other_runs(variants: list[dict[str, Any]]) -> list[str]:
+    """What the other runs in the table were (``--out bench/results/hundred_k-<name>.json``)."""
+    rows = []
+    for k, v in enumerate(variants):
         m = v["meta"]
-        opts = m["command"].removeprefix("python -m bench.hundred_k").strip() or "(defaults)"
-        ok = "passed" if v.get("ok") else "**failed**: " + "; ".join(v.get("failures", []))[:300]
-        for _sfx, st, fo, ci in storm_rounds(v):
-            msgs = fo.get("messages", [])
-            rows.append(f"| {m['started']} (load {m.get('loadavg_start')}) | `{opts}`, interval {ci:g} s | "
-                        f"{storm_time(st)} | {fmt(st.get('count_frames'), '{:,}')} | "
-                        f"{fmt(worst(msgs, 'p99_ms'), '{:,.0f}')} ms | "
-                        f"{fmt(worst(msgs, 'last_recipient_ms'), '{:,.0f}')} ms | "
-                        f"{', '.join(fmt(x.get('server_cpu_us_per_frame')) for x in msgs) or 'n/a'} µs | {ok} |")
-    return rows + [""]
+        loads = [x[1] for x in m.get("load_samples", [])]
+        status = "every check passed" if v.get("ok") else "failed: " + "; ".join(f[:250] for f in v["failures"])
+        rows.append(f"- Run {k + 2}: `{m['command']}` (run {m['started']}, {m.get('elapsed_s', 0) / 60:.1f} min, "
+                    f"load at the start {m.get('loadavg_start')}, during {fmt(min(loads, default=None), '{:.2f}')} "
+                    f"to {fmt(max(loads, default=None), '{:.2f}')}): {status}.")
+    return rows + [""] if rows else []
 
 
 def worst(msgs: list[dict[str, Any]], key: str) -> float | None:
@@ -727,7 +727,7 @@ def section(results: dict[str, Any], variants: list[dict[str, Any]] | None = Non
     meta = results["meta"]
     n, procs, cores = meta["sockets"], meta["servers"], meta["machine"]["cores"]
     d = results.get("density", {})
-    rounds = storm_rounds(results)
+    rounds = all_rounds(results, variants or [])
     loads = [x[1] for x in meta.get("load_samples", [])]
     avail = [x[2] for x in meta.get("load_samples", [])]
 
@@ -746,9 +746,9 @@ def section(results: dict[str, Any], variants: list[dict[str, Any]] | None = Non
         f"{n // procs:,} per process) | ≤ 16 KiB | {fmt(d.get('rss_per_socket_kib'), '{:.2f}')} KiB | "
         f"{met(d.get('rss_per_socket_kib'), 16)} |",
     ]
-    for _sfx, st, fo, ci in rounds:
+    for label, st, fo, _ci in rounds:
         msgs = fo.get("messages", [])
-        label = f"`--count-interval {ci:g}`"
+        label = f"`{label}`"
         rows += [
             f"| join storm of {n:,} into one room, {label}: every client shows {n:,} | ≤ 60 s | "
             f"{storm_time(st)} | {met(st.get('all_show_n_s'), 60)} |",
@@ -778,7 +778,8 @@ def section(results: dict[str, Any], variants: list[dict[str, Any]] | None = Non
     lines = [
         SECTION,
         "",
-        f"`{meta['command']}` (run {meta['started']}, {meta.get('elapsed_s', 0) / 60:.1f} min; results in "
+        ("Run 1: " if variants else "")
+        + f"`{meta['command']}` (run {meta['started']}, {meta.get('elapsed_s', 0) / 60:.1f} min; results in "
         f"`bench/results/hundred_k.json`): {n:,} concurrent sockets on this {cores}-core, "
         f"{meta['machine']['memory_gib']} GiB machine: {procs} `app.py` processes (one port each, "
         f"{n // procs:,} sockets each, defaults but `--count-interval`) on one `redis-server` "
@@ -789,6 +790,7 @@ def section(results: dict[str, Any], variants: list[dict[str, Any]] | None = Non
         f"(at the start {meta.get('loadavg_start')}; the run's own {procs + meta['drivers']} processes count in "
         f"it); least memory available: {fmt(min(avail, default=None), '{:.1f}')} GiB.",
         "",
+        *other_runs(variants or []),
         "| figure | target | measured | met |",
         "|---|---|---|---|",
         *rows,
@@ -814,7 +816,6 @@ def section(results: dict[str, Any], variants: list[dict[str, Any]] | None = Non
         "core (all processes) |",
         f"| graceful close of all | {fmt(d.get('close_s'))} s |",
         "",
-        *variant_rows(variants or []),
         "![100,000 sockets: join storm and fan-out](bench-100k.png)",
         "",
         f"**Per-CPU density.** {n:,} sockets on {cores} cores is {n / cores:,.0f} sockets per CPU, "
@@ -847,8 +848,9 @@ def load_variants(main: Path = RESULT_FILE) -> list[dict[str, Any]]:
 
 
 def write_page(results: dict[str, Any], page: Path = DOCS / "benchmarks.md") -> Path:
-    plot(results)
-    page.write_text(splice(page.read_text(), section(results, load_variants())))
+    variants = load_variants()
+    plot(results, variants)
+    page.write_text(splice(page.read_text(), section(results, variants)))
     return page
 
 
