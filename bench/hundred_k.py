@@ -56,7 +56,7 @@ import redis.asyncio as aioredis
 from rrr.client import apublish
 
 from .drivers import DriverPool
-from .run import clean, machine_info, raise_nofile
+from .run import clean, machine_info, raise_nofile, versions
 from .scenarios import latency_summary
 from .servers import ROOT, RedisServer, RrrKind, ServerGroup, cpu_seconds, redis_binary, rss_bytes
 
@@ -589,6 +589,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         drivers = await DriverPool.start(args.drivers)
         run = Run(args, redis, servers, drivers, logdir)
         results["meta"]["redis_version"] = str((await run.r.info("server"))["redis_version"])
+        vs = versions(args.rrr_python, results["meta"]["redis_version"])
+        results["meta"]["rrr_commit"] = vs.get("rrr commit")
+        results["meta"]["versions"] = {k: v for k, v in vs.items() if v != "missing"}
         await asyncio.wait_for(phases(run, results, save), args.max_seconds)
     except TimeoutError:
         failures.append(f"the run exceeded its {args.max_seconds:.0f} s bound and was stopped")
@@ -812,7 +815,8 @@ def section(results: dict[str, Any], variants: list[dict[str, Any]] | None = Non
         f"`bench/results/hundred_k.json`): {n:,} concurrent sockets on this {cores}-core, "
         f"{meta['machine']['memory_gib']} GiB machine: {procs} `app.py` processes (one port each, "
         f"{n // procs:,} sockets each, defaults but `--count-interval`) on one `redis-server` "
-        f"{meta.get('redis_version', '')}, and {meta['drivers']} load-driver processes (`bench/worker.py`, "
+        f"{meta.get('redis_version', '')}" + (f" (rrr at {meta['rrr_commit']})" if meta.get("rrr_commit") else "")
+        + f", and {meta['drivers']} load-driver processes (`bench/worker.py`, "
         "each connecting from its own eight 127.x.y.z source addresses, a fresh set per phase), all sharing "
         f"the same {cores} cores. Result: {status}.{busy} Load average (1 min) sampled during the run: "
         f"{fmt(min(loads, default=None), '{:.2f}')} to {fmt(max(loads, default=None), '{:.2f}')} "
