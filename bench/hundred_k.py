@@ -124,6 +124,11 @@ class Run:
         await self.http.close()
         await self.r.aclose()
 
+    @property
+    def stall_s(self) -> float:
+        """No frame for this long while a count is owed: nothing is coming (counts go out once an interval)."""
+        return max(STALL_S, 3 * self.count_interval)
+
     # -- readings ------------------------------------------------------------------------------
 
     def redis_cpu(self) -> float:
@@ -192,13 +197,13 @@ class Run:
         frames, changed = st["frames"], time.monotonic()
         while not (st["count_ok"] == total and st["live"] == total):
             now = time.monotonic()
-            if now > deadline or now - changed > STALL_S:
+            if now > deadline or now - changed > self.stall_s:
                 return False, st
             await asyncio.sleep(0.25)
             st = await self.state(expected)
             if st["frames"] != frames:
                 frames, changed = st["frames"], time.monotonic()
-        await asyncio.sleep(max(1.0, 3 * self.count_interval))
+        await asyncio.sleep(max(1.0, 2 * self.count_interval))
         st = await self.state(expected)
         return st["count_ok"] == total and st["live"] == total, st
 
@@ -343,8 +348,8 @@ async def storm(run: Run, room: str) -> dict[str, Any]:
             break
         if (st["frames"], st["live"]) != progress:
             progress, changed = (st["frames"], st["live"]), now
-        elif now - changed > STALL_S:
-            fail.append(count_failure(st, n, f"storm: no progress for {STALL_S:.0f} s"))
+        elif now - changed > run.stall_s:
+            fail.append(count_failure(st, n, f"storm: no progress for {run.stall_s:.0f} s"))
             break
         if now - t0 > a.storm_timeout:
             fail.append(count_failure(st, n, f"storm: not converged after {a.storm_timeout:.0f} s"))
