@@ -473,6 +473,18 @@ async def fanout(run: Run, room: str) -> dict[str, Any]:
 # -- the run -----------------------------------------------------------------------------------
 
 
+def server_warnings(logdir: Path, limit: int = 12) -> dict[str, int]:
+    """The servers' warnings (log level warning and up), counted by their text without the timestamp."""
+    seen: dict[str, int] = {}
+    for log in sorted(logdir.glob("100k*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            m = re.match(r"\[[WE] \d+ [\d:]+ [^\]]*\] (.*)", line)
+            if m:
+                text = re.sub(r"\d+", "#", m.group(1))[:160]
+                seen[text] = seen.get(text, 0) + 1
+    return dict(sorted(seen.items(), key=lambda kv: -kv[1])[:limit])
+
+
 async def sample_load(samples: list[list[float]], t0: float) -> None:
     while True:
         with open("/proc/meminfo") as f:
@@ -629,6 +641,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                               for p in ("storm", "fanout")) if "storm_b" in results else None
         results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         results["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        results["meta"]["server_warnings"] = server_warnings(logdir)
         results["meta"]["peak_rss_harness_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         save()
     return results
@@ -705,6 +718,13 @@ def plot(results: dict[str, Any], variants: list[dict[str, Any]] | None = None, 
     return path
 
 
+def warnings_text(meta: dict[str, Any]) -> str:
+    w = meta.get("server_warnings")
+    if not w:
+        return " The servers logged no warning." if w is not None else ""
+    return " The servers logged: " + "; ".join(f"`{text}` ×{k}" for text, k in w.items()) + "."
+
+
 def other_runs(variants: list[dict[str, Any]]) -> list[str]:
     """What the other runs in the table were (``--out bench/results/hundred_k-<name>.json``)."""
     rows = []
@@ -714,7 +734,7 @@ def other_runs(variants: list[dict[str, Any]]) -> list[str]:
         status = "every check passed" if v.get("ok") else "failed: " + "; ".join(f[:250] for f in v["failures"])
         rows.append(f"- Run {k + 2}: `{m['command']}` (run {m['started']}, {m.get('elapsed_s', 0) / 60:.1f} min, "
                     f"load at the start {m.get('loadavg_start')}, during {fmt(min(loads, default=None), '{:.2f}')} "
-                    f"to {fmt(max(loads, default=None), '{:.2f}')}): {status}.")
+                    f"to {fmt(max(loads, default=None), '{:.2f}')}): {status}.{warnings_text(m)}")
     return rows + [""] if rows else []
 
 
@@ -826,7 +846,7 @@ def section(results: dict[str, Any], variants: list[dict[str, Any]] | None = Non
         f"the same {cores} cores. Result: {status}.{busy} Load average (1 min) sampled during the run: "
         f"{fmt(min(loads, default=None), '{:.2f}')} to {fmt(max(loads, default=None), '{:.2f}')} "
         f"(at the start {meta.get('loadavg_start')}; the run's own {procs + meta['drivers']} processes count in "
-        f"it); least memory available: {fmt(min(avail, default=None), '{:.1f}')} GiB.",
+        f"it); least memory available: {fmt(min(avail, default=None), '{:.1f}')} GiB.{warnings_text(meta)}",
         "",
         *other_runs(variants or []),
         "| figure | target | measured | met |",
