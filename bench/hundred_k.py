@@ -696,7 +696,7 @@ def plot(results: dict[str, Any], variants: list[dict[str, Any]] | None = None, 
     ax1.set_xlabel("seconds since the first connect")
     ax1.set_ylabel("clients")
     ax1.set_title(f"Join storm: {n:,} into one room")
-    ax1.legend(loc="upper left", fontsize=7)
+    ax1.legend(loc="center right", fontsize=6)
     ax1.grid(alpha=0.3)
     drawn = False
     for label, _st, fo, _ci in rounds:
@@ -773,7 +773,32 @@ def reading(rounds: list[tuple[str, dict[str, Any], dict[str, Any], float]], n: 
             "them, drivers parse them), and the joins slow down further; a longer interval for such rooms cuts "
             "the frames, but the joins alone (each a TCP handshake, an upgrade and a presence write, on the server "
             "and the driver, all on these 2 cores) take long: the density phase opened its sockets, with no storm, in "
-            f"{fmt(d.get('ready_s'), '{:.0f}')} s.", ""]
+            f"{fmt(d.get('ready_s'), '{:.0f}')} s.", "", *reading_fanout(rounds, d)]
+
+
+def reading_warnings(runs: list[dict[str, Any]]) -> list[str]:
+    silent = sum(k for r in runs for text, k in (r["meta"].get("server_warnings") or {}).items()
+                 if "pub/sub silent" in text)
+    if not silent:
+        return []
+    return [f"**Under starvation.** The servers logged `pub/sub silent` {silent} times: with every core busy, a "
+            "process's event loop ran so late that its pub/sub connection saw no reply for 3 keepalives (15 s) "
+            "although Redis was idle (about 1 s of Redis CPU over a whole storm), so the subscriber dropped a "
+            "healthy connection and resubscribed all its rooms, at the worst moment; its members kept an old count "
+            "until then (in the 420 s storm at 5 s, 12,395 clients, about one process's share, still showed "
+            "75,008 when others "
+            "showed 100,000). Also logged once each in run 1: a presence write and a history read past "
+            "`--redis-timeout` (2 s), for the same reason.", ""]
+
+
+def reading_fanout(rounds: list[tuple[str, dict[str, Any], dict[str, Any], float]], d: dict[str, Any]) -> list[str]:
+    if not any(fo.get("messages") for _l, _s, fo, _c in rounds):
+        return []
+    return ["**Reading the fan-out.** Each message is one frame per member, serialized once per process; the "
+            "delivery window's server CPU also holds what the processes do anyway (held idle, the density phase's "
+            f"processes used {fmt(d.get('idle_server_cpu_pct'))} % of a core for their 100,000 sockets, mostly the "
+            "keepalive pings), so CPU per frame here is an upper bound, and the 8 drivers parse every frame on the "
+            "same 2 cores: the latency is the servers' and the drivers' queueing together.", ""]
 
 
 def section(results: dict[str, Any], variants: list[dict[str, Any]] | None = None) -> str:
@@ -854,6 +879,7 @@ def section(results: dict[str, Any], variants: list[dict[str, Any]] | None = Non
         *rows,
         "",
         *reading(rounds, n, d),
+        *reading_warnings([results, *(variants or [])]),
         "How each figure was checked, not assumed: in the density phase each client showed its room's exact "
         f"count, each of the {fmt(d.get('rooms'), '{:,}')} rooms' stored count (`GET /api/rooms/<room>`) matched, "
         "each process held exactly its share of the sockets (its own `rrr_open_sockets`), and after a graceful "
@@ -903,13 +929,14 @@ def splice(page: str, text: str) -> str:
 
 
 def load_variants(main: Path = RESULT_FILE) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(main.parent.glob("hundred_k-*.json")) if p != main]
+    runs = [json.loads(p.read_text()) for p in main.parent.glob("hundred_k-*.json") if p != main]
+    return sorted(runs, key=lambda r: r["meta"]["started"])
 
 
 def write_page(results: dict[str, Any], page: Path = DOCS / "benchmarks.md") -> Path:
     variants = load_variants()
     plot(results, variants)
-    page.write_text(splice(page.read_text(), section(results, variants)))
+    page.write_text(splice(page.read_text(), section(results, variants) + "\n"))
     return page
 
 
