@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys, protocol, scripts
 from .auth import mint
-from .connect import make_redis, make_sync_redis
+from .connect import is_cluster_url, make_redis, make_sync_redis
 from .errors import BackplaneError, OutcomeUnknown
 from .history import parse_published, publish_args
 
@@ -93,12 +93,13 @@ def publish(
     ``redis_url``: the server's ``--redis-url`` (default ``$RRR_REDIS_URL``). ``history_size`` and
     ``history_ttl`` apply only to a room no rrr process has set up; otherwise the server's win."""
     text = _encode(room, data)
-    client = _sync_client(redis_url or _default_url())
+    url = redis_url or _default_url()
+    client = _sync_client(url)
     try:
         if history_size <= 0 or history_ttl <= 0:
             client.publish(keys.room_channel(room), text)
             return 0
-        k, a = publish_args(room, text, history_size, history_ttl, own=False)
+        k, a = publish_args(room, text, history_size, history_ttl, own=False, sharded=is_cluster_url(url))
         return parse_published(client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)).offset
     except RedisTimeoutError as e:
         raise OutcomeUnknown(f"redis did not answer in time; the message may have been published: {e}") from e
@@ -112,12 +113,13 @@ async def apublish(
 ) -> int:
     """`publish` for async code (one client per event loop)."""
     text = _encode(room, data)
-    client = _async_client(redis_url or _default_url())
+    url = redis_url or _default_url()
+    client = _async_client(url)
     try:
         if history_size <= 0 or history_ttl <= 0:
             await client.publish(keys.room_channel(room), text)
             return 0
-        k, a = publish_args(room, text, history_size, history_ttl, own=False)
+        k, a = publish_args(room, text, history_size, history_ttl, own=False, sharded=is_cluster_url(url))
         return parse_published(await client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)).offset
     except (RedisTimeoutError, asyncio.TimeoutError) as e:
         raise OutcomeUnknown(f"redis did not answer in time; the message may have been published: {e}") from e

@@ -261,7 +261,8 @@ local function settings(own, size, ttl)
 end
 """
 
-#: KEYS: stream, meta. ARGV: channel, data JSON, size, ttl ms, meta ttl s, new epoch, own (1/0).
+#: KEYS: stream, meta. ARGV: channel, data JSON, size, ttl ms, meta ttl s, new epoch, own (1/0),
+#: and optionally sharded (1: ``SPUBLISH``, on a Redis Cluster; else ``PUBLISH``).
 #: Store and publish in one step: the message gets the next offset, the stream is trimmed
 #: exactly to ``size``, and the message goes out on the room's message channel as
 #: ``<offset> <epoch> <data>``. Returns {offset, epoch, receivers}.
@@ -274,7 +275,7 @@ if size > 0 then
   redis.call('PEXPIRE', stream, ttl)
 end
 redis.call('EXPIRE', meta, tonumber(ARGV[5]))
-local n = redis.call('PUBLISH', ARGV[1], top .. ' ' .. epoch .. ' ' .. ARGV[2])
+local n = redis.call(ARGV[8] == '1' and 'SPUBLISH' or 'PUBLISH', ARGV[1], top .. ' ' .. epoch .. ' ' .. ARGV[2])
 return {top, epoch, n}
 """
 

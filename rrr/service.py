@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 from .coalesce import Coalescer
+from .connect import is_cluster_url
 from .errors import BackplaneError
 from .history import History, meta_ttl
 from .hub import Hub
@@ -55,12 +56,24 @@ class Service:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = s = settings
         self.metrics = metrics = metrics or Metrics()
-        self.presence = Presence(
-            s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
-        )
-        self.subscriber = Subscriber(metrics, keepalive=s.pubsub_keepalive, process_id=self.presence.process_id)
+        cluster = is_cluster_url(s.redis_url)
+        if cluster:  # Redis Cluster: per-row expiry, sharded pub/sub (rrr.cluster)
+            from .cluster import ClusterPresence, ClusterSubscriber
+
+            self.presence: Presence = ClusterPresence(
+                s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
+            )
+            self.subscriber: Subscriber = ClusterSubscriber(
+                metrics, url=s.redis_url, timeout=s.redis_timeout, keepalive=s.pubsub_keepalive,
+                process_id=self.presence.process_id,
+            )
+        else:
+            self.presence = Presence(
+                s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
+            )
+            self.subscriber = Subscriber(metrics, keepalive=s.pubsub_keepalive, process_id=self.presence.process_id)
         self.coalescer = Coalescer(s.count_interval)
-        self.history = History(self.presence, s.history_size, s.history_ttl)
+        self.history = History(self.presence, s.history_size, s.history_ttl, sharded=cluster)
         self.hub = Hub(
             self.presence, self.subscriber, self.coalescer, metrics, history=self.history,
             count_interval=s.count_interval,
