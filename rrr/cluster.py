@@ -253,6 +253,13 @@ class ClusterSubscriber(Subscriber):
         self._probe_names: set[str] = set()
         self._room_node: dict[str, Any] = {}  # room -> the node's pubsub it is subscribed on
         self._dropping: set[bytes] = set()  # shard channels we SUNSUBSCRIBEd ourselves
+        self._readers: list[asyncio.Task[None]] = []
+
+    async def stop(self) -> None:
+        """End the sync and reader tasks before whoever runs us cancels `run` (see `Subscriber.stop`)."""
+        for task in self._readers:
+            await cancel(task)
+        await super().stop()
 
     async def run(self) -> None:
         cluster = self._redis
@@ -285,7 +292,7 @@ class ClusterSubscriber(Subscriber):
             self._room_node = {}
             self._dropping = set()
             syncer = self._syncer = asyncio.create_task(self._sync_shards(cluster, pubsubs), name="rrr-cluster-sync")
-            readers = [
+            readers = self._readers = [
                 asyncio.create_task(self._read_one(ps), name=f"rrr-cluster-read-{i}")
                 for i, ps in enumerate([classic, *pubsubs.values()])
             ]
