@@ -82,7 +82,7 @@ class ClusterPresence(Presence):
             await self._call("renew", self._lease_redis.ping())
             self._renewed_at = started
             return False
-        replies = await self._each(
+        replies, failure = await self._each(
             list(rooms), lambda room: self._script(
                 "cluster_renew", [self.process_id, self.ttl, keys.count_channel(room)], lease=True,
                 keys=_room_keys(room),
@@ -99,6 +99,8 @@ class ClusterPresence(Presence):
                 lost = True
         if dropped:
             self.metrics.presence_expired.inc(dropped)
+        if failure is not None:
+            raise failure  # a shard did not answer: our rows there were not renewed
         self._renewed_at = started
         return lost
 
@@ -129,7 +131,7 @@ class ClusterPresence(Presence):
         rooms = list(updates)
         self._writing.update(rooms)
         try:
-            replies = await self._each(rooms, call)
+            replies, failure = await self._each(rooms, call)
         finally:
             self._writing.difference_update(rooms)
         for room, reply in replies.items():
@@ -142,6 +144,8 @@ class ClusterPresence(Presence):
                 self._rows.pop(room, None)
             else:
                 self._rows[room] = updates[room]
+        if failure is not None:
+            raise failure  # the rooms that were written are known now; the caller retries them all
         return result
 
     async def leave(self) -> None:
@@ -206,9 +210,10 @@ class ClusterPresence(Presence):
             raise BackplaneError(f"script {name} needs its keys on a cluster")
         return await self._call(name, self._scripts[name](keys=keys, args=args, client=client))
 
-    async def _each(self, rooms: list[str], call: Any) -> dict[str, Any]:
-        """``call(room)`` for every room, CONCURRENCY at once; the first failure raises (after all
-        ended: each is idempotent, the caller retries the lot)."""
+    async def _each(self, rooms: list[str], call: Any) -> tuple[dict[str, Any], BaseException | None]:
+        """``call(room)`` for every room, CONCURRENCY at once: the replies of those that succeeded,
+        and the first failure (the caller takes note of the replies, then raises it: each call is
+        idempotent, and the lot is retried)."""
         sem = asyncio.Semaphore(CONCURRENCY)
 
         async def one(room: str) -> Any:
@@ -216,10 +221,9 @@ class ClusterPresence(Presence):
                 return await call(room)
 
         replies = await asyncio.gather(*(one(room) for room in rooms), return_exceptions=True)
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                raise reply
-        return dict(zip(rooms, replies))
+        done = {room: reply for room, reply in zip(rooms, replies) if not isinstance(reply, BaseException)}
+        failed = [reply for reply in replies if isinstance(reply, BaseException)]
+        return done, failed[0] if failed else None
 
     async def _reset_pools(self) -> None:
         """A parser that choked: drop every connection (the cluster client reconnects)."""

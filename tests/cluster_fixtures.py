@@ -29,6 +29,19 @@ from conftest import need_binary
 from rrr.embedded import _die_with_parent
 
 NODE_TIMEOUT_MS = 2000
+ROOT = Path(__file__).resolve().parent.parent
+#: The app connects as deploy/redis.conf's ``rrr`` ACL user with its cluster additions, so a
+#: command the app needs on a cluster and that documented ACL forbids fails a test.
+APP_PASSWORD = "cluster-test-rrr-password"
+
+
+def app_acl_rules() -> list[str]:
+    """deploy/redis.conf's ``user rrr`` rules (password replaced) plus its ``rrr-cluster-acl`` line."""
+    conf = (ROOT / "deploy" / "redis.conf").read_text().splitlines()
+    user = next(line for line in conf if line.startswith("user rrr "))
+    extra = next(line for line in conf if line.startswith("# rrr-cluster-acl:"))
+    rules = [">" + APP_PASSWORD if r.startswith(">") else r for r in user.split()[2:]]
+    return rules + extra.split(":", 1)[1].split()
 
 
 def _port_pair_free(port: int) -> bool:
@@ -78,7 +91,8 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:3])
+        """As the app gets it: deploy/redis.conf's ``rrr`` user, three of the nodes."""
+        return f"redis+cluster://rrr:{APP_PASSWORD}@" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:3])
 
     def node(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
@@ -96,6 +110,7 @@ class RedisCluster:
         )
         log.close()
         _wait(lambda: self.node(port).ping(), 10, f"redis-server on {port}")
+        self.node(port).execute_command("ACL", "SETUSER", "rrr", "reset", *app_acl_rules())
 
     def start(self) -> RedisCluster:
         for port in self.ports:
