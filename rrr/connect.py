@@ -44,6 +44,7 @@ import redis
 import redis.asyncio as aioredis
 import redis.sentinel
 from redis.asyncio.retry import Retry
+from redis.exceptions import ClusterDownError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -247,9 +248,17 @@ def parse_cluster_url(url: str) -> ClusterURL:
     return ClusterURL(nodes=nodes, username=username, password=password, ssl=scheme.lower() == "rediss+cluster")
 
 
+class ClusterRedis(aioredis.RedisCluster):
+    """redis-py's cluster client, retrying after a connection error or a topology change but never
+    after a timeout: a command that timed out may still run, and a retried publish would be
+    delivered twice (the same rule as `_retry`)."""
+
+    ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
+
+
 def make_cluster_redis(
     parsed: ClusterURL, timeout: float, max_connections: int = 32, retries: int = 1,
-) -> aioredis.RedisCluster:
+) -> ClusterRedis:
     """A Redis Cluster client: routes each command by slot, follows ``MOVED`` and failovers.
 
     ``max_connections`` is per node. ``retries`` counts the cluster client's own attempts after a
@@ -257,7 +266,7 @@ def make_cluster_redis(
     """
     from redis.asyncio.cluster import ClusterNode
 
-    return aioredis.RedisCluster(
+    return ClusterRedis(
         startup_nodes=[ClusterNode(h, p) for h, p in parsed.nodes],
         username=parsed.username,
         password=parsed.password,
@@ -327,8 +336,11 @@ def make_sync_redis(url: str, timeout: float) -> Any:
     if is_cluster_url(url):
         from redis.cluster import ClusterNode as SyncClusterNode, RedisCluster as SyncRedisCluster
 
+        class SyncClusterRedis(SyncRedisCluster):
+            ERRORS_ALLOW_RETRY = ClusterRedis.ERRORS_ALLOW_RETRY  # type: ignore[assignment]  # not after a timeout
+
         c = parse_cluster_url(url)
-        return SyncRedisCluster(
+        return SyncClusterRedis(
             startup_nodes=[SyncClusterNode(h, p) for h, p in c.nodes], username=c.username, password=c.password,
             ssl=c.ssl, socket_timeout=timeout, socket_connect_timeout=timeout, client_name="rrr-client",
         )

@@ -23,6 +23,7 @@ import cluster_fixtures
 from cluster_fixtures import NODE_TIMEOUT_MS, RedisCluster
 from conftest import AppProcess, Client, Server, ServerFactory, connect, wait_until
 from rrr import client as rrr_client, keys
+from rrr.connect import parse_cluster_url
 
 redis_cluster = cluster_fixtures.redis_cluster
 
@@ -135,6 +136,7 @@ async def test_api_helper_raw_and_sharded_publishes_reach_every_subscriber(
     cluster: RedisCluster, server_factory: ServerFactory, clients: list[Client],
 ) -> None:
     one, two = await start(server_factory, cluster), await start(server_factory, cluster)
+    plain = await start(server_factory, cluster, history_size=0)  # history off: SPUBLISH on the room's channel
     rooms = rooms_on_every_shard(cluster, "relay")
     subs = [await connect(one.ws_url("/ws/")), await connect(two.ws_url("/ws/"))]
     clients += subs
@@ -146,18 +148,35 @@ async def test_api_helper_raw_and_sharded_publishes_reach_every_subscriber(
         assert published["offset"] >= 1
         offset = await asyncio.to_thread(rrr_client.publish, room, {"via": "helper"}, redis_url=cluster.url)
         assert offset == published["offset"] + 1
+        assert await rrr_client.apublish(room, {"via": "async helper"}, redis_url=cluster.url) == offset + 1
+        assert await api(plain, f"/api/rooms/{room}/messages", "POST", json.dumps({"via": "plain"})) == {
+            "room": room, "processes": 2,
+        }
         master = cluster.node(cluster.master_of(keys.presence(room)))
         # The documented raw path (classic PUBLISH, on any node) and the shard channel.
         cluster.node(cluster.masters()[0]).publish(keys.room_channel(room), json.dumps({"via": "raw"}))
         master.execute_command("SPUBLISH", keys.shard_room_channel(room), json.dumps({"via": "spublish"}))
-        expected[room] = [{"via": "api", "room": room}, {"via": "helper"}, {"via": "raw"}, {"via": "spublish"}]
+        expected[room] = [
+            {"via": "api", "room": room}, {"via": "helper"}, {"via": "async helper"}, {"via": "plain"}, {"via": "raw"},
+            {"via": "spublish"},
+        ]
     for c in subs:
         for room in rooms:
             # In order on each path; the classic and the sharded connections are not ordered together.
             await wait_until(lambda: same_items(data_in(c, room), expected[room]), what=f"every message in {room}")
-            assert [d for d in data_in(c, room) if d in expected[room][:2]] == expected[room][:2]
+            assert [d for d in data_in(c, room) if d in expected[room][:3]] == expected[room][:3]
         stored = [m for m in c.of_type("message") if "offset" in m]
-        assert len(stored) == 2 * len(rooms)
+        assert len(stored) == 3 * len(rooms)
+
+
+async def test_the_cluster_url_is_parsed() -> None:
+    parsed = parse_cluster_url("redis+cluster://rrr:p%40ss@10.0.0.1:7000,[::1]:7001,host")
+    assert parsed.nodes == (("10.0.0.1", 7000), ("::1", 7001), ("host", 6379))
+    assert (parsed.username, parsed.password, parsed.ssl) == ("rrr", "p@ss", False)
+    assert parse_cluster_url("rediss+cluster://h:1/").ssl
+    for bad in ("redis+cluster://", "redis+cluster://h:1/3", "redis://h:1", "redis+cluster://h:x"):
+        with pytest.raises(ValueError):
+            parse_cluster_url(bad)
 
 
 async def test_revocation_reaches_sockets_on_both_processes(
