@@ -256,7 +256,9 @@ class ClusterSubscriber(Subscriber):
         self._shard_probes: dict[str, str] = {}  # node name -> our probe channel in its slots
         self._probe_names: set[str] = set()
         self._room_node: dict[str, Any] = {}  # room -> the node's pubsub it is subscribed on
-        self._dropping: set[bytes] = set()  # shard channels we SUNSUBSCRIBEd ourselves
+        # Shard channels we SUNSUBSCRIBEd ourselves, by how many replies are still to come (a room
+        # left and joined again quickly gets its sunsubscribe reply after it is wanted again).
+        self._dropping: dict[bytes, int] = {}
         self._readers: list[asyncio.Task[None]] = []
 
     async def stop(self) -> None:
@@ -294,7 +296,7 @@ class ClusterSubscriber(Subscriber):
             self._pending = {}
             self._unacked = {}
             self._room_node = {}
-            self._dropping = set()
+            self._dropping = {}
             syncer = self._syncer = asyncio.create_task(self._sync_shards(cluster, pubsubs), name="rrr-cluster-sync")
             readers = self._readers = [
                 asyncio.create_task(self._read_one(ps), name=f"rrr-cluster-read-{i}")
@@ -351,7 +353,6 @@ class ClusterSubscriber(Subscriber):
                 self._unacked[room] = len(channels)
                 for channel in channels:
                     self._pending[channel.encode()] = room
-                    self._dropping.discard(channel.encode())
                 self._room_node[room] = pubsub
                 await pubsub.ssubscribe(*channels)  # one room, one slot: one command
                 active.add(room)
@@ -360,7 +361,7 @@ class ClusterSubscriber(Subscriber):
                 self._unacked.pop(room, None)
                 for channel in channels:
                     self._pending.pop(channel.encode(), None)
-                    self._dropping.add(channel.encode())
+                    self._dropping[channel.encode()] = self._dropping.get(channel.encode(), 0) + 1
                 pubsub = self._room_node.pop(room, None)
                 active.discard(room)
                 if pubsub is not None:
@@ -398,8 +399,12 @@ class ClusterSubscriber(Subscriber):
         elif kind == "ssubscribe":
             super()._handle({"type": "subscribe", "channel": channel, "data": data})
         elif kind == "sunsubscribe":
-            if channel in self._dropping:
-                self._dropping.discard(channel)
+            left = self._dropping.get(channel, 0)
+            if left > 1:
+                self._dropping[channel] = left - 1
+                return
+            if left == 1:
+                del self._dropping[channel]
                 return
             # Not ours: the slot moved (a resharding, or this node is no longer its master).
             raise ConnectionError(f"cluster moved shard channel {channel!r:.80}")

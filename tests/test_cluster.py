@@ -111,6 +111,27 @@ async def test_two_processes_agree_on_counts_and_members_in_rooms_on_every_shard
         for c in b:
             await c.settles_on(2, 4, room=room)
 
+    # Leaving and joining again at once (a reload) keeps the sharded subscriptions as they are.
+    churn = await connect(one.ws_url("/ws/"))
+    clients.append(churn)
+    for pause in (0, 0.0005, 0.001, 0.002, 0.005):  # 60 frames: within --message-burst
+        for room in rooms:
+            await churn.send(type="subscribe", room=room, sub="c")
+        await asyncio.sleep(0.02)
+        for room in rooms:
+            await churn.send(type="unsubscribe", room=room, sub="c")
+        await asyncio.sleep(pause)
+        for room in rooms:
+            await churn.send(type="subscribe", room=room, sub="c")
+        await asyncio.sleep(0.02)
+        for room in rooms:
+            await churn.send(type="unsubscribe", room=room, sub="c")
+    await subscribe_all(churn, rooms, ("d",))
+    for room in rooms:
+        for c in b:
+            await c.settles_on(3, 5, room=room)
+    assert one.metric("rrr_redis_reconnects_total") == 0
+
     # A presence room's members, through both processes.
     team = "presence-team"
     ada, bob = await connect(one.ws_url("/ws/")), await connect(two.ws_url("/ws/"))
