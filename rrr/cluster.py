@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from redis.crc import key_slot
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from . import keys, protocol
 from .cluster_scripts import ALL as CLUSTER_SCRIPTS
@@ -44,7 +44,7 @@ from .presence import BadReply, MemberDelta, Presence, WriteResult, _count, _sho
 from .protocol import CountState, validate_json_payload
 from .scripts import ALL as SCRIPTS, FLAGS, NO_FLAGS
 from .subscriber import Publisher, Subscriber, log as sub_log
-from .supervise import cancel
+from .supervise import cancel, full_jitter
 
 log = logging.getLogger("rrr.cluster")
 
@@ -243,8 +243,41 @@ def _shard_channels(room: str) -> list[str]:
     return [keys.shard_room_channel(room), keys.count_channel(room), keys.message_channel(room)]
 
 
+class _Link:
+    """One pub/sub connection: the classic one, or a master's sharded one."""
+
+    def __init__(self, name: str, client: Any, pubsub: Any) -> None:
+        self.name = name
+        self.client = client
+        self.pubsub = pubsub
+        self.rooms: set[str] = set()  # rooms SSUBSCRIBEd here
+        self.reader: asyncio.Task[None] | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self.reader is None or self.reader.done()
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            await cancel(self.reader)
+        try:
+            await self.client.aclose()
+        except Exception:  # noqa: BLE001 - the connection may be broken already
+            pass
+
+
+CLASSIC = "classic"
+
+
 class ClusterSubscriber(Subscriber):
-    """`Subscriber` on a Redis Cluster: sharded pub/sub per master, plus one classic connection."""
+    """`Subscriber` on a Redis Cluster: sharded pub/sub per master, plus one classic connection.
+
+    A master's connection that breaks is repaired alone: its rooms are unconfirmed, the topology
+    is read again until a master serves their slots (after a failover: the promoted replica),
+    they are subscribed there, and the listener is told to resync as after any reconnect. The
+    other masters' rooms keep being delivered meanwhile. The classic connection (on a replica
+    when there is one) is repaired the same way.
+    """
 
     def __init__(
         self, metrics: Metrics, *, url: str, timeout: float = 2.0, keepalive: float = 5.0, process_id: str = "",
@@ -253,55 +286,43 @@ class ClusterSubscriber(Subscriber):
         self._pid = process_id or secrets.token_hex(8)
         self._cluster_url = parse_cluster_url(url)
         self._timeout = timeout
+        self._links: dict[str, _Link] = {}
         self._shard_probes: dict[str, str] = {}  # node name -> our probe channel in its slots
         self._probe_names: set[str] = set()
-        self._room_node: dict[str, Any] = {}  # room -> the node's pubsub it is subscribed on
+        self._active: set[str] = set()  # rooms with an SSUBSCRIBE sent on a live link
         # Shard channels we SUNSUBSCRIBEd ourselves, by how many replies are still to come (a room
         # left and joined again quickly gets its sunsubscribe reply after it is wanted again).
         self._dropping: dict[bytes, int] = {}
-        self._readers: list[asyncio.Task[None]] = []
+        self._broken = asyncio.Event()
+        self._stopping = False
 
     async def stop(self) -> None:
         """End the sync and reader tasks before whoever runs us cancels `run` (see `Subscriber.stop`)."""
-        for task in self._readers:
-            await cancel(task)
+        self._stopping = True
+        for link in list(self._links.values()):
+            if link.reader is not None:
+                await cancel(link.reader)
         await super().stop()
 
     async def run(self) -> None:
         cluster = self._redis
-        nodes_manager = cluster.nodes_manager
-        await nodes_manager.initialize()  # the topology as it is now (after a failover: the new masters)
-        primaries = list(cluster.get_primaries())
-        if not primaries:
-            raise ConnectionError("the cluster has no masters")
-        clients: list[Any] = []
-        pubsubs: dict[str, Any] = {}
-        readers: list[asyncio.Task[None]] = []
         syncer: asyncio.Task[None] | None = None
+        self._links = {}
         try:
-            for node in primaries:
-                client = make_node_redis(self._cluster_url, node.host, node.port, self._timeout)
-                clients.append(client)
-                pubsubs[node.name] = client.pubsub()
-            classic_client = make_node_redis(self._cluster_url, primaries[0].host, primaries[0].port, self._timeout)
-            clients.append(classic_client)
-            classic = classic_client.pubsub()
-            await classic.psubscribe(keys.ROOM_CHANNEL_PATTERN)
-            await classic.subscribe(self.probe_channel, keys.CONTROL_CHANNEL)
-            self._shard_probes = {node.name: self._probe_channel_on(cluster, node) for node in primaries}
-            self._probe_names = set(self._shard_probes.values())
-            for name, channel in self._shard_probes.items():
-                await pubsubs[name].ssubscribe(channel)
+            await cluster.nodes_manager.initialize()  # the topology as it is now
+            primaries = list(cluster.get_primaries())
+            if not primaries:
+                raise ConnectionError("the cluster has no masters")
             self._confirmed = set()
             self._pending = {}
             self._unacked = {}
-            self._room_node = {}
+            self._active = set()
             self._dropping = {}
-            syncer = self._syncer = asyncio.create_task(self._sync_shards(cluster, pubsubs), name="rrr-cluster-sync")
-            readers = self._readers = [
-                asyncio.create_task(self._read_one(ps), name=f"rrr-cluster-read-{i}")
-                for i, ps in enumerate([classic, *pubsubs.values()])
-            ]
+            self._broken.clear()
+            await self._open_classic(cluster)
+            for node in primaries:
+                await self._open_shard(cluster, node)
+            syncer = self._syncer = asyncio.create_task(self._sync_shards(cluster), name="rrr-cluster-sync")
             self.connected = True
             self._connected_at = time.monotonic()
             if self._connected_once:
@@ -310,24 +331,119 @@ class ClusterSubscriber(Subscriber):
             self._connected_once = True
             if self._listener:
                 self._listener.on_connected()
-            done, _ = await asyncio.wait([syncer, *readers], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-            raise ConnectionError("cluster pub/sub ended")
+            while True:
+                waiter = asyncio.ensure_future(self._broken.wait())
+                try:
+                    await asyncio.wait([syncer, waiter], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                if syncer.done():
+                    syncer.result()
+                    raise ConnectionError("cluster subscription sync ended")
+                if self._stopping:
+                    raise ConnectionError("cluster pub/sub stopped")
+                await self._repair(cluster)
         finally:
             self._ran_for = time.monotonic() - self._connected_at if self._connected_at else 0.0
             self._connected_at = None
             self.connected = False
             self._confirmed = set()
-            for task in readers:
-                await cancel(task)
             if syncer is not None:
                 await cancel(syncer)
-            for client in clients:
-                try:
-                    await client.aclose()
-                except Exception:  # noqa: BLE001 - the connection may be broken already
-                    pass
+            for link in list(self._links.values()):
+                await link.close()
+            self._links = {}
+
+    def _start_reader(self, link: _Link) -> None:
+        link.reader = asyncio.create_task(self._read_one(link.pubsub), name=f"rrr-cluster-read-{link.name}")
+        link.reader.add_done_callback(lambda _: self._broken.set())
+
+    async def _open_classic(self, cluster: Any) -> None:
+        """The classic connection, on a replica if there is one (classic pub/sub reaches every node,
+        and a master's death then costs only its own shard's link), else on a master."""
+        candidates = list(cluster.get_replicas()) + list(cluster.get_primaries())
+        failure: BaseException | None = None
+        for node in candidates:
+            client = make_node_redis(self._cluster_url, node.host, node.port, self._timeout)
+            link = _Link(CLASSIC, client, client.pubsub())
+            try:
+                await link.pubsub.psubscribe(keys.ROOM_CHANNEL_PATTERN)
+                await link.pubsub.subscribe(self.probe_channel, keys.CONTROL_CHANNEL)
+            except (RedisError, OSError) as e:
+                failure = e
+                await link.close()
+                continue
+            self._links[CLASSIC] = link
+            self._start_reader(link)
+            return
+        raise ConnectionError(f"no cluster node took the classic pub/sub connection: {failure}")
+
+    async def _open_shard(self, cluster: Any, node: Any) -> None:
+        """A sharded connection to master ``node``, subscribed to our probe channel in its slots."""
+        client = make_node_redis(self._cluster_url, node.host, node.port, self._timeout)
+        link = _Link(node.name, client, client.pubsub())
+        channel = self._probe_channel_on(cluster, node)
+        try:
+            await link.pubsub.ssubscribe(channel)
+        except BaseException:
+            await link.close()
+            raise
+        self._links[node.name] = link
+        self._shard_probes[node.name] = channel
+        self._probe_names = set(self._shard_probes.values())
+        self._start_reader(link)
+
+    async def _drop_link(self, link: _Link) -> None:
+        """Forget a link and unconfirm its rooms (the syncer subscribes them again elsewhere)."""
+        self._links.pop(link.name, None)
+        self._shard_probes.pop(link.name, None)
+        self._probe_names = set(self._shard_probes.values())
+        for room in link.rooms:
+            self._active.discard(room)
+            self._confirmed.discard(room)
+            self._unacked.pop(room, None)
+            for channel in _shard_channels(room):
+                self._pending.pop(channel.encode(), None)
+        if link.reader is not None and link.reader.done() and not link.reader.cancelled():
+            e = link.reader.exception()
+            if e is not None:
+                self.metrics.task_errors.labels("subscriber").inc()
+                self._dispatch_log.warning("link", "cluster pub/sub to %s broke: %s: %s", link.name,
+                                           type(e).__name__, e)
+        await link.close()
+
+    async def _repair(self, cluster: Any) -> None:
+        """Some link broke: drop it, read the topology again until every master is linked, then have
+        the lost rooms subscribed again and the listener resync (as after a reconnect)."""
+        attempt = 0
+        while True:
+            self._broken.clear()
+            for link in [lk for lk in self._links.values() if lk.broken]:
+                await self._drop_link(link)
+            try:
+                await cluster.nodes_manager.initialize()
+                if CLASSIC not in self._links:
+                    await self._open_classic(cluster)
+                primaries = {node.name: node for node in cluster.get_primaries()}
+                for name in [n for n in self._links if n != CLASSIC and n not in primaries]:
+                    await self._drop_link(self._links[name])  # no longer a master
+                for name, node in primaries.items():
+                    if name not in self._links:
+                        await self._open_shard(cluster, node)
+            except (RedisError, OSError, ConnectionError, asyncio.TimeoutError) as e:
+                self._dispatch_log.warning("repair", "cluster pub/sub repair: %s: %s", type(e).__name__, e)
+                await self.backoff(full_jitter(attempt, 0.1, 2.0))
+                attempt += 1
+                continue
+            if not any(link.broken for link in self._links.values()):
+                break
+        self.metrics.redis_reconnects.inc()
+        sub_log.info("redis cluster pub/sub repaired; resubscribing %d rooms", len(self._wanted - self._active))
+        self._changed.set()
+        if self._listener:
+            self._listener.on_connected()  # whatever was missed, read back; presence written again
+            for room in list(self._confirmed):
+                self._notify("on_subscribed", room)  # still subscribed: catch up at once
 
     def _probe_channel_on(self, cluster: Any, node: Any) -> str:
         """Our probe channel whose slot ``node`` serves (a hash tag found by trying a few)."""
@@ -337,35 +453,50 @@ class ClusterSubscriber(Subscriber):
                 return channel
         raise ConnectionError(f"no slot of {node.name} found")
 
-    async def _sync_shards(self, cluster: Any, pubsubs: dict[str, Any]) -> None:
-        """Converge SSUBSCRIBEs to the wanted rooms, each on the master of its slot."""
-        active: set[str] = set()
+    async def _sync_shards(self, cluster: Any) -> None:
+        """Converge SSUBSCRIBEs to the wanted rooms, each on the master of its slot. A room whose
+        master has no live link waits for the repair (which wakes us again)."""
         self._changed.set()
         while True:
             await self._changed.wait()
             self._changed.clear()
-            for room in self._wanted - active:
+            for room in self._wanted - self._active:
                 channels = _shard_channels(room)
-                node = cluster.get_node_from_key(channels[0])
-                pubsub = pubsubs.get(node.name)
-                if pubsub is None:
-                    raise ConnectionError(f"room {room} is served by {node.name}, not a master we know")
+                try:
+                    node = cluster.get_node_from_key(channels[0])
+                except RedisError:
+                    continue  # slot not covered right now: the repair will wake us
+                link = self._links.get(node.name)
+                if link is None or link.broken:
+                    continue
                 self._unacked[room] = len(channels)
                 for channel in channels:
                     self._pending[channel.encode()] = room
-                self._room_node[room] = pubsub
-                await pubsub.ssubscribe(*channels)  # one room, one slot: one command
-                active.add(room)
-            for room in active - self._wanted:
+                link.rooms.add(room)
+                self._active.add(room)
+                try:
+                    await link.pubsub.ssubscribe(*channels)  # one room, one slot: one command
+                except (RedisError, OSError) as e:
+                    if link.reader is not None:
+                        link.reader.cancel()  # the link is broken: repaired with its rooms
+                    self._dispatch_log.warning("ssubscribe", "SSUBSCRIBE on %s failed: %s", link.name, e)
+            for room in self._active - self._wanted:
                 channels = _shard_channels(room)
                 self._unacked.pop(room, None)
+                self._active.discard(room)
                 for channel in channels:
                     self._pending.pop(channel.encode(), None)
+                link = next((lk for lk in self._links.values() if room in lk.rooms), None)
+                if link is None:
+                    continue
+                link.rooms.discard(room)
+                for channel in channels:
                     self._dropping[channel.encode()] = self._dropping.get(channel.encode(), 0) + 1
-                pubsub = self._room_node.pop(room, None)
-                active.discard(room)
-                if pubsub is not None:
-                    await pubsub.sunsubscribe(*channels)
+                try:
+                    await link.pubsub.sunsubscribe(*channels)
+                except (RedisError, OSError):
+                    if link.reader is not None:
+                        link.reader.cancel()
 
     async def _read_one(self, pubsub: Any) -> None:
         loop = asyncio.get_running_loop()

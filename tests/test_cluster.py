@@ -280,6 +280,16 @@ async def test_a_killed_master_is_followed_and_nothing_stored_is_lost(
         killed_at = time.monotonic()
         cluster.kill(victim)
         bound = NODE_TIMEOUT_MS / 1000 + 5
+        # The other shards keep delivering while this one has no master, live messages too.
+        await wait_until(lambda: not (one.service.subscriber.synced or two.service.subscriber.synced),
+                         what="both processes noticed")
+        healthy = rooms[1]
+        cluster.node(cluster.master_of(keys.presence(healthy))).execute_command(
+            "SPUBLISH", keys.shard_room_channel(healthy), json.dumps({"live": "during the failover"}))
+        for c in subs:
+            await wait_until(lambda: {"live": "during the failover"} in data_in(c, healthy),
+                             timeout=NODE_TIMEOUT_MS / 1000, what="a live message on a healthy shard meanwhile")
+        assert cluster.master_of(keys.presence(victim_room)) == victim  # not failed over yet
         # Someone joins the dead shard's room while it has no master: counted once it has one.
         late = await connect(two.ws_url("/ws/"))
         clients.append(late)
