@@ -10,12 +10,13 @@ service cannot tell), different paths underneath:
   TTL/3 (+ one count interval), without any sweep. Every script touches one room's keys.
 * `ClusterSubscriber`: one sharded pub/sub connection per master, ``SSUBSCRIBE``ing each
   room's channels (count, history messages, the room's shard channel) on the master that
-  owns the room's slot, plus one classic connection for ``PSUBSCRIBE rrr:room:*`` (backends'
-  raw ``PUBLISH``, which a cluster broadcasts to every node: the slow path), the control
-  channel and the probe. When any of these connections breaks (a master died), a
-  ``SSUBSCRIBE`` meets ``MOVED`` or a ``sunsubscribe`` push says a slot moved, `run` raises;
-  the service's loop runs it again after a backoff, on the topology as it is then (after a
-  failover: the promoted replica). As after any reconnect, the hub then writes every room's
+  owns the room's slot, plus one classic connection (on a replica when there is one) for
+  ``PSUBSCRIBE rrr:room:*`` (backends' raw ``PUBLISH``, which a cluster broadcasts to every
+  node: the slow path), the control channel and the probe. When one of these connections
+  breaks (a master died), a ``SSUBSCRIBE`` meets ``MOVED`` or a ``sunsubscribe`` push says a
+  slot moved, only that connection is repaired: the topology is read again until a master
+  serves its slots (after a failover: the promoted replica) and its rooms are subscribed
+  there; the others keep delivering. As after any reconnect, the hub then writes every room's
   presence again and reads back from history what it missed.
 
 Publishing: history messages go out with ``SPUBLISH`` from the history script (the room's
