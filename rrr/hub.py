@@ -66,13 +66,13 @@ class _Room:
         # Presence rooms: each socket's user, and the local users: user -> [tabs, info JSON].
         self.user_by_conn: dict[Connection, str] = {}
         self.users: dict[str, list[Any]] = {}
-        # The member list the room's sockets were last sent, and the (socket, sub) owed a whole list.
+        # The member list the room's sockets were last sent, and the sockets owed a whole list.
         self.members_sent: dict[str, str] | None = None
         # Owed: joined, not yet written; in flight: in the write under way; ready: written, so the
         # next list read from Redis includes them.
-        self.members_owed: list[tuple[Connection, str | None]] = []
-        self.members_inflight: list[tuple[Connection, str | None]] = []
-        self.members_ready: list[tuple[Connection, str | None]] = []
+        self.members_owed: list[Connection] = []
+        self.members_inflight: list[Connection] = []
+        self.members_ready: list[Connection] = []
         self.members_task: asyncio.Future[None] | None = None
         self.members_again = False
 
@@ -166,7 +166,7 @@ class Hub:
                 del self._leaving[room]
             entry = r.users.setdefault(user, [0, info_json])
             entry[0] += 1
-            r.members_owed.append((conn, sub))
+            r.members_owed.append(conn)
         self.delivery.subscribe(room, conn, sub, since, announce, new)
         self._mark_dirty(room)
 
@@ -414,10 +414,10 @@ class Hub:
             await asyncio.sleep(self.count_interval)
 
     def _send_members(
-        self, room: str, r: _Room, members: dict[str, str], ready: list[tuple[Connection, str | None]],
+        self, room: str, r: _Room, members: dict[str, str], ready: list[Connection],
     ) -> None:
         """Whole lists to the subscriptions that were owed one; a diff to every other socket."""
-        owed = {conn for conn, _ in ready}
+        owed = set(ready)
         prev = r.members_sent
         sent = 0
         if prev is not None:
@@ -429,11 +429,15 @@ class Hub:
                     if conn not in owed:
                         conn.send_frame(frame)
                         sent += 1
-        encoded = protocol.members_json(members) if ready else ""
-        for conn, sub in ready:
-            if conn in r.tabs_by_conn:
-                conn.send_frame(Frame(protocol.presence_frame(room, encoded, sub)))
-                sent += 1
+        if owed:
+            # One frame for every socket owed a list this round, and no ``sub`` in it: the same bytes
+            # go to each (a join storm of N costs one encoding per round, not N copies of the list),
+            # and every tab of such a socket takes it, as none of them was sent this round's diff.
+            frame = Frame(protocol.presence_frame(room, protocol.members_json(members)))
+            for conn in owed:
+                if conn in r.tabs_by_conn:
+                    conn.send_frame(frame)
+                    sent += 1
         r.members_sent = members
         self.metrics.messages_out.inc(sent)
 

@@ -62,6 +62,8 @@ function setText(element, text) {
 
 let lastUpdated = null;
 let linkState = null;
+/** The last text this page sent, until it comes back or the socket owner says it did not go (`not_connected`). */
+let unsent = null;
 
 function renderClock() {
   const updated = $("updated");
@@ -77,6 +79,17 @@ function renderClock() {
     setText($("state"), stateText(linkState));
     setText($("retry-in"), retryText(linkState));
   }
+}
+
+/**
+ * Take a control away (disable or hide it). If it had the focus, hand the focus to `next`
+ * instead of letting it drop to <body>, where a keyboard or screen-reader user would be lost.
+ */
+function withdraw(control, next, hide = null) {
+  const had = document.activeElement === control;
+  if (hide) hide.hidden = true;
+  else control.disabled = true;
+  if (had) next.focus();
 }
 
 /** "1 browser", "2 browsers": the noun for n (English: singular for exactly 1). */
@@ -106,6 +119,11 @@ function showState(state) {
     if (stale) number.title = "Last known number; not live until reconnected";
     else number.removeAttribute("title");
   }
+  // "Retry now" while the socket is down and waiting (for its next try, or for the network).
+  const waiting = state.status === "reconnecting" || state.status === "offline";
+  const retry = $("retry");
+  if (waiting) retry.parentElement.hidden = false;
+  else withdraw(retry, $("state"), retry.parentElement);
   renderClock();
 }
 
@@ -200,29 +218,62 @@ const rt = connect(hasToken || needsToken(slug) ? { getToken, onAuth: showIdenti
 const room = rt.room(slug, {
   onCount: showCount,
   onState: showState,
-  onMessage: (data) => addMessage(typeof data === "string" ? data : JSON.stringify(data)),
+  onMessage: (data) => {
+    if (data === unsent) unsent = null;
+    addMessage(typeof data === "string" ? data : JSON.stringify(data));
+  },
   onError: ({ code, reason }) => {
+    if (code === "not_connected") restoreUnsent();
     if (code === "forbidden" || code === "token_expired" || code === "no_token") showMembers({});
     addMessage(`${reason} (${code})`, "notice");
   },
   onPresence: (members) => showMembers(members),
+  // The room's history could not fill a gap (it was lost, or we were away too long): say so.
+  onReset: () => addMessage("Some messages were missed while disconnected and could not be recovered.", "notice"),
 });
 setInterval(renderClock, 1000);
+$("retry").addEventListener("click", () => rt.retryNow());
 
 // ---- share link ---------------------------------------------------------------
 
 const link = $("link");
 link.value = location.href; // the fragment's token was removed above
+/** A phone or tablet: no keyboard shortcut to tell people about. */
+const touch = () => matchMedia("(pointer: coarse)").matches || navigator.maxTouchPoints > 0;
+
+/** Copy the link: the async clipboard, else the selection and the copy command, else the share sheet. */
+async function copyLink() {
+  const url = link.value;
+  try {
+    await navigator.clipboard.writeText(url);
+    return "Copied!";
+  } catch {
+    // No async clipboard (not a secure context, no permission, an older browser): copy the selection,
+    // which works in a click on phones too (iOS needs the explicit range).
+    link.focus();
+    link.setSelectionRange(0, url.length);
+    try {
+      if (document.execCommand("copy")) return "Copied!";
+    } catch {
+      // fall through
+    }
+  }
+  if (touch() && typeof navigator.share === "function") {
+    try {
+      await navigator.share({ title: document.title, url });
+      return "Shared";
+    } catch {
+      // cancelled, or not allowed: the link stays selected
+    }
+  }
+  link.focus();
+  link.setSelectionRange(0, url.length);
+  return touch() ? "Link selected: copy it" : navigator.platform.startsWith("Mac") ? "Press ⌘C" : "Press Ctrl+C";
+}
+
 $("copy").addEventListener("click", async () => {
   const button = $("copy");
-  try {
-    await navigator.clipboard.writeText(location.href);
-    button.textContent = "Copied!";
-  } catch {
-    // No clipboard outside secure contexts or without permission: let the user copy.
-    link.select();
-    button.textContent = "Press Ctrl+C";
-  }
+  button.textContent = await copyLink();
   setTimeout(() => (button.textContent = "Copy link"), 2000);
 });
 
@@ -230,8 +281,11 @@ $("copy").addEventListener("click", async () => {
 
 const extras = [];
 function renderExtras() {
-  $("remove").disabled = extras.length === 0;
-  $("add").disabled = extras.length >= MAX_EXTRAS;
+  // A button that disables itself hands the focus to the other one.
+  if (extras.length === 0) withdraw($("remove"), $("add"));
+  else $("remove").disabled = false;
+  if (extras.length >= MAX_EXTRAS) withdraw($("add"), $("remove"));
+  else $("add").disabled = false;
   $("extras-note").textContent =
     extras.length === 0
       ? "Each extra counts as one more tab, without opening one."
@@ -253,6 +307,18 @@ $("publish")?.addEventListener("submit", (event) => {
   const input = $("publish-text");
   const text = input.value.trim();
   if (!text) return;
+  if (linkState?.status !== "open") {
+    // Not sent: the text stays in the box, to send once connected.
+    addMessage("Not connected: your message was not sent. It is still in the box.", "notice");
+    return;
+  }
   room.publish(text);
+  unsent = text;
   input.value = "";
 });
+
+function restoreUnsent() {
+  const input = $("publish-text");
+  if (input && unsent !== null && !input.value) input.value = unsent;
+  unsent = null;
+}

@@ -309,6 +309,11 @@ export const heartbeatMsg = () => ({ type: "heartbeat" });
 export const probeMsg = () => ({ type: "probe" });
 /** The tab saw an online/offline event. */
 export const networkMsg = (online) => ({ type: "network", online });
+/**
+ * A person asked to try now: the owner skips the rest of its backoff wait (or its wait
+ * for an `online` event) and connects at once. Nothing happens while a socket is open or opening.
+ */
+export const retryMsg = () => ({ type: "retry" });
 
 /**
  * The tab's answer to tokenRequestMsg(id): a token, or why there is none

@@ -6,6 +6,7 @@
  *   const room = rt.room("lobby", { onCount, onMessage, onState, onError, onPresence, onReset });
  *   room.publish({ hi: 1 });
  *   room.leave();
+ *   rt.retryNow();   // while reconnecting or offline: try now instead of waiting
  *   rt.close();   // leave every room; release the socket, locks, timers
  *
  * The page never learns which transport it got; `rt.transport` and the state
@@ -34,6 +35,7 @@ import {
   probeMsg,
   publishFrame,
   randomId,
+  retryMsg,
   sinceOf,
   subscribeFrame,
   subscribedPosition,
@@ -248,6 +250,15 @@ class Runtime {
         if (this.#handles.delete(sub)) this.#send(unsubscribeFrame(slug, sub));
       },
     };
+  }
+
+  /**
+   * Reconnect at once: while the socket is down (state "reconnecting" or "offline") the owner
+   * skips the rest of its backoff wait and tries now. Does nothing while it is open or
+   * connecting; a failed try goes back to the backoff. For a "retry now" button.
+   */
+  retryNow() {
+    if (!this.#closed) this.#send(retryMsg());
   }
 
   /**

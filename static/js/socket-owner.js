@@ -291,6 +291,9 @@ export class SocketOwner {
         if (msg.online) this.#onOnline();
         else this.#onOffline();
         break;
+      case "retry":
+        this.#retryNow();
+        break;
       // "heartbeat" and "probe" only refresh lastSeen.
     }
   }
@@ -308,6 +311,16 @@ export class SocketOwner {
   }
 
   #attach(tabId, watch, link, tokens) {
+    // A tab we know attaching again (it relinked to us after a slow probe) replays every subscription
+    // with where it stands: drop the old ones first, so each comes back with its own `subscribed`.
+    const known = this.#tabs.get(tabId);
+    if (known) {
+      for (const [sub, room] of known.subs) {
+        this.#positions.delete(sub);
+        if (!needsToken(room) || this.#auth === "ok") this.#send(unsubscribeFrame(room, sub));
+      }
+      known.subs.clear();
+    }
     const isNew = this.#tabs.attach(tabId, watch, link, Date.now(), tokens);
     if (watch === "lock") this.#watchLock(tabId);
     link.send(stateMsg(this.#state));
@@ -631,6 +644,17 @@ export class SocketOwner {
     this.#ws = null;
     ws.onopen = ws.onmessage = ws.onclose = null;
     ws.close();
+  }
+
+  /**
+   * Try now instead of at the end of the backoff wait (reconnecting), or instead of waiting for
+   * an `online` event that may never come (offline: the browser's idea of the network can be
+   * wrong). If the try fails, the backoff goes on from where it was.
+   */
+  #retryNow() {
+    if (this.#ws || this.#tabs.size === 0) return; // a socket is open or opening already
+    this.#online = true;
+    this.#connect();
   }
 
   #onOffline() {

@@ -3,6 +3,10 @@
 //   {"cmd": "open", "url": "...", "init": "js"}  -> {"ok": true, "value": <tab id>}; init (optional) runs
 //                                            before the page's own scripts, on every document of the tab
 //   {"cmd": "eval", "tab": 0, "js": "expr"}  -> {"ok": true, "value": <the expression's JSON value>}
+//   {"cmd": "goto", "tab": 0, "url": "..."}  -> {"ok": true}; the tab navigates (its history grows)
+//   {"cmd": "back", "tab": 0}                -> {"ok": true}; the tab's back button (a restore from the
+//                                            back/forward cache fires no load event: not waited for)
+//   {"cmd": "offline", "offline": true}      -> {"ok": true}; network emulation of every open tab (BiDi)
 //   {"cmd": "close", "tab": 0}               -> {"ok": true}
 //   {"cmd": "errors"}                        -> {"ok": true, "value": [page errors and console errors so far]}
 //   {"cmd": "quit"}                          -> {"ok": true}, then the browser closes and we exit
@@ -35,6 +39,15 @@ const commands = {
   },
   async eval({ tab, js }) {
     return await tabs[tab].evaluate(js);
+  },
+  async goto({ tab, url }) {
+    await tabs[tab].goto(url);
+  },
+  async back({ tab }) {
+    await tabs[tab].goBack({ waitUntil: "domcontentloaded", timeout: 5_000 }).catch(() => null);
+  },
+  async offline({ offline }) {
+    for (const page of tabs) if (page) await page.setOfflineMode(offline);
   },
   async close({ tab }) {
     await tabs[tab].close();
