@@ -342,8 +342,9 @@ def memory_bench(rooms: int, size: int = 100, ttl: float = 300.0) -> dict[str, A
 
 # -- 4. leaner script variants (what would cut the cost) ------------------------------------------------------
 
-#: The store-and-publish with the server's settings written only when they change, and the
-#: epoch, settings and offset read in one HMGET: same keys, same result, same exact trim.
+#: The store-and-publish with the server's settings written only when they change, the epoch and
+#: settings read in one HMGET, and the meta's TTL set without keep()'s HGET (a publish always has an
+#: offset above 0): same keys, same result, same exact trim.
 LEAN = r"""
 local stream, meta = KEYS[1], KEYS[2]
 local m = redis.call('HMGET', meta, 'e', 'n', 't')
@@ -530,8 +531,8 @@ def section(res: dict[str, Any]) -> list[str]:
         "plain publish, so the whole-process ratio is what a Redis operator sees. `app.py`'s CPU with the helper "
         "is receiving and relaying only; with the API it also parses the request and calls the script. A plain "
         "publish costs redis-server about twice as much through the API as through the helper (the server's "
-        "asyncio client over 4 concurrent connections against one blocking connection), so the same added cost "
-        "of the script (about 40 µs) is a smaller ratio there: the helper's ratio is the one to hold to 2x.",
+        "asyncio client over 4 concurrent connections against one blocking connection), so a similar added cost "
+        "of the script (30-45 µs a message) is a smaller ratio there: the helper's ratio is the one to hold to 2x.",
         "",
     ]
     if s["variants"]:
@@ -549,21 +550,22 @@ def section(res: dict[str, Any]) -> list[str]:
             *(f"| {name} | {us['one']:.1f} | {us['one'] / base['one']:.2f}x | {us['pipelined']:.2f} | "
               f"{us['pipelined'] / base['pipelined']:.2f}x |" for name, us in s["variants"].items()),
             "",
-            "`HISTORY_PUBLISH` runs eight commands per message: `HGET` (epoch), `HSET` of the size and TTL "
-            "(the server passes `own=1`, so it rewrites two unchanged fields on every publish; the helper passes "
-            "`own=0` and reads them with `HMGET`), `HINCRBY`, `XADD MAXLEN` (exact trim), `PEXPIRE`, `EXPIRE`, "
-            "`PUBLISH`, each through Lua's `redis.call`. Read the rows against each other: here the receiver is a "
-            "redis-py pub/sub connection, not `app.py`, and the one-at-a-time column moves by 10-20% between runs "
-            "on this shared machine. Pipelined (the commands' own cost): calling any script costs a few µs over a "
-            "bare `PUBLISH` (the `EVALSHA`: argument tables, the Lua call; Redis 7.0 made `EVAL` slower than 6.2, "
-            "redis/redis#10981), storing with `XADD` roughly as much again (exact trim no dearer than approximate "
-            "or a list), and the meta hash and the two TTL refreshes per message the rest. Reading epoch and "
-            "settings with one `HMGET`, writing the settings only when they differ and refreshing the TTLs once a "
-            "second (the lean rows) cut the script's own cost by about a sixth; one at a time that is within the "
-            "noise. Even the bare `XADD` + `PUBLISH` script is over 1.5x a plain publish one at a time, so for a "
-            "one-at-a-time publisher 2x leaves almost no room beyond the store itself: the lean script gets "
-            "close, and what amortizes the per-message socket and script-call work is pipelining (a publisher "
-            "that sends several messages per round trip), not a shorter script.",
+            "`HISTORY_PUBLISH` runs nine commands per message: `HGET` (epoch), `HSET` of the size and TTL (the "
+            "server passes `own=1`, so it rewrites two unchanged fields on every publish; the helper passes "
+            "`own=0` and reads them with `HMGET`), `HINCRBY`, `XADD MAXLEN` (exact trim), `PEXPIRE`, then "
+            "`keep()`'s `HGET` of the offset (always above 0 right after the `HINCRBY`, so wasted in a publish) "
+            "and `EXPIRE`, and `PUBLISH`, each through Lua's `redis.call`. Read the rows against each other: here "
+            "the receiver is a redis-py pub/sub connection, not `app.py`, and the one-at-a-time column moves by "
+            "10-20% between runs on this shared machine. Pipelined (the commands' own cost): calling any script "
+            "costs a few µs over a bare `PUBLISH` (the `EVALSHA`: argument tables, the Lua call; Redis 7.0 made "
+            "`EVAL` slower than 6.2, redis/redis#10981), storing with `XADD` roughly as much again (exact trim no "
+            "dearer than approximate or a list), and the meta hash and the two TTL refreshes per message the "
+            "rest. Reading epoch and settings with one `HMGET`, writing the settings only when they differ and "
+            "refreshing the TTLs once a second (the lean rows) cut the script's own cost by 15-20% (two runs); one "
+            "at a time that is within the noise. Even the bare `XADD` + `PUBLISH` script is about 1.4-1.8x a plain "
+            "publish one at a time, so for a one-at-a-time publisher 2x leaves almost no room beyond the store "
+            "itself: the lean script gets close, and what amortizes the per-message socket and script-call work "
+            "is pipelining (a publisher that sends several messages per round trip), not a shorter script.",
             "",
         ]
     lines += [
@@ -579,12 +581,12 @@ def section(res: dict[str, Any]) -> list[str]:
         "were already oversubscribed, and the spread between runs is that. The CPU columns (`app.py` from "
         "/proc in 10 ms ticks, the client from `time.process_time`) are what the replay itself costs.",
         "",
-        "Where `app.py`'s part goes (a `cProfile` of it during warm replays, not part of the command): about "
-        "half in redis-py parsing the 1,000-entry `XRANGE` reply of `HISTORY_READ` in pure Python (about five "
-        "RESP lines per entry; `hiredis` is not installed, and the script could return the entries flatter), "
-        "and about half in writing the frames: `Delivery._start` hands each replayed frame to the socket "
-        "separately, one `IOStream.write` and one `send()` system call per frame; joining a replay's frames "
-        "into one write would make it one call.",
+        "Where `app.py`'s part goes (a `cProfile` of it during five warm replays, at commit e345417, not part "
+        "of the command): about half in redis-py parsing the 1,000-entry `XRANGE` reply of `HISTORY_READ` in "
+        "pure Python (about five RESP lines per entry; `hiredis` is not installed, and the script could "
+        "return the entries flatter), and about half in writing the frames: `Delivery._start` hands each "
+        "replayed frame to the socket separately, one `IOStream.write` and one `send()` system call per "
+        "frame; joining a replay's frames into one write would make it one call.",
         "",
         "| | median (ms) | min-max (ms) | frames until the 1,000th | `app.py` CPU (ms) | client CPU (ms) |",
         "|---|---|---|---|---|---|",
