@@ -223,8 +223,11 @@ async def test_the_api_reads_history(server_factory: ServerFactory) -> None:
     assert ok["recovered"] is True and ok["offset"] == 0
 
 
-async def test_history_off_relays_without_offsets(server_factory: ServerFactory, clients: list[Client]) -> None:
-    server = await server_factory(api_token="tok", history_size=0)
+@pytest.mark.parametrize("off", [{"history_size": 0}, {"history_ttl": 0}])
+async def test_history_off_relays_without_offsets(
+    server_factory: ServerFactory, rclient: redis.Redis, clients: list[Client], off: dict[str, int]
+) -> None:
+    server = await server_factory(api_token="tok", **off)
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
     hello = await subscribed(c, "plain")
@@ -238,6 +241,7 @@ async def test_history_off_relays_without_offsets(server_factory: ServerFactory,
     with pytest.raises(HTTPClientError) as e:
         await api_history(server, "plain", "since=0")
     assert e.value.code == 404
+    assert rclient.exists(history("plain"), meta("plain")) == 0
 
 
 async def test_a_raw_backend_publish_is_still_relayed_live_without_offset(
