@@ -1,0 +1,333 @@
+"""Server CPU per join: TCP + WebSocket upgrade + subscribe, until the first count frame.
+
+    python -m bench.handshake_cost [--sockets 10000] [--runs 5] [--kinds count,relay]
+                                   [--rooms 1] [--concurrency 100] [--profile]
+
+Starts a real ``redis-server`` and one real ``app.py`` (as the harness runs it) on loopback,
+then, per run and per kind, opens ``--sockets`` sockets at ``--concurrency`` handshakes in
+flight, each waiting for its first ``connection_message``:
+
+* ``count``: ``/ws/count/<room>/`` (the talk's socket: joined by the upgrade itself);
+* ``relay``: ``/ws/`` and a ``subscribe`` frame right after the 101.
+
+The figure is the server's utime + stime (``/proc/<pid>/stat``) over the storm, divided by the
+sockets: what one join costs the server, whatever else shares the machine (CPU time, not wall
+time). The sockets then go (RST) and the server settles before the next run; their leave cost is
+reported apart. ``--rooms 1`` is the harness's join storm (every socket in one room, so the
+coalesced count broadcasts are part of the figure); more rooms spread the sockets evenly.
+The medians of ``--runs`` runs are printed, with the load average around them.
+
+``--profile`` runs ``app.py`` under cProfile (``python -m cProfile -o <file> app.py ...``, which
+app.py leaves cleanly on SIGTERM) and prints the internal time split into Tornado, ours
+(app.py, handlers/, rrr/), the standard library (C built-ins included) and other packages, with
+the top functions by cumulative and by internal time. The profiler slows every call, so the CPU
+figures of a profiled run are not the benchmark's.
+
+The client is a bare ``asyncio.Protocol`` that writes a fixed upgrade request (and, for
+``relay``, one masked ``subscribe`` frame after the 101) and looks for the count in what comes
+back: it costs the shared CPUs far less than the server it measures, and needs nothing beyond
+the project's own requirements. Only loopback; the client sockets come from 127.0.0.x source
+addresses (8 per run, rotated); every wait is bounded by ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import pstats
+import signal
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.redis_cost import free_port
+from bench.servers import cpu_seconds
+from rrr.embedded import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+KINDS = ("count", "relay")
+SOURCES_PER_RUN = 8
+
+
+@dataclass
+class Storm:
+    """One run of one kind: CPU seconds of the server over the joins and over the leaves."""
+
+    kind: str
+    sockets: int
+    join_cpu: float
+    join_wall: float
+    leave_cpu: float
+    failures: int = 0
+    samples: list[str] = field(default_factory=list)
+
+    @property
+    def us_per_join(self) -> float:
+        return self.join_cpu / self.sockets * 1e6
+
+
+def text_frame(text: str, mask: bytes = b"\x5a\xa5\x3c\xc3") -> bytes:
+    """One masked client text frame (RFC 6455 5.2) of under 126 bytes."""
+    data = text.encode()
+    assert len(data) < 126
+    return bytes([0x81, 0x80 | len(data)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def upgrade_request(port: int, path: str) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+class Joiner(asyncio.Protocol):
+    """One client socket: upgrade, optionally subscribe, resolve ``counted`` on the first count."""
+
+    def __init__(self, request: bytes, subscribe: bytes, counted: asyncio.Future[None]) -> None:
+        self.request = request
+        self.subscribe = subscribe
+        self.counted = counted
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.upgraded = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.counted.done():
+            return
+        self.buf += data
+        if not self.upgraded:
+            head, sep, rest = self.buf.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            if not head.startswith(b"HTTP/1.1 101"):
+                self.counted.set_exception(RuntimeError(head.split(b"\r\n", 1)[0].decode(errors="replace")))
+                return
+            self.upgraded = True
+            self.buf = rest
+            if self.subscribe and self.transport is not None:
+                self.transport.write(self.subscribe)
+        if b'"connection_message"' in self.buf:
+            self.counted.set_result(None)
+            self.buf = b""
+        elif b'"type":"error"' in self.buf:
+            self.counted.set_exception(RuntimeError(self.buf[:120].decode(errors="replace")))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.counted.done():
+            self.counted.set_exception(exc or ConnectionError("closed before the first count"))
+        self.transport = None
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def start_app(redis_url: str, port: int, log: Path, profile: Path | None) -> subprocess.Popen[bytes]:
+    """``app.py`` with the harness's options (bench/servers.py, ``RrrKind``), healthy."""
+    prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
+    argv = prefix + [
+        "app.py", "--address=127.0.0.1", f"--port={port}", f"--redis-url={redis_url}",
+        "--count-interval=0.1", "--log-level=warning", "--api-rate=0",
+    ]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"app.py did not become healthy:\n{log.read_text()}")
+        time.sleep(0.05)
+
+
+def sources(run: int) -> list[str]:
+    """Fresh 127.0.0.x source addresses for each run: no run waits on another's ports."""
+    return [f"127.0.0.{20 + (SOURCES_PER_RUN * run + k) % 200}" for k in range(SOURCES_PER_RUN)]
+
+
+async def settle(pid: int, timeout: float, quiet: float = 0.005, every: float = 0.5) -> None:
+    """Wait until the server spends under ``quiet`` CPU seconds per ``every`` (its timers only)."""
+    deadline = time.monotonic() + timeout
+    before = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(every)
+        now = cpu_seconds(pid)
+        if now - before < quiet:
+            return
+        before = now
+
+
+async def storm(
+    pid: int, port: int, kind: str, n: int, rooms: int, run: int, concurrency: int, timeout: float,
+) -> Storm:
+    """Open ``n`` sockets of ``kind``, each until its first count; then drop them all."""
+    loop = asyncio.get_running_loop()
+    addrs = sources(run)
+    gate = asyncio.Semaphore(concurrency)
+    conns: list[Joiner] = []
+    errors: list[str] = []
+    deadline = time.monotonic() + timeout
+
+    async def one(i: int) -> None:
+        room = f"hs{run}-{i % rooms}"
+        path = f"/ws/count/{room}/" if kind == "count" else "/ws/"
+        sub = text_frame(json.dumps({"type": "subscribe", "room": room, "sub": "t"})) if kind == "relay" else b""
+        counted: asyncio.Future[None] = loop.create_future()
+        joiner = Joiner(upgrade_request(port, path), sub, counted)
+        async with gate:
+            try:
+                await asyncio.wait_for(
+                    loop.create_connection(lambda: joiner, "127.0.0.1", port, local_addr=(addrs[i % len(addrs)], 0)),
+                    max(1.0, deadline - time.monotonic()),
+                )
+                conns.append(joiner)
+                await asyncio.wait_for(counted, max(1.0, deadline - time.monotonic()))
+            except (OSError, RuntimeError, TimeoutError) as e:
+                errors.append(f"{type(e).__name__}: {e}")
+
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    cpu1, t1 = cpu_seconds(pid), time.monotonic()
+    for conn in conns:
+        conn.abort()
+    await settle(pid, timeout)
+    cpu2 = cpu_seconds(pid)
+    return Storm(kind, n, cpu1 - cpu0, t1 - t0, cpu2 - cpu1, len(errors), errors[:3])
+
+
+def split(prof: Path, top: int) -> str:
+    """The profile's internal time by owner, and its top functions."""
+    stats = pstats.Stats(str(prof))
+    ours = (str(ROOT / "app.py"), str(ROOT / "handlers") + os.sep, str(ROOT / "rrr") + os.sep)
+    stdlib = sysconfig.get_paths()["stdlib"]
+
+    def owner(filename: str) -> str:
+        if filename.startswith(ours):
+            return "ours"
+        if f"{os.sep}tornado{os.sep}" in filename:
+            return "tornado"
+        if "site-packages" in filename:
+            return "other packages"
+        if filename == "~" or filename.startswith(stdlib) or filename.startswith("<"):
+            return "stdlib"
+        return "other packages"
+
+    rows = stats.stats  # type: ignore[attr-defined]
+    by_owner: dict[str, float] = {}
+    table = []
+    total = 0.0
+    for (filename, line, func), (_cc, calls, tt, ct, _callers) in rows.items():
+        who = owner(filename)
+        by_owner[who] = by_owner.get(who, 0.0) + tt
+        total += tt
+        where = func if filename == "~" else f"{Path(filename).name}:{line} {func}"
+        table.append((who, where, calls, tt, ct))
+    out = [f"profile {prof}: {total:.2f} s of internal time"]
+    for who, tt in sorted(by_owner.items(), key=lambda kv: -kv[1]):
+        out.append(f"  {who:15s} {tt:7.2f} s  {100 * tt / total:5.1f} %")
+    for title, key in (("internal", 3), ("cumulative", 4)):
+        out.append(f"top {top} by {title} time:")
+        out.append(f"  {'owner':9s} {'calls':>9s} {'tottime':>8s} {'cumtime':>8s}  function")
+        for who, where, calls, tt, ct in sorted(table, key=lambda r: -r[key])[:top]:  # type: ignore[operator]
+            out.append(f"  {who[:9]:9s} {calls:9d} {tt:8.3f} {ct:8.3f}  {where}")
+    for who in ("ours", "tornado"):
+        out.append(f"top {top} of {who} by cumulative time:")
+        mine = sorted((r for r in table if r[0] == who), key=lambda r: -r[4])[:top]
+        for _, where, calls, tt, ct in mine:
+            out.append(f"  {calls:9d} {tt:8.3f} {ct:8.3f}  {where}")
+    return "\n".join(out)
+
+
+async def bench(args: argparse.Namespace) -> None:
+    kinds = [k for k in args.kinds.split(",") if k]
+    if unknown := set(kinds) - set(KINDS):
+        raise SystemExit(f"unknown kinds {sorted(unknown)}: pick from {', '.join(KINDS)}")
+    server = EmbeddedRedis(port=free_port()).start()
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="rrr-handshake-"))
+    prof = workdir / "app.prof" if args.profile else None
+    app = start_app(server.url, port, workdir / "app.log", prof)
+    results: list[Storm] = []
+    load0 = os.getloadavg()
+    try:
+        idle0 = cpu_seconds(app.pid)
+        await asyncio.sleep(2)
+        idle = (cpu_seconds(app.pid) - idle0) / 2
+        # Warm up: first imports, code paths and Redis connections are not a join's cost.
+        await storm(app.pid, port, kinds[0], min(500, args.sockets), args.rooms, 199, args.concurrency,
+                    args.timeout)
+        run = 0
+        for r in range(args.runs):
+            for kind in kinds:
+                s = await storm(app.pid, port, kind, args.sockets, args.rooms, run, args.concurrency,
+                                args.timeout)
+                run += 1
+                results.append(s)
+                note = f"  {s.failures} failed: {'; '.join(s.samples)}" if s.failures else ""
+                print(f"run {r + 1} {kind:5s}: {s.us_per_join:6.0f} us CPU per join "
+                      f"({s.join_cpu:.2f} s CPU, {s.join_wall:.2f} s wall, {s.sockets / s.join_wall:.0f} joins/s); "
+                      f"leave {s.leave_cpu / s.sockets * 1e6:.0f} us{note}", flush=True)
+    finally:
+        app.send_signal(signal.SIGTERM)
+        try:
+            app.wait(60)
+        except subprocess.TimeoutExpired:
+            app.kill()
+            app.wait()
+        server.close()
+    load1 = os.getloadavg()
+    print(f"\n{args.sockets} sockets per run, {args.rooms} room(s), {args.concurrency} handshakes in flight; "
+          f"server idle {idle * 1e3:.1f} ms CPU/s; load average {load0[0]:.2f} before, {load1[0]:.2f} after "
+          f"({os.cpu_count()} CPUs){'; UNDER cProfile' if prof else ''}")
+    for kind in kinds:
+        mine = [s for s in results if s.kind == kind]
+        per = [s.us_per_join for s in mine]
+        leave = [s.leave_cpu / s.sockets * 1e6 for s in mine]
+        print(f"{kind:5s}: median {statistics.median(per):.0f} us CPU per join "
+              f"(runs: {', '.join(f'{x:.0f}' for x in per)}); median leave {statistics.median(leave):.0f} us; "
+              f"{sum(s.failures for s in mine)} failed joins")
+    if prof is not None:
+        print()
+        print(split(prof, args.top))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sockets", type=int, default=10000, help="joins per run (each a socket; under 20,000)")
+    ap.add_argument("--runs", type=int, default=5, help="runs per kind; the median is reported")
+    ap.add_argument("--kinds", default="count,relay", help="count (/ws/count/<room>/), relay (/ws/ + subscribe)")
+    ap.add_argument("--rooms", type=int, default=1, help="rooms the sockets are spread over (1: the join storm)")
+    ap.add_argument("--concurrency", type=int, default=100, help="handshakes in flight (the harness: 100)")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds a run may take")
+    ap.add_argument("--profile", action="store_true", help="run app.py under cProfile and print the split")
+    ap.add_argument("--top", type=int, default=25, help="functions listed per profile table")
+    args = ap.parse_args()
+    if not 0 < args.sockets < 19000:
+        raise SystemExit("--sockets: 1 to 18,999 (each process may hold 20,000 files)")
+    asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()
