@@ -1,7 +1,7 @@
 """Server CPU per join: TCP + WebSocket upgrade + subscribe, until the first count frame.
 
     python -m bench.handshake_cost [--sockets 10000] [--runs 5] [--kinds count,relay]
-                                   [--rooms 1] [--concurrency 100] [--profile]
+                                   [--room-size 10] [--concurrency 100] [--profile]
 
 Starts a real ``redis-server`` and one real ``app.py`` (as the harness runs it) on loopback,
 then, per run and per kind, opens ``--sockets`` sockets at ``--concurrency`` handshakes in
@@ -13,9 +13,14 @@ flight, each waiting for its first ``connection_message``:
 The figure is the server's utime + stime (``/proc/<pid>/stat``) over the storm, divided by the
 sockets: what one join costs the server, whatever else shares the machine (CPU time, not wall
 time). The sockets then go (RST) and the server settles before the next run; their leave cost is
-reported apart. ``--rooms 1`` is the harness's join storm (every socket in one room, so the
-coalesced count broadcasts are part of the figure); more rooms spread the sockets evenly.
-The medians of ``--runs`` runs are printed, with the load average around them.
+reported apart. Socket ``i`` joins room ``i // --room-size`` (10, as the harness's idle
+scenario): each room fills up in a moment and then stays still, so the figure is the handshake
+and the join, with the few count frames a room of 10 is sent. ``--room-size 0`` puts every
+socket in one room, the harness's join storm: every room count broadcast then goes to all the
+sockets joined so far, every ``--count-interval`` for as long as the storm lasts, so that
+figure grows with the storm's wall time (a busy machine makes it worse) and is mostly
+broadcast, not handshake. The medians of ``--runs`` runs are printed, with the load average
+around them.
 
 ``--profile`` runs ``app.py`` under cProfile (``python -m cProfile -o <file> app.py ...``, which
 app.py leaves cleanly on SIGTERM) and prints the internal time split into Tornado, ours
@@ -180,7 +185,7 @@ async def settle(pid: int, timeout: float, quiet: float = 0.005, every: float = 
 
 
 async def storm(
-    pid: int, port: int, kind: str, n: int, rooms: int, run: int, concurrency: int, timeout: float,
+    pid: int, port: int, kind: str, n: int, room_size: int, run: int, concurrency: int, timeout: float,
 ) -> Storm:
     """Open ``n`` sockets of ``kind``, each until its first count; then drop them all."""
     loop = asyncio.get_running_loop()
@@ -191,7 +196,7 @@ async def storm(
     deadline = time.monotonic() + timeout
 
     async def one(i: int) -> None:
-        room = f"hs{run}-{i % rooms}"
+        room = f"hs{run}-{i // room_size if room_size else 0}"
         path = f"/ws/count/{room}/" if kind == "count" else "/ws/"
         sub = text_frame(json.dumps({"type": "subscribe", "room": room, "sub": "t"})) if kind == "relay" else b""
         counted: asyncio.Future[None] = loop.create_future()
@@ -276,12 +281,12 @@ async def bench(args: argparse.Namespace) -> None:
         await asyncio.sleep(2)
         idle = (cpu_seconds(app.pid) - idle0) / 2
         # Warm up: first imports, code paths and Redis connections are not a join's cost.
-        await storm(app.pid, port, kinds[0], min(500, args.sockets), args.rooms, 199, args.concurrency,
+        await storm(app.pid, port, kinds[0], min(500, args.sockets), args.room_size, 199, args.concurrency,
                     args.timeout)
         run = 0
         for r in range(args.runs):
             for kind in kinds:
-                s = await storm(app.pid, port, kind, args.sockets, args.rooms, run, args.concurrency,
+                s = await storm(app.pid, port, kind, args.sockets, args.room_size, run, args.concurrency,
                                 args.timeout)
                 run += 1
                 results.append(s)
@@ -298,7 +303,8 @@ async def bench(args: argparse.Namespace) -> None:
             app.wait()
         server.close()
     load1 = os.getloadavg()
-    print(f"\n{args.sockets} sockets per run, {args.rooms} room(s), {args.concurrency} handshakes in flight; "
+    shape = f"rooms of {args.room_size}" if args.room_size else "one room"
+    print(f"\n{args.sockets} sockets per run, {shape}, {args.concurrency} handshakes in flight; "
           f"server idle {idle * 1e3:.1f} ms CPU/s; load average {load0[0]:.2f} before, {load1[0]:.2f} after "
           f"({os.cpu_count()} CPUs){'; UNDER cProfile' if prof else ''}")
     for kind in kinds:
@@ -318,7 +324,7 @@ def main() -> None:
     ap.add_argument("--sockets", type=int, default=10000, help="joins per run (each a socket; under 20,000)")
     ap.add_argument("--runs", type=int, default=5, help="runs per kind; the median is reported")
     ap.add_argument("--kinds", default="count,relay", help="count (/ws/count/<room>/), relay (/ws/ + subscribe)")
-    ap.add_argument("--rooms", type=int, default=1, help="rooms the sockets are spread over (1: the join storm)")
+    ap.add_argument("--room-size", type=int, default=10, help="sockets per room, in order (0: all in one room)")
     ap.add_argument("--concurrency", type=int, default=100, help="handshakes in flight (the harness: 100)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds a run may take")
     ap.add_argument("--profile", action="store_true", help="run app.py under cProfile and print the split")
@@ -326,6 +332,8 @@ def main() -> None:
     args = ap.parse_args()
     if not 0 < args.sockets < 19000:
         raise SystemExit("--sockets: 1 to 18,999 (each process may hold 20,000 files)")
+    # A SIGTERM (or Ctrl-C) still stops app.py and redis-server: the finally blocks run.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(1))
     asyncio.run(bench(args))
 
 
