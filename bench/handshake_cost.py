@@ -12,15 +12,16 @@ flight, each waiting for its first ``connection_message``:
 
 The figure is the server's utime + stime (``/proc/<pid>/stat``) over the storm, divided by the
 sockets: what one join costs the server, whatever else shares the machine (CPU time, not wall
-time). The sockets then go (RST) and the server settles before the next run; their leave cost is
-reported apart. Socket ``i`` joins room ``i // --room-size`` (10, as the harness's idle
-scenario): each room fills up in a moment and then stays still, so the figure is the handshake
-and the join, with the few count frames a room of 10 is sent. ``--room-size 0`` puts every
-socket in one room, the harness's join storm: every room count broadcast then goes to all the
-sockets joined so far, every ``--count-interval`` for as long as the storm lasts, so that
-figure grows with the storm's wall time (a busy machine makes it worse) and is mostly
-broadcast, not handshake. The medians of ``--runs`` runs are printed, with the load average
-around them.
+time). The server's RSS is read before and with all of them open. The sockets then go (RST)
+and the server settles before the next run; their leave cost is reported apart.
+
+Socket ``i`` joins room ``i // --room-size`` (10, as the harness's idle scenario): each room
+fills up in a moment and then stays still, so the figure is the handshake and the join, with
+the few count frames a room of 10 is sent. ``--room-size 0`` puts every socket in one room,
+the harness's join storm: every count broadcast then goes to all the sockets joined so far,
+every ``--count-interval`` for as long as the storm lasts, so that figure grows with the
+storm's wall time (a busy machine makes it worse) and is mostly broadcast, not handshake. The
+medians of ``--runs`` runs are printed, with the load average around them.
 
 ``--profile`` runs ``app.py`` under cProfile (``python -m cProfile -o <file> app.py ...``, which
 app.py leaves cleanly on SIGTERM) and prints the internal time split into Tornado, ours
@@ -55,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.redis_cost import free_port
-from bench.servers import cpu_seconds
+from bench.servers import cpu_seconds, rss_bytes
 from rrr.embedded import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +73,8 @@ class Storm:
     join_cpu: float
     join_wall: float
     leave_cpu: float
+    rss_before: int
+    rss_held: int
     failures: int = 0
     samples: list[str] = field(default_factory=list)
 
@@ -212,14 +215,16 @@ async def storm(
             except (OSError, RuntimeError, TimeoutError) as e:
                 errors.append(f"{type(e).__name__}: {e}")
 
+    rss0 = rss_bytes(pid)
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
     await asyncio.gather(*(one(i) for i in range(n)))
     cpu1, t1 = cpu_seconds(pid), time.monotonic()
+    rss1 = rss_bytes(pid)
     for conn in conns:
         conn.abort()
     await settle(pid, timeout)
     cpu2 = cpu_seconds(pid)
-    return Storm(kind, n, cpu1 - cpu0, t1 - t0, cpu2 - cpu1, len(errors), errors[:3])
+    return Storm(kind, n, cpu1 - cpu0, t1 - t0, cpu2 - cpu1, rss0, rss1, len(errors), errors[:3])
 
 
 def split(prof: Path, top: int) -> str:
@@ -293,7 +298,8 @@ async def bench(args: argparse.Namespace) -> None:
                 note = f"  {s.failures} failed: {'; '.join(s.samples)}" if s.failures else ""
                 print(f"run {r + 1} {kind:5s}: {s.us_per_join:6.0f} us CPU per join "
                       f"({s.join_cpu:.2f} s CPU, {s.join_wall:.2f} s wall, {s.sockets / s.join_wall:.0f} joins/s); "
-                      f"leave {s.leave_cpu / s.sockets * 1e6:.0f} us{note}", flush=True)
+                      f"leave {s.leave_cpu / s.sockets * 1e6:.0f} us; RSS {s.rss_before / 2**20:.0f} -> "
+                      f"{s.rss_held / 2**20:.0f} MiB{note}", flush=True)
     finally:
         app.send_signal(signal.SIGTERM)
         try:
