@@ -29,6 +29,10 @@ app.py leaves cleanly on SIGTERM) and prints the internal time split into Tornad
 the top functions by cumulative and by internal time. The profiler slows every call, so the CPU
 figures of a profiled run are not the benchmark's.
 
+``--compare <checkout>`` starts a second ``app.py`` from another tree (say, a ``git worktree``
+of the commit before a change) on the same Redis and alternates the runs between the two, so
+both see the same machine load: the way to tell a 5 % change from a busy neighbour.
+
 The client is a bare ``asyncio.Protocol`` that writes a fixed upgrade request (and, for
 ``relay``, one masked ``subscribe`` frame after the 101) and looks for the count in what comes
 back: it costs the shared CPUs far less than the server it measures, and needs nothing beyond
@@ -145,15 +149,17 @@ class Joiner(asyncio.Protocol):
             self.transport.abort()
 
 
-def start_app(redis_url: str, port: int, log: Path, profile: Path | None) -> subprocess.Popen[bytes]:
-    """``app.py`` with the harness's options (bench/servers.py, ``RrrKind``), healthy."""
+def start_app(
+    redis_url: str, port: int, log: Path, profile: Path | None, root: Path = ROOT,
+) -> subprocess.Popen[bytes]:
+    """``root``'s ``app.py`` with the harness's options (bench/servers.py, ``RrrKind``), healthy."""
     prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
     argv = prefix + [
         "app.py", "--address=127.0.0.1", f"--port={port}", f"--redis-url={redis_url}",
         "--count-interval=0.1", "--log-level=warning", "--api-rate=0",
     ]
     with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=root, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:
@@ -270,56 +276,79 @@ def split(prof: Path, top: int) -> str:
     return "\n".join(out)
 
 
+@dataclass
+class App:
+    label: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    idle: float = 0.0  # CPU seconds per second with no sockets
+
+
 async def bench(args: argparse.Namespace) -> None:
     kinds = [k for k in args.kinds.split(",") if k]
     if unknown := set(kinds) - set(KINDS):
         raise SystemExit(f"unknown kinds {sorted(unknown)}: pick from {', '.join(KINDS)}")
+    roots = [("this", ROOT)] + ([("compare", Path(args.compare).resolve())] if args.compare else [])
     server = EmbeddedRedis(port=free_port()).start()
-    port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="rrr-handshake-"))
     prof = workdir / "app.prof" if args.profile else None
-    app = start_app(server.url, port, workdir / "app.log", prof)
-    results: list[Storm] = []
+    apps: list[App] = []
+    results: list[tuple[str, Storm]] = []
     load0 = os.getloadavg()
     try:
-        idle0 = cpu_seconds(app.pid)
-        await asyncio.sleep(2)
-        idle = (cpu_seconds(app.pid) - idle0) / 2
-        # Warm up: first imports, code paths and Redis connections are not a join's cost.
-        await storm(app.pid, port, kinds[0], min(500, args.sockets), args.room_size, 199, args.concurrency,
-                    args.timeout)
+        for label, root in roots:
+            port = free_port()
+            profile = prof if label == "this" else None  # only this tree is profiled
+            apps.append(App(label, start_app(server.url, port, workdir / f"{label}.log", profile, root), port))
+        for app in apps:
+            idle0 = cpu_seconds(app.proc.pid)
+            await asyncio.sleep(2)
+            app.idle = (cpu_seconds(app.proc.pid) - idle0) / 2
+            # Warm up: first imports, code paths and Redis connections are not a join's cost.
+            await storm(app.proc.pid, app.port, kinds[0], min(500, args.sockets), args.room_size, 199,
+                        args.concurrency, args.timeout)
         run = 0
         for r in range(args.runs):
             for kind in kinds:
-                s = await storm(app.pid, port, kind, args.sockets, args.room_size, run, args.concurrency,
-                                args.timeout)
-                run += 1
-                results.append(s)
-                note = f"  {s.failures} failed: {'; '.join(s.samples)}" if s.failures else ""
-                print(f"run {r + 1} {kind:5s}: {s.us_per_join:6.0f} us CPU per join "
-                      f"({s.join_cpu:.2f} s CPU, {s.join_wall:.2f} s wall, {s.sockets / s.join_wall:.0f} joins/s); "
-                      f"leave {s.leave_cpu / s.sockets * 1e6:.0f} us; RSS {s.rss_before / 2**20:.0f} -> "
-                      f"{s.rss_held / 2**20:.0f} MiB{note}", flush=True)
+                # With --compare the two servers take turns: both see the same machine, on average.
+                for app in apps if r % 2 == 0 else apps[::-1]:
+                    s = await storm(app.proc.pid, app.port, kind, args.sockets, args.room_size, run,
+                                    args.concurrency, args.timeout)
+                    run += 1
+                    results.append((app.label, s))
+                    note = f"  {s.failures} failed: {'; '.join(s.samples)}" if s.failures else ""
+                    print(f"run {r + 1} {kind:5s} {app.label if args.compare else ''}: {s.us_per_join:6.0f} us "
+                          f"CPU per join ({s.join_cpu:.2f} s CPU, {s.join_wall:.2f} s wall, "
+                          f"{s.sockets / s.join_wall:.0f} joins/s); leave {s.leave_cpu / s.sockets * 1e6:.0f} us; "
+                          f"RSS {s.rss_before / 2**20:.0f} -> {s.rss_held / 2**20:.0f} MiB{note}", flush=True)
     finally:
-        app.send_signal(signal.SIGTERM)
-        try:
-            app.wait(60)
-        except subprocess.TimeoutExpired:
-            app.kill()
-            app.wait()
+        for app in apps:
+            app.proc.send_signal(signal.SIGTERM)
+        for app in apps:
+            try:
+                app.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                app.proc.kill()
+                app.proc.wait()
         server.close()
     load1 = os.getloadavg()
     shape = f"rooms of {args.room_size}" if args.room_size else "one room"
+    idle = ", ".join(f"{a.label} {a.idle * 1e3:.1f}" for a in apps)
     print(f"\n{args.sockets} sockets per run, {shape}, {args.concurrency} handshakes in flight; "
-          f"server idle {idle * 1e3:.1f} ms CPU/s; load average {load0[0]:.2f} before, {load1[0]:.2f} after "
+          f"server idle ({idle}) ms CPU/s; load average {load0[0]:.2f} before, {load1[0]:.2f} after "
           f"({os.cpu_count()} CPUs){'; UNDER cProfile' if prof else ''}")
-    for kind in kinds:
-        mine = [s for s in results if s.kind == kind]
-        per = [s.us_per_join for s in mine]
-        leave = [s.leave_cpu / s.sockets * 1e6 for s in mine]
-        print(f"{kind:5s}: median {statistics.median(per):.0f} us CPU per join "
-              f"(runs: {', '.join(f'{x:.0f}' for x in per)}); median leave {statistics.median(leave):.0f} us; "
-              f"{sum(s.failures for s in mine)} failed joins")
+    for label, root in roots:
+        if args.compare:
+            print(f"{label}: {root}")
+        for kind in kinds:
+            mine = [s for who, s in results if s.kind == kind and who == label]
+            per = [s.us_per_join for s in mine]
+            leave = [s.leave_cpu / s.sockets * 1e6 for s in mine]
+            held = [(s.rss_held - s.rss_before) / s.sockets / 1024 for s in mine]
+            print(f"  {kind:5s}: median {statistics.median(per):.0f} us CPU per join "
+                  f"(runs: {', '.join(f'{x:.0f}' for x in per)}); median leave {statistics.median(leave):.0f} us; "
+                  f"RSS growth {statistics.median(held):.1f} KiB per socket held; "
+                  f"{sum(s.failures for s in mine)} failed joins")
     if prof is not None:
         print()
         print(split(prof, args.top))
@@ -334,6 +363,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=100, help="handshakes in flight (the harness: 100)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds a run may take")
     ap.add_argument("--profile", action="store_true", help="run app.py under cProfile and print the split")
+    ap.add_argument("--compare", metavar="CHECKOUT", help="another tree's app.py, measured in turns with this one")
     ap.add_argument("--top", type=int, default=25, help="functions listed per profile table")
     args = ap.parse_args()
     if not 0 < args.sockets < 19000:
