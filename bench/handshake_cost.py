@@ -288,7 +288,7 @@ async def bench(args: argparse.Namespace) -> None:
     kinds = [k for k in args.kinds.split(",") if k]
     if unknown := set(kinds) - set(KINDS):
         raise SystemExit(f"unknown kinds {sorted(unknown)}: pick from {', '.join(KINDS)}")
-    roots = [("this", ROOT)] + ([("compare", Path(args.compare).resolve())] if args.compare else [])
+    roots = [("this", Path(args.app).resolve())] + ([("compare", Path(args.compare).resolve())] if args.compare else [])
     server = EmbeddedRedis(port=free_port()).start()
     workdir = Path(tempfile.mkdtemp(prefix="rrr-handshake-"))
     prof = workdir / "app.prof" if args.profile else None
@@ -363,6 +363,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=100, help="handshakes in flight (the harness: 100)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds a run may take")
     ap.add_argument("--profile", action="store_true", help="run app.py under cProfile and print the split")
+    ap.add_argument("--app", metavar="CHECKOUT", default=str(ROOT), help="the tree whose app.py is measured")
     ap.add_argument("--compare", metavar="CHECKOUT", help="another tree's app.py, measured in turns with this one")
     ap.add_argument("--top", type=int, default=25, help="functions listed per profile table")
     args = ap.parse_args()
