@@ -2,6 +2,7 @@
 
     python -m bench.handshake_cost [--sockets 10000] [--runs 5] [--kinds count,relay]
                                    [--room-size 10] [--concurrency 100] [--profile]
+                                   [--app CHECKOUT] [--compare CHECKOUT]
 
 Starts a real ``redis-server`` and one real ``app.py`` (as the harness runs it) on loopback,
 then, per run and per kind, opens ``--sockets`` sockets at ``--concurrency`` handshakes in
@@ -12,7 +13,8 @@ flight, each waiting for its first ``connection_message``:
 
 The figure is the server's utime + stime (``/proc/<pid>/stat``) over the storm, divided by the
 sockets: what one join costs the server, whatever else shares the machine (CPU time, not wall
-time). The server's RSS is read before and with all of them open. The sockets then go (RST)
+time). The server's RSS is read before and with all of them open (a run reuses the memory the
+one before it freed, so only the first run's growth is per socket). The sockets then go (RST)
 and the server settles before the next run; their leave cost is reported apart.
 
 Socket ``i`` joins room ``i // --room-size`` (10, as the harness's idle scenario): each room
@@ -344,10 +346,11 @@ async def bench(args: argparse.Namespace) -> None:
             mine = [s for who, s in results if s.kind == kind and who == label]
             per = [s.us_per_join for s in mine]
             leave = [s.leave_cpu / s.sockets * 1e6 for s in mine]
-            held = [(s.rss_held - s.rss_before) / s.sockets / 1024 for s in mine]
+            first = mine[0]
             print(f"  {kind:5s}: median {statistics.median(per):.0f} us CPU per join "
                   f"(runs: {', '.join(f'{x:.0f}' for x in per)}); median leave {statistics.median(leave):.0f} us; "
-                  f"RSS growth {statistics.median(held):.1f} KiB per socket held; "
+                  f"RSS {max(s.rss_held for s in mine) / 2**20:.0f} MiB at most with the sockets held (first "
+                  f"run: +{(first.rss_held - first.rss_before) / first.sockets / 1024:.1f} KiB per socket); "
                   f"{sum(s.failures for s in mine)} failed joins")
     if prof is not None:
         print()
