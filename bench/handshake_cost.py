@@ -235,10 +235,10 @@ async def storm(
     return Storm(kind, n, cpu1 - cpu0, t1 - t0, cpu2 - cpu1, rss0, rss1, len(errors), errors[:3])
 
 
-def split(prof: Path, top: int) -> str:
-    """The profile's internal time by owner, and its top functions."""
+def split(prof: Path, top: int, root: Path = ROOT) -> str:
+    """The profile's internal time by owner (``root``'s code is ours), and its top functions."""
     stats = pstats.Stats(str(prof))
-    ours = (str(ROOT / "app.py"), str(ROOT / "handlers") + os.sep, str(ROOT / "rrr") + os.sep)
+    ours = (str(root / "app.py"), str(root / "handlers") + os.sep, str(root / "rrr") + os.sep)
     stdlib = sysconfig.get_paths()["stdlib"]
 
     def owner(filename: str) -> str:
@@ -354,7 +354,7 @@ async def bench(args: argparse.Namespace) -> None:
                   f"{sum(s.failures for s in mine)} failed joins")
     if prof is not None:
         print()
-        print(split(prof, args.top))
+        print(split(prof, args.top, roots[0][1]))
 
 
 def main() -> None:
