@@ -3,6 +3,7 @@
 #   make run     install the service's requirements and run it (python app.py; embedded Redis)
 #   make test    install test requirements and run the whole suite (node --test tests/js/, then pytest)
 #   make lint    flake8 + mypy, configured in setup.cfg
+#   make example the Django example site next to rrr and an embedded Redis (examples/django_site)
 #
 # ARGS: extra arguments, e.g. make run ARGS="--port 8001" or make test ARGS="-k presence".
 
@@ -11,7 +12,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test lint
+.PHONY: run test lint example
 
 $(VENV)/.run-deps: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,10 @@ $(VENV)/.dev-deps: $(VENV)/.run-deps requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+$(VENV)/.example-deps: $(VENV)/.run-deps examples/django_site/requirements.txt pyproject.toml
+	$(PY) -m pip install --quiet --disable-pip-version-check -r examples/django_site/requirements.txt
+	touch $@
+
 run: $(VENV)/.run-deps
 	$(PY) app.py $(ARGS)
 
@@ -29,8 +34,12 @@ test: $(VENV)/.dev-deps
 	node --test tests/js/
 	$(PY) -m pytest $(ARGS)
 
+# http://127.0.0.1:8000/ (users alice, bob, carol, dave, admin; password demo-pass); rrr on 8888.
+example: $(VENV)/.example-deps
+	$(PY) examples/django_site/run.py $(ARGS)
+
 lint: $(VENV)/.dev-deps
-	$(PY) -m flake8 app.py rrr handlers tests
+	$(PY) -m flake8 app.py rrr handlers tests examples/django_site
 	$(PY) -m mypy
 
 # Benchmark targets (bench/ and docs/benchmarks.md). The harness and the peer servers

@@ -217,7 +217,7 @@ class PublishHandler(JsonHandler):
             return
         since = int(since_text)
         try:
-            read = await self.hub.history.read(slug, since)
+            read = await self.hub.history.look(slug, since)
         except BackplaneError:
             raise tornado.web.HTTPError(503, "redis unavailable") from None
         recovered = read.covers(since, epoch)
@@ -225,7 +225,7 @@ class PublishHandler(JsonHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         messages = ",".join('{"offset":%d,"data":%s}' % (o, d) for o, d in read.entries) if recovered else ""
         self.finish(
-            '{"room":' + protocol.dumps(slug) + ',"epoch":' + protocol.dumps(read.epoch) + ',"offset":'
+            '{"room":' + protocol.dumps(slug) + ',"epoch":' + protocol.dumps(read.epoch or None) + ',"offset":'
             + str(read.top) + ',"recovered":' + ("true" if recovered else "false") + ',"messages":[' + messages + "]}"
         )
 

@@ -25,7 +25,14 @@ class SecureHeaders(tornado.web.RequestHandler):
 
 
 class SecureStaticFileHandler(SecureHeaders, tornado.web.StaticFileHandler):
-    """Static files too: the SharedWorker's script brings the policy its socket runs under."""
+    """Static files too: the SharedWorker's script brings the policy its socket runs under.
+
+    Readable from any origin (``Access-Control-Allow-Origin: *``): they are public, and a page of
+    another origin (a Django site, README "Using rrr from Django") loads the browser library from
+    here as module scripts, which browsers fetch in CORS mode. No credentials are ever allowed."""
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("Access-Control-Allow-Origin", "*")
 
 
 class HostRefused(SecureHeaders):

@@ -29,7 +29,7 @@ from .connect import make_redis, make_sync_redis
 from .errors import BackplaneError, OutcomeUnknown
 from .history import parse_published, publish_args
 
-__all__ = ["BackplaneError", "OutcomeUnknown", "apublish", "publish", "token"]
+__all__ = ["BackplaneError", "OutcomeUnknown", "apublish", "encode", "publish", "token"]
 
 #: The server's defaults; a room the server has set up keeps the server's own settings.
 HISTORY_SIZE = 100
@@ -51,7 +51,9 @@ def _default_url() -> str:
     return os.environ.get("RRR_REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 
-def _encode(room: str, data: Any) -> str:
+def encode(room: str, data: Any) -> str:
+    """The JSON text `publish` would send for ``data`` to ``room``; ValueError for a bad slug or data
+    that is not plain JSON (what `rrr.django.publish_on_commit` checks at call time)."""
     if not protocol.is_valid_slug(room):
         raise ValueError(f"room must match {protocol.SLUG_PATTERN}, got {room!r:.80}")
     try:
@@ -92,7 +94,7 @@ def publish(
 
     ``redis_url``: the server's ``--redis-url`` (default ``$RRR_REDIS_URL``). ``history_size`` and
     ``history_ttl`` apply only to a room no rrr process has set up; otherwise the server's win."""
-    text = _encode(room, data)
+    text = encode(room, data)
     client = _sync_client(redis_url or _default_url())
     try:
         if history_size <= 0 or history_ttl <= 0:
@@ -111,7 +113,7 @@ async def apublish(
     history_ttl: float = HISTORY_TTL,
 ) -> int:
     """`publish` for async code (one client per event loop)."""
-    text = _encode(room, data)
+    text = encode(room, data)
     client = _async_client(redis_url or _default_url())
     try:
         if history_size <= 0 or history_ttl <= 0:

@@ -61,7 +61,10 @@ class RoomStream:
     held: list[tuple[int, str, str]] = field(default_factory=list)  # live while stale: (offset, epoch, data)
     pending: dict[tuple[Subscriber, str], Pending] = field(default_factory=dict)
     waiting: set[Subscriber] = field(default_factory=set)  # no subscription served yet: no live frames
-    recent: list[tuple[int, str]] | None = None  # delivered during a replay read
+    # Delivered during a replay read, at most as many as history holds (a room publishing faster
+    # than that during one read has trimmed them from history too: the replay is honest, not whole).
+    recent: list[tuple[int, str]] | None = None
+    generation: int = 0  # one more on every pub/sub break: a read begun before it proves nothing
     task: asyncio.Future[None] | None = None
 
 
@@ -123,6 +126,7 @@ class Delivery:
         for s in self._streams.values():
             s.stale = True
             s.held.clear()
+            s.generation += 1
 
     def close(self) -> None:
         self._closing = True
@@ -175,7 +179,7 @@ class Delivery:
     def _deliver(self, room: str, s: RoomStream, offset: int, data_json: str) -> None:
         assert s.epoch is not None
         s.top = offset
-        if s.recent is not None:
+        if s.recent is not None and len(s.recent) < self.hold_max:
             s.recent.append((offset, data_json))
         self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json, offset, s.epoch)))
 
@@ -217,24 +221,42 @@ class Delivery:
             s.held.clear()
             return
         known = s.epoch is not None
-        read = await self.history.read(room, s.top if known else None)
-        if self._streams.get(room) is not s:
-            return
+        generation = s.generation
+        # Whatever was held before the read began was stored before it: the read must show it.
+        before = len(s.held)
+        read = await self.history.read(
+            room, s.top if known else None, seen=(s.epoch, s.top) if s.epoch is not None else None,
+        )
+        if self._streams.get(room) is not s or s.generation != generation:
+            return  # pub/sub broke meanwhile: still stale, read again once it is back
         if not known:
             s.epoch, s.top = read.epoch, read.top
         elif read.covers(s.top, s.epoch):
-            for offset, data in read.entries:
-                if offset > s.top:
-                    self._deliver(room, s, offset, data)
-                    self.metrics.history_replayed.inc()
+            self._replay(room, s, read.entries)
+        elif s.top == 0 and read.covers(0):
+            # Nothing was ever delivered here in the old epoch (a room whose meta expired unused):
+            # nobody lost anything; take the new epoch and what it holds.
+            s.epoch = read.epoch
+            self._replay(room, s, read.entries)
         else:
-            # Lost (Redis restarted empty) or trimmed past us: the room's sockets must reload.
+            # Lost (Redis restarted empty, a failover lost the last writes) or trimmed past us:
+            # the room's sockets must reload.
             s.epoch, s.top = read.epoch, read.top
             self._reset(room, s)
         held, s.held = s.held, []
         s.stale = False
-        for offset, epoch, data in held:
+        for i, (offset, epoch, data) in enumerate(held):
+            if i < before and (epoch != s.epoch or offset > read.top):
+                # Heard before the read, yet not in history: not a message our script stored.
+                self.metrics.malformed_payloads.inc()
+                continue
             self.on_message(room, offset, epoch, data)
+
+    def _replay(self, room: str, s: RoomStream, entries: list[tuple[int, str]]) -> None:
+        for offset, data in entries:
+            if offset > s.top:
+                self._deliver(room, s, offset, data)
+                self.metrics.history_replayed.inc()
 
     def _reset(self, room: str, s: RoomStream) -> None:
         """Tell every served subscription its stream began again (``recovered: false``)."""
@@ -245,6 +267,8 @@ class Delivery:
             if conn in s.waiting:
                 continue
             for sub in conn.announced_subs(room):
+                if (conn, sub) in s.pending:
+                    continue  # its own subscribed is still to come
                 conn.send_frame(Frame(protocol.dumps(protocol.subscribed_message(room, sub, s.top, s.epoch, False))))
                 frames += 1
         self.metrics.messages_out.inc(frames)
@@ -275,8 +299,9 @@ class Delivery:
         for p in batch:
             if p.cancelled:
                 continue
-            if p.since is not None and p.since.epoch == s.epoch and p.since.offset > s.top and not p.checked:
-                # The client saw further than this process has: read history before judging it.
+            if p.since is not None and not p.checked and (p.since.epoch != s.epoch or p.since.offset > s.top):
+                # The client saw further than this process has, or knows another epoch (this process
+                # may be the one behind): read history before judging it.
                 p.checked = True
                 s.pending[(p.conn, p.sub)] = p
                 s.stale = True

@@ -54,19 +54,19 @@ class Published:
 class Read:
     """A room's position, and the stored messages after some offset (oldest first)."""
 
-    epoch: str
+    epoch: str  # "" for a room that has none (a read-only look at a room nobody used)
     top: int
-    entries: list[tuple[int, str]]  # (offset, data JSON)
+    entries: list[tuple[int, str]]  # (offset, data JSON), strictly increasing (`parse_read`)
 
     def covers(self, after: int, epoch: str | None = None) -> bool:
         """Whether these entries are every message after ``after`` (of ``epoch``, if given): nothing
-        between ``after`` and the top is missing, because nothing was trimmed or lost."""
+        between ``after`` and the top is missing, because nothing was trimmed or lost. Counted, not
+        only bounded: a stream with a hole in it (an XDEL, a partial restore) does not cover."""
         if epoch is not None and epoch != self.epoch:
             return False
         if after == self.top:
             return True
-        return after < self.top and bool(self.entries) and self.entries[0][0] == after + 1 \
-            and self.entries[-1][0] == self.top
+        return after < self.top and len(self.entries) == self.top - after and self.entries[0][0] == after + 1
 
 
 def parse_message(raw: bytes | str) -> tuple[int, str, str]:
@@ -105,7 +105,7 @@ def parse_read(reply: Any, limit: int) -> Read:
     if not (isinstance(reply, list) and len(reply) == 3 and isinstance(reply[2], list)):
         raise BadHistory(f"expected {{epoch, top, entries}} from HISTORY_READ, got {reply!r:.80}")
     epoch, top, raw_entries = _text(reply[0]), reply[1], reply[2]
-    if not (is_epoch(epoch) and _count(top)) or len(raw_entries) > limit:
+    if not ((is_epoch(epoch) or (epoch == "" and top == 0)) and _count(top)) or len(raw_entries) > limit:
         raise BadHistory(f"expected {{epoch, top, entries}} from HISTORY_READ, got {reply!r:.80}")
     entries: list[tuple[int, str]] = []
     last = 0
@@ -124,11 +124,17 @@ def parse_read(reply: Any, limit: int) -> Read:
     return Read(epoch, top, entries)
 
 
-def read_args(room: str, after: int | None, limit: int, size: int, ttl: float) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of `rrr.scripts.HISTORY_READ` (``after`` None: the position only)."""
+def read_args(
+    room: str, after: int | None, limit: int, size: int, ttl: float, *, own: bool = True,
+    seen: tuple[str, int] | None = None,
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of `rrr.scripts.HISTORY_READ` (``after`` None: the position only; ``own``
+    False: a read-only look; ``seen``: the epoch and top offset the caller delivered up to)."""
+    seen_epoch, seen_top = seen or ("", 0)
     return (
         [keys.history(room), keys.meta(room)],
-        [-1 if after is None else after, limit, new_epoch(), meta_ttl(ttl), size, int(ttl * 1000), 1],
+        [-1 if after is None else after, limit, new_epoch(), meta_ttl(ttl), size, int(ttl * 1000), int(own),
+         seen_epoch, seen_top],
     )
 
 
@@ -166,10 +172,17 @@ class History:
         k, a = publish_args(room, data_json, self.size, self.ttl, own=True)
         return parse_published(await self.redis.script("history_publish", k, a))
 
-    async def read(self, room: str, after: int | None) -> Read:
-        """The room's position, and (``after`` given) every stored message after it, at most
-        ``size`` of them (all the stream can hold)."""
-        k, a = read_args(room, after, self.size, self.size, self.ttl)
+    async def read(self, room: str, after: int | None, *, seen: tuple[str, int] | None = None) -> Read:
+        """The room's position (its epoch fixed now if it had none), and (``after`` given) every
+        stored message after it, at most ``size`` of them (all the stream can hold). ``seen``: the
+        epoch and top this process delivered, so a room whose top went back gets a new epoch."""
+        k, a = read_args(room, after, self.size, self.size, self.ttl, seen=seen)
+        return parse_read(await self.redis.script("history_read", k, a), self.size)
+
+    async def look(self, room: str, after: int) -> Read:
+        """`read` for the HTTP API, which anyone may call for public rooms: it writes nothing, so a
+        room nobody used stays without an epoch (``""``) instead of gaining an hour-long key."""
+        k, a = read_args(room, after, self.size, self.size, self.ttl, own=False)
         return parse_read(await self.redis.script("history_read", k, a), self.size)
 
     async def touch(self, rooms: Iterable[str]) -> None:

@@ -251,6 +251,16 @@ local function epoch_of(new_epoch)
   end
   return e
 end
+-- The meta lives meta_ttl once the room has had a message; a room that never had one keeps its
+-- epoch only as long as its history would (subscribes to rooms nobody publishes to leave little).
+local function keep(meta_ttl, ttl_ms)
+  local o = tonumber(redis.call('HGET', meta, 'o')) or 0
+  if o > 0 then
+    redis.call('EXPIRE', meta, tonumber(meta_ttl))
+  else
+    redis.call('PEXPIRE', meta, math.max(1000, tonumber(ttl_ms)))
+  end
+end
 local function settings(own, size, ttl)
   if own == '1' then
     redis.call('HSET', meta, 'n', size, 't', ttl)
@@ -273,19 +283,32 @@ if size > 0 then
   redis.call('XADD', stream, 'MAXLEN', size, top .. '-0', 'd', ARGV[2])
   redis.call('PEXPIRE', stream, ttl)
 end
-redis.call('EXPIRE', meta, tonumber(ARGV[5]))
+keep(ARGV[5], ttl)
 local n = redis.call('PUBLISH', ARGV[1], top .. ' ' .. epoch .. ' ' .. ARGV[2])
 return {top, epoch, n}
 """
 
 #: KEYS: stream, meta. ARGV: after (-1: the position only), limit, new epoch, meta ttl s,
-#: size, ttl ms, own (1/0). A room's position (fixing its epoch if it has none) and the
-#: stored messages after ``after``, oldest first, at most ``limit``.
+#: size, ttl ms, own (1/0), seen epoch, seen top. A room's position (fixing its epoch if it
+#: has none) and the stored messages after ``after``, oldest first, at most ``limit``.
+#: ``own`` 0 is a read-only look (the HTTP API): a room with no meta gets epoch "" and top 0,
+#: and nothing is written. A caller that delivered up to ``seen top`` of ``seen epoch`` while
+#: the room's top is lower (a failover to a replica that had not received the last messages)
+#: starts a new epoch: those offsets would otherwise be given to other messages.
 #: Returns {epoch, top, {{id, {field, value}}, ...}}.
 HISTORY_READ = _HISTORY_COMMON + r"""
-local epoch = epoch_of(ARGV[3])
-settings(ARGV[7], ARGV[5], ARGV[6])
-redis.call('EXPIRE', meta, tonumber(ARGV[4]))
+if ARGV[7] ~= '1' and redis.call('EXISTS', meta) == 0 then return {'', 0, {}} end
+local epoch = ARGV[7] == '1' and epoch_of(ARGV[3]) or redis.call('HGET', meta, 'e') or ''
+if ARGV[7] == '1' then
+  local o = tonumber(redis.call('HGET', meta, 'o')) or 0
+  if epoch == ARGV[8] and o < tonumber(ARGV[9]) then
+    epoch = ARGV[3]
+    redis.call('HSET', meta, 'e', epoch, 'o', 0)
+    redis.call('DEL', stream)
+  end
+  settings(ARGV[7], ARGV[5], ARGV[6])
+  keep(ARGV[4], ARGV[6])
+end
 local top = tonumber(redis.call('HGET', meta, 'o')) or 0
 local after = tonumber(ARGV[1])
 local entries = {}

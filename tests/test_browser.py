@@ -436,6 +436,27 @@ def test_a_tab_misses_no_message_across_a_server_restart(
     assert [e for e in errors.errors if "ERR_CONNECTION_REFUSED" not in e] == []
 
 
+def test_a_tab_that_missed_more_than_the_history_holds_is_told(
+    app_factory: Callable[..., AppProcess], redis_url: str, new_context: Callable[..., BrowserContext], slug: str,
+) -> None:
+    """onReset: with a history of 2, five messages published while the server is down cannot all be
+    recovered; the page says so instead of silently showing a gap."""
+    from rrr.client import publish as backend_publish
+
+    server = app_factory(redis_url=redis_url, publish_token=TOKEN, history_size=2)
+    [page] = open_tabs(new_context(), f"{server.base_url}/count/{slug}/", 1)
+    expect_counts([page], connections=1, tabs=1)
+    assert publish(server.base_url, slug, TOKEN, "first") == 202
+    expect(page.locator("#messages li .text")).to_have_text(["first"])
+    server.stop()
+    for n in range(5):
+        backend_publish(slug, n, redis_url=redis_url)
+    server.start()
+    expect(page.locator("#messages li.notice")).to_contain_text(["could not be recovered"], timeout=30_000)
+    assert publish(server.base_url, slug, TOKEN, "after") == 202
+    expect(page.locator("#messages li .text").first).to_have_text("after")
+
+
 def test_tab_publishes_when_the_server_allows_it(
     app_factory: Callable[..., AppProcess], redis_url: str, new_context: Callable[..., BrowserContext],
     errors: ErrorLog, slug: str

@@ -228,6 +228,8 @@ const room = rt.room(slug, {
     addMessage(`${reason} (${code})`, "notice");
   },
   onPresence: (members) => showMembers(members),
+  // The room's history could not fill a gap (it was lost, or we were away too long): say so.
+  onReset: () => addMessage("Some messages were missed while disconnected and could not be recovered.", "notice"),
 });
 setInterval(renderClock, 1000);
 $("retry").addEventListener("click", () => rt.retryNow());

@@ -311,6 +311,16 @@ export class SocketOwner {
   }
 
   #attach(tabId, watch, link, tokens) {
+    // A tab we know attaching again (it relinked to us after a slow probe) replays every subscription
+    // with where it stands: drop the old ones first, so each comes back with its own `subscribed`.
+    const known = this.#tabs.get(tabId);
+    if (known) {
+      for (const [sub, room] of known.subs) {
+        this.#positions.delete(sub);
+        if (!needsToken(room) || this.#auth === "ok") this.#send(unsubscribeFrame(room, sub));
+      }
+      known.subs.clear();
+    }
     const isNew = this.#tabs.attach(tabId, watch, link, Date.now(), tokens);
     if (watch === "lock") this.#watchLock(tabId);
     link.send(stateMsg(this.#state));

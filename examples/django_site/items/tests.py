@@ -1,0 +1,165 @@
+"""The example site's own tests (``python examples/django_site/manage.py test items``), on a real
+Redis at ``RRR_REDIS_URL``; `tests/test_django.py` runs them with the suite's redis-server. The
+browser end of things (presence, the socket, sign-out) is tested there, against a real rrr."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import jwt
+import redis
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.template import Context, Template
+from django.test import TestCase, TransactionTestCase, override_settings
+
+from rrr import keys
+from rrr.django import publish_on_commit
+from rrr.errors import BackplaneError
+
+from .models import Item
+from .notify import create_item
+
+SECRET = "items-tests-secret"
+SENTINEL = {"type": "sentinel"}
+
+
+def custom_grants(user: Any) -> dict[str, Any]:
+    return {"rooms": ["presence-staff"], "publish": ["presence-staff"], "info": {"name": "custom"}}
+
+
+@override_settings(RRR_TOKEN_SECRET=SECRET)
+class TokenViewTests(TestCase):
+    def setUp(self) -> None:
+        self.alice = get_user_model().objects.create_user("alice", password="pw")
+
+    def test_anonymous_users_get_403_not_a_login_redirect(self) -> None:
+        response = self.client.get("/rrr/token/")
+        self.assertEqual(response.status_code, 403)
+
+    def test_a_signed_in_user_gets_a_fresh_token_for_their_own_room_and_the_presence_rooms(self) -> None:
+        self.client.force_login(self.alice)
+        response = self.client.get("/rrr/token/")
+        self.assertEqual(response.status_code, 200)
+        self.assertIn("no-cache", response["Cache-Control"])
+        claims = jwt.decode(response.content.decode(), SECRET, algorithms=["HS256"])
+        self.assertEqual(claims["sub"], str(self.alice.pk))
+        self.assertEqual(claims["rooms"], [f"private-user-{self.alice.pk}", "presence-site"])
+        self.assertEqual(claims["info"], {"name": "alice"})
+        self.assertNotIn("publish", claims)
+        self.assertLessEqual(abs(claims["exp"] - time.time() - 3600), 5)
+
+    @override_settings(RRR_GRANTS="items.tests.custom_grants")
+    def test_grants_come_from_the_callable_the_setting_names(self) -> None:
+        self.client.force_login(self.alice)
+        claims = jwt.decode(self.client.get("/rrr/token/").content.decode(), SECRET, algorithms=["HS256"])
+        self.assertEqual((claims["rooms"], claims["publish"], claims["info"]),
+                         (["presence-staff"], ["presence-staff"], {"name": "custom"}))
+
+    def test_only_get(self) -> None:
+        self.client.force_login(self.alice)
+        self.assertEqual(self.client.post("/rrr/token/").status_code, 405)
+
+
+class TemplateTagTests(TestCase):
+    def render(self) -> str:
+        return Template("{% load rrr %}{% rrr_scripts %}").render(Context({}))
+
+    @override_settings(RRR_SOCKET_URL="wss://rt.example.com/ws/")
+    def test_the_import_map_points_at_the_services_origin(self) -> None:
+        html = self.render()
+        imports = json.loads(html.split('<script type="importmap">', 1)[1].split("</script>", 1)[0])["imports"]
+        self.assertEqual(imports["rrr"], "https://rt.example.com/static/js/rrr.js")
+        self.assertEqual(imports["rrr/django"], "/static/rrr/django.js")
+        config = json.loads(html.split('id="rrr-config">', 1)[1].split("</script>", 1)[0])
+        self.assertEqual(config, {"socketUrl": "wss://rt.example.com/ws/", "tokenUrl": "/rrr/token/"})
+
+    @override_settings(RRR_SOCKET_URL="ws://127.0.0.1:8888/ws/?x=</script><script>alert(1)</script>")
+    def test_nothing_in_the_settings_can_end_the_script_element(self) -> None:
+        html = self.render()
+        self.assertEqual(html.count("</script>"), 2)
+
+
+class Listener:
+    """A real Redis subscriber to users' private rooms, on both channels rrr relays: messages
+    stored in history (``<offset> <epoch> <data>`` on the room's message channel) and plain
+    backend ones (the room channel). `until_sentinel` reads up to a marker, so "nothing arrived"
+    is checked against a message that did (Redis delivers to a subscriber in publish order)."""
+
+    def __init__(self, *rooms: str) -> None:
+        self.client = redis.Redis.from_url(settings.RRR_REDIS_URL)
+        self.pubsub = self.client.pubsub()
+        self.rooms = {keys.room_channel(r): r for r in rooms} | {keys.message_channel(r): r for r in rooms}
+        self.pubsub.subscribe(*self.rooms)
+        confirmed = 0
+        while confirmed < len(self.rooms):  # wait until Redis has taken every SUBSCRIBE
+            message = self.pubsub.get_message(timeout=10)
+            assert message is not None, "redis did not confirm the subscriptions within 10 s"
+            confirmed += message["type"] == "subscribe"
+
+    def until_sentinel(self, room: str) -> list[tuple[str, Any]]:
+        self.client.publish(keys.room_channel(room), json.dumps(SENTINEL))
+        got: list[tuple[str, Any]] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            message = self.pubsub.get_message(timeout=1)
+            if message is None or message["type"] != "message":
+                continue
+            channel = message["channel"].decode()
+            text = message["data"].decode()
+            if channel.startswith(keys.message_channel("")[:-2]):
+                text = text.split(" ", 2)[2]
+            data = json.loads(text)
+            if data == SENTINEL:
+                return got
+            got.append((self.rooms[channel], data))
+        raise AssertionError(f"no sentinel within 10 s; got {got}")
+
+    def close(self) -> None:
+        self.pubsub.close()
+        self.client.close()
+
+
+class PublishOnCommitTests(TransactionTestCase):
+    """Real commits (TransactionTestCase), so on_commit runs as in production."""
+
+    def setUp(self) -> None:
+        User = get_user_model()
+        self.alice = User.objects.create_user("alice")
+        self.bob = User.objects.create_user("bob")
+        self.listener = Listener(f"private-user-{self.alice.pk}", f"private-user-{self.bob.pk}")
+        self.addCleanup(self.listener.close)
+
+    def test_a_new_item_reaches_the_other_users_room_only(self) -> None:
+        item = create_item(self.alice, "apples")
+        got = self.listener.until_sentinel(f"private-user-{self.alice.pk}")
+        self.assertEqual(got, [(f"private-user-{self.bob.pk}",
+                                {"type": "item_created", "item": item.pk, "title": "apples", "by": "alice"})])
+
+    def test_nothing_is_published_before_the_commit_nor_after_a_rollback(self) -> None:
+        with self.assertRaises(RuntimeError):
+            with transaction.atomic():
+                create_item(self.alice, "never")
+                self.assertEqual(self.listener.until_sentinel(f"private-user-{self.bob.pk}"), [])
+                raise RuntimeError("roll back")
+        self.assertFalse(Item.objects.exists())
+        self.assertEqual(self.listener.until_sentinel(f"private-user-{self.bob.pk}"), [])
+
+    @override_settings(RRR_REDIS_URL="redis://127.0.0.1:9/0")  # nothing listens there
+    def test_a_publish_that_fails_after_the_commit_is_logged_and_the_rows_stay(self) -> None:
+        with self.assertLogs("django.db.backends.base", "ERROR") as logged:
+            create_item(self.alice, "saved")
+        self.assertTrue(Item.objects.filter(title="saved").exists())
+        self.assertIn("BackplaneError", "\n".join(logged.output))
+        with self.assertRaises(BackplaneError):
+            with transaction.atomic():
+                publish_on_commit("anywhere", {"a": 1}, robust=False)
+
+    def test_a_bad_room_or_payload_fails_at_once_in_the_caller(self) -> None:
+        with self.assertRaises(ValueError):
+            publish_on_commit("no spaces", {"a": 1})
+        with self.assertRaises(ValueError):
+            publish_on_commit("fine", {"a": object()})

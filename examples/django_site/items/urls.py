@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.item_list, name="items"),
+    path("items/<int:pk>/", views.item_detail, name="item"),
+]

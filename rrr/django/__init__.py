@@ -1,0 +1,33 @@
+"""rrr for Django: a token view, a template tag for the browser library, and `publish_on_commit`.
+
+Optional: add ``"rrr.django"`` to ``INSTALLED_APPS`` (``pip install rrr[django]``). Settings:
+
+* ``RRR_REDIS_URL``: the rrr service's Redis (its ``--redis-url``); `publish_on_commit` writes there.
+* ``RRR_TOKEN_SECRET``: the service's ``--token-secret``; the token view signs with it.
+* ``RRR_SOCKET_URL``: the service's socket, e.g. ``wss://rt.example.com/ws/``; the template tag
+  loads the browser library from the same origin (``/static/js/rrr.js``).
+* ``RRR_PRESENCE_ROOMS`` (``[]``): the public ``presence-…`` rooms every signed-in user may join.
+* ``RRR_GRANTS`` (unset): a callable, or the dotted path of one, ``grants(user) -> dict`` with the
+  keys ``rooms``, ``publish`` and ``info`` (see `rrr.django.tokens.default_grants`).
+* ``RRR_TOKEN_TTL`` (``3600``): seconds a token lives (the browser library refreshes it).
+* ``RRR_API_TOKEN``, ``RRR_API_URL``: the service's ``--api-token`` and its HTTP base URL (default:
+  the origin of ``RRR_SOCKET_URL``), for `rrr.django.api.disconnect_user`.
+
+Importing this package imports nothing of Django's settings; `rrr.client` never needs Django.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["publish_on_commit"]
+
+
+def publish_on_commit(room: str, data: Any, *, using: str | None = None, robust: bool = True) -> None:
+    """Publish ``data`` to ``room`` once the current database transaction commits (at once outside
+    one); a rolled-back transaction publishes nothing, so no page hears of a row that never was.
+    A bad room or payload raises ValueError now; a failed publish after the commit is logged
+    (``robust=False``: raised). See `rrr.django.publish.publish_on_commit`."""
+    from .publish import publish_on_commit as impl
+
+    impl(room, data, using=using, robust=robust)

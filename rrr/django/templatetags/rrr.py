@@ -1,0 +1,56 @@
+"""``{% load rrr %}{% rrr_scripts %}`` in ``<head>``: the browser library, pointed at the rrr service.
+
+It writes an import map (``"rrr"`` → ``<RRR_SOCKET_URL's origin>/static/js/rrr.js``, ``"rrr/django"``
+→ this app's ``rrr/django.js``) and the configuration that module reads (the socket URL and the
+token view's URL), so a page's own module needs only::
+
+    import { connect } from "rrr/django";
+    const rt = connect();   // the service's socket; getToken calls the token view
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any
+
+from django import template
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.templatetags.static import static
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+register = template.Library()
+
+# What json_script escapes: the JSON stays valid and cannot end the <script> element.
+_ESCAPES = {ord(">"): "\\u003E", ord("<"): "\\u003C", ord("&"): "\\u0026"}
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":")).translate(_ESCAPES)
+
+
+def library_url() -> str:
+    """``<origin of RRR_SOCKET_URL>/static/js/rrr.js`` (http for ws, https for wss)."""
+    socket_url = getattr(settings, "RRR_SOCKET_URL", "")
+    if not socket_url:
+        raise ImproperlyConfigured("RRR_SOCKET_URL is not set (e.g. wss://rt.example.com/ws/)")
+    parts = urllib.parse.urlsplit(socket_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ImproperlyConfigured(f"RRR_SOCKET_URL must be a ws:// or wss:// URL, not {socket_url!r}")
+    return f"{scheme}://{parts.netloc}/static/js/rrr.js"
+
+
+@register.simple_tag
+def rrr_scripts(nonce: str = "") -> SafeString:
+    """The import map and ``#rrr-config``; ``nonce`` for a Content-Security-Policy that asks for one."""
+    imports = {"imports": {"rrr": library_url(), "rrr/django": static("rrr/django.js")}}
+    config = {"socketUrl": settings.RRR_SOCKET_URL, "tokenUrl": reverse("rrr:token")}
+    nonce_attr = format_html(' nonce="{}"', nonce) if nonce else ""
+    return format_html(
+        '<script type="importmap"{}>{}</script>\n<script type="application/json" id="rrr-config">{}</script>',
+        nonce_attr, SafeString(_json(imports)), SafeString(_json(config)),
+    )

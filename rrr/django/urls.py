@@ -1,0 +1,10 @@
+"""``path("rrr/", include("rrr.django.urls"))``: ``rrr:token`` is the token view."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+app_name = "rrr"
+urlpatterns = [path("token/", views.token, name="token")]

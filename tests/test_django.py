@@ -1,0 +1,423 @@
+"""The Django side (issue #14), end to end: the example site (examples/django_site) started by its
+own command (run.py, what `make example` runs) with a real rrr (app.py) on the suite's real
+redis-server, and Chromium signed in as its users.
+
+The site and rrr are different origins (two ports), as a Django site and its rrr service usually
+are: the pages load the browser library from rrr (CORS) and, since a SharedWorker must be of the
+page's origin, share one socket per browser through a leader tab.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import redis
+
+from rrr.embedded import EmbeddedRedis
+from browser_helpers import LAUNCH_ARGS, chromium_path
+from conftest import REQUIRE_ALL, ROOT, free_port
+
+try:
+    from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - the dev extra installs it
+    sync_playwright = None  # type: ignore[assignment]
+
+SITE_DIR = ROOT / "examples" / "django_site"
+SECRET = "django-e2e-token-secret-of-decent-length"
+API_KEY = "django-e2e-server-key"
+PASSWORD = "demo-pass"  # items/management/commands/seed_demo.py
+WAIT_MS = 15_000
+
+# Every socket a page opens reports its close code here (the leader tab's socket is the browser's),
+# and a test can cut the page off: with __blocked set, new sockets go to a closed loopback port.
+RECORD_CLOSES = """
+(() => {
+  const Native = window.WebSocket;
+  window.__closes = [];
+  window.__sockets = [];
+  window.__blocked = false;
+  window.WebSocket = class extends Native {
+    constructor(url, ...rest) {
+      super(window.__blocked ? "ws://127.0.0.1:9/blocked" : url, ...rest);
+      window.__sockets.push(this);
+      this.addEventListener("close", (event) => window.__closes.push(event.code));
+    }
+  };
+})();
+"""
+
+# A raw socket from a page (the site's Origin): auth with a token, optionally subscribe to a room,
+# and answer with the server's reply to the last step.
+RAW_SOCKET = """
+async ([url, token, room]) => new Promise((resolve, reject) => {
+  const ws = new WebSocket(url);
+  const done = (value) => { ws.close(); resolve(value); };
+  setTimeout(() => done({type: "timeout"}), 10000);
+  ws.onerror = () => reject(new Error("socket error"));
+  ws.onopen = () => ws.send(JSON.stringify({type: "auth", token}));
+  ws.onmessage = ({data}) => {
+    const msg = JSON.parse(data);
+    if (msg.type === "error" && (!room || msg.room === room || !msg.room)) return done(msg);
+    if (msg.type === "authenticated") {
+      if (!room) return done(msg);
+      ws.send(JSON.stringify({type: "subscribe", room, sub: "probe"}));
+    }
+    if (room && msg.room === room && msg.type !== "error") return done(msg);
+  };
+})
+"""
+
+
+@dataclass
+class Site:
+    url: str
+    rrr_url: str
+    env: dict[str, str]
+    ids: dict[str, str]
+
+    @property
+    def socket_url(self) -> str:
+        return self.rrr_url.replace("http://", "ws://") + "/ws/"
+
+    def manage(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, str(SITE_DIR / "manage.py"), *args], cwd=SITE_DIR, env=self.env,
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def api(self, path: str) -> Any:
+        request = urllib.request.Request(self.rrr_url + path, headers={"Authorization": f"Bearer {API_KEY}"})
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return json.loads(r.read())
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"run.py exited {proc.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer within {timeout} s:\n{log.read_text(errors='replace')}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def site(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """``python examples/django_site/run.py``: rrr, migrate, seed_demo and runserver, on the suite's Redis."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    tmp = tmp_path_factory.mktemp("django-site")
+    port, rrr_port = free_port(), free_port()
+    env = {
+        **os.environ, "RRR_TOKEN_SECRET": SECRET, "RRR_API_TOKEN": API_KEY, "EXAMPLE_FAST_PASSWORDS": "1",
+        "EXAMPLE_DB": str(tmp / "db.sqlite3"), "RRR_REDIS_URL": redis_server.url,
+        "RRR_SOCKET_URL": f"ws://127.0.0.1:{rrr_port}/ws/", "PYTHONPATH": str(ROOT),  # as run.py sets it
+    }
+    log = tmp / "run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(SITE_DIR / "run.py"), "--port", str(port), "--rrr-port", str(rrr_port),
+             "--redis-url", redis_server.url, "--db", env["EXAMPLE_DB"]],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{rrr_port}/healthz", proc, log)
+        wait_http(f"http://127.0.0.1:{port}/accounts/login/", proc, log)
+        site = Site(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{rrr_port}", env, {})
+        out_ids = site.manage(
+            "shell", "-c",
+            "import json; from django.contrib.auth.models import User; "
+            "print(json.dumps({u.username: str(u.pk) for u in User.objects.all()}))",
+        )
+        site.ids.update(json.loads(out_ids.strip().splitlines()[-1]))
+        yield site
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    path = chromium_path()
+    missing = "Python Playwright" if sync_playwright is None else None if path else "/usr/bin/chromium"
+    if missing:
+        if REQUIRE_ALL:
+            pytest.fail(f"{missing} is required (RRR_REQUIRE_ALL=1) but not installed")
+        pytest.skip(f"{missing} not installed")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=LAUNCH_ARGS)
+        yield browser
+        browser.close()
+
+
+@dataclass
+class User:
+    name: str
+    id: str
+    context: BrowserContext
+    pages: list[Page]
+    errors: list[str]
+
+    def token(self, page: Page | None = None) -> str:
+        return str((page or self.pages[0]).evaluate("fetch('/rrr/token/').then((r) => r.text())"))
+
+
+@pytest.fixture
+def sign_in(browser: Browser, site: Site) -> Iterator[Any]:
+    """``sign_in("alice", tabs=2)``: a fresh browser profile signed in through the login form, with
+    ``tabs`` tabs on the items page, each live (its socket open)."""
+    made: list[User] = []
+
+    def make(name: str, tabs: int = 1, path: str = "/") -> User:
+        context = browser.new_context()
+        context.add_init_script(RECORD_CLOSES)
+        errors: list[str] = []
+        context.on("weberror", lambda e: errors.append(str(e.error)))
+        page = context.new_page()
+        page.goto(f"{site.url}/accounts/login/?next={path}")
+        page.fill("#id_username", name)
+        page.fill("#id_password", PASSWORD)
+        page.click("main button[type=submit]")
+        expect(page.locator("#me")).to_have_text(name, timeout=WAIT_MS)
+        pages = [page]
+        for _ in range(tabs - 1):
+            extra = context.new_page()
+            extra.goto(site.url + path)
+            pages.append(extra)
+        user = User(name, site.ids[name], context, pages, errors)
+        made.append(user)
+        for p in pages:
+            expect(p.locator("#live-status")).to_have_attribute("data-status", "open", timeout=WAIT_MS)
+        return user
+
+    yield make
+    for user in made:
+        user.context.close()
+    for user in made:
+        assert not user.errors, f"{user.name}'s pages threw: {user.errors}"
+
+
+def online(page: Page, name: str) -> Any:
+    return page.locator(f'#online li[data-user="{name}"]')
+
+
+def notification(page: Page, item: str) -> Any:
+    return page.locator(f'#notifications li[data-item="{item}"]')
+
+
+def subscribed_tabs(site: Site, room: str) -> int:
+    return int(site.api(f"/api/rooms/{room}")["tabs"])
+
+
+def wait_for(pred: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_two_users_see_each_other_online_by_name_and_a_leave_within_5_s(site: Site, sign_in: Any) -> None:
+    alice = sign_in("alice")
+    bob = sign_in("bob", tabs=2)
+    for page in alice.pages:
+        expect(online(page, "bob")).to_have_count(1, timeout=WAIT_MS)  # one entry for bob's two tabs
+        expect(online(page, "alice")).to_have_text("alice (you)")
+    for page in bob.pages:
+        expect(online(page, "alice")).to_have_count(1, timeout=WAIT_MS)
+        # the talk's counter: browsers on this page, not tabs (bob's two tabs are one browser)
+        expect(page.locator("#viewers")).to_have_text("2", timeout=WAIT_MS)
+    expect(alice.pages[0].locator("#viewers")).to_have_text("2", timeout=WAIT_MS)
+    # one socket per browser: the library's leader tab shares it (the site and rrr are two origins)
+    assert "leader" in bob.pages[0].locator("#live-status").inner_text()
+
+    bob.context.close()
+    closed = time.monotonic()
+    expect(online(alice.pages[0], "bob")).to_have_count(0, timeout=5_000)
+    assert time.monotonic() - closed < 5
+    expect(alice.pages[0].locator("#viewers")).to_have_text("1", timeout=WAIT_MS)
+    bob.pages.clear()
+
+
+@pytest.mark.browser
+def test_a_new_item_notifies_the_other_users_tabs_once_and_not_its_author(site: Site, sign_in: Any) -> None:
+    alice = sign_in("alice", tabs=2)
+    bob = sign_in("bob", tabs=2)
+    # Both users' private rooms hold both tabs (registered in rrr) before anything is published.
+    wait_for(lambda: subscribed_tabs(site, f"private-user-{alice.id}") == 2, "alice's private room")
+    wait_for(lambda: subscribed_tabs(site, f"private-user-{bob.id}") == 2, "bob's private room")
+
+    writer, watcher = alice.pages
+    writer.fill("#id_title", "Fresh apples")
+    writer.click("#new-item button[type=submit]")
+    row = writer.locator("#items li", has_text="Fresh apples")
+    expect(row).to_have_count(1, timeout=WAIT_MS)
+    item = row.get_attribute("data-item")
+    assert item
+    for page in bob.pages:
+        expect(notification(page, item)).to_have_count(1, timeout=WAIT_MS)
+        expect(notification(page, item)).to_contain_text("alice added Fresh apples")
+
+    # A later item by carol reaches both users after anything about alice's item could have.
+    later = site.manage("create_item", "carol", "Pears").split()[-1]
+    for page in [watcher, *bob.pages]:
+        expect(notification(page, later)).to_have_count(1, timeout=WAIT_MS)
+    for page in bob.pages:
+        assert notification(page, item).count() == 1, "shown once"
+    assert notification(watcher, item).count() == 0, "the author's own tab heard of its item"
+    assert notification(writer, item).count() == 0
+
+
+@pytest.mark.browser
+def test_an_item_rolled_back_notifies_nobody(site: Site, sign_in: Any) -> None:
+    bob = sign_in("bob")
+    wait_for(lambda: subscribed_tabs(site, f"private-user-{bob.id}") == 1, "bob's private room")
+    assert "rolled back" in site.manage("create_item", "alice", "Never was", "--rollback")
+    kept = site.manage("create_item", "alice", "Was").split()[-1]
+    page = bob.pages[0]
+    expect(notification(page, kept)).to_have_count(1, timeout=WAIT_MS)
+    # Published in order, the rolled-back one would have come first. (SQLite hands its id to the
+    # next row, so the two are told apart by title.)
+    assert page.locator("#notifications li", has_text="Never was").count() == 0
+    assert page.locator("#notifications li").count() == 1
+    page.reload()
+    expect(page.locator("#items li", has_text="Was")).to_have_count(1)
+    assert page.locator("#items li", has_text="Never was").count() == 0
+
+
+@pytest.mark.browser
+def test_a_notification_sent_while_offline_is_recovered_on_reconnect_and_shown_once(site: Site, sign_in: Any) -> None:
+    bob = sign_in("bob")
+    page = bob.pages[0]
+    room = f"private-user-{bob.id}"
+    wait_for(lambda: subscribed_tabs(site, room) == 1, "bob's private room")
+    page.evaluate("window.__blocked = true; window.__sockets.forEach((s) => s.close())")
+    expect(page.locator("#live-status")).not_to_have_attribute("data-status", "open", timeout=WAIT_MS)
+    wait_for(lambda: subscribed_tabs(site, room) == 0, "bob gone from rrr")  # so nothing reaches him live
+    missed = site.manage("create_item", "carol", "While you were away").split()[-1]
+    page.evaluate("window.__blocked = false")
+    # The page's "Retry now" (rt.retryNow()) skips the backoff the blocked tries built up.
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while page.locator("#live-status").get_attribute("data-status") != "open":
+        assert time.monotonic() < deadline, "the page did not reconnect"
+        page.evaluate("(b => b.hidden || b.click())(document.getElementById('retry-now'))")
+        time.sleep(0.1)
+    expect(notification(page, missed)).to_have_count(1, timeout=WAIT_MS)
+    later = site.manage("create_item", "carol", "After").split()[-1]
+    expect(notification(page, later)).to_have_count(1, timeout=WAIT_MS)
+    assert notification(page, missed).count() == 1
+    assert page.locator("#notifications-reset").is_hidden()
+
+
+@pytest.mark.browser
+def test_the_token_view_refuses_anonymous_users_and_grants_only_the_users_rooms(site: Site, sign_in: Any) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(site.url + "/rrr/token/", timeout=5)
+    assert refused.value.code == 403
+
+    alice = sign_in("alice")
+    token = alice.token()
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == alice.id
+    assert claims["rooms"] == [f"private-user-{alice.id}", "presence-site"]
+    assert claims["info"] == {"name": "alice"}
+
+    page = alice.pages[0]
+    bobs = page.evaluate(RAW_SOCKET, [site.socket_url, token, f"private-user-{site.ids['bob']}"])
+    assert bobs["type"] == "error" and bobs["code"] == "forbidden", bobs
+    own = page.evaluate(RAW_SOCKET, [site.socket_url, token, f"private-user-{alice.id}"])
+    assert own["type"] != "error" and own["type"] != "timeout", own
+
+
+@pytest.mark.browser
+def test_signing_a_user_out_from_the_admin_closes_their_sockets_and_refuses_their_token(
+    site: Site, sign_in: Any
+) -> None:
+    alice = sign_in("alice")
+    dave = sign_in("dave", tabs=2)
+    expect(online(alice.pages[0], "dave")).to_have_count(1, timeout=WAIT_MS)
+    old_token = dave.token()
+    assert alice.pages[0].evaluate(RAW_SOCKET, [site.socket_url, old_token, None])["type"] == "authenticated"
+
+    admin = sign_in("admin")
+    page = admin.pages[0]
+    page.goto(site.url + "/admin/auth/user/")
+    page.locator("tr", has=page.locator("a", has_text="dave")).locator("input[name=_selected_action]").check()
+    page.select_option("select[name=action]", "sign_out_everywhere")
+    page.click("button[name=index]")
+    expect(page.locator(".messagelist")).to_contain_text("Signed out everywhere: dave", timeout=WAIT_MS)
+
+    for tab in dave.pages:
+        expect(tab.locator("#signed-out")).to_be_visible(timeout=WAIT_MS)
+        expect(tab.locator("#signed-out")).to_have_attribute("data-code", "signed_out")
+    closes = [code for tab in dave.pages for code in tab.evaluate("window.__closes")]
+    assert 4001 in closes, closes
+    expect(online(alice.pages[0], "dave")).to_have_count(0, timeout=WAIT_MS)
+
+    refused = alice.pages[0].evaluate(RAW_SOCKET, [site.socket_url, old_token, None])
+    assert refused["type"] == "error" and refused["code"] == "bad_token", refused
+    # alice's own token still works on the same path, and dave's session is over
+    assert alice.pages[0].evaluate(RAW_SOCKET, [site.socket_url, alice.token(), None])["type"] == "authenticated"
+    assert dave.pages[0].evaluate("fetch('/rrr/token/').then((r) => r.status)") == 403
+
+
+def test_the_example_sites_own_tests_pass(site: Site) -> None:
+    """``manage.py test items`` (Django's runner, its own test database) on the suite's Redis."""
+    env = {k: v for k, v in site.env.items() if k != "EXAMPLE_DB"}
+    done = subprocess.run(
+        [sys.executable, str(SITE_DIR / "manage.py"), "test", "items", "-v", "2"], cwd=SITE_DIR, env=env,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Ran " in done.stderr and "OK" in done.stderr
+
+
+def test_rrr_client_and_rrr_django_import_without_django_configured() -> None:
+    """A backend imports `rrr.client` with no Django and no Tornado set up; `rrr.django` itself
+    imports Django only when used."""
+    code = (
+        "import sys; sys.modules['django'] = None; sys.modules['tornado.web'] = None\n"
+        "import rrr.client, rrr.django\n"
+        "assert callable(rrr.client.publish) and callable(rrr.django.publish_on_commit)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_rrr_serves_the_browser_library_to_other_origins_without_credentials(site: Site) -> None:
+    """A page of the site's origin loads rrr.js (and what it imports) from rrr as module scripts,
+    which browsers fetch in CORS mode; the site's own pages point there."""
+    request = urllib.request.Request(site.rrr_url + "/static/js/rrr.js", headers={"Origin": site.url})
+    with urllib.request.urlopen(request, timeout=5) as r:
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+        assert r.headers.get("Access-Control-Allow-Credentials") is None
+    with urllib.request.urlopen(site.url + "/accounts/login/", timeout=5) as r:
+        assert b"importmap" not in r.read()  # not for anonymous pages
