@@ -2,7 +2,7 @@
 
     python -m bench.handshake_cost [--sockets 10000] [--runs 5] [--kinds count,relay]
                                    [--room-size 10] [--concurrency 100] [--profile]
-                                   [--app CHECKOUT] [--compare CHECKOUT]
+                                   [--gc-stats] [--app CHECKOUT] [--compare CHECKOUT]
 
 Starts a real ``redis-server`` and one real ``app.py`` (as the harness runs it) on loopback,
 then, per run and per kind, opens ``--sockets`` sockets at ``--concurrency`` handshakes in
@@ -29,7 +29,9 @@ medians of ``--runs`` runs are printed, with the load average around them.
 app.py leaves cleanly on SIGTERM) and prints the internal time split into Tornado, ours
 (app.py, handlers/, rrr/), the standard library (C built-ins included) and other packages, with
 the top functions by cumulative and by internal time. The profiler slows every call, so the CPU
-figures of a profiled run are not the benchmark's.
+figures of a profiled run are not the benchmark's, and the garbage collector's time is spread
+over whatever function allocated when it ran: ``--gc-stats`` times it apart (``gc.callbacks``
+in a wrapper around ``app.py``, which prints the collector's CPU seconds at exit).
 
 ``--compare <checkout>`` starts a second ``app.py`` from another tree (say, a ``git worktree``
 of the commit before a change) on the same Redis and alternates the runs between the two, so
@@ -151,17 +153,40 @@ class Joiner(asyncio.Protocol):
             self.transport.abort()
 
 
+#: Runs ``app.py`` (argv[1:]) with the collector's CPU time per generation written to $RRR_GC_STATS at exit.
+GC_WRAPPER = """
+import atexit, gc, json, os, runpy, sys, time
+spent, runs, began = [0.0, 0.0, 0.0], [0, 0, 0], [0.0]
+def clock(phase, info):
+    if phase == "start":
+        began[0] = time.process_time()
+    else:
+        spent[info["generation"]] += time.process_time() - began[0]
+        runs[info["generation"]] += 1
+gc.callbacks.append(clock)
+def report():
+    with open(os.environ["RRR_GC_STATS"], "w") as f:
+        json.dump({"seconds": spent, "collections": runs, "process": time.process_time()}, f)
+atexit.register(report)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def start_app(
-    redis_url: str, port: int, log: Path, profile: Path | None, root: Path = ROOT,
+    redis_url: str, port: int, log: Path, profile: Path | None, root: Path = ROOT, gc_stats: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """``root``'s ``app.py`` with the harness's options (bench/servers.py, ``RrrKind``), healthy."""
     prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
+    env = dict(os.environ)
+    if gc_stats is not None:
+        prefix, env["RRR_GC_STATS"] = [sys.executable, "-c", GC_WRAPPER], str(gc_stats)
     argv = prefix + [
         "app.py", "--address=127.0.0.1", f"--port={port}", f"--redis-url={redis_url}",
         "--count-interval=0.1", "--log-level=warning", "--api-rate=0",
     ]
     with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, cwd=root, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:
@@ -301,7 +326,9 @@ async def bench(args: argparse.Namespace) -> None:
         for label, root in roots:
             port = free_port()
             profile = prof if label == "this" else None  # only this tree is profiled
-            apps.append(App(label, start_app(server.url, port, workdir / f"{label}.log", profile, root), port))
+            gc_stats = workdir / f"{label}.gc.json" if args.gc_stats else None
+            apps.append(App(label, start_app(server.url, port, workdir / f"{label}.log", profile, root, gc_stats),
+                            port))
         for app in apps:
             idle0 = cpu_seconds(app.proc.pid)
             await asyncio.sleep(2)
@@ -352,6 +379,13 @@ async def bench(args: argparse.Namespace) -> None:
                   f"RSS {max(s.rss_held for s in mine) / 2**20:.0f} MiB at most with the sockets held (first "
                   f"run: +{(first.rss_held - first.rss_before) / first.sockets / 1024:.1f} KiB per socket); "
                   f"{sum(s.failures for s in mine)} failed joins")
+    if args.gc_stats:
+        for label, _ in roots:
+            st = json.loads((workdir / f"{label}.gc.json").read_text())
+            total = sum(st["seconds"])
+            print(f"{label}: garbage collector {total:.2f} s of the process's {st['process']:.2f} s CPU "
+                  f"({100 * total / st['process']:.0f} %, start-up and every run included); by generation "
+                  f"{', '.join(f'{x:.2f} s' for x in st['seconds'])}, collections {st['collections']}")
     if prof is not None:
         print()
         print(split(prof, args.top, roots[0][1]))
@@ -366,6 +400,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=100, help="handshakes in flight (the harness: 100)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds a run may take")
     ap.add_argument("--profile", action="store_true", help="run app.py under cProfile and print the split")
+    ap.add_argument("--gc-stats", action="store_true", help="time the garbage collector in each app.py")
     ap.add_argument("--app", metavar="CHECKOUT", default=str(ROOT), help="the tree whose app.py is measured")
     ap.add_argument("--compare", metavar="CHECKOUT", help="another tree's app.py, measured in turns with this one")
     ap.add_argument("--top", type=int, default=25, help="functions listed per profile table")
