@@ -371,17 +371,17 @@ async def bench(args: argparse.Namespace) -> None:
           f"server idle ({idle}) ms CPU/s; load average {load0[0]:.2f} before, {load1[0]:.2f} after "
           f"({os.cpu_count()} CPUs){'; UNDER cProfile' if prof else ''}")
     for label, root in roots:
-        if args.compare:
-            print(f"{label}: {root}")
+        first = next(s for who, s in results if who == label)
+        head = f"{label}: {root}\n  " if args.compare else ""
+        print(f"{head}RSS with the sockets held: "
+              f"{max(s.rss_held for who, s in results if who == label) / 2**20:.0f} MiB at most; its first run "
+              f"grew it by {(first.rss_held - first.rss_before) / first.sockets / 1024:.1f} KiB per socket")
         for kind in kinds:
             mine = [s for who, s in results if s.kind == kind and who == label]
             per = [s.us_per_join for s in mine]
             leave = [s.leave_cpu / s.sockets * 1e6 for s in mine]
-            first = mine[0]
             print(f"  {kind:5s}: median {statistics.median(per):.0f} us CPU per join "
                   f"(runs: {', '.join(f'{x:.0f}' for x in per)}); median leave {statistics.median(leave):.0f} us; "
-                  f"RSS {max(s.rss_held for s in mine) / 2**20:.0f} MiB at most with the sockets held (first "
-                  f"run: +{(first.rss_held - first.rss_before) / first.sockets / 1024:.1f} KiB per socket); "
                   f"{sum(s.failures for s in mine)} failed joins")
     if args.gc_stats:
         for label, _ in roots:
