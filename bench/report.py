@@ -439,6 +439,16 @@ def composed_note(meta: dict[str, Any]) -> list[str]:
             f"the run of {p['started']} ({p['elapsed_s'] / 60:.0f} min), on the same machine and sizes.", ""]
 
 
+def history_section() -> list[str]:
+    """The "History and recovery" section, from the last ``python -m bench.history_cost --write``
+    (its own results file: that benchmark runs apart from the profiles)."""
+    from bench import history_cost
+
+    if not history_cost.RESULTS.exists():
+        return []
+    return history_cost.section(json.loads(history_cost.RESULTS.read_text())) + [""]
+
+
 def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path:
     results = json.loads(results_path.read_text())
     meta = results["meta"]
@@ -552,6 +562,7 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
                     f"{titles[c['scenario']]} {c['size']:g} {c['server']} r{c['repeat']}" for c in killed) + ".",
                 ""]
     doc += ["## Failures and skips", "", failure_list(agg, servers, titles), ""]
+    doc += history_section()
     out.write_text("\n".join(doc))
     return out
 

@@ -154,6 +154,8 @@ def _text(x: Any) -> str:
 class ScriptRunner(Protocol):
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any: ...
 
+    async def call_command(self, name: str, *args: Any, **kwargs: Any) -> Any: ...
+
 
 class History:
     """The server's history calls. ``size`` or ``ttl`` 0: history is off (messages are
@@ -184,6 +186,13 @@ class History:
         room nobody used stays without an epoch (``""``) instead of gaining an hour-long key."""
         k, a = read_args(room, after, self.size, self.size, self.ttl, own=False)
         return parse_read(await self.redis.script("history_read", k, a), self.size)
+
+    async def announce(self) -> None:
+        """Tell backends' helpers how this deployment keeps history (``size`` 0: off), so
+        `rrr.client.publish` stores as the servers do without being told."""
+        await self.redis.call_command(
+            "hset", keys.HISTORY_CONFIG, mapping={"size": self.size, "ttl": int(self.ttl * 1000)},
+        )
 
     async def touch(self, rooms: Iterable[str]) -> None:
         """Keep the epochs of rooms with local subscribers (a quiet room must not restart its offsets)."""

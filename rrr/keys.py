@@ -16,6 +16,8 @@ ROOM_CHANNEL_PREFIX = "rrr:room:"
 PROCS = "rrr:procs"
 #: Global version of presence changes, so announcements can be ordered.
 SEQ = "rrr:seq"
+#: Hash: the history settings of the servers (``size``, ``ttl`` ms), for backends' helpers (`rrr.client`).
+HISTORY_CONFIG = "rrr:config:history"
 #: Hash: the field of every process that answered a health probe (a write Redis refuses at maxmemory).
 PROBE = "rrr:probe"
 

@@ -227,6 +227,10 @@ class Presence:
 
     # -- plumbing --------------------------------------------------------
 
+    async def call_command(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """One plain command on the request pool (``name`` is the redis-py method), errors as ours."""
+        return await self._call(name, getattr(self._redis, name)(*args, **kwargs))
+
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run one of `rrr.scripts` on the request pool (the history module's way in)."""
         return await self._script(name, args, keys=keys)

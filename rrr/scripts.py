@@ -262,11 +262,11 @@ local function keep(meta_ttl, ttl_ms)
   end
 end
 local function settings(own, size, ttl)
+  local got = redis.call('HMGET', meta, 'n', 't')
   if own == '1' then
-    redis.call('HSET', meta, 'n', size, 't', ttl)
+    if got[1] ~= size or got[2] ~= ttl then redis.call('HSET', meta, 'n', size, 't', ttl) end
     return tonumber(size), tonumber(ttl)
   end
-  local got = redis.call('HMGET', meta, 'n', 't')
   return tonumber(got[1] or size), tonumber(got[2] or ttl)
 end
 """
@@ -283,7 +283,7 @@ if size > 0 then
   redis.call('XADD', stream, 'MAXLEN', size, top .. '-0', 'd', ARGV[2])
   redis.call('PEXPIRE', stream, ttl)
 end
-keep(ARGV[5], ttl)
+redis.call('EXPIRE', meta, tonumber(ARGV[5]))  -- it has had a message now: the long TTL
 local n = redis.call('PUBLISH', ARGV[1], top .. ' ' .. epoch .. ' ' .. ARGV[2])
 return {top, epoch, n}
 """

@@ -80,6 +80,10 @@ class Service:
         return self.presence.process_id
 
     async def start(self) -> None:
+        try:
+            await self.history.announce()  # before we serve: a backend's next publish follows us
+        except BackplaneError:
+            pass  # Redis is down: announced with the first renewal that reaches it
         self.subscriber.bind(self.presence.pubsub_client, self.hub)
         self.supervisor.spawn("subscriber", self._subscribe)
         self.supervisor.spawn("lease", self._maintain, backoff_cap=min(self.settings.backoff_cap, 1.0))
@@ -128,6 +132,7 @@ class Service:
                         log.info("presence lease was missing; re-registering local presence")
                     if lost:
                         self.hub.resync()
+                        await self.history.announce()  # Redis lost it too (or this is our start)
                     self._renewed_once = True
                 if now >= next_sweep:
                     next_sweep = now + s.sweep_interval

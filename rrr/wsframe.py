@@ -58,6 +58,22 @@ class Frame:
         return self._wire
 
 
+class Frames(Frame):
+    """Several text messages written in one go (one ``send`` for a whole replay, not one per message)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Frame]) -> None:
+        super().__init__("")
+        self.parts = parts
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = b"".join(part.wire for part in self.parts)
+        return self._wire
+
+
 def fast_path_ok(conn: WebSocketProtocol) -> bool:
     """True when raw frame bytes are what Tornado itself would write for this connection."""
     return (
@@ -115,5 +131,8 @@ def send(conn: WebSocketProtocol, frame: Frame, fast: bool) -> None:
     """Queue ``frame`` on ``conn``. Raises tornado's StreamBufferFullError if the client stopped reading."""
     if fast:
         _write(conn, frame.wire)
+    elif isinstance(frame, Frames):
+        for part in frame.parts:
+            conn.write_message(part.text).add_done_callback(_retrieve)
     else:
         conn.write_message(frame.text).add_done_callback(_retrieve)
