@@ -19,6 +19,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+#: The "Handshake cost" section, kept by hand from `bench/handshake_cost.py` runs.
+HANDSHAKE = ROOT / "bench" / "results" / "handshake.md"
 OURS = "rrr"
 
 
@@ -547,6 +549,8 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
             continue
         doc += [f"### {titles[sc]}", "", DESCRIPTIONS.get(sc, "").format(**p), "",
                 scenario_table(sc, sizes, servers, agg, meta["scenarios"][sc]["size_label"]), ""]
+    if HANDSHAKE.exists():  # measured apart, by `python -m bench.handshake_cost`
+        doc += [HANDSHAKE.read_text().rstrip(), ""]
     causes = known_causes(results)
     if causes:
         doc += ["## Why the peers fail", "", *causes, ""]

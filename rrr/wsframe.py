@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, SSLIOStream
 from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
 
 _FIN = 0x80
@@ -84,6 +84,12 @@ def fast_path_ok(conn: WebSocketProtocol) -> bool:
     )
 
 
+def direct_ok(stream: Any) -> bool:
+    """Whether ``stream`` is a plain TCP IOStream (ours, `rrr.httpguard.GuardedStream`, is one),
+    whose socket we may ``send`` to ourselves; TLS streams always go through ``IOStream.write``."""
+    return isinstance(stream, IOStream) and not isinstance(stream, SSLIOStream)
+
+
 def _retrieve(fut: Any) -> None:
     if not fut.cancelled():
         fut.exception()  # a closed socket is expected here; don't log it as unhandled
@@ -101,7 +107,7 @@ def _write(conn: WebSocketProtocol, data: bytes) -> None:
     stream = conn.stream
     if stream is None or stream.closed():
         return
-    if type(stream) is IOStream and not stream.writing():
+    if direct_ok(stream) and not stream.writing():
         try:
             sent = stream.socket.send(data)
         except OSError:  # would block, or a dead peer: IOStream.write handles both

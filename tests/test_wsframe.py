@@ -53,6 +53,8 @@ async def test_real_server_connections_take_the_fast_path(server_factory: Server
         handler.ws_connection  # type: ignore[attr-defined]
     ), "Tornado internals changed: review rrr/wsframe.py"
     assert handler._fast  # type: ignore[attr-defined]
+    # The server's streams are GuardedStreams (rrr/httpguard.py): they too take the direct send.
+    assert wsframe.direct_ok(handler.ws_connection.stream)  # type: ignore[attr-defined]
 
 
 @pytest.mark.gen_test(timeout=30)
