@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 #: The "Handshake cost" section, kept by hand from `bench/handshake_cost.py` runs.
 HANDSHAKE = ROOT / "bench" / "results" / "handshake.md"
+#: Measured apart, by `python -m bench.identity_cost`.
+IDENTITY = ROOT / "bench" / "results" / "identity.md"
 OURS = "rrr"
 
 
@@ -549,8 +551,9 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
             continue
         doc += [f"### {titles[sc]}", "", DESCRIPTIONS.get(sc, "").format(**p), "",
                 scenario_table(sc, sizes, servers, agg, meta["scenarios"][sc]["size_label"]), ""]
-    if HANDSHAKE.exists():  # measured apart, by `python -m bench.handshake_cost`
-        doc += [HANDSHAKE.read_text().rstrip(), ""]
+    for extra in (HANDSHAKE, IDENTITY):  # measured apart, each by its own script
+        if extra.exists():
+            doc += [extra.read_text().rstrip(), ""]
     causes = known_causes(results)
     if causes:
         doc += ["## Why the peers fail", "", *causes, ""]
