@@ -485,6 +485,7 @@ class ClusterSubscriber(Subscriber):
                 channels = _shard_channels(room)
                 self._unacked.pop(room, None)
                 self._active.discard(room)
+                self._confirmed.discard(room)
                 for channel in channels:
                     self._pending.pop(channel.encode(), None)
                 link = next((lk for lk in self._links.values() if room in lk.rooms), None)
