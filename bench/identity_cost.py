@@ -27,6 +27,7 @@ import jwt
 import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from bench.redis_cost import free_port, start_app
@@ -94,18 +95,27 @@ async def member_bytes(n: int) -> dict[str, float]:
         server.close()
 
 
-async def _drive(port: int, users: range, n: int, go: Any, out: Any) -> None:
+async def _drive(port: int, users: range, n: int, ready: Any, go: Any, out: Any, finish: Any) -> None:
     """One driver process: its share of the users connect, wait for ``go``, then each
     authenticates and subscribes; report when every one of them holds the whole list of ``n``.
 
     A whole list of a big room is counted, not parsed (``n`` lists of ``n`` members would be N² of
     JSON to decode and hold in the drivers, which would measure the drivers): each member entry has
     exactly one ``{"info":``. Every 50th client parses and keeps its view exactly, as a check."""
-    sockets = list(await asyncio.gather(*(websocket_connect(f"ws://127.0.0.1:{port}/ws/") for _ in users)))
+    gate = asyncio.Semaphore(50)  # the handshakes are not the storm: paced, so the backlog never overflows
+
+    async def opened() -> WebSocketClientConnection:
+        async with gate:
+            return await websocket_connect(
+                HTTPRequest(f"ws://127.0.0.1:{port}/ws/", connect_timeout=60, request_timeout=60),
+            )
+
+    sockets = list(await asyncio.gather(*(opened() for _ in users)))
     exact = {i for i in range(len(sockets)) if (users[i] % 50) == 0}
     views: dict[int, dict[str, Any]] = {i: {} for i in exact}
     sizes = [0] * len(sockets)
     frames = [0]
+    errors: dict[str, int] = {}
 
     async def read(i: int, ws: WebSocketClientConnection) -> None:
         while (raw := await ws.read_message()) is not None:
@@ -117,6 +127,9 @@ async def _drive(port: int, users: range, n: int, go: Any, out: Any) -> None:
                     sizes[i] = len(views[i])
                 else:
                     sizes[i] = text.count('{"info":')
+            elif text.startswith('{"type":"error",'):
+                code = json.loads(text)["code"]
+                errors[code] = errors.get(code, 0) + 1
             elif text.startswith('{"type":"presence_diff",'):
                 frames[0] += 1
                 f = json.loads(text)
@@ -129,6 +142,7 @@ async def _drive(port: int, users: range, n: int, go: Any, out: Any) -> None:
                     sizes[i] += len(f["joins"]) - len(f["leaves"])
 
     readers = [asyncio.ensure_future(read(i, ws)) for i, ws in enumerate(sockets)]
+    ready.put(len(sockets))
     await asyncio.to_thread(go.wait)
     for user, ws in zip(users, sockets):
         await ws.write_message(json.dumps({"type": "auth", "token": jwt.encode(claims(str(user)), SECRET)}))
@@ -139,16 +153,20 @@ async def _drive(port: int, users: range, n: int, go: Any, out: Any) -> None:
             break
         await asyncio.sleep(0.05)
     want = {str(u) for u in range(n)}
-    exact_ok = all(set(v) == want for v in views.values())
-    out.put((time.time(), sum(size == n for size in sizes) if exact_ok else -1, frames[0]))
+    wrong = [(len(want - set(v)), len(set(v) - want)) for v in views.values() if set(v) != want]
+    off = sorted(size for size in sizes if size != n)
+    out.put((time.time(), -1 if wrong else sum(size == n for size in sizes), frames[0],
+             f"exact views wrong (missing, extra): {wrong[:5]} of {len(views)}; counts off: {len(off)} {off[:5]}; "
+             f"errors: {errors}"))
+    await asyncio.to_thread(finish.wait)  # leaving before every driver is done would be leaves in its room
     for r in readers:
         r.cancel()
     for ws in sockets:
         ws.close()
 
 
-def _driver(port: int, first: int, last: int, n: int, go: Any, out: Any) -> None:
-    asyncio.run(_drive(port, range(first, last), n, go, out))
+def _driver(port: int, first: int, last: int, n: int, ready: Any, go: Any, out: Any, finish: Any) -> None:
+    asyncio.run(_drive(port, range(first, last), n, ready, go, out, finish))
 
 
 def presence_storm(n: int, drivers: int) -> dict[str, float]:
@@ -163,26 +181,31 @@ def presence_storm(n: int, drivers: int) -> dict[str, float]:
     app = start_app(server.url, port, log, {"token_secret": SECRET, "message_rate": 0, "ping_interval": 0,
                                             "send_buffer": max(1 << 20, 200 * n)})
     ctx = multiprocessing.get_context("spawn")
-    go, out = ctx.Event(), ctx.Queue()
+    ready, go, out, finish = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event()
     share = -(-n // drivers)
-    procs = [ctx.Process(target=_driver, args=(port, i, min(n, i + share), n, go, out))
+    procs = [ctx.Process(target=_driver, args=(port, i, min(n, i + share), n, ready, go, out, finish))
              for i in range(0, n, share)]
     try:
         for p in procs:
             p.start()
-        time.sleep(2 + n / 2000)  # every driver connected (their handshakes are not the storm)
+        connected = sum(ready.get(timeout=600) for _ in procs)  # their handshakes are not the storm
+        assert connected == n, f"{connected} of {n} sockets connected"
         started = time.time()
         go.set()
         results = [out.get(timeout=900) for _ in procs]
+        finish.set()
         if any(r[1] < 0 for r in results):
-            raise RuntimeError("a client that checks its list exactly holds the wrong members")
+            raise RuntimeError("a client that checks its list exactly holds the wrong members: "
+                               + " | ".join(r[3] for r in results))
         converged = sum(r[1] for r in results)
         if converged != n:
+            print(" | ".join(r[3] for r in results))
             raise RuntimeError(f"{converged} of {n} clients converged")
         frames = sum(r[2] for r in results)
         return {"members": n, "seconds": max(r[0] for r in results) - started, "frames": frames,
                 "frames_per_member": frames / n}
     finally:
+        finish.set()
         for p in procs:
             p.join(30)
             if p.is_alive():

@@ -19,6 +19,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+#: The "Handshake cost" section, kept by hand from `bench/handshake_cost.py` runs.
+HANDSHAKE = ROOT / "bench" / "results" / "handshake.md"
+#: Measured apart, by `python -m bench.identity_cost`.
+IDENTITY = ROOT / "bench" / "results" / "identity.md"
 OURS = "rrr"
 
 
@@ -437,6 +441,16 @@ def composed_note(meta: dict[str, Any]) -> list[str]:
             f"the run of {p['started']} ({p['elapsed_s'] / 60:.0f} min), on the same machine and sizes.", ""]
 
 
+def history_section() -> list[str]:
+    """The "History and recovery" section, from the last ``python -m bench.history_cost --write``
+    (its own results file: that benchmark runs apart from the profiles)."""
+    from bench import history_cost
+
+    if not history_cost.RESULTS.exists():
+        return []
+    return history_cost.section(json.loads(history_cost.RESULTS.read_text())) + [""]
+
+
 def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path:
     results = json.loads(results_path.read_text())
     meta = results["meta"]
@@ -537,6 +551,9 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
             continue
         doc += [f"### {titles[sc]}", "", DESCRIPTIONS.get(sc, "").format(**p), "",
                 scenario_table(sc, sizes, servers, agg, meta["scenarios"][sc]["size_label"]), ""]
+    for extra in (HANDSHAKE, IDENTITY):  # measured apart, each by its own script
+        if extra.exists():
+            doc += [extra.read_text().rstrip(), ""]
     causes = known_causes(results)
     if causes:
         doc += ["## Why the peers fail", "", *causes, ""]
@@ -554,6 +571,7 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
 
         doc += [section(json.loads(hundred_k.read_text()), load_variants(hundred_k))]
     doc += ["## Failures and skips", "", failure_list(agg, servers, titles), ""]
+    doc += history_section()
     out.write_text("\n".join(doc))
     return out
 

@@ -174,7 +174,9 @@ def mint(
 ) -> str:
     """An HS256 token the server accepts (what `rrr.client.token` returns)."""
     now = time.time() if now is None else now
-    claims: dict[str, Any] = {"sub": sub, "iat": int(now), "exp": int(now + ttl), "rooms": list(rooms)}
+    # iat to the microsecond (a NumericDate may have a fraction): a sign-out is compared with it, and
+    # a token minted right after one must not look issued in the second that began before it.
+    claims: dict[str, Any] = {"sub": sub, "iat": round(now, 6), "exp": int(now + ttl), "rooms": list(rooms)}
     if publish:
         claims["publish"] = list(publish)
     if info is not None:

@@ -25,13 +25,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys, protocol, scripts
 from .auth import mint
-from .connect import make_redis, make_sync_redis
+from .connect import is_cluster_url, make_redis, make_sync_redis
 from .errors import BackplaneError, OutcomeUnknown
 from .history import parse_published, publish_args
 
-__all__ = ["BackplaneError", "OutcomeUnknown", "apublish", "publish", "token"]
+__all__ = ["BackplaneError", "OutcomeUnknown", "apublish", "encode", "publish", "token"]
 
-#: The server's defaults; a room the server has set up keeps the server's own settings.
+#: The servers' defaults, used when no server has announced its settings on that Redis.
 HISTORY_SIZE = 100
 HISTORY_TTL = 300.0
 TIMEOUT = 2.0
@@ -51,7 +51,9 @@ def _default_url() -> str:
     return os.environ.get("RRR_REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 
-def _encode(room: str, data: Any) -> str:
+def encode(room: str, data: Any) -> str:
+    """The JSON text `publish` would send for ``data`` to ``room``; ValueError for a bad slug or data
+    that is not plain JSON (what `rrr.django.publish_on_commit` checks at call time)."""
     if not protocol.is_valid_slug(room):
         raise ValueError(f"room must match {protocol.SLUG_PATTERN}, got {room!r:.80}")
     try:
@@ -83,22 +85,39 @@ def _async_client(url: str) -> Any:
     return client
 
 
+def _settings_of(reply: Any, size: int | None, ttl: float | None) -> tuple[int, float]:
+    """The history settings to publish with: the caller's, else the servers' (`History.announce`),
+    else the servers' defaults."""
+    got_size, got_ttl = reply if isinstance(reply, list) and len(reply) == 2 else (None, None)
+    try:
+        announced = (int(got_size), int(got_ttl) / 1000) if got_size is not None and got_ttl is not None else None
+    except (TypeError, ValueError):
+        announced = None
+    if announced is None:
+        announced = (HISTORY_SIZE, HISTORY_TTL)
+    return (announced[0] if size is None else size), (announced[1] if ttl is None else ttl)
+
+
 def publish(
-    room: str, data: Any, *, redis_url: str | None = None, history_size: int = HISTORY_SIZE,
-    history_ttl: float = HISTORY_TTL,
+    room: str, data: Any, *, redis_url: str | None = None, history_size: int | None = None,
+    history_ttl: float | None = None,
 ) -> int:
     """Send ``data`` (any JSON value) to every socket in ``room``, stored in its history; returns the
-    message's offset (0 if ``history_size`` is 0: then it is relayed live only, not stored).
+    message's offset (0 when history is off: then it is relayed live only, not stored).
 
-    ``redis_url``: the server's ``--redis-url`` (default ``$RRR_REDIS_URL``). ``history_size`` and
-    ``history_ttl`` apply only to a room no rrr process has set up; otherwise the server's win."""
-    text = _encode(room, data)
-    client = _sync_client(redis_url or _default_url())
+    ``redis_url``: the server's ``--redis-url`` (default ``$RRR_REDIS_URL``). History is kept as the
+    servers on that Redis keep it (their ``--history-size``/``--history-ttl``, which they announce
+    there); ``history_size``/``history_ttl`` override that (0: off)."""
+    text = encode(room, data)
+    url = redis_url or _default_url()
+    client = _sync_client(url)
     try:
-        if history_size <= 0 or history_ttl <= 0:
+        # Read each time (one more round trip): a deployment may turn history off or on.
+        size, ttl = _settings_of(client.hmget(keys.HISTORY_CONFIG, "size", "ttl"), history_size, history_ttl)
+        if size <= 0 or ttl <= 0:
             client.publish(keys.room_channel(room), text)
             return 0
-        k, a = publish_args(room, text, history_size, history_ttl, own=False)
+        k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url))
         return parse_published(client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)).offset
     except RedisTimeoutError as e:
         raise OutcomeUnknown(f"redis did not answer in time; the message may have been published: {e}") from e
@@ -107,17 +126,19 @@ def publish(
 
 
 async def apublish(
-    room: str, data: Any, *, redis_url: str | None = None, history_size: int = HISTORY_SIZE,
-    history_ttl: float = HISTORY_TTL,
+    room: str, data: Any, *, redis_url: str | None = None, history_size: int | None = None,
+    history_ttl: float | None = None,
 ) -> int:
     """`publish` for async code (one client per event loop)."""
-    text = _encode(room, data)
-    client = _async_client(redis_url or _default_url())
+    text = encode(room, data)
+    url = redis_url or _default_url()
+    client = _async_client(url)
     try:
-        if history_size <= 0 or history_ttl <= 0:
+        size, ttl = _settings_of(await client.hmget(keys.HISTORY_CONFIG, "size", "ttl"), history_size, history_ttl)
+        if size <= 0 or ttl <= 0:
             await client.publish(keys.room_channel(room), text)
             return 0
-        k, a = publish_args(room, text, history_size, history_ttl, own=False)
+        k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url))
         return parse_published(await client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)).offset
     except (RedisTimeoutError, asyncio.TimeoutError) as e:
         raise OutcomeUnknown(f"redis did not answer in time; the message may have been published: {e}") from e

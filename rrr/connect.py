@@ -18,6 +18,13 @@ Redis Sentinel (the client asks the sentinels for the current master and follows
 
 Example: ``redis+sentinel://rrr:s3cret@10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/rrr/0``.
 
+Redis Cluster (Redis 7; the backplane then takes its cluster code paths, `rrr.cluster`)::
+
+    redis+cluster://[[user]:password@]host:port[,host:port...][/]      rediss+cluster://... (TLS)
+
+* ``host:port`` pairs are startup nodes (any few; default port 6379): the client learns the rest
+  of the cluster from them and follows ``MOVED`` and failovers.
+
 Both kinds of client time out every call after ``timeout`` seconds and retry a failed
 call once: a stalled Redis must never hang the event loop. Their pools are sized on
 purpose (``max_connections``) and block for a free connection (up to ``timeout``)
@@ -37,6 +44,7 @@ import redis
 import redis.asyncio as aioredis
 import redis.sentinel
 from redis.asyncio.retry import Retry
+from redis.exceptions import ClusterDownError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -44,6 +52,8 @@ from redis.backoff import ExponentialBackoff
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+DEFAULT_CLUSTER_PORT = 6379
 _SENTINEL_OPTIONS = frozenset({"sentinel_username", "sentinel_password", "min_other_sentinels"})
 
 
@@ -66,7 +76,7 @@ def is_sentinel_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() in SENTINEL_SCHEMES
 
 
-def _host_port(item: str, url: str) -> tuple[str, int]:
+def _host_port(item: str, url: str, default_port: int = DEFAULT_SENTINEL_PORT) -> tuple[str, int]:
     item = item.strip()
     if item.startswith("["):  # [v6]:port
         host, sep, rest = item[1:].partition("]")
@@ -78,7 +88,7 @@ def _host_port(item: str, url: str) -> tuple[str, int]:
     if not host:
         raise ValueError(f"empty sentinel host in {url!r}")
     try:
-        port = int(port_text) if port_text else DEFAULT_SENTINEL_PORT
+        port = int(port_text) if port_text else default_port
     except ValueError:
         raise ValueError(f"bad sentinel port {port_text!r} in {url!r}") from None
     if not 0 < port < 65536:
@@ -195,7 +205,92 @@ def make_sentinel_redis(
     return client
 
 
-def make_redis(url: str, timeout: float, max_connections: int = 32, retries: int = 1) -> aioredis.Redis:
+@dataclass(frozen=True)
+class ClusterURL:
+    """A parsed ``redis+cluster://`` URL."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """Parse ``redis+cluster://[[user]:password@]h1:p1[,h2:p2...][/]``; ValueError if malformed."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a cluster URL (want redis+cluster://...): {url!r}")
+    rest = rest.split("#", 1)[0]
+    rest, _, query = rest.partition("?")
+    if query:
+        raise ValueError(f"cluster URLs take no options: {url!r}")
+    netloc, _, path = rest.partition("/")
+    if path.strip("/") not in ("", "0"):
+        raise ValueError(f"a cluster has only db 0: {url!r}")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        userinfo, hosts = "", netloc
+    username: str | None = None
+    password: str | None = None
+    if userinfo:
+        user, colon, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if colon else None
+        if not colon:
+            username, password = None, unquote(user)
+    nodes = tuple(_host_port(item, url, DEFAULT_CLUSTER_PORT) for item in hosts.split(",") if item.strip())
+    if not nodes:
+        raise ValueError(f"no cluster node addresses in {url!r}")
+    return ClusterURL(nodes=nodes, username=username, password=password, ssl=scheme.lower() == "rediss+cluster")
+
+
+class ClusterRedis(aioredis.RedisCluster):
+    """redis-py's cluster client, retrying after a connection error or a topology change but never
+    after a timeout: a command that timed out may still run, and a retried publish would be
+    delivered twice (the same rule as `_retry`)."""
+
+    ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
+
+
+def make_cluster_redis(
+    parsed: ClusterURL, timeout: float, max_connections: int = 32, retries: int = 1,
+) -> ClusterRedis:
+    """A Redis Cluster client: routes each command by slot, follows ``MOVED`` and failovers.
+
+    ``max_connections`` is per node. ``retries`` counts the cluster client's own attempts after a
+    connection error or a topology change (it re-reads the slots first); 0 for pub/sub's topology.
+    """
+    from redis.asyncio.cluster import ClusterNode
+
+    return ClusterRedis(
+        startup_nodes=[ClusterNode(h, p) for h, p in parsed.nodes],
+        username=parsed.username,
+        password=parsed.password,
+        ssl=parsed.ssl,
+        max_connections=max_connections,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), max(retries, 0) * 3),
+        decode_responses=False,
+        client_name="rrr",
+    )
+
+
+def make_node_redis(parsed: ClusterURL, host: str, port: int, timeout: float) -> aioredis.Redis:
+    """A client for one node of a cluster (a pub/sub connection of its own): never retried, so a
+    connection that broke is noticed, not silently replaced."""
+    return aioredis.Redis(
+        host=host, port=port, username=parsed.username, password=parsed.password, ssl=parsed.ssl,
+        socket_timeout=timeout, socket_connect_timeout=timeout, retry=_retry(0), decode_responses=False,
+        client_name="rrr", single_connection_client=False,
+    )
+
+
+def make_redis(url: str, timeout: float, max_connections: int = 32, retries: int = 1) -> Any:
     """A client whose every call gives up after ``timeout``: a stalled Redis must never hang the loop.
 
     At most ``max_connections`` at once; a caller beyond that waits up to ``timeout`` for one.
@@ -204,6 +299,8 @@ def make_redis(url: str, timeout: float, max_connections: int = 32, retries: int
     """
     if is_sentinel_url(url):
         return make_sentinel_redis(parse_sentinel_url(url), timeout, max_connections, retries)
+    if is_cluster_url(url):
+        return make_cluster_redis(parse_cluster_url(url), timeout, max_connections, retries)
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -217,7 +314,7 @@ def make_redis(url: str, timeout: float, max_connections: int = 32, retries: int
     return aioredis.Redis.from_pool(pool)
 
 
-def make_sync_redis(url: str, timeout: float) -> redis.Redis:
+def make_sync_redis(url: str, timeout: float) -> Any:
     """A blocking client for backends (`rrr.client`), with the same URLs, timeouts and retry rule."""
     from redis.retry import Retry as SyncRetry
 
@@ -235,6 +332,17 @@ def make_sync_redis(url: str, timeout: float) -> redis.Redis:
         return sentinel.master_for(
             parsed.service_name, db=parsed.db, username=parsed.username, password=parsed.password, ssl=parsed.ssl,
             socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry, client_name="rrr-client",
+        )
+    if is_cluster_url(url):
+        from redis.cluster import ClusterNode as SyncClusterNode, RedisCluster as SyncRedisCluster
+
+        class SyncClusterRedis(SyncRedisCluster):
+            ERRORS_ALLOW_RETRY = ClusterRedis.ERRORS_ALLOW_RETRY  # type: ignore[assignment]  # not after a timeout
+
+        c = parse_cluster_url(url)
+        return SyncClusterRedis(
+            startup_nodes=[SyncClusterNode(h, p) for h, p in c.nodes], username=c.username, password=c.password,
+            ssl=c.ssl, socket_timeout=timeout, socket_connect_timeout=timeout, client_name="rrr-client",
         )
     return redis.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry, client_name="rrr-client",

@@ -29,7 +29,7 @@ from .history import History, Read
 from .metrics import Metrics
 from .protocol import Since
 from .supervise import RateLimitedLog
-from .wsframe import Frame
+from .wsframe import Frame, Frames
 
 log = logging.getLogger("rrr.delivery")
 
@@ -331,8 +331,8 @@ class Delivery:
             ))))
         for offset, data in replay:
             frames.append(Frame(protocol.relay_frame(room, data, offset, s.epoch, p.sub)))
-        for frame in frames:
-            p.conn.send_frame(frame)
+        if frames:
+            p.conn.send_frame(frames[0] if len(frames) == 1 else Frames(frames))
         self.metrics.history_replayed.inc(len(replay))
         self.metrics.messages_out.inc(len(frames))
         s.waiting.discard(p.conn)

@@ -82,12 +82,16 @@ def parse_message(raw: bytes | str) -> tuple[int, str, str]:
     return offset, epoch, validate_json_payload(data)
 
 
-def publish_args(room: str, data_json: str, size: int, ttl: float, *, own: bool) -> tuple[list[str], list[Any]]:
+def publish_args(
+    room: str, data_json: str, size: int, ttl: float, *, own: bool, sharded: bool = False,
+) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of `rrr.scripts.HISTORY_PUBLISH`. ``own``: these are the server's settings
-    (the helper passes its defaults, used only for a room no server has set up)."""
+    (the helper passes its defaults, used only for a room no server has set up). ``sharded``: on a
+    Redis Cluster, published with ``SPUBLISH`` (only the room's shard handles it)."""
     return (
         [keys.history(room), keys.meta(room)],
-        [keys.message_channel(room), data_json, size, int(ttl * 1000), meta_ttl(ttl), new_epoch(), int(own)],
+        [keys.message_channel(room), data_json, size, int(ttl * 1000), meta_ttl(ttl), new_epoch(), int(own),
+         int(sharded)],
     )
 
 
@@ -154,22 +158,25 @@ def _text(x: Any) -> str:
 class ScriptRunner(Protocol):
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any: ...
 
+    async def call_command(self, name: str, *args: Any, **kwargs: Any) -> Any: ...
+
 
 class History:
     """The server's history calls. ``size`` or ``ttl`` 0: history is off (messages are
     published plainly, with no offset, and nothing is stored)."""
 
-    def __init__(self, redis: ScriptRunner, size: int, ttl: float) -> None:
+    def __init__(self, redis: ScriptRunner, size: int, ttl: float, *, sharded: bool = False) -> None:
         self.redis = redis
         self.size = max(0, size)
         self.ttl = max(0.0, ttl)
+        self.sharded = sharded  # on a Redis Cluster: messages go out with SPUBLISH
 
     @property
     def enabled(self) -> bool:
         return self.size > 0 and self.ttl > 0
 
     async def publish(self, room: str, data_json: str) -> Published:
-        k, a = publish_args(room, data_json, self.size, self.ttl, own=True)
+        k, a = publish_args(room, data_json, self.size, self.ttl, own=True, sharded=self.sharded)
         return parse_published(await self.redis.script("history_publish", k, a))
 
     async def read(self, room: str, after: int | None, *, seen: tuple[str, int] | None = None) -> Read:
@@ -184,6 +191,13 @@ class History:
         room nobody used stays without an epoch (``""``) instead of gaining an hour-long key."""
         k, a = read_args(room, after, self.size, self.size, self.ttl, own=False)
         return parse_read(await self.redis.script("history_read", k, a), self.size)
+
+    async def announce(self) -> None:
+        """Tell backends' helpers how this deployment keeps history (``size`` 0: off), so
+        `rrr.client.publish` stores as the servers do without being told."""
+        await self.redis.call_command(
+            "hset", keys.HISTORY_CONFIG, mapping={"size": self.size, "ttl": int(self.ttl * 1000)},
+        )
 
     async def touch(self, rooms: Iterable[str]) -> None:
         """Keep the epochs of rooms with local subscribers (a quiet room must not restart its offsets)."""

@@ -88,7 +88,9 @@ class GuardedStream(IOStream):
         return first + rest
 
     async def _within(self, timeout: float | None, read: Awaitable[bytes], phase: str) -> bytes:
-        if timeout is None:
+        # Already read (a client sends its request head with the connection, so this is the
+        # usual case): no clock is needed, and none is set up and torn down again.
+        if timeout is None or (isinstance(read, asyncio.Future) and read.done()):
             return await read
         try:
             return await gen.with_timeout(self.io_loop.time() + timeout, read, quiet_exceptions=StreamClosedError)

@@ -16,6 +16,8 @@ ROOM_CHANNEL_PREFIX = "rrr:room:"
 PROCS = "rrr:procs"
 #: Global version of presence changes, so announcements can be ordered.
 SEQ = "rrr:seq"
+#: Hash: the history settings of the servers (``size``, ``ttl`` ms), for backends' helpers (`rrr.client`).
+HISTORY_CONFIG = "rrr:config:history"
 #: Hash: the field of every process that answered a health probe (a write Redis refuses at maxmemory).
 PROBE = "rrr:probe"
 
@@ -30,6 +32,17 @@ _REVOKED = "rrr:revoked:%s"
 #: Every process listens here for orders that concern all of them (a user's disconnect).
 CONTROL_CHANNEL = "rrr:ctl"
 _PROC_PROBE = "rrr:proc:%s:probe"
+
+# -- Redis Cluster only (rrr.cluster) --
+#: The room's shard channel (``SPUBLISH``): what the app publishes live when history is off, and
+#: what a backend on a cluster should ``SPUBLISH`` to; handled by the room's shard only.
+_SHARD_ROOM = "rrr:room:{%s}"
+#: Classic pattern for backends' raw ``PUBLISH rrr:room:<slug>`` on a cluster (the slow path).
+ROOM_CHANNEL_PATTERN = ROOM_CHANNEL_PREFIX + "*"
+#: A process's probe channel on one shard; the hash tag picks the shard (`shard_probe_channel`).
+_SHARD_PROBE = "rrr:proc:%s:probe:{%s}"
+#: A process's health probe write on a cluster (a string with a TTL, so a killed process leaves nothing).
+_PROBE_KEY = "rrr:probe:%s"
 
 
 def room_channel(room: str) -> str:
@@ -82,6 +95,33 @@ def revoked(user: str) -> str:
 def probe_channel(pid: str) -> str:
     """A process's own channel for the health probe round trip through pub/sub."""
     return _PROC_PROBE % pid
+
+
+def shard_room_channel(room: str) -> str:
+    return _SHARD_ROOM % room
+
+
+def shard_probe_channel(pid: str, tag: str) -> str:
+    """``pid``'s probe channel in the slot of hash tag ``tag``."""
+    return _SHARD_PROBE % (pid, tag)
+
+
+def probe_key(pid: str) -> str:
+    return _PROBE_KEY % pid
+
+
+def is_shard_channel(channel: str) -> bool:
+    """Whether ``channel`` is one of ours that carries a hash tag: sharded pub/sub on a cluster."""
+    return "{" in channel and channel.endswith("}")
+
+
+SHARD_ROOM_PREFIX, SHARD_ROOM_SUFFIX = _SHARD_ROOM.split("%s")
+
+
+def room_of_shard_room_channel(channel: str) -> str | None:
+    if channel.startswith(SHARD_ROOM_PREFIX) and channel.endswith(SHARD_ROOM_SUFFIX):
+        return channel[len(SHARD_ROOM_PREFIX) : -len(SHARD_ROOM_SUFFIX)]
+    return None
 
 
 COUNT_CHANNEL_PREFIX, COUNT_CHANNEL_SUFFIX = _COUNT.split("%s")

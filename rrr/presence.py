@@ -107,6 +107,9 @@ class Presence:
         self._scripts: dict[str, Any] = {}
         self._renewed_at: float | None = None  # monotonic time of the last renewal Redis confirmed
         self.oom = False  # the last write Redis was asked for was refused at maxmemory
+        # Revocation checks waiting for the next batch: user -> the callers waiting for it.
+        self._revoked_asked: dict[str, list[asyncio.Future[float | None]]] = {}
+        self._revoked_task: asyncio.Future[None] | None = None
 
     @property
     def pubsub_client(self) -> Any:
@@ -206,14 +209,52 @@ class Presence:
         return at
 
     async def revoked_at(self, user: str) -> float | None:
-        """When ``user``'s tokens were last revoked, if that still matters."""
-        raw = await self._call("revoked", self._redis.get(keys.revoked(user)))
-        if raw is None:
-            return None
-        try:
-            return float(raw)
-        except (TypeError, ValueError):
-            raise BadReply(f"expected a time for a revocation, got {_show(raw)}") from None
+        """When ``user``'s tokens were last revoked, if that still matters.
+
+        Every check asked for in one turn of the loop goes in one pipelined round trip: a storm of
+        N sockets authenticating at once costs a few round trips, not N connections from the pool
+        (which made some of them time out, 'unavailable', in a 5,000-user storm)."""
+        fut: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+        self._revoked_asked.setdefault(user, []).append(fut)
+        if self._revoked_task is None or self._revoked_task.done():
+            self._revoked_task = asyncio.ensure_future(self._check_revoked())
+        return await fut
+
+    async def _check_revoked(self) -> None:
+        await asyncio.sleep(0)  # let this turn's other checks join the batch
+        while self._revoked_asked:
+            asked, self._revoked_asked = self._revoked_asked, {}
+            users = list(asked)
+            for i in range(0, len(users), CHUNK):
+                chunk = users[i : i + CHUNK]
+                try:
+                    pipe = self._redis.pipeline(transaction=False)
+                    for user in chunk:
+                        pipe.get(keys.revoked(user))
+                    replies = await self._call("revoked", pipe.execute())
+                    if not isinstance(replies, list) or len(replies) != len(chunk):
+                        raise BadReply(f"expected {len(chunk)} replies to the revocation checks, got {_show(replies)}")
+                except BaseException as e:  # every caller of the chunk hears it (a cancel included)
+                    for user in chunk:
+                        for fut in asked[user]:
+                            if not fut.done():
+                                fut.set_exception(e if isinstance(e, Exception) else BackplaneError("cancelled"))
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                for user, raw in zip(chunk, replies):
+                    try:
+                        result: float | None = None if raw is None else float(raw)
+                        error: Exception | None = None
+                    except (TypeError, ValueError):
+                        error = BadReply(f"expected a time for a revocation, got {_show(raw)}")
+                    for fut in asked[user]:
+                        if fut.done():
+                            continue
+                        if error is not None:
+                            fut.set_exception(error)
+                        else:
+                            fut.set_result(result)
 
     async def ping(self) -> bool:
         try:
@@ -226,6 +267,10 @@ class Presence:
         await self._call("probe", self._redis.hset(keys.PROBE, self.process_id, str(time.time())))
 
     # -- plumbing --------------------------------------------------------
+
+    async def call_command(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """One plain command on the request pool (``name`` is the redis-py method), errors as ours."""
+        return await self._call(name, getattr(self._redis, name)(*args, **kwargs))
 
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run one of `rrr.scripts` on the request pool (the history module's way in)."""

@@ -262,16 +262,17 @@ local function keep(meta_ttl, ttl_ms)
   end
 end
 local function settings(own, size, ttl)
+  local got = redis.call('HMGET', meta, 'n', 't')
   if own == '1' then
-    redis.call('HSET', meta, 'n', size, 't', ttl)
+    if got[1] ~= size or got[2] ~= ttl then redis.call('HSET', meta, 'n', size, 't', ttl) end
     return tonumber(size), tonumber(ttl)
   end
-  local got = redis.call('HMGET', meta, 'n', 't')
   return tonumber(got[1] or size), tonumber(got[2] or ttl)
 end
 """
 
-#: KEYS: stream, meta. ARGV: channel, data JSON, size, ttl ms, meta ttl s, new epoch, own (1/0).
+#: KEYS: stream, meta. ARGV: channel, data JSON, size, ttl ms, meta ttl s, new epoch, own (1/0),
+#: and optionally sharded (1: ``SPUBLISH``, on a Redis Cluster; else ``PUBLISH``).
 #: Store and publish in one step: the message gets the next offset, the stream is trimmed
 #: exactly to ``size``, and the message goes out on the room's message channel as
 #: ``<offset> <epoch> <data>``. Returns {offset, epoch, receivers}.
@@ -283,8 +284,8 @@ if size > 0 then
   redis.call('XADD', stream, 'MAXLEN', size, top .. '-0', 'd', ARGV[2])
   redis.call('PEXPIRE', stream, ttl)
 end
-keep(ARGV[5], ttl)
-local n = redis.call('PUBLISH', ARGV[1], top .. ' ' .. epoch .. ' ' .. ARGV[2])
+redis.call('EXPIRE', meta, tonumber(ARGV[5]))  -- it has had a message now: the long TTL
+local n = redis.call(ARGV[8] == '1' and 'SPUBLISH' or 'PUBLISH', ARGV[1], top .. ' ' .. epoch .. ' ' .. ARGV[2])
 return {top, epoch, n}
 """
 

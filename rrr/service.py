@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 from .coalesce import Coalescer
+from .connect import is_cluster_url
 from .errors import BackplaneError
 from .history import History, meta_ttl
 from .hub import Hub
@@ -55,12 +56,24 @@ class Service:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = s = settings
         self.metrics = metrics = metrics or Metrics()
-        self.presence = Presence(
-            s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
-        )
-        self.subscriber = Subscriber(metrics, keepalive=s.pubsub_keepalive, process_id=self.presence.process_id)
+        cluster = is_cluster_url(s.redis_url)
+        if cluster:  # Redis Cluster: per-row expiry, sharded pub/sub (rrr.cluster)
+            from .cluster import ClusterPresence, ClusterSubscriber
+
+            self.presence: Presence = ClusterPresence(
+                s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
+            )
+            self.subscriber: Subscriber = ClusterSubscriber(
+                metrics, url=s.redis_url, timeout=s.redis_timeout, keepalive=s.pubsub_keepalive,
+                process_id=self.presence.process_id,
+            )
+        else:
+            self.presence = Presence(
+                s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
+            )
+            self.subscriber = Subscriber(metrics, keepalive=s.pubsub_keepalive, process_id=self.presence.process_id)
         self.coalescer = Coalescer(s.count_interval)
-        self.history = History(self.presence, s.history_size, s.history_ttl)
+        self.history = History(self.presence, s.history_size, s.history_ttl, sharded=cluster)
         self.hub = Hub(
             self.presence, self.subscriber, self.coalescer, metrics, history=self.history,
             count_interval=s.count_interval,
@@ -80,6 +93,10 @@ class Service:
         return self.presence.process_id
 
     async def start(self) -> None:
+        try:
+            await self.history.announce()  # before we serve: a backend's next publish follows us
+        except BackplaneError:
+            pass  # Redis is down: announced with the first renewal that reaches it
         self.subscriber.bind(self.presence.pubsub_client, self.hub)
         self.supervisor.spawn("subscriber", self._subscribe)
         self.supervisor.spawn("lease", self._maintain, backoff_cap=min(self.settings.backoff_cap, 1.0))
@@ -128,6 +145,7 @@ class Service:
                         log.info("presence lease was missing; re-registering local presence")
                     if lost:
                         self.hub.resync()
+                        await self.history.announce()  # Redis lost it too (or this is our start)
                     self._renewed_once = True
                 if now >= next_sweep:
                     next_sweep = now + s.sweep_interval

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -151,10 +152,14 @@ class Session:
         self._set_transport("unknown")
         self.hub.detach(self.conn)
 
-    async def handle(self, text: str) -> None:
-        """Act on one text frame; a bad frame gets an ``error`` reply and the socket stays up."""
+    def handle(self, text: str) -> Awaitable[None] | None:
+        """Act on one text frame; a bad frame gets an ``error`` reply and the socket stays up.
+
+        Only ``auth`` and ``publish`` wait on Redis: for them an awaitable is returned (Tornado
+        reads the socket's next frame once it is done). Every other frame is done on return,
+        so Tornado's frame loop makes no Task for it (a subscribe is one per relay join)."""
         if not self._within_rate():
-            return
+            return None
         try:
             msg = protocol.parse_client_message(text)
         except ProtocolError as e:
@@ -162,11 +167,12 @@ class Session:
                 self._send_count(self.fixed_room)
             else:
                 self.reply(e)
-            return
+            return None
         try:
-            await self._dispatch(msg)
+            return self._dispatch(msg)
         except ProtocolError as e:
             self.reply(e)
+            return None
 
     def _within_rate(self) -> bool:
         """Every frame, pings included, spends a token. Over the limit a frame is dropped; only the
@@ -203,14 +209,14 @@ class Session:
         self.hub.metrics.limited.labels(limit).inc()
         raise ProtocolError(code, reason, room=room, sub=sub)
 
-    async def _dispatch(self, msg: ClientMessage) -> None:
+    def _dispatch(self, msg: ClientMessage) -> Awaitable[None] | None:
         if msg.type == "ping":
             self.conn.send_frame(_PONG)
         elif msg.type == "hello":
             self._set_transport(msg.transport or "unknown")
         elif msg.type == "auth":
             assert msg.token is not None
-            await self._auth(msg.token)
+            return self._replying(self._auth(msg.token))
         elif self.fixed_room is not None:
             raise ProtocolError("unsupported", "this socket follows one room; use /ws/ for more", room=msg.room)
         elif msg.type == "subscribe":
@@ -220,7 +226,14 @@ class Session:
             assert msg.room is not None and msg.sub is not None
             self.leave(msg.room, msg.sub)
         elif msg.type == "publish":
-            await self._publish(msg)
+            return self._replying(self._publish(msg))
+        return None
+
+    async def _replying(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except ProtocolError as e:
+            self.reply(e)
 
     async def _publish(self, msg: ClientMessage) -> None:
         room = msg.room

@@ -89,13 +89,14 @@ class Subscriber:
             self._changed.set()
 
     def unsubscribe(self, room: str) -> None:
+        # Still confirmed until the UNSUBSCRIBE goes out: a room left and joined again before the
+        # sync runs (a reload) is never unsubscribed, so nothing would ever confirm it again.
         if room in self._wanted:
             self._wanted.discard(room)
-            self._confirmed.discard(room)
             self._changed.set()
 
     def confirmed(self, room: str) -> bool:
-        return self.connected and room in self._confirmed
+        return self.connected and room in self._wanted and room in self._confirmed
 
     @property
     def synced(self) -> bool:
@@ -191,6 +192,7 @@ class Subscriber:
                 await pubsub.subscribe(*_channels(add))
                 active |= add
             if drop:
+                self._confirmed -= drop
                 await pubsub.unsubscribe(*_channels(drop))
                 active -= drop
                 for room in drop:

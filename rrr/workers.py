@@ -12,6 +12,7 @@ The fork happens before any event loop exists: a loop must never cross a fork.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -33,6 +34,8 @@ log = logging.getLogger("rrr.workers")
 #: A worker that dies sooner than this after its start counts towards the restart backoff.
 EARLY_DEATH = 5.0
 BACKOFF_CAP = 10.0
+#: CPython's youngest-generation threshold for an rrr process (its default is 700): see `tune_gc`.
+GC_YOUNG_THRESHOLD = 2000
 
 
 def worker_count(requested: int) -> int:
@@ -111,6 +114,23 @@ class Parent:
                 pass
 
 
+def tune_gc() -> None:
+    """Fewer full garbage collections while sockets pile up.
+
+    A join leaves about 120 container objects alive for the socket's life. Under CPython's
+    default thresholds (700, 10, 10) a full collection, a pass over every live socket's
+    objects, is considered every 70,000 allocations and runs whenever the long-lived objects
+    have grown by a quarter since the last one: a join storm into a fresh process spent about
+    a third of its CPU in the collector, mostly in full collections (``python -m
+    bench.handshake_cost``; docs/benchmarks.md, "Handshake cost"). With 2,000 one is
+    considered every 200,000 allocations (about 1,700 joins), and the quarter rule still
+    bounds how many closed sockets' cycles wait for one. Only the thresholds change: what is
+    collected, and that it is, stays CPython's.
+    """
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
+
+
 def _describe(code: int) -> str:
     if code < 0:
         try:
@@ -125,6 +145,7 @@ def run(main: Callable[[str, list[socket.socket] | None], Coroutine[Any, Any, No
     run ``main`` in this process (``--processes 1``) or in N forked workers sharing one port."""
     parse_command_line(command_line(options, sys.argv, os.environ))
     logging.getLogger().setLevel(options.log_level.upper())
+    tune_gc()
     embedded = None
     url = options.redis_url
     if not url:

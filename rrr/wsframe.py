@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, SSLIOStream
 from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
 
 _FIN = 0x80
@@ -58,6 +58,22 @@ class Frame:
         return self._wire
 
 
+class Frames(Frame):
+    """Several text messages written in one go (one ``send`` for a whole replay, not one per message)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Frame]) -> None:
+        super().__init__("")
+        self.parts = parts
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = b"".join(part.wire for part in self.parts)
+        return self._wire
+
+
 def fast_path_ok(conn: WebSocketProtocol) -> bool:
     """True when raw frame bytes are what Tornado itself would write for this connection."""
     return (
@@ -66,6 +82,12 @@ def fast_path_ok(conn: WebSocketProtocol) -> bool:
         and getattr(conn, "_compressor", None) is None
         and getattr(conn, "stream", None) is not None
     )
+
+
+def direct_ok(stream: Any) -> bool:
+    """Whether ``stream`` is a plain TCP IOStream (ours, `rrr.httpguard.GuardedStream`, is one),
+    whose socket we may ``send`` to ourselves; TLS streams always go through ``IOStream.write``."""
+    return isinstance(stream, IOStream) and not isinstance(stream, SSLIOStream)
 
 
 def _retrieve(fut: Any) -> None:
@@ -85,7 +107,7 @@ def _write(conn: WebSocketProtocol, data: bytes) -> None:
     stream = conn.stream
     if stream is None or stream.closed():
         return
-    if type(stream) is IOStream and not stream.writing():
+    if direct_ok(stream) and not stream.writing():
         try:
             sent = stream.socket.send(data)
         except OSError:  # would block, or a dead peer: IOStream.write handles both
@@ -109,5 +131,8 @@ def send(conn: WebSocketProtocol, frame: Frame, fast: bool) -> None:
     """Queue ``frame`` on ``conn``. Raises tornado's StreamBufferFullError if the client stopped reading."""
     if fast:
         _write(conn, frame.wire)
+    elif isinstance(frame, Frames):
+        for part in frame.parts:
+            conn.write_message(part.text).add_done_callback(_retrieve)
     else:
         conn.write_message(frame.text).add_done_callback(_retrieve)

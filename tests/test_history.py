@@ -225,7 +225,7 @@ async def test_the_api_reads_history(server_factory: ServerFactory) -> None:
 
 @pytest.mark.parametrize("off", [{"history_size": 0}, {"history_ttl": 0}])
 async def test_history_off_relays_without_offsets(
-    server_factory: ServerFactory, rclient: redis.Redis, clients: list[Client], off: dict[str, int]
+    server_factory: ServerFactory, rclient: redis.Redis, redis_url: str, clients: list[Client], off: dict[str, int]
 ) -> None:
     server = await server_factory(api_token="tok", **off)
     c = await connect(server.ws_url("/ws/"))
@@ -241,6 +241,10 @@ async def test_history_off_relays_without_offsets(
     with pytest.raises(HTTPClientError) as e:
         await api_history(server, "plain", "since=0")
     assert e.value.code == 404
+    # A backend's helper follows the servers (they announce their settings in Redis).
+    n = len(c.frames)
+    assert await rrr_client.apublish("plain", 2, redis_url=redis_url) == 0
+    assert await c.next("message", after=n) == {"type": "message", "room": "plain", "data": 2}
     assert rclient.exists(history("plain"), meta("plain")) == 0
 
 

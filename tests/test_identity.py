@@ -11,9 +11,12 @@ from typing import Any
 
 import jwt
 import pytest
+import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from conftest import Client, ServerFactory, connect, wait_until
+from rrr import client as rrr_client
+from rrr.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 
@@ -198,3 +201,27 @@ async def test_signing_a_user_out_closes_its_sockets_everywhere_and_refuses_its_
                         "rooms": ["private-ada-x"]}, SECRET, algorithm="HS256")
     await again.send(type="auth", token=fresh)
     await again.next("authenticated", after=0)
+    # One minted by our helper at once (signing in again right after being signed out) is fine too:
+    # its iat is not rounded down to a second that began before the sign-out.
+    at_once = await connect(three.ws_url("/ws/"))
+    clients.append(at_once)
+    await at_once.send(type="auth", token=rrr_client.token("ada", rooms=["private-ada-x"], secret=SECRET))
+    await at_once.next("authenticated", after=0)
+
+
+async def test_an_auth_storm_checks_revocations_in_a_few_round_trips(
+    own_redis: EmbeddedRedis, server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    """300 sockets authenticating at once: their revocation checks are batched, so the pool is not
+    drained (one connection per concurrent check made hundreds time out in a 5,000-user storm)."""
+    server = await server_factory(redis=own_redis.url, token_secret=SECRET)
+    r = redis.Redis.from_url(own_redis.url)
+    before = int(r.info("stats")["total_connections_received"])
+    socks = [await connect(server.ws_url("/ws/")) for _ in range(300)]
+    clients += socks
+    await asyncio.gather(*(c.send(type="auth", token=token(sub=f"u{i}")) for i, c in enumerate(socks)))
+    for c in socks:
+        await c.next("authenticated", after=0)
+    opened = int(r.info("stats")["total_connections_received"]) - before
+    r.close()
+    assert opened <= 4, f"{opened} new Redis connections for 300 concurrent checks"

@@ -140,3 +140,24 @@ async def test_hello_records_the_transport(server_factory: ServerFactory, client
     c.close()
     from conftest import wait_until
     await wait_until(lambda: server.metric("rrr_sockets_by_transport", {"transport": "sharedworker"}) == 0)
+
+
+async def test_a_room_left_and_joined_again_at_once_is_still_followed(
+    server_factory: ServerFactory, clients: list[Client]
+) -> None:
+    """A reload: the last tab leaves and a new one joins before the subscriber's sync runs. The room
+    was never unsubscribed, so it must still count as subscribed (before the fix nothing ever
+    confirmed it again: no count, no ``subscribed``, no messages)."""
+    server = await server_factory()
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    await c.send(type="subscribe", room="reload", sub="a")
+    await c.next("subscribed", after=0)
+    [sock] = list(server.hub.connections)
+    session = sock.session  # type: ignore[attr-defined]
+    n = len(c.frames)
+    session.leave("reload", "a")  # both in one turn of the loop, as two frames read together are
+    session.join("reload", "b")
+    hello = await c.next("subscribed", after=n)
+    assert hello["sub"] == "b"
+    await c.settles_on(1, 1, room="reload")

@@ -28,7 +28,7 @@ def publish_on_commit(room: str, data: Any, *, using: str | None = None, robust:
     ``robust`` (default): a publish that fails after the commit (Redis down: `BackplaneError`) is
     logged by Django (logger ``django.db.backends.base``, ERROR) and the other on-commit callbacks
     still run: the rows are saved, so the request should not fail. ``robust=False`` raises it."""
-    frozen = json.loads(client._encode(room, data))
+    frozen = json.loads(client.encode(room, data))
 
     def publish_committed() -> None:  # a function, not a partial: Django logs a robust failure by its name
         publish(room, frozen)

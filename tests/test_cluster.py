@@ -1,0 +1,340 @@
+"""rrr on a real Redis 7 Cluster (6 nodes on loopback: 3 masters, 3 replicas).
+
+Rooms are picked so they live on every shard. Two processes agree on counts and members;
+messages from the API, the backend helper, a raw classic PUBLISH and an SPUBLISH reach every
+subscriber; a kill -9'd process leaves every count within TTL + TTL/3; a kill -9'd master is
+replaced by its replica and rrr follows: delivery resumes and counts are exact within the
+node timeout + 5 s, and every message stored in history reaches every subscriber once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+import cluster_fixtures
+from cluster_fixtures import NODE_TIMEOUT_MS, RedisCluster
+from conftest import AppProcess, Client, Server, ServerFactory, connect, wait_until
+from rrr import client as rrr_client, keys
+from rrr.connect import parse_cluster_url
+
+redis_cluster = cluster_fixtures.redis_cluster
+
+pytestmark = pytest.mark.gen_test(timeout=120)
+
+TTL = 3.0
+KEY = "cluster-key"
+SECRET = "cluster-test-secret-of-decent-length"
+
+
+@pytest.fixture
+def cluster(redis_cluster: RedisCluster) -> RedisCluster:
+    """The module's cluster, whole (every node up, every replica linked) and empty."""
+    redis_cluster.wait_healthy()
+    redis_cluster.flush()
+    return redis_cluster
+
+
+def rooms_on_every_shard(cluster: RedisCluster, prefix: str) -> list[str]:
+    """One room per master (by the slot of its hash tag)."""
+    by_master: dict[int, str] = {}
+    i = 0
+    while len(by_master) < 3:
+        room = f"{prefix}{i}"
+        by_master.setdefault(cluster.master_of(keys.presence(room)), room)
+        i += 1
+    return list(by_master.values())
+
+
+def token(sub: str, rooms: list[str]) -> str:
+    now = time.time()
+    return jwt.encode({"sub": sub, "iat": int(now), "exp": now + 600, "rooms": rooms}, SECRET, algorithm="HS256")
+
+
+async def start(server_factory: ServerFactory, cluster: RedisCluster, **options: Any) -> Server:
+    return await server_factory(redis=cluster.url, ttl=TTL, api_token=KEY, token_secret=SECRET, **options)
+
+
+async def subscribe_all(c: Client, rooms: list[str], subs: tuple[str, ...] = ("t",)) -> None:
+    for room in rooms:
+        for sub in subs:
+            await c.send(type="subscribe", room=room, sub=sub)
+    for room in rooms:
+        for sub in subs:
+            await wait_until(lambda: any(f["room"] == room and f["sub"] == sub for f in c.of_type("subscribed")),
+                             what=f"subscribed to {room}/{sub}")
+
+
+async def api(server: Server, path: str, method: str = "GET", body: str | None = None) -> Any:
+    r = await AsyncHTTPClient().fetch(server.base_url + path, method=method, body=body,
+                                      headers={"Authorization": f"Bearer {KEY}"})
+    return json.loads(r.body)
+
+
+def offsets_in(c: Client, room: str) -> list[tuple[int, Any]]:
+    return [(m["offset"], m["data"]) for m in c.of_type("message") if m["room"] == room and "offset" in m]
+
+
+def same_items(a: list[Any], b: list[Any]) -> bool:
+    return sorted(map(json.dumps, a)) == sorted(map(json.dumps, b))
+
+
+def data_in(c: Client, room: str) -> list[Any]:
+    return [m["data"] for m in c.of_type("message") if m["room"] == room]
+
+
+async def test_two_processes_agree_on_counts_and_members_in_rooms_on_every_shard(
+    cluster: RedisCluster, server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    one, two = await start(server_factory, cluster), await start(server_factory, cluster)
+    rooms = rooms_on_every_shard(cluster, "count")
+    a = await connect(one.ws_url("/ws/"))
+    b = [await connect(two.ws_url("/ws/")) for _ in range(2)]
+    clients += [a, *b]
+    await subscribe_all(a, rooms)
+    for c in b:
+        await subscribe_all(c, rooms, ("x", "y"))
+    for room in rooms:
+        for c in [a, *b]:
+            await c.settles_on(3, 5, room=room)
+        assert (await api(one, f"/api/rooms/{room}"))["connections"] == 3
+        assert (await api(two, f"/api/rooms/{room}"))["tabs"] == 5
+    a.close()
+    for room in rooms:
+        for c in b:
+            await c.settles_on(2, 4, room=room)
+
+    # Leaving and joining again at once (a reload) keeps the sharded subscriptions as they are.
+    churn = await connect(one.ws_url("/ws/"))
+    clients.append(churn)
+    for pause in (0, 0.0005, 0.001, 0.002, 0.005):  # 60 frames: within --message-burst
+        for room in rooms:
+            await churn.send(type="subscribe", room=room, sub="c")
+        await asyncio.sleep(0.02)
+        for room in rooms:
+            await churn.send(type="unsubscribe", room=room, sub="c")
+        await asyncio.sleep(pause)
+        for room in rooms:
+            await churn.send(type="subscribe", room=room, sub="c")
+        await asyncio.sleep(0.02)
+        for room in rooms:
+            await churn.send(type="unsubscribe", room=room, sub="c")
+    await subscribe_all(churn, rooms, ("d",))
+    for room in rooms:
+        for c in b:
+            await c.settles_on(3, 5, room=room)
+    assert one.metric("rrr_redis_reconnects_total") == 0
+
+    # A presence room's members, through both processes.
+    team = "presence-team"
+    ada, bob = await connect(one.ws_url("/ws/")), await connect(two.ws_url("/ws/"))
+    clients += [ada, bob]
+    for c, user in ((ada, "ada"), (bob, "bob")):
+        await c.send(type="auth", token=token(user, [team]))
+        await c.next("authenticated", after=0)
+        await subscribe_all(c, [team])
+    for server in (one, two):
+        await wait_until(
+            lambda: _members_are(server, team, {"ada", "bob"}), what=f"ada and bob on {server.port}",
+        )
+
+
+async def _members_are(server: Server, room: str, users: set[str]) -> bool:
+    body = await api(server, f"/api/rooms/{room}/members")
+    members = body["members"]
+    names = set(members) if isinstance(members, dict) else {m.get("user", m.get("id")) for m in members}
+    return names == users
+
+
+async def test_api_helper_raw_and_sharded_publishes_reach_every_subscriber(
+    cluster: RedisCluster, server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    one, two = await start(server_factory, cluster), await start(server_factory, cluster)
+    rooms = rooms_on_every_shard(cluster, "relay")
+    subs = [await connect(one.ws_url("/ws/")), await connect(two.ws_url("/ws/"))]
+    clients += subs
+    for c in subs:
+        await subscribe_all(c, rooms)
+    expected: dict[str, list[Any]] = {}
+    for room in rooms:
+        published = await api(one, f"/api/rooms/{room}/messages", "POST", json.dumps({"via": "api", "room": room}))
+        assert published["offset"] >= 1
+        offset = await asyncio.to_thread(rrr_client.publish, room, {"via": "helper"}, redis_url=cluster.url)
+        assert offset == published["offset"] + 1
+        assert await rrr_client.apublish(room, {"via": "async helper"}, redis_url=cluster.url) == offset + 1
+        master = cluster.node(cluster.master_of(keys.presence(room)))
+        # The documented raw path (classic PUBLISH, on any node) and the shard channel.
+        cluster.node(cluster.masters()[0]).publish(keys.room_channel(room), json.dumps({"via": "raw"}))
+        master.execute_command("SPUBLISH", keys.shard_room_channel(room), json.dumps({"via": "spublish"}))
+        expected[room] = [
+            {"via": "api", "room": room}, {"via": "helper"}, {"via": "async helper"}, {"via": "raw"},
+            {"via": "spublish"},
+        ]
+    # A process with history off publishes live with SPUBLISH on the room's shard channel.
+    plain = await start(server_factory, cluster, history_size=0)
+    for room in rooms:
+        assert await api(plain, f"/api/rooms/{room}/messages", "POST", json.dumps({"via": "plain"})) == {
+            "room": room, "processes": 2,
+        }
+        expected[room].append({"via": "plain"})
+    for c in subs:
+        for room in rooms:
+            # In order on each path; the classic and the sharded connections are not ordered together.
+            await wait_until(lambda: same_items(data_in(c, room), expected[room]), what=f"every message in {room}")
+            assert [d for d in data_in(c, room) if d in expected[room][:3]] == expected[room][:3]
+        stored = [m for m in c.of_type("message") if "offset" in m]
+        assert len(stored) == 3 * len(rooms)
+
+
+async def test_the_cluster_url_is_parsed() -> None:
+    parsed = parse_cluster_url("redis+cluster://rrr:p%40ss@10.0.0.1:7000,[::1]:7001,host")
+    assert parsed.nodes == (("10.0.0.1", 7000), ("::1", 7001), ("host", 6379))
+    assert (parsed.username, parsed.password, parsed.ssl) == ("rrr", "p@ss", False)
+    assert parse_cluster_url("rediss+cluster://h:1/").ssl
+    for bad in ("redis+cluster://", "redis+cluster://h:1/3", "redis://h:1", "redis+cluster://h:x"):
+        with pytest.raises(ValueError):
+            parse_cluster_url(bad)
+
+
+async def test_revocation_reaches_sockets_on_both_processes(
+    cluster: RedisCluster, server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    one, two = await start(server_factory, cluster), await start(server_factory, cluster)
+    ada = [await connect(one.ws_url("/ws/")), await connect(two.ws_url("/ws/"))]
+    bob = await connect(two.ws_url("/ws/"))
+    clients += [*ada, bob]
+    for c in ada:
+        await c.send(type="auth", token=token("ada", ["private-ada-x"]))
+    await bob.send(type="auth", token=token("bob", []))
+    for c in [*ada, bob]:
+        await c.next("authenticated", after=0)
+    await api(one, "/api/users/ada/disconnect", "POST", "")
+    for c in ada:
+        await asyncio.wait_for(c.closed.wait(), 10)
+        assert c.close_code == 4001
+    assert not bob.closed.is_set()
+
+
+async def test_a_killed_process_leaves_every_count_within_the_ttl(
+    cluster: RedisCluster, server_factory: ServerFactory, app_factory: Callable[..., AppProcess],
+    clients: list[Client],
+) -> None:
+    survivor = await start(server_factory, cluster)
+    victim = await asyncio.to_thread(app_factory, redis_url=cluster.url, presence_ttl=TTL, count_interval=0.05)
+    rooms = rooms_on_every_shard(cluster, "kill")
+    mine = await connect(survivor.ws_url("/ws/"))
+    theirs = [await connect(f"ws://127.0.0.1:{victim.port}/ws/") for _ in range(2)]
+    clients += [mine, *theirs]
+    for c in [mine, *theirs]:
+        await subscribe_all(c, rooms)
+    for room in rooms:
+        await mine.settles_on(3, 3, room=room)
+    killed_at = time.monotonic()
+    victim.kill()
+    bound = TTL + TTL / 3 + 0.05
+    for room in rooms:
+        await mine.settles_on(1, 1, room=room, timeout=bound + 5)
+    took = time.monotonic() - killed_at
+    assert 0.5 < took < bound + 2, took
+    for room in rooms:
+        assert (await api(survivor, f"/api/rooms/{room}"))["connections"] == 1
+
+
+async def test_a_killed_master_is_followed_and_nothing_stored_is_lost(
+    cluster: RedisCluster, server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    one, two = await start(server_factory, cluster), await start(server_factory, cluster)
+    rooms = rooms_on_every_shard(cluster, "fail")
+    subs = [await connect(one.ws_url("/ws/")), await connect(two.ws_url("/ws/"))]
+    clients += subs
+    for c in subs:
+        await subscribe_all(c, rooms)
+    for room in rooms:
+        for c in subs:
+            await c.settles_on(2, 2, room=room)
+
+    accepted: dict[str, list[int]] = {room: [] for room in rooms}
+    stop = asyncio.Event()
+
+    async def publish_all_along() -> None:
+        i = 0
+        while not stop.is_set():
+            for room in rooms:
+                try:
+                    r = await api(one, f"/api/rooms/{room}/messages", "POST", json.dumps({"i": i}))
+                    accepted[room].append(r["offset"])
+                except (HTTPClientError, OSError):
+                    pass  # 503/504 while the shard has no master: not stored, or not known to be
+            i += 1
+            await asyncio.sleep(0.15)
+
+    publisher = asyncio.ensure_future(publish_all_along())
+    victim_room = rooms[0]
+    victim = cluster.master_of(keys.presence(victim_room))
+    try:
+        await wait_until(lambda: all(len(v) >= 3 for v in accepted.values()), what="messages before the kill")
+        killed_at = time.monotonic()
+        cluster.kill(victim)
+        bound = NODE_TIMEOUT_MS / 1000 + 5
+        # The other shards keep delivering while this one has no master, live messages too.
+        await wait_until(lambda: not (one.service.subscriber.synced or two.service.subscriber.synced),
+                         what="both processes noticed")
+        healthy = rooms[1]
+        cluster.node(cluster.master_of(keys.presence(healthy))).execute_command(
+            "SPUBLISH", keys.shard_room_channel(healthy), json.dumps({"live": "during the failover"}))
+        for c in subs:
+            await wait_until(lambda: {"live": "during the failover"} in data_in(c, healthy),
+                             timeout=NODE_TIMEOUT_MS / 1000, what="a live message on a healthy shard meanwhile")
+        assert cluster.master_of(keys.presence(victim_room)) == victim  # not failed over yet
+        # Someone joins the dead shard's room while it has no master: counted once it has one.
+        late = await connect(two.ws_url("/ws/"))
+        clients.append(late)
+        await late.send(type="subscribe", room=victim_room, sub="t")
+
+        def resumed() -> bool:
+            after = [o for o in accepted[victim_room] if o > 0]
+            n = len(after)
+            return n > 0 and cluster.master_of(keys.presence(victim_room)) != victim and all(
+                any(m.get("offset") == after[-1] for m in c.of_type("message") if m["room"] == victim_room)
+                for c in subs
+            ) and n >= 2
+
+        offsets_at_kill = len(accepted[victim_room])
+        await wait_until(lambda: len(accepted[victim_room]) > offsets_at_kill + 1 and resumed(),
+                         timeout=bound, what="delivery on the failed-over shard")
+        for c in [*subs, late]:
+            await c.settles_on(3, 3, room=victim_room, timeout=max(0.1, killed_at + bound - time.monotonic()))
+        for room in rooms:
+            n = 3 if room == victim_room else 2
+            for server in (one, two):
+                state = await api(server, f"/api/rooms/{room}")
+                assert (state["connections"], state["tabs"]) == (n, n), (room, state)
+        took = time.monotonic() - killed_at
+        assert took < bound, took
+        print(f"failover followed in {took:.2f} s")
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await publisher
+        cluster.restart(victim)
+
+    # Every message the history holds reached every subscriber exactly once, in order.
+    for room in rooms:
+        stored = (await api(one, f"/api/rooms/{room}/messages?since=0"))["messages"]
+        assert stored and len(stored) < 100
+        for c in subs:
+            await wait_until(
+                lambda: {m["offset"] for m in stored} <= {o for o, _ in offsets_in(c, room)},
+                what=f"every stored message of {room}",
+            )
+            got = offsets_in(c, room)
+            offsets = [o for o, _ in got]
+            assert offsets == sorted(set(offsets)), f"{room}: duplicated or out of order: {offsets}"
+            assert {(m["offset"], json.dumps(m["data"])) for m in stored} <= {(o, json.dumps(d)) for o, d in got}
