@@ -44,7 +44,7 @@ from .metrics import Metrics
 from .presence import BadReply, MemberDelta, Presence, WriteResult, _count, _show, parse_state
 from .protocol import CountState, validate_json_payload
 from .scripts import ALL as SCRIPTS, FLAGS, NO_FLAGS
-from .subscriber import Publisher, Subscriber, log as sub_log
+from .subscriber import Publisher, Subscriber, log as sub_log, starved
 from .supervise import cancel, full_jitter
 
 log = logging.getLogger("rrr.cluster")
@@ -504,6 +504,7 @@ class ClusterSubscriber(Subscriber):
         loop = asyncio.get_running_loop()
         last_seen = last_ping = loop.time()
         while True:
+            asked = loop.time()
             try:
                 msg = await pubsub.get_message(timeout=1.0)
             except ResponseError as e:  # MOVED for an SSUBSCRIBE, or a node that stopped serving
@@ -513,6 +514,8 @@ class ClusterSubscriber(Subscriber):
                 last_seen = now
                 self._handle(msg)
                 continue
+            if starved(asked, now):
+                last_seen = now
             if now - last_seen > 3 * self.keepalive:
                 raise ConnectionError("redis cluster pub/sub silent for %.0f s" % (now - last_seen))
             if now - last_ping > self.keepalive:

@@ -64,6 +64,7 @@ class RoomStream:
     # Delivered during a replay read, at most as many as history holds (a room publishing faster
     # than that during one read has trimmed them from history too: the replay is honest, not whole).
     recent: list[tuple[int, str]] | None = None
+    announce_ready: bool = True  # tell the hub once caught up (new, or after a pub/sub break)
     generation: int = 0  # one more on every pub/sub break: a read begun before it proves nothing
     task: asyncio.Future[None] | None = None
 
@@ -74,12 +75,13 @@ class Delivery:
 
     def __init__(
         self, history: History, metrics: Metrics, *, conns: Callable[[str], Iterable[Subscriber] | None],
-        confirmed: Callable[[str], bool],
+        confirmed: Callable[[str], bool], on_ready: Callable[[str], None] = lambda room: None,
     ) -> None:
         self.history = history
         self.metrics = metrics
         self._conns = conns
         self._confirmed = confirmed
+        self._on_ready = on_ready  # called from our own task, never inside a call of the hub's
         self._streams: dict[str, RoomStream] = {}
         self._closing = False
         self._log = RateLimitedLog(log)
@@ -115,6 +117,13 @@ class Delivery:
         if s is not None and s.task is not None:
             s.task.cancel()
 
+    def caught_up(self, room: str) -> bool:
+        """The room has caught up since it became local here or since pub/sub last broke, so its
+        subscriptions are served: presence may show this process in the room (a count that shows it
+        means it delivers). A gap later does not undo it: messages are then held, not lost."""
+        s = self._streams.get(room)
+        return s is not None and not s.announce_ready
+
     def channels_ready(self, room: str) -> None:
         """The room's channels are confirmed subscribed: catch up and serve who waits."""
         s = self._streams.get(room)
@@ -127,6 +136,7 @@ class Delivery:
             s.stale = True
             s.held.clear()
             s.generation += 1
+            s.announce_ready = True
 
     def close(self) -> None:
         self._closing = True
@@ -219,6 +229,7 @@ class Delivery:
         if not self.history.enabled:
             s.stale = False
             s.held.clear()
+            self._ready(room, s)
             return
         known = s.epoch is not None
         generation = s.generation
@@ -251,6 +262,13 @@ class Delivery:
                 self.metrics.malformed_payloads.inc()
                 continue
             self.on_message(room, offset, epoch, data)
+        if not s.stale:
+            self._ready(room, s)
+
+    def _ready(self, room: str, s: RoomStream) -> None:
+        if s.announce_ready:
+            s.announce_ready = False
+            self._on_ready(room)
 
     def _replay(self, room: str, s: RoomStream, entries: list[tuple[int, str]]) -> None:
         for offset, data in entries:

@@ -103,7 +103,9 @@ class Hub:
         # Authenticated sockets by user, so a revocation finds them.
         self._by_user: dict[str, set[Connection]] = {}
         self._user_of: dict[Connection, str] = {}
-        self.delivery = Delivery(self.history, metrics, conns=self._room_conns, confirmed=subscriber.confirmed)
+        self.delivery = Delivery(
+            self.history, metrics, conns=self._room_conns, confirmed=subscriber.confirmed, on_ready=self._mark_dirty,
+        )
         metrics.bind_gauges(
             lambda: len(self._conns),
             lambda: sum(r.tabs for r in self._rooms.values()),
@@ -231,14 +233,15 @@ class Hub:
         """The rows to write for ``rooms`` now, and the sockets owed a count once written.
 
         A room with local subscribers is written only once its channels are confirmed
-        subscribed (`on_subscribed` marks it again then): a count that shows this process
-        means its relay works too. A room we left is written at once.
+        subscribed and its messages caught up (`on_subscribed` and the delivery's readiness
+        mark it again then): a count that shows this process means its relay works, and its
+        subscriptions are served. A room we left is written at once.
         """
         rows: dict[str, tuple[int, int]] = {}
         owed: dict[str, set[Connection]] = {}
         for room in rooms:
             counts = self.local_counts(room)
-            if counts != (0, 0) and not self.subscriber.confirmed(room):
+            if counts != (0, 0) and not (self.subscriber.confirmed(room) and self.delivery.caught_up(room)):
                 continue
             if counts == (0, 0) and self._in_grace(room):
                 continue  # its last member may be reloading: written when the grace ends

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -199,3 +200,20 @@ async def test_a_stalled_redis_fails_health_and_it_returns(
 async def _healthy(base_url: str) -> bool:
     code, _ = await health(base_url)
     return code == 200
+
+
+async def test_a_starved_process_does_not_take_its_own_stall_for_a_silent_redis(
+    server_factory: ServerFactory, clients: list[Client]
+) -> None:
+    """A process that could not run for longer than the pub/sub silence limit (a CPU-starved box)
+    must not drop a healthy connection and resubscribe every room (the 100,000-socket run did, 15
+    times): its own stall says nothing about Redis."""
+    server = await server_factory(pubsub_keepalive=0.3)  # silent after 0.9 s
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    await c.send(type="subscribe", room="starved", sub="a")
+    await c.next("subscribed", after=0)
+    for _ in range(3):
+        time.sleep(1.5)  # the whole event loop stalls, as under starvation
+        await asyncio.sleep(0.5)
+    assert server.metric("rrr_redis_reconnects_total") == 0
