@@ -550,11 +550,12 @@ def section(res: dict[str, Any]) -> list[str]:
             *(f"| {name} | {us['one']:.1f} | {us['one'] / base['one']:.2f}x | {us['pipelined']:.2f} | "
               f"{us['pipelined'] / base['pipelined']:.2f}x |" for name, us in s["variants"].items()),
             "",
-            "`HISTORY_PUBLISH` runs nine commands per message: `HGET` (epoch), `HSET` of the size and TTL (the "
-            "server passes `own=1`, so it rewrites two unchanged fields on every publish; the helper passes "
-            "`own=0` and reads them with `HMGET`), `HINCRBY`, `XADD MAXLEN` (exact trim), `PEXPIRE`, then "
-            "`keep()`'s `HGET` of the offset (always above 0 right after the `HINCRBY`, so wasted in a publish) "
-            "and `EXPIRE`, and `PUBLISH`, each through Lua's `redis.call`. Read the rows against each other: here "
+            "`HISTORY_PUBLISH` runs seven commands per message: `HGET` (epoch), `HMGET` of the size and TTL "
+            "(the server rewrites them only when they changed; before this round's fix it rewrote them every "
+            "time), `HINCRBY`, `XADD MAXLEN` (exact trim), `PEXPIRE`, `EXPIRE` and `PUBLISH`, each through Lua's "
+            "`redis.call`. The helper also reads the servers' announced settings first (`HMGET "
+            "rrr:config:history`, one more round trip, in both of its columns above). "
+            "Read the rows against each other: here "
             "the receiver is a redis-py pub/sub connection, not `app.py`, and the one-at-a-time column moves by "
             "10-20% between runs on this shared machine. Pipelined (the commands' own cost): calling any script "
             "costs a few µs over a bare `PUBLISH` (the `EVALSHA`: argument tables, the Lua call; Redis 7.0 made "
@@ -581,12 +582,11 @@ def section(res: dict[str, Any]) -> list[str]:
         "were already oversubscribed, and the spread between runs is that. The CPU columns (`app.py` from "
         "/proc in 10 ms ticks, the client from `time.process_time`) are what the replay itself costs.",
         "",
-        "Where `app.py`'s part goes (a `cProfile` of it during five warm replays, at commit e345417, not part "
-        "of the command): about half in redis-py parsing the 1,000-entry `XRANGE` reply of `HISTORY_READ` in "
-        "pure Python (about five RESP lines per entry; `hiredis` is not installed, and the script could "
-        "return the entries flatter), and about half in writing the frames: `Delivery._start` hands each "
-        "replayed frame to the socket separately, one `IOStream.write` and one `send()` system call per "
-        "frame; joining a replay's frames into one write would make it one call.",
+        "Where `app.py`'s part went (a `cProfile` of it during five warm replays, at commit e345417, not part "
+        "of the command): about half in redis-py parsing the 1,000-entry `XRANGE` reply in pure Python, and "
+        "about half in writing each replayed frame with a system call of its own. Both are fixed since: "
+        "`hiredis` parses replies, and a replay goes out in one write (`wsframe.Frames`); 148-173 ms at load "
+        "5-7 before, the figures below after.",
         "",
         "| | median (ms) | min-max (ms) | frames until the 1,000th | `app.py` CPU (ms) | client CPU (ms) |",
         "|---|---|---|---|---|---|",
