@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from redis.crc import key_slot
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from . import keys, protocol
 from .cluster_scripts import ALL as CLUSTER_SCRIPTS
@@ -44,7 +44,7 @@ from .metrics import Metrics
 from .presence import BadReply, MemberDelta, Presence, WriteResult, _count, _show, parse_state
 from .protocol import CountState, validate_json_payload
 from .scripts import ALL as SCRIPTS, FLAGS, NO_FLAGS
-from .subscriber import Publisher, Subscriber, log as sub_log, starved
+from .subscriber import Publisher, Subscriber, log as sub_log
 from .supervise import cancel, full_jitter
 
 log = logging.getLogger("rrr.cluster")
@@ -356,7 +356,7 @@ class ClusterSubscriber(Subscriber):
             self._links = {}
 
     def _start_reader(self, link: _Link) -> None:
-        link.reader = asyncio.create_task(self._read_one(link.pubsub), name=f"rrr-cluster-read-{link.name}")
+        link.reader = asyncio.create_task(self._listen(link.pubsub), name=f"rrr-cluster-read-{link.name}")
         link.reader.add_done_callback(lambda _: self._broken.set())
 
     async def _open_classic(self, cluster: Any) -> None:
@@ -499,28 +499,6 @@ class ClusterSubscriber(Subscriber):
                 except (RedisError, OSError):
                     if link.reader is not None:
                         link.reader.cancel()
-
-    async def _read_one(self, pubsub: Any) -> None:
-        loop = asyncio.get_running_loop()
-        last_seen = last_ping = loop.time()
-        while True:
-            asked = loop.time()
-            try:
-                msg = await pubsub.get_message(timeout=1.0)
-            except ResponseError as e:  # MOVED for an SSUBSCRIBE, or a node that stopped serving
-                raise ConnectionError(f"cluster pub/sub: {e}") from e
-            now = loop.time()
-            if msg is not None:
-                last_seen = now
-                self._handle(msg)
-                continue
-            if starved(asked, now):
-                last_seen = now
-            if now - last_seen > 3 * self.keepalive:
-                raise ConnectionError("redis cluster pub/sub silent for %.0f s" % (now - last_seen))
-            if now - last_ping > self.keepalive:
-                last_ping = now
-                await pubsub.ping()
 
     def _handle(self, msg: Any) -> None:
         if not isinstance(msg, dict):

@@ -96,6 +96,19 @@ def _host_port(item: str, url: str, default_port: int = DEFAULT_SENTINEL_PORT) -
     return host, port
 
 
+def _credentials(netloc: str) -> tuple[str, str | None, str | None]:
+    """``[[user]:password@]hosts`` -> hosts, user, password (URL-unquoted)."""
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        return netloc, None, None
+    if not userinfo:
+        return hosts, None, None
+    user, colon, pw = userinfo.partition(":")
+    if not colon:  # redis://secret@host is commonly meant as a password, as redis-py reads it
+        return hosts, None, unquote(user)
+    return hosts, unquote(user) or None, unquote(pw)
+
+
 def parse_sentinel_url(url: str) -> SentinelURL:
     """Parse ``redis+sentinel://[[user]:password@]h1:p1,h2:p2/service[/db][?opts]``; ValueError if malformed."""
     scheme, sep, rest = url.partition("://")
@@ -104,17 +117,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     rest, _, query = rest.partition("?")
     rest = rest.split("#", 1)[0]
     netloc, _, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not at:
-        userinfo, hosts = "", netloc
-    username: str | None = None
-    password: str | None = None
-    if userinfo:
-        user, colon, pw = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(pw) if colon else None
-        if not colon:  # redis://secret@host is commonly meant as a password, as redis-py reads it
-            username, password = None, unquote(user)
+    hosts, username, password = _credentials(netloc)
     sentinels = tuple(_host_port(item, url) for item in hosts.split(",") if item.strip())
     if not sentinels:
         raise ValueError(f"no sentinel addresses in {url!r}")
@@ -231,17 +234,7 @@ def parse_cluster_url(url: str) -> ClusterURL:
     netloc, _, path = rest.partition("/")
     if path.strip("/") not in ("", "0"):
         raise ValueError(f"a cluster has only db 0: {url!r}")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not at:
-        userinfo, hosts = "", netloc
-    username: str | None = None
-    password: str | None = None
-    if userinfo:
-        user, colon, pw = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(pw) if colon else None
-        if not colon:
-            username, password = None, unquote(user)
+    hosts, username, password = _credentials(netloc)
     nodes = tuple(_host_port(item, url, DEFAULT_CLUSTER_PORT) for item in hosts.split(",") if item.strip())
     if not nodes:
         raise ValueError(f"no cluster node addresses in {url!r}")

@@ -17,8 +17,10 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
+
+from redis.exceptions import ResponseError
 
 from . import history, keys, protocol
 from .errors import BackplaneError
@@ -201,15 +203,26 @@ class Subscriber:
                         self._pending.pop(channel.encode(), None)
 
     async def _read(self, pubsub: Any, syncer: asyncio.Task[None]) -> None:
-        loop = asyncio.get_running_loop()
-        last_seen = loop.time()
-        last_ping = last_seen
-        while True:
+        def sync_alive() -> None:
             if syncer.done():
                 syncer.result()  # re-raise a failed SUBSCRIBE: reconnect
                 raise ConnectionError("subscription sync ended")
+
+        await self._listen(pubsub, sync_alive)
+
+    async def _listen(self, pubsub: Any, check: Callable[[], None] = lambda: None) -> None:
+        """Hand every message of ``pubsub`` to `_handle` until the connection breaks or stays silent
+        (3 keepalives without a reply to our pings; a stall of our own does not count); ``check``
+        runs before each read and may raise to end it. Shared by the sharded subscriber's links."""
+        loop = asyncio.get_running_loop()
+        last_seen = last_ping = loop.time()
+        while True:
+            check()
             asked = loop.time()
-            msg = await pubsub.get_message(timeout=1.0)
+            try:
+                msg = await pubsub.get_message(timeout=1.0)
+            except ResponseError as e:  # MOVED for an SSUBSCRIBE, or a node that stopped serving
+                raise ConnectionError(f"redis pub/sub: {e}") from e
             now = loop.time()
             if msg is not None:
                 last_seen = now
