@@ -98,6 +98,10 @@ def _settings_of(reply: Any, size: int | None, ttl: float | None) -> tuple[int, 
     return (announced[0] if size is None else size), (announced[1] if ttl is None else ttl)
 
 
+def _given(size: int | None, ttl: float | None) -> bool:
+    return size is not None and ttl is not None
+
+
 def publish(
     room: str, data: Any, *, redis_url: str | None = None, history_size: int | None = None,
     history_ttl: float | None = None,
@@ -112,8 +116,10 @@ def publish(
     url = redis_url or _default_url()
     client = _sync_client(url)
     try:
-        # Read each time (one more round trip): a deployment may turn history off or on.
-        size, ttl = _settings_of(client.hmget(keys.HISTORY_CONFIG, "size", "ttl"), history_size, history_ttl)
+        # The servers' settings, read each time (a deployment may turn history off or on) unless both
+        # are given: then no extra round trip.
+        announced = None if _given(history_size, history_ttl) else client.hmget(keys.HISTORY_CONFIG, "size", "ttl")
+        size, ttl = _settings_of(announced, history_size, history_ttl)
         if size <= 0 or ttl <= 0:
             client.publish(keys.room_channel(room), text)
             return 0
@@ -134,7 +140,10 @@ async def apublish(
     url = redis_url or _default_url()
     client = _async_client(url)
     try:
-        size, ttl = _settings_of(await client.hmget(keys.HISTORY_CONFIG, "size", "ttl"), history_size, history_ttl)
+        announced = None
+        if not _given(history_size, history_ttl):
+            announced = await client.hmget(keys.HISTORY_CONFIG, "size", "ttl")
+        size, ttl = _settings_of(announced, history_size, history_ttl)
         if size <= 0 or ttl <= 0:
             await client.publish(keys.room_channel(room), text)
             return 0
