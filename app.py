@@ -42,6 +42,11 @@ ROOT = Path(__file__).resolve().parent
 define("address", default="127.0.0.1", help="address to listen on")
 define("port", default=8888, type=int, help="port to listen on (0: any free port)")
 define(
+    "backlog", default=1024, type=int,
+    help="connections the kernel queues before we accept them (capped by net.core.somaxconn); beyond it "
+    "a reconnect storm's SYNs are dropped and each such client waits a second or more to retry",
+)
+define(
     "redis_url", default="",
     help="redis://, rediss://, unix:// or redis+sentinel:// URL; empty starts an embedded redis-server",
 )
@@ -56,6 +61,11 @@ define("client_publish", default=False, type=bool, help="let browsers publish to
 define("publish_rate", default=10.0, type=float, help="client publishes per second per socket (burst: 2x)")
 define("presence_ttl", default=15.0, type=float, help="seconds a dead process's presence may outlive it")
 define("count_interval", default=0.1, type=float, help="at most one count broadcast per room per interval (s)")
+define(
+    "count_rate", default=20_000.0, type=float,
+    help="most count frames per second per room, all processes together: a big room's broadcasts are spaced "
+    "sockets/rate s apart, never less than --count-interval (0: no limit)",
+)
 define("sweep_interval", default=1.0, type=float, help="how often each process sweeps dead processes' presence (s)")
 define(
     "ping_interval", default=20.0, type=float,
@@ -108,6 +118,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             redis_url=o["redis_url"],
             presence_ttl=o["presence_ttl"],
             count_interval=o["count_interval"],
+            count_rate=o["count_rate"],
             sweep_interval=o["sweep_interval"],
             redis_timeout=o["redis_timeout"],
             redis_pool_size=o["redis_pool_size"],
@@ -207,7 +218,7 @@ async def main(redis_url: str, sockets: list[socket.socket] | None = None) -> No
     service: Service = app.settings["service"]
     await service.start()
     if sockets is None:
-        sockets = tornado.netutil.bind_sockets(options.port, options.address)
+        sockets = tornado.netutil.bind_sockets(options.port, options.address, backlog=options.backlog)
     server = make_http_server(app, service.metrics, **app.settings["http_server"])
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]

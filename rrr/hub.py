@@ -8,7 +8,11 @@ are coalesced per process so a join storm of N costs O(N) frames, not O(N^2):
   Redis call per ``count_interval`` writes every dirty room (leading edge at once,
   so a lone join is answered in one round trip);
 * count broadcasts: at most one per room per ``count_interval``, trailing edge
-  always sends the newest state, so the last frame a client sees is the truth.
+  always sends the newest state, so the last frame a client sees is the truth. In a
+  big room the spacing grows with its sockets (``count_rate``): a broadcast costs one
+  frame per socket, so a fixed interval makes a storm that lasts longer the bigger the
+  room cost O(N^2) frames again; paced, a room is sent at most ``count_rate`` count
+  frames a second whatever its size.
 """
 
 from __future__ import annotations
@@ -83,7 +87,8 @@ class Hub:
 
     def __init__(
         self, presence: Presence, subscriber: Subscriber, coalescer: Coalescer, metrics: Metrics, *,
-        history: History | None = None, count_interval: float = 0.1, member_grace: float = 2.0,
+        history: History | None = None, count_interval: float = 0.1, count_rate: float = 0.0,
+        member_grace: float = 2.0,
     ) -> None:
         self.presence = presence
         self.history = history or History(presence, 0, 0)
@@ -91,6 +96,7 @@ class Hub:
         self.coalescer = coalescer
         self.metrics = metrics
         self.count_interval = count_interval
+        self.count_rate = count_rate
         self._rooms: dict[str, _Room] = {}
         self._conns: set[Connection] = set()
         self._closing = False
@@ -346,11 +352,19 @@ class Hub:
         if r.timer is not None:
             return
         loop = asyncio.get_running_loop()
-        due = r.last_broadcast + self.count_interval
+        due = r.last_broadcast + self.spacing(state)
         if due <= loop.time():
             self._broadcast(room, r)
         else:
             r.timer = loop.call_at(due, self._timed_broadcast, room, r)
+
+    def spacing(self, state: CountState | None) -> float:
+        """Seconds between two broadcasts to a room: ``count_interval``, or in a room of more than
+        ``count_rate * count_interval`` sockets (all processes together), one frame per socket
+        spread over a second per ``count_rate`` frames."""
+        if self.count_rate <= 0 or state is None:
+            return self.count_interval
+        return max(self.count_interval, state.connections / self.count_rate)
 
     def _timed_broadcast(self, room: str, r: _Room) -> None:
         """A timer's callback: whatever goes wrong is counted and logged once, never per call."""
@@ -414,7 +428,7 @@ class Hub:
             self._send_members(room, r, members, ready)
             if not (r.members_again or r.members_ready):
                 return
-            await asyncio.sleep(self.count_interval)
+            await asyncio.sleep(self.spacing(r.state))
 
     def _send_members(
         self, room: str, r: _Room, members: dict[str, str], ready: list[Connection],

@@ -43,6 +43,7 @@ class Settings:
     redis_url: str
     presence_ttl: float = 15.0
     count_interval: float = 0.1
+    count_rate: float = 20_000.0
     sweep_interval: float = 1.0
     redis_timeout: float = 2.0
     redis_pool_size: int = 32
@@ -76,7 +77,7 @@ class Service:
         self.history = History(self.presence, s.history_size, s.history_ttl, sharded=cluster)
         self.hub = Hub(
             self.presence, self.subscriber, self.coalescer, metrics, history=self.history,
-            count_interval=s.count_interval,
+            count_interval=s.count_interval, count_rate=s.count_rate,
         )
         self.supervisor = Supervisor(metrics, backoff_cap=s.backoff_cap)
         self._renew_now = asyncio.Event()

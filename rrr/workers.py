@@ -157,7 +157,7 @@ def run(main: Callable[[str, list[socket.socket] | None], Coroutine[Any, Any, No
         if n == 1:
             asyncio.run(main(url, None))
             return 0
-        sockets = tornado.netutil.bind_sockets(options.port, options.address)
+        sockets = tornado.netutil.bind_sockets(options.port, options.address, backlog=options.backlog)
 
         def worker(socks: list[socket.socket]) -> int:
             asyncio.run(main(url, socks))

@@ -38,3 +38,30 @@ async def test_a_burst_of_changes_ends_on_the_truth(server_factory: ServerFactor
     before = len(watcher.counts())
     await asyncio.sleep(1)
     assert len(watcher.counts()) == before, "a settled room keeps sending counts"
+
+
+async def test_a_big_room_is_sent_counts_paced_by_its_size(
+    server_factory: ServerFactory, clients: list[Client]
+) -> None:
+    # 60 sockets at --count-rate 30: one broadcast every 2 s, not every --count-interval (0.05 s).
+    server = await server_factory(count_interval=0.05, count_rate=30)
+    room = await asyncio.gather(*[connect(server.ws_url("/ws/count/big/")) for _ in range(60)])
+    clients += room
+    watcher = room[0]
+    await wait_until(lambda: all(c.last_count() == (60, 60) for c in room), timeout=60, what="all showing 60")
+    before = len(watcher.counts())
+    broadcasts = server.metric("rrr_count_broadcasts_total")
+    # Churn for 4 s: a join and a leave every 0.1 s (80 changes; unpaced, about 80 broadcasts).
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 4.0
+    while loop.time() < end:
+        extra = await connect(server.ws_url("/ws/count/big/"))
+        await asyncio.sleep(0.05)
+        extra.close()
+        await asyncio.sleep(0.05)
+    await watcher.settles_on(60, 60, timeout=30)
+    paced = server.metric("rrr_count_broadcasts_total") - broadcasts
+    assert paced <= 5, f"{paced} broadcasts in 4 s of churn, spaced at least 2 s apart"
+    assert len(watcher.counts()) - before <= 5
+    await wait_until(lambda: all(c.last_count() == (60, 60) for c in room), timeout=30,
+                     what="every member ending on the truth")

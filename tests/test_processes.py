@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import AppProcess, Client, connect, wait_until
+from conftest import AppProcess, Client, connect, need_binary, wait_until
 from rrr import keys
 
 pytestmark = pytest.mark.gen_test(timeout=120)
@@ -64,3 +65,16 @@ async def test_workers_share_the_port_are_replaced_and_drain_on_sigterm(
         assert c.close_code == 1001
     assert await asyncio.to_thread(parent.proc.wait, 15) == 0
     assert rclient.zcard(keys.PROCS) == 0 and not rclient.exists(keys.presence("cores"))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_the_listening_socket_queues_backlog_connections(
+    app_factory: Callable[..., AppProcess], redis_url: str, processes: int,
+) -> None:
+    """A reconnect storm's SYNs wait in the kernel's queue instead of being dropped (Tornado's own
+    default is 128; the sockets are bound in app.py alone or by the parent of ``--processes``)."""
+    ss = need_binary("ss")
+    app = await asyncio.to_thread(app_factory, redis_url=redis_url, processes=processes, backlog=777)
+    out = subprocess.run([ss, "-ltnH", f"sport = :{app.port}"], capture_output=True, text=True, check=True).stdout
+    # A listening socket's Send-Q is its backlog.
+    assert [line.split()[2] for line in out.splitlines()] == ["777"], out
