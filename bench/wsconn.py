@@ -5,7 +5,11 @@ connection. At 10-19k sockets on a 2-core machine that driver overhead competes
 with the server under test. Here bytes are parsed in ``data_received`` and each
 text message goes straight to a callback: no task, no queue, per socket only
 this object and the transport. Framing, masking, ping replies and the close
-handshake are still websockets' own, so the client stays standards-correct.
+handshake are still websockets' own, so the client stays standards-correct,
+except for one fast path: a read that holds only whole, unfragmented text frames
+(what a server sends a subscriber, 100,000 times in a row in a fan-out) is split
+and decoded here, in a few lines, without the generator-based parser; anything
+else (a control frame, a fragment, a partial frame, bad bytes) goes to websockets.
 No extensions are offered, so no server compresses: every stack sends the
 same plain frames.
 """
@@ -54,6 +58,11 @@ class WsConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.time_ns()
+        texts = self._whole_texts(data)
+        if texts is not None:
+            for text in texts:
+                self.on_text(self, text, now)
+            return
         self.proto.receive_data(data)
         for event in self.proto.events_received():
             if not isinstance(event, Frame):
@@ -120,6 +129,34 @@ class WsConnection(asyncio.Protocol):
             self.transport.abort()
 
     # -- internals ---------------------------------------------------------
+
+    def _whole_texts(self, data: bytes) -> list[str] | None:
+        """The texts of ``data`` if it is nothing but complete, final, unmasked text frames and the
+        parser stands between frames; else None (websockets parses it)."""
+        if self.proto.state is not State.OPEN or self._fragments is not None or self.proto.reader.buffer:
+            return None
+        texts = []
+        i, end = 0, len(data)
+        while i < end:
+            if i + 2 > end or data[i] != 0x81:
+                return None
+            n = data[i + 1]
+            i += 2
+            if n == 126:
+                if i + 2 > end:
+                    return None
+                n = int.from_bytes(data[i:i + 2], "big")
+                i += 2
+            elif n >= 127:  # 127: a 64-bit length; above 127: masked, which a server must not send
+                return None
+            if i + n > end:
+                return None
+            try:
+                texts.append(data[i:i + n].decode())
+            except UnicodeDecodeError:
+                return None
+            i += n
+        return texts
 
     def _handshake_done(self) -> None:
         if self.opened.done():
