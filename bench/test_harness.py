@@ -167,3 +167,37 @@ def test_connects_left_over_from_a_reset_cell_are_not_the_next_cells_errors() ->
 
     state = asyncio.run(main())
     assert state["errors"] == 0, state["error_samples"]
+
+
+def test_the_light_client_reads_whole_text_frames_itself_and_hands_websockets_the_rest() -> None:
+    import base64
+    import hashlib
+
+    from .wsconn import WsConnection
+
+    async def body() -> None:
+        got: list[str] = []
+        conn = WsConnection("ws://127.0.0.1:1/", lambda _c, text, _t: got.append(text), None,
+                            asyncio.get_running_loop())
+        request = conn.proto.connect()
+        conn.proto.send_request(request)
+        key = request.headers["Sec-WebSocket-Key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+        accept = base64.b64encode(hashlib.sha1(key.encode()).digest()).decode()
+        conn.data_received(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                           b"Sec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n")
+        assert conn.proto.state.name == "OPEN"
+        big = "x" * 300
+        two = b"\x81\x02hi" + b"\x81\x7e" + len(big).to_bytes(2, "big") + big.encode()
+        assert conn._whole_texts(two) == ["hi", big]
+        for other in (b"\x81\x05hel",          # a partial frame
+                      b"\x81\x02hi\x89\x00",   # a text, then a ping (websockets answers pings)
+                      b"\x01\x02hi",           # a fragment
+                      b"\x81\x82abcdhi",       # masked: a server must not send that
+                      b"\x81\x02\xff\xfe"):    # not UTF-8
+            assert conn._whole_texts(other) is None, other
+        conn.data_received(b"\x81\x05hel")     # websockets keeps the partial frame...
+        assert conn._whole_texts(b"\x81\x02hi") is None  # ...so the next read is its too
+        conn.data_received(b"lo")
+        assert got == ["hello"]
+
+    asyncio.run(body())
