@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,13 +70,16 @@ class DriverPool:
         self.workers = workers
 
     @classmethod
-    async def start(cls, n: int, python: str = sys.executable) -> DriverPool:
+    async def start(cls, n: int, python: str = sys.executable, uvloop: bool = False) -> DriverPool:
+        """``uvloop``: the workers run on uvloop (about half the client CPU per socket), so a
+        benchmark whose clients share the server's cores leaves the server more of them."""
         workers = []
+        env = {**os.environ, "BENCH_UVLOOP": "1" if uvloop else "0"}
         for i in range(n):
             proc = await asyncio.create_subprocess_exec(
                 python, "-m", "bench.worker", str(i),
                 cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                limit=2**30,
+                limit=2**30, env=env,
             )
             workers.append(DriverProcess(i, proc))
         return cls(workers)

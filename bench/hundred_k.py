@@ -6,7 +6,7 @@
 One real ``redis-server``; ``--servers`` ``app.py`` processes, each on its own port (so
 every process's share of the sockets is known exactly and checked against its own
 ``rrr_open_sockets``); ``--drivers`` load-driver processes (``bench/worker.py``, the
-harness's light sockets), each connecting from its own eight 127.x.y.z source
+harness's light sockets, on uvloop: they share the servers' cores), each connecting from its own eight 127.x.y.z source
 addresses, a fresh set per phase. A process may hold 20,000 files, so each server and
 each driver holds at most ``--sockets / n`` (checked: at most 19,000).
 
@@ -603,7 +603,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         await redis.start()
         kind = RrrKind(args.rrr_python, count_interval=args.count_interval)
         servers = await ServerGroup.start(kind, args.servers, redis.url, logdir, "100k")
-        drivers = await DriverPool.start(args.drivers)
+        drivers = await DriverPool.start(args.drivers, uvloop=True)
         run = Run(args, redis, servers, drivers, logdir)
         results["meta"]["redis_version"] = str((await run.r.info("server"))["redis_version"])
         vs = versions(args.rrr_python, results["meta"]["redis_version"])
@@ -866,7 +866,7 @@ def section(results: dict[str, Any], variants: list[dict[str, Any]] | None = Non
         f"{meta['machine']['memory_gib']} GiB machine: {procs} `app.py` processes (one port each, "
         f"{n // procs:,} sockets each, defaults but `--count-interval`) on one `redis-server` "
         f"{meta.get('redis_version', '')}" + (f" (rrr at {meta['rrr_commit']})" if meta.get("rrr_commit") else "")
-        + f", and {meta['drivers']} load-driver processes (`bench/worker.py`, "
+        + f", and {meta['drivers']} load-driver processes (`bench/worker.py` on uvloop, "
         "each connecting from its own eight 127.x.y.z source addresses, a fresh set per phase), all sharing "
         f"the same {cores} cores. Result: {status}.{busy} Load average (1 min) sampled during the run: "
         f"{fmt(min(loads, default=None), '{:.2f}')} to {fmt(max(loads, default=None), '{:.2f}')} "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import random
 import resource
 import sys
@@ -410,7 +411,13 @@ async def serve(index: int) -> None:
 def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    asyncio.run(serve(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
+    index = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    if os.environ.get("BENCH_UVLOOP") == "1":  # bench.drivers.DriverPool.start(uvloop=True)
+        import uvloop
+
+        uvloop.run(serve(index))
+    else:
+        asyncio.run(serve(index))
 
 
 if __name__ == "__main__":
