@@ -25,6 +25,15 @@ log = logging.getLogger("rrr.sockets")
 class RelaySocket(WebSocketHandler):
     """``WS /ws/``: one socket, many rooms, one subscription per tab."""
 
+    # Slots: Tornado's RequestHandler and WebSocketHandler set 27 attributes on every handler,
+    # and CPython (3.11) keeps an instance's attributes in a compact array shared with its
+    # class only while there are at most 29. Ours on top made every socket's handler carry a
+    # dict of its own (1.2 KiB per idle socket; bench/socket_memory.py).
+    __slots__ = (
+        "hub", "verifier", "identity", "since", "keepalive", "limits", "addresses", "ip", "allowed_origins",
+        "send_buffer", "xheaders", "session", "_fast",
+    )
+
     def initialize(
         self, hub: Hub, keepalive: Keepalive, limits: Limits, addresses: AddressLimits,
         allowed_origins: frozenset[str], send_buffer: int, xheaders: bool, verifier: Verifier,
