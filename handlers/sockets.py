@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import tornado.web
@@ -71,20 +71,26 @@ class RelaySocket(WebSocketHandler):
         )
         return False
 
-    async def get(self, *args: str, **kwargs: str) -> None:
+    def get(self, *args: str, **kwargs: str) -> Coroutine[Any, Any, None]:
         """Refuse an address over ``--max-sockets-per-ip`` before the upgrade, with a 429.
 
         Nothing awaits between here and ``open()``, where the socket is counted, so two
-        handshakes cannot both squeeze through the last slot."""
+        handshakes cannot both squeeze through the last slot.
+
+        Not a coroutine itself: it hands Tornado the upgrade's own coroutine to await. That
+        coroutine runs for the socket's whole life, and a frame of ours awaiting it would be
+        kept as long (about 390 bytes per idle socket)."""
         if not self.addresses.may_open_socket(self.request.remote_ip or ""):
-            self.hub.metrics.limited.labels("sockets_per_ip").inc()
-            self.set_status(429)
-            self.set_header("Content-Type", "application/json; charset=UTF-8")
-            self.set_header("Retry-After", "10")
-            reason = f"at most {self.addresses.max_sockets} sockets per client address"
-            self.finish(protocol.dumps(protocol.http_error(429, reason)))
-            return
-        await super().get(*args, **kwargs)
+            return self._too_many_sockets()
+        return super().get(*args, **kwargs)
+
+    async def _too_many_sockets(self) -> None:
+        self.hub.metrics.limited.labels("sockets_per_ip").inc()
+        self.set_status(429)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Retry-After", "10")
+        reason = f"at most {self.addresses.max_sockets} sockets per client address"
+        self.finish(protocol.dumps(protocol.http_error(429, reason)))
 
     def open(self, *args: str) -> None:
         self.ip = self.request.remote_ip or ""
@@ -181,9 +187,12 @@ class RelaySocket(WebSocketHandler):
 class CountSocket(RelaySocket):
     """``WS /ws/count/<slug>/``: the talk's socket, one room for its whole life."""
 
-    async def get(self, *args: str, **kwargs: str) -> None:
+    def get(self, *args: str, **kwargs: str) -> Coroutine[Any, Any, None]:
         """``?token=<jwt>``: a private or presence room without a token that grants it is 403,
-        before the upgrade."""
+        before the upgrade.
+
+        Without a token nothing here waits, so the upgrade's coroutine is returned, not awaited
+        (see `RelaySocket.get`); a token's revocation check waits on Redis first."""
         room = args[0]
         try:
             self.since = protocol.since_from_query(self.get_query_argument("since", None),
@@ -198,15 +207,23 @@ class CountSocket(RelaySocket):
                 if needs_grant(room):
                     raise tornado.web.HTTPError(403, f"bad token: {e.reason}") from None
         if self.identity is not None:
-            try:
-                revoked = await self.hub.revoked(self.identity)
-            except BackplaneError:
-                raise tornado.web.HTTPError(503, "cannot check the token now; try again") from None
-            if revoked:
-                raise tornado.web.HTTPError(403, "this user's tokens issued before its last sign-out are revoked")
+            return self._get_unless_revoked(self.identity, *args, **kwargs)
+        self._check_grant(room)
+        return super().get(*args, **kwargs)
+
+    async def _get_unless_revoked(self, identity: Identity, *args: str, **kwargs: str) -> None:
+        try:
+            revoked = await self.hub.revoked(identity)
+        except BackplaneError:
+            raise tornado.web.HTTPError(503, "cannot check the token now; try again") from None
+        if revoked:
+            raise tornado.web.HTTPError(403, "this user's tokens issued before its last sign-out are revoked")
+        self._check_grant(args[0])
+        await super().get(*args, **kwargs)
+
+    def _check_grant(self, room: str) -> None:
         if needs_grant(room) and not (self.identity is not None and self.identity.may_read(room)):
             raise tornado.web.HTTPError(403, "this room needs a token that grants it (?token=<jwt>)")
-        await super().get(*args, **kwargs)
 
     def _new_session(self, *args: str) -> Session:
         assert self.ip is not None
