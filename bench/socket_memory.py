@@ -130,8 +130,9 @@ class CountClient(asyncio.Protocol):
         self._fail(f"{self.path}: connection lost ({exc})")
 
 
-async def open_sockets(port: int, n: int, room_size: int, timeout: float) -> list[CountClient]:
-    """``n`` count sockets in rooms of ``room_size``; returns once every one shows its room's count."""
+async def open_sockets(port: int, n: int, room_size: int, timeout: float, prefix: str = "r") -> list[CountClient]:
+    """``n`` count sockets in rooms ``<prefix><i>`` of ``room_size``; returns once every one shows its
+    room's count."""
     loop = asyncio.get_running_loop()
     sizes = [min(room_size, n - start) for start in range(0, n, room_size)]
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -139,7 +140,7 @@ async def open_sockets(port: int, n: int, room_size: int, timeout: float) -> lis
 
     async def one(i: int) -> None:
         room = i // room_size
-        client = CountClient(f"/ws/count/r{room}/", port, sizes[room], loop)
+        client = CountClient(f"/ws/count/{prefix}{room}/", port, sizes[room], loop)
         clients.append(client)
         async with gate:
             await loop.create_connection(lambda: client, "127.0.0.1", port)
