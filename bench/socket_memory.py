@@ -3,6 +3,7 @@
     python -m bench.socket_memory                          # 5,000 sockets, 3 fresh app.py in turn
     python -m bench.socket_memory --sockets 8000 --repeats 5
     python -m bench.socket_memory --trace 25 --top 40      # also: where the bytes go (tracemalloc)
+    python -m bench.socket_memory --pause 2                # the server CPU-starved as the burst starts
 
 Why this exists next to ``hundred_k``: that run needs the whole machine for ten minutes, while a
 change to what a socket keeps needs a figure in seconds, and a second one to see the noise.
@@ -249,6 +250,11 @@ async def measure(args: argparse.Namespace, redis: RedisServer, logdir: Path) ->
         before = await app.snapshot() if args.trace else None
         base = app.rss()
         t0 = time.monotonic()
+        if args.pause:
+            # As a process starved of CPU when the burst starts: it then finds a backlog of
+            # handshakes at once, which changes what CPython shares between its handlers.
+            app.proc.send_signal(signal.SIGSTOP)
+            asyncio.get_running_loop().call_later(args.pause, app.proc.send_signal, signal.SIGCONT)
         clients = await open_sockets(app.port, args.sockets, args.room_size, args.timeout)
         opened_s = time.monotonic() - t0
         await asyncio.sleep(args.settle)
@@ -322,6 +328,8 @@ def main() -> None:
     ap.add_argument("--hold", type=float, default=10.0, help="seconds idle before the second reading")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds before each reading")
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="seconds app.py is stopped (SIGSTOP) as the sockets start connecting")
     ap.add_argument("--trace", type=int, default=0, help="tracemalloc frames in app.py (0: off)")
     ap.add_argument("--top", type=int, default=30)
     asyncio.run(amain(ap.parse_args()))
