@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import tornado.web
@@ -24,6 +24,15 @@ log = logging.getLogger("rrr.sockets")
 
 class RelaySocket(WebSocketHandler):
     """``WS /ws/``: one socket, many rooms, one subscription per tab."""
+
+    # Slots: Tornado's RequestHandler and WebSocketHandler set 27 attributes on every handler,
+    # and CPython (3.11) keeps an instance's attributes in a compact array shared with its
+    # class only while there are at most 29. Ours on top made every socket's handler carry a
+    # dict of its own (1.2 KiB per idle socket; bench/socket_memory.py).
+    __slots__ = (
+        "hub", "verifier", "identity", "since", "keepalive", "limits", "addresses", "ip", "allowed_origins",
+        "send_buffer", "xheaders", "session", "_fast",
+    )
 
     def initialize(
         self, hub: Hub, keepalive: Keepalive, limits: Limits, addresses: AddressLimits,
@@ -62,20 +71,26 @@ class RelaySocket(WebSocketHandler):
         )
         return False
 
-    async def get(self, *args: str, **kwargs: str) -> None:
+    def get(self, *args: str, **kwargs: str) -> Coroutine[Any, Any, None]:
         """Refuse an address over ``--max-sockets-per-ip`` before the upgrade, with a 429.
 
         Nothing awaits between here and ``open()``, where the socket is counted, so two
-        handshakes cannot both squeeze through the last slot."""
+        handshakes cannot both squeeze through the last slot.
+
+        Not a coroutine itself: it hands Tornado the upgrade's own coroutine to await. That
+        coroutine runs for the socket's whole life, and a frame of ours awaiting it would be
+        kept as long (about 390 bytes per idle socket)."""
         if not self.addresses.may_open_socket(self.request.remote_ip or ""):
-            self.hub.metrics.limited.labels("sockets_per_ip").inc()
-            self.set_status(429)
-            self.set_header("Content-Type", "application/json; charset=UTF-8")
-            self.set_header("Retry-After", "10")
-            reason = f"at most {self.addresses.max_sockets} sockets per client address"
-            self.finish(protocol.dumps(protocol.http_error(429, reason)))
-            return
-        await super().get(*args, **kwargs)
+            return self._too_many_sockets()
+        return super().get(*args, **kwargs)
+
+    async def _too_many_sockets(self) -> None:
+        self.hub.metrics.limited.labels("sockets_per_ip").inc()
+        self.set_status(429)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Retry-After", "10")
+        reason = f"at most {self.addresses.max_sockets} sockets per client address"
+        self.finish(protocol.dumps(protocol.http_error(429, reason)))
 
     def open(self, *args: str) -> None:
         self.ip = self.request.remote_ip or ""
@@ -96,6 +111,13 @@ class RelaySocket(WebSocketHandler):
         # to the headers for the socket's whole life, so empty them in place: a browser sends
         # 1-2 KiB of them (cookies, user agent), more than the rest of an idle socket's state.
         self.request.headers.clear()
+        # The request also holds the HTTP/1.1 connection objects of the handshake, and through
+        # them its finished request loop (a Task and its coroutine), a Future, the start lines
+        # and the address context: about 1.5 KiB an idle socket keeps for nothing. The stream
+        # was detached from them, and after the upgrade Tornado reaches them only to write an
+        # HTTP response, which a WebSocket handler no longer may.
+        self.request.connection = None
+        self.request.server_connection = None
 
     def _new_session(self, *args: str) -> Session:
         assert self.ip is not None
@@ -172,9 +194,12 @@ class RelaySocket(WebSocketHandler):
 class CountSocket(RelaySocket):
     """``WS /ws/count/<slug>/``: the talk's socket, one room for its whole life."""
 
-    async def get(self, *args: str, **kwargs: str) -> None:
+    def get(self, *args: str, **kwargs: str) -> Coroutine[Any, Any, None]:
         """``?token=<jwt>``: a private or presence room without a token that grants it is 403,
-        before the upgrade."""
+        before the upgrade.
+
+        Without a token nothing here waits, so the upgrade's coroutine is returned, not awaited
+        (see `RelaySocket.get`); a token's revocation check waits on Redis first."""
         room = args[0]
         try:
             self.since = protocol.since_from_query(self.get_query_argument("since", None),
@@ -189,15 +214,23 @@ class CountSocket(RelaySocket):
                 if needs_grant(room):
                     raise tornado.web.HTTPError(403, f"bad token: {e.reason}") from None
         if self.identity is not None:
-            try:
-                revoked = await self.hub.revoked(self.identity)
-            except BackplaneError:
-                raise tornado.web.HTTPError(503, "cannot check the token now; try again") from None
-            if revoked:
-                raise tornado.web.HTTPError(403, "this user's tokens issued before its last sign-out are revoked")
+            return self._get_unless_revoked(self.identity, *args, **kwargs)
+        self._check_grant(room)
+        return super().get(*args, **kwargs)
+
+    async def _get_unless_revoked(self, identity: Identity, *args: str, **kwargs: str) -> None:
+        try:
+            revoked = await self.hub.revoked(identity)
+        except BackplaneError:
+            raise tornado.web.HTTPError(503, "cannot check the token now; try again") from None
+        if revoked:
+            raise tornado.web.HTTPError(403, "this user's tokens issued before its last sign-out are revoked")
+        self._check_grant(args[0])
+        await super().get(*args, **kwargs)
+
+    def _check_grant(self, room: str) -> None:
         if needs_grant(room) and not (self.identity is not None and self.identity.may_read(room)):
             raise tornado.web.HTTPError(403, "this room needs a token that grants it (?token=<jwt>)")
-        await super().get(*args, **kwargs)
 
     def _new_session(self, *args: str) -> Session:
         assert self.ip is not None
@@ -205,3 +238,32 @@ class CountSocket(RelaySocket):
             self, self.hub, self.limits, self.addresses, self.ip, room=args[0], verifier=self.verifier,
             identity=self.identity, since=self.since,
         )
+
+
+# What Tornado 6 sets on every WebSocket handler: RequestHandler.__init__ and clear(),
+# WebSocketHandler.__init__, RequestHandler._execute, WebSocketHandler.get, and _detach_stream
+# (the seven HTTP methods it disables once the socket is upgraded).
+TORNADO_HANDLER_ATTRIBUTES = (
+    "application", "request", "_headers_written", "_finished", "_auto_finish", "_prepared_future", "ui",
+    "_headers", "_write_buffer", "_status_code", "_reason", "ws_connection", "close_code", "close_reason",
+    "_on_close_called", "_transforms", "path_args", "path_kwargs", "open_args", "open_kwargs",
+    "write", "redirect", "set_header", "set_cookie", "set_status", "flush", "finish",
+)
+
+
+def share_attribute_names(cls: type[RelaySocket]) -> None:
+    """Enter every attribute name Tornado gives a handler of ``cls`` in the class's shared table now.
+
+    CPython 3.11 keeps an instance's attributes in a compact array indexed by a table of names
+    the class shares, and that table takes new names only while it has room, which each new
+    instance also uses up. In a burst of handshakes dozens of handlers exist before the first
+    reaches ``_execute`` and the upgrade, so the names Tornado sets there never got in, and
+    every handler for the rest of the process had a dict of its own (830 bytes instead of about
+    250). Naming them all on one throwaway instance, before any socket, prevents that."""
+    probe = cls.__new__(cls)
+    for name in TORNADO_HANDLER_ATTRIBUTES:
+        setattr(probe, name, None)
+
+
+for _cls in (RelaySocket, CountSocket):
+    share_attribute_names(_cls)
