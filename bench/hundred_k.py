@@ -765,15 +765,20 @@ def reading(rounds: list[tuple[str, dict[str, Any], dict[str, Any], float]], n: 
                      f"server and {st.get('driver_cpu_s', 0):.0f} s of driver CPU")
     if not parts:
         return []
-    return ["**Reading the storm.** " + "; ".join(parts) + ". Counts are coalesced per room, per process and per "
-            "`--count-interval`, so a member is sent one count frame per interval for as long as the room keeps "
-            "changing: a storm costs about N × (its duration / the interval) frames, not O(N), and its duration "
-            "itself grows with N (joins at a finite rate). At 100,000 on 2 cores, the default 0.1 s interval spends "
-            "the CPU the joins need on count frames to the members already in (on both sides here: servers send "
-            "them, drivers parse them), and the joins slow down further; a longer interval for such rooms cuts "
-            "the frames, but the joins alone (each a TCP handshake, an upgrade and a presence write, on the server "
-            "and the driver, all on these 2 cores) take long: the density phase opened its sockets, with no storm, in "
-            f"{fmt(d.get('ready_s'), '{:.0f}')} s.", "", *reading_fanout(rounds, d)]
+    tails = [st["all_show_n_s"] - st["connect_s"] for _l, st, _f, _c in rounds
+             if st.get("all_show_n_s") is not None and st.get("connect_s") is not None]
+    tail = (f" (here {', '.join(f'{t:.1f} s' for t in tails)} from the last 101 to every client showing N)"
+            if tails else "")
+    return ["**Reading the storm.** " + "; ".join(parts) + ". Count broadcasts are coalesced per room and per "
+            "process and paced by the room's size (`--count-rate`: at most 20,000 count frames a second per room, "
+            "all processes together, so a room of 100,000 is sent a count every 5 s; each new socket gets its own "
+            "at once), so a storm costs about the rate × its duration in frames, O(N) whatever the room's size. "
+            "Before the pacing, a fixed 0.1 s interval sent every member a count 10 times a second for as long as "
+            "the storm lasted: 3.8 million frames, and the storm had not finished after 180 s. What the storm's "
+            "time is now: the joins themselves (each a TCP handshake, an upgrade and a presence write, on the "
+            "server and on the driver, all on these 2 cores; the density phase opened its 100,000 sockets, with "
+            f"no storm, in {fmt(d.get('ready_s'), '{:.0f}')} s), then the wait for the room's next paced broadcast, "
+            f"up to 5 s{tail}.", "", *reading_fanout(rounds, d)]
 
 
 def reading_warnings(runs: list[dict[str, Any]]) -> list[str]:
@@ -797,7 +802,7 @@ def reading_fanout(rounds: list[tuple[str, dict[str, Any], dict[str, Any], float
     return ["**Reading the fan-out.** Each message is one frame per member, serialized once per process; the "
             "delivery window's server CPU also holds what the processes do anyway (held idle, the density phase's "
             f"processes used {fmt(d.get('idle_server_cpu_pct'))} % of a core for their 100,000 sockets, mostly the "
-            "keepalive pings), so CPU per frame here is an upper bound, and the 8 drivers parse every frame on the "
+            "keepalive pings), so CPU per frame here is an upper bound, and the drivers parse every frame on the "
             "same 2 cores: the latency is the servers' and the drivers' queueing together.", ""]
 
 
