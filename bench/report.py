@@ -536,7 +536,8 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
         "- Socket.IO peer (`bench/peers/socketio_peer.py`): python-socketio on aiohttp with `AsyncRedisManager` "
         "(pool raised to 1000), the room passed in the connect `auth`, INCR/DECR + `emit` to the room. For "
         "fan-out the client joins with `count: false`.",
-        "- Listen backlog: the peers get 1024; rrr uses Tornado's default (128). The driver keeps at most 100 "
+        "- Listen backlog: the peers get 1024; so does rrr (`--backlog`, 1024 since issue 13; these runs "
+        "predate it and had Tornado's 128). The driver keeps at most 100 "
         "handshakes in flight, under either.",
         "- The driver and the servers share the 2 cores: latency includes the driver's own queueing, equally for "
         "every server. `driver_cpu_s` in the JSON shows how busy it was.",

@@ -175,29 +175,44 @@ def test_the_light_client_reads_whole_text_frames_itself_and_hands_websockets_th
 
     from .wsconn import WsConnection
 
-    async def body() -> None:
-        got: list[str] = []
+    def opened(got: list[str], first: bytes = b"") -> WsConnection:
+        """A client after a 101 (``first``: what came in the same read as the response head)."""
         conn = WsConnection("ws://127.0.0.1:1/", lambda _c, text, _t: got.append(text), None,
                             asyncio.get_running_loop())
         request = conn.proto.connect()
         conn.proto.send_request(request)
         key = request.headers["Sec-WebSocket-Key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-        accept = base64.b64encode(hashlib.sha1(key.encode()).digest()).decode()
-        conn.data_received(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                           b"Sec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n")
+        accept = base64.b64encode(hashlib.sha1(key.encode()).digest())
+        head = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        conn.data_received(head[:40])  # a response head split over two reads
+        conn.data_received(head[40:] + first)
         assert conn.proto.state.name == "OPEN"
-        big = "x" * 300
-        two = b"\x81\x02hi" + b"\x81\x7e" + len(big).to_bytes(2, "big") + big.encode()
-        assert conn._whole_texts(two) == ["hi", big]
-        for other in (b"\x81\x05hel",          # a partial frame
-                      b"\x81\x02hi\x89\x00",   # a text, then a ping (websockets answers pings)
-                      b"\x01\x02hi",           # a fragment
-                      b"\x81\x82abcdhi",       # masked: a server must not send that
-                      b"\x81\x02\xff\xfe"):    # not UTF-8
-            assert conn._whole_texts(other) is None, other
-        conn.data_received(b"\x81\x05hel")     # websockets keeps the partial frame...
-        assert conn._whole_texts(b"\x81\x02hi") is None  # ...so the next read is its too
-        conn.data_received(b"lo")
-        assert got == ["hello"]
+        return conn
+
+    async def body() -> None:
+        got: list[str] = []
+        big = "x" * 33_100  # its 16-bit length begins with 0x81, like a text frame's first byte
+        wire = b"\x81\x02hi" + b"\x81\x7e" + len(big).to_bytes(2, "big") + big.encode()
+        conn = opened(got, wire[:3])  # frames begun in the response's own read
+        conn.data_received(wire[3:])
+        assert got == ["hi", big]
+        got.clear()
+        # Cut inside a frame, right after a header (the next read, 0x81 0x4c and 76 bytes, looks like a
+        # whole text frame of its own), inside a 16-bit length, and inside a payload.
+        for cuts in ((3, 6, 84, 500), (7, 9, 20_000)):
+            got.clear()
+            conn = opened(got)
+            for a, b in zip((0, *cuts), (*cuts, len(wire))):
+                conn.data_received(wire[a:b])
+            assert got == ["hi", big]
+        conn.data_received(b"\x01\x03hel" + b"\x89\x00" + b"\x80\x02lo")  # fragments around a ping
+        assert got[-1] == "hello" and conn.proto.parser_exc is None
+        assert b"\x8a" in b"".join(conn.proto.data_to_send())  # websockets answered the ping
+        for bad in (b"\x81\x02\xff\xfe", b"\x81\x82abcdhi"):  # not UTF-8; masked by a server
+            conn = opened(got)
+            conn.data_received(bad)
+            assert conn.proto.state.name != "OPEN", bad  # websockets failed the connection
+        assert got[-1] == "hello"
 
     asyncio.run(body())

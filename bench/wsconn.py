@@ -6,10 +6,12 @@ with the server under test. Here bytes are parsed in ``data_received`` and each
 text message goes straight to a callback: no task, no queue, per socket only
 this object and the transport. Framing, masking, ping replies and the close
 handshake are still websockets' own, so the client stays standards-correct,
-except for one fast path: a read that holds only whole, unfragmented text frames
-(what a server sends a subscriber, 100,000 times in a row in a fan-out) is split
-and decoded here, in a few lines, without the generator-based parser; anything
-else (a control frame, a fragment, a partial frame, bad bytes) goes to websockets.
+except for one fast path: once open, bytes are split into whole frames here (a few
+lines, not websockets' generator-based parser), and a final unmasked text frame
+outside a fragmented message (what a server sends a subscriber, 100,000 times in
+a row in a fan-out) is decoded here; every other frame (control frames,
+fragments, bad UTF-8) is handed to websockets whole, so its parser never stands
+inside a frame when the fast path reads the next one.
 No extensions are offered, so no server compresses: every stack sends the
 same plain frames.
 """
@@ -21,7 +23,7 @@ import time
 from collections.abc import Callable
 
 from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
@@ -45,6 +47,9 @@ class WsConnection(asyncio.Protocol):
         self.closed: asyncio.Future[None] = loop.create_future()
         self.transport: asyncio.Transport | None = None
         self._fragments: list[bytes] | None = None
+        #: The tail of the response head read so far (to find its blank line), and a partial frame.
+        self._head = b""
+        self._rest = b""
         #: Set when we started the close handshake, so a close is not counted as a server drop.
         self.closing_by_us = False
 
@@ -57,29 +62,10 @@ class WsConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.time_ns()
-        texts = self._whole_texts(data)
-        if texts is not None:
-            for text in texts:
-                self.on_text(self, text, now)
-            return
-        self.proto.receive_data(data)
-        for event in self.proto.events_received():
-            if not isinstance(event, Frame):
-                if isinstance(event, Response):
-                    self._handshake_done()
-                continue
-            opcode = event.opcode
-            if opcode is Opcode.TEXT:
-                if event.fin:
-                    self.on_text(self, bytes(event.data).decode(), now)
-                else:
-                    self._fragments = [bytes(event.data)]
-            elif opcode is Opcode.CONT and self._fragments is not None:
-                self._fragments.append(bytes(event.data))
-                if event.fin:
-                    text = b"".join(self._fragments).decode()
-                    self._fragments = None
-                    self.on_text(self, text, now)
+        if self.proto.state is State.CONNECTING:
+            data = self._response_head(data, now)
+        if data and self.proto.state in (State.OPEN, State.CLOSING):
+            self._frames(data, now)
         self._flush()
         if self.proto.parser_exc is not None and self.transport is not None:
             self.transport.abort()
@@ -129,33 +115,70 @@ class WsConnection(asyncio.Protocol):
 
     # -- internals ---------------------------------------------------------
 
-    def _whole_texts(self, data: bytes) -> list[str] | None:
-        """The texts of ``data`` if it is nothing but complete, final, unmasked text frames and the
-        parser stands between frames; else None (websockets parses it)."""
-        if self.proto.state is not State.OPEN or self._fragments is not None or self.proto.reader.buffer:
-            return None
-        texts = []
-        i, end = 0, len(data)
-        while i < end:
-            if i + 2 > end or data[i] != 0x81:
-                return None
-            n = data[i + 1]
-            i += 2
+    def _response_head(self, data: bytes, now: int) -> bytes:
+        """Give websockets the 101 response up to its blank line; return the bytes after it."""
+        head = self._head + data
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            self._head = head[-3:]  # a blank line split over reads is still found
+            self._feed(data, now)
+            return b""
+        cut = len(data) - (len(head) - end - 4)
+        self._head = b""
+        self._feed(data[:cut], now)
+        return data[cut:]
+
+    def _frames(self, data: bytes, now: int) -> None:
+        buf = self._rest + data if self._rest else data
+        i, end = 0, len(buf)
+        while i + 2 <= end:
+            first, n, masked = buf[i], buf[i + 1] & 0x7F, buf[i + 1] & 0x80
+            at = i + 2 + (4 if masked else 0)
             if n == 126:
-                if i + 2 > end:
-                    return None
-                n = int.from_bytes(data[i:i + 2], "big")
-                i += 2
-            elif n >= 127:  # 127: a 64-bit length; above 127: masked, which a server must not send
-                return None
-            if i + n > end:
-                return None
-            try:
-                texts.append(data[i:i + n].decode())
-            except UnicodeDecodeError:
-                return None
-            i += n
-        return texts
+                if i + 4 > end:
+                    break
+                n, at = int.from_bytes(buf[i + 2:i + 4], "big"), at + 2
+            elif n == 127:
+                if i + 10 > end:
+                    break
+                n, at = int.from_bytes(buf[i + 2:i + 10], "big"), at + 8
+            if at + n > end:
+                break
+            if first == 0x81 and not masked and self.proto.current_size is None and self._fragments is None:
+                self._text(buf[at:at + n], now)
+            else:
+                self._feed(buf[i:at + n], now)
+            i = at + n
+        self._rest = buf[i:]
+
+    def _feed(self, data: bytes, now: int) -> None:
+        """Bytes for websockets' parser (the response head, or whole frames), then what it made of them."""
+        self.proto.receive_data(data)
+        for event in self.proto.events_received():
+            if not isinstance(event, Frame):
+                if isinstance(event, Response):
+                    self._handshake_done()
+                continue
+            opcode = event.opcode
+            if opcode is Opcode.TEXT:
+                if event.fin:
+                    self._text(bytes(event.data), now)
+                else:
+                    self._fragments = [bytes(event.data)]
+            elif opcode is Opcode.CONT and self._fragments is not None:
+                self._fragments.append(bytes(event.data))
+                if event.fin:
+                    data = b"".join(self._fragments)
+                    self._fragments = None
+                    self._text(data, now)
+
+    def _text(self, data: bytes, now: int) -> None:
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            self.proto.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+            return
+        self.on_text(self, text, now)
 
     def _handshake_done(self) -> None:
         if self.opened.done():

@@ -93,6 +93,10 @@ class RelaySocket(WebSocketHandler):
         self.finish(protocol.dumps(protocol.http_error(429, reason)))
 
     def open(self, *args: str) -> None:
+        if self._on_close_called:
+            # The client hung up while get() awaited (a token's revocation check): Tornado ran
+            # on_close then and will not again, so nothing may be registered for this socket.
+            return
         self.ip = self.request.remote_ip or ""
         self.addresses.socket_opened(self.ip)
         if self.hub.closing:

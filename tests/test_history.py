@@ -11,7 +11,7 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from conftest import Client, LyingRedis, ServerFactory, Server, connect, wait_until
+from conftest import Client, LyingRedis, ServerFactory, Server, SlowReplyProxy, connect, wait_until
 from rrr import client as rrr_client
 from rrr.embedded import EmbeddedRedis
 from rrr.history import publish_args
@@ -457,78 +457,6 @@ async def test_a_hole_in_the_stream_is_never_delivered_as_a_complete_catch_up(
 
 
 # -- races -------------------------------------------------------------------------------------
-
-
-class SlowReplyProxy:
-    """A real TCP relay to the real Redis. Armed with ``hold_reply_to(marker, seconds)``, the next
-    command that contains ``marker`` runs in Redis at once, but its reply reaches the app only
-    ``seconds`` later (a slow network, a busy event loop): the read is *taken* at once and
-    *answered* late. Everything else passes straight through."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.marker: bytes | None = None
-        self.delay = 0.0
-        self.held = asyncio.Event()
-        self._server: asyncio.base_events.Server | None = None
-        self.port = 0
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> SlowReplyProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def hold_reply_to(self, marker: bytes, seconds: float) -> None:
-        self.marker, self.delay = marker, seconds
-        self.held.clear()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for w in list(self._writers):
-            w.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        self._writers |= {writer, up_writer}
-        slow_next = {"on": False}
-
-        async def up() -> None:
-            try:
-                while data := await reader.read(65536):
-                    if self.marker is not None and self.marker in data:
-                        self.marker = None
-                        slow_next["on"] = True
-                    up_writer.write(data)
-                    await up_writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                up_writer.close()
-
-        async def down() -> None:
-            try:
-                while data := await up_reader.read(65536):
-                    if slow_next["on"]:
-                        slow_next["on"] = False
-                        self.held.set()
-                        await asyncio.sleep(self.delay)
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                writer.close()
-
-        try:
-            await asyncio.gather(up(), down())
-        finally:
-            self._writers -= {writer, up_writer}
 
 
 async def test_a_catch_up_read_answered_after_a_second_pubsub_cut_does_not_drop_what_was_held(

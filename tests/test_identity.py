@@ -14,8 +14,9 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from conftest import Client, ServerFactory, connect, wait_until
+from conftest import Client, ServerFactory, SlowReplyProxy, connect, wait_until
 from rrr import client as rrr_client
+from rrr import keys
 from rrr.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.gen_test(timeout=60)
@@ -113,6 +114,37 @@ async def test_the_one_room_socket_takes_its_token_in_the_query(
     clients.append(c)
     await c.settles_on(1)
     clients.append(await connect(server.ws_url("/ws/count/public-room/")))  # the talk's page needs no token
+
+
+async def test_a_page_gone_during_its_tokens_revocation_check_leaves_no_socket_behind(
+    redis_server: EmbeddedRedis, server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    """The one-room socket checks its token's revocation in Redis before the upgrade. A page that
+    went away meanwhile (a reload while Redis is slow) was upgraded anyway: counted, with no
+    close left to uncount it, for as long as the process lived."""
+    port = int(redis_server.url.split(":")[2].split("/")[0])
+    proxy = await SlowReplyProxy(port).start()
+    try:
+        server = await server_factory(redis=proxy.url, token_secret=SECRET)
+        url = "/ws/count/private-ada/?token=" + token(rooms=["private-ada"])
+        proxy.hold_reply_to(keys.revoked("ada").encode(), 0.5)  # under --redis-timeout (1 s here)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            .encode()
+        )
+        await writer.drain()
+        await asyncio.wait_for(proxy.held.wait(), 10)  # Redis answered; the answer is held 0.5 s
+        writer.close()
+        await asyncio.sleep(1.0)  # the answer arrived, the upgrade went its way
+        c = await connect(server.ws_url(url))
+        clients.append(c)
+        await c.settles_on(1)
+        assert server.hub.local_counts("private-ada") == (1, 1), "the gone page is still counted"
+        assert len(server.hub.connections) == 1
+    finally:
+        await proxy.close()
 
 
 async def test_a_publish_grant_lets_a_client_publish_without_client_publish(
