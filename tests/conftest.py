@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import redis
@@ -88,19 +88,11 @@ def own_redis() -> Iterator[EmbeddedRedis]:
     server.close()
 
 
-class LyingRedis:
-    """A real TCP server in front of a real Redis that can start lying.
+class LoopbackRelay:
+    """A real TCP server on loopback in front of a real Redis (``_serve`` says what it does with
+    each connection); ``url`` is what an app under test is given instead of the Redis's own."""
 
-    ``mode`` "real" forwards bytes both ways; "ok" answers ``+OK`` to whatever arrives;
-    "random" answers random bytes. Changing the mode cuts every open connection, so
-    clients reconnect into the new behaviour. ``subscribe_delay`` holds every command
-    that contains SUBSCRIBE that long before passing it on (a slow pub/sub path).
-    """
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.mode = "real"
-        self.subscribe_delay = 0.0
+    def __init__(self) -> None:
         self.port = 0
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -109,10 +101,50 @@ class LyingRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    async def start(self) -> LyingRedis:
+    async def start(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for w in list(self._writers):
+            w.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                   before: Callable[[bytes], Awaitable[None]] | None = None) -> None:
+        """Copy ``src`` to ``dst`` until either ends; ``before`` is awaited with each chunk first."""
+        try:
+            while data := await src.read(65536):
+                if before is not None:
+                    await before(data)
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            dst.close()
+
+
+class LyingRedis(LoopbackRelay):
+    """A real TCP server in front of a real Redis that can start lying.
+
+    ``mode`` "real" forwards bytes both ways; "ok" answers ``+OK`` to whatever arrives;
+    "random" answers random bytes. Changing the mode cuts every open connection, so
+    clients reconnect into the new behaviour. ``subscribe_delay`` holds every command
+    of the SUBSCRIBE family that long before passing it on (a slow pub/sub path).
+    """
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__()
+        self.upstream = upstream
+        self.mode = "real"
+        self.subscribe_delay = 0.0
 
     def set_mode(self, mode: str) -> None:
         assert mode in ("real", "ok", "random")
@@ -122,8 +154,7 @@ class LyingRedis:
 
     async def close(self) -> None:
         self.set_mode("real")
-        if self._server is not None:
-            self._server.close()
+        await super().close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
@@ -145,20 +176,13 @@ class LyingRedis:
         up_reader, up_writer = await asyncio.open_connection(host, int(port))
         self._writers.add(up_writer)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
-            try:
-                while data := await src.read(65536):
-                    if upstream and self.subscribe_delay and b"SUBSCRIBE" in data.upper():
-                        await asyncio.sleep(self.subscribe_delay)
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
+        async def slow_subscribe(data: bytes) -> None:
+            # The command's own name, ended as RESP ends it: a script's text may say "subscribes".
+            if self.subscribe_delay and b"SUBSCRIBE\r\n" in data.upper():
+                await asyncio.sleep(self.subscribe_delay)
 
         try:
-            await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+            await asyncio.gather(self.pipe(reader, up_writer, slow_subscribe), self.pipe(up_reader, writer))
         finally:
             self._writers.discard(up_writer)
             up_writer.close()
@@ -454,73 +478,40 @@ def fetch_json(url: str, **kwargs: Any) -> Any:
 # -- a Redis that answers late -----------------------------------------------------------
 
 
-class SlowReplyProxy:
+class SlowReplyProxy(LoopbackRelay):
     """A real TCP relay to the real Redis. Armed with ``hold_reply_to(marker, seconds)``, the next
     command that contains ``marker`` runs in Redis at once, but its reply reaches the app only
     ``seconds`` later (a slow network, a busy event loop): the read is *taken* at once and
     *answered* late. Everything else passes straight through."""
 
     def __init__(self, upstream_port: int) -> None:
+        super().__init__()
         self.upstream_port = upstream_port
         self.marker: bytes | None = None
         self.delay = 0.0
         self.held = asyncio.Event()
-        self._server: asyncio.base_events.Server | None = None
-        self.port = 0
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> SlowReplyProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
 
     def hold_reply_to(self, marker: bytes, seconds: float) -> None:
         self.marker, self.delay = marker, seconds
         self.held.clear()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for w in list(self._writers):
-            w.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         self._writers |= {writer, up_writer}
         slow_next = {"on": False}
 
-        async def up() -> None:
-            try:
-                while data := await reader.read(65536):
-                    if self.marker is not None and self.marker in data:
-                        self.marker = None
-                        slow_next["on"] = True
-                    up_writer.write(data)
-                    await up_writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                up_writer.close()
+        async def mark(data: bytes) -> None:
+            if self.marker is not None and self.marker in data:
+                self.marker = None
+                slow_next["on"] = True
 
-        async def down() -> None:
-            try:
-                while data := await up_reader.read(65536):
-                    if slow_next["on"]:
-                        slow_next["on"] = False
-                        self.held.set()
-                        await asyncio.sleep(self.delay)
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                writer.close()
+        async def hold(data: bytes) -> None:
+            if slow_next["on"]:
+                slow_next["on"] = False
+                self.held.set()
+                await asyncio.sleep(self.delay)
 
         try:
-            await asyncio.gather(up(), down())
+            await asyncio.gather(self.pipe(reader, up_writer, mark), self.pipe(up_reader, writer, hold))
         finally:
             self._writers -= {writer, up_writer}
