@@ -17,6 +17,8 @@ helper (`rrr.client.publish`) runs the same scripts with the same argument build
 
 from __future__ import annotations
 
+import asyncio
+
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -165,11 +167,18 @@ class History:
     """The server's history calls. ``size`` or ``ttl`` 0: history is off (messages are
     published plainly, with no offset, and nothing is stored)."""
 
-    def __init__(self, redis: ScriptRunner, size: int, ttl: float, *, sharded: bool = False) -> None:
+    def __init__(
+        self, redis: ScriptRunner, size: int, ttl: float, *, sharded: bool = False, readers: int = 16,
+    ) -> None:
         self.redis = redis
         self.size = max(0, size)
         self.ttl = max(0.0, ttl)
         self.sharded = sharded  # on a Redis Cluster: messages go out with SPUBLISH
+        # At most ``readers`` of this process's own reads at once. A burst of new rooms (a restart
+        # brings every socket back into its rooms at once) reads each room's position; unbounded,
+        # those reads held every pooled connection and presence writes timed out waiting for one
+        # (1,667 new rooms per process in the 100,000-socket benchmark).
+        self._readers = asyncio.Semaphore(max(1, readers))
 
     @property
     def enabled(self) -> bool:
@@ -184,7 +193,9 @@ class History:
         stored message after it, at most ``size`` of them (all the stream can hold). ``seen``: the
         epoch and top this process delivered, so a room whose top went back gets a new epoch."""
         k, a = read_args(room, after, self.size, self.size, self.ttl, seen=seen)
-        return parse_read(await self.redis.script("history_read", k, a), self.size)
+        async with self._readers:
+            reply = await self.redis.script("history_read", k, a)
+        return parse_read(reply, self.size)
 
     async def look(self, room: str, after: int) -> Read:
         """`read` for the HTTP API, which anyone may call for public rooms: it writes nothing, so a

@@ -74,7 +74,9 @@ class Service:
             )
             self.subscriber = Subscriber(metrics, keepalive=s.pubsub_keepalive, process_id=self.presence.process_id)
         self.coalescer = Coalescer(s.count_interval)
-        self.history = History(self.presence, s.history_size, s.history_ttl, sharded=cluster)
+        self.history = History(
+            self.presence, s.history_size, s.history_ttl, sharded=cluster, readers=max(1, s.redis_pool_size // 2),
+        )
         self.hub = Hub(
             self.presence, self.subscriber, self.coalescer, metrics, history=self.history,
             count_interval=s.count_interval, count_rate=s.count_rate,

@@ -482,32 +482,35 @@ class SlowReplyProxy(LoopbackRelay):
     """A real TCP relay to the real Redis. Armed with ``hold_reply_to(marker, seconds)``, the next
     command that contains ``marker`` runs in Redis at once, but its reply reaches the app only
     ``seconds`` later (a slow network, a busy event loop): the read is *taken* at once and
-    *answered* late. Everything else passes straight through."""
+    *answered* late; with ``every``, each such command's reply is. Everything else passes
+    straight through."""
 
     def __init__(self, upstream_port: int) -> None:
         super().__init__()
         self.upstream_port = upstream_port
         self.marker: bytes | None = None
         self.delay = 0.0
+        self.every = False
         self.held = asyncio.Event()
 
-    def hold_reply_to(self, marker: bytes, seconds: float) -> None:
-        self.marker, self.delay = marker, seconds
+    def hold_reply_to(self, marker: bytes, seconds: float, every: bool = False) -> None:
+        self.marker, self.delay, self.every = marker, seconds, every
         self.held.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         self._writers |= {writer, up_writer}
-        slow_next = {"on": False}
+        slow_next = {"replies": 0}  # replies still to hold on this connection
 
         async def mark(data: bytes) -> None:
             if self.marker is not None and self.marker in data:
-                self.marker = None
-                slow_next["on"] = True
+                if not self.every:
+                    self.marker = None
+                slow_next["replies"] += 1
 
         async def hold(data: bytes) -> None:
-            if slow_next["on"]:
-                slow_next["on"] = False
+            if slow_next["replies"]:
+                slow_next["replies"] -= 1
                 self.held.set()
                 await asyncio.sleep(self.delay)
 

@@ -459,6 +459,28 @@ async def test_a_hole_in_the_stream_is_never_delivered_as_a_complete_catch_up(
 # -- races -------------------------------------------------------------------------------------
 
 
+async def test_a_burst_of_new_rooms_leaves_presence_writes_a_connection(
+    server_factory: ServerFactory, redis_server: Any, clients: list[Client]
+) -> None:
+    """A restart brings every socket back into its rooms at once, and each new room first reads its
+    position in history. Unbounded, those reads took every pooled connection (here 4, each reply
+    0.3 s late), and callers waited past ``--redis-timeout`` (1 s here) for one: half the reads
+    failed and were retried, and a presence write could fail the same way (it did in the
+    100,000-socket benchmark)."""
+    port = int(redis_server.url.split(":")[2].split("/")[0])
+    proxy = await SlowReplyProxy(port).start()
+    try:
+        server = await server_factory(redis=proxy.url, redis_pool_size=4)
+        proxy.hold_reply_to(b"rrr:history:", 0.3, every=True)
+        socks = await asyncio.gather(*(connect(server.ws_url(f"/ws/count/burst-{i}/")) for i in range(24)))
+        clients += socks
+        await asyncio.gather(*(c.settles_on(1, timeout=30) for c in socks))
+        assert server.metric("rrr_task_errors_total", {"task": "history"}) == 0, "a read found no connection"
+        assert server.metric("rrr_task_errors_total", {"task": "flush"}) == 0, "a presence write found no connection"
+    finally:
+        await proxy.close()
+
+
 async def test_a_catch_up_read_answered_after_a_second_pubsub_cut_does_not_drop_what_was_held(
     server_factory: ServerFactory, redis_server: Any, redis_url: str, rclient: redis.Redis, clients: list[Client]
 ) -> None:
