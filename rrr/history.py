@@ -18,7 +18,6 @@ helper (`rrr.client.publish`) runs the same scripts with the same argument build
 from __future__ import annotations
 
 import asyncio
-
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
