@@ -324,14 +324,7 @@ class ClusterSubscriber(Subscriber):
             for node in primaries:
                 await self._open_shard(cluster, node)
             syncer = self._syncer = asyncio.create_task(self._sync_shards(cluster), name="rrr-cluster-sync")
-            self.connected = True
-            self._connected_at = time.monotonic()
-            if self._connected_once:
-                self.metrics.redis_reconnects.inc()
-                sub_log.info("redis cluster pub/sub reconnected; resubscribing %d rooms", len(self._wanted))
-            self._connected_once = True
-            if self._listener:
-                self._listener.on_connected()
+            self._went_up("redis cluster pub/sub")
             while True:
                 waiter = asyncio.ensure_future(self._broken.wait())
                 try:
@@ -345,10 +338,7 @@ class ClusterSubscriber(Subscriber):
                     raise ConnectionError("cluster pub/sub stopped")
                 await self._repair(cluster)
         finally:
-            self._ran_for = time.monotonic() - self._connected_at if self._connected_at else 0.0
-            self._connected_at = None
-            self.connected = False
-            self._confirmed = set()
+            self._went_down()
             if syncer is not None:
                 await cancel(syncer)
             for link in list(self._links.values()):

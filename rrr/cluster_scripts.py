@@ -23,9 +23,9 @@ KEYS are always: the room's presence hash, its members hash. The count channel c
 
 from __future__ import annotations
 
-from .scripts import FLAGS
+from .scripts import APPLY_MEMBERS, FLAGS
 
-_COMMON = r"""
+_COMMON = APPLY_MEMBERS + r"""
 local P, M = KEYS[1], KEYS[2]
 local function now()
   local t = redis.call('TIME')
@@ -126,22 +126,9 @@ local pid, ttl, chan = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local t = now()
 local cur, expired = own_row(pid, t)
 local lost = (ARGV[4] == '1' and not cur) and 1 or 0
-local dirty = expired
 local c, n = tonumber(ARGV[5]), tonumber(ARGV[6])
-local adds, removes = tonumber(ARGV[7]), tonumber(ARGV[8])
-local i = 9
-for _ = 1, adds do
-  local field = pid .. '|' .. ARGV[i]
-  if redis.call('HGET', M, field) ~= ARGV[i + 1] then
-    redis.call('HSET', M, field, ARGV[i + 1])
-    dirty = true
-  end
-  i = i + 2
-end
-for _ = 1, removes do
-  if redis.call('HDEL', M, pid .. '|' .. ARGV[i]) == 1 then dirty = true end
-  i = i + 1
-end
+local members_changed = apply_members(M, pid, 9, tonumber(ARGV[7]), tonumber(ARGV[8]))
+local dirty = expired or members_changed
 if c == 0 and n == 0 then
   if drop_members(pid) > 0 then dirty = true end
   if cur then

@@ -21,7 +21,29 @@ FLAGS = "#!lua flags=allow-oom\n"
 
 # Shared Lua: key names (from rrr.keys, the one place they are spelled), clock, recount
 # and announce. KEYS/ARGV differ per script.
-_COMMON = LUA_PRELUDE + r"""
+#: Both presence flavours (this module's and `rrr.cluster_scripts`) take member changes alike.
+APPLY_MEMBERS = r"""
+-- Apply one process's member changes to the members hash ``mkey``: from ARGV[i], ``adds`` pairs
+-- (user, info JSON), then ``removes`` users. Returns whether anything changed, and the next i.
+local function apply_members(mkey, pid, i, adds, removes)
+  local dirty = false
+  for _ = 1, adds do
+    local field = pid .. '|' .. ARGV[i]
+    if redis.call('HGET', mkey, field) ~= ARGV[i + 1] then
+      redis.call('HSET', mkey, field, ARGV[i + 1])
+      dirty = true
+    end
+    i = i + 2
+  end
+  for _ = 1, removes do
+    if redis.call('HDEL', mkey, pid .. '|' .. ARGV[i]) == 1 then dirty = true end
+    i = i + 1
+  end
+  return dirty, i
+end
+"""
+
+_COMMON = LUA_PRELUDE + APPLY_MEMBERS + r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local function now()
   local t = redis.call('TIME')
@@ -139,20 +161,8 @@ while i <= #ARGV do
   local room, c, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local adds, removes = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   i = i + 5
-  local dirty = false
-  local mkey = members_key(room)
-  for _ = 1, adds do
-    local field = pid .. '|' .. ARGV[i]
-    if redis.call('HGET', mkey, field) ~= ARGV[i + 1] then
-      redis.call('HSET', mkey, field, ARGV[i + 1])
-      dirty = true
-    end
-    i = i + 2
-  end
-  for _ = 1, removes do
-    if redis.call('HDEL', mkey, pid .. '|' .. ARGV[i]) == 1 then dirty = true end
-    i = i + 1
-  end
+  local dirty
+  dirty, i = apply_members(members_key(room), pid, i, adds, removes)
   local key = presence_key(room)
   local cur = redis.call('HGET', key, pid)
   if c == 0 and n == 0 then

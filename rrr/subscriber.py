@@ -150,26 +150,34 @@ class Subscriber:
             self._pending = {}
             self._unacked = {}
             syncer = self._syncer = asyncio.create_task(self._sync(pubsub, set()), name="rrr-subscriber-sync")
-            self.connected = True
-            self._connected_at = time.monotonic()
-            if self._connected_once:
-                self.metrics.redis_reconnects.inc()
-                log.info("redis pub/sub reconnected; resubscribing %d rooms", len(self._wanted))
-            self._connected_once = True
-            if self._listener:
-                self._listener.on_connected()
+            self._went_up("redis pub/sub")
             await self._read(pubsub, syncer)
         finally:
-            self._ran_for = time.monotonic() - self._connected_at if self._connected_at else 0.0
-            self._connected_at = None
-            self.connected = False
-            self._confirmed = set()
+            self._went_down()
             if syncer is not None:
                 await cancel(syncer)
             try:
                 await pubsub.aclose()
             except Exception:  # noqa: BLE001 - the connection is already broken
                 pass
+
+    def _went_up(self, what: str) -> None:
+        """The connection (and the sync task) is up: counted, and the listener resyncs (what was
+        published while it was down is read back)."""
+        self.connected = True
+        self._connected_at = time.monotonic()
+        if self._connected_once:
+            self.metrics.redis_reconnects.inc()
+            log.info("%s reconnected; resubscribing %d rooms", what, len(self._wanted))
+        self._connected_once = True
+        if self._listener:
+            self._listener.on_connected()
+
+    def _went_down(self) -> None:
+        self._ran_for = time.monotonic() - self._connected_at if self._connected_at else 0.0
+        self._connected_at = None
+        self.connected = False
+        self._confirmed = set()
 
     async def stop(self) -> None:
         """End the sync task before whoever runs us cancels `run`: a cancel that interrupted
