@@ -62,6 +62,19 @@ async def start(server_factory: ServerFactory, cluster: RedisCluster, **options:
     return await server_factory(redis=cluster.url, ttl=TTL, api_token=KEY, token_secret=SECRET, **options)
 
 
+async def one_on_each(
+    server_factory: ServerFactory, cluster: RedisCluster, clients: list[Client], prefix: str,
+) -> tuple[Server, Server, list[str], list[Client]]:
+    """Two app processes, a room per master, and a socket on each process subscribed to all of them."""
+    one, two = await start(server_factory, cluster), await start(server_factory, cluster)
+    rooms = rooms_on_every_shard(cluster, prefix)
+    subs = [await connect(one.ws_url("/ws/")), await connect(two.ws_url("/ws/"))]
+    clients += subs
+    for c in subs:
+        await subscribe_all(c, rooms)
+    return one, two, rooms, subs
+
+
 async def subscribe_all(c: Client, rooms: list[str], subs: tuple[str, ...] = ("t",)) -> None:
     for room in rooms:
         for sub in subs:
@@ -156,12 +169,7 @@ async def _members_are(server: Server, room: str, users: set[str]) -> bool:
 async def test_api_helper_raw_and_sharded_publishes_reach_every_subscriber(
     cluster: RedisCluster, server_factory: ServerFactory, clients: list[Client],
 ) -> None:
-    one, two = await start(server_factory, cluster), await start(server_factory, cluster)
-    rooms = rooms_on_every_shard(cluster, "relay")
-    subs = [await connect(one.ws_url("/ws/")), await connect(two.ws_url("/ws/"))]
-    clients += subs
-    for c in subs:
-        await subscribe_all(c, rooms)
+    one, two, rooms, subs = await one_on_each(server_factory, cluster, clients, "relay")
     expected: dict[str, list[Any]] = {}
     for room in rooms:
         published = await api(one, f"/api/rooms/{room}/messages", "POST", json.dumps({"via": "api", "room": room}))
@@ -250,12 +258,7 @@ async def test_a_killed_process_leaves_every_count_within_the_ttl(
 async def test_a_killed_master_is_followed_and_nothing_stored_is_lost(
     cluster: RedisCluster, server_factory: ServerFactory, clients: list[Client],
 ) -> None:
-    one, two = await start(server_factory, cluster), await start(server_factory, cluster)
-    rooms = rooms_on_every_shard(cluster, "fail")
-    subs = [await connect(one.ws_url("/ws/")), await connect(two.ws_url("/ws/"))]
-    clients += subs
-    for c in subs:
-        await subscribe_all(c, rooms)
+    one, two, rooms, subs = await one_on_each(server_factory, cluster, clients, "fail")
     for room in rooms:
         for c in subs:
             await c.settles_on(2, 2, room=room)
