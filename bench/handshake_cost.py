@@ -59,12 +59,11 @@ import sys
 import sysconfig
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.redis_cost import free_port
-from bench.servers import cpu_seconds, rss_bytes
+from bench.servers import cpu_seconds, rss_bytes, wait_healthy
 from rrr.embedded import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,20 +186,8 @@ def start_app(
     ]
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited {proc.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"app.py did not become healthy:\n{log.read_text()}")
-        time.sleep(0.05)
+    wait_healthy(proc, port, log)
+    return proc
 
 
 def sources(run: int) -> list[str]:

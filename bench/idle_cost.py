@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import redis
@@ -23,6 +22,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.servers import wait_healthy  # noqa: E402
 from rrr.embedded import EmbeddedRedis  # noqa: E402
 
 
@@ -38,16 +38,8 @@ def start_app(url: str, port: int, log: Path, extra: list[str]) -> subprocess.Po
         [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--redis-url", url, *extra],
         cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"app.py did not become healthy; see {log}")
+    wait_healthy(proc, port, log, timeout=20)
+    return proc
 
 
 def measure(r: redis.Redis, seconds: float) -> dict[str, float]:

@@ -22,13 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import redis
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from bench.servers import wait_healthy
 from rrr.embedded import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,20 +54,8 @@ def start_app(redis_url: str, port: int, log: Path, options: dict[str, Any]) -> 
     argv += [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited {proc.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"app.py did not become healthy:\n{log.read_text()}")
-        time.sleep(0.05)
+    wait_healthy(proc, port, log, timeout=20)
+    return proc
 
 
 async def attacker(

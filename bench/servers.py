@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -73,6 +74,25 @@ async def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float
         except OSError:
             await asyncio.sleep(0.1)
     raise RuntimeError(f"nothing listening on {port} after {timeout:.0f} s")
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 30.0) -> None:
+    """Until ``app.py`` (``proc``) answers ``/healthz`` on ``port`` with 200 (urllib: the project's
+    venv, where some tools run, has no aiohttp); raises with its log if it exits or never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"app.py did not become healthy:\n{log.read_text()}")
+        time.sleep(0.05)
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> bool:

@@ -40,11 +40,10 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .servers import ROOT, RedisServer, RrrKind, free_port, redis_binary, rss_bytes, stop_process
+from .servers import ROOT, RedisServer, RrrKind, free_port, redis_binary, rss_bytes, stop_process, wait_healthy
 
 CONNECT_CONCURRENCY = 64  # handshakes in flight at once: below Tornado's listen backlog of 128
 
@@ -178,19 +177,7 @@ class App:
         self.snapshots = 0
 
     async def ready(self) -> None:
-        """Until /healthz answers 200 (urllib: the project's venv has no aiohttp)."""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"app.py never answered /healthz; see {self.log}")
+        await asyncio.to_thread(wait_healthy, self.proc, self.port, self.log)
 
     def rss(self) -> int:
         return rss_bytes(self.proc.pid)
