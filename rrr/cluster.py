@@ -490,18 +490,11 @@ class ClusterSubscriber(Subscriber):
                     if link.reader is not None:
                         link.reader.cancel()
 
-    def _handle(self, msg: Any) -> None:
-        if not isinstance(msg, dict):
-            raise ConnectionError(f"unexpected pub/sub reply {msg!r:.80}")
-        kind, channel, data = msg.get("type"), msg.get("channel"), msg.get("data")
-        if isinstance(kind, bytes):
-            kind = kind.decode("latin-1")
-        if not isinstance(channel, bytes):
-            return
+    def _on_reply(self, kind: Any, channel: bytes, data: Any) -> None:
         if kind in ("message", "pmessage", "smessage"):
             self._dispatch(channel, data)
         elif kind == "ssubscribe":
-            super()._handle({"type": "subscribe", "channel": channel, "data": data})
+            self._confirm(channel)
         elif kind == "sunsubscribe":
             left = self._dropping.get(channel, 0)
             if left > 1:

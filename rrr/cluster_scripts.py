@@ -93,15 +93,7 @@ local function keep(ttl)
 end
 
 local function drop_members(pid)
-  local prefix = pid .. '|'
-  local gone = 0
-  for _, f in ipairs(redis.call('HKEYS', M)) do
-    if string.sub(f, 1, #prefix) == prefix then
-      redis.call('HDEL', M, f)
-      gone = gone + 1
-    end
-  end
-  return gone
+  return drop_member_fields(M, pid)
 end
 
 -- Our row, or false if it is missing or expired (then it is deleted, with our members).

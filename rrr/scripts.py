@@ -21,7 +21,7 @@ FLAGS = "#!lua flags=allow-oom\n"
 
 # Shared Lua: key names (from rrr.keys, the one place they are spelled), clock, recount
 # and announce. KEYS/ARGV differ per script.
-#: Both presence flavours (this module's and `rrr.cluster_scripts`) take member changes alike.
+#: Both presence flavours (this module's and `rrr.cluster_scripts`) change member fields alike.
 APPLY_MEMBERS = r"""
 -- Apply one process's member changes to the members hash ``mkey``: from ARGV[i], ``adds`` pairs
 -- (user, info JSON), then ``removes`` users. Returns whether anything changed, and the next i.
@@ -40,6 +40,19 @@ local function apply_members(mkey, pid, i, adds, removes)
     i = i + 1
   end
   return dirty, i
+end
+
+-- Delete every field of ``pid`` in the members hash ``mkey``; returns how many.
+local function drop_member_fields(mkey, pid)
+  local prefix = pid .. '|'
+  local gone = 0
+  for _, f in ipairs(redis.call('HKEYS', mkey)) do
+    if string.sub(f, 1, #prefix) == prefix then
+      redis.call('HDEL', mkey, f)
+      gone = gone + 1
+    end
+  end
+  return gone
 end
 """
 
@@ -112,17 +125,7 @@ end
 
 -- Delete every member field of ``pid`` in ``room``; returns how many.
 local function drop_members(pid, room)
-  local key = members_key(room)
-  local prefix = pid .. '|'
-  local fields = redis.call('HKEYS', key)
-  local gone = 0
-  for _, f in ipairs(fields) do
-    if string.sub(f, 1, #prefix) == prefix then
-      redis.call('HDEL', key, f)
-      gone = gone + 1
-    end
-  end
-  return gone
+  return drop_member_fields(members_key(room), pid)
 end
 
 -- Remove every field a process owns and announce each room it was in.

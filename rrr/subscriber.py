@@ -252,20 +252,27 @@ class Subscriber:
             kind = kind.decode("latin-1")
         if not isinstance(channel, bytes):
             return  # pong replies carry no channel
+        self._on_reply(kind, channel, data)
+
+    def _on_reply(self, kind: Any, channel: bytes, data: Any) -> None:
+        """One pub/sub reply that names a channel: a message, or a subscription's confirmation."""
         if kind == "message":
             self._dispatch(channel, data)
         elif kind == "subscribe":
-            room = self._pending.pop(channel, None)
-            if room is None:
-                return
-            left = self._unacked.get(room, 1) - 1
-            if left > 0:
-                self._unacked[room] = left
-                return
-            self._unacked.pop(room, None)
-            if room in self._wanted:
-                self._confirmed.add(room)
-                self._notify("on_subscribed", room)
+            self._confirm(channel)
+
+    def _confirm(self, channel: bytes) -> None:
+        room = self._pending.pop(channel, None)
+        if room is None:
+            return
+        left = self._unacked.get(room, 1) - 1
+        if left > 0:
+            self._unacked[room] = left
+            return
+        self._unacked.pop(room, None)
+        if room in self._wanted:
+            self._confirmed.add(room)
+            self._notify("on_subscribed", room)
 
     def _dispatch(self, channel: bytes, data: Any) -> None:
         try:
