@@ -62,11 +62,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.redis_cost import free_port
-from bench.servers import cpu_seconds, rss_bytes, wait_healthy
+from bench.machine import ROOT, cpu_seconds, free_port, rss_bytes, wait_healthy
 from rrr.embedded import EmbeddedRedis
 
-ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("count", "relay")
 SOURCES_PER_RUN = 8
 

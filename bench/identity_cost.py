@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from bench.redis_cost import free_port, start_app
+from bench.machine import free_port
+from bench.servers import start_app
 from rrr import keys
 from rrr.auth import Verifier
 from rrr.embedded import EmbeddedRedis

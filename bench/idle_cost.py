@@ -10,7 +10,6 @@ per second per process. Only loopback; bounded by ``--seconds``.
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,14 +21,8 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.servers import wait_healthy  # noqa: E402
+from bench.machine import free_port, wait_healthy  # noqa: E402
 from rrr.embedded import EmbeddedRedis  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_app(url: str, port: int, log: Path, extra: list[str]) -> subprocess.Popen[bytes]:

@@ -17,9 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,16 +25,9 @@ from typing import Any
 import redis
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from bench.servers import wait_healthy
+from bench.machine import free_port
+from bench.servers import start_app
 from rrr.embedded import EmbeddedRedis
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def redis_usage(r: redis.Redis) -> dict[str, int]:
@@ -46,16 +36,6 @@ def redis_usage(r: redis.Redis) -> dict[str, int]:
         "keys": int(r.dbsize()),
         "channels": len(r.pubsub_channels("rrr:*")),
     }
-
-
-def start_app(redis_url: str, port: int, log: Path, options: dict[str, Any]) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, str(ROOT / "app.py"), "--address=127.0.0.1", f"--port={port}",
-            f"--redis-url={redis_url}", "--log-level=warning"]
-    argv += [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    wait_healthy(proc, port, log, timeout=20)
-    return proc
 
 
 async def attacker(

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from . import history_report, hundred_k_report
+from .machine import ROOT
+
 DOCS = ROOT / "docs"
 #: The "Handshake cost" section, kept by hand from `bench/handshake_cost.py` runs.
 HANDSHAKE = ROOT / "bench" / "results" / "handshake.md"
@@ -444,11 +446,9 @@ def composed_note(meta: dict[str, Any]) -> list[str]:
 def history_section() -> list[str]:
     """The "History and recovery" section, from the last ``python -m bench.history_cost --write``
     (its own results file: that benchmark runs apart from the profiles)."""
-    from bench import history_cost
-
-    if not history_cost.RESULTS.exists():
+    if not history_report.RESULTS.exists():
         return []
-    return history_cost.section(json.loads(history_cost.RESULTS.read_text())) + [""]
+    return history_report.section(json.loads(history_report.RESULTS.read_text())) + [""]
 
 
 def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path:
@@ -565,12 +565,10 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
                 "failure, but an operational one): " + ", ".join(
                     f"{titles[c['scenario']]} {c['size']:g} {c['server']} r{c['repeat']}" for c in killed) + ".",
                 ""]
-    hundred_k = ROOT / "bench" / "results" / "hundred_k.json"
+    hundred_k = hundred_k_report.RESULT_FILE
     if hundred_k.exists():
         # A separate run (python -m bench.hundred_k); kept on the page whenever the page is redrawn.
-        from .hundred_k import load_variants, section
-
-        doc += [section(json.loads(hundred_k.read_text()), load_variants(hundred_k))]
+        doc += [hundred_k_report.section(json.loads(hundred_k.read_text()), hundred_k_report.load_variants(hundred_k))]
     doc += ["## Failures and skips", "", failure_list(agg, servers, titles), ""]
     doc += history_section()
     out.write_text("\n".join(doc))

@@ -19,13 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import importlib.metadata
 import json
-import math
 import os
-import platform
-import resource
-import subprocess
 import sys
 import time
 import traceback
@@ -33,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from .drivers import DriverPool
+from .machine import ROOT, clean, machine_info, raise_nofile, versions
 from .scenarios import SCENARIOS, Cell, Outcome, Profile, ScenarioSpec
-from .servers import ROOT, RedisServer, ServerGroup, ServerKind, make_kinds, redis_binary
+from .servers import RedisServer, ServerGroup, ServerKind, make_kinds, redis_binary
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -60,16 +56,6 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 
-PEER_PACKAGES = ("websockets", "aiohttp", "redis", "Django", "channels", "channels-redis", "daphne", "Twisted",
-                 "python-socketio", "python-engineio", "matplotlib")
-
-
-def raise_nofile() -> tuple[int, int]:
-    """Soft fd limit up to the hard one; children (servers, workers) inherit it."""
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
 
 def cell_timeout(spec: ScenarioSpec, p: Profile, size: float) -> float:
     """A hard bound per cell, far above a healthy run, so one wedged server cannot stall the run."""
@@ -81,62 +67,6 @@ def cell_timeout(spec: ScenarioSpec, p: Profile, size: float) -> float:
     if spec.run.__name__ == "churn":
         return base + size
     return base + p.idle_hold_s
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(mem_kib / 2**20, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
-    }
-
-
-def versions(rrr_python: str, redis_version: str) -> dict[str, str]:
-    out: dict[str, str] = {"redis-server": redis_version}
-    for name in PEER_PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "missing"
-    probe = ("import json, importlib.metadata as m, platform; "
-             "print(json.dumps({'rrr python': platform.python_version(), "
-             "'tornado (rrr)': m.version('tornado'), 'redis-py (rrr)': m.version('redis')}))")
-    try:
-        out.update(json.loads(subprocess.run([rrr_python, "-c", probe], capture_output=True, text=True,
-                                             check=True, timeout=30).stdout))
-    except (subprocess.SubprocessError, ValueError, OSError) as e:
-        out["tornado (rrr)"] = f"unknown ({e})"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=10, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "app.py", "rrr", "handlers"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
-        out["rrr commit"] = (commit or "none") + (" + uncommitted changes" if dirty else "")
-    except (subprocess.SubprocessError, OSError):
-        pass
-    return out
-
-
-def clean(value: Any) -> Any:
-    """NaN is not JSON: store it as null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [clean(v) for v in value]
-    return value
 
 
 async def run_cell(spec: ScenarioSpec, kind: ServerKind, size: float, profile: Profile, redis: RedisServer,

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .drivers import DriverPool
-from .servers import Publisher, RedisServer, ServerGroup, cpu_seconds, rss_bytes
+from .machine import cpu_seconds, rss_bytes
+from .servers import Publisher, RedisServer, ServerGroup
 
 
 @dataclass(frozen=True)

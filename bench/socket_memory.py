@@ -43,7 +43,8 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from .servers import ROOT, RedisServer, RrrKind, free_port, redis_binary, rss_bytes, stop_process, wait_healthy
+from .machine import ROOT, free_port, rss_bytes, stop_process, wait_healthy
+from .servers import RedisServer, RrrKind, redis_binary
 
 CONNECT_CONCURRENCY = 64  # handshakes in flight at once: below Tornado's listen backlog of 128
 

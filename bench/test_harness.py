@@ -7,8 +7,10 @@ faulty rrr, so the worker's accounting is tested against known faults.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -216,3 +218,74 @@ def test_the_light_client_reads_whole_text_frames_itself_and_hands_websockets_th
         assert got[-1] == "hello"
 
     asyncio.run(body())
+
+
+# -- the harness's own shape ---------------------------------------------------------------------
+
+BENCH = Path(__file__).resolve().parent
+#: The modules that draw docs/benchmarks.md from results JSON. They read results; they never run a benchmark.
+PAGES = {"report"} | {p.stem for p in BENCH.glob("*_report.py")}
+
+
+def bench_imports() -> dict[str, set[str]]:
+    """Every bench module (peers/ apart) and the bench modules it imports, at the top or inside a function:
+    an import deferred to call time is still a dependency, and a circle of them still a circle."""
+    modules = {p.stem for p in BENCH.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in sorted(BENCH.glob("*.py")):
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1 or node.module == "bench" or (node.module or "").startswith("bench."):
+                    base = (node.module or "").removeprefix("bench").lstrip(".")
+                    # ``from . import x`` / ``from bench import x`` name modules; ``from .x import y`` names x.
+                    deps |= {base.split(".")[0]} if base else {a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("bench.")}
+        graph[path.stem] = (deps & modules) - {path.stem}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every circle of imports, once each, as the path that closes it from its first module by name
+    (``a -> b -> a``). The graph is a few dozen modules: walking every simple path is cheap."""
+    cycles: list[list[str]] = []
+
+    def walk(start: str, path: list[str]) -> None:
+        for dep in sorted(graph.get(path[-1], ())):
+            if dep == start:
+                cycles.append(path + [start])
+            elif dep > start and dep not in path:  # a circle through a smaller name is found from that one
+                walk(start, path + [dep])
+
+    for start in sorted(graph):
+        walk(start, [start])
+    return cycles
+
+
+def test_import_cycles_are_found() -> None:
+    """The check itself: a circle of two, one of three, and a graph without one."""
+    assert import_cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]
+    assert import_cycles({"run": {"report"}, "report": {"hundred_k"}, "hundred_k": {"run", "servers"},
+                          "servers": set()}) == [["hundred_k", "run", "report", "hundred_k"]]
+    assert import_cycles({"a": {"b", "c"}, "b": {"a", "c"}, "c": {"a"}}) == [
+        ["a", "b", "a"], ["a", "b", "c", "a"], ["a", "c", "a"]]
+    assert import_cycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_bench_modules_import_no_circle() -> None:
+    graph = bench_imports()
+    cycles = import_cycles(graph)
+    assert not cycles, "import circle(s) in bench/: " + "; ".join(" -> ".join(c) for c in cycles)
+    # Not for want of reading them: every form used here is seen (``from .x import``, one inside a
+    # function as run.py's of report, ``from . import``).
+    assert {"machine", "servers", "report"} <= graph["run"]
+    assert {"hundred_k_report", "history_report", "machine"} <= graph["report"]
+
+
+def test_pages_import_no_runner() -> None:
+    """A page is redrawn from saved results on any machine: it may import other pages and ``machine``, never the
+    code that runs a benchmark (a runner imports its page at the end, to write it)."""
+    graph = bench_imports()
+    wrong = {page: sorted(graph[page] - PAGES - {"machine"}) for page in sorted(PAGES)}
+    assert not any(wrong.values()), {page: deps for page, deps in wrong.items() if deps}
