@@ -157,9 +157,14 @@ class PublishHandler(JsonHandler):
         if self.request.method != "POST":
             return
         require_server_key(self, self.token, "publishing is disabled: the server has no --api-token")
-        declared = self.request.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self.max_size:
-            raise tornado.web.HTTPError(413, f"body over {self.max_size} bytes")
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None:
+            try:
+                length = protocol.parse_uint(declared, 1 << 62)
+            except ValueError:
+                raise tornado.web.HTTPError(400, "Content-Length must be a non-negative integer") from None
+            if length > self.max_size:
+                raise tornado.web.HTTPError(413, f"body over {self.max_size} bytes")
 
     def data_received(self, chunk: bytes) -> None:
         if self._refused:
@@ -209,13 +214,15 @@ class PublishHandler(JsonHandler):
         require_read_grant(self, slug, self.token)
         if not self.hub.history.enabled:
             raise tornado.web.HTTPError(404, "history is off on this server (--history-size or --history-ttl 0)")
-        since_text = self.get_query_argument("since", "0")
         epoch = self.get_query_argument("epoch", None)
-        if not since_text.isdigit() or len(since_text) > 16 or (epoch is not None and not protocol.is_epoch(epoch)):
-            raise tornado.web.HTTPError(400, "since must be an integer >= 0 (and epoch an epoch string)")
+        try:
+            since = protocol.parse_uint(self.get_query_argument("since", "0"))
+            if epoch is not None and not protocol.is_epoch(epoch):
+                raise ValueError("not an epoch")
+        except ValueError:
+            raise tornado.web.HTTPError(400, "since must be an integer >= 0 (and epoch an epoch string)") from None
         if refuse_over_rate(self, self.rate, self.hub):
             return
-        since = int(since_text)
         try:
             read = await self.hub.history.look(slug, since)
         except BackplaneError:

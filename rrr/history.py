@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from . import keys
 from .errors import BackplaneError
-from .protocol import is_epoch, validate_json_payload
+from .protocol import is_epoch, parse_uint, validate_json_payload
 #: The smallest TTL of a room's meta (epoch and offsets), in seconds; see `meta_ttl`.
 META_TTL_MIN = 3600
 
@@ -75,9 +75,9 @@ def parse_message(raw: bytes | str) -> tuple[int, str, str]:
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     offset_text, _, rest = text.partition(" ")
     epoch, _, data = rest.partition(" ")
-    if not offset_text.isdigit() or len(offset_text) > 18 or not is_epoch(epoch):
+    if not is_epoch(epoch):
         raise ValueError("history message needs '<offset> <epoch> <data>'")
-    offset = int(offset_text)
+    offset = parse_uint(offset_text)
     if offset < 1:
         raise ValueError("history offsets start at 1")
     return offset, epoch, validate_json_payload(data)
@@ -118,7 +118,7 @@ def parse_read(reply: Any, limit: int) -> Read:
         try:
             entry_id, fields = entry
             ms, _, seq = _text(entry_id).partition("-")
-            offset = int(ms)
+            offset = parse_uint(ms)
             data = validate_json_payload(fields[1])
             if fields[0] != b"d" or seq != "0" or not last < offset <= top:
                 raise ValueError("out of order")
