@@ -124,6 +124,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             redis_pool_size=o["redis_pool_size"],
             history_size=o["history_size"],
             history_ttl=o["history_ttl"],
+            max_message_size=o["max_message_size"],
             # Not options: tests shorten them to see reconnects quickly.
             pubsub_keepalive=o.get("pubsub_keepalive", 5.0),
             backoff_cap=o.get("backoff_cap", 5.0),

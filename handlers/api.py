@@ -230,7 +230,12 @@ class PublishHandler(JsonHandler):
         recovered = read.covers(since, epoch)
         self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        messages = ",".join('{"offset":%d,"data":%s}' % (o, d) for o, d in read.entries) if recovered else ""
+        entries = read.entries if recovered else []
+        # A message over --max-message-size reached Redis past our checks: no socket gets it, nor does this.
+        limit = self.hub.history.max_message
+        kept = [(o, d) for o, d in entries if not protocol.too_big(d, limit)]
+        self.hub.metrics.oversized_messages.inc(len(entries) - len(kept))
+        messages = ",".join('{"offset":%d,"data":%s}' % (o, d) for o, d in kept)
         self.finish(
             '{"room":' + protocol.dumps(slug) + ',"epoch":' + protocol.dumps(read.epoch or None) + ',"offset":'
             + str(read.top) + ',"recovered":' + ("true" if recovered else "false") + ',"messages":[' + messages + "]}"

@@ -50,6 +50,11 @@ class Metrics:
         self.redis_reconnects = Counter("rrr_redis_reconnects", "Pub/sub connection re-establishments", registry=r)
         self.redis_errors = Counter("rrr_redis_errors", "Failed Redis calls", ["op"], registry=r)
         self.malformed_payloads = Counter("rrr_malformed_payloads", "Non-JSON payloads dropped from Redis", registry=r)
+        self.oversized_messages = Counter(
+            "rrr_oversized_messages",
+            "Messages from Redis over --max-message-size, not delivered (live, or each time a replay met one)",
+            registry=r,
+        )
         self.slow_client_disconnects = Counter(
             "rrr_slow_client_disconnects", "Clients closed because their send buffer overflowed", registry=r,
         )

@@ -192,6 +192,19 @@ def since_from_query(offset: str | None, epoch: str | None) -> Since | None:
         raise ValueError("since needs ?since=<integer >= 0>&epoch=<epoch>") from None
 
 
+#: The servers' ``--max-message-size`` by default: the largest message data (bytes of its JSON) they deliver.
+MAX_MESSAGE_SIZE = 65536
+
+
+def too_big(data_json: str, limit: int) -> bool:
+    """Whether ``data_json`` is over ``limit`` bytes in UTF-8 (encoded only when its length in
+    characters cannot tell: one character is one to four bytes)."""
+    n = len(data_json)
+    if n > limit:
+        return True
+    return 4 * n > limit and len(data_json.encode("utf-8", "surrogatepass")) > limit
+
+
 def _encodable(obj: Any) -> bool:
     """Whether ``obj`` survives the trip to UTF-8: JSON escapes can smuggle in lone surrogates."""
     try:
