@@ -89,6 +89,14 @@ define("max_subscriptions_per_ip", default=0, type=int, help="subscriptions per 
 define("publish_rate_per_ip", default=100.0, type=float, help="client publishes per second per address (burst: 2x)")
 define("api_rate", default=100.0, type=float, help="GET /api/rooms/<slug> per second per address (0: off)")
 define("api_burst", default=200, type=int, help="GET /api/rooms/<slug> a client address may send at once")
+define(
+    "history_read_rate", default=8 << 20, type=int,
+    help="bytes per second of history GET /api/rooms/<slug>/messages sends one client address (0: off)",
+)
+define(
+    "history_read_burst", default=16 << 20, type=int,
+    help="bytes of history a client address may read at once before --history-read-rate applies",
+)
 define("log_level", default="info", help="debug, info, warning or error")
 define("processes", default=1, type=int, help="worker processes sharing the port (0: one per CPU core)")
 # HTTP hardening: host allow-list, timeouts and the connection cap (rrr/httpguard.py).
@@ -138,6 +146,8 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         publish_burst=2 * o["publish_rate_per_ip"],
         api_rate=o["api_rate"],
         api_burst=o["api_burst"],
+        history_read_rate=o["history_read_rate"],
+        history_read_burst=o["history_read_burst"],
     )
     hub.metrics.tracked_addresses.set_function(addresses.tracked)
     public_key = Path(o["token_public_key"]).read_text() if o["token_public_key"] else ""
@@ -177,7 +187,10 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             (
                 rf"/api/rooms/{slug}/messages",
                 PublishHandler,
-                dict(hub=hub, token=api_token, max_size=o["max_message_size"], rate=addresses.api),
+                dict(
+                    hub=hub, token=api_token, max_size=o["max_message_size"], rate=addresses.api,
+                    history_bytes=addresses.history_bytes,
+                ),
             ),
             (r"/healthz", HealthHandler, dict(health=service.health)),
             (r"/metrics", MetricsHandler, dict(hub=hub)),

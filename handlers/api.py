@@ -61,12 +61,17 @@ def refuse_over_rate(handler: JsonHandler, rate: RateLimiter, hub: Hub) -> bool:
     wait = rate.take(handler.request.remote_ip or "")
     if not wait:
         return False
-    hub.metrics.limited.labels("api_rate").inc()
+    refuse_429(handler, hub, "api_rate", wait, "too many requests from this address; see Retry-After")
+    return True
+
+
+def refuse_429(handler: JsonHandler, hub: Hub, limit: str, wait: float, reason: str) -> None:
+    """429 with Retry-After (whole seconds, at least 1), counted as ``limit``."""
+    hub.metrics.limited.labels(limit).inc()
     # Not an HTTPError: send_error would clear the Retry-After header.
     handler.set_status(429)
     handler.set_header("Retry-After", str(max(1, math.ceil(wait))))
-    handler.finish(protocol.http_error(429, "too many requests from this address; see Retry-After"))
-    return True
+    handler.finish(protocol.http_error(429, reason))
 
 
 def require_read_grant(handler: tornado.web.RequestHandler, slug: str, key: str) -> None:
@@ -139,11 +144,12 @@ class PublishHandler(JsonHandler):
     and an authorised one can make it hold at most ``max_size`` bytes.
     """
 
-    def initialize(self, hub: Hub, token: str, max_size: int, rate: RateLimiter) -> None:
+    def initialize(self, hub: Hub, token: str, max_size: int, rate: RateLimiter, history_bytes: RateLimiter) -> None:
         self.hub = hub
         self.token = token
         self.max_size = max_size
         self.rate = rate
+        self.history_bytes = history_bytes
         self._chunks: list[bytes] = []
         self._size = 0
         self._refused = False
@@ -210,7 +216,12 @@ class PublishHandler(JsonHandler):
 
     async def get(self, slug: str) -> None:
         """``GET /api/rooms/<slug>/messages?since=<n>[&epoch=<e>]``: what a client that saw offset
-        ``n`` missed, if the room still has all of it (``recovered``)."""
+        ``n`` missed, if the room still has all of it (``recovered``).
+
+        One response can be ``--history-size`` x ``--max-message-size`` (6.4 MB by default), so
+        an address is limited in bytes too (``--history-read-rate``): refused once in debt, before
+        Redis is asked; a response is charged in full as it goes out, so one bigger than the
+        burst is still sent once, and the address then waits until it is paid for."""
         require_read_grant(self, slug, self.token)
         if not self.hub.history.enabled:
             raise tornado.web.HTTPError(404, "history is off on this server (--history-size or --history-ttl 0)")
@@ -221,7 +232,7 @@ class PublishHandler(JsonHandler):
                 raise ValueError("not an epoch")
         except ValueError:
             raise tornado.web.HTTPError(400, "since must be an integer >= 0 (and epoch an epoch string)") from None
-        if refuse_over_rate(self, self.rate, self.hub):
+        if refuse_over_rate(self, self.rate, self.hub) or self._over_budget(0):
             return
         try:
             read = await self.hub.history.look(slug, since)
@@ -236,10 +247,23 @@ class PublishHandler(JsonHandler):
         kept = [(o, d) for o, d in entries if not protocol.too_big(d, limit)]
         self.hub.metrics.oversized_messages.inc(len(entries) - len(kept))
         messages = ",".join('{"offset":%d,"data":%s}' % (o, d) for o, d in kept)
-        self.finish(
+        body = (
             '{"room":' + protocol.dumps(slug) + ',"epoch":' + protocol.dumps(read.epoch or None) + ',"offset":'
             + str(read.top) + ',"recovered":' + ("true" if recovered else "false") + ',"messages":[' + messages + "]}"
-        )
+        ).encode("utf-8")
+        if self._over_budget(len(body)):  # others of this address spent it while Redis answered
+            return
+        self.finish(body)
+
+    def _over_budget(self, size: int) -> bool:
+        """Charge ``size`` bytes to the client address; False if it may have them. Else the 429 is
+        sent (the caller stops) and True."""
+        ip = self.request.remote_ip or ""
+        wait = self.history_bytes.take(ip, size) if size else self.history_bytes.wait(ip)
+        if not wait:
+            return False
+        refuse_429(self, self.hub, "history_bytes", wait, "too much history read from this address; see Retry-After")
+        return True
 
 
 class HealthHandler(JsonHandler):

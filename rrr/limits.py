@@ -24,8 +24,9 @@ class RateLimiter:
         self._buckets: dict[str, TokenBucket] = {}
         self._sweep_at = _SWEEP_FLOOR
 
-    def take(self, key: str) -> float:
-        """0.0 if ``key`` may go ahead now, else the seconds until it may (for ``Retry-After``)."""
+    def take(self, key: str, cost: float = 1.0) -> float:
+        """0.0 if ``key`` may go ahead now (``cost`` is spent: see `TokenBucket.take`), else the
+        seconds until it may (for ``Retry-After``)."""
         if self.rate <= 0:
             return 0.0
         bucket = self._buckets.get(key)
@@ -33,9 +34,14 @@ class RateLimiter:
             if len(self._buckets) >= self._sweep_at:
                 self.sweep()
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
-        if bucket.take():
+        if bucket.take(cost):
             return 0.0
         return bucket.wait()
+
+    def wait(self, key: str) -> float:
+        """What `take` would answer, without spending anything (nor remembering ``key``)."""
+        bucket = self._buckets.get(key)
+        return 0.0 if self.rate <= 0 or bucket is None else bucket.wait()
 
     def sweep(self) -> int:
         """Forget every bucket that has filled up again; the number still held.
@@ -59,6 +65,7 @@ class AddressLimits:
     def __init__(
         self, *, max_sockets: int = 0, max_subscriptions: int = 0, publish_rate: float = 0.0,
         publish_burst: float = 0.0, api_rate: float = 0.0, api_burst: float = 0.0,
+        history_read_rate: float = 0.0, history_read_burst: float = 0.0,
     ) -> None:
         self.max_sockets = max_sockets
         self.max_subscriptions = max_subscriptions
@@ -66,6 +73,8 @@ class AddressLimits:
         self._subscriptions: dict[str, int] = {}
         self.publish = RateLimiter(publish_rate, publish_burst)
         self.api = RateLimiter(api_rate, api_burst)
+        # Bytes, not requests: one history read of the API can be history-size x max-message-size.
+        self.history_bytes = RateLimiter(history_read_rate, history_read_burst)
 
     def may_open_socket(self, ip: str) -> bool:
         return self.max_sockets <= 0 or self._sockets.get(ip, 0) < self.max_sockets
@@ -94,7 +103,10 @@ class AddressLimits:
 
     def tracked(self) -> int:
         """Entries held for all addresses (the ``rrr_tracked_addresses`` gauge); sweeps first."""
-        return len(self._sockets) + len(self._subscriptions) + self.publish.sweep() + self.api.sweep()
+        return (
+            len(self._sockets) + len(self._subscriptions) + self.publish.sweep() + self.api.sweep()
+            + self.history_bytes.sweep()
+        )
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:

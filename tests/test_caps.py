@@ -282,6 +282,55 @@ async def test_room_api_is_rate_limited_per_address(server_factory: ServerFactor
     assert server.metric("rrr_tracked_addresses") == 1
 
 
+def http_get_as(url: str, ip: str) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers={"X-Real-IP": ip})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+@gen_test
+async def test_history_reads_are_limited_in_bytes_per_address(server_factory: ServerFactory) -> None:
+    """Each read of a room's history can be hundreds of kilobytes: the request rate alone let one
+    address pull hundreds of megabytes a second. 5 messages of 30 KB against a burst of 100 KB: one
+    response bigger than the whole burst is still sent, then the address owes it."""
+    server = await server_factory(api_token="tok", xheaders=True, history_read_rate=1000, history_read_burst=100_000)
+    for i in range(5):
+        request = tornado.httpclient.HTTPRequest(
+            f"{server.base_url}/api/rooms/big/messages", method="POST", body=json.dumps(f"{i}" * 30_000),
+            headers={"Authorization": "Bearer tok"},
+        )
+        assert (await tornado.httpclient.AsyncHTTPClient().fetch(request)).code == 202
+    url = f"{server.base_url}/api/rooms/big/messages?since=0"
+    status, _, body = await asyncio.to_thread(http_get_as, url, "203.0.113.9")
+    assert status == 200 and len(body) > 150_000 and len(json.loads(body)["messages"]) == 5
+    for tail in ("?since=0", "?since=5"):  # in debt: even a small read waits
+        status, headers, body = await asyncio.to_thread(http_get_as, url.split("?")[0] + tail, "203.0.113.9")
+        assert status == 429, (tail, status)
+        assert int(headers["Retry-After"]) >= 40  # about 50 KB owed at 1 KB/s
+        assert json.loads(body)["status"] == 429
+    assert server.metric("rrr_limited_total", {"limit": "history_bytes"}) == 2
+    # Another address is not held back, and the room API (small answers) is not either.
+    assert (await asyncio.to_thread(http_get_as, url, "203.0.113.10"))[0] == 200
+    assert (await asyncio.to_thread(http_get_as, f"{server.base_url}/api/rooms/big", "203.0.113.9"))[0] == 200
+    assert server.metric("rrr_tracked_addresses") >= 2
+
+
+@gen_test
+async def test_a_repaid_history_budget_is_forgotten(server_factory: ServerFactory) -> None:
+    server = await server_factory(api_token="tok", api_rate=0, history_read_rate=1_000_000, history_read_burst=10_000)
+    request = tornado.httpclient.HTTPRequest(
+        f"{server.base_url}/api/rooms/owed/messages", method="POST", body=json.dumps("x" * 30_000),
+        headers={"Authorization": "Bearer tok"},
+    )
+    assert (await tornado.httpclient.AsyncHTTPClient().fetch(request)).code == 202
+    status, _, body = await asyncio.to_thread(http_get, f"{server.base_url}/api/rooms/owed/messages?since=0")
+    assert status == 200 and len(body["messages"]) == 1  # 30 KB against a 10 KB burst: 20 KB owed
+    await wait_until(lambda: server.metric("rrr_tracked_addresses") == 0, what="the address forgotten once repaid")
+
+
 @gen_test
 async def test_a_refilled_bucket_is_forgotten(server_factory: ServerFactory) -> None:
     server = await server_factory(api_rate=50, api_burst=2)
