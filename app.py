@@ -97,6 +97,14 @@ define(
     "history_read_burst", default=16 << 20, type=int,
     help="bytes of history a client address may read at once before --history-read-rate applies",
 )
+define(
+    "client_history_per_ip", default=32 << 20, type=int,
+    help="bytes of history client publishes of one address may hold in Redis, per process (0: no cap)",
+)
+define(
+    "client_history_max", default=256 << 20, type=int,
+    help="bytes of history all client publishes may hold in Redis, per process (0: no cap)",
+)
 define("log_level", default="info", help="debug, info, warning or error")
 define("processes", default=1, type=int, help="worker processes sharing the port (0: one per CPU core)")
 # HTTP hardening: host allow-list, timeouts and the connection cap (rrr/httpguard.py).
@@ -148,6 +156,9 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         api_burst=o["api_burst"],
         history_read_rate=o["history_read_rate"],
         history_read_burst=o["history_read_burst"],
+        client_history_per_ip=o["client_history_per_ip"],
+        client_history_max=o["client_history_max"],
+        history_ttl=o["history_ttl"] if o["history_size"] > 0 else 0.0,
     )
     hub.metrics.tracked_addresses.set_function(addresses.tracked)
     public_key = Path(o["token_public_key"]).read_text() if o["token_public_key"] else ""

@@ -22,7 +22,8 @@ from tornado.websocket import websocket_connect
 
 from browser_helpers import metric
 from conftest import Client, ServerFactory, connect, wait_until
-from rrr.limits import RateLimiter
+from rrr.keys import history
+from rrr.limits import HeldBytes, RateLimiter
 
 gen_test = pytest.mark.gen_test(timeout=60)
 
@@ -184,6 +185,71 @@ async def test_publish_needs_a_subscription_and_is_limited_per_address(
     await b.send(type="unsubscribe", room="r", sub="t")
     await b.send(type="publish", room="r", data="gone")
     assert (await b.next("error", after=len(b.frames)))["code"] == "not_subscribed"
+
+
+async def subscribed_as(url: str, ip: str, room: str) -> Client:
+    c = await connect_as(url, ip)
+    await c.send(type="subscribe", room=room, sub="t")
+    await c.next("connection_message", after=0)
+    return c
+
+
+async def publish_answer(c: Client, data: str) -> dict[str, Any] | None:
+    """The error a publish got, or None once the publisher hears its own message back."""
+    seen = len(c.frames)
+    await c.send(type="publish", room="held", data=data)
+
+    def answered() -> dict[str, Any] | None:
+        for f in c.frames[seen:]:
+            if f["type"] == "error" or (f["type"] == "message" and f["data"] == data):
+                return f
+        return None
+
+    frame = await wait_until(answered, what="the publish's answer")
+    return frame if frame["type"] == "error" else None
+
+
+@gen_test
+async def test_what_client_publishes_hold_in_history_is_capped_per_address_and_in_all(
+    server_factory: ServerFactory, clients: list[Client], rclient: Any,
+) -> None:
+    """64 KB publishes from 40 sockets of one address added 47 MB to Redis in 5 s, each kept for the
+    history's TTL. 60 KB messages here against 200 KB per address and 300 KB in all."""
+    server = await server_factory(
+        client_publish=True, xheaders=True, client_history_per_ip=200_000, client_history_max=300_000,
+    )
+    url = server.ws_url("/ws/")
+    a = [await subscribed_as(url, "203.0.113.1", "held") for _ in range(4)]
+    b = await subscribed_as(url, "203.0.113.2", "held")
+    clients += [*a, b]
+    for i in range(3):
+        assert await publish_answer(a[i], f"{i}" * 60_000) is None
+    refused = await publish_answer(a[3], "3" * 60_000)  # another socket, the same address
+    assert refused is not None and (refused["code"], refused["room"]) == ("rate_limited", "held")
+    assert "200000" in refused["reason"]
+    assert await publish_answer(b, "b" * 60_000) is None  # 240 KB in all
+    refused = await publish_answer(b, "c" * 60_000)
+    assert refused is not None and (refused["code"], refused["room"]) == ("rate_limited", "held")
+    assert server.metric("rrr_limited_total", {"limit": "client_history"}) == 2
+    assert rclient.xlen(history("held")) == 4
+    assert await publish_answer(b, "small") is None  # 7 bytes still fit under 300 KB
+    await ping_pong(a[3])
+
+
+@gen_test
+async def test_what_client_publishes_held_is_let_go_as_history_expires(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    server = await server_factory(client_publish=True, history_ttl=1.0, client_history_per_ip=100_000)
+    c = await subscribed_as(server.ws_url("/ws/"), "ignored", "held")
+    clients.append(c)
+    assert await publish_answer(c, "x" * 60_000) is None
+    assert await publish_answer(c, "y" * 60_000) is not None
+    assert server.metric("rrr_tracked_addresses") >= 1
+    # A second later Redis has let the first go, and so has the ledger.
+    await wait_until(lambda: server.metric("rrr_tracked_addresses") == 0, what="the address forgotten")
+    assert await publish_answer(c, "z" * 60_000) is None
+    assert server.metric("rrr_limited_total", {"limit": "client_history"}) == 1
 
 
 # -- per client address ------------------------------------------------------------------------------
@@ -351,3 +417,24 @@ def test_rate_limiter_state_stays_bounded_under_an_address_scan() -> None:
     assert slow.take("a") == 0.0 and slow.take("a") > 100 and slow.take("b") == 0.0
     assert len(slow) == 2
     assert RateLimiter(rate=0, burst=0).take("a") == 0.0  # off
+
+
+def test_the_ledger_of_held_bytes_stays_bounded() -> None:
+    held = HeldBytes(per_address=10**12, total=10**12, ttl=0.5)
+    for _ in range(50_000):  # one address publishing as fast as it can: one entry per slice of time
+        assert held.take("203.0.113.1", 10) is None
+    assert len(held) <= HeldBytes.SLICES + 2 and 0 < held.held("203.0.113.1") <= 500_000
+    for i in range(5000):  # an address scan
+        assert held.take(f"10.0.{i >> 8}.{i & 255}", 1) is None
+    time.sleep(0.6)
+    assert held.expire() == 0 and len(held) == 0 and held.total == 0
+
+
+def test_held_bytes_refuse_per_address_and_in_all_and_count_nothing_refused() -> None:
+    held = HeldBytes(per_address=100, total=150, ttl=60)
+    assert held.take("a", 100) is None
+    assert held.take("a", 1) is not None
+    assert held.take("b", 51) is not None  # 151 in all
+    assert held.take("b", 50) is None
+    assert (held.held("a"), held.held("b"), held.total) == (100, 50, 150)
+    assert HeldBytes(per_address=100, total=150, ttl=0).take("a", 10**9) is None  # history off: nothing held
