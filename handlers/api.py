@@ -256,8 +256,8 @@ class PublishHandler(JsonHandler):
         self.finish(body)
 
     def _over_budget(self, size: int) -> bool:
-        """Charge ``size`` bytes to the client address; False if it may have them. Else the 429 is
-        sent (the caller stops) and True."""
+        """Charge ``size`` bytes to the client address (0: only look whether it owes any); False if
+        it may have them. Else the 429 is sent (the caller stops) and True."""
         ip = self.request.remote_ip or ""
         wait = self.history_bytes.take(ip, size) if size else self.history_bytes.wait(ip)
         if not wait:
