@@ -89,6 +89,22 @@ define("max_subscriptions_per_ip", default=0, type=int, help="subscriptions per 
 define("publish_rate_per_ip", default=100.0, type=float, help="client publishes per second per address (burst: 2x)")
 define("api_rate", default=100.0, type=float, help="GET /api/rooms/<slug> per second per address (0: off)")
 define("api_burst", default=200, type=int, help="GET /api/rooms/<slug> a client address may send at once")
+define(
+    "history_read_rate", default=8 << 20, type=int,
+    help="bytes per second of history GET /api/rooms/<slug>/messages sends one client address (0: off)",
+)
+define(
+    "history_read_burst", default=16 << 20, type=int,
+    help="bytes of history a client address may read at once before --history-read-rate applies",
+)
+define(
+    "client_history_per_ip", default=32 << 20, type=int,
+    help="bytes of history client publishes of one address may hold in Redis, per process (0: no cap)",
+)
+define(
+    "client_history_max", default=256 << 20, type=int,
+    help="bytes of history all client publishes may hold in Redis, per process (0: no cap)",
+)
 define("log_level", default="info", help="debug, info, warning or error")
 define("processes", default=1, type=int, help="worker processes sharing the port (0: one per CPU core)")
 # HTTP hardening: host allow-list, timeouts and the connection cap (rrr/httpguard.py).
@@ -124,6 +140,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             redis_pool_size=o["redis_pool_size"],
             history_size=o["history_size"],
             history_ttl=o["history_ttl"],
+            max_message_size=o["max_message_size"],
             # Not options: tests shorten them to see reconnects quickly.
             pubsub_keepalive=o.get("pubsub_keepalive", 5.0),
             backoff_cap=o.get("backoff_cap", 5.0),
@@ -137,6 +154,11 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         publish_burst=2 * o["publish_rate_per_ip"],
         api_rate=o["api_rate"],
         api_burst=o["api_burst"],
+        history_read_rate=o["history_read_rate"],
+        history_read_burst=o["history_read_burst"],
+        client_history_per_ip=o["client_history_per_ip"],
+        client_history_max=o["client_history_max"],
+        history_ttl=o["history_ttl"] if o["history_size"] > 0 else 0.0,
     )
     hub.metrics.tracked_addresses.set_function(addresses.tracked)
     public_key = Path(o["token_public_key"]).read_text() if o["token_public_key"] else ""
@@ -176,7 +198,10 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             (
                 rf"/api/rooms/{slug}/messages",
                 PublishHandler,
-                dict(hub=hub, token=api_token, max_size=o["max_message_size"], rate=addresses.api),
+                dict(
+                    hub=hub, token=api_token, max_size=o["max_message_size"], rate=addresses.api,
+                    history_bytes=addresses.history_bytes,
+                ),
             ),
             (r"/healthz", HealthHandler, dict(health=service.health)),
             (r"/metrics", MetricsHandler, dict(hub=hub)),

@@ -61,12 +61,17 @@ def refuse_over_rate(handler: JsonHandler, rate: RateLimiter, hub: Hub) -> bool:
     wait = rate.take(handler.request.remote_ip or "")
     if not wait:
         return False
-    hub.metrics.limited.labels("api_rate").inc()
+    refuse_429(handler, hub, "api_rate", wait, "too many requests from this address; see Retry-After")
+    return True
+
+
+def refuse_429(handler: JsonHandler, hub: Hub, limit: str, wait: float, reason: str) -> None:
+    """429 with Retry-After (whole seconds, at least 1), counted as ``limit``."""
+    hub.metrics.limited.labels(limit).inc()
     # Not an HTTPError: send_error would clear the Retry-After header.
     handler.set_status(429)
     handler.set_header("Retry-After", str(max(1, math.ceil(wait))))
-    handler.finish(protocol.http_error(429, "too many requests from this address; see Retry-After"))
-    return True
+    handler.finish(protocol.http_error(429, reason))
 
 
 def require_read_grant(handler: tornado.web.RequestHandler, slug: str, key: str) -> None:
@@ -139,11 +144,12 @@ class PublishHandler(JsonHandler):
     and an authorised one can make it hold at most ``max_size`` bytes.
     """
 
-    def initialize(self, hub: Hub, token: str, max_size: int, rate: RateLimiter) -> None:
+    def initialize(self, hub: Hub, token: str, max_size: int, rate: RateLimiter, history_bytes: RateLimiter) -> None:
         self.hub = hub
         self.token = token
         self.max_size = max_size
         self.rate = rate
+        self.history_bytes = history_bytes
         self._chunks: list[bytes] = []
         self._size = 0
         self._refused = False
@@ -157,9 +163,14 @@ class PublishHandler(JsonHandler):
         if self.request.method != "POST":
             return
         require_server_key(self, self.token, "publishing is disabled: the server has no --api-token")
-        declared = self.request.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self.max_size:
-            raise tornado.web.HTTPError(413, f"body over {self.max_size} bytes")
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None:
+            try:
+                length = protocol.parse_uint(declared, 1 << 62)
+            except ValueError:
+                raise tornado.web.HTTPError(400, "Content-Length must be a non-negative integer") from None
+            if length > self.max_size:
+                raise tornado.web.HTTPError(413, f"body over {self.max_size} bytes")
 
     def data_received(self, chunk: bytes) -> None:
         if self._refused:
@@ -205,17 +216,24 @@ class PublishHandler(JsonHandler):
 
     async def get(self, slug: str) -> None:
         """``GET /api/rooms/<slug>/messages?since=<n>[&epoch=<e>]``: what a client that saw offset
-        ``n`` missed, if the room still has all of it (``recovered``)."""
+        ``n`` missed, if the room still has all of it (``recovered``).
+
+        One response can be ``--history-size`` x ``--max-message-size`` (6.4 MB by default), so
+        an address is limited in bytes too (``--history-read-rate``): refused once in debt, before
+        Redis is asked; a response is charged in full as it goes out, so one bigger than the
+        burst is still sent once, and the address then waits until it is paid for."""
         require_read_grant(self, slug, self.token)
         if not self.hub.history.enabled:
             raise tornado.web.HTTPError(404, "history is off on this server (--history-size or --history-ttl 0)")
-        since_text = self.get_query_argument("since", "0")
         epoch = self.get_query_argument("epoch", None)
-        if not since_text.isdigit() or len(since_text) > 16 or (epoch is not None and not protocol.is_epoch(epoch)):
-            raise tornado.web.HTTPError(400, "since must be an integer >= 0 (and epoch an epoch string)")
-        if refuse_over_rate(self, self.rate, self.hub):
+        try:
+            since = protocol.parse_uint(self.get_query_argument("since", "0"))
+            if epoch is not None and not protocol.is_epoch(epoch):
+                raise ValueError("not an epoch")
+        except ValueError:
+            raise tornado.web.HTTPError(400, "since must be an integer >= 0 (and epoch an epoch string)") from None
+        if refuse_over_rate(self, self.rate, self.hub) or self._over_budget(0):
             return
-        since = int(since_text)
         try:
             read = await self.hub.history.look(slug, since)
         except BackplaneError:
@@ -223,11 +241,29 @@ class PublishHandler(JsonHandler):
         recovered = read.covers(since, epoch)
         self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        messages = ",".join('{"offset":%d,"data":%s}' % (o, d) for o, d in read.entries) if recovered else ""
-        self.finish(
+        entries = read.entries if recovered else []
+        # A message over --max-message-size reached Redis past our checks: no socket gets it, nor does this.
+        limit = self.hub.history.max_message
+        kept = [(o, d) for o, d in entries if not protocol.too_big(d, limit)]
+        self.hub.metrics.oversized_messages.inc(len(entries) - len(kept))
+        messages = ",".join('{"offset":%d,"data":%s}' % (o, d) for o, d in kept)
+        body = (
             '{"room":' + protocol.dumps(slug) + ',"epoch":' + protocol.dumps(read.epoch or None) + ',"offset":'
             + str(read.top) + ',"recovered":' + ("true" if recovered else "false") + ',"messages":[' + messages + "]}"
-        )
+        ).encode("utf-8")
+        if self._over_budget(len(body)):  # others of this address spent it while Redis answered
+            return
+        self.finish(body)
+
+    def _over_budget(self, size: int) -> bool:
+        """Charge ``size`` bytes to the client address (0: only look whether it owes any); False if
+        it may have them. Else the 429 is sent (the caller stops) and True."""
+        ip = self.request.remote_ip or ""
+        wait = self.history_bytes.take(ip, size) if size else self.history_bytes.wait(ip)
+        if not wait:
+            return False
+        refuse_429(self, self.hub, "history_bytes", wait, "too much history read from this address; see Retry-After")
+        return True
 
 
 class HealthHandler(JsonHandler):

@@ -5,9 +5,10 @@ through the same script the server uses (store in the room's history and publish
 step), so a message from a backend is recoverable like any other; `token` mints a token
 the server accepts. Both have asyncio twins for async views (`apublish`).
 
-Errors are plain: `ValueError` for a bad room or a payload that is not JSON (nothing is
-sent), `BackplaneError` when Redis does not answer or refuses (nothing was published),
-`OutcomeUnknown` when it took the call but did not answer in time (it may have been).
+Errors are plain: `ValueError` for a bad room, a payload that is not JSON or one bigger than the
+servers deliver (their ``--max-message-size``; nothing is sent), `BackplaneError` when Redis does
+not answer or refuses (nothing was published), `OutcomeUnknown` when it took the call but did not
+answer in time (it may have been).
 Payloads are JSON, never pickled.
 """
 
@@ -29,11 +30,14 @@ from .connect import is_cluster_url, make_redis, make_sync_redis
 from .errors import BackplaneError, OutcomeUnknown
 from .history import parse_published, publish_args
 
-__all__ = ["BackplaneError", "OutcomeUnknown", "apublish", "encode", "publish", "token"]
+__all__ = [
+    "BackplaneError", "OutcomeUnknown", "apublish", "check_size", "encode", "max_message_size", "publish", "token",
+]
 
 #: The servers' defaults, used when no server has announced its settings on that Redis.
 HISTORY_SIZE = 100
 HISTORY_TTL = 300.0
+MAX_MESSAGE_SIZE = protocol.MAX_MESSAGE_SIZE
 TIMEOUT = 2.0
 
 
@@ -64,6 +68,16 @@ def encode(room: str, data: Any) -> str:
     return text
 
 
+def check_size(text: str, limit: int) -> None:
+    """ValueError if ``text`` (what `encode` returned) is over ``limit`` bytes: the servers would drop
+    it (one frame that size would cut off every reader), so it is not sent at all."""
+    if protocol.too_big(text, limit):
+        raise ValueError(
+            f"data is {len(text.encode('utf-8'))} bytes of JSON, over the servers' --max-message-size "
+            f"({limit} bytes); nothing was sent"
+        )
+
+
 _sync_lock = threading.Lock()
 _sync_clients: dict[str, Any] = {}
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = weakref.WeakKeyDictionary()
@@ -85,21 +99,38 @@ def _async_client(url: str) -> Any:
     return client
 
 
-def _settings_of(reply: Any, size: int | None, ttl: float | None) -> tuple[int, float]:
-    """The history settings to publish with: the caller's, else the servers' (`History.announce`),
-    else the servers' defaults."""
-    got_size, got_ttl = reply if isinstance(reply, list) and len(reply) == 2 else (None, None)
+#: The fields of `keys.HISTORY_CONFIG` the helper reads (`History.announce` writes them).
+_ANNOUNCED = ("size", "ttl", "max")
+
+
+def _settings_of(reply: Any, size: int | None, ttl: float | None) -> tuple[int, float, int]:
+    """The history settings to publish with (the caller's, else the servers' (`History.announce`),
+    else the servers' defaults), and the largest message the servers deliver."""
+    got_size, got_ttl, got_max = reply if isinstance(reply, list) and len(reply) == 3 else (None, None, None)
     try:
         announced = (int(got_size), int(got_ttl) / 1000) if got_size is not None and got_ttl is not None else None
     except (TypeError, ValueError):
         announced = None
     if announced is None:
         announced = (HISTORY_SIZE, HISTORY_TTL)
-    return (announced[0] if size is None else size), (announced[1] if ttl is None else ttl)
+    try:
+        limit = int(got_max) if got_max is not None else MAX_MESSAGE_SIZE
+    except (TypeError, ValueError):
+        limit = MAX_MESSAGE_SIZE
+    return (announced[0] if size is None else size), (announced[1] if ttl is None else ttl), limit
 
 
-def _given(size: int | None, ttl: float | None) -> bool:
-    return size is not None and ttl is not None
+def max_message_size(redis_url: str | None = None) -> int:
+    """The largest message data (bytes of JSON) the servers on ``redis_url`` deliver: the
+    ``--max-message-size`` they announced there, else their default. `BackplaneError` or
+    `OutcomeUnknown` when Redis does not answer."""
+    client = _sync_client(redis_url or _default_url())
+    try:
+        return _settings_of(client.hmget(keys.HISTORY_CONFIG, *_ANNOUNCED), None, None)[2]
+    except RedisTimeoutError as e:
+        raise OutcomeUnknown(f"redis did not answer in time: {e}") from e
+    except (RedisError, OSError) as e:
+        raise BackplaneError(f"redis refused or is unreachable: {e}") from e
 
 
 def publish(
@@ -111,15 +142,16 @@ def publish(
 
     ``redis_url``: the server's ``--redis-url`` (default ``$RRR_REDIS_URL``). History is kept as the
     servers on that Redis keep it (their ``--history-size``/``--history-ttl``, which they announce
-    there); ``history_size``/``history_ttl`` override that (0: off)."""
+    there); ``history_size``/``history_ttl`` override that (0: off). Data over the servers'
+    ``--max-message-size`` (announced there too) raises ValueError, and nothing is sent."""
     text = encode(room, data)
     url = redis_url or _default_url()
     client = _sync_client(url)
     try:
-        # The servers' settings, read each time (a deployment may turn history off or on) unless both
-        # are given: then no extra round trip.
-        announced = None if _given(history_size, history_ttl) else client.hmget(keys.HISTORY_CONFIG, "size", "ttl")
-        size, ttl = _settings_of(announced, history_size, history_ttl)
+        # The servers' settings, read each time: a deployment may turn history off or on, or change
+        # its limit.
+        size, ttl, limit = _settings_of(client.hmget(keys.HISTORY_CONFIG, *_ANNOUNCED), history_size, history_ttl)
+        check_size(text, limit)
         if size <= 0 or ttl <= 0:
             client.publish(keys.room_channel(room), text)
             return 0
@@ -140,10 +172,9 @@ async def apublish(
     url = redis_url or _default_url()
     client = _async_client(url)
     try:
-        announced = None
-        if not _given(history_size, history_ttl):
-            announced = await client.hmget(keys.HISTORY_CONFIG, "size", "ttl")
-        size, ttl = _settings_of(announced, history_size, history_ttl)
+        announced = await client.hmget(keys.HISTORY_CONFIG, *_ANNOUNCED)
+        size, ttl, limit = _settings_of(announced, history_size, history_ttl)
+        check_size(text, limit)
         if size <= 0 or ttl <= 0:
             await client.publish(keys.room_channel(room), text)
             return 0

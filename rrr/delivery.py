@@ -13,6 +13,11 @@ messages after ``top`` follow. A socket none of whose subscriptions to the room 
 served yet gets no live messages of it, so its first frame about the room is ``subscribed``.
 
 Raw ``PUBLISH rrr:room:<slug>`` messages carry no offset: they are relayed live, best effort.
+
+A message over ``--max-message-size`` (only a raw PUBLISH or an older helper can store one) is
+dropped, live and in replays alike, counted and logged: one frame bigger than a socket's send buffer
+would cut every reader off, again at each resubscribe. Its offset still counts as delivered, so it is
+no gap, and the subscriptions around it stay ``recovered``; clients skip the missing offset.
 """
 
 from __future__ import annotations
@@ -147,6 +152,8 @@ class Delivery:
     # -- what the subscriber hears --------------------------------------------------------------
 
     def on_raw_message(self, room: str, data_json: str) -> None:
+        if not self._fits(room, data_json):
+            return
         s = self._streams.get(room)
         self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json)))
 
@@ -154,8 +161,11 @@ class Delivery:
         s = self._streams.get(room)
         if s is None:
             return
+        if data_json and not self._fits(room, data_json):
+            data_json = ""  # dropped, its offset kept in order (and nothing big held meanwhile)
         if not self.history.enabled:
-            self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json, offset, epoch)))
+            if data_json:
+                self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json, offset, epoch)))
             return
         if not s.stale and epoch == s.epoch and offset > s.top + 1:
             s.stale = True  # a gap: read what is missing, hold what follows
@@ -186,12 +196,30 @@ class Delivery:
             conn.send_frame(frame)
         self.metrics.messages_out.inc(len(targets))
 
+    def _fits(self, room: str, data_json: str) -> bool:
+        """Whether a message may go to sockets: not one dropped already (``""``), nor one over
+        ``--max-message-size`` (then counted and logged, at most once per 30 s)."""
+        if not data_json:
+            return False
+        limit = self.history.max_message
+        if not protocol.too_big(data_json, limit):
+            return True
+        self.metrics.oversized_messages.inc()
+        self._log.warning(
+            "oversized", "dropped a message of %d characters in %s: over --max-message-size (%d bytes)",
+            len(data_json), room, limit,
+        )
+        return False
+
     def _deliver(self, room: str, s: RoomStream, offset: int, data_json: str) -> None:
         assert s.epoch is not None
         s.top = offset
+        if not self._fits(room, data_json):
+            data_json = ""
         if s.recent is not None and len(s.recent) < self.hold_max:
             s.recent.append((offset, data_json))
-        self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json, offset, s.epoch)))
+        if data_json:
+            self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json, offset, s.epoch)))
 
     def _run(self, room: str, s: RoomStream) -> None:
         if self._closing or (s.task is not None and not s.task.done()):
@@ -348,7 +376,8 @@ class Delivery:
                 room, p.sub, s.top if enabled else None, s.epoch if enabled else None, recovered,
             ))))
         for offset, data in replay:
-            frames.append(Frame(protocol.relay_frame(room, data, offset, s.epoch, p.sub)))
+            if self._fits(room, data):
+                frames.append(Frame(protocol.relay_frame(room, data, offset, s.epoch, p.sub)))
         if frames:
             p.conn.send_frame(frames[0] if len(frames) == 1 else Frames(frames))
         self.metrics.history_replayed.inc(len(replay))

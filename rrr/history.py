@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from . import keys
 from .errors import BackplaneError
-from .protocol import is_epoch, validate_json_payload
+from .protocol import MAX_MESSAGE_SIZE, is_epoch, parse_uint, validate_json_payload
 #: The smallest TTL of a room's meta (epoch and offsets), in seconds; see `meta_ttl`.
 META_TTL_MIN = 3600
 
@@ -75,9 +75,9 @@ def parse_message(raw: bytes | str) -> tuple[int, str, str]:
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     offset_text, _, rest = text.partition(" ")
     epoch, _, data = rest.partition(" ")
-    if not offset_text.isdigit() or len(offset_text) > 18 or not is_epoch(epoch):
+    if not is_epoch(epoch):
         raise ValueError("history message needs '<offset> <epoch> <data>'")
-    offset = int(offset_text)
+    offset = parse_uint(offset_text)
     if offset < 1:
         raise ValueError("history offsets start at 1")
     return offset, epoch, validate_json_payload(data)
@@ -118,7 +118,7 @@ def parse_read(reply: Any, limit: int) -> Read:
         try:
             entry_id, fields = entry
             ms, _, seq = _text(entry_id).partition("-")
-            offset = int(ms)
+            offset = parse_uint(ms)
             data = validate_json_payload(fields[1])
             if fields[0] != b"d" or seq != "0" or not last < offset <= top:
                 raise ValueError("out of order")
@@ -168,10 +168,14 @@ class History:
 
     def __init__(
         self, redis: ScriptRunner, size: int, ttl: float, *, sharded: bool = False, readers: int = 16,
+        max_message: int = MAX_MESSAGE_SIZE,
     ) -> None:
         self.redis = redis
         self.size = max(0, size)
         self.ttl = max(0.0, ttl)
+        # ``--max-message-size``: the largest data this process delivers. Whatever reaches Redis
+        # another way (a raw PUBLISH, an older helper) may be bigger: delivery drops it.
+        self.max_message = max(1, max_message)
         self.sharded = sharded  # on a Redis Cluster: messages go out with SPUBLISH
         # At most ``readers`` of this process's own reads at once. A burst of new rooms (a restart
         # brings every socket back into its rooms at once) reads each room's position; unbounded,
@@ -203,10 +207,12 @@ class History:
         return parse_read(await self.redis.script("history_read", k, a), self.size)
 
     async def announce(self) -> None:
-        """Tell backends' helpers how this deployment keeps history (``size`` 0: off), so
-        `rrr.client.publish` stores as the servers do without being told."""
+        """Tell backends' helpers how this deployment keeps history (``size`` 0: off) and the largest
+        message it delivers (``max``, bytes), so `rrr.client.publish` stores as the servers do and
+        refuses what they would drop, without being told."""
         await self.redis.call_command(
-            "hset", keys.HISTORY_CONFIG, mapping={"size": self.size, "ttl": int(self.ttl * 1000)},
+            "hset", keys.HISTORY_CONFIG,
+            mapping={"size": self.size, "ttl": int(self.ttl * 1000), "max": self.max_message},
         )
 
     async def touch(self, rooms: Iterable[str]) -> None:

@@ -15,7 +15,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 #: The ``limit`` label values of ``rrr_limited_total``, one per cap.
 LIMITS = (
     "tabs_per_room", "subscriptions_per_socket", "subscriptions_per_ip", "rooms", "sockets_per_ip",
-    "message_rate", "publish_rate", "publish_rate_per_ip", "api_rate",
+    "message_rate", "publish_rate", "publish_rate_per_ip", "api_rate", "history_bytes",
+    "client_history",
 )
 
 
@@ -50,6 +51,11 @@ class Metrics:
         self.redis_reconnects = Counter("rrr_redis_reconnects", "Pub/sub connection re-establishments", registry=r)
         self.redis_errors = Counter("rrr_redis_errors", "Failed Redis calls", ["op"], registry=r)
         self.malformed_payloads = Counter("rrr_malformed_payloads", "Non-JSON payloads dropped from Redis", registry=r)
+        self.oversized_messages = Counter(
+            "rrr_oversized_messages",
+            "Messages from Redis over --max-message-size, not delivered (live, or each time a replay met one)",
+            registry=r,
+        )
         self.slow_client_disconnects = Counter(
             "rrr_slow_client_disconnects", "Clients closed because their send buffer overflowed", registry=r,
         )

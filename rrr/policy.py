@@ -55,17 +55,24 @@ class TokenBucket:
         self.tokens = burst
         self.stamp = time.monotonic()
 
-    def take(self) -> bool:
+    def _refill(self) -> None:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
+
+    def take(self, cost: float = 1.0) -> bool:
+        """Spend ``cost`` if the bucket holds at least one token. A cost above what it holds (a
+        response measured in bytes, bigger than the burst) is still allowed once and leaves the
+        bucket in debt, repaid at ``rate`` before the next take: the average stays ``rate``."""
+        self._refill()
         if self.tokens >= 1:
-            self.tokens -= 1
+            self.tokens -= cost
             return True
         return False
 
     def wait(self) -> float:
         """Seconds until the next ``take`` can succeed (0 if it can now)."""
+        self._refill()
         return max(0.0, (1 - self.tokens) / self.rate) if self.rate > 0 else float("inf")
 
     def full(self) -> bool:

@@ -164,14 +164,45 @@ def is_epoch(value: object) -> bool:
     return isinstance(value, str) and _EPOCH_RE.match(value) is not None
 
 
+_UINT_RE = re.compile(r"[0-9]{1,19}\Z")
+
+
+def parse_uint(text: str, maximum: int = _OFFSET_MAX) -> int:
+    """A non-negative integer a client wrote (a query argument, a header): ASCII digits only, at
+    most ``maximum``; ValueError otherwise. Every number read from a client goes through here:
+    ``str.isdigit`` accepts ``"²"`` and ``int`` accepts ``" 7"``, ``"+7"``, ``"1_0"`` and Arabic-Indic
+    digits, so checking with one and converting with the other turns a typo into a 500."""
+    if not isinstance(text, str) or _UINT_RE.match(text) is None:
+        raise ValueError(f"expected a non-negative integer, got {str(text)[:40]!r}")
+    value = int(text)
+    if value > maximum:
+        raise ValueError(f"expected an integer of at most {maximum}, got {text[:40]!r}")
+    return value
+
+
 def since_from_query(offset: str | None, epoch: str | None) -> Since | None:
     """``?since=<n>&epoch=<e>`` on the one-room socket; None if absent; ValueError if malformed."""
     if offset is None and epoch is None:
         return None
-    if offset is None or not offset.isdigit() or int(offset) > _OFFSET_MAX or epoch is None \
-            or not is_epoch(epoch):
+    if offset is None or epoch is None or not is_epoch(epoch):
         raise ValueError("since needs ?since=<integer >= 0>&epoch=<epoch>")
-    return Since(int(offset), epoch)
+    try:
+        return Since(parse_uint(offset), epoch)
+    except ValueError:
+        raise ValueError("since needs ?since=<integer >= 0>&epoch=<epoch>") from None
+
+
+#: The servers' ``--max-message-size`` by default: the largest message data (bytes of its JSON) they deliver.
+MAX_MESSAGE_SIZE = 65536
+
+
+def too_big(data_json: str, limit: int) -> bool:
+    """Whether ``data_json`` is over ``limit`` bytes in UTF-8 (encoded only when its length in
+    characters cannot tell: one character is one to four bytes)."""
+    n = len(data_json)
+    if n > limit:
+        return True
+    return 4 * n > limit and len(data_json.encode("utf-8", "surrogatepass")) > limit
 
 
 def _encodable(obj: Any) -> bool:

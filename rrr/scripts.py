@@ -340,4 +340,6 @@ ALL = {
 #: Scripts that only read (no flags: they work on any Redis, at maxmemory too).
 READ_ONLY = frozenset({"count", "members"})
 #: Scripts that store what clients send: no ``allow-oom``, so Redis refuses them at maxmemory.
-NO_FLAGS = READ_ONLY | {"history_publish", "history_read"}
+#: ``history_read`` is not one: it writes only a room's small meta (its epoch), and without the flag
+#: a subscription to a room new at maxmemory never got ``subscribed``, its count or its presence.
+NO_FLAGS = READ_ONLY | {"history_publish"}

@@ -49,6 +49,7 @@ class Settings:
     redis_pool_size: int = 32
     history_size: int = 100
     history_ttl: float = 300.0
+    max_message_size: int = 65536
     pubsub_keepalive: float = 5.0
     backoff_cap: float = 5.0
 
@@ -76,6 +77,7 @@ class Service:
         self.coalescer = Coalescer(s.count_interval)
         self.history = History(
             self.presence, s.history_size, s.history_ttl, sharded=cluster, readers=max(1, s.redis_pool_size // 2),
+            max_message=s.max_message_size,
         )
         self.hub = Hub(
             self.presence, self.subscriber, self.coalescer, metrics, history=self.history,

@@ -251,6 +251,10 @@ class Session:
             self._refuse("publish_rate", "rate_limited", "too many publishes from this socket; slow down", room)
         if self.addresses.publish.take(self.ip):
             self._refuse("publish_rate_per_ip", "rate_limited", "too many publishes from this address; slow down", room)
+        # Charged before the publish (a concurrent one cannot slip past) and kept if Redis refuses it.
+        over = self.addresses.client_history.take(self.ip, len(msg.data_json.encode("utf-8")))
+        if over is not None:
+            self._refuse("client_history", "rate_limited", over, room)
         try:
             await self.hub.publish(room, msg.data_json)
         except BackplaneError:

@@ -22,7 +22,8 @@ from tornado.websocket import websocket_connect
 
 from browser_helpers import metric
 from conftest import Client, ServerFactory, connect, wait_until
-from rrr.limits import RateLimiter
+from rrr.keys import history
+from rrr.limits import HeldBytes, RateLimiter
 
 gen_test = pytest.mark.gen_test(timeout=60)
 
@@ -186,6 +187,71 @@ async def test_publish_needs_a_subscription_and_is_limited_per_address(
     assert (await b.next("error", after=len(b.frames)))["code"] == "not_subscribed"
 
 
+async def subscribed_as(url: str, ip: str, room: str) -> Client:
+    c = await connect_as(url, ip)
+    await c.send(type="subscribe", room=room, sub="t")
+    await c.next("connection_message", after=0)
+    return c
+
+
+async def publish_answer(c: Client, data: str) -> dict[str, Any] | None:
+    """The error a publish got, or None once the publisher hears its own message back."""
+    seen = len(c.frames)
+    await c.send(type="publish", room="held", data=data)
+
+    def answered() -> dict[str, Any] | None:
+        for f in c.frames[seen:]:
+            if f["type"] == "error" or (f["type"] == "message" and f["data"] == data):
+                return f
+        return None
+
+    frame = await wait_until(answered, what="the publish's answer")
+    return frame if frame["type"] == "error" else None
+
+
+@gen_test
+async def test_what_client_publishes_hold_in_history_is_capped_per_address_and_in_all(
+    server_factory: ServerFactory, clients: list[Client], rclient: Any,
+) -> None:
+    """64 KB publishes from 40 sockets of one address added 47 MB to Redis in 5 s, each kept for the
+    history's TTL. 60 KB messages here against 200 KB per address and 300 KB in all."""
+    server = await server_factory(
+        client_publish=True, xheaders=True, client_history_per_ip=200_000, client_history_max=300_000,
+    )
+    url = server.ws_url("/ws/")
+    a = [await subscribed_as(url, "203.0.113.1", "held") for _ in range(4)]
+    b = await subscribed_as(url, "203.0.113.2", "held")
+    clients += [*a, b]
+    for i in range(3):
+        assert await publish_answer(a[i], f"{i}" * 60_000) is None
+    refused = await publish_answer(a[3], "3" * 60_000)  # another socket, the same address
+    assert refused is not None and (refused["code"], refused["room"]) == ("rate_limited", "held")
+    assert "200000" in refused["reason"]
+    assert await publish_answer(b, "b" * 60_000) is None  # 240 KB in all
+    refused = await publish_answer(b, "c" * 60_000)
+    assert refused is not None and (refused["code"], refused["room"]) == ("rate_limited", "held")
+    assert server.metric("rrr_limited_total", {"limit": "client_history"}) == 2
+    assert rclient.xlen(history("held")) == 4
+    assert await publish_answer(b, "small") is None  # 7 bytes still fit under 300 KB
+    await ping_pong(a[3])
+
+
+@gen_test
+async def test_what_client_publishes_held_is_let_go_as_history_expires(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    server = await server_factory(client_publish=True, history_ttl=1.0, client_history_per_ip=100_000)
+    c = await subscribed_as(server.ws_url("/ws/"), "ignored", "held")
+    clients.append(c)
+    assert await publish_answer(c, "x" * 60_000) is None
+    assert await publish_answer(c, "y" * 60_000) is not None
+    assert server.metric("rrr_tracked_addresses") >= 1
+    # A second later Redis has let the first go, and so has the ledger.
+    await wait_until(lambda: server.metric("rrr_tracked_addresses") == 0, what="the address forgotten")
+    assert await publish_answer(c, "z" * 60_000) is None
+    assert server.metric("rrr_limited_total", {"limit": "client_history"}) == 1
+
+
 # -- per client address ------------------------------------------------------------------------------
 
 
@@ -282,6 +348,55 @@ async def test_room_api_is_rate_limited_per_address(server_factory: ServerFactor
     assert server.metric("rrr_tracked_addresses") == 1
 
 
+def http_get_as(url: str, ip: str) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers={"X-Real-IP": ip})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+@gen_test
+async def test_history_reads_are_limited_in_bytes_per_address(server_factory: ServerFactory) -> None:
+    """Each read of a room's history can be hundreds of kilobytes: the request rate alone let one
+    address pull hundreds of megabytes a second. 5 messages of 30 KB against a burst of 100 KB: one
+    response bigger than the whole burst is still sent, then the address owes it."""
+    server = await server_factory(api_token="tok", xheaders=True, history_read_rate=1000, history_read_burst=100_000)
+    for i in range(5):
+        request = tornado.httpclient.HTTPRequest(
+            f"{server.base_url}/api/rooms/big/messages", method="POST", body=json.dumps(f"{i}" * 30_000),
+            headers={"Authorization": "Bearer tok"},
+        )
+        assert (await tornado.httpclient.AsyncHTTPClient().fetch(request)).code == 202
+    url = f"{server.base_url}/api/rooms/big/messages?since=0"
+    status, _, body = await asyncio.to_thread(http_get_as, url, "203.0.113.9")
+    assert status == 200 and len(body) > 150_000 and len(json.loads(body)["messages"]) == 5
+    for tail in ("?since=0", "?since=5"):  # in debt: even a small read waits
+        status, headers, body = await asyncio.to_thread(http_get_as, url.split("?")[0] + tail, "203.0.113.9")
+        assert status == 429, (tail, status)
+        assert int(headers["Retry-After"]) >= 40  # about 50 KB owed at 1 KB/s
+        assert json.loads(body)["status"] == 429
+    assert server.metric("rrr_limited_total", {"limit": "history_bytes"}) == 2
+    # Another address is not held back, and the room API (small answers) is not either.
+    assert (await asyncio.to_thread(http_get_as, url, "203.0.113.10"))[0] == 200
+    assert (await asyncio.to_thread(http_get_as, f"{server.base_url}/api/rooms/big", "203.0.113.9"))[0] == 200
+    assert server.metric("rrr_tracked_addresses") >= 2
+
+
+@gen_test
+async def test_a_repaid_history_budget_is_forgotten(server_factory: ServerFactory) -> None:
+    server = await server_factory(api_token="tok", api_rate=0, history_read_rate=1_000_000, history_read_burst=10_000)
+    request = tornado.httpclient.HTTPRequest(
+        f"{server.base_url}/api/rooms/owed/messages", method="POST", body=json.dumps("x" * 30_000),
+        headers={"Authorization": "Bearer tok"},
+    )
+    assert (await tornado.httpclient.AsyncHTTPClient().fetch(request)).code == 202
+    status, _, body = await asyncio.to_thread(http_get, f"{server.base_url}/api/rooms/owed/messages?since=0")
+    assert status == 200 and len(body["messages"]) == 1  # 30 KB against a 10 KB burst: 20 KB owed
+    await wait_until(lambda: server.metric("rrr_tracked_addresses") == 0, what="the address forgotten once repaid")
+
+
 @gen_test
 async def test_a_refilled_bucket_is_forgotten(server_factory: ServerFactory) -> None:
     server = await server_factory(api_rate=50, api_burst=2)
@@ -302,3 +417,24 @@ def test_rate_limiter_state_stays_bounded_under_an_address_scan() -> None:
     assert slow.take("a") == 0.0 and slow.take("a") > 100 and slow.take("b") == 0.0
     assert len(slow) == 2
     assert RateLimiter(rate=0, burst=0).take("a") == 0.0  # off
+
+
+def test_the_ledger_of_held_bytes_stays_bounded() -> None:
+    held = HeldBytes(per_address=10**12, total=10**12, ttl=0.5)
+    for _ in range(50_000):  # one address publishing as fast as it can: one entry per slice of time
+        assert held.take("203.0.113.1", 10) is None
+    assert len(held) <= HeldBytes.SLICES + 2 and 0 < held.held("203.0.113.1") <= 500_000
+    for i in range(5000):  # an address scan
+        assert held.take(f"10.0.{i >> 8}.{i & 255}", 1) is None
+    time.sleep(0.6)
+    assert held.expire() == 0 and len(held) == 0 and held.total == 0
+
+
+def test_held_bytes_refuse_per_address_and_in_all_and_count_nothing_refused() -> None:
+    held = HeldBytes(per_address=100, total=150, ttl=60)
+    assert held.take("a", 100) is None
+    assert held.take("a", 1) is not None
+    assert held.take("b", 51) is not None  # 151 in all
+    assert held.take("b", 50) is None
+    assert (held.held("a"), held.held("b"), held.total) == (100, 50, 150)
+    assert HeldBytes(per_address=100, total=150, ttl=0).take("a", 10**9) is None  # history off: nothing held

@@ -693,3 +693,99 @@ async def test_subscribing_to_rooms_nobody_publishes_to_does_not_leave_an_hour_o
     assert not [k for k, ttl in left.items() if ttl > 300], (
         f"{len(left)} rooms nobody is in and nobody published to keep a meta for "
         f"{max(left.values(), default=0)} s")
+
+
+# -- a message bigger than the servers deliver ---------------------------------------------------
+
+
+async def test_the_helper_refuses_data_over_the_servers_limit_and_sends_nothing(
+    server_factory: ServerFactory, redis_url: str, rclient: redis.Redis, clients: list[Client]
+) -> None:
+    server = await server_factory(api_token="tok", max_message_size=4096)
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    await subscribed(c, "cap")
+    for call in (
+        lambda: rrr_client.publish("cap", "x" * 4096, redis_url=redis_url),
+        lambda: rrr_client.publish("cap", {"t": "é" * 2100}, redis_url=redis_url, history_size=5, history_ttl=60),
+    ):
+        with pytest.raises(ValueError, match="max-message-size"):
+            call()
+    with pytest.raises(ValueError, match="max-message-size"):
+        await rrr_client.apublish("cap", "x" * 5000, redis_url=redis_url)
+    assert rclient.exists(history("cap")) == 0 and rclient.hget(meta("cap"), "o") == "0"
+    assert rclient.hget("rrr:config:history", "max") == "4096"  # announced beside the history settings
+    # Just under it goes through (4094 characters and two quotes).
+    assert rrr_client.publish("cap", "y" * 4094, redis_url=redis_url) == 1
+    await wait_until(lambda: offsets(c, "cap") == [1], what="the message that fits")
+    # No server announced a limit: the servers' default, 64 KiB.
+    rclient.delete("rrr:config:history")
+    with pytest.raises(ValueError, match="65536"):
+        rrr_client.publish("cap", "z" * 65535, redis_url=redis_url)
+    assert rrr_client.publish("cap", "z" * 65534, redis_url=redis_url) == 2
+
+
+def store_as_an_older_helper(rclient: redis.Redis, room: str, data_json: str) -> None:
+    """What a helper that knew no limit did: the history script, straight to Redis, any size."""
+    k, a = publish_args(room, data_json, 100, 300, own=False)
+    rclient.eval(HISTORY_PUBLISH, len(k), *k, *a)
+
+
+async def test_a_message_over_the_limit_from_redis_cuts_off_no_reader_live_or_resubscribing(
+    server_factory: ServerFactory, rclient: redis.Redis, clients: list[Client]
+) -> None:
+    """2 MB, twice the send buffer: delivered, it cut every socket of the room off, and then each one
+    that resubscribed with ``since`` (the replay held it) until history dropped it."""
+    server = await server_factory(api_token="tok")
+    live = await connect(server.ws_url("/ws/"))
+    talk = await connect(server.ws_url("/ws/count/big/"))
+    clients += [live, talk]
+    epoch = (await subscribed(live, "big"))["epoch"]
+    await talk.settles_on(2)
+    big = json.dumps("x" * 2_000_000)
+    await api_publish(server, "big", "before")
+    rclient.publish("rrr:room:big", big)  # a raw PUBLISH
+    store_as_an_older_helper(rclient, "big", big)  # offset 2, stored
+    await api_publish(server, "big", "after")
+    await wait_until(lambda: [m.get("offset") for m in messages(live, "big")] == [1, 3],
+                     what="the messages around the big one")
+    assert [m["data"] for m in messages(live, "big")] == ["before", "after"]
+    await wait_until(lambda: [m["data"] for m in talk.of_type("message")] == ["before", "after"],
+                     what="the talk's socket too")
+    assert not live.closed.is_set() and not talk.closed.is_set()
+    assert server.metric("rrr_oversized_messages_total") == 2
+    assert server.metric("rrr_slow_client_disconnects_total") == 0
+
+    again = await connect(server.ws_url("/ws/"))
+    clients.append(again)
+    back = await subscribed(again, "big", offset=0, epoch=epoch)
+    assert back["recovered"] is True and back["offset"] == 3
+    await wait_until(lambda: offsets(again, "big") == [1, 3], what="the replay around the big one")
+    await api_publish(server, "big", "live")
+    await wait_until(lambda: offsets(again, "big") == [1, 3, 4], what="live after the replay")
+    assert offsets(live, "big") == [1, 3, 4] and not again.closed.is_set()
+    # The API's history read leaves it out too, and still says recovered.
+    got = await api_history(server, "big", f"since=0&epoch={epoch}")
+    assert got["recovered"] is True and [m["offset"] for m in got["messages"]] == [1, 3, 4]
+
+
+async def test_a_process_catching_up_after_a_pubsub_cut_skips_a_message_over_the_limit(
+    server_factory: ServerFactory, rclient: redis.Redis, clients: list[Client]
+) -> None:
+    """The catch-up read after a gap delivers what it finds: not the big one, and no endless re-reads
+    of a "gap" where it was."""
+    server = await server_factory(api_token="tok")
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    await subscribed(c, "gap")
+    await api_publish(server, "gap", 1)
+    await wait_until(lambda: offsets(c, "gap") == [1], what="the first message")
+    store_unheard(rclient, "gap", 1)  # offset 2, unheard: the next live message shows the gap
+    k, a = publish_args("gap", json.dumps("x" * 2_000_000), 100, 300, own=False)
+    a[0] = "rrr:nowhere"
+    rclient.eval(HISTORY_PUBLISH, len(k), *k, *a)  # offset 3, unheard and over the limit
+    await api_publish(server, "gap", 4)
+    await wait_until(lambda: offsets(c, "gap") == [1, 2, 4], what="the gap read back, big one skipped")
+    await api_publish(server, "gap", 5)
+    await wait_until(lambda: offsets(c, "gap") == [1, 2, 4, 5], what="live again")
+    assert server.metric("rrr_history_gaps_total") == 1 and not c.closed.is_set()

@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -180,6 +181,38 @@ async def test_a_chunked_body_is_refused_as_soon_as_it_outgrows_the_limit(
     status = await response_head(reader)
     assert status.startswith(b"HTTP/1.1 413 "), status
     assert json.loads(await closed_by_server(reader)) == {"error": "body over 4096 bytes", "status": 413}
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("length", [b"\xb2", b"\xd9\xa3", b"+5", b"5_0"])
+async def test_a_content_length_that_is_not_ascii_digits_is_400_not_500(
+    guarded: GuardedFactory, raw: RawOpen, length: bytes,
+) -> None:
+    """``"\xb2"`` reaches us as ``"²"`` (headers are latin-1), which ``str.isdigit`` accepts and
+    ``int`` does not; ``"\xd9\xa3"`` is ``"Ù£"``."""
+    server = await guarded()
+    reader, writer = await raw(server.port)
+    writer.write(
+        b"POST /api/rooms/digits/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " + length
+        + f"\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode() + b"12345"
+    )
+    await writer.drain()
+    status = await response_head(reader)
+    assert status.startswith(b"HTTP/1.1 400 "), status
+    assert b"Content-Length" in await closed_by_server(reader)
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("since", ["\u00b2", "\u0663", "\uff17", "1_0", "+1", "-1", "1e3", "9" * 17])
+async def test_a_since_that_is_not_ascii_digits_is_400_not_500(guarded: GuardedFactory, since: str) -> None:
+    server = await guarded()
+    r = await fetch(server.base_url + "/api/rooms/digits/messages?since=" + urllib.parse.quote(since))
+    assert r.code == 400, (since, r.code, r.body[:200])
+    assert json.loads(r.body) == {
+        "error": "since must be an integer >= 0 (and epoch an epoch string)", "status": 400,
+    }
+    ok = await fetch(server.base_url + "/api/rooms/digits/messages?since=0")
+    assert ok.code == 200 and json.loads(ok.body)["recovered"] is True
 
 
 @pytest.mark.gen_test(timeout=120)

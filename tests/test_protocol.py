@@ -122,3 +122,22 @@ def test_only_presence_rooms_show_users_in_their_counts() -> None:
     assert "users" not in protocol.count_message("lobby", state)
     wire = '{"c":2,"t":5,"u":1.5,"v":7,"n":1}'
     assert protocol.decode_count_announcement(wire) == state
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "\u0663", "\uff17", " 7", "7 ", "+7", "-7", "1_0", "7\n", "", "0x7", "1e3"])
+def test_numbers_from_clients_are_ascii_digits_only(text: str) -> None:
+    with pytest.raises(ValueError):
+        protocol.parse_uint(text)
+    with pytest.raises(ValueError):
+        protocol.since_from_query(text, "9f3a61c2")
+
+
+def test_a_number_from_a_client_is_read_up_to_its_maximum() -> None:
+    assert protocol.parse_uint("0") == 0 and protocol.parse_uint("007") == 7
+    assert protocol.parse_uint(str(2**53 - 1)) == 2**53 - 1
+    with pytest.raises(ValueError):
+        protocol.parse_uint(str(2**53))
+    assert protocol.parse_uint("65536", 65536) == 65536
+    with pytest.raises(ValueError):
+        protocol.parse_uint("65537", 65536)
+    assert protocol.since_from_query("12", "9f3a61c2") == protocol.Since(12, "9f3a61c2")

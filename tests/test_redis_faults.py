@@ -81,3 +81,39 @@ async def test_a_stalled_redis_never_hangs_the_event_loop(
         os.kill(own_redis.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
     await c.settles_on(1, 2, timeout=30)
     assert (await get(server.base_url + "/healthz")).code == 200
+
+
+async def test_at_maxmemory_a_subscription_to_a_new_room_gets_subscribed_and_its_count(
+    server_factory: ServerFactory, own_redis: EmbeddedRedis, clients: list[Client],
+) -> None:
+    """Reading a new room's position fixes its epoch (a small write): at maxmemory it must still
+    run, or the subscription waits for ``subscribed`` (and its count) until memory is freed."""
+    r = redis.Redis.from_url(own_redis.url)
+    version = r.info("server")["redis_version"]
+    if int(version.split(".")[0]) < 7:
+        pytest.skip(f"redis-server {version} takes no script flags (allow-oom needs 7.0)")
+    server = await server_factory(redis=own_redis.url, api_token="tok")
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    try:
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", 1)  # far below what it holds: every write without allow-oom is refused
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            r.set("filler", "x")
+        await c.send(type="subscribe", room="fresh", sub="tab")
+
+        def subscribed() -> dict[str, object] | None:
+            return next((f for f in c.of_type("subscribed") if f["room"] == "fresh"), None)
+
+        frame = await wait_until(subscribed, timeout=10, what="subscribed to a new room at maxmemory")
+        assert frame["offset"] == 0 and isinstance(frame["epoch"], str) and frame["epoch"]
+        await c.settles_on(1, 1, room="fresh")
+        # What clients send is still not stored at maxmemory.
+        r_pub = await AsyncHTTPClient().fetch(
+            server.base_url + "/api/rooms/fresh/messages", method="POST", body='{"n": 1}',
+            headers={"Authorization": "Bearer tok"}, raise_error=False, request_timeout=20,
+        )
+        assert r_pub.code == 503
+    finally:
+        r.config_set("maxmemory", 0)
+        r.close()

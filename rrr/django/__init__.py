@@ -26,8 +26,9 @@ __all__ = ["publish_on_commit"]
 def publish_on_commit(room: str, data: Any, *, using: str | None = None, robust: bool = True) -> None:
     """Publish ``data`` to ``room`` once the current database transaction commits (at once outside
     one); a rolled-back transaction publishes nothing, so no page hears of a row that never was.
-    A bad room or payload raises ValueError now; a failed publish after the commit is logged
-    (``robust=False``: raised). See `rrr.django.publish.publish_on_commit`."""
+    A bad room or payload (not JSON, or over the servers' ``--max-message-size``) raises ValueError
+    now; a failed publish after the commit is logged (``robust=False``: raised). See
+    `rrr.django.publish.publish_on_commit`."""
     from .publish import publish_on_commit as impl
 
     impl(room, data, using=using, robust=robust)

@@ -163,3 +163,10 @@ class PublishOnCommitTests(TransactionTestCase):
             publish_on_commit("no spaces", {"a": 1})
         with self.assertRaises(ValueError):
             publish_on_commit("fine", {"a": object()})
+
+    def test_a_payload_the_servers_would_drop_fails_at_once_and_sends_nothing(self) -> None:
+        room = f"private-user-{self.bob.pk}"
+        with self.assertRaises(ValueError):
+            with transaction.atomic():
+                publish_on_commit(room, {"blob": "x" * 70_000})  # over the servers' 64 KiB
+        self.assertEqual(self.listener.until_sentinel(room), [])
