@@ -1,6 +1,10 @@
 """The wire protocol as pure functions: what the server accepts and what it sends."""
 
 import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +145,93 @@ def test_a_number_from_a_client_is_read_up_to_its_maximum() -> None:
     with pytest.raises(ValueError):
         protocol.parse_uint("65537", 65536)
     assert protocol.since_from_query("12", "9f3a61c2") == protocol.Since(12, "9f3a61c2")
+
+
+# ---- the shared vectors (tests/vectors/protocol.json; static/js/protocol.js is checked against them too)
+
+VECTORS: dict[str, Any] = json.loads((Path(__file__).parent / "vectors" / "protocol.json").read_text("utf-8"))
+
+# Every builder of a server frame, by the name the vectors use; each returns a frame's text or its dict.
+SERVER_BUILDERS: dict[str, Callable[..., str | dict[str, Any]]] = {
+    "PONG_FRAME": lambda: protocol.PONG_FRAME,
+    "relay_frame": protocol.relay_frame,
+    "subscribed_message": protocol.subscribed_message,
+    "count_message": lambda room, state: protocol.count_message(room, CountState(**state)),
+    "presence_frame": protocol.presence_frame,
+    "presence_diff_frame": protocol.presence_diff_frame,
+    "authenticated_message": protocol.authenticated_message,
+    "ProtocolError": lambda *args, **kwargs: ProtocolError(*args, **kwargs).message(),
+}
+SERVER_TYPES = {"connection_message", "message", "pong", "error", "authenticated", "presence", "presence_diff",
+                "subscribed"}
+CLIENT_CODES = {"bad_json", "bad_message", "unknown_type", "bad_token", "bad_room", "bad_sub", "bad_since"}
+
+
+def _named(section: list[dict[str, Any]]) -> Any:
+    return pytest.mark.parametrize("vector", section, ids=[v["name"] for v in section])
+
+
+def _meaning(msg: protocol.ClientMessage) -> dict[str, Any]:
+    """A parsed frame as the vectors spell it: the fields that are set."""
+    return {k: v for k, v in asdict(msg).items() if v is not None}
+
+
+@_named(VECTORS["client"]["valid"])
+def test_vector_client_frame_parses_to_its_meaning(vector: dict[str, Any]) -> None:
+    assert _meaning(parse_client_message(vector["text"])) == vector["parsed"]
+
+
+@_named(VECTORS["client"]["invalid"])
+def test_vector_bad_client_frame_gets_its_error(vector: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError) as e:
+        parse_client_message(vector["text"])
+    expected = vector["error"]
+    assert (e.value.code, e.value.room, e.value.sub) == (expected["code"], expected.get("room"), expected.get("sub"))
+    assert e.value.reason
+    assert json.loads(protocol.dumps(e.value.message())) == {"type": "error", "reason": e.value.reason, **expected}
+
+
+@_named(VECTORS["server"]["valid"])
+def test_vector_server_frame_is_built_byte_for_byte(vector: dict[str, Any]) -> None:
+    name, args, *kwargs = vector["py"]
+    built = SERVER_BUILDERS[name](*args, **(kwargs[0] if kwargs else {}))
+    assert (built if isinstance(built, str) else protocol.dumps(built)) == vector["text"]
+
+
+def test_vector_rooms_are_the_slugs_the_server_takes() -> None:
+    for room in VECTORS["rooms"]["valid"]:
+        assert protocol.is_valid_slug(room), room
+        assert parse_client_message(json.dumps({"type": "subscribe", "room": room, "sub": "s"})).room == room
+    for room in VECTORS["rooms"]["invalid"]:
+        assert not protocol.is_valid_slug(room), room
+        with pytest.raises(ProtocolError) as e:
+            parse_client_message(json.dumps({"type": "subscribe", "room": room, "sub": "s"}))
+        assert e.value.code == "bad_room", room
+
+
+def test_vector_rooms_that_need_a_token_and_rooms_with_members() -> None:
+    for kind in VECTORS["room_kinds"]:
+        assert (protocol.needs_grant(kind["room"]), protocol.is_presence_room(kind["room"])) == (
+            kind["token"], kind["presence"]), kind
+
+
+def test_vector_since_is_taken_or_refused_with_bad_since() -> None:
+    def subscribe(since: Any) -> str:
+        return json.dumps({"type": "subscribe", "room": "lobby", "sub": "s", "since": since})
+
+    for vector in VECTORS["since"]["valid"]:
+        msg = parse_client_message(subscribe(vector["since"]))
+        assert msg.since is not None and asdict(msg.since) == vector["parsed"], vector
+    for since in VECTORS["since"]["invalid"]:
+        with pytest.raises(ProtocolError) as e:
+            parse_client_message(subscribe(since))
+        assert (e.value.code, e.value.room, e.value.sub) == ("bad_since", "lobby", "s"), since
+
+
+def test_vectors_cover_every_client_type_error_code_and_server_frame() -> None:
+    assert {v["parsed"]["type"] for v in VECTORS["client"]["valid"]} == protocol.CLIENT_TYPES
+    assert {v["error"]["code"] for v in VECTORS["client"]["invalid"]} == CLIENT_CODES
+    assert {json.loads(v["text"])["type"] for v in VECTORS["server"]["valid"]} == SERVER_TYPES
+    assert {v["py"][0] for v in VECTORS["server"]["valid"]} == set(SERVER_BUILDERS)
+    transports = {v["parsed"].get("transport") for v in VECTORS["client"]["valid"]} - {None}
+    assert transports == protocol.TRANSPORTS

@@ -21,6 +21,12 @@ export const LINK_VERSION = 4;
 
 export const SLUG_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
+/**
+ * A room name the server takes (`is_valid_slug` in rrr/protocol.py). A string first: the
+ * RegExp alone would take `null`, `12` or `["lobby"]` as the text they turn into.
+ */
+export const isSlug = (value) => typeof value === "string" && SLUG_RE.test(value);
+
 /** The client pings this often; the server answers with a pong. */
 export const PING_INTERVAL_MS = 15_000;
 /** A socket still handshaking after this long is given up (a blackholed or frozen server). */
@@ -279,7 +285,7 @@ export function parseServerFrame(text) {
     return null;
   }
   if (frame === null || typeof frame !== "object" || !SERVER_TYPES.has(frame.type)) return null;
-  if (ROOM_TYPES.has(frame.type) && !SLUG_RE.test(frame.room)) return null;
+  if (ROOM_TYPES.has(frame.type) && !isSlug(frame.room)) return null;
   if (frame.type === "presence" && !isMap(frame.members)) return null;
   if (frame.type === "presence_diff" && !(isMap(frame.joins) && isMap(frame.leaves))) return null;
   if (frame.type === "authenticated" && (typeof frame.user !== "string" || typeof frame.exp !== "number")) return null;

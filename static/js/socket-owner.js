@@ -7,6 +7,8 @@
  * transports share every rule: one subscription per room handle, resubscribe
  * all of them after a reconnect, fan each server frame out to the tabs in its
  * room, and forget tabs that are gone so the server's count stays honest.
+ * The socket's identity (tokens from tabs, `auth`, refresh) is the TokenExchange's
+ * (token-exchange.js); the owner tells it what happens to the socket and the tabs.
  */
 import {
   CONNECT_TIMEOUT_MS,
@@ -14,30 +16,24 @@ import {
   PING_INTERVAL_MS,
   SLUG_RE,
   TAB_TIMEOUT_MS,
-  TOKEN_TIMEOUT_MS,
   advance,
   aliveMsg,
-  authFrame,
   backoffDelay,
   errorTabs,
   helloFrame,
   needsToken,
-  noTokenError,
   parseServerFrame,
   pingFrame,
   publishFrame,
-  randomId,
   reattachMsg,
-  refreshDelay,
   sinceOf,
   stateMsg,
   subscribeFrame,
   subscribedPosition,
   tabLockName,
-  tokenRequestMsg,
-  tokenTab,
   unsubscribeFrame,
 } from "./protocol.js";
+import { TokenExchange } from "./token-exchange.js";
 
 /**
  * @typedef {object} TabLink How the owner reaches one tab.
@@ -206,20 +202,13 @@ export class SocketOwner {
   #online = globalThis.navigator?.onLine !== false;
   /** @type {import("./protocol.js").LinkState} */
   #state;
-  /**
-   * This socket's identity: "none" (never asked), "pending" (a token is being fetched,
-   * or its auth frame awaits the reply), "ok" (the server said `authenticated`),
-   * "failed" (no token; the private and presence subscriptions were told `no_token`).
-   * Private and presence subscriptions go to the server only while "ok".
-   */
-  #auth = "none";
-  /** The last `authenticated` frame of this socket (user, exp), told to tabs that attach later. */
-  #identity = null;
-  #refreshTimer = 0;
-  /** Subscriptions already told no_token on this socket: a later failure tells only the new ones. */
-  #toldNoToken = new Set();
-  /** Token requests in flight: id → {asked: tab ids, tabId: the one asked now, timer, resolve, reject}. */
-  #asks = new Map();
+  /** This socket's identity: private and presence subscriptions go to the server only while `ok`. */
+  #tokens = new TokenExchange({
+    tabs: this.#tabs,
+    isOpen: () => this.#ws?.readyState === WebSocket.OPEN,
+    send: (frame) => this.#send(frame),
+    onIdentity: (identity, first) => this.#onIdentity(identity, first),
+  });
 
   /**
    * @param {{url: string, transport: "sharedworker"|"leader"|"direct"}} options
@@ -271,11 +260,11 @@ export class SocketOwner {
         const room = this.#tabs.unsubscribe(tabId, msg.sub);
         this.#positions.delete(msg.sub);
         // A private subscription was only sent while authenticated.
-        if (room !== null && (!needsToken(room) || this.#auth === "ok")) this.#send(unsubscribeFrame(room, msg.sub));
+        if (room !== null && (!needsToken(room) || this.#tokens.ok)) this.#send(unsubscribeFrame(room, msg.sub));
         break;
       }
       case "token":
-        this.#onToken(tabId, msg);
+        this.#tokens.token(tabId, msg);
         break;
       case "publish":
         if (!this.#send(publishFrame(msg.room, msg.data))) {
@@ -317,14 +306,15 @@ export class SocketOwner {
     if (known) {
       for (const [sub, room] of known.subs) {
         this.#positions.delete(sub);
-        if (!needsToken(room) || this.#auth === "ok") this.#send(unsubscribeFrame(room, sub));
+        if (!needsToken(room) || this.#tokens.ok) this.#send(unsubscribeFrame(room, sub));
       }
       known.subs.clear();
     }
     const isNew = this.#tabs.attach(tabId, watch, link, Date.now(), tokens);
     if (watch === "lock") this.#watchLock(tabId);
     link.send(stateMsg(this.#state));
-    if (this.#auth === "ok" && this.#identity) link.send(this.#identity);
+    const identity = this.#tokens.identity;
+    if (identity) link.send(identity);
     if (this.#tabs.size === 1 && isNew) this.#start();
   }
 
@@ -347,12 +337,10 @@ export class SocketOwner {
     if (!tab) return;
     for (const [sub, room] of tab.subs) {
       this.#positions.delete(sub);
-      if (!needsToken(room) || this.#auth === "ok") this.#send(unsubscribeFrame(room, sub));
+      if (!needsToken(room) || this.#tokens.ok) this.#send(unsubscribeFrame(room, sub));
     }
     // A token request waiting on this tab goes to the next one.
-    for (const ask of [...this.#asks.values()]) {
-      if (ask.tabId === tabId) this.#askNext(ask, "the tab asked for a token has gone");
-    }
+    this.#tokens.tabGone(tabId);
     if (this.#tabs.size === 0) this.#stop();
   }
 
@@ -374,7 +362,7 @@ export class SocketOwner {
   }
 
   #stop() {
-    for (const ask of [...this.#asks.values()]) this.#endAsk(ask, null, "the socket owner stopped");
+    this.#tokens.stop();
     clearInterval(this.#sweepTimer);
     clearInterval(this.#aliveTimer);
     clearTimeout(this.#retryTimer);
@@ -409,17 +397,13 @@ export class SocketOwner {
     clearTimeout(this.#connectTimer);
     this.#lastFrameAt = this.#lastPingAt = Date.now();
     this.#send(helloFrame(this.transport));
-    this.#auth = "none";
-    this.#toldNoToken.clear();
     // Nothing is live on a new socket until the server says `subscribed` (and replays).
     for (const position of this.#positions.values()) position.live = false;
-    let tokensNeeded = false;
     for (const [sub, room] of this.#tabs.subscriptions()) {
-      if (needsToken(room)) tokensNeeded = true;
-      else this.#send(this.#subscribeFrame(room, sub));
+      if (!needsToken(room)) this.#send(this.#subscribeFrame(room, sub));
     }
     // Authenticate before the private and presence rooms go (they follow the reply).
-    if (tokensNeeded || [...this.#tabs.entries()].some(([, tab]) => tab.tokens)) this.#authenticate();
+    this.#tokens.opened();
     this.#pingTimer = setInterval(() => this.#ping(), PING_INTERVAL_MS);
     this.#setState("open");
   }
@@ -442,17 +426,10 @@ export class SocketOwner {
       const tabs = typeof frame.sub === "string" ? errorTabs(frame, this.#tabs.entries()) : this.#tabs.inRoom(frame.room);
       this.#sendTo(tabs, frame);
     } else if (frame.type === "authenticated") {
-      this.#onAuthenticated(frame);
+      this.#tokens.authenticated(frame);
     } else if (frame.type === "error") {
-      if (frame.code === "bad_token" && this.#auth === "pending") {
-        // Our own auth was refused: its subscriptions are told (no_token, with the reason), nobody else.
-        this.#auth = "failed";
-        this.#failPrivate(`the server refused it (${frame.reason})`);
-        return;
-      } else if (frame.code === "token_expired") {
-        this.#auth = "none"; // the server forgot who we are; the next private subscription asks again
-      }
-      this.#sendTo(errorTabs(frame, this.#tabs.entries()), frame);
+      // Our own auth refused: its subscriptions were told (no_token, with the reason), nobody else is.
+      if (!this.#tokens.error(frame)) this.#sendTo(errorTabs(frame, this.#tabs.entries()), frame);
     }
   }
 
@@ -503,100 +480,21 @@ export class SocketOwner {
 
   /** A private or presence subscription goes once the socket is authenticated, and asks for a token if nobody has. */
   #subscribe(room, sub) {
-    if (!needsToken(room) || this.#auth === "ok") {
+    if (!needsToken(room) || this.#tokens.ok) {
       this.#send(this.#subscribeFrame(room, sub));
-    } else if (this.#ws?.readyState === WebSocket.OPEN && this.#auth !== "pending") {
-      this.#authenticate();
+    } else {
+      this.#tokens.need();
     }
   }
 
-  /** Ask a tab for a token and send it; the `authenticated` reply sends the private subscriptions. */
-  #authenticate() {
-    const ws = this.#ws;
-    this.#auth = "pending";
-    this.#fetchToken().then(
-      (token) => ws === this.#ws && this.#send(authFrame(token)),
-      (reason) => {
-        if (ws !== this.#ws || this.#auth !== "pending") return;
-        this.#auth = "failed";
-        this.#failPrivate(reason);
-      },
-    );
-  }
-
-  /** Refresh before exp; if no token comes, try again later while some life is left (else token_expired will say so). */
-  #refresh(exp) {
-    const ws = this.#ws;
-    this.#fetchToken().then(
-      (token) => ws === this.#ws && this.#send(authFrame(token)),
-      () => {
-        if (ws !== this.#ws) return;
-        const delay = refreshDelay(exp, Date.now());
-        if (delay > 1_000) this.#refreshTimer = setTimeout(() => this.#refresh(exp), delay);
-      },
-    );
-  }
-
-  #onAuthenticated(frame) {
-    const first = this.#auth !== "ok";
-    this.#auth = "ok";
-    this.#identity = { type: "authenticated", user: frame.user, exp: frame.exp };
-    this.#toldNoToken.clear();
-    clearTimeout(this.#refreshTimer);
-    this.#refreshTimer = setTimeout(() => this.#refresh(frame.exp), refreshDelay(frame.exp, Date.now()));
+  /** The server accepted a token: its first acceptance on a socket sends the private subscriptions. */
+  #onIdentity(identity, first) {
     if (first) {
       for (const [sub, room] of this.#tabs.subscriptions()) {
         if (needsToken(room)) this.#send(this.#subscribeFrame(room, sub));
       }
     }
-    this.#sendTo(this.#tabs.ids(), this.#identity);
-  }
-
-  /** No token: tell each private and presence subscription (only its own tab). They stay booked for a later token. */
-  #failPrivate(reason) {
-    for (const [, tab] of this.#tabs.entries()) {
-      for (const [sub, room] of tab.subs) {
-        if (!needsToken(room) || this.#toldNoToken.has(sub)) continue;
-        this.#toldNoToken.add(sub);
-        tab.link.send(noTokenError(room, sub, reason));
-      }
-    }
-  }
-
-  /** @returns {Promise<string>} a token from the first tab that can give one */
-  #fetchToken() {
-    return new Promise((resolve, reject) => {
-      const ask = { id: randomId(), asked: new Set(), tabId: null, timer: 0, resolve, reject };
-      this.#asks.set(ask.id, ask);
-      this.#askNext(ask, "no open page can give a token");
-    });
-  }
-
-  #askNext(ask, reason) {
-    clearTimeout(ask.timer);
-    const tabId = this.#closed ? null : tokenTab(this.#tabs.entries(), ask.asked);
-    if (tabId === null) {
-      this.#endAsk(ask, null, reason);
-      return;
-    }
-    ask.asked.add(tabId);
-    ask.tabId = tabId;
-    ask.timer = setTimeout(() => this.#askNext(ask, "no page answered the token request"), TOKEN_TIMEOUT_MS);
-    this.#tabs.get(tabId).link.send(tokenRequestMsg(ask.id));
-  }
-
-  /** A tab's answer: a token, or getToken's refusal (no other tab is asked then). */
-  #onToken(tabId, msg) {
-    const ask = this.#asks.get(msg.id);
-    if (!ask || ask.tabId !== tabId) return;
-    this.#endAsk(ask, typeof msg.token === "string" && msg.token ? msg.token : null, msg.error ?? "getToken gave no token");
-  }
-
-  #endAsk(ask, token, reason) {
-    clearTimeout(ask.timer);
-    this.#asks.delete(ask.id);
-    if (token) ask.resolve(token);
-    else ask.reject(String(reason));
+    this.#sendTo(this.#tabs.ids(), identity);
   }
 
   /** Drop the socket (closed, stuck handshaking or silent) and reconnect after a backoff. */
@@ -636,8 +534,7 @@ export class SocketOwner {
    */
   #abandonSocket() {
     clearTimeout(this.#connectTimer);
-    clearTimeout(this.#refreshTimer);
-    this.#auth = "none";
+    this.#tokens.closed();
     clearInterval(this.#pingTimer);
     const ws = this.#ws;
     if (!ws) return;
