@@ -15,7 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 #: The ``limit`` label values of ``rrr_limited_total``, one per cap.
 LIMITS = (
     "tabs_per_room", "subscriptions_per_socket", "subscriptions_per_ip", "rooms", "sockets_per_ip",
-    "message_rate", "publish_rate", "publish_rate_per_ip", "api_rate",
+    "message_rate", "publish_rate", "publish_rate_per_ip", "api_rate", "presence_list_rate",
 )
 
 
@@ -51,7 +51,9 @@ class Metrics:
         self.redis_errors = Counter("rrr_redis_errors", "Failed Redis calls", ["op"], registry=r)
         self.malformed_payloads = Counter("rrr_malformed_payloads", "Non-JSON payloads dropped from Redis", registry=r)
         self.slow_client_disconnects = Counter(
-            "rrr_slow_client_disconnects", "Clients closed because their send buffer overflowed", registry=r,
+            "rrr_slow_client_disconnects",
+            "Clients cut off for not reading: over --send-buffer queued, or a replay stalled for a ping interval",
+            registry=r,
         )
         self.ping_timeouts = Counter(
             "rrr_ping_timeouts", "Sockets closed because they sent nothing for a whole ping interval", registry=r,
