@@ -180,8 +180,7 @@ class RelaySocket(WebSocketHandler):
                 box.push(frame, True)
             return
         if room_now(conn, frames, self.send_buffer):
-            for frame in frames:
-                self._send(frame)
+            self._send_many(frames)
             return
         box = self._outbox = Outbox()
         for frame in frames:
@@ -230,6 +229,18 @@ class RelaySocket(WebSocketHandler):
                 wsframe.ping(conn, self._fast)
             else:
                 wsframe.send(conn, frame, self._fast)
+        except (WebSocketClosedError, StreamClosedError):
+            pass
+        except StreamBufferFullError:
+            self._cut_off(f"send buffer over {self.send_buffer} bytes")
+
+    def _send_many(self, frames: list[wsframe.Frame]) -> None:
+        """`_send` for frames that go back to back (in one write on the fast path)."""
+        conn = self.ws_connection
+        if conn is None or conn.is_closing():
+            return
+        try:
+            wsframe.send_many(conn, frames, self._fast)
         except (WebSocketClosedError, StreamClosedError):
             pass
         except StreamBufferFullError:

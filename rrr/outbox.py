@@ -71,24 +71,31 @@ class Outbox:
             self.live += len(frame.wire)
 
     def pump(self, conn: WebSocketProtocol, fast: bool, limit: int) -> None:
-        """Hand frames to the stream while it holds less than the watermark (and the next frame
-        fits under ``limit``, the stream's cap, unless the stream is empty). Raises what
+        """Hand frames to the stream while it holds less than the watermark, several in one write
+        (each must fit under ``limit``, the stream's cap, unless the stream is empty). Raises what
         `wsframe.send` raises."""
         mark = watermark(limit)
         frames = self.frames
         while frames:
-            frame, bulk = frames[0]
-            size = len(frame.wire)
             held = wsframe.buffered(conn)
-            if held >= mark or (held and held + size > limit):
+            batch: list[Frame] = []
+            size = 0
+            while frames and held + size < mark:
+                frame, bulk = frames[0]
+                n = len(frame.wire)
+                if held + size + n > limit and (held or batch):
+                    break
+                frames.popleft()
+                if bulk:
+                    self.bulk -= n
+                else:
+                    self.live -= n
+                batch.append(frame)
+                size += n
+            if not batch:
                 return
-            frames.popleft()
-            if bulk:
-                self.bulk -= size
-            else:
-                self.live -= size
-            self.written += 1
-            wsframe.send(conn, frame, fast)
+            self.written += len(batch)
+            wsframe.send_many(conn, batch, fast)
 
     def stalled(self) -> bool:
         """At a keepalive visit: whether nothing was written since the previous visit."""

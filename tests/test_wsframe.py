@@ -96,3 +96,26 @@ async def test_frames_stay_in_order_when_sends_switch_between_direct_and_queued(
         server.hub.on_room_message("order", '{"i":%d,"pad":"%s"}' % (i, blob))
     await wait_until(lambda: len(c.of_type("message")) == 200, timeout=30, what="200 messages")
     assert [m["data"]["i"] for m in c.of_type("message")] == list(range(200))
+
+
+def test_frames_sent_together_go_in_one_write() -> None:
+    """A replay's messages (`rrr.outbox` hands the stream up to 64 KiB at a time) cost one write, not one each."""
+
+    class Stream(_Capture):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes = 0
+
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            self.writes += 1
+
+        def closed(self) -> bool:
+            return False
+
+    parts = [wsframe.Frame('{"n":1}'), wsframe.Frame('{"n":2}'), wsframe.Frame("x" * 70000)]
+    proto = WebSocketProtocol13.__new__(WebSocketProtocol13)
+    proto.stream = Stream()  # type: ignore[assignment]
+    wsframe.send_many(proto, parts, True)
+    assert proto.stream.data == b"".join(p.wire for p in parts)  # type: ignore[attr-defined]
+    assert proto.stream.writes == 1  # type: ignore[attr-defined]
