@@ -4,9 +4,9 @@ A replay can be ``--history-size`` messages of ``--max-message-size`` each (6.4 
 member list as long as its room. Written in one go, that much counted against ``--send-buffer``
 as if the client had stopped reading, and a client that was reading was cut off after the first
 few messages, again on every reconnect. So a bulk delivery is queued here and handed to the stream
-a frame at a time, only while the stream holds less than ``WATERMARK``; each time the stream has
-flushed, more follows. Whatever the socket is sent while something waits here (live messages,
-counts, replies) queues behind it, so order holds.
+only while the stream holds less than ``WATERMARK`` (whole frames, up to about that much per
+write); each time the stream has flushed, more follows. Whatever the socket is sent while
+something waits here (live messages, counts, replies) queues behind it, so order holds.
 
 Slowness is judged by progress, not by what a client is owed:
 
