@@ -105,6 +105,11 @@ define(
     "client_history_max", default=256 << 20, type=int,
     help="bytes of history all client publishes may hold in Redis, per process (0: no cap)",
 )
+define(
+    "presence_list_rate", default=1.0, type=float,
+    help="presence-room subscriptions per second per socket, each sent the whole member list (0: off)",
+)
+define("presence_list_burst", default=20, type=int, help="presence-room subscriptions a socket may make at once")
 define("log_level", default="info", help="debug, info, warning or error")
 define("processes", default=1, type=int, help="worker processes sharing the port (0: one per CPU core)")
 # HTTP hardening: host allow-list, timeouts and the connection cap (rrr/httpguard.py).
@@ -176,10 +181,14 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             max_rooms=o["max_rooms"],
             message_rate=o["message_rate"],
             message_burst=o["message_burst"],
+            presence_list_rate=o["presence_list_rate"],
+            presence_list_burst=o["presence_list_burst"],
         ),
         addresses=addresses,
         allowed_origins=parse_origins(o["allowed_origins"]),
         send_buffer=o["send_buffer"],
+        # Replays (and member lists) a socket may be owed at once: one whole history's worth.
+        bulk_limit=o["history_size"] * o["max_message_size"],
         xheaders=o["xheaders"],
     )
     slug = f"({SLUG_PATTERN})"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from asyncio import Future
 from collections.abc import Coroutine, Iterable
+from functools import partial
 from typing import Any
 
 import tornado.web
@@ -16,6 +18,7 @@ from rrr.errors import BackplaneError
 from rrr.hub import Hub
 from rrr.keepalive import Keepalive
 from rrr.limits import AddressLimits
+from rrr.outbox import Outbox, room_now
 from rrr.policy import origin_allowed
 from rrr.session import Limits, Session
 
@@ -31,12 +34,12 @@ class RelaySocket(WebSocketHandler):
     # dict of its own (1.2 KiB per idle socket; bench/socket_memory.py).
     __slots__ = (
         "hub", "verifier", "identity", "since", "keepalive", "limits", "addresses", "ip", "allowed_origins",
-        "send_buffer", "xheaders", "session", "_fast",
+        "send_buffer", "bulk_limit", "xheaders", "session", "_fast", "_outbox",
     )
 
     def initialize(
         self, hub: Hub, keepalive: Keepalive, limits: Limits, addresses: AddressLimits,
-        allowed_origins: frozenset[str], send_buffer: int, xheaders: bool, verifier: Verifier,
+        allowed_origins: frozenset[str], send_buffer: int, bulk_limit: int, xheaders: bool, verifier: Verifier,
     ) -> None:
         self.hub = hub
         self.verifier = verifier
@@ -48,9 +51,11 @@ class RelaySocket(WebSocketHandler):
         self.ip: str | None = None  # set once open() counts this socket against its address
         self.allowed_origins = allowed_origins
         self.send_buffer = send_buffer
+        self.bulk_limit = bulk_limit
         self.xheaders = xheaders
         self.session: Session | None = None
         self._fast = False
+        self._outbox: Outbox | None = None  # only while bulk frames wait for the stream (rrr/outbox.py)
 
     def prepare(self) -> None:
         # Tornado skips check_origin when the Origin's host:port equals Host, whatever its
@@ -144,6 +149,7 @@ class RelaySocket(WebSocketHandler):
         self.keepalive.heard(self)
 
     def on_close(self) -> None:
+        self._outbox = None
         self.keepalive.discard(self)
         if self.session is not None:
             self.session.close()
@@ -154,12 +160,50 @@ class RelaySocket(WebSocketHandler):
         log.debug("close %s from %s (%s)", self.request.path, self.request.remote_ip, self.close_code)
 
     def send_frame(self, frame: wsframe.Frame) -> None:
-        self._send(frame)
+        box = self._outbox
+        if box is None:
+            self._send(frame)
+            return
+        # Behind what waits to be written, never ahead of it; the flush awaited writes it.
+        box.push(frame, False)
+        if box.live > self.send_buffer:
+            self._cut_off(f"over {self.send_buffer} bytes queued behind a replay or member list")
+
+    def send_bulk(self, frames: list[wsframe.Frame]) -> None:
+        """A replay or a whole member list: written as the stream drains, everything after it behind it."""
+        conn = self.ws_connection
+        if conn is None or conn.is_closing() or not frames:
+            return
+        box = self._outbox
+        if box is not None:
+            for frame in frames:
+                box.push(frame, True)
+            return
+        if room_now(conn, frames, self.send_buffer):
+            self._send_many(frames)
+            return
+        box = self._outbox = Outbox()
+        for frame in frames:
+            box.push(frame, True)
+        self._pump()
+
+    def may_queue(self, nbytes: int) -> bool:
+        """Whether a replay of ``nbytes`` may be queued: always when no bulk frames wait, else while
+        all of it stays within ``bulk_limit`` (a replay's most: ``--history-size`` messages of
+        ``--max-message-size``)."""
+        box = self._outbox
+        return box is None or box.bulk == 0 or box.bulk + nbytes <= self.bulk_limit
 
     def announced_subs(self, room: str) -> Iterable[str]:
         return self.session.announced_subs(room) if self.session is not None else ()
 
     def send_ping(self) -> None:
+        """The keepalive's visit: a ping, written ahead of anything queued so a reading client
+        answers it soon, and a cut for a queue that made no progress since the previous visit."""
+        box = self._outbox
+        if box is not None and box.stalled():
+            self._cut_off("its queue made no progress for a ping interval")
+            return
         self._send(None)
 
     def drop(self, reason: str) -> bool:
@@ -188,11 +232,66 @@ class RelaySocket(WebSocketHandler):
         except (WebSocketClosedError, StreamClosedError):
             pass
         except StreamBufferFullError:
-            self.hub.metrics.slow_client_disconnects.inc()
-            log.warning("closing slow client %s: send buffer over %d bytes", self.request.remote_ip, self.send_buffer)
-            # A close frame would not fit in the full buffer either: drop the TCP connection.
-            if conn.stream is not None:
-                conn.stream.close()
+            self._cut_off(f"send buffer over {self.send_buffer} bytes")
+
+    def _send_many(self, frames: list[wsframe.Frame]) -> None:
+        """`_send` for frames that go back to back (in one write on the fast path)."""
+        conn = self.ws_connection
+        if conn is None or conn.is_closing():
+            return
+        try:
+            wsframe.send_many(conn, frames, self._fast)
+        except (WebSocketClosedError, StreamClosedError):
+            pass
+        except StreamBufferFullError:
+            self._cut_off(f"send buffer over {self.send_buffer} bytes")
+
+    def _pump(self) -> None:
+        """Write what the outbox holds while the stream has room; once it flushes, again."""
+        box = self._outbox
+        conn = self.ws_connection
+        if box is None:
+            return
+        if conn is None or conn.is_closing():
+            self._outbox = None
+            return
+        try:
+            box.pump(conn, self._fast, self.send_buffer)
+        except (WebSocketClosedError, StreamClosedError):
+            self._outbox = None
+            return
+        except StreamBufferFullError:
+            self._cut_off(f"send buffer over {self.send_buffer} bytes")
+            return
+        if not box.frames:
+            self._outbox = None  # all of it is in the stream: the fast path again
+            return
+        if not box.waiting:
+            done = wsframe.flushed(conn)
+            if done is None:
+                self._outbox = None
+                return
+            box.waiting = True
+            done.add_done_callback(partial(self._flushed, box))
+
+    def _flushed(self, box: Outbox, done: Future[None]) -> None:
+        box.waiting = False
+        if self._outbox is not box:
+            return
+        if done.cancelled() or done.exception() is not None:
+            self._outbox = None  # the stream closed: on_close follows
+            return
+        self._pump()
+
+    def _cut_off(self, why: str) -> None:
+        """A client that does not read what it is sent: counted, logged, its TCP connection cut
+        (a close frame would wait behind all it never read)."""
+        self._outbox = None
+        self.hub.metrics.slow_client_disconnects.inc()
+        log.warning("closing slow client %s: %s", self.request.remote_ip, why)
+        conn = self.ws_connection
+        if conn is not None and conn.stream is not None:
+            conn.stream.close()
 
 
 class CountSocket(RelaySocket):

@@ -7,10 +7,11 @@ stream *stale*: live messages are held while the missing ones are read from hist
 both go out in order. So a pub/sub blip or a failover costs a delay, never a message.
 
 A new subscription is *pending* until this process receives the room's messages (its
-channels confirmed, its position read). Then, in one synchronous step, it is sent
-``subscribed`` and (with ``since``) every message after its offset up to ``top``; live
-messages after ``top`` follow. A socket none of whose subscriptions to the room has been
-served yet gets no live messages of it, so its first frame about the room is ``subscribed``.
+channels confirmed, its position read). Then, in one synchronous step, it is queued
+``subscribed`` and (with ``since``) every message after its offset up to ``top``, which the
+socket writes as it drains (`rrr.outbox`); live messages after ``top`` follow behind them. A
+socket none of whose subscriptions to the room has been served yet gets no live messages of it,
+so its first frame about the room is ``subscribed``.
 
 Raw ``PUBLISH rrr:room:<slug>`` messages carry no offset: they are relayed live, best effort.
 
@@ -34,7 +35,7 @@ from .history import History, Read
 from .metrics import Metrics
 from .protocol import Since
 from .supervise import RateLimitedLog
-from .wsframe import Frame, Frames
+from .wsframe import Frame
 
 log = logging.getLogger("rrr.delivery")
 
@@ -43,6 +44,12 @@ class Subscriber(Protocol):
     """A socket as delivery sees it: frames in, and which of its subscriptions follow a room."""
 
     def send_frame(self, frame: Frame) -> None: ...
+
+    def send_bulk(self, frames: list[Frame]) -> None:
+        """Frames written as the socket drains; whatever is sent after them goes behind them."""
+
+    def may_queue(self, nbytes: int) -> bool:
+        """Whether a replay of ``nbytes`` fits in what the socket may be owed at once."""
 
     def announced_subs(self, room: str) -> Iterable[str]:
         """The subscriptions to ``room`` that are told ``subscribed`` (a reset included)."""
@@ -355,7 +362,7 @@ class Delivery:
             self._start(room, s, p, entries)
 
     def _start(self, room: str, s: RoomStream, p: Pending, entries: list[tuple[int, str]]) -> None:
-        """``subscribed``, then the replay, in one synchronous step: no live frame can come between."""
+        """``subscribed``, then the replay, queued in one synchronous step: no live frame can come between."""
         enabled = self.history.enabled
         replay: list[tuple[int, str]] = []
         since = p.since
@@ -368,6 +375,13 @@ class Delivery:
                 recovered = len(replay) == s.top - since.offset and (not replay or replay[0][0] == since.offset + 1)
                 if not recovered:
                     replay = []
+        messages = [
+            Frame(protocol.relay_frame(room, data, offset, s.epoch, p.sub))
+            for offset, data in replay if self._fits(room, data)
+        ]
+        if messages and not p.conn.may_queue(sum(len(m.wire) for m in messages)):
+            # The socket is still owed a whole history's worth of other replays: it reloads instead.
+            replay, messages, recovered = [], [], False
         if since is not None and not recovered:
             self.metrics.history_resets.inc()
         frames = []
@@ -375,11 +389,9 @@ class Delivery:
             frames.append(Frame(protocol.dumps(protocol.subscribed_message(
                 room, p.sub, s.top if enabled else None, s.epoch if enabled else None, recovered,
             ))))
-        for offset, data in replay:
-            if self._fits(room, data):
-                frames.append(Frame(protocol.relay_frame(room, data, offset, s.epoch, p.sub)))
+        frames += messages
         if frames:
-            p.conn.send_frame(frames[0] if len(frames) == 1 else Frames(frames))
+            p.conn.send_bulk(frames)
         self.metrics.history_replayed.inc(len(replay))
         self.metrics.messages_out.inc(len(frames))
         s.waiting.discard(p.conn)

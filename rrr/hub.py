@@ -43,6 +43,12 @@ class Connection(Protocol):
 
     def send_frame(self, frame: Frame) -> None: ...
 
+    def send_bulk(self, frames: list[Frame]) -> None:
+        """A replay or a whole member list: written as the socket drains, what follows behind it."""
+
+    def may_queue(self, nbytes: int) -> bool:
+        """Whether a replay of ``nbytes`` fits in what the socket may be owed at once."""
+
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
     def announced_subs(self, room: str) -> Iterable[str]:
@@ -211,6 +217,18 @@ class Hub:
             self.subscriber.unsubscribe(room)
             self.delivery.room_gone(room)
         self._mark_dirty(room)
+
+    def update_info(self, conn: Connection, room: str, info_json: str) -> None:
+        """``conn``'s user in presence room ``room`` now shows ``info_json`` (its token was refreshed):
+        written like a join, so every member gets a diff that carries the user with it."""
+        r = self._rooms.get(room)
+        user = r.user_by_conn.get(conn) if r is not None else None
+        if r is None or user is None:
+            return
+        entry = r.users.get(user)
+        if entry is not None and entry[1] != info_json:
+            entry[1] = info_json
+            self._mark_dirty(room)
 
     def current_state(self, room: str) -> CountState | None:
         """The newest totals this process knows for ``room`` (None before its first write)."""
@@ -438,7 +456,8 @@ class Hub:
         prev = r.members_sent
         sent = 0
         if prev is not None:
-            joins = {u: info for u, info in members.items() if u not in prev}
+            # A member whose info changed (a refreshed token) joins again with the new info.
+            joins = {u: info for u, info in members.items() if prev.get(u) != info}
             leaves = {u: info for u, info in prev.items() if u not in members}
             if joins or leaves:
                 frame = Frame(protocol.presence_diff_frame(room, joins, leaves))
@@ -453,7 +472,7 @@ class Hub:
             frame = Frame(protocol.presence_frame(room, protocol.members_json(members)))
             for conn in owed:
                 if conn in r.tabs_by_conn:
-                    conn.send_frame(frame)
+                    conn.send_bulk([frame])  # as long as the room: paced by the socket's draining
                     sent += 1
         r.members_sent = members
         self.metrics.messages_out.inc(sent)

@@ -16,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 LIMITS = (
     "tabs_per_room", "subscriptions_per_socket", "subscriptions_per_ip", "rooms", "sockets_per_ip",
     "message_rate", "publish_rate", "publish_rate_per_ip", "api_rate", "history_bytes",
-    "client_history",
+    "client_history", "presence_list_rate",
 )
 
 
@@ -57,7 +57,9 @@ class Metrics:
             registry=r,
         )
         self.slow_client_disconnects = Counter(
-            "rrr_slow_client_disconnects", "Clients closed because their send buffer overflowed", registry=r,
+            "rrr_slow_client_disconnects",
+            "Clients cut off for not reading: over --send-buffer queued, or a replay stalled for a ping interval",
+            registry=r,
         )
         self.ping_timeouts = Counter(
             "rrr_ping_timeouts", "Sockets closed because they sent nothing for a whole ping interval", registry=r,

@@ -37,13 +37,15 @@ class Limits:
     max_rooms: int = 10000
     message_rate: float = 50.0
     message_burst: float = 100.0
+    presence_list_rate: float = 1.0
+    presence_list_burst: float = 20.0
 
 
 class Session:
     # Slots, and rate buckets only once the socket sends: one Session lives per idle socket.
     __slots__ = (
         "conn", "hub", "limits", "addresses", "ip", "fixed_room", "subs", "n_subs", "transport",
-        "_bucket", "_frames", "_dropped", "verifier", "identity", "_expiry", "_announce_fixed",
+        "_bucket", "_frames", "_lists", "_dropped", "verifier", "identity", "_expiry", "_announce_fixed",
     )
 
     def __init__(
@@ -68,6 +70,7 @@ class Session:
         self.transport = "unknown"
         self._bucket: TokenBucket | None = None
         self._frames: TokenBucket | None = None
+        self._lists: TokenBucket | None = None
         self._dropped = 0
         self.verifier = verifier or Verifier()
         self.identity: Identity | None = None
@@ -108,6 +111,12 @@ class Session:
             self._refuse(
                 "rooms", "too_many_rooms", f"this server follows its maximum of {lim.max_rooms} rooms; try later",
                 room, sub,
+            )
+        if protocol.is_presence_room(room) and not self._may_send_list():
+            self._refuse(
+                "presence_list_rate", "rate_limited",
+                f"at most {lim.presence_list_rate:g} presence subscriptions a second per socket (bursts of "
+                f"{lim.presence_list_burst:g}), each sent the whole member list; try later", room, sub,
             )
         if not self.addresses.add_subscription(self.ip):
             self._refuse(
@@ -194,6 +203,17 @@ class Session:
             self.conn.close(1008, "message rate limit exceeded")
         return False
 
+    def _may_send_list(self) -> bool:
+        """A presence subscription is sent the room's whole member list: it spends one of the
+        socket's ``presence_list_rate`` a second (bursts of ``presence_list_burst``), so resubscribing
+        in a loop cannot turn a few bytes up into a member list down each time."""
+        lim = self.limits
+        if lim.presence_list_rate <= 0:
+            return True
+        if self._lists is None:
+            self._lists = TokenBucket(lim.presence_list_rate, lim.presence_list_burst)
+        return self._lists.take()
+
     def _send_count(self, room: str) -> None:
         """The talk's SharedWorker sends ``PING`` (not JSON) for each new tab and shows whatever
         comes back: it gets the count. Before the first count is known, that one is on its way."""
@@ -278,7 +298,13 @@ class Session:
             raise ProtocolError("bad_token", "this user's tokens issued before its last sign-out are revoked")
         if self.conn not in self.hub.connections:
             return  # closed (or revoked) while we looked
+        before = self.identity
         self._authenticate(identity)
+        if before is not None and before.info_json != identity.info_json:
+            # Other members see what the newest token says about this user.
+            for room in self.subs:
+                if protocol.is_presence_room(room):
+                    self.hub.update_info(self.conn, room, identity.info_json)
         self.conn.send_frame(Frame(protocol.dumps(protocol.authenticated_message(identity.user, identity.expires))))
 
     def _authenticate(self, identity: Identity) -> None:

@@ -6,14 +6,15 @@ times. A server text frame is unmasked and, without compression, the same
 bytes for every client, so we build it once and hand it to each ``IOStream``.
 
 This is the only module that touches Tornado internals (``stream`` and
-``_compressor`` on ``WebSocketProtocol13``). ``tests/test_wsframe.py`` fails
-loudly if they change, and `send` falls back to the public API whenever the
-fast path does not apply.
+``_compressor`` on ``WebSocketProtocol13``, ``_write_buffer`` on ``IOStream``).
+``tests/test_wsframe.py`` fails loudly if they change, and `send` falls back to
+the public API whenever the fast path does not apply.
 """
 
 from __future__ import annotations
 
 import struct
+from asyncio import Future
 from typing import Any
 
 from tornado.iostream import IOStream, SSLIOStream
@@ -55,22 +56,6 @@ class Frame:
     def wire(self) -> bytes:
         if self._wire is None:
             self._wire = encode_text_frame(self.text.encode("utf-8"))
-        return self._wire
-
-
-class Frames(Frame):
-    """Several text messages written in one go (one ``send`` for a whole replay, not one per message)."""
-
-    __slots__ = ("parts",)
-
-    def __init__(self, parts: list[Frame]) -> None:
-        super().__init__("")
-        self.parts = parts
-
-    @property
-    def wire(self) -> bytes:
-        if self._wire is None:
-            self._wire = b"".join(part.wire for part in self.parts)
         return self._wire
 
 
@@ -119,6 +104,23 @@ def _write(conn: WebSocketProtocol, data: bytes) -> None:
     stream.write(data)
 
 
+def buffered(conn: WebSocketProtocol) -> int:
+    """Bytes written to ``conn`` that its stream still holds (the kernel has not taken them yet)."""
+    stream = conn.stream
+    buffer = stream._write_buffer if stream is not None else None  # None once the stream closed
+    return len(buffer) if buffer is not None else 0
+
+
+def flushed(conn: WebSocketProtocol) -> Future[None] | None:
+    """A Future done once everything written to ``conn`` so far has reached the kernel (or the
+    stream closed: then it holds StreamClosedError); None if the stream is closed already."""
+    stream = conn.stream
+    if stream is None or stream.closed():
+        return None
+    # An empty write waits behind every byte before it and, adding none, never hits the buffer cap.
+    return stream.write(b"")
+
+
 def ping(conn: WebSocketProtocol, fast: bool) -> None:
     """Queue an empty ping on ``conn``; same errors as `send`."""
     if fast:
@@ -127,12 +129,19 @@ def ping(conn: WebSocketProtocol, fast: bool) -> None:
         conn.write_ping(b"")
 
 
+def send_many(conn: WebSocketProtocol, frames: list[Frame], fast: bool) -> None:
+    """Queue ``frames`` on ``conn`` back to back: on the fast path in one write, so a replay's
+    messages cost one system call, not one each. Same errors as `send`."""
+    if fast:
+        _write(conn, frames[0].wire if len(frames) == 1 else b"".join(frame.wire for frame in frames))
+    else:
+        for frame in frames:
+            conn.write_message(frame.text).add_done_callback(_retrieve)
+
+
 def send(conn: WebSocketProtocol, frame: Frame, fast: bool) -> None:
     """Queue ``frame`` on ``conn``. Raises tornado's StreamBufferFullError if the client stopped reading."""
     if fast:
         _write(conn, frame.wire)
-    elif isinstance(frame, Frames):
-        for part in frame.parts:
-            conn.write_message(part.text).add_done_callback(_retrieve)
     else:
         conn.write_message(frame.text).add_done_callback(_retrieve)

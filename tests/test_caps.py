@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import jwt
 import pytest
 import tornado.httpclient
 from tornado.httpclient import HTTPClientError
@@ -327,6 +328,82 @@ async def test_subscriptions_per_address(server_factory: ServerFactory, clients:
     assert server.metric("rrr_limited_total", {"limit": "subscriptions_per_ip"}) == 1
     a.close()
     await wait_until(lambda: server.metric("rrr_tracked_addresses") == 0, what="the address forgotten")
+
+
+# -- presence member lists ---------------------------------------------------------------------------
+
+SECRET = "caps-test-secret-of-decent-length"
+TEAM = "presence-caps"
+
+
+async def presence_member(server_url: str, user: str, info: dict[str, Any], subscribe: bool = True) -> Client:
+    c = await connect(server_url)
+    claims = {"sub": user, "exp": time.time() + 600, "rooms": [TEAM], "info": info}
+    await c.send(type="auth", token=jwt.encode(claims, SECRET, algorithm="HS256"))
+    await c.next("authenticated", after=0)
+    if subscribe:
+        await c.send(type="subscribe", room=TEAM, sub="t")
+    return c
+
+
+def lists(c: Client) -> list[dict[str, Any]]:
+    return [f for f in c.of_type("presence") if f["room"] == TEAM]
+
+
+@gen_test
+async def test_resubscribing_to_a_presence_room_in_a_loop_is_refused_past_a_budget_of_member_lists(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    """Each presence subscription is sent the room's whole member list: unsubscribing and
+    subscribing again within the frame rate turned a few bytes up into a list down each time."""
+    server = await server_factory(token_secret=SECRET, presence_list_rate=0.001, presence_list_burst=5)
+    url = server.ws_url("/ws/")
+    crowd = [await presence_member(url, f"user-{i}", {"bio": "b" * 900}) for i in range(8)]
+    clients += crowd
+    await wait_until(lambda: any(len(f["members"]) == 8 for f in lists(crowd[-1])), what="8 members listed")
+    one_list = max(len(json.dumps(f)) for f in lists(crowd[-1]))
+    loop = await presence_member(url, "looper", {"bio": "l"}, subscribe=False)
+    clients.append(loop)
+    for i in range(30):  # each time, the list (or the refusal), then off and on again
+        n = len(loop.frames)
+        await loop.send(type="subscribe", room=TEAM, sub=f"s{i}")
+        await wait_until(lambda: any(f["type"] in ("presence", "error") for f in loop.frames[n:]), what="an answer")
+        await loop.send(type="unsubscribe", room=TEAM, sub=f"s{i}")
+    refused = loop.of_type("error")
+    assert {e["code"] for e in refused} == {"rate_limited"}
+    assert [(e["room"], e["sub"]) for e in refused] == [(TEAM, f"s{i}") for i in range(5, 30)]
+    assert server.metric("rrr_limited_total", {"limit": "presence_list_rate"}) == 25
+    await ping_pong(loop)  # the socket is up
+    assert len(lists(loop)) == 5
+    # Bytes down: five lists, and a few hundred bytes for each other frame (refusals, counts).
+    down = sum(len(json.dumps(f)) for f in loop.frames)
+    assert down < 5 * (one_list + 100) + 400 * (len(loop.frames) - 5), down
+    # Other rooms and other sockets are untouched: a fresh socket subscribes and gets its list.
+    await loop.send(type="subscribe", room="lobby", sub="t")
+    await loop.settles_on(1, 1, room="lobby")
+    newcomer = await presence_member(url, "newcomer", {"bio": "n"})
+    clients.append(newcomer)
+    await wait_until(lambda: any("newcomer" in f["members"] for f in lists(newcomer)), what="the newcomer's list")
+    assert newcomer.of_type("error") == []
+
+
+@gen_test
+async def test_the_default_member_list_budget_lets_tabs_reload(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    """A page with 5 tabs in a presence room, every tab reloaded three times in quick succession
+    over the one shared socket: 15 subscriptions at once, none refused."""
+    server = await server_factory(token_secret=SECRET)
+    c = await presence_member(server.ws_url("/ws/"), "ada", {"name": "Ada"}, subscribe=False)
+    clients.append(c)
+    for _ in range(3):
+        for tab in range(5):
+            await c.send(type="unsubscribe", room=TEAM, sub=f"tab-{tab}")
+            await c.send(type="subscribe", room=TEAM, sub=f"tab-{tab}")
+    await c.settles_on(1, 5, room=TEAM)
+    await wait_until(lambda: lists(c), what="the member list")
+    assert c.of_type("error") == []
+    assert server.metric("rrr_limited_total", {"limit": "presence_list_rate"}) == 0
 
 
 # -- the JSON API --------------------------------------------------------------------------------------

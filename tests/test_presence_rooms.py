@@ -157,3 +157,30 @@ async def test_a_reload_is_no_leave_and_join_but_leaving_for_good_is(
     assert not flicker, f"bob left and came back: {flicker}"
     again.close()
     await wait_until(lambda: set(seen(watcher)) == {"ada"}, timeout=10, what="bob gone for good")
+
+
+async def test_a_refreshed_token_with_new_info_shows_every_member_the_new_info(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    """A second ``auth`` (same user, new ``info``) is a diff to everyone: the user joins again with
+    the new info, and does not leave. Before, the others kept the old info for good."""
+    one = await server_factory(token_secret=SECRET, api_token=KEY)
+    two = await server_factory(token_secret=SECRET, api_token=KEY)
+    ada = await member(ws_base(one.port), "ada", "Ada")
+    bob = await member(ws_base(two.port), "bob", "Bob")
+    clients += [ada, bob]
+    before = {"ada": {"info": {"name": "Ada"}}, "bob": {"info": {"name": "Bob"}}}
+    for c in (ada, bob):
+        await wait_until(partial(sees, c, before), what="both members")
+    seen_by_bob = len(bob.frames)
+    sent = len(ada.frames)
+    await ada.send(type="auth", token=token("ada", "Ada Lovelace"))
+    await ada.next("authenticated", after=sent)
+    after = {"ada": {"info": {"name": "Ada Lovelace"}}, "bob": {"info": {"name": "Bob"}}}
+    for c in (ada, bob):
+        await wait_until(partial(sees, c, after), what="ada's new info")
+    diffs = [f for f in bob.frames[seen_by_bob:] if f["type"] == "presence_diff"]
+    assert diffs == [{"type": "presence_diff", "room": ROOM, "joins": {"ada": {"info": {"name": "Ada Lovelace"}}},
+                      "leaves": {}}]
+    assert (await api_members(two.base_url))["members"] == after
+    await bob.settles_on(2, 2, room=ROOM)

@@ -55,6 +55,9 @@ async def test_real_server_connections_take_the_fast_path(server_factory: Server
     assert handler._fast  # type: ignore[attr-defined]
     # The server's streams are GuardedStreams (rrr/httpguard.py): they too take the direct send.
     assert wsframe.direct_ok(handler.ws_connection.stream)  # type: ignore[attr-defined]
+    # The outbox (rrr/outbox.py) paces bulk frames by the bytes the stream still holds.
+    assert len(handler.ws_connection.stream._write_buffer) == 0  # type: ignore[attr-defined]
+    assert wsframe.buffered(handler.ws_connection) == 0  # type: ignore[attr-defined]
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -95,7 +98,24 @@ async def test_frames_stay_in_order_when_sends_switch_between_direct_and_queued(
     assert [m["data"]["i"] for m in c.of_type("message")] == list(range(200))
 
 
-def test_frames_write_several_messages_in_one_go() -> None:
-    """A replay is one write: the batch's bytes are its messages' frames, back to back."""
+def test_frames_sent_together_go_in_one_write() -> None:
+    """A replay's messages (`rrr.outbox` hands the stream up to 64 KiB at a time) cost one write, not one each."""
+
+    class Stream(_Capture):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes = 0
+
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            self.writes += 1
+
+        def closed(self) -> bool:
+            return False
+
     parts = [wsframe.Frame('{"n":1}'), wsframe.Frame('{"n":2}'), wsframe.Frame("x" * 70000)]
-    assert wsframe.Frames(parts).wire == b"".join(p.wire for p in parts)
+    proto = WebSocketProtocol13.__new__(WebSocketProtocol13)
+    proto.stream = Stream()  # type: ignore[assignment]
+    wsframe.send_many(proto, parts, True)
+    assert proto.stream.data == b"".join(p.wire for p in parts)  # type: ignore[attr-defined]
+    assert proto.stream.writes == 1  # type: ignore[attr-defined]
