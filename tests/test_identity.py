@@ -6,6 +6,9 @@ Tokens are minted with PyJWT directly, as another service would."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import time
 from typing import Any
 
@@ -29,6 +32,29 @@ def token(sub: str = "ada", ttl: float = 600, **claims: Any) -> str:
     body: dict[str, Any] = {"sub": sub, "iat": int(now), "exp": now + ttl}
     body.update(claims)
     return jwt.encode(body, SECRET, algorithm="HS256")
+
+
+def signed_text(payload: str) -> str:
+    """An HS256 token over ``payload`` as written (PyJWT would not write ``1e400``)."""
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    head = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(payload.encode())
+    return head + "." + b64(hmac.new(SECRET.encode(), head.encode(), hashlib.sha256).digest())
+
+
+def hostile_times() -> dict[str, str]:
+    """Tokens with numeric claims a JSON parser takes but no clock can mean, each granting private-ada."""
+    now = int(time.time())
+    head = '{"sub":"ada","rooms":["private-ada"],'
+    return {
+        "exp NaN": signed_text(head + '"exp":NaN}'),
+        "exp 1e400": signed_text(head + '"exp":1e400}'),
+        "exp 10^400": signed_text(head + '"exp":1' + "0" * 400 + "}"),
+        "iat 10^400": signed_text(head + f'"exp":{now + 600},"iat":1' + "0" * 400 + "}"),
+        "iat NaN": signed_text(head + f'"exp":{now + 600},"iat":NaN}}'),
+        "iat a year ahead": signed_text(head + f'"exp":{now + 600},"iat":{now + 365 * 86400}}}'),
+    }
 
 
 def errors(c: Client, code: str) -> list[dict[str, Any]]:
@@ -114,6 +140,36 @@ async def test_the_one_room_socket_takes_its_token_in_the_query(
     clients.append(c)
     await c.settles_on(1)
     clients.append(await connect(server.ws_url("/ws/count/public-room/")))  # the talk's page needs no token
+
+
+async def test_impossible_times_in_a_token_are_bad_tokens_and_the_socket_stays_responsive(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    """``exp: NaN`` was accepted and its expiry timer re-armed at +0 s forever (a core pinned);
+    ``10^400`` raised OverflowError and aborted the socket; an ``iat`` a year ahead was accepted and
+    escaped every later sign-out. Each is now ``bad_token`` on ``/ws/`` (the socket stays up, as for
+    any bad token) and 403 at the one-room socket's handshake."""
+    server = await server_factory(token_secret=SECRET)
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    bad = hostile_times()
+    for name, t in bad.items():
+        n = len(c.frames)
+        await c.send(type="auth", token=t)
+        reply = await c.next("error", after=n)
+        assert reply["code"] == "bad_token", (name, reply)
+        assert not c.of_type("authenticated"), name
+        await c.send(type="ping")
+        await c.next("pong", after=n)
+    assert not c.closed.is_set()
+    await c.send(type="subscribe", room="private-ada", sub="a")
+    await wait_until(lambda: errors(c, "forbidden"), what="no identity was taken from any of them")
+
+    for name, t in bad.items():
+        with pytest.raises(HTTPClientError) as e:
+            await connect(server.ws_url("/ws/count/private-ada/?token=" + t))
+        assert e.value.code == 403, name
+    assert len(server.hub.connections) == 1  # the /ws/ socket alone
 
 
 async def test_a_page_gone_during_its_tokens_revocation_check_leaves_no_socket_behind(
