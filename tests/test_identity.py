@@ -220,6 +220,41 @@ async def test_a_publish_grant_lets_a_client_publish_without_client_publish(
     await wait_until(lambda: errors(c, "publish_disabled"), what="publish_disabled for the public room")
 
 
+async def test_a_publish_grant_implies_read_and_a_rooms_grant_never_implies_publish(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    """README, the ``publish`` claim: a token with only a ``publish`` grant subscribes to and
+    receives from that private room; one with only ``rooms`` cannot publish to it, even with
+    ``--client-publish`` (which opens public rooms only)."""
+    server = await server_factory(token_secret=SECRET, api_token="server-key", client_publish=True)
+    publisher, reader = await connect(server.ws_url("/ws/")), await connect(server.ws_url("/ws/"))
+    clients += [publisher, reader]
+    await publisher.send(type="auth", token=token(sub="pub", publish=["private-ada-x"]))
+    await reader.send(type="auth", token=token(sub="rd", rooms=["private-ada-x"]))
+    for c in (publisher, reader):
+        await c.next("authenticated", after=0)
+        await c.send(type="subscribe", room="private-ada-x", sub="a")
+    await publisher.settles_on(2, 2, room="private-ada-x")
+    assert not errors(publisher, "forbidden")
+
+    await AsyncHTTPClient().fetch(
+        server.base_url + "/api/rooms/private-ada-x/messages", method="POST", body='{"from": "backend"}',
+        headers={"Authorization": "Bearer server-key"},
+    )
+    await publisher.send(type="publish", room="private-ada-x", data={"from": "publisher"})
+    for c in (publisher, reader):
+        await wait_until(
+            lambda c=c: {"from": "backend"} in [m["data"] for m in c.of_type("message")]  # type: ignore[misc]
+            and {"from": "publisher"} in [m["data"] for m in c.of_type("message")],
+            what="both messages received",
+        )
+    await reader.send(type="publish", room="private-ada-x", data={"from": "reader"})
+    refused = await wait_until(lambda: errors(reader, "forbidden"), what="publishing without a publish grant")
+    assert refused[0]["room"] == "private-ada-x"
+    await asyncio.sleep(0.3)
+    assert {"from": "reader"} not in [m["data"] for m in publisher.of_type("message")]
+
+
 async def test_with_no_key_configured_private_rooms_are_refused(
     server_factory: ServerFactory, clients: list[Client],
 ) -> None:
