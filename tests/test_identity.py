@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
@@ -17,7 +18,7 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from conftest import Client, ServerFactory, SlowReplyProxy, connect, wait_until
+from conftest import Client, LyingRedis, ServerFactory, SlowReplyProxy, connect, wait_until
 from rrr import client as rrr_client
 from rrr import keys
 from rrr.embedded import EmbeddedRedis
@@ -330,6 +331,53 @@ async def test_signing_a_user_out_closes_its_sockets_everywhere_and_refuses_its_
     clients.append(at_once)
     await at_once.send(type="auth", token=rrr_client.token("ada", rooms=["private-ada-x"], secret=SECRET))
     await at_once.next("authenticated", after=0)
+
+
+async def test_a_sign_out_made_while_pubsub_was_down_closes_the_socket_once_it_is_back(
+    server_factory: ServerFactory, lying_redis: Callable[[], Awaitable[LyingRedis]], rclient: redis.Redis,
+    clients: list[Client],
+) -> None:
+    """The sign-out is published on the control channel while this process is not subscribed to it,
+    so the message never reaches it: the socket stayed open and kept receiving the private room's
+    messages. Once the control channel is subscribed again the process reads the revocations back
+    and closes the socket with 4001; a socket that signed in after the sign-out stays."""
+    proxy = await lying_redis()
+    server = await server_factory(redis=proxy.url, token_secret=SECRET, api_token="server-key")
+    ada, bob = await connect(server.ws_url("/ws/")), await connect(server.ws_url("/ws/"))
+    clients += [ada, bob]
+    await ada.send(type="auth", token=token(rooms=["private-ada-x"]))
+    await bob.send(type="auth", token=token(sub="bob", rooms=["private-ada-x"]))
+    for c in (ada, bob):
+        await c.next("authenticated", after=0)
+        await c.send(type="subscribe", room="private-ada-x", sub="a")
+    await ada.settles_on(2, 2, room="private-ada-x")
+    reconnects = server.metric("rrr_redis_reconnects_total")
+
+    # Cut the process's pub/sub connection; its next SUBSCRIBE is held at the proxy for 4 s.
+    proxy.subscribe_delay = 4.0
+    assert rclient.client_kill_filter(_type="pubsub") >= 1
+    await wait_until(lambda: server.metric("rrr_redis_reconnects_total") > reconnects, what="reconnecting")
+    assert dict(rclient.pubsub_numsub(keys.CONTROL_CHANNEL))[keys.CONTROL_CHANNEL] == 0
+    signed_out = await AsyncHTTPClient().fetch(
+        server.base_url + "/api/users/ada/disconnect", method="POST", body="",
+        headers={"Authorization": "Bearer server-key"},
+    )
+    assert signed_out.code == 202
+    assert dict(rclient.pubsub_numsub(keys.CONTROL_CHANNEL))[keys.CONTROL_CHANNEL] == 0, "published to no one"
+    again = await connect(server.ws_url("/ws/"))  # ada signs in again after the sign-out: not revoked
+    clients.append(again)
+    await again.send(type="auth", token=rrr_client.token("ada", rooms=["private-ada-x"], secret=SECRET))
+    await again.next("authenticated", after=0)
+
+    await wait_until(lambda: dict(rclient.pubsub_numsub(keys.CONTROL_CHANNEL))[keys.CONTROL_CHANNEL] == 1,
+                     what="pub/sub back")
+    await asyncio.wait_for(ada.closed.wait(), 10)
+    assert ada.close_code == 4001
+    await asyncio.sleep(0.5)
+    assert not bob.closed.is_set() and not again.closed.is_set()
+    n = len(again.frames)
+    await again.send(type="ping")
+    await again.next("pong", after=n)
 
 
 async def test_an_auth_storm_checks_revocations_in_a_few_round_trips(
