@@ -32,7 +32,7 @@ from tornado.httpclient import HTTPClientError
 
 from conftest import ROOT, Client, free_port, need_binary, wait_until
 from rrr.auth import mint
-from rrr.embedded import EmbeddedRedis, _die_with_parent
+from rrr.embedded import EmbeddedRedis, die_with_parent
 import production_fixtures
 from production_fixtures import (
     Cluster, Nginx, Script, SentinelGroup, abort, connect_many, http, port_open, wait_sync, ws_connect,
@@ -706,7 +706,7 @@ async def test_deploy_redis_conf_acl_user_is_enough_for_the_app(
     log = open(tmp_path / "redis.log", "ab")
     proc = subprocess.Popen(
         [binary, str(tmp_path / "redis.conf"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)],
-        stdout=log, stderr=log, preexec_fn=_die_with_parent,
+        stdout=log, stderr=log, preexec_fn=die_with_parent,
     )
     log.close()
     admin = redis.Redis(port=port, username="admin", password="admin-test-pw", socket_timeout=2)
