@@ -34,6 +34,7 @@ from rrr.keepalive import Keepalive
 from rrr.limits import AddressLimits
 from rrr.policy import parse_origins
 from rrr.protocol import SLUG_PATTERN
+from rrr.requestlog import RequestLog, install_filters
 from rrr.service import Service, Settings
 from rrr.session import Limits
 
@@ -192,6 +193,10 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         xheaders=o["xheaders"],
     )
     slug = f"({SLUG_PATTERN})"
+    # One line per request, with no query string (tokens travel in it) and a bounded path, and
+    # refusals at most once per 30 s per kind (rrr/requestlog.py); handlers log errors through it too.
+    request_log = RequestLog()
+    install_filters()
     app = tornado.web.Application(
         [
             (r"/", IndexHandler),
@@ -230,6 +235,8 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         websocket_ping_interval=None,
         websocket_max_message_size=o["max_message_size"],
         service=service,
+        log_function=request_log,
+        request_log=request_log,
         # What make_http_server needs, from the same options (main() and the tests both use it).
         http_server=dict(
             xheaders=o["xheaders"],

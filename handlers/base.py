@@ -1,7 +1,9 @@
-"""What every HTTP response shares: security headers, and the Host allow-list in front of all routes."""
+"""What every HTTP response shares: security headers, the Host allow-list in front of all routes,
+and log lines that show no query string (`rrr.requestlog`)."""
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Any
 
 import tornado.httputil
@@ -9,9 +11,20 @@ import tornado.routing
 import tornado.web
 
 from rrr.httpsec import host_allowed, request_host, security_headers
+from rrr.requestlog import request_log
 
 
-class SecureHeaders(tornado.web.RequestHandler):
+class SafeLogs(tornado.web.RequestHandler):
+    """Tornado's ``log_exception`` quotes the whole URI (a ``?token=`` with it) once more per error;
+    every handler here, sockets included, logs through `rrr.requestlog.RequestLog` instead."""
+
+    def log_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None,
+    ) -> None:
+        request_log(self).exception(self, typ, value, tb)
+
+
+class SecureHeaders(SafeLogs):
     """Sets the security headers in ``set_default_headers``, so error pages (which clear the
     headers and set the defaults again) carry them too. A page that renders an inline script
     sets ``csp_nonce`` in ``initialize`` and passes it to its template."""

@@ -12,6 +12,7 @@ import tornado.web
 from tornado.iostream import StreamBufferFullError, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from handlers.base import SafeLogs
 from rrr import protocol, wsframe
 from rrr.auth import Identity, TokenError, Verifier, needs_grant
 from rrr.errors import BackplaneError
@@ -20,12 +21,13 @@ from rrr.keepalive import Keepalive
 from rrr.limits import AddressLimits
 from rrr.outbox import Outbox, room_now
 from rrr.policy import origin_allowed
+from rrr.requestlog import loggable, loggable_path
 from rrr.session import Limits, Session
 
 log = logging.getLogger("rrr.sockets")
 
 
-class RelaySocket(WebSocketHandler):
+class RelaySocket(SafeLogs, WebSocketHandler):
     """``WS /ws/``: one socket, many rooms, one subscription per tab."""
 
     # Slots: Tornado's RequestHandler and WebSocketHandler set 27 attributes on every handler,
@@ -63,18 +65,20 @@ class RelaySocket(WebSocketHandler):
         # judges every handshake that carries an Origin.
         origin = self.request.headers.get("Origin")
         if origin is not None and not self.check_origin(origin):
-            raise tornado.web.HTTPError(403, "origin not allowed")
+            # Logged with the request's line (rrr.requestlog: at most once per 30 s), not per refusal.
+            raise tornado.web.HTTPError(
+                403, "origin %s not allowed for %s://%s", loggable(origin, 100), self.request.protocol,
+                loggable(self._host(), 100),
+            )
 
-    def check_origin(self, origin: str) -> bool:
+    def _host(self) -> str:
         host = self.request.host
         if self.xheaders:
             host = self.request.headers.get("X-Forwarded-Host", host).split(",")[0]
-        if origin_allowed(origin, host, self.allowed_origins, self.request.protocol):
-            return True
-        log.info(
-            "refused origin %r for %s://%s from %s", origin, self.request.protocol, host, self.request.remote_ip,
-        )
-        return False
+        return host
+
+    def check_origin(self, origin: str) -> bool:
+        return origin_allowed(origin, self._host(), self.allowed_origins, self.request.protocol)
 
     def get(self, *args: str, **kwargs: str) -> Coroutine[Any, Any, None]:
         """Refuse an address over ``--max-sockets-per-ip`` before the upgrade, with a 429.
@@ -115,7 +119,7 @@ class RelaySocket(WebSocketHandler):
         self._fast = wsframe.fast_path_ok(conn)
         self.session = self._new_session(*args)
         self.keepalive.add(self)
-        log.debug("open %s from %s", self.request.path, self.request.remote_ip)
+        log.debug("open %s from %s", loggable_path(self.request.path), self.request.remote_ip)
         # The handshake is done and nothing reads these again. Tornado's frames keep a reference
         # to the headers for the socket's whole life, so empty them in place: a browser sends
         # 1-2 KiB of them (cookies, user agent), more than the rest of an idle socket's state.
@@ -157,7 +161,7 @@ class RelaySocket(WebSocketHandler):
         if self.ip is not None:
             self.addresses.socket_closed(self.ip)
             self.ip = None
-        log.debug("close %s from %s (%s)", self.request.path, self.request.remote_ip, self.close_code)
+        log.debug("close %s from %s (%s)", loggable_path(self.request.path), self.request.remote_ip, self.close_code)
 
     def send_frame(self, frame: wsframe.Frame) -> None:
         box = self._outbox

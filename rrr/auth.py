@@ -9,7 +9,9 @@ checked by the caller with `Identity.issued_at`.
 Claims:
 
 * ``sub``: the user id, a string of at most 128 characters (required);
-* ``exp``: required, checked with no leeway; ``iat``: optional;
+* ``exp``: required, checked with no leeway; ``iat`` and ``nbf``: optional; each a finite number
+  of seconds between 0 and the end of year 9999, and ``iat`` at most `IAT_SKEW` s ahead (a token
+  "issued" later than any sign-out would escape them all);
 * ``info``: an optional JSON object of at most 1 KiB encoded, shown to other members;
 * ``rooms`` / ``publish``: grants, each an exact slug or a prefix ending in ``*``.
 
@@ -33,6 +35,10 @@ __all__ = ["Grants", "Identity", "TokenError", "Verifier", "is_presence_room", "
 SUB_MAX = 128
 INFO_MAX = 1024
 GRANTS_MAX = 100
+#: The largest time a numeric claim may hold: 9999-12-31T23:59:59Z (as PyJWT's datetimes allow).
+TIME_MAX = 253_402_300_799
+#: How far ahead of our clock a token's ``iat`` may be (the issuer's clock may run a little fast).
+IAT_SKEW = 60.0
 HMAC_ALGORITHMS = ("HS256",)
 KEY_ALGORITHMS = ("RS256", "ES256")
 
@@ -81,6 +87,8 @@ class Identity:
     publish: Grants = field(default_factory=Grants)
 
     def may_read(self, room: str) -> bool:
+        """A ``publish`` grant implies read (README, the ``publish`` claim): a publisher that cannot
+        see the room it writes to surprises, and only the backend mints tokens. Not the reverse."""
         return not needs_grant(room) or self.rooms.allows(room) or self.publish.allows(room)
 
     def may_publish(self, room: str) -> bool:
@@ -123,8 +131,9 @@ class Verifier:
         try:
             claims = jwt.decode(
                 token, key, algorithms=[alg], leeway=0,
+                # The times are judged in _identity, against ``now`` and with their range checked.
                 options={"require": ["exp", "sub"], "verify_exp": False, "verify_iat": False,
-                         "verify_aud": False, "verify_iss": False, "verify_nbf": True},
+                         "verify_aud": False, "verify_iss": False, "verify_nbf": False},
             )
         except jwt.PyJWTError as e:
             raise TokenError(f"token refused: {e}") from None
@@ -142,6 +151,11 @@ class Verifier:
         if exp - now > self.max_age:
             raise TokenError(f"'exp' lies more than {self.max_age:.0f} s ahead (--token-max-age)")
         iat = _number(claims.get("iat"), "iat")
+        if iat is not None and iat > now + IAT_SKEW:
+            raise TokenError(f"'iat' lies more than {IAT_SKEW:.0f} s ahead of this server's clock")
+        nbf = _number(claims.get("nbf"), "nbf")
+        if nbf is not None and now < nbf:
+            raise TokenError("token is not valid yet ('nbf')")
         info = claims.get("info")
         info_json = "null"
         if info is not None:
@@ -155,16 +169,23 @@ class Verifier:
             if size > INFO_MAX:
                 raise TokenError(f"'info' is over {INFO_MAX} bytes encoded")
         return Identity(
-            user=sub, expires=float(exp), issued_at=iat, info=info, info_json=info_json,
+            user=sub, expires=exp, issued_at=iat, info=info, info_json=info_json,
             rooms=Grants.parse(claims.get("rooms"), "rooms"), publish=Grants.parse(claims.get("publish"), "publish"),
         )
 
 
 def _number(value: Any, claim: str) -> float | None:
+    """A NumericDate as a float, or refused: ``NaN`` (JSON parsers take it) compares false with
+    everything, so an ``exp`` of NaN never expired (its timer re-armed at once, forever) and an
+    ``iat`` of NaN was never before a sign-out; ``1e400`` parses as infinity and ``10**400`` as an
+    int that no float holds."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TokenError(f"'{claim}' must be a number (seconds since the epoch)")
+    # Compared before any conversion: float() of a huge int raises, and NaN fails every comparison.
+    if not 0 <= value <= TIME_MAX:
+        raise TokenError(f"'{claim}' must be a finite number of seconds from 0 to {TIME_MAX} (year 9999)")
     return float(value)
 
 

@@ -38,7 +38,7 @@ def find_redis_server() -> str:
     )
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: the child gets SIGTERM if we are killed with -9, so no orphan Redis lingers."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -73,7 +73,7 @@ class EmbeddedRedis:
         else:
             args += ["--port", str(self.port)]
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
         )
         deadline = time.monotonic() + timeout
         while not self._answers():

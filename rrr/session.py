@@ -309,7 +309,7 @@ class Session:
 
     def _authenticate(self, identity: Identity) -> None:
         self.identity = identity
-        self.hub.identify(self.conn, identity.user)
+        self.hub.identify(self.conn, identity)
         if self._expiry is not None:
             self._expiry.cancel()
         loop = asyncio.get_running_loop()

@@ -30,6 +30,8 @@ from .supervise import RateLimitedLog, cancel
 
 log = logging.getLogger("rrr.subscriber")
 
+_CONTROL = keys.CONTROL_CHANNEL.encode()
+
 
 class Listener(Protocol):
     """Where the subscriber delivers what it hears (the hub). Called from the subscriber's own
@@ -52,6 +54,10 @@ class Listener(Protocol):
 
     def on_disconnect_user(self, user: str) -> None:
         """Every process was told to close the sockets of ``user`` (its tokens were revoked)."""
+
+    def on_control_subscribed(self) -> None:
+        """Redis confirmed the control channel on a new connection: from now on every sign-out
+        arrives as a message, and any made while the connection was down is only in Redis."""
 
 
 class Publisher(Protocol):
@@ -252,6 +258,8 @@ class Subscriber:
             kind = kind.decode("latin-1")
         if not isinstance(channel, bytes):
             return  # pong replies carry no channel
+        if kind == "subscribe" and channel == _CONTROL:
+            self._notify("on_control_subscribed")
         self._on_reply(kind, channel, data)
 
     def _on_reply(self, kind: Any, channel: bytes, data: Any) -> None:

@@ -34,16 +34,27 @@ class RateLimitedLog:
         self._held: dict[str, int] = {}
 
     def warning(self, key: str, msg: str, *args: object) -> bool:
+        return self.log(logging.WARNING, key, msg, *args)
+
+    def log(self, level: int, key: str, msg: str, *args: object, exc_info: BaseException | None = None) -> bool:
+        """Log at ``level`` (with ``exc_info``'s traceback) unless ``key`` was logged less than
+        ``every`` s ago; True if logged."""
+        suffix = self.due(key)
+        if suffix is None:
+            return False
+        self.logger.log(level, msg + suffix, *args, exc_info=exc_info)
+        return True
+
+    def due(self, key: str) -> str | None:
+        """None while ``key`` is held back (and counted); else what its line should end with."""
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self.every:
             self._held[key] = self._held.get(key, 0) + 1
-            return False
+            return None
         held = self._held.pop(key, 0)
         self._last[key] = now
-        suffix = f" ({held} more like it in the last {now - last:.0f} s)" if held and last is not None else ""
-        self.logger.warning(msg + suffix, *args)
-        return True
+        return f" ({held} more like it in the last {now - last:.0f} s)" if held and last is not None else ""
 
     def clear(self, key: str) -> bool:
         """The condition ended: the next occurrence is news again, logged at once. True if it

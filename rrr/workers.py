@@ -2,9 +2,11 @@
 
 Each worker is a whole rrr process (its own event loop, Redis connections, lease and
 presence), so nothing here knows about rooms. The parent only keeps N workers alive: one
-that dies abnormally is started again (with a backoff if it keeps dying), and SIGTERM or
-SIGINT to the parent is passed to every worker, which drains as a single process does
-(presence out at once, sockets closed with 1001); the parent exits when all have.
+that dies is started again, at once if it had lived 5 s, else after a backoff of its own slot
+that grows while it keeps dying young. SIGTERM or SIGINT to the parent is passed to every
+worker, which drains as a single process does (presence out at once, sockets closed with
+1001); the parent exits when all have. A parent that dies (``kill -9``) takes its workers
+with it: each drains the same way within a second or so, and frees the port.
 
 The fork happens before any event loop exists: a loop must never cross a fork.
 """
@@ -20,6 +22,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -27,11 +30,12 @@ import tornado.netutil
 from tornado.options import options, parse_command_line
 
 from .config import command_line
-from .embedded import EmbeddedRedis
+from .embedded import EmbeddedRedis, die_with_parent
 
 log = logging.getLogger("rrr.workers")
 
-#: A worker that dies sooner than this after its start counts towards the restart backoff.
+#: A worker that dies sooner than this after its start counts towards its slot's restart backoff;
+#: one that lived longer is replaced at once.
 EARLY_DEATH = 5.0
 BACKOFF_CAP = 10.0
 #: CPython's youngest-generation threshold for an rrr process (its default is 700): see `tune_gc`.
@@ -50,53 +54,112 @@ def worker_count(requested: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@dataclass
+class Slot:
+    """One of the N places a worker runs in, with a restart backoff of its own."""
+
+    pid: int | None = None
+    started: float = 0.0
+    early_deaths: int = 0  # deaths in a row, each sooner than EARLY_DEATH after its start
+    next_start: float = 0.0  # monotonic time before which this slot is not refilled
+
+
 class Parent:
-    """Forks ``n`` workers running ``run_worker(sockets)`` and keeps them alive until told to stop."""
+    """Forks ``n`` workers running ``run_worker(sockets)`` and keeps them alive until told to stop.
+
+    Each slot backs off on its own: a worker that keeps dying young is restarted later and later
+    (up to BACKOFF_CAP), and that never delays another slot. The parent once slept out one
+    slot's backoff while a second dead worker waited, so the service ran on one worker for 12 s.
+    The parent never sleeps: it waits for SIGCHLD (blocked, and taken with ``sigtimedwait``, so a
+    death between two looks is not missed) or for the next slot to be due."""
 
     def __init__(self, n: int, sockets: list[socket.socket], run_worker: Callable[[list[socket.socket]], int]) -> None:
         self.n = n
         self.sockets = sockets
         self.run_worker = run_worker
-        self.children: dict[int, float] = {}  # pid -> start time
+        self.slots = [Slot() for _ in range(n)]
         self.stopping = False
-        self._early_deaths = 0
+        self._stop_signal: int = signal.SIGTERM
+        self._told: set[int] = set()  # workers the stop signal was passed to
+
+    @property
+    def children(self) -> list[int]:
+        return [slot.pid for slot in self.slots if slot.pid is not None]
 
     def serve(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        for _ in range(self.n):
-            self._spawn()
-        log.info("parent %d: %d workers serving", os.getpid(), self.n)
-        while self.children:
-            try:
-                pid, status = os.wait()
-            except ChildProcessError:
-                break
-            except InterruptedError:
-                continue
-            started = self.children.pop(pid, None)
-            if started is None:
-                continue
-            code = os.waitstatus_to_exitcode(status)
-            if self.stopping:
-                continue
-            if code == 0:
-                log.warning("worker %d exited cleanly on its own; starting another", pid)
-            else:
-                log.warning("worker %d died (%s); starting another", pid, _describe(code))
-            self._early_deaths = self._early_deaths + 1 if time.monotonic() - started < EARLY_DEATH else 0
-            if self._early_deaths:
-                time.sleep(min(BACKOFF_CAP, 0.1 * 2 ** min(self._early_deaths, 10)))
-            if not self.stopping:
-                self._spawn()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        try:
+            for slot in self.slots:
+                self._spawn(slot)
+            log.info("parent %d: %d workers serving", os.getpid(), self.n)
+            while True:
+                self._reap()
+                if self.stopping and not self.children:
+                    break
+                if self.stopping:
+                    self._pass_on()  # a worker forked as the signal came in is told too
+                else:
+                    self._refill()
+                signal.sigtimedwait([signal.SIGCHLD], self._next_wait())
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         log.info("parent %d: every worker has exited", os.getpid())
         return 0
 
-    def _spawn(self) -> None:
+    def _reap(self) -> None:
+        """Collect every worker that has exited, and set when its slot may be refilled."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = next((s for s in self.slots if s.pid == pid), None)
+            if slot is None:
+                continue  # not a worker (the embedded redis-server is our child too)
+            slot.pid = None
+            if self.stopping:
+                continue
+            now = time.monotonic()
+            lived = now - slot.started
+            code = os.waitstatus_to_exitcode(status)
+            how = "exited cleanly on its own" if code == 0 else f"died ({_describe(code)})"
+            if lived >= EARLY_DEATH:
+                slot.early_deaths = 0
+                slot.next_start = now
+                log.warning("worker %d %s after %.0f s; starting another", pid, how, lived)
+                continue
+            slot.early_deaths += 1
+            delay = min(BACKOFF_CAP, 0.1 * 2 ** min(slot.early_deaths, 10))
+            slot.next_start = now + delay
+            log.warning("worker %d %s %.1f s after its start (%d in a row); starting another in %.1f s",
+                        pid, how, lived, slot.early_deaths, delay)
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.pid is None and slot.next_start <= now:
+                self._spawn(slot)
+
+    def _next_wait(self) -> float:
+        """Until the next empty slot is due (at most 1 s, so a stop is never waited on for long)."""
+        now = time.monotonic()
+        due = [slot.next_start - now for slot in self.slots if slot.pid is None and not self.stopping]
+        return max(0.0, min([1.0, *due]))
+
+    def _spawn(self, slot: Slot) -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            die_with_parent()  # SIGTERM, which the worker drains on, when the parent dies
+            if os.getppid() != parent:
+                os._exit(1)  # it died before prctl took
             code = 1
             try:
                 code = self.run_worker(self.sockets)
@@ -104,16 +167,36 @@ class Parent:
                 log.exception("worker %d failed", os.getpid())
             finally:
                 os._exit(code)
-        self.children[pid] = time.monotonic()
+        slot.pid = pid
+        slot.started = time.monotonic()
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         """Pass the signal on: each worker drains (presence out, 1001), then the parent exits."""
         self.stopping = True
-        for pid in list(self.children):
+        self._stop_signal = signum
+        self._pass_on()
+
+    def _pass_on(self) -> None:
+        for pid in self.children:
+            if pid in self._told:
+                continue
+            self._told.add(pid)
             try:
-                os.kill(pid, signum)
+                os.kill(pid, self._stop_signal)
             except ProcessLookupError:
                 pass
+
+
+async def orphan_watch(parent: int, every: float = 1.0) -> None:
+    """A worker whose parent is gone drains as on SIGTERM (presence out, sockets closed with 1001).
+
+    The parent's death sends SIGTERM on Linux (``PR_SET_PDEATHSIG``); this is for where it does not.
+    Without either, a ``kill -9``'d parent left its workers serving, holding the port, so a restart
+    failed with EADDRINUSE."""
+    while os.getppid() == parent:
+        await asyncio.sleep(every)
+    log.warning("worker %d: parent %d is gone; shutting down", os.getpid(), parent)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def tune_gc() -> None:
@@ -170,8 +253,17 @@ def run(main: Callable[[str, list[socket.socket] | None], Coroutine[Any, Any, No
             return 0
         sockets = tornado.netutil.bind_sockets(options.port, options.address, backlog=options.backlog)
 
+        parent = os.getpid()
+
+        async def serve(socks: list[socket.socket]) -> None:
+            watch = asyncio.create_task(orphan_watch(parent))
+            try:
+                await main(url, socks)
+            finally:
+                watch.cancel()
+
         def worker(socks: list[socket.socket]) -> int:
-            asyncio.run(main(url, socks))
+            asyncio.run(serve(socks))
             return 0
 
         return Parent(n, sockets, worker).serve()

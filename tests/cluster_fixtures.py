@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from conftest import need_binary
-from rrr.embedded import _die_with_parent
+from rrr.embedded import die_with_parent
 
 NODE_TIMEOUT_MS = 2000
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +106,7 @@ class RedisCluster:
                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--appendonly", "no", "--save", "",
                 "--protected-mode", "no",
             ],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )
         log.close()
         _wait(lambda: self.node(port).ping(), 10, f"redis-server on {port}")

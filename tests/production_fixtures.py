@@ -36,7 +36,7 @@ from tornado.websocket import websocket_connect
 
 from conftest import AppProcess, Client, free_port, need_binary
 from deploy import render
-from rrr.embedded import _die_with_parent
+from rrr.embedded import die_with_parent
 
 PUBLISH_TOKEN = "prod-test-token"
 
@@ -224,7 +224,7 @@ class Nginx:
         out = open(self.run_dir / "nginx.out", "ab")
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(self.conf), "-p", str(self.run_dir), "-e", str(self.error_log_path)],
-            stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )
         out.close()
         deadline = time.monotonic() + timeout
@@ -369,7 +369,7 @@ class SentinelGroup:
         log = open(self.dir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
             [binary or self.binary, *args], stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.close()
 

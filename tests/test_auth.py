@@ -66,6 +66,48 @@ def test_bad_tokens_are_refused_with_a_reason(token: object, why: str) -> None:
     assert why in e.value.reason
 
 
+def signed_text(payload: str, key: bytes = SECRET.encode()) -> str:
+    """An HS256 token over ``payload`` exactly as written: JSON with ``NaN`` or ``1e400`` in it,
+    which a careless issuer (or an attacker holding a key) can sign."""
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    head = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(payload.encode())
+    return head + "." + b64(hmac.new(key, head.encode(), hashlib.sha256).digest())
+
+
+@pytest.mark.parametrize(
+    "payload, why",
+    [
+        ('{"sub":"u","exp":NaN}', "'exp' must be a finite number"),
+        ('{"sub":"u","exp":Infinity}', "'exp' must be a finite number"),
+        ('{"sub":"u","exp":1e400}', "'exp' must be a finite number"),  # float("1e400") is inf
+        ('{"sub":"u","exp":1' + "0" * 400 + "}", "'exp' must be a finite number"),  # float() would overflow
+        ('{"sub":"u","exp":-1}', "'exp' must be a finite number"),
+        ('{"sub":"u","exp":%d,"iat":NaN}' % (NOW + 600), "'iat' must be a finite number"),
+        ('{"sub":"u","exp":%d,"iat":1e400}' % (NOW + 600), "'iat' must be a finite number"),
+        ('{"sub":"u","exp":%d,"iat":1%s}' % (NOW + 600, "0" * 400), "'iat' must be a finite number"),
+        ('{"sub":"u","exp":%d,"iat":-Infinity}' % (NOW + 600), "'iat' must be a finite number"),
+        ('{"sub":"u","exp":%d,"nbf":NaN}' % (NOW + 600), "'nbf' must be a finite number"),
+        ('{"sub":"u","exp":%d,"nbf":1e400}' % (NOW + 600), "'nbf' must be a finite number"),
+        ('{"sub":"u","exp":%d,"nbf":%d}' % (NOW + 600, NOW + 1), "not valid yet"),
+        # A token "issued" a year from now was never before a sign-out: it escaped every one.
+        ('{"sub":"u","exp":%d,"iat":%d}' % (NOW + 600, NOW + 365 * 86400), "'iat' lies more than 60 s ahead"),
+        ('{"sub":"u","exp":%d,"iat":%d}' % (NOW + 600, NOW + 61), "'iat' lies more than 60 s ahead"),
+    ],
+)
+def test_numeric_claims_must_be_finite_times_in_range(payload: str, why: str) -> None:
+    with pytest.raises(TokenError) as e:
+        Verifier(secret=SECRET).verify(signed_text(payload), now=NOW)
+    assert why in e.value.reason
+
+
+def test_a_little_clock_skew_in_iat_and_nbf_is_fine() -> None:
+    payload = '{"sub":"u","exp":%d,"iat":%d,"nbf":%d}' % (NOW + 600, NOW + 59, NOW)
+    who = Verifier(secret=SECRET).verify(signed_text(payload), now=NOW)
+    assert who.issued_at == NOW + 59 and who.expires == NOW + 600
+
+
 def test_no_key_configured_refuses_every_token() -> None:
     assert not Verifier().enabled
     with pytest.raises(TokenError, match="verifies no tokens"):

@@ -6,7 +6,11 @@ Tokens are minted with PyJWT directly, as another service would."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
@@ -14,7 +18,7 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from conftest import Client, ServerFactory, SlowReplyProxy, connect, wait_until
+from conftest import Client, LyingRedis, ServerFactory, SlowReplyProxy, connect, wait_until
 from rrr import client as rrr_client
 from rrr import keys
 from rrr.embedded import EmbeddedRedis
@@ -29,6 +33,29 @@ def token(sub: str = "ada", ttl: float = 600, **claims: Any) -> str:
     body: dict[str, Any] = {"sub": sub, "iat": int(now), "exp": now + ttl}
     body.update(claims)
     return jwt.encode(body, SECRET, algorithm="HS256")
+
+
+def signed_text(payload: str) -> str:
+    """An HS256 token over ``payload`` as written (PyJWT would not write ``1e400``)."""
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    head = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(payload.encode())
+    return head + "." + b64(hmac.new(SECRET.encode(), head.encode(), hashlib.sha256).digest())
+
+
+def hostile_times() -> dict[str, str]:
+    """Tokens with numeric claims a JSON parser takes but no clock can mean, each granting private-ada."""
+    now = int(time.time())
+    head = '{"sub":"ada","rooms":["private-ada"],'
+    return {
+        "exp NaN": signed_text(head + '"exp":NaN}'),
+        "exp 1e400": signed_text(head + '"exp":1e400}'),
+        "exp 10^400": signed_text(head + '"exp":1' + "0" * 400 + "}"),
+        "iat 10^400": signed_text(head + f'"exp":{now + 600},"iat":1' + "0" * 400 + "}"),
+        "iat NaN": signed_text(head + f'"exp":{now + 600},"iat":NaN}}'),
+        "iat a year ahead": signed_text(head + f'"exp":{now + 600},"iat":{now + 365 * 86400}}}'),
+    }
 
 
 def errors(c: Client, code: str) -> list[dict[str, Any]]:
@@ -116,6 +143,36 @@ async def test_the_one_room_socket_takes_its_token_in_the_query(
     clients.append(await connect(server.ws_url("/ws/count/public-room/")))  # the talk's page needs no token
 
 
+async def test_impossible_times_in_a_token_are_bad_tokens_and_the_socket_stays_responsive(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    """``exp: NaN`` was accepted and its expiry timer re-armed at +0 s forever (a core pinned);
+    ``10^400`` raised OverflowError and aborted the socket; an ``iat`` a year ahead was accepted and
+    escaped every later sign-out. Each is now ``bad_token`` on ``/ws/`` (the socket stays up, as for
+    any bad token) and 403 at the one-room socket's handshake."""
+    server = await server_factory(token_secret=SECRET)
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    bad = hostile_times()
+    for name, t in bad.items():
+        n = len(c.frames)
+        await c.send(type="auth", token=t)
+        reply = await c.next("error", after=n)
+        assert reply["code"] == "bad_token", (name, reply)
+        assert not c.of_type("authenticated"), name
+        await c.send(type="ping")
+        await c.next("pong", after=n)
+    assert not c.closed.is_set()
+    await c.send(type="subscribe", room="private-ada", sub="a")
+    await wait_until(lambda: errors(c, "forbidden"), what="no identity was taken from any of them")
+
+    for name, t in bad.items():
+        with pytest.raises(HTTPClientError) as e:
+            await connect(server.ws_url("/ws/count/private-ada/?token=" + t))
+        assert e.value.code == 403, name
+    assert len(server.hub.connections) == 1  # the /ws/ socket alone
+
+
 async def test_a_page_gone_during_its_tokens_revocation_check_leaves_no_socket_behind(
     redis_server: EmbeddedRedis, server_factory: ServerFactory, clients: list[Client],
 ) -> None:
@@ -162,6 +219,41 @@ async def test_a_publish_grant_lets_a_client_publish_without_client_publish(
     await wait_until(lambda: any(m["data"] == {"hi": 1} for m in c.of_type("message")), what="published")
     await c.send(type="publish", room="lobby", data="no grant")
     await wait_until(lambda: errors(c, "publish_disabled"), what="publish_disabled for the public room")
+
+
+async def test_a_publish_grant_implies_read_and_a_rooms_grant_never_implies_publish(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    """README, the ``publish`` claim: a token with only a ``publish`` grant subscribes to and
+    receives from that private room; one with only ``rooms`` cannot publish to it, even with
+    ``--client-publish`` (which opens public rooms only)."""
+    server = await server_factory(token_secret=SECRET, api_token="server-key", client_publish=True)
+    publisher, reader = await connect(server.ws_url("/ws/")), await connect(server.ws_url("/ws/"))
+    clients += [publisher, reader]
+    await publisher.send(type="auth", token=token(sub="pub", publish=["private-ada-x"]))
+    await reader.send(type="auth", token=token(sub="rd", rooms=["private-ada-x"]))
+    for c in (publisher, reader):
+        await c.next("authenticated", after=0)
+        await c.send(type="subscribe", room="private-ada-x", sub="a")
+    await publisher.settles_on(2, 2, room="private-ada-x")
+    assert not errors(publisher, "forbidden")
+
+    await AsyncHTTPClient().fetch(
+        server.base_url + "/api/rooms/private-ada-x/messages", method="POST", body='{"from": "backend"}',
+        headers={"Authorization": "Bearer server-key"},
+    )
+    await publisher.send(type="publish", room="private-ada-x", data={"from": "publisher"})
+    for c in (publisher, reader):
+        await wait_until(
+            lambda c=c: {"from": "backend"} in [m["data"] for m in c.of_type("message")]  # type: ignore[misc]
+            and {"from": "publisher"} in [m["data"] for m in c.of_type("message")],
+            what="both messages received",
+        )
+    await reader.send(type="publish", room="private-ada-x", data={"from": "reader"})
+    refused = await wait_until(lambda: errors(reader, "forbidden"), what="publishing without a publish grant")
+    assert refused[0]["room"] == "private-ada-x"
+    await asyncio.sleep(0.3)
+    assert {"from": "reader"} not in [m["data"] for m in publisher.of_type("message")]
 
 
 async def test_with_no_key_configured_private_rooms_are_refused(
@@ -239,6 +331,53 @@ async def test_signing_a_user_out_closes_its_sockets_everywhere_and_refuses_its_
     clients.append(at_once)
     await at_once.send(type="auth", token=rrr_client.token("ada", rooms=["private-ada-x"], secret=SECRET))
     await at_once.next("authenticated", after=0)
+
+
+async def test_a_sign_out_made_while_pubsub_was_down_closes_the_socket_once_it_is_back(
+    server_factory: ServerFactory, lying_redis: Callable[[], Awaitable[LyingRedis]], rclient: redis.Redis,
+    clients: list[Client],
+) -> None:
+    """The sign-out is published on the control channel while this process is not subscribed to it,
+    so the message never reaches it: the socket stayed open and kept receiving the private room's
+    messages. Once the control channel is subscribed again the process reads the revocations back
+    and closes the socket with 4001; a socket that signed in after the sign-out stays."""
+    proxy = await lying_redis()
+    server = await server_factory(redis=proxy.url, token_secret=SECRET, api_token="server-key")
+    ada, bob = await connect(server.ws_url("/ws/")), await connect(server.ws_url("/ws/"))
+    clients += [ada, bob]
+    await ada.send(type="auth", token=token(rooms=["private-ada-x"]))
+    await bob.send(type="auth", token=token(sub="bob", rooms=["private-ada-x"]))
+    for c in (ada, bob):
+        await c.next("authenticated", after=0)
+        await c.send(type="subscribe", room="private-ada-x", sub="a")
+    await ada.settles_on(2, 2, room="private-ada-x")
+    reconnects = server.metric("rrr_redis_reconnects_total")
+
+    # Cut the process's pub/sub connection; its next SUBSCRIBE is held at the proxy for 4 s.
+    proxy.subscribe_delay = 4.0
+    assert rclient.client_kill_filter(_type="pubsub") >= 1
+    await wait_until(lambda: server.metric("rrr_redis_reconnects_total") > reconnects, what="reconnecting")
+    assert dict(rclient.pubsub_numsub(keys.CONTROL_CHANNEL))[keys.CONTROL_CHANNEL] == 0
+    signed_out = await AsyncHTTPClient().fetch(
+        server.base_url + "/api/users/ada/disconnect", method="POST", body="",
+        headers={"Authorization": "Bearer server-key"},
+    )
+    assert signed_out.code == 202
+    assert dict(rclient.pubsub_numsub(keys.CONTROL_CHANNEL))[keys.CONTROL_CHANNEL] == 0, "published to no one"
+    again = await connect(server.ws_url("/ws/"))  # ada signs in again after the sign-out: not revoked
+    clients.append(again)
+    await again.send(type="auth", token=rrr_client.token("ada", rooms=["private-ada-x"], secret=SECRET))
+    await again.next("authenticated", after=0)
+
+    await wait_until(lambda: dict(rclient.pubsub_numsub(keys.CONTROL_CHANNEL))[keys.CONTROL_CHANNEL] == 1,
+                     what="pub/sub back")
+    await asyncio.wait_for(ada.closed.wait(), 10)
+    assert ada.close_code == 4001
+    await asyncio.sleep(0.5)
+    assert not bob.closed.is_set() and not again.closed.is_set()
+    n = len(again.frames)
+    await again.send(type="ping")
+    await again.next("pong", after=n)
 
 
 async def test_an_auth_storm_checks_revocations_in_a_few_round_trips(

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +66,73 @@ async def test_workers_share_the_port_are_replaced_and_drain_on_sigterm(
         assert c.close_code == 1001
     assert await asyncio.to_thread(parent.proc.wait, 15) == 0
     assert rclient.zcard(keys.PROCS) == 0 and not rclient.exists(keys.presence("cores"))
+
+
+def gone(pid: int) -> bool:
+    """Exited (reaped, or a zombie nobody reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+async def test_each_worker_slot_backs_off_on_its_own(
+    app_factory: Callable[..., AppProcess], redis_url: str,
+) -> None:
+    """One slot's worker keeps dying young, so that slot waits longer and longer (here 6.4 s) before
+    its next start; the other slot's worker, which had served for a while, dies meanwhile and is
+    replaced at once. The parent used to sleep out the first slot's backoff before it even looked
+    at the second death: no worker at all for that long."""
+    started = time.monotonic()
+    parent = await asyncio.to_thread(app_factory, redis_url=redis_url, processes=2)
+    assert parent.proc is not None
+    pid = parent.proc.pid
+    await wait_until(lambda: len(children(pid)) == 2, what="two workers")
+    steady, victim = max(children(pid)), min(children(pid))
+    await asyncio.sleep(max(0.0, started + 6 - time.monotonic()))  # both have served over 5 s
+    for _ in range(6):  # a worker that served a while dies, then its slot's next five die young
+        os.kill(victim, signal.SIGKILL)
+        victim = await wait_until(lambda: next(iter(children(pid) - {steady, victim}), None), timeout=30,
+                                  what="the dying slot refilled")
+    os.kill(victim, signal.SIGKILL)  # its sixth young death in a row: that slot waits 6.4 s
+    os.kill(steady, signal.SIGKILL)  # and the other slot's worker, which had served a while, dies
+    replaced = await wait_until(lambda: children(pid) - {steady, victim}, timeout=3,
+                                what="the steady worker replaced while the other slot backs off")
+    assert len(replaced) == 1, replaced
+    await wait_until(lambda: len(children(pid) - {steady, victim}) == 2, timeout=30,
+                     what="the backing-off slot refilled too")
+    log = parent.log()
+    assert "starting another in 6.4 s" in log and f"worker {steady} died (signal SIGKILL) after" in log, log
+
+
+async def test_the_workers_drain_and_exit_when_the_parent_is_killed(
+    app_factory: Callable[..., AppProcess], redis_url: str, clients: list[Client], rclient: redis.Redis,
+) -> None:
+    """``kill -9`` of the parent left its workers serving as orphans, holding the port: a restart
+    failed with EADDRINUSE. Now they drain (presence out, sockets closed with 1001) and exit."""
+    parent = await asyncio.to_thread(app_factory, redis_url=redis_url, processes=2, presence_ttl=60)
+    assert parent.proc is not None
+    pid = parent.proc.pid
+    await wait_until(lambda: len(children(pid)) == 2 and rclient.zcard(keys.PROCS) == 2, what="two workers")
+    workers = children(pid)
+    socks = [await connect(f"ws://127.0.0.1:{parent.port}/ws/count/orphans/") for _ in range(4)]
+    clients += socks
+    await wait_until(lambda: room(parent.base_url, "orphans") == (4, 4), what="4 sockets counted")
+
+    await asyncio.to_thread(parent.kill)  # SIGKILL: no handler runs in the parent
+    try:
+        await wait_until(lambda: all(gone(w) for w in workers), timeout=15, what="every worker exited")
+    finally:
+        for w in workers:  # orphans would hold the port for the rest of the session
+            if not gone(w):
+                os.kill(w, signal.SIGKILL)
+    for c in socks:
+        await asyncio.wait_for(c.closed.wait(), 10)
+        assert c.close_code == 1001
+    # Presence removed by the drain itself, not left to expire (--presence-ttl is 60 s here).
+    assert rclient.zcard(keys.PROCS) == 0 and not rclient.exists(keys.presence("orphans"))
+    again = await asyncio.to_thread(app_factory, redis_url=redis_url, port=parent.port, processes=2)
+    assert room(again.base_url, "orphans") == (0, 0)
 
 
 @pytest.mark.parametrize("processes", [1, 2])

@@ -31,7 +31,8 @@ import tornado.websocket
 from tornado.httpclient import HTTPClientError
 
 from conftest import ROOT, Client, free_port, need_binary, wait_until
-from rrr.embedded import EmbeddedRedis, _die_with_parent
+from rrr.auth import mint
+from rrr.embedded import EmbeddedRedis, die_with_parent
 import production_fixtures
 from production_fixtures import (
     Cluster, Nginx, Script, SentinelGroup, abort, connect_many, http, port_open, wait_sync, ws_connect,
@@ -182,6 +183,40 @@ async def test_same_origin_foreign_origin_static_files_and_real_client_ip(
     via_nginx = [line for line in text.splitlines() if "viaNginx" in line]
     assert via_nginx and not any("6.6.6.6" in line for line in via_nginx), via_nginx
     assert "GET /static/" not in text, "static files should be served by nginx, not the app"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_no_token_and_no_long_path_in_the_nginx_or_app_logs(
+    redis_url: str, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
+) -> None:
+    """The one-room socket takes its token as ``?token=``: nginx's access log (its format) and the
+    app's lines (rrr/requestlog.py) show the path only, cut to 200 characters."""
+    secret = "production-logs-secret-of-decent-length"
+    cluster = cluster_factory(redis_url, n=1, token_secret=secret, log_level="debug")
+    front = cluster.nginx
+    good = mint("ada", secret=secret, rooms=["private-ada"])
+    ok = await ws_connect(front.ws_url(f"/ws/count/private-ada/?token={good}"), origin=front.origin)
+    ws_clients.append(ok)
+    await ok.settles_on(1, 1)
+    with pytest.raises(HTTPClientError) as refused:
+        await ws_connect(front.ws_url(f"/ws/count/private-ada/?token={good}x"), origin=front.origin)
+    assert refused.value.code == 403
+    long_path = "/" + "a" * 6000
+    assert (await http(f"{front.base_url}{long_path}?token={good}")).code == 404
+    ok.close()  # nginx logs a WebSocket when it ends
+
+    access = front.run_dir / "logs" / "access.log"
+    await wait_until(lambda: access.exists() and access.read_text().count("\n") >= 3, 10,
+                     what="three requests in nginx's access log")
+    texts = {"nginx access.log": access.read_text(), "app": cluster.apps[0].log()}
+    if front.error_log_path.exists():
+        texts["nginx error.log"] = front.error_log_path.read_text()
+    for name, text in texts.items():
+        assert good not in text and "token=" not in text, f"{name}:\n{text[-3000:]}"
+        longest = max(len(line) for line in text.splitlines())
+        assert longest < 1000, f"{name}: a line of {longest} characters"
+    assert '"GET /ws/count/private-ada/ HTTP/1.1" 101' in texts["nginx access.log"]
+    assert f'"GET /{"a" * 199} HTTP/1.1" 404' in texts["nginx access.log"]
 
 
 class _EchoHeaders(tornado.web.RequestHandler):
@@ -671,7 +706,7 @@ async def test_deploy_redis_conf_acl_user_is_enough_for_the_app(
     log = open(tmp_path / "redis.log", "ab")
     proc = subprocess.Popen(
         [binary, str(tmp_path / "redis.conf"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)],
-        stdout=log, stderr=log, preexec_fn=_die_with_parent,
+        stdout=log, stderr=log, preexec_fn=die_with_parent,
     )
     log.close()
     admin = redis.Redis(port=port, username="admin", password="admin-test-pw", socket_timeout=2)

@@ -54,6 +54,8 @@ class Quiet:
 
     def on_disconnect_user(self, user: str) -> None: ...
 
+    def on_control_subscribed(self) -> None: ...
+
 
 async def test_shutdown_finishes_with_an_unsubscribe_in_flight(redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)
