@@ -26,6 +26,7 @@ def test_a_wheel_builds_with_the_library_and_the_pins_of_pyproject(tmp_path: Pat
     assert "rrr/service.py" in names and "handlers/api.py" in names and "app.py" in names
     assert "rrr/django/views.py" in names and "rrr/django/templatetags/rrr.py" in names
     assert "rrr/django/static/rrr/django.js" in names
+    assert "rrr/pusher/protocol.py" in names and "rrr/pusher/signing.py" in names
     assert not [n for n in names if n.startswith(("tests/", "bench/", "deploy/"))]
     pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     required = [Requirement(line.split(": ", 1)[1]) for line in metadata.splitlines()
