@@ -8,6 +8,8 @@ process fixtures run ``app.py`` itself.
 from __future__ import annotations
 
 import asyncio
+import base64
+import http.server
 import json
 import os
 import shutil
@@ -15,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -518,3 +521,80 @@ class SlowReplyProxy(LoopbackRelay):
             await asyncio.gather(self.pipe(reader, up_writer, mark), self.pipe(up_reader, writer, hold))
         finally:
             self._writers -= {writer, up_writer}
+
+
+# -- the Pusher server SDK, talking to a recorder on loopback --------------------------------
+
+PUSHER_APP_ID = "4242"
+PUSHER_KEY = "278d425bdf160c739803"
+PUSHER_SECRET = "7ad3773142a6692b25b8"
+
+
+@dataclass
+class RecordedRequest:
+    """One HTTP request exactly as it arrived: the path and query as in the request line."""
+
+    method: str
+    path: str
+    query: str
+    body: bytes
+
+
+class RequestRecorder:
+    """A real HTTP server on 127.0.0.1 that answers every request ``200 {}`` and keeps it, so a
+    test can see what a client really sends (the Pusher SDKs sign requests as they build them)."""
+
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _record(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                path, _, query = self.path.partition("?")
+                recorder.requests.append(RecordedRequest(self.command, path, query, body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_GET = do_POST = _record
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread.start()
+
+    def last(self) -> RecordedRequest:
+        assert self.requests, "the client sent nothing"
+        return self.requests[-1]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def http_recorder() -> Iterator[RequestRecorder]:
+    recorder = RequestRecorder()
+    yield recorder
+    recorder.close()
+
+
+@pytest.fixture
+def pusher_sdk(http_recorder: RequestRecorder, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The real ``pusher`` Python SDK (a test dependency), pointed at `http_recorder` over plain
+    HTTP on loopback; never at a proxy from the environment. It has an encryption master key, as it
+    needs to authorize ``private-encrypted-`` channels."""
+    import pusher
+
+    monkeypatch.setenv("NO_PROXY", "*")
+    return pusher.Pusher(
+        app_id=PUSHER_APP_ID, key=PUSHER_KEY, secret=PUSHER_SECRET, host="127.0.0.1", port=http_recorder.port,
+        ssl=False, encryption_master_key_base64=base64.b64encode(b"k" * 32).decode(),
+    )
