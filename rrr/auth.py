@@ -372,6 +372,8 @@ class Verifier:
                 continue
             except jwt.PyJWTError as e:
                 raise TokenError(f"token refused: {e}") from None
+            except (ValueError, TypeError) as e:  # PyJWT's key preparation raises these, not PyJWTError
+                raise TokenError(f"token refused: {str(e)[:120]}") from None
         if unknown is not None and self.jwks is not None:
             raise UnknownKeyError(unknown)
         raise TokenError("token refused: Signature verification failed")
