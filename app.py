@@ -27,9 +27,9 @@ from handlers.base import SecureStaticFileHandler, guard_hosts
 from handlers.pages import CountPageHandler, IndexHandler
 from handlers.sockets import CountSocket, RelaySocket
 from rrr import workers
-from rrr.auth import Verifier
 from rrr.httpguard import make_http_server
 from rrr.httpsec import parse_hosts
+from rrr.jwks import JwksKeys, verifier_from_options
 from rrr.keepalive import Keepalive
 from rrr.limits import AddressLimits
 from rrr.policy import parse_origins
@@ -121,9 +121,22 @@ define(
     "max_connections", default=0, type=int,
     help="open connections before new ones get 503 and close (0: the descriptor limit less headroom)",
 )
-# Identity (rrr/auth.py): with neither key, private and presence rooms are refused.
-define("token_secret", default="", help="HS256 secret that signs client tokens (JWT)")
-define("token_public_key", default="", help="PEM file with the RS256/ES256 public key that verifies client tokens")
+# Identity (rrr/auth.py, rrr/jwks.py): with no key, private and presence rooms are refused.
+define(
+    "token_secret", default="",
+    help="HS256 secret that verifies client tokens (JWT); a comma list verifies with each (rotation)",
+)
+define(
+    "token_public_key", default="",
+    help="PEM file with the public key (RSA: RS256, EC P-256: ES256, Ed25519: EdDSA) that verifies client tokens",
+)
+define(
+    "token_jwks_url", default="",
+    help="https:// (or loopback http://) URL of a JWK Set, e.g. an OIDC provider's .well-known/jwks.json: its "
+    "RS256/ES256/EdDSA keys verify client tokens, chosen by kid",
+)
+define("token_audience", default="", help="when set, a token's aud must be or contain it")
+define("token_issuer", default="", help="when set, a token's iss must equal it")
 define("token_max_age", default=24 * 3600.0, type=float, help="refuse tokens whose exp lies further ahead (s)")
 define("history_size", default=100, type=int, help="messages kept per room for recovery (0: history off)")
 define("history_ttl", default=300.0, type=float, help="seconds a room's history outlives its last message (0: off)")
@@ -135,6 +148,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     started); ``overrides`` replace option values. ``main()`` and the tests both build it here."""
     o = {name: options[name] for name in options.as_dict()}
     o.update(overrides)
+    verifier = verifier_from_options(o)  # first: a bad key file or URL raises before anything starts
     service = Service(
         Settings(
             redis_url=o["redis_url"],
@@ -167,11 +181,10 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         history_ttl=o["history_ttl"] if o["history_size"] > 0 else 0.0,
     )
     hub.metrics.tracked_addresses.set_function(addresses.tracked)
-    public_key = Path(o["token_public_key"]).read_text() if o["token_public_key"] else ""
     api_token = o["api_token"] or o["publish_token"]
     sockets = dict(
         hub=hub,
-        verifier=Verifier(secret=o["token_secret"], public_key=public_key, max_age=o["token_max_age"]),
+        verifier=verifier,
         keepalive=Keepalive(o["ping_interval"], on_timeout=hub.metrics.ping_timeouts.inc),
         limits=Limits(
             client_publish=o["client_publish"],
@@ -235,6 +248,8 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         websocket_ping_interval=None,
         websocket_max_message_size=o["max_message_size"],
         service=service,
+        # Fetched by main() at start (JwksKeys.start), then kept current.
+        jwks=verifier.jwks,
         log_function=request_log,
         request_log=request_log,
         # What make_http_server needs, from the same options (main() and the tests both use it).
@@ -250,6 +265,18 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     return app
 
 
+def check_options() -> None:
+    """Run once the command line is parsed, before any worker forks or Redis starts: an option rrr
+    cannot use stops it with one line naming the option, not a traceback in every worker."""
+    try:
+        verifier_from_options({name: options[name] for name in options.as_dict()})
+    except ValueError as e:
+        raise SystemExit(f"rrr: {e}") from None
+
+
+options.add_parse_callback(check_options)
+
+
 async def main(redis_url: str, sockets: list[socket.socket] | None = None) -> None:
     """One rrr process on ``redis_url``: on ``sockets`` (a worker of ``--processes``, forked by
     `rrr.workers`, which also parses the options and starts the embedded Redis), else on
@@ -258,6 +285,9 @@ async def main(redis_url: str, sockets: list[socket.socket] | None = None) -> No
     app = make_app(redis_url=redis_url)
     service: Service = app.settings["service"]
     await service.start()
+    jwks: JwksKeys | None = app.settings["jwks"]
+    if jwks is not None:
+        await jwks.start(service.supervisor)
     if sockets is None:
         sockets = tornado.netutil.bind_sockets(options.port, options.address, backlog=options.backlog)
     server = make_http_server(app, service.metrics, **app.settings["http_server"])

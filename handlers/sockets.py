@@ -318,12 +318,29 @@ class CountSocket(RelaySocket):
             try:
                 self.identity = self.verifier.verify(token)
             except TokenError as e:
-                if needs_grant(room):
-                    raise tornado.web.HTTPError(403, f"bad token: {e.reason}") from None
+                if self.verifier.refetch_may_help(e):  # a key id the key set lacks: fetch it first
+                    return self._get_with_fresh_keys(token, *args, **kwargs)
+                self._refuse_bad_token(room, e)
+        return self._get_as_identified(*args, **kwargs)
+
+    def _get_as_identified(self, *args: str, **kwargs: str) -> Coroutine[Any, Any, None]:
         if self.identity is not None:
             return self._get_unless_revoked(self.identity, *args, **kwargs)
-        self._check_grant(room)
+        self._check_grant(args[0])
         return super().get(*args, **kwargs)
+
+    async def _get_with_fresh_keys(self, token: str, *args: str, **kwargs: str) -> None:
+        try:
+            self.identity = await self.verifier.verify_async(token)
+        except TokenError as e:
+            self._refuse_bad_token(args[0], e)
+        await self._get_as_identified(*args, **kwargs)
+
+    @staticmethod
+    def _refuse_bad_token(room: str, error: TokenError) -> None:
+        """403 where the room needs a grant; a public room opens without the identity."""
+        if needs_grant(room):
+            raise tornado.web.HTTPError(403, f"bad token: {error.reason}") from None
 
     async def _get_unless_revoked(self, identity: Identity, *args: str, **kwargs: str) -> None:
         try:

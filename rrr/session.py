@@ -285,7 +285,7 @@ class Session:
     async def _auth(self, token: str) -> None:
         """``auth`` first or any time; again to refresh. A bad token leaves the identity as it was."""
         try:
-            identity = self.verifier.verify(token)
+            identity = await self.verifier.verify_async(token)  # may wait for one refetch of a key set
         except TokenError as e:
             raise ProtocolError("bad_token", e.reason) from None
         if self.identity is not None and identity.user != self.identity.user:

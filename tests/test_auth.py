@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
 import json
@@ -10,11 +11,19 @@ import time
 from typing import Any
 
 import jwt
+import jwt.algorithms
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
-from rrr.auth import Grants, TokenError, Verifier, is_presence_room, mint, needs_grant
+from conftest import SigningKey, hand_signed
+from rrr.auth import (
+    JWKS_MAX_KEYS, Grants, TokenError, UnknownKeyError, Verifier, is_presence_room, key_from_pem, keys_from_jwks, mint,
+    needs_grant, split_secrets,
+)
+from rrr.jwks import JwksKeys, check_url
 
 SECRET = "a-secret-of-reasonable-length-for-hs256"
 NOW = 1_800_000_000.0
@@ -155,3 +164,214 @@ def test_the_client_helper_mints_what_the_server_accepts() -> None:
 
     who = Verifier(secret=SECRET).verify(token("bo", rooms=["private-bo-*"], publish=["private-bo-x"], secret=SECRET))
     assert who.may_read("private-bo-inbox") and who.may_publish("private-bo-x")
+
+
+# -- keys: several, chosen by kid, each pinned to its algorithm ---------------------------------
+
+
+def key_set(*keys: SigningKey) -> JwksKeys:
+    """A key set as `rrr.jwks` holds one once fetched (nothing is fetched here)."""
+    held = JwksKeys("https://issuer.example/.well-known/jwks.json")
+    held.keys = tuple(keys_from_jwks({"keys": [k.jwk() for k in keys]})[0])
+    return held
+
+
+RSA_KEY, EC_KEY, ED_KEY = SigningKey.new("RS256", "r1"), SigningKey.new("ES256", "e1"), SigningKey.new("EdDSA", "d1")
+
+
+def test_each_key_verifies_the_tokens_that_name_it() -> None:
+    verifier = Verifier(jwks=key_set(RSA_KEY, EC_KEY, ED_KEY))
+    for key in (RSA_KEY, EC_KEY, ED_KEY):
+        assert verifier.verify(key.sign(claims(sub=key.alg)), now=NOW).user == key.alg
+    # A kid names one key: another key's signature under it is a bad signature, not a search.
+    other_ec = SigningKey.new("ES256", "e1")
+    with pytest.raises(TokenError, match="Signature verification failed"):
+        verifier.verify(other_ec.sign(claims()), now=NOW)
+    with pytest.raises(UnknownKeyError, match="unknown key id 'e9'"):
+        verifier.verify(EC_KEY.sign(claims(), headers={"kid": "e9"}), now=NOW)
+
+
+def test_a_token_without_kid_is_tried_against_each_key_of_its_type() -> None:
+    first, second = SigningKey.new("ES256", "e1"), SigningKey.new("ES256", "e2")
+    verifier = Verifier(jwks=key_set(RSA_KEY, first, second))
+    for key in (first, second, RSA_KEY):
+        assert verifier.verify(key.sign(claims(), headers={"kid": None}), now=NOW).user == "user-42"
+    with pytest.raises(UnknownKeyError, match="no key here verifies 'EdDSA'"):
+        verifier.verify(ED_KEY.sign(claims(), headers={"kid": None}), now=NOW)
+    with pytest.raises(TokenError, match="Signature verification failed"):
+        verifier.verify(SigningKey.new("ES256", None).sign(claims()), now=NOW)
+
+
+@pytest.mark.parametrize(
+    "token, why",
+    [
+        # The RSA key's id on an ES256 token signed with the EC key: the key, not the header, decides.
+        (EC_KEY.sign(claims(), headers={"kid": "r1"}), "token algorithm 'ES256' does not match key 'r1' (RS256)"),
+        (RSA_KEY.sign(claims(), alg="RS512"), "token algorithm 'RS512' does not match key 'r1' (RS256)"),
+        (RSA_KEY.sign(claims(), alg="PS256"), "token algorithm 'PS256' does not match key 'r1' (RS256)"),
+        # The confusion attack: HS256 "signed" with the public key as the HMAC secret.
+        (hand_signed({"alg": "HS256", "kid": "r1"}, claims(), RSA_KEY.public_pem()),
+         "token algorithm 'HS256' does not match key 'r1' (RS256)"),
+        (hand_signed({"alg": "HS256", "kid": "r1"}, claims(), json.dumps(RSA_KEY.jwk()).encode()),
+         "token algorithm 'HS256' does not match key 'r1' (RS256)"),
+        (hand_signed({"alg": "HS256"}, claims(), RSA_KEY.public_pem()), "Signature verification failed"),
+        (hand_signed({"alg": "none", "kid": "r1"}, claims(), None), "token algorithm 'none' is not accepted"),
+        (hand_signed({"alg": "None"}, claims(), None), "token algorithm 'None' is not accepted"),
+        (hand_signed({"alg": "NONE", "kid": "d1"}, claims(), None), "token algorithm 'NONE' is not accepted"),
+        (hand_signed({"kid": "r1"}, claims(), None), "token algorithm None is not accepted"),
+        (hand_signed({"alg": "RS256", "kid": 7}, claims(), None), "Key ID header parameter must be a string"),
+    ],
+)
+def test_an_algorithm_that_does_not_match_its_key_is_refused(token: str, why: str) -> None:
+    verifier = Verifier(secret=SECRET, jwks=key_set(RSA_KEY, EC_KEY, ED_KEY))
+    with pytest.raises(TokenError) as e:
+        verifier.verify(token, now=NOW)
+    assert why in e.value.reason and not isinstance(e.value, UnknownKeyError)
+
+
+def test_without_a_secret_an_hmac_token_is_never_checked_against_a_public_key() -> None:
+    pem = RSA_KEY.public_pem()
+    for verifier in (Verifier(jwks=key_set(RSA_KEY)), Verifier(public_key=pem.decode())):
+        with pytest.raises(TokenError, match="'HS256' is not accepted here"):
+            verifier.verify(hand_signed({"alg": "HS256"}, claims(), pem), now=NOW)
+
+
+def test_an_rsa_key_whose_jwk_names_another_rsa_algorithm_verifies_that_one_only() -> None:
+    pss = SigningKey.new("PS256", "p1")
+    verifier = Verifier(jwks=key_set(pss))
+    assert verifier.verify(pss.sign(claims()), now=NOW).user == "user-42"
+    with pytest.raises(TokenError, match="'RS256' does not match key 'p1' \\(PS256\\)"):
+        verifier.verify(pss.sign(claims(), alg="RS256"), now=NOW)
+
+
+def test_the_pem_key_is_pinned_to_its_type_and_verifies_beside_the_key_set() -> None:
+    for key in (SigningKey.new("RS256", None), SigningKey.new("ES256", None), SigningKey.new("EdDSA", None)):
+        pinned = key_from_pem(key.public_pem())
+        assert pinned.alg == key.alg and pinned.kid is None
+        verifier = Verifier(public_key=key.public_pem().decode(), jwks=key_set(RSA_KEY))
+        # Many issuers always send a kid: the PEM key has none of its own, so it is tried for any.
+        assert verifier.verify(key.sign(claims(), headers={"kid": "anything"}), now=NOW).user == "user-42"
+        assert verifier.verify(RSA_KEY.sign(claims()), now=NOW).user == "user-42"
+    assert key_from_pem(pem_of(ED_KEY.private, private=True)).alg == "EdDSA"
+    assert key_from_pem(certificate_pem(EC_KEY.private)).alg == "ES256"
+    with pytest.raises(ValueError, match="unsupported key \\(EC secp384r1\\)"):
+        key_from_pem(pem_of(ec.generate_private_key(ec.SECP384R1()).public_key()))
+    with pytest.raises(ValueError, match="not a PEM public key"):
+        key_from_pem("-----BEGIN PUBLIC KEY-----\nnonsense\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(ValueError, match="not a PEM public key"):
+        Verifier(public_key="hello")
+
+
+def pem_of(key: Any, private: bool = False) -> bytes:
+    if private:
+        return bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return bytes(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def certificate_pem(private: Any) -> bytes:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer.example")])
+    start = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())
+            .serial_number(1).not_valid_before(start).not_valid_after(start + datetime.timedelta(days=3650))
+            .sign(private, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_a_key_set_keeps_the_keys_it_can_use_and_says_why_it_skips_the_others() -> None:
+    rsa_jwk, ec_jwk = RSA_KEY.jwk(), EC_KEY.jwk()
+    private_jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(ED_KEY.private)) | {"kid": "d1"}
+    document = {"keys": [
+        rsa_jwk,
+        {"kty": "oct", "k": "c2VjcmV0", "kid": "h1"},
+        ec_jwk | {"kid": "enc", "use": "enc"},
+        ec_jwk | {"kid": "p384", "crv": "P-384"},
+        rsa_jwk | {"kid": "rs-as-hs", "alg": "HS256"},
+        rsa_jwk | {"kid": "broken", "n": "!!"},
+        {"kty": "XYZ", "kid": "odd"},
+        "not a key",
+        ec_jwk,
+        private_jwk,
+    ]}
+    keys, notes = keys_from_jwks(document)
+    assert [(k.kid, k.alg) for k in keys] == [("r1", "RS256"), ("e1", "ES256"), ("d1", "EdDSA")]
+    text = "\n".join(notes)
+    for why in ("'h1'", "symmetric", "'enc'", "'use' is 'enc'", "'p384'", "'P-384'", "'rs-as-hs'",
+                "'HS256' does not fit a RSA key", "'broken'", "'odd'", "unsupported key type 'XYZ'",
+                "key 7 skipped: not a JSON object", "private part"):
+        assert why in text, why
+    # The private key's public half verifies; nothing else of it is kept.
+    assert Verifier(jwks=key_set(ED_KEY)).verify(ED_KEY.sign(claims()), now=NOW).user == "user-42"
+    junk: Any
+    for junk in ([], {"keys": {}}, {"no": "keys"}, "text"):
+        with pytest.raises(ValueError, match="not a JWK Set"):
+            keys_from_jwks(junk)
+    many, notes = keys_from_jwks({"keys": [ec_jwk] * (JWKS_MAX_KEYS + 3)})
+    assert len(many) == JWKS_MAX_KEYS and len(notes) == 3
+
+
+# -- audience and issuer ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, why",
+    [
+        ({"aud": "rrr", "iss": "https://issuer.example/"}, None),
+        ({"aud": ["other", "rrr"], "iss": "https://issuer.example/"}, None),
+        ({"iss": "https://issuer.example/"}, "'aud' must be or contain 'rrr' (--token-audience)"),
+        ({"aud": "other", "iss": "https://issuer.example/"}, "'aud' must be or contain 'rrr'"),
+        ({"aud": ["other"], "iss": "https://issuer.example/"}, "'aud' must be or contain 'rrr'"),
+        ({"aud": "rrrr", "iss": "https://issuer.example/"}, "'aud' must be or contain 'rrr'"),
+        ({"aud": "rrr"}, "'iss' must be 'https://issuer.example/' (--token-issuer)"),
+        ({"aud": "rrr", "iss": "https://issuer.example"}, "'iss' must be 'https://issuer.example/'"),
+    ],
+)
+def test_audience_and_issuer_when_set(extra: dict[str, Any], why: str | None) -> None:
+    strict = Verifier(secret=SECRET, jwks=key_set(EC_KEY), audience="rrr", issuer="https://issuer.example/")
+    for token in (hs(claims(**extra)), EC_KEY.sign(claims(**extra))):
+        if why is None:
+            assert strict.verify(token, now=NOW).user == "user-42"
+        else:
+            with pytest.raises(TokenError) as e:
+                strict.verify(token, now=NOW)
+            assert why in e.value.reason
+        # Unset, neither is looked at.
+        assert Verifier(secret=SECRET, jwks=key_set(EC_KEY)).verify(token, now=NOW).user == "user-42"
+
+
+# -- HMAC secrets: a comma list, for rotation ---------------------------------------------------
+
+
+def test_each_secret_of_a_comma_list_verifies() -> None:
+    new, old = "new-secret-of-reasonable-length-0001", "old-secret-of-reasonable-length-0002"
+    assert split_secrets(f" {new}, {old} ,,") == (new, old)
+    verifier = Verifier(secret=f"{new},{old}")
+    assert verifier.verify(hs(claims(sub="by-new"), secret=new), now=NOW).user == "by-new"
+    assert verifier.verify(hs(claims(sub="by-old"), secret=old), now=NOW).user == "by-old"
+    with pytest.raises(TokenError, match="Signature verification failed"):
+        verifier.verify(hs(claims(), secret=f"{new},{old}"), now=NOW)
+    # A signature that holds decides: the claims' faults are reported, not "bad signature".
+    with pytest.raises(TokenError, match="expired"):
+        verifier.verify(hs(claims(exp=int(NOW - 1)), secret=old), now=NOW)
+    assert "secret" not in repr(verifier) and new not in repr(verifier)
+
+
+# -- where keys may be fetched from ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "https://tenant.auth0.example/.well-known/jwks.json", "https://10.0.0.1/jwks", "http://127.0.0.1:8080/jwks.json",
+    "http://127.1.2.3/jwks", "http://[::1]:9000/jwks", "http://localhost/jwks", "http://LOCALHOST./jwks",
+])
+def test_key_sets_come_over_https_or_from_this_machine(url: str) -> None:
+    assert check_url(url) == url
+
+
+@pytest.mark.parametrize("url", [
+    "http://issuer.example/jwks.json", "http://10.0.0.1/jwks", "http://[::2]/jwks", "http://127.0.0.1.example/j",
+    "ftp://127.0.0.1/jwks", "file:///etc/jwks.json", "https://", "https:///path", "127.0.0.1/jwks", "http://[::1",
+    "http://127.0.0.1:99999/jwks",
+])
+def test_any_other_key_set_url_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="must be an https:// URL, or http:// to a loopback host"):
+        check_url(url)

@@ -3,7 +3,8 @@
 Optional: add ``"rrr.django"`` to ``INSTALLED_APPS`` (``pip install rrr[django]``). Settings:
 
 * ``RRR_REDIS_URL``: the rrr service's Redis (its ``--redis-url``); `publish_on_commit` writes there.
-* ``RRR_TOKEN_SECRET``: the service's ``--token-secret``; the token view signs with it.
+* ``RRR_TOKEN_SECRET``: the service's ``--token-secret``; the token view signs with it (with the
+  first of a comma list: the new secret of a rotation).
 * ``RRR_SOCKET_URL``: the service's socket, e.g. ``wss://rt.example.com/ws/``; the template tag
   loads the browser library from the same origin (``/static/js/rrr.js``).
 * ``RRR_PRESENCE_ROOMS`` (``[]``): the public ``presence-…`` rooms every signed-in user may join.

@@ -10,6 +10,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from rrr import client
+from rrr.auth import split_secrets
 
 Grants = dict[str, Any]
 
@@ -41,10 +42,13 @@ def grants_function() -> Callable[[Any], Grants]:
 
 
 def secret() -> str:
-    value = getattr(settings, "RRR_TOKEN_SECRET", "")
+    """The first secret of ``RRR_TOKEN_SECRET``. The setting usually mirrors the service's
+    ``RRR_TOKEN_SECRET``, and during a rotation that is ``new,old``: the service verifies with each,
+    tokens are signed with the new one."""
+    value = split_secrets(str(getattr(settings, "RRR_TOKEN_SECRET", "") or ""))
     if not value:
         raise ImproperlyConfigured("RRR_TOKEN_SECRET is not set (the rrr service's --token-secret)")
-    return str(value)
+    return value[0]
 
 
 def token_for(user: Any) -> str:

@@ -59,6 +59,12 @@ class TokenViewTests(TestCase):
         self.assertEqual((claims["rooms"], claims["publish"], claims["info"]),
                          (["presence-staff"], ["presence-staff"], {"name": "custom"}))
 
+    @override_settings(RRR_TOKEN_SECRET=f" {SECRET} , a-secret-being-rotated-out")
+    def test_during_a_rotation_tokens_are_signed_with_the_first_secret_of_the_list(self) -> None:
+        self.client.force_login(self.alice)
+        claims = jwt.decode(self.client.get("/rrr/token/").content.decode(), SECRET, algorithms=["HS256"])
+        self.assertEqual(claims["sub"], str(self.alice.pk))
+
     def test_only_get(self) -> None:
         self.client.force_login(self.alice)
         self.assertEqual(self.client.post("/rrr/token/").status_code, 405)
