@@ -119,7 +119,9 @@ export class WebSocketWire extends Wire {
       this.heard = true;
       this.emitFrame(event.data);
     };
-    // A failed connect fires error then close; close alone carries the decision.
+    // Browsers fire error then close; close carries the code. Before the handshake there is
+    // no code to wait for, and some runtimes (Node's undici) never fire that close at all.
+    ws.onerror = () => this.opened || this.end(1006, "the WebSocket could not open");
     ws.onclose = (event) => this.end(event.code, event.reason ?? "");
   }
 
@@ -137,7 +139,7 @@ export class WebSocketWire extends Wire {
   teardown() {
     const ws = this.#ws;
     if (!ws) return;
-    ws.onopen = ws.onmessage = ws.onclose = null;
+    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
     ws.close();
   }
 }
