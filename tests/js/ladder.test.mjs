@@ -135,6 +135,7 @@ test("below the top the ladder asks for background tries every few minutes; one 
   assert.equal(ladder.belowTop, false);
   ladder.ended(middlebox);
   assert.equal(ladder.belowTop, true);
+  ladder.ended(refused); // one failure to open on SSE meanwhile
   ladder.upgraded();
   assert.equal(ladder.current, "websocket");
   assert.equal(ladder.belowTop, false);

@@ -72,8 +72,12 @@ globalThis.fetch = (url, init = {}) =>
     init.signal?.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
     if (req.method === "POST" && autoPost) {
       answer(req, 202);
-      // A live server answers a ping on the stream.
-      if (req.frame.type === "ping") FakeEventSource.made.findLast((es) => !es.closed)?.event({ type: "pong" });
+      // A live server answers a ping on the stream, or on the long poll waiting.
+      if (req.frame.type === "ping") {
+        const poll = requests.findLast((r) => r.method === "GET" && !r.answered && r.url.startsWith(`${req.url}?seq=`));
+        if (poll) answer(poll, 200, { seq: Number(new URL(poll.url).searchParams.get("seq")) + 1, frames: [{ type: "pong" }] });
+        else FakeEventSource.made.findLast((es) => !es.closed)?.event({ type: "pong" });
+      }
     }
   });
 function answer(req, status, body = undefined, headers = {}) {
@@ -244,20 +248,18 @@ test("an SSE stream without a single event within 5 s (a buffering proxy) moves 
   assert.deepEqual(posted(`http://x/poll/${SESSION}/`).map((f) => f.type), ["hello", "subscribe"]);
   assert.equal(gets()[1].url, `http://x/poll/${SESSION}/?seq=0`);
 
+  // A backend's raw PUBLISH has no offset: only the poll's numbering keeps it from coming twice.
+  const raw = { type: "message", room: "lobby", data: "raw" };
   answer(gets()[1], 200, {
     seq: 2,
-    frames: [
-      { type: "subscribed", room: "lobby", sub: "A-1", offset: 4, epoch: "e1", recovered: false },
-      { type: "message", room: "lobby", offset: 5, epoch: "e1", data: "five" },
-    ],
+    frames: [{ type: "subscribed", room: "lobby", sub: "A-1", offset: 4, epoch: "e1", recovered: false }, raw],
   });
   await settle();
   assert.equal(gets()[2].url, `http://x/poll/${SESSION}/?seq=2`, "the next poll acknowledges both");
-  // Our acknowledgement was lost: the server sends frame 2 again, with a new one.
-  answer(gets()[2], 200, { seq: 3, frames: [{ type: "message", room: "lobby", offset: 5, epoch: "e1", data: "five" },
-    { type: "message", room: "lobby", offset: 6, epoch: "e1", data: "six" }] });
+  // That answer lost on its way (we pretend): the server sends frame 2 again, with a new one.
+  answer(gets()[2], 200, { seq: 3, frames: [raw, { type: "message", room: "lobby", offset: 5, epoch: "e1", data: "five" }] });
   await settle();
-  assert.deepEqual(tab.of("message").map((m) => m.data), ["five", "six"]);
+  assert.deepEqual(tab.of("message").map((m) => m.data), ["raw", "five"]);
   assert.equal(gets()[3].url, `http://x/poll/${SESSION}/?seq=3`);
 });
 
@@ -282,21 +284,29 @@ test("a close frame is the WebSocket close code: 4001 signs out, and the new ses
   });
 });
 
-test("a close frame 1001 (a draining server) reconnects at once, not after the backoff", async (t) => {
-  const { tab } = await owner(t, { transports: ["sse"] });
+test("a server draining (1001) is left at once, not after the backoff: another server takes us", async (t) => {
+  const { tab } = await owner(t, { transports: ["websocket"] });
   // A few failed tries first: the backoff has grown.
   for (let i = 0; i < 5; i++) {
-    FakeEventSource.made.at(-1).onerror();
+    FakeSocket.made.at(-1).refuse();
     waitForRetry(t, tab);
   }
-  assert.equal(FakeEventSource.made.length, 6);
-  const es = FakeEventSource.made.at(-1);
-  es.session();
-  await settle();
-  es.event({ type: "close", code: 1001, reason: "server shutting down" });
+  assert.equal(FakeSocket.made.length, 6);
+  // Accepted by a process that is shutting down: closed with 1001 before a single frame.
+  FakeSocket.made.at(-1).open();
+  FakeSocket.made.at(-1).onclose({ code: 1001, reason: "server shutting down" });
   const { retryAt } = tab.state();
   assert.ok(retryAt - Date.now() <= 500, `next try in ${retryAt - Date.now()} ms`);
   assert.equal(tab.of("error").length, 0);
+});
+
+test("over SSE a draining server's 1001 comes as the session's last frame: the same at once", async (t) => {
+  const sse = await owner(t, { transports: ["sse"] });
+  FakeEventSource.made[0].session();
+  await settle();
+  FakeEventSource.made[0].event({ type: "close", code: 1001, reason: "server shutting down" });
+  assert.equal(FakeEventSource.made[0].closed, true);
+  assert.ok(sse.tab.state().retryAt - Date.now() <= 500);
 });
 
 test("a POST answered 404 means the session is gone: a new one, with since", async (t) => {
@@ -345,12 +355,32 @@ test("below WebSocket, a background WebSocket moves the owner up without losing 
   ]);
   assert.deepEqual(tab.state(), { sharing: "sharedworker", transport: "websocket", status: "open", retryAt: null });
   assert.equal(mem.store.get("ws://x").transport, "websocket");
-  // The server recovers from `since`; a message published during the move comes once, live or replayed.
-  ws.frame({ type: "subscribed", room: "lobby", sub: "A-1", offset: 4, epoch: "e1", recovered: true });
-  ws.frame({ type: "message", room: "lobby", sub: "A-1", offset: 4, epoch: "e1", data: 4 });
-  ws.frame({ type: "message", room: "lobby", offset: 4, epoch: "e1", data: 4 });
+  // Published during the move: 4 while neither wire had the room, 5 live on the new one before its
+  // `subscribed`. The server recovers from `since`; each comes once, in order, live or replayed.
   ws.frame({ type: "message", room: "lobby", offset: 5, epoch: "e1", data: 5 });
-  assert.deepEqual(tab.of("message").map((m) => m.data), [1, 2, 3, 4, 5]);
+  ws.frame({ type: "subscribed", room: "lobby", sub: "A-1", offset: 5, epoch: "e1", recovered: true });
+  ws.frame({ type: "message", room: "lobby", sub: "A-1", offset: 4, epoch: "e1", data: 4 });
+  ws.frame({ type: "message", room: "lobby", sub: "A-1", offset: 5, epoch: "e1", data: 5 });
+  ws.frame({ type: "message", room: "lobby", offset: 5, epoch: "e1", data: 5 });
+  ws.frame({ type: "message", room: "lobby", offset: 6, epoch: "e1", data: 6 });
+  assert.deepEqual(tab.of("message").map((m) => m.data), [1, 2, 3, 4, 5, 6]);
+});
+
+test("moving up from long-polling leaves the polling session's rooms first (it would count us until it timed out)", async (t) => {
+  const { tab } = await owner(t, { remembered: { transport: "poll", at: Date.now() } });
+  answer(gets()[0], 200, { session: SESSION, seq: 0, frames: [] });
+  await settle();
+  await passUntil(t, () => FakeSocket.made.length === 1, UPGRADE_EVERY_MS * 1.25);
+  assert.equal(tab.state().transport, "poll", "polled all along");
+  const ws = FakeSocket.made[0];
+  ws.open();
+  ws.frame({ type: "pong" });
+  await settle();
+  assert.deepEqual(posted(`http://x/poll/${SESSION}/`).at(-1), { type: "unsubscribe", room: "lobby", sub: "A-1" });
+  assert.equal(tab.state().transport, "websocket");
+  const polls = gets().length;
+  await pass(t, 5_000);
+  assert.equal(gets().length, polls, "no more polls");
 });
 
 test("a background WebSocket that fails leaves the stream alone and is tried again later", async (t) => {
