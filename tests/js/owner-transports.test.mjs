@@ -286,6 +286,7 @@ test("a close frame is the WebSocket close code: 4001 signs out, and the new ses
 
 test("a server draining (1001) is left at once, not after the backoff: another server takes us", async (t) => {
   const { tab } = await owner(t, { transports: ["websocket"] });
+  t.mock.method(Math, "random", () => 0.999); // full jitter at its top: each wait as long as it may be
   // A few failed tries first: the backoff has grown.
   for (let i = 0; i < 5; i++) {
     FakeSocket.made.at(-1).refuse();
