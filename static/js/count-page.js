@@ -225,7 +225,8 @@ const room = rt.room(slug, {
     addMessage(typeof data === "string" ? data : JSON.stringify(data));
   },
   onError: ({ code, reason }) => {
-    if (code === "not_connected") restoreUnsent();
+    // Not sent, or refused by the server on its own (SSE and long-polling): the text goes back in the box.
+    if (code === "not_connected" || code === "refused") restoreUnsent();
     if (code === "forbidden" || code === "token_expired" || code === "no_token") showMembers({});
     addMessage(`${reason} (${code})`, "notice");
   },
