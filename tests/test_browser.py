@@ -128,9 +128,11 @@ def expect_counts(pages: list[Page], connections: int, tabs: int, within: float 
 
 
 def expect_connected(pages: list[Page], transport: str) -> None:
+    """Open, shared as ``transport`` says, over a WebSocket (what this server offers)."""
     for page in pages:
         expect(page.locator("#state")).to_have_attribute("data-status", "open", timeout=20_000)
         expect(page.locator("#state")).to_contain_text(TRANSPORT_TEXT[transport])
+        expect(page.locator("#state")).to_contain_text(" over WebSocket")
 
 
 def crash(page: Page) -> None:

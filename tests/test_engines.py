@@ -67,6 +67,11 @@ FIREFOX_INIT = {
 STATE_TEXT = {"sharedworker": "a SharedWorker", "leader": "a leader tab", "direct": "this tab's own socket"}
 
 
+def connected(sharing: str) -> str:
+    """#state once open: how the browser shares its connection, then the wire (a WebSocket here)."""
+    return f"Connected via {STATE_TEXT[sharing]} over WebSocket"
+
+
 class Tabs(Protocol):
     """Tabs of one browser profile (so they may share one SharedWorker)."""
 
@@ -420,7 +425,7 @@ def test_tabs_share_one_socket_get_each_message_once_and_follow_a_close(
     # (4) The transport the engine picked by itself.
     for tab in pages:
         until(lambda: status(browser, tab), "open", 10, f"tab {tab} status")
-        assert text(browser, tab, "#state") == f"Connected via {STATE_TEXT[EXPECTED_TRANSPORT[engine]]}"
+        assert text(browser, tab, "#state") == connected(EXPECTED_TRANSPORT[engine])
     until(lambda: sockets_by(server, EXPECTED_TRANSPORT[engine]), 1, 10, "hello transport")
     seen = {"browser": browser.version, "transport": EXPECTED_TRANSPORT[engine], "state": text(browser, 0, "#state")}
 
@@ -459,8 +464,7 @@ def test_tabs_come_back_after_server_restart(browser: Tabs, server: AppProcess, 
     until(lambda: room(server.base_url, slug)["tabs"], 3, 40, "tabs subscribed again")
     until(lambda: sockets(server), 1, 10, "open sockets after restart")
     for tab in pages:
-        until(lambda: text(browser, tab, "#state"), f"Connected via {STATE_TEXT[EXPECTED_TRANSPORT[engine]]}",
-              10, "state")
+        until(lambda: text(browser, tab, "#state"), connected(EXPECTED_TRANSPORT[engine]), 10, "state")
     assert publish(server.base_url, slug, TOKEN, "after the restart") == 202
     for tab in pages:
         until(lambda: messages(browser, tab), ["message:after the restart"], 10, f"tab {tab} messages")
@@ -481,7 +485,7 @@ def test_leader_tab_owns_the_socket_without_shared_worker(
 
     expect_counts(browser, [leader, *followers], connections=1, n=3)
     for tab in [leader, *followers]:
-        until(lambda: text(browser, tab, "#state"), f"Connected via {STATE_TEXT['leader']}", 10, f"tab {tab} state")
+        until(lambda: text(browser, tab, "#state"), connected("leader"), 10, f"tab {tab} state")
     until(lambda: sockets(server), 1, 10, "open sockets")
     until(lambda: sockets_by(server, "leader"), 1, 10, "hello transport=leader")
 
@@ -491,7 +495,7 @@ def test_leader_tab_owns_the_socket_without_shared_worker(
     assert publish(server.base_url, slug, TOKEN, "new leader") == 202
     for tab in followers:
         until(lambda: messages(browser, tab), ["message:new leader"], 10, f"tab {tab} messages")
-        assert text(browser, tab, "#state") == f"Connected via {STATE_TEXT['leader']}"
+        assert text(browser, tab, "#state") == connected("leader")
     assert browser.errors() == []
 
 
@@ -606,7 +610,7 @@ def test_without_shared_worker_or_broadcast_channel_each_tab_has_its_own_socket(
     assert browser.eval(pages[0], "[typeof SharedWorker, typeof BroadcastChannel]") == ["undefined", "undefined"]
     expect_counts(browser, pages, connections=3, n=3)
     for tab in pages:
-        until(lambda: text(browser, tab, "#state"), f"Connected via {STATE_TEXT['direct']}", 10, f"tab {tab} state")
+        until(lambda: text(browser, tab, "#state"), connected("direct"), 10, f"tab {tab} state")
     until(lambda: sockets_by(server, "direct"), 3, 10, "hello transport=direct")
     assert publish(server.base_url, slug, TOKEN, "to each socket") == 202
     for tab in pages:

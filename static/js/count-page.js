@@ -1,6 +1,6 @@
 /**
  * The count page (`/count/<slug>/`): live browsers and tabs in one room, the
- * socket's state, extra subscriptions to watch the numbers move, and the
+ * connection's state (how it is shared, which transport carries it), extra subscriptions to watch the numbers move, and the
  * room's messages; in a presence room (`presence-…`) who is here. Everything from
  * the network is rendered with textContent.
  */
@@ -14,11 +14,12 @@ const $ = (id) => document.getElementById(id);
 const main = document.querySelector("main.room");
 const slug = main.dataset.slug;
 
-const TRANSPORT_NAMES = {
+const SHARING_NAMES = {
   sharedworker: "a SharedWorker",
   leader: "a leader tab",
   direct: "this tab's own socket",
 };
+const TRANSPORT_NAMES = { websocket: "WebSocket", sse: "SSE", poll: "long-polling" };
 
 /** "just now", "12 s ago", "3 min ago"… for a unix time in seconds. */
 function ago(unixSeconds, now = Date.now()) {
@@ -38,7 +39,8 @@ function ago(unixSeconds, now = Date.now()) {
 function stateText(state) {
   switch (state.status) {
     case "open":
-      return `Connected via ${TRANSPORT_NAMES[state.transport] ?? state.transport}`;
+      // "Connected via a SharedWorker over SSE": how this browser shares it, then the wire.
+      return `Connected via ${SHARING_NAMES[state.sharing] ?? state.sharing} over ${TRANSPORT_NAMES[state.transport] ?? state.transport}`;
     case "reconnecting":
       return "Connection lost, reconnecting…";
     case "offline":
@@ -223,7 +225,8 @@ const room = rt.room(slug, {
     addMessage(typeof data === "string" ? data : JSON.stringify(data));
   },
   onError: ({ code, reason }) => {
-    if (code === "not_connected") restoreUnsent();
+    // Not sent, or refused by the server on its own (SSE and long-polling): the text goes back in the box.
+    if (code === "not_connected" || code === "refused") restoreUnsent();
     if (code === "forbidden" || code === "token_expired" || code === "no_token") showMembers({});
     addMessage(`${reason} (${code})`, "notice");
   },

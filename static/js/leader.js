@@ -1,14 +1,15 @@
 /**
  * Fallback when there is no SharedWorker (Safari before 16, Chrome on Android):
- * the tabs elect a leader with a Web Lock and the leader owns the socket.
+ * the tabs elect a leader with a Web Lock and the leader owns the connection.
  *
  * Every tab asks for the leader lock; the browser grants it to one tab and
  * queues the rest, so when the leader closes or crashes the next tab in the
  * queue is granted the lock without any timeout of ours. A new leader announces
  * itself on the BroadcastChannel and every follower attaches to it again with
  * all its subscriptions; the dead leader's socket took its subscriptions with it.
- * The lock and channel names carry the link version and the socket URL
- * (protocol.js), so two deploys or two endpoints on one origin never share a leader.
+ * The lock and channel names carry the link version, the socket URL and the
+ * transports allowed (protocol.js), so two deploys or two endpoints on one origin
+ * never share a leader.
  *
  * Channel messages:
  *   {to: "leader", tab, msg}  follower → leader (a tab-link message)
@@ -26,7 +27,7 @@ import { SocketOwner } from "./socket-owner.js";
  * @returns {import("./rrr.js").Link}
  */
 export function leaderLink(tab) {
-  const channel = new BroadcastChannel(channelName(tab.url));
+  const channel = new BroadcastChannel(channelName(tab.url, tab.transports));
   /** Set once this tab is the leader. @type {SocketOwner|null} */
   let owner = null;
   let closed = false;
@@ -53,9 +54,9 @@ export function leaderLink(tab) {
   }
 
   navigator.locks
-    .request(leaderLockName(tab.url), { signal: abort.signal }, () => {
+    .request(leaderLockName(tab.url, tab.transports), { signal: abort.signal }, () => {
       if (closed) return undefined;
-      owner = new SocketOwner({ url: tab.url, transport: "leader" });
+      owner = new SocketOwner({ url: tab.url, sharing: "leader", transports: tab.transports });
       channel.postMessage({ type: "leader" });
       tab.reannounce();
       // Hold the lock until close().
@@ -71,7 +72,7 @@ export function leaderLink(tab) {
     });
 
   return {
-    transport: "leader",
+    sharing: "leader",
     isLocal: () => owner !== null && !closed,
     send(envelope) {
       if (closed) return;

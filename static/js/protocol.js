@@ -2,7 +2,9 @@
  * Message shapes shared by the page, the SharedWorker and the leader tab.
  *
  * Two wires meet here:
- *  - the server wire (`/ws/`): JSON text frames, mirrored from `rrr/protocol.py`;
+ *  - the server wire (`/ws/`): JSON text frames, mirrored from `rrr/protocol.py`; the same
+ *    frames travel over the fallback transports (`/sse/` events and `/poll/` batches down,
+ *    one frame per POST up), whose few extra shapes are here too;
  *  - the tab link (page ⇄ socket owner): plain objects posted over a MessagePort,
  *    a BroadcastChannel or a direct call. Tabs forward server-shaped frames
  *    (subscribe, unsubscribe, publish) unchanged, wrapped in `{tab, msg}` so
@@ -17,7 +19,7 @@
  * serves a new page: it is part of the worker URL (and so the worker's
  * identity) and of the leader's lock and channel names.
  */
-export const LINK_VERSION = 4;
+export const LINK_VERSION = 5;
 
 export const SLUG_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -60,21 +62,51 @@ export const TOKEN_TIMEOUT_MS = 10_000;
 /** A token is refreshed once this share of its life (from the `authenticated` reply's exp) has passed. */
 export const REFRESH_AT = 0.8;
 
+/**
+ * An SSE stream that has not delivered one event (not even its session event) this long after
+ * it was started is behind a proxy that buffers it: the owner moves on to long-polling.
+ */
+export const SSE_SILENCE_MS = 5_000;
+
 export const BACKOFF_BASE_MS = 500;
 export const BACKOFF_CAP_MS = 30_000;
 
 // ---- names --------------------------------------------------------------------
-// Everything two tabs must agree on to share a socket carries the link version
-// and the socket URL: two deploys, or two endpoints, on one origin never mix.
+// Everything two tabs must agree on to share a connection carries the link version,
+// the socket URL and the transports allowed: two deploys, two endpoints, or two
+// pages that allow different transports on one origin never mix.
 
-/** Web Lock held by the tab that owns the socket in leader mode. */
-export function leaderLockName(socketUrl) {
-  return `rrr-leader/v${LINK_VERSION} ${socketUrl}`;
+/** The wire transports, best first: `connect({transports})` picks and orders a subset. */
+export const TRANSPORTS = Object.freeze(["websocket", "sse", "poll"]);
+
+/**
+ * A `transports` option made safe: a non-empty array of distinct known names, in the
+ * page's order (undefined: all of them). Anything else is the page's mistake: TypeError.
+ * @param {unknown} [value]
+ * @returns {string[]}
+ */
+export function transportList(value = TRANSPORTS) {
+  if (!Array.isArray(value) || value.length === 0) {
+    throw new TypeError(`rrr: transports must be a non-empty array of ${TRANSPORTS.join(", ")}`);
+  }
+  for (const name of value) {
+    if (!TRANSPORTS.includes(name)) throw new TypeError(`rrr: unknown transport: ${String(name)}`);
+  }
+  if (new Set(value).size !== value.length) throw new TypeError("rrr: a transport is named twice");
+  return [...value];
+}
+
+/** What a shared name says about the endpoint: the socket URL, then the transports allowed. */
+const endpointOf = (socketUrl, transports) => `${socketUrl} ${transportList(transports).join(",")}`;
+
+/** Web Lock held by the tab that owns the connection in leader mode. */
+export function leaderLockName(socketUrl, transports = TRANSPORTS) {
+  return `rrr-leader/v${LINK_VERSION} ${endpointOf(socketUrl, transports)}`;
 }
 
 /** BroadcastChannel the leader and its followers talk on. */
-export function channelName(socketUrl) {
-  return `rrr/v${LINK_VERSION} ${socketUrl}`;
+export function channelName(socketUrl, transports = TRANSPORTS) {
+  return `rrr/v${LINK_VERSION} ${endpointOf(socketUrl, transports)}`;
 }
 
 /**
@@ -96,18 +128,36 @@ export function linkVersionOfWorkerUrl(scriptUrl) {
 }
 
 /**
- * SharedWorkers are matched by script URL and name. Putting the link version and
- * the socket URL in the name means tabs of different link versions or endpoints
+ * SharedWorkers are matched by script URL and name. Putting the link version, the
+ * socket URL and the transports in the name means tabs that differ in any of them
  * never share a worker, and the worker learns its endpoint without a handshake.
  */
-export function workerName(socketUrl) {
-  return `rrr/${LINK_VERSION} ${socketUrl}`;
+export function workerName(socketUrl, transports = TRANSPORTS) {
+  return `rrr/${LINK_VERSION} ${endpointOf(socketUrl, transports)}`;
 }
 
-/** Inverse of workerName(); falls back to the default URL for a foreign name. */
-export function socketUrlFromWorkerName(name, loc = globalThis.location) {
+/**
+ * Inverse of workerName(): the socket URL and transports; a foreign name gives the
+ * default URL and every transport.
+ * @returns {{url: string, transports: string[]}}
+ */
+export function endpointFromWorkerName(name, loc = globalThis.location) {
   const prefix = `rrr/${LINK_VERSION} `;
-  return name.startsWith(prefix) ? name.slice(prefix.length) : defaultSocketUrl(loc);
+  if (name.startsWith(prefix)) {
+    const rest = name.slice(prefix.length);
+    const at = rest.lastIndexOf(" ");
+    try {
+      if (at > 0) return { url: rest.slice(0, at), transports: transportList(rest.slice(at + 1).split(",")) };
+    } catch {
+      // a name of our prefix that we did not write: as foreign
+    }
+  }
+  return { url: defaultSocketUrl(loc), transports: [...TRANSPORTS] };
+}
+
+/** The socket URL a worker's name carries (see endpointFromWorkerName). */
+export function socketUrlFromWorkerName(name, loc = globalThis.location) {
+  return endpointFromWorkerName(name, loc).url;
 }
 
 /** Each tab holds this lock while it is shown; its owner waits on it to learn when the tab is gone. */
@@ -119,6 +169,25 @@ export function tabLockName(tabId) {
 export function defaultSocketUrl(loc = globalThis.location) {
   const proto = loc.protocol === "https:" ? "wss:" : "ws:";
   return `${proto}//${loc.host}/ws/`;
+}
+
+/**
+ * Where each transport of a `/ws/` endpoint lives: `/sse/` and `/poll/` beside it, over
+ * http(s) on the same host (`wss://h/rt/ws/` → `https://h/rt/sse/`, `https://h/rt/poll/`).
+ * @param {string} socketUrl
+ * @returns {{websocket: string, sse: string, poll: string}}
+ */
+export function transportUrls(socketUrl) {
+  const ws = new URL(socketUrl);
+  const http = new URL(`${ws.protocol === "wss:" ? "https:" : "http:"}//${ws.host}${ws.pathname}`);
+  return { websocket: ws.href, sse: new URL("../sse/", http).href, poll: new URL("../poll/", http).href };
+}
+
+/** The key the transport that worked is remembered under: the service's origin. */
+export function transportMemoryKey(socketUrl) {
+  const { websocket } = transportUrls(socketUrl);
+  const url = new URL(websocket);
+  return `${url.protocol}//${url.host}`;
 }
 
 /**
@@ -158,8 +227,12 @@ export const subscribeFrame = (room, sub, since = null) => {
 export const unsubscribeFrame = (room, sub) => ({ type: "unsubscribe", room, sub });
 export const publishFrame = (room, data) => ({ type: "publish", room, data });
 export const pingFrame = () => ({ type: "ping" });
-/** @param {"sharedworker"|"leader"|"direct"} transport */
-export const helloFrame = (transport) => ({ type: "hello", transport });
+/**
+ * The `transport` field says how the browser shares its connection (the server counts
+ * connections by it, `rrr_sockets_by_transport`), not which wire carries it.
+ * @param {"sharedworker"|"leader"|"direct"} sharing
+ */
+export const helloFrame = (sharing) => ({ type: "hello", transport: sharing });
 export const authFrame = (token) => ({ type: "auth", token });
 
 /** Rooms the server refuses without a granting token (`rrr/auth.py` needs_grant). */
@@ -266,7 +339,7 @@ export function subscribedPosition(position, frame) {
 // ---- server → client frames -------------------------------------------------
 
 const SERVER_TYPES = new Set([
-  "connection_message", "message", "pong", "error", "authenticated", "presence", "presence_diff", "subscribed",
+  "connection_message", "message", "pong", "error", "authenticated", "presence", "presence_diff", "subscribed", "close",
 ]);
 const ROOM_TYPES = new Set(["connection_message", "message", "presence", "presence_diff", "subscribed"]);
 
@@ -284,6 +357,14 @@ export function parseServerFrame(text) {
   } catch {
     return null;
   }
+  return checkServerFrame(frame);
+}
+
+/**
+ * parseServerFrame() for a frame already parsed (long-polling answers carry frames as JSON values).
+ * @param {unknown} frame
+ */
+export function checkServerFrame(frame) {
   if (frame === null || typeof frame !== "object" || !SERVER_TYPES.has(frame.type)) return null;
   if (ROOM_TYPES.has(frame.type) && !isSlug(frame.room)) return null;
   if (frame.type === "presence" && !isMap(frame.members)) return null;
@@ -293,7 +374,66 @@ export function parseServerFrame(text) {
   if (frame.type === "message" && "offset" in frame && !(Number.isSafeInteger(frame.offset) && typeof frame.epoch === "string")) {
     return null;
   }
+  if (frame.type === "close" && !isCloseCode(frame.code)) return null;
+  if (frame.type === "close" && "reason" in frame && typeof frame.reason !== "string") return null;
   return frame;
+}
+
+/** A WebSocket close code a server may send (RFC 6455: 1000-1015 in use, 3000-4999 registered or private). */
+const isCloseCode = (code) => Number.isInteger(code) && code >= 1000 && code <= 4999;
+
+// ---- fallback transports (SSE and long-polling) -------------------------------------------
+// `GET /sse/` streams the frames of `/ws/` as SSE events, after one `{"type": "session",
+// "session": <id>}` event; `GET /poll/` opens a session and answers `{session, seq: 0, frames: []}`,
+// and `GET /poll/<session>/?seq=<n>` answers the frames after n as `{seq, frames}`. Client frames
+// go up one per `POST /sse/<session>/` (or `/poll/<session>/`). A session the server ends sends
+// `{"type": "close", code, reason}` last, with the code a WebSocket would have closed with.
+
+/** A session id as the server makes them (at least 128 bits in URL-safe base64); capped. */
+export const SESSION_RE = /^[A-Za-z0-9_-]{22,256}$/;
+
+/**
+ * The session id an SSE stream's first event names, or null when it is not a session event.
+ * @param {string} data the event's data
+ */
+export function sessionOf(data) {
+  let event;
+  try {
+    event = JSON.parse(data);
+  } catch {
+    return null;
+  }
+  return isMap(event) && event.type === "session" && typeof event.session === "string" && SESSION_RE.test(event.session)
+    ? event.session
+    : null;
+}
+
+/**
+ * A long-poll answer, after frame `after` had been taken: the frames not taken yet, in
+ * order, and the new `seq` to acknowledge them with. The server numbers a session's frames
+ * from 1 and answers `seq` = the number of the last frame it sends; frames it sends again
+ * (an earlier answer was lost) are numbered as before, so none is taken twice. Null for an
+ * answer that is not `{seq, frames}` with the frames numbered from 1.
+ * @param {unknown} body
+ * @param {number} after
+ * @returns {{seq: number, frames: unknown[]}|null}
+ */
+export function pollBatch(body, after) {
+  if (!isMap(body) || !Number.isSafeInteger(body.seq) || body.seq < 0 || !Array.isArray(body.frames)) return null;
+  const first = body.seq - body.frames.length + 1; // the number of frames[0]
+  if (first < 1 && body.frames.length > 0) return null;
+  return { seq: Math.max(after, body.seq), frames: body.frames.filter((_, i) => first + i > after) };
+}
+
+/**
+ * The answer to `GET /poll/`: the new session and its first batch (normally none), or null.
+ * @param {unknown} body
+ * @returns {{session: string, seq: number, frames: unknown[]}|null}
+ */
+export function pollOpening(body) {
+  const batch = pollBatch(body, 0);
+  if (!batch || typeof body.session !== "string" || !SESSION_RE.test(body.session)) return null;
+  return { session: body.session, ...batch };
 }
 
 const isMap = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
@@ -370,8 +510,10 @@ export const noTokenError = (room, sub, reason) => ({
 export const aliveMsg = () => ({ type: "alive" });
 
 /**
- * Where the shared socket stands.
- * @typedef {{transport: string, status: "connecting"|"open"|"reconnecting"|"offline",
+ * Where the shared connection stands: how the browser shares it (`sharing`: "sharedworker",
+ * "leader" or "direct"), which wire it uses or tries (`transport`: "websocket", "sse" or
+ * "poll"), and its status.
+ * @typedef {{sharing: string, transport: string, status: "connecting"|"open"|"reconnecting"|"offline",
  *            retryAt: number|null}} LinkState
  * @param {LinkState} state
  */

@@ -7,15 +7,17 @@
  *   room.publish({ hi: 1 });
  *   room.leave();
  *   rt.retryNow();   // while reconnecting or offline: try now instead of waiting
- *   rt.close();   // leave every room; release the socket, locks, timers
+ *   rt.close();   // leave every room; release the connection, locks, timers
  *
- * The page never learns which transport it got; `rt.transport` and the state
- * passed to onState say it. Transports, best first:
- *   1. "sharedworker": a SharedWorker owns the socket for the whole profile;
+ * The page never has to know how it is connected; `rt.sharing`, `rt.transport` and the
+ * state passed to onState say it. How the browser shares one connection, best first:
+ *   1. "sharedworker": a SharedWorker owns it for the whole profile;
  *   2. "leader": tabs elect a leader with Web Locks and relay over a BroadcastChannel;
- *   3. "direct": this tab owns a socket of its own.
- * In every case a SocketOwner holds the socket, and this tab talks to it over a
- * Link with the same tab-link messages (see protocol.js).
+ *   3. "direct": this tab owns a connection of its own.
+ * In every case a SocketOwner holds the connection, and this tab talks to it over a
+ * Link with the same tab-link messages (see protocol.js). The owner picks the wire
+ * (`rt.transport`): "websocket", else "sse", else "poll" (see ladder.js), among those
+ * `connect({transports})` allows.
  */
 import { leaderLink } from "./leader.js";
 import {
@@ -24,6 +26,7 @@ import {
   OWNER_START_TIMEOUT_MS,
   PROBE_TIMEOUT_MS,
   SLUG_RE,
+  TRANSPORTS,
   advance,
   applyPresenceDiff,
   attachMsg,
@@ -41,6 +44,7 @@ import {
   subscribedPosition,
   tabLockName,
   tokenReplyMsg,
+  transportList,
   unsubscribeFrame,
   workerName,
   workerScriptUrl,
@@ -48,18 +52,19 @@ import {
 import { SocketOwner } from "./socket-owner.js";
 
 /**
- * What a transport needs from the tab.
+ * What a sharing mode needs from the tab.
  * @typedef {object} TabSide
  * @property {string} url socket URL
+ * @property {string[]} transports the wires the owner may use, best first
  * @property {string} tabId
  * @property {(msg: object) => void} deliver hand a message from the owner to this tab
  * @property {() => void} reannounce attach again with every subscription (new owner)
  * @property {() => void} relink this link is gone (e.g. a leader lost its lock): make a new one of the same kind
- * @property {() => void} fail this transport cannot work: try the next one
+ * @property {() => void} fail this sharing mode cannot work: try the next one
  *
- * A transport, as the tab sees it.
+ * A sharing mode, as the tab sees it.
  * @typedef {object} Link
- * @property {string} transport
+ * @property {string} sharing
  * @property {() => boolean} isLocal whether the owner lives in this very page
  * @property {(envelope: {tab: string, msg: object}) => void} send
  * @property {() => void} close release everything the link holds (port, channel, lock, socket)
@@ -97,13 +102,13 @@ function workerUrl() {
 
 /** @param {TabSide} tab @returns {Link} */
 function sharedWorkerLink(tab) {
-  const worker = new SharedWorker(workerUrl(), { type: "module", name: workerName(tab.url) });
+  const worker = new SharedWorker(workerUrl(), { type: "module", name: workerName(tab.url, tab.transports) });
   // Fired when the script cannot load or parse (e.g. no module workers): fall back.
   worker.onerror = () => tab.fail();
   // A worker whose protocol.js is of another link version refuses to serve.
   worker.port.onmessage = ({ data }) => (data?.type === "unsupported" ? tab.fail() : tab.deliver(data));
   return {
-    transport: "sharedworker",
+    sharing: "sharedworker",
     isLocal: () => false,
     send: (envelope) => worker.port.postMessage(envelope),
     close() {
@@ -115,19 +120,19 @@ function sharedWorkerLink(tab) {
 
 /** @param {TabSide} tab @returns {Link} */
 function directLink(tab) {
-  const owner = new SocketOwner({ url: tab.url, transport: "direct" });
+  const owner = new SocketOwner({ url: tab.url, sharing: "direct", transports: tab.transports });
   // Deliver asynchronously, as postMessage would, so the owner never re-enters the page mid-call.
   const self = { send: (msg) => queueMicrotask(() => tab.deliver(msg)) };
   return {
-    transport: "direct",
+    sharing: "direct",
     isLocal: () => true,
     send: (envelope) => owner.receive(envelope.tab, envelope.msg, self),
     close: () => owner.close(),
   };
 }
 
-/** The ladder, best first; `usable` is checked before a rung is tried. */
-const TRANSPORTS = [
+/** The sharing modes, best first; `usable` is checked before one is tried. */
+const SHARING = [
   { usable: () => typeof SharedWorker === "function", make: sharedWorkerLink },
   {
     usable: () => typeof BroadcastChannel === "function" && Boolean(globalThis.navigator?.locks),
@@ -162,6 +167,8 @@ function holdTabLock(tabId) {
 class Runtime {
   /** @type {Map<string, {room: string, handlers: RoomHandlers, members: Record<string, object>|null}>} sub id → handle */
   #handles = new Map();
+  /** The wires the owner may use, best first (connect's `transports`). */
+  #transports;
   /** The page's getToken, or null. */
   #getToken;
   /** @type {((identity: {user: string, exp: number}) => void)|null} */
@@ -191,10 +198,11 @@ class Runtime {
   #timers = [];
   #listening = new AbortController();
   /** @type {import("./protocol.js").LinkState} */
-  #state = { transport: "none", status: "connecting", retryAt: null };
+  #state = { sharing: "none", transport: "none", status: "connecting", retryAt: null };
 
-  constructor(url, getToken = null, onAuth = null) {
+  constructor(url, getToken = null, onAuth = null, transports = TRANSPORTS) {
     this.url = url;
+    this.#transports = transports;
     this.#getToken = typeof getToken === "function" ? getToken : null;
     this.#onAuth = typeof onAuth === "function" ? onAuth : null;
     this.tabId = randomId();
@@ -211,9 +219,14 @@ class Runtime {
     addEventListener("pageshow", (event) => event.persisted && this.#show(), opts);
   }
 
-  /** "sharedworker" | "leader" | "direct" */
+  /** The wire in use (or being tried): "websocket" | "sse" | "poll"; "none" until the owner says. */
   get transport() {
     return this.#state.transport;
+  }
+
+  /** How this browser shares its one connection: "sharedworker" | "leader" | "direct" ("none" before a link). */
+  get sharing() {
+    return this.#state.sharing;
   }
 
   /** @returns {import("./protocol.js").LinkState} */
@@ -277,21 +290,22 @@ class Runtime {
     this.#handles.clear();
   }
 
-  /** Take the next usable transport down the ladder; called at start and when one fails. */
+  /** Take the next usable sharing mode; called at start and when one fails. */
   #nextTransport() {
     this.#dropLink();
-    while (++this.#rung < TRANSPORTS.length) {
+    while (++this.#rung < SHARING.length) {
       if (this.#makeLink()) return;
     }
   }
 
   /** Make a link of the current rung; false when it is not usable here. */
   #makeLink() {
-    const { usable, make } = TRANSPORTS[this.#rung];
+    const { usable, make } = SHARING[this.#rung];
     if (!usable()) return false;
     /** @type {TabSide} */
     const side = {
       url: this.url,
+      transports: this.#transports,
       tabId: this.tabId,
       // A link we left behind may still talk; ignore it.
       deliver: (msg) => side === this.#side && this.#deliver(msg),
@@ -309,7 +323,7 @@ class Runtime {
     this.#linkAt = this.#lastHeard = Date.now();
     this.#heard = false;
     this.#probeAt = 0;
-    this.#setState({ transport: this.#link.transport, status: "connecting", retryAt: null });
+    this.#setState({ sharing: this.#link.sharing, transport: "none", status: "connecting", retryAt: null });
     this.#announce();
     return true;
   }
@@ -332,7 +346,7 @@ class Runtime {
    * The owner went quiet, was probed and did not answer: it is dead (a
    * terminated worker, a hung leader), and a new link of the same kind is made
    * (a new worker, a new election). A link that never answered at all within
-   * OWNER_START_TIMEOUT_MS is given up for the next transport (a worker that
+   * OWNER_START_TIMEOUT_MS is given up for the next sharing mode (a worker that
    * hangs whenever it is started, a leader lock nobody lets go of).
    */
   #checkOwner() {
@@ -515,13 +529,16 @@ function call2(fn, a, b) {
 
 /**
  * @param {{url?: string, getToken?: () => Promise<string>,
- *          onAuth?: (identity: {user: string, exp: number}) => void}} [options]
- *   url defaults to `/ws/` on this page's host. getToken returns a JWT from the
- *   application; the socket owner asks a page for one on every (re)connect before
- *   it subscribes private and presence rooms, and again at 80 % of each token's life.
- *   onAuth hears each `authenticated` reply (the user and the token's exp).
+ *          onAuth?: (identity: {user: string, exp: number}) => void,
+ *          transports?: ("websocket"|"sse"|"poll")[]}} [options]
+ *   url defaults to `/ws/` on this page's host (`/sse/` and `/poll/` are beside it).
+ *   getToken returns a JWT from the application; the owner asks a page for one on
+ *   every (re)connect before it subscribes private and presence rooms, and again at
+ *   80 % of each token's life. onAuth hears each `authenticated` reply (the user and
+ *   the token's exp). transports: which wires may be used, best first (default all
+ *   three); anything but a non-empty list of distinct names of them throws TypeError.
  * @returns {Runtime}
  */
-export function connect({ url, getToken, onAuth } = {}) {
-  return new Runtime(url ?? defaultSocketUrl(), getToken ?? null, onAuth ?? null);
+export function connect({ url, getToken, onAuth, transports } = {}) {
+  return new Runtime(url ?? defaultSocketUrl(), getToken ?? null, onAuth ?? null, transportList(transports));
 }

@@ -1,24 +1,34 @@
 /**
- * The one place that owns a `/ws/` socket on behalf of many tabs.
+ * The one place that owns the connection to the server on behalf of many tabs.
  *
  * Used by the SharedWorker (tabs on MessagePorts), by the leader tab (tabs on a
  * BroadcastChannel, itself included) and by the direct path (a single tab in
  * the same page). It only ever sees tabs through a `TabLink`, so the three
- * transports share every rule: one subscription per room handle, resubscribe
+ * sharing modes share every rule: one subscription per room handle, resubscribe
  * all of them after a reconnect, fan each server frame out to the tabs in its
  * room, and forget tabs that are gone so the server's count stays honest.
- * The socket's identity (tokens from tabs, `auth`, refresh) is the TokenExchange's
- * (token-exchange.js); the owner tells it what happens to the socket and the tabs.
+ *
+ * The connection is a wire (wires.js): a WebSocket, an SSE stream or long-polling, each
+ * carrying the frames of `/ws/`. Which one is the Ladder's choice (ladder.js); the owner
+ * tells it how each wire ended, remembers what worked per origin (transport-memory.js),
+ * and below the best transport tries that one in the background every few minutes,
+ * moving up once it delivers a frame. Moving to another wire is a reconnect like any
+ * other: every subscription goes again with `since`, so nothing is lost or repeated.
+ * The connection's identity (tokens from tabs, `auth`, refresh) is the TokenExchange's
+ * (token-exchange.js); the owner tells it what happens to the wire and the tabs.
  */
+import { Ladder, upgradeDelay } from "./ladder.js";
 import {
   CONNECT_TIMEOUT_MS,
   HEARTBEAT_MS,
   PING_INTERVAL_MS,
   SLUG_RE,
   TAB_TIMEOUT_MS,
+  TRANSPORTS,
   advance,
   aliveMsg,
   backoffDelay,
+  checkServerFrame,
   errorTabs,
   helloFrame,
   needsToken,
@@ -31,9 +41,17 @@ import {
   subscribeFrame,
   subscribedPosition,
   tabLockName,
+  transportList,
+  transportMemoryKey,
+  transportUrls,
   unsubscribeFrame,
 } from "./protocol.js";
 import { TokenExchange } from "./token-exchange.js";
+import { openTransportMemory, recall } from "./transport-memory.js";
+import { makeWire } from "./wires.js";
+
+/** The owner waits at most this long for the memory of what worked before its first connection. */
+export const MEMORY_WAIT_MS = 500;
 
 /**
  * @typedef {object} TabLink How the owner reaches one tab.
@@ -185,8 +203,21 @@ export class SocketOwner {
   #positions = new Map();
   /** Tab ids whose Web Lock we already wait on (a restored tab must not queue a second waiter). */
   #watching = new Set();
-  /** @type {WebSocket|null} */
-  #ws = null;
+  /** The wire in use or being opened (wires.js). @type {import("./wires.js").WebSocketWire|import("./wires.js").SseWire|import("./wires.js").PollWire|null} */
+  #wire = null;
+  /** Whether the current wire has heard the server yet (told to the ladder and the memory once). */
+  #wireWorked = false;
+  /** A wire of the best transport, tried in the background while a lower one is in use. */
+  #probe = null;
+  #probeTimer = 0;
+  #upgradeTimer = 0;
+  #ladder;
+  #urls;
+  /** @type {import("./transport-memory.js").TransportMemory|null} */
+  #memory;
+  #memoryKey;
+  /** Bumped by each start and stop: a memory answer for an earlier start is ignored. */
+  #run = 0;
   #attempt = 0;
   #retryTimer = 0;
   #connectTimer = 0;
@@ -202,26 +233,39 @@ export class SocketOwner {
   #online = globalThis.navigator?.onLine !== false;
   /** @type {import("./protocol.js").LinkState} */
   #state;
-  /** This socket's identity: private and presence subscriptions go to the server only while `ok`. */
+  /** This connection's identity: private and presence subscriptions go to the server only while `ok`. */
   #tokens = new TokenExchange({
     tabs: this.#tabs,
-    isOpen: () => this.#ws?.readyState === WebSocket.OPEN,
+    isOpen: () => this.#wire?.isOpen === true,
     send: (frame) => this.#send(frame),
     onIdentity: (identity, first) => this.#onIdentity(identity, first),
   });
 
   /**
-   * @param {{url: string, transport: "sharedworker"|"leader"|"direct"}} options
+   * @param {{url: string, sharing: "sharedworker"|"leader"|"direct", transports?: string[],
+   *          memory?: import("./transport-memory.js").TransportMemory|null}} options
+   *   url: the `/ws/` endpoint (`/sse/` and `/poll/` are found beside it); transports: which
+   *   wires to try, best first (default all); memory: where what worked is remembered
+   *   (default IndexedDB where there is one; null: nothing is remembered)
    */
-  constructor({ url, transport }) {
+  constructor({ url, sharing, transports = TRANSPORTS, memory = openTransportMemory() }) {
     this.url = url;
-    this.transport = transport;
-    this.#state = { transport, status: "connecting", retryAt: null };
+    this.sharing = sharing;
+    this.#urls = transportUrls(url);
+    this.#ladder = new Ladder(transportList(transports));
+    this.#memory = memory;
+    this.#memoryKey = transportMemoryKey(url);
+    this.#state = { sharing, transport: this.#ladder.current, status: "connecting", retryAt: null };
     // Workers and windows both fire these on their global scope; tabs forward theirs
     // too, as a worker may not hear about a network change (or its emulation).
     const signal = this.#listening.signal;
     globalThis.addEventListener?.("online", () => this.#onOnline(), { signal });
     globalThis.addEventListener?.("offline", () => this.#onOffline(), { signal });
+  }
+
+  /** The wire in use or being tried: "websocket", "sse" or "poll". */
+  get transport() {
+    return this.#ladder.current;
   }
 
   /**
@@ -266,8 +310,10 @@ export class SocketOwner {
       case "token":
         this.#tokens.token(tabId, msg);
         break;
-      case "publish":
-        if (!this.#send(publishFrame(msg.room, msg.data))) {
+      case "publish": {
+        // Over SSE and long-polling the server may refuse the frame alone (its POST's 4xx): only its tab hears.
+        const refused = (reason) => tab.link.send({ type: "error", code: "refused", reason, room: msg.room });
+        if (!this.#send(publishFrame(msg.room, msg.data), refused)) {
           tab.link.send({
             type: "error",
             code: "not_connected",
@@ -276,6 +322,7 @@ export class SocketOwner {
           });
         }
         break;
+      }
       case "network":
         if (msg.online) this.#onOnline();
         else this.#onOffline();
@@ -352,21 +399,33 @@ export class SocketOwner {
     sendToTabs(this.#tabs, tabIds, msg);
   }
 
-  // ---- socket lifecycle -------------------------------------------------------
+  // ---- connection lifecycle ---------------------------------------------------
 
   #start() {
     this.#sweepTimer = setInterval(() => this.#sweep(), HEARTBEAT_MS);
     this.#aliveTimer = setInterval(() => this.#sendTo(this.#tabs.ids(), aliveMsg()), HEARTBEAT_MS);
     this.#attempt = 0;
-    this.#connect();
+    const run = ++this.#run;
+    if (!this.#memory) {
+      this.#connect();
+      return;
+    }
+    // Start on the transport that worked here lately (a network that blocks WebSockets
+    // then costs no failed tries); a slow or missing memory starts from the best one.
+    recall(this.#memory, this.#memoryKey, MEMORY_WAIT_MS).then((remembered) => {
+      if (run !== this.#run || this.#closed || this.#wire) return; // stopped, or "retry now" connected meanwhile
+      this.#ladder.begin(remembered, Date.now());
+      this.#connect();
+    });
   }
 
   #stop() {
+    this.#run++;
     this.#tokens.stop();
     clearInterval(this.#sweepTimer);
     clearInterval(this.#aliveTimer);
     clearTimeout(this.#retryTimer);
-    this.#abandonSocket();
+    this.#abandonWire();
     this.#setState("connecting");
   }
 
@@ -376,28 +435,46 @@ export class SocketOwner {
       this.#setState("offline");
       return;
     }
-    const ws = new WebSocket(this.url);
-    this.#ws = ws;
+    const wire = this.#makeWire(this.#ladder.current);
+    this.#wire = wire;
+    this.#wireWorked = false;
     this.#setState("connecting");
-    ws.onopen = () => this.#onOpen();
-    ws.onmessage = (event) => this.#onFrame(event.data);
-    // A failed connect fires error then close; close alone carries the decision.
-    ws.onclose = (event) => {
-      // 4001: this user was signed out. We reconnect, and the new socket asks getToken
-      // again: a page that has no token any more gets no_token, and nothing loops.
-      if (event.code === 4001) {
-        this.#sendTo(this.#tabs.ids(), { type: "error", code: "signed_out", reason: "this user was signed out" });
-      }
-      this.#recycle();
-    };
-    this.#connectTimer = setTimeout(() => this.#recycle(), CONNECT_TIMEOUT_MS);
+    try {
+      wire.open();
+    } catch (err) {
+      // This scope lacks the API (no EventSource), or refuses the URL: as a failure to open.
+      this.#ended(wire, { code: 1006, reason: String(err) });
+      return;
+    }
+    this.#connectTimer = setTimeout(() => this.#ended(wire, { code: 1006, reason: "no handshake in time" }), CONNECT_TIMEOUT_MS);
+  }
+
+  /** A wire whose events reach the owner only while it is the current wire or the background try. */
+  #makeWire(kind) {
+    const wire = makeWire(kind, this.#urls, {
+      onOpen: () => {
+        if (wire === this.#wire) this.#onOpen();
+        else if (wire === this.#probe) this.#onProbeOpen(wire);
+      },
+      onFrame: (data) => {
+        if (wire === this.#wire) this.#onFrame(data);
+        else if (wire === this.#probe) this.#adopt(wire, data);
+      },
+      onClose: (end) => {
+        if (wire === this.#wire) this.#ended(wire, end);
+        else if (wire === this.#probe) this.#dropProbe(true);
+      },
+    });
+    return wire;
   }
 
   #onOpen() {
     clearTimeout(this.#connectTimer);
     this.#lastFrameAt = this.#lastPingAt = Date.now();
-    this.#send(helloFrame(this.transport));
-    // Nothing is live on a new socket until the server says `subscribed` (and replays).
+    // SSE and long-polling open on the server's first word (the session); a WebSocket on its handshake.
+    if (this.#wire.heard) this.#worked();
+    this.#send(helloFrame(this.sharing));
+    // Nothing is live on a new wire until the server says `subscribed` (and replays).
     for (const position of this.#positions.values()) position.live = false;
     for (const [sub, room] of this.#tabs.subscriptions()) {
       if (!needsToken(room)) this.#send(this.#subscribeFrame(room, sub));
@@ -408,12 +485,14 @@ export class SocketOwner {
     this.#setState("open");
   }
 
-  #onFrame(text) {
+  /** @param {unknown} data JSON text, or (long-polling) the frame itself */
+  #onFrame(data) {
     this.#lastFrameAt = Date.now();
     // The backoff resets on the first frame, not on open: a server that accepts and
     // then drops every socket must not turn into a tight reconnect loop.
     this.#attempt = 0;
-    const frame = parseServerFrame(text);
+    this.#worked();
+    const frame = typeof data === "string" ? parseServerFrame(data) : checkServerFrame(data);
     if (!frame) return;
     if (frame.type === "message") {
       this.#onMessage(frame);
@@ -430,7 +509,101 @@ export class SocketOwner {
     } else if (frame.type === "error") {
       // Our own auth refused: its subscriptions were told (no_token, with the reason), nobody else is.
       if (!this.#tokens.error(frame)) this.#sendTo(errorTabs(frame, this.#tabs.entries()), frame);
+    } else if (frame.type === "close") {
+      // The server ended an SSE or polling session: as a WebSocket closed with that code.
+      this.#ended(this.#wire, { code: frame.code, reason: frame.reason ?? "" });
     }
+  }
+
+  /** The current wire heard the server: the ladder keeps this rung, the origin remembers it. */
+  #worked() {
+    if (this.#wireWorked) return;
+    this.#wireWorked = true;
+    const record = this.#ladder.worked(Date.now());
+    this.#memory?.set(this.#memoryKey, record).catch(() => {});
+    this.#scheduleUpgrade();
+  }
+
+  /**
+   * The current wire ended (closed, failed, refused, silent, a `close` frame, or given up by us):
+   * the ladder learns how, and the next try follows the backoff (on the rung the ladder says).
+   * @param {object} wire
+   * @param {{code?: number, reason?: string, silent?: boolean}} end
+   */
+  #ended(wire, { code = 1006, reason = "", ...rest }) {
+    if (!wire || wire !== this.#wire) return;
+    // 4001: this user was signed out. We reconnect, and the new connection asks getToken
+    // again: a page that has no token any more gets no_token, and nothing loops.
+    if (code === 4001) {
+      this.#sendTo(this.#tabs.ids(), { type: "error", code: "signed_out", reason: "this user was signed out" });
+    }
+    this.#ladder.ended({ code, reason, opened: wire.opened, heard: wire.heard, ...rest });
+    // 1001: this server is draining; another takes us at once (a jittered moment, not the backoff).
+    if (code === 1001) this.#attempt = 0;
+    this.#abandonWire();
+    this.#scheduleReconnect();
+  }
+
+  // ---- moving up ----------------------------------------------------------------
+
+  /** Below the best transport: try it again in a few minutes. */
+  #scheduleUpgrade() {
+    clearTimeout(this.#upgradeTimer);
+    if (this.#ladder.belowTop) this.#upgradeTimer = setTimeout(() => this.#tryUpgrade(), upgradeDelay());
+  }
+
+  /** Open a wire of the best transport beside the one in use; it replaces it once the server answers on it. */
+  #tryUpgrade() {
+    if (this.#probe || !this.#wire?.isOpen || !this.#ladder.belowTop || !this.#online) {
+      this.#scheduleUpgrade();
+      return;
+    }
+    const probe = this.#makeWire(this.#ladder.top);
+    this.#probe = probe;
+    try {
+      probe.open();
+    } catch {
+      this.#dropProbe(true);
+      return;
+    }
+    this.#probeTimer = setTimeout(() => this.#dropProbe(true), CONNECT_TIMEOUT_MS);
+  }
+
+  /** A WebSocket has to be asked something before it proves frames get through; SSE and polling already did. */
+  #onProbeOpen(probe) {
+    if (probe.heard) this.#adopt(probe, null);
+    else probe.send(pingFrame());
+  }
+
+  /**
+   * The background wire heard the server: it becomes the wire, exactly as after a reconnect
+   * (hello, every subscription again with `since`, auth), and the old one goes.
+   */
+  #adopt(probe, data) {
+    clearTimeout(this.#probeTimer);
+    this.#probe = null;
+    const old = this.#wire;
+    if (old?.kind === "poll") {
+      // A polling session lingers on the server until it times out: leave its rooms now.
+      for (const [sub, room] of this.#tabs.subscriptions()) {
+        if (!needsToken(room) || this.#tokens.ok) old.send(unsubscribeFrame(room, sub));
+      }
+    }
+    this.#abandonWire(true);
+    this.#ladder.upgraded();
+    this.#wire = probe;
+    this.#wireWorked = false;
+    this.#attempt = 0;
+    this.#onOpen();
+    if (data !== null) this.#onFrame(data);
+  }
+
+  #dropProbe(again) {
+    clearTimeout(this.#probeTimer);
+    const probe = this.#probe;
+    this.#probe = null;
+    probe?.close();
+    if (again) this.#scheduleUpgrade();
   }
 
   // ---- history -------------------------------------------------------------
@@ -497,20 +670,20 @@ export class SocketOwner {
     this.#sendTo(this.#tabs.ids(), identity);
   }
 
-  /** Drop the socket (closed, stuck handshaking or silent) and reconnect after a backoff. */
-  #recycle() {
-    this.#abandonSocket();
-    this.#scheduleReconnect();
+  /** Give up on the wire (stuck handshaking, or silent): as if it had closed. */
+  #recycle(reason) {
+    this.#ended(this.#wire, { code: 1006, reason });
   }
 
   /**
-   * Ping, or recycle the socket if nothing came back since the previous ping.
+   * Ping, or recycle the wire if nothing came back since the previous ping.
    * Comparing with the last ping instead of a wall-clock budget keeps a tab whose
-   * timers are throttled in the background from killing a healthy socket.
+   * timers are throttled in the background from killing a healthy connection.
    */
   #ping() {
+    if (!this.#wire) return;
     if (this.#lastPingAt > this.#lastFrameAt) {
-      this.#recycle();
+      this.#recycle("no answer to a ping");
       return;
     }
     this.#lastPingAt = Date.now();
@@ -529,18 +702,21 @@ export class SocketOwner {
   }
 
   /**
-   * Drop the socket without waiting for its close handshake, which on a dead
-   * network can take a minute; a late event from it must not touch the new one.
+   * Drop the wire without waiting for a close handshake, which on a dead network can take a
+   * minute; a late event from it must not touch the new one. The background try goes with it.
+   * `flush`: frames already sent on it still go out (a polling session saying goodbye).
    */
-  #abandonSocket() {
+  #abandonWire(flush = false) {
     clearTimeout(this.#connectTimer);
+    clearTimeout(this.#upgradeTimer);
+    this.#dropProbe(false);
     this.#tokens.closed();
     clearInterval(this.#pingTimer);
-    const ws = this.#ws;
-    if (!ws) return;
-    this.#ws = null;
-    ws.onopen = ws.onmessage = ws.onclose = null;
-    ws.close();
+    const wire = this.#wire;
+    if (!wire) return;
+    this.#wire = null;
+    if (flush && wire.kind === "poll") wire.close({ flush: true });
+    else wire.close();
   }
 
   /**
@@ -549,7 +725,7 @@ export class SocketOwner {
    * wrong). If the try fails, the backoff goes on from where it was.
    */
   #retryNow() {
-    if (this.#ws || this.#tabs.size === 0) return; // a socket is open or opening already
+    if (this.#wire || this.#tabs.size === 0) return; // a wire is open or opening already
     this.#online = true;
     this.#connect();
   }
@@ -559,27 +735,43 @@ export class SocketOwner {
     this.#online = false;
     if (this.#tabs.size === 0) return;
     clearTimeout(this.#retryTimer);
-    this.#abandonSocket();
+    this.#abandonWire();
     this.#setState("offline");
   }
 
   #onOnline() {
     if (this.#online) return;
     this.#online = true;
-    if (this.#tabs.size === 0 || this.#ws) return;
+    // Perhaps another network: what worked on the last one proves nothing here.
+    this.#ladder.networkChanged();
+    if (this.#tabs.size === 0 || this.#wire) return;
     this.#attempt = 0;
     this.#connect();
   }
 
-  /** Send a frame if the socket is open; returns whether it went. */
-  #send(frame) {
-    if (this.#ws?.readyState !== WebSocket.OPEN) return false;
-    this.#ws.send(JSON.stringify(frame));
-    return true;
+  /**
+   * Send a frame if the wire is open; returns whether it went. Over SSE and long-polling the
+   * server may refuse one frame (its POST's 4xx); `onRefused` hears why (else the tabs its
+   * subscription belongs to).
+   * @param {object} frame
+   * @param {((reason: string) => void)|null} [onRefused]
+   */
+  #send(frame, onRefused = null) {
+    return this.#wire?.send(frame, onRefused ?? ((reason) => this.#refused(frame, reason))) ?? false;
+  }
+
+  /** A frame the server refused alone: `auth` fails like a refused token; a room's frame tells its subscriptions. */
+  #refused(frame, reason) {
+    if (frame.type === "auth") {
+      this.#tokens.error({ code: "bad_token", reason });
+    } else if (typeof frame.room === "string") {
+      const error = { type: "error", code: "refused", reason, room: frame.room, ...(typeof frame.sub === "string" ? { sub: frame.sub } : {}) };
+      this.#sendTo(errorTabs(error, this.#tabs.entries()), error);
+    }
   }
 
   #setState(status, retryAt = null) {
-    this.#state = { transport: this.transport, status, retryAt };
+    this.#state = { sharing: this.sharing, transport: this.#ladder.current, status, retryAt };
     this.#sendTo(this.#tabs.ids(), stateMsg(this.#state));
   }
 }

@@ -1,13 +1,13 @@
 /**
- * The SharedWorker: one per browser profile (per origin, link version and
- * socket URL), so every tab of the profile shares its single socket.
+ * The SharedWorker: one per browser profile (per origin, link version, socket
+ * URL and transports allowed), so every tab of the profile shares its single connection.
  *
  * The worker keeps no list of ports of its own: a port lives only inside the
  * TabLink the owner holds for an attached tab, so dropping a dead tab frees it.
  * A tab closes its port when it leaves (pagehide, close()) and opens a new
  * SharedWorker connection when it comes back.
  */
-import { LINK_VERSION, linkVersionOfWorkerUrl, socketUrlFromWorkerName } from "./protocol.js";
+import { LINK_VERSION, endpointFromWorkerName, linkVersionOfWorkerUrl } from "./protocol.js";
 import { SocketOwner } from "./socket-owner.js";
 
 // The page asked for a worker of its link version (`?link=` in our URL). With a
@@ -18,10 +18,8 @@ const wanted = linkVersionOfWorkerUrl(self.location.href);
 if (wanted !== null && wanted !== LINK_VERSION) {
   self.onconnect = ({ ports }) => ports[0].postMessage({ type: "unsupported", link: LINK_VERSION });
 } else {
-  const owner = new SocketOwner({
-    url: socketUrlFromWorkerName(self.name),
-    transport: "sharedworker",
-  });
+  const { url, transports } = endpointFromWorkerName(self.name);
+  const owner = new SocketOwner({ url, sharing: "sharedworker", transports });
 
   self.onconnect = (event) => {
     const port = event.ports[0];

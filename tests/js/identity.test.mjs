@@ -127,7 +127,7 @@ function tabLink() {
 }
 
 function setup() {
-  const owner = new SocketOwner({ url: "ws://x/ws/", transport: "direct" });
+  const owner = new SocketOwner({ url: "ws://x/ws/", sharing: "direct" });
   const a = tabLink();
   const b = tabLink();
   owner.receive("A", attachMsg("none", true), a);
@@ -194,7 +194,7 @@ test("getToken rejecting: each private subscription's own tab gets no_token; pub
 
 test("a tab that never answers is passed over for the next; none left means no_token", async (t) => {
   t.mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
-  const owner = new SocketOwner({ url: "ws://x/ws/", transport: "leader" });
+  const owner = new SocketOwner({ url: "ws://x/ws/", sharing: "leader" });
   const a = tabLink();
   const c = tabLink();
   owner.receive("A", attachMsg("none", true), a);

@@ -43,7 +43,7 @@ function tabLink() {
 
 test("a tab that attaches again to an owner that still knows it is told subscribed again", (t) => {
   t.mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
-  const owner = new SocketOwner({ url: "ws://x/ws/", transport: "sharedworker" });
+  const owner = new SocketOwner({ url: "ws://x/ws/", sharing: "sharedworker" });
   const first = tabLink();
   owner.receive("A", attachMsg("heartbeat"), first);
   owner.receive("A", subscribeFrame("lobby", "A-1", null), first);

@@ -6,14 +6,22 @@ import {
   LINK_VERSION,
   backoffDelay,
   channelName,
+  checkServerFrame,
   defaultSocketUrl,
+  endpointFromWorkerName,
   errorHandles,
   errorTabs,
   leaderLockName,
   linkVersionOfWorkerUrl,
   parseServerFrame,
+  pollBatch,
+  pollOpening,
   randomId,
+  sessionOf,
   socketUrlFromWorkerName,
+  transportList,
+  transportMemoryKey,
+  transportUrls,
   workerName,
   workerScriptUrl,
 } from "../../static/js/protocol.js";
@@ -50,19 +58,96 @@ test("random ids are unique hex", () => {
 
 // ---- names: link version and endpoint in every shared name ----------------------------
 
-test("worker name carries version and endpoint, and round-trips", () => {
+test("worker name carries version, endpoint and transports, and round-trips", () => {
   const loc = { protocol: "http:", host: "h" };
-  assert.equal(workerName("ws://x/ws/"), `rrr/${LINK_VERSION} ws://x/ws/`);
+  assert.equal(workerName("ws://x/ws/"), `rrr/${LINK_VERSION} ws://x/ws/ websocket,sse,poll`);
   assert.equal(socketUrlFromWorkerName(workerName("wss://y:1/ws/"), loc), "wss://y:1/ws/");
-  assert.equal(socketUrlFromWorkerName("rrr/0 ws://old/ws/", loc), "ws://h/ws/");
-  assert.equal(socketUrlFromWorkerName("someone else's", loc), "ws://h/ws/");
+  assert.deepEqual(endpointFromWorkerName(workerName("wss://y:1/ws/", ["poll", "sse"]), loc), {
+    url: "wss://y:1/ws/", transports: ["poll", "sse"],
+  });
+  assert.notEqual(workerName("ws://x/ws/", ["sse"]), workerName("ws://x/ws/"), "other transports, another worker");
+  const foreign = { url: "ws://h/ws/", transports: ["websocket", "sse", "poll"] };
+  for (const name of ["rrr/0 ws://old/ws/", "someone else's", `rrr/${LINK_VERSION} ws://x/ws/`,
+    `rrr/${LINK_VERSION} ws://x/ws/ carrier-pigeon`, `rrr/${LINK_VERSION} ws://x/ws/ sse,sse`]) {
+    assert.deepEqual(endpointFromWorkerName(name, loc), foreign, name);
+  }
 });
 
-test("leader lock and channel names differ per endpoint and carry the link version", () => {
+test("the transports option: a non-empty list of distinct known names, in the page's order", () => {
+  assert.deepEqual(transportList(), ["websocket", "sse", "poll"]);
+  assert.deepEqual(transportList(["poll", "websocket"]), ["poll", "websocket"]);
+  for (const bad of [[], "sse", ["sse", "sse"], ["SSE"], ["websocket", null], { 0: "sse", length: 1 }, null]) {
+    assert.throws(() => transportList(bad), TypeError, JSON.stringify(bad));
+  }
+});
+
+test("/sse/ and /poll/ live beside /ws/, over http(s) on the same host; memory is per origin", () => {
+  assert.deepEqual(transportUrls("wss://h:8443/ws/"), {
+    websocket: "wss://h:8443/ws/", sse: "https://h:8443/sse/", poll: "https://h:8443/poll/",
+  });
+  assert.deepEqual(transportUrls("ws://h/rt/ws/?x=1"), {
+    websocket: "ws://h/rt/ws/?x=1", sse: "http://h/rt/sse/", poll: "http://h/rt/poll/",
+  });
+  assert.equal(transportMemoryKey("wss://H:8443/rt/ws/"), "wss://h:8443");
+  assert.equal(transportMemoryKey("ws://h/ws/"), transportMemoryKey("ws://h/other/ws/"));
+  assert.notEqual(transportMemoryKey("ws://h/ws/"), transportMemoryKey("wss://h/ws/"));
+});
+
+test("an SSE stream's first event names the session; nothing else does", () => {
+  const id = "A".repeat(21) + "_-9";
+  assert.equal(sessionOf(JSON.stringify({ type: "session", session: id })), id);
+  for (const data of [
+    JSON.stringify({ type: "session", session: "short" }),
+    JSON.stringify({ type: "session", session: `${id}!` }),
+    JSON.stringify({ type: "session", session: "x".repeat(257) }),
+    JSON.stringify({ type: "session" }),
+    JSON.stringify({ type: "pong" }),
+    JSON.stringify([id]),
+    "null",
+    "not json",
+  ]) {
+    assert.equal(sessionOf(data), null, data);
+  }
+});
+
+test("a long-poll answer: only frames after the last one taken, in order, and the seq to acknowledge", () => {
+  const f = (n) => ({ type: "message", room: "r", data: n });
+  assert.deepEqual(pollBatch({ seq: 3, frames: [f(1), f(2), f(3)] }, 0), { seq: 3, frames: [f(1), f(2), f(3)] });
+  // Sent again (our acknowledgement was lost on the way), with one new: only the new one is taken.
+  assert.deepEqual(pollBatch({ seq: 4, frames: [f(2), f(3), f(4)] }, 3), { seq: 4, frames: [f(4)] });
+  // The wait ran out with nothing new.
+  assert.deepEqual(pollBatch({ seq: 4, frames: [] }, 4), { seq: 4, frames: [] });
+  // An answer behind what we took never moves us back.
+  assert.deepEqual(pollBatch({ seq: 2, frames: [f(2)] }, 4), { seq: 4, frames: [] });
+  for (const bad of [null, [], { seq: "1", frames: [] }, { seq: 1.5, frames: [] }, { seq: -1, frames: [] },
+    { seq: 1 }, { seq: 1, frames: {} }, { seq: 1, frames: [f(0), f(1)] }]) {
+    assert.equal(pollBatch(bad, 0), null, JSON.stringify(bad));
+  }
+  const id = "s".repeat(22);
+  assert.deepEqual(pollOpening({ session: id, seq: 0, frames: [] }), { session: id, seq: 0, frames: [] });
+  assert.equal(pollOpening({ session: "short", seq: 0, frames: [] }), null);
+  assert.equal(pollOpening({ seq: 0, frames: [] }), null);
+});
+
+test("a close frame ends a session with a WebSocket close code; a malformed one is dropped", () => {
+  for (const frame of [{ type: "close", code: 4001, reason: "signed out" }, { type: "close", code: 1001, reason: "" },
+    { type: "close", code: 1008 }]) {
+    assert.deepEqual(parseServerFrame(JSON.stringify(frame)), frame);
+    assert.deepEqual(checkServerFrame(frame), frame, "already parsed (long-polling)");
+  }
+  for (const frame of [{ type: "close" }, { type: "close", code: "4001" }, { type: "close", code: 999 },
+    { type: "close", code: 5000 }, { type: "close", code: 4001.5 }, { type: "close", code: 1001, reason: 7 }]) {
+    assert.equal(parseServerFrame(JSON.stringify(frame)), null, JSON.stringify(frame));
+  }
+});
+
+test("leader lock and channel names differ per endpoint and transports, and carry the link version", () => {
   for (const name of [leaderLockName, channelName]) {
     const a = name("ws://h/ws/");
     assert.notEqual(a, name("ws://h/other/"));
     assert.notEqual(a, name("wss://h/ws/"));
+    assert.notEqual(a, name("ws://h/ws/", ["sse", "poll"]));
+    assert.equal(a, name("ws://h/ws/", ["websocket", "sse", "poll"]));
     assert.equal(a, name("ws://h/ws/"));
     assert.ok(a.includes(`v${LINK_VERSION}`), a);
     assert.ok(a.includes("ws://h/ws/"), a);

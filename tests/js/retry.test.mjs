@@ -15,7 +15,10 @@ class FakeSocket {
     FakeSocket.made.push(this);
   }
   send(text) {
-    this.sent.push(JSON.parse(text));
+    const frame = JSON.parse(text);
+    this.sent.push(frame);
+    // A live server answers pings: a long tick must not recycle the socket for silence.
+    if (frame.type === "ping" && this.readyState === 1) this.onmessage?.({ data: '{"type":"pong"}' });
   }
   close() {
     this.readyState = 3;
@@ -38,9 +41,10 @@ function tabLink() {
   return { got, send: (msg) => got.push(msg), states: () => got.filter((m) => m.type === "state").map((m) => m.state) };
 }
 
+/** WebSocket only: these are the owner's retry rules, not the transport ladder's (tests/js/ladder.test.mjs). */
 function attached() {
   FakeSocket.made.length = 0;
-  const owner = new SocketOwner({ url: "ws://x/ws/", transport: "sharedworker" });
+  const owner = new SocketOwner({ url: "ws://x/ws/", sharing: "sharedworker", transports: ["websocket"] });
   const tab = tabLink();
   owner.receive("A", attachMsg("lock"), tab);
   owner.receive("A", subscribeFrame("lobby", "A-1"), tab);
