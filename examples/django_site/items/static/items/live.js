@@ -17,10 +17,10 @@ function onError({ code, reason }) {
   console.warn(`rrr: ${code}: ${reason}`);
 }
 
-function onState({ status, transport }) {
+function onState({ status, sharing, transport }) {
   const el = $("live-status");
   el.dataset.status = status;
-  el.textContent = status === "open" ? `live (${transport})` : status;
+  el.textContent = status === "open" ? `live (${sharing} over ${transport})` : status;
   // Between tries after a drop: connect now instead of waiting out the backoff.
   $("retry-now").hidden = status !== "reconnecting" && status !== "offline";
 }
