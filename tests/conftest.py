@@ -1,62 +1,38 @@
-"""Fixtures: a real redis-server, real Tornado servers on loopback, real app processes.
+"""Fixtures: a real redis-server, real Tornado servers on loopback, real app processes, a real
+Redis Cluster, nginx and Sentinel.
 
 Nothing here fakes Redis or our own code: in-process apps are built by the same
 ``make_app`` that ``python app.py`` calls, and the
-process fixtures run ``app.py`` itself.
+process fixtures run ``app.py`` itself. What the fixtures build (and tests use directly)
+lives in ``tests/support``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import pytest
 import redis
-import tornado.httpclient
-import tornado.httpserver
 import tornado.testing
 import tornado.web
 from tornado.ioloop import IOLoop
-from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from app import make_app
 from rrr.embedded import EmbeddedRedis
 from rrr.httpguard import make_http_server
-from rrr.hub import Hub
-from rrr.metrics import Metrics
 from rrr.service import Service
-
-ROOT = Path(__file__).resolve().parent.parent
-REQUIRE_ALL = os.environ.get("RRR_REQUIRE_ALL") == "1"
-
-
-def need_binary(name: str) -> str:
-    """Skip on a laptop without ``name``; fail under RRR_REQUIRE_ALL=1 (CI installs everything)."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
-    if path:
-        return path
-    if REQUIRE_ALL:
-        pytest.fail(f"{name} is required (RRR_REQUIRE_ALL=1) but not installed")
-    pytest.skip(f"{name} not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
+from support.clients import Client, wait_until
+from support.cluster import RedisCluster
+from support.processes import AppProcess, free_port, need_binary
+from support.production import Cluster, Nginx, Script, SentinelGroup, start_apps, stop_apps
+from support.redis import LyingRedis
+from support.servers import Server, ServerFactory
 
 # -- Redis -------------------------------------------------------------------
 
@@ -88,106 +64,6 @@ def own_redis() -> Iterator[EmbeddedRedis]:
     server.close()
 
 
-class LoopbackRelay:
-    """A real TCP server on loopback in front of a real Redis (``_serve`` says what it does with
-    each connection); ``url`` is what an app under test is given instead of the Redis's own."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> Self:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for w in list(self._writers):
-            w.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raise NotImplementedError
-
-    @staticmethod
-    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
-                   before: Callable[[bytes], Awaitable[None]] | None = None) -> None:
-        """Copy ``src`` to ``dst`` until either ends; ``before`` is awaited with each chunk first."""
-        try:
-            while data := await src.read(65536):
-                if before is not None:
-                    await before(data)
-                dst.write(data)
-                await dst.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            dst.close()
-
-
-class LyingRedis(LoopbackRelay):
-    """A real TCP server in front of a real Redis that can start lying.
-
-    ``mode`` "real" forwards bytes both ways; "ok" answers ``+OK`` to whatever arrives;
-    "random" answers random bytes. Changing the mode cuts every open connection, so
-    clients reconnect into the new behaviour. ``subscribe_delay`` holds every command
-    of the SUBSCRIBE family that long before passing it on (a slow pub/sub path).
-    """
-
-    def __init__(self, upstream: str) -> None:
-        super().__init__()
-        self.upstream = upstream
-        self.mode = "real"
-        self.subscribe_delay = 0.0
-
-    def set_mode(self, mode: str) -> None:
-        assert mode in ("real", "ok", "random")
-        self.mode = mode
-        for w in list(self._writers):
-            w.close()
-
-    async def close(self) -> None:
-        self.set_mode("real")
-        await super().close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        try:
-            if self.mode == "real":
-                await self._forward(reader, writer)
-            else:
-                while data := await reader.read(65536):
-                    writer.write(b"+OK\r\n" if self.mode == "ok" else os.urandom(1 + len(data) % 64))
-                    await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = self.upstream.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
-        up_reader, up_writer = await asyncio.open_connection(host, int(port))
-        self._writers.add(up_writer)
-
-        async def slow_subscribe(data: bytes) -> None:
-            # The command's own name, ended as RESP ends it: a script's text may say "subscribes".
-            if self.subscribe_delay and b"SUBSCRIBE\r\n" in data.upper():
-                await asyncio.sleep(self.subscribe_delay)
-
-        try:
-            await asyncio.gather(self.pipe(reader, up_writer, slow_subscribe), self.pipe(up_reader, writer))
-        finally:
-            self._writers.discard(up_writer)
-            up_writer.close()
-
-
 @pytest.fixture
 def lying_redis(io_loop: IOLoop, redis_url: str) -> Iterator[Callable[[], Awaitable[LyingRedis]]]:
     """``await lying_redis()``: a `LyingRedis` in front of the session Redis, closed after the test."""
@@ -211,35 +87,6 @@ def rclient(redis_url: str) -> Iterator[redis.Redis]:
 
 
 # -- In-process servers ------------------------------------------------------
-
-
-@dataclass
-class Server:
-    """A running app: its hub, its HTTP server, and helpers to talk to it."""
-
-    service: Service
-    http: tornado.httpserver.HTTPServer
-    port: int
-    hub: Hub = field(init=False)
-    metrics: Metrics = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.hub = self.service.hub
-        self.metrics = self.service.metrics
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ws_url(self, path: str) -> str:
-        return f"ws://127.0.0.1:{self.port}{path}"
-
-    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        value = self.metrics.registry.get_sample_value(name, labels or {})
-        return 0.0 if value is None else value
-
-
-ServerFactory = Callable[..., Awaitable[Server]]
 
 
 @pytest.fixture
@@ -296,84 +143,6 @@ def app(io_loop: IOLoop, redis_url: str) -> Iterator[tornado.web.Application]:
 # -- WebSocket clients -------------------------------------------------------
 
 
-async def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``pred`` (sync or async) until truthy; behaviour tests use generous timeouts."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-class Client:
-    """A real WebSocket client that remembers every frame it got."""
-
-    def __init__(self, conn: WebSocketClientConnection) -> None:
-        self.conn = conn
-        self.frames: list[dict[str, Any]] = []
-        self.closed = asyncio.Event()
-        self._new = asyncio.Event()
-        self._reader = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            raw = await self.conn.read_message()
-            if raw is None:
-                self.closed.set()
-                self._new.set()
-                return
-            self.frames.append(json.loads(raw))
-            self._new.set()
-
-    @property
-    def close_code(self) -> int | None:
-        return self.conn.close_code
-
-    def send(self, **msg: Any) -> Awaitable[None]:
-        return self.conn.write_message(json.dumps(msg))
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [f for f in self.frames if f.get("type") == kind]
-
-    def counts(self, room: str | None = None) -> list[dict[str, Any]]:
-        return [f for f in self.of_type("connection_message") if room is None or f["room"] == room]
-
-    def last_count(self, room: str | None = None) -> tuple[int, int] | None:
-        counts = self.counts(room)
-        return (counts[-1]["connections"], counts[-1]["tabs"]) if counts else None
-
-    async def next(self, kind: str, timeout: float = 10.0, after: int | None = None) -> dict[str, Any]:
-        """The first frame of ``kind`` at or after index ``after`` (default: any not yet seen)."""
-        start = len(self.frames) if after is None else after
-
-        def found() -> dict[str, Any] | None:
-            return next((f for f in self.frames[start:] if f.get("type") == kind), None)
-
-        return await wait_until(found, timeout, what=f"a {kind!r} frame")
-
-    async def settles_on(self, connections: int, tabs: int | None = None, room: str | None = None,
-                         timeout: float = 10.0) -> None:
-        def ok() -> bool:
-            last = self.last_count(room)
-            return last is not None and last[0] == connections and (tabs is None or last[1] == tabs)
-
-        await wait_until(ok, timeout, what=f"count {connections}/{tabs} (last {self.last_count(room)})")
-
-    def close(self, code: int | None = None) -> None:
-        self.conn.close(code)
-
-
-async def connect(url: str, origin: str | None = None, **kwargs: Any) -> Client:
-    headers = {"Origin": origin} if origin else {}
-    request = tornado.httpclient.HTTPRequest(url, headers=headers)
-    return Client(await websocket_connect(request, **kwargs))
-
-
 @pytest.fixture
 def clients(io_loop: IOLoop) -> Iterator[list[Client]]:
     """Collects clients so every test closes its sockets."""
@@ -385,71 +154,6 @@ def clients(io_loop: IOLoop) -> Iterator[list[Client]]:
 
 
 # -- app.py as real processes ------------------------------------------------
-
-
-class AppProcess:
-    """``python app.py`` on a fixed port, which a test can SIGTERM, SIGKILL and start again."""
-
-    def __init__(self, redis_url: str | None, port: int, log_path: Path, **options: Any) -> None:
-        self.redis_url = redis_url
-        self.port = port
-        self.options = options
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def argv(self) -> list[str]:
-        args = [sys.executable, str(ROOT / "app.py"), "--address", "127.0.0.1", "--port", str(self.port)]
-        if self.redis_url:
-            args += ["--redis-url", self.redis_url]
-        for name, value in self.options.items():
-            flag = "--" + name.replace("_", "-")
-            args += [f"{flag}={str(value).lower() if isinstance(value, bool) else value}"]
-        return args
-
-    def start(self, timeout: float = 20.0) -> AppProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"app.py exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.base_url + "/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"app.py did not become healthy:\n{self.log()}")
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait: the clean shutdown path."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        code = self.proc.wait(timeout)
-        self.proc = None
-        return code
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
 
 
 @pytest.fixture
@@ -470,51 +174,98 @@ def app_factory(tmp_path: Path) -> Iterator[Callable[..., AppProcess]]:
             proc.kill()
 
 
-def fetch_json(url: str, **kwargs: Any) -> Any:
-    with urllib.request.urlopen(url, timeout=5, **kwargs) as r:
-        return json.loads(r.read())
+# -- a Redis Cluster (tests/test_cluster.py) ------------------------------------------
 
 
-# -- a Redis that answers late -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real 6-node cluster for the module; each test gets it whole and empty."""
+    server = need_binary("redis-server")
+    cli = need_binary("redis-cli")
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), server, cli)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
 
 
-class SlowReplyProxy(LoopbackRelay):
-    """A real TCP relay to the real Redis. Armed with ``hold_reply_to(marker, seconds)``, the next
-    command that contains ``marker`` runs in Redis at once, but its reply reaches the app only
-    ``seconds`` later (a slow network, a busy event loop): the read is *taken* at once and
-    *answered* late; with ``every``, each such command's reply is. Everything else passes
-    straight through."""
+# -- production-shaped: nginx, several app.py, Sentinel (tests/test_production.py) ---------
 
-    def __init__(self, upstream_port: int) -> None:
-        super().__init__()
-        self.upstream_port = upstream_port
-        self.marker: bytes | None = None
-        self.delay = 0.0
-        self.every = False
-        self.held = asyncio.Event()
 
-    def hold_reply_to(self, marker: bytes, seconds: float, every: bool = False) -> None:
-        self.marker, self.delay, self.every = marker, seconds, every
-        self.held.clear()
+@pytest.fixture
+def ws_clients(io_loop: IOLoop) -> Iterator[list[Client]]:
+    """Collects clients; afterwards closes them all and waits for their readers (no dangling tasks)."""
+    made: list[Client] = []
+    yield made
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        self._writers |= {writer, up_writer}
-        slow_next = {"replies": 0}  # replies still to hold on this connection
+    async def close_all() -> None:
+        for c in made:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        readers = [c._reader for c in made if not c._reader.done()]
+        if readers:
+            _, pending = await asyncio.wait(readers, timeout=5)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
-        async def mark(data: bytes) -> None:
-            if self.marker is not None and self.marker in data:
-                if not self.every:
-                    self.marker = None
-                slow_next["replies"] += 1
+    io_loop.run_sync(close_all, timeout=30)
 
-        async def hold(data: bytes) -> None:
-            if slow_next["replies"]:
-                slow_next["replies"] -= 1
-                self.held.set()
-                await asyncio.sleep(self.delay)
 
-        try:
-            await asyncio.gather(self.pipe(reader, up_writer, mark), self.pipe(up_reader, writer, hold))
-        finally:
-            self._writers -= {writer, up_writer}
+@pytest.fixture
+def nginx_factory(tmp_path: Path) -> Iterator[Callable[..., Nginx]]:
+    """``nginx_factory(upstream_ports, **render_options)``: a started nginx; stopped after the test."""
+    binary = need_binary("nginx")
+    made: list[Nginx] = []
+
+    def start(upstream_ports: Sequence[int], **render_options: Any) -> Nginx:
+        run_dir = tmp_path / f"nginx-{len(made)}"
+        run_dir.mkdir()
+        render_options.setdefault("limit_conn", 5000)
+        n = Nginx(binary, run_dir, upstream_ports, **render_options)
+        made.append(n)
+        return n.start()
+
+    yield start
+    for n in made:
+        n.stop()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path, nginx_factory: Callable[..., Nginx]) -> Iterator[Callable[..., Cluster]]:
+    """``cluster_factory(redis_url, n=3, nginx={render options}, **app_options)``."""
+    registry: list[AppProcess] = []
+
+    def start(redis_url: str, n: int = 3, nginx: dict[str, Any] | None = None, **app_options: Any) -> Cluster:
+        apps = start_apps(tmp_path, redis_url, n, registry, **app_options)
+        front = nginx_factory([a.port for a in apps], **(nginx or {}))
+        return Cluster(apps, front, redis_url)
+
+    yield start
+    stop_apps(registry)
+
+
+@pytest.fixture
+def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    group = SentinelGroup(tmp_path, need_binary("redis-server"), need_binary("redis-sentinel"))
+    try:
+        yield group.start()
+    finally:
+        group.stop()
+
+
+@pytest.fixture
+def script_runner(tmp_path: Path) -> Iterator[Callable[..., Script]]:
+    made: list[Script] = []
+
+    def run(argv: list[str], env: dict[str, str], cwd: Path) -> Script:
+        s = Script(argv, env, tmp_path / f"script-{len(made)}.log", cwd)
+        made.append(s)
+        return s
+
+    yield run
+    for s in made:
+        s.stop()

@@ -19,9 +19,11 @@ import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
-from conftest import Client, LyingRedis, ServerFactory, connect, wait_until
 from rrr import keys
 from rrr.embedded import EmbeddedRedis
+from support.clients import Client, connect, wait_until
+from support.redis import LyingRedis
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=180)
 

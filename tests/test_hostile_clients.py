@@ -10,7 +10,8 @@ import pytest
 import redis
 from tornado.httpclient import HTTPClientError
 
-from conftest import Client, ServerFactory, connect, wait_until
+from support.clients import Client, connect, wait_until
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 

@@ -11,7 +11,9 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient
 
-from conftest import AppProcess, Client, ServerFactory, connect, wait_until
+from support.clients import Client, connect, wait_until
+from support.processes import AppProcess
+from support.servers import ServerFactory
 
 from rrr import keys
 

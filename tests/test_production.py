@@ -30,20 +30,14 @@ import tornado.web
 import tornado.websocket
 from tornado.httpclient import HTTPClientError
 
-from conftest import ROOT, Client, free_port, need_binary, wait_until
 from rrr.auth import mint
 from rrr.embedded import EmbeddedRedis, die_with_parent
-import production_fixtures
-from production_fixtures import (
+from support.clients import Client, wait_until
+from support.processes import ROOT, free_port, need_binary
+from support.production import (
     Cluster, Nginx, Script, SentinelGroup, abort, connect_many, http, port_open, wait_sync, ws_connect,
 )
 
-# The fixtures this module uses (pytest finds fixtures among a module's attributes).
-nginx_factory = production_fixtures.nginx_factory
-cluster_factory = production_fixtures.cluster_factory
-sentinel_group = production_fixtures.sentinel_group
-script_runner = production_fixtures.script_runner
-ws_clients = production_fixtures.ws_clients
 
 pytestmark = [pytest.mark.nginx, pytest.mark.slow]
 

@@ -13,9 +13,11 @@ from functools import partial
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from conftest import Client, LyingRedis, ServerFactory, connect, wait_until
 from rrr.metrics import Metrics
 from rrr.supervise import Supervisor
+from support.clients import Client, connect, wait_until
+from support.redis import LyingRedis
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 

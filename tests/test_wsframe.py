@@ -3,8 +3,9 @@
 import pytest
 from tornado.websocket import WebSocketProtocol13
 
-from conftest import Client, ServerFactory, connect, wait_until
 from rrr import wsframe
+from support.clients import Client, connect, wait_until
+from support.servers import ServerFactory
 
 
 class _Capture:
