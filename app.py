@@ -28,15 +28,14 @@ from handlers.pages import CountPageHandler, IndexHandler
 from handlers.sockets import CountSocket, RelaySocket
 from rrr import workers
 from rrr.auth import Verifier
-from rrr.httpguard import make_http_server
-from rrr.httpsec import parse_hosts
-from rrr.keepalive import Keepalive
-from rrr.limits import AddressLimits
-from rrr.policy import parse_origins
+from rrr.edge.guard import make_http_server
+from rrr.edge.headers import parse_hosts
+from rrr.edge.keepalive import Keepalive
+from rrr.edge.origins import parse_origins
+from rrr.edge.requestlog import RequestLog, install_filters
+from rrr.limits import AddressLimits, Limits
 from rrr.protocol import SLUG_PATTERN
-from rrr.requestlog import RequestLog, install_filters
 from rrr.service import Service, Settings
-from rrr.session import Limits
 
 ROOT = Path(__file__).resolve().parent
 
@@ -113,7 +112,7 @@ define(
 define("presence_list_burst", default=20, type=int, help="presence-room subscriptions a socket may make at once")
 define("log_level", default="info", help="debug, info, warning or error")
 define("processes", default=1, type=int, help="worker processes sharing the port (0: one per CPU core)")
-# HTTP hardening: host allow-list, timeouts and the connection cap (rrr/httpguard.py).
+# HTTP hardening: host allow-list, timeouts and the connection cap (rrr/edge/guard.py).
 define("header_timeout", default=10.0, type=float, help="seconds from a request's first byte to its blank line")
 define("body_timeout", default=30.0, type=float, help="seconds to receive a request body")
 define("idle_timeout", default=60.0, type=float, help="seconds a connection may wait before sending a request")
@@ -194,7 +193,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     )
     slug = f"({SLUG_PATTERN})"
     # One line per request, with no query string (tokens travel in it) and a bounded path, and
-    # refusals at most once per 30 s per kind (rrr/requestlog.py); handlers log errors through it too.
+    # refusals at most once per 30 s per kind (rrr/edge/requestlog.py); handlers log errors through it too.
     request_log = RequestLog()
     install_filters()
     app = tornado.web.Application(

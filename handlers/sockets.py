@@ -13,16 +13,17 @@ from tornado.iostream import StreamBufferFullError, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from handlers.base import SafeLogs
-from rrr import protocol, wsframe
+from rrr import protocol
 from rrr.auth import Identity, TokenError, Verifier, needs_grant
 from rrr.errors import BackplaneError
+from rrr.edge import wsframe
+from rrr.edge.keepalive import Keepalive
+from rrr.edge.origins import origin_allowed
+from rrr.edge.outbox import Outbox, room_now
+from rrr.edge.requestlog import loggable, loggable_path
 from rrr.hub import Hub
-from rrr.keepalive import Keepalive
-from rrr.limits import AddressLimits
-from rrr.outbox import Outbox, room_now
-from rrr.policy import origin_allowed
-from rrr.requestlog import loggable, loggable_path
-from rrr.session import Limits, Session
+from rrr.limits import AddressLimits, Limits
+from rrr.session import Session
 
 log = logging.getLogger("rrr.sockets")
 
@@ -57,7 +58,7 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         self.xheaders = xheaders
         self.session: Session | None = None
         self._fast = False
-        self._outbox: Outbox | None = None  # only while bulk frames wait for the stream (rrr/outbox.py)
+        self._outbox: Outbox | None = None  # only while bulk frames wait for the stream (rrr/edge/outbox.py)
 
     def prepare(self) -> None:
         # Tornado skips check_origin when the Origin's host:port equals Host, whatever its
@@ -65,7 +66,7 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         # judges every handshake that carries an Origin.
         origin = self.request.headers.get("Origin")
         if origin is not None and not self.check_origin(origin):
-            # Logged with the request's line (rrr.requestlog: at most once per 30 s), not per refusal.
+            # Logged with the request's line (rrr.edge.requestlog: at most once per 30 s), not per refusal.
             raise tornado.web.HTTPError(
                 403, "origin %s not allowed for %s://%s", loggable(origin, 100), self.request.protocol,
                 loggable(self._host(), 100),

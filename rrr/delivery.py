@@ -9,7 +9,7 @@ both go out in order. So a pub/sub blip or a failover costs a delay, never a mes
 A new subscription is *pending* until this process receives the room's messages (its
 channels confirmed, its position read). Then, in one synchronous step, it is queued
 ``subscribed`` and (with ``since``) every message after its offset up to ``top``, which the
-socket writes as it drains (`rrr.outbox`); live messages after ``top`` follow behind them. A
+socket writes as it drains (`rrr.edge.outbox`); live messages after ``top`` follow behind them. A
 socket none of whose subscriptions to the room has been served yet gets no live messages of it,
 so its first frame about the room is ``subscribed``.
 
@@ -35,7 +35,7 @@ from .history import History, Read
 from .metrics import Metrics
 from .protocol import Since
 from .supervise import RateLimitedLog
-from .wsframe import Frame
+from .edge.wsframe import Frame
 
 log = logging.getLogger("rrr.delivery")
 

@@ -33,7 +33,7 @@ from .presence import CHUNK, MemberDelta, Presence
 from .protocol import CountState, Since
 from .subscriber import Subscriber
 from .supervise import RateLimitedLog
-from .wsframe import Frame
+from .edge.wsframe import Frame
 
 log = logging.getLogger("rrr.hub")
 

@@ -85,7 +85,7 @@ class Metrics:
         self.tracked_addresses = Gauge(
             "rrr_tracked_addresses", "Per-client-address entries held for caps and rate limits", registry=r,
         )
-        # The HTTP server's own guards (rrr/httpguard.py).
+        # The HTTP server's own guards (rrr/edge/guard.py).
         self.http_open_connections = Gauge(
             "rrr_http_open_connections", "Client TCP connections held open (HTTP and WebSocket)", registry=r,
         )

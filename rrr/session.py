@@ -10,35 +10,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import NoReturn
 
 from . import protocol
 from .auth import Identity, TokenError, Verifier, needs_grant
 from .errors import BackplaneError
 from .hub import Connection, Hub
-from .limits import AddressLimits
-from .policy import TokenBucket
+from .limits import AddressLimits, Limits, TokenBucket
 from .protocol import ClientMessage, ProtocolError, Since
-from .wsframe import Frame
+from .edge.wsframe import Frame
 
 _PONG = Frame(protocol.PONG_FRAME)
 
 log = logging.getLogger("rrr.session")
-
-
-@dataclass(frozen=True)
-class Limits:
-    client_publish: bool = False
-    publish_rate: float = 10.0
-    publish_burst: float = 20.0
-    max_subscriptions: int = 1000
-    max_tabs_per_room: int = 50
-    max_rooms: int = 10000
-    message_rate: float = 50.0
-    message_burst: float = 100.0
-    presence_list_rate: float = 1.0
-    presence_list_burst: float = 20.0
 
 
 class Session:

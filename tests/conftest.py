@@ -25,7 +25,7 @@ from tornado.ioloop import IOLoop
 
 from app import make_app
 from rrr.embedded import EmbeddedRedis
-from rrr.httpguard import make_http_server
+from rrr.edge.guard import make_http_server
 from rrr.service import Service
 from support.clients import Client, wait_until
 from support.cluster import RedisCluster

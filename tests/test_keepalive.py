@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from rrr.keepalive import Keepalive
+from rrr.edge.keepalive import Keepalive
 from support.clients import Client, connect, wait_until
 from support.servers import Server, ServerFactory
 

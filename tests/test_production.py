@@ -184,7 +184,7 @@ async def test_no_token_and_no_long_path_in_the_nginx_or_app_logs(
     redis_url: str, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
 ) -> None:
     """The one-room socket takes its token as ``?token=``: nginx's access log (its format) and the
-    app's lines (rrr/requestlog.py) show the path only, cut to 200 characters."""
+    app's lines (rrr/edge/requestlog.py) show the path only, cut to 200 characters."""
     secret = "production-logs-secret-of-decent-length"
     cluster = cluster_factory(redis_url, n=1, token_secret=secret, log_level="debug")
     front = cluster.nginx

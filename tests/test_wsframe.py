@@ -3,7 +3,7 @@
 import pytest
 from tornado.websocket import WebSocketProtocol13
 
-from rrr import wsframe
+from rrr.edge import wsframe
 from support.clients import Client, connect, wait_until
 from support.servers import ServerFactory
 
@@ -52,11 +52,11 @@ async def test_real_server_connections_take_the_fast_path(server_factory: Server
     (handler,) = list(server.hub._conns)
     assert wsframe.fast_path_ok(
         handler.ws_connection  # type: ignore[attr-defined]
-    ), "Tornado internals changed: review rrr/wsframe.py"
+    ), "Tornado internals changed: review rrr/edge/wsframe.py"
     assert handler._fast  # type: ignore[attr-defined]
-    # The server's streams are GuardedStreams (rrr/httpguard.py): they too take the direct send.
+    # The server's streams are GuardedStreams (rrr/edge/guard.py): they too take the direct send.
     assert wsframe.direct_ok(handler.ws_connection.stream)  # type: ignore[attr-defined]
-    # The outbox (rrr/outbox.py) paces bulk frames by the bytes the stream still holds.
+    # The outbox (rrr/edge/outbox.py) paces bulk frames by the bytes the stream still holds.
     assert len(handler.ws_connection.stream._write_buffer) == 0  # type: ignore[attr-defined]
     assert wsframe.buffered(handler.ws_connection) == 0  # type: ignore[attr-defined]
 
@@ -100,7 +100,7 @@ async def test_frames_stay_in_order_when_sends_switch_between_direct_and_queued(
 
 
 def test_frames_sent_together_go_in_one_write() -> None:
-    """A replay's messages (`rrr.outbox` hands the stream up to 64 KiB at a time) cost one write, not one each."""
+    """A replay's messages (`rrr.edge.outbox` hands the stream up to 64 KiB at a time) cost one write, not one each."""
 
     class Stream(_Capture):
         def __init__(self) -> None:
