@@ -22,16 +22,18 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from . import keys, protocol
+from . import protocol
+
+from .backplane import keys
 from .coalesce import Coalescer
 from .auth import Identity
 from .delivery import Delivery
 from .errors import BackplaneError
-from .history import History, Published
+from .backplane.history import History, Published
 from .metrics import Metrics
-from .presence import CHUNK, MemberDelta, Presence
+from .backplane.presence import CHUNK, MemberDelta, Presence
 from .protocol import CountState, Since
-from .subscriber import Subscriber
+from .backplane.subscriber import Subscriber
 from .supervise import RateLimitedLog
 from .edge.wsframe import Frame
 

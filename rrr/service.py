@@ -8,11 +8,11 @@ lease renewal for good.
 * ``lease``: renews this process's lease every TTL/3 and sweeps dead processes every
   ``sweep_interval``. When Redis answers again after failing, it tells the subscriber to
   reconnect at once instead of sleeping out its backoff.
-* ``subscriber``: the one pub/sub connection (`rrr.subscriber`).
+* ``subscriber``: the one pub/sub connection (`rrr.backplane.subscriber`).
 * ``flush``: writes the rooms the hub marked, in batches (`rrr.coalesce`), each room once
   its channels are confirmed subscribed, so a count that shows this process again after
   a Redis restart means its relay works too.
-* ``history`` (history on): keeps the epochs of local rooms alive (`rrr.history`); the
+* ``history`` (history on): keeps the epochs of local rooms alive (`rrr.backplane.history`); the
   catch-up of each room's messages after a gap runs in `rrr.delivery`, per room.
 
 `health` is what ``/healthz`` reports: each check by name.
@@ -26,13 +26,13 @@ import time
 from dataclasses import dataclass
 
 from .coalesce import Coalescer
-from .connect import is_cluster_url
+from .backplane.connect import is_cluster_url
 from .errors import BackplaneError
-from .history import History, meta_ttl
+from .backplane.history import History, meta_ttl
 from .hub import Hub
 from .metrics import Metrics
-from .presence import Presence
-from .subscriber import Subscriber
+from .backplane.presence import Presence
+from .backplane.subscriber import Subscriber
 from .supervise import Supervisor, full_jitter
 
 log = logging.getLogger("rrr.service")
@@ -59,8 +59,9 @@ class Service:
         self.settings = s = settings
         self.metrics = metrics = metrics or Metrics()
         cluster = is_cluster_url(s.redis_url)
-        if cluster:  # Redis Cluster: per-row expiry, sharded pub/sub (rrr.cluster)
-            from .cluster import ClusterPresence, ClusterSubscriber
+        if cluster:  # Redis Cluster: per-row expiry, sharded pub/sub
+            from .backplane.cluster_presence import ClusterPresence
+            from .backplane.cluster_subscriber import ClusterSubscriber
 
             self.presence: Presence = ClusterPresence(
                 s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,

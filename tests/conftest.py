@@ -24,7 +24,7 @@ import tornado.web
 from tornado.ioloop import IOLoop
 
 from app import make_app
-from rrr.embedded import EmbeddedRedis
+from rrr.backplane.embedded import EmbeddedRedis
 from rrr.edge.guard import make_http_server
 from rrr.service import Service
 from support.clients import Client, wait_until

@@ -21,7 +21,7 @@ import tornado.httpclient
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
-from rrr.keys import history
+from rrr.backplane.keys import history
 from rrr.limits import HeldBytes, RateLimiter
 from support.browsers import metric
 from support.clients import Client, connect, wait_until

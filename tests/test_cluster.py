@@ -19,8 +19,10 @@ import jwt
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from rrr import client as rrr_client, keys
-from rrr.connect import parse_cluster_url
+from rrr import client as rrr_client
+
+from rrr.backplane import keys
+from rrr.backplane.connect import parse_cluster_url
 from support.clients import Client, connect, wait_until
 from support.cluster import NODE_TIMEOUT_MS, RedisCluster
 from support.processes import AppProcess

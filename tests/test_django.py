@@ -26,7 +26,7 @@ import jwt
 import pytest
 import redis
 
-from rrr.embedded import EmbeddedRedis
+from rrr.backplane.embedded import EmbeddedRedis
 from support.browsers import LAUNCH_ARGS, chromium_path
 from support.processes import REQUIRE_ALL, ROOT, free_port
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from rrr.embedded import EmbeddedRedis, find_redis_server
+from rrr.backplane.embedded import EmbeddedRedis, find_redis_server
 from support.processes import AppProcess
 
 

@@ -19,8 +19,8 @@ import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
-from rrr import keys
-from rrr.embedded import EmbeddedRedis
+from rrr.backplane import keys
+from rrr.backplane.embedded import EmbeddedRedis
 from support.clients import Client, connect, wait_until
 from support.redis import LyingRedis
 from support.servers import ServerFactory

@@ -15,7 +15,7 @@ import jwt
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from rrr.embedded import EmbeddedRedis
+from rrr.backplane.embedded import EmbeddedRedis
 from support.clients import Client, connect, wait_until
 from support.servers import ServerFactory
 

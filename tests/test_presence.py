@@ -15,7 +15,7 @@ from support.clients import Client, connect, wait_until
 from support.processes import AppProcess
 from support.servers import ServerFactory
 
-from rrr import keys
+from rrr.backplane import keys
 
 pytestmark = pytest.mark.gen_test(timeout=90)
 

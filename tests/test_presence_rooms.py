@@ -17,7 +17,7 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient
 
-from rrr import keys
+from rrr.backplane import keys
 from support.clients import Client, connect, wait_until
 from support.processes import AppProcess
 from support.servers import ServerFactory

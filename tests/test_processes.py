@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from rrr import keys
+from rrr.backplane import keys
 from support.clients import Client, connect, wait_until
 from support.processes import AppProcess, need_binary
 

@@ -31,7 +31,7 @@ import tornado.websocket
 from tornado.httpclient import HTTPClientError
 
 from rrr.auth import mint
-from rrr.embedded import EmbeddedRedis, die_with_parent
+from rrr.backplane.embedded import EmbeddedRedis, die_with_parent
 from support.clients import Client, wait_until
 from support.processes import ROOT, free_port, need_binary
 from support.production import (

@@ -9,7 +9,7 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from rrr.embedded import EmbeddedRedis
+from rrr.backplane.embedded import EmbeddedRedis
 from support.clients import Client, connect, wait_until
 from support.servers import ServerFactory
 

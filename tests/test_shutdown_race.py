@@ -26,10 +26,10 @@ import time
 import pytest
 import redis
 
-from rrr.connect import make_redis
+from rrr.backplane.connect import make_redis
 from rrr.metrics import Metrics
 from rrr.protocol import CountState
-from rrr.subscriber import Listener, Subscriber
+from rrr.backplane.subscriber import Listener, Subscriber
 from rrr.supervise import Supervisor
 
 pytestmark = pytest.mark.gen_test(timeout=120)

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from rrr.embedded import die_with_parent
+from rrr.backplane.embedded import die_with_parent
 
 NODE_TIMEOUT_MS = 2000
 ROOT = Path(__file__).resolve().parent.parent.parent

@@ -31,7 +31,7 @@ import tornado.httpclient
 from tornado.websocket import websocket_connect
 
 from deploy import render
-from rrr.embedded import die_with_parent
+from rrr.backplane.embedded import die_with_parent
 from support.clients import Client
 from support.processes import AppProcess, free_port
 

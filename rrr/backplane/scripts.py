@@ -19,9 +19,9 @@ from .keys import LUA_PRELUDE
 #: there; Redis < 7 does not know the shebang and gets the scripts without it.
 FLAGS = "#!lua flags=allow-oom\n"
 
-# Shared Lua: key names (from rrr.keys, the one place they are spelled), clock, recount
+# Shared Lua: key names (from rrr.backplane.keys, the one place they are spelled), clock, recount
 # and announce. KEYS/ARGV differ per script.
-#: Both presence flavours (this module's and `rrr.cluster_scripts`) change member fields alike.
+#: Both presence flavours (this module's and `rrr.backplane.cluster_scripts`) change member fields alike.
 APPLY_MEMBERS = r"""
 -- Apply one process's member changes to the members hash ``mkey``: from ARGV[i], ``adds`` pairs
 -- (user, info JSON), then ``removes`` users. Returns whether anything changed, and the next i.
@@ -245,7 +245,7 @@ end
 return out
 """
 
-# -- history (rrr.history) ---------------------------------------------------
+# -- history (rrr.backplane.history) ---------------------------------------------------
 # Cluster-ready: every key is passed in KEYS and carries the room's hash tag.
 # The room's meta hash keeps its epoch ``e`` and top offset ``o``, and the size ``n``
 # and TTL ``t`` (ms) its history is kept at: the server writes those (``own``), so a
@@ -332,7 +332,7 @@ end
 return {epoch, top, entries}
 """
 
-#: Every script by name, as `rrr.presence` loads them.
+#: Every script by name, as `rrr.backplane.presence` loads them.
 ALL = {
     "set_presence": SET_PRESENCE, "renew": RENEW, "sweep": SWEEP, "leave": LEAVE, "count": COUNT, "members": MEMBERS,
     "history_publish": HISTORY_PUBLISH, "history_read": HISTORY_READ,

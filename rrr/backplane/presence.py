@@ -25,11 +25,11 @@ from typing import Any
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..errors import BackplaneError, OutcomeUnknown
+from ..metrics import Metrics
+from ..protocol import CountState, validate_json_payload
 from . import keys, scripts
 from .connect import make_redis
-from .errors import BackplaneError, OutcomeUnknown
-from .metrics import Metrics
-from .protocol import CountState, validate_json_payload
 
 log = logging.getLogger("rrr.presence")
 
@@ -273,7 +273,7 @@ class Presence:
         return await self._call(name, getattr(self._redis, name)(*args, **kwargs))
 
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run one of `rrr.scripts` on the request pool (the history module's way in)."""
+        """Run one of `rrr.backplane.scripts` on the request pool (the history module's way in)."""
         return await self._script(name, args, keys=keys)
 
     async def _script(self, name: str, args: list[Any], lease: bool = False, keys: list[str] | None = None) -> Any:

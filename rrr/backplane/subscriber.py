@@ -22,11 +22,12 @@ from typing import Any, Protocol
 
 from redis.exceptions import ResponseError
 
-from . import history, keys, protocol
-from .errors import BackplaneError
-from .metrics import Metrics
-from .protocol import CountState
-from .supervise import RateLimitedLog, cancel
+from .. import protocol
+from ..errors import BackplaneError
+from ..metrics import Metrics
+from ..protocol import CountState
+from ..supervise import RateLimitedLog, cancel
+from . import history, keys
 
 log = logging.getLogger("rrr.subscriber")
 

@@ -33,7 +33,7 @@ _REVOKED = "rrr:revoked:%s"
 CONTROL_CHANNEL = "rrr:ctl"
 _PROC_PROBE = "rrr:proc:%s:probe"
 
-# -- Redis Cluster only (rrr.cluster) --
+# -- Redis Cluster only (rrr.backplane.cluster_presence, cluster_subscriber) --
 #: The room's shard channel (``SPUBLISH``): what the app publishes live when history is off, and
 #: what a backend on a cluster should ``SPUBLISH`` to; handled by the room's shard only.
 _SHARD_ROOM = "rrr:room:{%s}"
@@ -72,7 +72,7 @@ def history(room: str) -> str:
 
 def meta(room: str) -> str:
     """Hash of a room's history position: ``e`` epoch, ``o`` top offset, ``n``/``t`` its size and TTL.
-    Outlives the stream (see `rrr.history.meta_ttl`), so offsets keep growing across quiet spells."""
+    Outlives the stream (see `rrr.backplane.history.meta_ttl`), so offsets keep growing across quiet spells."""
     return _META % room
 
 
