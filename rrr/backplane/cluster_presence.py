@@ -25,10 +25,9 @@ from ..errors import BackplaneError
 from ..metrics import Metrics
 from ..protocol import CountState, validate_json_payload
 from . import keys
-from .cluster_scripts import ALL as CLUSTER_SCRIPTS
 from .connect import make_redis
 from .presence import BadReply, MemberDelta, Presence, WriteResult, _count, _show, parse_state
-from .scripts import ALL as SCRIPTS, FLAGS, NO_FLAGS
+from . import scripts
 
 log = logging.getLogger("rrr.cluster")
 
@@ -187,8 +186,7 @@ class ClusterPresence(Presence):
     async def _script(self, name: str, args: list[Any], lease: bool = False, keys: list[str] | None = None) -> Any:
         client = self._lease_redis if lease else self._redis
         if not self._scripts:
-            texts = {n: (FLAGS if n not in NO_FLAGS else "") + text for n, text in SCRIPTS.items()}
-            texts.update(CLUSTER_SCRIPTS)
+            texts = scripts.flagged(True) | scripts.CLUSTER
             self._scripts = {n: self._redis.register_script(text) for n, text in texts.items()}
         if not keys:
             raise BackplaneError(f"script {name} needs its keys on a cluster")

@@ -280,10 +280,7 @@ class Presence:
         client = self._lease_redis if lease else self._redis
         if self._flags is None:
             self._flags = await self._flags_supported(client)
-            self._scripts = {
-                n: client.register_script((scripts.FLAGS if self._flags and n not in scripts.NO_FLAGS else "") + text)
-                for n, text in scripts.ALL.items()
-            }
+            self._scripts = {n: client.register_script(text) for n, text in scripts.flagged(self._flags).items()}
         return await self._call(name, self._scripts[name](keys=keys or [], args=args, client=client))
 
     async def _flags_supported(self, client: Any) -> bool:
