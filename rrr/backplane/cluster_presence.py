@@ -161,7 +161,7 @@ class ClusterPresence(Presence):
     async def publish(self, channel: str, data: str) -> int:
         """A room's live message goes to its shard channel (``SPUBLISH``); our own hash-tagged
         channels likewise; anything else (control, probe) is classic ``PUBLISH``."""
-        room = keys.room_of_room_channel(channel)
+        room = keys.room_of(keys.ROOM_CHANNEL, channel)
         if room is not None and protocol.is_valid_slug(room):
             channel = keys.shard_room_channel(room)
         if keys.is_shard_channel(channel):

@@ -308,7 +308,7 @@ class ClusterSubscriber(Subscriber):
             if fut is not None and not fut.done():
                 fut.set_result(None)
             return
-        room = keys.room_of_shard_room_channel(name)
+        room = keys.room_of(keys.SHARD_ROOM_CHANNEL, name)
         if room is not None:
             try:
                 payload = validate_json_payload(data)
@@ -318,7 +318,7 @@ class ClusterSubscriber(Subscriber):
             self.metrics.relayed.inc()
             self._notify("on_room_message", room, payload)
             return
-        room = keys.room_of_room_channel(name)
+        room = keys.room_of(keys.ROOM_CHANNEL, name)
         if room is not None and room not in self._wanted:
             return  # PSUBSCRIBE hears every room's raw publishes; only ours matter
         super()._dispatch(channel, data)

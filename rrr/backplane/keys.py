@@ -115,37 +115,28 @@ def is_shard_channel(channel: str) -> bool:
     return "{" in channel and channel.endswith("}")
 
 
-SHARD_ROOM_PREFIX, SHARD_ROOM_SUFFIX = _SHARD_ROOM.split("%s")
+class Named:
+    """Channels named ``<prefix><room><suffix>``: which room one of them belongs to (`room_of`)."""
+
+    __slots__ = ("prefix", "suffix")
+
+    def __init__(self, template: str) -> None:
+        self.prefix, self.suffix = template.split("%s")
 
 
-def room_of_shard_room_channel(channel: str) -> str | None:
-    if channel.startswith(SHARD_ROOM_PREFIX) and channel.endswith(SHARD_ROOM_SUFFIX):
-        return channel[len(SHARD_ROOM_PREFIX) : -len(SHARD_ROOM_SUFFIX)]
+#: The channels a pub/sub message can name a room in (see `room_of`).
+ROOM_CHANNEL = Named(ROOM_CHANNEL_PREFIX + "%s")
+COUNT_CHANNEL = Named(_COUNT)
+MESSAGE_CHANNEL = Named(_MESSAGES)
+SHARD_ROOM_CHANNEL = Named(_SHARD_ROOM)
+
+
+def room_of(named: Named, channel: str) -> str | None:
+    """The room ``channel`` belongs to if it is one of ``named`` (`ROOM_CHANNEL`, `COUNT_CHANNEL`,
+    `MESSAGE_CHANNEL`, `SHARD_ROOM_CHANNEL`), else None."""
+    if channel.startswith(named.prefix) and channel.endswith(named.suffix):
+        return channel[len(named.prefix) : len(channel) - len(named.suffix)]
     return None
-
-
-COUNT_CHANNEL_PREFIX, COUNT_CHANNEL_SUFFIX = _COUNT.split("%s")
-
-
-def room_of_count_channel(channel: str) -> str | None:
-    """The room a count channel belongs to, or None if ``channel`` is not one."""
-    if channel.startswith(COUNT_CHANNEL_PREFIX) and channel.endswith(COUNT_CHANNEL_SUFFIX):
-        return channel[len(COUNT_CHANNEL_PREFIX) : -len(COUNT_CHANNEL_SUFFIX)]
-    return None
-
-
-MESSAGE_CHANNEL_PREFIX, MESSAGE_CHANNEL_SUFFIX = _MESSAGES.split("%s")
-
-
-def room_of_message_channel(channel: str) -> str | None:
-    """The room a history message channel belongs to, or None if ``channel`` is not one."""
-    if channel.startswith(MESSAGE_CHANNEL_PREFIX) and channel.endswith(MESSAGE_CHANNEL_SUFFIX):
-        return channel[len(MESSAGE_CHANNEL_PREFIX) : -len(MESSAGE_CHANNEL_SUFFIX)]
-    return None
-
-
-def room_of_room_channel(channel: str) -> str | None:
-    return channel[len(ROOM_CHANNEL_PREFIX) :] if channel.startswith(ROOM_CHANNEL_PREFIX) else None
 
 
 def _lua_key(template: str) -> str:

@@ -298,16 +298,16 @@ class Subscriber:
                 if isinstance(order, dict) and isinstance(order.get("disconnect"), str):
                     self._notify("on_disconnect_user", order["disconnect"])
                 return
-            room = keys.room_of_count_channel(name)
+            room = keys.room_of(keys.COUNT_CHANNEL, name)
             if room is not None:
                 self._notify("on_count", room, protocol.decode_count_announcement(data))
                 return
-            room = keys.room_of_message_channel(name)
+            room = keys.room_of(keys.MESSAGE_CHANNEL, name)
             if room is not None:
                 self.metrics.relayed.inc()
                 self._notify("on_history_message", room, *history.parse_message(data))
                 return
-            room = keys.room_of_room_channel(name)
+            room = keys.room_of(keys.ROOM_CHANNEL, name)
             if room is not None:
                 self.metrics.relayed.inc()
                 self._notify("on_room_message", room, protocol.validate_json_payload(data))
