@@ -31,7 +31,7 @@ from typing import Protocol
 
 from . import protocol
 from .errors import BackplaneError
-from .backplane.history import History, Read
+from .backplane import History, Read
 from .metrics import Metrics
 from .protocol import Since
 from .supervise import RateLimitedLog

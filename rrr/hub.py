@@ -23,17 +23,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from . import protocol
-
-from .backplane import keys
 from .coalesce import Coalescer
 from .auth import Identity
 from .delivery import Delivery
 from .errors import BackplaneError
-from .backplane.history import History, Published
+from .backplane import CHUNK, History, MemberDelta, Presence, Published, Subscriber
 from .metrics import Metrics
-from .backplane.presence import CHUNK, MemberDelta, Presence
 from .protocol import CountState, Since
-from .backplane.subscriber import Subscriber
 from .supervise import RateLimitedLog
 from .edge.wsframe import Frame
 
@@ -95,11 +91,11 @@ class Hub:
 
     def __init__(
         self, presence: Presence, subscriber: Subscriber, coalescer: Coalescer, metrics: Metrics, *,
-        history: History | None = None, count_interval: float = 0.1, count_rate: float = 0.0,
+        history: History, count_interval: float = 0.1, count_rate: float = 0.0,
         member_grace: float = 2.0,
     ) -> None:
         self.presence = presence
-        self.history = history or History(presence, 0, 0)
+        self.history = history
         self.subscriber = subscriber
         self.coalescer = coalescer
         self.metrics = metrics
@@ -153,7 +149,7 @@ class Hub:
             self._identity_of[conn] = identity
             self._by_user.setdefault(identity.user, set()).add(conn)
 
-    def on_disconnect_user(self, user: str) -> None:
+    def signed_out(self, user: str) -> None:
         """The user's tokens were revoked: close each of its sockets here with 4001."""
         for conn in list(self._by_user.get(user, ())):
             self._sign_out(conn)
@@ -162,7 +158,7 @@ class Hub:
         self.identify(conn, None)
         conn.close(4001, "signed out")
 
-    def on_control_subscribed(self) -> None:
+    def control_confirmed(self) -> None:
         """A sign-out published while our pub/sub connection was down never reached us; the
         revocation itself is in Redis. Now that the control channel is confirmed (later sign-outs
         arrive as messages), every authenticated socket here is checked against it, off the
@@ -234,7 +230,7 @@ class Hub:
         r = self._rooms.get(room)
         if r is None:
             r = self._rooms[room] = _Room()
-            self.subscriber.subscribe(room)
+            self.subscriber.follow(room)
         new = conn not in r.tabs_by_conn
         r.tabs_by_conn[conn] = r.tabs_by_conn.get(conn, 0) + 1
         r.tabs += 1
@@ -280,7 +276,7 @@ class Hub:
             if r.timer:
                 r.timer.cancel()
             del self._rooms[room]
-            self.subscriber.unsubscribe(room)
+            self.subscriber.unfollow(room)
             self.delivery.room_gone(room)
         self._mark_dirty(room)
 
@@ -402,7 +398,7 @@ class Hub:
         for room, state in states.items():
             r = self._rooms.get(room)
             sent_before = r.sent_version if r else None
-            self.on_count(room, state)
+            self.count(room, state)
             if r is not None and room in owed and r.sent_version == sent_before:
                 self._send_initial(r, room, owed[room])
             if r is not None and protocol.is_presence_room(room):
@@ -425,7 +421,7 @@ class Hub:
 
     # -- what the subscriber hears (its Listener) ------------------------------------------------
 
-    def on_count(self, room: str, state: CountState) -> None:
+    def count(self, room: str, state: CountState) -> None:
         r = self._rooms.get(room)
         if r is None or (r.state is not None and state.version <= r.state.version):
             return
@@ -561,18 +557,18 @@ class Hub:
         """A presence room's members across every live process: user -> info JSON."""
         return await self.presence.members(room)
 
-    def on_room_message(self, room: str, data_json: str) -> None:
+    def raw_message(self, room: str, data_json: str) -> None:
         self.delivery.on_raw_message(room, data_json)
 
-    def on_history_message(self, room: str, offset: int, epoch: str, data_json: str) -> None:
+    def message(self, room: str, offset: int, epoch: str, data_json: str) -> None:
         self.delivery.on_message(room, offset, epoch, data_json)
 
-    def on_subscribed(self, room: str) -> None:
+    def room_confirmed(self, room: str) -> None:
         if room in self._rooms:
             self._mark_dirty(room)
             self.delivery.channels_ready(room)
 
-    def on_connected(self) -> None:
+    def connected(self) -> None:
         self.delivery.resync()  # what was published while pub/sub was down is read back
         self.resync()
 
@@ -591,9 +587,7 @@ class Hub:
 
     async def publish(self, room: str, data_json: str) -> Published:
         """Store and relay (history on), or relay only: then ``offset`` is 0 and ``epoch`` empty."""
-        if self.history.enabled:
-            return await self.history.publish(room, data_json)
-        return Published(0, "", await self.presence.publish(keys.room_channel(room), data_json))
+        return await self.history.publish(room, data_json)
 
     async def room_state(self, room: str) -> CountState:
         return await self.presence.room_state(room)

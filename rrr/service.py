@@ -26,13 +26,11 @@ import time
 from dataclasses import dataclass
 
 from .coalesce import Coalescer
-from .backplane.connect import is_cluster_url
+from .backplane import Backplane, History, Presence, Subscriber, connect
+from .backplane.history import meta_ttl
 from .errors import BackplaneError
-from .backplane.history import History, meta_ttl
 from .hub import Hub
 from .metrics import Metrics
-from .backplane.presence import Presence
-from .backplane.subscriber import Subscriber
 from .supervise import Supervisor, full_jitter
 
 log = logging.getLogger("rrr.service")
@@ -55,31 +53,20 @@ class Settings:
 
 
 class Service:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics | None = None, backplane: Backplane | None = None,
+    ) -> None:
         self.settings = s = settings
         self.metrics = metrics = metrics or Metrics()
-        cluster = is_cluster_url(s.redis_url)
-        if cluster:  # Redis Cluster: per-row expiry, sharded pub/sub
-            from .backplane.cluster_presence import ClusterPresence
-            from .backplane.cluster_subscriber import ClusterSubscriber
-
-            self.presence: Presence = ClusterPresence(
-                s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
-            )
-            self.subscriber: Subscriber = ClusterSubscriber(
-                metrics, url=s.redis_url, timeout=s.redis_timeout, keepalive=s.pubsub_keepalive,
-                process_id=self.presence.process_id,
-            )
-        else:
-            self.presence = Presence(
-                s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
-            )
-            self.subscriber = Subscriber(metrics, keepalive=s.pubsub_keepalive, process_id=self.presence.process_id)
-        self.coalescer = Coalescer(s.count_interval)
-        self.history = History(
-            self.presence, s.history_size, s.history_ttl, sharded=cluster, readers=max(1, s.redis_pool_size // 2),
+        bp = backplane or connect(
+            s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
+            keepalive=s.pubsub_keepalive, history_size=s.history_size, history_ttl=s.history_ttl,
             max_message=s.max_message_size,
         )
+        self.presence: Presence = bp.presence
+        self.subscriber: Subscriber = bp.subscriber
+        self.history: History = bp.history
+        self.coalescer = Coalescer(s.count_interval)
         self.hub = Hub(
             self.presence, self.subscriber, self.coalescer, metrics, history=self.history,
             count_interval=s.count_interval, count_rate=s.count_rate,
@@ -103,7 +90,7 @@ class Service:
             await self.history.announce()  # before we serve: a backend's next publish follows us
         except BackplaneError:
             pass  # Redis is down: announced with the first renewal that reaches it
-        self.subscriber.bind(self.presence.pubsub_client, self.hub)
+        self.subscriber.bind(self.hub)
         self.supervisor.spawn("subscriber", self._subscribe)
         self.supervisor.spawn("lease", self._maintain, backoff_cap=min(self.settings.backoff_cap, 1.0))
         self.supervisor.spawn("flush", self._flush)

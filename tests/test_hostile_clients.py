@@ -98,7 +98,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_unregistered(
         chunk = json.dumps("x" * 60000)
         # Publish straight into the hub, as Redis would, until the stuck socket overflows.
         for _ in range(400):
-            server.hub.on_room_message("slow", chunk)
+            server.hub.raw_message("slow", chunk)
             if server.metric("rrr_slow_client_disconnects_total"):
                 break
             await asyncio.sleep(0)

@@ -1,7 +1,7 @@
 """Presence on a Redis 7 Cluster (``--redis-url redis+cluster://...``).
 
-Same interface as `rrr.backplane.presence.Presence` (the core cannot tell), different paths
-underneath: no global lease set. Each of this process's rows carries its own expiry
+The `rrr.backplane.Presence` of `rrr.backplane.presence.ClassicPresence` (the core cannot tell),
+different paths underneath: no global lease set. Each of this process's rows carries its own expiry
 (`rrr.backplane.cluster_scripts`); `renew` rewrites the expiry of every room this process has
 a row in, one script per room, and each such call also drops the room's expired rows and
 announces the corrected totals. So a killed process is out of every count within TTL +
@@ -23,11 +23,11 @@ from typing import Any
 from .. import protocol
 from ..errors import BackplaneError
 from ..metrics import Metrics
-from ..protocol import CountState, validate_json_payload
-from . import keys
+from ..protocol import CountState
+from . import MemberDelta, WriteResult, keys, scripts
+from .calls import BadReply, Calls, Revocations, count, lease_fresh, member_args, parse_members, parse_state, show
 from .connect import make_redis
-from .presence import BadReply, MemberDelta, Presence, WriteResult, _count, _show, parse_state
-from . import scripts
+from .presence import new_process_id
 
 log = logging.getLogger("rrr.cluster")
 
@@ -35,24 +35,38 @@ log = logging.getLogger("rrr.cluster")
 CONCURRENCY = 16
 
 
-class ClusterPresence(Presence):
-    """`Presence` on a Redis Cluster: per-row expiry instead of a lease, one room per script."""
+class ClusterPresence:
+    """Presence on a Redis Cluster: per-row expiry instead of a lease, one room per script."""
 
     def __init__(
-        self, url: str, metrics: Metrics, *, ttl: float = 15.0, timeout: float = 2.0, pool_size: int = 32,
+        self, url: str, metrics: Metrics, pubsub: Any, *, ttl: float = 15.0, timeout: float = 2.0, pool_size: int = 32,
     ) -> None:
-        super().__init__(url, metrics, ttl=ttl, timeout=timeout, pool_size=max(pool_size, CONCURRENCY * 2))
+        self.metrics = metrics
+        self.ttl = ttl
+        self.process_id = new_process_id()
+        self._redis = make_redis(url, timeout, max(pool_size, CONCURRENCY * 2))
         # The cluster client does not wait for a free connection (it refuses): renewals run
         # CONCURRENCY at once, so give them that many.
-        self._unused = self._lease_redis
         self._lease_redis = make_redis(url, timeout, CONCURRENCY + 2)
-        self._flags = True  # a cluster is Redis 7
+        # The subscriber's, which it reads the topology with (`rrr.backplane.connect`): closed with ours.
+        self._pubsub_redis = pubsub
+        self._calls = Calls(metrics, self._reset_pools)
+        self._revocations = Revocations(self._redis, self._calls, self.publish)
+        self._scripts: dict[str, Any] = {}
+        self._renewed_at: float | None = None  # monotonic time of the last renewal every shard confirmed
         self._rows: dict[str, tuple[int, int]] = {}  # rooms our row is in Redis with, as last written
         self._writing: set[str] = set()
 
+    @property
+    def oom(self) -> bool:
+        return self._calls.oom
+
     async def close(self) -> None:
-        await super().close()
-        await self._unused.aclose()
+        for client in (self._redis, self._lease_redis, self._pubsub_redis):
+            await client.aclose()
+
+    def lease_fresh(self) -> bool:
+        return lease_fresh(self._renewed_at, self.ttl)
 
     # -- the "lease": our rows' expiry -------------------------------------
 
@@ -62,21 +76,21 @@ class ClusterPresence(Presence):
         started = time.monotonic()
         rooms = dict(self._rows)
         if not rooms:
-            await self._call("renew", self._lease_redis.ping())
+            await self._calls.run("renew", self._lease_redis.ping())
             self._renewed_at = started
             return False
         replies, failure = await self._each(
             list(rooms), lambda room: self._script(
                 "cluster_renew", [self.process_id, self.ttl, keys.count_channel(room)], lease=True,
-                keys=_room_keys(room),
+                keys=keys.presence_keys(room),
             ),
         )
         lost = False
         dropped = 0
         for room, reply in replies.items():
             if not (isinstance(reply, list) and len(reply) == 2):
-                raise BadReply(f"expected {{lost, dropped}} from RENEW, got {_show(reply)}")
-            dropped += _count(reply[1], "RENEW")
+                raise BadReply(f"expected {{lost, dropped}} from RENEW, got {show(reply)}")
+            dropped += count(reply[1], "RENEW")
             if reply[0] == 1 and room not in self._writing and self._rows.get(room) == rooms[room]:
                 self._rows.pop(room, None)
                 lost = True
@@ -104,12 +118,9 @@ class ClusterPresence(Presence):
             adds, removes = members.get(room, ({}, []))
             args: list[Any] = [
                 self.process_id, self.ttl, keys.count_channel(room), int(room in self._rows), c, t,
-                len(adds), len(removes),
+                *member_args(adds, removes),
             ]
-            for user, info in adds.items():
-                args += [user, info]
-            args += removes
-            return self._script("cluster_write", args, keys=_room_keys(room))
+            return self._script("cluster_write", args, keys=keys.presence_keys(room))
 
         rooms = list(updates)
         self._writing.update(rooms)
@@ -119,7 +130,7 @@ class ClusterPresence(Presence):
             self._writing.difference_update(rooms)
         for room, reply in replies.items():
             if not (isinstance(reply, list) and len(reply) == 2 and reply[0] in (0, 1)):
-                raise BadReply(f"expected {{lost, row}} from WRITE, got {_show(reply)}")
+                raise BadReply(f"expected {{lost, row}} from WRITE, got {show(reply)}")
             if reply[0] == 1:
                 result.lease_lost = True
             result.states[room] = parse_state(reply[1])
@@ -136,25 +147,16 @@ class ClusterPresence(Presence):
         if rooms:
             await self.write({room: (0, 0) for room in rooms})
         try:
-            await self._call("probe", self._redis.delete(keys.probe_key(self.process_id)))
+            await self._calls.run("probe", self._redis.delete(keys.probe_key(self.process_id)))
         except BackplaneError:
             pass
         self._renewed_at = None
 
     async def room_state(self, room: str) -> CountState:
-        return parse_state(await self._script("cluster_count", [], keys=_room_keys(room)))
+        return parse_state(await self._script("cluster_count", [], keys=keys.presence_keys(room)))
 
     async def members(self, room: str) -> dict[str, str]:
-        reply = await self._script("cluster_members", [], keys=_room_keys(room))
-        if not isinstance(reply, list) or len(reply) % 2:
-            raise BadReply(f"expected user, info pairs from MEMBERS, got {_show(reply)}")
-        try:
-            out = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
-            for info in out.values():
-                validate_json_payload(info)
-        except (AttributeError, UnicodeDecodeError, ValueError):
-            raise BadReply("a member in Redis is not a string of JSON") from None
-        return out
+        return parse_members(await self._script("cluster_members", [], keys=keys.presence_keys(room)))
 
     # -- plain commands --------------------------------------------------
 
@@ -165,23 +167,37 @@ class ClusterPresence(Presence):
         if room is not None and protocol.is_valid_slug(room):
             channel = keys.shard_room_channel(room)
         if keys.is_shard_channel(channel):
-            return _count(await self._call("publish", self._redis.spublish(channel, data)), "SPUBLISH")
-        return _count(await self._call("publish", self._redis.publish(channel, data)), "PUBLISH")
+            return count(await self._calls.run("publish", self._redis.spublish(channel, data)), "SPUBLISH")
+        return count(await self._calls.run("publish", self._redis.publish(channel, data)), "PUBLISH")
+
+    async def revoke(self, user: str, keep_for: float) -> float:
+        return await self._revocations.revoke(user, keep_for)
+
+    async def revoked_at(self, user: str) -> float | None:
+        return await self._revocations.revoked_at(user)
 
     async def ping(self) -> bool:
         """Every master answers."""
         try:
-            reply = await self._call("ping", self._redis.ping(target_nodes=self._redis.PRIMARIES))
+            reply = await self._calls.run("ping", self._redis.ping(target_nodes=self._redis.PRIMARIES))
         except BackplaneError:
             return False
         return reply is True or (isinstance(reply, dict) and all(v is True for v in reply.values()))
 
     async def probe_write(self) -> None:
-        await self._call(
+        await self._calls.run(
             "probe", self._redis.set(keys.probe_key(self.process_id), str(time.time()), ex=max(60, int(3 * self.ttl))),
         )
 
     # -- plumbing --------------------------------------------------------
+
+    async def call_command(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """One plain command on the request pool (``name`` is the redis-py method), errors as ours."""
+        return await self._calls.run(name, getattr(self._redis, name)(*args, **kwargs))
+
+    async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run one of `rrr.backplane.scripts` on the request pool (the history module's way in)."""
+        return await self._script(name, args, keys=keys)
 
     async def _script(self, name: str, args: list[Any], lease: bool = False, keys: list[str] | None = None) -> Any:
         client = self._lease_redis if lease else self._redis
@@ -190,7 +206,7 @@ class ClusterPresence(Presence):
             self._scripts = {n: self._redis.register_script(text) for n, text in texts.items()}
         if not keys:
             raise BackplaneError(f"script {name} needs its keys on a cluster")
-        return await self._call(name, self._scripts[name](keys=keys, args=args, client=client))
+        return await self._calls.run(name, self._scripts[name](keys=keys, args=args, client=client))
 
     async def _each(self, rooms: list[str], call: Any) -> tuple[dict[str, Any], BaseException | None]:
         """``call(room)`` for every room, CONCURRENCY at once: the replies of those that succeeded,
@@ -215,7 +231,3 @@ class ClusterPresence(Presence):
                     await node.disconnect()
             except Exception:  # noqa: BLE001 - already broken; the next call reconnects
                 pass
-
-
-def _room_keys(room: str) -> list[str]:
-    return [keys.presence(room), keys.members(room)]

@@ -1,6 +1,7 @@
 """Pub/sub on a Redis 7 Cluster (``--redis-url redis+cluster://...``).
 
-Same interface as `rrr.backplane.subscriber.Subscriber` (the core cannot tell): one sharded
+The `rrr.backplane.Subscriber` of `rrr.backplane.subscriber.ClassicSubscriber` (the core cannot
+tell), built of the same parts (`rrr.backplane.pubsub`): one sharded
 pub/sub connection per master, ``SSUBSCRIBE``ing each room's channels (count, history
 messages, the room's shard channel) on the master that owns the room's slot, plus one classic
 connection (on a replica when there is one) for ``PSUBSCRIBE rrr:room:*`` (backends' raw
@@ -22,17 +23,11 @@ from typing import Any
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from ..errors import BackplaneError
 from ..metrics import Metrics
-from ..protocol import validate_json_payload
-from ..supervise import cancel, full_jitter
-from . import keys
+from ..supervise import RateLimitedLog, cancel, full_jitter
+from . import Events, Publisher, keys
 from .connect import make_node_redis, parse_cluster_url
-from .subscriber import Publisher, Subscriber, log as sub_log
-
-
-def _shard_channels(room: str) -> list[str]:
-    return [keys.shard_room_channel(room), keys.count_channel(room), keys.message_channel(room)]
+from .pubsub import Dispatch, Follows, listen, log
 
 
 class _Link:
@@ -61,26 +56,33 @@ class _Link:
 CLASSIC = "classic"
 
 
-class ClusterSubscriber(Subscriber):
-    """`Subscriber` on a Redis Cluster: sharded pub/sub per master, plus one classic connection.
+class ClusterSubscriber:
+    """Pub/sub on a Redis Cluster: sharded pub/sub per master, plus one classic connection.
 
     A master's connection that breaks is repaired alone: its rooms are unconfirmed, the topology
     is read again until a master serves their slots (after a failover: the promoted replica),
-    they are subscribed there, and the listener is told to resync as after any reconnect. The
+    they are subscribed there, and the core is told to resync as after any reconnect. The
     other masters' rooms keep being delivered meanwhile. The classic connection (on a replica
     when there is one) is repaired the same way.
     """
 
     def __init__(
-        self, metrics: Metrics, *, url: str, timeout: float = 2.0, keepalive: float = 5.0, process_id: str = "",
+        self, redis: Any, metrics: Metrics, *, url: str, timeout: float = 2.0, keepalive: float = 5.0,
+        process_id: str = "",
     ) -> None:
-        super().__init__(metrics, keepalive=keepalive, process_id=process_id)
+        self.metrics = metrics
+        self.keepalive = keepalive
+        self.probe_channel = keys.probe_channel(process_id or secrets.token_hex(8))
+        self._redis = redis  # the cluster client the topology is read with
+        self._follows = Follows(metrics)
+        self._dispatch = Dispatch(metrics, {self.probe_channel}, psubscribed=True)
+        self._log = RateLimitedLog(log)
+        self._syncer: asyncio.Task[None] | None = None
         self._pid = process_id or secrets.token_hex(8)
         self._cluster_url = parse_cluster_url(url)
         self._timeout = timeout
         self._links: dict[str, _Link] = {}
         self._shard_probes: dict[str, str] = {}  # node name -> our probe channel in its slots
-        self._probe_names: set[str] = set()
         self._active: set[str] = set()  # rooms with an SSUBSCRIBE sent on a live link
         # Shard channels we SUNSUBSCRIBEd ourselves, by how many replies are still to come (a room
         # left and joined again quickly gets its sunsubscribe reply after it is wanted again).
@@ -88,13 +90,55 @@ class ClusterSubscriber(Subscriber):
         self._broken = asyncio.Event()
         self._stopping = False
 
+    def bind(self, events: Events) -> None:
+        self._dispatch.events = events
+
+    # -- what the core asks for ------------------------------------------
+
+    def follow(self, room: str) -> None:
+        self._follows.follow(room)
+
+    def unfollow(self, room: str) -> None:
+        self._follows.unfollow(room)
+
+    def confirmed(self, room: str) -> bool:
+        return self._follows.is_confirmed(room)
+
+    @property
+    def connected(self) -> bool:
+        return self._follows.connected
+
+    @property
+    def synced(self) -> bool:
+        return self._follows.synced
+
+    @property
+    def ran_for(self) -> float:
+        return self._follows.ran_for
+
+    def reconnect_now(self) -> None:
+        self._follows.reconnect_now()
+
+    async def backoff(self, delay: float) -> None:
+        await self._follows.backoff(delay)
+
+    async def probe(self, publisher: Publisher, timeout: float) -> bool:
+        """A token through every connection: the classic one and each master's sharded one."""
+        if not self.connected:
+            return False
+        return await self._dispatch.probe(publisher, [self.probe_channel, *self._shard_probes.values()], timeout)
+
+    # -- the connections -------------------------------------------------
+
     async def stop(self) -> None:
-        """End the sync and reader tasks before whoever runs us cancels `run` (see `Subscriber.stop`)."""
+        """End the sync and reader tasks before whoever runs us cancels `run`: a cancel that
+        interrupted run's own cleanup would leave those children pending."""
         self._stopping = True
         for link in list(self._links.values()):
             if link.reader is not None:
                 await cancel(link.reader)
-        await super().stop()
+        if self._syncer is not None:
+            await cancel(self._syncer)
 
     async def run(self) -> None:
         cluster = self._redis
@@ -105,9 +149,7 @@ class ClusterSubscriber(Subscriber):
             primaries = list(cluster.get_primaries())
             if not primaries:
                 raise ConnectionError("the cluster has no masters")
-            self._confirmed = set()
-            self._pending = {}
-            self._unacked = {}
+            self._follows.restart()
             self._active = set()
             self._dropping = {}
             self._broken.clear()
@@ -115,7 +157,8 @@ class ClusterSubscriber(Subscriber):
             for node in primaries:
                 await self._open_shard(cluster, node)
             syncer = self._syncer = asyncio.create_task(self._sync_shards(cluster), name="rrr-cluster-sync")
-            self._went_up("redis cluster pub/sub")
+            self._follows.went_up("redis cluster pub/sub")
+            self._dispatch.connected()  # what was published while it was down is read back
             while True:
                 waiter = asyncio.ensure_future(self._broken.wait())
                 try:
@@ -129,7 +172,7 @@ class ClusterSubscriber(Subscriber):
                     raise ConnectionError("cluster pub/sub stopped")
                 await self._repair(cluster)
         finally:
-            self._went_down()
+            self._follows.went_down()
             if syncer is not None:
                 await cancel(syncer)
             for link in list(self._links.values()):
@@ -137,7 +180,9 @@ class ClusterSubscriber(Subscriber):
             self._links = {}
 
     def _start_reader(self, link: _Link) -> None:
-        link.reader = asyncio.create_task(self._listen(link.pubsub), name=f"rrr-cluster-read-{link.name}")
+        link.reader = asyncio.create_task(
+            listen(link.pubsub, self.keepalive, self._dispatch, self._reply), name=f"rrr-cluster-read-{link.name}",
+        )
         link.reader.add_done_callback(lambda _: self._broken.set())
 
     async def _open_classic(self, cluster: Any) -> None:
@@ -172,26 +217,22 @@ class ClusterSubscriber(Subscriber):
             raise
         self._links[node.name] = link
         self._shard_probes[node.name] = channel
-        self._probe_names = set(self._shard_probes.values())
+        self._dispatch.probe_channels = {self.probe_channel, *self._shard_probes.values()}
         self._start_reader(link)
 
     async def _drop_link(self, link: _Link) -> None:
         """Forget a link and unconfirm its rooms (the syncer subscribes them again elsewhere)."""
         self._links.pop(link.name, None)
         self._shard_probes.pop(link.name, None)
-        self._probe_names = set(self._shard_probes.values())
+        self._dispatch.probe_channels = {self.probe_channel, *self._shard_probes.values()}
         for room in link.rooms:
             self._active.discard(room)
-            self._confirmed.discard(room)
-            self._unacked.pop(room, None)
-            for channel in _shard_channels(room):
-                self._pending.pop(channel.encode(), None)
+            self._follows.forget(room, keys.shard_channels(room))
         if link.reader is not None and link.reader.done() and not link.reader.cancelled():
             e = link.reader.exception()
             if e is not None:
                 self.metrics.task_errors.labels("subscriber").inc()
-                self._dispatch_log.warning("link", "cluster pub/sub to %s broke: %s: %s", link.name,
-                                           type(e).__name__, e)
+                self._log.warning("link", "cluster pub/sub to %s broke: %s: %s", link.name, type(e).__name__, e)
         await link.close()
 
     async def _repair(self, cluster: Any) -> None:
@@ -213,19 +254,18 @@ class ClusterSubscriber(Subscriber):
                     if name not in self._links:
                         await self._open_shard(cluster, node)
             except (RedisError, OSError, ConnectionError, asyncio.TimeoutError) as e:
-                self._dispatch_log.warning("repair", "cluster pub/sub repair: %s: %s", type(e).__name__, e)
+                self._log.warning("repair", "cluster pub/sub repair: %s: %s", type(e).__name__, e)
                 await self.backoff(full_jitter(attempt, 0.1, 2.0))
                 attempt += 1
                 continue
             if not any(link.broken for link in self._links.values()):
                 break
         self.metrics.redis_reconnects.inc()
-        sub_log.info("redis cluster pub/sub repaired; resubscribing %d rooms", len(self._wanted - self._active))
-        self._changed.set()
-        if self._listener:
-            self._listener.on_connected()  # whatever was missed, read back; presence written again
-            for room in list(self._confirmed):
-                self._notify("on_subscribed", room)  # still subscribed: catch up at once
+        log.info("redis cluster pub/sub repaired; resubscribing %d rooms", len(self._follows.wanted - self._active))
+        self._follows.changed.set()
+        self._dispatch.connected()  # whatever was missed, read back; presence written again
+        for room in list(self._follows.confirmed):
+            self._dispatch.room_confirmed(room)  # still subscribed: catch up at once
 
     def _probe_channel_on(self, cluster: Any, node: Any) -> str:
         """Our probe channel whose slot ``node`` serves (a hash tag found by trying a few)."""
@@ -238,12 +278,13 @@ class ClusterSubscriber(Subscriber):
     async def _sync_shards(self, cluster: Any) -> None:
         """Converge SSUBSCRIBEs to the wanted rooms, each on the master of its slot. A room whose
         master has no live link waits for the repair (which wakes us again)."""
-        self._changed.set()
+        follows = self._follows
+        follows.changed.set()
         while True:
-            await self._changed.wait()
-            self._changed.clear()
-            for room in self._wanted - self._active:
-                channels = _shard_channels(room)
+            await follows.changed.wait()
+            follows.changed.clear()
+            for room in follows.wanted - self._active:
+                channels = keys.shard_channels(room)
                 try:
                     node = cluster.get_node_from_key(channels[0])
                 except RedisError:
@@ -251,9 +292,7 @@ class ClusterSubscriber(Subscriber):
                 link = self._links.get(node.name)
                 if link is None or link.broken:
                     continue
-                self._unacked[room] = len(channels)
-                for channel in channels:
-                    self._pending[channel.encode()] = room
+                follows.expect(room, channels)
                 link.rooms.add(room)
                 self._active.add(room)
                 try:
@@ -261,14 +300,11 @@ class ClusterSubscriber(Subscriber):
                 except (RedisError, OSError) as e:
                     if link.reader is not None:
                         link.reader.cancel()  # the link is broken: repaired with its rooms
-                    self._dispatch_log.warning("ssubscribe", "SSUBSCRIBE on %s failed: %s", link.name, e)
-            for room in self._active - self._wanted:
-                channels = _shard_channels(room)
-                self._unacked.pop(room, None)
+                    self._log.warning("ssubscribe", "SSUBSCRIBE on %s failed: %s", link.name, e)
+            for room in self._active - follows.wanted:
+                channels = keys.shard_channels(room)
                 self._active.discard(room)
-                self._confirmed.discard(room)
-                for channel in channels:
-                    self._pending.pop(channel.encode(), None)
+                follows.forget(room, channels)
                 link = next((lk for lk in self._links.values() if room in lk.rooms), None)
                 if link is None:
                     continue
@@ -281,11 +317,14 @@ class ClusterSubscriber(Subscriber):
                     if link.reader is not None:
                         link.reader.cancel()
 
-    def _on_reply(self, kind: Any, channel: bytes, data: Any) -> None:
+    def _reply(self, kind: Any, channel: bytes, data: Any) -> None:
+        """One pub/sub reply that names a channel, on any of the links."""
         if kind in ("message", "pmessage", "smessage"):
-            self._dispatch(channel, data)
+            self._dispatch.message(channel, data, self._follows.wanted)
         elif kind == "ssubscribe":
-            self._confirm(channel)
+            room = self._follows.acked(channel)
+            if room is not None:
+                self._dispatch.room_confirmed(room)
         elif kind == "sunsubscribe":
             left = self._dropping.get(channel, 0)
             if left > 1:
@@ -296,54 +335,6 @@ class ClusterSubscriber(Subscriber):
                 return
             # Not ours: the slot moved (a resharding, or this node is no longer its master).
             raise ConnectionError(f"cluster moved shard channel {channel!r:.80}")
-
-    def _dispatch(self, channel: bytes, data: Any) -> None:
-        try:
-            name = channel.decode()
-        except UnicodeDecodeError:
-            self.metrics.malformed_payloads.inc()
-            return
-        if name in self._probe_names:
-            fut = self._probes.get(data.decode() if isinstance(data, bytes) else str(data))
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-            return
-        room = keys.room_of(keys.SHARD_ROOM_CHANNEL, name)
-        if room is not None:
-            try:
-                payload = validate_json_payload(data)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                self.metrics.malformed_payloads.inc()
-                return
-            self.metrics.relayed.inc()
-            self._notify("on_room_message", room, payload)
-            return
-        room = keys.room_of(keys.ROOM_CHANNEL, name)
-        if room is not None and room not in self._wanted:
-            return  # PSUBSCRIBE hears every room's raw publishes; only ours matter
-        super()._dispatch(channel, data)
-
-    async def probe(self, publisher: Publisher, timeout: float) -> bool:
-        """A token through every connection: the classic one and each master's sharded one."""
-        if not self.connected:
-            return False
-        channels = [self.probe_channel, *self._shard_probes.values()]
-        loop = asyncio.get_running_loop()
-        tokens = {secrets.token_hex(8): channel for channel in channels}
-        futures: list[asyncio.Future[None]] = []
-        for token in tokens:
-            fut: asyncio.Future[None] = loop.create_future()
-            self._probes[token] = fut
-            futures.append(fut)
-        try:
-            await asyncio.gather(*(publisher.publish(channel, token) for token, channel in tokens.items()))
-            await asyncio.wait_for(asyncio.gather(*(asyncio.shield(f) for f in futures)), timeout)
-            return True
-        except (BackplaneError, asyncio.TimeoutError):
-            return False
-        finally:
-            for token in tokens:
-                self._probes.pop(token, None)
 
 
 def slot_of(name: str) -> int:

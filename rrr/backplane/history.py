@@ -157,14 +157,18 @@ def _text(x: Any) -> str:
 
 
 class ScriptRunner(Protocol):
+    """A presence's way to Redis, which history borrows (its pool, its errors, its scripts)."""
+
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any: ...
 
     async def call_command(self, name: str, *args: Any, **kwargs: Any) -> Any: ...
 
+    async def publish(self, channel: str, data: str) -> int: ...
 
-class History:
-    """The server's history calls. ``size`` or ``ttl`` 0: history is off (messages are
-    published plainly, with no offset, and nothing is stored)."""
+
+class RedisHistory:
+    """The server's history calls (`rrr.backplane.History`). ``size`` or ``ttl`` 0: history is off
+    (messages are published plainly, with no offset, and nothing is stored)."""
 
     def __init__(
         self, redis: ScriptRunner, size: int, ttl: float, *, sharded: bool = False, readers: int = 16,
@@ -188,6 +192,9 @@ class History:
         return self.size > 0 and self.ttl > 0
 
     async def publish(self, room: str, data_json: str) -> Published:
+        """Store and relay (history on), or relay only: then ``offset`` is 0 and ``epoch`` empty."""
+        if not self.enabled:
+            return Published(0, "", await self.redis.publish(keys.room_channel(room), data_json))
         k, a = publish_args(room, data_json, self.size, self.ttl, own=True, sharded=self.sharded)
         return parse_published(await self.redis.script("history_publish", k, a))
 

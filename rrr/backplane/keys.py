@@ -101,6 +101,22 @@ def shard_room_channel(room: str) -> str:
     return _SHARD_ROOM % room
 
 
+def room_channels(room: str) -> list[str]:
+    """What the classic subscriber subscribes for a room: its backend channel, count and messages."""
+    return [room_channel(room), count_channel(room), message_channel(room)]
+
+
+def shard_channels(room: str) -> list[str]:
+    """What the cluster's subscriber ``SSUBSCRIBE``s for a room, all in the room's slot: its shard
+    channel, count and messages."""
+    return [shard_room_channel(room), count_channel(room), message_channel(room)]
+
+
+def presence_keys(room: str) -> list[str]:
+    """KEYS of the cluster's presence scripts: the room's presence hash, its members hash."""
+    return [presence(room), members(room)]
+
+
 def shard_probe_channel(pid: str, tag: str) -> str:
     """``pid``'s probe channel in the slot of hash tag ``tag``."""
     return _SHARD_PROBE % (pid, tag)
