@@ -36,6 +36,7 @@ from rrr.edge.requestlog import RequestLog, install_filters
 from rrr.limits import AddressLimits, Limits
 from rrr.protocol import SLUG_PATTERN
 from rrr.service import Service, Settings
+from rrr.session import Shared
 
 ROOT = Path(__file__).resolve().parent
 
@@ -151,7 +152,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             backoff_cap=o.get("backoff_cap", 5.0),
         )
     )
-    hub = service.hub
+    metrics = service.metrics
     addresses = AddressLimits(
         max_sockets=o["max_sockets_per_ip"],
         max_subscriptions=o["max_subscriptions_per_ip"],
@@ -165,26 +166,31 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         client_history_max=o["client_history_max"],
         history_ttl=o["history_ttl"] if o["history_size"] > 0 else 0.0,
     )
-    hub.metrics.tracked_addresses.set_function(addresses.tracked)
+    metrics.tracked_addresses.set_function(addresses.tracked)
     public_key = Path(o["token_public_key"]).read_text() if o["token_public_key"] else ""
     api_token = o["api_token"] or o["publish_token"]
     sockets = dict(
-        hub=hub,
-        verifier=Verifier(secret=o["token_secret"], public_key=public_key, max_age=o["token_max_age"]),
-        keepalive=Keepalive(o["ping_interval"], on_timeout=hub.metrics.ping_timeouts.inc),
-        limits=Limits(
-            client_publish=o["client_publish"],
-            publish_rate=o["publish_rate"],
-            publish_burst=2 * o["publish_rate"],
-            max_subscriptions=o["max_subscriptions"],
-            max_tabs_per_room=o["max_tabs_per_room"],
-            max_rooms=o["max_rooms"],
-            message_rate=o["message_rate"],
-            message_burst=o["message_burst"],
-            presence_list_rate=o["presence_list_rate"],
-            presence_list_burst=o["presence_list_burst"],
+        shared=Shared(
+            hub=service.hub,
+            limits=Limits(
+                client_publish=o["client_publish"],
+                publish_rate=o["publish_rate"],
+                publish_burst=2 * o["publish_rate"],
+                max_subscriptions=o["max_subscriptions"],
+                max_tabs_per_room=o["max_tabs_per_room"],
+                max_rooms=o["max_rooms"],
+                message_rate=o["message_rate"],
+                message_burst=o["message_burst"],
+                presence_list_rate=o["presence_list_rate"],
+                presence_list_burst=o["presence_list_burst"],
+            ),
+            addresses=addresses,
+            verifier=Verifier(secret=o["token_secret"], public_key=public_key, max_age=o["token_max_age"]),
+            metrics=metrics,
+            history=service.history,
+            reads=service.presence,
         ),
-        addresses=addresses,
+        keepalive=Keepalive(o["ping_interval"], on_timeout=metrics.ping_timeouts.inc),
         allowed_origins=parse_origins(o["allowed_origins"]),
         send_buffer=o["send_buffer"],
         # Replays (and member lists) a socket may be owed at once: one whole history's worth.
@@ -202,22 +208,26 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             (rf"/count/{slug}/", CountPageHandler, dict(client_publish=o["client_publish"])),
             (rf"/ws/count/{slug}/", CountSocket, sockets),
             (r"/ws/", RelaySocket, sockets),
-            (rf"/api/rooms/{slug}", RoomHandler, dict(hub=hub, rate=addresses.api, token=api_token)),
-            (rf"/api/rooms/{slug}/members", MembersHandler, dict(hub=hub, token=api_token)),
+            (
+                rf"/api/rooms/{slug}", RoomHandler,
+                dict(reads=service.presence, metrics=metrics, rate=addresses.api, token=api_token),
+            ),
+            (rf"/api/rooms/{slug}/members", MembersHandler, dict(reads=service.presence, token=api_token)),
             (
                 r"/api/users/([^/]{1,128})/disconnect", DisconnectHandler,
-                dict(hub=hub, token=api_token, keep_for=o["token_max_age"]),
+                dict(reads=service.presence, token=api_token, keep_for=o["token_max_age"]),
             ),
             (
                 rf"/api/rooms/{slug}/messages",
                 PublishHandler,
                 dict(
-                    hub=hub, token=api_token, max_size=o["max_message_size"], rate=addresses.api,
+                    history=service.history, metrics=metrics, token=api_token, max_size=o["max_message_size"],
+                    rate=addresses.api,
                     history_bytes=addresses.history_bytes,
                 ),
             ),
             (r"/healthz", HealthHandler, dict(health=service.health)),
-            (r"/metrics", MetricsHandler, dict(hub=hub)),
+            (r"/metrics", MetricsHandler, dict(metrics=metrics)),
             # The talk's own page and SharedWorker, unchanged (examples/talk/README.md).
             (
                 rf"/examples/talk/(?:{SLUG_PATTERN})/(.*)",

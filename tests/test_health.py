@@ -179,7 +179,7 @@ async def test_a_get_flood_cannot_starve_the_lease_or_publishes(
     assert answers[-1].code == 202
     await delivered(c, "through")
     assert server.metric("rrr_task_errors_total", {"task": "lease"}) == 0
-    assert server.hub.presence.lease_fresh()
+    assert server.service.presence.lease_fresh()
 
 
 async def test_a_stalled_redis_fails_health_and_it_returns(

@@ -141,7 +141,7 @@ async def test_a_live_process_whose_lease_lapsed_comes_back(
     watcher = await connect(watcher_host.ws_url("/ws/count/lapse/"))
     clients += mine + [watcher]
     await watcher.settles_on(3)
-    pid = server.hub.presence.process_id
+    pid = server.service.presence.process_id
     rclient.zadd("rrr:procs", {pid: 0})  # as if its renewals had stalled past the TTL
     await wait_until(lambda: any(f["connections"] == 1 for f in watcher.counts()), what="lapsed process counted out")
     await watcher.settles_on(3, timeout=15)

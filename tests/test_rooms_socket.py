@@ -157,8 +157,8 @@ async def test_a_room_left_and_joined_again_at_once_is_still_followed(
     [sock] = list(server.hub.connections)
     session = sock.session  # type: ignore[attr-defined]
     n = len(c.frames)
-    session.leave("reload", "a")  # both in one turn of the loop, as two frames read together are
-    session.join("reload", "b")
+    session.unsubscribe("reload", "a")  # both in one turn of the loop, as two frames read together are
+    session.subscribe("reload", "b")
     hello = await c.next("subscribed", after=n)
     assert hello["sub"] == "b"
     await c.settles_on(1, 1, room="reload")

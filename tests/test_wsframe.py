@@ -49,7 +49,7 @@ async def test_real_server_connections_take_the_fast_path(server_factory: Server
     c = await connect(server.ws_url("/ws/count/fast/"))
     clients.append(c)
     await c.settles_on(1)
-    (handler,) = list(server.hub._conns)
+    (handler,) = list(server.hub.connections)
     assert wsframe.fast_path_ok(
         handler.ws_connection  # type: ignore[attr-defined]
     ), "Tornado internals changed: review rrr/edge/wsframe.py"
@@ -74,9 +74,9 @@ async def test_compressed_connections_fall_back_to_the_public_api(
         c = await connect(server.ws_url("/ws/count/deflate/"), compression_options={})
         clients.append(c)
         await c.settles_on(1)
-        (handler,) = list(server.hub._conns)
+        (handler,) = list(server.hub.connections)
         assert not handler._fast  # type: ignore[attr-defined]
-        server.hub.raw_message("deflate", '{"still":"works"}')
+        server.service.events.raw_message("deflate", '{"still":"works"}')
         await wait_until(lambda: c.of_type("message"))
         assert c.of_type("message")[0]["data"] == {"still": "works"}
     finally:
@@ -94,7 +94,7 @@ async def test_frames_stay_in_order_when_sends_switch_between_direct_and_queued(
     await c.settles_on(1)
     blob = "x" * 50_000
     for i in range(200):
-        server.hub.raw_message("order", '{"i":%d,"pad":"%s"}' % (i, blob))
+        server.service.events.raw_message("order", '{"i":%d,"pad":"%s"}' % (i, blob))
     await wait_until(lambda: len(c.of_type("message")) == 200, timeout=30, what="200 messages")
     assert [m["data"]["i"] for m in c.of_type("message")] == list(range(200))
 
