@@ -105,7 +105,7 @@ class Metrics:
         )
 
     def bind_gauges(self, sockets: Callable[[], float], subs: Callable[[], float], rooms: Callable[[], float]) -> None:
-        """Read gauges from the hub at scrape time instead of updating them on every join."""
+        """Read gauges from the hub at scrape time instead of updating them on every subscription."""
         self.open_sockets.set_function(sockets)
         self.subscriptions.set_function(subs)
         self.rooms.set_function(rooms)

@@ -237,7 +237,7 @@ class ClusterSubscriber:
 
     async def _repair(self, cluster: Any) -> None:
         """Some link broke: drop it, read the topology again until every master is linked, then have
-        the lost rooms subscribed again and the listener resync (as after a reconnect)."""
+        the lost rooms subscribed again and the core resync (as after a reconnect)."""
         attempt = 0
         while True:
             self._broken.clear()
