@@ -68,7 +68,8 @@ class RoomStream:
     # Delivered during a replay read, at most as many as history holds (a room publishing faster
     # than that during one read has trimmed them from history too: the replay is honest, not whole).
     recent: list[tuple[int, str]] | None = None
-    announce_ready: bool = True  # mark the room for writing once caught up (new, or after a pub/sub break)
+    # Caught up since the room became local or since pub/sub last broke: its presence may be written.
+    caught_up: bool = False
     generation: int = 0  # one more on every pub/sub break: a read begun before it proves nothing
     task: asyncio.Future[None] | None = None
 
@@ -128,7 +129,7 @@ class Delivery:
         subscriptions are served: presence may show this process in the room (a count that shows it
         means it delivers). A gap later does not undo it: messages are then held, not lost."""
         s = self._streams.get(room)
-        return s is not None and not s.announce_ready
+        return s is not None and s.caught_up
 
     def channels_ready(self, room: str) -> None:
         """The room's channels are confirmed subscribed: catch up and serve who waits."""
@@ -142,7 +143,7 @@ class Delivery:
             s.stale = True
             s.held.clear()
             s.generation += 1
-            s.announce_ready = True
+            s.caught_up = False
 
     def close(self) -> None:
         self._closing = True
@@ -295,8 +296,8 @@ class Delivery:
             self._ready(room, s)
 
     def _ready(self, room: str, s: RoomStream) -> None:
-        if s.announce_ready:
-            s.announce_ready = False
+        if not s.caught_up:
+            s.caught_up = True
             self._marks.mark(room)
 
     def _replay(self, room: str, s: RoomStream, entries: list[tuple[int, str]]) -> None:
