@@ -27,16 +27,16 @@ from handlers.base import SecureStaticFileHandler, guard_hosts
 from handlers.pages import CountPageHandler, IndexHandler
 from handlers.sockets import CountSocket, RelaySocket
 from rrr import workers
-from rrr.httpguard import make_http_server
-from rrr.httpsec import parse_hosts
+from rrr.edge.guard import make_http_server
+from rrr.edge.headers import parse_hosts
+from rrr.edge.keepalive import Keepalive
+from rrr.edge.origins import parse_origins
+from rrr.edge.requestlog import RequestLog, install_filters
 from rrr.jwks import JwksKeys, verifier_from_options
-from rrr.keepalive import Keepalive
-from rrr.limits import AddressLimits
-from rrr.policy import parse_origins
+from rrr.limits import AddressLimits, Limits
 from rrr.protocol import SLUG_PATTERN
-from rrr.requestlog import RequestLog, install_filters
 from rrr.service import Service, Settings
-from rrr.session import Limits
+from rrr.session import Shared
 
 ROOT = Path(__file__).resolve().parent
 
@@ -113,7 +113,7 @@ define(
 define("presence_list_burst", default=20, type=int, help="presence-room subscriptions a socket may make at once")
 define("log_level", default="info", help="debug, info, warning or error")
 define("processes", default=1, type=int, help="worker processes sharing the port (0: one per CPU core)")
-# HTTP hardening: host allow-list, timeouts and the connection cap (rrr/httpguard.py).
+# HTTP hardening: host allow-list, timeouts and the connection cap (rrr/edge/guard.py).
 define("header_timeout", default=10.0, type=float, help="seconds from a request's first byte to its blank line")
 define("body_timeout", default=30.0, type=float, help="seconds to receive a request body")
 define("idle_timeout", default=60.0, type=float, help="seconds a connection may wait before sending a request")
@@ -166,7 +166,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             backoff_cap=o.get("backoff_cap", 5.0),
         )
     )
-    hub = service.hub
+    metrics = service.metrics
     addresses = AddressLimits(
         max_sockets=o["max_sockets_per_ip"],
         max_subscriptions=o["max_subscriptions_per_ip"],
@@ -180,25 +180,30 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         client_history_max=o["client_history_max"],
         history_ttl=o["history_ttl"] if o["history_size"] > 0 else 0.0,
     )
-    hub.metrics.tracked_addresses.set_function(addresses.tracked)
+    metrics.tracked_addresses.set_function(addresses.tracked)
     api_token = o["api_token"] or o["publish_token"]
     sockets = dict(
-        hub=hub,
-        verifier=verifier,
-        keepalive=Keepalive(o["ping_interval"], on_timeout=hub.metrics.ping_timeouts.inc),
-        limits=Limits(
-            client_publish=o["client_publish"],
-            publish_rate=o["publish_rate"],
-            publish_burst=2 * o["publish_rate"],
-            max_subscriptions=o["max_subscriptions"],
-            max_tabs_per_room=o["max_tabs_per_room"],
-            max_rooms=o["max_rooms"],
-            message_rate=o["message_rate"],
-            message_burst=o["message_burst"],
-            presence_list_rate=o["presence_list_rate"],
-            presence_list_burst=o["presence_list_burst"],
+        shared=Shared(
+            hub=service.hub,
+            limits=Limits(
+                client_publish=o["client_publish"],
+                publish_rate=o["publish_rate"],
+                publish_burst=2 * o["publish_rate"],
+                max_subscriptions=o["max_subscriptions"],
+                max_tabs_per_room=o["max_tabs_per_room"],
+                max_rooms=o["max_rooms"],
+                message_rate=o["message_rate"],
+                message_burst=o["message_burst"],
+                presence_list_rate=o["presence_list_rate"],
+                presence_list_burst=o["presence_list_burst"],
+            ),
+            addresses=addresses,
+            verifier=verifier,
+            metrics=metrics,
+            history=service.history,
+            reads=service.presence,
         ),
-        addresses=addresses,
+        keepalive=Keepalive(o["ping_interval"], on_timeout=metrics.ping_timeouts.inc),
         allowed_origins=parse_origins(o["allowed_origins"]),
         send_buffer=o["send_buffer"],
         # Replays (and member lists) a socket may be owed at once: one whole history's worth.
@@ -207,7 +212,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     )
     slug = f"({SLUG_PATTERN})"
     # One line per request, with no query string (tokens travel in it) and a bounded path, and
-    # refusals at most once per 30 s per kind (rrr/requestlog.py); handlers log errors through it too.
+    # refusals at most once per 30 s per kind (rrr/edge/requestlog.py); handlers log errors through it too.
     request_log = RequestLog()
     install_filters()
     app = tornado.web.Application(
@@ -216,22 +221,26 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             (rf"/count/{slug}/", CountPageHandler, dict(client_publish=o["client_publish"])),
             (rf"/ws/count/{slug}/", CountSocket, sockets),
             (r"/ws/", RelaySocket, sockets),
-            (rf"/api/rooms/{slug}", RoomHandler, dict(hub=hub, rate=addresses.api, token=api_token)),
-            (rf"/api/rooms/{slug}/members", MembersHandler, dict(hub=hub, token=api_token)),
+            (
+                rf"/api/rooms/{slug}", RoomHandler,
+                dict(reads=service.presence, metrics=metrics, rate=addresses.api, token=api_token),
+            ),
+            (rf"/api/rooms/{slug}/members", MembersHandler, dict(reads=service.presence, token=api_token)),
             (
                 r"/api/users/([^/]{1,128})/disconnect", DisconnectHandler,
-                dict(hub=hub, token=api_token, keep_for=o["token_max_age"]),
+                dict(reads=service.presence, token=api_token, keep_for=o["token_max_age"]),
             ),
             (
                 rf"/api/rooms/{slug}/messages",
                 PublishHandler,
                 dict(
-                    hub=hub, token=api_token, max_size=o["max_message_size"], rate=addresses.api,
+                    history=service.history, metrics=metrics, token=api_token, max_size=o["max_message_size"],
+                    rate=addresses.api,
                     history_bytes=addresses.history_bytes,
                 ),
             ),
             (r"/healthz", HealthHandler, dict(health=service.health)),
-            (r"/metrics", MetricsHandler, dict(hub=hub)),
+            (r"/metrics", MetricsHandler, dict(metrics=metrics)),
             # The talk's own page and SharedWorker, unchanged (examples/talk/README.md).
             (
                 rf"/examples/talk/(?:{SLUG_PATTERN})/(.*)",

@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.machine import ROOT, cpu_seconds, free_port, rss_bytes, wait_healthy
-from rrr.embedded import EmbeddedRedis
+from rrr.backplane.embedded import EmbeddedRedis
 
 KINDS = ("count", "relay")
 SOURCES_PER_RUN = 8

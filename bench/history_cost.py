@@ -19,7 +19,7 @@ Everything runs on loopback against a real ``redis-server`` and real ``app.py`` 
    with ``recovered: true``, then offsets n+1..n+1000 once each, in order. *Cold*: nobody else is in the
    room (the process subscribes its channels first); *warm*: another socket stayed in the room.
 3. **Memory.** ``--rooms`` rooms, each sent 100 (then 300: trimmed to 100) messages of the same payload
-   through HISTORY_PUBLISH with the server's own arguments (``rrr.history.publish_args(own=True)``,
+   through HISTORY_PUBLISH with the server's own arguments (``rrr.backplane.history.publish_args(own=True)``,
    pipelined); ``MEMORY USAGE <key> SAMPLES 0`` of each stream and meta hash, and ``used_memory``.
 4. **Script variants** (what would cut the publish cost): the same 100-byte message published with
    ``EVALSHA`` of HISTORY_PUBLISH and of leaner variants defined here (not used by rrr), through one
@@ -51,9 +51,9 @@ from bench.history_report import DOC, RESULTS, section, write_section
 from bench.machine import ROOT, cpu_seconds, free_port
 from bench.servers import start_app
 from rrr import client as rrr_client
-from rrr import keys, scripts
-from rrr.embedded import EmbeddedRedis
-from rrr.history import publish_args
+from rrr.backplane import keys, scripts
+from rrr.backplane.embedded import EmbeddedRedis
+from rrr.backplane.history import publish_args
 
 TOKEN = "bench-api-token"
 #: A typical small message: 100 bytes of JSON.

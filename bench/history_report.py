@@ -158,7 +158,7 @@ def section(res: dict[str, Any]) -> list[str]:
         "of the command): about half in redis-py parsing the 1,000-entry `XRANGE` reply in pure Python, and "
         "about half in writing each replayed frame with a system call of its own. Both are fixed since: "
         "`hiredis` parses replies, and a replay's frames go out together (then in one write, `wsframe.Frames`; "
-        "since issue 19 in writes of up to 64 KiB as the socket drains, `rrr.outbox`); 148-173 ms at load "
+        "since issue 19 in writes of up to 64 KiB as the socket drains, `rrr.edge.outbox`); 148-173 ms at load "
         "5-7 before, the figures below after.",
         "",
         "| | median (ms) | min-max (ms) | frames until the 1,000th | `app.py` CPU (ms) | client CPU (ms) |",

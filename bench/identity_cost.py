@@ -32,9 +32,9 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from bench.machine import free_port
 from bench.servers import start_app
-from rrr import keys
+from rrr.backplane import keys
 from rrr.auth import Verifier
-from rrr.embedded import EmbeddedRedis
+from rrr.backplane.embedded import EmbeddedRedis
 
 SECRET = "bench-secret-of-a-decent-length-for-hs256"
 ROOM = "presence-bench"

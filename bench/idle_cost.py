@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import free_port, wait_healthy  # noqa: E402
-from rrr.embedded import EmbeddedRedis  # noqa: E402
+from rrr.backplane.embedded import EmbeddedRedis  # noqa: E402
 
 
 def start_app(url: str, port: int, log: Path, extra: list[str]) -> subprocess.Popen[bytes]:

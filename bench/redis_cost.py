@@ -27,7 +27,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from bench.machine import free_port
 from bench.servers import start_app
-from rrr.embedded import EmbeddedRedis
+from rrr.backplane.embedded import EmbeddedRedis
 
 
 def redis_usage(r: redis.Redis) -> dict[str, int]:

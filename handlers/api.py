@@ -12,9 +12,10 @@ import tornado.web
 from handlers.base import SecureHeaders
 from rrr import protocol
 from rrr.auth import needs_grant
+from rrr.backplane import History, PresenceReads
 from rrr.errors import BackplaneError, OutcomeUnknown
-from rrr.hub import Hub
 from rrr.limits import RateLimiter
+from rrr.metrics import Metrics
 from rrr.protocol import validate_json_payload
 
 
@@ -56,18 +57,18 @@ def require_server_key(handler: tornado.web.RequestHandler, key: str, disabled: 
         raise tornado.web.HTTPError(403, "wrong API token")
 
 
-def refuse_over_rate(handler: JsonHandler, rate: RateLimiter, hub: Hub) -> bool:
+def refuse_over_rate(handler: JsonHandler, rate: RateLimiter, metrics: Metrics) -> bool:
     """Answer 429 with Retry-After (and return True) when the client address is over ``--api-rate``."""
     wait = rate.take(handler.request.remote_ip or "")
     if not wait:
         return False
-    refuse_429(handler, hub, "api_rate", wait, "too many requests from this address; see Retry-After")
+    refuse_429(handler, metrics, "api_rate", wait, "too many requests from this address; see Retry-After")
     return True
 
 
-def refuse_429(handler: JsonHandler, hub: Hub, limit: str, wait: float, reason: str) -> None:
+def refuse_429(handler: JsonHandler, metrics: Metrics, limit: str, wait: float, reason: str) -> None:
     """429 with Retry-After (whole seconds, at least 1), counted as ``limit``."""
-    hub.metrics.limited.labels(limit).inc()
+    metrics.limited.labels(limit).inc()
     # Not an HTTPError: send_error would clear the Retry-After header.
     handler.set_status(429)
     handler.set_header("Retry-After", str(max(1, math.ceil(wait))))
@@ -80,17 +81,18 @@ def require_read_grant(handler: tornado.web.RequestHandler, slug: str, key: str)
 
 
 class RoomHandler(JsonHandler):
-    def initialize(self, hub: Hub, rate: RateLimiter, token: str) -> None:
-        self.hub = hub
+    def initialize(self, reads: PresenceReads, metrics: Metrics, rate: RateLimiter, token: str) -> None:
+        self.reads = reads
+        self.metrics = metrics
         self.rate = rate
         self.token = token
 
     async def get(self, slug: str) -> None:
         require_read_grant(self, slug, self.token)
-        if refuse_over_rate(self, self.rate, self.hub):
+        if refuse_over_rate(self, self.rate, self.metrics):
             return
         try:
-            state = await self.hub.room_state(slug)
+            state = await self.reads.room_state(slug)
         except BackplaneError:
             raise tornado.web.HTTPError(503, "redis unavailable") from None
         self.set_header("Cache-Control", "no-store")
@@ -100,8 +102,8 @@ class RoomHandler(JsonHandler):
 class DisconnectHandler(JsonHandler):
     """``POST /api/users/<sub>/disconnect``: sign a user out everywhere (the server key only)."""
 
-    def initialize(self, hub: Hub, token: str, keep_for: float) -> None:
-        self.hub = hub
+    def initialize(self, reads: PresenceReads, token: str, keep_for: float) -> None:
+        self.reads = reads
         self.token = token
         self.keep_for = keep_for
 
@@ -110,7 +112,7 @@ class DisconnectHandler(JsonHandler):
         if not user or len(user) > 128:
             raise tornado.web.HTTPError(400, "a user id is 1 to 128 characters")
         try:
-            at = await self.hub.revoke(user, self.keep_for)
+            at = await self.reads.revoke(user, self.keep_for)
         except BackplaneError:
             raise tornado.web.HTTPError(503, "redis unavailable: nothing was revoked") from None
         self.set_status(202)
@@ -120,14 +122,14 @@ class DisconnectHandler(JsonHandler):
 class MembersHandler(JsonHandler):
     """``GET /api/rooms/<slug>/members``: a presence room's members (one entry per user)."""
 
-    def initialize(self, hub: Hub, token: str) -> None:
-        self.hub = hub
+    def initialize(self, reads: PresenceReads, token: str) -> None:
+        self.reads = reads
         self.token = token
 
     async def get(self, slug: str) -> None:
         require_read_grant(self, slug, self.token)
         try:
-            members = await self.hub.members(slug) if protocol.is_presence_room(slug) else {}
+            members = await self.reads.members(slug) if protocol.is_presence_room(slug) else {}
         except BackplaneError:
             raise tornado.web.HTTPError(503, "redis unavailable") from None
         self.set_header("Cache-Control", "no-store")
@@ -144,8 +146,12 @@ class PublishHandler(JsonHandler):
     and an authorised one can make it hold at most ``max_size`` bytes.
     """
 
-    def initialize(self, hub: Hub, token: str, max_size: int, rate: RateLimiter, history_bytes: RateLimiter) -> None:
-        self.hub = hub
+    def initialize(
+        self, history: History, metrics: Metrics, token: str, max_size: int, rate: RateLimiter,
+        history_bytes: RateLimiter,
+    ) -> None:
+        self.history = history
+        self.metrics = metrics
         self.token = token
         self.max_size = max_size
         self.rate = rate
@@ -195,7 +201,7 @@ class PublishHandler(JsonHandler):
         except ValueError:
             raise tornado.web.HTTPError(400, "body must be a JSON value (UTF-8, no NaN or Infinity)") from None
         try:
-            published = await self.hub.publish(slug, text)
+            published = await self.history.publish(slug, text)
         except OutcomeUnknown:
             # Redis took the PUBLISH but did not answer in time: it may have been delivered.
             # A distinct status lets a publisher decide instead of blindly retrying a duplicate.
@@ -223,7 +229,7 @@ class PublishHandler(JsonHandler):
         Redis is asked; a response is charged in full as it goes out, so one bigger than the
         burst is still sent once, and the address then waits until it is paid for."""
         require_read_grant(self, slug, self.token)
-        if not self.hub.history.enabled:
+        if not self.history.enabled:
             raise tornado.web.HTTPError(404, "history is off on this server (--history-size or --history-ttl 0)")
         epoch = self.get_query_argument("epoch", None)
         try:
@@ -232,10 +238,10 @@ class PublishHandler(JsonHandler):
                 raise ValueError("not an epoch")
         except ValueError:
             raise tornado.web.HTTPError(400, "since must be an integer >= 0 (and epoch an epoch string)") from None
-        if refuse_over_rate(self, self.rate, self.hub) or self._over_budget(0):
+        if refuse_over_rate(self, self.rate, self.metrics) or self._over_budget(0):
             return
         try:
-            read = await self.hub.history.look(slug, since)
+            read = await self.history.look(slug, since)
         except BackplaneError:
             raise tornado.web.HTTPError(503, "redis unavailable") from None
         recovered = read.covers(since, epoch)
@@ -243,9 +249,9 @@ class PublishHandler(JsonHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         entries = read.entries if recovered else []
         # A message over --max-message-size reached Redis past our checks: no socket gets it, nor does this.
-        limit = self.hub.history.max_message
+        limit = self.history.max_message
         kept = [(o, d) for o, d in entries if not protocol.too_big(d, limit)]
-        self.hub.metrics.oversized_messages.inc(len(entries) - len(kept))
+        self.metrics.oversized_messages.inc(len(entries) - len(kept))
         messages = ",".join('{"offset":%d,"data":%s}' % (o, d) for o, d in kept)
         body = (
             '{"room":' + protocol.dumps(slug) + ',"epoch":' + protocol.dumps(read.epoch or None) + ',"offset":'
@@ -262,7 +268,9 @@ class PublishHandler(JsonHandler):
         wait = self.history_bytes.take(ip, size) if size else self.history_bytes.wait(ip)
         if not wait:
             return False
-        refuse_429(self, self.hub, "history_bytes", wait, "too much history read from this address; see Retry-After")
+        refuse_429(
+            self, self.metrics, "history_bytes", wait, "too much history read from this address; see Retry-After",
+        )
         return True
 
 
@@ -286,8 +294,8 @@ class HealthHandler(JsonHandler):
 
 
 class MetricsHandler(SecureHeaders):
-    def initialize(self, hub: Hub) -> None:
-        self.metrics = hub.metrics
+    def initialize(self, metrics: Metrics) -> None:
+        self.metrics = metrics
 
     def get(self) -> None:
         self.set_header("Content-Type", self.metrics.content_type)

@@ -1,5 +1,5 @@
 """What every HTTP response shares: security headers, the Host allow-list in front of all routes,
-and log lines that show no query string (`rrr.requestlog`)."""
+and log lines that show no query string (`rrr.edge.requestlog`)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import tornado.httputil
 import tornado.routing
 import tornado.web
 
-from rrr.httpsec import host_allowed, request_host, security_headers
-from rrr.requestlog import request_log
+from rrr.edge.headers import host_allowed, request_host, security_headers
+from rrr.edge.requestlog import request_log
 
 
 class SafeLogs(tornado.web.RequestHandler):
     """Tornado's ``log_exception`` quotes the whole URI (a ``?token=`` with it) once more per error;
-    every handler here, sockets included, logs through `rrr.requestlog.RequestLog` instead."""
+    every handler here, sockets included, logs through `rrr.edge.requestlog.RequestLog` instead."""
 
     def log_exception(
         self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None,

@@ -13,16 +13,15 @@ from tornado.iostream import StreamBufferFullError, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from handlers.base import SafeLogs
-from rrr import protocol, wsframe
-from rrr.auth import Identity, TokenError, Verifier, needs_grant
+from rrr import protocol
+from rrr.auth import Identity, TokenError, needs_grant
+from rrr.edge import wsframe
+from rrr.edge.keepalive import Keepalive
+from rrr.edge.origins import origin_allowed
+from rrr.edge.outbox import Outbox, room_now
+from rrr.edge.requestlog import loggable, loggable_path
 from rrr.errors import BackplaneError
-from rrr.hub import Hub
-from rrr.keepalive import Keepalive
-from rrr.limits import AddressLimits
-from rrr.outbox import Outbox, room_now
-from rrr.policy import origin_allowed
-from rrr.requestlog import loggable, loggable_path
-from rrr.session import Limits, Session
+from rrr.session import Session, Shared
 
 log = logging.getLogger("rrr.sockets")
 
@@ -35,21 +34,18 @@ class RelaySocket(SafeLogs, WebSocketHandler):
     # class only while there are at most 29. Ours on top made every socket's handler carry a
     # dict of its own (1.2 KiB per idle socket; bench/socket_memory.py).
     __slots__ = (
-        "hub", "verifier", "identity", "since", "keepalive", "limits", "addresses", "ip", "allowed_origins",
-        "send_buffer", "bulk_limit", "xheaders", "session", "_fast", "_outbox",
+        "shared", "identity", "since", "keepalive", "ip", "allowed_origins", "send_buffer", "bulk_limit", "xheaders",
+        "session", "_fast", "_outbox",
     )
 
     def initialize(
-        self, hub: Hub, keepalive: Keepalive, limits: Limits, addresses: AddressLimits,
-        allowed_origins: frozenset[str], send_buffer: int, bulk_limit: int, xheaders: bool, verifier: Verifier,
+        self, shared: Shared, keepalive: Keepalive, allowed_origins: frozenset[str], send_buffer: int,
+        bulk_limit: int, xheaders: bool,
     ) -> None:
-        self.hub = hub
-        self.verifier = verifier
+        self.shared = shared  # the hub, caps, verifier, metrics: one object for every socket
         self.identity: Identity | None = None  # from ?token= on the one-room socket
         self.since: protocol.Since | None = None  # from ?since=&epoch= on the one-room socket
         self.keepalive = keepalive
-        self.limits = limits
-        self.addresses = addresses
         self.ip: str | None = None  # set once open() counts this socket against its address
         self.allowed_origins = allowed_origins
         self.send_buffer = send_buffer
@@ -57,7 +53,7 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         self.xheaders = xheaders
         self.session: Session | None = None
         self._fast = False
-        self._outbox: Outbox | None = None  # only while bulk frames wait for the stream (rrr/outbox.py)
+        self._outbox: Outbox | None = None  # only while bulk frames wait for the stream (rrr/edge/outbox.py)
 
     def prepare(self) -> None:
         # Tornado skips check_origin when the Origin's host:port equals Host, whatever its
@@ -65,7 +61,7 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         # judges every handshake that carries an Origin.
         origin = self.request.headers.get("Origin")
         if origin is not None and not self.check_origin(origin):
-            # Logged with the request's line (rrr.requestlog: at most once per 30 s), not per refusal.
+            # Logged with the request's line (rrr.edge.requestlog: at most once per 30 s), not per refusal.
             raise tornado.web.HTTPError(
                 403, "origin %s not allowed for %s://%s", loggable(origin, 100), self.request.protocol,
                 loggable(self._host(), 100),
@@ -89,16 +85,16 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         Not a coroutine itself: it hands Tornado the upgrade's own coroutine to await. That
         coroutine runs for the socket's whole life, and a frame of ours awaiting it would be
         kept as long (about 390 bytes per idle socket)."""
-        if not self.addresses.may_open_socket(self.request.remote_ip or ""):
+        if not self.shared.addresses.may_open_socket(self.request.remote_ip or ""):
             return self._too_many_sockets()
         return super().get(*args, **kwargs)
 
     async def _too_many_sockets(self) -> None:
-        self.hub.metrics.limited.labels("sockets_per_ip").inc()
+        self.shared.metrics.limited.labels("sockets_per_ip").inc()
         self.set_status(429)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Retry-After", "10")
-        reason = f"at most {self.addresses.max_sockets} sockets per client address"
+        reason = f"at most {self.shared.addresses.max_sockets} sockets per client address"
         self.finish(protocol.dumps(protocol.http_error(429, reason)))
 
     def open(self, *args: str) -> None:
@@ -107,8 +103,8 @@ class RelaySocket(SafeLogs, WebSocketHandler):
             # on_close then and will not again, so nothing may be registered for this socket.
             return
         self.ip = self.request.remote_ip or ""
-        self.addresses.socket_opened(self.ip)
-        if self.hub.closing:
+        self.shared.addresses.socket_opened(self.ip)
+        if self.shared.hub.closing:
             self.close(1001, "server shutting down")
             return
         conn = self.ws_connection
@@ -134,13 +130,13 @@ class RelaySocket(SafeLogs, WebSocketHandler):
 
     def _new_session(self, *args: str) -> Session:
         assert self.ip is not None
-        return Session(self, self.hub, self.limits, self.addresses, self.ip, verifier=self.verifier)
+        return Session(self, self.shared, self.ip)
 
     def on_message(self, message: str | bytes) -> Any:
         if isinstance(message, bytes):
             self.close(1003, "binary frames are not supported")
             return None
-        self.hub.metrics.messages_in.inc()
+        self.shared.metrics.messages_in.inc()
         self.keepalive.heard(self)
         if self.session is None:
             return None
@@ -159,7 +155,7 @@ class RelaySocket(SafeLogs, WebSocketHandler):
             self.session.close()
             self.session = None
         if self.ip is not None:
-            self.addresses.socket_closed(self.ip)
+            self.shared.addresses.socket_closed(self.ip)
             self.ip = None
         log.debug("close %s from %s (%s)", loggable_path(self.request.path), self.request.remote_ip, self.close_code)
 
@@ -291,7 +287,7 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         """A client that does not read what it is sent: counted, logged, its TCP connection cut
         (a close frame would wait behind all it never read)."""
         self._outbox = None
-        self.hub.metrics.slow_client_disconnects.inc()
+        self.shared.metrics.slow_client_disconnects.inc()
         log.warning("closing slow client %s: %s", self.request.remote_ip, why)
         conn = self.ws_connection
         if conn is not None and conn.stream is not None:
@@ -316,9 +312,9 @@ class CountSocket(RelaySocket):
         token = self.get_query_argument("token", None)
         if token:
             try:
-                self.identity = self.verifier.verify(token)
+                self.identity = self.shared.verifier.verify(token)
             except TokenError as e:
-                if self.verifier.refetch_may_help(e):  # a key id the key set lacks: fetch it first
+                if self.shared.verifier.refetch_may_help(e):  # a key id the key set lacks: fetch it first
                     return self._get_with_fresh_keys(token, *args, **kwargs)
                 self._refuse_bad_token(room, e)
         return self._get_as_identified(*args, **kwargs)
@@ -331,7 +327,7 @@ class CountSocket(RelaySocket):
 
     async def _get_with_fresh_keys(self, token: str, *args: str, **kwargs: str) -> None:
         try:
-            self.identity = await self.verifier.verify_async(token)
+            self.identity = await self.shared.verifier.verify_async(token)
         except TokenError as e:
             self._refuse_bad_token(args[0], e)
         await self._get_as_identified(*args, **kwargs)
@@ -344,7 +340,7 @@ class CountSocket(RelaySocket):
 
     async def _get_unless_revoked(self, identity: Identity, *args: str, **kwargs: str) -> None:
         try:
-            revoked = await self.hub.revoked(identity)
+            revoked = await self.shared.revoked(identity)
         except BackplaneError:
             raise tornado.web.HTTPError(503, "cannot check the token now; try again") from None
         if revoked:
@@ -358,10 +354,7 @@ class CountSocket(RelaySocket):
 
     def _new_session(self, *args: str) -> Session:
         assert self.ip is not None
-        return Session(
-            self, self.hub, self.limits, self.addresses, self.ip, room=args[0], verifier=self.verifier,
-            identity=self.identity, since=self.since,
-        )
+        return Session(self, self.shared, self.ip, room=args[0], identity=self.identity, since=self.since)
 
 
 # What Tornado 6 sets on every WebSocket handler: RequestHandler.__init__ and clear(),

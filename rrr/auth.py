@@ -250,6 +250,12 @@ class Identity:
         return (time.time() if now is None else now) >= self.expires
 
 
+def issued_before(identity: Identity, revoked_at: float | None) -> bool:
+    """Whether ``identity``'s token was issued before its user's last revocation (at ``revoked_at``,
+    None: never or long ago); a token without ``iat`` counts as issued before."""
+    return revoked_at is not None and (identity.issued_at is None or identity.issued_at < revoked_at)
+
+
 @dataclass(frozen=True)
 class Verifier:
     """Checks tokens against the configured keys. With no key, every token is refused

@@ -24,11 +24,13 @@ from typing import Any
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import keys, protocol, scripts
+from . import protocol
+
+from .backplane import keys, scripts
 from .auth import mint
-from .connect import is_cluster_url, make_redis, make_sync_redis
+from .backplane.connect import is_cluster_url, make_redis, make_sync_redis
 from .errors import BackplaneError, OutcomeUnknown
-from .history import parse_published, publish_args
+from .backplane.history import parse_published, publish_args
 
 __all__ = [
     "BackplaneError", "OutcomeUnknown", "apublish", "check_size", "encode", "max_message_size", "publish", "token",

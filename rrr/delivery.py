@@ -9,7 +9,7 @@ both go out in order. So a pub/sub blip or a failover costs a delay, never a mes
 A new subscription is *pending* until this process receives the room's messages (its
 channels confirmed, its position read). Then, in one synchronous step, it is queued
 ``subscribed`` and (with ``since``) every message after its offset up to ``top``, which the
-socket writes as it drains (`rrr.outbox`); live messages after ``top`` follow behind them. A
+socket writes as it drains (`rrr.edge.outbox`); live messages after ``top`` follow behind them. A
 socket none of whose subscriptions to the room has been served yet gets no live messages of it,
 so its first frame about the room is ``subscribed``.
 
@@ -25,39 +25,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import protocol
+from .backplane import History, Read, Subscriber
+from .edge.wsframe import Frame
 from .errors import BackplaneError
-from .history import History, Read
 from .metrics import Metrics
 from .protocol import Since
+from .rooms import Connection, LocalRoom
 from .supervise import RateLimitedLog
-from .wsframe import Frame
 
 log = logging.getLogger("rrr.delivery")
 
 
-class Subscriber(Protocol):
-    """A socket as delivery sees it: frames in, and which of its subscriptions follow a room."""
+class Marks(Protocol):
+    """Where a room whose presence may now be written is marked (`rrr.writer.Coalescer`)."""
 
-    def send_frame(self, frame: Frame) -> None: ...
-
-    def send_bulk(self, frames: list[Frame]) -> None:
-        """Frames written as the socket drains; whatever is sent after them goes behind them."""
-
-    def may_queue(self, nbytes: int) -> bool:
-        """Whether a replay of ``nbytes`` fits in what the socket may be owed at once."""
-
-    def announced_subs(self, room: str) -> Iterable[str]:
-        """The subscriptions to ``room`` that are told ``subscribed`` (a reset included)."""
+    def mark(self, room: str) -> None: ...
 
 
 @dataclass(eq=False)
 class Pending:
-    conn: Subscriber
+    conn: Connection
     sub: str
     since: Since | None
     announce: bool  # send ``subscribed`` (the talk's one-room socket without ``since`` is not)
@@ -71,29 +63,32 @@ class RoomStream:
     top: int = 0
     stale: bool = True  # history must be read before live messages go out again
     held: list[tuple[int, str, str]] = field(default_factory=list)  # live while stale: (offset, epoch, data)
-    pending: dict[tuple[Subscriber, str], Pending] = field(default_factory=dict)
-    waiting: set[Subscriber] = field(default_factory=set)  # no subscription served yet: no live frames
+    pending: dict[tuple[Connection, str], Pending] = field(default_factory=dict)
+    unserved: set[Connection] = field(default_factory=set)  # no subscription served yet: no live frames
     # Delivered during a replay read, at most as many as history holds (a room publishing faster
     # than that during one read has trimmed them from history too: the replay is honest, not whole).
     recent: list[tuple[int, str]] | None = None
-    announce_ready: bool = True  # tell the hub once caught up (new, or after a pub/sub break)
+    # Caught up since the room became local or since pub/sub last broke: its presence may be written.
+    caught_up: bool = False
     generation: int = 0  # one more on every pub/sub break: a read begun before it proves nothing
     task: asyncio.Future[None] | None = None
 
 
 class Delivery:
-    """The streams of every local room. The hub tells it who joins and leaves and what the
-    subscriber hears; it sends message and ``subscribed`` frames, and reads history itself."""
+    """The streams of every local room. The hub tells it who subscribes and unsubscribes, the
+    subscriber what it hears; it sends message and ``subscribed`` frames to the room's sockets (read
+    from the local rooms), and reads history itself. Once a room has caught up it is marked for its
+    presence to be written (`caught_up` is the writer's gate)."""
 
     def __init__(
-        self, history: History, metrics: Metrics, *, conns: Callable[[str], Iterable[Subscriber] | None],
-        confirmed: Callable[[str], bool], on_ready: Callable[[str], None] = lambda room: None,
+        self, history: History, metrics: Metrics, rooms: Mapping[str, LocalRoom], subscriber: Subscriber,
+        marks: Marks,
     ) -> None:
         self.history = history
         self.metrics = metrics
-        self._conns = conns
-        self._confirmed = confirmed
-        self._on_ready = on_ready  # called from our own task, never inside a call of the hub's
+        self._rooms = rooms
+        self._subscriber = subscriber  # a room's history is read once its channels are confirmed
+        self._marks = marks  # marked from our own task, never inside a call of the hub's
         self._streams: dict[str, RoomStream] = {}
         self._closing = False
         self._log = RateLimitedLog(log)
@@ -103,17 +98,17 @@ class Delivery:
 
     # -- the hub's calls --------------------------------------------------------------------
 
-    def subscribe(self, room: str, conn: Subscriber, sub: str, since: Since | None, announce: bool, new: bool) -> None:
+    def subscribe(self, room: str, conn: Connection, sub: str, since: Since | None, announce: bool, new: bool) -> None:
         """A subscription registered; ``new``: its socket had no other in the room."""
         s = self._streams.get(room)
         if s is None:
             s = self._streams[room] = RoomStream()
         if new:
-            s.waiting.add(conn)
+            s.unserved.add(conn)
         s.pending[(conn, sub)] = Pending(conn, sub, since, announce)
         self._run(room, s)
 
-    def unsubscribe(self, room: str, conn: Subscriber, sub: str, last: bool) -> None:
+    def unsubscribe(self, room: str, conn: Connection, sub: str, last: bool) -> None:
         """A subscription ended; ``last``: its socket has none left in the room."""
         s = self._streams.get(room)
         if s is None:
@@ -122,7 +117,7 @@ class Delivery:
         if p is not None:
             p.cancelled = True
         if last:
-            s.waiting.discard(conn)
+            s.unserved.discard(conn)
 
     def room_gone(self, room: str) -> None:
         s = self._streams.pop(room, None)
@@ -134,7 +129,7 @@ class Delivery:
         subscriptions are served: presence may show this process in the room (a count that shows it
         means it delivers). A gap later does not undo it: messages are then held, not lost."""
         s = self._streams.get(room)
-        return s is not None and not s.announce_ready
+        return s is not None and s.caught_up
 
     def channels_ready(self, room: str) -> None:
         """The room's channels are confirmed subscribed: catch up and serve who waits."""
@@ -148,7 +143,7 @@ class Delivery:
             s.stale = True
             s.held.clear()
             s.generation += 1
-            s.announce_ready = True
+            s.caught_up = False
 
     def close(self) -> None:
         self._closing = True
@@ -158,13 +153,13 @@ class Delivery:
 
     # -- what the subscriber hears --------------------------------------------------------------
 
-    def on_raw_message(self, room: str, data_json: str) -> None:
+    def raw_message(self, room: str, data_json: str) -> None:
         if not self._fits(room, data_json):
             return
         s = self._streams.get(room)
         self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json)))
 
-    def on_message(self, room: str, offset: int, epoch: str, data_json: str) -> None:
+    def message(self, room: str, offset: int, epoch: str, data_json: str) -> None:
         s = self._streams.get(room)
         if s is None:
             return
@@ -193,12 +188,12 @@ class Delivery:
     # -- internals ----------------------------------------------------------------------------
 
     def _fan_out(self, room: str, s: RoomStream | None, frame: Frame) -> None:
-        conns = self._conns(room)
-        if conns is None:
+        local = self._rooms.get(room)
+        if local is None:
             return
-        targets = list(conns)
-        if s is not None and s.waiting:
-            targets = [conn for conn in targets if conn not in s.waiting]
+        targets = list(local.conns)
+        if s is not None and s.unserved:
+            targets = [conn for conn in targets if conn not in s.unserved]
         for conn in targets:
             conn.send_frame(frame)
         self.metrics.messages_out.inc(len(targets))
@@ -231,7 +226,7 @@ class Delivery:
     def _run(self, room: str, s: RoomStream) -> None:
         if self._closing or (s.task is not None and not s.task.done()):
             return
-        if not self._confirmed(room):
+        if not self._subscriber.confirmed(room):
             return  # channels_ready() starts it
         if not (s.stale or s.pending):
             return
@@ -240,7 +235,7 @@ class Delivery:
     async def _rounds(self, room: str, s: RoomStream) -> None:
         """Catch the stream up, then serve pending subscriptions, until neither is needed."""
         failures = 0
-        while self._streams.get(room) is s and not self._closing and self._confirmed(room):
+        while self._streams.get(room) is s and not self._closing and self._subscriber.confirmed(room):
             try:
                 if s.stale:
                     await self._catch_up(room, s)
@@ -296,14 +291,14 @@ class Delivery:
                 # Heard before the read, yet not in history: not a message our script stored.
                 self.metrics.malformed_payloads.inc()
                 continue
-            self.on_message(room, offset, epoch, data)
+            self.message(room, offset, epoch, data)
         if not s.stale:
             self._ready(room, s)
 
     def _ready(self, room: str, s: RoomStream) -> None:
-        if s.announce_ready:
-            s.announce_ready = False
-            self._on_ready(room)
+        if not s.caught_up:
+            s.caught_up = True
+            self._marks.mark(room)
 
     def _replay(self, room: str, s: RoomStream, entries: list[tuple[int, str]]) -> None:
         for offset, data in entries:
@@ -314,10 +309,10 @@ class Delivery:
     def _reset(self, room: str, s: RoomStream) -> None:
         """Tell every served subscription its stream began again (``recovered: false``)."""
         self.metrics.history_resets.inc()
-        conns = self._conns(room) or ()
+        local = self._rooms.get(room)
         frames = 0
-        for conn in list(conns):
-            if conn in s.waiting:
+        for conn in list(local.conns) if local is not None else []:
+            if conn in s.unserved:
                 continue
             for sub in conn.announced_subs(room):
                 if (conn, sub) in s.pending:
@@ -394,7 +389,7 @@ class Delivery:
             p.conn.send_bulk(frames)
         self.metrics.history_replayed.inc(len(replay))
         self.metrics.messages_out.inc(len(frames))
-        s.waiting.discard(p.conn)
+        s.unserved.discard(p.conn)
 
 
 def _merge(entries: list[tuple[int, str]], recent: list[tuple[int, str]]) -> list[tuple[int, str]]:

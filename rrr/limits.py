@@ -1,10 +1,12 @@
-"""What one client address may hold and how fast it may ask.
+"""Every cap and rate limit: what one socket may ask for (`Limits`, enforced by the session),
+what one client address may hold and how fast it may ask (`AddressLimits`), and the buckets
+they are built of (`TokenBucket`, `RateLimiter`, `HeldBytes`).
 
-The per-socket caps live in the session; these are the ones a client could dodge by
-opening more sockets or by not using a socket at all (the JSON API). The accounting is
-itself bounded: an address's counts are dropped once it holds nothing, and its rate
-buckets once they are full again (a full bucket is exactly what a new one would be), so
-a scan from a million addresses leaves nothing behind a few seconds later.
+The per-address caps are the ones a client could dodge by opening more sockets or by not
+using a socket at all (the JSON API). The accounting is itself bounded: an address's counts
+are dropped once it holds nothing, and its rate buckets once they are full again (a full
+bucket is exactly what a new one would be), so a scan from a million addresses leaves
+nothing behind a few seconds later.
 """
 
 from __future__ import annotations
@@ -12,8 +14,60 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from dataclasses import dataclass
 
-from .policy import TokenBucket
+
+@dataclass(frozen=True)
+class Limits:
+    """What one socket may ask for (the options of the same names); `rrr.session.Session` enforces them."""
+
+    client_publish: bool = False
+    publish_rate: float = 10.0
+    publish_burst: float = 20.0
+    max_subscriptions: int = 1000
+    max_tabs_per_room: int = 50
+    max_rooms: int = 10000
+    message_rate: float = 50.0
+    message_burst: float = 100.0
+    presence_list_rate: float = 1.0
+    presence_list_burst: float = 20.0
+
+
+class TokenBucket:
+    """A rate limit: ``rate`` a second on average, bursts up to ``burst``."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def take(self, cost: float = 1.0) -> bool:
+        """Spend ``cost`` if the bucket holds at least one token. A cost above what it holds (a
+        response measured in bytes, bigger than the burst) is still allowed once and leaves the
+        bucket in debt, repaid at ``rate`` before the next take: the average stays ``rate``."""
+        self._refill()
+        if self.tokens >= 1:
+            self.tokens -= cost
+            return True
+        return False
+
+    def wait(self) -> float:
+        """Seconds until the next ``take`` can succeed (0 if it can now)."""
+        self._refill()
+        return max(0.0, (1 - self.tokens) / self.rate) if self.rate > 0 else float("inf")
+
+    def full(self) -> bool:
+        """Whether the bucket has refilled: it then holds nothing a fresh bucket would not."""
+        return self.tokens + (time.monotonic() - self.stamp) * self.rate >= self.burst
+
 
 # Below this many buckets a sweep is not worth its pass over the dict.
 _SWEEP_FLOOR = 1024

@@ -85,7 +85,7 @@ class Metrics:
         self.tracked_addresses = Gauge(
             "rrr_tracked_addresses", "Per-client-address entries held for caps and rate limits", registry=r,
         )
-        # The HTTP server's own guards (rrr/httpguard.py).
+        # The HTTP server's own guards (rrr/edge/guard.py).
         self.http_open_connections = Gauge(
             "rrr_http_open_connections", "Client TCP connections held open (HTTP and WebSocket)", registry=r,
         )
@@ -105,7 +105,7 @@ class Metrics:
         )
 
     def bind_gauges(self, sockets: Callable[[], float], subs: Callable[[], float], rooms: Callable[[], float]) -> None:
-        """Read gauges from the hub at scrape time instead of updating them on every join."""
+        """Read gauges from the hub at scrape time instead of updating them on every subscription."""
         self.open_sockets.set_function(sockets)
         self.subscriptions.set_function(subs)
         self.rooms.set_function(rooms)

@@ -1,5 +1,6 @@
-"""One rrr process's backplane, assembled: presence, subscriber, write coalescer, hub, and the
-supervised loops that keep them true.
+"""One rrr process, assembled: the backplane (`rrr.backplane.connect`), the core built on it (the
+local rooms, hub, delivery, counts, members, writer), what the subscriber hears wired to the part
+it concerns (`CoreEvents`), and the supervised loops that keep it all true.
 
 Four long-lived tasks, each supervised (`rrr.supervise`): any exception is counted,
 logged once (rate-limited) and the task restarts; nothing a Redis reply holds can stop
@@ -8,11 +9,11 @@ lease renewal for good.
 * ``lease``: renews this process's lease every TTL/3 and sweeps dead processes every
   ``sweep_interval``. When Redis answers again after failing, it tells the subscriber to
   reconnect at once instead of sleeping out its backoff.
-* ``subscriber``: the one pub/sub connection (`rrr.subscriber`).
-* ``flush``: writes the rooms the hub marked, in batches (`rrr.coalesce`), each room once
-  its channels are confirmed subscribed, so a count that shows this process again after
-  a Redis restart means its relay works too.
-* ``history`` (history on): keeps the epochs of local rooms alive (`rrr.history`); the
+* ``subscriber``: the one pub/sub connection (`rrr.backplane.subscriber`).
+* ``flush``: writes the marked rooms, in batches (`rrr.writer`), each room once its channels
+  are confirmed subscribed and its messages caught up, so a count that shows this process
+  again after a Redis restart means its relay works too.
+* ``history`` (history on): keeps the epochs of local rooms alive (`rrr.backplane.history`); the
   catch-up of each room's messages after a gap runs in `rrr.delivery`, per room.
 
 `health` is what ``/healthz`` reports: each check by name.
@@ -25,15 +26,19 @@ import logging
 import time
 from dataclasses import dataclass
 
-from .coalesce import Coalescer
-from .connect import is_cluster_url
+from . import protocol
+from .backplane import Backplane, History, Presence, Subscriber, connect
+from .backplane.history import meta_ttl
+from .counts import Counts
+from .delivery import Delivery
 from .errors import BackplaneError
-from .history import History, meta_ttl
 from .hub import Hub
+from .members import Members
 from .metrics import Metrics
-from .presence import Presence
-from .subscriber import Subscriber
+from .protocol import CountState
+from .rooms import Rooms
 from .supervise import Supervisor, full_jitter
+from .writer import Coalescer, Writer
 
 log = logging.getLogger("rrr.service")
 
@@ -55,41 +60,37 @@ class Settings:
 
 
 class Service:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics | None = None, backplane: Backplane | None = None,
+    ) -> None:
         self.settings = s = settings
         self.metrics = metrics = metrics or Metrics()
-        cluster = is_cluster_url(s.redis_url)
-        if cluster:  # Redis Cluster: per-row expiry, sharded pub/sub (rrr.cluster)
-            from .cluster import ClusterPresence, ClusterSubscriber
-
-            self.presence: Presence = ClusterPresence(
-                s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
-            )
-            self.subscriber: Subscriber = ClusterSubscriber(
-                metrics, url=s.redis_url, timeout=s.redis_timeout, keepalive=s.pubsub_keepalive,
-                process_id=self.presence.process_id,
-            )
-        else:
-            self.presence = Presence(
-                s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
-            )
-            self.subscriber = Subscriber(metrics, keepalive=s.pubsub_keepalive, process_id=self.presence.process_id)
-        self.coalescer = Coalescer(s.count_interval)
-        self.history = History(
-            self.presence, s.history_size, s.history_ttl, sharded=cluster, readers=max(1, s.redis_pool_size // 2),
+        bp = backplane or connect(
+            s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
+            keepalive=s.pubsub_keepalive, history_size=s.history_size, history_ttl=s.history_ttl,
             max_message=s.max_message_size,
         )
-        self.hub = Hub(
-            self.presence, self.subscriber, self.coalescer, metrics, history=self.history,
-            count_interval=s.count_interval, count_rate=s.count_rate,
-        )
+        self.presence: Presence = bp.presence
+        self.subscriber: Subscriber = bp.subscriber
+        self.history: History = bp.history
         self.supervisor = Supervisor(metrics, backoff_cap=s.backoff_cap)
+        # The core: the local rooms (written by the hub alone, read by the others), and what each
+        # part keeps of them.
+        self.rooms: Rooms = {}
+        coalescer = Coalescer(s.count_interval)
+        self.counts = Counts(self.rooms, metrics, interval=s.count_interval, rate=s.count_rate)
+        self.members = Members(self.rooms, self.presence, self.counts, metrics)
+        self.delivery = Delivery(self.history, metrics, self.rooms, self.subscriber, coalescer)
+        self.writer = Writer(
+            self.rooms, coalescer, self.presence, self.subscriber, self.delivery, self.members, self.counts,
+            self.supervisor,
+        )
+        self.hub = Hub(
+            self.rooms, self.subscriber, self.delivery, self.members, self.counts, self.writer, self.presence, metrics,
+        )
+        self.events = CoreEvents(self.rooms, self.hub, self.delivery, self.counts, self.members, self.writer)
         self._renew_now = asyncio.Event()
-        self._write_ok = True
         self._renewed_once = False  # the first renewal always finds no lease: not news
-        self._writing = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._health: asyncio.Future[dict[str, bool]] | None = None
         metrics.redis_oom.set_function(lambda: float(self.presence.oom))
 
@@ -102,10 +103,10 @@ class Service:
             await self.history.announce()  # before we serve: a backend's next publish follows us
         except BackplaneError:
             pass  # Redis is down: announced with the first renewal that reaches it
-        self.subscriber.bind(self.presence.pubsub_client, self.hub)
+        self.subscriber.bind(self.events)
         self.supervisor.spawn("subscriber", self._subscribe)
         self.supervisor.spawn("lease", self._maintain, backoff_cap=min(self.settings.backoff_cap, 1.0))
-        self.supervisor.spawn("flush", self._flush)
+        self.supervisor.spawn("flush", self.writer.run)
         if self.history.enabled:
             self.supervisor.spawn("history", self._keep_epochs)
         # Serve only once ready, unless Redis is down: then start anyway and heal when it is back.
@@ -149,7 +150,7 @@ class Service:
                     if lost and self._renewed_once:
                         log.info("presence lease was missing; re-registering local presence")
                     if lost:
-                        self.hub.resync()
+                        self.writer.resync()
                         await self.history.announce()  # Redis lost it too (or this is our start)
                     self._renewed_once = True
                 if now >= next_sweep:
@@ -177,39 +178,6 @@ class Service:
                     return
                 await self.history.touch([room])
 
-    async def _flush(self) -> None:
-        hub = self.hub
-        while not hub.closing:
-            batch = await self.coalescer.next_batch()
-            if hub.closing:
-                return
-            rows, owed = hub.take_batch(batch)
-            if not rows:
-                self.coalescer.unused()
-                continue
-            members = hub.member_changes(rows)
-            self._writing = True
-            self._idle.clear()
-            try:
-                result = await self.presence.write(rows, members)
-            except BaseException as e:
-                self._write_ok = False
-                hub.restore(rows, owed)  # retried after the coalescer's backoff
-                if not isinstance(e, BackplaneError):
-                    raise
-                self.supervisor.report("flush", e)
-                continue
-            finally:
-                self._writing = False
-                self._idle.set()
-            self._write_ok = True
-            hub.members_written(members)
-            self.coalescer.succeeded()
-            self.supervisor.recovered("flush")
-            if result.lease_lost:
-                hub.resync()
-            hub.apply(result.states, owed)
-
     # -- health ----------------------------------------------------------
 
     async def health(self) -> dict[str, bool]:
@@ -236,7 +204,7 @@ class Service:
         checks = {
             "redis": redis_ok,
             "lease": self.presence.lease_fresh(),
-            "presence_write": self._write_ok and not self.coalescer.failing,
+            "presence_write": self.writer.healthy,
             "subscriber": relay_ok and self.subscriber.synced,
             "memory": memory_ok,
         }
@@ -250,14 +218,14 @@ class Service:
         """Remove our presence first (counts drop at once), then close every socket with 1001."""
         if self.hub.closing:
             return
-        self.hub.begin_shutdown()
+        # From now on nothing is marked for writing: LEAVE removes all our presence at once.
+        self.hub.close()
+        self.writer.close()
+        self.delivery.close()
+        self.counts.close()
+        self.members.close()
         # A write still in flight must land before LEAVE, or it would re-add us.
-        deadline = time.monotonic() + self.settings.redis_timeout + 1
-        while self._writing and time.monotonic() < deadline:
-            try:
-                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                break
+        await self.writer.settle(self.settings.redis_timeout + 1)
         await self.subscriber.stop()
         await self.supervisor.close()
         try:
@@ -266,3 +234,44 @@ class Service:
             log.warning("could not remove presence on shutdown (it will expire): %s", e)
         self.hub.close_all(code, reason)
         await self.presence.close()
+
+
+class CoreEvents:
+    """What the subscriber hears, to the part of the core it concerns (the `rrr.backplane.Events`
+    the service binds): messages to delivery, counts to their sockets (and a presence room's member
+    list read again), confirmations to the writer and delivery, sign-outs to the hub."""
+
+    def __init__(
+        self, rooms: Rooms, hub: Hub, delivery: Delivery, counts: Counts, members: Members, writer: Writer,
+    ) -> None:
+        self._rooms = rooms
+        self._hub = hub
+        self._delivery = delivery
+        self._counts = counts
+        self._members = members
+        self._writer = writer
+
+    def message(self, room: str, offset: int, epoch: str, data_json: str) -> None:
+        self._delivery.message(room, offset, epoch, data_json)
+
+    def raw_message(self, room: str, data_json: str) -> None:
+        self._delivery.raw_message(room, data_json)
+
+    def count(self, room: str, state: CountState) -> None:
+        if self._counts.show(room, state) and protocol.is_presence_room(room):
+            self._members.refresh(room)
+
+    def room_confirmed(self, room: str) -> None:
+        if room in self._rooms:
+            self._writer.mark(room)
+            self._delivery.channels_ready(room)
+
+    def connected(self) -> None:
+        self._delivery.resync()  # what was published while pub/sub was down is read back
+        self._writer.resync()
+
+    def signed_out(self, user: str) -> None:
+        self._hub.sign_out(user)
+
+    def control_confirmed(self) -> None:
+        self._hub.recheck_revocations()

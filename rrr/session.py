@@ -1,7 +1,7 @@
 """One client socket's subscriptions, and what it may ask for.
 
 Kept out of the handler so the handler stays a thin adapter between Tornado's
-WebSocket callbacks and the hub, and so the rules read in one place.
+WebSocket callbacks and the core, and so the rules read in one place.
 """
 
 from __future__ import annotations
@@ -14,43 +14,48 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from . import protocol
-from .auth import Identity, TokenError, Verifier, needs_grant
+from .auth import Identity, TokenError, Verifier, issued_before, needs_grant
+from .backplane import History, PresenceReads
+from .edge.wsframe import Frame
 from .errors import BackplaneError
-from .hub import Connection, Hub
-from .limits import AddressLimits
-from .policy import TokenBucket
+from .hub import Hub
+from .limits import AddressLimits, Limits, TokenBucket
+from .metrics import Metrics
 from .protocol import ClientMessage, ProtocolError, Since
-from .wsframe import Frame
+from .rooms import Connection
 
 _PONG = Frame(protocol.PONG_FRAME)
 
 log = logging.getLogger("rrr.session")
 
 
-@dataclass(frozen=True)
-class Limits:
-    client_publish: bool = False
-    publish_rate: float = 10.0
-    publish_burst: float = 20.0
-    max_subscriptions: int = 1000
-    max_tabs_per_room: int = 50
-    max_rooms: int = 10000
-    message_rate: float = 50.0
-    message_burst: float = 100.0
-    presence_list_rate: float = 1.0
-    presence_list_burst: float = 20.0
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What every session (and socket handler) of this process shares: the hub, the caps, the token
+    verifier, metrics, and the backplane calls a client can cause (a publish, a revocation check)."""
+
+    hub: Hub
+    limits: Limits
+    addresses: AddressLimits
+    verifier: Verifier
+    metrics: Metrics
+    history: History  # where a client's publish goes (stored and relayed, or relayed only)
+    reads: PresenceReads
+
+    async def revoked(self, identity: Identity) -> bool:
+        """Whether ``identity``'s token was issued before its user's last sign-out (no ``iat``: yes)."""
+        return issued_before(identity, await self.reads.revoked_at(identity.user))
 
 
 class Session:
     # Slots, and rate buckets only once the socket sends: one Session lives per idle socket.
     __slots__ = (
-        "conn", "hub", "limits", "addresses", "ip", "fixed_room", "subs", "n_subs", "transport",
-        "_bucket", "_frames", "_lists", "_dropped", "verifier", "identity", "_expiry", "_announce_fixed",
+        "conn", "shared", "hub", "ip", "fixed_room", "subs", "n_subs", "transport",
+        "_bucket", "_frames", "_lists", "_dropped", "identity", "_expiry", "_announce_fixed",
     )
 
     def __init__(
-        self, conn: Connection, hub: Hub, limits: Limits, addresses: AddressLimits, ip: str,
-        room: str | None = None, verifier: Verifier | None = None, identity: Identity | None = None,
+        self, conn: Connection, shared: Shared, ip: str, room: str | None = None, identity: Identity | None = None,
         since: Since | None = None,
     ) -> None:
         """With ``room``, this is the talk's one-room socket: joined at once, fixed for life; it is
@@ -60,9 +65,8 @@ class Session:
         If a cap refuses that room the socket is told why and closed (1008): it has nothing else to do.
         """
         self.conn = conn
-        self.hub = hub
-        self.limits = limits
-        self.addresses = addresses
+        self.shared = shared
+        self.hub = shared.hub
         self.ip = ip
         self.fixed_room = room
         self.subs: dict[str, set[str]] = {}  # room -> sub ids
@@ -72,21 +76,20 @@ class Session:
         self._frames: TokenBucket | None = None
         self._lists: TokenBucket | None = None
         self._dropped = 0
-        self.verifier = verifier or Verifier()
         self.identity: Identity | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._announce_fixed = since is not None
         if identity is not None:
             self._authenticate(identity)
-        hub.attach(conn)
+        self.hub.attach(conn)
         if room is not None:
             try:
-                self.join(room, "", since)
+                self.subscribe(room, "", since)
             except ProtocolError as e:
                 self.reply(e)
                 conn.close(1008, e.reason[:120])
 
-    def join(self, room: str, sub: str, since: Since | None = None) -> None:
+    def subscribe(self, room: str, sub: str, since: Since | None = None) -> None:
         """Register one subscription, or raise the cap it would break (nothing is registered then)."""
         tabs = self.subs.get(room)
         if tabs is not None and sub in tabs:
@@ -96,7 +99,7 @@ class Session:
                 "forbidden", "private and presence rooms need a token that grants them ('auth' first)",
                 room=room, sub=sub,
             )
-        lim = self.limits
+        lim = self.shared.limits
         if self.n_subs >= lim.max_subscriptions:
             self._refuse(
                 "subscriptions_per_socket", "too_many_subscriptions",
@@ -118,10 +121,11 @@ class Session:
                 f"at most {lim.presence_list_rate:g} presence subscriptions a second per socket (bursts of "
                 f"{lim.presence_list_burst:g}), each sent the whole member list; try later", room, sub,
             )
-        if not self.addresses.add_subscription(self.ip):
+        addresses = self.shared.addresses
+        if not addresses.add_subscription(self.ip):
             self._refuse(
                 "subscriptions_per_ip", "too_many_subscriptions",
-                f"at most {self.addresses.max_subscriptions} subscriptions per client address", room, sub,
+                f"at most {addresses.max_subscriptions} subscriptions per client address", room, sub,
             )
         if tabs is None:
             tabs = self.subs[room] = set()
@@ -130,11 +134,11 @@ class Session:
         who = self.identity
         announce = self.fixed_room is None or self._announce_fixed
         if who is not None and protocol.is_presence_room(room):
-            self.hub.add_tab(self.conn, room, who.user, who.info_json, sub, since, announce)
+            self.hub.subscribe(self.conn, room, who.user, who.info_json, sub, since, announce)
         else:
-            self.hub.add_tab(self.conn, room, sub=sub, since=since, announce=announce)
+            self.hub.subscribe(self.conn, room, sub=sub, since=since, announce=announce)
 
-    def leave(self, room: str, sub: str) -> None:
+    def unsubscribe(self, room: str, sub: str) -> None:
         tabs = self.subs.get(room)
         if tabs is None or sub not in tabs:
             return
@@ -142,8 +146,8 @@ class Session:
         if not tabs:
             del self.subs[room]
         self.n_subs -= 1
-        self.addresses.remove_subscription(self.ip)
-        self.hub.remove_tab(self.conn, room, sub)
+        self.shared.addresses.remove_subscription(self.ip)
+        self.hub.unsubscribe(self.conn, room, sub)
 
     def announced_subs(self, room: str) -> list[str]:
         """The subscriptions to ``room`` that are told ``subscribed`` (and a reset)."""
@@ -157,7 +161,7 @@ class Session:
             self._expiry = None
         for room, tabs in list(self.subs.items()):
             for sub in list(tabs):
-                self.leave(room, sub)
+                self.unsubscribe(room, sub)
         self._set_transport("unknown")
         self.hub.detach(self.conn)
 
@@ -187,7 +191,7 @@ class Session:
         """Every frame, pings included, spends a token. Over the limit a frame is dropped; only the
         first drop of a run is answered (an error per dropped frame would let a flood make us flood
         back), and a client still sending a whole burst's worth into a full stop is closed with 1008."""
-        lim = self.limits
+        lim = self.shared.limits
         if lim.message_rate <= 0:
             return True
         if self._frames is None:
@@ -196,7 +200,7 @@ class Session:
             self._dropped = 0
             return True
         self._dropped += 1
-        self.hub.metrics.limited.labels("message_rate").inc()
+        self.shared.metrics.limited.labels("message_rate").inc()
         if self._dropped == 1:
             self.reply(ProtocolError("rate_limited", f"more than {lim.message_rate:g} frames a second; frame dropped"))
         elif self._dropped > lim.message_burst:
@@ -207,7 +211,7 @@ class Session:
         """A presence subscription is sent the room's whole member list: it spends one of the
         socket's ``presence_list_rate`` a second (bursts of ``presence_list_burst``), so resubscribing
         in a loop cannot turn a few bytes up into a member list down each time."""
-        lim = self.limits
+        lim = self.shared.limits
         if lim.presence_list_rate <= 0:
             return True
         if self._lists is None:
@@ -222,11 +226,11 @@ class Session:
             self.conn.send_frame(Frame(protocol.dumps(protocol.count_message(room, state))))
 
     def reply(self, error: ProtocolError) -> None:
-        self.hub.metrics.client_errors.labels(error.code).inc()
+        self.shared.metrics.client_errors.labels(error.code).inc()
         self.conn.send_frame(Frame(protocol.dumps(error.message())))
 
     def _refuse(self, limit: str, code: str, reason: str, room: str, sub: str | None = None) -> NoReturn:
-        self.hub.metrics.limited.labels(limit).inc()
+        self.shared.metrics.limited.labels(limit).inc()
         raise ProtocolError(code, reason, room=room, sub=sub)
 
     def _dispatch(self, msg: ClientMessage) -> Awaitable[None] | None:
@@ -241,10 +245,10 @@ class Session:
             raise ProtocolError("unsupported", "this socket follows one room; use /ws/ for more", room=msg.room)
         elif msg.type == "subscribe":
             assert msg.room is not None and msg.sub is not None
-            self.join(msg.room, msg.sub, msg.since)
+            self.subscribe(msg.room, msg.sub, msg.since)
         elif msg.type == "unsubscribe":
             assert msg.room is not None and msg.sub is not None
-            self.leave(msg.room, msg.sub)
+            self.unsubscribe(msg.room, msg.sub)
         elif msg.type == "publish":
             return self._replying(self._publish(msg))
         return None
@@ -261,22 +265,23 @@ class Session:
         granted = self.identity is not None and self.identity.may_publish(room)
         if needs_grant(room) and not granted:
             raise ProtocolError("forbidden", "publishing here needs a token whose 'publish' grants it", room=room)
-        if not (self.limits.client_publish or granted):
+        shared = self.shared
+        if not (shared.limits.client_publish or granted):
             raise ProtocolError("publish_disabled", "client publish is off on this server", room=room)
         if room not in self.subs:
             raise ProtocolError("not_subscribed", "subscribe to a room before publishing to it", room=room)
         if self._bucket is None:
-            self._bucket = TokenBucket(self.limits.publish_rate, self.limits.publish_burst)
+            self._bucket = TokenBucket(shared.limits.publish_rate, shared.limits.publish_burst)
         if not self._bucket.take():
             self._refuse("publish_rate", "rate_limited", "too many publishes from this socket; slow down", room)
-        if self.addresses.publish.take(self.ip):
+        if shared.addresses.publish.take(self.ip):
             self._refuse("publish_rate_per_ip", "rate_limited", "too many publishes from this address; slow down", room)
         # Charged before the publish (a concurrent one cannot slip past) and kept if Redis refuses it.
-        over = self.addresses.client_history.take(self.ip, len(msg.data_json.encode("utf-8")))
+        over = shared.addresses.client_history.take(self.ip, len(msg.data_json.encode("utf-8")))
         if over is not None:
             self._refuse("client_history", "rate_limited", over, room)
         try:
-            await self.hub.publish(room, msg.data_json)
+            await shared.history.publish(room, msg.data_json)
         except BackplaneError:
             raise ProtocolError("unavailable", "the message bus is unavailable; try again", room=room) from None
 
@@ -285,13 +290,13 @@ class Session:
     async def _auth(self, token: str) -> None:
         """``auth`` first or any time; again to refresh. A bad token leaves the identity as it was."""
         try:
-            identity = await self.verifier.verify_async(token)  # may wait for one refetch of a key set
+            identity = await self.shared.verifier.verify_async(token)  # may wait for one refetch of a key set
         except TokenError as e:
             raise ProtocolError("bad_token", e.reason) from None
         if self.identity is not None and identity.user != self.identity.user:
             raise ProtocolError("bad_token", "a refreshed token must carry the same 'sub'")
         try:
-            revoked = await self.hub.revoked(identity)
+            revoked = await self.shared.revoked(identity)
         except BackplaneError:
             raise ProtocolError("unavailable", "cannot check the token now; try again") from None
         if revoked:
@@ -331,7 +336,7 @@ class Session:
                 if not needs_grant(room):
                     continue
                 for sub in list(tabs):
-                    self.leave(room, sub)
+                    self.unsubscribe(room, sub)
                     self.reply(ProtocolError("token_expired", "the token expired; send a fresh one", room=room,
                                              sub=sub))
             if self.fixed_room is not None and needs_grant(self.fixed_room):
@@ -340,7 +345,7 @@ class Session:
             log.exception("dropping the subscriptions of an expired token failed")
 
     def _set_transport(self, transport: str) -> None:
-        gauge = self.hub.metrics.transports
+        gauge = self.shared.metrics.transports
         if self.transport != "unknown":
             gauge.labels(self.transport).dec()
         self.transport = transport

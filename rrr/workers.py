@@ -30,7 +30,7 @@ import tornado.netutil
 from tornado.options import options, parse_command_line
 
 from .config import command_line
-from .embedded import EmbeddedRedis, die_with_parent
+from .backplane.embedded import EmbeddedRedis, die_with_parent
 
 log = logging.getLogger("rrr.workers")
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from conftest import SigningKey, hand_signed
+from support.jwks import SigningKey, hand_signed
 from rrr.auth import (
     JWKS_MAX_KEYS, Grants, TokenError, UnknownKeyError, Verifier, is_presence_room, key_from_pem, keys_from_jwks, mint,
     needs_grant, split_secrets,

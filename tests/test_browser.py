@@ -29,7 +29,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     sync_playwright = None  # type: ignore[assignment]
 
-from browser_helpers import (
+from support.browsers import (
     FORCE_TRANSPORT,
     LAUNCH_ARGS,
     ErrorLog,
@@ -40,7 +40,7 @@ from browser_helpers import (
     publish,
     room,
 )
-from conftest import AppProcess
+from support.processes import AppProcess
 
 pytestmark = pytest.mark.browser
 

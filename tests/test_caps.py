@@ -21,10 +21,11 @@ import tornado.httpclient
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
-from browser_helpers import metric
-from conftest import Client, ServerFactory, connect, wait_until
-from rrr.keys import history
+from rrr.backplane.keys import history
 from rrr.limits import HeldBytes, RateLimiter
+from support.browsers import metric
+from support.clients import Client, connect, wait_until
+from support.servers import ServerFactory
 
 gen_test = pytest.mark.gen_test(timeout=60)
 

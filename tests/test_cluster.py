@@ -19,13 +19,15 @@ import jwt
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-import cluster_fixtures
-from cluster_fixtures import NODE_TIMEOUT_MS, RedisCluster
-from conftest import AppProcess, Client, Server, ServerFactory, connect, wait_until
-from rrr import client as rrr_client, keys
-from rrr.connect import parse_cluster_url
+from rrr import client as rrr_client
 
-redis_cluster = cluster_fixtures.redis_cluster
+from rrr.backplane import keys
+from rrr.backplane.connect import parse_cluster_url
+from support.clients import Client, connect, wait_until
+from support.cluster import NODE_TIMEOUT_MS, RedisCluster
+from support.processes import AppProcess
+from support.servers import Server, ServerFactory
+
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 

@@ -4,7 +4,8 @@ import asyncio
 
 import pytest
 
-from conftest import Client, ServerFactory, connect, wait_until
+from support.clients import Client, connect, wait_until
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from conftest import Client, ServerFactory, connect
+from support.clients import Client, connect
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 

@@ -1,4 +1,4 @@
-"""deploy/render.py and the Redis URL forms of rrr/connect.py, without starting anything."""
+"""deploy/render.py and the Redis URL forms of rrr/backplane/connect.py, without starting anything."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from conftest import need_binary
 from deploy import render
-from rrr.connect import SentinelRedis, make_redis, parse_sentinel_url
+from rrr.backplane.connect import SentinelRedis, make_redis, parse_sentinel_url
+from support.processes import need_binary
 
 
 # -- deploy/render.py ---------------------------------------------------------------------
@@ -92,7 +92,7 @@ def test_run_cluster_script_is_valid_bash() -> None:
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("no bash")
-    from conftest import ROOT
+    from support.processes import ROOT
 
     assert subprocess.run([bash, "-n", str(ROOT / "deploy" / "run-cluster.sh")]).returncode == 0
 

@@ -26,9 +26,9 @@ import jwt
 import pytest
 import redis
 
-from rrr.embedded import EmbeddedRedis
-from browser_helpers import LAUNCH_ARGS, chromium_path
-from conftest import REQUIRE_ALL, ROOT, free_port
+from rrr.backplane.embedded import EmbeddedRedis
+from support.browsers import LAUNCH_ARGS, chromium_path
+from support.processes import REQUIRE_ALL, ROOT, free_port
 
 try:
     from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from conftest import AppProcess
-from rrr.embedded import EmbeddedRedis, find_redis_server
+from rrr.backplane.embedded import EmbeddedRedis, find_redis_server
+from support.processes import AppProcess
 
 
 def test_app_runs_on_an_embedded_redis_and_stops_it(app_factory: Callable[..., AppProcess]) -> None:

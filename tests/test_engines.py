@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from browser_helpers import metric, publish, room
-from conftest import REQUIRE_ALL, AppProcess, need_binary
+from support.browsers import metric, publish, room
+from support.processes import REQUIRE_ALL, AppProcess, need_binary
 
 try:
     from selenium import webdriver

@@ -19,9 +19,11 @@ import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
-from conftest import Client, LyingRedis, ServerFactory, connect, wait_until
-from rrr import keys
-from rrr.embedded import EmbeddedRedis
+from rrr.backplane import keys
+from rrr.backplane.embedded import EmbeddedRedis
+from support.clients import Client, connect, wait_until
+from support.redis import LyingRedis
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=180)
 
@@ -177,7 +179,7 @@ async def test_a_get_flood_cannot_starve_the_lease_or_publishes(
     assert answers[-1].code == 202
     await delivered(c, "through")
     assert server.metric("rrr_task_errors_total", {"task": "lease"}) == 0
-    assert server.hub.presence.lease_fresh()
+    assert server.service.presence.lease_fresh()
 
 
 async def test_a_stalled_redis_fails_health_and_it_returns(

@@ -11,12 +11,14 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from conftest import Client, LyingRedis, ServerFactory, Server, SlowReplyProxy, connect, wait_until
 from rrr import client as rrr_client
-from rrr.embedded import EmbeddedRedis
-from rrr.history import publish_args
-from rrr.keys import history, meta
-from rrr.scripts import HISTORY_PUBLISH
+from rrr.backplane.embedded import EmbeddedRedis
+from rrr.backplane.history import publish_args
+from rrr.backplane.keys import history, meta
+from rrr.backplane.scripts import HISTORY_PUBLISH
+from support.clients import Client, connect, wait_until
+from support.redis import LyingRedis, SlowReplyProxy
+from support.servers import ServerFactory, Server
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 

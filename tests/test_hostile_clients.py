@@ -10,7 +10,8 @@ import pytest
 import redis
 from tornado.httpclient import HTTPClientError
 
-from conftest import Client, ServerFactory, connect, wait_until
+from support.clients import Client, connect, wait_until
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 
@@ -95,9 +96,9 @@ async def test_a_client_that_stops_reading_is_cut_off_and_unregistered(
     try:
         await watcher.settles_on(2)
         chunk = json.dumps("x" * 60000)
-        # Publish straight into the hub, as Redis would, until the stuck socket overflows.
+        # Publish straight into the core, as Redis would, until the stuck socket overflows.
         for _ in range(400):
-            server.hub.on_room_message("slow", chunk)
+            server.service.events.raw_message("slow", chunk)
             if server.metric("rrr_slow_client_disconnects_total"):
                 break
             await asyncio.sleep(0)

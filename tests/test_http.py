@@ -7,8 +7,8 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 
-from conftest import ServerFactory
-from rrr.keys import history, message_channel
+from rrr.backplane.keys import history, message_channel
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 

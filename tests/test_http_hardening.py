@@ -30,8 +30,10 @@ import tornado.testing
 import tornado.websocket
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 
-from conftest import AppProcess, Client, Server, ServerFactory, connect, free_port, wait_until
-from rrr.embedded import EmbeddedRedis
+from rrr.backplane.embedded import EmbeddedRedis
+from support.clients import Client, connect, wait_until
+from support.processes import AppProcess, free_port
+from support.servers import Server, ServerFactory
 
 TOKEN = "hardening-token"
 

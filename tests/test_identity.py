@@ -18,10 +18,12 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from conftest import Client, LyingRedis, ServerFactory, SlowReplyProxy, connect, wait_until
 from rrr import client as rrr_client
-from rrr import keys
-from rrr.embedded import EmbeddedRedis
+from rrr.backplane import keys
+from rrr.backplane.embedded import EmbeddedRedis
+from support.clients import Client, connect, wait_until
+from support.redis import LyingRedis, SlowReplyProxy
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 

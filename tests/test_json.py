@@ -15,8 +15,9 @@ import urllib.request
 
 import pytest
 
-from conftest import Client, ServerFactory, connect, wait_until
 from rrr import protocol
+from support.clients import Client, connect, wait_until
+from support.servers import ServerFactory
 
 LONE = "\\ud800"  # the six characters of the JSON escape, as a client would type them
 FRAMES = [

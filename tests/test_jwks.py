@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from conftest import ROOT, AppProcess, JwksServer, SigningKey, connect, hand_signed, wait_until
+from support.clients import connect, wait_until
+from support.jwks import JwksServer, SigningKey, hand_signed
+from support.processes import ROOT, AppProcess
 from rrr.auth import UnknownKeyError, Verifier
 from rrr.jwks import JwksKeys
 from rrr.metrics import Metrics

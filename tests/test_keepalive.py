@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from conftest import Client, Server, ServerFactory, connect, wait_until
-from rrr.keepalive import Keepalive
+from rrr.edge.keepalive import Keepalive
+from support.clients import Client, connect, wait_until
+from support.servers import Server, ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 

@@ -15,8 +15,9 @@ import jwt
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from conftest import Client, ServerFactory, connect, wait_until
-from rrr.embedded import EmbeddedRedis
+from rrr.backplane.embedded import EmbeddedRedis
+from support.clients import Client, connect, wait_until
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from conftest import Client, Server, ServerFactory, connect, wait_until
+from support.clients import Client, connect, wait_until
+from support.servers import Server, ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 

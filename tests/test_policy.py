@@ -4,7 +4,8 @@ import pytest
 from tornado.options import OptionParser
 
 from rrr.config import command_line
-from rrr.policy import TokenBucket, origin_allowed, parse_origins
+from rrr.edge.origins import origin_allowed, parse_origins
+from rrr.limits import TokenBucket
 
 NONE: frozenset[str] = frozenset()
 

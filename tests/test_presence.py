@@ -11,9 +11,11 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient
 
-from conftest import AppProcess, Client, ServerFactory, connect, wait_until
+from support.clients import Client, connect, wait_until
+from support.processes import AppProcess
+from support.servers import ServerFactory
 
-from rrr import keys
+from rrr.backplane import keys
 
 pytestmark = pytest.mark.gen_test(timeout=90)
 
@@ -139,7 +141,7 @@ async def test_a_live_process_whose_lease_lapsed_comes_back(
     watcher = await connect(watcher_host.ws_url("/ws/count/lapse/"))
     clients += mine + [watcher]
     await watcher.settles_on(3)
-    pid = server.hub.presence.process_id
+    pid = server.service.presence.process_id
     rclient.zadd("rrr:procs", {pid: 0})  # as if its renewals had stalled past the TTL
     await wait_until(lambda: any(f["connections"] == 1 for f in watcher.counts()), what="lapsed process counted out")
     await watcher.settles_on(3, timeout=15)

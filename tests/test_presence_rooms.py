@@ -17,8 +17,10 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient
 
-from conftest import AppProcess, Client, ServerFactory, connect, wait_until
-from rrr import keys
+from rrr.backplane import keys
+from support.clients import Client, connect, wait_until
+from support.processes import AppProcess
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=90)
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import AppProcess, Client, connect, need_binary, wait_until
-from rrr import keys
+from rrr.backplane import keys
+from support.clients import Client, connect, wait_until
+from support.processes import AppProcess, need_binary
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 

@@ -30,20 +30,14 @@ import tornado.web
 import tornado.websocket
 from tornado.httpclient import HTTPClientError
 
-from conftest import ROOT, Client, free_port, need_binary, wait_until
 from rrr.auth import mint
-from rrr.embedded import EmbeddedRedis, die_with_parent
-import production_fixtures
-from production_fixtures import (
+from rrr.backplane.embedded import EmbeddedRedis, die_with_parent
+from support.clients import Client, wait_until
+from support.processes import ROOT, free_port, need_binary
+from support.production import (
     Cluster, Nginx, Script, SentinelGroup, abort, connect_many, http, port_open, wait_sync, ws_connect,
 )
 
-# The fixtures this module uses (pytest finds fixtures among a module's attributes).
-nginx_factory = production_fixtures.nginx_factory
-cluster_factory = production_fixtures.cluster_factory
-sentinel_group = production_fixtures.sentinel_group
-script_runner = production_fixtures.script_runner
-ws_clients = production_fixtures.ws_clients
 
 pytestmark = [pytest.mark.nginx, pytest.mark.slow]
 
@@ -190,7 +184,7 @@ async def test_no_token_and_no_long_path_in_the_nginx_or_app_logs(
     redis_url: str, cluster_factory: Callable[..., Cluster], ws_clients: list[Client]
 ) -> None:
     """The one-room socket takes its token as ``?token=``: nginx's access log (its format) and the
-    app's lines (rrr/requestlog.py) show the path only, cut to 200 characters."""
+    app's lines (rrr/edge/requestlog.py) show the path only, cut to 200 characters."""
     secret = "production-logs-secret-of-decent-length"
     cluster = cluster_factory(redis_url, n=1, token_secret=secret, log_level="debug")
     front = cluster.nginx

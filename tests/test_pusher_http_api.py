@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET, RecordedRequest, RequestRecorder
+from support.pusher import PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET, RecordedRequest, RequestRecorder
 from rrr.pusher import api, signing
 from rrr.pusher.api import ChannelState, Event
 from rrr.pusher.signing import ApiError, ApiRequest

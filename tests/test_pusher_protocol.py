@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PUSHER_KEY, PUSHER_SECRET
+from support.pusher import PUSHER_KEY, PUSHER_SECRET
 from rrr.pusher import names, protocol, signing
 from rrr.pusher.protocol import (
     ClientEvent, Ping, Pong, PresenceMember, PusherError, Signin, SignedInUser, Subscribe, SubscriptionError,

@@ -12,7 +12,7 @@ import pytest
 
 from rrr.pusher import signing, webhooks
 from rrr.pusher.signing import AuthError, WebhookError
-from conftest import PUSHER_KEY, PUSHER_SECRET
+from support.pusher import PUSHER_KEY, PUSHER_SECRET
 
 SOCKET = "1234.1234"
 

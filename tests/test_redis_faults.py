@@ -9,8 +9,9 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from conftest import Client, ServerFactory, connect, wait_until
-from rrr.embedded import EmbeddedRedis
+from rrr.backplane.embedded import EmbeddedRedis
+from support.clients import Client, connect, wait_until
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rrr.httpsec import content_security_policy, host_allowed, parse_hosts, request_host, security_headers
-from rrr.policy import origin_allowed, parse_origins
+from rrr.edge.headers import content_security_policy, host_allowed, parse_hosts, request_host, security_headers
+from rrr.edge.origins import origin_allowed, parse_origins
 
 NONE: frozenset[str] = frozenset()
 

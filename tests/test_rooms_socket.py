@@ -6,7 +6,8 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient
 
-from conftest import Client, ServerFactory, connect
+from support.clients import Client, connect
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 
@@ -90,7 +91,7 @@ async def test_closing_the_socket_drops_all_its_tabs(
         resp = await AsyncHTTPClient().fetch(server.base_url + "/api/rooms/abc")
         return json.loads(resp.body)["tabs"] == 0 and not rclient.keys("rrr:presence:*")
 
-    from conftest import wait_until
+    from support.clients import wait_until
     await wait_until(gone, what="room emptied in Redis")
 
 
@@ -138,7 +139,7 @@ async def test_hello_records_the_transport(server_factory: ServerFactory, client
     await c.next("pong", after=0)
     assert server.metric("rrr_sockets_by_transport", {"transport": "sharedworker"}) == 1
     c.close()
-    from conftest import wait_until
+    from support.clients import wait_until
     await wait_until(lambda: server.metric("rrr_sockets_by_transport", {"transport": "sharedworker"}) == 0)
 
 
@@ -156,8 +157,8 @@ async def test_a_room_left_and_joined_again_at_once_is_still_followed(
     [sock] = list(server.hub.connections)
     session = sock.session  # type: ignore[attr-defined]
     n = len(c.frames)
-    session.leave("reload", "a")  # both in one turn of the loop, as two frames read together are
-    session.join("reload", "b")
+    session.unsubscribe("reload", "a")  # both in one turn of the loop, as two frames read together are
+    session.subscribe("reload", "b")
     hello = await c.next("subscribed", after=n)
     assert hello["sub"] == "b"
     await c.settles_on(1, 1, room="reload")

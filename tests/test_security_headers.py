@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from browser_helpers import LAUNCH_ARGS, ErrorLog, chromium_path, room
+from support.browsers import LAUNCH_ARGS, ErrorLog, chromium_path, room
 
 try:
     from playwright.sync_api import Browser, expect, sync_playwright

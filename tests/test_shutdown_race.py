@@ -13,7 +13,7 @@ The loop below is deterministic: the same task interleaving every run, no timing
 (0 and 1 extra loop turns between the unsubscribe and close() lose the cancel on 3.11).
 Fixed by ``rrr.supervise.cancel``, which cancels again until the task is really done.
 
-The listener is a complete `Listener` (mypy checks it): a partial stub made the subscriber
+The core's side is a complete `Events` (mypy checks it): a partial stub made the subscriber
 fail and reconnect on every SUBSCRIBE, so the race was rarely reached and the test passed
 with its fix reverted.
 """
@@ -26,10 +26,11 @@ import time
 import pytest
 import redis
 
-from rrr.connect import make_redis
+from rrr.backplane.connect import make_redis
 from rrr.metrics import Metrics
 from rrr.protocol import CountState
-from rrr.subscriber import Listener, Subscriber
+from rrr.backplane import Events
+from rrr.backplane.subscriber import ClassicSubscriber
 from rrr.supervise import Supervisor
 
 pytestmark = pytest.mark.gen_test(timeout=120)
@@ -41,20 +42,20 @@ class Quiet:
     def __init__(self) -> None:
         self.subscribed: list[str] = []
 
-    def on_room_message(self, room: str, data_json: str) -> None: ...
+    def message(self, room: str, offset: int, epoch: str, data_json: str) -> None: ...
 
-    def on_history_message(self, room: str, offset: int, epoch: str, data_json: str) -> None: ...
+    def raw_message(self, room: str, data_json: str) -> None: ...
 
-    def on_count(self, room: str, state: CountState) -> None: ...
+    def count(self, room: str, state: CountState) -> None: ...
 
-    def on_subscribed(self, room: str) -> None:
+    def room_confirmed(self, room: str) -> None:
         self.subscribed.append(room)
 
-    def on_connected(self) -> None: ...
+    def connected(self) -> None: ...
 
-    def on_disconnect_user(self, user: str) -> None: ...
+    def signed_out(self, user: str) -> None: ...
 
-    def on_control_subscribed(self) -> None: ...
+    def control_confirmed(self) -> None: ...
 
 
 async def test_shutdown_finishes_with_an_unsubscribe_in_flight(redis_url: str) -> None:
@@ -64,18 +65,18 @@ async def test_shutdown_finishes_with_an_unsubscribe_in_flight(redis_url: str) -
         for spins in range(6):
             metrics = Metrics()
             quiet = Quiet()
-            listener: Listener = quiet
+            events: Events = quiet
             client = make_redis(redis_url, 1.0)
-            subscriber = Subscriber(metrics, process_id=f"race-{spins}")
-            subscriber.bind(client, listener)
+            subscriber = ClassicSubscriber(client, metrics, process_id=f"race-{spins}")
+            subscriber.bind(events)
             supervisor = Supervisor(metrics)
             supervisor.spawn("subscriber", subscriber.run)
-            subscriber.subscribe("race")
+            subscriber.follow("race")
             deadline = time.monotonic() + 10
             while "race" not in quiet.subscribed:
                 assert time.monotonic() < deadline, "subscriber never confirmed the room"
                 await asyncio.sleep(0.01)
-            subscriber.unsubscribe("race")  # what the last socket of a room closing during shutdown does
+            subscriber.unfollow("race")  # what the last socket of a room closing during shutdown does
             for _ in range(spins):
                 await asyncio.sleep(0)
             try:

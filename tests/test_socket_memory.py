@@ -18,8 +18,9 @@ import gc
 
 import pytest
 
-from conftest import Client, ServerFactory, connect
 from handlers.sockets import RelaySocket
+from support.clients import Client, connect
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 

@@ -13,9 +13,11 @@ from functools import partial
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from conftest import Client, LyingRedis, ServerFactory, connect, wait_until
 from rrr.metrics import Metrics
 from rrr.supervise import Supervisor
+from support.clients import Client, connect, wait_until
+from support.redis import LyingRedis
+from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 
@@ -64,7 +66,7 @@ async def test_garbage_from_redis_never_stops_renewal_and_counts_heal(
     assert len(warnings) <= 12, [r.getMessage() for r in warnings]
 
     # The relay works again too: a message published by the liar reaches every socket of both.
-    await liar.hub.publish("garbage", json.dumps({"n": 1}))
+    await liar.service.history.publish("garbage", json.dumps({"n": 1}))
     for c in mine + [watcher]:
         await wait_until(partial(_got, c, {"n": 1}), what="relay")
 

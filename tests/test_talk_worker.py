@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from browser_helpers import LAUNCH_ARGS, chromium_path, eventually, metric
-from conftest import Client, ServerFactory, connect, wait_until
+from support.browsers import LAUNCH_ARGS, chromium_path, eventually, metric
+from support.clients import Client, connect, wait_until
+from support.servers import ServerFactory
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright

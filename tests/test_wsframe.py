@@ -3,8 +3,9 @@
 import pytest
 from tornado.websocket import WebSocketProtocol13
 
-from conftest import Client, ServerFactory, connect, wait_until
-from rrr import wsframe
+from rrr.edge import wsframe
+from support.clients import Client, connect, wait_until
+from support.servers import ServerFactory
 
 
 class _Capture:
@@ -48,14 +49,14 @@ async def test_real_server_connections_take_the_fast_path(server_factory: Server
     c = await connect(server.ws_url("/ws/count/fast/"))
     clients.append(c)
     await c.settles_on(1)
-    (handler,) = list(server.hub._conns)
+    (handler,) = list(server.hub.connections)
     assert wsframe.fast_path_ok(
         handler.ws_connection  # type: ignore[attr-defined]
-    ), "Tornado internals changed: review rrr/wsframe.py"
+    ), "Tornado internals changed: review rrr/edge/wsframe.py"
     assert handler._fast  # type: ignore[attr-defined]
-    # The server's streams are GuardedStreams (rrr/httpguard.py): they too take the direct send.
+    # The server's streams are GuardedStreams (rrr/edge/guard.py): they too take the direct send.
     assert wsframe.direct_ok(handler.ws_connection.stream)  # type: ignore[attr-defined]
-    # The outbox (rrr/outbox.py) paces bulk frames by the bytes the stream still holds.
+    # The outbox (rrr/edge/outbox.py) paces bulk frames by the bytes the stream still holds.
     assert len(handler.ws_connection.stream._write_buffer) == 0  # type: ignore[attr-defined]
     assert wsframe.buffered(handler.ws_connection) == 0  # type: ignore[attr-defined]
 
@@ -73,9 +74,9 @@ async def test_compressed_connections_fall_back_to_the_public_api(
         c = await connect(server.ws_url("/ws/count/deflate/"), compression_options={})
         clients.append(c)
         await c.settles_on(1)
-        (handler,) = list(server.hub._conns)
+        (handler,) = list(server.hub.connections)
         assert not handler._fast  # type: ignore[attr-defined]
-        server.hub.on_room_message("deflate", '{"still":"works"}')
+        server.service.events.raw_message("deflate", '{"still":"works"}')
         await wait_until(lambda: c.of_type("message"))
         assert c.of_type("message")[0]["data"] == {"still": "works"}
     finally:
@@ -93,13 +94,13 @@ async def test_frames_stay_in_order_when_sends_switch_between_direct_and_queued(
     await c.settles_on(1)
     blob = "x" * 50_000
     for i in range(200):
-        server.hub.on_room_message("order", '{"i":%d,"pad":"%s"}' % (i, blob))
+        server.service.events.raw_message("order", '{"i":%d,"pad":"%s"}' % (i, blob))
     await wait_until(lambda: len(c.of_type("message")) == 200, timeout=30, what="200 messages")
     assert [m["data"]["i"] for m in c.of_type("message")] == list(range(200))
 
 
 def test_frames_sent_together_go_in_one_write() -> None:
-    """A replay's messages (`rrr.outbox` hands the stream up to 64 KiB at a time) cost one write, not one each."""
+    """A replay's messages (`rrr.edge.outbox` hands the stream up to 64 KiB at a time) cost one write, not one each."""
 
     class Stream(_Capture):
         def __init__(self) -> None:

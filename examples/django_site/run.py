@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rrr.embedded import EmbeddedRedis  # noqa: E402
+from rrr.backplane.embedded import EmbeddedRedis  # noqa: E402
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 60.0) -> None:

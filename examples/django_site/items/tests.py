@@ -16,7 +16,7 @@ from django.db import transaction
 from django.template import Context, Template
 from django.test import TestCase, TransactionTestCase, override_settings
 
-from rrr import keys
+from rrr.backplane import keys
 from rrr.django import publish_on_commit
 from rrr.errors import BackplaneError
 

@@ -2,7 +2,7 @@
 
 Each room has a stream of its last ``--history-size`` messages (entry ID ``<offset>-0``)
 and a meta hash with its *epoch* and top *offset*, both under the room's hash tag. A
-message is stored and published by one script (`rrr.scripts.HISTORY_PUBLISH`), so every
+message is stored and published by one script (`rrr.backplane.scripts.HISTORY_PUBLISH`), so every
 message a socket can see live is already stored, in offset order: whoever missed some
 reads them back from the offset it last saw, and knows (``recovered: false``) when it
 cannot, because the epoch changed (the history was lost) or the oldest stored offset is
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import keys
-from .errors import BackplaneError
-from .protocol import MAX_MESSAGE_SIZE, is_epoch, parse_uint, validate_json_payload
+from ..errors import BackplaneError
+from ..protocol import MAX_MESSAGE_SIZE, is_epoch, parse_uint, validate_json_payload
 #: The smallest TTL of a room's meta (epoch and offsets), in seconds; see `meta_ttl`.
 META_TTL_MIN = 3600
 
@@ -86,7 +86,7 @@ def parse_message(raw: bytes | str) -> tuple[int, str, str]:
 def publish_args(
     room: str, data_json: str, size: int, ttl: float, *, own: bool, sharded: bool = False,
 ) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of `rrr.scripts.HISTORY_PUBLISH`. ``own``: these are the server's settings
+    """KEYS and ARGV of `rrr.backplane.scripts.HISTORY_PUBLISH`. ``own``: these are the server's settings
     (the helper passes its defaults, used only for a room no server has set up). ``sharded``: on a
     Redis Cluster, published with ``SPUBLISH`` (only the room's shard handles it)."""
     return (
@@ -133,7 +133,7 @@ def read_args(
     room: str, after: int | None, limit: int, size: int, ttl: float, *, own: bool = True,
     seen: tuple[str, int] | None = None,
 ) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of `rrr.scripts.HISTORY_READ` (``after`` None: the position only; ``own``
+    """KEYS and ARGV of `rrr.backplane.scripts.HISTORY_READ` (``after`` None: the position only; ``own``
     False: a read-only look; ``seen``: the epoch and top offset the caller delivered up to)."""
     seen_epoch, seen_top = seen or ("", 0)
     return (
@@ -157,14 +157,18 @@ def _text(x: Any) -> str:
 
 
 class ScriptRunner(Protocol):
+    """A presence's way to Redis, which history borrows (its pool, its errors, its scripts)."""
+
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any: ...
 
     async def call_command(self, name: str, *args: Any, **kwargs: Any) -> Any: ...
 
+    async def publish(self, channel: str, data: str) -> int: ...
 
-class History:
-    """The server's history calls. ``size`` or ``ttl`` 0: history is off (messages are
-    published plainly, with no offset, and nothing is stored)."""
+
+class RedisHistory:
+    """The server's history calls (`rrr.backplane.History`). ``size`` or ``ttl`` 0: history is off
+    (messages are published plainly, with no offset, and nothing is stored)."""
 
     def __init__(
         self, redis: ScriptRunner, size: int, ttl: float, *, sharded: bool = False, readers: int = 16,
@@ -188,6 +192,9 @@ class History:
         return self.size > 0 and self.ttl > 0
 
     async def publish(self, room: str, data_json: str) -> Published:
+        """Store and relay (history on), or relay only: then ``offset`` is 0 and ``epoch`` empty."""
+        if not self.enabled:
+            return Published(0, "", await self.redis.publish(keys.room_channel(room), data_json))
         k, a = publish_args(room, data_json, self.size, self.ttl, own=True, sharded=self.sharded)
         return parse_published(await self.redis.script("history_publish", k, a))
 

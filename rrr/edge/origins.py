@@ -1,8 +1,7 @@
-"""Small, pure rules about who may do what: origins and rate limits."""
+"""Which pages may drive a socket: the Origin rules (pure, unit-tested without a server)."""
 
 from __future__ import annotations
 
-import time
 from urllib.parse import urlsplit
 
 
@@ -42,39 +41,3 @@ def origin_allowed(origin: str, host: str, allowed: frozenset[str], scheme: str)
     except ValueError:
         return False
     return parts.hostname == want.hostname and origin_port == want_port
-
-
-class TokenBucket:
-    """A rate limit: ``rate`` a second on average, bursts up to ``burst``."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = time.monotonic()
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def take(self, cost: float = 1.0) -> bool:
-        """Spend ``cost`` if the bucket holds at least one token. A cost above what it holds (a
-        response measured in bytes, bigger than the burst) is still allowed once and leaves the
-        bucket in debt, repaid at ``rate`` before the next take: the average stays ``rate``."""
-        self._refill()
-        if self.tokens >= 1:
-            self.tokens -= cost
-            return True
-        return False
-
-    def wait(self) -> float:
-        """Seconds until the next ``take`` can succeed (0 if it can now)."""
-        self._refill()
-        return max(0.0, (1 - self.tokens) / self.rate) if self.rate > 0 else float("inf")
-
-    def full(self) -> bool:
-        """Whether the bucket has refilled: it then holds nothing a fresh bucket would not."""
-        return self.tokens + (time.monotonic() - self.stamp) * self.rate >= self.burst

@@ -33,7 +33,7 @@ _REVOKED = "rrr:revoked:%s"
 CONTROL_CHANNEL = "rrr:ctl"
 _PROC_PROBE = "rrr:proc:%s:probe"
 
-# -- Redis Cluster only (rrr.cluster) --
+# -- Redis Cluster only (rrr.backplane.cluster_presence, cluster_subscriber) --
 #: The room's shard channel (``SPUBLISH``): what the app publishes live when history is off, and
 #: what a backend on a cluster should ``SPUBLISH`` to; handled by the room's shard only.
 _SHARD_ROOM = "rrr:room:{%s}"
@@ -72,7 +72,7 @@ def history(room: str) -> str:
 
 def meta(room: str) -> str:
     """Hash of a room's history position: ``e`` epoch, ``o`` top offset, ``n``/``t`` its size and TTL.
-    Outlives the stream (see `rrr.history.meta_ttl`), so offsets keep growing across quiet spells."""
+    Outlives the stream (see `rrr.backplane.history.meta_ttl`), so offsets keep growing across quiet spells."""
     return _META % room
 
 
@@ -101,6 +101,22 @@ def shard_room_channel(room: str) -> str:
     return _SHARD_ROOM % room
 
 
+def room_channels(room: str) -> list[str]:
+    """What the classic subscriber subscribes for a room: its backend channel, count and messages."""
+    return [room_channel(room), count_channel(room), message_channel(room)]
+
+
+def shard_channels(room: str) -> list[str]:
+    """What the cluster's subscriber ``SSUBSCRIBE``s for a room, all in the room's slot: its shard
+    channel, count and messages."""
+    return [shard_room_channel(room), count_channel(room), message_channel(room)]
+
+
+def presence_keys(room: str) -> list[str]:
+    """KEYS of the cluster's presence scripts: the room's presence hash, its members hash."""
+    return [presence(room), members(room)]
+
+
 def shard_probe_channel(pid: str, tag: str) -> str:
     """``pid``'s probe channel in the slot of hash tag ``tag``."""
     return _SHARD_PROBE % (pid, tag)
@@ -115,37 +131,28 @@ def is_shard_channel(channel: str) -> bool:
     return "{" in channel and channel.endswith("}")
 
 
-SHARD_ROOM_PREFIX, SHARD_ROOM_SUFFIX = _SHARD_ROOM.split("%s")
+class Named:
+    """Channels named ``<prefix><room><suffix>``: which room one of them belongs to (`room_of`)."""
+
+    __slots__ = ("prefix", "suffix")
+
+    def __init__(self, template: str) -> None:
+        self.prefix, self.suffix = template.split("%s")
 
 
-def room_of_shard_room_channel(channel: str) -> str | None:
-    if channel.startswith(SHARD_ROOM_PREFIX) and channel.endswith(SHARD_ROOM_SUFFIX):
-        return channel[len(SHARD_ROOM_PREFIX) : -len(SHARD_ROOM_SUFFIX)]
+#: The channels a pub/sub message can name a room in (see `room_of`).
+ROOM_CHANNEL = Named(ROOM_CHANNEL_PREFIX + "%s")
+COUNT_CHANNEL = Named(_COUNT)
+MESSAGE_CHANNEL = Named(_MESSAGES)
+SHARD_ROOM_CHANNEL = Named(_SHARD_ROOM)
+
+
+def room_of(named: Named, channel: str) -> str | None:
+    """The room ``channel`` belongs to if it is one of ``named`` (`ROOM_CHANNEL`, `COUNT_CHANNEL`,
+    `MESSAGE_CHANNEL`, `SHARD_ROOM_CHANNEL`), else None."""
+    if channel.startswith(named.prefix) and channel.endswith(named.suffix):
+        return channel[len(named.prefix) : len(channel) - len(named.suffix)]
     return None
-
-
-COUNT_CHANNEL_PREFIX, COUNT_CHANNEL_SUFFIX = _COUNT.split("%s")
-
-
-def room_of_count_channel(channel: str) -> str | None:
-    """The room a count channel belongs to, or None if ``channel`` is not one."""
-    if channel.startswith(COUNT_CHANNEL_PREFIX) and channel.endswith(COUNT_CHANNEL_SUFFIX):
-        return channel[len(COUNT_CHANNEL_PREFIX) : -len(COUNT_CHANNEL_SUFFIX)]
-    return None
-
-
-MESSAGE_CHANNEL_PREFIX, MESSAGE_CHANNEL_SUFFIX = _MESSAGES.split("%s")
-
-
-def room_of_message_channel(channel: str) -> str | None:
-    """The room a history message channel belongs to, or None if ``channel`` is not one."""
-    if channel.startswith(MESSAGE_CHANNEL_PREFIX) and channel.endswith(MESSAGE_CHANNEL_SUFFIX):
-        return channel[len(MESSAGE_CHANNEL_PREFIX) : -len(MESSAGE_CHANNEL_SUFFIX)]
-    return None
-
-
-def room_of_room_channel(channel: str) -> str | None:
-    return channel[len(ROOM_CHANNEL_PREFIX) :] if channel.startswith(ROOM_CHANNEL_PREFIX) else None
 
 
 def _lua_key(template: str) -> str:

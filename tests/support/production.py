@@ -2,14 +2,12 @@
 
 Everything is a real process on loopback: nginx from a config rendered by
 ``deploy/render.py`` into ``tmp_path`` (``daemon off``, its own pid/logs/temp
-paths), ``app.py`` processes (conftest's `AppProcess`), redis-server and
+paths), ``app.py`` processes (`support.processes.AppProcess`), redis-server and
 redis-sentinel. Every process a fixture starts is stopped when the test ends,
 and children die with the test process (PR_SET_PDEATHSIG) if it is killed.
 
-Use them in a test module by binding them as module attributes::
-
-    import production_fixtures
-    cluster_factory = production_fixtures.cluster_factory
+The fixtures (``nginx_factory``, ``cluster_factory``, ``sentinel_group``, ``script_runner``,
+``ws_clients``) live in tests/conftest.py and build what is here.
 """
 
 from __future__ import annotations
@@ -23,20 +21,19 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 import tornado.httpclient
-from tornado.ioloop import IOLoop
 from tornado.websocket import websocket_connect
 
-from conftest import AppProcess, Client, free_port, need_binary
 from deploy import render
-from rrr.embedded import die_with_parent
+from rrr.backplane.embedded import die_with_parent
+from support.clients import Client
+from support.processes import AppProcess, free_port
 
 PUBLISH_TOKEN = "prod-test-token"
 
@@ -97,7 +94,7 @@ async def metric(base_url: str, name: str) -> float:
 
 
 async def ws_connect(url: str, origin: str | None = None, headers: dict[str, str] | None = None) -> Client:
-    """Like conftest's ``connect``, with extra request headers (spoofing tests)."""
+    """Like `support.clients.connect`, with extra request headers (spoofing tests)."""
     all_headers = dict(headers or {})
     if origin:
         all_headers["Origin"] = origin
@@ -142,28 +139,6 @@ def kill_tree(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: f
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-@pytest.fixture
-def ws_clients(io_loop: IOLoop) -> Iterator[list[Client]]:
-    """Collects clients; afterwards closes them all and waits for their readers (no dangling tasks)."""
-    made: list[Client] = []
-    yield made
-
-    async def close_all() -> None:
-        for c in made:
-            try:
-                c.close()
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        readers = [c._reader for c in made if not c._reader.done()]
-        if readers:
-            _, pending = await asyncio.wait(readers, timeout=5)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    io_loop.run_sync(close_all, timeout=30)
 
 
 # -- nginx ---------------------------------------------------------------------
@@ -243,25 +218,6 @@ class Nginx:
             self.proc = None
 
 
-@pytest.fixture
-def nginx_factory(tmp_path: Path) -> Iterator[Callable[..., Nginx]]:
-    """``nginx_factory(upstream_ports, **render_options)``: a started nginx; stopped after the test."""
-    binary = need_binary("nginx")
-    made: list[Nginx] = []
-
-    def start(upstream_ports: Sequence[int], **render_options: Any) -> Nginx:
-        run_dir = tmp_path / f"nginx-{len(made)}"
-        run_dir.mkdir()
-        render_options.setdefault("limit_conn", 5000)
-        n = Nginx(binary, run_dir, upstream_ports, **render_options)
-        made.append(n)
-        return n.start()
-
-    yield start
-    for n in made:
-        n.stop()
-
-
 # -- app processes ---------------------------------------------------------------
 
 
@@ -323,20 +279,6 @@ def stop_apps(apps: list[AppProcess]) -> None:
             app.stop(timeout=10)
         except subprocess.TimeoutExpired:
             app.kill()
-
-
-@pytest.fixture
-def cluster_factory(tmp_path: Path, nginx_factory: Callable[..., Nginx]) -> Iterator[Callable[..., Cluster]]:
-    """``cluster_factory(redis_url, n=3, nginx={render options}, **app_options)``."""
-    registry: list[AppProcess] = []
-
-    def start(redis_url: str, n: int = 3, nginx: dict[str, Any] | None = None, **app_options: Any) -> Cluster:
-        apps = start_apps(tmp_path, redis_url, n, registry, **app_options)
-        front = nginx_factory([a.port for a in apps], **(nginx or {}))
-        return Cluster(apps, front, redis_url)
-
-    yield start
-    stop_apps(registry)
 
 
 # -- Redis Sentinel --------------------------------------------------------------
@@ -428,15 +370,6 @@ class SentinelGroup:
             kill_tree(proc, signal.SIGTERM, timeout=5)
 
 
-@pytest.fixture
-def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
-    group = SentinelGroup(tmp_path, need_binary("redis-server"), need_binary("redis-sentinel"))
-    try:
-        yield group.start()
-    finally:
-        group.stop()
-
-
 # -- a whole shell script as a process group ----------------------------------------
 
 
@@ -462,22 +395,7 @@ class Script:
         return int(self.proc.returncode)
 
 
-@pytest.fixture
-def script_runner(tmp_path: Path) -> Iterator[Callable[..., Script]]:
-    made: list[Script] = []
-
-    def run(argv: list[str], env: dict[str, str], cwd: Path) -> Script:
-        s = Script(argv, env, tmp_path / f"script-{len(made)}.log", cwd)
-        made.append(s)
-        return s
-
-    yield run
-    for s in made:
-        s.stop()
-
-
 __all__ = [
-    "PUBLISH_TOKEN", "Cluster", "Nginx", "SentinelGroup", "abort", "cluster_factory", "connect_many", "http",
-    "http_json", "metric", "nginx_factory", "parse_metric", "port_open", "script_runner", "sentinel_group",
-    "start_apps", "stop_apps", "wait_sync", "ws_clients", "ws_connect",
+    "PUBLISH_TOKEN", "Cluster", "Nginx", "Script", "SentinelGroup", "abort", "connect_many", "http", "http_json",
+    "kill_tree", "metric", "parse_metric", "port_open", "start_apps", "stop_apps", "wait_sync", "ws_connect",
 ]

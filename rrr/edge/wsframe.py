@@ -70,7 +70,7 @@ def fast_path_ok(conn: WebSocketProtocol) -> bool:
 
 
 def direct_ok(stream: Any) -> bool:
-    """Whether ``stream`` is a plain TCP IOStream (ours, `rrr.httpguard.GuardedStream`, is one),
+    """Whether ``stream`` is a plain TCP IOStream (ours, `rrr.edge.guard.GuardedStream`, is one),
     whose socket we may ``send`` to ourselves; TLS streams always go through ``IOStream.write``."""
     return isinstance(stream, IOStream) and not isinstance(stream, SSLIOStream)
 

@@ -18,7 +18,8 @@ Redis Sentinel (the client asks the sentinels for the current master and follows
 
 Example: ``redis+sentinel://rrr:s3cret@10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/rrr/0``.
 
-Redis Cluster (Redis 7; the backplane then takes its cluster code paths, `rrr.cluster`)::
+Redis Cluster (Redis 7; the backplane then takes its cluster code paths, `rrr.backplane.cluster_presence`
+and `rrr.backplane.cluster_subscriber`)::
 
     redis+cluster://[[user]:password@]host:port[,host:port...][/]      rediss+cluster://... (TLS)
 

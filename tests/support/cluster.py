@@ -1,13 +1,9 @@
 """A real Redis 7 Cluster on loopback: 6 ``redis-server`` nodes (3 masters, 3 replicas).
 
-Use it in a test module by binding the fixture as a module attribute::
-
-    import cluster_fixtures
-    redis_cluster = cluster_fixtures.redis_cluster
-
-The fixture is module-scoped (a cluster takes a few seconds to form); a test that kills a
-node restarts it (`RedisCluster.restart`), and every test starts by waiting until the
-cluster is whole again (`RedisCluster.wait_healthy`) and empty (`RedisCluster.flush`).
+The fixture ``redis_cluster`` (tests/conftest.py) is module-scoped (a cluster takes a few
+seconds to form); a test that kills a node restarts it (`RedisCluster.restart`), and every
+test starts by waiting until the cluster is whole again (`RedisCluster.wait_healthy`) and
+empty (`RedisCluster.flush`).
 """
 
 from __future__ import annotations
@@ -18,18 +14,16 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
-from conftest import need_binary
-from rrr.embedded import die_with_parent
+from rrr.backplane.embedded import die_with_parent
 
 NODE_TIMEOUT_MS = 2000
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 #: The app connects as deploy/redis.conf's ``rrr`` ACL user with its cluster additions, so a
 #: command the app needs on a cluster and that documented ACL forbids fails a test.
 APP_PASSWORD = "cluster-test-rrr-password"
@@ -182,16 +176,3 @@ class RedisCluster:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    """A real 6-node cluster for the module; each test gets it whole and empty."""
-    server = need_binary("redis-server")
-    cli = need_binary("redis-cli")
-    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), server, cli)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.close()

@@ -23,7 +23,7 @@ from types import TracebackType
 import tornado.httputil
 import tornado.web
 
-from .supervise import RateLimitedLog
+from ..supervise import RateLimitedLog
 
 access_log = logging.getLogger("tornado.access")
 app_log = logging.getLogger("tornado.application")

@@ -24,8 +24,8 @@ from tornado import gen
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 
-from .metrics import Metrics
-from .supervise import RateLimitedLog
+from ..metrics import Metrics
+from ..supervise import RateLimitedLog
 
 log = logging.getLogger("rrr.http")
 

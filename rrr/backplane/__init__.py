@@ -1,0 +1,248 @@
+"""The Redis backplane as the core sees it: the Protocols it uses, and one factory (`connect`) that
+picks their classic or cluster implementation from the URL.
+
+* `Presence`: this process's rows in each room (written in batches by `rrr.writer`), its lease,
+  the sweep of dead processes, and health probes; with `PresenceReads`, what handlers and
+  sessions read (a room's totals, its members, revocations).
+* `Subscriber`: the pub/sub side. The core *follows* a room (its channels subscribed) while the
+  room has local subscriptions, and learns through `Events` what Redis sends: messages, counts,
+  confirmations, sign-outs.
+* `History`: a room's stored messages (publish, read back, look).
+
+Classic: one Redis or a Sentinel-managed one (`presence`, `subscriber`); cluster: a Redis 7
+Cluster (`cluster_presence`, `cluster_subscriber`). Both share `history`, `keys`, the Lua
+scripts (`scripts`, ``lua/*.lua``), the call wrapper and reply parsers (`calls`) and the pub/sub
+read loop and dispatch (`pubsub`). Importing this package imports no Redis client: `connect` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from ..protocol import CountState
+from .history import Published, Read
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
+
+__all__ = [
+    "CHUNK", "Backplane", "Events", "History", "MemberDelta", "Presence", "PresenceReads", "Published", "Publisher",
+    "Read", "Subscriber", "WriteResult", "connect",
+]
+
+#: Rooms per presence write call, and users per round of revocation checks: each is one round trip
+#: for a whole batch, yet short scripts.
+CHUNK = 500
+
+#: A presence room's member changes for one write: users added (user -> info JSON), users removed.
+MemberDelta = tuple[dict[str, str], list[str]]
+
+
+@dataclass
+class WriteResult:
+    """What a presence write did: each room's new totals, and whether our lease had been lost
+    (then every other local room must be written again too)."""
+
+    states: dict[str, CountState] = field(default_factory=dict)
+    lease_lost: bool = False
+
+
+class Events(Protocol):
+    """What the pub/sub connection hears, handed to the core (`rrr.service` wires it: messages to
+    delivery, counts to the hub, confirmations to the writer and delivery). Called from the
+    connection's own task, never from inside a call the core made. An event the core fails on is
+    lost alone (counted, logged once per 30 s), never the connection; `connected` is the exception:
+    a failure there ends the connection, which is then made again."""
+
+    def message(self, room: str, offset: int, epoch: str, data_json: str) -> None:
+        """A message stored in the room's history (published by its script)."""
+
+    def raw_message(self, room: str, data_json: str) -> None:
+        """A raw ``PUBLISH rrr:room:<slug>`` from a backend: live only, no offset."""
+
+    def count(self, room: str, state: CountState) -> None:
+        """The room's totals changed (announced by a presence script)."""
+
+    def room_confirmed(self, room: str) -> None:
+        """Every channel of a followed room is confirmed: its presence may be written, and its
+        history read, now."""
+
+    def connected(self) -> None:
+        """A new connection (after a restart or a cut), or a repaired one: whatever was missed,
+        read back, and every room's presence written again."""
+
+    def signed_out(self, user: str) -> None:
+        """Every process was told to close the sockets of ``user`` (its tokens were revoked)."""
+
+    def control_confirmed(self) -> None:
+        """Redis confirmed the control channel on a new connection: from now on every sign-out
+        arrives as a message, and any made while the connection was down is only in Redis."""
+
+
+class Publisher(Protocol):
+    async def publish(self, channel: str, data: str) -> int:
+        """PUBLISH (SPUBLISH where the channel is a room's shard channel); how many received it."""
+
+
+class Subscriber(Protocol):
+    """This process's pub/sub: the rooms it follows, and a connection that `run` holds until it
+    breaks (then it raises; the service runs it again after `backoff`)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def synced(self) -> bool:
+        """Connected, and every followed room confirmed."""
+
+    @property
+    def ran_for(self) -> float:
+        """Seconds the last connection was up (0 if it never came up)."""
+
+    def bind(self, events: Events) -> None:
+        """Where what the connection hears goes (before `run`)."""
+
+    def follow(self, room: str) -> None:
+        """Subscribe the room's channels (the room has local subscriptions now)."""
+
+    def unfollow(self, room: str) -> None:
+        """Unsubscribe them (its last local subscription went)."""
+
+    def confirmed(self, room: str) -> bool:
+        """Whether the room is followed and Redis confirmed each of its channels on this connection."""
+
+    def reconnect_now(self) -> None:
+        """Redis answers again: skip what is left of the reconnect backoff."""
+
+    async def backoff(self, delay: float) -> None:
+        """Wait ``delay``, or until `reconnect_now`."""
+
+    async def probe(self, publisher: Publisher, timeout: float) -> bool:
+        """Whether the connection delivers: a token published on our own channel(s) comes back."""
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None:
+        """End the connection's helper tasks before whoever runs `run` cancels it."""
+
+
+class PresenceReads(Protocol):
+    """What the handlers and sessions ask Redis about presence and sign-outs."""
+
+    async def room_state(self, room: str) -> CountState: ...
+
+    async def members(self, room: str) -> dict[str, str]:
+        """A presence room's members across every live process: user -> info JSON."""
+
+    async def revoked_at(self, user: str) -> float | None:
+        """When ``user``'s tokens were last revoked, if that still matters."""
+
+    async def revoke(self, user: str, keep_for: float) -> float:
+        """Sign ``user`` out everywhere: its sockets on every process close with 4001, and its tokens
+        issued until now are refused for ``keep_for`` seconds. Returns when (unix time)."""
+
+
+class Presence(PresenceReads, Publisher, Protocol):
+    """This process's presence: its lease (or its rows' expiry), its rows, the health probes."""
+
+    @property
+    def process_id(self) -> str: ...
+
+    @property
+    def oom(self) -> bool:
+        """The last write Redis was asked for was refused at maxmemory."""
+
+    def lease_fresh(self) -> bool:
+        """Renewed recently enough that no sweeper can have taken it."""
+
+    async def renew(self) -> bool:
+        """Extend the lease; True if it had been lost: every local room must be written again."""
+
+    async def sweep(self) -> int:
+        """Remove some dead processes' presence, announced; how many."""
+
+    async def write(
+        self, updates: Mapping[str, tuple[int, int]], members: Mapping[str, MemberDelta] | None = None,
+    ) -> WriteResult:
+        """This process's ``(connections, tabs)`` per room and its member changes in presence rooms."""
+
+    async def leave(self) -> None:
+        """Remove this process's presence at once (clean shutdown)."""
+
+    async def ping(self) -> bool: ...
+
+    async def probe_write(self) -> None:
+        """A tiny write Redis refuses at maxmemory (it sets `oom`)."""
+
+    async def close(self) -> None: ...
+
+
+class History(Protocol):
+    """A room's message history. ``size`` or ``ttl`` 0: off (messages are relayed, not stored)."""
+
+    size: int
+    ttl: float
+    max_message: int
+
+    @property
+    def enabled(self) -> bool: ...
+
+    async def publish(self, room: str, data_json: str) -> Published:
+        """Store and relay (history on), or relay only: then ``offset`` is 0 and ``epoch`` empty."""
+
+    async def read(self, room: str, after: int | None, *, seen: tuple[str, int] | None = None) -> Read:
+        """The room's position (its epoch fixed now if it had none), and the messages after ``after``."""
+
+    async def look(self, room: str, after: int) -> Read:
+        """`read` without writing anything (the HTTP API)."""
+
+    async def announce(self) -> None:
+        """Tell backends' helpers how history is kept and the largest message delivered."""
+
+    async def touch(self, rooms: Iterable[str]) -> None:
+        """Keep the epochs of rooms with local subscribers."""
+
+
+@dataclass(frozen=True)
+class Backplane:
+    presence: Presence
+    subscriber: Subscriber
+    history: History
+
+
+def connect(
+    url: str, metrics: Metrics, *, ttl: float = 15.0, timeout: float = 2.0, pool_size: int = 32,
+    keepalive: float = 5.0, history_size: int = 100, history_ttl: float = 300.0, max_message: int = 65536,
+) -> Backplane:
+    """The backplane for ``url``: a Redis Cluster's (``redis+cluster://``: per-row expiry, sharded
+    pub/sub), or the classic one (one Redis, or Sentinel). Nothing connects until it is used."""
+    from .connect import is_cluster_url, make_redis
+    from .history import RedisHistory
+
+    cluster = is_cluster_url(url)
+    # Pub/sub's own client, never reconnected behind the subscriber's back (it must resubscribe and
+    # resync); on a cluster, the one it reads the topology with.
+    pubsub = make_redis(url, timeout, 1, retries=0)
+    if cluster:
+        from .cluster_presence import ClusterPresence
+        from .cluster_subscriber import ClusterSubscriber
+
+        sharded = ClusterPresence(url, metrics, pubsub, ttl=ttl, timeout=timeout, pool_size=pool_size)
+        history = RedisHistory(
+            sharded, history_size, history_ttl, sharded=True, readers=max(1, pool_size // 2), max_message=max_message,
+        )
+        subscriber = ClusterSubscriber(
+            pubsub, metrics, url=url, timeout=timeout, keepalive=keepalive, process_id=sharded.process_id,
+        )
+        return Backplane(sharded, subscriber, history)
+    from .presence import ClassicPresence
+    from .subscriber import ClassicSubscriber
+
+    classic = ClassicPresence(url, metrics, pubsub, ttl=ttl, timeout=timeout, pool_size=pool_size)
+    history = RedisHistory(
+        classic, history_size, history_ttl, sharded=False, readers=max(1, pool_size // 2), max_message=max_message,
+    )
+    return Backplane(classic, ClassicSubscriber(pubsub, metrics, keepalive=keepalive, process_id=classic.process_id),
+                     history)

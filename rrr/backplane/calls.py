@@ -1,0 +1,204 @@
+"""What both presences (classic and cluster) share: Redis calls with their errors as ours, replies
+checked before they are believed, the member part of a row write's arguments, and the batched
+revocation checks.
+
+Every reply is checked: a Redis (or something answering in its place) that sends the wrong
+shape raises `BadReply`, a `BackplaneError`, never a ``TypeError`` deep in a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..errors import BackplaneError, OutcomeUnknown
+from ..metrics import Metrics
+from ..protocol import CountState, validate_json_payload
+from . import CHUNK, keys
+
+
+class BadReply(BackplaneError):
+    """Redis answered, but not what the call can answer: something else is on that port."""
+
+
+class Calls:
+    """Every Redis call of a presence goes through `run`: failures counted per operation
+    (``rrr_redis_errors_total{op}``) and raised as ours, and `oom` kept up to date."""
+
+    def __init__(self, metrics: Metrics, reset: Callable[[], Awaitable[None]]) -> None:
+        self.metrics = metrics
+        # A parser that choked may leave a connection mid-reply: ``reset`` starts every one afresh.
+        self._reset = reset
+        self.oom = False  # the last write Redis was asked for was refused at maxmemory
+
+    async def run(self, op: str, coro: Awaitable[Any]) -> Any:
+        try:
+            reply = await coro
+        except OutOfMemoryError as e:
+            self.oom = True
+            self.metrics.redis_errors.labels(op).inc()
+            raise BackplaneError(f"redis {op} refused: out of memory ({e})") from e
+        except (asyncio.TimeoutError, RedisTimeoutError) as e:
+            self.metrics.redis_errors.labels(op).inc()
+            raise OutcomeUnknown(f"redis {op} timed out: {e}") from e
+        except (RedisError, OSError) as e:
+            self.metrics.redis_errors.labels(op).inc()
+            raise BackplaneError(f"redis {op} failed: {e}") from e
+        except Exception as e:  # noqa: BLE001 - a garbled reply can break the parser in any way
+            self.metrics.redis_errors.labels(op).inc()
+            await self._reset()
+            raise BadReply(f"redis {op}: unreadable reply ({type(e).__name__}: {e})") from e
+        if op == "probe":
+            self.oom = False
+        return reply
+
+
+# -- replies ---------------------------------------------------------------------------------
+
+
+def parse_state(row: Any) -> CountState:
+    """One ``{connections, tabs, updated, version, users}`` row of a script's reply."""
+    if not isinstance(row, list) or len(row) != 5:
+        raise BadReply(f"expected a 5-item count row, got {show(row)}")
+    c, t, u, v, users = row
+    if not (is_count(c) and is_count(t) and (v is None or is_count(v)) and is_count(users)):
+        raise BadReply(f"expected counts in a count row, got {show(row)}")
+    try:
+        updated = float(u) if u else None
+    except (TypeError, ValueError):
+        raise BadReply(f"expected a timestamp in a count row, got {show(row)}") from None
+    return CountState(c, t, updated, v or 0, users)
+
+
+def parse_members(reply: Any) -> dict[str, str]:
+    """A MEMBERS script's flat ``user, info JSON, ...``: user -> info JSON."""
+    if not isinstance(reply, list) or len(reply) % 2:
+        raise BadReply(f"expected user, info pairs from MEMBERS, got {show(reply)}")
+    try:
+        out = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+    except (AttributeError, UnicodeDecodeError):
+        raise BadReply(f"expected strings from MEMBERS, got {show(reply)}") from None
+    try:
+        for info in out.values():
+            validate_json_payload(info)  # only our own writes are there, but nothing is believed blindly
+    except ValueError:
+        raise BadReply("a member's info in Redis is not JSON") from None
+    return out
+
+
+def is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def flag(reply: Any, what: str) -> bool:
+    if reply not in (0, 1) or isinstance(reply, bool):
+        raise BadReply(f"expected 0 or 1 from {what}, got {show(reply)}")
+    return bool(reply)
+
+
+def count(reply: Any, what: str) -> int:
+    if not is_count(reply):
+        raise BadReply(f"expected a count from {what}, got {show(reply)}")
+    return int(reply)
+
+
+def show(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# -- a row write's arguments -------------------------------------------------------------------
+
+
+def member_args(adds: dict[str, str], removes: list[str]) -> list[Any]:
+    """What both row writes take after a room's counts: the number of adds A and of removes R, A
+    pairs (user, info JSON), R users (``rows.lua``'s ``apply_members`` reads them)."""
+    args: list[Any] = [len(adds), len(removes)]
+    for user, info in adds.items():
+        args += [user, info]
+    args += removes
+    return args
+
+
+# -- sign-outs -------------------------------------------------------------------------------------
+
+
+class Revocations:
+    """Sign-outs in Redis: a user's revocation time (one key, any slot) and the order on the control
+    channel that every process closes the user's sockets on."""
+
+    def __init__(self, redis: Any, calls: Calls, publisher: Callable[[str, str], Awaitable[int]]) -> None:
+        self._redis = redis
+        self._calls = calls
+        self._publish = publisher
+        # Checks waiting for the next batch: user -> the callers waiting for it.
+        self._asked: dict[str, list[asyncio.Future[float | None]]] = {}
+        self._task: asyncio.Future[None] | None = None
+
+    async def revoke(self, user: str, keep_for: float) -> float:
+        """Refuse every token of ``user`` issued until now, on every process, for ``keep_for`` seconds
+        (as long as such a token could still be valid), and tell every process to close its sockets."""
+        at = time.time()
+        await self._calls.run("revoke", self._redis.set(keys.revoked(user), repr(at), ex=max(1, int(keep_for) + 1)))
+        await self._publish(keys.CONTROL_CHANNEL, json.dumps({"disconnect": user, "at": at}))
+        return at
+
+    async def revoked_at(self, user: str) -> float | None:
+        """When ``user``'s tokens were last revoked, if that still matters.
+
+        Every check asked for in one turn of the loop goes in one pipelined round trip: a storm of
+        N sockets authenticating at once costs a few round trips, not N connections from the pool
+        (which made some of them time out, 'unavailable', in a 5,000-user storm)."""
+        fut: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+        self._asked.setdefault(user, []).append(fut)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._check())
+        return await fut
+
+    async def _check(self) -> None:
+        await asyncio.sleep(0)  # let this turn's other checks join the batch
+        while self._asked:
+            asked, self._asked = self._asked, {}
+            users = list(asked)
+            for i in range(0, len(users), CHUNK):
+                chunk = users[i : i + CHUNK]
+                try:
+                    pipe = self._redis.pipeline(transaction=False)
+                    for user in chunk:
+                        pipe.get(keys.revoked(user))
+                    replies = await self._calls.run("revoked", pipe.execute())
+                    if not isinstance(replies, list) or len(replies) != len(chunk):
+                        raise BadReply(f"expected {len(chunk)} replies to the revocation checks, got {show(replies)}")
+                except BaseException as e:  # every caller of the chunk hears it (a cancel included)
+                    for user in chunk:
+                        for fut in asked[user]:
+                            if not fut.done():
+                                fut.set_exception(e if isinstance(e, Exception) else BackplaneError("cancelled"))
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                for user, raw in zip(chunk, replies):
+                    try:
+                        result: float | None = None if raw is None else float(raw)
+                        error: Exception | None = None
+                    except (TypeError, ValueError):
+                        error = BadReply(f"expected a time for a revocation, got {show(raw)}")
+                    for fut in asked[user]:
+                        if fut.done():
+                            continue
+                        if error is not None:
+                            fut.set_exception(error)
+                        else:
+                            fut.set_result(result)
+
+
+def lease_fresh(renewed_at: float | None, ttl: float) -> bool:
+    """Renewed (at monotonic ``renewed_at``) recently enough that no sweeper can have taken the lease
+    (two renewals of slack)."""
+    return renewed_at is not None and time.monotonic() - renewed_at < 2 * ttl / 3 + 1

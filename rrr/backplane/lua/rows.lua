@@ -1,0 +1,56 @@
+-- Shared by both presence flavours (lease.lua on one Redis, cluster.lua on a cluster): how one
+-- process's row in a room's presence hash, and its member fields in the members hash, change.
+
+-- Apply one process's member changes to the members hash ``mkey``: from ARGV[i], ``adds`` pairs
+-- (user, info JSON), then ``removes`` users. Returns whether anything changed, and the next i.
+local function apply_members(mkey, pid, i, adds, removes)
+  local dirty = false
+  for _ = 1, adds do
+    local field = pid .. '|' .. ARGV[i]
+    if redis.call('HGET', mkey, field) ~= ARGV[i + 1] then
+      redis.call('HSET', mkey, field, ARGV[i + 1])
+      dirty = true
+    end
+    i = i + 2
+  end
+  for _ = 1, removes do
+    if redis.call('HDEL', mkey, pid .. '|' .. ARGV[i]) == 1 then dirty = true end
+    i = i + 1
+  end
+  return dirty, i
+end
+
+-- Delete every field of ``pid`` in the members hash ``mkey``; returns how many.
+local function drop_member_fields(mkey, pid)
+  local prefix = pid .. '|'
+  local gone = 0
+  for _, f in ipairs(redis.call('HKEYS', mkey)) do
+    if string.sub(f, 1, #prefix) == prefix then
+      redis.call('HDEL', mkey, f)
+      gone = gone + 1
+    end
+  end
+  return gone
+end
+
+-- Write ``pid``'s row ``c n`` in the presence hash ``key``. ``cur``: the row as it stands ("c n", or
+-- false); ``expiry``: appended to the row, which is then written every time (a cluster's rows each
+-- expire on their own), or nil: the row is written only when it changed. ``c`` and ``n`` 0: the row
+-- goes, and ``pid``'s fields in the members hash ``mkey`` with it. Returns whether the room changed.
+local function put_row(key, mkey, pid, cur, c, n, expiry)
+  if c == 0 and n == 0 then
+    local dirty = drop_member_fields(mkey, pid) > 0
+    if cur then
+      redis.call('HDEL', key, pid)
+      dirty = true
+    end
+    return dirty
+  end
+  local val = c .. ' ' .. n
+  if expiry then
+    redis.call('HSET', key, pid, val .. ' ' .. expiry)
+  elseif cur ~= val then
+    redis.call('HSET', key, pid, val)
+  end
+  return cur ~= val
+end
