@@ -5,6 +5,11 @@ Nothing here fakes Redis or our own code: in-process apps are built by the same
 ``make_app`` that ``python app.py`` calls, and the
 process fixtures run ``app.py`` itself. What the fixtures build (and tests use directly)
 lives in ``tests/support``.
+
+One exception, asked for by issue #20: the core's unit tests (tests/test_unit_*.py) run real
+`Service` instances on `memory_redis`, a single-process implementation of the backplane's Protocols
+(tests/support/memory_backplane.py) that mirrors the Lua; every behaviour they prove is also tested
+on a real Redis, and tests/test_unit_parity.py holds the two side by side.
 """
 
 from __future__ import annotations

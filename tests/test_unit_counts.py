@@ -62,7 +62,7 @@ async def test_a_big_rooms_broadcasts_are_spaced_by_count_rate(
         await asyncio.sleep(0.01)
     await eventually(lambda: w.last_count("r") == (n + 1, n + 1), what="the truth")
     storm = [f for f in count_frames(w) if f[0] >= 20]
-    assert len(storm) >= 3
+    assert len(storm) >= 2
     gaps = [later[2] - earlier[2] for earlier, later in zip(storm, storm[1:])]
     assert min(gaps) >= 0.19, f"broadcasts {min(gaps):.3f} s apart in a room of 20 at --count-rate 100"
 
@@ -70,7 +70,7 @@ async def test_a_big_rooms_broadcasts_are_spaced_by_count_rate(
 async def test_a_new_socket_gets_the_count_at_once_and_the_paced_broadcast_skips_it(
     nodes: NodeFactory, memory_redis: MemoryRedis,
 ) -> None:
-    a = await nodes(count_interval=0.02, count_rate=4)  # 2 sockets: broadcasts 0.5 s apart
+    a = await nodes(count_interval=0.02, count_rate=8)  # 2 sockets: broadcasts 0.25 s apart
     w = a.socket("r")
     await eventually(lambda: w.last_count("r") == (1, 1), what="w counted")
     s = a.socket("r")

@@ -113,13 +113,21 @@ async def test_shutdown_removes_presence_then_closes_every_socket_with_1001(
     here = [a.socket("r"), a.socket("r2")]
     await eventually(lambda: watcher.last_count("r") == (2, 2), what="watcher sees a's socket")
     seen_at_close: list[object] = []
-    here[0].on_close = lambda: seen_at_close.append(memory_redis.rows("r").get(a.pid))
+    handler_close = here[0].on_close
+    assert handler_close is not None
+
+    def on_close() -> None:  # a's row in r, as it stood when the socket's close reached the server
+        seen_at_close.append(memory_redis.rows("r").get(a.pid))
+        handler_close()
+
+    here[0].on_close = on_close
 
     await a.stop()
 
     assert [s.close_code for s in here] == [1001, 1001]
     assert a.pid not in memory_redis.procs and memory_redis.rows("r2") == {}
-    await eventually(lambda: seen_at_close == [None], what="the socket's close handled")
+    await eventually(lambda: seen_at_close, what="the socket's close handled")
+    assert seen_at_close == [None], "a socket was closed while its process still showed in the room"
     await eventually(lambda: watcher.last_count("r") == (1, 1), what="watcher sees a gone at once")
     late = a.socket("r")
     assert late.close_code == 1001

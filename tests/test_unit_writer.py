@@ -103,6 +103,26 @@ async def test_a_write_whose_reply_was_lost_is_written_again_and_changes_nothing
     assert memory_redis.seq == 1, "the retry changed the room again"
 
 
+async def test_health_says_presence_writes_fail_until_one_lands(
+    nodes: NodeFactory, memory_redis: MemoryRedis,
+) -> None:
+    a = await nodes()
+    checks = ("redis", "lease", "presence_write", "subscriber", "memory")
+    assert await a.service.health() == dict.fromkeys(checks, True)
+    first = memory_redis.hold("set_presence")
+    a.socket("r")
+    await eventually(lambda: first.waiting == 1, what="a write in flight")
+    memory_redis.fail("set_presence")
+    first.open()
+    retry = memory_redis.hold("set_presence")
+    await eventually(lambda: retry.waiting == 1, what="it failed; its retry in flight")
+    assert a.metric("rrr_redis_errors_total", {"op": "set_presence"}) == 1
+    assert (await a.service.health())["presence_write"] is False
+    retry.open()
+    await eventually(lambda: a.row("r") == (1, 1), what="written")
+    assert (await a.service.health())["presence_write"] is True
+
+
 async def test_a_lost_lease_writes_every_local_room_again(nodes: NodeFactory, memory_redis: MemoryRedis) -> None:
     a = await nodes(presence_ttl=120)  # its own renewals are 40 s apart: not within this test
     s1, s2 = a.socket("r1"), a.socket("r2")
@@ -119,7 +139,7 @@ async def test_a_lost_lease_writes_every_local_room_again(nodes: NodeFactory, me
 async def test_a_presence_room_left_by_its_last_member_is_written_when_the_grace_ends(
     nodes: NodeFactory, memory_redis: MemoryRedis,
 ) -> None:
-    a, b = await nodes(grace=0.5), await nodes()
+    a, b = await nodes(grace=0.6), await nodes()
     ada = await a.authed("ada", [ROOM])
     await ada.send(type="subscribe", room=ROOM, sub="t")
     bob = await b.authed("bob", [ROOM])
@@ -145,4 +165,6 @@ async def test_shutdown_lets_a_write_in_flight_land_before_it_leaves(
     await quiet(0.1)
     writes.open()
     await stopping
+    await eventually(lambda: writes.passed == 1, what="the write landed")
+    await quiet(0.05)
     assert memory_redis.rows("r") == {} and a.pid not in memory_redis.procs, "the write landed after LEAVE"

@@ -18,11 +18,17 @@ for step, and says which script it mirrors (``rrr/backplane/lua/*.lua``):
   subscribers share), so confirmations and what a message means are the real ones. Nothing is
   delivered inside a call: every event reaches the core from the connection's own task.
 
-Faults a unit test needs, each a knob on `MemoryRedis`: `fail` (a call refused, or one that ran but
-whose reply was lost), `hold` (a call, or the pub/sub connections' SUBSCRIBE/UNSUBSCRIBE, waits
-until its `Gate` opens: a slow read, a confirmation held back), `cut` (pub/sub connections broken;
-what was in flight is lost), `go_down`/`come_back`, `restart` (empty, like a Redis without
-persistence), `lose` (messages a connection never gets), `oom`.
+Faults a unit test needs, each a knob on `MemoryRedis`: `fail` (a call refused, or one that ran
+but whose reply was lost: `OutcomeUnknown`), `hold` (a call waits before it runs, or its reply
+waits after, until its `Gate` opens: a slow read, a write in flight; ``hold("subscribe")`` holds
+every pub/sub connection's SUBSCRIBE and UNSUBSCRIBE, so Redis confirms nothing meanwhile), `cut`
+(pub/sub connections broken; what they had not read is lost), ``pubsub_refused`` (new pub/sub
+connections fail while commands work), `go_down`/`come_back`, `restart` (empty, like a Redis without
+persistence: ``rrr:seq`` begins again), `lose` (messages no connection gets), ``oom`` (at maxmemory:
+what has no ``allow-oom`` is refused). `ManualClock.advance` moves Redis's clock (leases, history and
+revocations expire); the core's own timers run on the event loop.
+
+Only the classic flavour (one Redis) is mirrored; the cluster's per-row expiry is not.
 
 Every behaviour the unit tests prove is also tested end to end against a real redis-server (the
 other test files); tests/test_unit_parity.py runs one scenario against both.
@@ -32,10 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import Counter
 import json
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -97,6 +103,10 @@ class Gate:
         finally:
             self.waiting -= 1
         self.passed += 1
+
+
+class OutOfMemory(BackplaneError):
+    """Redis refused a write at maxmemory (redis-py's OutOfMemoryError)."""
 
 
 @dataclass
@@ -494,10 +504,15 @@ class MemoryRedis:
     # -- sign-outs (rrr.backplane.calls.Revocations) --------------------------------------------------
 
     def revoke(self, user: str, keep_for: float) -> float:
+        """`rrr.backplane.calls.Revocations.revoke` in one step (a test's own sign-out)."""
         at = time.time()
-        self.revocations[user] = (repr(at), self.clock() + max(1, int(keep_for) + 1))
+        self.set_revoked(user, at, keep_for)
         self.publish(keys.CONTROL_CHANNEL, json.dumps({"disconnect": user, "at": at}))
         return at
+
+    def set_revoked(self, user: str, at: float, keep_for: float) -> None:
+        """``SET rrr:revoked:<user> <at> EX <keep_for + 1>``."""
+        self.revocations[user] = (repr(at), self.clock() + max(1, int(keep_for) + 1))
 
     def revoked_at(self, user: str) -> float | None:
         held = self.revocations.get(user)
@@ -597,6 +612,11 @@ class MemoryRedis:
         """What a backend's helper (`rrr.client.publish`) does: the same script, with the servers'
         settings where a server set the room up (``own`` 0)."""
         return self.history_publish(room, data, size, ttl, own=False)
+
+    def refuse_at_maxmemory(self) -> None:
+        """What Redis answers a write without ``allow-oom`` at maxmemory."""
+        if self.oom:
+            raise OutOfMemory("command not allowed when used memory > 'maxmemory'")
 
     def drop_history(self, room: str) -> None:
         """The room's history and epoch are gone (a failover lost them, or they expired)."""
@@ -701,11 +721,19 @@ class MemoryPresence:
         self._renewed_at: float | None = None  # on the Redis clock: a stalled process is one whose clock moved
 
     async def _run(self, op: str, run: Callable[[], T]) -> T:
+        """One call, its failure counted (``rrr_redis_errors_total{op}``), as `rrr.backplane.calls.Calls.run`."""
         try:
-            return await self.redis._call(op, run)
+            result = await self.redis._call(op, run)
+        except OutOfMemory as e:
+            self._oom = True
+            self.metrics.redis_errors.labels(op).inc()
+            raise BackplaneError(f"redis {op} refused: out of memory ({e})") from e
         except BackplaneError:
             self.metrics.redis_errors.labels(op).inc()
             raise
+        if op == "probe":
+            self._oom = False
+        return result
 
     @property
     def oom(self) -> bool:
@@ -758,7 +786,9 @@ class MemoryPresence:
         return await self._run("publish", lambda: self.redis.publish(channel, data))
 
     async def revoke(self, user: str, keep_for: float) -> float:
-        at = await self._run("revoke", lambda: self.redis.revoke(user, keep_for))
+        at = time.time()
+        await self._run("revoke", lambda: self.redis.set_revoked(user, at, keep_for))
+        await self.publish(keys.CONTROL_CHANNEL, json.dumps({"disconnect": user, "at": at}))
         return at
 
     async def revoked_at(self, user: str) -> float | None:
@@ -772,11 +802,8 @@ class MemoryPresence:
 
     async def probe_write(self) -> None:
         def probe() -> None:
-            if self.redis.oom:
-                self._oom = True
-                raise BackplaneError("redis probe refused: out of memory (memory Redis at maxmemory)")
+            self.redis.refuse_at_maxmemory()
             self.redis.probes[self.process_id] = str(time.time())
-            self._oom = False
 
         await self._run("probe", probe)
 
@@ -917,8 +944,7 @@ class MemoryHistory:
             return Published(0, "", await self._presence.publish(keys.room_channel(room), data_json))
 
         def run() -> Published:
-            if self.redis.oom:
-                raise BackplaneError("redis history_publish refused: out of memory (memory Redis at maxmemory)")
+            self.redis.refuse_at_maxmemory()  # stores what clients send: no allow-oom (scripts.NO_FLAGS)
             return self.redis.history_publish(room, data_json, self.size, self.ttl, own=True)
 
         return await self._presence._run("history_publish", run)
