@@ -242,3 +242,25 @@ async def test_with_history_off_messages_are_relayed_live_without_offsets(
     await eventually(lambda: numbers(s) == [1, 2], what="1, 2 relayed")
     assert all("offset" not in f for f in s.of_type("message"))
     assert memory_redis.metas == {}
+
+
+async def test_a_socket_still_owed_a_replay_is_told_to_reload_rather_than_owed_another(
+    nodes: NodeFactory, memory_redis: MemoryRedis,
+) -> None:
+    a = await nodes()
+    s = a.socket(bulk_limit=2000)  # what it may be owed at once (--history-size x --max-message-size)
+    first = await subscribed(s)
+    for i in range(1, 6):
+        memory_redis.backend_publish("r", json.dumps({"i": i, "pad": "x" * 300}))
+    await eventually(lambda: numbers(s) == [1, 2, 3, 4, 5], what="1..5 live")
+    s.stall()  # the client stops reading
+    await s.send(type="subscribe", room="r", sub="t2", since={"offset": 0, "epoch": first["epoch"]})
+    await s.send(type="subscribe", room="r", sub="t3", since={"offset": 0, "epoch": first["epoch"]})
+    await eventually(lambda: len([f for f in s.waiting if f["type"] == "subscribed"]) == 2, what="both served")
+    memory_redis.backend_publish("r", json.dumps({"i": 6}))
+    await eventually(lambda: any(f.get("data") == {"i": 6} for f in s.waiting), what="6 behind them")
+    assert numbers(s) == [1, 2, 3, 4, 5], "a frame went past what the socket had not read"
+    s.drain()
+    told = {f["sub"]: f["recovered"] for f in s.of_type("subscribed")}
+    assert told == {"t": False, "t2": True, "t3": False}
+    assert numbers(s) == [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 6], "not the one replay, then live in order"

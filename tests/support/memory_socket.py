@@ -119,6 +119,11 @@ class RecordingSocket:
             self._arrive(frame, bulk)
         self._waiting_bulk = 0
 
+    @property
+    def waiting(self) -> list[dict[str, Any]]:
+        """Frames sent that wait for the client to read them (`stall`), in order."""
+        return [json.loads(frame.text) for frame, _ in self._waiting]
+
     def _write(self, frame: Frame, bulk: bool) -> None:
         if self.stalled and (bulk or self._waiting):
             self._waiting.append((frame, bulk))
