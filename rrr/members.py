@@ -234,7 +234,7 @@ class Members:
 
     def counted(self, room: str, conns: Iterable[Connection]) -> None:
         """A write of ``room`` landed: the sockets whose subscriptions it counted first (``conns``)
-        are owed the whole list, read now."""
+        are owed the first page of the list, read now."""
         p = self._room(room)
         if p is None:
             return
