@@ -30,11 +30,12 @@ def token(user: str, rooms: tuple[str, ...] = (ROOM,)) -> str:
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
-async def member(server: Server, user: str, sub: str = "t", room: str = ROOM) -> Client:
+async def member(server: Server, user: str, sub: str = "t", room: str = ROOM, subscribe: bool = True) -> Client:
     c = await connect(server.ws_url("/ws/"))
     await c.send(type="auth", token=token(user, (room,)))
     await c.next("authenticated", after=0)
-    await c.send(type="subscribe", room=room, sub=sub)
+    if subscribe:
+        await c.send(type="subscribe", room=room, sub=sub)
     return c
 
 
@@ -104,10 +105,11 @@ async def test_a_subscription_gets_the_first_page_and_pages_through_the_rest_in_
     # An id that is not a member still says where to go on.
     assert list((await page(watcher, "a0"))["members"]) == ["b", "é", "\uffff"]
 
-    # Eight more join at once: the watcher hears each of them, in diffs of at most three members.
+    # Eight more join at once (one round's diff): the watcher hears each, in frames of at most three.
     n = len(watcher.frames)
-    late = [await member(server, f"late-{i}") for i in range(8)]
+    late = [await member(server, f"late-{i}", subscribe=False) for i in range(8)]
     clients += late
+    await asyncio.gather(*(c.send(type="subscribe", room=ROOM, sub="t") for c in late))
     joined: set[str] = set()
 
     def heard_all() -> bool:
@@ -117,6 +119,7 @@ async def test_a_subscription_gets_the_first_page_and_pages_through_the_rest_in_
     await wait_until(heard_all, what="every late member in a diff")
     for c in [watcher, *crowd, *late]:
         assert largest_frame(c) <= 3, c.frames
+    assert sum(1 for f in watcher.frames[n:] if f["type"] == "presence_diff") >= 3, "eight joins, cut in threes"
     assert max(len(p) for p in await walk(late[0])) == 3
 
 
