@@ -213,9 +213,10 @@ class Hub:
     async def census(self, room: str) -> dict[str, str]:
         return await self._members.census(room)
 
-    def members_page(self, conn: Connection, room: str, sub: str, after: str) -> None:
-        """``conn`` asked its subscription ``sub`` for the members of ``room`` after ``after``."""
-        self._members.page(room, conn, sub, after)
+    def members_page(self, conn: Connection, room: str, sub: str, after: str) -> bool:
+        """``conn`` asked its subscription ``sub`` for the members of ``room`` after ``after``
+        (False: refused, too many such pages wait for the room's first list here)."""
+        return self._members.page(room, conn, sub, after)
 
     def current_state(self, room: str) -> CountState | None:
         """The newest totals this process knows for ``room`` (None before its first write)."""

@@ -36,9 +36,15 @@ from .supervise import RateLimitedLog
 
 log = logging.getLogger("rrr.hub")
 
+#: Pages one socket may have asked for in a room before there is a list to answer from (a room new
+#: to this process, or whose reads fail while Redis is down); more are refused, not held.
+WAITING_PER_SOCKET = 8
+
 
 class PresenceRoom:
-    __slots__ = ("user_by_conn", "users", "sent", "order", "first", "fresh", "waiting", "ready", "task", "again")
+    __slots__ = (
+        "user_by_conn", "users", "sent", "order", "first", "fresh", "waiting", "asked", "ready", "task", "again",
+    )
 
     def __init__(self) -> None:
         # Each socket's user, and the local users: user -> [tabs, info JSON].
@@ -53,6 +59,7 @@ class PresenceRoom:
         self.fresh: set[str] = set()
         # ``members`` frames that came before the first list: (socket, sub, after), answered in order.
         self.waiting: list[tuple[Connection, str, str]] = []
+        self.asked: dict[Connection, int] = {}  # how many of ``waiting`` each socket asked
         # Sockets whose subscriptions are written, so the next list read from Redis includes them:
         # each is owed the first page.
         self.ready: list[Connection] = []
@@ -323,6 +330,7 @@ class Members:
                     conn.send_bulk([frame])  # paced by the socket's draining
                     sent += 1
         waiting, p.waiting = p.waiting, []
+        p.asked.clear()
         for conn, sub, after in waiting:
             if conn in local.conns:
                 self._send_page(room, p, conn, sub, after)
@@ -337,16 +345,22 @@ class Members:
                                                     len(p.order), more))
         return p.first
 
-    def page(self, room: str, conn: Connection, sub: str, after: str) -> None:
+    def page(self, room: str, conn: Connection, sub: str, after: str) -> bool:
         """Answer ``conn``'s ``members`` frame for its subscription ``sub``: the members after
-        ``after``, from the list its diffs come from (once there is one)."""
+        ``after``, from the list its diffs come from (once there is one). False: refused, as the
+        socket already waits for `WAITING_PER_SOCKET` pages of a room with no list yet."""
         p = self._presence.get(room)
         if p is None:
-            return
+            return True
         if p.sent is None or p.waiting:
-            p.waiting.append((conn, sub, after))  # bounded: each one spent the socket's list budget
-            return
+            n = p.asked.get(conn, 0)
+            if n >= WAITING_PER_SOCKET:
+                return False
+            p.asked[conn] = n + 1
+            p.waiting.append((conn, sub, after))
+            return True
         self._send_page(room, p, conn, sub, after)
+        return True
 
     def _send_page(self, room: str, p: PresenceRoom, conn: Connection, sub: str, after: str) -> None:
         assert p.sent is not None

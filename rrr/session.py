@@ -322,7 +322,9 @@ class Session:
                 f"at most {lim.presence_list_rate:g} presence subscriptions or member pages a second per socket "
                 f"(bursts of {lim.presence_list_burst:g}); try later", room=room, sub=sub, after=after,
             )
-        self.hub.members_page(self.conn, room, sub, after)
+        if not self.hub.members_page(self.conn, room, sub, after):
+            raise ProtocolError("rate_limited", "too many pages asked for before the room's first list; try later",
+                                room=room, sub=sub, after=after)
 
     async def _replying(self, work: Awaitable[None]) -> None:
         try:

@@ -9,6 +9,7 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
@@ -16,6 +17,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from support.clients import Client, connect, wait_until
+from support.redis import LyingRedis
 from support.servers import Server, ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=120)
@@ -269,6 +271,29 @@ async def test_a_page_asked_for_before_the_first_list_is_answered_from_it(
         (["c", "d"], 4, False), (["a", "b"], 4, True)], "in the order asked, from the list counting 'a'"
     await wait_until(lambda: first_pages(c), what="the first page")
     assert list(first_pages(c)[0]["members"]) == ["a", "b"]
+
+
+async def test_pages_waiting_for_a_room_s_first_list_are_capped_per_socket(
+    server_factory: ServerFactory, lying_redis: Callable[[], Awaitable[LyingRedis]], clients: list[Client],
+) -> None:
+    """While a room has no list on this process yet (here its channels' SUBSCRIBE is held for 3 s,
+    and a room is written, so read, only once they are confirmed), pages asked for wait for it:
+    eight per socket, the rest refused, not held."""
+    proxy = await lying_redis()
+    server = await server_factory(redis=proxy.url, token_secret=SECRET, presence_list_rate=0)
+    proxy.subscribe_delay = 3.0
+    c = await member(server, "ada", subscribe=False)
+    clients.append(c)
+    await c.send(type="subscribe", room=ROOM, sub="t")
+    for i in range(12):
+        await c.send(type="members", room=ROOM, sub="t", after=f"p{i:02d}")
+    refused = await wait_until(lambda: (lambda e: e if len(e) == 4 else None)(c.of_type("error")), what="refusals")
+    assert [(e["code"], e["after"]) for e in refused] == [("rate_limited", f"p{i:02d}") for i in range(8, 12)]
+    assert not c.of_type("presence"), "no list yet"
+    pages = await wait_until(lambda: (lambda p: p if len(p) == 8 else None)(
+        [f for f in c.of_type("presence") if f.get("sub") == "t"]), timeout=15, what="the eight pages")
+    assert [(list(f["members"]), f["total"]) for f in pages] == [([], 1)] * 8  # "ada" sorts before "p00"
+    assert list((await page(c, ""))["members"]) == ["ada"]
 
 
 async def api_members(server: Server, query: str = "", key: str = KEY, room: str = ROOM) -> tuple[int, Any]:
