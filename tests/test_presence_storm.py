@@ -13,8 +13,9 @@ from support import storm
 from support.processes import AppProcess
 
 N = 10_000
-#: Peak resident memory the server may reach over the whole storm (measured: see the report in
-#: docs/benchmarks.md, "Identity"; this leaves room for a busier machine's timing).
+#: Peak resident memory the server may reach over the whole storm: 211 MiB measured (docs/benchmarks.md,
+#: "Identity"), mostly the 10,000 sockets themselves; the bound leaves room for a slower machine, where
+#: more frames wait in the sockets' queues.
 PEAK_RSS_MAX = 512 << 20
 
 
