@@ -27,8 +27,10 @@ not followed.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import socket
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field, fields
@@ -37,6 +39,7 @@ from urllib.parse import urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httputil import HTTPHeaders
+from tornado.netutil import DefaultLoopResolver, Resolver
 
 from .auth import Identity, TokenError, identity_from_claims, info_from_claim, needs_grant
 from .metrics import Metrics
@@ -112,6 +115,25 @@ class ProxiedIdentity(Identity):
         return self.asked_at + REFRESH_AT * max(0.0, self.expires - self.asked_at)
 
 
+class _Resolver(Resolver):
+    """An address (``127.0.0.1``, ``::1``) as it is; a name as Tornado resolves it. asyncio's
+    getaddrinfo sends even a numeric host to a thread and back, once per call."""
+
+    def initialize(self) -> None:
+        self._names = DefaultLoopResolver()
+
+    async def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC,
+    ) -> list[tuple[int, Any]]:
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return await self._names.resolve(host, port, family)
+        if ip.version == 6:
+            return [(socket.AF_INET6, (str(ip), port, 0, 0))]
+        return [(socket.AF_INET, (str(ip), port))]
+
+
 class _Poster:
     """POSTs of JSON to one URL: the HTTP part both proxies share."""
 
@@ -125,7 +147,8 @@ class _Poster:
     async def post(self, body: bytes) -> tuple[int, bytes]:
         """The status and body of the answer; ProxyUnavailable when there is none."""
         if self._client is None:  # made on the loop that uses it (a worker's, after the fork)
-            self._client = AsyncHTTPClient(force_instance=True, max_clients=MAX_CLIENTS, max_body_size=MAX_ANSWER)
+            self._client = AsyncHTTPClient(force_instance=True, max_clients=MAX_CLIENTS, max_body_size=MAX_ANSWER,
+                                           resolver=_Resolver())
         request = HTTPRequest(
             self.url, method="POST", body=body, connect_timeout=self.timeout, request_timeout=self.timeout,
             follow_redirects=False, user_agent="rrr", decompress_response=False,
