@@ -35,6 +35,7 @@ from rrr.edge.requestlog import RequestLog, install_filters
 from rrr.jwks import JwksKeys, verifier_from_options
 from rrr.limits import AddressLimits, Limits
 from rrr.protocol import SLUG_PATTERN
+from rrr.proxies import proxies_from_options
 from rrr.service import Service, Settings
 from rrr.session import Shared
 
@@ -147,6 +148,24 @@ define(
 define("token_audience", default="", help="when set, a token's aud must be or contain it")
 define("token_issuer", default="", help="when set, a token's iss must equal it")
 define("token_max_age", default=24 * 3600.0, type=float, help="refuse tokens whose exp lies further ahead (s)")
+# The application asked (rrr/proxies.py): who a handshake's cookie is, whether a socket may join a room.
+define(
+    "connect_proxy_url", default="",
+    help="http(s) URL rrr POSTs a handshake's Cookie/Authorization to, when it carries no token; the answer "
+    "(user, exp, info, rooms, publish) identifies the socket as a token would",
+)
+define("connect_proxy_timeout", default=2.0, type=float, help="seconds to wait for the connect proxy (then 503)")
+define(
+    "subscribe_proxy_url", default="",
+    help="http(s) URL rrr POSTs a subscription to a --subscribe-proxy-rooms room to, when the socket's grants "
+    "do not cover it; the answer allows or refuses it",
+)
+define(
+    "subscribe_proxy_rooms", default="",
+    help="comma list of private-/presence- room prefixes the subscribe proxy is asked about",
+)
+define("subscribe_proxy_timeout", default=2.0, type=float,
+       help="seconds to wait for the subscribe proxy (then unavailable)")
 define("history_size", default=100, type=int, help="messages kept per room for recovery (0: history off)")
 define("history_ttl", default=300.0, type=float, help="seconds a room's history outlives its last message (0: off)")
 define("allowed_hosts", default="", help="comma list of Host names served ('.example.com': and subdomains; '*')")
@@ -158,6 +177,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     o = {name: options[name] for name in options.as_dict()}
     o.update(overrides)
     verifier = verifier_from_options(o)  # first: a bad key file or URL raises before anything starts
+    proxies_from_options(o)  # the same for the proxies' URLs and rooms
     service = Service(
         Settings(
             redis_url=o["redis_url"],
@@ -177,6 +197,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         )
     )
     metrics = service.metrics
+    connect_proxy, subscribe_proxy = proxies_from_options(o, metrics)
     addresses = AddressLimits(
         max_sockets=o["max_sockets_per_ip"],
         max_subscriptions=o["max_subscriptions_per_ip"],
@@ -213,6 +234,8 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             metrics=metrics,
             history=service.history,
             reads=service.presence,
+            connect_proxy=connect_proxy,
+            subscribe_proxy=subscribe_proxy,
         ),
         keepalive=Keepalive(o["ping_interval"], on_timeout=metrics.ping_timeouts.inc),
         allowed_origins=parse_origins(o["allowed_origins"]),
@@ -292,7 +315,9 @@ def check_options() -> None:
     """Run once the command line is parsed, before any worker forks or Redis starts: an option rrr
     cannot use stops it with one line naming the option, not a traceback in every worker."""
     try:
-        verifier_from_options({name: options[name] for name in options.as_dict()})
+        o = {name: options[name] for name in options.as_dict()}
+        verifier_from_options(o)
+        proxies_from_options(o)
     except ValueError as e:
         raise SystemExit(f"rrr: {e}") from None
     if options.presence_list_max < 1:

@@ -82,6 +82,18 @@ class Metrics:
         )
         for limit in LIMITS:
             self.limited.labels(limit)  # every series exists from the start, at 0, for alerts
+        self.connect_proxy_calls = Counter(
+            "rrr_connect_proxy_calls", "Calls to --connect-proxy-url by result: user, anonymous, refused (401/403), "
+            "failed (no usable answer)", ["result"], registry=r,
+        )
+        self.subscribe_proxy_calls = Counter(
+            "rrr_subscribe_proxy_calls", "Calls to --subscribe-proxy-url by result: allowed, denied, failed",
+            ["result"], registry=r,
+        )
+        for result in ("user", "anonymous", "refused", "failed"):
+            self.connect_proxy_calls.labels(result)
+        for result in ("allowed", "denied", "failed"):
+            self.subscribe_proxy_calls.labels(result)
         self.tracked_addresses = Gauge(
             "rrr_tracked_addresses", "Per-client-address entries held for caps and rate limits", registry=r,
         )

@@ -33,6 +33,7 @@ from app import make_app
 from rrr.backplane.embedded import EmbeddedRedis
 from rrr.edge.guard import make_http_server
 from rrr.service import Service
+from support.app_backend import AppBackend
 from support.clients import Client, wait_until
 from support.jwks import JwksServer
 from support.memory_backplane import MemoryRedis
@@ -341,3 +342,11 @@ def jwks_server() -> Iterator[JwksServer]:
     server = JwksServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def app_backend() -> Iterator[AppBackend]:
+    """The application behind rrr's connect and subscribe proxies (`support.app_backend`)."""
+    backend = AppBackend()
+    yield backend
+    backend.close()

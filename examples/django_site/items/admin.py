@@ -24,8 +24,9 @@ class ItemAdmin(admin.ModelAdmin):
 
 
 def end_sessions(user_ids: set[str]) -> int:
-    """Delete the Django sessions of these users (the database session backend), so the token
-    view refuses their browsers and the live page cannot come back with a fresh token."""
+    """Delete the Django sessions of these users (the database session backend), so neither the
+    token view nor the connect view vouches for their browsers any more: the live page cannot come
+    back as them, with a fresh token or with its cookie."""
     ended = 0
     for session in Session.objects.filter(expire_date__gt=timezone.now()).iterator():
         if str(session.get_decoded().get("_auth_user_id")) in user_ids:
