@@ -218,7 +218,7 @@ def connect(
 ) -> Backplane:
     """The backplane for ``url``: a Redis Cluster's (``redis+cluster://``: per-row expiry, sharded
     pub/sub), or the classic one (one Redis, or Sentinel). Nothing connects until it is used."""
-    from .connect import is_cluster_url, make_redis
+    from .clients import is_cluster_url, make_redis
     from .history import RedisHistory
 
     cluster = is_cluster_url(url)

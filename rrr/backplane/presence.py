@@ -26,7 +26,7 @@ from ..metrics import Metrics
 from ..protocol import CountState
 from . import CHUNK, MemberDelta, WriteResult, keys, scripts
 from .calls import BadReply, Calls, Revocations, count, flag, lease_fresh, member_args, parse_members, parse_state, show
-from .connect import make_redis
+from .clients import make_redis
 
 log = logging.getLogger("rrr.presence")
 
