@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from redis.exceptions import OutOfMemoryError, RedisError
@@ -20,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..errors import BackplaneError, OutcomeUnknown
 from ..metrics import Metrics
 from ..protocol import CountState, validate_json_payload
-from . import CHUNK, keys
+from . import CHUNK, EventSettings, RoomReport, keys
 
 
 class BadReply(BackplaneError):
@@ -116,14 +117,36 @@ def show(x: Any) -> str:
 # -- a row write's arguments -------------------------------------------------------------------
 
 
-def member_args(adds: dict[str, str], removes: list[str]) -> list[Any]:
+def member_args(adds: dict[str, str], removes: list[str], left: Mapping[str, float] | None = None) -> list[Any]:
     """What both row writes take after a room's counts: the number of adds A and of removes R, A
-    pairs (user, info JSON), R users (``rows.lua``'s ``apply_members`` reads them)."""
+    pairs (user, info JSON), R pairs (user, ms since it left: ``left``, seconds) (``rows.lua``'s
+    ``apply_members`` reads them)."""
     args: list[Any] = [len(adds), len(removes)]
     for user, info in adds.items():
         args += [user, info]
-    args += removes
+    for user in removes:
+        args += [user, ms(left.get(user, 0.0) if left else 0.0)]
     return args
+
+
+def report_args(report: RoomReport | None) -> list[Any]:
+    """A room's quiet flag and ms since its last local subscription left (``events.lua``'s ``ev_context``)."""
+    if report is None:
+        return [0, 0]
+    return [int(report.quiet), ms(report.left_ago)]
+
+
+def event_args(settings: EventSettings | None) -> list[Any]:
+    """The four values ``events.lua``'s ``ev_setup`` reads: on, a fresh nonce (new epochs of event
+    ids are made from it: random per call, so ids are unique across rooms and Redis restarts), the
+    vacate delay in ms, the cap of a room's stream."""
+    if settings is None:
+        return [0, "", 0, 0]
+    return [1, secrets.token_hex(8), ms(settings.vacate_delay), max(1, settings.backlog)]
+
+
+def ms(seconds: float) -> int:
+    return max(0, int(seconds * 1000))
 
 
 # -- sign-outs -------------------------------------------------------------------------------------

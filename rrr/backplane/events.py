@@ -1,0 +1,278 @@
+"""The events in Redis, as the sender sees them (`rrr.backplane.EventStore`).
+
+The presence scripts record each room's events in the room's own stream (``events.lua``: exact,
+atomic with the change that causes them) and mark the room due in the sender's sorted set. The
+one process holding the sender's lease moves them from there, room by room and in order, to the
+outbox (``outbox.lua``): a vacated waits there for the vacate delay, and goes with a following
+occupied if one came before then (a reload). Every URL reads the outbox from its own cursor, so
+each has its own queue, order and retries; the outbox keeps only what some URL still needs, and at
+most ``backlog`` events (the oldest go).
+
+On one Redis a move is one script for many rooms. On a cluster the room's stream and the outbox
+are in different slots: the events are taken (the room's slot), pushed (the sender's slot, which
+remembers the last id it pushed per room, so a sender that died before the next step pushes
+nothing twice) and acknowledged (the room's slot), then the room's mark is tidied. A room
+recorded by a process that died before it could mark it due is found again by `repair` (a SCAN of
+each master for room streams, now and then).
+
+Its own Redis clients: a slow sender never takes a connection the core needs, and the doorbell
+(``XREAD BLOCK``) holds one of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from ..errors import BackplaneError
+from ..metrics import Metrics
+from . import EventSettings, Moved, StoredEvent, keys, scripts
+from .calls import BadReply, Calls, ms, show
+from .connect import is_cluster_url, make_redis
+
+log = logging.getLogger("rrr.events")
+
+#: Rooms per move script on one Redis, and events per room per move.
+ROOMS_PER_MOVE = 64
+EVENTS_PER_ROOM = 200
+#: Rooms moved at once on a cluster (each is three round trips).
+CONCURRENCY = 16
+
+
+class RedisEventStore:
+    def __init__(
+        self, url: str, metrics: Metrics, process_id: str, settings: EventSettings, *, timeout: float = 2.0,
+    ) -> None:
+        self.metrics = metrics
+        self.process_id = process_id
+        self.settings = settings
+        self.cluster = is_cluster_url(url)
+        self.timeout = timeout
+        self._redis = make_redis(url, timeout, CONCURRENCY + 4)
+        # The doorbell's blocking read waits up to ``_block`` on a connection of its own.
+        self._block = max(0.05, min(1.0, timeout / 2))
+        self._bell_redis = make_redis(url, timeout, 1)
+        # From the start: the bell's one entry wakes the first read at once, harmlessly.
+        self._bell_id = b"0-0"
+        self._calls = Calls(metrics, self._reset)
+        self._scripts: dict[str, Any] = {}
+
+    async def close(self) -> None:
+        for client in (self._redis, self._bell_redis):
+            await client.aclose()
+
+    # -- the lease and the status every process reads ---------------------------------------
+
+    async def lease(self, ttl: float, take: bool, error: str | None) -> tuple[bool, int, str]:
+        args: list[Any] = [self.process_id, ms(ttl), int(take)]
+        if error is not None:
+            args.append(error)
+        reply = await self._script("ev_lease", [keys.SENDER, keys.SENDER_STATUS, keys.OUTBOX], args)
+        if not (isinstance(reply, list) and len(reply) == 3 and reply[0] in (0, 1)):
+            raise BadReply(f"expected {{held, backlog, error}} from LEASE, got {show(reply)}")
+        try:
+            backlog = int(reply[1])
+            error = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
+        except (TypeError, ValueError, UnicodeDecodeError):
+            raise BadReply(f"expected a backlog and an error from LEASE, got {show(reply)}") from None
+        return bool(reply[0]), backlog, error
+
+    async def release(self) -> None:
+        await self._script("ev_release", [keys.SENDER], [self.process_id])
+
+    # -- moving events to the outbox ------------------------------------------------------------
+
+    async def due(self, limit: int) -> tuple[list[str], float | None]:
+        reply = await self._script("ev_due", [keys.EVENTS_DUE], [limit])
+        if not (isinstance(reply, list) and len(reply) >= 2 and all(isinstance(x, int) for x in reply[:2])):
+            raise BadReply(f"expected {{now, next, rooms...}} from DUE, got {show(reply)}")
+        now, next_due = reply[0], reply[1]
+        rooms = [_text(r) for r in reply[2:]]
+        return rooms, (max(0, next_due - now) / 1000 if next_due >= 0 else None)
+
+    async def move(self, rooms: list[str], names: frozenset[str]) -> Moved:
+        moved = Moved()
+        wanted = "," + ",".join(sorted(names)) + ","
+        if not self.cluster:
+            for i in range(0, len(rooms), ROOMS_PER_MOVE):
+                chunk = rooms[i : i + ROOMS_PER_MOVE]
+                room_keys: list[str] = []
+                for room in chunk:
+                    room_keys += [keys.events(room), keys.reported(room)]
+                reply = await self._script(
+                    "ev_move", [keys.OUTBOX, keys.EVENTS_DUE, *room_keys],
+                    [EVENTS_PER_ROOM, ms(self.settings.vacate_delay), self.settings.backlog, wanted, *chunk],
+                )
+                self._moved(reply, moved)
+            return moved
+        sem = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(room: str) -> None:
+            async with sem:
+                await self._move_cluster(room, wanted, moved)
+
+        results = await asyncio.gather(*(one(room) for room in rooms), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return moved
+
+    async def _move_cluster(self, room: str, wanted: str, moved: Moved) -> None:
+        delay = ms(self.settings.vacate_delay)
+        taken = await self._script(
+            "ev_take", [keys.events(room), keys.reported(room)], [EVENTS_PER_ROOM, delay],
+        )
+        if not (isinstance(taken, list) and len(taken) >= 2 and isinstance(taken[0], int)):
+            raise BadReply(f"expected {{dropped, rest, entries...}} from TAKE, got {show(taken)}")
+        moved.dropped += taken[0]
+        entries = [_entry(e) for e in taken[2:]]
+        ids: list[str] = []
+        if entries:
+            args: list[Any] = [room, self.settings.backlog, wanted]
+            for sid, flat in entries:
+                args += [sid, *flat]
+                ids.append(sid)
+            pushed = await self._script("ev_push", [keys.OUTBOX, keys.EVENTS_DUE, keys.MOVED], args)
+            self._moved(pushed, moved, counts=1)
+        rest = await self._script("ev_ack", [keys.events(room)], [delay, *ids])
+        if not isinstance(rest, int):
+            raise BadReply(f"expected a time from ACK, got {show(rest)}")
+        note: list[Any] = [self.process_id, 0, 0, 0, int(rest >= 0), int(bool(ids))]
+        if rest >= 0:
+            note += [room, rest]
+        if ids:
+            note += [room, ids[-1]]
+        if rest >= 0 or ids:
+            await self._script("ev_note", [
+                keys.EVENTS_DUE, keys.EVENTS_BELL, keys.MOVED, keys.EVENT_PROCS, keys.event_proc_rooms(self.process_id),
+            ], note)
+
+    @staticmethod
+    def _moved(reply: Any, moved: Moved, counts: int = 2) -> None:
+        """A move's reply: ``counts`` drop counts, then the names of the events moved."""
+        if not (isinstance(reply, list) and len(reply) >= counts and all(isinstance(x, int) for x in reply[:counts])):
+            raise BadReply(f"expected drop counts and names from a move, got {show(reply)}")
+        moved.dropped += sum(reply[:counts])
+        moved.names += [_text(n) for n in reply[counts:]]
+
+    async def repair(self) -> int:
+        """On a cluster, rooms with recorded events that the due set does not know (their process
+        died between recording and marking them): each master is SCANned for room streams, and
+        each found is marked due now. Returns how many were found."""
+        if not self.cluster:
+            return 0
+        found: list[str] = []
+        prefix = keys.events("")[:-2]  # "rrr:events:{"
+        for node in self._redis.get_primaries():
+            cursor = 0
+            while True:
+                reply = await self._calls.run("scan", self._redis.scan(
+                    cursor, match=prefix + "*}", count=1000, target_nodes=node,
+                ))
+                if isinstance(reply, dict):  # the cluster client answers per node
+                    reply = next(iter(reply.values()))
+                if not (isinstance(reply, (list, tuple)) and len(reply) == 2):
+                    raise BadReply(f"expected a cursor and keys from SCAN, got {show(reply)}")
+                cursor = int(reply[0])
+                for key in reply[1]:
+                    room = keys.room_of(keys.EVENTS_STREAM, _text(key))
+                    if room is not None:
+                        found.append(room)
+                if cursor == 0:
+                    break
+        if found:
+            note: list[Any] = [self.process_id, 0, 0, 0, len(found), 0]
+            for room in found:
+                note += [room, 0]
+            await self._script("ev_note", [
+                keys.EVENTS_DUE, keys.EVENTS_BELL, keys.MOVED, keys.EVENT_PROCS, keys.event_proc_rooms(self.process_id),
+            ], note)
+        return len(found)
+
+    async def ring(self, timeout: float) -> None:
+        """The doorbell: a blocking read on its own connection, at most ``timeout`` (and at most half
+        the Redis timeout, so the read never looks like a stalled Redis)."""
+        block = ms(max(0.001, min(timeout, self._block)))
+        reply = await self._calls.run("bell", self._bell_redis.xread({keys.EVENTS_BELL: self._bell_id}, block=block))
+        if reply:
+            try:
+                entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+                self._bell_id = entries[-1][0]
+            except (IndexError, KeyError, TypeError, StopIteration):
+                raise BadReply(f"expected stream entries from the doorbell, got {show(reply)}") from None
+
+    # -- the outbox, per URL --------------------------------------------------------------------
+
+    async def read(self, url_key: str, limit: int) -> list[StoredEvent]:
+        reply = await self._script("ev_read", [keys.OUTBOX, keys.CURSORS], [url_key, limit])
+        if not isinstance(reply, list) or not reply:
+            raise BadReply(f"expected a cursor and entries from READ, got {show(reply)}")
+        out = []
+        for raw in reply[1:]:
+            sid, flat = _entry(raw)
+            f = dict(zip(flat[::2], flat[1::2]))
+            try:
+                out.append(StoredEvent(
+                    sid=sid, name=f["n"], room=f["c"], user=f.get("u", ""), at_ms=int(f["a"]), id=f["i"],
+                    stored_ms=int(f["s"]),
+                ))
+            except (KeyError, ValueError):
+                raise BadReply(f"expected an event in the outbox, got {show(flat)}") from None
+        return out
+
+    async def acked(self, url_key: str, sid: str, url_keys: list[str]) -> int:
+        reply = await self._script("ev_acked", [keys.OUTBOX, keys.CURSORS], [url_key, sid, *url_keys])
+        if not isinstance(reply, int):
+            raise BadReply(f"expected the outbox's length from ACKED, got {show(reply)}")
+        return reply
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    async def _script(self, name: str, script_keys: list[str], args: Sequence[Any]) -> Any:
+        if not self._scripts:
+            flags = True if self.cluster else await self._flags_supported()
+            self._scripts = {n: self._redis.register_script(text) for n, text in scripts.sender(flags).items()}
+        return await self._calls.run(name, self._scripts[name](keys=script_keys, args=list(args), client=self._redis))
+
+    async def _flags_supported(self) -> bool:
+        try:
+            await self._calls.run("script_load", self._redis.script_load(scripts.FLAGS + "return 1"))
+        except BackplaneError as e:
+            if isinstance(e.__cause__, ResponseError):
+                return False
+            raise
+        return True
+
+    async def _reset(self) -> None:
+        for client in (self._redis, self._bell_redis):
+            try:
+                if self.cluster:
+                    for node in client.get_nodes():
+                        await node.disconnect()
+                else:
+                    await client.connection_pool.disconnect()
+            except Exception:  # noqa: BLE001 - already broken; the next call reconnects
+                pass
+
+
+def _text(x: Any) -> str:
+    if isinstance(x, bytes):
+        try:
+            return x.decode()
+        except UnicodeDecodeError:
+            raise BadReply(f"expected text, got {show(x)}") from None
+    if isinstance(x, str):
+        return x
+    raise BadReply(f"expected text, got {show(x)}")
+
+
+def _entry(raw: Any) -> tuple[str, list[str]]:
+    """A stream entry ``[id, [field, value, ...]]`` as text."""
+    if not (isinstance(raw, (list, tuple)) and len(raw) == 2 and isinstance(raw[1], (list, tuple))
+            and len(raw[1]) % 2 == 0):
+        raise BadReply(f"expected a stream entry, got {show(raw)}")
+    return _text(raw[0]), [_text(x) for x in raw[1]]
