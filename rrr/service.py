@@ -41,7 +41,7 @@ from .metrics import Metrics
 from .protocol import CountState
 from .rooms import Rooms
 from .supervise import Supervisor, full_jitter
-from .webhooks import WebhookSettings, Webhooks
+from .webhooks import WebhookSettings, Webhooks, lease_ttl
 from .writer import Coalescer, Writer
 
 log = logging.getLogger("rrr.service")
@@ -92,7 +92,9 @@ class Service:
         self.delivery = Delivery(self.history, metrics, self.rooms, self.subscriber, coalescer)
         self.webhooks: Webhooks | None = None
         if s.webhooks is not None and bp.events is not None:
-            self.webhooks = Webhooks(s.webhooks, bp.events, metrics, self.supervisor)
+            self.webhooks = Webhooks(
+                s.webhooks, bp.events, metrics, self.supervisor, lease=lease_ttl(s.presence_ttl),
+            )
         self.writer = Writer(
             self.rooms, coalescer, self.presence, self.subscriber, self.delivery, self.members, self.counts,
             self.supervisor, events=self.webhooks is not None,

@@ -43,10 +43,15 @@ log = logging.getLogger("rrr.webhooks")
 
 #: The events rrr sends, by their Pusher names (``--webhook-events`` picks among them).
 EVENT_NAMES = ("channel_occupied", "channel_vacated", "member_added", "member_removed")
-#: Seconds the sender's lease lasts unless renewed (every second); another process takes over
-#: within this plus one poll (`POLL`) of a dead sender.
+#: Seconds the sender's lease lasts unless renewed (every third of it), at most: another process
+#: takes over within it plus one poll (half of it) of a dead sender. A shorter --presence-ttl
+#: shortens it (to a third of the TTL, at least 1 s), so a dead sender is replaced before its
+#: sweep's events are due.
 LEASE_TTL = 5.0
-POLL = 2.0
+
+
+def lease_ttl(presence_ttl: float) -> float:
+    return max(1.0, min(LEASE_TTL, presence_ttl / 3))
 #: Rooms whose events are moved per round.
 ROOMS_PER_ROUND = 256
 #: How often a cluster's sender looks for room streams the due set lost (see `EventStore.repair`).
@@ -124,8 +129,12 @@ def url_key(url: str) -> str:
 class Webhooks:
     """The sender: the lease, the moves to the outbox, one delivery task per URL."""
 
-    def __init__(self, settings: WebhookSettings, store: EventStore, metrics: Metrics, supervisor: Supervisor) -> None:
+    def __init__(
+        self, settings: WebhookSettings, store: EventStore, metrics: Metrics, supervisor: Supervisor, *,
+        lease: float = LEASE_TTL,
+    ) -> None:
         self.settings = settings
+        self.lease_ttl = lease
         self.store = store
         self.metrics = metrics
         self.supervisor = supervisor
@@ -148,7 +157,7 @@ class Webhooks:
 
     async def _lease(self, take: bool) -> bool:
         own = next(reversed(self._errors.values()), "") if self.holding else None
-        held, backlog, error = await self.store.lease(LEASE_TTL, take, own)
+        held, backlog, error = await self.store.lease(self.lease_ttl, take, own)
         self.backlog, self.last_error = backlog, (error or None)
         return held
 
@@ -170,7 +179,7 @@ class Webhooks:
                     self._errors.clear()
                 if not self._closing:
                     log.info("no longer sending webhooks from this process")
-            await asyncio.sleep(POLL * random.uniform(0.75, 1.25))
+            await asyncio.sleep(self.lease_ttl / 2 * random.uniform(0.75, 1.25))
 
     async def _send(self) -> None:
         """Move and deliver until the lease is lost (or the process closes)."""
@@ -183,18 +192,18 @@ class Webhooks:
                 await cancel(task)
 
     async def _keep_lease(self) -> None:
-        """Renew every second; return when the lease is lost, or may have expired unseen."""
+        """Renew every third of the lease; return when it is lost, or may have expired unseen."""
         loop = asyncio.get_running_loop()
         renewed = loop.time()
         while not self._closing:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.lease_ttl / 3)
             try:
                 if not await self._lease(take=False):
                     return
                 renewed = loop.time()
             except BackplaneError as e:
                 self.supervisor.report("webhooks", e)
-                if loop.time() - renewed > LEASE_TTL - 1.5:
+                if loop.time() - renewed > self.lease_ttl * 2 / 3:
                     return
 
     async def close(self) -> None:

@@ -1,0 +1,451 @@
+"""Events out: a backend hears, in Pusher's webhook format, when a room fills and empties and who
+comes and goes in a presence room, exactly, even when a process is kill -9'd, and loses nothing while
+it is down. Real rrr processes, a real Redis (and the real 6-node Redis Cluster), a real HTTP
+receiver on loopback (tests/support/webhooks.py), and the real ``pusher`` SDK validating."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import pusher
+import pytest
+import redis
+from tornado.httpclient import AsyncHTTPClient
+
+from rrr.backplane import keys
+from rrr.webhooks import EVENT_NAMES, retry_delay
+from support.clients import Client, connect, wait_until
+from support.processes import ROOT, AppProcess
+from support.servers import Server, ServerFactory
+from support.webhooks import Receiver, refused
+
+pytestmark = pytest.mark.gen_test(timeout=180)
+
+KEY = "hooks-key"
+SECRET = "hooks-secret-of-decent-length"
+TOKENS = "hooks-token-secret-of-decent-length"
+TEAM = "presence-team"
+OCC, VAC, ADD, REM = EVENT_NAMES
+VACATE = 2.0
+
+
+def hooks(receiver: Receiver, **more: Any) -> dict[str, Any]:
+    """The webhook options every process of a test gets."""
+    return dict(webhook_url=receiver.url, webhook_key=KEY, webhook_secret=SECRET, token_secret=TOKENS, **more)
+
+
+async def start(server_factory: ServerFactory, receiver: Receiver, **options: Any) -> Server:
+    return await server_factory(**hooks(receiver, **options))
+
+
+def token(sub: str, rooms: list[str]) -> str:
+    return jwt.encode({"sub": sub, "exp": time.time() + 600, "rooms": rooms, "info": {"name": sub}}, TOKENS,
+                      algorithm="HS256")
+
+
+async def counted(base_ws: str, room: str) -> Client:
+    """A socket in ``room`` (the talk's socket: joined by the upgrade itself), once counted."""
+    c = await connect(f"{base_ws}/ws/count/{room}/")
+    await c.next("connection_message")
+    return c
+
+
+async def member(base_ws: str, user: str, tabs: tuple[str, ...] = ("t1",), room: str = TEAM) -> Client:
+    """``user``'s socket with ``tabs`` subscriptions to a presence room, each answered."""
+    c = await connect(f"{base_ws}/ws/")
+    await c.send(type="auth", token=token(user, [room]))
+    await c.next("authenticated", after=0)
+    for tab in tabs:
+        await c.send(type="subscribe", room=room, sub=tab)
+    await wait_until(lambda: {f["sub"] for f in c.of_type("subscribed") if f["room"] == room} >= set(tabs),
+                     what=f"{user} subscribed")
+    return c
+
+
+async def get_json(url: str) -> Any:
+    """A GET answered with JSON (whatever the status), or None when nothing answers."""
+    try:
+        r = await AsyncHTTPClient().fetch(url, raise_error=False, request_timeout=10)
+    except OSError:
+        return None
+    return json.loads(r.body) if r.code != 599 else None
+
+
+async def webhooks_status(server: Server) -> dict[str, Any]:
+    return dict((await get_json(server.base_url + "/healthz"))["webhooks"])
+
+
+def ws(server: Server | AppProcess) -> str:
+    return f"ws://127.0.0.1:{server.port}"
+
+
+def validated(receiver: Receiver) -> list[dict[str, Any]]:
+    """Every request the receiver got, validated by the real ``pusher`` SDK (key, signature of the
+    exact body, time_ms within 300 s of now); their payloads."""
+    sdk = pusher.Pusher(app_id="1", key=KEY, secret=SECRET)
+    out = []
+    for r in receiver.requests:
+        assert r.headers["Content-Type"] == "application/json"
+        payload = sdk.validate_webhook(r.headers["X-Pusher-Key"], r.headers["X-Pusher-Signature"], r.body)
+        assert payload is not None, f"the SDK refused {r.body[:200]!r}"
+        out.append(payload)
+    return out
+
+
+async def _is(value: Any, pred: Callable[[Any], bool]) -> bool:
+    """``pred`` of an awaited ``value`` (for `wait_until`)."""
+    return pred(await value)
+
+
+async def quiet_for(receiver: Receiver, seconds: float) -> None:
+    """Nothing more arrives for ``seconds``."""
+    n = len(receiver.requests)
+    await asyncio.sleep(seconds)
+    assert len(receiver.requests) == n, receiver.events()[-5:]
+
+
+# -- rooms --------------------------------------------------------------------------------------
+
+
+async def test_one_socket_joins_then_leaves_exactly_occupied_then_vacated(
+    server_factory: ServerFactory, receiver: Receiver, clients: list[Client],
+) -> None:
+    server = await start(server_factory, receiver)
+    joined = time.time()
+    c = await counted(ws(server), "solo")
+    clients.append(c)
+    await wait_until(lambda: receiver.of("solo") == [(OCC, None)], what="occupied")
+    c.close()
+    left = time.time()
+    await wait_until(lambda: len(receiver.of("solo")) == 2, timeout=VACATE + 5, what="vacated")
+    arrived = time.time()
+    assert receiver.of("solo") == [(OCC, None), (VAC, None)]
+    occupied, vacated = receiver.unique_events()
+    assert joined - 0.5 <= occupied["at_ms"] / 1000 <= left
+    assert left - 0.5 <= vacated["at_ms"] / 1000 <= left + 0.5  # when the last one left
+    assert arrived - vacated["at_ms"] / 1000 >= VACATE - 0.2  # held for --vacate-delay, then sent
+    assert occupied["id"] != vacated["id"]
+    await quiet_for(receiver, 1.0)
+    assert [e["name"] for p in validated(receiver) for e in p["events"]] == [OCC, VAC]
+
+
+async def test_a_reload_within_the_vacate_delay_sends_nothing(
+    server_factory: ServerFactory, receiver: Receiver, clients: list[Client],
+) -> None:
+    server = await start(server_factory, receiver)
+    c = await counted(ws(server), "reload")
+    clients.append(c)
+    await wait_until(lambda: receiver.of("reload") == [(OCC, None)], what="occupied")
+    for pause in (0.05, 0.3, 0.8):  # leave and join again within 1 s: the room was empty meanwhile
+        c.close()
+        await wait_until(lambda: server.hub.room_count == 0, what="the room empty here")
+        await asyncio.sleep(pause)
+        c = await counted(ws(server), "reload")
+        clients.append(c)
+    await quiet_for(receiver, VACATE + 1.5)
+    assert receiver.of("reload") == [(OCC, None)]
+    # The vacated/occupied pairs were recorded, and dropped in pairs by the sender.
+    assert server.metric("rrr_webhook_events_total", {"name": VAC}) == 0
+
+
+async def test_a_thousand_sockets_joining_one_room_send_one_occupied(
+    server_factory: ServerFactory, receiver: Receiver, clients: list[Client],
+) -> None:
+    server = await start(server_factory, receiver)
+    socks = await asyncio.gather(*(connect(server.ws_url("/ws/count/crowd/")) for _ in range(1000)))
+    clients += socks
+    await wait_until(lambda: server.hub.local_counts("crowd") == (1000, 1000), timeout=60, what="1,000 joined")
+    await wait_until(lambda: receiver.of("crowd") == [(OCC, None)], what="occupied")
+    for c in socks:
+        c.close()
+    await wait_until(lambda: len(receiver.of("crowd")) == 2, timeout=30, what="vacated")
+    await quiet_for(receiver, 1.0)
+    assert receiver.of("crowd") == [(OCC, None), (VAC, None)]
+
+
+# -- presence rooms -------------------------------------------------------------------------------
+
+
+async def test_a_user_is_added_once_and_removed_with_their_last_tab_anywhere(
+    server_factory: ServerFactory, receiver: Receiver, clients: list[Client],
+) -> None:
+    one = await start(server_factory, receiver)
+    two = await start(server_factory, receiver)
+    ada_1 = await member(ws(one), "ada", ("t1", "t2"))  # one browser, two tabs, on one process
+    ada_2 = await member(ws(two), "ada", ("t3",))  # a second browser, on the other process
+    bob = await member(ws(two), "bob")
+    clients += [ada_1, ada_2, bob]
+    await wait_until(lambda: len(receiver.of(TEAM)) == 3, what="occupied and two added")
+    events = receiver.of(TEAM)
+    assert events[0] == (OCC, None)  # a room's occupied comes before its first member_added
+    assert sorted(events[1:]) == [(ADD, "ada"), (ADD, "bob")]
+
+    # Ada's tabs go one by one: removed only with the last one, anywhere.
+    await ada_1.send(type="unsubscribe", room=TEAM, sub="t1")
+    ada_1.close()
+    await quiet_for(receiver, VACATE + 1.0)
+    watcher = await member(ws(one), "cy")
+    clients.append(watcher)
+    await wait_until(lambda: (ADD, "cy") in receiver.of(TEAM), what="cy added")
+    ada_2.close()
+    closed = time.time()
+    # member_removed goes out when the member list announces the leave: after the grace, together.
+    await wait_until(lambda: any(ada in f["leaves"] for f in watcher.of_type("presence_diff") for ada in ["ada"]),
+                     timeout=VACATE + 5, what="the list announces ada's leave")
+    announced = time.time()
+    await wait_until(lambda: (REM, "ada") in receiver.of(TEAM), timeout=5, what="ada removed")
+    heard = time.time()
+    assert announced - closed >= VACATE - 0.2 and heard - closed >= VACATE - 0.2
+    assert abs(heard - announced) < 1.0
+    removed = next(e for e in receiver.unique_events() if e["name"] == REM)
+    assert closed - 0.5 <= removed["at_ms"] / 1000 <= closed + 0.5  # when her last tab left
+
+    bob.close()
+    watcher.close()
+    await wait_until(lambda: receiver.of(TEAM)[-1] == (VAC, None), timeout=VACATE + 5, what="vacated")
+    events = receiver.of(TEAM)
+    assert events.count((ADD, "ada")) == 1 and events.count((REM, "ada")) == 1
+    assert events.index((REM, "bob")) < events.index((VAC, None))
+    assert events.index((REM, "cy")) < events.index((VAC, None))
+    assert [e[0] for e in events].count(OCC) == 1
+    # Every request passes the Pusher SDK's own validation; each event carries id and at_ms.
+    for payload in validated(receiver):
+        for e in payload["events"]:
+            assert set(e) == ({"name", "channel", "id", "at_ms"} | ({"user_id"} if "member" in e["name"] else set()))
+
+
+# -- kill -9 ---------------------------------------------------------------------------------------
+
+
+async def test_kill_9_of_the_only_process_in_a_room_reports_vacated_and_member_removed_in_time(
+    server_factory: ServerFactory, app_factory: Callable[..., AppProcess], redis_url: str, receiver: Receiver,
+    clients: list[Client], rclient: redis.Redis,
+) -> None:
+    ttl, sweep, interval = 2.0, 0.2, 0.05
+    victim = await asyncio.to_thread(
+        app_factory, redis_url=redis_url, presence_ttl=ttl, sweep_interval=sweep, count_interval=interval,
+        **hooks(receiver),
+    )
+    assert victim.proc is not None
+    # The victim sends the webhooks too: its death must also hand the sending over in time.
+    await wait_until(lambda: f":{victim.proc.pid}:" in (rclient.get(keys.SENDER) or ""), what="the victim sends")
+    survivor = await start(server_factory, receiver, ttl=ttl)
+    alone = await counted(ws(victim), "alone")
+    cy = await member(ws(victim), "cy")
+    clients += [alone, cy]
+    await wait_until(lambda: receiver.of("alone") == [(OCC, None)] and receiver.of(TEAM) == [(OCC, None), (ADD, "cy")],
+                     what="both rooms reported")
+    killed = time.time()
+    victim.kill()
+    bound = ttl + sweep + interval + VACATE  # the counts' kill -9 bound, plus --vacate-delay
+    await wait_until(lambda: receiver.of("alone")[-1:] == [(VAC, None)] and receiver.of(TEAM)[-1:] == [(VAC, None)],
+                     timeout=bound + 10, what="vacated and removed after the kill")
+    took = {e["name"] + e["channel"]: next(r.at for r in receiver.answered() if e in r.payload["events"]) - killed
+            for e in receiver.unique_events() if e["name"] in (VAC, REM)}
+    print(f"kill -9 to events: {took} (bound {bound:.2f} s)")
+    assert all(t <= bound + 1.0 for t in took.values()), took
+    assert receiver.of(TEAM) == [(OCC, None), (ADD, "cy"), (REM, "cy"), (VAC, None)]
+    assert survivor.hub.room_count == 0
+
+
+# -- the receiver down -------------------------------------------------------------------------------
+
+
+async def test_a_receiver_down_refusing_failing_then_hanging_for_20_s_loses_nothing(
+    server_factory: ServerFactory, receiver: Receiver, clients: list[Client],
+) -> None:
+    server = await start(server_factory, receiver, webhook_timeout=2.0)
+    receiver.down()
+    assert refused(receiver.port)
+    rooms = [f"busy{i}" for i in range(4)]
+    expected: dict[str, list[tuple[str, str | None]]] = {room: [] for room in rooms}
+    began = time.monotonic()
+    phases = [(7.0, None), (7.0, "error"), (7.0, "hang")]  # refused, then 500s, then no answer past the timeout
+    for length, mode in phases:
+        if mode is not None:
+            receiver.up(mode)
+        end = time.monotonic() + length
+        while time.monotonic() < end:
+            socks = [await counted(ws(server), room) for room in rooms]
+            clients += socks
+            await asyncio.sleep(0.3)
+            for c in socks:
+                c.close()
+            await asyncio.sleep(VACATE + 0.5)  # long enough empty: a real vacated each time
+            for room in rooms:
+                expected[room] += [(OCC, None), (VAC, None)]
+    assert time.monotonic() - began >= 20
+    failed = len(receiver.requests)
+    assert failed > 0 and all(r.mode in ("error", "hang") for r in receiver.requests)
+    assert server.metric("rrr_webhook_requests_total", {"outcome": "timeout"}) > 0
+    assert server.metric("rrr_webhook_requests_total", {"outcome": "error"}) > 0
+    receiver.set_mode("ok")
+    await wait_until(lambda: all(receiver.of(room) == expected[room] for room in rooms), timeout=70,
+                     what="every event, in order per room")
+    ids = [e["id"] for e in receiver.events()]
+    assert len(set(ids)) == len(receiver.unique_events()) == sum(map(len, expected.values()))
+    # Each attempt was signed afresh: its own time_ms, at the time it was sent, a valid signature.
+    times = [r.payload["time_ms"] for r in receiver.requests]
+    assert len(set(times)) == len(times)
+    assert all(abs(r.payload["time_ms"] / 1000 - r.at) < 1.0 for r in receiver.requests)
+    validated(receiver)
+    # The n-th retry waited at least half of min(2^(n-1), 60) s after the attempt before it.
+    tries = [r.at for r in receiver.requests[:failed]]
+    for n, (a, b) in enumerate(zip(tries, tries[1:]), start=1):
+        assert b - a >= min(2 ** (n - 1), 60) / 2 - 0.05, (n, b - a)
+
+
+def test_each_retry_waits_between_half_and_all_of_its_doubling_capped_at_60_s() -> None:
+    for n, top in ((1, 1), (2, 2), (3, 4), (6, 32), (7, 60), (30, 60)):
+        waits = [retry_delay(n) for _ in range(500)]
+        assert top / 2 <= min(waits) and max(waits) <= top
+        assert max(waits) - min(waits) > top / 4  # spread out, not one fixed value
+
+
+async def test_events_past_retry_for_are_dropped_and_counted_and_the_backlog_is_bounded(
+    server_factory: ServerFactory, receiver: Receiver, clients: list[Client], rclient: redis.Redis,
+) -> None:
+    server = await start(server_factory, receiver, webhook_retry_for=3.0, webhook_backlog=5)
+    receiver.down()
+    for i in range(4):  # 8 events: the oldest 3 go over the backlog of 5
+        c = await counted(ws(server), f"old{i}")
+        c.close()
+    await wait_until(lambda: server.metric("rrr_webhook_dropped_total", {"reason": "backlog"}) == 3,
+                     timeout=VACATE + 5, what="3 dropped over the backlog")
+    assert rclient.xlen(keys.OUTBOX) == 5
+    await wait_until(lambda: _is(webhooks_status(server), lambda s: s["backlog"] == 5), what="/healthz shows the backlog")
+    await asyncio.sleep(3.5)
+    receiver.up()
+    await wait_until(lambda: server.metric("rrr_webhook_dropped_total", {"reason": "expired"}) == 5,
+                     timeout=30, what="5 expired")
+    c = await counted(ws(server), "fresh")  # a new event still goes out, alone
+    clients.append(c)
+    await wait_until(lambda: receiver.of("fresh") == [(OCC, None)], what="a fresh event")
+    assert [e["channel"] for e in receiver.events()] == ["fresh"]
+
+
+async def test_every_url_gets_every_event_with_its_own_queue(
+    server_factory: ServerFactory, receiver: Receiver, clients: list[Client],
+) -> None:
+    other = Receiver()
+    try:
+        server = await server_factory(**hooks(receiver) | {"webhook_url": f"{receiver.url},{other.url}"})
+        other.set_mode("hang")  # one receiver hangs: the other's queue goes on
+        for i in range(3):
+            c = await counted(ws(server), f"both{i}")
+            clients.append(c)
+        await wait_until(lambda: len(receiver.events()) == 3, what="three events at the answering URL")
+        other.set_mode("ok")
+        await wait_until(lambda: len(other.unique_events()) == 3, timeout=30, what="the same three at the other")
+        assert [e["id"] for e in receiver.unique_events()] == [e["id"] for e in other.unique_events()]
+    finally:
+        other.close()
+
+
+# -- processes and Redis restarting -------------------------------------------------------------------
+
+
+async def test_every_process_kill_9d_while_the_receiver_is_down_loses_nothing(
+    app_factory: Callable[..., AppProcess], redis_url: str, receiver: Receiver, clients: list[Client],
+) -> None:
+    options = dict(redis_url=redis_url, presence_ttl=2.0, sweep_interval=0.2, count_interval=0.05, **hooks(receiver))
+    first = [await asyncio.to_thread(app_factory, **options) for _ in range(2)]
+    receiver.down()
+    stays = [await counted(ws(first[0]), "stays"), await member(ws(first[1]), "ada")]
+    clients += stays
+    went = await counted(ws(first[1]), "went")
+    went.close()
+    await asyncio.sleep(VACATE + 1)
+    for proc in first:
+        proc.kill()
+    again = [await asyncio.to_thread(app_factory, **options) for _ in range(2)]
+    assert again
+    receiver.up()
+    await wait_until(lambda: receiver.of("went") == [(OCC, None), (VAC, None)], timeout=30, what="went's events")
+    # What the dead processes held ends too: their sweep by the new ones reports it.
+    await wait_until(lambda: receiver.of("stays") == [(OCC, None), (VAC, None)], timeout=30, what="stays' events")
+    await wait_until(lambda: receiver.of(TEAM) == [(OCC, None), (ADD, "ada"), (REM, "ada"), (VAC, None)],
+                     timeout=30, what="the presence room's events")
+    await quiet_for(receiver, 1.0)
+
+
+async def test_a_room_still_occupied_after_redis_restarted_empty_is_not_reported_again(
+    server_factory: ServerFactory, own_redis: Any, receiver: Receiver, clients: list[Client],
+) -> None:
+    server = await start(server_factory, receiver, redis=own_redis.url, ttl=3.0)
+    c = await counted(ws(server), "kept")
+    ada = await member(ws(server), "ada")
+    clients += [c, ada]
+    await wait_until(lambda: receiver.of("kept") == [(OCC, None)] and len(receiver.of(TEAM)) == 2, what="reported")
+    await asyncio.sleep(1.5)  # the rows have been in Redis a while
+    own_redis.kill()
+    own_redis.start()  # same port, empty: every key is gone
+    await wait_until(lambda: _is(get_json(server.base_url + "/api/rooms/kept"), lambda b: (b or {}).get("connections")
+                                 == 1), timeout=30, what="presence re-registered")
+    await quiet_for(receiver, VACATE + 1.0)
+    assert receiver.of("kept") == [(OCC, None)] and receiver.of(TEAM) == [(OCC, None), (ADD, "ada")]
+    c.close()  # and what happens from now on is reported again
+    await wait_until(lambda: receiver.of("kept") == [(OCC, None), (VAC, None)], timeout=VACATE + 5, what="vacated")
+
+
+# -- options, metrics, /healthz ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--webhook-url=http://127.0.0.1:9/hooks"], "--webhook-secret"),
+    (["--webhook-url=http://127.0.0.1:9/hooks", "--webhook-secret=s", "--webhook-events=channel_occupied,nope"],
+     "--webhook-events"),
+    (["--webhook-url=ftp://127.0.0.1/x", "--webhook-secret=s"], "--webhook-url"),
+    (["--webhook-url=http://127.0.0.1:9/hooks", "--webhook-secret=s", "--webhook-batch=0"], "--webhook-batch"),
+])
+def test_app_exits_at_start_naming_the_option(args: list[str], named: str) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "app.py"), "--port=0", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "RRR_REDIS_URL": "redis://127.0.0.1:9/0"})
+    assert done.returncode != 0
+    assert named in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+async def test_metrics_and_healthz_report_webhooks_as_information(
+    server_factory: ServerFactory, receiver: Receiver, clients: list[Client],
+) -> None:
+    server = await start(server_factory, receiver, webhook_timeout=1.0)
+    body = await get_json(server.base_url + "/healthz")
+    assert body["status"] == "ok" and body["webhooks"] == {"backlog": 0, "last_error": None}
+    text = server.metrics.render().decode()
+    for series in ('rrr_webhook_events_total{name="channel_occupied"}', 'rrr_webhook_requests_total{outcome="ok"}',
+                   'rrr_webhook_requests_total{outcome="timeout"}', "rrr_webhook_backlog",
+                   'rrr_webhook_dropped_total{reason="expired"}', 'rrr_webhook_dropped_total{reason="backlog"}'):
+        assert series in text
+    receiver.set_mode("error")
+    c = await counted(ws(server), "health")
+    clients.append(c)
+    await wait_until(lambda: _is(webhooks_status(server), lambda s: (s["last_error"] or "").endswith("HTTP 500")),
+                     what="the last error shown")
+    body = await get_json(server.base_url + "/healthz")  # a receiver down is not rrr unhealthy: still 200
+    assert body["status"] == "ok" and body["webhooks"]["backlog"] == 1
+    assert "hooks-secret" not in json.dumps(body)
+    receiver.set_mode("ok")
+    await wait_until(lambda: _is(webhooks_status(server), lambda s: s == {"backlog": 0, "last_error": None}),
+                     timeout=10, what="the error cleared")
+    assert server.metric("rrr_webhook_events_total", {"name": OCC}) == 1
+    assert server.metric("rrr_webhook_requests_total", {"outcome": "ok"}) >= 1
+
+
+async def test_with_no_webhook_url_nothing_is_recorded(
+    server_factory: ServerFactory, clients: list[Client], rclient: redis.Redis,
+) -> None:
+    server = await server_factory()
+    c = await counted(ws(server), "silent")
+    c.close()
+    await wait_until(lambda: server.hub.room_count == 0, what="left")
+    await asyncio.sleep(0.3)
+    assert not [k for k in rclient.keys("*") if "events" in k or "reported" in k or "webhooks" in k]
+    assert "webhooks" not in await get_json(server.base_url + "/healthz")
