@@ -183,13 +183,26 @@ class Webhooks:
 
     async def _send(self) -> None:
         """Move and deliver until the lease is lost (or the process closes)."""
-        tasks = [asyncio.ensure_future(self._move())]
-        tasks += [asyncio.ensure_future(self._deliver(url)) for url in self.settings.urls]
+        tasks = [asyncio.ensure_future(self._guarded(self._move))]
+        tasks += [asyncio.ensure_future(self._guarded(self._deliver, url)) for url in self.settings.urls]
         try:
             await self._keep_lease()
         finally:
             for task in tasks:
                 await cancel(task)
+
+    async def _guarded(self, body: Any, *args: Any) -> None:
+        """Run a loop of the sender again whatever it raises (counted, logged once per 30 s): a bug
+        or a reply of the wrong shape must not stop the sending while the lease is held."""
+        while True:
+            try:
+                await body(*args)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the point: nothing may end this loop
+                self.supervisor.report("webhooks", e)
+                await asyncio.sleep(1.0)
 
     async def _keep_lease(self) -> None:
         """Renew every third of the lease; return when it is lost, or may have expired unseen."""

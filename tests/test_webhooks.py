@@ -23,6 +23,7 @@ from tornado.httpclient import AsyncHTTPClient
 from rrr.backplane import keys
 from rrr.webhooks import EVENT_NAMES, retry_delay
 from support.clients import Client, connect, wait_until
+from support.cluster import NODE_TIMEOUT_MS, RedisCluster
 from support.processes import ROOT, AppProcess
 from support.servers import Server, ServerFactory
 from support.webhooks import Receiver, refused
@@ -449,3 +450,101 @@ async def test_with_no_webhook_url_nothing_is_recorded(
     await asyncio.sleep(0.3)
     assert not [k for k in rclient.keys("*") if "events" in k or "reported" in k or "webhooks" in k]
     assert "webhooks" not in await get_json(server.base_url + "/healthz")
+
+
+# -- Redis Cluster -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster(redis_cluster: RedisCluster) -> RedisCluster:
+    """The module's 6-node cluster, whole and empty."""
+    redis_cluster.wait_healthy()
+    redis_cluster.flush()
+    return redis_cluster
+
+
+async def test_on_a_redis_cluster_events_come_from_rooms_on_every_shard_a_kill_9_included(
+    cluster: RedisCluster, server_factory: ServerFactory, app_factory: Callable[..., AppProcess], receiver: Receiver,
+    clients: list[Client],
+) -> None:
+    ttl = 3.0
+    one = await start(server_factory, receiver, redis=cluster.url, ttl=ttl)
+    two = await start(server_factory, receiver, redis=cluster.url, ttl=ttl)
+    rooms = cluster.rooms_on_every_master("shard", keys.presence)
+    teams = cluster.rooms_on_every_master("presence-shard", keys.presence)
+    socks = [await counted(ws(one), room) for room in rooms]
+    members = [await member(ws(one), "ada", room=team) for team in teams]
+    members += [await member(ws(two), "bob", ("a", "b"), room=team) for team in teams]
+    clients += socks + members
+    for room in rooms:
+        await wait_until(lambda: receiver.of(room) == [(OCC, None)], what=f"{room} occupied")
+    for team in teams:
+        await wait_until(lambda: len(receiver.of(team)) == 3, what=f"{team}'s events")
+        assert receiver.of(team)[0] == (OCC, None) and sorted(receiver.of(team)[1:]) == [(ADD, "ada"), (ADD, "bob")]
+    for c in socks + members:
+        c.close()
+    for room in rooms:
+        await wait_until(lambda: receiver.of(room) == [(OCC, None), (VAC, None)], timeout=VACATE + 10,
+                         what=f"{room} vacated")
+    for team in teams:
+        await wait_until(lambda: receiver.of(team)[-1:] == [(VAC, None)], timeout=VACATE + 10, what=f"{team} vacated")
+        assert sorted(receiver.of(team)[3:5]) == [(REM, "ada"), (REM, "bob")]
+
+    # A process alone in a room on each shard dies: nobody else renews those rooms, and still their
+    # vacated and member_removed come (its registry is swept), within the cluster's kill -9 bound.
+    victim = await asyncio.to_thread(app_factory, redis_url=cluster.url, presence_ttl=ttl, count_interval=0.05,
+                                     sweep_interval=0.2, **hooks(receiver))
+    lonely = cluster.rooms_on_every_master("lonely", keys.presence)
+    held = [await counted(ws(victim), room) for room in lonely] + [await member(ws(victim), "cy", room=teams[0])]
+    clients += held
+    for room in lonely:
+        await wait_until(lambda: receiver.of(room) == [(OCC, None)], what=f"{room} occupied")
+    await wait_until(lambda: receiver.of(teams[0])[-2:] == [(OCC, None), (ADD, "cy")], what="cy added")
+    killed = time.time()
+    victim.kill()
+    bound = ttl + ttl / 3 + 0.2 + VACATE
+    for room in [*lonely, teams[0]]:
+        await wait_until(lambda: receiver.of(room)[-1:] == [(VAC, None)], timeout=bound + 10, what=f"{room} vacated")
+    assert receiver.of(teams[0])[-3:] == [(ADD, "cy"), (REM, "cy"), (VAC, None)]
+    took = max(r.at for r in receiver.answered()) - killed
+    print(f"cluster kill -9 to the last vacated: {took:.2f} s (bound {bound:.2f} s)")
+    assert took <= bound + 1.5, took
+    validated(receiver)
+
+
+async def test_a_cluster_masters_failover_loses_no_event_redis_acknowledged(
+    cluster: RedisCluster, server_factory: ServerFactory, receiver: Receiver, clients: list[Client],
+) -> None:
+    server = await start(server_factory, receiver, redis=cluster.url, ttl=3.0)
+    receiver.down()
+    rooms = cluster.rooms_on_every_master("fail", keys.presence)
+    expected: dict[str, list[tuple[str, str | None]]] = {room: [] for room in rooms}
+    for _ in range(2):
+        socks = [await counted(ws(server), room) for room in rooms]
+        for c in socks:
+            c.close()
+        await asyncio.sleep(VACATE + 0.5)
+        for room in rooms:
+            expected[room] += [(OCC, None), (VAC, None)]
+    stored = sum(map(len, expected.values()))
+    outbox = cluster.node(cluster.master_of(keys.OUTBOX))
+    await wait_until(lambda: outbox.xlen(keys.OUTBOX) == stored, timeout=15, what="every event in the outbox")
+    outbox.close()
+    # Acknowledged by Redis: a replica of the outbox's master has them all. Then that master dies.
+    assert cluster.replicated(keys.OUTBOX)
+    victim = cluster.master_of(keys.OUTBOX)
+    cluster.kill(victim)
+    try:
+        # Rooms fill meanwhile: what happens during the failover is recorded once it is over.
+        late = [await counted(ws(server), room) for room in rooms]
+        clients += late
+        for room in rooms:
+            expected[room].append((OCC, None))
+        await wait_until(lambda: cluster.master_of(keys.OUTBOX) != victim, timeout=NODE_TIMEOUT_MS / 1000 + 15,
+                         what="the replica took over")
+        receiver.up()
+        await wait_until(lambda: all(receiver.of(room) == expected[room] for room in rooms), timeout=60,
+                         what="every event, in order per room")
+    finally:
+        cluster.restart(victim)
+    assert len({e["id"] for e in receiver.events()}) == sum(map(len, expected.values()))

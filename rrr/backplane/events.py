@@ -173,11 +173,12 @@ class RedisEventStore:
                 reply = await self._calls.run("scan", self._redis.scan(
                     cursor, match=prefix + "*}", count=1000, target_nodes=node,
                 ))
-                if isinstance(reply, dict):  # the cluster client answers per node
-                    reply = next(iter(reply.values()))
                 if not (isinstance(reply, (list, tuple)) and len(reply) == 2):
                     raise BadReply(f"expected a cursor and keys from SCAN, got {show(reply)}")
-                cursor = int(reply[0])
+                position = reply[0]
+                if isinstance(position, dict):  # the cluster client gives each node's cursor
+                    position = next(iter(position.values()), 0)
+                cursor = int(position)
                 for key in reply[1]:
                     room = keys.room_of(keys.EVENTS_STREAM, _text(key))
                     if room is not None:
