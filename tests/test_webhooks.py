@@ -236,8 +236,9 @@ async def test_kill_9_of_the_only_process_in_a_room_reports_vacated_and_member_r
         **hooks(receiver),
     )
     assert victim.proc is not None
+    pid = victim.proc.pid
     # The victim sends the webhooks too: its death must also hand the sending over in time.
-    await wait_until(lambda: f":{victim.proc.pid}:" in (rclient.get(keys.SENDER) or ""), what="the victim sends")
+    await wait_until(lambda: f":{pid}:" in (rclient.get(keys.SENDER) or ""), what="the victim sends")
     survivor = await start(server_factory, receiver, ttl=ttl)
     alone = await counted(ws(victim), "alone")
     cy = await member(ws(victim), "cy")

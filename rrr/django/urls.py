@@ -1,4 +1,5 @@
-"""``path("rrr/", include("rrr.django.urls"))``: ``rrr:token`` is the token view."""
+"""``path("rrr/", include("rrr.django.urls"))``: ``rrr:token`` is the token view, ``rrr:webhook``
+(``/rrr/webhook/``) the view rrr's ``--webhook-url`` points at."""
 
 from __future__ import annotations
 
@@ -7,4 +8,7 @@ from django.urls import path
 from . import views
 
 app_name = "rrr"
-urlpatterns = [path("token/", views.token, name="token")]
+urlpatterns = [
+    path("token/", views.token, name="token"),
+    path("webhook/", views.webhook, name="webhook"),
+]

@@ -80,5 +80,8 @@ RRR_REDIS_URL = os.environ.get("RRR_REDIS_URL", "redis://127.0.0.1:6379/0")
 RRR_TOKEN_SECRET = os.environ.get("RRR_TOKEN_SECRET", "")
 RRR_SOCKET_URL = os.environ.get("RRR_SOCKET_URL", "ws://127.0.0.1:8888/ws/")
 RRR_API_TOKEN = os.environ.get("RRR_API_TOKEN", "")
+# rrr's webhooks come to /rrr/webhook/ (run.py gives rrr --webhook-url and this --webhook-secret):
+# items/receivers.py keeps each user's last seen and each page's "open since" from them.
+RRR_WEBHOOK_SECRET = os.environ.get("RRR_WEBHOOK_SECRET", "")
 # Every signed-in user may join this presence room ("Online now"); each also gets private-user-<pk>.
 RRR_PRESENCE_ROOMS = ["presence-site"]
