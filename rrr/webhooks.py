@@ -48,14 +48,14 @@ EVENT_NAMES = ("channel_occupied", "channel_vacated", "member_added", "member_re
 #: shortens it (to a third of the TTL, at least 1 s), so a dead sender is replaced before its
 #: sweep's events are due.
 LEASE_TTL = 5.0
-
-
-def lease_ttl(presence_ttl: float) -> float:
-    return max(1.0, min(LEASE_TTL, presence_ttl / 3))
 #: Rooms whose events are moved per round.
 ROOMS_PER_ROUND = 256
 #: How often a cluster's sender looks for room streams the due set lost (see `EventStore.repair`).
 REPAIR_EVERY = 60.0
+
+
+def lease_ttl(presence_ttl: float) -> float:
+    return max(1.0, min(LEASE_TTL, presence_ttl / 3))
 
 
 @dataclass(frozen=True)

@@ -323,7 +323,8 @@ async def test_events_past_retry_for_are_dropped_and_counted_and_the_backlog_is_
     await wait_until(lambda: server.metric("rrr_webhook_dropped_total", {"reason": "backlog"}) == 3,
                      timeout=VACATE + 5, what="3 dropped over the backlog")
     assert rclient.xlen(keys.OUTBOX) == 5
-    await wait_until(lambda: _is(webhooks_status(server), lambda s: s["backlog"] == 5), what="/healthz shows the backlog")
+    await wait_until(lambda: _is(webhooks_status(server), lambda s: s["backlog"] == 5),
+                     what="/healthz shows the backlog")
     await asyncio.sleep(3.5)
     receiver.up()
     await wait_until(lambda: server.metric("rrr_webhook_dropped_total", {"reason": "expired"}) == 5,
