@@ -73,7 +73,9 @@ class Service:
     ) -> None:
         self.settings = s = settings
         self.metrics = metrics = metrics or Metrics()
-        events = EventSettings(s.vacate_delay, s.webhooks.backlog) if s.webhooks is not None else None
+        events = (
+            EventSettings(s.vacate_delay, s.webhooks.backlog, s.webhooks.retry_for) if s.webhooks is not None else None
+        )
         bp = backplane or connect(
             s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
             keepalive=s.pubsub_keepalive, history_size=s.history_size, history_ttl=s.history_ttl,

@@ -17,9 +17,7 @@ presence room, the whole member list (`rrr.members`). A failed batch keeps it ow
 
 With events on, each row write tells its room's events what only this process knows
 (`rrr.backplane.RoomReport`): when its last local subscription and each removed member left (the
-vacated and member_removed happened then, not when the write landed), and whether the row has
-been in Redis for a while (``quiet``: if Redis then has no reported state for the room, it lost
-it, and the room is not reported occupied again).
+vacated and member_removed happened then, not when the write landed).
 """
 
 from __future__ import annotations
@@ -108,11 +106,6 @@ class Coalescer:
         self._failures = 0
 
 
-#: Seconds a row must have been in Redis before its rewrite is quiet (see `RoomReport.quiet`): far
-#: longer than a replica lags, so a failover that lost a room's first write reports it again.
-QUIET_AFTER = 1.0
-
-
 class Writer:
     """The batches: which rooms may be written now (the gate), the sockets each write counts for
     the first time, and what the results mean for the rooms' sockets."""
@@ -132,10 +125,8 @@ class Writer:
         # Sockets whose subscription is marked, not yet written: each is owed the count once it is.
         self._owed: dict[str, set[Connection]] = {}
         self._closing = False
-        # Events on: when each room's row first landed here (loop time), and when its last local
-        # subscription left (until its row's removal lands).
+        # Events on: when each room's last local subscription left (until its row's removal lands).
         self._events = events
-        self._since: dict[str, float] = {}
         self._left_at: dict[str, float] = {}
         self._write_ok = True
         self._writing = False
@@ -241,24 +232,18 @@ class Writer:
         now = asyncio.get_running_loop().time()
         out: dict[str, RoomReport] = {}
         for room, row in rows.items():
-            since = self._since.get(room)
             left = self._left_at.get(room) if row == (0, 0) else None
             removes = members[room][1] if room in members else ()
             out[room] = RoomReport(
-                quiet=since is not None and now - since > QUIET_AFTER,
                 left_ago=now - left if left is not None else 0.0,
                 users_left_ago=self._members.left_ago(room, removes) if removes else {},
             )
         return out
 
     def _landed(self, rows: Mapping[str, tuple[int, int]]) -> None:
-        now = asyncio.get_running_loop().time()
         for room, row in rows.items():
             if row == (0, 0):
-                self._since.pop(room, None)
                 self._left_at.pop(room, None)
-            else:
-                self._since.setdefault(room, now)
 
     def _restore(self, rows: Mapping[str, tuple[int, int]], owed: dict[str, set[Connection]]) -> None:
         """A batch failed: its rooms are marked again, and still owe their new sockets a count."""

@@ -388,7 +388,7 @@ async def test_a_room_still_occupied_after_redis_restarted_empty_is_not_reported
     ada = await member(ws(server), "ada")
     clients += [c, ada]
     await wait_until(lambda: receiver.of("kept") == [(OCC, None)] and len(receiver.of(TEAM)) == 2, what="reported")
-    await asyncio.sleep(1.5)  # the rows have been in Redis a while
+    await asyncio.sleep(3.0)  # a renewal (every TTL/3) found the rows settled: in Redis for over a second
     own_redis.kill()
     own_redis.start()  # same port, empty: every key is gone
     await wait_until(lambda: _is(get_json(server.base_url + "/api/rooms/kept"), lambda b: (b or {}).get("connections")
@@ -550,3 +550,71 @@ async def test_a_cluster_masters_failover_loses_no_event_redis_acknowledged(
     finally:
         cluster.restart(victim)
     assert len({e["id"] for e in receiver.events()}) == sum(map(len, expected.values()))
+
+
+async def test_a_failover_that_loses_a_rooms_last_writes_reports_them_again_and_never_twice(
+    cluster: RedisCluster, server_factory: ServerFactory, receiver: Receiver, clients: list[Client],
+) -> None:
+    """A room's first join lands on its master while the replica lags far behind (stopped, with 32 MB
+    of replication stream ahead of the join), then the master dies: the occupied it recorded is lost
+    with the row. It was not sent meanwhile (an event leaves its shard once a replica has it), and it
+    comes once the process, finding its row gone, writes it again (a row no renewal had seen settled
+    is written loudly)."""
+    server = await start(server_factory, receiver, redis=cluster.url, ttl=3.0)
+    outbox = cluster.master_of(keys.OUTBOX)
+    room = next(r for r in (f"lossy{i}" for i in range(1000)) if cluster.master_of(keys.presence(r)) != outbox)
+    victim = cluster.master_of(keys.presence(room))
+    replica = cluster.replica_of(victim)
+    cluster.pause(replica)
+    try:
+        master = cluster.node(victim)
+        master.set(f"lag:{{{room}}}", b"x" * (32 << 20))  # more than the kernel buffers between them
+        master.close()
+        c = await counted(ws(server), room)
+        clients.append(c)
+        await asyncio.sleep(1.0)
+        assert receiver.of(room) == []  # recorded on the master, but its replica lacks it: not sent
+        cluster.kill(victim)
+    finally:
+        cluster.pause(replica, False)
+    try:
+        await wait_until(lambda: cluster.master_of(keys.presence(room)) == replica, timeout=NODE_TIMEOUT_MS / 1000 + 20,
+                         what="the replica took over")
+        await wait_until(lambda: receiver.of(room) == [(OCC, None)], timeout=20, what="the occupied, recorded again")
+        c.close()
+        await wait_until(lambda: receiver.of(room) == [(OCC, None), (VAC, None)], timeout=VACATE + 10,
+                         what="then its vacated")
+        await quiet_for(receiver, 1.0)
+    finally:
+        cluster.restart(victim)
+
+
+async def test_on_a_cluster_rooms_still_occupied_after_redis_lost_everything_are_not_reported_again(
+    cluster: RedisCluster, server_factory: ServerFactory, receiver: Receiver, clients: list[Client],
+) -> None:
+    server = await start(server_factory, receiver, redis=cluster.url, ttl=3.0)
+    rooms = cluster.rooms_on_every_master("kept", keys.presence)
+    socks = [await counted(ws(server), room) for room in rooms]
+    ada = await member(ws(server), "ada")
+    clients += [*socks, ada]
+    for room in rooms:
+        await wait_until(lambda: receiver.of(room) == [(OCC, None)], what=f"{room} occupied")
+    await wait_until(lambda: receiver.of(TEAM) == [(OCC, None), (ADD, "ada")], what="ada added")
+    await asyncio.sleep(1.5)  # a renewal (every TTL/3) saw each room's state on a replica
+    cluster.flush()  # every master loses everything, as if restarted empty
+    await wait_until(lambda: all(_has_row(cluster, room) for room in [*rooms, TEAM]), timeout=20,
+                     what="presence re-registered")
+    await quiet_for(receiver, VACATE + 1.0)
+    assert all(receiver.of(room) == [(OCC, None)] for room in rooms)
+    assert receiver.of(TEAM) == [(OCC, None), (ADD, "ada")]
+    socks[0].close()
+    await wait_until(lambda: receiver.of(rooms[0]) == [(OCC, None), (VAC, None)], timeout=VACATE + 5,
+                     what="what happens from now on is reported")
+
+
+def _has_row(cluster: RedisCluster, room: str) -> bool:
+    node = cluster.node(cluster.master_of(keys.presence(room)))
+    try:
+        return any(not f.startswith(b"@") for f in node.hkeys(keys.presence(room)))
+    finally:
+        node.close()

@@ -45,13 +45,10 @@ MemberDelta = tuple[dict[str, str], list[str]]
 
 @dataclass(frozen=True)
 class RoomReport:
-    """What a row write tells its room's events (`Presence.write`'s ``reports``): ``quiet`` when the
-    row has been in Redis for a while (if Redis has no reported state for the room any more, it lost
-    it: the state is set as the room stands, and nothing is reported again); seconds since the
-    room's last local subscription left (its vacated happened then) and since each removed member's
-    last tab here left (their member_removed did)."""
+    """What a row write tells its room's events (`Presence.write`'s ``reports``), that only the
+    process knows: seconds since the room's last local subscription left (its vacated happened
+    then) and since each removed member's last tab here left (their member_removed did)."""
 
-    quiet: bool = False
     left_ago: float = 0.0
     users_left_ago: Mapping[str, float] = field(default_factory=dict)
 
@@ -63,6 +60,7 @@ class EventSettings:
 
     vacate_delay: float = 2.0
     backlog: int = 100_000
+    retry_for: float = 3600.0
 
 
 @dataclass

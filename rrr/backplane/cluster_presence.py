@@ -33,7 +33,7 @@ from ..protocol import CountState
 from ..supervise import RateLimitedLog
 from . import EventSettings, MemberDelta, RoomReport, WriteResult, keys, scripts
 from .calls import (
-    BadReply, Calls, Revocations, count, event_args, lease_fresh, member_args, parse_members, parse_state,
+    BadReply, Calls, Revocations, Settled, count, event_args, lease_fresh, member_args, parse_members, parse_state,
     report_args, show,
 )
 from .connect import make_redis
@@ -55,6 +55,7 @@ class ClusterPresence:
         self.metrics = metrics
         self.ttl = ttl
         self.events = events  # the scripts record events (webhooks on)
+        self._settled = Settled()
         # What the sender's slot has yet to learn (a failed note is retried with the next one).
         self._note_add: set[str] = set()
         self._note_remove: set[str] = set()
@@ -105,10 +106,11 @@ class ClusterPresence:
         lost = False
         dropped = 0
         for room, reply in replies.items():
-            if not (isinstance(reply, list) and len(reply) == 3):
-                raise BadReply(f"expected {{lost, dropped, due}} from RENEW, got {show(reply)}")
+            if not (isinstance(reply, list) and len(reply) == 4):
+                raise BadReply(f"expected {{lost, dropped, due, replicated}} from RENEW, got {show(reply)}")
             dropped += count(reply[1], "RENEW")
             self._due(room, reply[2])
+            self._settled.seen(room, reply[3] == 1)
             if reply[0] == 1 and room not in self._writing and self._rows.get(room) == rooms[room]:
                 self._rows.pop(room, None)
                 lost = True
@@ -217,7 +219,7 @@ class ClusterPresence:
             report = reports.get(room)
             args: list[Any] = [
                 self.process_id, self.ttl, keys.count_channel(room), int(room in self._rows), c, t,
-                *event_args(self.events), *report_args(report),
+                *event_args(self.events), *report_args(room in self._settled, report),
                 *member_args(adds, removes, report.users_left_ago if report else None),
             ]
             return self._script("cluster_write", args, keys=keys.presence_write_keys(room))
@@ -229,12 +231,13 @@ class ClusterPresence:
         finally:
             self._writing.difference_update(rooms)
         for room, reply in replies.items():
-            if not (isinstance(reply, list) and len(reply) == 3 and reply[0] in (0, 1)):
-                raise BadReply(f"expected {{lost, row, due}} from WRITE, got {show(reply)}")
+            if not (isinstance(reply, list) and len(reply) == 4 and reply[0] in (0, 1)):
+                raise BadReply(f"expected {{lost, row, due, replicated}} from WRITE, got {show(reply)}")
             if reply[0] == 1:
                 result.lease_lost = True
             result.states[room] = parse_state(reply[1])
             self._due(room, reply[2])
+            self._settled.written(room, updates[room], reply[3] == 1)
             if updates[room] == (0, 0):
                 self._rows.pop(room, None)
                 if self.events is not None:

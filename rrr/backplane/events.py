@@ -15,6 +15,14 @@ nothing twice) and acknowledged (the room's slot), then the room's mark is tidie
 recorded by a process that died before it could mark it due is found again by `repair` (a SCAN of
 each master for room streams, now and then).
 
+On a cluster an event leaves its room's shard only once a replica has it: the take runs on a
+connection of its own to the room's master, followed there by ``WAIT 1`` (which waits for that
+connection's writes, and the take writes). So a master that dies can never have sent an event its
+replica lacks: a failover that loses the last writes loses the change and its events together,
+and the process that made the change writes its row again (its renewal finds it missing), which
+records them again. A master without a connected replica has nothing to fail over to: its events
+move at once.
+
 Its own Redis clients: a slow sender never takes a connection the core needs, and the doorbell
 (``XREAD BLOCK``) holds one of its own.
 """
@@ -41,6 +49,11 @@ ROOMS_PER_MOVE = 64
 EVENTS_PER_ROOM = 200
 #: Rooms moved at once on a cluster (each is three round trips).
 CONCURRENCY = 16
+#: Milliseconds a take waits for a replica (``WAIT``); a room whose events no replica has yet is
+#: looked at again after `UNREPLICATED_RETRY` s. Seconds the replica count of a master is trusted.
+WAIT_MS = 100
+UNREPLICATED_RETRY = 0.1
+REPLICAS_FOR = 5.0
 
 
 class RedisEventStore:
@@ -60,9 +73,14 @@ class RedisEventStore:
         self._bell_id = b"0-0"
         self._calls = Calls(metrics, self._reset)
         self._scripts: dict[str, Any] = {}
+        # A cluster's takes: a client per master (``WAIT`` must follow the take on its connection),
+        # and how many replicas each master has connected (as of when).
+        self._url = url
+        self._nodes: dict[str, Any] = {}
+        self._replicas: dict[str, tuple[float, int]] = {}
 
     async def close(self) -> None:
-        for client in (self._redis, self._bell_redis):
+        for client in (self._redis, self._bell_redis, *self._nodes.values()):
             await client.aclose()
 
     # -- the lease and the status every process reads ---------------------------------------
@@ -123,9 +141,10 @@ class RedisEventStore:
 
     async def _move_cluster(self, room: str, wanted: str, moved: Moved) -> None:
         delay = ms(self.settings.vacate_delay)
-        taken = await self._script(
-            "ev_take", [keys.events(room), keys.reported(room)], [EVENTS_PER_ROOM, delay],
-        )
+        taken = await self._take(room, delay)
+        if taken is None:  # no replica has them yet: not now
+            await self._note_due(room, UNREPLICATED_RETRY)
+            return
         if not (isinstance(taken, list) and len(taken) >= 2 and isinstance(taken[0], int)):
             raise BadReply(f"expected {{dropped, rest, entries...}} from TAKE, got {show(taken)}")
         moved.dropped += taken[0]
@@ -138,7 +157,7 @@ class RedisEventStore:
                 ids.append(sid)
             pushed = await self._script("ev_push", [keys.OUTBOX, keys.EVENTS_DUE, keys.MOVED], args)
             self._moved(pushed, moved, counts=1)
-        rest = await self._script("ev_ack", [keys.events(room)], [delay, *ids])
+        rest = await self._script("ev_ack", [keys.events(room), keys.reported(room)], [delay, *ids])
         if not isinstance(rest, int):
             raise BadReply(f"expected a time from ACK, got {show(rest)}")
         note: list[Any] = [self.process_id, 0, 0, 0, int(rest >= 0), int(bool(ids))]
@@ -150,6 +169,57 @@ class RedisEventStore:
             await self._script("ev_note", [
                 keys.EVENTS_DUE, keys.EVENTS_BELL, keys.MOVED, keys.EVENT_PROCS, keys.event_proc_rooms(self.process_id),
             ], note)
+
+    async def _take(self, room: str, delay: int) -> Any:
+        """``ev_take`` on the room's master, then ``WAIT 1`` on the same connection: the reply, or
+        None while that master has a replica connected that does not have the events yet."""
+        from .connect import make_node_redis, parse_cluster_url
+
+        await self._load()
+        events_key = keys.events(room)
+        node = self._redis.get_node_from_key(events_key)
+        client = self._nodes.get(node.name)
+        if client is None:
+            client = self._nodes[node.name] = make_node_redis(parse_cluster_url(self._url), node.host, node.port,
+                                                              self.timeout)
+        keep = ms(self.settings.retry_for + 3600)
+
+        async def run() -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                await self._scripts["ev_take"](
+                    keys=[events_key, keys.reported(room)], args=[EVENTS_PER_ROOM, delay, keep], client=pipe,
+                )
+                pipe.execute_command("WAIT", 1, WAIT_MS)
+                return list(await pipe.execute())
+
+        try:
+            taken, acked = await self._calls.run("ev_take", run())
+        except BackplaneError:
+            # The master died, or the slot moved (a failover): the cluster client's own call to the
+            # slot makes it learn the topology again, so the next take goes where the slot is now.
+            try:
+                await self._calls.run("exists", self._redis.exists(events_key))
+            except BackplaneError:
+                pass
+            raise
+        if isinstance(acked, int) and acked >= 1:
+            return taken
+        return taken if await self._replica_count(node.name, client) == 0 else None
+
+    async def _replica_count(self, name: str, client: Any) -> int:
+        now = asyncio.get_running_loop().time()
+        known = self._replicas.get(name)
+        if known is not None and now - known[0] < REPLICAS_FOR:
+            return known[1]
+        role = await self._calls.run("role", client.execute_command("ROLE"))
+        count = len(role[2]) if isinstance(role, (list, tuple)) and len(role) == 3 and isinstance(role[2], list) else 0
+        self._replicas[name] = (now, count)
+        return count
+
+    async def _note_due(self, room: str, after: float) -> None:
+        """Mark ``room`` due again in ``after`` seconds (the sender's clock is Redis's: the due set's
+        own TIME, in the script)."""
+        await self._script("ev_later", [keys.EVENTS_DUE], [room, ms(after)])
 
     @staticmethod
     def _moved(reply: Any, moved: Moved, counts: int = 2) -> None:
@@ -234,10 +304,13 @@ class RedisEventStore:
     # -- plumbing --------------------------------------------------------------------------------
 
     async def _script(self, name: str, script_keys: list[str], args: Sequence[Any]) -> Any:
+        await self._load()
+        return await self._calls.run(name, self._scripts[name](keys=script_keys, args=list(args), client=self._redis))
+
+    async def _load(self) -> None:
         if not self._scripts:
             flags = True if self.cluster else await self._flags_supported()
             self._scripts = {n: self._redis.register_script(text) for n, text in scripts.sender(flags).items()}
-        return await self._calls.run(name, self._scripts[name](keys=script_keys, args=list(args), client=self._redis))
 
     async def _flags_supported(self) -> bool:
         try:

@@ -26,8 +26,8 @@ from ..metrics import Metrics
 from ..protocol import CountState
 from . import CHUNK, EventSettings, MemberDelta, RoomReport, WriteResult, keys, scripts
 from .calls import (
-    BadReply, Calls, Revocations, count, event_args, flag, lease_fresh, member_args, parse_members, parse_state,
-    report_args, show,
+    BadReply, Calls, Revocations, Settled, count, event_args, flag, lease_fresh, member_args, parse_members,
+    parse_state, report_args, show,
 )
 from .connect import make_redis
 
@@ -49,6 +49,7 @@ class ClassicPresence:
         self.metrics = metrics
         self.ttl = ttl
         self.events = events  # the scripts record events (webhooks on)
+        self._settled = Settled()
         self.process_id = new_process_id()
         self._redis = make_redis(url, timeout, pool_size)
         # Renewal and sweep: never behind request traffic in the pool.
@@ -82,6 +83,8 @@ class ClassicPresence:
             await self._script("renew", [self.process_id, self.ttl, *event_args(self.events)], lease=True), "RENEW",
         )
         self._renewed_at = started
+        if not lost:
+            self._settled.renewed(started)
         return lost
 
     async def sweep(self, limit: int = 16) -> int:
@@ -111,7 +114,7 @@ class ClassicPresence:
                 report = reports.get(room)
                 adds, removes = members.get(room, ({}, []))
                 args += [
-                    room, c, t, *report_args(report),
+                    room, c, t, *report_args(room in self._settled, report),
                     *member_args(adds, removes, report.users_left_ago if report else None),
                 ]
             reply = await self._script("set_presence", args)
@@ -120,6 +123,8 @@ class ClassicPresence:
             if not flag(reply[0], "SET_PRESENCE"):
                 result.lease_lost = True
             result.states.update(zip(chunk, map(parse_state, reply[1:])))
+            for room in chunk:
+                self._settled.written(room, updates[room])
         return result
 
     async def leave(self) -> None:

@@ -175,6 +175,16 @@ class RedisCluster:
         finally:
             node.close()
 
+    def replica_of(self, master: int) -> int:
+        """The port of ``master``'s replica."""
+        replica = self.info(master, "replication").get("slave0")
+        assert isinstance(replica, dict), f"{master} has no replica"
+        return int(replica["port"])
+
+    def pause(self, port: int, paused: bool = True) -> None:
+        """SIGSTOP one node (it takes nothing, answers nothing, replicates nothing), or SIGCONT it."""
+        os.kill(self.procs[port].pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
     def flush(self) -> None:
         for port in self.masters():
             self.node(port).flushall()

@@ -92,6 +92,13 @@ local function ev_due()
   return (EV and EV.due[ROOM]) or -1
 end
 
+-- 1 if the room's reported state shows ``r``: a replica has it (see ev_ack), so a failover cannot
+-- have lost it, and a quiet write may trust that its absence means Redis lost everything.
+local function ev_replicated()
+  if EV and S and redis.call('HGET', S, 'r') == '1' then return 1 end
+  return 0
+end
+
 local function keep(ttl)
   local ms = math.floor(2 * ttl * 1000)
   redis.call('PEXPIRE', P, ms)

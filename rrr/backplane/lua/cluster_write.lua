@@ -2,9 +2,10 @@
 -- our row is there), connections, tabs, events (4: see events.lua), quiet (1/0), ms since the room's
 -- last local subscription left, number of member adds A, number of member removes R, A pairs (user,
 -- info JSON), R pairs (user, ms since it left).
--- Connections and tabs 0: our row and members go. Returns {lost, {c, t, u, v, users}, due}; lost is
--- 1 when we expected our row and it was missing or expired (a failover lost it, or we stalled past
--- the TTL): the caller must write every room again, members included. due: see ev_due.
+-- Connections and tabs 0: our row and members go. Returns {lost, {c, t, u, v, users}, due,
+-- replicated}; lost is 1 when we expected our row and it was missing or expired (a failover lost
+-- it, or we stalled past the TTL): the caller must write every room again, members included. due,
+-- replicated: see ev_due, ev_replicated.
 
 local pid, ttl, chan = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 ev_setup(7)
@@ -24,4 +25,4 @@ else
   row = {rc, rn, u, v, users}
 end
 keep(ttl)
-return {lost, row, ev_due()}
+return {lost, row, ev_due(), ev_replicated()}

@@ -6,17 +6,19 @@
 -- cluster renewal that drops a dead process's expired rows. A room's reported state
 -- (keys.reported) holds what was last recorded for it: ``o`` 1 while occupied (0: a tombstone,
 -- kept REPORTED_KEEP s), ``u:<user>`` per member recorded present, and its event ids' epoch ``e``
--- and counter ``n``, the last event's ``a`` (at ms: a room's events never go back in time) and
--- ``d`` (events dropped over the cap, counted by whoever moves them out). A change compares the
+-- and counter ``n``, the last event's ``a`` (at ms: a room's events never go back in time), ``d``
+-- (events dropped over the cap, counted by whoever moves them out) and, on a cluster, ``r`` once a
+-- replica is known to have the state (ev_ack.lua). A change compares the
 -- room as it now stands (occupied: any live subscription; users: live members, only while
 -- occupied) with it and appends each difference to the room's stream (keys.events): occupied
 -- first, then removed, added, and vacated last. Entry fields: ``n`` name, ``c`` room, ``u`` user
 -- (empty for a room's events), ``a`` at ms, ``i`` id (``<epoch>-<n>``: unique across rooms and
 -- Redis restarts, the epoch being new with each reported state), ``s`` stored at ms.
 --
--- A quiet write (a re-registration of rows the process had in Redis for a while) that finds no
--- reported state at all (Redis lost it: restarted empty) sets the state as the room stands and
--- records nothing: a room still occupied after such a restart is not reported again.
+-- A quiet write (of a row whose room's state the process knew settled, where a failover cannot
+-- lose it: rrr.backplane.calls.Settled) that finds no reported state at all (Redis lost it:
+-- restarted empty) sets the state as the room stands and records nothing: a room still occupied
+-- after such a restart is not reported again.
 --
 -- Each script that may record calls ev_setup with the ARGV index of four values: '1' when events
 -- are on (else '0', and nothing here runs), a nonce (random per script call, from which new epochs
