@@ -616,6 +616,7 @@ async def test_on_a_cluster_rooms_still_occupied_after_redis_lost_everything_are
 def _has_row(cluster: RedisCluster, room: str) -> bool:
     node = cluster.node(cluster.master_of(keys.presence(room)))
     try:
-        return any(not f.startswith(b"@") for f in node.hkeys(keys.presence(room)))
+        fields: list[Any] = list(node.hkeys(keys.presence(room)))
+        return any(not (f.decode() if isinstance(f, bytes) else str(f)).startswith("@") for f in fields)
     finally:
         node.close()
