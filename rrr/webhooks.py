@@ -50,7 +50,8 @@ EVENT_NAMES = ("channel_occupied", "channel_vacated", "member_added", "member_re
 LEASE_TTL = 5.0
 #: Rooms whose events are moved per round.
 ROOMS_PER_ROUND = 256
-#: How often a cluster's sender looks for room streams the due set lost (see `EventStore.repair`).
+#: How often a cluster's sender looks for what a process that died between a room's script and its
+#: note left behind (see `EventStore.repair`); also when it starts sending.
 REPAIR_EVERY = 60.0
 
 
@@ -254,9 +255,7 @@ class Webhooks:
                     continue
                 if loop.time() >= next_repair:
                     next_repair = loop.time() + REPAIR_EVERY
-                    found = await self.store.repair()
-                    if found:
-                        log.info("found %d room(s) with events the due set had lost", found)
+                    await self.store.repair()
                 failures = 0
                 self.supervisor.recovered("webhooks")
                 await self.store.ring(1.0 if wait is None else min(wait, 1.0))

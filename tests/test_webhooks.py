@@ -640,3 +640,30 @@ def _has_row(cluster: RedisCluster, room: str) -> bool:
         return any(not (f.decode() if isinstance(f, bytes) else str(f)).startswith("@") for f in fields)
     finally:
         node.close()
+
+
+async def test_on_a_cluster_what_a_process_dying_before_its_note_left_behind_is_found_again(
+    cluster: RedisCluster, server_factory: ServerFactory, app_factory: Callable[..., AppProcess], receiver: Receiver,
+    clients: list[Client], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A room's script records its occupied in the room's slot; the process then tells the sender's
+    slot (another shard) that the room has events and is one of its rooms. It dies in between: the
+    periodic repair finds the room's events, and once its row expired, that it emptied."""
+    ttl = 3.0
+    victim = await asyncio.to_thread(app_factory, redis_url=cluster.url, presence_ttl=ttl, count_interval=0.05,
+                                     sweep_interval=0.2, **hooks(receiver))
+    outbox = cluster.master_of(keys.OUTBOX)
+    room = next(r for r in (f"orphan{i}" for i in range(1000)) if cluster.master_of(keys.presence(r)) != outbox)
+    cluster.pause(outbox)  # the sender's slot answers nothing (for less than the cluster's node timeout)
+    try:
+        c = await counted(ws(victim), room)  # its count comes at once: the note waits apart
+        clients.append(c)
+        await asyncio.sleep(0.3)
+        victim.kill()
+    finally:
+        cluster.pause(outbox, False)
+    monkeypatch.setattr("rrr.webhooks.REPAIR_EVERY", 1.0)
+    await start(server_factory, receiver, redis=cluster.url, ttl=ttl)
+    await wait_until(lambda: receiver.of(room) == [(OCC, None)], timeout=15, what="the orphaned occupied")
+    await wait_until(lambda: receiver.of(room) == [(OCC, None), (VAC, None)], timeout=ttl + VACATE + 10,
+                     what="and, its row expired, its vacated")

@@ -271,8 +271,8 @@ class EventStore(Protocol):
         it, the backlog and the last error ('' for none)."""
 
     async def repair(self) -> int:
-        """Find rooms with recorded events that the due set lost (a cluster's process that died
-        between recording and marking them); how many."""
+        """Find what a cluster's process that died between a room's script and its note left behind
+        (events the due set lost, rooms its registry lacks); how many rooms it looked at."""
 
     async def release(self) -> None:
         """Give the lease up (a clean shutdown: another process takes over at once)."""

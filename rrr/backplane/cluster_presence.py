@@ -61,6 +61,7 @@ class ClusterPresence:
         self._note_remove: set[str] = set()
         self._note_due: dict[str, int] = {}
         self._note_log = RateLimitedLog(log)
+        self._noting: asyncio.Future[None] | None = None
         self.process_id = new_process_id()
         self._redis = make_redis(url, timeout, max(pool_size, CONCURRENCY * 2))
         # The cluster client does not wait for a free connection (it refuses): renewals run
@@ -80,6 +81,8 @@ class ClusterPresence:
         return self._calls.oom
 
     async def close(self) -> None:
+        if self._noting is not None:
+            self._noting.cancel()
         for client in (self._redis, self._lease_redis, self._pubsub_redis):
             await client.aclose()
 
@@ -116,7 +119,7 @@ class ClusterPresence:
                 lost = True
         if dropped:
             self.metrics.presence_expired.inc(dropped)
-        await self._note()
+        self._note_soon()
         if failure is not None:
             raise failure  # a shard did not answer: our rows there were not renewed
         self._renewed_at = started
@@ -175,12 +178,30 @@ class ClusterPresence:
         if due >= 0:
             self._note_due[room] = min(due, self._note_due.get(room, due))
 
-    async def _note(self) -> None:
+    def _note_soon(self) -> None:
+        """`_note` in a task of its own, retried while it fails: a stalled sender's slot never holds up a
+        presence write or a renewal."""
+        if self.events is None or (self._noting is not None and not self._noting.done()):
+            return
+        self._noting = asyncio.ensure_future(self._noting_until_done())
+
+    async def _noting_until_done(self) -> None:
+        failures = 0
+        while self._note_add or self._note_remove or self._note_due or failures == 0:
+            if await self._note():
+                failures = 0
+                if not (self._note_add or self._note_remove or self._note_due):
+                    return
+            else:
+                failures += 1
+                await asyncio.sleep(min(5.0, 0.1 * 2 ** failures))
+
+    async def _note(self) -> bool:
         """Tell the sender's slot what the room scripts recorded (rooms with events, the doorbell)
         and which rooms this process has rows in, renewing its registry entry. A failure is counted
-        and logged once per 30 s, and what was to be noted waits for the next call."""
+        and logged once per 30 s, and what was to be noted waits for the next call. True if noted."""
         if self.events is None:
-            return
+            return True
         add, remove, due = self._note_add, self._note_remove, self._note_due
         self._note_add, self._note_remove, self._note_due = set(), set(), {}
         args: list[Any] = [
@@ -198,10 +219,11 @@ class ClusterPresence:
             for room, at in due.items():
                 self._note_due[room] = min(at, self._note_due.get(room, at))
             self.metrics.task_errors.labels("events").inc()
-            self._note_log.warning("note", "noting recorded events failed (retried with the next write): %s", e)
-            return
+            self._note_log.warning("note", "noting recorded events failed (retried): %s", e)
+            return False
         if self._note_log.clear("note"):
             log.info("noting recorded events works again")
+        return True
 
     # -- rows ------------------------------------------------------------
 
@@ -248,7 +270,7 @@ class ClusterPresence:
                     self._note_remove.discard(room)
                     self._note_add.add(room)
                 self._rows[room] = updates[room]
-        await self._note()
+        self._note_soon()
         if failure is not None:
             raise failure  # the rooms that were written are known now; the caller retries them all
         return result
@@ -258,6 +280,7 @@ class ClusterPresence:
         if rooms:
             await self.write({room: (0, 0) for room in rooms})
         if self.events is not None:
+            await self._note()  # what the last writes recorded, before this process leaves the registry
             await self._script(
                 "ev_swept", [self.process_id, 0],
                 keys=[keys.EVENT_PROCS, keys.event_proc_rooms(self.process_id)], lease=True,

@@ -12,8 +12,8 @@ On one Redis a move is one script for many rooms. On a cluster the room's stream
 are in different slots: the events are taken (the room's slot), pushed (the sender's slot, which
 remembers the last id it pushed per room, so a sender that died before the next step pushes
 nothing twice) and acknowledged (the room's slot), then the room's mark is tidied. A room
-recorded by a process that died before it could mark it due is found again by `repair` (a SCAN of
-each master for room streams, now and then).
+recorded by a process that died before it could mark it due (or register it) is found again by
+`repair` (a SCAN of each master for room streams and rooms reported occupied, now and then).
 
 On a cluster an event leaves its room's shard only once a replica has it: the take runs on a
 connection of its own to the room's master, followed there by ``WAIT 1`` (which waits for that
@@ -39,7 +39,7 @@ from redis.exceptions import ResponseError
 from ..errors import BackplaneError
 from ..metrics import Metrics
 from . import EventSettings, Moved, StoredEvent, keys, scripts
-from .calls import BadReply, Calls, ms, show
+from .calls import BadReply, Calls, event_args, ms, show
 from .connect import is_cluster_url, make_redis
 
 log = logging.getLogger("rrr.events")
@@ -230,19 +230,48 @@ class RedisEventStore:
         moved.names += [_text(n) for n in reply[counts:]]
 
     async def repair(self) -> int:
-        """On a cluster, rooms with recorded events that the due set does not know (their process
-        died between recording and marking them): each master is SCANned for room streams, and
-        each found is marked due now. Returns how many were found."""
+        """On a cluster, what a process that died between a room's script and its note to the
+        sender's slot left behind: each master is SCANned for room streams (events the due set does
+        not know: marked due now) and rooms reported occupied (which may not be in its registry of
+        rooms: each is swept, ``cluster_sweep``, so a room whose rows all expired reports it). Returns
+        how many rooms it looked at."""
         if not self.cluster:
             return 0
+        streams = await self._scan(keys.events("")[:-2] + "*}", keys.EVENTS_STREAM)
+        occupied = await self._scan(keys.reported("")[:-2] + "*}", keys.REPORTED_STATE)
+        due: dict[str, int] = {room: 0 for room in streams}
+        sem = asyncio.Semaphore(CONCURRENCY)
+
+        async def sweep(room: str) -> None:
+            async with sem:
+                reply = await self._script("cluster_sweep", keys.presence_write_keys(room),
+                                           ["", keys.count_channel(room), *event_args(self.settings)])
+            if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], int)):
+                raise BadReply(f"expected {{until, due}} from SWEEP, got {show(reply)}")
+            if reply[1] >= 0:
+                due[room] = min(reply[1], due.get(room, reply[1]))
+
+        results = await asyncio.gather(*(sweep(room) for room in occupied), return_exceptions=True)
+        if due:
+            note: list[Any] = [self.process_id, 0, 0, 0, len(due), 0]
+            for room, at in due.items():
+                note += [room, at]
+            await self._script("ev_note", [
+                keys.EVENTS_DUE, keys.EVENTS_BELL, keys.MOVED, keys.EVENT_PROCS, keys.event_proc_rooms(self.process_id),
+            ], note)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return len(set(streams) | set(occupied))
+
+    async def _scan(self, pattern: str, named: keys.Named) -> list[str]:
+        """The rooms of every master's keys matching ``pattern`` (read as ``named``)."""
         found: list[str] = []
-        prefix = keys.events("")[:-2]  # "rrr:events:{"
         for node in self._redis.get_primaries():
             cursor = 0
             while True:
-                reply = await self._calls.run("scan", self._redis.scan(
-                    cursor, match=prefix + "*}", count=1000, target_nodes=node,
-                ))
+                reply = await self._calls.run("scan", self._redis.scan(cursor, match=pattern, count=1000,
+                                                                       target_nodes=node))
                 if not (isinstance(reply, (list, tuple)) and len(reply) == 2):
                     raise BadReply(f"expected a cursor and keys from SCAN, got {show(reply)}")
                 position = reply[0]
@@ -250,19 +279,12 @@ class RedisEventStore:
                     position = next(iter(position.values()), 0)
                 cursor = int(position)
                 for key in reply[1]:
-                    room = keys.room_of(keys.EVENTS_STREAM, _text(key))
+                    room = keys.room_of(named, _text(key))
                     if room is not None:
                         found.append(room)
                 if cursor == 0:
                     break
-        if found:
-            note: list[Any] = [self.process_id, 0, 0, 0, len(found), 0]
-            for room in found:
-                note += [room, 0]
-            await self._script("ev_note", [
-                keys.EVENTS_DUE, keys.EVENTS_BELL, keys.MOVED, keys.EVENT_PROCS, keys.event_proc_rooms(self.process_id),
-            ], note)
-        return len(found)
+        return found
 
     async def ring(self, timeout: float) -> None:
         """The doorbell: a blocking read on its own connection, at most ``timeout`` (and at most half
@@ -310,7 +332,10 @@ class RedisEventStore:
     async def _load(self) -> None:
         if not self._scripts:
             flags = True if self.cluster else await self._flags_supported()
-            self._scripts = {n: self._redis.register_script(text) for n, text in scripts.sender(flags).items()}
+            texts = scripts.sender(flags)
+            if self.cluster:
+                texts["cluster_sweep"] = scripts.CLUSTER["cluster_sweep"]
+            self._scripts = {n: self._redis.register_script(text) for n, text in texts.items()}
 
     async def _flags_supported(self) -> bool:
         try:

@@ -192,8 +192,9 @@ ROOM_CHANNEL = Named(ROOM_CHANNEL_PREFIX + "%s")
 COUNT_CHANNEL = Named(_COUNT)
 MESSAGE_CHANNEL = Named(_MESSAGES)
 SHARD_ROOM_CHANNEL = Named(_SHARD_ROOM)
-#: A room's event stream (the cluster's repair finds rooms by it).
+#: A room's event stream and reported state (the cluster's repair finds rooms by them).
 EVENTS_STREAM = Named(_EVENTS)
+REPORTED_STATE = Named(_REPORTED)
 
 
 def room_of(named: Named, channel: str) -> str | None:
