@@ -21,7 +21,7 @@ import redis
 from tornado.httpclient import AsyncHTTPClient
 
 from rrr.backplane import keys
-from rrr.webhooks import EVENT_NAMES, retry_delay
+from rrr.webhooks import EVENT_NAMES, retry_delay, webhook_settings
 from support.clients import Client, connect, wait_until
 from support.cluster import NODE_TIMEOUT_MS, RedisCluster
 from support.processes import ROOT, AppProcess
@@ -461,6 +461,38 @@ async def test_metrics_and_healthz_report_webhooks_as_information(
                      timeout=10, what="the error cleared")
     assert server.metric("rrr_webhook_events_total", {"name": OCC}) == 1
     assert server.metric("rrr_webhook_requests_total", {"outcome": "ok"}) >= 1
+
+
+async def test_only_the_events_asked_for_go_out_at_most_a_batch_a_request(
+    server_factory: ServerFactory, receiver: Receiver, clients: list[Client],
+) -> None:
+    server = await start(server_factory, receiver, webhook_events="channel_vacated,member_removed", webhook_batch=2)
+    receiver.down()
+    socks = [await counted(ws(server), f"few{i}") for i in range(5)]
+    ada = await member(ws(server), "ada")
+    for c in [*socks, ada]:
+        c.close()
+    await asyncio.sleep(VACATE + 1)
+    receiver.up()
+    await wait_until(lambda: len(receiver.unique_events()) == 7, timeout=30, what="5 vacated, ada removed, 1 vacated")
+    await quiet_for(receiver, 1.0)
+    assert {e["name"] for e in receiver.unique_events()} == {VAC, REM}
+    assert receiver.of(TEAM) == [(REM, "ada"), (VAC, None)]
+    assert max(len(r.payload["events"]) for r in receiver.answered()) == 2
+
+
+def test_the_key_and_secret_default_to_the_pusher_apps_and_the_key_else_to_rrr() -> None:
+    url = {"webhook_url": "http://127.0.0.1:9/hooks"}
+    pusher_app = {"pusher_key": "app-key", "pusher_secret": "app-secret"}
+    own = webhook_settings(url | {"webhook_secret": "own"})
+    assert own is not None and (own.key, own.secret, own.names) == ("rrr", "own", frozenset(EVENT_NAMES))
+    from_app = webhook_settings(url | pusher_app)
+    assert from_app is not None and (from_app.key, from_app.secret) == ("app-key", "app-secret")
+    explicit = webhook_settings(url | pusher_app | {"webhook_key": "k", "webhook_secret": "s"})
+    assert explicit is not None and (explicit.key, explicit.secret) == ("k", "s")
+    assert webhook_settings({"webhook_url": ""}) is None
+    with pytest.raises(ValueError, match="--webhook-secret"):
+        webhook_settings(url | {"pusher_key": "app-key"})
 
 
 async def test_with_no_webhook_url_nothing_is_recorded(
