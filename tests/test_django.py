@@ -429,6 +429,7 @@ def test_rrrs_webhooks_reach_the_site_a_users_last_seen_and_a_pages_open_since(s
     the site gets a "last seen" (member_removed), a page someone opens is "open since" then
     (channel_occupied) until it is left (channel_vacated), all through the real view and signals."""
     import asyncio
+    import concurrent.futures
 
     from support.clients import connect
 
@@ -459,7 +460,9 @@ def test_rrrs_webhooks_reach_the_site_a_users_last_seen_and_a_pages_open_since(s
 
     assert state() == ([], [])
     left = time.time()
-    opened = asyncio.run(visit())
+    # In a thread of its own: the browser tests' Playwright runs an event loop in this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        opened = pool.submit(lambda: asyncio.run(visit())).result(timeout=120)
     wait_for(lambda: state()[0] != [] and state()[1] == [], "carol last seen, the page no longer open", timeout=30)
     seen = state()[0][0]
     assert opened - 2 < datetime.fromisoformat(seen).timestamp() < time.time(), (seen, left)
