@@ -38,6 +38,7 @@ from rrr.protocol import SLUG_PATTERN
 from rrr.proxies import proxies_from_options
 from rrr.service import Service, Settings
 from rrr.session import Shared
+from rrr.webhooks import webhook_settings
 
 ROOT = Path(__file__).resolve().parent
 
@@ -169,6 +170,25 @@ define("subscribe_proxy_timeout", default=2.0, type=float,
 define("history_size", default=100, type=int, help="messages kept per room for recovery (0: history off)")
 define("history_ttl", default=300.0, type=float, help="seconds a room's history outlives its last message (0: off)")
 define("allowed_hosts", default="", help="comma list of Host names served ('.example.com': and subdomains; '*')")
+# Events out (rrr/webhooks.py): webhooks in Pusher's format when a room fills and empties, and who comes and goes.
+define("webhook_url", default="", help="comma list of URLs each sent every event (empty: events off)")
+define("webhook_key", default="", help="sent as X-Pusher-Key (default: the Pusher app key if configured, else rrr)")
+define("webhook_secret", default="", help="HMAC-SHA256 key that signs webhooks (default: the Pusher app secret)")
+define(
+    "webhook_events", default="",
+    help="comma list of the events sent: channel_occupied, channel_vacated, member_added, member_removed "
+    "(default: all)",
+)
+define("webhook_retry_for", default=3600.0, type=float, help="seconds an event is retried from when it was stored")
+define("webhook_timeout", default=5.0, type=float, help="seconds a receiver has to answer a webhook request")
+define("webhook_batch", default=50, type=int, help="events per webhook request, at most")
+define(
+    "webhook_backlog", default=100_000, type=int, help="events Redis holds for webhooks at most (then the oldest go)",
+)
+define(
+    "vacate_delay", default=2.0, type=float,
+    help="seconds a room or a member must stay gone before it is reported gone (and the member list's leave grace)",
+)
 
 
 def make_app(**overrides: Any) -> tornado.web.Application:
@@ -178,6 +198,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     o.update(overrides)
     verifier = verifier_from_options(o)  # first: a bad key file or URL raises before anything starts
     proxies_from_options(o)  # the same for the proxies' URLs and rooms
+    webhooks = webhook_settings(o)
     service = Service(
         Settings(
             redis_url=o["redis_url"],
@@ -194,6 +215,8 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             # Not options: tests shorten them to see reconnects quickly.
             pubsub_keepalive=o.get("pubsub_keepalive", 5.0),
             backoff_cap=o.get("backoff_cap", 5.0),
+            vacate_delay=o["vacate_delay"],
+            webhooks=webhooks,
         )
     )
     metrics = service.metrics
@@ -276,7 +299,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
                     history_bytes=addresses.history_bytes,
                 ),
             ),
-            (r"/healthz", HealthHandler, dict(health=service.health)),
+            (r"/healthz", HealthHandler, dict(health=service.health, info=service.info)),
             (r"/metrics", MetricsHandler, dict(metrics=metrics)),
             # The talk's own page and SharedWorker, unchanged (examples/talk/README.md).
             (
@@ -314,10 +337,11 @@ def make_app(**overrides: Any) -> tornado.web.Application:
 def check_options() -> None:
     """Run once the command line is parsed, before any worker forks or Redis starts: an option rrr
     cannot use stops it with one line naming the option, not a traceback in every worker."""
+    o = {name: options[name] for name in options.as_dict()}
     try:
-        o = {name: options[name] for name in options.as_dict()}
         verifier_from_options(o)
         proxies_from_options(o)
+        webhook_settings(o)
     except ValueError as e:
         raise SystemExit(f"rrr: {e}") from None
     if options.presence_list_max < 1:

@@ -116,6 +116,30 @@ class Metrics:
             ["phase"], registry=r,
         )
 
+        # Events out (rrr/webhooks.py): every series exists from the start, at 0, for alerts.
+        self.webhook_events = Counter(
+            "rrr_webhook_events", "Events that became final and went to the outbox (this process sending)", ["name"],
+            registry=r,
+        )
+        for name in ("channel_occupied", "channel_vacated", "member_added", "member_removed"):
+            self.webhook_events.labels(name)
+        self.webhook_requests = Counter(
+            "rrr_webhook_requests", "Webhook requests by outcome: ok (2xx), error (any other answer, or none), timeout",
+            ["outcome"], registry=r,
+        )
+        for outcome in ("ok", "error", "timeout"):
+            self.webhook_requests.labels(outcome)
+        self.webhook_backlog = Gauge(
+            "rrr_webhook_backlog", "Events in Redis not yet delivered to every webhook URL (as the sender last said)",
+            registry=r,
+        )
+        self.webhook_dropped = Counter(
+            "rrr_webhook_dropped", "Events dropped: expired (past --webhook-retry-for, per URL) or backlog (over "
+            "--webhook-backlog, the oldest)", ["reason"], registry=r,
+        )
+        for reason in ("expired", "backlog"):
+            self.webhook_dropped.labels(reason)
+
     def bind_gauges(self, sockets: Callable[[], float], subs: Callable[[], float], rooms: Callable[[], float]) -> None:
         """Read gauges from the hub at scrape time instead of updating them on every subscription."""
         self.open_sockets.set_function(sockets)

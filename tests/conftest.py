@@ -44,6 +44,7 @@ from support.production import Cluster, Nginx, Script, SentinelGroup, start_apps
 from support.pusher import PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET, RequestRecorder
 from support.redis import LyingRedis
 from support.servers import Server, ServerFactory
+from support.webhooks import Receiver
 
 # -- Redis -------------------------------------------------------------------
 
@@ -335,6 +336,14 @@ def pusher_sdk(http_recorder: RequestRecorder, monkeypatch: pytest.MonkeyPatch) 
         app_id=PUSHER_APP_ID, key=PUSHER_KEY, secret=PUSHER_SECRET, host="127.0.0.1", port=http_recorder.port,
         ssl=False, encryption_master_key_base64=base64.b64encode(b"k" * 32).decode(),
     )
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A real webhook receiver on loopback (tests/support/webhooks.py), answering 200 until told."""
+    r = Receiver()
+    yield r
+    r.close()
 
 
 @pytest.fixture

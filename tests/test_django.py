@@ -9,12 +9,14 @@ page's origin, share one socket per browser through a leader tab.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import jwt
@@ -252,3 +254,47 @@ def test_rrr_serves_the_browser_library_to_other_origins_without_credentials(sit
         assert r.headers.get("Access-Control-Allow-Credentials") is None
     with urllib.request.urlopen(site.url + "/accounts/login/", timeout=5) as r:
         assert b"importmap" not in r.read()  # not for anonymous pages
+
+
+def test_rrrs_webhooks_reach_the_site_a_users_last_seen_and_a_pages_open_since(site: Site) -> None:
+    """run.py points rrr's --webhook-url at the site's /rrr/webhook/: a user whose last tab leaves
+    the site gets a "last seen" (member_removed), a page someone opens is "open since" then
+    (channel_occupied) until it is left (channel_vacated), all through the real view and signals."""
+    import asyncio
+    import concurrent.futures
+
+    from support.clients import connect
+
+    carol = site.ids["carol"]
+    token = jwt.encode({"sub": carol, "exp": time.time() + 600, "rooms": ["presence-site"],
+                        "info": {"name": "carol"}}, SECRET, algorithm="HS256")
+    read = ("import json; from items.models import LastSeen, Occupancy; "
+            f"print(json.dumps([list(LastSeen.objects.filter(user_id={carol}).values_list('at', flat=True)), "
+            "list(Occupancy.objects.filter(room='page-item-4242').values_list('since', flat=True))], default=str))")
+
+    def state() -> tuple[list[str], list[str]]:
+        seen, since = json.loads(site.manage("shell", "-c", read).strip().splitlines()[-1])
+        return seen, since
+
+    async def visit() -> float:
+        tab = await connect(site.socket_url, origin=site.url)
+        page = await connect(site.socket_url.replace("/ws/", "/ws/count/page-item-4242/"), origin=site.url)
+        await tab.send(type="auth", token=token)
+        await tab.next("authenticated", after=0)
+        await tab.send(type="subscribe", room="presence-site", sub="t")
+        await tab.next("presence")
+        await page.next("connection_message", after=0)
+        opened = time.time()
+        wait_for(lambda: state()[1] != [], "the page open since then", timeout=30)
+        tab.close()
+        page.close()
+        return opened
+
+    assert state() == ([], [])
+    left = time.time()
+    # In a thread of its own: the browser tests' Playwright runs an event loop in this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        opened = pool.submit(lambda: asyncio.run(visit())).result(timeout=120)
+    wait_for(lambda: state()[0] != [] and state()[1] == [], "carol last seen, the page no longer open", timeout=30)
+    seen = state()[0][0]
+    assert opened - 2 < datetime.fromisoformat(seen).timestamp() < time.time(), (seen, left)

@@ -2,7 +2,8 @@
 """``make example``: the example Django site next to rrr and its Redis, on this machine.
 
 Starts, in order: a real ``redis-server`` (embedded, on a private unix socket; or ``--redis-url``),
-rrr (``python app.py`` with a fresh token secret and server key, allowing the site's Origin),
+rrr (``python app.py`` with a fresh token secret, server key and webhook secret, allowing the
+site's Origin and sending its webhooks to the site's ``/rrr/webhook/``),
 then the site (``migrate``, ``seed_demo``, ``runserver``). Ctrl-C (or SIGTERM) stops all three.
 
     python examples/django_site/run.py [--port 8000] [--rrr-port 8888] [--redis-url URL] [--db PATH]
@@ -106,6 +107,7 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("RRR_TOKEN_SECRET", secrets.token_urlsafe(32))
     env.setdefault("RRR_API_TOKEN", secrets.token_urlsafe(32))
+    env.setdefault("RRR_WEBHOOK_SECRET", secrets.token_urlsafe(32))
     env.update(RRR_REDIS_URL=redis_url, RRR_SOCKET_URL=f"ws://127.0.0.1:{args.rrr_port}/ws/", PYTHONUNBUFFERED="1")
     # the site imports rrr.django from this checkout, installed or not
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
@@ -138,7 +140,9 @@ def main() -> int:
     try:
         rrr = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), "--address", "127.0.0.1", "--port", str(args.rrr_port),
-             "--redis-url", redis_url, "--allowed-origins", origins, *rrr_extra],
+             "--redis-url", redis_url, "--allowed-origins", origins, *rrr_extra,
+             # Events out: the site hears who left when, and since when a page is open (items/receivers.py).
+             "--webhook-url", f"{site}/rrr/webhook/"],
             cwd=ROOT, env=env,
         )
         procs.append(rrr)

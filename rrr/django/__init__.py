@@ -1,5 +1,5 @@
-"""rrr for Django: a token view, the connect proxy view, a template tag for the browser library, and
-`publish_on_commit`.
+"""rrr for Django: a token view, the connect proxy view, a template tag for the browser library,
+`publish_on_commit`, and a webhook view that turns rrr's events into signals (`rrr.django.signals`).
 
 Optional: add ``"rrr.django"`` to ``INSTALLED_APPS`` (``pip install rrr[django]``). Settings:
 
@@ -19,6 +19,10 @@ Optional: add ``"rrr.django"`` to ``INSTALLED_APPS`` (``pip install rrr[django]`
   connect view's answers live as long at most (rrr asks again at 80 %).
 * ``RRR_API_TOKEN``, ``RRR_API_URL``: the service's ``--api-token`` and its HTTP base URL (default:
   the origin of ``RRR_SOCKET_URL``), for `rrr.django.api.disconnect_user`.
+* ``RRR_WEBHOOK_SECRET``, ``RRR_WEBHOOK_KEY`` (``rrr``): the service's ``--webhook-secret`` and
+  ``--webhook-key``; the webhook view (``/rrr/webhook/``) checks them and sends the signals of
+  `rrr.django.signals`. ``RRR_WEBHOOK_CACHE`` (``default``): the cache that remembers the event ids
+  handled, ``RRR_WEBHOOK_REMEMBER`` (``7200``) seconds each.
 
 Importing this package imports nothing of Django's settings; `rrr.client` never needs Django.
 """

@@ -1,5 +1,6 @@
 """``path("rrr/", include("rrr.django.urls"))``: ``rrr:token`` is the token view (``/rrr/token/``),
-``rrr:connect`` the connect proxy view (``/rrr/connect/``) rrr's ``--connect-proxy-url`` names."""
+``rrr:connect`` the connect proxy view (``/rrr/connect/``) rrr's ``--connect-proxy-url`` names, and
+``rrr:webhook`` (``/rrr/webhook/``) the view rrr's ``--webhook-url`` points at."""
 
 from __future__ import annotations
 
@@ -11,4 +12,5 @@ app_name = "rrr"
 urlpatterns = [
     path("token/", views.token, name="token"),
     path("connect/", views.connect, name="connect"),
+    path("webhook/", views.webhook, name="webhook"),
 ]

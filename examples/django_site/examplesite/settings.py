@@ -83,5 +83,8 @@ RRR_SOCKET_URL = os.environ.get("RRR_SOCKET_URL", "ws://127.0.0.1:8888/ws/")  # 
 RRR_CONNECT_PROXY = os.environ.get("RRR_CONNECT_PROXY") == "1"
 RRR_API_TOKEN = os.environ.get("RRR_API_TOKEN", "")
 RRR_API_URL = os.environ.get("RRR_API_URL", "")  # rrr's own address; needed when RRR_SOCKET_URL is a path
+# rrr's webhooks come to /rrr/webhook/ (run.py gives rrr --webhook-url and this --webhook-secret):
+# items/receivers.py keeps each user's last seen and each page's "open since" from them.
+RRR_WEBHOOK_SECRET = os.environ.get("RRR_WEBHOOK_SECRET", "")
 # Every signed-in user may join this presence room ("Online now"); each also gets private-user-<pk>.
 RRR_PRESENCE_ROOMS = ["presence-site"]

@@ -15,7 +15,7 @@ from django.utils import timezone
 from rrr.django.api import disconnect_user
 from rrr.errors import BackplaneError
 
-from .models import Item
+from .models import Item, LastSeen
 
 
 @admin.register(Item)
@@ -59,3 +59,12 @@ admin.site.unregister(User)
 @admin.register(User)
 class LiveUserAdmin(UserAdmin):
     actions = [sign_out_everywhere]
+    list_display = (*UserAdmin.list_display, "last_seen_at")
+
+    @admin.display(description="last seen", ordering="last_seen__at")
+    def last_seen_at(self, user: Any) -> Any:
+        """When the user's last tab left the site (rrr's member_removed webhook)."""
+        try:
+            return user.last_seen.at
+        except LastSeen.DoesNotExist:
+            return None
