@@ -23,7 +23,7 @@ from tornado.options import define, options
 from handlers.api import (
     DisconnectHandler, HealthHandler, MembersHandler, MetricsHandler, NotFoundHandler, PublishHandler, RoomHandler,
 )
-from handlers.base import SecureStaticFileHandler, guard_hosts
+from handlers.base import SecureStaticFileHandler, guard_hosts, room_route
 from handlers.pages import CountPageHandler, IndexHandler
 from handlers.sockets import CountSocket, RelaySocket
 from rrr import workers
@@ -267,7 +267,6 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         bulk_limit=o["history_size"] * o["max_message_size"],
         xheaders=o["xheaders"],
     )
-    slug = f"({SLUG_PATTERN})"
     # One line per request, with no query string (tokens travel in it) and a bounded path, and
     # refusals at most once per 30 s per kind (rrr/edge/requestlog.py); handlers log errors through it too.
     request_log = RequestLog()
@@ -275,23 +274,23 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     app = tornado.web.Application(
         [
             (r"/", IndexHandler),
-            (rf"/count/{slug}/", CountPageHandler, dict(client_publish=o["client_publish"])),
-            (rf"/ws/count/{slug}/", CountSocket, sockets),
+            room_route("/count/{room}/", CountPageHandler, dict(client_publish=o["client_publish"])),
+            room_route("/ws/count/{room}/", CountSocket, sockets),
             (r"/ws/", RelaySocket, sockets),
-            (
-                rf"/api/rooms/{slug}", RoomHandler,
+            room_route(
+                "/api/rooms/{room}", RoomHandler,
                 dict(reads=service.presence, metrics=metrics, rate=addresses.api, token=api_token),
             ),
-            (
-                rf"/api/rooms/{slug}/members", MembersHandler,
+            room_route(
+                "/api/rooms/{room}/members", MembersHandler,
                 dict(reads=service.presence, token=api_token, list_max=max(1, o["presence_list_max"])),
             ),
             (
                 r"/api/users/([^/]{1,128})/disconnect", DisconnectHandler,
                 dict(reads=service.presence, token=api_token, keep_for=o["token_max_age"]),
             ),
-            (
-                rf"/api/rooms/{slug}/messages",
+            room_route(
+                "/api/rooms/{room}/messages",
                 PublishHandler,
                 dict(
                     history=service.history, metrics=metrics, token=api_token, max_size=o["max_message_size"],

@@ -57,17 +57,20 @@ def _default_url() -> str:
     return os.environ.get("RRR_REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 
-def encode(room: str, data: Any) -> str:
-    """The JSON text `publish` would send for ``data`` to ``room``; ValueError for a bad slug or data
-    that is not plain JSON (what `rrr.django.publish_on_commit` checks at call time)."""
+def encode(room: str, data: Any, event: str | None = None) -> str:
+    """The text `publish` would send for ``data`` to ``room`` (with ``event``: `protocol.pack`ed);
+    ValueError for a bad room, event name or data that is not plain JSON (what
+    `rrr.django.publish_on_commit` checks at call time)."""
+    if event is not None:
+        protocol.check_event(event)
     if not protocol.is_valid_slug(room):
-        raise ValueError(f"room must match {protocol.SLUG_PATTERN}, got {room!r:.80}")
+        raise ValueError(f"{protocol.ROOM_RULE}, got {room!r:.80}")
     try:
         text = protocol.dumps(data)
         text.encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as e:
         raise ValueError(f"data must be plain JSON (dicts, lists, str, numbers, bool, None): {e}") from None
-    return text
+    return protocol.pack(text, event)
 
 
 def check_size(text: str, limit: int) -> None:
@@ -137,16 +140,17 @@ def max_message_size(redis_url: str | None = None) -> int:
 
 def publish(
     room: str, data: Any, *, redis_url: str | None = None, history_size: int | None = None,
-    history_ttl: float | None = None,
+    history_ttl: float | None = None, event: str | None = None,
 ) -> int:
     """Send ``data`` (any JSON value) to every socket in ``room``, stored in its history; returns the
-    message's offset (0 when history is off: then it is relayed live only, not stored).
+    message's offset (0 when history is off: then it is relayed live only, not stored). ``event``:
+    the name Pusher clients hear it as (default ``message``), also on rrr's ``message`` frame.
 
     ``redis_url``: the server's ``--redis-url`` (default ``$RRR_REDIS_URL``). History is kept as the
     servers on that Redis keep it (their ``--history-size``/``--history-ttl``, which they announce
     there); ``history_size``/``history_ttl`` override that (0: off). Data over the servers'
     ``--max-message-size`` (announced there too) raises ValueError, and nothing is sent."""
-    text = encode(room, data)
+    text = encode(room, data, event)
     url = redis_url or _default_url()
     client = _sync_client(url)
     try:
@@ -167,10 +171,10 @@ def publish(
 
 async def apublish(
     room: str, data: Any, *, redis_url: str | None = None, history_size: int | None = None,
-    history_ttl: float | None = None,
+    history_ttl: float | None = None, event: str | None = None,
 ) -> int:
     """`publish` for async code (one client per event loop)."""
-    text = encode(room, data)
+    text = encode(room, data, event)
     url = redis_url or _default_url()
     client = _async_client(url)
     try:

@@ -157,7 +157,7 @@ class Delivery:
         if not self._fits(room, data_json):
             return
         s = self._streams.get(room)
-        self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json)))
+        self._fan_out(room, s, Frame(protocol.message_frame(room, data_json)))
 
     def message(self, room: str, offset: int, epoch: str, data_json: str) -> None:
         s = self._streams.get(room)
@@ -167,7 +167,7 @@ class Delivery:
             data_json = ""  # dropped, its offset kept in order (and nothing big held meanwhile)
         if not self.history.enabled:
             if data_json:
-                self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json, offset, epoch)))
+                self._fan_out(room, s, Frame(protocol.message_frame(room, data_json, offset, epoch)))
             return
         if not s.stale and epoch == s.epoch and offset > s.top + 1:
             s.stale = True  # a gap: read what is missing, hold what follows
@@ -221,7 +221,7 @@ class Delivery:
         if s.recent is not None and len(s.recent) < self.hold_max:
             s.recent.append((offset, data_json))
         if data_json:
-            self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json, offset, s.epoch)))
+            self._fan_out(room, s, Frame(protocol.message_frame(room, data_json, offset, s.epoch)))
 
     def _run(self, room: str, s: RoomStream) -> None:
         if self._closing or (s.task is not None and not s.task.done()):
@@ -371,7 +371,7 @@ class Delivery:
                 if not recovered:
                     replay = []
         messages = [
-            Frame(protocol.relay_frame(room, data, offset, s.epoch, p.sub))
+            Frame(protocol.message_frame(room, data, offset, s.epoch, p.sub))
             for offset, data in replay if self._fits(room, data)
         ]
         if messages and not p.conn.may_queue(sum(len(m.wire) for m in messages)):

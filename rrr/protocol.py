@@ -14,8 +14,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-SLUG_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+#: Room names: Pusher's channel grammar, so every Pusher channel is an rrr room (and the other way).
+ROOM_NAME_MAX = 164
+SLUG_PATTERN = r"[A-Za-z0-9_\-=@,.;]{1,%d}" % ROOM_NAME_MAX
 _SLUG_RE = re.compile(rf"^{SLUG_PATTERN}\Z")
+#: A room in a URL path: its characters, or any of them percent-encoded (as ``encodeURIComponent``
+#: writes ``@ , ; =``). Tornado decodes the segment; `is_valid_slug` judges what it decodes to.
+ROOM_PATH_PATTERN = r"(?:[A-Za-z0-9_\-=@,.;]|%[0-9A-Fa-f]{2}){1," + str(ROOM_NAME_MAX) + "}"
+ROOM_RULE = "room must be 1 to 164 letters, digits or _ - = @ , . ;"
+#: An event name a publisher may give a message (Pusher's limit), and the prefixes only the
+#: Pusher protocol itself may send: ``pusher_internal:member_added`` from a page would rewrite
+#: every Pusher client's member list.
+EVENT_NAME_MAX = 200
+RESERVED_EVENT_PREFIXES = ("pusher:", "pusher_internal:")
 # A JSON escape that may decode to half of a surrogate pair: only such frames need the full check.
 _SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
 SUB_ID_MAX = 128
@@ -59,6 +70,7 @@ class ClientMessage:
     token: str | None = None
     since: Since | None = None
     after: str | None = None  # a ``members`` frame's: the last user id the client got ("" from the start)
+    event: str | None = None  # a publish's optional event name (what Pusher clients hear it as)
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,70 @@ def is_valid_slug(value: object) -> bool:
     return isinstance(value, str) and _SLUG_RE.match(value) is not None
 
 
+def check_event(event: object) -> str:
+    """An event name a publisher may give (``publish``'s ``event``, ``?event=`` on the API, the
+    helper's ``event=``): 1 to 200 characters, not one of the Pusher protocol's own. ValueError
+    otherwise."""
+    if not isinstance(event, str) or not 0 < len(event) <= EVENT_NAME_MAX:
+        raise ValueError(f"event must be a string of 1 to {EVENT_NAME_MAX} characters")
+    if event.startswith(RESERVED_EVENT_PREFIXES):
+        raise ValueError("event names starting with pusher: or pusher_internal: are reserved")
+    return event
+
+
+#: What starts a payload that carries more than its data (`pack`): no JSON text starts with it.
+ENVELOPE = "#"
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """A message as it travels through Redis (pub/sub and history alike): its data (JSON text) and
+    what goes with it. Plain data is its own payload; anything more is `pack`ed in front of it."""
+
+    data_json: str
+    event: str | None = None
+
+
+def pack(data_json: str, event: str | None = None) -> str:
+    """One string for Redis: ``data_json`` alone, or ``#{"e":<event>}`` followed by it. Backends
+    that ``PUBLISH`` themselves may write the same."""
+    if event is None:
+        return data_json
+    return ENVELOPE + dumps({"e": event}) + data_json
+
+
+_HEADER = json.JSONDecoder()
+
+
+def unpack(payload: str) -> Payload:
+    """`pack` undone, for a payload already validated (`validate_payload`)."""
+    if not payload.startswith(ENVELOPE):
+        return Payload(payload)
+    header, end = _HEADER.raw_decode(payload, 1)
+    return Payload(payload[end:], header.get("e"))
+
+
+def validate_payload(raw: bytes | str) -> str:
+    """`validate_json_payload` for a message's payload: plain JSON data, or a `pack`ed header (an
+    object whose ``e``, if present, is an event name) and JSON data after it. ValueError otherwise."""
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    stripped = text.strip()
+    if not stripped.startswith(ENVELOPE):
+        return validate_json_payload(stripped)
+    try:
+        header, end = _HEADER.raw_decode(stripped, 1)
+    except (ValueError, RecursionError):
+        raise ValueError("a payload's header must be a JSON object") from None
+    if not isinstance(header, dict) or set(header) - {"e"}:
+        raise ValueError("a payload's header must be an object of 'e'")
+    if "e" in header:
+        check_event(header["e"])
+    data = validate_json_payload(stripped[end:])
+    if not data:
+        raise ValueError("a payload needs data after its header")
+    return stripped[:end] + data
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON, the one encoding every frame uses."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -134,7 +210,7 @@ def parse_client_message(text: str) -> ClientMessage:
         return ClientMessage("auth", token=token)
     room = obj.get("room")
     if not is_valid_slug(room):
-        raise ProtocolError("bad_room", "room must match [A-Za-z0-9_-]{1,64}")
+        raise ProtocolError("bad_room", ROOM_RULE)
     if kind == "publish":
         if "data" not in obj:
             raise ProtocolError("bad_message", "publish needs a 'data' field")
@@ -142,7 +218,13 @@ def parse_client_message(text: str) -> ClientMessage:
             data_json = dumps(obj["data"])
         except ValueError:
             raise ProtocolError("bad_message", "data must be plain JSON") from None
-        return ClientMessage("publish", room=room, data_json=data_json)
+        event = obj.get("event")
+        if event is not None:
+            try:
+                event = check_event(event)
+            except ValueError as e:
+                raise ProtocolError("bad_message", str(e), room=room) from None
+        return ClientMessage("publish", room=room, data_json=data_json, event=event)
     sub = obj.get("sub", "")
     if isinstance(sub, int) and not isinstance(sub, bool):
         sub = str(sub)
@@ -324,9 +406,11 @@ def presence_diff_frames(room: str, joins: Mapping[str, str], leaves: Mapping[st
 
 def relay_frame(
     room: str, data_json: str, offset: int | None = None, epoch: str | None = None, sub: str | None = None,
+    event: str | None = None,
 ) -> str:
     """A ``message`` frame carrying ``data_json`` byte for byte, as the publisher sent it; a message
-    stored in history says where it is (``offset``, ``epoch``); a replay says for which ``sub``.
+    stored in history says where it is (``offset``, ``epoch``); a replay says for which ``sub``; a
+    message its publisher named (or a Pusher event) says its ``event``.
 
     Built by concatenation so a payload is never decoded and re-encoded per room:
     ``data_json`` must already be validated JSON text.
@@ -336,7 +420,17 @@ def relay_frame(
         head += ',"sub":' + dumps(sub)
     if offset is not None:
         head += ',"offset":' + str(offset) + ',"epoch":' + dumps(epoch)
+    if event is not None:
+        head += ',"event":' + dumps(event)
     return head + ',"data":' + data_json + "}"
+
+
+def message_frame(
+    room: str, payload: str, offset: int | None = None, epoch: str | None = None, sub: str | None = None,
+) -> str:
+    """`relay_frame` for a payload as it comes from Redis (`pack`ed or plain)."""
+    p = unpack(payload)
+    return relay_frame(room, p.data_json, offset, epoch, sub, p.event)
 
 
 def subscribed_message(room: str, sub: str, offset: int | None, epoch: str | None, recovered: bool) -> dict[str, Any]:

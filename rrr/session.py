@@ -437,7 +437,7 @@ class Session:
         if over is not None:
             self._refuse("client_history", "rate_limited", over, room)
         try:
-            await shared.history.publish(room, msg.data_json)
+            await shared.history.publish(room, protocol.pack(msg.data_json, msg.event))
         except BackplaneError:
             raise ProtocolError("unavailable", "the message bus is unavailable; try again", room=room) from None
 

@@ -1161,7 +1161,7 @@ def test_count_page_without_javascript_says_so(
     expect(page.locator("#count")).to_have_css("font-weight", "400")
 
 
-@pytest.mark.parametrize("path", ["/count/bad!slug/", "/count/" + "x" * 65 + "/", "/no/such/page"])
+@pytest.mark.parametrize("path", ["/count/bad!slug/", "/count/" + "x" * 165 + "/", "/no/such/page"])
 def test_a_person_gets_a_404_page_with_a_way_home(
     server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, path: str
 ) -> None:

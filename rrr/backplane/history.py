@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from . import keys
 from ..errors import BackplaneError
-from ..protocol import MAX_MESSAGE_SIZE, is_epoch, parse_uint, validate_json_payload
+from ..protocol import MAX_MESSAGE_SIZE, is_epoch, parse_uint, validate_payload
 #: The smallest TTL of a room's meta (epoch and offsets), in seconds; see `meta_ttl`.
 META_TTL_MIN = 3600
 
@@ -71,7 +71,8 @@ class Read:
 
 
 def parse_message(raw: bytes | str) -> tuple[int, str, str]:
-    """``<offset> <epoch> <data JSON>`` from a room's message channel; ValueError if malformed."""
+    """``<offset> <epoch> <payload>`` from a room's message channel (the payload: data JSON, or
+    `rrr.protocol.pack`ed with its event); ValueError if malformed."""
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     offset_text, _, rest = text.partition(" ")
     epoch, _, data = rest.partition(" ")
@@ -80,7 +81,7 @@ def parse_message(raw: bytes | str) -> tuple[int, str, str]:
     offset = parse_uint(offset_text)
     if offset < 1:
         raise ValueError("history offsets start at 1")
-    return offset, epoch, validate_json_payload(data)
+    return offset, epoch, validate_payload(data)
 
 
 def publish_args(
@@ -119,7 +120,7 @@ def parse_read(reply: Any, limit: int) -> Read:
             entry_id, fields = entry
             ms, _, seq = _text(entry_id).partition("-")
             offset = parse_uint(ms)
-            data = validate_json_payload(fields[1])
+            data = validate_payload(fields[1])
             if fields[0] != b"d" or seq != "0" or not last < offset <= top:
                 raise ValueError("out of order")
         except (TypeError, ValueError, IndexError, UnicodeDecodeError):

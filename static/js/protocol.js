@@ -21,7 +21,7 @@
  */
 export const LINK_VERSION = 6;
 
-export const SLUG_RE = /^[A-Za-z0-9_-]{1,64}$/;
+export const SLUG_RE = /^[A-Za-z0-9_\-=@,.;]{1,164}$/;
 
 /**
  * A room name the server takes (`is_valid_slug` in rrr/protocol.py). A string first: the
@@ -225,7 +225,14 @@ export const subscribeFrame = (room, sub, since = null) => {
   return at ? { type: "subscribe", room, sub, since: at } : { type: "subscribe", room, sub };
 };
 export const unsubscribeFrame = (room, sub) => ({ type: "unsubscribe", room, sub });
-export const publishFrame = (room, data) => ({ type: "publish", room, data });
+/**
+ * @param {string} room
+ * @param {unknown} data
+ * @param {string|null} [event] the name Pusher clients hear it as (default `message`), also on
+ *   every subscriber's `message` frame
+ */
+export const publishFrame = (room, data, event = null) =>
+  typeof event === "string" ? { type: "publish", room, event, data } : { type: "publish", room, data };
 export const pingFrame = () => ({ type: "ping" });
 /**
  * The `transport` field says how the browser shares its connection (the server counts
@@ -463,6 +470,7 @@ export function checkServerFrame(frame) {
   if (frame.type === "message" && "offset" in frame && !(Number.isSafeInteger(frame.offset) && typeof frame.epoch === "string")) {
     return null;
   }
+  if (frame.type === "message" && "event" in frame && typeof frame.event !== "string") return null;
   if (frame.type === "close" && !isCloseCode(frame.code)) return null;
   if (frame.type === "close" && "reason" in frame && typeof frame.reason !== "string") return null;
   return frame;

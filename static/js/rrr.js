@@ -78,9 +78,10 @@ import { SocketOwner } from "./socket-owner.js";
  * @typedef {object} RoomHandlers
  * @property {(count: {connections: number, tabs: number, updated: number|null, users?: number}) => void} [onCount]
  *   `users` (distinct members) in presence rooms
- * @property {(data: unknown, meta: {offset: number|null, epoch: string|null}) => void} [onMessage]
+ * @property {(data: unknown, meta: {offset: number|null, epoch: string|null, event?: string}) => void} [onMessage]
  *   each message once, in order, also across reconnects (missed ones are replayed from the
- *   room's history); `offset`/`epoch` say where it is (null for a raw backend PUBLISH)
+ *   room's history); `offset`/`epoch` say where it is (null for a raw backend PUBLISH); `event`
+ *   the name its publisher gave it (a Pusher event's name), when it has one
  * @property {(position: {offset: number, epoch: string|null}) => void} [onReset] messages were
  *   missed and could not be recovered (the room's history was lost, or trimmed past this
  *   subscription's last one): reload the page's state; messages continue from `position`
@@ -281,7 +282,8 @@ class Runtime {
     queueMicrotask(() => call(handlers.onState, this.#state));
     return {
       room: slug,
-      publish: (data) => this.#send(publishFrame(slug, data)),
+      /** `event`: the name Pusher clients hear it as (default `message`), also on every `onMessage`'s meta. */
+      publish: (data, { event = null } = {}) => this.#send(publishFrame(slug, data, event)),
       /** The last message handed to the page: resubscribing later from here misses nothing. */
       position: () => sinceOf(handle.position),
       /**
@@ -605,6 +607,7 @@ class Runtime {
   /** A message once to each handle it is next for (a replay: to its own subscription only). */
   #onMessage(msg) {
     const meta = typeof msg.offset === "number" ? { offset: msg.offset, epoch: msg.epoch } : { offset: null, epoch: null };
+    if (typeof msg.event === "string") meta.event = msg.event;
     for (const [sub, handle] of this.#handles) {
       if (handle.room !== msg.room || (typeof msg.sub === "string" && sub !== msg.sub)) continue;
       const { deliver, position } = advance(handle.position, msg);

@@ -317,7 +317,7 @@ export class SocketOwner {
       case "publish": {
         // Over SSE and long-polling the server may refuse the frame alone (its POST's 4xx): only its tab hears.
         const refused = (reason) => tab.link.send({ type: "error", code: "refused", reason, room: msg.room });
-        if (!this.#send(publishFrame(msg.room, msg.data), refused)) {
+        if (!this.#send(publishFrame(msg.room, msg.data, msg.event), refused)) {
           tab.link.send({
             type: "error",
             code: "not_connected",
