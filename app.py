@@ -25,6 +25,7 @@ from handlers.api import (
 )
 from handlers.base import SecureStaticFileHandler, guard_hosts, room_route
 from handlers.pages import CountPageHandler, IndexHandler
+from handlers.pusher import PusherSocket
 from handlers.sockets import CountSocket, RelaySocket
 from rrr import workers
 from rrr.edge.guard import make_http_server
@@ -36,6 +37,7 @@ from rrr.jwks import JwksKeys, verifier_from_options
 from rrr.limits import AddressLimits, Limits
 from rrr.protocol import SLUG_PATTERN
 from rrr.proxies import proxies_from_options
+from rrr.pusher.door import pusher_app
 from rrr.service import Service, Settings
 from rrr.session import Shared
 from rrr.webhooks import webhook_settings
@@ -189,6 +191,14 @@ define(
     "vacate_delay", default=2.0, type=float,
     help="seconds a room or a member must stay gone before it is reported gone (and the member list's leave grace)",
 )
+# The Pusher protocol (rrr/pusher): Pusher's client and server SDKs, unchanged, against rrr.
+define("pusher_app_id", default="", help="the Pusher app id the HTTP API answers to (with --pusher-key and "
+       "--pusher-secret: all three turn the Pusher endpoint /app/<key> and API /apps/<id>/ on)")
+define("pusher_key", default="", help="the Pusher app key clients connect with (/app/<key>)")
+define("pusher_secret", default="", help="the Pusher app secret that signs channel auth, sign-ins and API calls")
+define("pusher_client_events", default=True, type=bool,
+       help="let Pusher clients send client-* events on private and presence channels (and rrr clients whispers)")
+define("cache_ttl", default=1800.0, type=float, help="seconds a cache channel keeps its last event")
 
 
 def make_app(**overrides: Any) -> tornado.web.Application:
@@ -199,6 +209,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     verifier = verifier_from_options(o)  # first: a bad key file or URL raises before anything starts
     proxies_from_options(o)  # the same for the proxies' URLs and rooms
     webhooks = webhook_settings(o)
+    pusher = pusher_app(o)
     service = Service(
         Settings(
             redis_url=o["redis_url"],
@@ -298,6 +309,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
                     history_bytes=addresses.history_bytes,
                 ),
             ),
+            *([(r"/app/([^/]{1,200})", PusherSocket, dict(sockets, pusher=pusher))] if pusher else []),
             (r"/healthz", HealthHandler, dict(health=service.health, info=service.info)),
             (r"/metrics", MetricsHandler, dict(metrics=metrics)),
             # The talk's own page and SharedWorker, unchanged (examples/talk/README.md).
@@ -341,6 +353,7 @@ def check_options() -> None:
         verifier_from_options(o)
         proxies_from_options(o)
         webhook_settings(o)
+        pusher_app(o)
     except ValueError as e:
         raise SystemExit(f"rrr: {e}") from None
     if options.presence_list_max < 1:

@@ -163,7 +163,7 @@ class Session:
         return None
 
     async def _subscribe_after_census(
-        self, room: str, sub: str, since: Since | None, admitted: str | None = None,
+        self, room: str, sub: str, since: Since | None, admitted: str | None = None, user: str | None = None,
     ) -> None:
         try:
             census = await self.hub.census(room)
@@ -171,7 +171,23 @@ class Session:
             raise ProtocolError("unavailable", "cannot count the room's members now; try again",
                                 room=room, sub=sub) from None
         if self.conn in self.hub.connections:  # not closed while we read
-            self.subscribe(room, sub, since, census, admitted)
+            self.subscribe(room, sub, since, census, admitted, user)
+
+    def admit(self, room: str, sub: str, info_json: str = "null", user: str | None = None) -> Awaitable[None] | None:
+        """A subscription another protocol's door authorized itself (a Pusher channel's signed
+        ``auth``): no token grant is asked for, every cap applies as to any subscription, and in a
+        presence room ``user`` is the member, showing ``info_json``. Refused: `ProtocolError` now,
+        or later as an ``error`` frame naming the room (when the member cap first reads the room)."""
+        try:
+            self.subscribe(room, sub, admitted=info_json, user=user)
+        except _NoCensus:
+            return self._replying(self._subscribe_after_census(room, sub, None, info_json, user))
+        return None
+
+    def within_rate(self) -> bool:
+        """Every frame a client sends spends one of ``--message-rate`` (see `_within_rate`), whatever
+        protocol it speaks."""
+        return self._within_rate()
 
     async def _subscribe_if_allowed(self, room: str, sub: str, since: Since | None) -> None:
         """A room of ``--subscribe-proxy-rooms`` the socket's grants do not cover: the backend is
@@ -200,12 +216,13 @@ class Session:
 
     def subscribe(
         self, room: str, sub: str, since: Since | None = None, census: dict[str, str] | None = None,
-        admitted: str | None = None,
+        admitted: str | None = None, user: str | None = None,
     ) -> None:
         """Register one subscription, or raise the cap it would break (nothing is registered then);
         `_NoCensus` when the member cap needs the room's members read first (``census``);
         `_AskBackend` when the subscribe proxy judges the room. ``admitted``: the subscribe proxy
-        let it in, showing that info (JSON) in a presence room."""
+        (or a door's own authorization, `admit`) let it in, showing that info (JSON) in a presence
+        room, as ``user`` if given (else as the socket's identity)."""
         tabs = self.subs.get(room)
         if tabs is not None and sub in tabs:
             return  # idempotent: a worker resubscribing after a hiccup must not double-count
@@ -233,8 +250,9 @@ class Session:
                 "rooms", "too_many_rooms", f"this server follows its maximum of {lim.max_rooms} rooms; try later",
                 room, sub,
             )
-        if lim.max_members > 0 and protocol.is_presence_room(room) and self.identity is not None:
-            fits = self.hub.admits(room, self.identity.user, lim.max_members, census)
+        who = user if user is not None else (self.identity.user if self.identity is not None else None)
+        if lim.max_members > 0 and protocol.is_presence_room(room) and who is not None:
+            fits = self.hub.admits(room, who, lim.max_members, census)
             if fits is None:
                 raise _NoCensus()
             if not fits:
@@ -258,11 +276,10 @@ class Session:
             tabs = self.subs[room] = set()
         tabs.add(sub)
         self.n_subs += 1
-        who = self.identity
         announce = self.fixed_room is None or self._announce_fixed
         if who is not None and protocol.is_presence_room(room):
-            info_json = who.info_json if admitted is None else admitted
-            self.hub.subscribe(self.conn, room, who.user, info_json, sub, since, announce)
+            info_json = self.identity.info_json if admitted is None and self.identity is not None else admitted
+            self.hub.subscribe(self.conn, room, who, info_json or "null", sub, since, announce)
         else:
             self.hub.subscribe(self.conn, room, sub=sub, since=since, announce=announce)
 

@@ -44,13 +44,19 @@ PING_WIRE = encode_frame(_PING, b"")
 
 
 class Frame:
-    """A text message, with its wire encoding computed at most once."""
+    """A text message, with its wire encoding computed at most once.
 
-    __slots__ = ("text", "_wire")
+    ``payload``: a room message's (room, payload as it came from Redis), so a door that speaks
+    another protocol (Pusher's) need not parse the frame back; ``alt``: that door's own frames
+    for it, made once for every socket the frame goes to."""
 
-    def __init__(self, text: str) -> None:
+    __slots__ = ("text", "_wire", "payload", "alt")
+
+    def __init__(self, text: str, payload: tuple[str, str] | None = None) -> None:
         self.text = text
         self._wire: bytes | None = None
+        self.payload = payload
+        self.alt: list[Frame] | None = None
 
     @property
     def wire(self) -> bytes:

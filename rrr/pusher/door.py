@@ -1,0 +1,216 @@
+"""The Pusher WebSocket door: one Pusher socket onto rrr's own `rrr.session.Session` and hub.
+
+A Pusher socket is counted, capped, presence-listed, revoked and drained as a native one, because
+it is one: its channels are subscriptions of a `Session` (one subscription, ``sub`` `SUB`, per
+channel), so every cap, count and member list is the native one. What this module adds is the
+translation both ways, nothing else:
+
+* in: each frame is parsed (`rrr.pusher.protocol.parse_client_frame`); a subscription is
+  authorized by its signature (`authorize_subscription`) and handed to `Session.admit`, which
+  applies every cap a native subscription meets;
+* out: each frame the core sends the socket (`Door.outgoing`) becomes what a Pusher client
+  expects: a room message an event on its channel (made once per message for every Pusher socket,
+  `rrr.edge.wsframe.Frame.alt`), ``subscribed`` (or a presence room's first member page)
+  ``pusher_internal:subscription_succeeded``, a presence diff ``member_added``/``member_removed``
+  (one per user, not per connection: rrr's member lists are per user), a refusal naming a room
+  ``pusher:subscription_error``; counts and everything else a Pusher client has no use for are
+  dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import protocol as native
+from ..edge.wsframe import Frame
+from ..protocol import ProtocolError
+from ..session import Session
+from . import crossing, names
+from . import protocol as pp
+from .names import SocketIds
+
+log = logging.getLogger("rrr.pusher")
+
+#: The one subscription a Pusher socket has to each of its channels.
+SUB = "p"
+
+_PENDING, _SUBSCRIBED = 0, 1
+
+#: The ``status`` a refused subscription's ``pusher:subscription_error`` carries, by rrr's code.
+_STATUS = {"forbidden": 403, "unavailable": 503, "rate_limited": 429, "too_many_subscriptions": 429,
+           "too_many_tabs": 429, "too_many_rooms": 503, "too_many_members": 403}
+
+
+@dataclass
+class PusherApp:
+    """The one Pusher app this server is (``--pusher-app-id``, ``--pusher-key``,
+    ``--pusher-secret``) and what every Pusher socket of the process shares."""
+
+    app_id: str
+    key: str
+    secret: str
+    client_events: bool = True
+    cache_ttl: float = pp.CACHE_TTL
+    socket_ids: SocketIds = field(default_factory=SocketIds)
+
+
+def pusher_app(o: dict[str, Any]) -> PusherApp | None:
+    """The Pusher app from the options: all three of app id, key and secret, or none (None: the
+    Pusher endpoint and API are off). ValueError naming what is missing."""
+    given = {name: str(o.get(name) or "") for name in ("pusher_app_id", "pusher_key", "pusher_secret")}
+    missing = [name for name, value in given.items() if not value]
+    if len(missing) == 3:
+        return None
+    if missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        raise ValueError(f"the Pusher app needs --pusher-app-id, --pusher-key and --pusher-secret: {flags} missing")
+    return PusherApp(
+        given["pusher_app_id"], given["pusher_key"], given["pusher_secret"],
+        client_events=bool(o.get("pusher_client_events", True)), cache_ttl=float(o.get("cache_ttl", pp.CACHE_TTL)),
+    )
+
+
+def event_frames(frame: Frame) -> list[Frame]:
+    """A room message as the Pusher event every Pusher socket in the room gets (made once per
+    frame). An encrypted channel's message is relayed only as the ciphertext event it was; a native
+    publish there (plain data pusher-js could not decrypt) is not relayed to Pusher sockets."""
+    if frame.alt is None:
+        assert frame.payload is not None
+        room, payload = frame.payload
+        p = native.unpack(payload)
+        if names.is_encrypted_channel(room) and p.event is None:
+            frame.alt = []
+        else:
+            name, data = crossing.to_pusher(p.event, p.data_json)
+            frame.alt = [Frame(pp.channel_event_frame(room, name, data))]
+    return frame.alt
+
+
+def _member_frames(frame: Frame, room: str, joins: dict[str, Any], leaves: dict[str, Any]) -> list[Frame]:
+    if frame.alt is None:
+        out = [Frame(pp.member_removed_frame(room, pp.PresenceMember(user))) for user in leaves]
+        out += [Frame(pp.member_added_frame(room, pp.PresenceMember(user, native.dumps(m.get("info")))))
+                for user, m in joins.items()]
+        frame.alt = out
+    return frame.alt
+
+
+def _succeeded_frame(frame: Frame, room: str, members: dict[str, Any]) -> Frame:
+    """A presence room's first member page as ``subscription_succeeded`` (made once per page)."""
+    if frame.alt is None:
+        listed = (pp.PresenceMember(user, native.dumps(m.get("info"))) for user, m in members.items())
+        frame.alt = [Frame(pp.subscription_succeeded_frame(room, pp.presence_data(listed)))]
+    return frame.alt[0]
+
+
+class Door:
+    """One Pusher socket's side of the translation: its id, its channels' state."""
+
+    __slots__ = ("app", "session", "socket_id", "channels")
+
+    def __init__(self, app: PusherApp, session: Session, socket_id: str) -> None:
+        self.app = app
+        self.session = session
+        self.socket_id = socket_id
+        self.channels: dict[str, int] = {}  # channel -> _PENDING or _SUBSCRIBED
+
+    # -- in ---------------------------------------------------------------------------------
+
+    def handle(self, text: str) -> tuple[list[Frame], Awaitable[None] | None]:
+        """One frame from the client: the frames to answer with, and an awaitable when the work
+        waits on Redis (the socket's next frame is read once it is done)."""
+        if not self.session.within_rate():
+            return [], None
+        try:
+            msg = pp.parse_client_frame(text)
+        except pp.PusherError as e:
+            return [Frame(e.frame())], None
+        if isinstance(msg, pp.Ping):
+            return [_PONG], None
+        if isinstance(msg, pp.Pong):
+            return [], None
+        if isinstance(msg, pp.Subscribe):
+            return self._subscribe(msg)
+        if isinstance(msg, pp.Unsubscribe):
+            self.channels.pop(msg.channel, None)
+            self.session.unsubscribe(msg.channel, SUB)
+            return [], None
+        if isinstance(msg, pp.Signin):
+            return [Frame(pp.error_frame(None, "pusher:signin is not supported by this server yet"))], None
+        return [Frame(pp.error_frame(None, "client events are not supported by this server yet"))], None
+
+    def _subscribe(self, msg: pp.Subscribe) -> tuple[list[Frame], Awaitable[None] | None]:
+        channel = msg.channel
+        state = self.channels.get(channel)
+        if state is not None:
+            # Subscribed already (pusher-js never asks twice): a public or private channel is told
+            # again; a presence channel's list comes once.
+            if state == _SUBSCRIBED and not names.is_presence_channel(channel):
+                return [Frame(pp.subscription_succeeded_frame(channel))], None
+            return [], None
+        try:
+            allowed = pp.authorize_subscription(msg, key=self.app.key, secret=self.app.secret,
+                                                socket_id=self.socket_id)
+        except pp.SubscriptionError as e:
+            return [Frame(e.frame())], None
+        if names.server_to_user_id(channel) is not None:
+            return [Frame(pp.subscription_error_frame(channel, "not supported by this server yet", 403))], None
+        member = allowed.member
+        self.channels[channel] = _PENDING
+        try:
+            if member is not None:
+                waits = self.session.admit(channel, SUB, member.info_json, member.key)
+            else:
+                waits = self.session.admit(channel, SUB)
+        except ProtocolError as e:
+            self.channels.pop(channel, None)
+            return [self._refused(channel, e.code, e.reason)], None
+        return [], waits
+
+    def _refused(self, channel: str, code: str, reason: str) -> Frame:
+        return Frame(pp.subscription_error_frame(channel, reason, _STATUS.get(code, 400)))
+
+    # -- out --------------------------------------------------------------------------------
+
+    def outgoing(self, frame: Frame) -> list[Frame]:
+        """What the Pusher client gets for a frame the core sent this socket (often nothing)."""
+        if frame.payload is not None:
+            room = frame.payload[0]
+            return event_frames(frame) if self.channels.get(room) == _SUBSCRIBED else []
+        text = frame.text
+        if text.startswith('{"type":"connection_message"'):
+            return []
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            return []
+        kind, room = msg.get("type"), msg.get("room")
+        if kind == "subscribed":
+            if self.channels.get(room) == _PENDING and not names.is_presence_channel(room):
+                self.channels[room] = _SUBSCRIBED
+                return [Frame(pp.subscription_succeeded_frame(room))]
+            return []
+        if kind == "presence" and "sub" not in msg:
+            if self.channels.get(room) == _PENDING:
+                self.channels[room] = _SUBSCRIBED
+                return [_succeeded_frame(frame, room, msg.get("members") or {})]
+            return []
+        if kind == "presence_diff":
+            if self.channels.get(room) == _SUBSCRIBED:
+                return _member_frames(frame, room, msg.get("joins") or {}, msg.get("leaves") or {})
+            return []
+        if kind == "error":
+            if isinstance(room, str):
+                if self.channels.pop(room, None) is None:
+                    return []
+                self.session.unsubscribe(room, SUB)
+                return [self._refused(room, str(msg.get("code")), str(msg.get("reason")))]
+            return [Frame(pp.error_frame(None, str(msg.get("reason"))))]
+        return []
+
+
+_PONG = Frame(pp.PONG_FRAME)
