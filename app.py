@@ -262,6 +262,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
                 presence_list_rate=o["presence_list_rate"],
                 presence_list_burst=o["presence_list_burst"],
                 max_members=o["max_members"],
+                whispers=o["pusher_client_events"],
             ),
             addresses=addresses,
             verifier=verifier,

@@ -64,7 +64,7 @@ class PusherSocket(RelaySocket):
 
     def _new_session(self, *args: str) -> Session:
         session = super()._new_session(*args)
-        socket_id = self.app.socket_ids.new()
+        socket_id = self.socket_id = self.shared.socket_ids.new()
         self.door = Door(self.app, session, socket_id)
         self._send(wsframe.Frame(pp.connection_established_frame(socket_id)))
         return session

@@ -43,8 +43,9 @@ log = logging.getLogger("rrr.delivery")
 
 def _message(room: str, payload: str, offset: int | None = None, epoch: str | None = None,
              sub: str | None = None) -> Frame:
-    """A ``message`` frame that keeps its payload beside it (`Frame.payload`)."""
-    return Frame(protocol.message_frame(room, payload, offset, epoch, sub), (room, payload))
+    """A ``message`` (or ``whisper``) frame that keeps its payload beside it (`Frame.payload`)."""
+    p = protocol.unpack(payload)
+    return Frame(protocol.message_frame(room, p, offset, epoch, sub), (room, p))
 
 
 class Marks(Protocol):
@@ -200,6 +201,9 @@ class Delivery:
         targets = list(local.conns)
         if s is not None and s.unserved:
             targets = [conn for conn in targets if conn not in s.unserved]
+        exclude = frame.payload[1].exclude if frame.payload is not None else None
+        if exclude is not None:  # a whisper (or an API trigger) never reaches its sender
+            targets = [conn for conn in targets if getattr(conn, "socket_id", None) != exclude]
         for conn in targets:
             conn.send_frame(frame)
         self.metrics.messages_out.inc(len(targets))

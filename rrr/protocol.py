@@ -33,7 +33,11 @@ SUB_ID_MAX = 128
 #: The longest user id (a token's ``sub``), so the longest ``after`` a ``members`` frame may name.
 USER_ID_MAX = 128
 
-CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "ping", "hello", "auth", "members"})
+CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "ping", "hello", "auth", "members", "whisper"})
+#: A whisper's (and a Pusher client event's) data, in bytes of JSON: Pusher's 10 KB.
+WHISPER_DATA_MAX = 10240
+#: Whispers (and Pusher client events) a socket may send per second, bursts included: Pusher's limit.
+WHISPER_RATE = 10
 TRANSPORTS = frozenset({"sharedworker", "leader", "direct", "unknown"})
 
 
@@ -70,7 +74,7 @@ class ClientMessage:
     token: str | None = None
     since: Since | None = None
     after: str | None = None  # a ``members`` frame's: the last user id the client got ("" from the start)
-    event: str | None = None  # a publish's optional event name (what Pusher clients hear it as)
+    event: str | None = None  # a publish's optional event name (what Pusher clients hear it as); a whisper's
 
 
 @dataclass(frozen=True)
@@ -131,21 +135,35 @@ ENVELOPE = "#"
 @dataclass(frozen=True, slots=True)
 class Payload:
     """A message as it travels through Redis (pub/sub and history alike): its data (JSON text) and
-    what goes with it. Plain data is its own payload; anything more is `pack`ed in front of it."""
+    what goes with it. Plain data is its own payload; anything more is `pack`ed in front of it:
+    its ``event`` name; ``whisper``: an ephemeral event from a client (never stored), from ``user``
+    (None: anonymous); ``exclude``: the socket id of the one socket it must not reach (its sender)."""
 
     data_json: str
     event: str | None = None
+    whisper: bool = False
+    user: str | None = None
+    exclude: str | None = None
 
 
-def pack(data_json: str, event: str | None = None) -> str:
-    """One string for Redis: ``data_json`` alone, or ``#{"e":<event>}`` followed by it. Backends
-    that ``PUBLISH`` themselves may write the same."""
-    if event is None:
-        return data_json
-    return ENVELOPE + dumps({"e": event}) + data_json
+def pack(data_json: str, event: str | None = None, *, whisper: bool = False, user: str | None = None,
+         exclude: str | None = None) -> str:
+    """One string for Redis: ``data_json`` alone, or a header (``#{"e":<event>,...}``) followed by
+    it. Backends that ``PUBLISH`` themselves may write the same (``e`` only)."""
+    header: dict[str, Any] = {}
+    if event is not None:
+        header["e"] = event
+    if whisper:
+        header["w"] = 1
+        if user is not None:
+            header["u"] = user
+    if exclude is not None:
+        header["x"] = exclude
+    return ENVELOPE + dumps(header) + data_json if header else data_json
 
 
 _HEADER = json.JSONDecoder()
+_SOCKET_ID_RE = re.compile(r"[0-9]{1,20}\.[0-9]{1,20}")
 
 
 def unpack(payload: str) -> Payload:
@@ -153,7 +171,7 @@ def unpack(payload: str) -> Payload:
     if not payload.startswith(ENVELOPE):
         return Payload(payload)
     header, end = _HEADER.raw_decode(payload, 1)
-    return Payload(payload[end:], header.get("e"))
+    return Payload(payload[end:], header.get("e"), "w" in header, header.get("u"), header.get("x"))
 
 
 def validate_payload(raw: bytes | str) -> str:
@@ -167,10 +185,18 @@ def validate_payload(raw: bytes | str) -> str:
         header, end = _HEADER.raw_decode(stripped, 1)
     except (ValueError, RecursionError):
         raise ValueError("a payload's header must be a JSON object") from None
-    if not isinstance(header, dict) or set(header) - {"e"}:
-        raise ValueError("a payload's header must be an object of 'e'")
+    if not isinstance(header, dict) or set(header) - {"e", "w", "u", "x"}:
+        raise ValueError("a payload's header must be an object of 'e', 'w', 'u', 'x'")
     if "e" in header:
         check_event(header["e"])
+    if "w" in header and (header["w"] != 1 or "e" not in header):
+        raise ValueError("a whisper ('w': 1) needs its event ('e')")
+    user = header.get("u")
+    if user is not None and not (isinstance(user, str) and 0 < len(user) <= USER_ID_MAX and "w" in header):
+        raise ValueError("'u' is a whisper's user id")
+    x = header.get("x")
+    if x is not None and not (isinstance(x, str) and _SOCKET_ID_RE.fullmatch(x)):
+        raise ValueError("'x' is a socket id")
     data = validate_json_payload(stripped[end:])
     if not data:
         raise ValueError("a payload needs data after its header")
@@ -211,6 +237,8 @@ def parse_client_message(text: str) -> ClientMessage:
     room = obj.get("room")
     if not is_valid_slug(room):
         raise ProtocolError("bad_room", ROOM_RULE)
+    if kind == "whisper":
+        return _whisper(obj, str(room))
     if kind == "publish":
         if "data" not in obj:
             raise ProtocolError("bad_message", "publish needs a 'data' field")
@@ -244,6 +272,23 @@ def parse_client_message(text: str) -> ClientMessage:
     if kind == "subscribe" and obj.get("since") is not None:
         since = parse_since(obj["since"], str(room), sub)
     return ClientMessage(kind, room=room, sub=sub, since=since)
+
+
+def _whisper(obj: dict[str, Any], room: str) -> ClientMessage:
+    """``{"type": "whisper", "room", "event", "data"}``: an event for the room's other subscribers now."""
+    try:
+        event = check_event(obj.get("event"))
+    except ValueError as e:
+        raise ProtocolError("bad_message", f"whisper {e}", room=room) from None
+    if "data" not in obj:
+        raise ProtocolError("bad_message", "whisper needs a 'data' field", room=room)
+    try:
+        data_json = dumps(obj["data"])
+    except ValueError:
+        raise ProtocolError("bad_message", "data must be plain JSON", room=room) from None
+    if too_big(data_json, WHISPER_DATA_MAX):
+        raise ProtocolError("bad_message", f"a whisper's data is at most {WHISPER_DATA_MAX} bytes of JSON", room=room)
+    return ClientMessage("whisper", room=room, data_json=data_json, event=event)
 
 
 _EPOCH_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
@@ -426,11 +471,22 @@ def relay_frame(
 
 
 def message_frame(
-    room: str, payload: str, offset: int | None = None, epoch: str | None = None, sub: str | None = None,
+    room: str, p: Payload, offset: int | None = None, epoch: str | None = None, sub: str | None = None,
 ) -> str:
-    """`relay_frame` for a payload as it comes from Redis (`pack`ed or plain)."""
-    p = unpack(payload)
+    """What a subscriber gets for a payload from Redis (`unpack`ed): a ``message`` (`relay_frame`),
+    or a ``whisper`` (`whisper_frame`)."""
+    if p.whisper:
+        assert p.event is not None
+        return whisper_frame(room, p.event, p.data_json, p.user)
     return relay_frame(room, p.data_json, offset, epoch, sub, p.event)
+
+
+def whisper_frame(room: str, event: str, data_json: str, user: str | None) -> str:
+    """A whisper as the room's other subscribers get it: ``user`` the sender's (None: anonymous)."""
+    return (
+        '{"type":"whisper","room":' + dumps(room) + ',"event":' + dumps(event) + ',"data":' + data_json
+        + ',"user":' + dumps(user) + "}"
+    )
 
 
 def subscribed_message(room: str, sub: str, offset: int | None, epoch: str | None, recovered: bool) -> dict[str, Any]:

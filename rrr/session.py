@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from tornado.httputil import HTTPHeaders
@@ -26,6 +26,7 @@ from .metrics import Metrics
 from .protocol import ClientMessage, ProtocolError, Since
 from .proxies import RETRY_AFTER, RETRY_EVERY, ConnectProxy, HandshakeRefused, ProxiedIdentity, ProxyRefused
 from .proxies import ProxyUnavailable, SubscribeProxy
+from .pusher.names import SocketIds
 from .rooms import Connection
 
 _PONG = Frame(protocol.PONG_FRAME)
@@ -55,6 +56,9 @@ class Shared:
     reads: PresenceReads
     connect_proxy: ConnectProxy | None = None
     subscribe_proxy: SubscribeProxy | None = None
+    #: Every socket that whispers (and every Pusher socket) gets an id of these, unique across
+    #: processes: what a whisper names so that it never reaches its sender.
+    socket_ids: SocketIds = field(default_factory=SocketIds)
 
     async def revoked(self, identity: Identity) -> bool:
         """Whether ``identity``'s token was issued before its user's last sign-out (no ``iat``: yes)."""
@@ -97,7 +101,7 @@ class Session:
     # Slots, and rate buckets only once the socket sends: one Session lives per idle socket.
     __slots__ = (
         "conn", "shared", "hub", "ip", "fixed_room", "subs", "n_subs", "transport",
-        "_bucket", "_frames", "_lists", "_dropped", "identity", "_expiry", "_announce_fixed", "_joining",
+        "_bucket", "_frames", "_lists", "_dropped", "identity", "_expiry", "_announce_fixed", "_joining", "_whispers",
     )
 
     def __init__(
@@ -126,6 +130,7 @@ class Session:
         self._expiry: asyncio.TimerHandle | None = None
         self._announce_fixed = since is not None
         self._joining: asyncio.Future[None] | None = None
+        self._whispers: TokenBucket | None = None
         if identity is not None:
             self._authenticate(identity)
         self.hub.attach(conn)
@@ -403,7 +408,49 @@ class Session:
             self.unsubscribe(msg.room, msg.sub)
         elif msg.type == "publish":
             return self._replying(self._publish(msg))
+        elif msg.type == "whisper":
+            assert msg.room is not None and msg.event is not None and msg.data_json is not None
+            user = self.identity.user if self.identity is not None else None
+            return self._replying(self.whisper(msg.room, msg.event, msg.data_json, user))
         return None
+
+    def socket_id(self) -> str:
+        """This socket's id (`Shared.socket_ids`), made on first use and kept on the socket, which
+        delivery compares with a whisper's sender."""
+        conn = self.conn
+        sid: str | None = getattr(conn, "socket_id", None)
+        if sid is None:
+            sid = self.shared.socket_ids.new()
+            conn.socket_id = sid  # type: ignore[attr-defined]  # a slot of every door's socket
+        return sid
+
+    def may_whisper(self) -> bool:
+        """One of the socket's ``WHISPER_RATE`` whispers (Pusher client events) a second."""
+        if self._whispers is None:
+            self._whispers = TokenBucket(protocol.WHISPER_RATE, protocol.WHISPER_RATE)
+        if self._whispers.take():
+            return True
+        self.shared.metrics.limited.labels("whisper_rate").inc()
+        return False
+
+    async def whisper(self, room: str, event: str, data_json: str, user: str | None) -> None:
+        """An event for the room's other subscriptions now, on every process, never stored and never
+        back to this socket (typing indicators, cursors): only in a private or presence room this
+        socket subscribes to (as Pusher allows client events only on authorized channels), at
+        most ``WHISPER_RATE`` a second. ``user``: who it is from, as its receivers are told."""
+        if not self.shared.limits.whispers:
+            raise ProtocolError("forbidden", "whispers are off on this server (--pusher-client-events)", room=room)
+        if not needs_grant(room):
+            raise ProtocolError("forbidden", "whispers only go to private and presence rooms", room=room)
+        if room not in self.subs:
+            raise ProtocolError("not_subscribed", "subscribe to a room before whispering to it", room=room)
+        if not self.may_whisper():
+            raise ProtocolError("rate_limited", f"at most {protocol.WHISPER_RATE} whispers a second", room=room)
+        payload = protocol.pack(data_json, event, whisper=True, user=user, exclude=self.socket_id())
+        try:
+            await self.shared.history.relay(room, payload)
+        except BackplaneError:
+            raise ProtocolError("unavailable", "the message bus is unavailable; try again", room=room) from None
 
     def _members(self, room: str, sub: str, after: str) -> None:
         """A page of a presence room's members, for one of this socket's subscriptions to it: the

@@ -194,10 +194,11 @@ SERVER_BUILDERS: dict[str, Callable[..., str | dict[str, Any]]] = {
     "presence_frame": protocol.presence_frame,
     "presence_diff_frame": protocol.presence_diff_frame,
     "authenticated_message": protocol.authenticated_message,
+    "whisper_frame": protocol.whisper_frame,
     "ProtocolError": lambda *args, **kwargs: ProtocolError(*args, **kwargs).message(),
 }
 SERVER_TYPES = {"connection_message", "message", "pong", "error", "authenticated", "presence", "presence_diff",
-                "subscribed"}
+                "subscribed", "whisper"}
 CLIENT_CODES = {"bad_json", "bad_message", "unknown_type", "bad_token", "bad_room", "bad_sub", "bad_since"}
 
 

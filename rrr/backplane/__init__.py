@@ -217,6 +217,9 @@ class History(Protocol):
     async def publish(self, room: str, data_json: str) -> Published:
         """Store and relay (history on), or relay only: then ``offset`` is 0 and ``epoch`` empty."""
 
+    async def relay(self, room: str, payload: str) -> int:
+        """Relay only, never stored (a whisper, a Pusher client event): how many processes got it."""
+
     async def read(self, room: str, after: int | None, *, seen: tuple[str, int] | None = None) -> Read:
         """The room's position (its epoch fixed now if it had none), and the messages after ``after``."""
 

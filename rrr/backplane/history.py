@@ -199,6 +199,9 @@ class RedisHistory:
         k, a = publish_args(room, data_json, self.size, self.ttl, own=True, sharded=self.sharded)
         return parse_published(await self.redis.script("history_publish", k, a))
 
+    async def relay(self, room: str, payload: str) -> int:
+        return await self.redis.publish(keys.room_channel(room), payload)
+
     async def read(self, room: str, after: int | None, *, seen: tuple[str, int] | None = None) -> Read:
         """The room's position (its epoch fixed now if it had none), and (``after`` given) every
         stored message after it, at most ``size`` of them (all the stream can hold). ``seen``: the

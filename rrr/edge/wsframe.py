@@ -18,6 +18,8 @@ from asyncio import Future
 from typing import Any
 
 from tornado.iostream import IOStream, SSLIOStream
+
+from ..protocol import Payload
 from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
 
 _FIN = 0x80
@@ -46,13 +48,13 @@ PING_WIRE = encode_frame(_PING, b"")
 class Frame:
     """A text message, with its wire encoding computed at most once.
 
-    ``payload``: a room message's (room, payload as it came from Redis), so a door that speaks
-    another protocol (Pusher's) need not parse the frame back; ``alt``: that door's own frames
-    for it, made once for every socket the frame goes to."""
+    ``payload``: a room message's (or whisper's) room and `rrr.protocol.Payload`, so a door that
+    speaks another protocol (Pusher's) need not parse the frame back; ``alt``: that door's own
+    frames for it, made once for every socket the frame goes to."""
 
     __slots__ = ("text", "_wire", "payload", "alt")
 
-    def __init__(self, text: str, payload: tuple[str, str] | None = None) -> None:
+    def __init__(self, text: str, payload: tuple[str, Payload] | None = None) -> None:
         self.text = text
         self._wire: bytes | None = None
         self.payload = payload

@@ -22,16 +22,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol as native
 from ..edge.wsframe import Frame
+from ..errors import BackplaneError
 from ..protocol import ProtocolError
 from ..session import Session
 from . import crossing, names
 from . import protocol as pp
-from .names import SocketIds
 
 log = logging.getLogger("rrr.pusher")
 
@@ -55,7 +55,6 @@ class PusherApp:
     secret: str
     client_events: bool = True
     cache_ttl: float = pp.CACHE_TTL
-    socket_ids: SocketIds = field(default_factory=SocketIds)
 
 
 def pusher_app(o: dict[str, Any]) -> PusherApp | None:
@@ -75,18 +74,19 @@ def pusher_app(o: dict[str, Any]) -> PusherApp | None:
 
 
 def event_frames(frame: Frame) -> list[Frame]:
-    """A room message as the Pusher event every Pusher socket in the room gets (made once per
-    frame). An encrypted channel's message is relayed only as the ciphertext event it was; a native
-    publish there (plain data pusher-js could not decrypt) is not relayed to Pusher sockets."""
+    """A room message (or whisper) as the Pusher event every Pusher socket in the room gets (made
+    once per frame); a whisper in a presence channel says its sender's ``user_id``. An encrypted
+    channel's message is relayed only as the ciphertext event it was; a native publish there (plain
+    data pusher-js could not decrypt) is not relayed to Pusher sockets."""
     if frame.alt is None:
         assert frame.payload is not None
-        room, payload = frame.payload
-        p = native.unpack(payload)
+        room, p = frame.payload
         if names.is_encrypted_channel(room) and p.event is None:
             frame.alt = []
         else:
             name, data = crossing.to_pusher(p.event, p.data_json)
-            frame.alt = [Frame(pp.channel_event_frame(room, name, data))]
+            user = p.user if p.whisper and names.is_presence_channel(room) else None
+            frame.alt = [Frame(pp.channel_event_frame(room, name, data, user))]
     return frame.alt
 
 
@@ -110,13 +110,14 @@ def _succeeded_frame(frame: Frame, room: str, members: dict[str, Any]) -> Frame:
 class Door:
     """One Pusher socket's side of the translation: its id, its channels' state."""
 
-    __slots__ = ("app", "session", "socket_id", "channels")
+    __slots__ = ("app", "session", "socket_id", "channels", "members")
 
     def __init__(self, app: PusherApp, session: Session, socket_id: str) -> None:
         self.app = app
         self.session = session
         self.socket_id = socket_id
         self.channels: dict[str, int] = {}  # channel -> _PENDING or _SUBSCRIBED
+        self.members: dict[str, str] | None = None  # presence channel -> the user this socket is there
 
     # -- in ---------------------------------------------------------------------------------
 
@@ -136,12 +137,33 @@ class Door:
         if isinstance(msg, pp.Subscribe):
             return self._subscribe(msg)
         if isinstance(msg, pp.Unsubscribe):
-            self.channels.pop(msg.channel, None)
+            self._forget(msg.channel)
             self.session.unsubscribe(msg.channel, SUB)
             return [], None
         if isinstance(msg, pp.Signin):
             return [Frame(pp.error_frame(None, "pusher:signin is not supported by this server yet"))], None
-        return [Frame(pp.error_frame(None, "client events are not supported by this server yet"))], None
+        return self._client_event(msg)
+
+    def _client_event(self, ev: pp.ClientEvent) -> tuple[list[Frame], Awaitable[None] | None]:
+        """A ``client-*`` event: to the channel's other subscriptions, Pusher and native alike (as a
+        ``whisper``), never back to this socket, never stored; at most 10 a second (4301 over it,
+        the socket stays)."""
+        if not self.app.client_events:
+            return [Frame(pp.error_frame(None, "Client events are disabled on this server"))], None
+        if self.channels.get(ev.channel) != _SUBSCRIBED:
+            return [Frame(pp.not_subscribed(ev.channel).frame())], None
+        if not self.session.may_whisper():
+            return [Frame(pp.rate_limited().frame())], None
+        user = self.members.get(ev.channel) if self.members is not None else None
+        native_msg = crossing.to_native(ev.event, ev.data)
+        payload = native.pack(native_msg.data_json, ev.event, whisper=True, user=user, exclude=self.socket_id)
+        return [], self._relay(ev.channel, payload)
+
+    async def _relay(self, channel: str, payload: str) -> None:
+        try:
+            await self.session.shared.history.relay(channel, payload)
+        except BackplaneError:
+            self.session.conn.send_frame(Frame(pp.error_frame(None, "The message bus is unavailable; try again")))
 
     def _subscribe(self, msg: pp.Subscribe) -> tuple[list[Frame], Awaitable[None] | None]:
         channel = msg.channel
@@ -161,15 +183,24 @@ class Door:
             return [Frame(pp.subscription_error_frame(channel, "not supported by this server yet", 403))], None
         member = allowed.member
         self.channels[channel] = _PENDING
+        if member is not None:
+            if self.members is None:
+                self.members = {}
+            self.members[channel] = member.key
         try:
             if member is not None:
                 waits = self.session.admit(channel, SUB, member.info_json, member.key)
             else:
                 waits = self.session.admit(channel, SUB)
         except ProtocolError as e:
-            self.channels.pop(channel, None)
+            self._forget(channel)
             return [self._refused(channel, e.code, e.reason)], None
         return [], waits
+
+    def _forget(self, channel: str) -> bool:
+        if self.members is not None:
+            self.members.pop(channel, None)
+        return self.channels.pop(channel, None) is not None
 
     def _refused(self, channel: str, code: str, reason: str) -> Frame:
         return Frame(pp.subscription_error_frame(channel, reason, _STATUS.get(code, 400)))
@@ -184,6 +215,8 @@ class Door:
         text = frame.text
         if text.startswith('{"type":"connection_message"'):
             return []
+        if text.startswith('{"event":'):  # a Pusher frame already (the door's own, sent later)
+            return [frame]
         try:
             msg = json.loads(text)
         except ValueError:
@@ -205,7 +238,7 @@ class Door:
             return []
         if kind == "error":
             if isinstance(room, str):
-                if self.channels.pop(room, None) is None:
+                if not self._forget(room):
                     return []
                 self.session.unsubscribe(room, SUB)
                 return [self._refused(room, str(msg.get("code")), str(msg.get("reason")))]

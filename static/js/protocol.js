@@ -233,6 +233,14 @@ export const unsubscribeFrame = (room, sub) => ({ type: "unsubscribe", room, sub
  */
 export const publishFrame = (room, data, event = null) =>
   typeof event === "string" ? { type: "publish", room, event, data } : { type: "publish", room, data };
+/**
+ * An event for the room's other subscribers now (typing indicators, cursors): never stored, never
+ * back to this socket; private and presence rooms only, at most 10 a second.
+ * @param {string} room
+ * @param {string} event
+ * @param {unknown} data
+ */
+export const whisperFrame = (room, event, data) => ({ type: "whisper", room, event, data });
 export const pingFrame = () => ({ type: "ping" });
 /**
  * The `transport` field says how the browser shares its connection (the server counts
@@ -433,8 +441,9 @@ export function subscribedPosition(position, frame) {
 
 const SERVER_TYPES = new Set([
   "connection_message", "message", "pong", "error", "authenticated", "presence", "presence_diff", "subscribed", "close",
+  "whisper",
 ]);
-const ROOM_TYPES = new Set(["connection_message", "message", "presence", "presence_diff", "subscribed"]);
+const ROOM_TYPES = new Set(["connection_message", "message", "presence", "presence_diff", "subscribed", "whisper"]);
 
 /**
  * Parse one text frame from the server. Returns null for anything that is not
@@ -471,6 +480,9 @@ export function checkServerFrame(frame) {
     return null;
   }
   if (frame.type === "message" && "event" in frame && typeof frame.event !== "string") return null;
+  if (frame.type === "whisper" && (typeof frame.event !== "string" || !(frame.user === null || typeof frame.user === "string"))) {
+    return null;
+  }
   if (frame.type === "close" && !isCloseCode(frame.code)) return null;
   if (frame.type === "close" && "reason" in frame && typeof frame.reason !== "string") return null;
   return frame;

@@ -36,6 +36,7 @@ import {
   parseServerFrame,
   pingFrame,
   publishFrame,
+  whisperFrame,
   reattachMsg,
   sinceOf,
   stateMsg,
@@ -327,6 +328,15 @@ export class SocketOwner {
         }
         break;
       }
+      case "whisper": {
+        // The server never sends a whisper back to the socket it came from: this browser's other
+        // tabs in the room hear it from here.
+        if (!this.#send(whisperFrame(msg.room, msg.event, msg.data))) break;
+        const others = this.#tabs.inRoom(msg.room).filter((id) => id !== tabId);
+        const user = this.#tokens.identity?.user ?? null;
+        this.#sendTo(others, { type: "whisper", room: msg.room, event: msg.event, data: msg.data, user });
+        break;
+      }
       case "network":
         if (msg.online) this.#onOnline();
         else this.#onOffline();
@@ -526,7 +536,7 @@ export class SocketOwner {
       this.#onMessage(frame);
     } else if (frame.type === "subscribed") {
       this.#onSubscribed(frame);
-    } else if (frame.type === "connection_message" || frame.type === "presence_diff") {
+    } else if (frame.type === "connection_message" || frame.type === "presence_diff" || frame.type === "whisper") {
       this.#sendTo(this.#tabs.inRoom(frame.room), frame);
     } else if (frame.type === "presence") {
       // The whole list, once per subscription: only to the tab whose subscription it is.

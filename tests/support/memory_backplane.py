@@ -1004,6 +1004,9 @@ class MemoryHistory:
 
         return await self._presence._run("history_publish", run)
 
+    async def relay(self, room: str, payload: str) -> int:
+        return await self._presence.publish(keys.room_channel(room), payload)
+
     async def read(self, room: str, after: int | None, *, seen: tuple[str, int] | None = None) -> Read:
         return await self._presence._run(
             "history_read", lambda: self.redis.history_read(room, after, self.size, self.size, self.ttl, seen=seen),

@@ -57,7 +57,9 @@ function connect({ id, key: clientKey, port: wsPort, user, authSecret }) {
   pusher.connection.bind("state_change", ({ previous, current }) =>
     out({ id, kind: "state", previous, current, socket_id: pusher.connection.socket_id ?? null }));
   pusher.connection.bind("error", (err) => out({ id, kind: "error", error: err?.data ?? err?.error?.data ?? String(err?.type) }));
-  pusher.connection.bind("message", (msg) => out({ id, kind: "frame", event: msg.event, channel: msg.channel ?? null }));
+  // Every frame as pusher-js decoded it (a client event's `user_id` shows here: bind_global drops it).
+  pusher.connection.bind("message", (msg) =>
+    out({ id, kind: "frame", event: msg.event, channel: msg.channel ?? null, user_id: msg.user_id ?? null }));
   pusher.user.bind_global((event, data) => out({ id, kind: "user_event", event, data }));
   clients.set(id, pusher);
   // The close code the server sent, as pusher-js got it.
@@ -73,7 +75,7 @@ function connect({ id, key: clientKey, port: wsPort, user, authSecret }) {
 
 function subscribe({ id, channel }) {
   const ch = clients.get(id).subscribe(channel);
-  ch.bind_global((event, data, metadata) => {
+  ch.bind_global((event, data) => {
     let members;
     if (event === "pusher:subscription_succeeded" && channel.startsWith("presence-")) {
       members = [];
@@ -81,7 +83,7 @@ function subscribe({ id, channel }) {
       members.sort((a, b) => String(a.id).localeCompare(String(b.id)));
       data = { me: ch.members.me, count: ch.members.count };
     }
-    out({ id, kind: "event", channel, event, data, members, user_id: metadata?.user_id ?? null });
+    out({ id, kind: "event", channel, event, data, members });
   });
 }
 
