@@ -36,6 +36,7 @@ from support.production import Cluster, Nginx, Script, SentinelGroup, start_apps
 from support.pusher import PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET, RequestRecorder
 from support.redis import LyingRedis
 from support.servers import Server, ServerFactory
+from support.transports import PollClient, SseClient
 
 # -- Redis -------------------------------------------------------------------
 
@@ -154,6 +155,20 @@ def clients(io_loop: IOLoop) -> Iterator[list[Client]]:
     for c in made:
         c.close()
         c._reader.cancel()
+
+
+@pytest.fixture
+def streams(io_loop: IOLoop) -> Iterator[list[SseClient | PollClient]]:
+    """Collects SSE and polling clients; afterwards each goes away (its connection closed)."""
+    made: list[SseClient | PollClient] = []
+    yield made
+
+    async def close_all() -> None:
+        for c in made:
+            c.close()
+        await asyncio.sleep(0)
+
+    io_loop.run_sync(close_all, timeout=10)
 
 
 # -- app.py as real processes ------------------------------------------------
