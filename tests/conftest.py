@@ -164,9 +164,7 @@ def streams(io_loop: IOLoop) -> Iterator[list[SseClient | PollClient]]:
     yield made
 
     async def close_all() -> None:
-        for c in made:
-            c.close()
-        await asyncio.sleep(0)
+        await asyncio.gather(*(c.aclose() for c in made))
 
     io_loop.run_sync(close_all, timeout=10)
 

@@ -194,6 +194,11 @@ class SseClient(FrameLog):
         if self._reader is not None:
             self._reader.cancel()
 
+    async def aclose(self) -> None:
+        self.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
 
 class PollClient(FrameLog):
     """A long-polling session that polls again as soon as an answer comes, as the library does: the
@@ -260,3 +265,8 @@ class PollClient(FrameLog):
         """Stop polling (the tab closed): the session lingers on the server until it expires."""
         if self._task is not None:
             self._task.cancel()
+
+    async def aclose(self) -> None:
+        self.close()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
