@@ -202,6 +202,11 @@ async def test_posts_and_polls_behind_nginx_round_robin_reach_the_owner(
     await wait_until(lambda: len(p.of_type("message")) == 6, what="6 messages by polling through nginx")
     assert [m["data"] for m in p.of_type("message")] == [f"p{n}" for n in range(6)]
     assert sum([await handoffs(a, "poll") for a in cluster.apps]) >= 2
+    # Whoever holds a session id speaks for the session: no log line shows one, only its owner's tag.
+    logs = cluster.logs() + (cluster.nginx.run_dir / "logs" / "access.log").read_text()
+    for session in (s.session, p.session):
+        assert session not in logs
+        assert f"/{session[:8]}.../" in logs
 
 
 async def tag_of(app: AppProcess) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -77,11 +78,18 @@ async def test_a_stream_starts_with_its_session_and_carries_each_frame_as_a_data
     assert server.metric("rrr_sockets_by_transport", {"transport": "sharedworker"}) == 1
 
 
-async def test_ping_is_answered_with_pong_on_the_stream(server_factory: ServerFactory, stream: Stream) -> None:
+async def test_ping_is_answered_with_pong_on_the_stream_and_no_log_line_shows_the_session(
+    server_factory: ServerFactory, stream: Stream, caplog: pytest.LogCaptureFixture,
+) -> None:
     server = await server_factory()
-    s = await stream(server)
-    assert (await s.send(type="ping")).status == 202
-    await s.next("pong", after=1)
+    with caplog.at_level(logging.INFO, logger="tornado.access"):
+        s = await stream(server)
+        assert (await s.send(type="ping")).status == 202
+        await s.next("pong", after=1)
+        assert (await s.send("junk")).status == 400  # refusals are logged too
+    lines = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"202 POST /sse/{s.session[:8]}.../" in lines and "400 POST" in lines
+    assert s.session not in lines
 
 
 async def test_a_message_whose_json_holds_line_breaks_arrives_as_the_same_json(
