@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from rrr.backplane import keys
-from support.clients import wait_until
+from support.clients import Client, connect, wait_until
 from support.processes import AppProcess
 from support.production import Cluster
 from support.servers import Server, ServerFactory
@@ -167,6 +167,34 @@ async def test_a_malformed_inbox_message_is_counted_and_dropped(
     await s.started()
     assert (await s.send(type="ping")).status == 202
     await s.next("pong", after=0)
+
+
+async def test_kill_9_of_a_sessions_process_the_counts_converge_and_its_sessions_are_404(
+    app_factory: Callable[..., AppProcess], redis_url: str, streams: list[SseClient | PollClient],
+    clients: list[Client],
+) -> None:
+    """The presence of a killed process's sessions goes with its lease, as its sockets' does; a
+    request for one of them that reaches a survivor is answered 404 (the library opens a new one)."""
+    ttl = 2.0
+    victim = app_factory(redis_url=redis_url, presence_ttl=ttl, poll_timeout=5)
+    survivor = app_factory(redis_url=redis_url, presence_ttl=ttl, poll_timeout=5)
+    s = await SseClient.open(victim.base_url)
+    streams.append(s)
+    await s.started()
+    p = await PollClient.open(victim.base_url)
+    streams.append(p)
+    for c in (s, p):
+        assert (await c.send(type="subscribe", room="k9", sub="t")).status == 202
+    watcher = await connect(survivor.base_url.replace("http", "ws") + "/ws/count/k9/")
+    clients.append(watcher)
+    await watcher.settles_on(3)
+    killed_at = time.monotonic()
+    victim.kill()
+    await watcher.settles_on(1, timeout=ttl + 10)
+    converged = time.monotonic() - killed_at
+    assert converged <= ttl + 2.0, f"took {converged:.2f} s with presence-ttl {ttl}"
+    assert (await post(survivor.base_url, "sse", s.session, {"type": "ping"})).status == 404
+    assert (await request(f"{survivor.base_url}/poll/{p.session}/?seq={p.seq}")).status == 404
 
 
 @pytest.mark.nginx
