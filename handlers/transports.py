@@ -139,6 +139,9 @@ class _Streaming(TransportHandler):
 
     async def serve(self, conn: SseStream, flushing: Any) -> None:
         """Until the stream ends; then the session goes, as a closed socket's does."""
+        # Nothing reads the request's headers again; a browser's (cookies, user agent: 1-2 KiB) would
+        # otherwise stay for the stream's whole life, as a socket's would (handlers/sockets.py).
+        self.request.headers.clear()
         try:
             try:
                 await flushing
@@ -287,6 +290,7 @@ class SessionHandler(TransportHandler):
             self.answer(Answer(404, protocol.dumps(protocol.http_error(404, "unknown session"))))
             return
         answer, self._cancel = self.t.handoff.poll(session_id, seq)
+        self.request.headers.clear()  # a poll may wait --poll-timeout: what a browser sent need not
         try:
             result = await answer
         except asyncio.CancelledError:  # its client went away (on_connection_close)
