@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import tornado.httputil
 import tornado.web
 from tornado.iostream import IOStream, StreamClosedError
 
@@ -67,11 +68,13 @@ class TransportNotFound(NoStore):
 class TransportHandler(NoStore):
     def initialize(self, transports: Transports) -> None:
         self.t = transports
+        # Kept: a stream or a waiting poll lets go of the request's headers (see `park`).
+        self.origin = self.request.headers.get("Origin")
         self.set_default_headers()  # now that the Origin can be judged
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
-        origin = self.request.headers.get("Origin")
+        origin = getattr(self, "origin", None)
         if origin is not None and getattr(self, "t", None) is not None and self._origin_ok(origin):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Access-Control-Expose-Headers", "Retry-After")
@@ -87,7 +90,7 @@ class TransportHandler(NoStore):
         return origin_allowed(origin, self._host(), self.t.allowed_origins, self.request.protocol)
 
     def prepare(self) -> None:
-        origin = self.request.headers.get("Origin")
+        origin = self.origin
         if origin is not None and not self._origin_ok(origin):
             raise tornado.web.HTTPError(
                 403, "origin %s not allowed for %s://%s", loggable(origin, 100), self.request.protocol,
@@ -116,6 +119,14 @@ class TransportHandler(NoStore):
     def ip(self) -> str:
         return self.request.remote_ip or ""
 
+    def park(self) -> None:
+        """While a poll waits or a stream lives, what it no longer needs goes: the request's headers
+        (a browser's cookies and user agent, 1-2 KiB) and the response's, written already or set
+        again (``clear``) when the answer comes. About 1 KiB per session, as a socket sheds its own
+        (handlers/sockets.py)."""
+        self.request.headers.clear()
+        self._headers = tornado.httputil.HTTPHeaders()
+
 
 class _Streaming(TransportHandler):
     """An open ``text/event-stream`` response, as long as its session lives."""
@@ -139,14 +150,12 @@ class _Streaming(TransportHandler):
 
     async def serve(self, conn: SseStream, flushing: Any) -> None:
         """Until the stream ends; then the session goes, as a closed socket's does."""
-        # Nothing reads the request's headers again; a browser's (cookies, user agent: 1-2 KiB) would
-        # otherwise stay for the stream's whole life, as a socket's would (handlers/sockets.py).
-        self.request.headers.clear()
         try:
             try:
                 await flushing
             except StreamClosedError:
                 return
+            self.park()  # the response's headers are written
             await conn.done
         finally:
             if conn.session is not None:
@@ -290,13 +299,15 @@ class SessionHandler(TransportHandler):
             self.answer(Answer(404, protocol.dumps(protocol.http_error(404, "unknown session"))))
             return
         answer, self._cancel = self.t.handoff.poll(session_id, seq)
-        self.request.headers.clear()  # a poll may wait --poll-timeout: what a browser sent need not
+        if not answer.done():
+            self.park()  # a poll may wait --poll-timeout
         try:
             result = await answer
         except asyncio.CancelledError:  # its client went away (on_connection_close)
             return
         finally:
             self._cancel = None
+        self.clear()  # the default headers again
         self.answer(result)
 
     def on_connection_close(self) -> None:

@@ -200,6 +200,9 @@ async def test_sign_out_and_drain_end_a_polling_session_with_its_close_frame(
     assert r.status == 202
     await signed_out.next("close", after=0)
     assert signed_out.frames[-1] == {"type": "close", "code": 4001, "reason": "signed out"}
+    # Ended: no longer a connection, though it lingers until its close frame is acknowledged.
+    assert server.metric("rrr_open_sessions", {"transport": "poll"}) == 1
+    assert server.metric("rrr_open_sockets") == 1
     await wait_until(signed_out.gone.is_set, what="the session gone once its close frame was taken")
 
     await server.service.shutdown()

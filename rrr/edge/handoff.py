@@ -79,7 +79,7 @@ class Handoff:
             return await self.sessions.post(kind, session_id, text)
         return await self._forward("post", kind, session_id, "-", text, self.timeout)
 
-    def poll(self, session_id: str, seq: int) -> tuple[Awaitable[Answer], Callable[[], None]]:
+    def poll(self, session_id: str, seq: int) -> tuple[asyncio.Future[Answer], Callable[[], None]]:
         """A long poll: its answer, and what to call if its client goes away first."""
         if not self.sessions.is_local(session_id):
             task = asyncio.ensure_future(
@@ -126,6 +126,9 @@ class Handoff:
                 got = await asyncio.wait_for(answer, timeout)
             except asyncio.TimeoutError:
                 return refused(503, "the process holding this session did not answer", 1)
+            except asyncio.CancelledError:
+                result = "abandoned"  # the client went away while its poll waited
+                raise
             result = str(got.status)
             return got
         finally:
