@@ -193,17 +193,19 @@ async def test_sign_out_and_drain_end_a_polling_session_with_its_close_frame(
     server = await server_factory(token_secret=SECRET, api_token="tok", poll_timeout=5)
     now = time.time()
     grant = jwt.encode({"sub": "bo", "iat": int(now), "exp": now + 600}, SECRET, algorithm="HS256")
-    signed_out, drained = await session(server), await session(server)
+    signed_out, drained = await session(server, poll=False), await session(server)
     await signed_out.send(type="auth", token=grant)
-    await signed_out.next("authenticated", after=0)
+    signed_out.take((await signed_out.poll_once()).json())
+    assert signed_out.of_type("authenticated")
     r = await request(f"{server.base_url}/api/users/bo/disconnect", "POST", "", {"Authorization": "Bearer tok"})
     assert r.status == 202
-    await signed_out.next("close", after=0)
-    assert signed_out.frames[-1] == {"type": "close", "code": 4001, "reason": "signed out"}
-    # Ended: no longer a connection, though it lingers until its close frame is acknowledged.
-    assert server.metric("rrr_open_sessions", {"transport": "poll"}) == 1
+    # Ended at once: no longer a connection, though it lingers until its close frame is taken.
+    await wait_until(lambda: server.metric("rrr_open_sessions", {"transport": "poll"}) == 1, what="it ended")
     assert server.metric("rrr_open_sockets") == 1
-    await wait_until(signed_out.gone.is_set, what="the session gone once its close frame was taken")
+    last = (await signed_out.poll_once()).json()
+    assert last["frames"][-1] == {"type": "close", "code": 4001, "reason": "signed out"}
+    signed_out.take(last)
+    assert (await signed_out.poll_once()).status == 404, "gone once its close frame was taken"
 
     await server.service.shutdown()
     await drained.next("close", after=0)
