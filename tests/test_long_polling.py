@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -22,6 +26,7 @@ from support.transports import PollClient, SseClient, post, request
 pytestmark = pytest.mark.gen_test(timeout=120)
 
 SECRET = "poll-test-secret-of-a-decent-length"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def publish(server: Server, room: str, data: Any) -> None:
@@ -231,3 +236,22 @@ async def test_posts_to_a_polling_session_follow_the_same_rules(
     assert (unknown.status, unknown.json()["error"]) == (404, "unknown session")
     assert (await request(f"{server.base_url}/poll/elsewhere/x/")).status == 404
     assert (await request(f"{server.base_url}/sse/x/y/")).header("cache-control") == "no-store"
+
+
+async def test_sessions_are_capped_per_process(server_factory: ServerFactory, session: Session) -> None:
+    """At most --max-connections sessions (a polling one holds no connection between its polls)."""
+    server = await server_factory(max_connections=3, poll_timeout=5)
+    for _ in range(3):
+        await session(server, poll=False)
+    refused = await request(f"{server.base_url}/poll/")
+    assert refused.status == 503 and refused.header("retry-after") == "1"
+    assert "maximum of 3 sessions" in refused.json()["error"]
+    assert (await SseClient.open(server.base_url)).status == 503
+
+
+def test_a_poll_timeout_the_library_cannot_wait_for_stops_rrr_at_start(tmp_path: Path) -> None:
+    for value in ("60", "0"):
+        r = subprocess.run([sys.executable, "app.py", f"--poll-timeout={value}", "--port=0"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=30, env={**os.environ, "RRR_REDIS_URL": ""})
+        assert r.returncode != 0
+        assert "rrr: --poll-timeout must be above 0 and under 60 s" in r.stderr, r.stderr[-500:]
