@@ -239,6 +239,22 @@ async def test_the_session_ends_with_its_stream_and_counts_as_a_connection_until
     assert (await post(server.base_url, "sse", a.session, {"type": "ping"})).status == 404
 
 
+async def test_every_answer_under_sse_and_poll_says_no_store_and_no_buffering(server_factory: ServerFactory) -> None:
+    """Refusals of every kind included: a foreign Host, a method, a path that is not a route."""
+    server = await server_factory(allowed_hosts="rrr.example")
+    base = server.base_url
+    answers = {
+        "foreign Host": await request(f"{base}/sse/"),
+        "another method": await request(f"{base}/sse/", "PUT", "", {"Host": "rrr.example"}),
+        "no such path": await request(f"{base}/poll/a/b/c", headers={"Host": "rrr.example"}),
+        "a poll of nothing": await request(f"{base}/poll/{'A' * 30}/?seq=0", headers={"Host": "rrr.example"}),
+    }
+    assert {k: r.status for k, r in answers.items()} == {
+        "foreign Host": 400, "another method": 405, "no such path": 404, "a poll of nothing": 404}
+    for name, r in answers.items():
+        assert (r.header("cache-control"), r.header("x-accel-buffering")) == ("no-store", "no"), name
+
+
 async def test_caps_apply_to_sessions_as_to_sockets(server_factory: ServerFactory, stream: Stream) -> None:
     server = await server_factory(max_sockets_per_ip=2, max_tabs_per_room=1)
     s = await stream(server)

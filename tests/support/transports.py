@@ -65,8 +65,9 @@ async def request(
     data = body.encode() if isinstance(body, str) else (body or b"")
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     try:
-        head = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close"]
-        for name, value in (headers or {}).items():
+        given = dict(headers or {})
+        head = [f"{method} {path} HTTP/1.1", f"Host: {given.pop('Host', parts.netloc)}", "Connection: close"]
+        for name, value in given.items():
             head.append(f"{name}: {value}")
         if body is not None or method == "POST":
             head.append(f"Content-Length: {len(data)}")
