@@ -113,9 +113,18 @@ define(
 )
 define(
     "presence_list_rate", default=1.0, type=float,
-    help="presence-room subscriptions per second per socket, each sent the whole member list (0: off)",
+    help="presence-room subscriptions and member pages per second per socket, each sent a page of members (0: off)",
 )
-define("presence_list_burst", default=20, type=int, help="presence-room subscriptions a socket may make at once")
+define(
+    "presence_list_burst", default=20, type=int,
+    help="presence-room subscriptions and member pages a socket may ask for at once",
+)
+define(
+    "presence_list_max", default=1000, type=int,
+    help="most members in one presence frame: the first page a subscription gets, each page asked for, each piece "
+    "of a diff; and the default and largest limit of GET /api/rooms/<slug>/members",
+)
+define("max_members", default=0, type=int, help="users per presence room; the next is refused (0: no cap)")
 define("log_level", default="info", help="debug, info, warning or error")
 define("processes", default=1, type=int, help="worker processes sharing the port (0: one per CPU core)")
 # HTTP hardening: host allow-list, timeouts and the connection cap (rrr/edge/guard.py).
@@ -173,6 +182,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             history_size=o["history_size"],
             history_ttl=o["history_ttl"],
             max_message_size=o["max_message_size"],
+            presence_list_max=max(1, o["presence_list_max"]),
             # Not options: tests shorten them to see reconnects quickly.
             pubsub_keepalive=o.get("pubsub_keepalive", 5.0),
             backoff_cap=o.get("backoff_cap", 5.0),
@@ -209,6 +219,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             message_burst=o["message_burst"],
             presence_list_rate=o["presence_list_rate"],
             presence_list_burst=o["presence_list_burst"],
+            max_members=o["max_members"],
         ),
         addresses=addresses,
         verifier=verifier,
@@ -264,7 +275,10 @@ def make_app(**overrides: Any) -> tornado.web.Application:
                 rf"/api/rooms/{slug}", RoomHandler,
                 dict(reads=service.presence, metrics=metrics, rate=addresses.api, token=api_token),
             ),
-            (rf"/api/rooms/{slug}/members", MembersHandler, dict(reads=service.presence, token=api_token)),
+            (
+                rf"/api/rooms/{slug}/members", MembersHandler,
+                dict(reads=service.presence, token=api_token, list_max=max(1, o["presence_list_max"])),
+            ),
             (
                 r"/api/users/([^/]{1,128})/disconnect", DisconnectHandler,
                 dict(reads=service.presence, token=api_token, keep_for=o["token_max_age"]),
@@ -322,6 +336,10 @@ def check_options() -> None:
             raise ValueError("--poll-timeout must be above 0 and under 60 s (the library waits 60 s for a poll)")
     except ValueError as e:
         raise SystemExit(f"rrr: {e}") from None
+    if options.presence_list_max < 1:
+        raise SystemExit("rrr: --presence-list-max must be at least 1")
+    if options.max_members < 0:
+        raise SystemExit("rrr: --max-members must be 0 (no cap) or more")
 
 
 options.add_parse_callback(check_options)

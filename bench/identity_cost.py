@@ -9,6 +9,7 @@
   sockets from loopback, each authenticated as a different user with a small ``info``, all in one
   presence room; ``INFO memory used_memory`` against the baseline, per member. Bounded in sockets
   and time; only loopback.
+* The storm (``--storm N``): N users join one presence room at once (tests/support/storm.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import tempfile
 import time
 import timeit
@@ -27,14 +27,14 @@ import jwt
 import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from bench.machine import free_port
 from bench.servers import start_app
-from rrr.backplane import keys
 from rrr.auth import Verifier
+from rrr.backplane import keys
 from rrr.backplane.embedded import EmbeddedRedis
+from tests.support import storm
 
 SECRET = "bench-secret-of-a-decent-length-for-hs256"
 ROOM = "presence-bench"
@@ -96,121 +96,24 @@ async def member_bytes(n: int) -> dict[str, float]:
         server.close()
 
 
-async def _drive(port: int, users: range, n: int, ready: Any, go: Any, out: Any, finish: Any) -> None:
-    """One driver process: its share of the users connect, wait for ``go``, then each
-    authenticates and subscribes; report when every one of them holds the whole list of ``n``.
-
-    A whole list of a big room is counted, not parsed (``n`` lists of ``n`` members would be N² of
-    JSON to decode and hold in the drivers, which would measure the drivers): each member entry has
-    exactly one ``{"info":``. Every 50th client parses and keeps its view exactly, as a check."""
-    gate = asyncio.Semaphore(50)  # the handshakes are not the storm: paced, so the backlog never overflows
-
-    async def opened() -> WebSocketClientConnection:
-        async with gate:
-            return await websocket_connect(
-                HTTPRequest(f"ws://127.0.0.1:{port}/ws/", connect_timeout=60, request_timeout=60),
-            )
-
-    sockets = list(await asyncio.gather(*(opened() for _ in users)))
-    exact = {i for i in range(len(sockets)) if (users[i] % 50) == 0}
-    views: dict[int, dict[str, Any]] = {i: {} for i in exact}
-    sizes = [0] * len(sockets)
-    frames = [0]
-    errors: dict[str, int] = {}
-
-    async def read(i: int, ws: WebSocketClientConnection) -> None:
-        while (raw := await ws.read_message()) is not None:
-            text = raw if isinstance(raw, str) else raw.decode()
-            if text.startswith('{"type":"presence",'):
-                frames[0] += 1
-                if i in exact:
-                    views[i] = dict(json.loads(text)["members"])
-                    sizes[i] = len(views[i])
-                else:
-                    sizes[i] = text.count('{"info":')
-            elif text.startswith('{"type":"error",'):
-                code = json.loads(text)["code"]
-                errors[code] = errors.get(code, 0) + 1
-            elif text.startswith('{"type":"presence_diff",'):
-                frames[0] += 1
-                f = json.loads(text)
-                if i in exact:
-                    for user in f["leaves"]:
-                        views[i].pop(user, None)
-                    views[i].update(f["joins"])
-                    sizes[i] = len(views[i])
-                else:
-                    sizes[i] += len(f["joins"]) - len(f["leaves"])
-
-    readers = [asyncio.ensure_future(read(i, ws)) for i, ws in enumerate(sockets)]
-    ready.put(len(sockets))
-    await asyncio.to_thread(go.wait)
-    for user, ws in zip(users, sockets):
-        await ws.write_message(json.dumps({"type": "auth", "token": jwt.encode(claims(str(user)), SECRET)}))
-        await ws.write_message(json.dumps({"type": "subscribe", "room": ROOM, "sub": "t"}))
-    deadline = time.monotonic() + 600
-    while not all(size == n for size in sizes):
-        if time.monotonic() > deadline or all(r.done() for r in readers):
-            break
-        await asyncio.sleep(0.05)
-    want = {str(u) for u in range(n)}
-    wrong = [(len(want - set(v)), len(set(v) - want)) for v in views.values() if set(v) != want]
-    off = sorted(size for size in sizes if size != n)
-    out.put((time.time(), -1 if wrong else sum(size == n for size in sizes), frames[0],
-             f"exact views wrong (missing, extra): {wrong[:5]} of {len(views)}; counts off: {len(off)} {off[:5]}; "
-             f"errors: {errors}"))
-    await asyncio.to_thread(finish.wait)  # leaving before every driver is done would be leaves in its room
-    for r in readers:
-        r.cancel()
-    for ws in sockets:
-        ws.close()
-
-
-def _driver(port: int, first: int, last: int, n: int, ready: Any, go: Any, out: Any, finish: Any) -> None:
-    asyncio.run(_drive(port, range(first, last), n, ready, go, out, finish))
-
-
 def presence_storm(n: int, drivers: int) -> dict[str, float]:
     """``n`` users join one presence room at once (each its own socket, spread over ``drivers``
-    processes): time until every client holds the whole list of ``n``, and the presence frames."""
+    processes; tests/support/storm.py, which tests/test_presence_storm.py also runs): time until
+    every client holds its first page and the total, the presence frames and bytes they got, the
+    most members one frame carried, and the server's peak resident memory over the whole run."""
     server = EmbeddedRedis(port=free_port()).start()
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="rrr-storm-")) / "app.log"
-    # Pings off: a driver parsing N whole lists (N x N members) may answer a ping later than
-    # --ping-interval and be dropped, which would measure the driver, not the server.
-    # A client's send buffer must hold a whole list of n members and what follows it.
-    app = start_app(server.url, port, log, {"token_secret": SECRET, "message_rate": 0, "ping_interval": 0,
-                                            "send_buffer": max(1 << 20, 200 * n)})
-    ctx = multiprocessing.get_context("spawn")
-    ready, go, out, finish = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event()
-    share = -(-n // drivers)
-    procs = [ctx.Process(target=_driver, args=(port, i, min(n, i + share), n, ready, go, out, finish))
-             for i in range(0, n, share)]
+    app = start_app(server.url, port, log, storm.server_options())
     try:
-        for p in procs:
-            p.start()
-        connected = sum(ready.get(timeout=600) for _ in procs)  # their handshakes are not the storm
-        assert connected == n, f"{connected} of {n} sockets connected"
-        started = time.time()
-        go.set()
-        results = [out.get(timeout=900) for _ in procs]
-        finish.set()
-        if any(r[1] < 0 for r in results):
-            raise RuntimeError("a client that checks its list exactly holds the wrong members: "
-                               + " | ".join(r[3] for r in results))
-        converged = sum(r[1] for r in results)
-        if converged != n:
-            print(" | ".join(r[3] for r in results))
-            raise RuntimeError(f"{converged} of {n} clients converged")
-        frames = sum(r[2] for r in results)
-        return {"members": n, "seconds": max(r[0] for r in results) - started, "frames": frames,
-                "frames_per_member": frames / n}
+        st = storm.storm(port, n, drivers)
+        peak = storm.peak_rss(app.pid)
+        if st.wrong or st.converged != n:
+            raise RuntimeError(f"{st.converged} of {n} clients converged; exact views wrong: {st.wrong}; "
+                               f"errors: {st.errors}")
+        return {"members": n, "seconds": st.seconds, "frames": st.frames, "frames_per_member": st.frames / n,
+                "bytes": st.wire_bytes, "largest": st.largest, "peak_rss": peak}
     finally:
-        finish.set()
-        for p in procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
         app.terminate()
         app.wait(10)
         server.close()
@@ -230,9 +133,10 @@ def main() -> None:
           f"(the members hash alone: {mem['members_hash_bytes']:.0f} B per member)")
     if args.storm:
         st = presence_storm(args.storm, args.drivers)
-        print(f"presence storm: {st['members']:.0f} users join one room at once; every client holds all "
-              f"{st['members']:.0f} after {st['seconds']:.1f} s, {st['frames']:.0f} presence frames "
-              f"({st['frames_per_member']:.1f} per member)")
+        print(f"presence storm: {st['members']:.0f} users join one room at once; every client holds its first "
+              f"page and the total after {st['seconds']:.1f} s; {st['frames']:.0f} presence frames "
+              f"({st['frames_per_member']:.1f} per member), {st['bytes'] / 1e6:.0f} MB to the clients, at most "
+              f"{st['largest']:.0f} members in a frame; server peak RSS {st['peak_rss'] / (1 << 20):.0f} MiB")
 
 
 if __name__ == "__main__":

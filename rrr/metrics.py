@@ -16,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 LIMITS = (
     "tabs_per_room", "subscriptions_per_socket", "subscriptions_per_ip", "rooms", "sockets_per_ip",
     "message_rate", "publish_rate", "publish_rate_per_ip", "api_rate", "history_bytes",
-    "client_history", "presence_list_rate",
+    "client_history", "presence_list_rate", "members",
 )
 
 

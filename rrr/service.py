@@ -56,6 +56,7 @@ class Settings:
     history_size: int = 100
     history_ttl: float = 300.0
     max_message_size: int = 65536
+    presence_list_max: int = 1000
     pubsub_keepalive: float = 5.0
     backoff_cap: float = 5.0
 
@@ -80,7 +81,7 @@ class Service:
         self.rooms: Rooms = {}
         coalescer = Coalescer(s.count_interval)
         self.counts = Counts(self.rooms, metrics, interval=s.count_interval, rate=s.count_rate)
-        self.members = Members(self.rooms, self.presence, self.counts, metrics)
+        self.members = Members(self.rooms, self.presence, self.counts, metrics, list_max=s.presence_list_max)
         self.delivery = Delivery(self.history, metrics, self.rooms, self.subscriber, coalescer)
         self.writer = Writer(
             self.rooms, coalescer, self.presence, self.subscriber, self.delivery, self.members, self.counts,

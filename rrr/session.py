@@ -29,6 +29,10 @@ _PONG = Frame(protocol.PONG_FRAME)
 log = logging.getLogger("rrr.session")
 
 
+class _NoCensus(Exception):
+    """The member cap cannot be judged yet: this process knows no list of the room (`Hub.census`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Shared:
     """What every session (and socket handler) of this process shares: the hub, the caps, the token
@@ -51,7 +55,7 @@ class Session:
     # Slots, and rate buckets only once the socket sends: one Session lives per idle socket.
     __slots__ = (
         "conn", "shared", "hub", "ip", "fixed_room", "subs", "n_subs", "transport",
-        "_bucket", "_frames", "_lists", "_dropped", "identity", "_expiry", "_announce_fixed",
+        "_bucket", "_frames", "_lists", "_dropped", "identity", "_expiry", "_announce_fixed", "_joining",
     )
 
     def __init__(
@@ -79,18 +83,50 @@ class Session:
         self.identity: Identity | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._announce_fixed = since is not None
+        self._joining: asyncio.Future[None] | None = None
         if identity is not None:
             self._authenticate(identity)
         self.hub.attach(conn)
         if room is not None:
             try:
                 self.subscribe(room, "", since)
+            except _NoCensus:
+                self._joining = asyncio.ensure_future(self._fixed_after_census(room, since))
             except ProtocolError as e:
                 self.reply(e)
                 conn.close(1008, e.reason[:120])
 
-    def subscribe(self, room: str, sub: str, since: Since | None = None) -> None:
-        """Register one subscription, or raise the cap it would break (nothing is registered then)."""
+    async def _fixed_after_census(self, room: str, since: Since | None) -> None:
+        try:
+            await self._subscribe_after_census(room, "", since)
+        except ProtocolError as e:
+            self.reply(e)
+            self.conn.close(1008, e.reason[:120])
+        except Exception:  # noqa: BLE001 - a task with no caller: log it, and the socket goes
+            log.exception("subscribing a one-room socket failed")
+            self.conn.close(1011, "internal error")
+
+    def _subscribe(self, room: str, sub: str, since: Since | None) -> Awaitable[None] | None:
+        """A ``subscribe`` frame: done on return, unless the member cap must first read the room's
+        members (then the awaitable; the socket's next frame is read once it is done)."""
+        try:
+            self.subscribe(room, sub, since)
+        except _NoCensus:
+            return self._replying(self._subscribe_after_census(room, sub, since))
+        return None
+
+    async def _subscribe_after_census(self, room: str, sub: str, since: Since | None) -> None:
+        try:
+            census = await self.hub.census(room)
+        except BackplaneError:
+            raise ProtocolError("unavailable", "cannot count the room's members now; try again",
+                                room=room, sub=sub) from None
+        if self.conn in self.hub.connections:  # not closed while we read
+            self.subscribe(room, sub, since, census)
+
+    def subscribe(self, room: str, sub: str, since: Since | None = None, census: dict[str, str] | None = None) -> None:
+        """Register one subscription, or raise the cap it would break (nothing is registered then);
+        `_NoCensus` when the member cap needs the room's members read first (``census``)."""
         tabs = self.subs.get(room)
         if tabs is not None and sub in tabs:
             return  # idempotent: a worker resubscribing after a hiccup must not double-count
@@ -115,11 +151,20 @@ class Session:
                 "rooms", "too_many_rooms", f"this server follows its maximum of {lim.max_rooms} rooms; try later",
                 room, sub,
             )
+        if lim.max_members > 0 and protocol.is_presence_room(room) and self.identity is not None:
+            fits = self.hub.admits(room, self.identity.user, lim.max_members, census)
+            if fits is None:
+                raise _NoCensus()
+            if not fits:
+                self._refuse(
+                    "members", "too_many_members", f"this room holds its maximum of {lim.max_members} members",
+                    room, sub,
+                )
         if protocol.is_presence_room(room) and not self._may_send_list():
             self._refuse(
                 "presence_list_rate", "rate_limited",
-                f"at most {lim.presence_list_rate:g} presence subscriptions a second per socket (bursts of "
-                f"{lim.presence_list_burst:g}), each sent the whole member list; try later", room, sub,
+                f"at most {lim.presence_list_rate:g} presence subscriptions or member pages a second per socket "
+                f"(bursts of {lim.presence_list_burst:g}), each sent a page of the member list; try later", room, sub,
             )
         addresses = self.shared.addresses
         if not addresses.add_subscription(self.ip):
@@ -156,6 +201,9 @@ class Session:
         return list(self.subs.get(room, ()))
 
     def close(self) -> None:
+        if self._joining is not None:
+            self._joining.cancel()
+            self._joining = None
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -227,9 +275,10 @@ class Session:
         return False
 
     def _may_send_list(self) -> bool:
-        """A presence subscription is sent the room's whole member list: it spends one of the
-        socket's ``presence_list_rate`` a second (bursts of ``presence_list_burst``), so resubscribing
-        in a loop cannot turn a few bytes up into a member list down each time."""
+        """A presence subscription is sent the first page of the room's member list, and a
+        ``members`` frame the next one: each spends one of the socket's ``presence_list_rate`` a
+        second (bursts of ``presence_list_burst``), so resubscribing or paging in a loop cannot turn
+        a few bytes up into a page of up to ``--presence-list-max`` members down each time."""
         lim = self.shared.limits
         if lim.presence_list_rate <= 0:
             return True
@@ -264,13 +313,37 @@ class Session:
             raise ProtocolError("unsupported", "this socket follows one room; use /ws/ for more", room=msg.room)
         elif msg.type == "subscribe":
             assert msg.room is not None and msg.sub is not None
-            self.subscribe(msg.room, msg.sub, msg.since)
+            return self._subscribe(msg.room, msg.sub, msg.since)
+        elif msg.type == "members":
+            assert msg.room is not None and msg.sub is not None and msg.after is not None
+            self._members(msg.room, msg.sub, msg.after)
         elif msg.type == "unsubscribe":
             assert msg.room is not None and msg.sub is not None
             self.unsubscribe(msg.room, msg.sub)
         elif msg.type == "publish":
             return self._replying(self._publish(msg))
         return None
+
+    def _members(self, room: str, sub: str, after: str) -> None:
+        """A page of a presence room's members, for one of this socket's subscriptions to it: the
+        members after ``after``, answered as ``presence`` with that ``sub``. Every refusal names the
+        ``after`` asked for."""
+        if not protocol.is_presence_room(room):
+            raise ProtocolError("bad_room", "only presence rooms have members", room=room, sub=sub, after=after)
+        if sub not in self.subs.get(room, ()):
+            raise ProtocolError("not_subscribed", "ask for members of a room through a subscription to it",
+                                room=room, sub=sub, after=after)
+        if not self._may_send_list():
+            lim = self.shared.limits
+            self.shared.metrics.limited.labels("presence_list_rate").inc()
+            raise ProtocolError(
+                "rate_limited",
+                f"at most {lim.presence_list_rate:g} presence subscriptions or member pages a second per socket "
+                f"(bursts of {lim.presence_list_burst:g}); try later", room=room, sub=sub, after=after,
+            )
+        if not self.hub.members_page(self.conn, room, sub, after):
+            raise ProtocolError("rate_limited", "too many pages asked for before the room's first list; try later",
+                                room=room, sub=sub, after=after)
 
     async def _replying(self, work: Awaitable[None]) -> None:
         try:

@@ -13,7 +13,7 @@ written at once, unless a member's grace holds it (`rrr.members`).
 
 A socket whose subscription is marked is *owed* the count: the batch that writes its room takes
 it along, and once the write lands it is sent the new count at once (`rrr.counts`) and, in a
-presence room, the whole member list (`rrr.members`). A failed batch keeps it owed.
+presence room, the first page of its members (`rrr.members`). A failed batch keeps it owed.
 """
 
 from __future__ import annotations
