@@ -40,8 +40,10 @@ from rrr.edge.sessions import Sessions
 from rrr.jwks import JwksKeys, verifier_from_options
 from rrr.limits import AddressLimits, Limits
 from rrr.protocol import SLUG_PATTERN
+from rrr.proxies import proxies_from_options
 from rrr.service import Service, Settings
 from rrr.session import Shared
+from rrr.webhooks import webhook_settings
 
 ROOT = Path(__file__).resolve().parent
 
@@ -152,6 +154,24 @@ define(
 define("token_audience", default="", help="when set, a token's aud must be or contain it")
 define("token_issuer", default="", help="when set, a token's iss must equal it")
 define("token_max_age", default=24 * 3600.0, type=float, help="refuse tokens whose exp lies further ahead (s)")
+# The application asked (rrr/proxies.py): who a handshake's cookie is, whether a socket may join a room.
+define(
+    "connect_proxy_url", default="",
+    help="http(s) URL rrr POSTs a handshake's Cookie/Authorization to, when it carries no token; the answer "
+    "(user, exp, info, rooms, publish) identifies the socket as a token would",
+)
+define("connect_proxy_timeout", default=2.0, type=float, help="seconds to wait for the connect proxy (then 503)")
+define(
+    "subscribe_proxy_url", default="",
+    help="http(s) URL rrr POSTs a subscription to a --subscribe-proxy-rooms room to, when the socket's grants "
+    "do not cover it; the answer allows or refuses it",
+)
+define(
+    "subscribe_proxy_rooms", default="",
+    help="comma list of private-/presence- room prefixes the subscribe proxy is asked about",
+)
+define("subscribe_proxy_timeout", default=2.0, type=float,
+       help="seconds to wait for the subscribe proxy (then unavailable)")
 define("history_size", default=100, type=int, help="messages kept per room for recovery (0: history off)")
 define("history_ttl", default=300.0, type=float, help="seconds a room's history outlives its last message (0: off)")
 define("allowed_hosts", default="", help="comma list of Host names served ('.example.com': and subdomains; '*')")
@@ -162,6 +182,25 @@ define(
     help="seconds a long poll with nothing to take waits before answering empty (under 60); a session nobody "
     "polls for this + 10 s ends",
 )
+# Events out (rrr/webhooks.py): webhooks in Pusher's format when a room fills and empties, and who comes and goes.
+define("webhook_url", default="", help="comma list of URLs each sent every event (empty: events off)")
+define("webhook_key", default="", help="sent as X-Pusher-Key (default: the Pusher app key if configured, else rrr)")
+define("webhook_secret", default="", help="HMAC-SHA256 key that signs webhooks (default: the Pusher app secret)")
+define(
+    "webhook_events", default="",
+    help="comma list of the events sent: channel_occupied, channel_vacated, member_added, member_removed "
+    "(default: all)",
+)
+define("webhook_retry_for", default=3600.0, type=float, help="seconds an event is retried from when it was stored")
+define("webhook_timeout", default=5.0, type=float, help="seconds a receiver has to answer a webhook request")
+define("webhook_batch", default=50, type=int, help="events per webhook request, at most")
+define(
+    "webhook_backlog", default=100_000, type=int, help="events Redis holds for webhooks at most (then the oldest go)",
+)
+define(
+    "vacate_delay", default=2.0, type=float,
+    help="seconds a room or a member must stay gone before it is reported gone (and the member list's leave grace)",
+)
 
 
 def make_app(**overrides: Any) -> tornado.web.Application:
@@ -170,6 +209,10 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     o = {name: options[name] for name in options.as_dict()}
     o.update(overrides)
     verifier = verifier_from_options(o)  # first: a bad key file or URL raises before anything starts
+    proxies_from_options(o)  # the same for the proxies' URLs and rooms
+    webhooks = webhook_settings(o)
+    if not 0 < o["poll_timeout"] < 60:
+        raise ValueError("--poll-timeout must be above 0 and under 60 s (the browser library waits 60 s for a poll)")
     service = Service(
         Settings(
             redis_url=o["redis_url"],
@@ -186,9 +229,12 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             # Not options: tests shorten them to see reconnects quickly.
             pubsub_keepalive=o.get("pubsub_keepalive", 5.0),
             backoff_cap=o.get("backoff_cap", 5.0),
+            vacate_delay=o["vacate_delay"],
+            webhooks=webhooks,
         )
     )
     metrics = service.metrics
+    connect_proxy, subscribe_proxy = proxies_from_options(o, metrics)
     addresses = AddressLimits(
         max_sockets=o["max_sockets_per_ip"],
         max_subscriptions=o["max_subscriptions_per_ip"],
@@ -204,8 +250,6 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     )
     metrics.tracked_addresses.set_function(addresses.tracked)
     api_token = o["api_token"] or o["publish_token"]
-    if not 0 < o["poll_timeout"] < 60:
-        raise ValueError("--poll-timeout must be above 0 and under 60 s (the browser library waits 60 s for a poll)")
     shared = Shared(
         hub=service.hub,
         limits=Limits(
@@ -226,6 +270,8 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         metrics=metrics,
         history=service.history,
         reads=service.presence,
+        connect_proxy=connect_proxy,
+        subscribe_proxy=subscribe_proxy,
     )
     # Replays (and member lists) a socket may be owed at once: one whole history's worth.
     bulk_limit = o["history_size"] * o["max_message_size"]
@@ -246,7 +292,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     )
     handoff = Handoff(
         sessions, service.presence, metrics, timeout=2 * o["redis_timeout"] + 5,
-        # On a Redis Cluster, PUBLISH counts one node's listeners only (rrr.backplane.connect: the cluster schemes).
+        # On a Redis Cluster, PUBLISH counts one node's listeners only (rrr.backplane.clients: the cluster schemes).
         counts_receivers=not o["redis_url"].lower().startswith(("redis+cluster:", "rediss+cluster:")),
     )
     service.events.on_inbox = handoff.inbox
@@ -292,7 +338,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
                     history_bytes=addresses.history_bytes,
                 ),
             ),
-            (r"/healthz", HealthHandler, dict(health=service.health)),
+            (r"/healthz", HealthHandler, dict(health=service.health, info=service.info)),
             (r"/metrics", MetricsHandler, dict(metrics=metrics)),
             # The talk's own page and SharedWorker, unchanged (examples/talk/README.md).
             (
@@ -330,8 +376,11 @@ def make_app(**overrides: Any) -> tornado.web.Application:
 def check_options() -> None:
     """Run once the command line is parsed, before any worker forks or Redis starts: an option rrr
     cannot use stops it with one line naming the option, not a traceback in every worker."""
+    o = {name: options[name] for name in options.as_dict()}
     try:
-        verifier_from_options({name: options[name] for name in options.as_dict()})
+        verifier_from_options(o)
+        proxies_from_options(o)
+        webhook_settings(o)
         if not 0 < options.poll_timeout < 60:
             raise ValueError("--poll-timeout must be above 0 and under 60 s (the library waits 60 s for a poll)")
     except ValueError as e:

@@ -290,10 +290,14 @@ class PublishHandler(JsonHandler):
 
 
 class HealthHandler(JsonHandler):
-    """Readiness: 200 only when every check passes; the body names each one."""
+    """Readiness: 200 only when every check passes; the body names each one, and adds what ``info``
+    gives as information that never fails it (``webhooks``)."""
 
-    def initialize(self, health: Callable[[], Awaitable[dict[str, bool]]]) -> None:
+    def initialize(
+        self, health: Callable[[], Awaitable[dict[str, bool]]], info: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.health = health
+        self.info = info
 
     async def get(self) -> None:
         checks = await self.health()
@@ -305,6 +309,7 @@ class HealthHandler(JsonHandler):
             "status": "ok" if ok else "failing: " + ", ".join(failing),
             "redis": checks.get("redis", False),
             "checks": checks,
+            **(self.info() if self.info is not None else {}),
         })
 
 

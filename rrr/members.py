@@ -2,8 +2,9 @@
 and diffs the room's sockets are sent.
 
 * Users: each socket's user in a presence room and the local users (user -> tabs, info JSON). A
-  user whose last tab here goes is not gone at once: for ``grace`` seconds it is still written
-  as a member, so a reloading tab comes back and nobody sees it leave and join again.
+  user whose last tab here goes is not gone at once: for ``grace`` seconds (``--vacate-delay``)
+  it is still written as a member, so a reloading tab comes back and nobody sees it leave and
+  join again (nor does a webhook: member_removed is recorded when its removal is written).
 * Writes: `changes` is what Redis must learn of this process's members against what it was last
   written (`written`); `rrr.writer` sends both with the room's row.
 * Lists: the room's whole list is read from Redis after a write (coalesced per room: one read at
@@ -85,6 +86,9 @@ class Members:
         self._leaving: dict[str, dict[str, tuple[float, str]]] = {}
         # Reads of rooms with no list here yet, shared by the subscriptions the member cap holds.
         self._census: dict[str, asyncio.Future[dict[str, str]]] = {}
+        # When each member's last local tab went (loop time), until its removal is written: its
+        # member_removed happened then, not when the grace ended.
+        self._left_at: dict[str, dict[str, float]] = {}
         self._closing = False
         self._log = RateLimitedLog(log)
 
@@ -106,6 +110,9 @@ class Members:
         leaving = self._leaving.get(room)
         if leaving is not None and leaving.pop(user, None) is not None and not leaving:
             del self._leaving[room]
+        left = self._left_at.get(room)
+        if left is not None and left.pop(user, None) is not None and not left:
+            del self._left_at[room]
         entry = p.users.get(user)
         if entry is None:
             entry = p.users[user] = [0, info_json]
@@ -130,7 +137,9 @@ class Members:
         # Not gone yet: a reloading tab comes back within the grace, and then nobody sees it
         # leave and join again.
         del p.users[user]
-        self._leaving.setdefault(room, {})[user] = (asyncio.get_running_loop().time() + self.grace, entry[1])
+        now = asyncio.get_running_loop().time()
+        self._leaving.setdefault(room, {})[user] = (now + self.grace, entry[1])
+        self._left_at.setdefault(room, {})[user] = now
         return self.grace + 0.05
 
     def update_info(self, room: str, conn: Connection, info_json: str) -> bool:
@@ -205,6 +214,12 @@ class Members:
             written = self._written.get(room, {})
             adds = {u: info for u, info in now.items() if written.get(u) != info}
             removes = [u for u in written if u not in now]
+            left = self._left_at.get(room)
+            if left:  # a user that left before it was ever written has no removal to time
+                for user in [u for u in left if u not in written and u not in now]:
+                    del left[user]
+                if not left:
+                    del self._left_at[room]
             if adds or removes:
                 out[room] = (adds, removes)
         return out
@@ -223,13 +238,24 @@ class Members:
             return False
         return True
 
+    def left_ago(self, room: str, users: Iterable[str]) -> dict[str, float]:
+        """Seconds since each of ``users`` (removed members of ``room``) left this process."""
+        left = self._left_at.get(room, {})
+        now = asyncio.get_running_loop().time()
+        return {user: now - left[user] for user in users if user in left}
+
     def written(self, changes: Mapping[str, MemberDelta]) -> None:
         """A write with these member changes landed."""
         for room, (adds, removes) in changes.items():
             written = self._written.setdefault(room, {})
             written.update(adds)
+            left = self._left_at.get(room)
             for user in removes:
                 written.pop(user, None)
+                if left is not None:
+                    left.pop(user, None)
+            if left is not None and not left:
+                del self._left_at[room]
             if not written:
                 del self._written[room]
 

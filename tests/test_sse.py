@@ -301,6 +301,7 @@ async def test_history_recovery_over_a_new_stream(server_factory: ServerFactory,
     server = await server_factory(publish_token="tok")
     first = await stream(server)
     await first.send(type="subscribe", room="recover", sub="t")
+    await first.next("subscribed", after=0)  # the POST is answered before the subscription is made
     await publish(server, "recover", "one")
     seen = await first.next("message", after=0)
     first.close()

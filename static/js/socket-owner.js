@@ -501,8 +501,14 @@ export class SocketOwner {
     for (const [sub, room] of this.#tabs.subscriptions()) {
       if (!needsToken(room)) this.#send(this.#subscribeFrame(room, sub));
     }
-    // Authenticate before the private and presence rooms go (they follow the reply).
+    // Authenticate before the private and presence rooms go (they follow the reply); with no
+    // getToken in any tab they go now, for the server to judge (its connect proxy knows the cookie).
     this.#tokens.opened();
+    if (this.#tokens.ok) {
+      for (const [sub, room] of this.#tabs.subscriptions()) {
+        if (needsToken(room)) this.#send(this.#subscribeFrame(room, sub));
+      }
+    }
     this.#pingTimer = setInterval(() => this.#ping(), PING_INTERVAL_MS);
     this.#setState("open");
   }
