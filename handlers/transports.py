@@ -27,8 +27,9 @@ from rrr.edge import sse
 from rrr.edge.handoff import Handoff
 from rrr.edge.origins import origin_allowed
 from rrr.edge.requestlog import loggable
-from rrr.edge.sessions import Answer, Sessions, SseStream
+from rrr.edge.sessions import Answer, Sessions, SseStream, refused
 from rrr.errors import BackplaneError
+from rrr.proxies import HandshakeRefused
 from rrr.session import Session, Shared
 
 
@@ -70,6 +71,7 @@ class TransportHandler(NoStore):
         self.t = transports
         # Kept: a stream or a waiting poll lets go of the request's headers (see `park`).
         self.origin = self.request.headers.get("Origin")
+        self.gone = False  # the client hung up (while the connect proxy was asked, say)
         self.set_default_headers()  # now that the Origin can be judged
 
     def set_default_headers(self) -> None:
@@ -119,6 +121,27 @@ class TransportHandler(NoStore):
     def ip(self) -> str:
         return self.request.remote_ip or ""
 
+    def on_connection_close(self) -> None:
+        self.gone = True
+
+    def asks_connect_proxy(self) -> bool:
+        return self.t.shared.asks_connect_proxy(self.request.headers)
+
+    async def proxied_identity(self, transport: str) -> Identity | None | Answer:
+        """``--connect-proxy-url``, a handshake with a cookie or ``Authorization`` and no token: who
+        the application says it is, asked as ``/ws/`` asks it (after the Origin check and the caps a
+        new session meets, so an address at its cap costs the backend nothing). A refusal comes back
+        as the Answer to give: 403, or 503 with ``Retry-After``, never an anonymous session for want
+        of an answer. The caller judges the caps again before it counts the session: others may
+        have opened while the backend was asked."""
+        refusal = self.t.sessions.refusal(self.ip)
+        if refusal is not None:
+            return refusal
+        try:
+            return await self.t.shared.connect_identity(transport, self.request.headers, self.ip)
+        except HandshakeRefused as e:
+            return refused(e.status, e.reason, e.retry_after or 0)
+
     def park(self) -> None:
         """While a poll waits or a stream lives, what it no longer needs goes: the request's headers
         (a browser's cookies and user agent, 1-2 KiB) and the response's, written already or set
@@ -163,6 +186,7 @@ class _Streaming(TransportHandler):
             self.t.sessions.forget(conn)
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()
         if self.conn is not None:
             self.conn.release()
 
@@ -171,6 +195,15 @@ class SseHandler(_Streaming):
     """``GET /sse/``: a session event, then every frame of ``/ws/`` as one event."""
 
     async def get(self) -> None:
+        identity = None
+        if self.asks_connect_proxy():
+            asked = await self.proxied_identity("sse")
+            if isinstance(asked, Answer):
+                self.answer(asked)
+                return
+            if self.gone:
+                return
+            identity = asked
         refusal = self.t.sessions.refusal(self.ip)
         if refusal is not None:
             self.answer(refusal)
@@ -178,7 +211,8 @@ class SseHandler(_Streaming):
         conn = self.open_stream()
         self.write(sse.event(protocol.dumps(protocol.session_message(conn.id))))
         flushing = self.flush()  # the headers and the session event are in the stream now
-        conn.session = Session(conn, self.t.shared, self.ip)
+        # Identified at the handshake: told `authenticated` next, as a socket on /ws/ is.
+        conn.session = Session(conn, self.t.shared, self.ip, identity=identity)
         if self.t.shared.hub.closing:
             conn.close(1001, "server shutting down")
         await self.serve(conn, flushing)
@@ -187,7 +221,9 @@ class SseHandler(_Streaming):
 class SseCountHandler(_Streaming):
     """``GET /sse/count/<slug>/``: the frames of ``/ws/count/<slug>/`` as events, message events with
     ``id: <offset>:<epoch>``; ``Last-Event-ID`` (what an EventSource sends when it reconnects) or
-    ``?since=&epoch=`` replays what was missed; ``?token=`` as on the socket."""
+    ``?since=&epoch=`` replays what was missed; ``?token=``, or else the connect proxy, as on the
+    socket. The proxy is told ``"transport": "sse"``: the contract's values are ``ws``, ``ws_count``,
+    ``sse``, ``poll`` and ``pusher``, and an application that checks them knows no other."""
 
     async def get(self, room: str) -> None:
         try:
@@ -198,7 +234,20 @@ class SseCountHandler(_Streaming):
                 since = protocol.since_from_event_id(last)
         except ValueError as e:
             raise tornado.web.HTTPError(400, str(e)) from None
-        identity = await self._identity(room)
+        identity: Identity | None = None
+        token = self.get_query_argument("token", None)
+        if token:
+            identity = await self._token_identity(room, token)
+        elif self.asks_connect_proxy():
+            asked = await self.proxied_identity("sse")
+            if isinstance(asked, Answer):
+                self.answer(asked)
+                return
+            if self.gone:
+                return
+            identity = asked
+        if needs_grant(room) and not (identity is not None and identity.may_read(room)):
+            raise tornado.web.HTTPError(403, "this room needs a token that grants it (?token=<jwt>)")
         refusal = self.t.sessions.refusal(self.ip)
         if refusal is not None:
             self.answer(refusal)
@@ -210,38 +259,42 @@ class SseCountHandler(_Streaming):
             conn.close(1001, "server shutting down")
         await self.serve(conn, flushing)
 
-    async def _identity(self, room: str) -> Identity | None:
-        """``?token=<jwt>``: a private or presence room without a token that grants it is 403."""
-        identity = None
-        token = self.get_query_argument("token", None)
-        verifier = self.t.shared.verifier
-        if token:
-            try:
-                identity = await verifier.verify_async(token)
-            except TokenError as e:
-                if needs_grant(room):
-                    raise tornado.web.HTTPError(403, f"bad token: {e.reason}") from None
-            if identity is not None:
-                try:
-                    revoked = await self.t.shared.revoked(identity)
-                except BackplaneError:
-                    raise tornado.web.HTTPError(503, "cannot check the token now; try again") from None
-                if revoked:
-                    raise tornado.web.HTTPError(403, "this user's tokens issued before its last sign-out are revoked")
-        if needs_grant(room) and not (identity is not None and identity.may_read(room)):
-            raise tornado.web.HTTPError(403, "this room needs a token that grants it (?token=<jwt>)")
+    async def _token_identity(self, room: str, token: str) -> Identity | None:
+        """``?token=<jwt>``: a bad one is 403 where the room needs a grant (a public room opens without it)."""
+        try:
+            identity = await self.t.shared.verifier.verify_async(token)
+        except TokenError as e:
+            if needs_grant(room):
+                raise tornado.web.HTTPError(403, f"bad token: {e.reason}") from None
+            return None
+        try:
+            revoked = await self.t.shared.revoked(identity)
+        except BackplaneError:
+            raise tornado.web.HTTPError(503, "cannot check the token now; try again") from None
+        if revoked:
+            raise tornado.web.HTTPError(403, "this user's tokens issued before its last sign-out are revoked")
         return identity
 
 
 class PollOpenHandler(TransportHandler):
     """``GET /poll/``: a new session, answered at once: ``{"session", "seq": 0, "frames": []}``."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
+        identity = None
+        if self.asks_connect_proxy():
+            asked = await self.proxied_identity("poll")
+            if isinstance(asked, Answer):
+                self.answer(asked)
+                return
+            if self.gone:
+                return  # no session for a page that left: it would wait --poll-timeout + 10 s for nobody
+            identity = asked
         refusal = self.t.sessions.refusal(self.ip)
         if refusal is not None:
             self.answer(refusal)
             return
-        held = self.t.sessions.open_poll(self.ip)
+        # Identified at the handshake: its first frame is `authenticated`, as on /ws/.
+        held = self.t.sessions.open_poll(self.ip, identity)
         # Nothing is queued yet, unless the server is draining (then its close frame, 1001).
         self.answer(Answer(200, protocol.poll_opening(held.id, held.seq, [f.text for _, f, _ in held.frames])))
 
@@ -311,6 +364,7 @@ class SessionHandler(TransportHandler):
         self.answer(result)
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()
         cancel, self._cancel = self._cancel, None
         if cancel is not None:
             cancel()

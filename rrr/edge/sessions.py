@@ -34,6 +34,7 @@ from functools import partial
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from .. import protocol
+from ..auth import Identity
 from ..metrics import Metrics
 from ..session import Session, Shared
 from . import sse, wsframe
@@ -529,10 +530,11 @@ class Sessions:
             del self._held[held.id]
         held.release()
 
-    def open_poll(self, ip: str) -> PollSession:
+    def open_poll(self, ip: str, identity: Identity | None = None) -> PollSession:
+        """``identity``: the connect proxy's answer at the handshake (the session is told `authenticated`)."""
         held = PollSession(self, self.new_id(), ip)
         self.add(held)
-        held.session = Session(held, self.shared, ip)
+        held.session = Session(held, self.shared, ip, identity=identity)
         if self.shared.hub.closing:
             held.close(1001, "server shutting down")
         return held
