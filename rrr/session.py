@@ -304,6 +304,10 @@ class Session:
         so Tornado's frame loop makes no Task for it (a subscribe is one per relay join)."""
         if not self._within_rate():
             return None
+        return self.act(text)
+
+    def act(self, text: str) -> Awaitable[None] | None:
+        """`handle` for a frame already admitted (its rate paid): what it asks is done."""
         try:
             msg = protocol.parse_client_message(text)
         except ProtocolError as e:
@@ -317,6 +321,21 @@ class Session:
         except ProtocolError as e:
             self.reply(e)
             return None
+
+    def admit(self) -> float:
+        """A frame that came by POST (SSE and long-polling) spends a token as a socket's frame does;
+        over the rate it is refused whole instead of dropped: 0 when taken, else the seconds until a
+        token is there (the POST's 429 ``Retry-After``). Nothing else changes, so the client may send
+        the same frame again then."""
+        lim = self.shared.limits
+        if lim.message_rate <= 0:
+            return 0.0
+        if self._frames is None:
+            self._frames = TokenBucket(lim.message_rate, lim.message_burst)
+        if self._frames.take():
+            return 0.0
+        self.shared.metrics.limited.labels("message_rate").inc()
+        return self._frames.wait()
 
     def _within_rate(self) -> bool:
         """Every frame, pings included, spends a token. Over the limit a frame is dropped; only the

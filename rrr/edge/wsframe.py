@@ -7,6 +7,8 @@ bytes for every client, so we build it once and hand it to each ``IOStream``.
 
 This is the only module that touches Tornado internals (``stream`` and
 ``_compressor`` on ``WebSocketProtocol13``, ``_write_buffer`` on ``IOStream``).
+An SSE stream (`rrr.edge.streams`) writes its events through the same stream functions
+(`write`, `buffered_bytes`, `stream_flushed`), each event encoded once too (`Frame.sse`).
 ``tests/test_wsframe.py`` fails loudly if they change, and `send` falls back to
 the public API whenever the fast path does not apply.
 """
@@ -19,6 +21,8 @@ from typing import Any
 
 from tornado.iostream import IOStream, SSLIOStream
 from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
+
+from . import sse
 
 _FIN = 0x80
 _TEXT = 0x1
@@ -44,19 +48,27 @@ PING_WIRE = encode_frame(_PING, b"")
 
 
 class Frame:
-    """A text message, with its wire encoding computed at most once."""
+    """A text message, with each wire encoding it is sent in computed at most once."""
 
-    __slots__ = ("text", "_wire")
+    __slots__ = ("text", "_wire", "_sse")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self._wire: bytes | None = None
+        self._sse: bytes | None = None
 
     @property
     def wire(self) -> bytes:
         if self._wire is None:
             self._wire = encode_text_frame(self.text.encode("utf-8"))
         return self._wire
+
+    @property
+    def sse(self) -> bytes:
+        """The frame as one SSE event in one HTTP/1.1 chunk: what every SSE stream is written."""
+        if self._sse is None:
+            self._sse = sse.chunk(sse.event(self.text))
+        return self._sse
 
 
 def fast_path_ok(conn: WebSocketProtocol) -> bool:
@@ -81,6 +93,10 @@ def _retrieve(fut: Any) -> None:
 
 
 def _write(conn: WebSocketProtocol, data: bytes) -> None:
+    write(conn.stream, data)
+
+
+def write(stream: IOStream | None, data: bytes) -> None:
     """Send straight to the socket when nothing is queued, else queue behind what is.
 
     Most sockets in a broadcast have an empty buffer and room in the kernel's, so
@@ -89,7 +105,6 @@ def _write(conn: WebSocketProtocol, data: bytes) -> None:
     unsent, and every error, goes through ``IOStream.write``, which buffers, applies
     ``max_write_buffer_size`` and closes the stream on a dead peer as usual.
     """
-    stream = conn.stream
     if stream is None or stream.closed():
         return
     if direct_ok(stream) and not stream.writing():
@@ -106,7 +121,10 @@ def _write(conn: WebSocketProtocol, data: bytes) -> None:
 
 def buffered(conn: WebSocketProtocol) -> int:
     """Bytes written to ``conn`` that its stream still holds (the kernel has not taken them yet)."""
-    stream = conn.stream
+    return buffered_bytes(conn.stream)
+
+
+def buffered_bytes(stream: IOStream | None) -> int:
     buffer = stream._write_buffer if stream is not None else None  # None once the stream closed
     return len(buffer) if buffer is not None else 0
 
@@ -114,7 +132,10 @@ def buffered(conn: WebSocketProtocol) -> int:
 def flushed(conn: WebSocketProtocol) -> Future[None] | None:
     """A Future done once everything written to ``conn`` so far has reached the kernel (or the
     stream closed: then it holds StreamClosedError); None if the stream is closed already."""
-    stream = conn.stream
+    return stream_flushed(conn.stream)
+
+
+def stream_flushed(stream: IOStream | None) -> Future[None] | None:
     if stream is None or stream.closed():
         return None
     # An empty write waits behind every byte before it and, adding none, never hits the buffer cap.
