@@ -27,12 +27,17 @@ from handlers.base import SecureStaticFileHandler, guard_hosts, room_route
 from handlers.pages import CountPageHandler, IndexHandler
 from handlers.pusher import PusherSocket
 from handlers.sockets import CountSocket, RelaySocket
+from handlers.transports import (
+    PollOpenHandler, SessionHandler, SseCountHandler, SseHandler, TransportNotFound, Transports,
+)
 from rrr import workers
-from rrr.edge.guard import make_http_server
+from rrr.edge.guard import default_max_connections, make_http_server
+from rrr.edge.handoff import Handoff
 from rrr.edge.headers import parse_hosts
 from rrr.edge.keepalive import Keepalive
 from rrr.edge.origins import parse_origins
 from rrr.edge.requestlog import RequestLog, install_filters
+from rrr.edge.sessions import Sessions
 from rrr.jwks import JwksKeys, verifier_from_options
 from rrr.limits import AddressLimits, Limits
 from rrr.protocol import SLUG_PATTERN
@@ -172,6 +177,13 @@ define("subscribe_proxy_timeout", default=2.0, type=float,
 define("history_size", default=100, type=int, help="messages kept per room for recovery (0: history off)")
 define("history_ttl", default=300.0, type=float, help="seconds a room's history outlives its last message (0: off)")
 define("allowed_hosts", default="", help="comma list of Host names served ('.example.com': and subdomains; '*')")
+# The fallback transports, /sse/ and /poll/ (handlers/transports.py, rrr/edge/sessions.py).
+define("sse_keepalive", default=15.0, type=float, help="seconds an SSE stream may be silent before a comment (0: none)")
+define(
+    "poll_timeout", default=25.0, type=float,
+    help="seconds a long poll with nothing to take waits before answering empty (under 60); a session nobody "
+    "polls for this + 10 s ends",
+)
 # Events out (rrr/webhooks.py): webhooks in Pusher's format when a room fills and empties, and who comes and goes.
 define("webhook_url", default="", help="comma list of URLs each sent every event (empty: events off)")
 define("webhook_key", default="", help="sent as X-Pusher-Key (default: the Pusher app key if configured, else rrr)")
@@ -210,6 +222,8 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     proxies_from_options(o)  # the same for the proxies' URLs and rooms
     webhooks = webhook_settings(o)
     pusher = pusher_app(o)
+    if not 0 < o["poll_timeout"] < 60:
+        raise ValueError("--poll-timeout must be above 0 and under 60 s (the browser library waits 60 s for a poll)")
     service = Service(
         Settings(
             redis_url=o["redis_url"],
@@ -247,38 +261,57 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     )
     metrics.tracked_addresses.set_function(addresses.tracked)
     api_token = o["api_token"] or o["publish_token"]
-    sockets = dict(
-        shared=Shared(
-            hub=service.hub,
-            limits=Limits(
-                client_publish=o["client_publish"],
-                publish_rate=o["publish_rate"],
-                publish_burst=2 * o["publish_rate"],
-                max_subscriptions=o["max_subscriptions"],
-                max_tabs_per_room=o["max_tabs_per_room"],
-                max_rooms=o["max_rooms"],
-                message_rate=o["message_rate"],
-                message_burst=o["message_burst"],
-                presence_list_rate=o["presence_list_rate"],
-                presence_list_burst=o["presence_list_burst"],
-                max_members=o["max_members"],
-                whispers=o["pusher_client_events"],
-            ),
-            addresses=addresses,
-            verifier=verifier,
-            metrics=metrics,
-            history=service.history,
-            reads=service.presence,
-            connect_proxy=connect_proxy,
-            subscribe_proxy=subscribe_proxy,
+    shared = Shared(
+        hub=service.hub,
+        limits=Limits(
+            client_publish=o["client_publish"],
+            publish_rate=o["publish_rate"],
+            publish_burst=2 * o["publish_rate"],
+            max_subscriptions=o["max_subscriptions"],
+            max_tabs_per_room=o["max_tabs_per_room"],
+            max_rooms=o["max_rooms"],
+            message_rate=o["message_rate"],
+            message_burst=o["message_burst"],
+            presence_list_rate=o["presence_list_rate"],
+            presence_list_burst=o["presence_list_burst"],
+            max_members=o["max_members"],
+            whispers=o["pusher_client_events"],
         ),
+        addresses=addresses,
+        verifier=verifier,
+        metrics=metrics,
+        history=service.history,
+        reads=service.presence,
+        connect_proxy=connect_proxy,
+        subscribe_proxy=subscribe_proxy,
+    )
+    # Replays (and member lists) a socket may be owed at once: one whole history's worth.
+    bulk_limit = o["history_size"] * o["max_message_size"]
+    sockets = dict(
+        shared=shared,
         keepalive=Keepalive(o["ping_interval"], on_timeout=metrics.ping_timeouts.inc),
         allowed_origins=parse_origins(o["allowed_origins"]),
         send_buffer=o["send_buffer"],
-        # Replays (and member lists) a socket may be owed at once: one whole history's worth.
-        bulk_limit=o["history_size"] * o["max_message_size"],
+        bulk_limit=bulk_limit,
         xheaders=o["xheaders"],
     )
+    # SSE and long-polling: sessions are sockets to the core; a request for one held by another
+    # process is handed to it through Redis (rrr/edge/handoff.py).
+    sessions = Sessions(
+        shared, service.process_tag, send_buffer=o["send_buffer"], bulk_limit=bulk_limit,
+        poll_timeout=o["poll_timeout"], sse_keepalive=o["sse_keepalive"],
+        max_sessions=o["max_connections"] or default_max_connections(),
+    )
+    handoff = Handoff(
+        sessions, service.presence, metrics, timeout=2 * o["redis_timeout"] + 5,
+        # On a Redis Cluster, PUBLISH counts one node's listeners only (rrr.backplane.clients: the cluster schemes).
+        counts_receivers=not o["redis_url"].lower().startswith(("redis+cluster:", "rediss+cluster:")),
+    )
+    service.events.on_inbox = handoff.inbox
+    service.drains.append(handoff.drain)
+    transports = dict(transports=Transports(
+        sessions, handoff, shared, parse_origins(o["allowed_origins"]), o["xheaders"], o["max_message_size"],
+    ))
     # One line per request, with no query string (tokens travel in it) and a bounded path, and
     # refusals at most once per 30 s per kind (rrr/edge/requestlog.py); handlers log errors through it too.
     request_log = RequestLog()
@@ -289,6 +322,12 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             room_route("/count/{room}/", CountPageHandler, dict(client_publish=o["client_publish"])),
             room_route("/ws/count/{room}/", CountSocket, sockets),
             (r"/ws/", RelaySocket, sockets),
+            (r"/sse/", SseHandler, transports),
+            room_route("/sse/count/{room}/", SseCountHandler, transports),
+            (r"/sse/([^/]{1,300})/", SessionHandler, dict(transports, kind="sse")),
+            (r"/poll/", PollOpenHandler, transports),
+            (r"/poll/([^/]{1,300})/", SessionHandler, dict(transports, kind="poll")),
+            (r"/(?:sse|poll)/.*", TransportNotFound),
             room_route(
                 "/api/rooms/{room}", RoomHandler,
                 dict(reads=service.presence, metrics=metrics, rate=addresses.api, token=api_token),
@@ -355,6 +394,8 @@ def check_options() -> None:
         proxies_from_options(o)
         webhook_settings(o)
         pusher_app(o)
+        if not 0 < options.poll_timeout < 60:
+            raise ValueError("--poll-timeout must be above 0 and under 60 s (the library waits 60 s for a poll)")
     except ValueError as e:
         raise SystemExit(f"rrr: {e}") from None
     if options.presence_list_max < 1:

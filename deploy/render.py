@@ -9,8 +9,11 @@ Upstreams: ``--ports 8001-8004`` (processes on 127.0.0.1), ``--ports 8001,8002``
 ``--app HOST:PORT`` repeated (processes on other hosts). ``--runtime-dir DIR`` puts the
 pid file, logs and temp directories under DIR (an unprivileged or test nginx); without
 it the Debian/Ubuntu paths are used. The command refuses settings that would cut idle
-WebSockets (``proxy_read_timeout`` not above twice ``--ping-interval``) or that cannot
-hold the sockets (``worker_rlimit_nofile`` under 2 x ``worker_connections``).
+WebSockets (``proxy_read_timeout`` not above twice ``--ping-interval``), quiet SSE streams or
+long polls (``--stream-read-timeout`` not above ``--sse-keepalive`` and ``--poll-timeout``), or
+that cannot hold the sockets (``worker_rlimit_nofile`` under 2 x ``worker_connections``).
+``--tls-certificate``/``--tls-certificate-key`` serve TLS with HTTP/2 (browsers allow only six
+HTTP/1.1 connections per origin; the library holds one per browser anyway).
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     ups.add_argument("--ports", help="app ports on 127.0.0.1: 8001-8004 or 8001,8002")
     ups.add_argument("--app", action="append", default=[], metavar="HOST:PORT", help="an app process (repeatable)")
     ups.add_argument("--fail-timeout", default="2s", help="how long nginx skips a process after a failed connect")
+    ups.add_argument("--balance", choices=["least_conn", "round-robin"], default="least_conn",
+                     help="how new connections are spread (default least_conn: long-lived sockets and streams)")
     srv = p.add_argument_group("server")
     srv.add_argument("--listen", default="80", help="nginx listen: PORT or ADDR:PORT (default 80)")
     srv.add_argument("--server-name", default="_", help="server_name (default _: any)")
@@ -94,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--ping-interval", type=float, default=20.0,
                      help="the app's --ping-interval, to check proxy_read_timeout against (default 20)")
     srv.add_argument("--proxy-connect-timeout", default="2s", help="connect to an app process (default 2s)")
+    srv.add_argument("--stream-read-timeout", default="75s",
+                     help="idle limit on an SSE stream or a long poll (default 75s)")
+    srv.add_argument("--sse-keepalive", type=float, default=15.0,
+                     help="the app's --sse-keepalive, to check --stream-read-timeout against (default 15)")
+    srv.add_argument("--poll-timeout", type=float, default=25.0,
+                     help="the app's --poll-timeout, to check --stream-read-timeout against (default 25)")
+    srv.add_argument("--tls-certificate", default="", help="PEM certificate (chain): listen with TLS and HTTP/2")
+    srv.add_argument("--tls-certificate-key", default="", help="its PEM private key")
     srv.add_argument("--client-max-body-size", default="64k", help="largest request body (app: --max-message-size)")
     proc = p.add_argument_group("nginx process")
     proc.add_argument("--user", default="", help="worker user (e.g. www-data); default: leave nginx's default")
@@ -125,6 +138,15 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
             f"proxy_read_timeout {args.proxy_read_timeout} must be at least twice the app's ping interval "
             f"({args.ping_interval:g} s), or nginx closes quiet WebSockets between two pings"
         )
+    stream_timeout = nginx_seconds(args.stream_read_timeout)
+    if stream_timeout <= max(args.sse_keepalive, args.poll_timeout) + 5:
+        raise ValueError(
+            f"--stream-read-timeout {args.stream_read_timeout} must be above the app's --sse-keepalive "
+            f"({args.sse_keepalive:g} s) and --poll-timeout ({args.poll_timeout:g} s) with 5 s to spare, or nginx "
+            "cuts quiet SSE streams and waiting polls"
+        )
+    if bool(args.tls_certificate) != bool(args.tls_certificate_key):
+        raise ValueError("--tls-certificate and --tls-certificate-key go together")
     nginx_seconds(args.proxy_connect_timeout)
     nginx_seconds(args.fail_timeout)
     if args.limit_conn < 1:
@@ -166,6 +188,14 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
         "proxy_connect_timeout": args.proxy_connect_timeout,
         "static_root": static_root,
         "proxy_read_timeout": args.proxy_read_timeout,
+        "stream_read_timeout": args.stream_read_timeout,
+        "balance_line": "least_conn;" if args.balance == "least_conn" else "# round-robin: nginx's default",
+        "listen_tls": " ssl http2" if args.tls_certificate else "",
+        "tls_lines": (
+            f"        ssl_certificate {Path(args.tls_certificate).resolve()};\n"
+            f"        ssl_certificate_key {Path(args.tls_certificate_key).resolve()};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;\n"
+        ) if args.tls_certificate else "",
     }
 
 

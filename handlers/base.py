@@ -54,6 +54,9 @@ class HostRefused(SecureHeaders):
 
     def prepare(self) -> None:
         self.set_status(400)
+        if self.request.path.startswith(("/sse/", "/poll/")):  # every answer there (README, Transports)
+            self.set_header("Cache-Control", "no-store")
+            self.set_header("X-Accel-Buffering", "no")
         self.finish({"error": "this server does not answer for that Host", "status": 400})
 
 

@@ -18,7 +18,7 @@ from rrr.auth import Identity, TokenError, needs_grant
 from rrr.edge import wsframe
 from rrr.edge.keepalive import Keepalive
 from rrr.edge.origins import origin_allowed
-from rrr.edge.outbox import Outbox, room_now
+from rrr.edge.outbox import Outbox, SocketSink, room_now
 from rrr.edge.requestlog import loggable, loggable_path
 from rrr.errors import BackplaneError
 from rrr.proxies import HandshakeRefused
@@ -286,7 +286,7 @@ class RelaySocket(SafeLogs, WebSocketHandler):
             self._outbox = None
             return
         try:
-            box.pump(conn, self._fast, self.send_buffer)
+            box.pump(SocketSink(conn, self._fast), self.send_buffer)
         except (WebSocketClosedError, StreamClosedError):
             self._outbox = None
             return

@@ -33,6 +33,14 @@ class Metrics:
             "rrr_sockets_by_transport", "Open sockets by the transport the client reported",
             ["transport"], registry=r,
         )
+        self.sessions = Gauge(
+            "rrr_open_sessions", "SSE streams and long-polling sessions held here (each is in rrr_open_sockets too)",
+            ["transport"], registry=r,
+        )
+        self.handoffs = Counter(
+            "rrr_handoffs", "Requests for a session another process holds, handed to it through Redis, by result "
+            "(the owner's HTTP status, or gone, timeout, unavailable)", ["op", "result"], registry=r,
+        )
         self.messages_in = Counter("rrr_messages_in", "Frames received from clients", registry=r)
         self.messages_out = Counter("rrr_messages_out", "Frames sent to clients", registry=r)
         self.relayed = Counter("rrr_relayed_messages", "Room messages received from Redis", registry=r)

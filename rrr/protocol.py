@@ -509,6 +509,66 @@ def error_message(code: str, reason: str, **extra: Any) -> dict[str, Any]:
 
 PONG_FRAME = '{"type":"pong"}'
 
+# ---- SSE and long-polling sessions (README "Transports"; static/js/protocol.js mirrors these) ----
+
+#: A session id: at least 128 random bits in URL-safe base64 (and, first, its process's tag).
+SESSION_PATTERN = r"[A-Za-z0-9_-]{22,256}"
+_SESSION_RE = re.compile(rf"^{SESSION_PATTERN}\Z")
+
+
+def is_session_id(value: object) -> bool:
+    return isinstance(value, str) and _SESSION_RE.match(value) is not None
+
+
+def session_message(session: str) -> dict[str, Any]:
+    """The first event of an SSE stream, and what the client POSTs its frames under."""
+    return {"type": "session", "session": session}
+
+
+def close_message(code: int, reason: str) -> dict[str, Any]:
+    """An SSE or polling session's last frame when the server ends it: the WebSocket close code
+    it would have closed a socket with (4001 signed out, 1001 draining, 1008 too slow...), so the
+    library tells a sign-out from a network drop."""
+    return {"type": "close", "code": code, "reason": reason}
+
+
+def poll_batch(seq: int, frames: list[str]) -> str:
+    """A long poll's answer: ``frames`` (each a frame's JSON text, as on ``/ws/``), the last of
+    which is number ``seq`` of the session (frames are numbered from 1)."""
+    return '{"seq":' + str(seq) + ',"frames":[' + ",".join(frames) + "]}"
+
+
+def poll_opening(session: str, seq: int = 0, frames: list[str] | None = None) -> str:
+    """The answer to ``GET /poll/``: the new session, and its first frames (normally none)."""
+    return '{"session":' + dumps(session) + "," + poll_batch(seq, frames or [])[1:]
+
+
+def event_id(offset: int, epoch: str) -> str:
+    """The SSE ``id`` of a message on ``/sse/count/<slug>/``, which a browser's EventSource sends
+    back as ``Last-Event-ID`` when it reconnects."""
+    return f"{offset}:{epoch}"
+
+
+def since_from_event_id(value: str) -> Since:
+    """``Last-Event-ID: <offset>:<epoch>`` as the ``since`` it stands for; ValueError if malformed."""
+    offset, sep, epoch = value.strip().partition(":")
+    if not sep or not is_epoch(epoch):
+        raise ValueError("Last-Event-ID must be <offset>:<epoch>")
+    return Since(parse_uint(offset), epoch)
+
+
+_MESSAGE_HEAD_RE = re.compile(
+    r'\{"type":"message","room":"[A-Za-z0-9_-]+"(?:,"sub":"(?:[^"\\]|\\.)*")?'
+    r',"offset":([0-9]+),"epoch":"([A-Za-z0-9_-]+)"'
+)
+
+
+def message_event_id(frame_text: str) -> str | None:
+    """The event id of a frame built by `relay_frame` that carries an offset, else None: read
+    from the frame's head, where `relay_frame` puts it, without decoding the payload."""
+    m = _MESSAGE_HEAD_RE.match(frame_text)
+    return event_id(int(m.group(1)), m.group(2)) if m else None
+
 
 def http_error(status: int, reason: str) -> dict[str, Any]:
     """The body of every HTTP error, from the JSON API or a refused WebSocket handshake."""

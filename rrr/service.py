@@ -26,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import protocol
-from .backplane import Backplane, EventSettings, History, Presence, Subscriber, connect
+from .backplane import Backplane, EventSettings, History, Presence, Subscriber, connect, keys
 from .backplane.history import meta_ttl
 from .counts import Counts
 from .delivery import Delivery
@@ -111,11 +112,19 @@ class Service:
         self._renew_now = asyncio.Event()
         self._renewed_once = False  # the first renewal always finds no lease: not news
         self._health: asyncio.Future[dict[str, bool]] | None = None
+        #: Awaited at shutdown once every socket was told 1001, before Redis is let go: what the
+        #: edge still owes other processes (a polling session's last answer, handed back through Redis).
+        self.drains: list[Callable[[], Awaitable[None]]] = []
         metrics.redis_oom.set_function(lambda: float(self.presence.oom))
 
     @property
     def process_id(self) -> str:
         return self.presence.process_id
+
+    @property
+    def process_tag(self) -> str:
+        """What this process's session ids start with, and its inbox is named by (`keys.process_tag`)."""
+        return keys.process_tag(self.presence.process_id)
 
     async def start(self) -> None:
         try:
@@ -261,6 +270,12 @@ class Service:
         if self.webhooks is not None:
             await self.webhooks.close()  # after LEAVE, whose events another process then sends
         self.hub.close_all(code, reason)
+        for drain in self.drains:
+            try:
+                await asyncio.wait_for(drain(), self.settings.redis_timeout + 1)
+            except Exception as e:  # noqa: BLE001 - shutdown goes on whatever one drain met
+                log.warning("shutdown: %s did not finish: %s: %s", getattr(drain, "__qualname__", drain),
+                            type(e).__name__, e)
         await self.presence.close()
 
 
@@ -278,6 +293,8 @@ class CoreEvents:
         self._counts = counts
         self._members = members
         self._writer = writer
+        #: Where this process's inbox goes (the edge's `rrr.edge.handoff.Handoff` once it exists).
+        self.on_inbox: Callable[[bytes], None] = _ignore
 
     def message(self, room: str, offset: int, epoch: str, data_json: str) -> None:
         self._delivery.message(room, offset, epoch, data_json)
@@ -303,3 +320,10 @@ class CoreEvents:
 
     def control_confirmed(self) -> None:
         self._hub.recheck_revocations()
+
+    def inbox(self, data: bytes) -> None:
+        self.on_inbox(data)
+
+
+def _ignore(data: bytes) -> None:
+    """An inbox message before the edge listens: nobody can have sent it a session's request yet."""

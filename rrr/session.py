@@ -178,7 +178,9 @@ class Session:
         if self.conn in self.hub.connections:  # not closed while we read
             self.subscribe(room, sub, since, census, admitted, user)
 
-    def admit(self, room: str, sub: str, info_json: str = "null", user: str | None = None) -> Awaitable[None] | None:
+    def admit_subscription(
+        self, room: str, sub: str, info_json: str = "null", user: str | None = None,
+    ) -> Awaitable[None] | None:
         """A subscription another protocol's door authorized itself (a Pusher channel's signed
         ``auth``): no token grant is asked for, every cap applies as to any subscription, and in a
         presence room ``user`` is the member, showing ``info_json``. Refused: `ProtocolError` now,
@@ -226,8 +228,8 @@ class Session:
         """Register one subscription, or raise the cap it would break (nothing is registered then);
         `_NoCensus` when the member cap needs the room's members read first (``census``);
         `_AskBackend` when the subscribe proxy judges the room. ``admitted``: the subscribe proxy
-        (or a door's own authorization, `admit`) let it in, showing that info (JSON) in a presence
-        room, as ``user`` if given (else as the socket's identity)."""
+        (or a door's own authorization, `admit_subscription`) let it in, showing that info (JSON)
+        in a presence room, as ``user`` if given (else as the socket's identity)."""
         tabs = self.subs.get(room)
         if tabs is not None and sub in tabs:
             return  # idempotent: a worker resubscribing after a hiccup must not double-count
@@ -326,6 +328,10 @@ class Session:
         so Tornado's frame loop makes no Task for it (a subscribe is one per relay join)."""
         if not self._within_rate():
             return None
+        return self.act(text)
+
+    def act(self, text: str) -> Awaitable[None] | None:
+        """`handle` for a frame already admitted (its rate paid): what it asks is done."""
         try:
             msg = protocol.parse_client_message(text)
         except ProtocolError as e:
@@ -339,6 +345,21 @@ class Session:
         except ProtocolError as e:
             self.reply(e)
             return None
+
+    def admit(self) -> float:
+        """A frame that came by POST (SSE and long-polling) spends a token as a socket's frame does;
+        over the rate it is refused whole instead of dropped: 0 when taken, else the seconds until a
+        token is there (the POST's 429 ``Retry-After``). Nothing else changes, so the client may send
+        the same frame again then."""
+        lim = self.shared.limits
+        if lim.message_rate <= 0:
+            return 0.0
+        if self._frames is None:
+            self._frames = TokenBucket(lim.message_rate, lim.message_burst)
+        if self._frames.take():
+            return 0.0
+        self.shared.metrics.limited.labels("message_rate").inc()
+        return self._frames.wait()
 
     def _within_rate(self) -> bool:
         """Every frame, pings included, spends a token. Over the limit a frame is dropped; only the

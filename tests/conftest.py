@@ -45,6 +45,7 @@ from support.pusher import PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET, RequestReco
 from support.pusher_js import PusherJs
 from support.redis import LyingRedis
 from support.servers import Server, ServerFactory
+from support.transports import PollClient, SseClient
 from support.webhooks import Receiver
 
 # -- Redis -------------------------------------------------------------------
@@ -195,6 +196,18 @@ def clients(io_loop: IOLoop) -> Iterator[list[Client]]:
     for c in made:
         c.close()
         c._reader.cancel()
+
+
+@pytest.fixture
+def streams(io_loop: IOLoop) -> Iterator[list[SseClient | PollClient]]:
+    """Collects SSE and polling clients; afterwards each goes away (its connection closed)."""
+    made: list[SseClient | PollClient] = []
+    yield made
+
+    async def close_all() -> None:
+        await asyncio.gather(*(c.aclose() for c in made))
+
+    io_loop.run_sync(close_all, timeout=10)
 
 
 # -- app.py as real processes ------------------------------------------------

@@ -27,6 +27,7 @@ from support.clients import Client, connect, wait_until
 from support.cluster import NODE_TIMEOUT_MS, RedisCluster
 from support.processes import AppProcess
 from support.servers import Server, ServerFactory
+from support.transports import PollClient, SseClient, post
 
 
 pytestmark = pytest.mark.gen_test(timeout=120)
@@ -343,3 +344,24 @@ async def test_a_killed_master_is_followed_and_nothing_stored_is_lost(
             offsets = [o for o, _ in got]
             assert offsets == sorted(set(offsets)), f"{room}: duplicated or out of order: {offsets}"
             assert {(m["offset"], json.dumps(m["data"])) for m in stored} <= {(o, json.dumps(d)) for o, d in got}
+
+
+async def test_a_sessions_requests_landing_on_the_other_process_are_handed_over_on_a_cluster(
+    server_factory: ServerFactory, cluster: RedisCluster, streams: list[SseClient | PollClient],
+) -> None:
+    """The handoff's inbox is classic pub/sub, which a cluster spreads to every node (README, Transports)."""
+    owner, other = await start(server_factory, cluster, poll_timeout=5), await start(server_factory, cluster)
+    s = await SseClient.open(owner.base_url)
+    streams.append(s)
+    await s.started()
+    for room in rooms_on_every_shard(cluster, "handed"):
+        assert (await post(other.base_url, "sse", s.session, {"type": "subscribe", "room": room, "sub": "t"})
+                ).status == 202
+    await wait_until(lambda: len(s.of_type("subscribed")) == 3, what="three subscriptions through the other")
+    p = await PollClient.open(owner.base_url, poll=False)
+    streams.append(p)
+    p.base = other.base_url
+    assert (await p.send(type="ping")).status == 202
+    assert (await p.poll_once()).json() == {"seq": 1, "frames": [{"type": "pong"}]}
+    assert other.metric("rrr_handoffs_total", {"op": "post", "result": "202"}) == 4
+    assert other.metric("rrr_handoffs_total", {"op": "poll", "result": "200"}) == 1

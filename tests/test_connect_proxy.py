@@ -3,10 +3,11 @@ is identified by asking the application, before the upgrade. The application is 
 server on loopback (`support.app_backend`) that knows sessions by their ``sid`` cookie, keeps
 every call, and can be made to refuse, fail, hang or answer junk.
 
-What it answers gives the socket exactly what a token with those claims would: on ``/ws/`` the
-socket is told ``authenticated``; a 401 or 403 refuses the handshake with 403; no usable answer
-refuses it with 503 and ``Retry-After``, and never opens an anonymous socket instead. At 80 % of
-the answer's lifetime rrr asks again; a refusal then ends the subscriptions that needed it."""
+What it answers gives the socket exactly what a token with those claims would: on ``/ws/`` (and
+after the session on ``/sse/`` and ``/poll/``) the socket is told ``authenticated``; a 401 or 403
+refuses the handshake with 403; no usable answer refuses it with 503 and ``Retry-After``, and never
+opens an anonymous socket instead. At 80 % of the answer's lifetime rrr asks again; a refusal then
+ends the subscriptions that needed it."""
 
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ from tornado.websocket import websocket_connect
 
 from rrr.backplane.embedded import EmbeddedRedis
 from support.app_backend import HANG, AppBackend, Session
-from support.clients import Client, wait_until
+from support.clients import Client, FrameLog, wait_until
 from support.processes import ROOT
 from support.redis import SlowReplyProxy
 from support.servers import Server, ServerFactory
+from support.transports import PollClient, SseClient, request
 from rrr.backplane import keys
 from rrr.client import token
 
@@ -55,7 +57,7 @@ async def refusal(server: Server, path: str = "/ws/", **headers: str) -> tuple[i
     return e.value.code, response.headers.get("Retry-After") if response is not None else None
 
 
-def errors(c: Client, code: str) -> list[dict[str, Any]]:
+def errors(c: FrameLog, code: str) -> list[dict[str, Any]]:
     return [e for e in c.of_type("error") if e["code"] == code]
 
 
@@ -444,6 +446,174 @@ async def test_redis_unable_to_check_sign_outs_gives_503(
         await asyncio.sleep(1.0)  # the held reply goes its way before the relay closes
     finally:
         await proxy.close()
+
+
+# -- the fallback transports: /sse/ and /poll/ are asked as /ws/ is -------------------------------------
+
+DOORS = ["sse", "poll"]
+Streams = list[SseClient | PollClient]
+
+
+async def open_door(server: Server, door: str, streams: Streams, **headers: str) -> SseClient | PollClient:
+    """A session over ``/sse/`` or ``/poll/`` with these headers (and a browser's ``User-Agent``)."""
+    headers.setdefault("User-Agent", "Browser/1.0")
+    client: SseClient | PollClient
+    if door == "sse":
+        client = await SseClient.open(server.base_url, "/sse/", headers)
+        streams.append(client)
+        assert client.status == 200, (client.status, client.body)
+        await client.started()
+    else:
+        client = await PollClient.open(server.base_url, headers)
+        streams.append(client)
+    return client
+
+
+async def door_refusal(server: Server, path: str, **headers: str) -> tuple[int, str | None]:
+    """The status and ``Retry-After`` of a ``/sse/`` or ``/poll/`` handshake that must be refused."""
+    headers.setdefault("User-Agent", "Browser/1.0")
+    if path.startswith("/sse/"):
+        c = await SseClient.open(server.base_url, path, headers)
+        c.close()
+        return c.status, c.headers.get("retry-after")
+    r = await request(server.base_url + path, headers=headers)
+    return r.status, r.header("Retry-After")
+
+
+@pytest.mark.parametrize("door", DOORS)
+async def test_a_cookie_the_backend_knows_gets_its_user_and_grants_over_sse_and_polling(
+    server_factory: ServerFactory, app_backend: AppBackend, streams: Streams, door: str,
+) -> None:
+    app_backend.sessions["s-ada"] = ADA
+    server = await proxied_server(server_factory, app_backend)
+    c = await open_door(server, door, streams, Cookie="theme=dark; sid=s-ada", **{"X-Forwarded-For": "203.0.113.9"})
+    auth = await c.next("authenticated", after=0)
+    assert auth["user"] == "ada" and auth["exp"] > time.time() + 500
+    first = c.frames[1] if door == "sse" else c.frames[0]  # the stream's first event is its session
+    assert first["type"] == "authenticated", c.frames[:2]
+    (call,) = app_backend.calls_to("/connect")
+    assert call.body == {
+        "transport": door,
+        "headers": {"Cookie": "theme=dark; sid=s-ada", "User-Agent": "Browser/1.0", "X-Forwarded-For": "203.0.113.9"},
+        "ip": "127.0.0.1",
+    }
+    for room in ("private-ada-inbox", "presence-team", "private-bob-inbox"):
+        assert (await c.send(type="subscribe", room=room, sub="t1")).status == 202
+    await c.settles_on(1, 1, room="private-ada-inbox")
+    assert (await c.next("presence", after=0))["members"] == {"ada": {"info": {"name": "Ada"}}}
+    refused = await wait_until(lambda: errors(c, "forbidden"), what="bob's room refused")
+    assert refused[0]["room"] == "private-bob-inbox"
+    assert server.hub.local_counts("private-bob-inbox") == (0, 0)
+    assert server.metric("rrr_connect_proxy_calls_total", {"result": "user"}) == 1
+
+
+async def test_the_one_room_stream_is_asked_as_sse_and_judged_by_the_answers_grants(
+    server_factory: ServerFactory, app_backend: AppBackend, streams: Streams,
+) -> None:
+    app_backend.sessions["s-ada"] = ADA
+    server = await proxied_server(server_factory, app_backend)
+    one = await SseClient.open(server.base_url, "/sse/count/private-ada-x/", {"Cookie": "sid=s-ada"})
+    streams.append(one)
+    assert one.status == 200, one.body
+    await one.settles_on(1, 1)
+    assert app_backend.calls_to("/connect")[-1].body == {
+        "transport": "sse", "headers": {"Cookie": "sid=s-ada"}, "ip": "127.0.0.1",
+    }
+    assert not one.of_type("authenticated"), "the talk's stream is sent counts only"
+    assert (await door_refusal(server, "/sse/count/private-bob/", Cookie="sid=s-ada"))[0] == 403
+    assert (await door_refusal(server, "/sse/count/private-ada-x/", Cookie="sid=nobody"))[0] == 403
+    assert len(app_backend.calls_to("/connect")) == 3
+
+
+@pytest.mark.parametrize("door", DOORS)
+async def test_an_unknown_cookie_is_anonymous_over_sse_and_polling(
+    server_factory: ServerFactory, app_backend: AppBackend, streams: Streams, door: str,
+) -> None:
+    server = await proxied_server(server_factory, app_backend)
+    c = await open_door(server, door, streams, Cookie="sid=nobody-knows")
+    await c.send(type="subscribe", room="private-ada-inbox", sub="a")
+    await c.send(type="subscribe", room="lobby", sub="a")
+    await wait_until(lambda: errors(c, "forbidden"), what="forbidden")
+    await c.settles_on(1, 1, room="lobby")
+    assert not c.of_type("authenticated")
+    assert app_backend.calls_to("/connect")[-1].body["transport"] == door
+    bare = await open_door(server, door, streams)  # neither Cookie nor Authorization: not asked
+    await bare.send(type="ping")
+    await bare.next("pong", after=0)
+    assert len(app_backend.calls_to("/connect")) == 1
+
+
+@pytest.mark.parametrize("status", [403, 401])
+async def test_a_403_or_401_refuses_sse_and_polling_with_403(
+    server_factory: ServerFactory, app_backend: AppBackend, status: int,
+) -> None:
+    app_backend.answer["/connect"] = (status, {"error": "banned"})
+    server = await proxied_server(server_factory, app_backend)
+    for path in ("/sse/", "/poll/", "/sse/count/lobby/"):
+        assert await door_refusal(server, path, Cookie="sid=banned") == (403, None), path
+    assert [c.body["transport"] for c in app_backend.calls_to("/connect")] == ["sse", "poll", "sse"]
+    assert server.hub.connections == set()
+    assert server.metric("rrr_open_sessions", {"transport": "sse"}) == 0
+    assert server.metric("rrr_open_sessions", {"transport": "poll"}) == 0
+
+
+async def test_a_backend_that_fails_hangs_or_is_down_gives_sse_and_polling_503_and_never_an_anonymous_session(
+    server_factory: ServerFactory, app_backend: AppBackend,
+) -> None:
+    server = await proxied_server(server_factory, app_backend, connect_proxy_timeout=0.5)
+    paths = ("/sse/", "/poll/", "/sse/count/lobby/")
+    for answer in ((500, {"error": "boom"}), (200, b"<html>login</html>"), (HANG, None)):
+        app_backend.answer["/connect"] = answer
+        for path in paths:
+            assert await door_refusal(server, path, Cookie="sid=s-ada") == (503, "5"), (answer, path)
+        assert server.hub.connections == set(), answer
+    assert app_backend.held.is_set()
+    app_backend.close()  # nothing listens there any more
+    for path in paths:
+        assert await door_refusal(server, path, Cookie="sid=s-ada") == (503, "5"), path
+    assert server.hub.connections == set()
+    assert server.hub.local_counts("lobby") == (0, 0)
+    assert server.metric("rrr_connect_proxy_calls_total", {"result": "failed"}) == 4 * len(paths)
+
+
+async def test_sse_and_polling_at_the_address_cap_never_reach_the_backend(
+    server_factory: ServerFactory, app_backend: AppBackend, streams: Streams,
+) -> None:
+    app_backend.sessions["s-ada"] = ADA
+    server = await proxied_server(server_factory, app_backend, max_sockets_per_ip=1)
+    assert (await door_refusal(server, "/sse/", Cookie="sid=s-ada", Origin="https://evil.example"))[0] == 403
+    assert (await door_refusal(server, "/poll/", Cookie="sid=s-ada", Origin="https://evil.example"))[0] == 403
+    assert app_backend.calls_to("/connect") == []
+    c = await open_door(server, "sse", streams, Cookie="sid=s-ada")
+    await c.next("authenticated", after=0)
+    for path in ("/sse/", "/poll/", "/sse/count/lobby/"):
+        assert (await door_refusal(server, path, Cookie="sid=s-ada")) == (429, "10"), path
+    assert len(app_backend.calls_to("/connect")) == 1
+
+
+@pytest.mark.parametrize("door", DOORS)
+async def test_refresh_at_80_percent_of_the_lifetime_extends_a_session_over_sse_and_polling(
+    server_factory: ServerFactory, app_backend: AppBackend, streams: Streams, door: str,
+) -> None:
+    app_backend.sessions["s-ada"] = Session("ada", ttl=10, rooms=["private-ada-x"])
+    server = await proxied_server(server_factory, app_backend)
+    c = await open_door(server, door, streams, Cookie="sid=s-ada")
+    first = await c.next("authenticated", after=0)
+    await c.send(type="subscribe", room="private-ada-x", sub="a")
+    await c.settles_on(1, 1, room="private-ada-x")
+    (handshake,) = app_backend.calls_to("/connect")
+    app_backend.sessions["s-ada"] = Session("ada", ttl=600, rooms=["private-ada-x"])
+
+    await wait_until(lambda: len(app_backend.calls_to("/connect")) == 2, timeout=20, what="the refresh")
+    refresh = app_backend.calls_to("/connect")[1]
+    assert refresh.body == {**handshake.body, "user": "ada"}
+    lifetime = first["exp"] - handshake.at
+    assert handshake.at + 0.8 * lifetime - 0.5 <= refresh.at < first["exp"], (refresh.at - handshake.at, lifetime)
+    await wait_until(lambda: len(c.of_type("authenticated")) == 2, what="authenticated again")
+    assert c.of_type("authenticated")[1]["exp"] > first["exp"] + 500
+    await asyncio.sleep(max(0.0, first["exp"] - time.time()) + 1.0)  # past the first answer's exp
+    assert not errors(c, "token_expired")
+    assert server.hub.local_counts("private-ada-x") == (1, 1)
 
 
 # -- options ------------------------------------------------------------------------------------------

@@ -57,7 +57,34 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
+def test_sse_and_polls_are_proxied_unbuffered_with_timeouts_above_the_apps_intervals(tmp_path: Path) -> None:
+    conf = rendered(tmp_path, "--ports", "8001")
+    for path in ("/sse/", "/poll/"):
+        block = conf.split(f"location {path} {{", 1)[1].split("}", 1)[0]
+        for line in ("proxy_pass http://rrr_app;", "proxy_buffering off;", "proxy_read_timeout 75s;",
+                     "limit_conn rrr_ws_per_ip 100;"):
+            assert line in block, (path, line)
+    assert "least_conn;" in conf
+    assert "least_conn;" not in rendered(tmp_path, "--ports", "8001", "--balance", "round-robin")
+
+
+def test_tls_serves_http2(tmp_path: Path) -> None:
+    """Under HTTP/1.1 a browser opens at most six connections per origin; over TLS nginx speaks HTTP/2
+    (a real handshake negotiating h2: tests/test_fallback.py)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    conf = rendered(tmp_path, "--ports", "8001", "--listen", "127.0.0.1:8443", "--tls-certificate", str(cert),
+                    "--tls-certificate-key", str(key))
+    assert "listen 127.0.0.1:8443 ssl http2;" in conf
+    assert f"ssl_certificate {cert};" in conf and f"ssl_certificate_key {key};" in conf
+    assert "listen 127.0.0.1:8080;" in rendered(tmp_path, "--ports", "8001", "--listen", "127.0.0.1:8080")
+
+
 @pytest.mark.parametrize("args, complaint", [
+    (["--ports", "8001", "--stream-read-timeout", "20s"], "--stream-read-timeout 20s must be above"),
+    (["--ports", "8001", "--stream-read-timeout", "60s", "--poll-timeout", "55"], "--poll-timeout (55 s)"),
+    (["--ports", "8001", "--tls-certificate", "c.pem"], "go together"),
     (["--ports", "8001", "--proxy-read-timeout", "30s"], "twice the app's ping interval"),
     (["--ports", "8001", "--proxy-read-timeout", "3s", "--ping-interval", "2"], "twice the app's ping interval"),
     ([], "no app processes"),

@@ -196,9 +196,16 @@ SERVER_BUILDERS: dict[str, Callable[..., str | dict[str, Any]]] = {
     "authenticated_message": protocol.authenticated_message,
     "whisper_frame": protocol.whisper_frame,
     "ProtocolError": lambda *args, **kwargs: ProtocolError(*args, **kwargs).message(),
+    "close_message": protocol.close_message,
 }
 SERVER_TYPES = {"connection_message", "message", "pong", "error", "authenticated", "presence", "presence_diff",
-                "subscribed", "whisper"}
+                "subscribed", "close", "whisper"}
+# What SSE and long-polling sessions are opened and answered with (the vectors' "sessions").
+SESSION_BUILDERS: dict[str, Callable[..., str | dict[str, Any]]] = {
+    "session_message": protocol.session_message,
+    "poll_opening": protocol.poll_opening,
+    "poll_batch": protocol.poll_batch,
+}
 CLIENT_CODES = {"bad_json", "bad_message", "unknown_type", "bad_token", "bad_room", "bad_sub", "bad_since"}
 
 
@@ -279,3 +286,20 @@ def test_vectors_cover_every_client_type_error_code_and_server_frame() -> None:
     assert {v["py"][0] for v in VECTORS["server"]["valid"]} == set(SERVER_BUILDERS)
     transports = {v["parsed"].get("transport") for v in VECTORS["client"]["valid"]} - {None}
     assert transports == protocol.TRANSPORTS
+
+
+@_named(VECTORS["sessions"]["events"] + VECTORS["sessions"]["polls"])
+def test_vector_session_answers_are_built_byte_for_byte(vector: dict[str, Any]) -> None:
+    if "py" not in vector:
+        return  # the server never builds it (the page must refuse it)
+    name, args = vector["py"]
+    built = SESSION_BUILDERS[name](*args)
+    assert (built if isinstance(built, str) else protocol.dumps(built)) == vector["text"]
+
+
+def test_vector_session_ids_are_the_ones_the_page_takes() -> None:
+    for vector in VECTORS["sessions"]["events"]:
+        event = json.loads(vector["text"])
+        taken = event.get("type") == "session" and protocol.is_session_id(event.get("session"))
+        assert taken == (vector["session"] is not None), vector["name"]
+        assert ("py" in vector) == taken, "the server builds exactly the session events the page takes"

@@ -57,6 +57,8 @@ class Quiet:
 
     def control_confirmed(self) -> None: ...
 
+    def inbox(self, data: bytes) -> None: ...
+
 
 async def test_shutdown_finishes_with_an_unsubscribe_in_flight(redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)

@@ -103,6 +103,10 @@ class Events(Protocol):
         """Redis confirmed the control channel on a new connection: from now on every sign-out
         arrives as a message, and any made while the connection was down is only in Redis."""
 
+    def inbox(self, data: bytes) -> None:
+        """A message on this process's inbox (`keys.inbox_channel`): another process hands it a
+        request for one of its SSE or polling sessions, or answers one it handed on."""
+
 
 class Publisher(Protocol):
     async def publish(self, channel: str, data: str) -> int:

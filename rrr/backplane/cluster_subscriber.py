@@ -72,13 +72,14 @@ class ClusterSubscriber:
     ) -> None:
         self.metrics = metrics
         self.keepalive = keepalive
-        self.probe_channel = keys.probe_channel(process_id or secrets.token_hex(8))
+        self._pid = process_id or secrets.token_hex(8)
+        self.probe_channel = keys.probe_channel(self._pid)
+        self.inbox_channel = keys.inbox_channel(keys.process_tag(self._pid))
         self._redis = redis  # the cluster client the topology is read with
         self._follows = Follows(metrics)
-        self._dispatch = Dispatch(metrics, {self.probe_channel}, psubscribed=True)
+        self._dispatch = Dispatch(metrics, {self.probe_channel}, inbox=self.inbox_channel, psubscribed=True)
         self._log = RateLimitedLog(log)
         self._syncer: asyncio.Task[None] | None = None
-        self._pid = process_id or secrets.token_hex(8)
         self._cluster_url = parse_cluster_url(url)
         self._timeout = timeout
         self._links: dict[str, _Link] = {}
@@ -195,7 +196,7 @@ class ClusterSubscriber:
             link = _Link(CLASSIC, client, client.pubsub())
             try:
                 await link.pubsub.psubscribe(keys.ROOM_CHANNEL_PATTERN)
-                await link.pubsub.subscribe(self.probe_channel, keys.CONTROL_CHANNEL)
+                await link.pubsub.subscribe(self.probe_channel, keys.CONTROL_CHANNEL, self.inbox_channel)
             except (RedisError, OSError) as e:
                 failure = e
                 await link.close()

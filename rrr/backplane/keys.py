@@ -10,6 +10,9 @@ The Lua scripts get these names through `LUA_PRELUDE`, never as literals of thei
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 #: Any backend may PUBLISH a JSON value here; it reaches the room's sockets as ``data``.
 ROOM_CHANNEL_PREFIX = "rrr:room:"
 #: Sorted set of process leases, scored by expiry on Redis's own clock.
@@ -32,6 +35,10 @@ _REVOKED = "rrr:revoked:%s"
 #: Every process listens here for orders that concern all of them (a user's disconnect).
 CONTROL_CHANNEL = "rrr:ctl"
 _PROC_PROBE = "rrr:proc:%s:probe"
+#: A process's inbox: requests other processes hand it for its SSE and polling sessions, and the
+#: answers to those it handed them (`rrr.edge.handoff`). Named by the process's tag, which every
+#: session id of the process starts with, so any process can reach the session's owner.
+_INBOX = "rrr:inbox:%s"
 
 # -- Redis Cluster only (rrr.backplane.cluster_presence, cluster_subscriber) --
 #: The room's shard channel (``SPUBLISH``): what the app publishes live when history is off, and
@@ -121,6 +128,17 @@ def revoked(user: str) -> str:
 def probe_channel(pid: str) -> str:
     """A process's own channel for the health probe round trip through pub/sub."""
     return _PROC_PROBE % pid
+
+
+def process_tag(pid: str) -> str:
+    """Process ``pid``'s tag: 8 URL-safe characters (48 bits of a hash of its id, so two live
+    processes never share one in practice). Its sessions' ids start with it."""
+    return base64.urlsafe_b64encode(hashlib.blake2b(pid.encode(), digest_size=6).digest()).decode()
+
+
+def inbox_channel(tag: str) -> str:
+    """The inbox of the process whose tag is ``tag`` (classic pub/sub, also on a cluster)."""
+    return _INBOX % tag
 
 
 def shard_room_channel(room: str) -> str:

@@ -147,11 +147,15 @@ class Dispatch:
     fails on is lost alone (``rrr_task_errors_total{task="dispatch"}``, logged once per 30 s),
     never the connection that every room's messages arrive on."""
 
-    def __init__(self, metrics: Metrics, probe_channels: set[str], *, psubscribed: bool = False) -> None:
+    def __init__(
+        self, metrics: Metrics, probe_channels: set[str], *, inbox: str = "", psubscribed: bool = False,
+    ) -> None:
         self.metrics = metrics
         self.events: Events = Unbound()
         #: Our own channels a probe's token comes back on (the cluster's change with its masters).
         self.probe_channels = probe_channels
+        #: Our own inbox (`keys.inbox_channel`): what it carries goes to the core as it came.
+        self.inbox = inbox
         # Raw room messages arrive for every room (PSUBSCRIBE, on a cluster): only followed ones matter.
         self._psubscribed = psubscribed
         self._probes: dict[str, asyncio.Future[None]] = {}
@@ -182,6 +186,12 @@ class Dispatch:
                     return  # PSUBSCRIBE hears every room's raw publishes; only ours matter
             if not isinstance(data, bytes):
                 raise ValueError("payload is not a string")
+            if name == self.inbox:
+                try:
+                    events.inbox(data)
+                except Exception as e:  # noqa: BLE001
+                    self._failed("inbox", e)
+                return
             if name == keys.CONTROL_CHANNEL:
                 order = json.loads(protocol.validate_json_payload(data))
                 if isinstance(order, dict) and isinstance(order.get("disconnect"), str):
@@ -276,6 +286,8 @@ class Unbound:
     def signed_out(self, user: str) -> None: ...
 
     def control_confirmed(self) -> None: ...
+
+    def inbox(self, data: bytes) -> None: ...
 
 
 async def listen(

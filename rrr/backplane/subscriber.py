@@ -26,10 +26,12 @@ from .pubsub import Dispatch, Follows, listen
 class ClassicSubscriber:
     def __init__(self, redis: Any, metrics: Metrics, *, keepalive: float = 5.0, process_id: str = "") -> None:
         self.keepalive = keepalive
-        self.probe_channel = keys.probe_channel(process_id or secrets.token_hex(8))
+        pid = process_id or secrets.token_hex(8)
+        self.probe_channel = keys.probe_channel(pid)
+        self.inbox_channel = keys.inbox_channel(keys.process_tag(pid))
         self._redis = redis
         self._follows = Follows(metrics)
-        self._dispatch = Dispatch(metrics, {self.probe_channel})
+        self._dispatch = Dispatch(metrics, {self.probe_channel}, inbox=self.inbox_channel)
         self._syncer: asyncio.Task[None] | None = None
 
     def bind(self, events: Events) -> None:
@@ -77,7 +79,7 @@ class ClassicSubscriber:
         pubsub = self._redis.pubsub()
         syncer: asyncio.Task[None] | None = None
         try:
-            await pubsub.subscribe(self.probe_channel, keys.CONTROL_CHANNEL)
+            await pubsub.subscribe(self.probe_channel, keys.CONTROL_CHANNEL, self.inbox_channel)
             self._follows.restart()
             syncer = self._syncer = asyncio.create_task(self._sync(pubsub, set()), name="rrr-subscriber-sync")
             self._follows.went_up("redis pub/sub")

@@ -23,6 +23,7 @@ drops it again, so the fan-out's one write per socket is unchanged for everyone 
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol
 
 from tornado.websocket import WebSocketProtocol
 
@@ -42,12 +43,43 @@ def watermark(limit: int) -> int:
 def room_now(conn: WebSocketProtocol, frames: list[Frame], limit: int) -> bool:
     """Whether ``frames`` may go straight to the stream, with no queue: all of them stay under the
     watermark (a short replay, a small member list, a lone ``subscribed``)."""
-    room = watermark(limit) - wsframe.buffered(conn)
+    return fits(wsframe.buffered(conn), frames, limit)
+
+
+def fits(held: int, frames: list[Frame], limit: int) -> bool:
+    """`room_now` for a stream that holds ``held`` bytes."""
+    room = watermark(limit) - held
     for frame in frames:
         room -= len(frame.wire)
         if room < 0:
             return False
     return True
+
+
+class Sink(Protocol):
+    """Where an outbox's frames go: a WebSocket's stream (`SocketSink`), or an SSE stream's."""
+
+    def buffered(self) -> int:
+        """Bytes written that the stream still holds."""
+
+    def write_many(self, frames: list[Frame]) -> None:
+        """Write ``frames`` back to back; raises what `wsframe.send` raises."""
+
+
+class SocketSink:
+    """A WebSocket's stream as an outbox's `Sink`."""
+
+    __slots__ = ("conn", "fast")
+
+    def __init__(self, conn: WebSocketProtocol, fast: bool) -> None:
+        self.conn = conn
+        self.fast = fast
+
+    def buffered(self) -> int:
+        return wsframe.buffered(self.conn)
+
+    def write_many(self, frames: list[Frame]) -> None:
+        wsframe.send_many(self.conn, frames, self.fast)
 
 
 class Outbox:
@@ -70,14 +102,14 @@ class Outbox:
         else:
             self.live += len(frame.wire)
 
-    def pump(self, conn: WebSocketProtocol, fast: bool, limit: int) -> None:
+    def pump(self, sink: Sink, limit: int) -> None:
         """Hand frames to the stream while it holds less than the watermark, several in one write
         (each must fit under ``limit``, the stream's cap, unless the stream is empty). Raises what
         `wsframe.send` raises."""
         mark = watermark(limit)
         frames = self.frames
         while frames:
-            held = wsframe.buffered(conn)
+            held = sink.buffered()
             batch: list[Frame] = []
             size = 0
             while frames and held + size < mark:
@@ -95,7 +127,7 @@ class Outbox:
             if not batch:
                 return
             self.written += len(batch)
-            wsframe.send_many(conn, batch, fast)
+            sink.write_many(batch)
 
     def stalled(self) -> bool:
         """At a keepalive visit: whether nothing was written since the previous visit."""

@@ -43,9 +43,14 @@ def loggable(text: str, limit: int) -> str:
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
+#: An SSE or polling session's id in a path: whoever holds it speaks for the session (its identity
+#: included), so a log shows only its first 8 characters (the tag of the process that holds it).
+_SESSION_IN_PATH = re.compile(r"^(/(?:sse|poll)/[A-Za-z0-9_-]{8})[A-Za-z0-9_-]+")
+
+
 def loggable_path(path: str) -> str:
-    """A path as a log line may show it: no query string, at most `PATH_MAX` characters."""
-    return loggable(path.partition("?")[0], PATH_MAX)
+    """A path as a log line may show it: no query string, no session id, at most `PATH_MAX` characters."""
+    return loggable(_SESSION_IN_PATH.sub(r"\1...", path.partition("?")[0]), PATH_MAX)
 
 
 def summary(request: tornado.httputil.HTTPServerRequest) -> str:

@@ -7,6 +7,8 @@ bytes for every client, so we build it once and hand it to each ``IOStream``.
 
 This is the only module that touches Tornado internals (``stream`` and
 ``_compressor`` on ``WebSocketProtocol13``, ``_write_buffer`` on ``IOStream``).
+An SSE stream (`rrr.edge.streams`) writes its events through the same stream functions
+(`write`, `buffered_bytes`, `stream_flushed`), each event encoded once too (`Frame.sse`).
 ``tests/test_wsframe.py`` fails loudly if they change, and `send` falls back to
 the public API whenever the fast path does not apply.
 """
@@ -18,9 +20,10 @@ from asyncio import Future
 from typing import Any
 
 from tornado.iostream import IOStream, SSLIOStream
+from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
 
 from ..protocol import Payload
-from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
+from . import sse
 
 _FIN = 0x80
 _TEXT = 0x1
@@ -46,17 +49,18 @@ PING_WIRE = encode_frame(_PING, b"")
 
 
 class Frame:
-    """A text message, with its wire encoding computed at most once.
+    """A text message, with each wire encoding it is sent in computed at most once.
 
     ``payload``: a room message's (or whisper's) room and `rrr.protocol.Payload`, so a door that
     speaks another protocol (Pusher's) need not parse the frame back; ``alt``: that door's own
     frames for it, made once for every socket the frame goes to."""
 
-    __slots__ = ("text", "_wire", "payload", "alt")
+    __slots__ = ("text", "_wire", "_sse", "payload", "alt")
 
     def __init__(self, text: str, payload: tuple[str, Payload] | None = None) -> None:
         self.text = text
         self._wire: bytes | None = None
+        self._sse: bytes | None = None
         self.payload = payload
         self.alt: list[Frame] | None = None
 
@@ -65,6 +69,13 @@ class Frame:
         if self._wire is None:
             self._wire = encode_text_frame(self.text.encode("utf-8"))
         return self._wire
+
+    @property
+    def sse(self) -> bytes:
+        """The frame as one SSE event in one HTTP/1.1 chunk: what every SSE stream is written."""
+        if self._sse is None:
+            self._sse = sse.chunk(sse.event(self.text))
+        return self._sse
 
 
 def fast_path_ok(conn: WebSocketProtocol) -> bool:
@@ -89,6 +100,10 @@ def _retrieve(fut: Any) -> None:
 
 
 def _write(conn: WebSocketProtocol, data: bytes) -> None:
+    write(conn.stream, data)
+
+
+def write(stream: IOStream | None, data: bytes) -> None:
     """Send straight to the socket when nothing is queued, else queue behind what is.
 
     Most sockets in a broadcast have an empty buffer and room in the kernel's, so
@@ -97,7 +112,6 @@ def _write(conn: WebSocketProtocol, data: bytes) -> None:
     unsent, and every error, goes through ``IOStream.write``, which buffers, applies
     ``max_write_buffer_size`` and closes the stream on a dead peer as usual.
     """
-    stream = conn.stream
     if stream is None or stream.closed():
         return
     if direct_ok(stream) and not stream.writing():
@@ -114,7 +128,10 @@ def _write(conn: WebSocketProtocol, data: bytes) -> None:
 
 def buffered(conn: WebSocketProtocol) -> int:
     """Bytes written to ``conn`` that its stream still holds (the kernel has not taken them yet)."""
-    stream = conn.stream
+    return buffered_bytes(conn.stream)
+
+
+def buffered_bytes(stream: IOStream | None) -> int:
     buffer = stream._write_buffer if stream is not None else None  # None once the stream closed
     return len(buffer) if buffer is not None else 0
 
@@ -122,7 +139,10 @@ def buffered(conn: WebSocketProtocol) -> int:
 def flushed(conn: WebSocketProtocol) -> Future[None] | None:
     """A Future done once everything written to ``conn`` so far has reached the kernel (or the
     stream closed: then it holds StreamClosedError); None if the stream is closed already."""
-    stream = conn.stream
+    return stream_flushed(conn.stream)
+
+
+def stream_flushed(stream: IOStream | None) -> Future[None] | None:
     if stream is None or stream.closed():
         return None
     # An empty write waits behind every byte before it and, adding none, never hits the buffer cap.

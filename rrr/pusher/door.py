@@ -6,7 +6,7 @@ channel), so every cap, count and member list is the native one. What this modul
 translation both ways, nothing else:
 
 * in: each frame is parsed (`rrr.pusher.protocol.parse_client_frame`); a subscription is
-  authorized by its signature (`authorize_subscription`) and handed to `Session.admit`, which
+  authorized by its signature (`authorize_subscription`) and handed to `Session.admit_subscription`, which
   applies every cap a native subscription meets;
 * out: each frame the core sends the socket (`Door.outgoing`) becomes what a Pusher client
   expects: a room message an event on its channel (made once per message for every Pusher socket,
@@ -189,9 +189,9 @@ class Door:
             self.members[channel] = member.key
         try:
             if member is not None:
-                waits = self.session.admit(channel, SUB, member.info_json, member.key)
+                waits = self.session.admit_subscription(channel, SUB, member.info_json, member.key)
             else:
-                waits = self.session.admit(channel, SUB)
+                waits = self.session.admit_subscription(channel, SUB)
         except ProtocolError as e:
             self._forget(channel)
             return [self._refused(channel, e.code, e.reason)], None

@@ -11,6 +11,8 @@ import { randomBytes } from "node:crypto";
 import http from "node:http";
 
 const EPOCH = "e1";
+/** On every answer under /sse/ and /poll/, as the real server (handlers/transports.py) sends them. */
+const NO_STORE = { "Cache-Control": "no-store", "X-Accel-Buffering": "no" };
 
 /**
  * @param {{pollTimeoutMs?: number, sse?: "normal"|"silent"}} [options]
@@ -107,7 +109,7 @@ export async function startContractServer({ pollTimeoutMs = 25_000, sse = "norma
   }
 
   const json = (res, status, body) => {
-    res.writeHead(status, { "Content-Type": "application/json", "Cache-Control": "no-store" });
+    res.writeHead(status, { "Content-Type": "application/json", ...NO_STORE });
     res.end(JSON.stringify(body));
   };
 
@@ -136,7 +138,7 @@ export async function startContractServer({ pollTimeoutMs = 25_000, sse = "norma
       }
       const session = sessions.get(id);
       if (!session || session.kind !== kind) return json(res, 404, { error: "unknown session" });
-      res.writeHead(202).end();
+      res.writeHead(202, NO_STORE).end();
       handle(session, frame);
       return;
     }
@@ -144,7 +146,7 @@ export async function startContractServer({ pollTimeoutMs = 25_000, sse = "norma
       const session = new Session("sse");
       session.stream = res;
       log.sseOpened++;
-      res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-store" });
+      res.writeHead(200, { "Content-Type": "text/event-stream", ...NO_STORE });
       res.flushHeaders();
       if (sse === "normal") res.write(`data: ${JSON.stringify({ type: "session", session: session.id })}\n\n`);
       // An SSE session ends when its stream closes.
@@ -182,6 +184,10 @@ export async function startContractServer({ pollTimeoutMs = 25_000, sse = "norma
         clearTimeout(timer);
         answer(batch);
       };
+      waiting.seq = seq;
+      // A newer poll answers the older one at once, empty, and takes its place (as the real server does).
+      const older = session.waiting;
+      older?.({ seq: older.seq, frames: [] });
       session.waiting = waiting;
       req.on("close", () => {
         clearTimeout(timer);

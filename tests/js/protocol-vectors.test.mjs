@@ -7,7 +7,7 @@ import { test } from "node:test";
 import * as protocol from "../../static/js/protocol.js";
 
 const vectors = JSON.parse(readFileSync(new URL("../vectors/protocol.json", import.meta.url), "utf8"));
-const { isSlug, parseServerFrame, sinceOf } = protocol;
+const { isSlug, parseServerFrame, pollBatch, pollOpening, sessionOf, sinceOf } = protocol;
 
 /** The client frames the page sends, by the builders that make them. */
 const CLIENT_BUILDERS = [
@@ -79,6 +79,20 @@ test("every error code the server answers a client frame with reaches the page a
     const { code, ...where } = vector.error;
     const frame = { type: "error", code, reason: vector.name, ...where };
     assert.deepEqual(parseServerFrame(JSON.stringify(frame)), frame, vector.name);
+  }
+});
+
+test("an SSE stream's session event is read as the server builds it, and a bad one refused", () => {
+  for (const vector of vectors.sessions.events) {
+    assert.equal(sessionOf(vector.text), vector.session, vector.name);
+  }
+});
+
+test("long-polling answers are taken as the server numbers them: each frame once, none below 1", () => {
+  for (const vector of vectors.sessions.polls) {
+    const body = JSON.parse(vector.text);
+    const taken = vector.taken && "session" in vector.taken ? pollOpening(body) : pollBatch(body, vector.after);
+    assert.deepEqual(taken, vector.taken, vector.name);
   }
 });
 

@@ -26,32 +26,10 @@ async def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str =
         await asyncio.sleep(0.05)
 
 
-class Client:
-    """A real WebSocket client that remembers every frame it got."""
+class FrameLog:
+    """Every frame a client got, and the ways tests read them (a WebSocket, an SSE stream, polls)."""
 
-    def __init__(self, conn: WebSocketClientConnection) -> None:
-        self.conn = conn
-        self.frames: list[dict[str, Any]] = []
-        self.closed = asyncio.Event()
-        self._new = asyncio.Event()
-        self._reader = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            raw = await self.conn.read_message()
-            if raw is None:
-                self.closed.set()
-                self._new.set()
-                return
-            self.frames.append(json.loads(raw))
-            self._new.set()
-
-    @property
-    def close_code(self) -> int | None:
-        return self.conn.close_code
-
-    def send(self, **msg: Any) -> Awaitable[None]:
-        return self.conn.write_message(json.dumps(msg))
+    frames: list[dict[str, Any]]
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [f for f in self.frames if f.get("type") == kind]
@@ -79,6 +57,34 @@ class Client:
             return last is not None and last[0] == connections and (tabs is None or last[1] == tabs)
 
         await wait_until(ok, timeout, what=f"count {connections}/{tabs} (last {self.last_count(room)})")
+
+
+class Client(FrameLog):
+    """A real WebSocket client that remembers every frame it got."""
+
+    def __init__(self, conn: WebSocketClientConnection) -> None:
+        self.conn = conn
+        self.frames: list[dict[str, Any]] = []
+        self.closed = asyncio.Event()
+        self._new = asyncio.Event()
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            raw = await self.conn.read_message()
+            if raw is None:
+                self.closed.set()
+                self._new.set()
+                return
+            self.frames.append(json.loads(raw))
+            self._new.set()
+
+    @property
+    def close_code(self) -> int | None:
+        return self.conn.close_code
+
+    def send(self, **msg: Any) -> Awaitable[None]:
+        return self.conn.write_message(json.dumps(msg))
 
     def close(self, code: int | None = None) -> None:
         self.conn.close(code)

@@ -875,8 +875,9 @@ class MemorySubscriber:
         self.redis = redis
         self.process_id = process_id
         self.probe_channel = keys.probe_channel(process_id)
+        self.inbox_channel = keys.inbox_channel(keys.process_tag(process_id))
         self._follows = Follows(metrics)
-        self._dispatch = Dispatch(metrics, {self.probe_channel})
+        self._dispatch = Dispatch(metrics, {self.probe_channel}, inbox=self.inbox_channel)
         self._syncer: asyncio.Task[None] | None = None
         self.runs = 0  # connections made
 
@@ -925,7 +926,7 @@ class MemorySubscriber:
         self.runs += 1
         syncer: asyncio.Task[None] | None = None
         try:
-            link.subscribe(self.probe_channel, keys.CONTROL_CHANNEL)
+            link.subscribe(self.probe_channel, keys.CONTROL_CHANNEL, self.inbox_channel)
             self._follows.restart()
             syncer = self._syncer = asyncio.create_task(self._sync(link, set()), name="rrr-memory-sync")
             self._follows.went_up("memory pub/sub")

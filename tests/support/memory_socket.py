@@ -214,3 +214,6 @@ class RecordingEvents:
 
     def control_confirmed(self) -> None:
         self.heard.append(("control_confirmed",))
+
+    def inbox(self, data: bytes) -> None:
+        self.heard.append(("inbox", data))
