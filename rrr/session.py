@@ -191,6 +191,11 @@ class Session:
             return self._replying(self._subscribe_after_census(room, sub, None, info_json, user))
         return None
 
+    def identify_as(self, identity: Identity) -> None:
+        """A door's own sign-in (Pusher's ``pusher:signin``): the socket is ``identity`` from now on,
+        for revocation (a sign-out, ``terminate_connections``) as a token's identity is."""
+        self._adopt(identity, announce=False)
+
     def within_rate(self) -> bool:
         """Every frame a client sends spends one of ``--message-rate`` (see `_within_rate`), whatever
         protocol it speaks."""

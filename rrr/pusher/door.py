@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol as native
+from ..auth import Identity
 from ..edge.wsframe import Frame
 from ..errors import BackplaneError
 from ..protocol import ProtocolError
@@ -37,6 +39,8 @@ log = logging.getLogger("rrr.pusher")
 
 #: The one subscription a Pusher socket has to each of its channels.
 SUB = "p"
+#: A sign-in lasts as long as its socket (a `rrr.auth.Identity` needs an end: ten years).
+SIGNED_IN_FOR = 10 * 365 * 86400.0
 
 _PENDING, _SUBSCRIBED = 0, 1
 
@@ -110,7 +114,7 @@ def _succeeded_frame(frame: Frame, room: str, members: dict[str, Any]) -> Frame:
 class Door:
     """One Pusher socket's side of the translation: its id, its channels' state."""
 
-    __slots__ = ("app", "session", "socket_id", "channels", "members")
+    __slots__ = ("app", "session", "socket_id", "channels", "members", "user")
 
     def __init__(self, app: PusherApp, session: Session, socket_id: str) -> None:
         self.app = app
@@ -118,6 +122,7 @@ class Door:
         self.socket_id = socket_id
         self.channels: dict[str, int] = {}  # channel -> _PENDING or _SUBSCRIBED
         self.members: dict[str, str] | None = None  # presence channel -> the user this socket is there
+        self.user: pp.SignedInUser | None = None  # after pusher:signin
 
     # -- in ---------------------------------------------------------------------------------
 
@@ -141,8 +146,32 @@ class Door:
             self.session.unsubscribe(msg.channel, SUB)
             return [], None
         if isinstance(msg, pp.Signin):
-            return [Frame(pp.error_frame(None, "pusher:signin is not supported by this server yet"))], None
+            return self._signin(msg), None
         return self._client_event(msg)
+
+    def _signin(self, msg: pp.Signin) -> list[Frame]:
+        """``pusher:signin`` with ``user_data`` signed for this socket: the socket is that user (its
+        ``#server-to-user-<id>`` channel, revocation and ``terminate_connections`` reach it). A bad
+        signature closes it with 4009, as Pusher does."""
+        conn = self.session.conn
+        try:
+            user = pp.signin(msg, key=self.app.key, secret=self.app.secret, socket_id=self.socket_id)
+        except pp.PusherError as e:
+            conn.send_frame(Frame(e.frame()))
+            if e.closes:
+                conn.close(e.code, e.message[:120])
+            return []
+        if self.user is not None and self.user.id != user.id:
+            conn.send_frame(Frame(pp.error_frame(pp.CONNECTION_UNAUTHORIZED, "Signed in as another user already")))
+            conn.close(pp.CONNECTION_UNAUTHORIZED, "signed in as another user already")
+            return []
+        self.user = user
+        now = time.time()
+        self.session.identify_as(Identity(user.id, now + SIGNED_IN_FOR, issued_at=now, info_json=user.info_json))
+        out = [Frame(pp.signin_success_frame(user))]
+        if user.watchlist_cut:
+            out.append(Frame(pp.watchlist_cut_error().frame()))
+        return out
 
     def _client_event(self, ev: pp.ClientEvent) -> tuple[list[Frame], Awaitable[None] | None]:
         """A ``client-*`` event: to the channel's other subscriptions, Pusher and native alike (as a
@@ -176,11 +205,9 @@ class Door:
             return [], None
         try:
             allowed = pp.authorize_subscription(msg, key=self.app.key, secret=self.app.secret,
-                                                socket_id=self.socket_id)
+                                                socket_id=self.socket_id, user=self.user)
         except pp.SubscriptionError as e:
             return [Frame(e.frame())], None
-        if names.server_to_user_id(channel) is not None:
-            return [Frame(pp.subscription_error_frame(channel, "not supported by this server yet", 403))], None
         member = allowed.member
         self.channels[channel] = _PENDING
         if member is not None:

@@ -2,7 +2,8 @@
 // unchanged from the registry. Commands arrive as JSON lines on stdin; everything the clients see
 // goes out as JSON lines on stdout (tests/support/pusher_js.py reads them).
 //
-//   {"op": "connect", "id": "a", "key": ..., "port": ..., "user": {"user_id": ..., "user_info": ...}?}
+//   {"op": "connect", "id": "a", "key": ..., "port": ..., "user": {"user_id": ..., "user_info": ...}?,
+//    "authSecret": <sign with this secret instead>?, "presenceFromSignin": <no channel_data>?}
 //   {"op": "subscribe" | "unsubscribe", "id": "a", "channel": "..."}
 //   {"op": "trigger", "id": "a", "channel": "...", "event": "client-...", "data": ...}
 //   {"op": "signin", "id": "a"}   {"op": "disconnect", "id": "a"}
@@ -23,7 +24,7 @@ const clients = new Map();
 
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 
-function connect({ id, key: clientKey, port: wsPort, user, authSecret }) {
+function connect({ id, key: clientKey, port: wsPort, user, authSecret, presenceFromSignin }) {
   // A wrong secret signs what a forger would: the server must refuse it.
   const signer = authSecret
     ? new PusherServer({ appId, key, secret: authSecret, host: "127.0.0.1", port: Number(port), useTLS: false })
@@ -38,7 +39,9 @@ function connect({ id, key: clientKey, port: wsPort, user, authSecret }) {
     channelAuthorization: {
       customHandler: ({ socketId, channelName }, callback) => {
         try {
-          callback(null, signer.authorizeChannel(socketId, channelName, channelName.startsWith("presence-") ? user : undefined));
+          // presenceFromSignin: no channel_data, so the server takes the signed-in user.
+          const data = channelName.startsWith("presence-") && !presenceFromSignin ? user : undefined;
+          callback(null, signer.authorizeChannel(socketId, channelName, data));
         } catch (e) {
           callback(e, null);
         }
