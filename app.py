@@ -242,6 +242,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             backoff_cap=o.get("backoff_cap", 5.0),
             vacate_delay=o["vacate_delay"],
             webhooks=webhooks,
+            cache_ttl=o["cache_ttl"],
         )
     )
     metrics = service.metrics

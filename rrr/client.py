@@ -30,7 +30,7 @@ from .backplane import keys, scripts
 from .auth import mint
 from .backplane.clients import is_cluster_url, make_redis, make_sync_redis
 from .errors import BackplaneError, OutcomeUnknown
-from .backplane.history import parse_published, publish_args
+from .backplane.history import cache_ms, parse_published, publish_args
 
 __all__ = [
     "BackplaneError", "OutcomeUnknown", "apublish", "check_size", "encode", "max_message_size", "publish", "token",
@@ -41,6 +41,8 @@ HISTORY_SIZE = 100
 HISTORY_TTL = 300.0
 MAX_MESSAGE_SIZE = protocol.MAX_MESSAGE_SIZE
 TIMEOUT = 2.0
+#: How long a cache channel keeps the helper's message as its last one: the servers' default --cache-ttl.
+CACHE_TTL = 1800.0
 
 
 def token(
@@ -159,9 +161,11 @@ def publish(
         size, ttl, limit = _settings_of(client.hmget(keys.HISTORY_CONFIG, *_ANNOUNCED), history_size, history_ttl)
         check_size(text, limit)
         if size <= 0 or ttl <= 0:
+            if ms := cache_ms(room, CACHE_TTL):
+                client.set(keys.cache(room), text, px=ms)
             client.publish(keys.room_channel(room), text)
             return 0
-        k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url))
+        k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url), cache_ttl=CACHE_TTL)
         return parse_published(client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)).offset
     except RedisTimeoutError as e:
         raise OutcomeUnknown(f"redis did not answer in time; the message may have been published: {e}") from e
@@ -182,9 +186,11 @@ async def apublish(
         size, ttl, limit = _settings_of(announced, history_size, history_ttl)
         check_size(text, limit)
         if size <= 0 or ttl <= 0:
+            if ms := cache_ms(room, CACHE_TTL):
+                await client.set(keys.cache(room), text, px=ms)
             await client.publish(keys.room_channel(room), text)
             return 0
-        k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url))
+        k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url), cache_ttl=CACHE_TTL)
         return parse_published(await client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)).offset
     except (RedisTimeoutError, asyncio.TimeoutError) as e:
         raise OutcomeUnknown(f"redis did not answer in time; the message may have been published: {e}") from e

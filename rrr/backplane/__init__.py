@@ -224,6 +224,9 @@ class History(Protocol):
     async def relay(self, room: str, payload: str) -> int:
         """Relay only, never stored (a whisper, a Pusher client event): how many processes got it."""
 
+    async def cached(self, room: str) -> str | None:
+        """A cache channel's last message (its payload), kept ``--cache-ttl``; None if none."""
+
     async def read(self, room: str, after: int | None, *, seen: tuple[str, int] | None = None) -> Read:
         """The room's position (its epoch fixed now if it had none), and the messages after ``after``."""
 
@@ -314,7 +317,7 @@ class Backplane:
 def connect(
     url: str, metrics: Metrics, *, ttl: float = 15.0, timeout: float = 2.0, pool_size: int = 32,
     keepalive: float = 5.0, history_size: int = 100, history_ttl: float = 300.0, max_message: int = 65536,
-    events: EventSettings | None = None,
+    events: EventSettings | None = None, cache_ttl: float = 1800.0,
 ) -> Backplane:
     """The backplane for ``url``: a Redis Cluster's (``redis+cluster://``: per-row expiry, sharded
     pub/sub), or the classic one (one Redis, or Sentinel). Nothing connects until it is used.
@@ -334,6 +337,7 @@ def connect(
         sharded = ClusterPresence(url, metrics, pubsub, ttl=ttl, timeout=timeout, pool_size=pool_size, events=events)
         history = RedisHistory(
             sharded, history_size, history_ttl, sharded=True, readers=max(1, pool_size // 2), max_message=max_message,
+            cache_ttl=cache_ttl,
         )
         subscriber = ClusterSubscriber(
             pubsub, metrics, url=url, timeout=timeout, keepalive=keepalive, process_id=sharded.process_id,
@@ -346,6 +350,7 @@ def connect(
     classic = ClassicPresence(url, metrics, pubsub, ttl=ttl, timeout=timeout, pool_size=pool_size, events=events)
     history = RedisHistory(
         classic, history_size, history_ttl, sharded=False, readers=max(1, pool_size // 2), max_message=max_message,
+        cache_ttl=cache_ttl,
     )
     store = RedisEventStore(url, metrics, classic.process_id, events, timeout=timeout) if events else None
     return Backplane(classic, ClassicSubscriber(pubsub, metrics, keepalive=keepalive, process_id=classic.process_id),

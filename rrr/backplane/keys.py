@@ -32,6 +32,7 @@ _MEMBERS = "rrr:members:{%s}"
 _COUNT = "rrr:count:{%s}"
 _PROC_ROOMS = "rrr:proc:%s:rooms"
 _REVOKED = "rrr:revoked:%s"
+_CACHE = "rrr:cache:{%s}"
 #: Every process listens here for orders that concern all of them (a user's disconnect).
 CONTROL_CHANNEL = "rrr:ctl"
 _PROC_PROBE = "rrr:proc:%s:probe"
@@ -118,6 +119,11 @@ def message_channel(room: str) -> str:
 def proc_rooms(pid: str) -> str:
     """Set of the rooms a process has presence in, so its death can be swept room by room."""
     return _PROC_ROOMS % pid
+
+
+def cache(room: str) -> str:
+    """A cache channel's last message (its payload), for whoever subscribes next; ``--cache-ttl``."""
+    return _CACHE % room
 
 
 def revoked(user: str) -> str:

@@ -19,6 +19,7 @@ translation both ways, nothing else:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -224,6 +225,32 @@ class Door:
             return [self._refused(channel, e.code, e.reason)], None
         return [], waits
 
+    def _succeeded(self, channel: str) -> None:
+        self.channels[channel] = _SUBSCRIBED
+        if names.is_cache_channel(channel):
+            task = asyncio.ensure_future(self._from_cache(channel))
+            _TASKS.add(task)
+            task.add_done_callback(_TASKS.discard)
+
+    async def _from_cache(self, channel: str) -> None:
+        """A cache channel's new subscriber gets its last message at once (right after
+        ``subscription_succeeded``), or ``pusher:cache_miss`` when none is kept."""
+        conn = self.session.conn
+        try:
+            payload = await self.session.shared.history.cached(channel)
+        except BackplaneError:
+            payload = None
+        except Exception:  # noqa: BLE001 - a task with no caller: log it, the subscription stands
+            log.exception("reading the cache of %s failed", channel)
+            return
+        if self.channels.get(channel) != _SUBSCRIBED:
+            return  # unsubscribed (or closed) meanwhile
+        if payload is None:
+            conn.send_frame(Frame(pp.cache_miss_frame(channel)))
+            return
+        for frame in event_frames(Frame("", (channel, native.unpack(payload)))):
+            conn.send_frame(frame)
+
     def _forget(self, channel: str) -> bool:
         if self.members is not None:
             self.members.pop(channel, None)
@@ -251,12 +278,12 @@ class Door:
         kind, room = msg.get("type"), msg.get("room")
         if kind == "subscribed":
             if self.channels.get(room) == _PENDING and not names.is_presence_channel(room):
-                self.channels[room] = _SUBSCRIBED
+                self._succeeded(room)
                 return [Frame(pp.subscription_succeeded_frame(room))]
             return []
         if kind == "presence" and "sub" not in msg:
             if self.channels.get(room) == _PENDING:
-                self.channels[room] = _SUBSCRIBED
+                self._succeeded(room)
                 return [_succeeded_frame(frame, room, msg.get("members") or {})]
             return []
         if kind == "presence_diff":
@@ -274,3 +301,5 @@ class Door:
 
 
 _PONG = Frame(pp.PONG_FRAME)
+#: Cache reads under way (a task must be referenced until it is done).
+_TASKS: set[asyncio.Future[None]] = set()
