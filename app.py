@@ -25,6 +25,7 @@ from handlers.api import (
 )
 from handlers.base import SecureStaticFileHandler, guard_hosts, room_route
 from handlers.pages import CountPageHandler, IndexHandler
+from handlers import pusher_api
 from handlers.pusher import PusherSocket
 from handlers.sockets import CountSocket, RelaySocket
 from handlers.transports import (
@@ -351,6 +352,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
                 ),
             ),
             *([(r"/app/([^/]{1,200})", PusherSocket, dict(sockets, pusher=pusher))] if pusher else []),
+            *(pusher_api.routes(pusher, service.history, service.presence, o["token_max_age"]) if pusher else []),
             (r"/healthz", HealthHandler, dict(health=service.health, info=service.info)),
             (r"/metrics", MetricsHandler, dict(metrics=metrics)),
             # The talk's own page and SharedWorker, unchanged (examples/talk/README.md).

@@ -163,6 +163,10 @@ class PresenceReads(Protocol):
     async def members(self, room: str) -> dict[str, str]:
         """A presence room's members across every live process: user -> info JSON."""
 
+    async def rooms(self, prefix: str = "") -> list[str]:
+        """The rooms whose name starts with ``prefix`` that have a presence row in Redis (some may
+        be empty: read each one's state), found by scanning the keyspace (every master of a cluster)."""
+
     async def revoked_at(self, user: str) -> float | None:
         """When ``user``'s tokens were last revoked, if that still matters."""
 

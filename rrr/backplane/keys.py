@@ -83,6 +83,12 @@ def room_channel(room: str) -> str:
     return ROOM_CHANNEL_PREFIX + room
 
 
+def presence_pattern(prefix: str) -> str:
+    """SCAN's pattern for the presence hashes of rooms starting with ``prefix`` (room names hold
+    no glob characters)."""
+    return _PRESENCE % (prefix + "*")
+
+
 def presence(room: str) -> str:
     """Hash of one room: ``<pid> -> "<connections> <tabs>"``, plus ``@v`` (version) and ``@u`` (updated)."""
     return _PRESENCE % room
@@ -215,6 +221,7 @@ class Named:
 ROOM_CHANNEL = Named(ROOM_CHANNEL_PREFIX + "%s")
 COUNT_CHANNEL = Named(_COUNT)
 MESSAGE_CHANNEL = Named(_MESSAGES)
+PRESENCE_HASH = Named(_PRESENCE)
 SHARD_ROOM_CHANNEL = Named(_SHARD_ROOM)
 #: A room's event stream and reported state (the cluster's repair finds rooms by them).
 EVENTS_STREAM = Named(_EVENTS)

@@ -838,6 +838,9 @@ class MemoryPresence:
     async def members(self, room: str) -> dict[str, str]:
         return await self._run("members", lambda: self.redis.members(room))
 
+    async def rooms(self, prefix: str = "") -> list[str]:
+        return await self._run("scan", lambda: sorted(r for r in self.redis.presence if r.startswith(prefix)))
+
     async def publish(self, channel: str, data: str) -> int:
         return await self._run("publish", lambda: self.redis.publish(channel, data))
 

@@ -19,7 +19,12 @@ const PusherJS = require("pusher-js");
 const PusherServer = require("pusher");
 
 const [appId, key, secret, port] = process.argv.slice(2);
-const server = new PusherServer({ appId, key, secret, host: "127.0.0.1", port: Number(port), useTLS: false });
+// The encryption master key lets the SDK authorize private-encrypted- channels and encrypt what it
+// triggers there; rrr only ever relays the ciphertext.
+const encryptionMasterKeyBase64 = Buffer.alloc(32, "k").toString("base64");
+const server = new PusherServer({
+  appId, key, secret, host: "127.0.0.1", port: Number(port), useTLS: false, encryptionMasterKeyBase64,
+});
 const clients = new Map();
 
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
@@ -27,7 +32,9 @@ const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 function connect({ id, key: clientKey, port: wsPort, user, authSecret, presenceFromSignin }) {
   // A wrong secret signs what a forger would: the server must refuse it.
   const signer = authSecret
-    ? new PusherServer({ appId, key, secret: authSecret, host: "127.0.0.1", port: Number(port), useTLS: false })
+    ? new PusherServer({
+      appId, key, secret: authSecret, host: "127.0.0.1", port: Number(port), useTLS: false, encryptionMasterKeyBase64,
+    })
     : server;
   const pusher = new PusherJS(clientKey ?? key, {
     wsHost: "127.0.0.1",
