@@ -4,6 +4,7 @@ connection, public/private/presence channels, member events once per user, error
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -274,3 +275,43 @@ async def test_without_the_pusher_options_there_is_no_pusher_endpoint(server_fac
     with pytest.raises(HTTPClientError) as e:
         await websocket_connect(server.ws_url(f"/app/{PUSHER_KEY}?protocol=7"))
     assert e.value.code == 404
+
+
+async def test_integer_user_ids_are_kept_as_integers_for_sockets_that_use_them(
+    server_factory: ServerFactory, pusher_js: Driver,
+) -> None:
+    server = await server_factory(**PUSHER_OPTIONS)
+    js = await pusher_js(server.port)
+    await js.connected("bob", user={"user_id": 42, "user_info": {"name": "Bob"}})  # Laravel sends integers
+    await js.connected("ada", user={"user_id": "ada", "user_info": {}})
+    await js.subscribed("bob", "presence-mixed")
+    n = len(js.lines)
+    await js.subscribed("ada", "presence-mixed")
+    joined = await js.event("bob", "presence-mixed", "pusher:member_added", after=n)
+    assert joined["data"]["id"] == "ada"
+    await js.connected("carol", user={"user_id": 43, "user_info": {}})
+    n = len(js.lines)
+    await js.subscribed("carol", "presence-mixed")
+    to_bob = await js.event("bob", "presence-mixed", "pusher:member_added", after=n)
+    to_ada = await js.event("ada", "presence-mixed", "pusher:member_added", after=n)
+    assert to_bob["data"]["id"] == 43 and to_ada["data"]["id"] == "43"
+    # User 42 and user "42" are one member.
+    await js.connected("bob-too", user={"user_id": "42", "user_info": {"name": "Bob"}})
+    n = len(js.lines)
+    listed = await js.subscribed("bob-too", "presence-mixed")
+    assert listed["data"]["count"] == 3
+    await wait_until(lambda: server.hub.local_counts("presence-mixed") == (4, 4), what="four sockets")
+    assert js.of("ada", "event", event="pusher:member_added")[2:] == []
+
+
+async def test_a_channel_name_of_165_characters_is_refused_and_the_socket_stays(
+    server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    server = await server_factory(**PUSHER_OPTIONS)
+    c = await connect(server.ws_url(f"/app/{PUSHER_KEY}?protocol=7"))
+    clients.append(c)
+    await c.conn.write_message(json.dumps({"event": "pusher:subscribe", "data": {"channel": "x" * 165}}))
+    await c.conn.write_message(json.dumps({"event": "pusher:subscribe", "data": {"channel": "x" * 164}}))
+    await wait_until(lambda: len(c.frames) == 3, what="an error, then the 164-character channel")
+    assert c.frames[1]["event"] == "pusher:error" and "164" in c.frames[1]["data"]["message"]
+    assert c.frames[2] == {"event": "pusher_internal:subscription_succeeded", "channel": "x" * 164, "data": "{}"}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -95,20 +96,42 @@ def event_frames(frame: Frame) -> list[Frame]:
     return frame.alt
 
 
-def _member_frames(frame: Frame, room: str, joins: dict[str, Any], leaves: dict[str, Any]) -> list[Frame]:
+_INT_ID = re.compile(r"-?[1-9][0-9]{0,15}|0")
+
+
+def member_id(user: str, integers: bool) -> str | int:
+    """A member's id as a Pusher socket is told it. rrr keeps one user id, a string (user 7 and user
+    "7" are one member); a socket whose own ``channel_data`` gave an integer id (Laravel's) is told
+    every id that is an integer's decimal form as that integer, the form its app uses."""
+    return int(user) if integers and _INT_ID.fullmatch(user) else user
+
+
+def _member_frames(
+    frame: Frame, room: str, joins: dict[str, Any], leaves: dict[str, Any], integers: bool,
+) -> list[Frame]:
+    def make() -> list[Frame]:
+        out = [Frame(pp.member_removed_frame(room, pp.PresenceMember(member_id(u, integers)))) for u in leaves]
+        out += [Frame(pp.member_added_frame(room, pp.PresenceMember(member_id(u, integers), native.dumps(m["info"]))))
+                for u, m in joins.items()]
+        return out
+
+    if integers:
+        return make()  # rare: not shared
     if frame.alt is None:
-        out = [Frame(pp.member_removed_frame(room, pp.PresenceMember(user))) for user in leaves]
-        out += [Frame(pp.member_added_frame(room, pp.PresenceMember(user, native.dumps(m.get("info")))))
-                for user, m in joins.items()]
-        frame.alt = out
+        frame.alt = make()
     return frame.alt
 
 
-def _succeeded_frame(frame: Frame, room: str, members: dict[str, Any]) -> Frame:
+def _succeeded_frame(frame: Frame, room: str, members: dict[str, Any], integers: bool) -> Frame:
     """A presence room's first member page as ``subscription_succeeded`` (made once per page)."""
+    def make() -> Frame:
+        listed = (pp.PresenceMember(member_id(u, integers), native.dumps(m["info"])) for u, m in members.items())
+        return Frame(pp.subscription_succeeded_frame(room, pp.presence_data(listed)))
+
+    if integers:
+        return make()
     if frame.alt is None:
-        listed = (pp.PresenceMember(user, native.dumps(m.get("info"))) for user, m in members.items())
-        frame.alt = [Frame(pp.subscription_succeeded_frame(room, pp.presence_data(listed)))]
+        frame.alt = [make()]
     return frame.alt[0]
 
 
@@ -122,7 +145,7 @@ class Door:
         self.session = session
         self.socket_id = socket_id
         self.channels: dict[str, int] = {}  # channel -> _PENDING or _SUBSCRIBED
-        self.members: dict[str, str] | None = None  # presence channel -> the user this socket is there
+        self.members: dict[str, pp.PresenceMember] | None = None  # presence channel -> who this socket is there
         self.user: pp.SignedInUser | None = None  # after pusher:signin
 
     # -- in ---------------------------------------------------------------------------------
@@ -184,7 +207,8 @@ class Door:
             return [Frame(pp.not_subscribed(ev.channel).frame())], None
         if not self.session.may_whisper():
             return [Frame(pp.rate_limited().frame())], None
-        user = self.members.get(ev.channel) if self.members is not None else None
+        member = self.members.get(ev.channel) if self.members is not None else None
+        user = member.key if member is not None else None
         native_msg = crossing.to_native(ev.event, ev.data)
         payload = native.pack(native_msg.data_json, ev.event, whisper=True, user=user, exclude=self.socket_id)
         return [], self._relay(ev.channel, payload)
@@ -214,7 +238,7 @@ class Door:
         if member is not None:
             if self.members is None:
                 self.members = {}
-            self.members[channel] = member.key
+            self.members[channel] = member
         try:
             if member is not None:
                 waits = self.session.admit_subscription(channel, SUB, member.info_json, member.key)
@@ -251,6 +275,10 @@ class Door:
         for frame in event_frames(Frame("", (channel, native.unpack(payload)))):
             conn.send_frame(frame)
 
+    def _integers(self, channel: str) -> bool:
+        member = self.members.get(channel) if self.members is not None else None
+        return member is not None and isinstance(member.user_id, int)
+
     def _forget(self, channel: str) -> bool:
         if self.members is not None:
             self.members.pop(channel, None)
@@ -284,11 +312,12 @@ class Door:
         if kind == "presence" and "sub" not in msg:
             if self.channels.get(room) == _PENDING:
                 self._succeeded(room)
-                return [_succeeded_frame(frame, room, msg.get("members") or {})]
+                return [_succeeded_frame(frame, room, msg.get("members") or {}, self._integers(room))]
             return []
         if kind == "presence_diff":
             if self.channels.get(room) == _SUBSCRIBED:
-                return _member_frames(frame, room, msg.get("joins") or {}, msg.get("leaves") or {})
+                return _member_frames(frame, room, msg.get("joins") or {}, msg.get("leaves") or {},
+                                      self._integers(room))
             return []
         if kind == "error":
             if isinstance(room, str):
