@@ -10,7 +10,7 @@ from tornado.iostream import StreamBufferFullError
 from handlers.sockets import RelaySocket, share_attribute_names
 from rrr.edge import wsframe
 from rrr.pusher import protocol as pp
-from rrr.pusher.door import Door, PusherApp
+from rrr.pusher.door import SUBSCRIBED, Door, PusherApp, event_frames
 from rrr.session import Session
 
 #: How the core's own close codes reach a Pusher client: a shutdown's drain (1001) is 4200
@@ -86,6 +86,18 @@ class PusherSocket(RelaySocket):
     def send_frame(self, frame: wsframe.Frame) -> None:
         door = self.door
         if door is None:
+            return
+        payload = frame.payload
+        if payload is not None:
+            # A room message, the fan-out's hot path: the Pusher frame made once for every socket.
+            if door.channels.get(payload[0]) != SUBSCRIBED:
+                return
+            alt = frame.alt if frame.alt is not None else event_frames(frame)
+            if len(alt) == 1 and self._outbox is None:
+                self._send(alt[0])
+                return
+            for out in alt:
+                super().send_frame(out)
             return
         for out in door.outgoing(frame):
             super().send_frame(out)

@@ -45,6 +45,8 @@ SUB = "p"
 SIGNED_IN_FOR = 10 * 365 * 86400.0
 
 _PENDING, _SUBSCRIBED = 0, 1
+#: A channel whose subscription succeeded (`Door.channels`): its room's messages go out.
+SUBSCRIBED = _SUBSCRIBED
 
 #: The ``status`` a refused subscription's ``pusher:subscription_error`` carries, by rrr's code.
 _STATUS = {"forbidden": 403, "unavailable": 503, "rate_limited": 429, "too_many_subscriptions": 429,
