@@ -286,6 +286,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         reads=service.presence,
         connect_proxy=connect_proxy,
         subscribe_proxy=subscribe_proxy,
+        events_out=service.webhooks,
     )
     # Replays (and member lists) a socket may be owed at once: one whole history's worth.
     bulk_limit = o["history_size"] * o["max_message_size"]

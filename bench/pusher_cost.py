@@ -162,7 +162,7 @@ async def drive() -> None:
     want, sub}: ``n`` members, answered once each is ready; ``wait`` {messages}: answered once each
     holds that many (or at the deadline); ``quit``."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=1 << 24)  # an open names every member: 10,000 of them are 250 KB
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     members: list[Member] = []
 
@@ -210,6 +210,7 @@ class Driver:
     """A ``--drive`` child process and the commands it answers."""
 
     def __init__(self, log: Path) -> None:
+        self.log = log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.pusher_cost", "--drive"], cwd=ROOT, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True,
@@ -224,7 +225,7 @@ class Driver:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"driver exited {self.proc.poll()}")
+            raise RuntimeError(f"driver exited {self.proc.poll()}: {self.log.read_text()[-2000:]}")
         return dict(json.loads(line))
 
     def close(self) -> None:

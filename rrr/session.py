@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from tornado.httputil import HTTPHeaders
 
@@ -32,6 +32,8 @@ from .rooms import Connection
 _PONG = Frame(protocol.PONG_FRAME)
 
 log = logging.getLogger("rrr.session")
+#: Webhook records under way (`Shared.record`): a task must be referenced until it is done.
+_RECORDING: set[asyncio.Future[None]] = set()
 
 
 class _NoCensus(Exception):
@@ -40,6 +42,14 @@ class _NoCensus(Exception):
 
 class _AskBackend(Exception):
     """The room is the subscribe proxy's to judge: the socket's grants do not cover it."""
+
+
+class EventsOut(Protocol):
+    """Webhooks (`rrr.webhooks.Webhooks`) as a session sees them: events no presence change makes."""
+
+    def wants(self, name: str) -> bool: ...
+
+    async def record(self, name: str, room: str, fields: Mapping[str, str]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +69,16 @@ class Shared:
     #: Every socket that whispers (and every Pusher socket) gets an id of these, unique across
     #: processes: what a whisper names so that it never reaches its sender.
     socket_ids: SocketIds = field(default_factory=SocketIds)
+    events_out: EventsOut | None = None  # webhooks on: client_event and cache_miss, if --webhook-events asks
+
+    def record(self, name: str, room: str, fields: Mapping[str, str]) -> None:
+        """A ``client_event`` or ``cache_miss`` webhook, when ``--webhook-events`` asks for it; off the
+        caller's path (it never waits on Redis for it)."""
+        out = self.events_out
+        if out is not None and out.wants(name):
+            task = asyncio.ensure_future(out.record(name, room, fields))
+            _RECORDING.add(task)
+            task.add_done_callback(_RECORDING.discard)
 
     async def revoked(self, identity: Identity) -> bool:
         """Whether ``identity``'s token was issued before its user's last sign-out (no ``iat``: yes)."""
@@ -477,6 +497,15 @@ class Session:
             await self.shared.history.relay(room, payload)
         except BackplaneError:
             raise ProtocolError("unavailable", "the message bus is unavailable; try again", room=room) from None
+        self.record_client_event(room, event, data_json, user)
+
+    def record_client_event(self, room: str, event: str, data: str, user: str | None) -> None:
+        """Pusher's ``client_event`` webhook for a whisper or a Pusher client event (``user_id`` on
+        presence rooms only)."""
+        fields = {"e": event, "d": data, "x": self.socket_id()}
+        if user is not None and protocol.is_presence_room(room):
+            fields["u"] = user
+        self.shared.record("client_event", room, fields)
 
     def _members(self, room: str, sub: str, after: str) -> None:
         """A page of a presence room's members, for one of this socket's subscriptions to it: the

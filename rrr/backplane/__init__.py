@@ -256,10 +256,15 @@ class StoredEvent:
     at_ms: int
     id: str
     stored_ms: int
+    event: str = ""  # a client_event's: its event name, data and sender's socket id
+    data: str = ""
+    socket_id: str = ""
 
     def payload(self) -> dict[str, object]:
         """The event as a webhook carries it (Pusher's shape, plus ``id`` and ``at_ms``)."""
         out: dict[str, object] = {"name": self.name, "channel": self.room}
+        if self.name == "client_event":
+            out.update(event=self.event, data=self.data, socket_id=self.socket_id)
         if self.user:
             out["user_id"] = self.user
         out["id"] = self.id
@@ -299,6 +304,9 @@ class EventStore(Protocol):
 
     async def ring(self, timeout: float) -> None:
         """Wait until a new event is recorded anywhere, at most ``timeout`` seconds."""
+
+    async def direct(self, name: str, room: str, fields: Mapping[str, str]) -> None:
+        """An event no presence change makes (``client_event``, ``cache_miss``), into the outbox now."""
 
     async def read(self, url_key: str, limit: int) -> list[StoredEvent]:
         """The next events for the URL keyed ``url_key``, after what it acknowledged."""

@@ -213,13 +213,15 @@ class Door:
         user = member.key if member is not None else None
         native_msg = crossing.to_native(ev.event, ev.data)
         payload = native.pack(native_msg.data_json, ev.event, whisper=True, user=user, exclude=self.socket_id)
-        return [], self._relay(ev.channel, payload)
+        return [], self._relay(ev, payload, user)
 
-    async def _relay(self, channel: str, payload: str) -> None:
+    async def _relay(self, ev: pp.ClientEvent, payload: str, user: str | None) -> None:
         try:
-            await self.session.shared.history.relay(channel, payload)
+            await self.session.shared.history.relay(ev.channel, payload)
         except BackplaneError:
             self.session.conn.send_frame(Frame(pp.error_frame(None, "The message bus is unavailable; try again")))
+            return
+        self.session.record_client_event(ev.channel, ev.event, ev.data, user)
 
     def _subscribe(self, msg: pp.Subscribe) -> tuple[list[Frame], Awaitable[None] | None]:
         channel = msg.channel
@@ -273,6 +275,7 @@ class Door:
             return  # unsubscribed (or closed) meanwhile
         if payload is None:
             conn.send_frame(Frame(pp.cache_miss_frame(channel)))
+            self.session.shared.record("cache_miss", channel, {})
             return
         for frame in event_frames(Frame("", (channel, native.unpack(payload)))):
             conn.send_frame(frame)
