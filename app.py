@@ -113,6 +113,10 @@ define(
 define("presence_list_burst", default=20, type=int, help="presence-room subscriptions a socket may make at once")
 define("log_level", default="info", help="debug, info, warning or error")
 define("processes", default=1, type=int, help="worker processes sharing the port (0: one per CPU core)")
+define(
+    "loop", default="auto",
+    help="event loop of each process: auto (uvloop when installed, else asyncio's), uvloop, asyncio",
+)
 # HTTP hardening: host allow-list, timeouts and the connection cap (rrr/edge/guard.py).
 define("header_timeout", default=10.0, type=float, help="seconds from a request's first byte to its blank line")
 define("body_timeout", default=30.0, type=float, help="seconds to receive a request body")
@@ -279,6 +283,7 @@ def check_options() -> None:
     cannot use stops it with one line naming the option, not a traceback in every worker."""
     try:
         verifier_from_options({name: options[name] for name in options.as_dict()})
+        workers.loop_factory(options.loop)
     except ValueError as e:
         raise SystemExit(f"rrr: {e}") from None
 
@@ -303,7 +308,8 @@ async def main(redis_url: str, sockets: list[socket.socket] | None = None) -> No
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     host = f"[{options.address}]" if ":" in options.address else options.address
-    log.info("rrr serving http://%s:%d/ (pid %d)", host, port, os.getpid())
+    log.info("rrr serving http://%s:%d/ (pid %d, on %s)", host, port, os.getpid(),
+             workers.loop_name(asyncio.get_running_loop()))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
