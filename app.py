@@ -63,6 +63,11 @@ define("publish_rate", default=10.0, type=float, help="client publishes per seco
 define("presence_ttl", default=15.0, type=float, help="seconds a dead process's presence may outlive it")
 define("count_interval", default=0.1, type=float, help="at most one count broadcast per room per interval (s)")
 define(
+    "write_interval", default=0.01, type=float,
+    help="at most one batch of presence writes to Redis per interval (s); a new socket is counted once its "
+    "batch is written, so this paces a join storm; 0: each batch as soon as the one before it is written",
+)
+define(
     "count_rate", default=20_000.0, type=float,
     help="most count frames per second per room, all processes together: a big room's broadcasts are spaced "
     "sockets/rate s apart, never less than --count-interval (0: no limit)",
@@ -158,6 +163,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             redis_url=o["redis_url"],
             presence_ttl=o["presence_ttl"],
             count_interval=o["count_interval"],
+            write_interval=o["write_interval"],
             count_rate=o["count_rate"],
             sweep_interval=o["sweep_interval"],
             redis_timeout=o["redis_timeout"],

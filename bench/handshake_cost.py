@@ -36,6 +36,8 @@ in a wrapper around ``app.py``, which prints the collector's CPU seconds at exit
 ``--compare <checkout>`` starts a second ``app.py`` from another tree (say, a ``git worktree``
 of the commit before a change) on the same Redis and alternates the runs between the two, so
 both see the same machine load: the way to tell a 5 % change from a busy neighbour.
+``--app-args`` and ``--compare-args`` add options to each (``--compare .`` with two sets of
+options compares two settings of one tree).
 
 The client is a bare ``asyncio.Protocol`` that writes a fixed upgrade request (and, for
 ``relay``, one masked ``subscribe`` frame after the 101) and looks for the count in what comes
@@ -52,6 +54,7 @@ import base64
 import json
 import os
 import pstats
+import shlex
 import signal
 import statistics
 import subprocess
@@ -172,15 +175,16 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def start_app(
     redis_url: str, port: int, log: Path, profile: Path | None, root: Path = ROOT, gc_stats: Path | None = None,
+    extra: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``root``'s ``app.py`` with the harness's options (bench/servers.py, ``RrrKind``), healthy."""
+    """``root``'s ``app.py`` with the harness's options (bench/servers.py, ``RrrKind``) and ``extra``, healthy."""
     prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
     env = dict(os.environ)
     if gc_stats is not None:
         prefix, env["RRR_GC_STATS"] = [sys.executable, "-c", GC_WRAPPER], str(gc_stats)
     argv = prefix + [
         "app.py", "--address=127.0.0.1", f"--port={port}", f"--redis-url={redis_url}",
-        "--count-interval=0.1", "--log-level=warning", "--api-rate=0",
+        "--count-interval=0.1", "--log-level=warning", "--api-rate=0", *(extra or []),
     ]
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -316,8 +320,9 @@ async def bench(args: argparse.Namespace) -> None:
             port = free_port()
             profile = prof if label == "this" else None  # only this tree is profiled
             gc_stats = workdir / f"{label}.gc.json" if args.gc_stats else None
-            apps.append(App(label, start_app(server.url, port, workdir / f"{label}.log", profile, root, gc_stats),
-                            port))
+            extra = shlex.split(args.app_args if label == "this" else args.compare_args)
+            apps.append(App(label, start_app(server.url, port, workdir / f"{label}.log", profile, root, gc_stats,
+                                             extra), port))
         for app in apps:
             idle0 = cpu_seconds(app.proc.pid)
             await asyncio.sleep(2)
@@ -365,8 +370,10 @@ async def bench(args: argparse.Namespace) -> None:
             mine = [s for who, s in results if s.kind == kind and who == label]
             per = [s.us_per_join for s in mine]
             leave = [s.leave_cpu / s.sockets * 1e6 for s in mine]
+            rate = [s.sockets / s.join_wall for s in mine]
             print(f"  {kind:5s}: median {statistics.median(per):.0f} us CPU per join "
-                  f"(runs: {', '.join(f'{x:.0f}' for x in per)}); median leave {statistics.median(leave):.0f} us; "
+                  f"(runs: {', '.join(f'{x:.0f}' for x in per)}); median {statistics.median(rate):.0f} joins/s "
+                  f"(runs: {', '.join(f'{x:.0f}' for x in rate)}); median leave {statistics.median(leave):.0f} us; "
                   f"{sum(s.failures for s in mine)} failed joins")
     if args.gc_stats:
         for label, _ in roots:
@@ -393,6 +400,8 @@ def main() -> None:
     ap.add_argument("--app", metavar="CHECKOUT", default=str(ROOT), help="the tree whose app.py is measured")
     ap.add_argument("--compare", metavar="CHECKOUT", help="another tree's app.py, measured in turns with this one")
     ap.add_argument("--top", type=int, default=25, help="functions listed per profile table")
+    ap.add_argument("--app-args", default="", help="more app.py options for this tree, e.g. '--write-interval=0'")
+    ap.add_argument("--compare-args", default="", help="more app.py options for the --compare tree")
     args = ap.parse_args()
     if not 0 < args.sockets < 19000:
         raise SystemExit("--sockets: 1 to 18,999 (each process may hold 20,000 files)")
