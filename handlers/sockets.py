@@ -119,7 +119,8 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         self._fast = wsframe.fast_path_ok(conn)
         self.session = self._new_session(*args)
         self.keepalive.add(self)
-        log.debug("open %s from %s", loggable_path(self.request.path), self.request.remote_ip)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("open %s from %s", loggable_path(self.request.path), self.request.remote_ip)
         # The handshake is done and nothing reads these again. Tornado's frames keep a reference
         # to the headers for the socket's whole life, so empty them in place: a browser sends
         # 1-2 KiB of them (cookies, user agent), more than the rest of an idle socket's state.
@@ -161,7 +162,9 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         if self.ip is not None:
             self.shared.addresses.socket_closed(self.ip)
             self.ip = None
-        log.debug("close %s from %s (%s)", loggable_path(self.request.path), self.request.remote_ip, self.close_code)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("close %s from %s (%s)", loggable_path(self.request.path), self.request.remote_ip,
+                      self.close_code)
 
     def send_frame(self, frame: wsframe.Frame) -> None:
         box = self._outbox
