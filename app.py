@@ -35,8 +35,10 @@ from rrr.edge.requestlog import RequestLog, install_filters
 from rrr.jwks import JwksKeys, verifier_from_options
 from rrr.limits import AddressLimits, Limits
 from rrr.protocol import SLUG_PATTERN
+from rrr.proxies import proxies_from_options
 from rrr.service import Service, Settings
 from rrr.session import Shared
+from rrr.webhooks import webhook_settings
 
 ROOT = Path(__file__).resolve().parent
 
@@ -113,9 +115,18 @@ define(
 )
 define(
     "presence_list_rate", default=1.0, type=float,
-    help="presence-room subscriptions per second per socket, each sent the whole member list (0: off)",
+    help="presence-room subscriptions and member pages per second per socket, each sent a page of members (0: off)",
 )
-define("presence_list_burst", default=20, type=int, help="presence-room subscriptions a socket may make at once")
+define(
+    "presence_list_burst", default=20, type=int,
+    help="presence-room subscriptions and member pages a socket may ask for at once",
+)
+define(
+    "presence_list_max", default=1000, type=int,
+    help="most members in one presence frame: the first page a subscription gets, each page asked for, each piece "
+    "of a diff; and the default and largest limit of GET /api/rooms/<slug>/members",
+)
+define("max_members", default=0, type=int, help="users per presence room; the next is refused (0: no cap)")
 define("log_level", default="info", help="debug, info, warning or error")
 define("processes", default=1, type=int, help="worker processes sharing the port (0: one per CPU core)")
 define(
@@ -147,9 +158,46 @@ define(
 define("token_audience", default="", help="when set, a token's aud must be or contain it")
 define("token_issuer", default="", help="when set, a token's iss must equal it")
 define("token_max_age", default=24 * 3600.0, type=float, help="refuse tokens whose exp lies further ahead (s)")
+# The application asked (rrr/proxies.py): who a handshake's cookie is, whether a socket may join a room.
+define(
+    "connect_proxy_url", default="",
+    help="http(s) URL rrr POSTs a handshake's Cookie/Authorization to, when it carries no token; the answer "
+    "(user, exp, info, rooms, publish) identifies the socket as a token would",
+)
+define("connect_proxy_timeout", default=2.0, type=float, help="seconds to wait for the connect proxy (then 503)")
+define(
+    "subscribe_proxy_url", default="",
+    help="http(s) URL rrr POSTs a subscription to a --subscribe-proxy-rooms room to, when the socket's grants "
+    "do not cover it; the answer allows or refuses it",
+)
+define(
+    "subscribe_proxy_rooms", default="",
+    help="comma list of private-/presence- room prefixes the subscribe proxy is asked about",
+)
+define("subscribe_proxy_timeout", default=2.0, type=float,
+       help="seconds to wait for the subscribe proxy (then unavailable)")
 define("history_size", default=100, type=int, help="messages kept per room for recovery (0: history off)")
 define("history_ttl", default=300.0, type=float, help="seconds a room's history outlives its last message (0: off)")
 define("allowed_hosts", default="", help="comma list of Host names served ('.example.com': and subdomains; '*')")
+# Events out (rrr/webhooks.py): webhooks in Pusher's format when a room fills and empties, and who comes and goes.
+define("webhook_url", default="", help="comma list of URLs each sent every event (empty: events off)")
+define("webhook_key", default="", help="sent as X-Pusher-Key (default: the Pusher app key if configured, else rrr)")
+define("webhook_secret", default="", help="HMAC-SHA256 key that signs webhooks (default: the Pusher app secret)")
+define(
+    "webhook_events", default="",
+    help="comma list of the events sent: channel_occupied, channel_vacated, member_added, member_removed "
+    "(default: all)",
+)
+define("webhook_retry_for", default=3600.0, type=float, help="seconds an event is retried from when it was stored")
+define("webhook_timeout", default=5.0, type=float, help="seconds a receiver has to answer a webhook request")
+define("webhook_batch", default=50, type=int, help="events per webhook request, at most")
+define(
+    "webhook_backlog", default=100_000, type=int, help="events Redis holds for webhooks at most (then the oldest go)",
+)
+define(
+    "vacate_delay", default=2.0, type=float,
+    help="seconds a room or a member must stay gone before it is reported gone (and the member list's leave grace)",
+)
 
 
 def make_app(**overrides: Any) -> tornado.web.Application:
@@ -158,6 +206,8 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     o = {name: options[name] for name in options.as_dict()}
     o.update(overrides)
     verifier = verifier_from_options(o)  # first: a bad key file or URL raises before anything starts
+    proxies_from_options(o)  # the same for the proxies' URLs and rooms
+    webhooks = webhook_settings(o)
     service = Service(
         Settings(
             redis_url=o["redis_url"],
@@ -171,12 +221,16 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             history_size=o["history_size"],
             history_ttl=o["history_ttl"],
             max_message_size=o["max_message_size"],
+            presence_list_max=max(1, o["presence_list_max"]),
             # Not options: tests shorten them to see reconnects quickly.
             pubsub_keepalive=o.get("pubsub_keepalive", 5.0),
             backoff_cap=o.get("backoff_cap", 5.0),
+            vacate_delay=o["vacate_delay"],
+            webhooks=webhooks,
         )
     )
     metrics = service.metrics
+    connect_proxy, subscribe_proxy = proxies_from_options(o, metrics)
     addresses = AddressLimits(
         max_sockets=o["max_sockets_per_ip"],
         max_subscriptions=o["max_subscriptions_per_ip"],
@@ -206,12 +260,15 @@ def make_app(**overrides: Any) -> tornado.web.Application:
                 message_burst=o["message_burst"],
                 presence_list_rate=o["presence_list_rate"],
                 presence_list_burst=o["presence_list_burst"],
+                max_members=o["max_members"],
             ),
             addresses=addresses,
             verifier=verifier,
             metrics=metrics,
             history=service.history,
             reads=service.presence,
+            connect_proxy=connect_proxy,
+            subscribe_proxy=subscribe_proxy,
         ),
         keepalive=Keepalive(o["ping_interval"], on_timeout=metrics.ping_timeouts.inc),
         allowed_origins=parse_origins(o["allowed_origins"]),
@@ -235,7 +292,10 @@ def make_app(**overrides: Any) -> tornado.web.Application:
                 rf"/api/rooms/{slug}", RoomHandler,
                 dict(reads=service.presence, metrics=metrics, rate=addresses.api, token=api_token),
             ),
-            (rf"/api/rooms/{slug}/members", MembersHandler, dict(reads=service.presence, token=api_token)),
+            (
+                rf"/api/rooms/{slug}/members", MembersHandler,
+                dict(reads=service.presence, token=api_token, list_max=max(1, o["presence_list_max"])),
+            ),
             (
                 r"/api/users/([^/]{1,128})/disconnect", DisconnectHandler,
                 dict(reads=service.presence, token=api_token, keep_for=o["token_max_age"]),
@@ -249,7 +309,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
                     history_bytes=addresses.history_bytes,
                 ),
             ),
-            (r"/healthz", HealthHandler, dict(health=service.health)),
+            (r"/healthz", HealthHandler, dict(health=service.health, info=service.info)),
             (r"/metrics", MetricsHandler, dict(metrics=metrics)),
             # The talk's own page and SharedWorker, unchanged (examples/talk/README.md).
             (
@@ -287,11 +347,18 @@ def make_app(**overrides: Any) -> tornado.web.Application:
 def check_options() -> None:
     """Run once the command line is parsed, before any worker forks or Redis starts: an option rrr
     cannot use stops it with one line naming the option, not a traceback in every worker."""
+    o = {name: options[name] for name in options.as_dict()}
     try:
-        verifier_from_options({name: options[name] for name in options.as_dict()})
+        verifier_from_options(o)
+        proxies_from_options(o)
+        webhook_settings(o)
         workers.loop_factory(options.loop)
     except ValueError as e:
         raise SystemExit(f"rrr: {e}") from None
+    if options.presence_list_max < 1:
+        raise SystemExit("rrr: --presence-list-max must be at least 1")
+    if options.max_members < 0:
+        raise SystemExit("rrr: --max-members must be 0 (no cap) or more")
 
 
 options.add_parse_callback(check_options)

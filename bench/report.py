@@ -25,6 +25,8 @@ DOCS = ROOT / "docs"
 HANDSHAKE = ROOT / "bench" / "results" / "handshake.md"
 #: Measured apart, by `python -m bench.identity_cost`.
 IDENTITY = ROOT / "bench" / "results" / "identity.md"
+#: Measured apart, by `python -m bench.webhook_cost --write`.
+WEBHOOKS = ROOT / "bench" / "results" / "webhooks.md"
 OURS = "rrr"
 
 
@@ -552,7 +554,7 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
             continue
         doc += [f"### {titles[sc]}", "", DESCRIPTIONS.get(sc, "").format(**p), "",
                 scenario_table(sc, sizes, servers, agg, meta["scenarios"][sc]["size_label"]), ""]
-    for extra in (HANDSHAKE, IDENTITY):  # measured apart, each by its own script
+    for extra in (HANDSHAKE, IDENTITY, WEBHOOKS):  # measured apart, each by its own script
         if extra.exists():
             doc += [extra.read_text().rstrip(), ""]
     causes = known_causes(results)

@@ -120,21 +120,36 @@ class DisconnectHandler(JsonHandler):
 
 
 class MembersHandler(JsonHandler):
-    """``GET /api/rooms/<slug>/members``: a presence room's members (one entry per user)."""
+    """``GET /api/rooms/<slug>/members?after=&limit=``: a page of a presence room's members (one
+    entry per user, ascending user ids after ``after``), with ``total`` and ``more``. ``limit``
+    defaults to, and is capped at, ``--presence-list-max``."""
 
-    def initialize(self, reads: PresenceReads, token: str) -> None:
+    def initialize(self, reads: PresenceReads, token: str, list_max: int) -> None:
         self.reads = reads
         self.token = token
+        self.list_max = list_max
 
     async def get(self, slug: str) -> None:
         require_read_grant(self, slug, self.token)
+        after = self.get_query_argument("after", "")
+        if len(after) > protocol.USER_ID_MAX:
+            raise tornado.web.HTTPError(400, f"after is a user id: at most {protocol.USER_ID_MAX} characters")
+        limit = self.list_max
+        raw = self.get_query_argument("limit", None)
+        if raw is not None:
+            try:
+                limit = min(protocol.parse_uint(raw), self.list_max)
+            except ValueError:
+                raise tornado.web.HTTPError(400, f"limit must be an integer from 1 to {self.list_max}") from None
+            if limit < 1:
+                raise tornado.web.HTTPError(400, f"limit must be an integer from 1 to {self.list_max}")
         try:
             members = await self.reads.members(slug) if protocol.is_presence_room(slug) else {}
         except BackplaneError:
             raise tornado.web.HTTPError(503, "redis unavailable") from None
         self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish('{"room":' + protocol.dumps(slug) + ',"members":' + protocol.members_json(members) + "}")
+        self.finish(protocol.members_page_json(slug, members, after, limit))
 
 
 @tornado.web.stream_request_body
@@ -275,10 +290,14 @@ class PublishHandler(JsonHandler):
 
 
 class HealthHandler(JsonHandler):
-    """Readiness: 200 only when every check passes; the body names each one."""
+    """Readiness: 200 only when every check passes; the body names each one, and adds what ``info``
+    gives as information that never fails it (``webhooks``)."""
 
-    def initialize(self, health: Callable[[], Awaitable[dict[str, bool]]]) -> None:
+    def initialize(
+        self, health: Callable[[], Awaitable[dict[str, bool]]], info: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.health = health
+        self.info = info
 
     async def get(self) -> None:
         checks = await self.health()
@@ -290,6 +309,7 @@ class HealthHandler(JsonHandler):
             "status": "ok" if ok else "failing: " + ", ".join(failing),
             "redis": checks.get("redis", False),
             "checks": checks,
+            **(self.info() if self.info is not None else {}),
         })
 
 

@@ -21,6 +21,7 @@ from rrr.edge.origins import origin_allowed
 from rrr.edge.outbox import Outbox, room_now
 from rrr.edge.requestlog import loggable, loggable_path
 from rrr.errors import BackplaneError
+from rrr.proxies import HandshakeRefused
 from rrr.session import Session, Shared
 
 log = logging.getLogger("rrr.sockets")
@@ -91,7 +92,35 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         kept as long (about 390 bytes per idle socket)."""
         if not self.shared.addresses.may_open_socket(self.request.remote_ip or ""):
             return self._too_many_sockets()
+        if self.shared.asks_connect_proxy(self.request.headers):
+            return self._get_proxied("ws", *args, **kwargs)
         return super().get(*args, **kwargs)
+
+    async def _get_proxied(self, transport: str, *args: str, **kwargs: str) -> None:
+        """``--connect-proxy-url``: the handshake carries a cookie (or ``Authorization``) and no
+        token, so the application is asked who it is before the upgrade (after the Origin check and
+        the per-address cap, which `prepare` and `get` passed): a 403 or a 503 with ``Retry-After``
+        refuses it, and a socket is never opened anonymous for want of an answer."""
+        try:
+            self.identity = await self.shared.connect_identity(transport, self.request.headers,
+                                                               self.request.remote_ip or "")
+        except HandshakeRefused as e:
+            raise _Refusal(e.status, e.reason, e.retry_after) from None
+        await self._upgrade(*args, **kwargs)
+
+    def _upgrade(self, *args: str, **kwargs: str) -> Coroutine[Any, Any, None]:
+        """The upgrade once the handshake's identity is known: the per-address cap judged again
+        (other handshakes may have opened while this one waited), then nothing awaits until
+        `open` counts the socket."""
+        if not self.shared.addresses.may_open_socket(self.request.remote_ip or ""):
+            return self._too_many_sockets()
+        return WebSocketHandler.get(self, *args, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, _Refusal) and exc.retry_after is not None:
+            self.set_header("Retry-After", str(exc.retry_after))
+        super().write_error(status_code, **kwargs)
 
     async def _too_many_sockets(self) -> None:
         self.shared.metrics.limited.labels("sockets_per_ip").inc()
@@ -103,7 +132,7 @@ class RelaySocket(SafeLogs, WebSocketHandler):
 
     def open(self, *args: str) -> None:
         if self._on_close_called:
-            # The client hung up while get() awaited (a token's revocation check): Tornado ran
+            # The client hung up while get() awaited (a token's revocation check, the connect proxy): Tornado ran
             # on_close then and will not again, so nothing may be registered for this socket.
             return
         self.ip = self.request.remote_ip or ""
@@ -135,7 +164,7 @@ class RelaySocket(SafeLogs, WebSocketHandler):
 
     def _new_session(self, *args: str) -> Session:
         assert self.ip is not None
-        return Session(self, self.shared, self.ip)
+        return Session(self, self.shared, self.ip, identity=self.identity)
 
     def on_message(self, message: str | bytes) -> Any:
         if isinstance(message, bytes):
@@ -325,13 +354,21 @@ class CountSocket(RelaySocket):
                 if self.shared.verifier.refetch_may_help(e):  # a key id the key set lacks: fetch it first
                     return self._get_with_fresh_keys(token, *args, **kwargs)
                 self._refuse_bad_token(room, e)
+        elif self.shared.asks_connect_proxy(self.request.headers):
+            # The per-address cap first: no backend call for an address already at its cap.
+            if not self.shared.addresses.may_open_socket(self.request.remote_ip or ""):
+                return self._too_many_sockets()
+            return self._get_proxied("ws_count", *args, **kwargs)
         return self._get_as_identified(*args, **kwargs)
+
+    def _upgrade(self, *args: str, **kwargs: str) -> Coroutine[Any, Any, None]:
+        self._check_grant(args[0])
+        return RelaySocket._upgrade(self, *args, **kwargs)
 
     def _get_as_identified(self, *args: str, **kwargs: str) -> Coroutine[Any, Any, None]:
         if self.identity is not None:
             return self._get_unless_revoked(self.identity, *args, **kwargs)
-        self._check_grant(args[0])
-        return super().get(*args, **kwargs)
+        return self._upgrade(*args, **kwargs)
 
     async def _get_with_fresh_keys(self, token: str, *args: str, **kwargs: str) -> None:
         try:
@@ -353,8 +390,7 @@ class CountSocket(RelaySocket):
             raise tornado.web.HTTPError(503, "cannot check the token now; try again") from None
         if revoked:
             raise tornado.web.HTTPError(403, "this user's tokens issued before its last sign-out are revoked")
-        self._check_grant(args[0])
-        await super().get(*args, **kwargs)
+        await self._upgrade(*args, **kwargs)
 
     def _check_grant(self, room: str) -> None:
         if needs_grant(room) and not (self.identity is not None and self.identity.may_read(room)):
@@ -363,6 +399,14 @@ class CountSocket(RelaySocket):
     def _new_session(self, *args: str) -> Session:
         assert self.ip is not None
         return Session(self, self.shared, self.ip, room=args[0], identity=self.identity, since=self.since)
+
+
+class _Refusal(tornado.web.HTTPError):
+    """A handshake refused for the connect proxy's sake; a 503 carries ``Retry-After``."""
+
+    def __init__(self, status: int, reason: str, retry_after: int | None) -> None:
+        super().__init__(status, "%s", reason)
+        self.retry_after = retry_after
 
 
 # What Tornado 6 sets on every WebSocket handler: RequestHandler.__init__ and clear(),

@@ -44,8 +44,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from .protocol import is_presence_room, needs_grant
 
 __all__ = [
-    "Grants", "Identity", "Key", "KeySource", "TokenError", "UnknownKeyError", "Verifier", "is_presence_room",
-    "key_from_jwk", "key_from_pem", "keys_from_jwks", "mint", "needs_grant", "split_secrets",
+    "Grants", "Identity", "Key", "KeySource", "TokenError", "UnknownKeyError", "Verifier", "identity_from_claims",
+    "info_from_claim", "is_presence_room", "key_from_jwk", "key_from_pem", "keys_from_jwks", "mint", "needs_grant",
+    "split_secrets",
 ]
 
 SUB_MAX = 128
@@ -385,44 +386,56 @@ class Verifier:
         raise TokenError("token refused: Signature verification failed")
 
     def _identity(self, claims: dict[str, Any], now: float) -> Identity:
-        sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > SUB_MAX:
-            raise TokenError(f"'sub' must be a string of 1 to {SUB_MAX} characters")
-        exp = _number(claims.get("exp"), "exp")
-        if exp is None:
-            raise TokenError("'exp' is required")
-        if now >= exp:  # no leeway: an expired token never extends anything
-            raise TokenError("token has expired")
-        if exp - now > self.max_age:
-            raise TokenError(f"'exp' lies more than {self.max_age:.0f} s ahead (--token-max-age)")
-        iat = _number(claims.get("iat"), "iat")
-        if iat is not None and iat > now + IAT_SKEW:
-            raise TokenError(f"'iat' lies more than {IAT_SKEW:.0f} s ahead of this server's clock")
-        nbf = _number(claims.get("nbf"), "nbf")
-        if nbf is not None and now < nbf:
-            raise TokenError("token is not valid yet ('nbf')")
         if self.audience:
             aud = claims.get("aud")
             if self.audience not in ([aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []):
                 raise TokenError(f"'aud' must be or contain {_show(self.audience, 80)} (--token-audience)")
         if self.issuer and claims.get("iss") != self.issuer:
             raise TokenError(f"'iss' must be {_show(self.issuer, 120)} (--token-issuer)")
-        info = claims.get("info")
-        info_json = "null"
-        if info is not None:
-            if not isinstance(info, dict):
-                raise TokenError("'info' must be a JSON object")
-            info_json = json.dumps(info, separators=(",", ":"), ensure_ascii=False)
-            try:
-                size = len(info_json.encode("utf-8"))
-            except UnicodeEncodeError:
-                raise TokenError("'info' holds text that is not valid Unicode (a lone surrogate)") from None
-            if size > INFO_MAX:
-                raise TokenError(f"'info' is over {INFO_MAX} bytes encoded")
-        return Identity(
-            user=sub, expires=exp, issued_at=iat, info=info, info_json=info_json,
-            rooms=Grants.parse(claims.get("rooms"), "rooms"), publish=Grants.parse(claims.get("publish"), "publish"),
-        )
+        return identity_from_claims(claims, now, self.max_age)
+
+
+def identity_from_claims(claims: dict[str, Any], now: float, max_age: float) -> Identity:
+    """What verified claims mean, with every rule a token's claims obey (the module's docstring)
+    but ``aud`` and ``iss``; TokenError says which one they break. The connect proxy's answer is
+    judged here too (`rrr.proxies`), so it gets exactly what a token with its claims would."""
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub or len(sub) > SUB_MAX:
+        raise TokenError(f"'sub' must be a string of 1 to {SUB_MAX} characters")
+    exp = _number(claims.get("exp"), "exp")
+    if exp is None:
+        raise TokenError("'exp' is required")
+    if now >= exp:  # no leeway: an expired token never extends anything
+        raise TokenError("token has expired")
+    if exp - now > max_age:
+        raise TokenError(f"'exp' lies more than {max_age:.0f} s ahead (--token-max-age)")
+    iat = _number(claims.get("iat"), "iat")
+    if iat is not None and iat > now + IAT_SKEW:
+        raise TokenError(f"'iat' lies more than {IAT_SKEW:.0f} s ahead of this server's clock")
+    nbf = _number(claims.get("nbf"), "nbf")
+    if nbf is not None and now < nbf:
+        raise TokenError("token is not valid yet ('nbf')")
+    info, info_json = info_from_claim(claims.get("info"))
+    return Identity(
+        user=sub, expires=exp, issued_at=iat, info=info, info_json=info_json,
+        rooms=Grants.parse(claims.get("rooms"), "rooms"), publish=Grants.parse(claims.get("publish"), "publish"),
+    )
+
+
+def info_from_claim(info: Any) -> tuple[dict[str, Any] | None, str]:
+    """An ``info`` claim (or the subscribe proxy's ``info``) and its JSON text, within `INFO_MAX`."""
+    if info is None:
+        return None, "null"
+    if not isinstance(info, dict):
+        raise TokenError("'info' must be a JSON object")
+    info_json = json.dumps(info, separators=(",", ":"), ensure_ascii=False)
+    try:
+        size = len(info_json.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise TokenError("'info' holds text that is not valid Unicode (a lone surrogate)") from None
+    if size > INFO_MAX:
+        raise TokenError(f"'info' is over {INFO_MAX} bytes encoded")
+    return info, info_json
 
 
 def _number(value: Any, claim: str) -> float | None:

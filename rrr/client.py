@@ -28,7 +28,7 @@ from . import protocol
 
 from .backplane import keys, scripts
 from .auth import mint
-from .backplane.connect import is_cluster_url, make_redis, make_sync_redis
+from .backplane.clients import is_cluster_url, make_redis, make_sync_redis
 from .errors import BackplaneError, OutcomeUnknown
 from .backplane.history import parse_published, publish_args
 

@@ -203,6 +203,21 @@ class Hub:
         if self._members.update_info(room, conn, info_json):
             self._writer.mark(room)
 
+    # -- presence rooms' members ---------------------------------------------
+
+    def admits(self, room: str, user: str, most: int, census: dict[str, str] | None = None) -> bool | None:
+        """Whether ``user`` may be a member of presence room ``room`` under a cap of ``most`` users
+        (None: no list of the room is known here yet; `census` reads one)."""
+        return self._members.admits(room, user, most, census)
+
+    async def census(self, room: str) -> dict[str, str]:
+        return await self._members.census(room)
+
+    def members_page(self, conn: Connection, room: str, sub: str, after: str) -> bool:
+        """``conn`` asked its subscription ``sub`` for the members of ``room`` after ``after``
+        (False: refused, too many such pages wait for the room's first list here)."""
+        return self._members.page(room, conn, sub, after)
+
     def current_state(self, room: str) -> CountState | None:
         """The newest totals this process knows for ``room`` (None before its first write)."""
         return self._counts.current(room)

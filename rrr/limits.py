@@ -31,6 +31,7 @@ class Limits:
     message_burst: float = 100.0
     presence_list_rate: float = 1.0
     presence_list_burst: float = 20.0
+    max_members: int = 0  # users per presence room (0: no cap)
 
 
 class TokenBucket:

@@ -16,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 LIMITS = (
     "tabs_per_room", "subscriptions_per_socket", "subscriptions_per_ip", "rooms", "sockets_per_ip",
     "message_rate", "publish_rate", "publish_rate_per_ip", "api_rate", "history_bytes",
-    "client_history", "presence_list_rate",
+    "client_history", "presence_list_rate", "members",
 )
 
 
@@ -82,6 +82,18 @@ class Metrics:
         )
         for limit in LIMITS:
             self.limited.labels(limit)  # every series exists from the start, at 0, for alerts
+        self.connect_proxy_calls = Counter(
+            "rrr_connect_proxy_calls", "Calls to --connect-proxy-url by result: user, anonymous, refused (401/403), "
+            "failed (no usable answer)", ["result"], registry=r,
+        )
+        self.subscribe_proxy_calls = Counter(
+            "rrr_subscribe_proxy_calls", "Calls to --subscribe-proxy-url by result: allowed, denied, failed",
+            ["result"], registry=r,
+        )
+        for result in ("user", "anonymous", "refused", "failed"):
+            self.connect_proxy_calls.labels(result)
+        for result in ("allowed", "denied", "failed"):
+            self.subscribe_proxy_calls.labels(result)
         self.tracked_addresses = Gauge(
             "rrr_tracked_addresses", "Per-client-address entries held for caps and rate limits", registry=r,
         )
@@ -103,6 +115,30 @@ class Metrics:
             "rrr_http_timeouts", "Connections closed for sending no request (idle) or too slow a head (header)",
             ["phase"], registry=r,
         )
+
+        # Events out (rrr/webhooks.py): every series exists from the start, at 0, for alerts.
+        self.webhook_events = Counter(
+            "rrr_webhook_events", "Events that became final and went to the outbox (this process sending)", ["name"],
+            registry=r,
+        )
+        for name in ("channel_occupied", "channel_vacated", "member_added", "member_removed"):
+            self.webhook_events.labels(name)
+        self.webhook_requests = Counter(
+            "rrr_webhook_requests", "Webhook requests by outcome: ok (2xx), error (any other answer, or none), timeout",
+            ["outcome"], registry=r,
+        )
+        for outcome in ("ok", "error", "timeout"):
+            self.webhook_requests.labels(outcome)
+        self.webhook_backlog = Gauge(
+            "rrr_webhook_backlog", "Events in Redis not yet delivered to every webhook URL (as the sender last said)",
+            registry=r,
+        )
+        self.webhook_dropped = Counter(
+            "rrr_webhook_dropped", "Events dropped: expired (past --webhook-retry-for, per URL) or backlog (over "
+            "--webhook-backlog, the oldest)", ["reason"], registry=r,
+        )
+        for reason in ("expired", "backlog"):
+            self.webhook_dropped.labels(reason)
 
     def bind_gauges(self, sockets: Callable[[], float], subs: Callable[[], float], rooms: Callable[[], float]) -> None:
         """Read gauges from the hub at scrape time instead of updating them on every subscription."""

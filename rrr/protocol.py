@@ -7,8 +7,10 @@ server agree on one definition (`static/js/protocol.js` mirrors this module).
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,25 +19,32 @@ _SLUG_RE = re.compile(rf"^{SLUG_PATTERN}\Z")
 # A JSON escape that may decode to half of a surrogate pair: only such frames need the full check.
 _SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
 SUB_ID_MAX = 128
+#: The longest user id (a token's ``sub``), so the longest ``after`` a ``members`` frame may name.
+USER_ID_MAX = 128
 
-CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "ping", "hello", "auth"})
+CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "ping", "hello", "auth", "members"})
 TRANSPORTS = frozenset({"sharedworker", "leader", "direct", "unknown"})
 
 
 class ProtocolError(ValueError):
     """A client frame we refuse; ``code`` is sent back in an ``error`` message."""
 
-    def __init__(self, code: str, reason: str, *, room: str | None = None, sub: str | None = None) -> None:
+    def __init__(
+        self, code: str, reason: str, *, room: str | None = None, sub: str | None = None, after: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
         self.room = room
         self.sub = sub
+        self.after = after
 
     def message(self) -> dict[str, Any]:
-        """The ``error`` frame; one about a subscription says which (``room``, ``sub``)."""
-        extra = {k: v for k, v in (("room", self.room), ("sub", self.sub)) if v is not None}
-        return error_message(self.code, self.reason, **extra)
+        """The ``error`` frame; one about a subscription says which (``room``, ``sub``), and one
+        refusing a ``members`` page says which page (``after``), so the client can tell a page it
+        asked for from the subscription itself."""
+        pairs = (("room", self.room), ("sub", self.sub), ("after", self.after))
+        return error_message(self.code, self.reason, **{k: v for k, v in pairs if v is not None})
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,7 @@ class ClientMessage:
     transport: str | None = None
     token: str | None = None
     since: Since | None = None
+    after: str | None = None  # a ``members`` frame's: the last user id the client got ("" from the start)
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,16 @@ def parse_client_message(text: str) -> ClientMessage:
         sub = str(sub)
     if not isinstance(sub, str) or len(sub) > SUB_ID_MAX:
         raise ProtocolError("bad_sub", f"sub must be a string of at most {SUB_ID_MAX} characters", room=room)
+    if kind == "members":
+        after = obj.get("after")
+        if after is None:
+            after = ""
+        if not isinstance(after, str) or len(after) > USER_ID_MAX:
+            raise ProtocolError(
+                "bad_message", f"after must be a user id (a string of at most {USER_ID_MAX} characters)",
+                room=room, sub=sub,
+            )
+        return ClientMessage(kind, room=room, sub=sub, after=after)
     since = None
     if kind == "subscribe" and obj.get("since") is not None:
         since = parse_since(obj["since"], str(room), sub)
@@ -234,27 +254,72 @@ def count_message(room: str, state: CountState) -> dict[str, Any]:
     return msg
 
 
-def members_json(members: dict[str, str]) -> str:
-    """``{"<user>": {"info": <info>}, ...}`` from info JSON already validated (never re-decoded)."""
-    return "{" + ",".join(dumps(user) + ':{"info":' + info + "}" for user, info in members.items()) + "}"
+def members_json(members: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:
+    """``{"<user>": {"info": <info>}, ...}`` from info JSON already validated (never re-decoded), in
+    the order given."""
+    pairs = members.items() if isinstance(members, Mapping) else members
+    return "{" + ",".join(dumps(user) + ':{"info":' + info + "}" for user, info in pairs) + "}"
 
 
-def presence_frame(room: str, members: dict[str, str] | str, sub: str | None = None) -> str:
-    """The whole member list of a presence room, sent on subscribe (``members``: user -> info JSON,
-    or that already encoded by `members_json`, so many subscribers cost one encoding)."""
+#: ``--presence-list-max`` by default: the most members one ``presence`` frame (or diff) carries.
+PRESENCE_LIST_MAX = 1000
+
+
+def presence_frame(room: str, members: Mapping[str, str] | str, total: int, more: bool, sub: str | None = None) -> str:
+    """A page of a presence room's members: ``members`` (user -> info JSON in ascending user id
+    order, or that already encoded by `members_json`, so many subscribers cost one encoding), how
+    many users the room has (``total``) and whether any come after this page (``more``). Without
+    ``sub``: the first page, sent on subscribe; with it: the answer to that subscription's
+    ``members`` frame."""
     head = '{"type":"presence","room":' + dumps(room)
     if sub is not None:
         head += ',"sub":' + dumps(sub)
     body = members if isinstance(members, str) else members_json(members)
-    return head + ',"members":' + body + "}"
+    return head + ',"members":' + body + ',"total":' + str(total) + ',"more":' + ("true" if more else "false") + "}"
 
 
-def presence_diff_frame(room: str, joins: dict[str, str], leaves: dict[str, str]) -> str:
+def members_page(order: Sequence[str], after: str, limit: int) -> tuple[Sequence[str], bool]:
+    """The users of ``order`` (ascending user ids) after ``after`` ("" from the start), at most
+    ``limit`` of them, and whether more follow. Ascending is Python's string order: by Unicode code
+    point, which is also the order of the ids' UTF-8 bytes (static/js/protocol.js compares alike)."""
+    start = bisect.bisect_right(order, after) if after else 0
+    end = start + max(0, limit)
+    return order[start:end], end < len(order)
+
+
+def members_page_json(room: str, members: Mapping[str, str], after: str, limit: int) -> str:
+    """``GET /api/rooms/<slug>/members``: ``{"room", "members", "total", "more"}``, a page of
+    ``members`` (user -> info JSON, in any order) as `members_page` cuts it."""
+    users, more = members_page(sorted(members), after, limit)
+    return (
+        '{"room":' + dumps(room) + ',"members":' + members_json((u, members[u]) for u in users)
+        + ',"total":' + str(len(members)) + ',"more":' + ("true" if more else "false") + "}"
+    )
+
+
+def presence_diff_frame(room: str, joins: Mapping[str, str], leaves: Mapping[str, str]) -> str:
     """Who came and who went since the last list or diff this socket got."""
     return (
         '{"type":"presence_diff","room":' + dumps(room) + ',"joins":' + members_json(joins)
         + ',"leaves":' + members_json(leaves) + "}"
     )
+
+
+def presence_diff_frames(room: str, joins: Mapping[str, str], leaves: Mapping[str, str], most: int) -> list[str]:
+    """One round's diff as frames of at most ``most`` members each (leaves, then joins), so no frame
+    is ever longer than a page however many came or went at once (a join storm's round can be
+    thousands)."""
+    if len(joins) + len(leaves) <= most:
+        return [presence_diff_frame(room, joins, leaves)]
+    step = max(1, most)
+    entries = [(False, u, i) for u, i in leaves.items()] + [(True, u, i) for u, i in joins.items()]
+    frames = []
+    for k in range(0, len(entries), step):
+        chunk = entries[k : k + step]
+        frames.append(presence_diff_frame(
+            room, {u: i for j, u, i in chunk if j}, {u: i for j, u, i in chunk if not j},
+        ))
+    return frames
 
 
 def relay_frame(

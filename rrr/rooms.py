@@ -20,7 +20,7 @@ class Connection(Protocol):
     def send_frame(self, frame: Frame) -> None: ...
 
     def send_bulk(self, frames: list[Frame]) -> None:
-        """A replay or a whole member list: written as the socket drains, what follows behind it."""
+        """A replay or a page of members: written as the socket drains, what follows behind it."""
 
     def may_queue(self, nbytes: int) -> bool:
         """Whether a replay of ``nbytes`` fits in what the socket may be owed at once."""

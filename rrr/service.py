@@ -15,6 +15,8 @@ lease renewal for good.
   again after a Redis restart means its relay works too.
 * ``history`` (history on): keeps the epochs of local rooms alive (`rrr.backplane.history`); the
   catch-up of each room's messages after a gap runs in `rrr.delivery`, per room.
+* ``webhooks`` (``--webhook-url`` set): asks for the sender's lease, and while it holds it moves
+  and delivers the events the presence scripts record (`rrr.webhooks`).
 
 `health` is what ``/healthz`` reports: each check by name.
 """
@@ -25,9 +27,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from . import protocol
-from .backplane import Backplane, History, Presence, Subscriber, connect
+from .backplane import Backplane, EventSettings, History, Presence, Subscriber, connect
 from .backplane.history import meta_ttl
 from .counts import Counts
 from .delivery import Delivery
@@ -38,6 +41,7 @@ from .metrics import Metrics
 from .protocol import CountState
 from .rooms import Rooms
 from .supervise import Supervisor, full_jitter
+from .webhooks import WebhookSettings, Webhooks, lease_ttl
 from .writer import Coalescer, Writer
 
 log = logging.getLogger("rrr.service")
@@ -56,8 +60,13 @@ class Settings:
     history_size: int = 100
     history_ttl: float = 300.0
     max_message_size: int = 65536
+    presence_list_max: int = 1000
     pubsub_keepalive: float = 5.0
     backoff_cap: float = 5.0
+    #: Seconds a room or a member must stay gone before it is reported gone; also the member
+    #: list's leave grace.
+    vacate_delay: float = 2.0
+    webhooks: WebhookSettings | None = None
 
 
 class Service:
@@ -66,10 +75,13 @@ class Service:
     ) -> None:
         self.settings = s = settings
         self.metrics = metrics = metrics or Metrics()
+        events = (
+            EventSettings(s.vacate_delay, s.webhooks.backlog, s.webhooks.retry_for) if s.webhooks is not None else None
+        )
         bp = backplane or connect(
             s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
             keepalive=s.pubsub_keepalive, history_size=s.history_size, history_ttl=s.history_ttl,
-            max_message=s.max_message_size,
+            max_message=s.max_message_size, events=events,
         )
         self.presence: Presence = bp.presence
         self.subscriber: Subscriber = bp.subscriber
@@ -82,11 +94,18 @@ class Service:
         # write before it is counted, so a storm's joins per second followed --count-interval.
         coalescer = Coalescer(s.write_interval)
         self.counts = Counts(self.rooms, metrics, interval=s.count_interval, rate=s.count_rate)
-        self.members = Members(self.rooms, self.presence, self.counts, metrics)
+        self.members = Members(
+            self.rooms, self.presence, self.counts, metrics, grace=s.vacate_delay, list_max=s.presence_list_max,
+        )
         self.delivery = Delivery(self.history, metrics, self.rooms, self.subscriber, coalescer)
+        self.webhooks: Webhooks | None = None
+        if s.webhooks is not None and bp.events is not None:
+            self.webhooks = Webhooks(
+                s.webhooks, bp.events, metrics, self.supervisor, lease=lease_ttl(s.presence_ttl),
+            )
         self.writer = Writer(
             self.rooms, coalescer, self.presence, self.subscriber, self.delivery, self.members, self.counts,
-            self.supervisor,
+            self.supervisor, events=self.webhooks is not None,
         )
         self.hub = Hub(
             self.rooms, self.subscriber, self.delivery, self.members, self.counts, self.writer, self.presence, metrics,
@@ -112,6 +131,8 @@ class Service:
         self.supervisor.spawn("flush", self.writer.run)
         if self.history.enabled:
             self.supervisor.spawn("history", self._keep_epochs)
+        if self.webhooks is not None:
+            self.supervisor.spawn("webhooks", self.webhooks.run)
         # Serve only once ready, unless Redis is down: then start anyway and heal when it is back.
         deadline = time.monotonic() + 2 * self.settings.redis_timeout + 1
         while not (self.presence.lease_fresh() and self.subscriber.synced) and time.monotonic() < deadline:
@@ -183,6 +204,11 @@ class Service:
 
     # -- health ----------------------------------------------------------
 
+    def info(self) -> dict[str, Any]:
+        """What ``/healthz`` reports besides its checks, as information: never a failure (a webhook
+        receiver being down is not rrr being unhealthy)."""
+        return {"webhooks": self.webhooks.status()} if self.webhooks is not None else {}
+
     async def health(self) -> dict[str, bool]:
         """Each readiness check by name. Concurrent callers share one run (a flood costs one probe)."""
         if self._health is None or self._health.done():
@@ -235,6 +261,8 @@ class Service:
             await self.presence.leave()
         except BackplaneError as e:
             log.warning("could not remove presence on shutdown (it will expire): %s", e)
+        if self.webhooks is not None:
+            await self.webhooks.close()  # after LEAVE, whose events another process then sends
         self.hub.close_all(code, reason)
         await self.presence.close()
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NoReturn
+
+from tornado.httputil import HTTPHeaders
 
 from . import protocol
 from .auth import Identity, TokenError, Verifier, issued_before, needs_grant
@@ -22,11 +24,21 @@ from .hub import Hub
 from .limits import AddressLimits, Limits, TokenBucket
 from .metrics import Metrics
 from .protocol import ClientMessage, ProtocolError, Since
+from .proxies import RETRY_AFTER, RETRY_EVERY, ConnectProxy, HandshakeRefused, ProxiedIdentity, ProxyRefused
+from .proxies import ProxyUnavailable, SubscribeProxy
 from .rooms import Connection
 
 _PONG = Frame(protocol.PONG_FRAME)
 
 log = logging.getLogger("rrr.session")
+
+
+class _NoCensus(Exception):
+    """The member cap cannot be judged yet: this process knows no list of the room (`Hub.census`)."""
+
+
+class _AskBackend(Exception):
+    """The room is the subscribe proxy's to judge: the socket's grants do not cover it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,17 +53,51 @@ class Shared:
     metrics: Metrics
     history: History  # where a client's publish goes (stored and relayed, or relayed only)
     reads: PresenceReads
+    connect_proxy: ConnectProxy | None = None
+    subscribe_proxy: SubscribeProxy | None = None
 
     async def revoked(self, identity: Identity) -> bool:
         """Whether ``identity``'s token was issued before its user's last sign-out (no ``iat``: yes)."""
         return issued_before(identity, await self.reads.revoked_at(identity.user))
+
+    def asks_connect_proxy(self, headers: HTTPHeaders) -> bool:
+        """Whether a handshake without a token must wait for `connect_identity`: a connect proxy is
+        set and the handshake has a ``Cookie`` or an ``Authorization`` header (else it is anonymous)."""
+        return self.connect_proxy is not None and self.connect_proxy.asks(headers)
+
+    async def connect_identity(self, transport: str, headers: HTTPHeaders, ip: str) -> Identity | None:
+        """Every door's one call at a handshake that `asks_connect_proxy` (after its Origin check and
+        ``addresses.may_open_socket``): who the application says this is, None for anonymous, or
+        `HandshakeRefused` (its ``status``, 403 or 503, and a 503's ``retry_after``) to answer with.
+
+        While the backend is asked, the handshake holds one of its address's sockets
+        (``--max-sockets-per-ip``), so an address cannot keep more calls waiting than it may open
+        sockets; the door checks ``may_open_socket`` again after this returns, then counts the
+        socket with nothing awaited in between. A sign-out made while the backend was asked
+        refuses the handshake (403), as it would a token issued before it."""
+        proxy = self.connect_proxy
+        assert proxy is not None
+        self.addresses.socket_opened(ip)
+        try:
+            identity = await proxy.resolve(transport, headers, ip)
+            if identity is None:
+                return None
+            try:
+                revoked = await self.revoked(identity)
+            except BackplaneError:
+                raise HandshakeRefused(503, "cannot check the user's sign-outs now; try again", RETRY_AFTER) from None
+            if revoked:
+                raise HandshakeRefused(403, "this user was signed out while the application was asked")
+            return identity
+        finally:
+            self.addresses.socket_closed(ip)
 
 
 class Session:
     # Slots, and rate buckets only once the socket sends: one Session lives per idle socket.
     __slots__ = (
         "conn", "shared", "hub", "ip", "fixed_room", "subs", "n_subs", "transport",
-        "_bucket", "_frames", "_lists", "_dropped", "identity", "_expiry", "_announce_fixed",
+        "_bucket", "_frames", "_lists", "_dropped", "identity", "_expiry", "_announce_fixed", "_joining",
     )
 
     def __init__(
@@ -79,22 +125,94 @@ class Session:
         self.identity: Identity | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._announce_fixed = since is not None
+        self._joining: asyncio.Future[None] | None = None
         if identity is not None:
             self._authenticate(identity)
         self.hub.attach(conn)
+        if identity is not None and room is None:
+            # Identified at its handshake (the connect proxy): told so, as after an `auth` frame.
+            conn.send_frame(Frame(protocol.dumps(protocol.authenticated_message(identity.user, identity.expires))))
         if room is not None:
             try:
                 self.subscribe(room, "", since)
+            except _NoCensus:
+                self._joining = asyncio.ensure_future(self._fixed_after_census(room, since))
             except ProtocolError as e:
                 self.reply(e)
                 conn.close(1008, e.reason[:120])
 
-    def subscribe(self, room: str, sub: str, since: Since | None = None) -> None:
-        """Register one subscription, or raise the cap it would break (nothing is registered then)."""
+    async def _fixed_after_census(self, room: str, since: Since | None) -> None:
+        try:
+            await self._subscribe_after_census(room, "", since)
+        except ProtocolError as e:
+            self.reply(e)
+            self.conn.close(1008, e.reason[:120])
+        except Exception:  # noqa: BLE001 - a task with no caller: log it, and the socket goes
+            log.exception("subscribing a one-room socket failed")
+            self.conn.close(1011, "internal error")
+
+    def _subscribe(self, room: str, sub: str, since: Since | None) -> Awaitable[None] | None:
+        """A ``subscribe`` frame: done on return, unless the member cap must first read the room's
+        members (then the awaitable; the socket's next frame is read once it is done)."""
+        try:
+            self.subscribe(room, sub, since)
+        except _NoCensus:
+            return self._replying(self._subscribe_after_census(room, sub, since))
+        except _AskBackend:
+            return self._replying(self._subscribe_if_allowed(room, sub, since))
+        return None
+
+    async def _subscribe_after_census(
+        self, room: str, sub: str, since: Since | None, admitted: str | None = None,
+    ) -> None:
+        try:
+            census = await self.hub.census(room)
+        except BackplaneError:
+            raise ProtocolError("unavailable", "cannot count the room's members now; try again",
+                                room=room, sub=sub) from None
+        if self.conn in self.hub.connections:  # not closed while we read
+            self.subscribe(room, sub, since, census, admitted)
+
+    async def _subscribe_if_allowed(self, room: str, sub: str, since: Since | None) -> None:
+        """A room of ``--subscribe-proxy-rooms`` the socket's grants do not cover: the backend is
+        asked, and nothing is registered or counted before it answers."""
+        proxy = self.shared.subscribe_proxy
+        assert proxy is not None
+        who = self.identity
+        try:
+            admitted = await proxy.ask(who.user if who else None, room, who.info_json if who else "null")
+        except ProxyRefused:
+            raise ProtocolError("forbidden", "the application does not let this socket join this room",
+                                room=room, sub=sub) from None
+        except ProxyUnavailable:
+            raise ProtocolError("unavailable", "cannot ask the application about this room now; try again",
+                                room=room, sub=sub) from None
+        if self.conn not in self.hub.connections:  # closed while we asked
+            return
+        now = self.identity
+        if (now.user if now else None) != (who.user if who else None):
+            raise ProtocolError("forbidden", "the socket's identity changed while the application was asked; "
+                                "subscribe again", room=room, sub=sub)
+        try:
+            self.subscribe(room, sub, since, admitted=admitted)
+        except _NoCensus:
+            await self._subscribe_after_census(room, sub, since, admitted)
+
+    def subscribe(
+        self, room: str, sub: str, since: Since | None = None, census: dict[str, str] | None = None,
+        admitted: str | None = None,
+    ) -> None:
+        """Register one subscription, or raise the cap it would break (nothing is registered then);
+        `_NoCensus` when the member cap needs the room's members read first (``census``);
+        `_AskBackend` when the subscribe proxy judges the room. ``admitted``: the subscribe proxy
+        let it in, showing that info (JSON) in a presence room."""
         tabs = self.subs.get(room)
         if tabs is not None and sub in tabs:
             return  # idempotent: a worker resubscribing after a hiccup must not double-count
-        if needs_grant(room) and not (self.identity is not None and self.identity.may_read(room)):
+        if admitted is None and needs_grant(room) and not (self.identity is not None and self.identity.may_read(room)):
+            proxy = self.shared.subscribe_proxy
+            if proxy is not None and self.fixed_room is None and proxy.covers(room):
+                raise _AskBackend()
             raise ProtocolError(
                 "forbidden", "private and presence rooms need a token that grants them ('auth' first)",
                 room=room, sub=sub,
@@ -115,11 +233,20 @@ class Session:
                 "rooms", "too_many_rooms", f"this server follows its maximum of {lim.max_rooms} rooms; try later",
                 room, sub,
             )
+        if lim.max_members > 0 and protocol.is_presence_room(room) and self.identity is not None:
+            fits = self.hub.admits(room, self.identity.user, lim.max_members, census)
+            if fits is None:
+                raise _NoCensus()
+            if not fits:
+                self._refuse(
+                    "members", "too_many_members", f"this room holds its maximum of {lim.max_members} members",
+                    room, sub,
+                )
         if protocol.is_presence_room(room) and not self._may_send_list():
             self._refuse(
                 "presence_list_rate", "rate_limited",
-                f"at most {lim.presence_list_rate:g} presence subscriptions a second per socket (bursts of "
-                f"{lim.presence_list_burst:g}), each sent the whole member list; try later", room, sub,
+                f"at most {lim.presence_list_rate:g} presence subscriptions or member pages a second per socket "
+                f"(bursts of {lim.presence_list_burst:g}), each sent a page of the member list; try later", room, sub,
             )
         addresses = self.shared.addresses
         if not addresses.add_subscription(self.ip):
@@ -134,7 +261,8 @@ class Session:
         who = self.identity
         announce = self.fixed_room is None or self._announce_fixed
         if who is not None and protocol.is_presence_room(room):
-            self.hub.subscribe(self.conn, room, who.user, who.info_json, sub, since, announce)
+            info_json = who.info_json if admitted is None else admitted
+            self.hub.subscribe(self.conn, room, who.user, info_json, sub, since, announce)
         else:
             self.hub.subscribe(self.conn, room, sub=sub, since=since, announce=announce)
 
@@ -156,6 +284,9 @@ class Session:
         return list(self.subs.get(room, ()))
 
     def close(self) -> None:
+        if self._joining is not None:
+            self._joining.cancel()
+            self._joining = None
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -208,9 +339,10 @@ class Session:
         return False
 
     def _may_send_list(self) -> bool:
-        """A presence subscription is sent the room's whole member list: it spends one of the
-        socket's ``presence_list_rate`` a second (bursts of ``presence_list_burst``), so resubscribing
-        in a loop cannot turn a few bytes up into a member list down each time."""
+        """A presence subscription is sent the first page of the room's member list, and a
+        ``members`` frame the next one: each spends one of the socket's ``presence_list_rate`` a
+        second (bursts of ``presence_list_burst``), so resubscribing or paging in a loop cannot turn
+        a few bytes up into a page of up to ``--presence-list-max`` members down each time."""
         lim = self.shared.limits
         if lim.presence_list_rate <= 0:
             return True
@@ -245,13 +377,37 @@ class Session:
             raise ProtocolError("unsupported", "this socket follows one room; use /ws/ for more", room=msg.room)
         elif msg.type == "subscribe":
             assert msg.room is not None and msg.sub is not None
-            self.subscribe(msg.room, msg.sub, msg.since)
+            return self._subscribe(msg.room, msg.sub, msg.since)
+        elif msg.type == "members":
+            assert msg.room is not None and msg.sub is not None and msg.after is not None
+            self._members(msg.room, msg.sub, msg.after)
         elif msg.type == "unsubscribe":
             assert msg.room is not None and msg.sub is not None
             self.unsubscribe(msg.room, msg.sub)
         elif msg.type == "publish":
             return self._replying(self._publish(msg))
         return None
+
+    def _members(self, room: str, sub: str, after: str) -> None:
+        """A page of a presence room's members, for one of this socket's subscriptions to it: the
+        members after ``after``, answered as ``presence`` with that ``sub``. Every refusal names the
+        ``after`` asked for."""
+        if not protocol.is_presence_room(room):
+            raise ProtocolError("bad_room", "only presence rooms have members", room=room, sub=sub, after=after)
+        if sub not in self.subs.get(room, ()):
+            raise ProtocolError("not_subscribed", "ask for members of a room through a subscription to it",
+                                room=room, sub=sub, after=after)
+        if not self._may_send_list():
+            lim = self.shared.limits
+            self.shared.metrics.limited.labels("presence_list_rate").inc()
+            raise ProtocolError(
+                "rate_limited",
+                f"at most {lim.presence_list_rate:g} presence subscriptions or member pages a second per socket "
+                f"(bursts of {lim.presence_list_burst:g}); try later", room=room, sub=sub, after=after,
+            )
+        if not self.hub.members_page(self.conn, room, sub, after):
+            raise ProtocolError("rate_limited", "too many pages asked for before the room's first list; try later",
+                                room=room, sub=sub, after=after)
 
     async def _replying(self, work: Awaitable[None]) -> None:
         try:
@@ -303,22 +459,36 @@ class Session:
             raise ProtocolError("bad_token", "this user's tokens issued before its last sign-out are revoked")
         if self.conn not in self.hub.connections:
             return  # closed (or revoked) while we looked
+        self._adopt(identity, announce=True)
+
+    def _adopt(self, identity: Identity, announce: bool) -> None:
+        """Take ``identity`` (a token's, or the connect proxy's fresh answer), tell the socket
+        (``announce``), and show other members its new ``info``."""
         before = self.identity
         self._authenticate(identity)
         if before is not None and before.info_json != identity.info_json:
-            # Other members see what the newest token says about this user.
+            # Other members see what the newest token says about this user (in the rooms its grants
+            # cover: one the subscribe proxy let it into shows what the proxy said).
             for room in self.subs:
-                if protocol.is_presence_room(room):
+                if protocol.is_presence_room(room) and identity.may_read(room):
                     self.hub.update_info(self.conn, room, identity.info_json)
-        self.conn.send_frame(Frame(protocol.dumps(protocol.authenticated_message(identity.user, identity.expires))))
+        if announce:
+            self.conn.send_frame(Frame(protocol.dumps(protocol.authenticated_message(identity.user, identity.expires))))
 
     def _authenticate(self, identity: Identity) -> None:
         self.identity = identity
         self.hub.identify(self.conn, identity)
+        if isinstance(identity, ProxiedIdentity) and self.shared.connect_proxy is not None:
+            self._arm(identity.refresh_at, self._refresh_due)
+        else:
+            self._arm(identity.expires, self._expired)
+
+    def _arm(self, when: float, then: Callable[[], None]) -> None:
+        """The socket's one identity timer: ``then`` at unix time ``when`` (at once if past)."""
         if self._expiry is not None:
             self._expiry.cancel()
         loop = asyncio.get_running_loop()
-        self._expiry = loop.call_at(loop.time() + max(0.0, identity.expires - time.time()), self._expired)
+        self._expiry = loop.call_at(loop.time() + max(0.0, when - time.time()), then)
 
     def _expired(self) -> None:
         """``exp`` passed with no refresh: every subscription that needed the token goes, each told so."""
@@ -327,8 +497,16 @@ class Session:
         if identity is None:
             return
         if not identity.expired():  # the clock ran early: look again when it is really due
-            self._authenticate(identity)
+            self._arm(identity.expires, self._expired)
             return
+        self._forget_identity("the token expired; send a fresh one")
+
+    def _forget_identity(self, reason: str) -> None:
+        """The socket is nobody from now on: each subscription that needed its identity goes, told
+        ``token_expired``; public ones and the socket stay (the one-room socket of a private room closes)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         self.identity = None
         self.hub.identify(self.conn, None)
         try:
@@ -337,12 +515,40 @@ class Session:
                     continue
                 for sub in list(tabs):
                     self.unsubscribe(room, sub)
-                    self.reply(ProtocolError("token_expired", "the token expired; send a fresh one", room=room,
-                                             sub=sub))
+                    self.reply(ProtocolError("token_expired", reason, room=room, sub=sub))
             if self.fixed_room is not None and needs_grant(self.fixed_room):
                 self.conn.close(1008, "token expired")
         except Exception:  # noqa: BLE001 - a timer callback has no caller to raise to
             log.exception("dropping the subscriptions of an expired token failed")
+
+    # -- the connect proxy's refresh ---------------------------------------------
+
+    def _refresh_due(self) -> None:
+        """80 % of a proxied identity's lifetime: the backend is asked again, off this timer."""
+        self._expiry = None
+        identity, proxy = self.identity, self.shared.connect_proxy
+        if isinstance(identity, ProxiedIdentity) and proxy is not None:
+            proxy.spawn(self._refresh(proxy, identity))
+
+    async def _refresh(self, proxy: ConnectProxy, identity: ProxiedIdentity) -> None:
+        """A later ``exp`` extends (``authenticated`` again on a multiplexed socket); the backend
+        no longer vouching ends what needed the identity; no answer is asked again until ``exp``."""
+        try:
+            fresh = await proxy.refresh(identity)
+        except ProxyUnavailable:
+            if self.identity is identity and self.conn in self.hub.connections:
+                left = identity.expires - time.time()
+                if left > 0.2:
+                    self._arm(time.time() + min(RETRY_EVERY, left / 2), self._refresh_due)
+                else:
+                    self._arm(identity.expires, self._expired)
+            return
+        if self.identity is not identity or self.conn not in self.hub.connections:
+            return  # closed, signed out, expired or re-authenticated meanwhile: the answer is for nobody
+        if fresh is None or fresh.user != identity.user:
+            self._forget_identity("the application no longer vouches for this user; sign in again")
+            return
+        self._adopt(fresh, announce=self.fixed_room is None)
 
     def _set_transport(self, transport: str) -> None:
         gauge = self.shared.metrics.transports

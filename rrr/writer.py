@@ -13,7 +13,11 @@ written at once, unless a member's grace holds it (`rrr.members`).
 
 A socket whose subscription is marked is *owed* the count: the batch that writes its room takes
 it along, and once the write lands it is sent the new count at once (`rrr.counts`) and, in a
-presence room, the whole member list (`rrr.members`). A failed batch keeps it owed.
+presence room, the first page of its members (`rrr.members`). A failed batch keeps it owed.
+
+With events on, each row write tells its room's events what only this process knows
+(`rrr.backplane.RoomReport`): when its last local subscription and each removed member left (the
+vacated and member_removed happened then, not when the write landed).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from . import protocol
-from .backplane import Presence, Subscriber
+from .backplane import Presence, RoomReport, Subscriber
 from .counts import Counts
 from .delivery import Delivery
 from .errors import BackplaneError
@@ -107,7 +112,7 @@ class Writer:
 
     def __init__(
         self, rooms: Mapping[str, LocalRoom], coalescer: Coalescer, presence: Presence, subscriber: Subscriber,
-        delivery: Delivery, members: Members, counts: Counts, supervisor: Supervisor,
+        delivery: Delivery, members: Members, counts: Counts, supervisor: Supervisor, *, events: bool = False,
     ) -> None:
         self._rooms = rooms
         self.coalescer = coalescer
@@ -120,6 +125,9 @@ class Writer:
         # Sockets whose subscription is marked, not yet written: each is owed the count once it is.
         self._owed: dict[str, set[Connection]] = {}
         self._closing = False
+        # Events on: when each room's last local subscription left (until its row's removal lands).
+        self._events = events
+        self._left_at: dict[str, float] = {}
         self._write_ok = True
         self._writing = False
         self._idle = asyncio.Event()
@@ -134,10 +142,13 @@ class Writer:
         """A new subscription of ``conn`` to ``room``: written with the room's next batch, then
         ``conn`` is sent the count (and in a presence room the member list)."""
         self._owed.setdefault(room, set()).add(conn)
+        self._left_at.pop(room, None)
         self.coalescer.mark(room)
 
     def mark(self, room: str) -> None:
         """``room``'s row changed, or it may be written now."""
+        if self._events and room not in self._rooms:
+            self._left_at.setdefault(room, asyncio.get_running_loop().time())
         self.coalescer.mark(room)
 
     def mark_later(self, room: str, delay: float) -> None:
@@ -175,10 +186,11 @@ class Writer:
                 self.coalescer.unused()
                 continue
             members = self._members.changes(rows)
+            reports = self._reports(rows, members) if self._events else None
             self._writing = True
             self._idle.clear()
             try:
-                result = await self._presence.write(rows, members)
+                result = await self._presence.write(rows, members, reports)
             except BaseException as e:
                 self._write_ok = False
                 self._restore(rows, owed)  # retried after the coalescer's backoff
@@ -190,6 +202,8 @@ class Writer:
                 self._writing = False
                 self._idle.set()
             self._write_ok = True
+            if self._events:
+                self._landed(rows)
             self._members.written(members)
             self.coalescer.succeeded()
             self._supervisor.recovered("flush")
@@ -212,6 +226,24 @@ class Writer:
             if local is not None and conns:
                 owed[room] = conns
         return rows, owed
+
+    def _reports(self, rows: Mapping[str, tuple[int, int]], members: Mapping[str, Any]) -> dict[str, RoomReport]:
+        """What each room's events need to know of this write (see the module's docstring)."""
+        now = asyncio.get_running_loop().time()
+        out: dict[str, RoomReport] = {}
+        for room, row in rows.items():
+            left = self._left_at.get(room) if row == (0, 0) else None
+            removes = members[room][1] if room in members else ()
+            out[room] = RoomReport(
+                left_ago=now - left if left is not None else 0.0,
+                users_left_ago=self._members.left_ago(room, removes) if removes else {},
+            )
+        return out
+
+    def _landed(self, rows: Mapping[str, tuple[int, int]]) -> None:
+        for room, row in rows.items():
+            if row == (0, 0):
+                self._left_at.pop(room, None)
 
     def _restore(self, rows: Mapping[str, tuple[int, int]], owed: dict[str, set[Connection]]) -> None:
         """A batch failed: its rooms are marked again, and still owe their new sockets a count."""

@@ -33,6 +33,7 @@ from app import make_app
 from rrr.backplane.embedded import EmbeddedRedis
 from rrr.edge.guard import make_http_server
 from rrr.service import Service
+from support.app_backend import AppBackend
 from support.clients import Client, wait_until
 from support.jwks import JwksServer
 from support.memory_backplane import MemoryRedis
@@ -43,6 +44,7 @@ from support.production import Cluster, Nginx, Script, SentinelGroup, start_apps
 from support.pusher import PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET, RequestRecorder
 from support.redis import LyingRedis
 from support.servers import Server, ServerFactory
+from support.webhooks import Receiver
 
 # -- the event loop ----------------------------------------------------------
 
@@ -359,7 +361,23 @@ def pusher_sdk(http_recorder: RequestRecorder, monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A real webhook receiver on loopback (tests/support/webhooks.py), answering 200 until told."""
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
 def jwks_server() -> Iterator[JwksServer]:
     server = JwksServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def app_backend() -> Iterator[AppBackend]:
+    """The application behind rrr's connect and subscribe proxies (`support.app_backend`)."""
+    backend = AppBackend()
+    yield backend
+    backend.close()

@@ -886,6 +886,40 @@ def test_presence_room_lists_every_member_once_in_every_tab(
     assert errors.errors == []
 
 
+def test_a_presence_room_bigger_than_a_page_shows_its_first_page_and_everyone_on_demand(
+    app_factory: Callable[..., AppProcess], redis_url: str, new_context: Callable[..., BrowserContext],
+    errors: ErrorLog, slug: str,
+) -> None:
+    """Pages of two members: the last user in gets the first page (Ada, Bob), the total and "and 1
+    more"; "Show everyone" walks the pages through room.members() (the SharedWorker asks the server
+    for each) and lists all three. A budget of one page at a time: the walk's second page is
+    refused for its rate, and the library asks again a second later."""
+    server = app_factory(redis_url=redis_url, publish_token=TOKEN, token_secret=SECRET, presence_list_max=2,
+                         presence_list_rate=1, presence_list_burst=1)
+    presence = "presence-" + slug
+    url = f"{server.base_url}/count/{presence}/#token="
+    cy = open_tabs(new_context(), url + jwt_token("cy", [presence], "Cy"), 1)[0]
+    bob = open_tabs(new_context(), url + jwt_token("bob", [presence], "Bob"), 1)[0]
+    # Cy came first, into a room that fit one page: its view holds everyone, however many come.
+    expect(cy.locator("#members li")).to_have_text(["Bob", "Cy"], timeout=20_000)
+    ada = open_tabs(new_context(), url + jwt_token("ada", [presence], "Ada"), 1)[0]
+    expect(ada.locator("#members li")).to_have_text(["Ada", "Bob"], timeout=20_000)
+    expect(ada.locator("#users")).to_have_text("3")
+    expect(ada.locator("#more-count")).to_have_text("and 1 more")
+    expect(cy.locator("#members li")).to_have_text(["Ada", "Bob", "Cy"])
+    expect(cy.locator("#more-members")).to_be_hidden()
+    ada.locator("#all-members").click()
+    expect(ada.locator("#members li")).to_have_text(["Ada", "Bob", "Cy"], timeout=10_000)
+    expect(ada.locator("#more-members")).to_be_hidden()
+    assert metric(server.base_url, "rrr_limited_total", 'limit="presence_list_rate"') >= 1, "a page was refused"
+    expect_connected([ada, bob, cy], "sharedworker")
+    # Kept current from then on: Bob leaves.
+    bob.context.close()
+    expect(ada.locator("#members li")).to_have_text(["Ada", "Cy"], timeout=10_000)
+    expect(ada.locator("#users")).to_have_text("2")
+    assert errors.errors == []
+
+
 def test_token_is_refreshed_before_it_expires_through_the_shared_worker(
     token_server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog, slug: str
 ) -> None:

@@ -22,7 +22,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from rrr import client as rrr_client
 
 from rrr.backplane import keys
-from rrr.backplane.connect import parse_cluster_url
+from rrr.backplane.clients import parse_cluster_url
 from support.clients import Client, connect, wait_until
 from support.cluster import NODE_TIMEOUT_MS, RedisCluster
 from support.processes import AppProcess

@@ -1,4 +1,4 @@
-"""deploy/render.py and the Redis URL forms of rrr/backplane/connect.py, without starting anything."""
+"""deploy/render.py and the Redis URL forms of rrr/backplane/clients.py, without starting anything."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from deploy import render
-from rrr.backplane.connect import SentinelRedis, make_redis, parse_sentinel_url
+from rrr.backplane.clients import SentinelRedis, make_redis, parse_sentinel_url
 from support.processes import need_binary
 
 

@@ -10,54 +10,29 @@ page's origin, share one socket per browser through a leader tab.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import jwt
 import pytest
-import redis
 
 from rrr.backplane.embedded import EmbeddedRedis
-from support.browsers import LAUNCH_ARGS, chromium_path
-from support.processes import REQUIRE_ALL, ROOT, free_port
+from support.django_site import (
+    SECRET, SITE_DIR, WAIT_MS, Site, SignIn, chromium, notification, online, run_site, subscribed_tabs,
+    wait_for,
+)
+from support.processes import ROOT
 
 try:
-    from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, expect
 except ImportError:  # pragma: no cover - the dev extra installs it
-    sync_playwright = None  # type: ignore[assignment]
-
-SITE_DIR = ROOT / "examples" / "django_site"
-SECRET = "django-e2e-token-secret-of-decent-length"
-API_KEY = "django-e2e-server-key"
-PASSWORD = "demo-pass"  # items/management/commands/seed_demo.py
-WAIT_MS = 15_000
-
-# Every socket a page opens reports its close code here (the leader tab's socket is the browser's),
-# and a test can cut the page off: with __blocked set, new sockets go to a closed loopback port.
-RECORD_CLOSES = """
-(() => {
-  const Native = window.WebSocket;
-  window.__closes = [];
-  window.__sockets = [];
-  window.__blocked = false;
-  window.WebSocket = class extends Native {
-    constructor(url, ...rest) {
-      super(window.__blocked ? "ws://127.0.0.1:9/blocked" : url, ...rest);
-      window.__sockets.push(this);
-      this.addEventListener("close", (event) => window.__closes.push(event.code));
-    }
-  };
-})();
-"""
+    pass
 
 # A raw socket from a page (the site's Origin): auth with a token, optionally subscribe to a room,
 # and answer with the server's reply to the last step.
@@ -81,165 +56,23 @@ async ([url, token, room]) => new Promise((resolve, reject) => {
 """
 
 
-@dataclass
-class Site:
-    url: str
-    rrr_url: str
-    env: dict[str, str]
-    ids: dict[str, str]
-
-    @property
-    def socket_url(self) -> str:
-        return self.rrr_url.replace("http://", "ws://") + "/ws/"
-
-    def manage(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, str(SITE_DIR / "manage.py"), *args], cwd=SITE_DIR, env=self.env,
-            capture_output=True, text=True, timeout=60,
-        )
-        assert done.returncode == 0, f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
-
-    def api(self, path: str) -> Any:
-        request = urllib.request.Request(self.rrr_url + path, headers={"Authorization": f"Bearer {API_KEY}"})
-        with urllib.request.urlopen(request, timeout=5) as r:
-            return json.loads(r.read())
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"run.py exited {proc.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not answer within {timeout} s:\n{log.read_text(errors='replace')}")
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def site(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """``python examples/django_site/run.py``: rrr, migrate, seed_demo and runserver, on the suite's Redis."""
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
-    client.close()
-    tmp = tmp_path_factory.mktemp("django-site")
-    port, rrr_port = free_port(), free_port()
-    env = {
-        **os.environ, "RRR_TOKEN_SECRET": SECRET, "RRR_API_TOKEN": API_KEY, "EXAMPLE_FAST_PASSWORDS": "1",
-        "EXAMPLE_DB": str(tmp / "db.sqlite3"), "RRR_REDIS_URL": redis_server.url,
-        "RRR_SOCKET_URL": f"ws://127.0.0.1:{rrr_port}/ws/", "PYTHONPATH": str(ROOT),  # as run.py sets it
-    }
-    log = tmp / "run.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(SITE_DIR / "run.py"), "--port", str(port), "--rrr-port", str(rrr_port),
-             "--redis-url", redis_server.url, "--db", env["EXAMPLE_DB"]],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        wait_http(f"http://127.0.0.1:{rrr_port}/healthz", proc, log)
-        wait_http(f"http://127.0.0.1:{port}/accounts/login/", proc, log)
-        site = Site(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{rrr_port}", env, {})
-        out_ids = site.manage(
-            "shell", "-c",
-            "import json; from django.contrib.auth.models import User; "
-            "print(json.dumps({u.username: str(u.pk) for u in User.objects.all()}))",
-        )
-        site.ids.update(json.loads(out_ids.strip().splitlines()[-1]))
-        yield site
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    yield from run_site(redis_server, tmp_path_factory.mktemp("django-site"))
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    path = chromium_path()
-    missing = "Python Playwright" if sync_playwright is None else None if path else "/usr/bin/chromium"
-    if missing:
-        if REQUIRE_ALL:
-            pytest.fail(f"{missing} is required (RRR_REQUIRE_ALL=1) but not installed")
-        pytest.skip(f"{missing} not installed")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=path, args=LAUNCH_ARGS)
-        yield browser
-        browser.close()
-
-
-@dataclass
-class User:
-    name: str
-    id: str
-    context: BrowserContext
-    pages: list[Page]
-    errors: list[str]
-
-    def token(self, page: Page | None = None) -> str:
-        return str((page or self.pages[0]).evaluate("fetch('/rrr/token/').then((r) => r.text())"))
+    yield from chromium()
 
 
 @pytest.fixture
-def sign_in(browser: Browser, site: Site) -> Iterator[Any]:
-    """``sign_in("alice", tabs=2)``: a fresh browser profile signed in through the login form, with
-    ``tabs`` tabs on the items page, each live (its socket open)."""
-    made: list[User] = []
-
-    def make(name: str, tabs: int = 1, path: str = "/") -> User:
-        context = browser.new_context()
-        context.add_init_script(RECORD_CLOSES)
-        errors: list[str] = []
-        context.on("weberror", lambda e: errors.append(str(e.error)))
-        page = context.new_page()
-        page.goto(f"{site.url}/accounts/login/?next={path}")
-        page.fill("#id_username", name)
-        page.fill("#id_password", PASSWORD)
-        page.click("main button[type=submit]")
-        expect(page.locator("#me")).to_have_text(name, timeout=WAIT_MS)
-        pages = [page]
-        for _ in range(tabs - 1):
-            extra = context.new_page()
-            extra.goto(site.url + path)
-            pages.append(extra)
-        user = User(name, site.ids[name], context, pages, errors)
-        made.append(user)
-        for p in pages:
-            expect(p.locator("#live-status")).to_have_attribute("data-status", "open", timeout=WAIT_MS)
-        return user
-
-    yield make
-    for user in made:
-        user.context.close()
-    for user in made:
-        assert not user.errors, f"{user.name}'s pages threw: {user.errors}"
-
-
-def online(page: Page, name: str) -> Any:
-    return page.locator(f'#online li[data-user="{name}"]')
-
-
-def notification(page: Page, item: str) -> Any:
-    return page.locator(f'#notifications li[data-item="{item}"]')
-
-
-def subscribed_tabs(site: Site, room: str) -> int:
-    return int(site.api(f"/api/rooms/{room}")["tabs"])
-
-
-def wait_for(pred: Any, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+def sign_in(browser: Browser, site: Site) -> Iterator[SignIn]:
+    """``sign_in("alice", tabs=2)``: a user signed in, with live tabs (`support.django_site.SignIn`)."""
+    signed_in = SignIn(browser, site)
+    yield signed_in
+    signed_in.close()
 
 
 # -- tests ----------------------------------------------------------------------------------
@@ -421,3 +254,47 @@ def test_rrr_serves_the_browser_library_to_other_origins_without_credentials(sit
         assert r.headers.get("Access-Control-Allow-Credentials") is None
     with urllib.request.urlopen(site.url + "/accounts/login/", timeout=5) as r:
         assert b"importmap" not in r.read()  # not for anonymous pages
+
+
+def test_rrrs_webhooks_reach_the_site_a_users_last_seen_and_a_pages_open_since(site: Site) -> None:
+    """run.py points rrr's --webhook-url at the site's /rrr/webhook/: a user whose last tab leaves
+    the site gets a "last seen" (member_removed), a page someone opens is "open since" then
+    (channel_occupied) until it is left (channel_vacated), all through the real view and signals."""
+    import asyncio
+    import concurrent.futures
+
+    from support.clients import connect
+
+    carol = site.ids["carol"]
+    token = jwt.encode({"sub": carol, "exp": time.time() + 600, "rooms": ["presence-site"],
+                        "info": {"name": "carol"}}, SECRET, algorithm="HS256")
+    read = ("import json; from items.models import LastSeen, Occupancy; "
+            f"print(json.dumps([list(LastSeen.objects.filter(user_id={carol}).values_list('at', flat=True)), "
+            "list(Occupancy.objects.filter(room='page-item-4242').values_list('since', flat=True))], default=str))")
+
+    def state() -> tuple[list[str], list[str]]:
+        seen, since = json.loads(site.manage("shell", "-c", read).strip().splitlines()[-1])
+        return seen, since
+
+    async def visit() -> float:
+        tab = await connect(site.socket_url, origin=site.url)
+        page = await connect(site.socket_url.replace("/ws/", "/ws/count/page-item-4242/"), origin=site.url)
+        await tab.send(type="auth", token=token)
+        await tab.next("authenticated", after=0)
+        await tab.send(type="subscribe", room="presence-site", sub="t")
+        await tab.next("presence")
+        await page.next("connection_message", after=0)
+        opened = time.time()
+        wait_for(lambda: state()[1] != [], "the page open since then", timeout=30)
+        tab.close()
+        page.close()
+        return opened
+
+    assert state() == ([], [])
+    left = time.time()
+    # In a thread of its own: the browser tests' Playwright runs an event loop in this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        opened = pool.submit(lambda: asyncio.run(visit())).result(timeout=120)
+    wait_for(lambda: state()[0] != [] and state()[1] == [], "carol last seen, the page no longer open", timeout=30)
+    seen = state()[0][0]
+    assert opened - 2 < datetime.fromisoformat(seen).timestamp() < time.time(), (seen, left)

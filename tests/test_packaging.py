@@ -60,11 +60,12 @@ def test_the_wheel_carries_every_package_and_the_lua_scripts_it_loads(wheel: Pat
     assert lua and all(name in names for name in lua), sorted(set(lua) - names)
     loaded = subprocess.run(
         [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); from rrr.backplane import scripts; "
-         "print(scripts.__file__); print(len(scripts.SET_PRESENCE), len(scripts.CLUSTER))", str(wheel)],
+         "print(scripts.__file__); print(len(scripts.SET_PRESENCE), len(scripts.CLUSTER), len(scripts.SENDER))",
+         str(wheel)],
         check=True, cwd=tmp_path, capture_output=True, text=True, timeout=60,
     ).stdout.split()
     assert loaded[0].startswith(str(wheel)), f"loaded from {loaded[0]}, not from the wheel"
-    assert int(loaded[1]) > 1000 and loaded[2] == "4"
+    assert int(loaded[1]) > 1000 and loaded[2:] == ["5", "13"]
 
 
 def test_requirements_files_only_point_at_pyproject() -> None:

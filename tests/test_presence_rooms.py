@@ -93,7 +93,7 @@ async def test_a_user_is_one_member_across_tabs_sockets_and_processes(
         await wait_until(partial(sees, c, everyone), what="both members, each once")
         await c.settles_on(3, 5, room=ROOM)
         await wait_until(partial(users_shown, c, 2), what="users 2")
-    assert (await api_members(one.base_url)) == {"room": ROOM, "members": everyone}
+    assert (await api_members(one.base_url)) == {"room": ROOM, "members": everyone, "total": 2, "more": False}
 
     # Ada closes one browser: still a member. Bob leaves: every socket hears it once.
     ada_2.close()
@@ -135,7 +135,7 @@ async def test_the_members_api_needs_the_server_key(server_factory: ServerFactor
     server = await server_factory(token_secret=SECRET, api_token=KEY)
     resp = await AsyncHTTPClient().fetch(f"{server.base_url}/api/rooms/{ROOM}/members", raise_error=False)
     assert resp.code == 403
-    assert (await api_members(server.base_url)) == {"room": ROOM, "members": {}}
+    assert (await api_members(server.base_url)) == {"room": ROOM, "members": {}, "total": 0, "more": False}
 
 
 async def test_a_reload_is_no_leave_and_join_but_leaving_for_good_is(

@@ -110,14 +110,48 @@ def test_hostile_redis_payloads_are_value_errors(payload: str | bytes) -> None:
 
 def test_presence_frames_carry_each_member_once_with_its_info_untouched() -> None:
     members = {"42": '{"name":"Ada"}', 'quo"te': "null"}
-    whole = json.loads(protocol.presence_frame("presence-team", members, "tab-1"))
-    assert whole == {"type": "presence", "room": "presence-team", "sub": "tab-1",
-                     "members": {"42": {"info": {"name": "Ada"}}, 'quo"te': {"info": None}}}
-    assert protocol.presence_frame("presence-team", protocol.members_json(members), "tab-1") == json.dumps(
-        whole, separators=(",", ":"), ensure_ascii=False)
+    page = json.loads(protocol.presence_frame("presence-team", members, 7, True, "tab-1"))
+    assert page == {"type": "presence", "room": "presence-team", "sub": "tab-1",
+                    "members": {"42": {"info": {"name": "Ada"}}, 'quo"te': {"info": None}}, "total": 7, "more": True}
+    assert protocol.presence_frame("presence-team", protocol.members_json(members), 7, True, "tab-1") == json.dumps(
+        page, separators=(",", ":"), ensure_ascii=False)
     diff = json.loads(protocol.presence_diff_frame("presence-team", {"43": '{"name":"Bob"}'}, {"42": "null"}))
     assert diff == {"type": "presence_diff", "room": "presence-team", "joins": {"43": {"info": {"name": "Bob"}}},
                     "leaves": {"42": {"info": None}}}
+
+
+def test_a_page_is_the_next_users_in_code_point_order_after_the_last_one_got() -> None:
+    order = sorted(["b", "a", "10", "9", "\uffff", "\U0001f600", "é"])
+    assert order == ["10", "9", "a", "b", "é", "\uffff", "\U0001f600"]  # code points: the astral one last
+    assert protocol.members_page(order, "", 3) == (["10", "9", "a"], True)
+    assert protocol.members_page(order, "a", 3) == (["b", "é", "\uffff"], True)
+    assert protocol.members_page(order, "\uffff", 3) == (["\U0001f600"], False)
+    assert protocol.members_page(order, "\U0001f600", 3) == ([], False)
+    # An id that is not (or no longer) a member still says where to go on: after it, in order.
+    assert protocol.members_page(order, "aa", 2) == (["b", "é"], True)
+    assert protocol.members_page(order, "", 7) == (order, False)
+
+
+def test_a_big_diff_goes_in_frames_of_at_most_a_page_each_and_loses_nobody() -> None:
+    joins = {f"u{i}": f'{{"n":{i}}}' for i in range(25)}
+    leaves = {f"gone{i}": "null" for i in range(7)}
+    texts = protocol.presence_diff_frames("presence-team", joins, leaves, 10)
+    frames = [json.loads(t) for t in texts]
+    assert [len(f["joins"]) + len(f["leaves"]) for f in frames] == [10, 10, 10, 2]
+    assert {u: e["info"] for f in frames for u, e in f["joins"].items()} == {f"u{i}": {"n": i} for i in range(25)}
+    assert {u for f in frames for u in f["leaves"]} == set(leaves)
+    assert protocol.presence_diff_frames("presence-team", {"a": "1"}, {}, 10) == [
+        protocol.presence_diff_frame("presence-team", {"a": "1"}, {})]
+
+
+def test_the_members_api_answers_a_page_with_the_total() -> None:
+    members = {"c": "3", "a": "1", "b": "2"}
+    assert json.loads(protocol.members_page_json("presence-x", members, "", 2)) == {
+        "room": "presence-x", "members": {"a": {"info": 1}, "b": {"info": 2}}, "total": 3, "more": True}
+    assert json.loads(protocol.members_page_json("presence-x", members, "b", 2)) == {
+        "room": "presence-x", "members": {"c": {"info": 3}}, "total": 3, "more": False}
+    assert json.loads(protocol.members_page_json("lobby", {}, "", 2)) == {
+        "room": "lobby", "members": {}, "total": 0, "more": False}
 
 
 def test_only_presence_rooms_show_users_in_their_counts() -> None:
@@ -226,6 +260,15 @@ def test_vector_since_is_taken_or_refused_with_bad_since() -> None:
         with pytest.raises(ProtocolError) as e:
             parse_client_message(subscribe(since))
         assert (e.value.code, e.value.room, e.value.sub) == ("bad_since", "lobby", "s"), since
+
+
+def test_vector_member_order_is_how_pages_are_cut() -> None:
+    order = VECTORS["member_order"]
+    assert sorted(order) == order and len(set(order)) == len(order)
+    assert sorted(order, key=lambda u: u.encode("utf-8")) == order  # the bytes' order too
+    users = order[1:]  # "" is never a user: it is where a walk starts
+    assert protocol.members_page(users, "", 5) == (users[:5], True)
+    assert protocol.members_page(users, users[4], 100) == (users[5:], False)
 
 
 def test_vectors_cover_every_client_type_error_code_and_server_frame() -> None:

@@ -26,7 +26,7 @@ import time
 import pytest
 import redis
 
-from rrr.backplane.connect import make_redis
+from rrr.backplane.clients import make_redis
 from rrr.metrics import Metrics
 from rrr.protocol import CountState
 from rrr.backplane import Events

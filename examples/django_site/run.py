@@ -2,10 +2,21 @@
 """``make example``: the example Django site next to rrr and its Redis, on this machine.
 
 Starts, in order: a real ``redis-server`` (embedded, on a private unix socket; or ``--redis-url``),
-rrr (``python app.py`` with a fresh token secret and server key, allowing the site's Origin),
+rrr (``python app.py`` with a fresh token secret, server key and webhook secret, allowing the
+site's Origin and sending its webhooks to the site's ``/rrr/webhook/``),
 then the site (``migrate``, ``seed_demo``, ``runserver``). Ctrl-C (or SIGTERM) stops all three.
 
     python examples/django_site/run.py [--port 8000] [--rrr-port 8888] [--redis-url URL] [--db PATH]
+                                       [--same-origin]
+
+Two ways, as README "Using rrr from Django" describes them:
+
+* by default the site (``--port``) and rrr (``--rrr-port``) are two origins: pages fetch a token
+  from the site's token view (``/rrr/token/``) and send it to rrr;
+* ``--same-origin`` puts nginx on ``--port`` in front of both (``nginx.conf.template``: ``/ws/``,
+  ``/sse/``, ``/poll/`` and ``/static/js/`` to rrr, the rest to the site, which runs on a port of
+  its own): the browser sends the site's session cookie to rrr, which asks the site who it is
+  (``--connect-proxy-url``, the connect view ``/rrr/connect/``). No token view, no ``getToken``.
 """
 
 from __future__ import annotations
@@ -13,9 +24,12 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
+from deploy.render import render  # noqa: E402
 from rrr.backplane.embedded import EmbeddedRedis  # noqa: E402
 
 
@@ -45,12 +60,40 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float
         time.sleep(0.1)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_nginx(port: int, rrr_port: int, django_port: int) -> tuple[subprocess.Popen[bytes], Path]:
+    """nginx on ``port`` in front of rrr and the site (``nginx.conf.template``), all of it in a fresh directory."""
+    binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
+                                            if os.access(p, os.X_OK)), None)
+    if binary is None:
+        raise SystemExit("--same-origin needs nginx (on PATH, or /usr/sbin/nginx)")
+    run_dir = Path(tempfile.mkdtemp(prefix="rrr-example-nginx-"))
+    conf = run_dir / "nginx.conf"
+    conf.write_text(render((HERE / "nginx.conf.template").read_text(), {
+        # As root, workers run as root too, so they can read what this user can.
+        "user_line": "user root;" if os.geteuid() == 0 else "",
+        "run_dir": str(run_dir), "listen": f"127.0.0.1:{port}",
+        "rrr_port": str(rrr_port), "django_port": str(django_port),
+    }))
+    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(run_dir), "-e", str(run_dir / "error.log")])
+    return proc, run_dir
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8000, help="the Django site's port (127.0.0.1)")
     parser.add_argument("--rrr-port", type=int, default=8888, help="rrr's port (127.0.0.1)")
     parser.add_argument("--redis-url", default="", help="a Redis to use; empty starts an embedded redis-server")
     parser.add_argument("--db", default="", help="the site's SQLite file (default examples/django_site/db.sqlite3)")
+    parser.add_argument("--same-origin", action="store_true",
+                        help="nginx on --port in front of rrr and the site; rrr asks the site who a cookie is")
+    parser.add_argument("--django-port", type=int, default=0,
+                        help="with --same-origin: the site's own port behind nginx (default: a free one)")
     args = parser.parse_args()
 
     redis = None
@@ -59,14 +102,23 @@ def main() -> int:
         redis = EmbeddedRedis().start()
         redis_url = redis.url
     site = f"http://127.0.0.1:{args.port}"
+    # Same origin: nginx on --port, the site on a port of its own that only nginx and rrr use.
+    django_port = (args.django_port or free_port()) if args.same_origin else args.port
     env = dict(os.environ)
     env.setdefault("RRR_TOKEN_SECRET", secrets.token_urlsafe(32))
     env.setdefault("RRR_API_TOKEN", secrets.token_urlsafe(32))
+    env.setdefault("RRR_WEBHOOK_SECRET", secrets.token_urlsafe(32))
     env.update(RRR_REDIS_URL=redis_url, RRR_SOCKET_URL=f"ws://127.0.0.1:{args.rrr_port}/ws/", PYTHONUNBUFFERED="1")
     # the site imports rrr.django from this checkout, installed or not
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     if args.db:
         env["EXAMPLE_DB"] = args.db
+    rrr_extra: list[str] = []
+    if args.same_origin:
+        # The pages' socket is /ws/ on their own origin, and they ask for no token (RRR_CONNECT_PROXY):
+        # rrr asks the connect view directly (not through nginx) who each handshake's cookie is.
+        env.update(RRR_SOCKET_URL="/ws/", RRR_CONNECT_PROXY="1", RRR_API_URL=f"http://127.0.0.1:{args.rrr_port}")
+        rrr_extra = ["--xheaders", "--connect-proxy-url", f"http://127.0.0.1:{django_port}/rrr/connect/"]
     # Both names of the site's host: the browser's Origin is whichever the person typed.
     origins = f"{site},http://localhost:{args.port}"
 
@@ -88,7 +140,9 @@ def main() -> int:
     try:
         rrr = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), "--address", "127.0.0.1", "--port", str(args.rrr_port),
-             "--redis-url", redis_url, "--allowed-origins", origins],
+             "--redis-url", redis_url, "--allowed-origins", origins, *rrr_extra,
+             # Events out: the site hears who left when, and since when a page is open (items/receivers.py).
+             "--webhook-url", f"{site}/rrr/webhook/"],
             cwd=ROOT, env=env,
         )
         procs.append(rrr)
@@ -96,9 +150,14 @@ def main() -> int:
         manage = [sys.executable, str(HERE / "manage.py")]
         subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], cwd=HERE, env=env, check=True)
         subprocess.run([*manage, "seed_demo"], cwd=HERE, env=env, check=True)
-        django = subprocess.Popen([*manage, "runserver", "--noreload", f"127.0.0.1:{args.port}"], cwd=HERE, env=env)
+        django = subprocess.Popen([*manage, "runserver", "--noreload", f"127.0.0.1:{django_port}"], cwd=HERE,
+                                  env=env)
         procs.append(django)
-        wait_http(f"{site}/accounts/login/", django, "the Django site")
+        wait_http(f"http://127.0.0.1:{django_port}/accounts/login/", django, "the Django site")
+        if args.same_origin:
+            nginx, nginx_dir = start_nginx(args.port, args.rrr_port, django_port)
+            procs.append(nginx)
+            wait_http(f"{site}/accounts/login/", nginx, f"nginx (its log: {nginx_dir / 'error.log'})")
         print(f"\nThe example site is at {site}/ (rrr at http://127.0.0.1:{args.rrr_port}/). Ctrl-C stops it.",
               flush=True)
         while all(p.poll() is None for p in procs):

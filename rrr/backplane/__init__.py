@@ -8,6 +8,8 @@ picks their classic or cluster implementation from the URL.
   room has local subscriptions, and learns through `Events` what Redis sends: messages, counts,
   confirmations, sign-outs.
 * `History`: a room's stored messages (publish, read back, look).
+* `EventStore` (webhooks on): the events the presence scripts record, moved out in order to the
+  outbox, read and acknowledged per URL by the one process that holds the sender's lease.
 
 Classic: one Redis or a Sentinel-managed one (`presence`, `subscriber`); cluster: a Redis 7
 Cluster (`cluster_presence`, `cluster_subscriber`). Both share `history`, `keys`, the Lua
@@ -28,8 +30,9 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
 
 __all__ = [
-    "CHUNK", "Backplane", "Events", "History", "MemberDelta", "Presence", "PresenceReads", "Published", "Publisher",
-    "Read", "Subscriber", "WriteResult", "connect",
+    "CHUNK", "Backplane", "EventSettings", "EventStore", "Events", "History", "MemberDelta", "Moved", "Presence",
+    "PresenceReads", "Published", "Publisher", "Read", "RoomReport", "StoredEvent", "Subscriber", "WriteResult",
+    "connect",
 ]
 
 #: Rooms per presence write call, and users per round of revocation checks: each is one round trip
@@ -38,6 +41,26 @@ CHUNK = 500
 
 #: A presence room's member changes for one write: users added (user -> info JSON), users removed.
 MemberDelta = tuple[dict[str, str], list[str]]
+
+
+@dataclass(frozen=True)
+class RoomReport:
+    """What a row write tells its room's events (`Presence.write`'s ``reports``), that only the
+    process knows: seconds since the room's last local subscription left (its vacated happened
+    then) and since each removed member's last tab here left (their member_removed did)."""
+
+    left_ago: float = 0.0
+    users_left_ago: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    """Events are recorded (webhooks on): a vacated waits ``vacate_delay`` s before it goes out, and
+    Redis holds at most ``backlog`` events waiting for the outbox per room, and in the outbox."""
+
+    vacate_delay: float = 2.0
+    backlog: int = 100_000
+    retry_for: float = 3600.0
 
 
 @dataclass
@@ -165,8 +188,10 @@ class Presence(PresenceReads, Publisher, Protocol):
 
     async def write(
         self, updates: Mapping[str, tuple[int, int]], members: Mapping[str, MemberDelta] | None = None,
+        reports: Mapping[str, RoomReport] | None = None,
     ) -> WriteResult:
-        """This process's ``(connections, tabs)`` per room and its member changes in presence rooms."""
+        """This process's ``(connections, tabs)`` per room and its member changes in presence rooms;
+        with events on, what each room's events need to know (`RoomReport`; default: none of it)."""
 
     async def leave(self) -> None:
         """Remove this process's presence at once (clean shutdown)."""
@@ -206,19 +231,89 @@ class History(Protocol):
 
 
 @dataclass(frozen=True)
+class StoredEvent:
+    """One event as the outbox holds it: ``sid`` its place there, ``stored_ms`` when the presence
+    script recorded it (Redis ms; --webhook-retry-for counts from it)."""
+
+    sid: str
+    name: str
+    room: str
+    user: str
+    at_ms: int
+    id: str
+    stored_ms: int
+
+    def payload(self) -> dict[str, object]:
+        """The event as a webhook carries it (Pusher's shape, plus ``id`` and ``at_ms``)."""
+        out: dict[str, object] = {"name": self.name, "channel": self.room}
+        if self.user:
+            out["user_id"] = self.user
+        out["id"] = self.id
+        out["at_ms"] = self.at_ms
+        return out
+
+
+@dataclass
+class Moved:
+    """What a move to the outbox did: the name of each event moved, and events dropped over the cap."""
+
+    names: list[str] = field(default_factory=list)
+    dropped: int = 0
+
+
+class EventStore(Protocol):
+    """The events in Redis as the sender sees them. Only the process holding the lease moves and
+    sends; every process asks for the lease now and then (and reads the status it shares)."""
+
+    async def lease(self, ttl: float, take: bool, error: str | None) -> tuple[bool, int, str]:
+        """Renew the sender's lease if ours (or take it if free and ``take``); the holder writes the
+        shared status (its last ``error``, '' for none, and the backlog). Returns whether we hold
+        it, the backlog and the last error ('' for none)."""
+
+    async def repair(self) -> int:
+        """Find what a cluster's process that died between a room's script and its note left behind
+        (events the due set lost, rooms its registry lacks); how many rooms it looked at."""
+
+    async def release(self) -> None:
+        """Give the lease up (a clean shutdown: another process takes over at once)."""
+
+    async def due(self, limit: int) -> tuple[list[str], float | None]:
+        """Rooms whose events may move now, and seconds until the next one may (None: none waits)."""
+
+    async def move(self, rooms: list[str], names: frozenset[str]) -> Moved:
+        """Move the rooms' events that may go (of ``names``; the others are dropped) to the outbox."""
+
+    async def ring(self, timeout: float) -> None:
+        """Wait until a new event is recorded anywhere, at most ``timeout`` seconds."""
+
+    async def read(self, url_key: str, limit: int) -> list[StoredEvent]:
+        """The next events for the URL keyed ``url_key``, after what it acknowledged."""
+
+    async def acked(self, url_key: str, sid: str, url_keys: list[str]) -> int:
+        """The URL is done up to ``sid``; the outbox keeps what any of ``url_keys`` still needs.
+        Returns the outbox's length (the backlog)."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
 class Backplane:
     presence: Presence
     subscriber: Subscriber
     history: History
+    events: EventStore | None = None
 
 
 def connect(
     url: str, metrics: Metrics, *, ttl: float = 15.0, timeout: float = 2.0, pool_size: int = 32,
     keepalive: float = 5.0, history_size: int = 100, history_ttl: float = 300.0, max_message: int = 65536,
+    events: EventSettings | None = None,
 ) -> Backplane:
     """The backplane for ``url``: a Redis Cluster's (``redis+cluster://``: per-row expiry, sharded
-    pub/sub), or the classic one (one Redis, or Sentinel). Nothing connects until it is used."""
-    from .connect import is_cluster_url, make_redis
+    pub/sub), or the classic one (one Redis, or Sentinel). Nothing connects until it is used.
+    ``events``: the presence scripts record events, and an `EventStore` sends them."""
+    from .clients import is_cluster_url, make_redis
+    from .events import RedisEventStore
     from .history import RedisHistory
 
     cluster = is_cluster_url(url)
@@ -229,20 +324,22 @@ def connect(
         from .cluster_presence import ClusterPresence
         from .cluster_subscriber import ClusterSubscriber
 
-        sharded = ClusterPresence(url, metrics, pubsub, ttl=ttl, timeout=timeout, pool_size=pool_size)
+        sharded = ClusterPresence(url, metrics, pubsub, ttl=ttl, timeout=timeout, pool_size=pool_size, events=events)
         history = RedisHistory(
             sharded, history_size, history_ttl, sharded=True, readers=max(1, pool_size // 2), max_message=max_message,
         )
         subscriber = ClusterSubscriber(
             pubsub, metrics, url=url, timeout=timeout, keepalive=keepalive, process_id=sharded.process_id,
         )
-        return Backplane(sharded, subscriber, history)
+        store = RedisEventStore(url, metrics, sharded.process_id, events, timeout=timeout) if events else None
+        return Backplane(sharded, subscriber, history, store)
     from .presence import ClassicPresence
     from .subscriber import ClassicSubscriber
 
-    classic = ClassicPresence(url, metrics, pubsub, ttl=ttl, timeout=timeout, pool_size=pool_size)
+    classic = ClassicPresence(url, metrics, pubsub, ttl=ttl, timeout=timeout, pool_size=pool_size, events=events)
     history = RedisHistory(
         classic, history_size, history_ttl, sharded=False, readers=max(1, pool_size // 2), max_message=max_message,
     )
+    store = RedisEventStore(url, metrics, classic.process_id, events, timeout=timeout) if events else None
     return Backplane(classic, ClassicSubscriber(pubsub, metrics, keepalive=keepalive, process_id=classic.process_id),
-                     history)
+                     history, store)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from redis.exceptions import OutOfMemoryError, RedisError
@@ -20,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..errors import BackplaneError, OutcomeUnknown
 from ..metrics import Metrics
 from ..protocol import CountState, validate_json_payload
-from . import CHUNK, keys
+from . import CHUNK, EventSettings, RoomReport, keys
 
 
 class BadReply(BackplaneError):
@@ -116,14 +117,76 @@ def show(x: Any) -> str:
 # -- a row write's arguments -------------------------------------------------------------------
 
 
-def member_args(adds: dict[str, str], removes: list[str]) -> list[Any]:
+def member_args(adds: dict[str, str], removes: list[str], left: Mapping[str, float] | None = None) -> list[Any]:
     """What both row writes take after a room's counts: the number of adds A and of removes R, A
-    pairs (user, info JSON), R users (``rows.lua``'s ``apply_members`` reads them)."""
+    pairs (user, info JSON), R pairs (user, ms since it left: ``left``, seconds) (``rows.lua``'s
+    ``apply_members`` reads them)."""
     args: list[Any] = [len(adds), len(removes)]
     for user, info in adds.items():
         args += [user, info]
-    args += removes
+    for user in removes:
+        args += [user, ms(left.get(user, 0.0) if left else 0.0)]
     return args
+
+
+def report_args(quiet: bool, report: RoomReport | None) -> list[Any]:
+    """A room's quiet flag and ms since its last local subscription left (``events.lua``'s
+    ``ev_context``). Quiet: the room's reported state was settled in Redis (see `Settled`)."""
+    return [int(quiet), ms(report.left_ago) if report is not None else 0]
+
+
+class Settled:
+    """The rooms whose reported state this process knows to be settled in Redis: one a master's
+    failover cannot have lost. A rewrite of such a room's row is *quiet* (``events.lua``): if Redis
+    then has no reported state for it at all, Redis lost everything (restarted empty), and the room
+    is not reported again. A row a failover lost before its state settled is written again loudly,
+    and its events come again.
+
+    On one Redis (`ClassicPresence`) a row is settled when a lease renewal found the lease (so the
+    dataset) intact at least `AFTER` s after the row was first written. On a cluster, when a write or
+    renewal of the room shows its state's ``r``: the sender took the room's events out only once a
+    replica had them (``ev_take`` then ``WAIT``; ``ev_ack`` sets ``r``), so a replica has the state."""
+
+    AFTER = 1.0
+
+    def __init__(self) -> None:
+        self.rooms: set[str] = set()
+        self._written: dict[str, float] = {}
+
+    def __contains__(self, room: str) -> bool:
+        return room in self.rooms
+
+    def written(self, room: str, row: tuple[int, int], state_replicated: bool | None = None) -> None:
+        """A write of ``room``'s row landed (with, on a cluster, whether its state shows ``r``)."""
+        if row == (0, 0):
+            self.rooms.discard(room)
+            self._written.pop(room, None)
+            return
+        self._written.setdefault(room, time.monotonic())
+        if state_replicated:
+            self.rooms.add(room)
+
+    def renewed(self, started: float) -> None:
+        """One Redis: a renewal begun at ``started`` (monotonic) found the lease intact."""
+        self.rooms.update(room for room, at in self._written.items() if at <= started - self.AFTER)
+
+    def seen(self, room: str, state_replicated: bool) -> None:
+        """A cluster: a renewal of ``room`` showed whether its state has ``r``."""
+        if state_replicated and room in self._written:
+            self.rooms.add(room)
+
+
+def event_args(settings: EventSettings | None) -> list[Any]:
+    """The four values ``events.lua``'s ``ev_setup`` reads: on, a fresh nonce (new epochs of event
+    ids are made from it: random per call, so ids are unique across rooms and Redis restarts), the
+    vacate delay in ms, the cap of a room's stream."""
+    if settings is None:
+        return [0, "", 0, 0]
+    return [1, secrets.token_hex(8), ms(settings.vacate_delay), max(1, settings.backlog)]
+
+
+def ms(seconds: float) -> int:
+    return max(0, int(seconds * 1000))
 
 
 # -- sign-outs -------------------------------------------------------------------------------------

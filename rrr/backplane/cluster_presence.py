@@ -10,6 +10,12 @@ TTL/3 (+ one count interval), without any sweep. Every script touches one room's
 Publishing: history messages go out with ``SPUBLISH`` from the history script (the room's
 shard only); with history off, `ClusterPresence.publish` sends a room's message with
 ``SPUBLISH`` on its shard channel.
+
+Events (webhooks on): the room scripts record them (``events.lua``), but cannot touch the
+sender's keys (another slot), so this process notes right after each call which rooms got events
+(the due set, and the doorbell), and keeps a registry of the rooms it has rows in, renewed with
+its rows: when it dies, any process (`sweep`) drops its expired rows room by room, so a room
+nobody else is in still reports its vacated and member_removed.
 """
 
 from __future__ import annotations
@@ -24,9 +30,13 @@ from .. import protocol
 from ..errors import BackplaneError
 from ..metrics import Metrics
 from ..protocol import CountState
-from . import MemberDelta, WriteResult, keys, scripts
-from .calls import BadReply, Calls, Revocations, count, lease_fresh, member_args, parse_members, parse_state, show
-from .connect import make_redis
+from ..supervise import RateLimitedLog
+from . import EventSettings, MemberDelta, RoomReport, WriteResult, keys, scripts
+from .calls import (
+    BadReply, Calls, Revocations, Settled, count, event_args, lease_fresh, member_args, parse_members, parse_state,
+    report_args, show,
+)
+from .clients import make_redis
 from .presence import new_process_id
 
 log = logging.getLogger("rrr.cluster")
@@ -40,9 +50,18 @@ class ClusterPresence:
 
     def __init__(
         self, url: str, metrics: Metrics, pubsub: Any, *, ttl: float = 15.0, timeout: float = 2.0, pool_size: int = 32,
+        events: EventSettings | None = None,
     ) -> None:
         self.metrics = metrics
         self.ttl = ttl
+        self.events = events  # the scripts record events (webhooks on)
+        self._settled = Settled()
+        # What the sender's slot has yet to learn (a failed note is retried with the next one).
+        self._note_add: set[str] = set()
+        self._note_remove: set[str] = set()
+        self._note_due: dict[str, int] = {}
+        self._note_log = RateLimitedLog(log)
+        self._noting: asyncio.Future[None] | None = None
         self.process_id = new_process_id()
         self._redis = make_redis(url, timeout, max(pool_size, CONCURRENCY * 2))
         # The cluster client does not wait for a free connection (it refuses): renewals run
@@ -62,6 +81,8 @@ class ClusterPresence:
         return self._calls.oom
 
     async def close(self) -> None:
+        if self._noting is not None:
+            self._noting.cancel()
         for client in (self._redis, self._lease_redis, self._pubsub_redis):
             await client.aclose()
 
@@ -81,46 +102,149 @@ class ClusterPresence:
             return False
         replies, failure = await self._each(
             list(rooms), lambda room: self._script(
-                "cluster_renew", [self.process_id, self.ttl, keys.count_channel(room)], lease=True,
-                keys=keys.presence_keys(room),
+                "cluster_renew", [self.process_id, self.ttl, keys.count_channel(room), *event_args(self.events)],
+                lease=True, keys=keys.presence_write_keys(room),
             ),
         )
         lost = False
         dropped = 0
         for room, reply in replies.items():
-            if not (isinstance(reply, list) and len(reply) == 2):
-                raise BadReply(f"expected {{lost, dropped}} from RENEW, got {show(reply)}")
+            if not (isinstance(reply, list) and len(reply) == 4):
+                raise BadReply(f"expected {{lost, dropped, due, replicated}} from RENEW, got {show(reply)}")
             dropped += count(reply[1], "RENEW")
+            self._due(room, reply[2])
+            self._settled.seen(room, reply[3] == 1)
             if reply[0] == 1 and room not in self._writing and self._rows.get(room) == rooms[room]:
                 self._rows.pop(room, None)
                 lost = True
         if dropped:
             self.metrics.presence_expired.inc(dropped)
+        self._note_soon()
         if failure is not None:
             raise failure  # a shard did not answer: our rows there were not renewed
         self._renewed_at = started
         return lost
 
     async def sweep(self, limit: int = 16) -> int:
-        """Nothing to do: every write and renewal drops its room's expired rows."""
-        return 0
+        """Every write and renewal drops its room's expired rows; with events on, the rooms of a
+        process that stopped renewing are swept here too (a room nobody else renews must still
+        report that it emptied). Returns how many processes were swept whole."""
+        if self.events is None:
+            return 0
+        hold = max(5000, int(self.ttl * 1000))
+        dead = await self._script("ev_claim", [limit, hold], keys=[keys.EVENT_PROCS], lease=True)
+        if not isinstance(dead, list):
+            raise BadReply(f"expected process ids from CLAIM, got {show(dead)}")
+        swept = 0
+        for raw in dead:
+            pid = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if pid != self.process_id and await self._sweep_process(pid):
+                swept += 1
+        if swept:
+            self.metrics.presence_expired.inc(swept)
+        return swept
+
+    async def _sweep_process(self, pid: str) -> bool:
+        """Drop ``pid``'s expired rows in each room it registered (their events recorded); True when
+        none is left (it leaves the registry), else it is swept again when its last row expires."""
+        rooms = [r.decode() for r in await self._calls.run("smembers", self._lease_redis.smembers(
+            keys.event_proc_rooms(pid)))]
+        replies, failure = await self._each(rooms, lambda room: self._script(
+            "cluster_sweep", [pid, keys.count_channel(room), *event_args(self.events)], lease=True,
+            keys=keys.presence_write_keys(room),
+        ))
+        done: list[str] = []
+        retry_at = 0
+        for room, reply in replies.items():
+            if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], int)):
+                raise BadReply(f"expected {{until, due}} from SWEEP, got {show(reply)}")
+            self._due(room, reply[1])
+            if reply[0] > 0:
+                retry_at = max(retry_at, int(reply[0]))
+            else:
+                done.append(room)
+        await self._note()
+        if failure is not None:
+            raise failure
+        await self._script(
+            "ev_swept", [pid, retry_at, *done], keys=[keys.EVENT_PROCS, keys.event_proc_rooms(pid)], lease=True,
+        )
+        return retry_at == 0
+
+    def _due(self, room: str, due: Any) -> None:
+        """A room script's ``due``: its events may move at that Redis ms (-1: it recorded none)."""
+        if not isinstance(due, int) or isinstance(due, bool):
+            raise BadReply(f"expected a time from a room script, got {show(due)}")
+        if due >= 0:
+            self._note_due[room] = min(due, self._note_due.get(room, due))
+
+    def _note_soon(self) -> None:
+        """`_note` in a task of its own, retried while it fails: a stalled sender's slot never holds up a
+        presence write or a renewal."""
+        if self.events is None or (self._noting is not None and not self._noting.done()):
+            return
+        self._noting = asyncio.ensure_future(self._noting_until_done())
+
+    async def _noting_until_done(self) -> None:
+        failures = 0
+        while self._note_add or self._note_remove or self._note_due or failures == 0:
+            if await self._note():
+                failures = 0
+                if not (self._note_add or self._note_remove or self._note_due):
+                    return
+            else:
+                failures += 1
+                await asyncio.sleep(min(5.0, 0.1 * 2 ** failures))
+
+    async def _note(self) -> bool:
+        """Tell the sender's slot what the room scripts recorded (rooms with events, the doorbell)
+        and which rooms this process has rows in, renewing its registry entry. A failure is counted
+        and logged once per 30 s, and what was to be noted waits for the next call. True if noted."""
+        if self.events is None:
+            return True
+        add, remove, due = self._note_add, self._note_remove, self._note_due
+        self._note_add, self._note_remove, self._note_due = set(), set(), {}
+        args: list[Any] = [
+            self.process_id, int(self.ttl * 1000), len(add), len(remove), len(due), 0, *add, *remove,
+        ]
+        for room, at in due.items():
+            args += [room, at]
+        try:
+            await self._script("ev_note", args, keys=[
+                keys.EVENTS_DUE, keys.EVENTS_BELL, keys.MOVED, keys.EVENT_PROCS, keys.event_proc_rooms(self.process_id),
+            ])
+        except BackplaneError as e:
+            self._note_add |= add - self._note_remove
+            self._note_remove |= remove - self._note_add
+            for room, at in due.items():
+                self._note_due[room] = min(at, self._note_due.get(room, at))
+            self.metrics.task_errors.labels("events").inc()
+            self._note_log.warning("note", "noting recorded events failed (retried): %s", e)
+            return False
+        if self._note_log.clear("note"):
+            log.info("noting recorded events works again")
+        return True
 
     # -- rows ------------------------------------------------------------
 
     async def write(
         self, updates: Mapping[str, tuple[int, int]], members: Mapping[str, MemberDelta] | None = None,
+        reports: Mapping[str, RoomReport] | None = None,
     ) -> WriteResult:
         result = WriteResult()
         members = members or {}
+        reports = reports or {}
 
         def call(room: str) -> Any:
             c, t = updates[room]
             adds, removes = members.get(room, ({}, []))
+            report = reports.get(room)
             args: list[Any] = [
                 self.process_id, self.ttl, keys.count_channel(room), int(room in self._rows), c, t,
-                *member_args(adds, removes),
+                *event_args(self.events), *report_args(room in self._settled, report),
+                *member_args(adds, removes, report.users_left_ago if report else None),
             ]
-            return self._script("cluster_write", args, keys=keys.presence_keys(room))
+            return self._script("cluster_write", args, keys=keys.presence_write_keys(room))
 
         rooms = list(updates)
         self._writing.update(rooms)
@@ -129,15 +253,24 @@ class ClusterPresence:
         finally:
             self._writing.difference_update(rooms)
         for room, reply in replies.items():
-            if not (isinstance(reply, list) and len(reply) == 2 and reply[0] in (0, 1)):
-                raise BadReply(f"expected {{lost, row}} from WRITE, got {show(reply)}")
+            if not (isinstance(reply, list) and len(reply) == 4 and reply[0] in (0, 1)):
+                raise BadReply(f"expected {{lost, row, due, replicated}} from WRITE, got {show(reply)}")
             if reply[0] == 1:
                 result.lease_lost = True
             result.states[room] = parse_state(reply[1])
+            self._due(room, reply[2])
+            self._settled.written(room, updates[room], reply[3] == 1)
             if updates[room] == (0, 0):
                 self._rows.pop(room, None)
+                if self.events is not None:
+                    self._note_add.discard(room)
+                    self._note_remove.add(room)
             else:
+                if self.events is not None and room not in self._rows:
+                    self._note_remove.discard(room)
+                    self._note_add.add(room)
                 self._rows[room] = updates[room]
+        self._note_soon()
         if failure is not None:
             raise failure  # the rooms that were written are known now; the caller retries them all
         return result
@@ -146,6 +279,12 @@ class ClusterPresence:
         rooms = list(self._rows)
         if rooms:
             await self.write({room: (0, 0) for room in rooms})
+        if self.events is not None:
+            await self._note()  # what the last writes recorded, before this process leaves the registry
+            await self._script(
+                "ev_swept", [self.process_id, 0],
+                keys=[keys.EVENT_PROCS, keys.event_proc_rooms(self.process_id)], lease=True,
+            )
         try:
             await self._calls.run("probe", self._redis.delete(keys.probe_key(self.process_id)))
         except BackplaneError:
@@ -202,7 +341,7 @@ class ClusterPresence:
     async def _script(self, name: str, args: list[Any], lease: bool = False, keys: list[str] | None = None) -> Any:
         client = self._lease_redis if lease else self._redis
         if not self._scripts:
-            texts = scripts.flagged(True) | scripts.CLUSTER
+            texts = scripts.flagged(True) | scripts.CLUSTER | scripts.sender(True)
             self._scripts = {n: self._redis.register_script(text) for n, text in texts.items()}
         if not keys:
             raise BackplaneError(f"script {name} needs its keys on a cluster")

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from ..metrics import Metrics
 from ..supervise import RateLimitedLog, cancel, full_jitter
 from . import Events, Publisher, keys
-from .connect import make_node_redis, parse_cluster_url
+from .clients import make_node_redis, parse_cluster_url
 from .pubsub import Dispatch, Follows, listen, log
 
 

@@ -44,6 +44,32 @@ _SHARD_PROBE = "rrr:proc:%s:probe:{%s}"
 #: A process's health probe write on a cluster (a string with a TTL, so a killed process leaves nothing).
 _PROBE_KEY = "rrr:probe:%s"
 
+# -- Events out (webhooks: rrr.backplane.events, lua/events.lua) --
+#: A room's reported state: what its webhooks last told (``o`` occupied 1/0, ``u:<user>`` per member
+#: reported present) and its event ids' epoch ``e``, counter ``n``, last ``at`` ``a``, drops ``d``.
+_REPORTED = "rrr:reported:{%s}"
+#: Stream of a room's events, recorded by the presence scripts, until the sender moves them out.
+_EVENTS = "rrr:events:{%s}"
+#: What every process shares about sending, in one slot (a Redis Cluster runs scripts over them).
+_WH = "rrr:webhooks:{webhooks}:"
+#: Sorted set: rooms with events waiting to be moved, scored by when (Redis ms) they may move.
+EVENTS_DUE = _WH + "due"
+#: Stream of at most one entry, added with every new event: the sender's doorbell (XREAD BLOCK).
+EVENTS_BELL = _WH + "bell"
+#: Stream of final events in the order they go out to every URL (one cursor per URL).
+OUTBOX = _WH + "outbox"
+#: Hash: URL key -> the outbox id up to which that URL acknowledged.
+CURSORS = _WH + "cursors"
+#: The sender's lease: the process id of the one process that sends, with a PX expiry.
+SENDER = _WH + "sender"
+#: Hash: what the sender last saw (``backlog``, ``last_error``), for every process's /healthz.
+SENDER_STATUS = _WH + "status"
+#: Hash (cluster): room -> the last room stream id moved into the outbox, until the room acks it.
+MOVED = _WH + "moved"
+#: Sorted set (cluster): process id -> when its rows may all have expired (renewed with them).
+EVENT_PROCS = _WH + "procs"
+_EVENT_PROC_ROOMS = _WH + "rooms:%s"
+
 
 def room_channel(room: str) -> str:
     return ROOM_CHANNEL_PREFIX + room
@@ -117,6 +143,27 @@ def presence_keys(room: str) -> list[str]:
     return [presence(room), members(room)]
 
 
+def reported(room: str) -> str:
+    """Hash of what the room's webhooks last reported (see `_REPORTED`)."""
+    return _REPORTED % room
+
+
+def events(room: str) -> str:
+    """Stream of the room's recorded events, not yet moved to the outbox."""
+    return _EVENTS % room
+
+
+def presence_write_keys(room: str) -> list[str]:
+    """KEYS of the cluster's writing presence scripts: the presence and members hashes, the
+    reported state and the event stream (all in the room's slot)."""
+    return [presence(room), members(room), reported(room), events(room)]
+
+
+def event_proc_rooms(pid: str) -> str:
+    """Set (cluster): the rooms ``pid`` has rows in, so its death can be swept room by room."""
+    return _EVENT_PROC_ROOMS % pid
+
+
 def shard_probe_channel(pid: str, tag: str) -> str:
     """``pid``'s probe channel in the slot of hash tag ``tag``."""
     return _SHARD_PROBE % (pid, tag)
@@ -145,6 +192,9 @@ ROOM_CHANNEL = Named(ROOM_CHANNEL_PREFIX + "%s")
 COUNT_CHANNEL = Named(_COUNT)
 MESSAGE_CHANNEL = Named(_MESSAGES)
 SHARD_ROOM_CHANNEL = Named(_SHARD_ROOM)
+#: A room's event stream and reported state (the cluster's repair finds rooms by them).
+EVENTS_STREAM = Named(_EVENTS)
+REPORTED_STATE = Named(_REPORTED)
 
 
 def room_of(named: Named, channel: str) -> str | None:
@@ -168,4 +218,7 @@ local function presence_key(x) {_lua_key(_PRESENCE)} end
 local function members_key(x) {_lua_key(_MEMBERS)} end
 local function count_channel(x) {_lua_key(_COUNT)} end
 local function rooms_key(x) {_lua_key(_PROC_ROOMS)} end
+local function reported_key(x) {_lua_key(_REPORTED)} end
+local function events_key(x) {_lua_key(_EVENTS)} end
+local EVENTS_DUE, EVENTS_BELL, OUTBOX = '{EVENTS_DUE}', '{EVENTS_BELL}', '{OUTBOX}'
 """

@@ -24,9 +24,12 @@ from redis.exceptions import ResponseError
 from ..errors import BackplaneError
 from ..metrics import Metrics
 from ..protocol import CountState
-from . import CHUNK, MemberDelta, WriteResult, keys, scripts
-from .calls import BadReply, Calls, Revocations, count, flag, lease_fresh, member_args, parse_members, parse_state, show
-from .connect import make_redis
+from . import CHUNK, EventSettings, MemberDelta, RoomReport, WriteResult, keys, scripts
+from .calls import (
+    BadReply, Calls, Revocations, Settled, count, event_args, flag, lease_fresh, member_args, parse_members,
+    parse_state, report_args, show,
+)
+from .clients import make_redis
 
 log = logging.getLogger("rrr.presence")
 
@@ -41,9 +44,12 @@ class ClassicPresence:
 
     def __init__(
         self, url: str, metrics: Metrics, pubsub: Any, *, ttl: float = 15.0, timeout: float = 2.0, pool_size: int = 32,
+        events: EventSettings | None = None,
     ) -> None:
         self.metrics = metrics
         self.ttl = ttl
+        self.events = events  # the scripts record events (webhooks on)
+        self._settled = Settled()
         self.process_id = new_process_id()
         self._redis = make_redis(url, timeout, pool_size)
         # Renewal and sweep: never behind request traffic in the pool.
@@ -73,13 +79,17 @@ class ClassicPresence:
         """Extend the lease; True if it had been lost (Redis restarted, or we stalled past the
         TTL and were swept): the caller must write every local room again."""
         started = time.monotonic()
-        lost = flag(await self._script("renew", [self.process_id, self.ttl], lease=True), "RENEW")
+        lost = flag(
+            await self._script("renew", [self.process_id, self.ttl, *event_args(self.events)], lease=True), "RENEW",
+        )
         self._renewed_at = started
+        if not lost:
+            self._settled.renewed(started)
         return lost
 
     async def sweep(self, limit: int = 16) -> int:
         """Remove up to ``limit`` dead processes' presence, announced; returns how many."""
-        swept = count(await self._script("sweep", [limit], lease=True), "SWEEP")
+        swept = count(await self._script("sweep", [limit, *event_args(self.events)], lease=True), "SWEEP")
         if swept:
             self.metrics.presence_expired.inc(swept)
         return swept
@@ -88,29 +98,38 @@ class ClassicPresence:
 
     async def write(
         self, updates: Mapping[str, tuple[int, int]], members: Mapping[str, MemberDelta] | None = None,
+        reports: Mapping[str, RoomReport] | None = None,
     ) -> WriteResult:
         """Write this process's ``(connections, tabs)`` per room, and its member changes in presence
         rooms (users added with their info JSON, users removed); return each room's new totals."""
         result = WriteResult()
         rooms = list(updates)
         members = members or {}
+        reports = reports or {}
         for i in range(0, len(rooms), CHUNK):
             chunk = rooms[i : i + CHUNK]
-            args: list[Any] = [self.process_id, self.ttl]
+            args: list[Any] = [self.process_id, self.ttl, *event_args(self.events)]
             for room in chunk:
                 c, t = updates[room]
-                args += [room, c, t, *member_args(*members.get(room, ({}, [])))]
+                report = reports.get(room)
+                adds, removes = members.get(room, ({}, []))
+                args += [
+                    room, c, t, *report_args(room in self._settled, report),
+                    *member_args(adds, removes, report.users_left_ago if report else None),
+                ]
             reply = await self._script("set_presence", args)
             if not isinstance(reply, list) or len(reply) != len(chunk) + 1:
                 raise BadReply(f"expected {len(chunk) + 1} items from SET_PRESENCE, got {show(reply)}")
             if not flag(reply[0], "SET_PRESENCE"):
                 result.lease_lost = True
             result.states.update(zip(chunk, map(parse_state, reply[1:])))
+            for room in chunk:
+                self._settled.written(room, updates[room])
         return result
 
     async def leave(self) -> None:
         """Remove this process's presence at once (clean shutdown: no TTL wait)."""
-        count(await self._script("leave", [self.process_id], lease=True), "LEAVE")
+        count(await self._script("leave", [self.process_id, *event_args(self.events)], lease=True), "LEAVE")
         self._renewed_at = None
 
     async def room_state(self, room: str) -> CountState:

@@ -3,10 +3,12 @@ from ``lua/*.lua``.
 
 A script is its parts joined in order: on one Redis the key prelude (`rrr.backplane.keys`
 writes the names of its keys and channels as Lua, so each is spelled once), ``rows.lua``
-(member fields, shared with the cluster's scripts), ``lease.lua`` (clock, recount, announce)
-and the script's own file; on a cluster ``rows.lua``, ``cluster.lua`` and its own file (every
-key in KEYS); history ``history.lua`` and its own file. What each one takes and returns is
-said at the top of its file.
+(member fields, shared with the cluster's scripts), ``events.lua`` (the webhooks' transitions,
+recorded by the change that causes them), ``lease.lua`` (clock, recount, announce) and the
+script's own file; on a cluster ``rows.lua``, ``events.lua``, ``cluster.lua`` and its own file
+(every key in KEYS); history ``history.lua`` and its own file; the sender's ``outbox.lua`` and
+its own file (every key in KEYS, on both). What each one takes and returns is said at the top
+of its file.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _load(*parts: str) -> str:
     return "".join("\n" + lua.joinpath(f"{part}.lua").read_text(encoding="utf-8") for part in parts)
 
 
-_LEASE = LUA_PRELUDE + _load("rows", "lease")
+_LEASE = LUA_PRELUDE + _load("rows", "events", "lease")
 SET_PRESENCE = _LEASE + _load("set_presence")
 RENEW = _LEASE + _load("renew")
 SWEEP = _LEASE + _load("sweep")
@@ -41,11 +43,20 @@ _HISTORY = _load("history")
 HISTORY_PUBLISH = _HISTORY + _load("history_publish")
 HISTORY_READ = _HISTORY + _load("history_read")
 
-_CLUSTER = _load("rows", "cluster")
+_CLUSTER = _load("rows", "events", "cluster")
 CLUSTER_WRITE = _CLUSTER + _load("cluster_write")
 CLUSTER_RENEW = _CLUSTER + _load("cluster_renew")
 CLUSTER_COUNT = _CLUSTER + _load("cluster_count")
 CLUSTER_MEMBERS = _CLUSTER + _load("cluster_members")
+CLUSTER_SWEEP = _CLUSTER + _load("cluster_sweep")
+
+#: The sender's scripts (`rrr.backplane.events`), the same on one Redis and on a cluster.
+SENDER_SCRIPTS = (
+    "ev_move", "ev_take", "ev_push", "ev_ack", "ev_note", "ev_claim", "ev_swept", "ev_due", "ev_later",
+    "ev_lease", "ev_release", "ev_read", "ev_acked",
+)
+_OUTBOX = _load("outbox")
+SENDER = {name: _OUTBOX + _load(name) for name in SENDER_SCRIPTS}
 
 #: Every script by name, as `rrr.backplane.presence` loads them.
 ALL = {
@@ -66,9 +77,16 @@ CLUSTER = {
     "cluster_renew": FLAGS + CLUSTER_RENEW,
     "cluster_count": NO_WRITES + CLUSTER_COUNT,
     "cluster_members": NO_WRITES + CLUSTER_MEMBERS,
+    "cluster_sweep": FLAGS + CLUSTER_SWEEP,
 }
 
 
 def flagged(flags: bool) -> dict[str, str]:
     """`ALL`, each script with `FLAGS` when Redis takes them (``flags``: 7.0+) and it may have them."""
     return {name: (FLAGS if flags and name not in NO_FLAGS else "") + text for name, text in ALL.items()}
+
+
+def sender(flags: bool) -> dict[str, str]:
+    """`SENDER`, each with `FLAGS` when Redis takes them: what they store is capped (--webhook-backlog),
+    and moving events must not stop at maxmemory while presence scripts go on recording them."""
+    return {name: (FLAGS if flags else "") + text for name, text in SENDER.items()}

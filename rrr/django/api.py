@@ -15,13 +15,18 @@ from rrr.errors import BackplaneError
 
 
 def api_url() -> str:
-    """``RRR_API_URL``, else the origin of ``RRR_SOCKET_URL`` with ``http(s)``."""
+    """``RRR_API_URL``, else the origin of ``RRR_SOCKET_URL`` with ``http(s)``. A socket URL that
+    is a path (rrr under the site's own origin) names no host to call from the server: then
+    ``RRR_API_URL`` is needed (rrr's own address, e.g. ``http://127.0.0.1:8888``)."""
     explicit = getattr(settings, "RRR_API_URL", "")
     if explicit:
         return str(explicit).rstrip("/")
     socket_url = getattr(settings, "RRR_SOCKET_URL", "")
     if not socket_url:
         raise ImproperlyConfigured("set RRR_SOCKET_URL (or RRR_API_URL) to reach the rrr service")
+    if socket_url.startswith("/"):
+        raise ImproperlyConfigured(f"RRR_SOCKET_URL is a path ({socket_url!r}): set RRR_API_URL to rrr's own "
+                                   "address (e.g. http://127.0.0.1:8888) for calls from the server")
     parts = urllib.parse.urlsplit(socket_url)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
     return f"{scheme}://{parts.netloc}"

@@ -1,12 +1,30 @@
-"""The view the browser library's ``getToken`` calls."""
+"""The views ``rrr.django.urls`` serves: the token the browser library's ``getToken`` calls, the
+connect proxy view rrr itself calls (``--connect-proxy-url``), and the webhook rrr's
+``--webhook-url`` points at."""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
-from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
 
+from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
+from django.core.cache import caches
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from ..pusher.signing import WebhookError, verify_webhook
+from .connect import resolve
+from .signals import BY_EVENT
 from .tokens import token_for
+
+log = logging.getLogger("rrr.django")
 
 
 @never_cache
@@ -17,3 +35,85 @@ def token(request: HttpRequest) -> HttpResponse:
     if not request.user.is_authenticated:
         return HttpResponseForbidden("sign in first", content_type="text/plain; charset=utf-8")
     return HttpResponse(token_for(request.user), content_type="text/plain; charset=utf-8")
+
+
+@csrf_exempt
+@login_not_required
+@never_cache
+@require_POST
+def connect(request: HttpRequest) -> HttpResponse:
+    """rrr's connect proxy: ``{"transport", "headers", "ip"[, "user"]}`` in, the user the
+    ``Cookie`` among ``headers`` is signed in as (`rrr.django.connect.resolve`) out.
+
+    Open to any caller, and exempt from CSRF, on purpose: it reads none of its own request's
+    cookies, only the one in the body, and answers only who that cookie's holder already is
+    (what the token view would tell that holder, signed). An answer is no credential: rrr trusts
+    it only as the reply to its own call to the URL its operator configured, so a browser that
+    POSTs here learns nothing about anyone it could not already act as (README, "Using rrr from
+    Django")."""
+    try:
+        call: Any = json.loads(request.body)
+        headers = call["headers"]
+        ip = call.get("ip", "")
+        if not (isinstance(headers, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in headers.items()) and isinstance(ip, str)):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        return HttpResponseBadRequest('a JSON object {"transport", "headers": {name: value}, "ip"} is expected',
+                                      content_type="text/plain; charset=utf-8")
+    return JsonResponse(resolve(request, headers, ip))
+
+
+#: Seconds an event id is remembered, so a retry of what was handled is dropped: longer than the
+#: service retries an event (``--webhook-retry-for``, an hour by default).
+REMEMBER = 2 * 3600
+
+
+@csrf_exempt
+@login_not_required
+@require_POST
+def webhook(request: HttpRequest) -> HttpResponse:
+    """rrr's webhooks (Pusher's format): the key, the signature of the exact body and ``time_ms``
+    within 300 s are checked (401 otherwise), each event's ``id`` is claimed in Django's cache
+    (``RRR_WEBHOOK_CACHE``, default ``default``; an id is remembered ``RRR_WEBHOOK_REMEMBER``
+    seconds, two hours by default, so a retry of an event already handled is dropped), and each
+    new one sends its signal (`rrr.django.signals`). A receiver that raises: 500, and that event
+    and those after it are not remembered, so rrr's retry brings them again."""
+    secret = str(getattr(settings, "RRR_WEBHOOK_SECRET", "") or "")
+    if not secret:
+        raise ImproperlyConfigured("RRR_WEBHOOK_SECRET is not set (the rrr service's --webhook-secret)")
+    key = str(getattr(settings, "RRR_WEBHOOK_KEY", "") or "rrr")
+    try:
+        payload = verify_webhook(
+            key, secret, request.headers.get("X-Pusher-Key"), request.headers.get("X-Pusher-Signature"),
+            request.body, now_ms=time.time() * 1000,
+        )
+    except WebhookError as e:
+        return JsonResponse({"error": str(e)}, status=401)
+    cache = caches[str(getattr(settings, "RRR_WEBHOOK_CACHE", "default"))]
+    remember = int(getattr(settings, "RRR_WEBHOOK_REMEMBER", REMEMBER))
+    handled = dropped = 0
+    for event in payload["events"]:
+        if not (isinstance(event, dict) and isinstance(event.get("id"), str) and event.get("name") in BY_EVENT):
+            continue  # an event this site does not know (a newer service): not ours to refuse
+        claim = f"rrr:webhook:{event['id']}"
+        if not cache.add(claim, 1, remember):
+            dropped += 1
+            continue
+        try:
+            _send(event)
+        except Exception:
+            cache.delete(claim)
+            log.exception("a receiver of rrr's %s failed; rrr will send it again", event["name"])
+            return JsonResponse({"error": "a receiver failed", "handled": handled}, status=500)
+        handled += 1
+    return JsonResponse({"handled": handled, "duplicates": dropped})
+
+
+def _send(event: dict[str, Any]) -> None:
+    at_ms = event.get("at_ms")
+    at = datetime.fromtimestamp(at_ms / 1000, timezone.utc) if isinstance(at_ms, (int, float)) else None
+    user = event.get("user_id")
+    BY_EVENT[event["name"]].send(
+        sender=webhook, room=str(event.get("channel")), user_id=None if user is None else str(user), at=at,
+    )

@@ -4,7 +4,7 @@
  * room's messages; in a presence room (`presence-…`) who is here. Everything from
  * the network is rendered with textContent.
  */
-import { memberName, needsToken } from "./protocol.js";
+import { applyPresenceDiff, memberName, needsToken } from "./protocol.js";
 import { connect } from "./rrr.js";
 
 const MAX_MESSAGES = 50;
@@ -198,7 +198,25 @@ function showIdentity({ user, exp }) {
 
 // ---- members (presence rooms) ---------------------------------------------------------
 
-function showMembers(members) {
+/** Every member, once "Show everyone" listed them (kept current by the diffs); null: the first page is shown. */
+let everyone = null;
+
+/** onPresence: the first page (ascending user ids) and how many there are in all. */
+function showPresence({ members, total, more }, diff) {
+  if (diff === null) everyone = null; // a new first page (a reconnect): start from it
+  else if (everyone !== null) everyone = applyPresenceDiff(everyone, diff);
+  const shown = everyone ?? members;
+  listMembers(shown);
+  $("users").textContent = String(everyone !== null ? Object.keys(everyone).length : total);
+  const rest = total - Object.keys(members).length;
+  const box = $("more-members");
+  if (box) {
+    box.hidden = everyone !== null || !more || rest <= 0;
+    $("more-count").textContent = `and ${rest} more`;
+  }
+}
+
+function listMembers(members) {
   const list = $("members");
   if (!list) return;
   const names = Object.entries(members)
@@ -212,8 +230,9 @@ function showMembers(members) {
       return item;
     }),
   );
-  $("users").textContent = String(names.length);
 }
+
+const NOBODY = { members: {}, total: 0, more: false };
 
 const hasToken = typeof window.rrrGetToken === "function" || Boolean(storedToken());
 const rt = connect(hasToken || needsToken(slug) ? { getToken, onAuth: showIdentity } : {});
@@ -227,14 +246,28 @@ const room = rt.room(slug, {
   onError: ({ code, reason }) => {
     // Not sent, or refused by the server on its own (SSE and long-polling): the text goes back in the box.
     if (code === "not_connected" || code === "refused") restoreUnsent();
-    if (code === "forbidden" || code === "token_expired" || code === "no_token") showMembers({});
+    if (code === "forbidden" || code === "token_expired" || code === "no_token") showPresence(NOBODY, null);
     addMessage(`${reason} (${code})`, "notice");
   },
-  onPresence: (members) => showMembers(members),
+  onPresence: showPresence,
   // The room's history could not fill a gap (it was lost, or we were away too long): say so.
   onReset: () => addMessage("Some messages were missed while disconnected and could not be recovered.", "notice"),
 });
 setInterval(renderClock, 1000);
+
+// A presence room bigger than one page: its other members, a page at a time, on demand.
+$("all-members")?.addEventListener("click", async (event) => {
+  const button = event.currentTarget;
+  button.disabled = true;
+  try {
+    everyone = await room.members().all();
+    showPresence({ members: everyone, total: Object.keys(everyone).length, more: false }, {});
+  } catch (err) {
+    addMessage(`${err.reason ?? err.message} (${err.code ?? "error"})`, "notice");
+  } finally {
+    button.disabled = false;
+  }
+});
 $("retry").addEventListener("click", () => rt.retryNow());
 
 // ---- share link ---------------------------------------------------------------

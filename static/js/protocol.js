@@ -19,7 +19,7 @@
  * serves a new page: it is part of the worker URL (and so the worker's
  * identity) and of the leader's lock and channel names.
  */
-export const LINK_VERSION = 5;
+export const LINK_VERSION = 6;
 
 export const SLUG_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -234,6 +234,8 @@ export const pingFrame = () => ({ type: "ping" });
  */
 export const helloFrame = (sharing) => ({ type: "hello", transport: sharing });
 export const authFrame = (token) => ({ type: "auth", token });
+/** A presence subscription asks for the members after `after` ("" from the start); the answer is `presence` with its `sub`. */
+export const membersFrame = (room, sub, after = "") => ({ type: "members", room, sub, after });
 
 /** Rooms the server refuses without a granting token (`rrr/auth.py` needs_grant). */
 export function needsToken(room) {
@@ -267,6 +269,90 @@ export function applyPresenceDiff(members, diff) {
   for (const user of Object.keys(diff?.leaves ?? {})) delete next[user];
   for (const [user, entry] of Object.entries(diff?.joins ?? {})) next[user] = entry;
   return next;
+}
+
+// ---- presence rooms: pages of members --------------------------------------------
+// The server sends a subscription the first page of a room's members (at most its
+// --presence-list-max, in ascending user id order) with `total` and `more`, then diffs of
+// everyone who comes and goes; `members` frames ask for the pages after it.
+
+/**
+ * Ascending user id order, as the server cuts pages: by Unicode code point (Python's string
+ * order, and the UTF-8 bytes'). JavaScript's `<` compares UTF-16 units, which puts an astral
+ * character (a surrogate pair) before U+E000…U+FFFF; here it goes after, as on the server.
+ * @param {string} a
+ * @param {string} b
+ * @returns {number} negative, 0 or positive
+ */
+export function compareUsers(a, b) {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x === y) continue;
+    const xs = x >= 0xd800 && x <= 0xdfff;
+    const ys = y >= 0xd800 && y <= 0xdfff;
+    if (xs !== ys) return xs ? 1 : -1; // a surrogate is part of a character above U+FFFF
+    return x - y;
+  }
+  return a.length - b.length;
+}
+
+/** The last user id of a page in the server's order (JavaScript orders integer-like keys first), or null. */
+export function lastUser(members) {
+  let last = null;
+  for (const user of Object.keys(members ?? {})) {
+    if (last === null || compareUsers(user, last) > 0) last = user;
+  }
+  return last;
+}
+
+/**
+ * What a subscription shows of a presence room: the first page, kept current.
+ * `until` is the last user id of that page when more members followed it: the view then holds
+ * exactly the members up to it (joins after it are left to the pages); null: it holds everyone.
+ * `more`: the room has members the view does not hold (`total` is larger).
+ * @typedef {{members: Record<string, {info?: unknown}>, total: number, more: boolean, until: string|null}} PresenceView
+ */
+
+/** @returns {{members: Record<string, {info?: unknown}>, total: number, more: boolean}} a `presence` frame's page */
+export function presencePage(frame) {
+  const members = { ...frame.members };
+  const total = Number.isSafeInteger(frame.total) ? frame.total : Object.keys(members).length;
+  return { members, total, more: frame.more === true };
+}
+
+/** @returns {PresenceView} the view a first page starts */
+export function presenceView(frame) {
+  const page = presencePage(frame);
+  return { ...page, until: page.more ? lastUser(page.members) : null };
+}
+
+/**
+ * The view after one `presence_diff`: leaves go, joins up to `until` come (all of them when the
+ * view holds everyone, whose number is then the total). Pure.
+ * @param {PresenceView} view
+ * @param {{joins?: Record<string, {info?: object}>, leaves?: Record<string, unknown>}} diff
+ * @returns {PresenceView}
+ */
+export function applyPresenceDiffToView(view, diff) {
+  const members = { ...view.members };
+  for (const user of Object.keys(diff?.leaves ?? {})) delete members[user];
+  for (const [user, entry] of Object.entries(diff?.joins ?? {})) {
+    if (view.until === null || compareUsers(user, view.until) <= 0) members[user] = entry;
+  }
+  const total = view.until === null ? Object.keys(members).length : view.total;
+  return withTotal({ ...view, members }, total);
+}
+
+/**
+ * The view once the room's count says how many users it has (`users` of a count frame). Pure.
+ * @param {PresenceView} view
+ * @param {number} total
+ * @returns {PresenceView}
+ */
+export function withTotal(view, total) {
+  return { ...view, total, more: total > Object.keys(view.members).length };
 }
 
 /** The name to show for a member: its token's `info.name` when it is a non-empty string, else the user id. */
@@ -368,6 +454,9 @@ export function checkServerFrame(frame) {
   if (frame === null || typeof frame !== "object" || !SERVER_TYPES.has(frame.type)) return null;
   if (ROOM_TYPES.has(frame.type) && !isSlug(frame.room)) return null;
   if (frame.type === "presence" && !isMap(frame.members)) return null;
+  if (frame.type === "presence" && "total" in frame && !(Number.isSafeInteger(frame.total) && frame.total >= 0)) return null;
+  if (frame.type === "presence" && "more" in frame && typeof frame.more !== "boolean") return null;
+  if (frame.type === "presence" && "sub" in frame && typeof frame.sub !== "string") return null;
   if (frame.type === "presence_diff" && !(isMap(frame.joins) && isMap(frame.leaves))) return null;
   if (frame.type === "authenticated" && (typeof frame.user !== "string" || typeof frame.exp !== "number")) return null;
   if (frame.type === "subscribed" && (typeof frame.sub !== "string" || typeof frame.recovered !== "boolean")) return null;

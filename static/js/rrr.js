@@ -5,6 +5,7 @@
  *   const rt = connect({ getToken });   // getToken only for private-… and presence-… rooms
  *   const room = rt.room("lobby", { onCount, onMessage, onState, onError, onPresence, onReset });
  *   room.publish({ hi: 1 });
+ *   for await (const page of room.members()) …;   // presence rooms: every member, a page at a time
  *   room.leave();
  *   rt.retryNow();   // while reconnecting or offline: try now instead of waiting
  *   rt.close();   // leave every room; release the connection, locks, timers
@@ -28,13 +29,17 @@ import {
   SLUG_RE,
   TRANSPORTS,
   advance,
-  applyPresenceDiff,
+  applyPresenceDiffToView,
   attachMsg,
   defaultSocketUrl,
   detachMsg,
   errorHandles,
   heartbeatMsg,
+  lastUser,
+  membersFrame,
   networkMsg,
+  presencePage,
+  presenceView,
   probeMsg,
   publishFrame,
   randomId,
@@ -46,6 +51,7 @@ import {
   tokenReplyMsg,
   transportList,
   unsubscribeFrame,
+  withTotal,
   workerName,
   workerScriptUrl,
 } from "./protocol.js";
@@ -83,9 +89,23 @@ import { SocketOwner } from "./socket-owner.js";
  * @property {(state: import("./protocol.js").LinkState) => void} [onState]
  * @property {(error: {code: string, reason: string}) => void} [onError] errors about this
  *   subscription, and errors about the whole socket
- * @property {(members: Record<string, {info?: object}>, diff: {joins: object, leaves: object}|null) => void} [onPresence]
- *   presence rooms: the whole member list each time, after applying `diff` (null for the first list)
+ * @property {(presence: PresencePage, diff: {joins: object, leaves: object}|null) => void} [onPresence]
+ *   presence rooms: the first page of members (ascending user ids, at most the server's
+ *   --presence-list-max), kept current by each `diff` (null for a first page): members up to
+ *   that page's last one come and go in it; `total` is the room's users, `more` whether some
+ *   are not in `members` (`room.members()` pages through them all)
+ *
+ * @typedef {{members: Record<string, {info?: unknown}>, total: number, more: boolean}} PresencePage
+ *
+ * What `room.members()` returns: an async iterator of pages (each one `members` frame to the
+ * server, asked for when the page is wanted), and `all()`, every member in one object.
+ * @typedef {AsyncIterableIterator<PresencePage> & {all: () => Promise<Record<string, {info?: unknown}>>}} MemberPages
  */
+
+/** A page refused for one of these is asked for again after PAGE_RETRY_MS, at most PAGE_RETRIES times. */
+const PAGE_RETRY_CODES = new Set(["rate_limited", "not_connected"]);
+const PAGE_RETRY_MS = 1_000;
+const PAGE_RETRIES = 30;
 
 /**
  * `worker.js` next to this module. import.meta.resolve applies the page's import
@@ -165,7 +185,12 @@ function holdTabLock(tabId) {
 }
 
 class Runtime {
-  /** @type {Map<string, {room: string, handlers: RoomHandlers, members: Record<string, object>|null}>} sub id → handle */
+  /**
+   * sub id → handle: `view` is what onPresence shows (null before a first page), `pages` the
+   * `members` frames sent and not yet answered, in order.
+   * @type {Map<string, {room: string, handlers: RoomHandlers, view: import("./protocol.js").PresenceView|null,
+   *   pages: {after: string, resolve: (page: PresencePage) => void, reject: (error: Error) => void}[]}>}
+   */
   #handles = new Map();
   /** The wires the owner may use, best first (connect's `transports`). */
   #transports;
@@ -250,7 +275,7 @@ class Runtime {
     if (!SLUG_RE.test(slug)) throw new TypeError(`invalid room slug: ${slug}`);
     const sub = `${this.tabId}-${++this.#subCounter}`;
     const since = sinceOf(handlers.since);
-    const handle = { room: slug, handlers, members: null, position: since ? { ...since, live: false } : null };
+    const handle = { room: slug, handlers, view: null, pages: [], position: since ? { ...since, live: false } : null };
     this.#handles.set(sub, handle);
     this.#send(subscribeFrame(slug, sub, handle.position));
     queueMicrotask(() => call(handlers.onState, this.#state));
@@ -259,10 +284,77 @@ class Runtime {
       publish: (data) => this.#send(publishFrame(slug, data)),
       /** The last message handed to the page: resubscribing later from here misses nothing. */
       position: () => sinceOf(handle.position),
+      /**
+       * Presence rooms: the members, a page at a time (ascending user ids), each page asked of the
+       * server when the iterator is advanced; `after` starts after that user id. A page the server
+       * refuses for its rate (--presence-list-rate) or while disconnected is asked again a second
+       * later; other refusals reject with an Error whose `code` is the server's.
+       * @param {{after?: string}} [options]
+       * @returns {MemberPages}
+       */
+      members: ({ after = "" } = {}) => this.#memberPages(sub, handle, typeof after === "string" ? after : ""),
       leave: () => {
-        if (this.#handles.delete(sub)) this.#send(unsubscribeFrame(slug, sub));
+        if (this.#handles.delete(sub)) {
+          this.#send(unsubscribeFrame(slug, sub));
+          for (const page of handle.pages.splice(0)) page.reject(pageError("not_subscribed", "left the room"));
+        }
       },
     };
+  }
+
+  /** @returns {MemberPages} */
+  #memberPages(sub, handle, after) {
+    let next = after;
+    let done = false;
+    const iterator = {
+      next: async () => {
+        if (done) return { done: true, value: undefined };
+        const page = await this.#askPage(sub, handle, next);
+        const last = lastUser(page.members);
+        if (last === null || !page.more) done = true;
+        else next = last;
+        return { done: false, value: page };
+      },
+      return: async () => {
+        done = true;
+        return { done: true, value: undefined };
+      },
+      [Symbol.asyncIterator]: () => iterator,
+      all: async () => {
+        const everyone = {};
+        for await (const page of iterator) Object.assign(everyone, page.members);
+        return everyone;
+      },
+    };
+    return iterator;
+  }
+
+  /** One page: a `members` frame through the owner, answered by a `presence` with this sub (or an error naming `after`). */
+  async #askPage(sub, handle, after) {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await new Promise((resolve, reject) => {
+          if (this.#closed || this.#handles.get(sub) !== handle) {
+            reject(pageError("not_subscribed", "this subscription has left the room"));
+          } else if (!this.#attached || this.#state.status !== "open") {
+            reject(pageError("not_connected", "not connected"));
+          } else {
+            handle.pages.push({ after, resolve, reject });
+            this.#send(membersFrame(handle.room, sub, after));
+          }
+        });
+      } catch (err) {
+        if (!PAGE_RETRY_CODES.has(err?.code) || attempt >= PAGE_RETRIES) throw err;
+        await new Promise((wake) => setTimeout(wake, PAGE_RETRY_MS));
+      }
+    }
+  }
+
+  /** Pages asked for on a wire that is gone will not be answered: each is asked again (not_connected). */
+  #dropPages() {
+    for (const handle of this.#handles.values()) {
+      for (const page of handle.pages.splice(0)) page.reject(pageError("not_connected", "the connection was lost"));
+    }
   }
 
   /**
@@ -387,6 +479,7 @@ class Runtime {
     const lock = this.#tabLock;
     // Until the attach goes out, the owner would not know whose message it got.
     this.#attached = false;
+    this.#dropPages(); // a new owner never heard them
     const watch = link.isLocal() ? "none" : await lock.watch;
     if (link !== this.#link || lock !== this.#tabLock) return;
     if (watch !== "none") this.#watch = watch;
@@ -410,6 +503,7 @@ class Runtime {
 
   #setState(state) {
     this.#state = state;
+    if (state.status !== "open") this.#dropPages();
     for (const { handlers } of this.#handles.values()) call(handlers.onState, state);
   }
 
@@ -424,6 +518,11 @@ class Runtime {
         this.#announce();
         break;
       case "connection_message":
+        if (typeof msg.users === "number") {
+          for (const handle of this.#handles.values()) {
+            if (handle.room === msg.room && handle.view) handle.view = withTotal(handle.view, msg.users);
+          }
+        }
         this.#each(msg.room, "onCount", {
           connections: msg.connections,
           tabs: msg.tabs,
@@ -443,27 +542,41 @@ class Runtime {
         break;
       }
       case "error":
+        if (typeof msg.sub === "string" && typeof msg.after === "string") {
+          // A page refused (it names the `after` asked for); the subscription itself stands.
+          const pages = this.#handles.get(msg.sub)?.pages ?? [];
+          const i = pages.findIndex((page) => page.after === msg.after);
+          if (i >= 0) pages.splice(i, 1)[0].reject(pageError(msg.code, msg.reason));
+          break;
+        }
         for (const sub of errorHandles(msg, this.#handles)) {
           const handle = this.#handles.get(sub);
           // A subscription the server dropped (or never took) has no member list any more.
-          if (typeof msg.sub === "string") handle.members = null;
+          if (typeof msg.sub === "string") handle.view = null;
           call(handle.handlers.onError, { code: msg.code, reason: msg.reason });
         }
         break;
-      case "presence":
-        // The whole list for one subscription (the owner sends each tab its own).
-        for (const [sub, handle] of this.#handles) {
-          if (handle.room !== msg.room || (typeof msg.sub === "string" && sub !== msg.sub)) continue;
-          handle.members = { ...msg.members };
-          call2(handle.handlers.onPresence, handle.members, null);
+      case "presence": {
+        // With a sub: the page that subscription asked for (its oldest unanswered one). Without:
+        // a first page, for every handle in the room (its socket was sent no diff this round).
+        if (typeof msg.sub === "string") {
+          const asked = this.#handles.get(msg.sub);
+          if (asked?.room === msg.room && asked.pages.length) asked.pages.shift().resolve(presencePage(msg));
+          break;
+        }
+        for (const handle of this.#handles.values()) {
+          if (handle.room !== msg.room) continue;
+          handle.view = presenceView(msg);
+          call2(handle.handlers.onPresence, shown(handle.view), null);
         }
         break;
+      }
       case "presence_diff":
         for (const handle of this.#handles.values()) {
-          // Before its first list a handle has nothing to apply the diff to; that list will include it.
-          if (handle.room !== msg.room || handle.members === null) continue;
-          handle.members = applyPresenceDiff(handle.members, msg);
-          call2(handle.handlers.onPresence, handle.members, { joins: msg.joins, leaves: msg.leaves });
+          // Before its first page a handle has nothing to apply the diff to; that page will include it.
+          if (handle.room !== msg.room || handle.view === null) continue;
+          handle.view = applyPresenceDiffToView(handle.view, msg);
+          call2(handle.handlers.onPresence, shown(handle.view), { joins: msg.joins, leaves: msg.leaves });
         }
         break;
       case "authenticated":
@@ -506,6 +619,16 @@ class Runtime {
       if (handle.room === room) call(handle.handlers[name], value);
     }
   }
+}
+
+/** What onPresence is given of a view. @returns {PresencePage} */
+function shown({ members, total, more }) {
+  return { members, total, more };
+}
+
+/** A page's refusal: an Error with the server's (or the owner's) code. */
+function pageError(code, reason) {
+  return Object.assign(new Error(`${reason} (${code})`), { code, reason });
 }
 
 /** Run a page callback; one that throws is reported but does not starve the others. */

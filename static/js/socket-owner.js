@@ -31,6 +31,7 @@ import {
   checkServerFrame,
   errorTabs,
   helloFrame,
+  membersFrame,
   needsToken,
   parseServerFrame,
   pingFrame,
@@ -310,6 +311,9 @@ export class SocketOwner {
       case "token":
         this.#tokens.token(tabId, msg);
         break;
+      case "members":
+        this.#members(tab, msg);
+        break;
       case "publish": {
         // Over SSE and long-polling the server may refuse the frame alone (its POST's 4xx): only its tab hears.
         const refused = (reason) => tab.link.send({ type: "error", code: "refused", reason, room: msg.room });
@@ -376,6 +380,24 @@ export class SocketOwner {
         this.#drop(tabId);
       })
       .catch(() => this.#watching.delete(tabId));
+  }
+
+  /**
+   * A page of a presence room's members for one of the tab's subscriptions: to the server, whose
+   * `presence` answer (with that sub) goes to this tab alone. What cannot go is refused here, as
+   * the server refuses a page: an error naming the `after` asked for.
+   */
+  #members(tab, msg) {
+    const after = typeof msg.after === "string" ? msg.after : "";
+    const refuse = (code, reason) => tab.link.send({ type: "error", code, reason, room: msg.room, sub: msg.sub, after });
+    const room = tab.subs.get(msg.sub);
+    if (room === undefined || room !== msg.room) {
+      refuse("not_subscribed", "ask for members of a room through a subscription to it");
+    } else if (needsToken(room) && !this.#tokens.ok) {
+      refuse("not_connected", "not authenticated yet");
+    } else if (!this.#send(membersFrame(room, msg.sub, after), (reason) => refuse("refused", reason))) {
+      refuse("not_connected", "not connected");
+    }
   }
 
   /** Forget a tab and its subscriptions; the socket goes once no tab is left. */
@@ -479,8 +501,14 @@ export class SocketOwner {
     for (const [sub, room] of this.#tabs.subscriptions()) {
       if (!needsToken(room)) this.#send(this.#subscribeFrame(room, sub));
     }
-    // Authenticate before the private and presence rooms go (they follow the reply).
+    // Authenticate before the private and presence rooms go (they follow the reply); with no
+    // getToken in any tab they go now, for the server to judge (its connect proxy knows the cookie).
     this.#tokens.opened();
+    if (this.#tokens.ok) {
+      for (const [sub, room] of this.#tabs.subscriptions()) {
+        if (needsToken(room)) this.#send(this.#subscribeFrame(room, sub));
+      }
+    }
     this.#pingTimer = setInterval(() => this.#ping(), PING_INTERVAL_MS);
     this.#setState("open");
   }

@@ -11,7 +11,10 @@
  * Per socket the identity is "none" (never asked, or the server forgot it: `token_expired`),
  * "pending" (a token is being fetched, or its `auth` awaits the reply), "ok" (the server said
  * `authenticated`) or "failed" (no token; each private and presence subscription was told
- * `no_token`). Private and presence subscriptions go to the server only while "ok".
+ * `no_token`). Private and presence subscriptions go to the server only while "ok", or when the
+ * socket opened with no tab that has a getToken: then the server judges them itself (its connect
+ * proxy asked the application who the handshake's cookie is, and says `authenticated` unasked;
+ * its subscribe proxy may let a room in), and nobody is told `no_token`.
  */
 import {
   TOKEN_TIMEOUT_MS,
@@ -52,6 +55,8 @@ export class TokenExchange {
   #asks = new Map();
   /** Which socket this is: a token fetched for one socket is never sent on a later one. */
   #socket = 0;
+  /** No tab could give a token when this socket opened: private and presence subscriptions go as they come. */
+  #direct = false;
 
   /** @param {ExchangeHost} host */
   constructor(host) {
@@ -65,7 +70,7 @@ export class TokenExchange {
 
   /** Whether the private and presence subscriptions go to the server now. */
   get ok() {
-    return this.#state === "ok";
+    return this.#state === "ok" || this.#direct;
   }
 
   /** Who this socket is, for a tab that attaches now; null until the server said so. */
@@ -74,18 +79,16 @@ export class TokenExchange {
   }
 
   /**
-   * A socket opened (its public subscriptions sent): authenticate at once if any subscription
-   * needs a token, or any tab can give one (a page with a getToken wants to know who it is).
+   * A socket opened (its public subscriptions sent): authenticate at once if any tab can give a
+   * token (a page with a getToken wants to know who it is). If none can, the socket is "direct":
+   * the server knows who it is or nobody (its connect proxy), and the owner sends the private and
+   * presence subscriptions at once (`ok`).
    */
   opened() {
     this.#state = "none";
     this.#toldNoToken.clear();
-    for (const [, tab] of this.#host.tabs.entries()) {
-      if (tab.tokens || [...tab.subs.values()].some(needsToken)) {
-        this.#authenticate();
-        return;
-      }
-    }
+    this.#direct = !this.#canAsk();
+    if (!this.#direct) this.#authenticate();
   }
 
   /** The socket went: forget who it was; a token still on its way is not sent on the next one. */
@@ -93,6 +96,7 @@ export class TokenExchange {
     this.#socket++;
     clearTimeout(this.#refreshTimer);
     this.#state = "none";
+    this.#direct = false;
   }
 
   /** The owner stops (no tab left, or closed for good): every token request ends, unanswered. */
@@ -101,20 +105,32 @@ export class TokenExchange {
     for (const ask of [...this.#asks.values()]) this.#endAsk(ask, null, "the socket owner stopped");
   }
 
-  /** A private or presence subscription arrived: ask for a token unless one is on its way (or accepted). */
+  /**
+   * A private or presence subscription arrived: ask for a token unless one is on its way (or
+   * accepted). On a direct socket, only once a tab that can give one has come.
+   */
   need() {
     if (this.#state === "pending" || this.#state === "ok" || !this.#host.isOpen()) return;
+    if (this.#direct && !this.#canAsk()) return;
     this.#authenticate();
   }
 
-  /** The server's `authenticated`: the first one of a socket lets the private subscriptions go. */
+  /**
+   * The server's `authenticated`: the answer to our `auth`, or on a direct socket unasked (the
+   * connect proxy's identity, at the handshake and at each refresh). The first answer to our own
+   * `auth` sends the private subscriptions (again, on a direct socket: a room refused before may
+   * be granted now; the server takes a repeat as a no-op). The token is refreshed before `exp`
+   * while a tab can give one; the connect proxy's identity the server refreshes itself.
+   */
   authenticated(frame) {
-    const first = this.#state !== "ok";
+    const first = this.#state !== "ok" && (!this.#direct || this.#state === "pending");
     this.#state = "ok";
     this.#identity = { type: "authenticated", user: frame.user, exp: frame.exp };
     this.#toldNoToken.clear();
     clearTimeout(this.#refreshTimer);
-    this.#refreshTimer = setTimeout(() => this.#refresh(frame.exp), refreshDelay(frame.exp, Date.now()));
+    if (this.#canAsk()) {
+      this.#refreshTimer = setTimeout(() => this.#refresh(frame.exp), refreshDelay(frame.exp, Date.now()));
+    }
     this.#host.onIdentity(this.#identity, first);
   }
 
@@ -124,8 +140,7 @@ export class TokenExchange {
    */
   error(frame) {
     if (frame.code === "bad_token" && this.#state === "pending") {
-      this.#state = "failed";
-      this.#failPrivate(`the server refused it (${frame.reason})`);
+      this.#fail(`the server refused it (${frame.reason})`);
       return true;
     }
     if (frame.code === "token_expired") this.#state = "none"; // the next private subscription asks again
@@ -154,10 +169,24 @@ export class TokenExchange {
       (token) => socket === this.#socket && this.#host.send(authFrame(token)),
       (reason) => {
         if (socket !== this.#socket || this.#state !== "pending") return;
-        this.#state = "failed";
-        this.#failPrivate(reason);
+        this.#fail(reason);
       },
     );
+  }
+
+  /** No token: on a direct socket its subscriptions went anyway (the server answered them); else each is told `no_token`. */
+  #fail(reason) {
+    if (this.#direct) {
+      this.#state = "none";
+      return;
+    }
+    this.#state = "failed";
+    this.#failPrivate(reason);
+  }
+
+  /** Whether some tab's page has a getToken. */
+  #canAsk() {
+    return tokenTab(this.#host.tabs.entries(), new Set()) !== null;
   }
 
   /** Refresh before exp; if no token comes, try again later while some life is left (else token_expired will say so). */

@@ -10,7 +10,9 @@ const vectors = JSON.parse(readFileSync(new URL("../vectors/protocol.json", impo
 const { isSlug, parseServerFrame, sinceOf } = protocol;
 
 /** The client frames the page sends, by the builders that make them. */
-const CLIENT_BUILDERS = ["subscribeFrame", "unsubscribeFrame", "publishFrame", "pingFrame", "helloFrame", "authFrame"];
+const CLIENT_BUILDERS = [
+  "subscribeFrame", "unsubscribeFrame", "publishFrame", "pingFrame", "helloFrame", "authFrame", "membersFrame",
+];
 
 test("each client frame the page builds is byte for byte the frame the server parses as the vector says", () => {
   for (const vector of vectors.client.valid) {
@@ -77,4 +79,15 @@ test("every error code the server answers a client frame with reaches the page a
     const frame = { type: "error", code, reason: vector.name, ...where };
     assert.deepEqual(parseServerFrame(JSON.stringify(frame)), frame, vector.name);
   }
+});
+
+test("the page orders user ids as the server cuts member pages (code points, not UTF-16 units)", () => {
+  const order = vectors.member_order;
+  assert.deepEqual([...order].reverse().sort(protocol.compareUsers), order);
+  for (let i = 1; i < order.length; i++) {
+    assert.ok(protocol.compareUsers(order[i - 1], order[i]) < 0, `${JSON.stringify(order[i - 1])} < ${JSON.stringify(order[i])}`);
+    assert.equal(protocol.compareUsers(order[i], order[i]), 0);
+  }
+  const members = Object.fromEntries(order.slice(1).map((user) => [user, { info: null }]));
+  assert.equal(protocol.lastUser(members), order.at(-1));
 });

@@ -72,17 +72,78 @@ test("an opened socket asks the first tab that can give a token; only that tab's
   tokens.stop();
 });
 
-test("a socket asks nobody while no subscription needs a token and no tab can give one", (t) => {
+test("with no tab that can give a token the socket is direct: private rooms go at once, nobody is told no_token", async (t) => {
   t.mock.timers.enable({ apis: ["setTimeout"] });
-  const { tokens, links } = exchange({ A: { subs: { "A-1": "lobby" } }, B: { subs: { "B-1": "presence-x" } } });
+  const { tokens, links, socket, identities } = exchange({
+    A: { subs: { "A-1": "lobby" } }, B: { subs: { "B-1": "presence-x" } },
+  });
   tokens.opened();
-  assert.equal(tokens.state, "pending", "B's presence room needs a token");
+  assert.equal(tokens.state, "none", "nobody is asked: no page has a getToken");
+  assert.equal(tokens.ok, true, "the private and presence subscriptions go for the server to judge");
+  tokens.need();
+  await tick();
+  t.mock.timers.tick(TOKEN_TIMEOUT_MS * 3);
+  assert.deepEqual([requests(links.A).length, requests(links.B).length], [0, 0]);
+  assert.deepEqual([...links.A.of("error"), ...links.B.of("error")], [], "no no_token");
+  assert.deepEqual(socket.sent, [], "no auth");
+
+  // The server's connect proxy knew the cookie: `authenticated`, unasked. The subscriptions went
+  // already (not first), and no refresh is asked of pages that cannot give a token.
+  tokens.authenticated({ type: "authenticated", user: "ada", exp: soon(100) });
+  assert.deepEqual(identities.map((i) => [i.user, i.first]), [["ada", false]]);
+  assert.deepEqual(tokens.identity, { type: "authenticated", user: "ada", exp: soon(100) });
+  t.mock.timers.tick(200_000);
+  assert.deepEqual([requests(links.A).length, requests(links.B).length], [0, 0]);
+  // The server ended that identity (the application no longer vouches): still direct.
+  tokens.error({ type: "error", code: "token_expired", reason: "x", room: "presence-x", sub: "B-1" });
+  assert.equal(tokens.ok, true);
+  assert.equal(tokens.identity, null);
+  tokens.stop();
+});
+
+test("on a direct socket a tab that can give a token, come later, authenticates; its answer sends the private rooms again", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const { tokens, registry, socket, identities } = exchange({ A: { subs: { "A-1": "private-a" } } });
+  tokens.opened();
+  assert.equal(tokens.ok, true);
+  const later = tabLink();
+  registry.attach("B", "none", later, 0, true);
+  tokens.need();
+  assert.equal(tokens.state, "pending");
+  assert.equal(tokens.ok, true, "what went directly stays: its unsubscribes still go");
+  tokens.token("B", tokenReplyMsg(requests(later)[0].id, "jwt-b"));
+  await tick();
+  assert.deepEqual(socket.sent, [{ type: "auth", token: "jwt-b" }]);
+  tokens.authenticated({ type: "authenticated", user: "bea", exp: soon(100) });
+  assert.deepEqual(identities.map((i) => i.first), [true], "a room refused before may be granted now");
+
+  // A getToken refusing on a direct socket tells nobody no_token (its rooms went; the server answered them).
+  const quiet = exchange({ A: { subs: { "A-1": "private-a" } } });
+  quiet.tokens.opened();
+  const refusing = tabLink();
+  quiet.registry.attach("B", "none", refusing, 0, true);
+  quiet.tokens.need();
+  quiet.tokens.token("B", tokenReplyMsg(requests(refusing)[0].id, null, "signed out"));
+  await tick();
+  assert.deepEqual([...quiet.links.A.of("error"), ...refusing.of("error")], []);
+  assert.equal(quiet.tokens.ok, true);
+  tokens.stop();
+  quiet.tokens.stop();
+});
+
+test("a socket whose tabs can give a token asks at once; one whose can not asks nobody", (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const { tokens, links } = exchange({ A: { subs: { "A-1": "lobby" } }, B: { tokens: true } });
+  tokens.opened();
+  assert.equal(tokens.state, "pending", "B's page has a getToken: it wants to know who it is");
+  assert.equal(tokens.ok, false, "the private rooms wait for the reply");
+  assert.equal(requests(links.B).length, 1);
   tokens.stop();
 
   const quiet = exchange({ A: { subs: { "A-1": "lobby" } } });
   quiet.tokens.opened();
   assert.equal(quiet.tokens.state, "none");
-  assert.equal(requests(links.A).length, 0, "no tab can give one: none asked");
+  assert.equal(requests(quiet.links.A).length, 0, "no tab can give one: none asked");
 });
 
 test("a private subscription asks for a token once while one is on its way, and never on a closed socket", (t) => {

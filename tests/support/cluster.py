@@ -154,6 +154,37 @@ class RedisCluster:
                 return int(entry[2][1])
         raise AssertionError(f"no master for slot {slot}")
 
+    def rooms_on_every_master(self, prefix: str, key: Callable[[str], str]) -> list[str]:
+        """One room per master (by the slot of ``key(room)``): ``<prefix>0``, ``<prefix>1``, ..."""
+        by_master: dict[int, str] = {}
+        i = 0
+        while len(by_master) < 3:
+            room = f"{prefix}{i}"
+            by_master.setdefault(self.master_of(key(room)), room)
+            i += 1
+        return list(by_master.values())
+
+    def replicated(self, key: str, timeout: float = 5.0) -> bool:
+        """Whether a replica of ``key``'s master has every write the master took so far: a write in
+        the key's slot on a direct connection, then ``WAIT 1`` on that same connection."""
+        node = self.node(self.master_of(key))
+        try:
+            tag = key[key.index("{") : key.index("}") + 1]
+            node.set(f"replicated-probe:{tag}", str(time.time()))
+            return int(node.execute_command("WAIT", 1, int(timeout * 1000))) >= 1
+        finally:
+            node.close()
+
+    def replica_of(self, master: int) -> int:
+        """The port of ``master``'s replica."""
+        replica = self.info(master, "replication").get("slave0")
+        assert isinstance(replica, dict), f"{master} has no replica"
+        return int(replica["port"])
+
+    def pause(self, port: int, paused: bool = True) -> None:
+        """SIGSTOP one node (it takes nothing, answers nothing, replicates nothing), or SIGCONT it."""
+        os.kill(self.procs[port].pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
     def flush(self) -> None:
         for port in self.masters():
             self.node(port).flushall()

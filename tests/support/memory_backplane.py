@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from rrr.backplane import CHUNK, Backplane, Events, MemberDelta, Publisher, WriteResult, keys
+from rrr.backplane import CHUNK, Backplane, Events, MemberDelta, Publisher, RoomReport, WriteResult, keys
 from rrr.backplane.calls import parse_members, parse_state
 from rrr.backplane.history import Published, Read, meta_ttl, new_epoch
 from rrr.backplane.pubsub import Dispatch, Follows
@@ -808,7 +808,10 @@ class MemoryPresence:
 
     async def write(
         self, updates: Mapping[str, tuple[int, int]], members: Mapping[str, MemberDelta] | None = None,
+        reports: Mapping[str, RoomReport] | None = None,
     ) -> WriteResult:
+        # No events here (this backplane's `events` is None, as with webhooks off): the reports,
+        # which only time a room's events, have nothing to time.
         result = WriteResult()
         rooms = list(updates)
         members = members or {}

@@ -78,7 +78,13 @@ LOGOUT_REDIRECT_URL = "login"
 # The service's Redis, its --token-secret, its socket and its --api-token.
 RRR_REDIS_URL = os.environ.get("RRR_REDIS_URL", "redis://127.0.0.1:6379/0")
 RRR_TOKEN_SECRET = os.environ.get("RRR_TOKEN_SECRET", "")
-RRR_SOCKET_URL = os.environ.get("RRR_SOCKET_URL", "ws://127.0.0.1:8888/ws/")
+RRR_SOCKET_URL = os.environ.get("RRR_SOCKET_URL", "ws://127.0.0.1:8888/ws/")  # "/ws/": same origin (nginx)
+# run.py --same-origin: rrr asks /rrr/connect/ who a page's session cookie is; pages need no token.
+RRR_CONNECT_PROXY = os.environ.get("RRR_CONNECT_PROXY") == "1"
 RRR_API_TOKEN = os.environ.get("RRR_API_TOKEN", "")
+RRR_API_URL = os.environ.get("RRR_API_URL", "")  # rrr's own address; needed when RRR_SOCKET_URL is a path
+# rrr's webhooks come to /rrr/webhook/ (run.py gives rrr --webhook-url and this --webhook-secret):
+# items/receivers.py keeps each user's last seen and each page's "open since" from them.
+RRR_WEBHOOK_SECRET = os.environ.get("RRR_WEBHOOK_SECRET", "")
 # Every signed-in user may join this presence room ("Online now"); each also gets private-user-<pk>.
 RRR_PRESENCE_ROOMS = ["presence-site"]

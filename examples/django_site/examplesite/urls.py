@@ -6,7 +6,8 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
-    # the browser library's getToken calls rrr:token (rrr/token/)
+    # rrr:token (rrr/token/), which the browser library's getToken calls, and rrr:connect
+    # (rrr/connect/), which rrr's --connect-proxy-url names (run.py --same-origin)
     path("rrr/", include("rrr.django.urls")),
     path("", include("items.urls")),
 ]

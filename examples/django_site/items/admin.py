@@ -15,7 +15,7 @@ from django.utils import timezone
 from rrr.django.api import disconnect_user
 from rrr.errors import BackplaneError
 
-from .models import Item
+from .models import Item, LastSeen
 
 
 @admin.register(Item)
@@ -24,8 +24,9 @@ class ItemAdmin(admin.ModelAdmin):
 
 
 def end_sessions(user_ids: set[str]) -> int:
-    """Delete the Django sessions of these users (the database session backend), so the token
-    view refuses their browsers and the live page cannot come back with a fresh token."""
+    """Delete the Django sessions of these users (the database session backend), so neither the
+    token view nor the connect view vouches for their browsers any more: the live page cannot come
+    back as them, with a fresh token or with its cookie."""
     ended = 0
     for session in Session.objects.filter(expire_date__gt=timezone.now()).iterator():
         if str(session.get_decoded().get("_auth_user_id")) in user_ids:
@@ -58,3 +59,12 @@ admin.site.unregister(User)
 @admin.register(User)
 class LiveUserAdmin(UserAdmin):
     actions = [sign_out_everywhere]
+    list_display = (*UserAdmin.list_display, "last_seen_at")
+
+    @admin.display(description="last seen", ordering="last_seen__at")
+    def last_seen_at(self, user: Any) -> Any:
+        """When the user's last tab left the site (rrr's member_removed webhook)."""
+        try:
+            return user.last_seen.at
+        except LastSeen.DoesNotExist:
+            return None

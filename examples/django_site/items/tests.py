@@ -18,9 +18,11 @@ from django.test import TestCase, TransactionTestCase, override_settings
 
 from rrr.backplane import keys
 from rrr.django import publish_on_commit
+from rrr.django.signals import member_added, member_removed, room_occupied, room_vacated
 from rrr.errors import BackplaneError
+from rrr.pusher.webhooks import signed_webhook
 
-from .models import Item
+from .models import Item, LastSeen, Occupancy
 from .notify import create_item
 
 SECRET = "items-tests-secret"
@@ -176,3 +178,123 @@ class PublishOnCommitTests(TransactionTestCase):
             with transaction.atomic():
                 publish_on_commit(room, {"blob": "x" * 70_000})  # over the servers' 64 KiB
         self.assertEqual(self.listener.until_sentinel(room), [])
+
+
+WEBHOOK_SECRET = "items-webhook-secret"
+
+
+def event(name: str, room: str, id: str, at_ms: int, user: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "channel": room, "id": id, "at_ms": at_ms}
+    if user is not None:
+        out["user_id"] = user
+    return out
+
+
+@override_settings(RRR_WEBHOOK_SECRET=WEBHOOK_SECRET)
+class WebhookViewTests(TestCase):
+    """``/rrr/webhook/``: what rrr's webhooks become here, signed as rrr signs them."""
+
+    def setUp(self) -> None:
+        self.alice = get_user_model().objects.create_user("alice", password="pw")
+        self.heard: list[tuple[str, dict[str, Any]]] = []
+        for signal in (room_occupied, room_vacated, member_added, member_removed):
+            signal.connect(self.hear, dispatch_uid=f"test-{id(signal)}")
+            self.addCleanup(signal.disconnect, dispatch_uid=f"test-{id(signal)}")
+
+    def hear(self, signal: Any, sender: Any, **kwargs: Any) -> None:
+        name = {room_occupied: "occupied", room_vacated: "vacated", member_added: "added",
+                member_removed: "removed"}[signal]
+        self.heard.append((name, kwargs))
+
+    def post(self, events: list[dict[str, Any]], *, key: str = "rrr", secret: str = WEBHOOK_SECRET,
+             time_ms: float | None = None, tamper: bool = False) -> Any:
+        body, headers = signed_webhook(key, secret, events, time.time() * 1000 if time_ms is None else time_ms)
+        if tamper:
+            body = body.replace(b'"at_ms":', b'"at_ms": ')
+        return self.client.post("/rrr/webhook/", data=body, content_type="application/json", headers={
+            "X-Pusher-Key": headers["X-Pusher-Key"], "X-Pusher-Signature": headers["X-Pusher-Signature"],
+        })
+
+    def test_each_event_sends_its_signal_with_room_user_and_when(self) -> None:
+        at = 1_700_000_000_123
+        room = f"private-user-{self.alice.pk}"
+        response = self.post([
+            event("channel_occupied", "presence-site", "e-1", at),
+            event("member_added", "presence-site", "e-2", at, str(self.alice.pk)),
+            event("member_removed", "presence-site", "e-3", at + 5000, str(self.alice.pk)),
+            event("channel_vacated", room, "e-4", at + 6000),
+        ])
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual([name for name, _ in self.heard], ["occupied", "added", "removed", "vacated"])
+        _, removed = self.heard[2]
+        self.assertEqual((removed["room"], removed["user_id"]), ("presence-site", str(self.alice.pk)))
+        self.assertEqual(removed["at"].timestamp(), (at + 5000) / 1000)
+        self.assertIsNone(self.heard[0][1]["user_id"])
+        # The example site's receivers: the user's last seen, the room's occupancy.
+        self.assertEqual(LastSeen.objects.get(user=self.alice).at.timestamp(), (at + 5000) / 1000)
+        self.assertTrue(Occupancy.objects.filter(room="presence-site").exists())
+        self.assertFalse(Occupancy.objects.filter(room=room).exists())
+
+    def test_an_id_already_handled_is_dropped(self) -> None:
+        first = event("channel_occupied", "page-items", "dup-1", 1_700_000_000_000)
+        self.assertEqual(self.post([first]).status_code, 200)
+        again = self.post([first, event("channel_vacated", "page-items", "dup-2", 1_700_000_001_000)])
+        self.assertEqual(again.status_code, 200)
+        self.assertEqual(json.loads(again.content), {"handled": 1, "duplicates": 1})
+        self.assertEqual([name for name, _ in self.heard], ["occupied", "vacated"])
+
+    def test_a_wrong_key_signature_body_or_an_old_time_is_refused_and_changes_nothing(self) -> None:
+        events = [event("member_removed", "presence-site", "bad-1", 1_700_000_000_000, str(self.alice.pk))]
+        for response in (
+            self.post(events, key="not-rrr"),
+            self.post(events, secret="not-the-secret"),
+            self.post(events, tamper=True),
+            self.post(events, time_ms=time.time() * 1000 - 301_000),
+            self.client.post("/rrr/webhook/", data=b"{}", content_type="application/json"),
+        ):
+            self.assertEqual(response.status_code, 401, response.content)
+        self.assertEqual(self.heard, [])
+        self.assertFalse(LastSeen.objects.exists())
+        self.assertEqual(self.client.get("/rrr/webhook/").status_code, 405)
+        # and a genuine one of the same events still goes through afterwards (nothing was remembered)
+        self.assertEqual(self.post(events).status_code, 200)
+        self.assertEqual(len(self.heard), 1)
+
+    @override_settings(RRR_WEBHOOK_KEY="site-key")
+    def test_the_key_comes_from_the_setting(self) -> None:
+        events = [event("channel_occupied", "page-items", "k-1", 1_700_000_000_000)]
+        self.assertEqual(self.post(events).status_code, 401)
+        self.assertEqual(self.post(events, key="site-key").status_code, 200)
+
+    def test_a_receiver_that_fails_gets_the_event_again_with_rrrs_retry(self) -> None:
+        calls: list[str] = []
+
+        def flaky(sender: Any, room: str, **kwargs: Any) -> None:
+            calls.append(room)
+            if len(calls) == 2:
+                raise RuntimeError("the database is busy")
+
+        room_occupied.connect(flaky, dispatch_uid="flaky")
+        self.addCleanup(room_occupied.disconnect, dispatch_uid="flaky")
+        batch = [event("channel_occupied", "page-a", "f-1", 1_700_000_000_000),
+                 event("channel_occupied", "page-b", "f-2", 1_700_000_000_000)]
+        with self.assertLogs("rrr.django", "ERROR"):
+            self.assertEqual(self.post(batch).status_code, 500)
+        self.assertEqual(self.post(batch).status_code, 200)  # rrr's retry: f-1 was handled, f-2 was not
+        self.assertEqual(calls, ["page-a", "page-b", "page-b"])
+
+    def test_the_users_page_and_the_admin_show_last_seen_and_pages_since_when_they_are_open(self) -> None:
+        at = int(time.time() * 1000) - 60_000
+        self.post([event("member_removed", "presence-site", "p-1", at, str(self.alice.pk)),
+                   event("channel_occupied", "page-items", "p-2", at)])
+        self.client.force_login(self.alice)
+        page = self.client.get(f"/people/{self.alice.pk}/").content.decode()
+        self.assertIn('id="last-seen"', page)
+        self.assertIn(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at / 1000)), page)
+        items = self.client.get("/").content.decode()
+        self.assertIn("Open somewhere since " + time.strftime("%H:%M:%S", time.gmtime(at / 1000)), items)
+        admin = get_user_model().objects.create_superuser("root", password="pw")
+        self.client.force_login(admin)
+        listing = self.client.get("/admin/auth/user/").content.decode()
+        self.assertIn("last seen", listing.lower())
+        self.assertIn("column-last_seen_at", listing)

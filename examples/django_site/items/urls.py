@@ -7,4 +7,5 @@ from . import views
 urlpatterns = [
     path("", views.item_list, name="items"),
     path("items/<int:pk>/", views.item_detail, name="item"),
+    path("people/<int:pk>/", views.person, name="person"),
 ]

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from django import forms
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
-from .models import Item
+from .models import Item, LastSeen, Occupancy
 from .notify import create_item
 
 
@@ -21,10 +22,25 @@ def item_list(request: HttpRequest) -> HttpResponse:
         create_item(request.user, form.cleaned_data["title"])
         return redirect("items")
     items = Item.objects.select_related("created_by")[:50]
-    return render(request, "items/list.html", {"form": form, "items": items, "page_room": "page-items"})
+    return render(request, "items/list.html", page("page-items", form=form, items=items))
 
 
 @login_required
 def item_detail(request: HttpRequest, pk: int) -> HttpResponse:
     item = get_object_or_404(Item.objects.select_related("created_by"), pk=pk)
-    return render(request, "items/detail.html", {"item": item, "page_room": f"page-item-{item.pk}"})
+    return render(request, "items/detail.html", page(f"page-item-{item.pk}", item=item))
+
+
+@login_required
+def person(request: HttpRequest, pk: int) -> HttpResponse:
+    """A user's page: when their last tab left the site (rrr's member_removed)."""
+    user = get_object_or_404(get_user_model(), pk=pk)
+    seen = LastSeen.objects.filter(user=user).first()
+    return render(request, "items/person.html", page(f"page-user-{user.pk}", person=user, last_seen=seen))
+
+
+def page(room: str, **context: object) -> dict[str, object]:
+    """A page's context: its room (the talk's counter) and since when it has been occupied (rrr's
+    channel_occupied; None while nobody else had it open)."""
+    occupancy = Occupancy.objects.filter(room=room).first()
+    return {"page_room": room, "occupied_since": occupancy.since if occupancy else None, **context}

@@ -19,10 +19,12 @@
 -- expired or a failover lost the last writes. Both hashes get ``PEXPIRE`` 2 x TTL on each write,
 -- so a room nobody is in any more vanishes by itself.
 --
--- KEYS are always: the room's presence hash, its members hash. The count channel comes in ARGV
--- (it carries the same hash tag, so ``SPUBLISH`` stays in the slot).
+-- KEYS are always: the room's presence hash, its members hash; the writing scripts add the
+-- room's reported state and event stream (events.lua). The count channel comes in ARGV (it
+-- carries the same hash tag, so ``SPUBLISH`` stays in the slot). The room is the keys' hash tag.
 
-local P, M = KEYS[1], KEYS[2]
+local P, M, S, Q = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ROOM = string.match(P, '{(.*)}$')
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -70,16 +72,31 @@ local function state(t, prune)
   return c, n, u, v, users, dropped, out
 end
 
--- The room changed: new version and time, announced on its count channel. Returns the reply row.
+-- The room changed: new version and time, announced on its count channel, and its events
+-- recorded (events.lua). Returns the reply row.
 local function changed(t, chan)
-  local c, n, _, v, users = state(t, false)
+  local c, n, _, v, users, _, live = state(t, false)
   v = math.max(v + 1, math.floor(t * 1000))
   local vs = string.format('%d', v)
   local u = string.format('%.6f', t)
   redis.call('HSET', P, '@v', vs, '@u', u)
   redis.call('SPUBLISH', chan,
     '{"c":' .. c .. ',"t":' .. n .. ',"u":' .. u .. ',"v":' .. vs .. ',"n":' .. users .. '}')
+  if S then ev_report(ROOM, S, Q, t, n > 0, live) end
   return {c, n, u, v, users}
+end
+
+-- When this room's recorded events may move out (Redis ms), or -1 if this call recorded none: the
+-- caller adds the room to the sender's due set (another slot) with it.
+local function ev_due()
+  return (EV and EV.due[ROOM]) or -1
+end
+
+-- 1 if the room's reported state shows ``r``: a replica has it (see ev_ack), so a failover cannot
+-- have lost it, and a quiet write may trust that its absence means Redis lost everything.
+local function ev_replicated()
+  if EV and S and redis.call('HGET', S, 'r') == '1' then return 1 end
+  return 0
 end
 
 local function keep(ttl)

@@ -42,7 +42,8 @@ local function live_members(room, t, cache)
   return out, n
 end
 
--- Sum the fields of live leases; returns connections, tabs, updated, version, owners, users.
+-- Sum the fields of live leases; returns connections, tabs, updated, version, owners, users, and
+-- the live members (user -> info JSON).
 local function recount(room, t)
   local flat = redis.call('HGETALL', presence_key(room))
   local c, n, u, v, owners = 0, 0, false, 0, 0
@@ -60,8 +61,8 @@ local function recount(room, t)
       end
     end
   end
-  local _, users = live_members(room, t, cache)
-  return c, n, u, v, owners, users
+  local live, users = live_members(room, t, cache)
+  return c, n, u, v, owners, users, live
 end
 
 -- Record that a room changed: new version, timestamp, announcement. Returns the reply row.
@@ -70,11 +71,19 @@ local function changed(room, t)
   local v = redis.call('INCR', SEQ)
   local u = string.format('%.6f', t)
   redis.call('HSET', key, '@v', v, '@u', u)
-  local c, n, _, _, owners, users = recount(room, t)
+  local c, n, _, _, owners, users, live = recount(room, t)
   if owners == 0 then redis.call('DEL', key) end
   redis.call('PUBLISH', count_channel(room),
     '{"c":' .. c .. ',"t":' .. n .. ',"u":' .. u .. ',"v":' .. v .. ',"n":' .. users .. '}')
+  ev_report(room, reported_key(room), events_key(room), t, n > 0, live)
   return {c, n, u, v, users}
+end
+
+-- The events this call recorded: each room's earliest move time in the due set, and the doorbell.
+local function ev_finish()
+  if not (EV and EV.any) then return end
+  for room, due in pairs(EV.due) do redis.call('ZADD', EVENTS_DUE, 'LT', due, room) end
+  redis.call('XADD', EVENTS_BELL, 'MAXLEN', 1, '*', 'r', 1)
 end
 
 -- Delete every member field of ``pid`` in ``room``; returns how many.

@@ -2,9 +2,11 @@
 -- process's row in a room's presence hash, and its member fields in the members hash, change.
 
 -- Apply one process's member changes to the members hash ``mkey``: from ARGV[i], ``adds`` pairs
--- (user, info JSON), then ``removes`` users. Returns whether anything changed, and the next i.
+-- (user, info JSON), then ``removes`` pairs (user, ms since its last tab here left). Returns whether
+-- anything changed, the next i, and the removed users' "left ago" (user -> ms, for their events).
 local function apply_members(mkey, pid, i, adds, removes)
   local dirty = false
+  local left = {}
   for _ = 1, adds do
     local field = pid .. '|' .. ARGV[i]
     if redis.call('HGET', mkey, field) ~= ARGV[i + 1] then
@@ -15,9 +17,10 @@ local function apply_members(mkey, pid, i, adds, removes)
   end
   for _ = 1, removes do
     if redis.call('HDEL', mkey, pid .. '|' .. ARGV[i]) == 1 then dirty = true end
-    i = i + 1
+    left[ARGV[i]] = tonumber(ARGV[i + 1]) or 0
+    i = i + 2
   end
-  return dirty, i
+  return dirty, i, left
 end
 
 -- Delete every field of ``pid`` in the members hash ``mkey``; returns how many.

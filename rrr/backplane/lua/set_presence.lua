@@ -1,9 +1,11 @@
--- KEYS: none. ARGV: pid, ttl, then per room: room, connections, tabs, number of member
--- adds A, number of member removes R, A pairs (user, info JSON), R users.
+-- KEYS: none. ARGV: pid, ttl, events (4: see events.lua), then per room: room, connections, tabs,
+-- quiet (1/0), ms since its last local subscription left, number of member adds A, number of member
+-- removes R, A pairs (user, info JSON), R pairs (user, ms since it left).
 -- Returns: lease_ok flag, then a row {c, t, u, v, users} per room. A missing lease is
 -- re-created first, so every field written here is always one a sweeper can find.
 
 local pid = ARGV[1]
+local i = ev_setup(3)
 local t = now()
 local exp = redis.call('ZSCORE', PROCS, pid)
 local ok = exp and tonumber(exp) > t
@@ -15,13 +17,13 @@ if not ok then
 end
 local out = {ok and 1 or 0}
 local set = rooms_key(pid)
-local i = 3
 while i <= #ARGV do
   local room, c, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local adds, removes = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-  i = i + 5
-  local dirty
-  dirty, i = apply_members(members_key(room), pid, i, adds, removes)
+  local ctx = i + 3
+  local adds, removes = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
+  local dirty, left
+  dirty, i, left = apply_members(members_key(room), pid, i + 7, adds, removes)
+  ev_context(room, ctx, left)
   local key = presence_key(room)
   local cur = redis.call('HGET', key, pid)
   redis.call(c == 0 and n == 0 and 'SREM' or 'SADD', set, room)
@@ -33,6 +35,8 @@ while i <= #ARGV do
     local rc, rn, u, v, _, users = recount(room, t)
     row = {rc, rn, u, v, users}
   end
+  CTX = false
   out[#out + 1] = row
 end
+ev_finish()
 return out

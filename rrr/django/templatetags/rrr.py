@@ -6,6 +6,11 @@ token view's URL), so a page's own module needs only::
 
     import { connect } from "rrr/django";
     const rt = connect();   // the service's socket; getToken calls the token view
+
+Same origin (``RRR_SOCKET_URL = "/ws/"``: nginx sends ``/ws/``, ``/sse/``, ``/poll/`` and
+``/static/js/`` to rrr), the library loads from ``/static/js/rrr.js``; with ``RRR_CONNECT_PROXY =
+True`` no token view is named and ``connect()`` gets no ``getToken``: rrr asks the connect view
+who the session cookie is.
 """
 
 from __future__ import annotations
@@ -33,14 +38,18 @@ def _json(value: Any) -> str:
 
 
 def library_url() -> str:
-    """``<origin of RRR_SOCKET_URL>/static/js/rrr.js`` (http for ws, https for wss)."""
+    """``<origin of RRR_SOCKET_URL>/static/js/rrr.js`` (http for ws, https for wss); a path
+    (``/ws/``: rrr under the page's own origin) gives ``/static/js/rrr.js``."""
     socket_url = getattr(settings, "RRR_SOCKET_URL", "")
     if not socket_url:
-        raise ImproperlyConfigured("RRR_SOCKET_URL is not set (e.g. wss://rt.example.com/ws/)")
+        raise ImproperlyConfigured("RRR_SOCKET_URL is not set (e.g. wss://rt.example.com/ws/, or /ws/ on the "
+                                   "site's own origin)")
+    if socket_url.startswith("/") and not socket_url.startswith("//"):
+        return "/static/js/rrr.js"
     parts = urllib.parse.urlsplit(socket_url)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme)
     if scheme is None or not parts.netloc:
-        raise ImproperlyConfigured(f"RRR_SOCKET_URL must be a ws:// or wss:// URL, not {socket_url!r}")
+        raise ImproperlyConfigured(f"RRR_SOCKET_URL must be a ws:// or wss:// URL or a path, not {socket_url!r}")
     return f"{scheme}://{parts.netloc}/static/js/rrr.js"
 
 
@@ -48,7 +57,9 @@ def library_url() -> str:
 def rrr_scripts(nonce: str = "") -> SafeString:
     """The import map and ``#rrr-config``; ``nonce`` for a Content-Security-Policy that asks for one."""
     imports = {"imports": {"rrr": library_url(), "rrr/django": static("rrr/django.js")}}
-    config = {"socketUrl": settings.RRR_SOCKET_URL, "tokenUrl": reverse("rrr:token")}
+    config: dict[str, Any] = {"socketUrl": settings.RRR_SOCKET_URL}
+    if not getattr(settings, "RRR_CONNECT_PROXY", False):
+        config["tokenUrl"] = reverse("rrr:token")
     nonce_attr = format_html(' nonce="{}"', nonce) if nonce else ""
     return format_html(
         '<script type="importmap"{}>{}</script>\n<script type="application/json" id="rrr-config">{}</script>',

@@ -6,11 +6,13 @@
  *   rt.room("presence-lobby", { onPresence });   // the rest is the library's API (rrr.js)
  *
  * `connect(options)` takes the library's options; `url` and `getToken` default to the page's
- * #rrr-config (written by the tag).
+ * #rrr-config (written by the tag). With RRR_CONNECT_PROXY the config names no token view and
+ * there is no getToken: rrr asks the site who the session cookie is (the connect proxy), and the
+ * socket is told `authenticated` without asking.
  */
 import { connect as connectRrr } from "rrr";
 
-/** @returns {{socketUrl: string, tokenUrl: string}} */
+/** @returns {{socketUrl: string, tokenUrl?: string}} */
 export function config() {
   const element = document.getElementById("rrr-config");
   if (!element) throw new Error("rrr/django: no #rrr-config on this page; put {% rrr_scripts %} in its <head>");
@@ -24,6 +26,15 @@ export async function getToken() {
   return response.text();
 }
 
+/** The socket's URL: RRR_SOCKET_URL as given, or a path (rrr under this page's origin) made absolute, ws(s)://. */
+export function socketUrl(value = config().socketUrl) {
+  const url = new URL(value, location.href);
+  if (url.protocol === "http:") url.protocol = "ws:";
+  else if (url.protocol === "https:") url.protocol = "wss:";
+  return url.href;
+}
+
 export function connect(options = {}) {
-  return connectRrr({ url: config().socketUrl, getToken, ...options });
+  const { tokenUrl } = config();
+  return connectRrr({ url: socketUrl(), ...(tokenUrl ? { getToken } : {}), ...options });
 }

@@ -39,8 +39,9 @@ if (pageRoom) {
 }
 
 rt.room("presence-site", {
-  // One entry per user however many tabs: the server keys members by user id.
-  onPresence: (members) => {
+  // One entry per user however many tabs: the server keys members by user id. The first page
+  // (up to rrr's --presence-list-max members) is plenty for a site's "online now".
+  onPresence: ({ members }) => {
     const list = $("online");
     const entries = Object.entries(members).map(([id, m]) => [id, m?.info?.name ?? id]);
     entries.sort((a, b) => a[1].localeCompare(b[1]));
