@@ -1,12 +1,14 @@
 """Server CPU per idle socket per ping interval: what the keepalive costs (issue 25).
 
-    python -m bench.keepalive_cost [--sockets 10000] [--ping-interval 5] [--intervals 6] [--runs 3]
-                                   [--talk 0] [--compare CHECKOUT] [--loop auto]
+    python -m bench.keepalive_cost [--sockets 10000] [--servers 1] [--ping-interval 5] [--intervals 6]
+                                   [--runs 3] [--talk 0] [--compare CHECKOUT] [--loop auto]
 
 Starts a real ``redis-server`` and, per run, one ``app.py`` per tree (this checkout, and with
 ``--compare`` another one, say ``git archive main`` unpacked in /tmp) with ``--ping-interval``,
 each with its own driver process holding ``--sockets`` count sockets (``/ws/count/<room>/``,
-rooms of 10, each waited on until it shows its room's count). Once every socket has been
+rooms of 10, each waited on until it shows its room's count); ``--servers N`` starts N
+``app.py`` per tree, each with its own driver, for more sockets than one process's 20,000 files
+allow, and the figure is then the tree's servers together. Once every socket has been
 visited by the keepalive twice, the servers' CPU (utime + stime, ``/proc/<pid>/stat``) is read
 over ``--intervals`` ping intervals, the same wall-clock window for every tree, so both see the
 same machine; the figure is
@@ -235,18 +237,19 @@ def one_run(trees: list[Tree], redis_url: str, args: argparse.Namespace, run: in
     running: list[Running] = []
     try:
         for tree in trees:
-            port = free_port()
-            app = start_app(tree.root, redis_url, port, args, workdir / f"{tree.label}-{run}.log")
-            running.append(Running(tree, app))
-            running[-1].lines.append(str(port))
+            for k in range(args.servers):
+                port = free_port()
+                app = start_app(tree.root, redis_url, port, args, workdir / f"{tree.label}-{run}-{k}.log")
+                running.append(Running(tree, app))
+                running[-1].lines.append(str(port))
         for r in running:
             c0 = cpu_seconds(r.app.pid)
             time.sleep(2)
             r.idle_rate = (cpu_seconds(r.app.pid) - c0) / 2
-        for r in running:
+        for k, r in enumerate(running):
             r.driver = subprocess.Popen(
                 [sys.executable, "-m", "bench.keepalive_cost", "--drive", r.lines[0], str(args.sockets),
-                 f"{r.tree.label}{run}-", str(args.talk), str(args.timeout)],
+                 f"{r.tree.label}{run}-{k}-", str(args.talk), str(args.timeout)],
                 cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
             )
         for r in running:
@@ -262,20 +265,24 @@ def one_run(trees: list[Tree], redis_url: str, args: argparse.Namespace, run: in
         time.sleep(window)
         wall = time.monotonic() - t0
         after = [(cpu_seconds(r.app.pid), counters(r.driver)) for r in running if r.driver is not None]
-        for r, (cpu0, n0), (cpu1, n1) in zip(running, before, after, strict=True):
-            intervals = wall / args.ping_interval
-            cpu = cpu1 - cpu0 - r.idle_rate * wall
+        intervals = wall / args.ping_interval
+        for tree in trees:
+            # A tree's servers together: their CPU over the window less their idle rates, over all their sockets.
+            mine = [(r, b, a) for r, b, a in zip(running, before, after, strict=True) if r.tree is tree]
+            sockets = args.sockets * len(mine)
+            cpu = sum(a[0] - b[0] - r.idle_rate * wall for r, b, a in mine)
             result = {
-                "us": cpu / args.sockets / intervals * 1e6,
-                "pings": (n1["pings"] - n0["pings"]) / args.sockets / intervals,
-                "talked": (n1["talked"] - n0["talked"]) / args.sockets / intervals,
-                "dropped": n1["closed_by_server"] + n1["lost"],
-                "core": (cpu1 - cpu0) / wall,
-                "idle_ms": r.idle_rate * 1e3,
+                "us": cpu / sockets / intervals * 1e6,
+                "pings": sum(a[1]["pings"] - b[1]["pings"] for _, b, a in mine) / sockets / intervals,
+                "talked": sum(a[1]["talked"] - b[1]["talked"] for _, b, a in mine) / sockets / intervals,
+                "dropped": sum(a[1]["closed_by_server"] + a[1]["lost"] for _, _, a in mine),
+                "core": sum(a[0] - b[0] for _, b, a in mine) / wall,
+                "idle_ms": sum(r.idle_rate for r, _, _ in mine) * 1e3,
             }
-            r.tree.results.append(result)
-            print(f"run {run + 1} {r.tree.label:8s}: {result['us']:6.1f} us CPU per socket per interval "
-                  f"({100 * result['core']:.1f} % of a core over {wall:.0f} s; idle {result['idle_ms']:.1f} ms/s); "
+            tree.results.append(result)
+            print(f"run {run + 1} {tree.label:8s}: {result['us']:6.1f} us CPU per socket per interval "
+                  f"({100 * result['core']:.1f} % of a core over {wall:.0f} s for {sockets} sockets in "
+                  f"{len(mine)} server(s); idle {result['idle_ms']:.1f} ms/s); "
                   f"{result['pings']:.2f} pings and {result['talked']:.2f} client frames per socket per interval; "
                   f"{result['dropped']:.0f} sockets dropped", flush=True)
     finally:
@@ -291,6 +298,8 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sockets", type=int, default=10000, help="idle sockets per server (one driver each)")
+    ap.add_argument("--servers", type=int, default=1,
+                    help="app.py processes per tree, each with --sockets sockets and its own driver (the file limit)")
     ap.add_argument("--ping-interval", type=float, default=5.0, help="app.py's --ping-interval (s)")
     ap.add_argument("--intervals", type=int, default=6, help="ping intervals the CPU is read over")
     ap.add_argument("--runs", type=int, default=3, help="fresh servers per run; the median is reported")
@@ -316,7 +325,8 @@ def main() -> None:
     finally:
         server.close()
     load1 = os.getloadavg()
-    print(f"\n{args.sockets} idle count sockets per server, --ping-interval {args.ping_interval:g}, "
+    print(f"\n{args.sockets} idle count sockets per server, {args.servers} server(s) per tree, "
+          f"--ping-interval {args.ping_interval:g}, "
           f"{args.intervals} intervals per window, {args.runs} runs"
           f"{f', each socket talking every {args.talk:g} s' if args.talk else ''}; load average "
           f"{load0[0]:.2f} before, {load1[0]:.2f} after ({os.cpu_count()} CPUs); logs in {workdir}")
