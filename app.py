@@ -73,6 +73,11 @@ define("publish_rate", default=10.0, type=float, help="client publishes per seco
 define("presence_ttl", default=15.0, type=float, help="seconds a dead process's presence may outlive it")
 define("count_interval", default=0.1, type=float, help="at most one count broadcast per room per interval (s)")
 define(
+    "write_interval", default=0.01, type=float,
+    help="at most one batch of presence writes to Redis per interval (s); a new socket is counted once its "
+    "batch is written, so this paces a join storm; 0: each batch as soon as the one before it is written",
+)
+define(
     "count_rate", default=20_000.0, type=float,
     help="most count frames per second per room, all processes together: a big room's broadcasts are spaced "
     "sockets/rate s apart, never less than --count-interval (0: no limit)",
@@ -132,6 +137,10 @@ define(
 define("max_members", default=0, type=int, help="users per presence room; the next is refused (0: no cap)")
 define("log_level", default="info", help="debug, info, warning or error")
 define("processes", default=1, type=int, help="worker processes sharing the port (0: one per CPU core)")
+define(
+    "loop", default="auto",
+    help="event loop of each process: auto (uvloop when installed, else asyncio's), uvloop, asyncio",
+)
 # HTTP hardening: host allow-list, timeouts and the connection cap (rrr/edge/guard.py).
 define("header_timeout", default=10.0, type=float, help="seconds from a request's first byte to its blank line")
 define("body_timeout", default=30.0, type=float, help="seconds to receive a request body")
@@ -230,6 +239,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             redis_url=o["redis_url"],
             presence_ttl=o["presence_ttl"],
             count_interval=o["count_interval"],
+            write_interval=o["write_interval"],
             count_rate=o["count_rate"],
             sweep_interval=o["sweep_interval"],
             redis_timeout=o["redis_timeout"],
@@ -400,6 +410,7 @@ def check_options() -> None:
         pusher_app(o)
         if not 0 < options.poll_timeout < 60:
             raise ValueError("--poll-timeout must be above 0 and under 60 s (the library waits 60 s for a poll)")
+        workers.loop_factory(options.loop)
     except ValueError as e:
         raise SystemExit(f"rrr: {e}") from None
     if options.presence_list_max < 1:
@@ -428,7 +439,8 @@ async def main(redis_url: str, sockets: list[socket.socket] | None = None) -> No
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     host = f"[{options.address}]" if ":" in options.address else options.address
-    log.info("rrr serving http://%s:%d/ (pid %d)", host, port, os.getpid())
+    log.info("rrr serving http://%s:%d/ (pid %d, on %s)", host, port, os.getpid(),
+             workers.loop_name(asyncio.get_running_loop()))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

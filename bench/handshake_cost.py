@@ -36,6 +36,11 @@ in a wrapper around ``app.py``, which prints the collector's CPU seconds at exit
 ``--compare <checkout>`` starts a second ``app.py`` from another tree (say, a ``git worktree``
 of the commit before a change) on the same Redis and alternates the runs between the two, so
 both see the same machine load: the way to tell a 5 % change from a busy neighbour.
+``--app-args`` and ``--compare-args`` add options to each (``--compare .`` with two sets of
+options compares two settings of one tree). ``--floor`` adds a third server to the turns: a bare
+Tornado ``WebSocketHandler`` with an empty ``open()`` (``bench/tornado_floor.py``), the floor of the
+stack rrr is built on, whose joins end at the 101; each tree's median is also given as a multiple
+of the floor's.
 
 The client is a bare ``asyncio.Protocol`` that writes a fixed upgrade request (and, for
 ``relay``, one masked ``subscribe`` frame after the 101) and looks for the count in what comes
@@ -52,6 +57,7 @@ import base64
 import json
 import os
 import pstats
+import shlex
 import signal
 import statistics
 import subprocess
@@ -104,12 +110,16 @@ def upgrade_request(port: int, path: str) -> bytes:
 
 
 class Joiner(asyncio.Protocol):
-    """One client socket: upgrade, optionally subscribe, resolve ``counted`` on the first count."""
+    """One client socket: upgrade, optionally subscribe, resolve ``counted`` on the first count (or,
+    ``at_upgrade``, on the 101: the floor server sends nothing)."""
 
-    def __init__(self, request: bytes, subscribe: bytes, counted: asyncio.Future[None]) -> None:
+    def __init__(
+        self, request: bytes, subscribe: bytes, counted: asyncio.Future[None], at_upgrade: bool = False,
+    ) -> None:
         self.request = request
         self.subscribe = subscribe
         self.counted = counted
+        self.at_upgrade = at_upgrade
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.upgraded = False
@@ -132,6 +142,9 @@ class Joiner(asyncio.Protocol):
                 return
             self.upgraded = True
             self.buf = rest
+            if self.at_upgrade:
+                self.counted.set_result(None)
+                return
             if self.subscribe and self.transport is not None:
                 self.transport.write(self.subscribe)
         if b'"connection_message"' in self.buf:
@@ -172,18 +185,28 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def start_app(
     redis_url: str, port: int, log: Path, profile: Path | None, root: Path = ROOT, gc_stats: Path | None = None,
+    extra: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``root``'s ``app.py`` with the harness's options (bench/servers.py, ``RrrKind``), healthy."""
+    """``root``'s ``app.py`` with the harness's options (bench/servers.py, ``RrrKind``) and ``extra``, healthy."""
     prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
     env = dict(os.environ)
     if gc_stats is not None:
         prefix, env["RRR_GC_STATS"] = [sys.executable, "-c", GC_WRAPPER], str(gc_stats)
     argv = prefix + [
         "app.py", "--address=127.0.0.1", f"--port={port}", f"--redis-url={redis_url}",
-        "--count-interval=0.1", "--log-level=warning", "--api-rate=0",
+        "--count-interval=0.1", "--log-level=warning", "--api-rate=0", *(extra or []),
     ]
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    wait_healthy(proc, port, log)
+    return proc
+
+
+def start_floor(port: int, log: Path, loop: str) -> subprocess.Popen[bytes]:
+    """``bench.tornado_floor``: a bare Tornado WebSocketHandler, the floor a join of rrr's is measured against."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.tornado_floor", f"--port={port}", f"--loop={loop}"],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     wait_healthy(proc, port, log)
     return proc
 
@@ -207,6 +230,7 @@ async def settle(pid: int, timeout: float, quiet: float = 0.005, every: float = 
 
 async def storm(
     pid: int, port: int, kind: str, n: int, room_size: int, run: int, concurrency: int, timeout: float,
+    at_upgrade: bool = False,
 ) -> Storm:
     """Open ``n`` sockets of ``kind``, each until its first count; then drop them all."""
     loop = asyncio.get_running_loop()
@@ -221,7 +245,7 @@ async def storm(
         path = f"/ws/count/{room}/" if kind == "count" else "/ws/"
         sub = text_frame(json.dumps({"type": "subscribe", "room": room, "sub": "t"})) if kind == "relay" else b""
         counted: asyncio.Future[None] = loop.create_future()
-        joiner = Joiner(upgrade_request(port, path), sub, counted)
+        joiner = Joiner(upgrade_request(port, path), sub, counted, at_upgrade)
         async with gate:
             try:
                 await asyncio.wait_for(
@@ -316,26 +340,30 @@ async def bench(args: argparse.Namespace) -> None:
             port = free_port()
             profile = prof if label == "this" else None  # only this tree is profiled
             gc_stats = workdir / f"{label}.gc.json" if args.gc_stats else None
-            apps.append(App(label, start_app(server.url, port, workdir / f"{label}.log", profile, root, gc_stats),
-                            port))
+            extra = shlex.split(args.app_args if label == "this" else args.compare_args)
+            apps.append(App(label, start_app(server.url, port, workdir / f"{label}.log", profile, root, gc_stats,
+                                             extra), port))
+        if args.floor:
+            port = free_port()
+            apps.append(App("floor", start_floor(port, workdir / "floor.log", args.floor), port))
         for app in apps:
             idle0 = cpu_seconds(app.proc.pid)
             await asyncio.sleep(2)
             app.idle = (cpu_seconds(app.proc.pid) - idle0) / 2
             # Warm up: first imports, code paths and Redis connections are not a join's cost.
             await storm(app.proc.pid, app.port, kinds[0], min(500, args.sockets), args.room_size, 199,
-                        args.concurrency, args.timeout)
+                        args.concurrency, args.timeout, app.label == "floor")
         run = 0
         for r in range(args.runs):
             for kind in kinds:
                 # With --compare the two servers take turns: both see the same machine, on average.
                 for app in apps if r % 2 == 0 else apps[::-1]:
                     s = await storm(app.proc.pid, app.port, kind, args.sockets, args.room_size, run,
-                                    args.concurrency, args.timeout)
+                                    args.concurrency, args.timeout, app.label == "floor")
                     run += 1
                     results.append((app.label, s))
                     note = f"  {s.failures} failed: {'; '.join(s.samples)}" if s.failures else ""
-                    print(f"run {r + 1} {kind:5s} {app.label if args.compare else ''}: {s.us_per_join:6.0f} us "
+                    print(f"run {r + 1} {kind:5s} {app.label if len(apps) > 1 else ''}: {s.us_per_join:6.0f} us "
                           f"CPU per join ({s.join_cpu:.2f} s CPU, {s.join_wall:.2f} s wall, "
                           f"{s.sockets / s.join_wall:.0f} joins/s); leave {s.leave_cpu / s.sockets * 1e6:.0f} us; "
                           f"RSS {s.rss_before / 2**20:.0f} -> {s.rss_held / 2**20:.0f} MiB{note}", flush=True)
@@ -355,9 +383,11 @@ async def bench(args: argparse.Namespace) -> None:
     print(f"\n{args.sockets} sockets per run, {shape}, {args.concurrency} handshakes in flight; "
           f"server idle ({idle}) ms CPU/s; load average {load0[0]:.2f} before, {load1[0]:.2f} after "
           f"({os.cpu_count()} CPUs){'; UNDER cProfile' if prof else ''}")
-    for label, root in roots:
+    floor = {kind: statistics.median(s.us_per_join for who, s in results if who == "floor" and s.kind == kind)
+             for kind in kinds} if args.floor else {}
+    for label, root in roots + ([("floor", ROOT / "bench" / "tornado_floor.py")] if args.floor else []):
         first = next(s for who, s in results if who == label)
-        head = f"{label}: {root}\n  " if args.compare else ""
+        head = f"{label}: {root}\n  " if len(apps) > 1 else ""
         print(f"{head}RSS with the sockets held: "
               f"{max(s.rss_held for who, s in results if who == label) / 2**20:.0f} MiB at most; its first run "
               f"grew it by {(first.rss_held - first.rss_before) / first.sockets / 1024:.1f} KiB per socket")
@@ -365,9 +395,12 @@ async def bench(args: argparse.Namespace) -> None:
             mine = [s for who, s in results if s.kind == kind and who == label]
             per = [s.us_per_join for s in mine]
             leave = [s.leave_cpu / s.sockets * 1e6 for s in mine]
+            rate = [s.sockets / s.join_wall for s in mine]
+            against = f"; {statistics.median(per) / floor[kind]:.2f}x the floor" if floor and label != "floor" else ""
             print(f"  {kind:5s}: median {statistics.median(per):.0f} us CPU per join "
-                  f"(runs: {', '.join(f'{x:.0f}' for x in per)}); median leave {statistics.median(leave):.0f} us; "
-                  f"{sum(s.failures for s in mine)} failed joins")
+                  f"(runs: {', '.join(f'{x:.0f}' for x in per)}); median {statistics.median(rate):.0f} joins/s "
+                  f"(runs: {', '.join(f'{x:.0f}' for x in rate)}); median leave {statistics.median(leave):.0f} us; "
+                  f"{sum(s.failures for s in mine)} failed joins{against}")
     if args.gc_stats:
         for label, _ in roots:
             st = json.loads((workdir / f"{label}.gc.json").read_text())
@@ -393,6 +426,11 @@ def main() -> None:
     ap.add_argument("--app", metavar="CHECKOUT", default=str(ROOT), help="the tree whose app.py is measured")
     ap.add_argument("--compare", metavar="CHECKOUT", help="another tree's app.py, measured in turns with this one")
     ap.add_argument("--top", type=int, default=25, help="functions listed per profile table")
+    ap.add_argument("--app-args", default="", help="more app.py options for this tree, e.g. '--write-interval=0'")
+    ap.add_argument("--compare-args", default="", help="more app.py options for the --compare tree")
+    ap.add_argument("--floor", nargs="?", const="auto", default="", metavar="LOOP",
+                    help="also measure a bare Tornado WebSocketHandler (bench/tornado_floor.py) in the same runs, "
+                    "on LOOP (auto, uvloop, asyncio; default auto); its joins end at the 101")
     args = ap.parse_args()
     if not 0 < args.sockets < 19000:
         raise SystemExit("--sockets: 1 to 18,999 (each process may hold 20,000 files)")

@@ -23,6 +23,9 @@ from .machine import ROOT
 DOCS = ROOT / "docs"
 #: The "Handshake cost" section, kept by hand from `bench/handshake_cost.py` runs.
 HANDSHAKE = ROOT / "bench" / "results" / "handshake.md"
+#: Issue #25's before/after figures (keepalive, joins at the floor), kept by hand from
+#: `bench/keepalive_cost.py` and `bench/handshake_cost.py` runs.
+PERFORMANCE = ROOT / "bench" / "results" / "performance.md"
 #: Measured apart, by `python -m bench.identity_cost`.
 IDENTITY = ROOT / "bench" / "results" / "identity.md"
 #: Measured apart, by `python -m bench.transport_cost --write`.
@@ -556,7 +559,7 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
             continue
         doc += [f"### {titles[sc]}", "", DESCRIPTIONS.get(sc, "").format(**p), "",
                 scenario_table(sc, sizes, servers, agg, meta["scenarios"][sc]["size_label"]), ""]
-    for extra in (HANDSHAKE, IDENTITY, TRANSPORTS, WEBHOOKS):  # measured apart, each by its own script
+    for extra in (HANDSHAKE, PERFORMANCE, IDENTITY, TRANSPORTS, WEBHOOKS):  # measured apart, each by its own script
         if extra.exists():
             doc += [extra.read_text().rstrip(), ""]
     causes = known_causes(results)

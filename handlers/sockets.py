@@ -10,7 +10,7 @@ from typing import Any
 
 import tornado.web
 from tornado.iostream import StreamBufferFullError, StreamClosedError
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
 from handlers.base import SafeLogs
 from rrr import protocol
@@ -68,6 +68,10 @@ class RelaySocket(SafeLogs, WebSocketHandler):
                 403, "origin %s not allowed for %s://%s", loggable(origin, 100), self.request.protocol,
                 loggable(self._host(), 100),
             )
+
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        """Tornado's protocol, reading small frames (the keepalive's pongs) in one step (rrr/edge/wsframe.py)."""
+        return wsframe.make_protocol(self)
 
     def _host(self) -> str:
         host = self.request.host
@@ -145,7 +149,8 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         self._fast = wsframe.fast_path_ok(conn)
         self.session = self._new_session(*args)
         self.keepalive.add(self)
-        log.debug("open %s from %s", loggable_path(self.request.path), self.request.remote_ip)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("open %s from %s", loggable_path(self.request.path), self.request.remote_ip)
         # The handshake is done and nothing reads these again. Tornado's frames keep a reference
         # to the headers for the socket's whole life, so empty them in place: a browser sends
         # 1-2 KiB of them (cookies, user agent), more than the rest of an idle socket's state.
@@ -173,7 +178,7 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         return self.session.handle(message)
 
     def on_pong(self, data: bytes) -> None:
-        self.keepalive.heard(self)
+        self.keepalive.answered(self)
 
     def on_ping(self, data: bytes) -> None:
         self.keepalive.heard(self)
@@ -187,7 +192,9 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         if self.ip is not None:
             self.shared.addresses.socket_closed(self.ip)
             self.ip = None
-        log.debug("close %s from %s (%s)", loggable_path(self.request.path), self.request.remote_ip, self.close_code)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("close %s from %s (%s)", loggable_path(self.request.path), self.request.remote_ip,
+                      self.close_code)
 
     def send_frame(self, frame: wsframe.Frame) -> None:
         box = self._outbox
@@ -228,13 +235,14 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         return self.session.announced_subs(room) if self.session is not None else ()
 
     def send_ping(self) -> None:
-        """The keepalive's visit: a ping, written ahead of anything queued so a reading client
-        answers it soon, and a cut for a queue that made no progress since the previous visit."""
+        """The keepalive's ping, written ahead of anything queued so a reading client answers it soon."""
+        self._send(None)
+
+    def check_progress(self) -> None:
+        """The keepalive's check, once per interval: a cut for a queue that made no progress since the previous one."""
         box = self._outbox
         if box is not None and box.stalled():
             self._cut_off("its queue made no progress for a ping interval")
-            return
-        self._send(None)
 
     def drop(self, reason: str) -> bool:
         """Close a peer the keepalive gave up on; False if it was closing already."""

@@ -53,6 +53,7 @@ class Settings:
     redis_url: str
     presence_ttl: float = 15.0
     count_interval: float = 0.1
+    write_interval: float = 0.01
     count_rate: float = 20_000.0
     sweep_interval: float = 1.0
     redis_timeout: float = 2.0
@@ -91,7 +92,9 @@ class Service:
         # The core: the local rooms (written by the hub alone, read by the others), and what each
         # part keeps of them.
         self.rooms: Rooms = {}
-        coalescer = Coalescer(s.count_interval)
+        # Presence writes are batched by their own period, not the broadcast's: a join waits for its
+        # write before it is counted, so a storm's joins per second followed --count-interval.
+        coalescer = Coalescer(s.write_interval)
         self.counts = Counts(self.rooms, metrics, interval=s.count_interval, rate=s.count_rate)
         self.members = Members(
             self.rooms, self.presence, self.counts, metrics, grace=s.vacate_delay, list_max=s.presence_list_max,

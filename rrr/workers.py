@@ -8,7 +8,8 @@ worker, which drains as a single process does (presence out at once, sockets clo
 1001); the parent exits when all have. A parent that dies (``kill -9``) takes its workers
 with it: each drains the same way within a second or so, and frees the port.
 
-The fork happens before any event loop exists: a loop must never cross a fork.
+The fork happens before any event loop exists: a loop must never cross a fork. Each process
+then makes its own, of the kind ``--loop`` names (`loop_factory`: uvloop when installed).
 """
 
 from __future__ import annotations
@@ -42,6 +43,39 @@ BACKOFF_CAP = 10.0
 GC_YOUNG_THRESHOLD = 2000
 #: Middle-generation collections before a full one is considered (CPython's default: 10).
 GC_OLDEST_THRESHOLD = 100
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """``--loop``: what makes each process's event loop; None for asyncio's own.
+
+    ``auto`` (the default) is uvloop when it is installed (a runtime dependency; `pip install`
+    without it still runs): Tornado, redis-py and everything else here run on it unchanged, and it
+    cuts the CPU of the loop's own work (waiting on sockets, running callbacks), which an idle
+    socket's keepalive and every join pay (docs/benchmarks.md, "Keepalive" and "Handshake cost").
+    ``asyncio`` opts out; ``uvloop`` insists, and stops the start if it is missing."""
+    if choice not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"--loop must be auto, uvloop or asyncio, not {choice!r}")
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ValueError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """``uvloop`` or ``asyncio``, for the start-up line."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on a new event loop of the kind ``--loop`` names (made here, after any fork)."""
+    with asyncio.Runner(loop_factory=loop_factory(options.loop)) as runner:
+        runner.run(main)
 
 
 def worker_count(requested: int) -> int:
@@ -249,7 +283,7 @@ def run(main: Callable[[str, list[socket.socket] | None], Coroutine[Any, Any, No
     try:
         n = worker_count(options.processes)
         if n == 1:
-            asyncio.run(main(url, None))
+            run_loop(main(url, None))
             return 0
         sockets = tornado.netutil.bind_sockets(options.port, options.address, backlog=options.backlog)
 
@@ -263,7 +297,7 @@ def run(main: Callable[[str, list[socket.socket] | None], Coroutine[Any, Any, No
                 watch.cancel()
 
         def worker(socks: list[socket.socket]) -> int:
-            asyncio.run(serve(socks))
+            run_loop(serve(socks))
             return 0
 
         return Parent(n, sockets, worker).serve()

@@ -39,7 +39,7 @@ from support.jwks import JwksServer
 from support.memory_backplane import MemoryRedis
 from support.memory_core import Node, NodeFactory, start_node
 from support.cluster import RedisCluster
-from support.processes import AppProcess, free_port, need_binary
+from support.processes import REQUIRE_ALL, AppProcess, free_port, need_binary
 from support.production import Cluster, Nginx, Script, SentinelGroup, start_apps, stop_apps
 from support.pusher import PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET, RequestRecorder
 from support.pusher_js import PusherJs
@@ -47,6 +47,28 @@ from support.redis import LyingRedis
 from support.servers import Server, ServerFactory
 from support.transports import PollClient, SseClient
 from support.webhooks import Receiver
+
+# -- the event loop ----------------------------------------------------------
+
+
+def _loop_policy() -> str:
+    """Every test's loop (pytest-tornado's ``io_loop`` makes it through the policy) is uvloop's, as
+    ``app.py``'s is by default (``--loop auto``); ``RRR_TEST_LOOP=asyncio`` runs the suite on
+    asyncio's own. Under ``RRR_REQUIRE_ALL=1`` (CI) uvloop must be installed."""
+    if os.environ.get("RRR_TEST_LOOP", "uvloop") == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop
+    except ImportError:
+        if REQUIRE_ALL:
+            raise RuntimeError("uvloop is required (RRR_REQUIRE_ALL=1) but not installed") from None
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+_loop_policy()
+
 
 # -- Redis -------------------------------------------------------------------
 

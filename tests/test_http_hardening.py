@@ -29,8 +29,11 @@ import tornado.httpclient
 import tornado.testing
 import tornado.websocket
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
+from tornado.iostream import StreamClosedError
 
 from rrr.backplane.embedded import EmbeddedRedis
+from rrr.edge.guard import GuardedStream, make_http_server
+from rrr.metrics import Metrics
 from support.clients import Client, connect, wait_until
 from support.processes import AppProcess, free_port
 from support.servers import Server, ServerFactory
@@ -103,6 +106,38 @@ async def test_a_slowloris_head_is_cut_after_the_header_timeout(guarded: Guarded
     assert server.metric("rrr_http_timeouts_total", {"phase": "idle"}) == 0
     # A client that sends its head in time is served as before.
     assert (await fetch(server.base_url + "/healthz")).code == 200
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_head_sent_whole_is_read_at_once_and_one_sent_in_parts_on_the_clocks() -> None:
+    """A client sends its request head with its connection: it is read then and there, with no clock
+    and no Task (one per request head was a few microseconds of every WebSocket join); a head that
+    is not all there yet is waited for on the idle and header clocks as before."""
+    server = make_http_server(lambda request: None, Metrics(), idle_timeout=5, header_timeout=5)
+    head = b"GET /ws/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\r\n"
+    pairs = [socket.socketpair() for _ in range(3)]
+    streams = [GuardedStream(ours, server=server, idle_timeout=5, header_timeout=0.3) for ours, _ in pairs]
+    try:
+        whole, parts, stalled = streams
+        pairs[0][1].sendall(head)
+        read = whole.read_until_regex(b"\r?\n\r?\n", max_bytes=65536)
+        assert isinstance(read, asyncio.Future) and not isinstance(read, asyncio.Task)
+        assert read.done() and read.result() == head
+        pairs[1][1].sendall(head[:10])
+        read = parts.read_until_regex(b"\r?\n\r?\n", max_bytes=65536)
+        assert not read.done()  # type: ignore[attr-defined]
+        pairs[1][1].sendall(head[10:])
+        assert await asyncio.wait_for(read, 5) == head
+        pairs[2][1].sendall(head[:10])
+        read = stalled.read_until_regex(b"\r?\n\r?\n", max_bytes=65536)
+        with pytest.raises(StreamClosedError):
+            await asyncio.wait_for(read, 5)
+        assert server.metrics.registry.get_sample_value("rrr_http_timeouts_total", {"phase": "header"}) == 1
+    finally:
+        for stream in streams:
+            stream.close()
+        for _, theirs in pairs:
+            theirs.close()
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -168,3 +168,24 @@ async def test_shutdown_lets_a_write_in_flight_land_before_it_leaves(
     await eventually(lambda: writes.passed == 1, what="the write landed")
     await quiet(0.05)
     assert memory_redis.rows("r") == {} and a.pid not in memory_redis.procs, "the write landed after LEAVE"
+
+
+async def test_the_write_period_follows_write_interval_not_count_interval(
+    nodes: NodeFactory, memory_redis: MemoryRedis,
+) -> None:
+    """A new socket is counted once its row is written, so the write period paces a join storm: it is
+    ``--write-interval``, not the broadcasts' ``--count-interval``."""
+    loop = asyncio.get_running_loop()
+    for write, count in ((0.4, 0.02), (0.02, 10.0)):
+        a = await nodes(write_interval=write, count_interval=count)
+        a.socket(f"first-{write}")  # the leading edge: written at once
+        await eventually(lambda: a.row(f"first-{write}") == (1, 1), what="the first write")
+        start = loop.time()
+        b = a.socket(f"second-{write}")  # marked now: waits for the next batch
+        await eventually(lambda: a.row(f"second-{write}") == (1, 1), timeout=8, what="the second write")
+        waited = loop.time() - start
+        if write > count:
+            assert waited >= write - 0.1, f"written {waited:.3f} s after, under --write-interval {write}"
+        else:
+            assert waited < 5.0, f"written {waited:.3f} s after: paced by --count-interval {count}"
+        await eventually(lambda: b.last_count(f"second-{write}") == (1, 1), what="counted once written")

@@ -1,7 +1,22 @@
-"""The fast path writes exactly the bytes Tornado would; if Tornado changes underneath, this fails loudly."""
+"""The fast paths write exactly the bytes Tornado would, and read every frame exactly as Tornado
+does; if Tornado changes underneath, this fails loudly."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-from tornado.websocket import WebSocketProtocol13
+import tornado.httpserver
+import tornado.testing
+import tornado.web
+from tornado.iostream import IOStream
+from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13, _WebSocketParams
 
 from rrr.edge import wsframe
 from support.clients import Client, connect, wait_until
@@ -53,6 +68,8 @@ async def test_real_server_connections_take_the_fast_path(server_factory: Server
     assert wsframe.fast_path_ok(
         handler.ws_connection  # type: ignore[attr-defined]
     ), "Tornado internals changed: review rrr/edge/wsframe.py"
+    # ... and read frames on the read fast path.
+    assert type(handler.ws_connection) is wsframe.FastReadProtocol13  # type: ignore[attr-defined]
     assert handler._fast  # type: ignore[attr-defined]
     # The server's streams are GuardedStreams (rrr/edge/guard.py): they too take the direct send.
     assert wsframe.direct_ok(handler.ws_connection.stream)  # type: ignore[attr-defined]
@@ -120,3 +137,232 @@ def test_frames_sent_together_go_in_one_write() -> None:
     wsframe.send_many(proto, parts, True)
     assert proto.stream.data == b"".join(p.wire for p in parts)  # type: ignore[attr-defined]
     assert proto.stream.writes == 1  # type: ignore[attr-defined]
+
+
+# -- reading: every frame exactly as Tornado reads it -------------------------------------------
+
+
+class Recorder(WebSocketHandler):
+    """Records what Tornado tells a handler, and echoes every message back."""
+
+    def initialize(self, fast: bool, events: list[tuple[Any, ...]], handlers: list[Recorder]) -> None:
+        self.fast = fast
+        self.events = events
+        handlers.append(self)
+
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        return wsframe.make_protocol(self) if self.fast else super().get_websocket_protocol()
+
+    def on_message(self, message: str | bytes) -> None:
+        self.events.append(("message", message))
+        self.write_message(message, binary=isinstance(message, bytes))
+
+    def on_ping(self, data: bytes) -> None:
+        self.events.append(("ping", data))
+
+    def on_pong(self, data: bytes) -> None:
+        self.events.append(("pong", data))
+
+    def on_close(self) -> None:
+        self.events.append(("close", self.close_code, self.close_reason))
+
+
+class Echo:
+    """A Tornado server on loopback whose handler reads with Tornado's own protocol or ours."""
+
+    def __init__(self, fast: bool, max_message: int) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.handlers: list[Recorder] = []
+        app = tornado.web.Application(
+            [(r"/", Recorder, dict(fast=fast, events=self.events, handlers=self.handlers))],
+            websocket_max_message_size=max_message,
+        )
+        sock, self.port = tornado.testing.bind_unused_port()
+        self.http = tornado.httpserver.HTTPServer(app)
+        self.http.add_sockets([sock])
+
+    async def close(self) -> None:
+        self.http.stop()
+        await self.http.close_all_connections()
+
+
+@pytest.fixture
+def echoes(io_loop: Any) -> Iterator[Callable[..., Echo]]:
+    made: list[Echo] = []
+
+    def start(fast: bool, max_message: int = MAX_MESSAGE) -> Echo:
+        made.append(Echo(fast, max_message))
+        return made[-1]
+
+    yield start
+    for echo in made:
+        io_loop.run_sync(echo.close)
+
+
+MAX_MESSAGE = 1000
+
+
+def frame(opcode: int, payload: bytes = b"", fin: bool = True, masked: bool = True, rsv: int = 0,
+          length: int | None = None) -> bytes:
+    """A client frame, masked unless told otherwise; ``length`` forces the 16-bit length form."""
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
+    n = len(payload)
+    bit = 0x80 if masked else 0
+    if n < 126 and length is None:
+        head += bytes([bit | n])
+    else:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def close_frame(code: int | None = 1000, reason: bytes = b"") -> bytes:
+    return frame(0x8, (struct.pack("!H", code) if code is not None else b"") + reason)
+
+
+# Each scenario: the chunks a client writes (a short pause after each), ending the way it ends.
+# The same masks go to both servers (the frames are built once), so the bytes compare too.
+SCENARIOS: dict[str, list[bytes]] = {
+    "pongs, empty and not": [frame(0xA), frame(0xA, b"abc"), close_frame()],
+    "a ping from the client is answered with its payload": [frame(0x9, b"are you there"), close_frame()],
+    "text of 0, 1 and 125 bytes, UTF-8": [frame(0x1), frame(0x1, b"a"), frame(0x1, "é".encode() * 62 + b"x"),
+                                          close_frame()],
+    "binary of 125 bytes": [frame(0x2, bytes(range(125))), close_frame()],
+    "126 bytes and more: Tornado's path": [frame(0x1, b"y" * 126), frame(0x1, b"z" * 900),
+                                           frame(0x1, b"w" * 10, length=16), close_frame()],
+    "many frames in one write": [b"".join([frame(0xA), frame(0x1, b"one"), frame(0x9, b"p"), frame(0x1, b"x" * 300),
+                                           frame(0x1, b"two"), frame(0xA, b"q"), close_frame()])],
+    "a frame a byte at a time": [bytes([b]) for b in frame(0x1, b"slowly")] + [close_frame()],
+    "a frame cut after its mask": [(f := frame(0x1, b"split payload"))[:6], f[6:], close_frame()],
+    "two frames cut across each other": [(g := frame(0x1, b"first") + frame(0x1, b"second"))[:9], g[9:],
+                                         close_frame()],
+    "a fragmented message with a ping inside": [frame(0x1, b"frag", fin=False), frame(0x9, b"mid"),
+                                                frame(0x0, b"men", fin=False), frame(0x0, b"ted"),
+                                                frame(0x1, b"after"), close_frame()],
+    "close with a code and a reason": [close_frame(4001, b"bye now")],
+    "close without a code": [close_frame(None)],
+    "frames after the close are ignored": [close_frame(1000) + frame(0x1, b"too late")],
+    "an unmasked frame": [frame(0x1, b"bare", masked=False), close_frame()],
+    "an extension bit": [frame(0x1, b"rsv", rsv=0x40)],
+    "bad UTF-8": [frame(0x1, b"\xff\xfe")],
+    "an unknown opcode": [frame(0x3, b"?")],
+    "a continuation with nothing to continue": [frame(0x0, b"orphan")],
+    "a control frame of 126 bytes": [frame(0x9, b"p" * 126)],
+    "a fragmented control frame": [frame(0x9, b"p", fin=False)],
+    "over max_message_size": [frame(0x1, b"m" * (MAX_MESSAGE + 1))],
+}
+#: Against servers whose max_message_size is under 125 bytes: the fast path must not take what they refuse.
+SMALL_LIMIT = 100
+SMALL_LIMIT_SCENARIOS: dict[str, list[bytes]] = {
+    "at max_message_size": [frame(0x1, b"m" * SMALL_LIMIT), close_frame()],
+    "over max_message_size, small": [frame(0x1, b"m" * (SMALL_LIMIT + 1))],
+    "a pong over max_message_size": [frame(0xA, b"p" * (SMALL_LIMIT + 1))],
+}
+
+
+async def exchange(port: int, chunks: list[bytes]) -> bytes:
+    """Upgrade, write ``chunks`` with a pause after each, then everything the server sends until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert b" 101 " in head.split(b"\r\n")[0]
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+# 0x8A is Tornado's pong, 0x88 its close, 0x81/0x82 the echoed messages.
+EXPECTED = {
+    "a ping from the client is answered with its payload": b"\x8a\x0dare you there",
+    "close with a code and a reason": b"\x88\x02\x0f\xa1",
+    "over max_message_size, small": b"\x88\x11\x03\xf1message too big",
+    "text of 0, 1 and 125 bytes, UTF-8": b"\x81\x00\x81\x01a\x81\x7d",
+}
+
+
+async def compare(tornados: Echo, ours: Echo, scenarios: dict[str, list[bytes]]) -> None:
+    for name, chunks in scenarios.items():
+        for echo in (tornados, ours):
+            echo.events.clear()
+        sent_by_tornado = await exchange(tornados.port, chunks)
+        sent_by_ours = await exchange(ours.port, chunks)
+        await wait_until(lambda: len(ours.events) == len(tornados.events) and ours.events[-1:] == tornados.events[-1:],
+                         what=f"{name}: the same callbacks")  # on_close runs once the connection is gone
+        assert sent_by_ours == sent_by_tornado, name
+        assert ours.events == tornados.events, name
+        if name in EXPECTED:
+            assert sent_by_ours.startswith(EXPECTED[name]), (name, sent_by_ours)
+    assert len(ours.handlers) == len(scenarios)
+    assert all(type(h.ws_connection) is wsframe.FastReadProtocol13 for h in ours.handlers if h.ws_connection)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_the_read_fast_path_handles_every_frame_exactly_as_tornado_does(echoes: Callable[..., Echo]) -> None:
+    await compare(echoes(False), echoes(True), SCENARIOS)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_read_fast_path_leaves_a_small_max_message_size_to_tornado(echoes: Callable[..., Echo]) -> None:
+    await compare(echoes(False, SMALL_LIMIT), echoes(True, SMALL_LIMIT), SMALL_LIMIT_SCENARIOS)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_pong_is_read_with_one_read_and_one_recv(echoes: Callable[..., Echo]) -> None:
+    """Tornado reads a frame's header, its mask and its payload with a read each, and tries the
+    socket again (EAGAIN) as it asks for the next frame; the fast path reads a small frame whole,
+    once, from the one ``recv`` that got it."""
+    echo = echoes(True)
+    reader, writer = await asyncio.open_connection("127.0.0.1", echo.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{echo.port}\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    try:
+        await wait_until(lambda: echo.handlers and echo.handlers[0].ws_connection is not None, what="open")
+        stream = echo.handlers[0].ws_connection.stream  # type: ignore[union-attr]
+        assert stream is not None
+        calls = {"reads": 0, "recvs": 0}
+        start_read, read_from_fd = stream._start_read, stream.read_from_fd
+
+        def counted_read() -> Any:
+            calls["reads"] += 1
+            return start_read()
+
+        def counted_recv(buf: Any) -> Any:
+            calls["recvs"] += 1
+            return read_from_fd(buf)
+
+        stream._start_read = counted_read  # type: ignore[method-assign]
+        stream.read_from_fd = counted_recv  # type: ignore[method-assign]
+        for i in range(10):
+            writer.write(frame(0xA, b"%d" % i))
+            await wait_until(lambda: len(echo.events) == i + 1, what=f"pong {i}")
+        assert [e[0] for e in echo.events] == ["pong"] * 10
+        # One of each per pong (the read pending when the counting began may count once more).
+        assert calls["reads"] <= 11 and calls["recvs"] <= 11, f"{calls} for 10 pongs"
+    finally:
+        writer.close()
+
+
+def test_tornado_still_has_what_the_read_fast_path_uses() -> None:
+    """``FastReadProtocol13`` reads the stream's buffer and hands frames to Tornado's own handling."""
+    stream = IOStream(socket.socket())
+    try:
+        assert type(stream._read_buffer) is bytearray
+        assert stream._read_buffer_size == 0 and stream._user_read_buffer is False
+    finally:
+        stream.close()
+    for name in ("_receive_frame", "_handle_message", "_receive_frame_loop"):
+        assert callable(getattr(WebSocketProtocol13, name, None)), f"Tornado changed: WebSocketProtocol13.{name}"
+    proto = WebSocketProtocol13(None, False, _WebSocketParams())  # type: ignore[arg-type]
+    for name in ("_decompressor", "_fragmented_message_buffer", "_wire_bytes_in", "params", "client_terminated"):
+        assert hasattr(proto, name), f"Tornado changed: WebSocketProtocol13.{name}"

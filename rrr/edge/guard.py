@@ -16,7 +16,7 @@ import logging
 import resource
 import socket
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 import tornado.httpserver
 import tornado.httputil
@@ -85,13 +85,30 @@ class GuardedStream(IOStream):
             self._server.released()
 
     def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Awaitable[bytes]:
-        return asyncio.ensure_future(self._read_head(regex, max_bytes))
-
-    async def _read_head(self, regex: bytes, max_bytes: int | None) -> bytes:
-        first = await self._within(self._idle_timeout, self.read_bytes(1), "idle")
+        """The request head, each part of the wait on its clock; when the client sent the whole head
+        with its connection (the usual case) it is read here and now, with no clock and no Task."""
+        try:
+            first = self.read_bytes(1)
+        except Exception as e:  # noqa: BLE001 - a closed stream: the caller's await raises it, as it always did
+            failed: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            failed.set_exception(e)
+            return failed
         rest_max = None if max_bytes is None else max(1, max_bytes - 1)
-        rest = await self._within(self._header_timeout, super().read_until_regex(regex, rest_max), "header")
-        return first + rest
+        if not _ready(first):
+            return asyncio.ensure_future(self._read_head(first, regex, rest_max))
+        rest = super().read_until_regex(regex, rest_max)
+        if not _ready(rest):
+            return asyncio.ensure_future(self._read_rest(first.result(), rest))
+        head: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        head.set_result(first.result() + rest.result())
+        return head
+
+    async def _read_head(self, first: Awaitable[bytes], regex: bytes, rest_max: int | None) -> bytes:
+        got = await self._within(self._idle_timeout, first, "idle")
+        return await self._read_rest(got, super().read_until_regex(regex, rest_max))
+
+    async def _read_rest(self, first: bytes, rest: Awaitable[bytes]) -> bytes:
+        return first + await self._within(self._header_timeout, rest, "header")
 
     async def _within(self, timeout: float | None, read: Awaitable[bytes], phase: str) -> bytes:
         # Already read (a client sends its request head with the connection, so this is the
@@ -104,6 +121,11 @@ class GuardedStream(IOStream):
             self._server.timed_out(phase)
             self.close()
             raise StreamClosedError() from None
+
+
+def _ready(read: Awaitable[bytes]) -> TypeGuard[asyncio.Future[bytes]]:
+    """Whether ``read`` is done with bytes in hand (not an error: that is raised where it is awaited)."""
+    return isinstance(read, asyncio.Future) and read.done() and not read.cancelled() and read.exception() is None
 
 
 class GuardedHTTPServer(tornado.httpserver.HTTPServer):

@@ -1,14 +1,36 @@
-"""One ping timer per process, not one per socket.
+"""One ping timer per process, not one per socket, and no ping a socket does not need.
 
 Tornado's own keepalive (``websocket_ping_interval``) runs a Task, two coroutines, a
 Future and a timer for every socket: about 1.6 KiB each, a tenth of an idle socket's
-memory. Here one timer ticks ``SLICES`` times per interval and visits one slice of the
-sockets per tick, so every socket is visited once per interval and the pings (and the
-pongs they bring back, which cost far more to read) are spread evenly, never 19k at
-once in the middle of a broadcast. At its visit a socket that has sent nothing (no
-pong, no message) since the previous visit's ping is dropped, so a dead peer goes
-within two intervals; the others get a ping, which also keeps proxies' idle timeouts
-from cutting quiet sockets.
+memory. Here one timer ticks and visits one slice of the sockets per tick, so every socket
+is visited twice per interval, its visits exactly half an interval apart (its slice is
+fixed by its hash), and the pings (and the pongs they bring back, which cost far more to
+read) are spread evenly, never 19k at once in the middle of a broadcast.
+
+What a visit does, by what the socket sent (``heard``: any frame but a pong; ``answered``:
+a pong):
+
+* heard from within the interval: nothing. A socket that talks (the browser library sends
+  its own ``ping`` every 15 s, under the default 20 s interval) is alive, and its frames
+  are answered, which keeps proxies' idle timeouts from cutting it: a ping would cost it and
+  us a frame each way for nothing.
+* pinged at its previous visit and silent since (not even a pong): dropped.
+* silent for an interval after it last talked: pinged at once.
+* otherwise (an idle socket, which only answers pings): pinged every other visit, once per
+  interval, which also keeps proxies' idle timeouts from cutting it. A pong proves the peer
+  alive but does not put off the next ping, or the server would send an idle socket
+  nothing for longer than an interval. (Which of its two visits pings is fixed by its
+  slice and the round, so this costs no memory per socket; one that fell silent and was
+  pinged at the other visit may get its next ping half an interval later, once.)
+
+A new socket counts as heard from at its handshake.
+
+So a ping goes only to a socket not heard from for an interval, the answer has half an
+interval to come, and a dead peer goes within two intervals of its last frame. At every
+other visit of each socket (once per interval) it is also asked to check its own progress
+(`Pingable.check_progress`: a queue that wrote nothing since the previous check means a
+client that does not read). An idle socket costs no memory here between a ping and its pong;
+one that talks is in one of three sets while it does.
 
 The timer runs only while there are sockets, so nothing is left pending when an
 event loop closes with no sockets on it. A socket that raises is logged and skipped:
@@ -30,6 +52,10 @@ SLICES = 20
 class Pingable(Protocol):
     def send_ping(self) -> None: ...
 
+    def check_progress(self) -> None:
+        """Once per interval: cut off a client whose queue made no progress since the previous check."""
+        ...
+
     def drop(self, reason: str) -> bool:
         """Close a peer we gave up on; False if it was already closing."""
         ...
@@ -42,11 +68,18 @@ class Keepalive:
         """``interval`` <= 0 turns pings off (dead peers are then found only by TCP)."""
         self.interval = interval
         self.on_timeout = on_timeout
-        # A socket's slice is fixed by its hash, so its visits are exactly one interval apart.
+        # A socket's slice is fixed by its hash, so its visits are exactly half an interval apart.
         self._slices: list[set[Pingable]] = [set() for _ in range(slices)]
-        # Pinged and silent since.
-        self._unanswered: set[Pingable] = set()
+        # Heard from since its previous visit.
+        self._heard: set[Pingable] = set()
+        # Heard from in the half interval before its previous visit (and not since).
+        self._recent: set[Pingable] = set()
+        # Silent for an interval after it last talked at its next visit: pinged then, whatever the round.
+        self._due: set[Pingable] = set()
+        # Pinged at its previous visit and silent since.
+        self._pinged: set[Pingable] = set()
         self._next = 0
+        self._round = 0  # passes over all the slices: two per interval
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
@@ -60,16 +93,25 @@ class Keepalive:
         if self.interval <= 0:
             return
         self._slice(sock).add(sock)
+        self._heard.add(sock)  # its handshake: no ping for an interval
         if self._timer is None:
             self._schedule()
 
     def discard(self, sock: Pingable) -> None:
         self._slice(sock).discard(sock)
-        self._unanswered.discard(sock)
+        self._heard.discard(sock)
+        self._recent.discard(sock)
+        self._due.discard(sock)
+        self._pinged.discard(sock)
 
     def heard(self, sock: Pingable) -> None:
-        """Any frame from the peer (a pong, a ping or a message) proves it is alive."""
-        self._unanswered.discard(sock)
+        """A frame from the peer (a message or a ping): alive, and no ping needed for an interval."""
+        if sock in self._slice(sock):  # never a socket already discarded: it would be kept for good
+            self._heard.add(sock)
+
+    def answered(self, sock: Pingable) -> None:
+        """A pong: alive; the next ping goes at its usual time."""
+        self._pinged.discard(sock)
 
     def _slice(self, sock: Pingable) -> set[Pingable]:
         # Objects of one size sit at addresses a fixed stride apart, so their hashes form an
@@ -78,18 +120,43 @@ class Keepalive:
         return self._slices[mixed % len(self._slices)]
 
     def _schedule(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(self.interval / len(self._slices), self._tick)
+        self._timer = asyncio.get_running_loop().call_later(self.interval / (2 * len(self._slices)), self._tick)
 
     def _tick(self) -> None:
-        due = self._slices[self._next]
-        self._next = (self._next + 1) % len(self._slices)
+        index = self._next
+        due = self._slices[index]
+        # A socket's visits alternate between the ping round (idle sockets pinged, progress
+        # checked) and the check round; slices alternate too, so every tick pings about as many.
+        ping_round = (self._round + index) % 2 == 0
+        self._next = (index + 1) % len(self._slices)
+        if self._next == 0:
+            self._round += 1
+        heard, recent, overdue, pinged = self._heard, self._recent, self._due, self._pinged
         for sock in list(due):
-            if sock in self._unanswered:
+            if sock in heard:  # heard within the last half interval
+                heard.discard(sock)
+                pinged.discard(sock)
+                overdue.discard(sock)
+                recent.add(sock)
+                ping = False
+            elif sock in pinged:  # silent since the ping at its previous visit
                 self.discard(sock)
                 if _guarded(sock.drop, "ping timed out"):
                     self.on_timeout()
-            else:
-                self._unanswered.add(sock)
+                continue
+            elif sock in recent:  # heard in the half interval before
+                recent.discard(sock)
+                overdue.add(sock)
+                ping = False
+            elif sock in overdue:  # an interval of silence since it last talked
+                overdue.discard(sock)
+                ping = True
+            else:  # idle: one ping per interval
+                ping = ping_round
+            if ping_round:
+                _guarded(sock.check_progress)
+            if ping:
+                pinged.add(sock)
                 _guarded(sock.send_ping)
         if any(self._slices):
             self._schedule()

@@ -71,9 +71,12 @@ class RequestLog:
     def __call__(self, handler: tornado.web.RequestHandler) -> None:
         status = handler.get_status()
         took = 1000.0 * handler.request.request_time()
-        reason = self._reasons.pop(handler, "")
+        reason = self._reasons.pop(handler, "") if self._reasons else ""
         if status < 400:
-            access_log.info("%d %s %.2fms", status, summary(handler.request), took)
+            # Built only when it is written: at --log-level warning (production) every request paid for
+            # a summary nobody saw, every WebSocket handshake included.
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info("%d %s %.2fms", status, summary(handler.request), took)
             return
         level = logging.WARNING if status < 500 else logging.ERROR
         self._refusals.log(

@@ -1,26 +1,38 @@
-"""Frame a message once, write the same bytes to every socket.
+"""Frame a message once, write the same bytes to every socket; read a small frame in one step.
 
 Tornado's public ``write_message`` frames per call and wraps each write in a
 new Task (~40 us a client); a broadcast to 10k sockets would pay that 10k
 times. A server text frame is unmasked and, without compression, the same
 bytes for every client, so we build it once and hand it to each ``IOStream``.
 
-This is the only module that touches Tornado internals (``stream`` and
-``_compressor`` on ``WebSocketProtocol13``, ``_write_buffer`` on ``IOStream``).
+On the read side, `FastReadProtocol13` reads each small whole frame (every pong,
+ping and close, most client messages) with one ``read_bytes`` instead of Tornado's
+three, and without making Tornado stop and restart listening to the socket in
+between (`FastReadProtocol13._receive_frame`).
+
+This is the only module that touches Tornado internals (``stream``,
+``_compressor``, ``_decompressor``, ``_fragmented_message_buffer``,
+``_handle_message`` and ``_receive_frame`` on ``WebSocketProtocol13``, its
+``_WebSocketParams``; ``_write_buffer``, ``_read_buffer``, ``_read_buffer_size``,
+``_user_read_buffer``, ``_state``, ``_start_read``, ``_read_bytes`` and
+``_read_partial`` on ``IOStream``).
 An SSE stream (`rrr.edge.streams`) writes its events through the same stream functions
 (`write`, `buffered_bytes`, `stream_flushed`), each event encoded once too (`Frame.sse`).
-``tests/test_wsframe.py`` fails loudly if they change, and `send` falls back to
-the public API whenever the fast path does not apply.
+``tests/test_wsframe.py`` fails loudly if they change, and both paths fall back
+to Tornado's own whenever the fast one does not apply.
 """
 
 from __future__ import annotations
 
 import struct
 from asyncio import Future
+from collections.abc import Awaitable
 from typing import Any
 
+from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, SSLIOStream
-from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
+from tornado.util import _websocket_mask
+from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13, _WebSocketParams
 
 from ..protocol import Payload
 from . import sse
@@ -81,7 +93,8 @@ class Frame:
 def fast_path_ok(conn: WebSocketProtocol) -> bool:
     """True when raw frame bytes are what Tornado itself would write for this connection."""
     return (
-        type(conn) is WebSocketProtocol13
+        isinstance(conn, WebSocketProtocol13)
+        and type(conn) in (WebSocketProtocol13, FastReadProtocol13)
         and not conn.mask_outgoing
         and getattr(conn, "_compressor", None) is None
         and getattr(conn, "stream", None) is not None
@@ -173,3 +186,107 @@ def send(conn: WebSocketProtocol, frame: Frame, fast: bool) -> None:
         _write(conn, frame.wire)
     else:
         conn.write_message(frame.text).add_done_callback(_retrieve)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+#: What one read of the frame loop takes: everything that has arrived, up to this many bytes.
+READ_AHEAD = 4096
+#: Frames read in one step: final (FIN), no extension bits, masked (as a client must), 0-125
+#: bytes of payload, and of these opcodes: text, binary, close, ping, pong.
+_FAST_OPCODES = frozenset((0x1, 0x2, 0x8, 0x9, 0xA))
+_SMALL = 125
+_READ = IOLoop.READ
+
+
+class FastReadProtocol13(WebSocketProtocol13):
+    """Tornado's WebSocket protocol, reading a small whole frame with one ``read_bytes``.
+
+    Tornado reads a frame in three steps (``read_bytes`` of the header, of the mask, of the
+    payload), each a Future through a coroutine; and since the first step leaves the rest of
+    the frame in the stream's buffer, the stream stops listening to the socket (an
+    ``epoll_ctl`` and asyncio's selector bookkeeping) and starts again for the next frame.
+    For an idle socket that is all the keepalive's pong costs, and most of its CPU.
+
+    Here a read takes everything that has arrived (up to `READ_AHEAD` bytes, so the stream's
+    buffer is left empty and the stream keeps listening), and a first frame that is whole,
+    final, masked, has no extension bits, at most 125 bytes of payload (and no more than
+    ``max_message_size``) and a known opcode, is unmasked and handed to Tornado's own
+    ``_handle_message``, which does all the rest as for any frame: text decoding, the
+    handler's callbacks, a pong for a ping, the close handshake. Whatever else was read (the
+    next frames, a frame that is not all there yet, a bigger one, a fragment, anything odd)
+    goes back to the front of the stream's buffer, in order, and the frame at its head is read
+    by Tornado's own ``_receive_frame``: every decision about those is Tornado's. So is every
+    frame of a compressed connection, and of a fragmented message in progress. One frame per
+    call, as Tornado's: its frame loop's accounting (when to yield to other sockets) holds.
+    """
+
+    __slots__ = ()
+
+    async def _receive_frame(self) -> None:
+        stream = self.stream
+        if (
+            self._decompressor is not None
+            or self._fragmented_message_buffer is not None
+            or stream._user_read_buffer
+            or type(stream._read_buffer) is not bytearray
+        ):
+            await super()._receive_frame()
+            return
+        data = await _read_ahead(stream)
+        end = len(data)
+        n = data[1] & 0x7F if end >= 2 else _SMALL + 1
+        frame_end = 6 + n
+        if (
+            frame_end <= end
+            and data[0] & 0xF0 == 0x80  # FIN, no RSV bits
+            and data[1] & 0x80  # masked
+            and n <= _SMALL
+            and n <= self.params.max_message_size
+            and data[0] & 0x0F in _FAST_OPCODES
+        ):
+            if frame_end < end:
+                _unread(stream, data[frame_end:])
+            self._wire_bytes_in += frame_end
+            handled = self._handle_message(data[0] & 0x0F, _websocket_mask(data[2:6], data[6:frame_end]))
+            if handled is not None:
+                await handled
+            return
+        _unread(stream, data)
+        await super()._receive_frame()
+
+
+def _read_ahead(stream: IOStream) -> Awaitable[bytes]:
+    """``stream.read_bytes(READ_AHEAD, partial=True)``, without its first try at the socket when
+    nothing is buffered and the stream listens for data already.
+
+    ``read_bytes`` first tries to read the socket at once, and when the frame loop asks for the
+    next frame right after the last one, that try finds nothing: a ``recv`` that fails with
+    EAGAIN, a 64 KiB buffer allocated and an exception raised and caught, for every frame. The
+    loop's poll is level-triggered, so bytes already waiting in the kernel are reported at its
+    next turn all the same."""
+    if stream._read_buffer_size or stream.closed() or stream.reading() or not (stream._state or 0) & _READ:
+        return stream.read_bytes(READ_AHEAD, partial=True)
+    future = stream._start_read()
+    stream._read_bytes = READ_AHEAD
+    stream._read_partial = True
+    return future
+
+
+def _unread(stream: IOStream, data: bytes) -> None:
+    """Put ``data`` back at the front of ``stream``'s read buffer: the next read starts with it."""
+    stream._read_buffer[:0] = data
+    stream._read_buffer_size += len(data)
+
+
+def make_protocol(handler: WebSocketHandler) -> WebSocketProtocol | None:
+    """``WebSocketHandler.get_websocket_protocol``, with a `FastReadProtocol13`."""
+    if handler.request.headers.get("Sec-WebSocket-Version") != "13":
+        return None
+    params = _WebSocketParams(
+        ping_interval=handler.ping_interval,
+        ping_timeout=handler.ping_timeout,
+        max_message_size=handler.max_message_size,
+        compression_options=handler.get_compression_options(),
+    )
+    return FastReadProtocol13(handler, False, params)

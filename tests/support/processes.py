@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -29,10 +30,25 @@ def need_binary(name: str) -> str:
     pytest.skip(f"{name} not installed")
 
 
+# Ports this test process handed out lately, newest last.
+_HANDED_OUT: collections.OrderedDict[int, None] = collections.OrderedDict()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on, and never one handed out lately: the kernel may give the same
+    free port twice in a row, and two app.py (which bind with SO_REUSEPORT, for --processes)
+    then share it without an error, so a test's "two processes" were one port answered by both."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            break
+    _HANDED_OUT[port] = None
+    _HANDED_OUT.move_to_end(port)
+    while len(_HANDED_OUT) > 4096:
+        _HANDED_OUT.popitem(last=False)
+    return port
 
 
 class AppProcess:
