@@ -243,7 +243,9 @@ def listen(port: int, address: str, backlog: int) -> list[socket.socket]:
     except OSError as e:
         where = f"{address}:{port}"
         if e.errno == errno.EADDRINUSE:
-            raise SystemExit(f"rrr: port {port} on {address} is in use (another rrr?): choose another with --port") from None
+            raise SystemExit(
+                f"rrr: port {port} on {address} is in use (another rrr?): choose another with --port"
+            ) from None
         if e.errno == errno.EACCES:
             raise SystemExit(f"rrr: not allowed to listen on {where} ({e.strerror}): choose a port above 1023 "
                              "with --port") from None

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tornado.options import options
@@ -243,5 +244,82 @@ def test_the_origin_check_answers_for_the_requests_origin_to_anyone(app_factory:
     assert ask(f"?origin={server.base_url}")[2] == {"origin": server.base_url, "allowed": True,
                                                     "option": "--allowed-origins"}
     # The browser's Origin wins over what the query claims.
-    assert ask(f"?origin={server.base_url}", origin="https://evil.example")[2]["allowed"] is False  # type: ignore[index]
+    claimed = ask(f"?origin={server.base_url}", origin="https://evil.example")[2]
+    assert isinstance(claimed, dict) and claimed["allowed"] is False
     assert ask()[0] == 400
+
+
+PAGE = """<!doctype html>
+<meta charset="utf-8">
+<title>a site of another origin</title>
+<link rel="icon" href="data:,">
+<script type="importmap">{"imports": {"rrr": "%(rrr)s/static/js/rrr.js"}}</script>
+<script type="module">
+  import { connect } from "rrr";
+  window.seen = { errors: [], counts: [] };
+  const rt = connect({ url: "%(socket)s" });
+  rt.room("hello", {
+    onError: (error) => window.seen.errors.push(error),
+    onCount: (count) => window.seen.counts.push(count),
+  });
+</script>
+"""
+
+
+class PageServer:
+    """A page of another origin (its own port), as a Django site's would be, loading rrr's library."""
+
+    def __init__(self, directory: Path) -> None:
+        import functools
+        import http.server
+        import threading
+
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        handler = functools.partial(Quiet, directory=str(directory))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.browser
+def test_a_refused_origin_is_an_error_naming_allowed_origins_in_the_pages_console(
+    app_factory: Callable[..., AppProcess], redis_url: str, tmp_path: Path,
+) -> None:
+    """Chromium gives the page's script only 1006 for the refused handshake; the library asks
+    ``/ws/origin`` and writes an error naming ``--allowed-origins`` and the Origin to add. A page
+    of an allowed Origin, on the same server, gets its count and no such error."""
+    from support.django_site import chromium
+
+    refused, allowed = PageServer(tmp_path), PageServer(tmp_path)
+    try:
+        server = app_factory(redis_url=redis_url, allowed_origins=allowed.origin)
+        (tmp_path / "index.html").write_text(PAGE % {"rrr": server.base_url,
+                                                     "socket": f"ws://127.0.0.1:{server.port}/ws/"})
+        for browser in chromium():
+            console: list[str] = []
+            page = browser.new_page()
+            page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+            page.goto(refused.origin + "/index.html")
+            page.wait_for_function("() => window.seen && window.seen.errors.length > 0", timeout=30_000)
+            said = [line for line in console if line.startswith("rrr: ")]
+            assert len(said) == 1, console
+            assert f"--allowed-origins {refused.origin}" in said[0] and server.base_url.split("//")[1] in said[0]
+            errors = page.evaluate("() => window.seen.errors")
+            assert errors[0]["code"] == "origin_refused"
+
+            other = browser.new_page()
+            other_console: list[str] = []
+            other.on("console", lambda m: other_console.append(m.text) if m.type == "error" else None)
+            other.goto(allowed.origin + "/index.html")
+            other.wait_for_function("() => window.seen && window.seen.counts.length > 0", timeout=30_000)
+            assert other.evaluate("() => window.seen.errors") == [] and not other_console
+    finally:
+        refused.close()
+        allowed.close()
