@@ -53,6 +53,14 @@ def as_argv(line: str, port: int) -> list[str]:
     return [sys.executable, str(ROOT / "app.py"), *argv[2:], "--address", "127.0.0.1", "--port", str(port)]
 
 
+async def closed(clients: list[Client]) -> None:
+    """Close the test's sockets while its loop still runs (their readers end with it)."""
+    for c in clients:
+        c.close()
+    for c in clients:
+        await wait_until(c.closed.is_set, what="the socket closed")
+
+
 async def subscribed(port: int, room: str, clients: list[Client]) -> Client:
     c = await connect(f"ws://127.0.0.1:{port}/ws/")
     clients.append(c)
@@ -93,6 +101,7 @@ async def test_rrr_started_as_the_django_section_says_delivers_what_django_publi
     await rrr_client.apublish("news", {"item": 1}, redis_url=redis_url)
     got = await c.next("message", timeout=10)
     assert got["data"] == {"item": 1}
+    await closed(clients)
 
 
 # -- rrr.client: a Redis no server announced itself on is said so, once -----------------------
@@ -181,6 +190,7 @@ async def test_the_quick_starts_curl_reaches_a_page_of_a_server_started_as_it_sa
     await tab.send(type="publish", room=room[1], data="typed in a page")
     await wait_until(lambda: any(f.get("data") == "typed in a page" for f in other_tab.of_type("message")),
                      what="the page's message in the other tab")
+    await closed(clients)
 
 
 # -- a busy port is one line naming --port -------------------------------------------------
