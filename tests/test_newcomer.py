@@ -196,6 +196,16 @@ async def test_the_quick_starts_curl_reaches_a_page_of_a_server_started_as_it_sa
 # -- a busy port is one line naming --port -------------------------------------------------
 
 
+def test_an_address_rrr_cannot_listen_on_is_one_line_naming_address() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "--address", "192.0.2.1", "--port", str(free_port())],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--address" in lines[0] and "192.0.2.1" in lines[0], done.stderr
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_busy_port_is_one_line_naming_the_option_to_change(processes: int) -> None:
     with socket.socket() as holder:
@@ -271,6 +281,7 @@ PAGE = """<!doctype html>
   rt.room("hello", {
     onError: (error) => window.seen.errors.push(error),
     onCount: (count) => window.seen.counts.push(count),
+    onState: (state) => { window.seen.sharing = state.sharing; },
   });
 </script>
 """
@@ -299,18 +310,26 @@ class PageServer:
 
 
 @pytest.mark.browser
+@pytest.mark.parametrize("library", ["from rrr", "from the site"])
 def test_a_refused_origin_is_an_error_naming_allowed_origins_in_the_pages_console(
-    app_factory: Callable[..., AppProcess], redis_url: str, tmp_path: Path,
+    library: str, app_factory: Callable[..., AppProcess], redis_url: str, tmp_path: Path,
 ) -> None:
     """Chromium gives the page's script only 1006 for the refused handshake; the library asks
     ``/ws/origin`` and writes an error naming ``--allowed-origins`` and the Origin to add. A page
-    of an allowed Origin, on the same server, gets its count and no such error."""
+    of an allowed Origin, on the same server, gets its count and no such error.
+
+    The library loaded from rrr (another origin) shares a socket through a leader tab; loaded from
+    the site's own files, through a SharedWorker of the site's origin, which asks and tells the tabs."""
     from support.django_site import chromium
 
     refused, allowed = PageServer(tmp_path), PageServer(tmp_path)
     try:
         server = app_factory(redis_url=redis_url, allowed_origins=allowed.origin)
-        (tmp_path / "index.html").write_text(PAGE % {"rrr": server.base_url,
+        if library == "from the site":
+            (tmp_path / "static" / "js").mkdir(parents=True)
+            for js in (ROOT / "static" / "js").glob("*.js"):
+                (tmp_path / "static" / "js" / js.name).write_text(js.read_text())
+        (tmp_path / "index.html").write_text(PAGE % {"rrr": server.base_url if library == "from rrr" else "",
                                                      "socket": f"ws://127.0.0.1:{server.port}/ws/"})
         for browser in chromium():
             console: list[str] = []
@@ -323,6 +342,8 @@ def test_a_refused_origin_is_an_error_naming_allowed_origins_in_the_pages_consol
             assert f"--allowed-origins {refused.origin}" in said[0] and server.base_url.split("//")[1] in said[0]
             errors = page.evaluate("() => window.seen.errors")
             assert errors[0]["code"] == "origin_refused"
+            sharing = page.evaluate("() => window.seen.sharing")
+            assert sharing == ("sharedworker" if library == "from the site" else "leader"), sharing
 
             other = browser.new_page()
             other_console: list[str] = []
