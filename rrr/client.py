@@ -187,7 +187,9 @@ def publish(
     ``redis_url``: the server's ``--redis-url`` (default ``$RRR_REDIS_URL``). History is kept as the
     servers on that Redis keep it (their ``--history-size``/``--history-ttl``, which they announce
     there); ``history_size``/``history_ttl`` override that (0: off). Data over the servers'
-    ``--max-message-size`` (announced there too) raises ValueError, and nothing is sent."""
+    ``--max-message-size`` (announced there too) raises ValueError, and nothing is sent. With no
+    server announced there, a WARNING on the ``rrr.client`` logger (once per process and URL) says
+    so, and the message goes out all the same."""
     text = encode(room, data)
     url = redis_url or _default_url()
     client = _sync_client(url)
