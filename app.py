@@ -25,7 +25,7 @@ from handlers.api import (
 )
 from handlers.base import SecureStaticFileHandler, guard_hosts
 from handlers.pages import CountPageHandler, IndexHandler
-from handlers.sockets import CountSocket, RelaySocket
+from handlers.sockets import CountSocket, OriginCheck, RelaySocket
 from handlers.transports import (
     PollOpenHandler, SessionHandler, SseCountHandler, SseHandler, TransportNotFound, Transports,
 )
@@ -321,6 +321,8 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             (rf"/count/{slug}/", CountPageHandler, dict(client_publish=o["client_publish"])),
             (rf"/ws/count/{slug}/", CountSocket, sockets),
             (r"/ws/", RelaySocket, sockets),
+            # Whether the sockets take a page's Origin: the library asks after a handshake failed.
+            (r"/ws/origin", OriginCheck, dict(allowed_origins=sockets["allowed_origins"], xheaders=o["xheaders"])),
             (r"/sse/", SseHandler, transports),
             (rf"/sse/count/{slug}/", SseCountHandler, transports),
             (r"/sse/([^/]{1,300})/", SessionHandler, dict(transports, kind="sse")),
