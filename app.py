@@ -27,7 +27,7 @@ from handlers.base import SecureStaticFileHandler, guard_hosts, room_route
 from handlers.pages import CountPageHandler, IndexHandler
 from handlers import pusher_api
 from handlers.pusher import PusherSocket
-from handlers.sockets import CountSocket, RelaySocket
+from handlers.sockets import CountSocket, OriginCheck, RelaySocket
 from handlers.transports import (
     PollOpenHandler, SessionHandler, SseCountHandler, SseHandler, TransportNotFound, Transports,
 )
@@ -335,6 +335,8 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             room_route("/count/{room}/", CountPageHandler, dict(client_publish=o["client_publish"])),
             room_route("/ws/count/{room}/", CountSocket, sockets),
             (r"/ws/", RelaySocket, sockets),
+            # Whether the sockets take a page's Origin: the library asks after a handshake failed.
+            (r"/ws/origin", OriginCheck, dict(allowed_origins=sockets["allowed_origins"], xheaders=o["xheaders"])),
             (r"/sse/", SseHandler, transports),
             room_route("/sse/count/{room}/", SseCountHandler, transports),
             (r"/sse/([^/]{1,300})/", SessionHandler, dict(transports, kind="sse")),

@@ -15,7 +15,7 @@
 #   PYTHON           interpreter with the requirements installed (default python3)
 #   NGINX            nginx binary (default: nginx on PATH, else /usr/sbin/nginx)
 #   RENDER_ARGS      extra arguments for python -m deploy.render (e.g. "--limit-conn 50")
-# Every other RRR_<OPTION> (RRR_PRESENCE_TTL, RRR_PING_INTERVAL, RRR_PUBLISH_TOKEN, ...) reaches
+# Every other RRR_<OPTION> (RRR_PRESENCE_TTL, RRR_PING_INTERVAL, RRR_API_TOKEN, ...) reaches
 # the app processes unchanged; --xheaders is always on because nginx is in front.
 set -euo pipefail
 

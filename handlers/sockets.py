@@ -12,10 +12,11 @@ import tornado.web
 from tornado.iostream import StreamBufferFullError, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
-from handlers.base import SafeLogs
+from handlers.base import SafeLogs, SecureHeaders
 from rrr import protocol
 from rrr.auth import Identity, TokenError, needs_grant
 from rrr.edge import wsframe
+from rrr.edge.headers import request_host
 from rrr.edge.keepalive import Keepalive
 from rrr.edge.origins import origin_allowed
 from rrr.edge.outbox import Outbox, SocketSink, room_now
@@ -400,6 +401,34 @@ class CountSocket(RelaySocket):
     def _new_session(self, *args: str) -> Session:
         assert self.ip is not None
         return Session(self, self.shared, self.ip, room=args[0], identity=self.identity, since=self.since)
+
+
+class OriginCheck(SecureHeaders):
+    """``GET /ws/origin``: whether the sockets would take a page of this Origin. A browser shows a
+    script only 1006 for a refused handshake; the library asks here after a wire failed to open, and
+    names ``--allowed-origins`` in the page's console when the answer is no.
+
+    Readable from any origin, without credentials: it answers only for the Origin the browser puts on
+    the request (or, on a same-origin GET, which carries none, the page's ``?origin=``), which anyone
+    can learn by opening a socket with that Origin (a script outside a browser sends any Origin it
+    likes). It reads no cookie, stores nothing and never lists the allowed Origins."""
+
+    def initialize(self, allowed_origins: frozenset[str], xheaders: bool) -> None:
+        self.allowed_origins = allowed_origins
+        self.xheaders = xheaders
+
+    def get(self) -> None:
+        origin = self.request.headers.get("Origin") or self.get_query_argument("origin", "")
+        self.set_header("Access-Control-Allow-Origin", "*")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Type", "application/json")
+        if not origin or len(origin) > 300:
+            self.set_status(400)
+            self.finish({"error": "no Origin to judge (or longer than 300 characters)", "status": 400})
+            return
+        host = request_host(self.request.headers, self.request.host, self.xheaders)
+        allowed = origin_allowed(origin, host, self.allowed_origins, self.request.protocol)
+        self.finish({"origin": origin, "allowed": allowed, "option": "--allowed-origins"})
 
 
 class _Refusal(tornado.web.HTTPError):

@@ -15,11 +15,13 @@ Payloads are JSON, never pickled.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import weakref
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -31,6 +33,8 @@ from .auth import mint
 from .backplane.clients import is_cluster_url, make_redis, make_sync_redis
 from .errors import BackplaneError, OutcomeUnknown
 from .backplane.history import cache_ms, parse_published, publish_args
+
+log = logging.getLogger("rrr.client")
 
 __all__ = [
     "BackplaneError", "OutcomeUnknown", "apublish", "check_size", "encode", "max_message_size", "publish", "token",
@@ -110,6 +114,44 @@ def _async_client(url: str) -> Any:
 _ANNOUNCED = ("size", "ttl", "max")
 
 
+_warned_lock = threading.Lock()
+_warned: set[tuple[int, str]] = set()
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, for a log line."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        return urlunsplit(parts._replace(netloc=user + netloc))
+    except ValueError:
+        return url.split("@", 1)[-1]
+
+
+def _check_announced(reply: Any, url: str) -> None:
+    """Warn (once per process and Redis URL) when no rrr server has announced itself on that Redis.
+
+    Every server writes `keys.HISTORY_CONFIG` when it starts; without it the message goes into a
+    Redis no rrr reads, with no error anywhere (a Django site's ``RRR_REDIS_URL`` pointing at
+    the developer's own Redis while rrr runs its embedded one). The publish still goes through:
+    a server started later, or a deployment that does not keep the key, must not lose messages."""
+    if isinstance(reply, list) and any(field is not None for field in reply):
+        return
+    key = (os.getpid(), url)
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    log.warning(
+        "no rrr server has announced itself on %s (no %s key there): nothing may read what is published "
+        "there; is it the Redis rrr runs on (its --redis-url; Django: RRR_REDIS_URL)? Publishing anyway",
+        _redacted(url), keys.HISTORY_CONFIG,
+    )
+
+
 def _settings_of(reply: Any, size: int | None, ttl: float | None) -> tuple[int, float, int]:
     """The history settings to publish with (the caller's, else the servers' (`History.announce`),
     else the servers' defaults), and the largest message the servers deliver."""
@@ -151,14 +193,18 @@ def publish(
     ``redis_url``: the server's ``--redis-url`` (default ``$RRR_REDIS_URL``). History is kept as the
     servers on that Redis keep it (their ``--history-size``/``--history-ttl``, which they announce
     there); ``history_size``/``history_ttl`` override that (0: off). Data over the servers'
-    ``--max-message-size`` (announced there too) raises ValueError, and nothing is sent."""
+    ``--max-message-size`` (announced there too) raises ValueError, and nothing is sent. With no
+    server announced there, a WARNING on the ``rrr.client`` logger (once per process and URL) says
+    so, and the message goes out all the same."""
     text = encode(room, data, event)
     url = redis_url or _default_url()
     client = _sync_client(url)
     try:
         # The servers' settings, read each time: a deployment may turn history off or on, or change
         # its limit.
-        size, ttl, limit = _settings_of(client.hmget(keys.HISTORY_CONFIG, *_ANNOUNCED), history_size, history_ttl)
+        announced = client.hmget(keys.HISTORY_CONFIG, *_ANNOUNCED)
+        _check_announced(announced, url)
+        size, ttl, limit = _settings_of(announced, history_size, history_ttl)
         check_size(text, limit)
         if size <= 0 or ttl <= 0:
             if ms := cache_ms(room, CACHE_TTL):
@@ -183,6 +229,7 @@ async def apublish(
     client = _async_client(url)
     try:
         announced = await client.hmget(keys.HISTORY_CONFIG, *_ANNOUNCED)
+        _check_announced(announced, url)
         size, ttl, limit = _settings_of(announced, history_size, history_ttl)
         check_size(text, limit)
         if size <= 0 or ttl <= 0:

@@ -15,6 +15,7 @@ then makes its own, of the kind ``--loop`` names (`loop_factory`: uvloop when in
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -268,12 +269,34 @@ def _describe(code: int) -> str:
     return f"exit code {code}"
 
 
+def listen(port: int, address: str, backlog: int) -> list[socket.socket]:
+    """The listening sockets, or SystemExit with one line naming the option to change (a busy
+    port was a 22-line traceback, after the embedded Redis had started)."""
+    try:
+        return tornado.netutil.bind_sockets(port, address, backlog=backlog)
+    except OSError as e:
+        where = f"{address}:{port}"
+        if e.errno == errno.EADDRINUSE:
+            raise SystemExit(
+                f"rrr: port {port} on {address} is in use (another rrr?): choose another with --port"
+            ) from None
+        if e.errno == errno.EACCES:
+            raise SystemExit(f"rrr: not allowed to listen on {where} ({e.strerror}): choose a port above 1023 "
+                             "with --port") from None
+        if e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(e, socket.gaierror):
+            raise SystemExit(f"rrr: cannot listen on address {address!r} ({e.strerror}): choose another with "
+                             "--address") from None
+        raise SystemExit(f"rrr: cannot listen on {where} ({e.strerror or e}): check --address and --port") from None
+
+
 def run(main: Callable[[str, list[socket.socket] | None], Coroutine[Any, Any, None]]) -> int:
     """``python app.py``: parse the options, start the embedded Redis if no URL was given, then
     run ``main`` in this process (``--processes 1``) or in N forked workers sharing one port."""
     parse_command_line(command_line(options, sys.argv, os.environ))
     logging.getLogger().setLevel(options.log_level.upper())
     tune_gc()
+    # First, before Redis starts or a worker forks: a port we cannot have is one line, not a traceback.
+    sockets = listen(options.port, options.address, options.backlog)
     embedded = None
     url = options.redis_url
     if not url:
@@ -283,9 +306,8 @@ def run(main: Callable[[str, list[socket.socket] | None], Coroutine[Any, Any, No
     try:
         n = worker_count(options.processes)
         if n == 1:
-            run_loop(main(url, None))
+            run_loop(main(url, sockets))
             return 0
-        sockets = tornado.netutil.bind_sockets(options.port, options.address, backlog=options.backlog)
 
         parent = os.getpid()
 

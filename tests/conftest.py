@@ -39,7 +39,7 @@ from support.jwks import JwksServer
 from support.memory_backplane import MemoryRedis
 from support.memory_core import Node, NodeFactory, start_node
 from support.cluster import RedisCluster
-from support.processes import REQUIRE_ALL, AppProcess, free_port, need_binary
+from support.processes import REQUIRE_ALL, AppProcess, Command, free_port, need_binary
 from support.production import Cluster, Nginx, Script, SentinelGroup, start_apps, stop_apps
 from support.pusher import PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET, RequestRecorder
 from support.pusher_js import PusherJs
@@ -251,6 +251,22 @@ def app_factory(tmp_path: Path) -> Iterator[Callable[..., AppProcess]]:
             proc.stop(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def command_factory(tmp_path: Path) -> Iterator[Callable[..., Command]]:
+    """``command_factory(argv, ready_url, **kw)`` runs a command line (a README's, the installed
+    ``rrr``) until ``ready_url`` answers 200; all are stopped after the test."""
+    started: list[Command] = []
+
+    def start(argv: list[str], ready_url: str, **kwargs: Any) -> Command:
+        command = Command(argv, ready_url, tmp_path / f"command-{len(started)}.log", **kwargs)
+        started.append(command)
+        return command.start()
+
+    yield start
+    for command in started:
+        command.stop()
 
 
 # -- a Redis Cluster (tests/test_cluster.py) ------------------------------------------

@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_not_required
 from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, JsonResponse
@@ -28,6 +27,13 @@ from .signals import BY_EVENT
 from .tokens import grants_function, token_for
 
 log = logging.getLogger("rrr.django")
+
+try:
+    from django.contrib.auth.decorators import login_not_required
+except ImportError:  # Django < 5.1 has no LoginRequiredMiddleware, so nothing to be exempted from
+
+    def login_not_required(view_func: Any) -> Any:
+        return view_func
 
 
 @never_cache

@@ -183,6 +183,42 @@ export function transportUrls(socketUrl) {
   return { websocket: ws.href, sse: new URL("../sse/", http).href, poll: new URL("../poll/", http).href };
 }
 
+/**
+ * Where the library asks, after a wire failed to open, whether the server takes this page's Origin
+ * (`GET /ws/origin`, beside the socket). A cross-origin fetch carries the Origin itself; a
+ * same-origin GET carries none, so the page's origin also goes as `?origin=`.
+ * @param {string} socketUrl
+ * @param {string|undefined|null} pageOrigin
+ */
+export function originCheckUrl(socketUrl, pageOrigin) {
+  const ws = new URL(socketUrl);
+  const url = new URL(`${ws.protocol === "wss:" ? "https:" : "http:"}//${ws.host}${ws.pathname}`);
+  const check = new URL("origin", url);
+  if (typeof pageOrigin === "string" && pageOrigin && pageOrigin !== "null") check.searchParams.set("origin", pageOrigin);
+  return check.href;
+}
+
+/**
+ * The error to show a page whose Origin the server refuses, from the answer of `originCheckUrl`
+ * (`{origin, allowed, option}`), or null when the Origin is allowed or the answer is not one.
+ * @param {unknown} answer
+ * @param {string} socketUrl
+ * @returns {{type: "error", code: "origin_refused", reason: string}|null}
+ */
+export function originRefusal(answer, socketUrl) {
+  if (!answer || typeof answer !== "object" || answer.allowed !== false) return null;
+  const origin = typeof answer.origin === "string" ? answer.origin.slice(0, 300) : "this page's Origin";
+  const option = typeof answer.option === "string" && /^--[a-z-]{1,40}$/.test(answer.option) ? answer.option : "--allowed-origins";
+  const server = transportMemoryKey(socketUrl);
+  return {
+    type: "error",
+    code: "origin_refused",
+    reason:
+      `rrr at ${server} refuses pages of ${origin}: start it with ${option} ${origin} ` +
+      `(or behind a proxy, pass the Host through or use --xheaders)`,
+  };
+}
+
 /** The key the transport that worked is remembered under: the service's origin. */
 export function transportMemoryKey(socketUrl) {
   const { websocket } = transportUrls(socketUrl);

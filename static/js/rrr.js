@@ -199,6 +199,8 @@ class Runtime {
   #handles = new Map();
   /** The wires the owner may use, best first (connect's `transports`). */
   #transports;
+  /** Errors already written to the console (each once per page). */
+  #consoleSaid = new Set();
   /** The page's getToken, or null. */
   #getToken;
   /** @type {((identity: {user: string, exp: number}) => void)|null} */
@@ -558,6 +560,11 @@ class Runtime {
         break;
       }
       case "error":
+        // A refused Origin is a setup mistake, not a subscription's: the developer looks in the console.
+        if (msg.code === "origin_refused" && typeof msg.reason === "string" && !this.#consoleSaid.has(msg.reason)) {
+          this.#consoleSaid.add(msg.reason);
+          console.error(`rrr: ${msg.reason}`);
+        }
         if (typeof msg.sub === "string" && typeof msg.after === "string") {
           // A page refused (it names the `after` asked for); the subscription itself stands.
           const pages = this.#handles.get(msg.sub)?.pages ?? [];

@@ -33,6 +33,8 @@ import {
   helloFrame,
   membersFrame,
   needsToken,
+  originCheckUrl,
+  originRefusal,
   parseServerFrame,
   pingFrame,
   publishFrame,
@@ -229,6 +231,10 @@ export class SocketOwner {
   #lastFrameAt = 0;
   #lastPingAt = 0;
   #closed = false;
+  /** Whether the server was asked about our Origin since a wire last opened (once per failing streak). */
+  #originAsked = false;
+  /** The `origin_refused` error while the server refuses our Origin: each tab is told, new ones too. */
+  #originRefused = null;
   /** Aborted on close(): our online/offline listeners and the tab-lock waits still queued. */
   #listening = new AbortController();
   /** What the last online/offline event said, from our own scope or from a tab. */
@@ -376,6 +382,7 @@ export class SocketOwner {
     link.send(stateMsg(this.#state));
     const identity = this.#tokens.identity;
     if (identity) link.send(identity);
+    if (this.#originRefused) link.send(this.#originRefused);
     if (this.#tabs.size === 1 && isNew) this.#start();
   }
 
@@ -502,6 +509,8 @@ export class SocketOwner {
 
   #onOpen() {
     clearTimeout(this.#connectTimer);
+    this.#originAsked = false;
+    this.#originRefused = null;
     this.#lastFrameAt = this.#lastPingAt = Date.now();
     // SSE and long-polling open on the server's first word (the session); a WebSocket on its handshake.
     if (this.#wire.heard) this.#worked();
@@ -576,10 +585,36 @@ export class SocketOwner {
       this.#sendTo(this.#tabs.ids(), { type: "error", code: "signed_out", reason: "this user was signed out" });
     }
     this.#ladder.ended({ code, reason, opened: wire.opened, heard: wire.heard, ...rest });
+    if (!wire.opened && !this.#originAsked) this.#askOrigin();
     // 1001: this server is draining; another takes us at once (a jittered moment, not the backoff).
     if (code === 1001) this.#attempt = 0;
     this.#abandonWire();
     this.#scheduleReconnect();
+  }
+
+  /**
+   * A wire failed to open, and a browser tells a script no more than 1006 about a refused
+   * handshake: ask the server once whether it takes our Origin, and if not, tell every tab (each
+   * shows it in its page's console), naming the option to set. Asked again only after a wire
+   * has opened since, so a server down for long is not asked at every retry.
+   */
+  async #askOrigin() {
+    this.#originAsked = true;
+    if (typeof fetch !== "function") return;
+    let answer = null;
+    try {
+      const response = await fetch(originCheckUrl(this.url, globalThis.location?.origin), {
+        cache: "no-store",
+        credentials: "omit",
+      });
+      if (response.ok) answer = await response.json();
+    } catch {
+      return; // the server is down or is not rrr: nothing to say about the Origin
+    }
+    const refusal = originRefusal(answer, this.url);
+    if (!refusal || this.#closed || this.#wire?.opened) return;
+    this.#originRefused = refusal;
+    this.#sendTo(this.#tabs.ids(), refusal);
   }
 
   // ---- moving up ----------------------------------------------------------------

@@ -181,7 +181,9 @@ test("a WebSocket refused at the handshake twice moves to SSE, where the subscri
   await settle();
   const url = `http://x/sse/${SESSION}/`;
   assert.deepEqual(posted(url), [{ type: "hello", transport: "sharedworker" }, { type: "subscribe", room: "lobby", sub: "A-1" }]);
-  for (const req of requests) assert.deepEqual(req.headers, { "Content-Type": "application/json" });
+  for (const req of requests.filter((r) => r.method === "POST")) {
+    assert.deepEqual(req.headers, { "Content-Type": "application/json" });
+  }
   assert.deepEqual(tab.state(), { sharing: "sharedworker", transport: "sse", status: "open", retryAt: null });
   assert.deepEqual(mem.store.get("ws://x")?.transport, "sse", "remembered for the origin");
 
@@ -430,4 +432,45 @@ test("a WebSocket that worked is kept through a server outage, not given up for 
   assert.equal(FakeEventSource.made.length, 0);
   assert.equal(FakeSocket.made.length, 7);
   assert.equal(tab.state().transport, "websocket");
+});
+
+test("a handshake refused for its Origin: the owner asks the server once and tells every tab, new ones too", async (t) => {
+  const { o, tab } = await owner(t);
+  FakeSocket.made[0].refuse();
+  await settle();
+  const asked = requests.filter((r) => r.url.startsWith("http://x/ws/origin"));
+  assert.equal(asked.length, 1, "asked after the failed handshake");
+  assert.equal(asked[0].method, "GET");
+  answer(asked[0], 200, { origin: "https://site.example", allowed: false, option: "--allowed-origins" });
+  await settle();
+  const [error] = tab.of("error");
+  assert.equal(error.code, "origin_refused");
+  assert.match(error.reason, /--allowed-origins https:\/\/site\.example/);
+  assert.equal(error.room, undefined, "about the whole socket, not a room");
+
+  const late = tabLink();
+  o.receive("B", attachMsg("lock"), late);
+  assert.deepEqual(late.of("error"), [error], "a tab that comes later is told too");
+
+  waitForRetry(t, tab);
+  FakeSocket.made[1].refuse();
+  await settle();
+  assert.equal(requests.filter((r) => r.url.startsWith("http://x/ws/origin")).length, 1, "not asked at every retry");
+  assert.equal(tab.of("error").length, 1);
+});
+
+test("a handshake that failed for another reason says nothing; an open wire clears the refusal", async (t) => {
+  const { tab } = await owner(t);
+  FakeSocket.made[0].refuse();
+  await settle();
+  const [first] = requests.filter((r) => r.url.startsWith("http://x/ws/origin"));
+  answer(first, 200, { origin: "http://x", allowed: true, option: "--allowed-origins" });
+  await settle();
+  assert.deepEqual(tab.of("error"), [], "an allowed Origin: nothing to say");
+  waitForRetry(t, tab);
+  FakeSocket.made[1].open();
+  FakeSocket.made[1].frame({ type: "pong" });
+  FakeSocket.made[1].onclose?.({ code: 1006, reason: "" });
+  await settle();
+  assert.equal(requests.filter((r) => r.url.startsWith("http://x/ws/origin")).length, 1, "an opened wire is no refusal");
 });

@@ -13,6 +13,8 @@ import {
   errorTabs,
   leaderLockName,
   linkVersionOfWorkerUrl,
+  originCheckUrl,
+  originRefusal,
   parseServerFrame,
   pollBatch,
   pollOpening,
@@ -204,4 +206,24 @@ test("tab: room-only errors reach that room's handles, socket-wide errors every 
   assert.deepEqual(errorHandles({ type: "error", room: "other" }, handles), ["A-3"]);
   assert.deepEqual(errorHandles({ type: "error", room: "lobby" }, handles), ["A-1", "A-2"]);
   assert.deepEqual(errorHandles({ type: "error", code: "x" }, handles), ["A-1", "A-2", "A-3"]);
+});
+
+test("the Origin check is asked beside the socket, with the page's origin for a same-origin GET", () => {
+  assert.equal(originCheckUrl("wss://rt.example:8443/ws/", "https://site.example"),
+    "https://rt.example:8443/ws/origin?origin=https%3A%2F%2Fsite.example");
+  assert.equal(originCheckUrl("ws://h/rt/ws/?x=1", undefined), "http://h/rt/ws/origin");
+  assert.equal(originCheckUrl("ws://h/ws/", "null"), "http://h/ws/origin", "an opaque origin is not sent");
+});
+
+test("a refused Origin becomes an error naming --allowed-origins and the Origin to add; anything else is nothing", () => {
+  const refusal = originRefusal({ origin: "https://site.example", allowed: false, option: "--allowed-origins" },
+    "wss://rt.example/ws/");
+  assert.equal(refusal.type, "error");
+  assert.equal(refusal.code, "origin_refused");
+  assert.match(refusal.reason, /^rrr at wss:\/\/rt\.example refuses pages of https:\/\/site\.example: /);
+  assert.match(refusal.reason, /start it with --allowed-origins https:\/\/site\.example/);
+  assert.equal(originRefusal({ origin: "https://site.example", allowed: true }, "ws://h/ws/"), null);
+  for (const junk of [null, "no", 1, [], { allowed: "false" }, {}]) assert.equal(originRefusal(junk, "ws://h/ws/"), null);
+  const odd = originRefusal({ allowed: false, origin: 7, option: "; rm -rf /" }, "ws://h/ws/");
+  assert.match(odd.reason, /--allowed-origins this page's Origin/);
 });

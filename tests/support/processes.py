@@ -116,6 +116,52 @@ class AppProcess:
             self.proc = None
 
 
+class Command:
+    """A command line run as a person would type it (``python app.py ...`` from the README, the
+    installed ``rrr``), ready once ``ready_url`` answers 200; stopped with SIGTERM."""
+
+    def __init__(self, argv: list[str], ready_url: str, log_path: Path, cwd: Path = ROOT,
+                 env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.ready_url = ready_url
+        self.log_path = log_path
+        self.cwd = cwd
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> Command:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.argv} exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.ready_url, timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.argv} did not answer {self.ready_url}:\n{self.log()}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
 def fetch_json(url: str, **kwargs: Any) -> Any:
     with urllib.request.urlopen(url, timeout=5, **kwargs) as r:
         return json.loads(r.read())
