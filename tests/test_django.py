@@ -153,6 +153,10 @@ def test_a_notification_sent_while_offline_is_recovered_on_reconnect_and_shown_o
     page = bob.pages[0]
     room = f"private-user-{bob.id}"
     wait_for(lambda: subscribed_tabs(site, room) == 1, "bob's private room")
+    # rrr counts a subscription once its row is written, which can be before the page is told it
+    # is subscribed: cut off before that, the page would not know the room's position to recover from.
+    wait_for(lambda: bool(page.evaluate("(room) => window.__subscribed.includes(room)", room)),
+             "the page told it is subscribed to bob's private room")
     page.evaluate("window.__blocked = true; window.__sockets.forEach((s) => s.close())")
     expect(page.locator("#live-status")).not_to_have_attribute("data-status", "open", timeout=WAIT_MS)
     wait_for(lambda: subscribed_tabs(site, room) == 0, "bob gone from rrr")  # so nothing reaches him live

@@ -116,9 +116,12 @@ async def test_a_silent_stream_gets_a_keepalive_comment_each_interval_and_a_busy
     opened = time.monotonic()
     await wait_until(lambda: len(s.comments) >= 3, what="three keepalive comments")
     assert all(text == ": keepalive" for _, text in s.comments)
-    times = [opened] + [t for t, _ in s.comments[:3]]
+    times = [t for t, _ in s.comments[:3]]
+    assert times[0] - opened < 1.0
+    # Between comments, as this client got them: the server spaces them 0.5 s apart, and a late
+    # delivery of one (a loaded machine) shortens the gap after it by as much.
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert all(0.45 <= gap < 1.0 for gap in gaps), gaps
+    assert all(0.4 <= gap < 1.0 for gap in gaps), gaps
     # Frames every 0.2 s: the stream is never silent for 0.5 s, so no comment goes out.
     before = len(s.comments)
     for _ in range(10):

@@ -37,18 +37,27 @@ PASSWORD = "demo-pass"  # items/management/commands/seed_demo.py
 WAIT_MS = 15_000
 
 # Every socket a page opens reports its close code here (the leader tab's socket is the browser's),
-# and a test can cut the page off: with __blocked set, new sockets go to a closed loopback port.
+# and the rooms it was told it is subscribed to (`subscribed`: from then on the library knows the
+# room's position, so a reconnect recovers what it missed); a test can cut the page off: with
+# __blocked set, new sockets go to a closed loopback port.
 RECORD_CLOSES = """
 (() => {
   const Native = window.WebSocket;
   window.__closes = [];
   window.__sockets = [];
+  window.__subscribed = [];
   window.__blocked = false;
   window.WebSocket = class extends Native {
     constructor(url, ...rest) {
       super(window.__blocked ? "ws://127.0.0.1:9/blocked" : url, ...rest);
       window.__sockets.push(this);
       this.addEventListener("close", (event) => window.__closes.push(event.code));
+      this.addEventListener("message", (event) => {
+        try {
+          const frame = JSON.parse(event.data);
+          if (frame.type === "subscribed") window.__subscribed.push(frame.room);
+        } catch (e) { /* not ours to judge */ }
+      });
     }
   };
 })();
