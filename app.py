@@ -23,8 +23,10 @@ from tornado.options import define, options
 from handlers.api import (
     DisconnectHandler, HealthHandler, MembersHandler, MetricsHandler, NotFoundHandler, PublishHandler, RoomHandler,
 )
-from handlers.base import SecureStaticFileHandler, guard_hosts
+from handlers.base import SecureStaticFileHandler, guard_hosts, room_route
 from handlers.pages import CountPageHandler, IndexHandler
+from handlers import pusher_api
+from handlers.pusher import PusherSocket
 from handlers.sockets import CountSocket, OriginCheck, RelaySocket
 from handlers.transports import (
     PollOpenHandler, SessionHandler, SseCountHandler, SseHandler, TransportNotFound, Transports,
@@ -41,6 +43,7 @@ from rrr.jwks import JwksKeys, verifier_from_options
 from rrr.limits import AddressLimits, Limits
 from rrr.protocol import SLUG_PATTERN
 from rrr.proxies import proxies_from_options
+from rrr.pusher.door import pusher_app
 from rrr.service import Service, Settings
 from rrr.session import Shared
 from rrr.webhooks import webhook_settings
@@ -210,6 +213,14 @@ define(
     "vacate_delay", default=2.0, type=float,
     help="seconds a room or a member must stay gone before it is reported gone (and the member list's leave grace)",
 )
+# The Pusher protocol (rrr/pusher): Pusher's client and server SDKs, unchanged, against rrr.
+define("pusher_app_id", default="", help="the Pusher app id the HTTP API answers to (with --pusher-key and "
+       "--pusher-secret: all three turn the Pusher endpoint /app/<key> and API /apps/<id>/ on)")
+define("pusher_key", default="", help="the Pusher app key clients connect with (/app/<key>)")
+define("pusher_secret", default="", help="the Pusher app secret that signs channel auth, sign-ins and API calls")
+define("pusher_client_events", default=True, type=bool,
+       help="let Pusher clients send client-* events on private and presence channels (and rrr clients whispers)")
+define("cache_ttl", default=1800.0, type=float, help="seconds a cache channel keeps its last event")
 
 
 def make_app(**overrides: Any) -> tornado.web.Application:
@@ -220,6 +231,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     verifier = verifier_from_options(o)  # first: a bad key file or URL raises before anything starts
     proxies_from_options(o)  # the same for the proxies' URLs and rooms
     webhooks = webhook_settings(o)
+    pusher = pusher_app(o)
     if not 0 < o["poll_timeout"] < 60:
         raise ValueError("--poll-timeout must be above 0 and under 60 s (the browser library waits 60 s for a poll)")
     service = Service(
@@ -241,6 +253,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             backoff_cap=o.get("backoff_cap", 5.0),
             vacate_delay=o["vacate_delay"],
             webhooks=webhooks,
+            cache_ttl=o["cache_ttl"],
         )
     )
     metrics = service.metrics
@@ -274,6 +287,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             presence_list_rate=o["presence_list_rate"],
             presence_list_burst=o["presence_list_burst"],
             max_members=o["max_members"],
+            whispers=o["pusher_client_events"],
         ),
         addresses=addresses,
         verifier=verifier,
@@ -282,6 +296,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         reads=service.presence,
         connect_proxy=connect_proxy,
         subscribe_proxy=subscribe_proxy,
+        events_out=service.webhooks,
     )
     # Replays (and member lists) a socket may be owed at once: one whole history's worth.
     bulk_limit = o["history_size"] * o["max_message_size"]
@@ -310,7 +325,6 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     transports = dict(transports=Transports(
         sessions, handoff, shared, parse_origins(o["allowed_origins"]), o["xheaders"], o["max_message_size"],
     ))
-    slug = f"({SLUG_PATTERN})"
     # One line per request, with no query string (tokens travel in it) and a bounded path, and
     # refusals at most once per 30 s per kind (rrr/edge/requestlog.py); handlers log errors through it too.
     request_log = RequestLog()
@@ -318,31 +332,31 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     app = tornado.web.Application(
         [
             (r"/", IndexHandler),
-            (rf"/count/{slug}/", CountPageHandler, dict(client_publish=o["client_publish"])),
-            (rf"/ws/count/{slug}/", CountSocket, sockets),
+            room_route("/count/{room}/", CountPageHandler, dict(client_publish=o["client_publish"])),
+            room_route("/ws/count/{room}/", CountSocket, sockets),
             (r"/ws/", RelaySocket, sockets),
             # Whether the sockets take a page's Origin: the library asks after a handshake failed.
             (r"/ws/origin", OriginCheck, dict(allowed_origins=sockets["allowed_origins"], xheaders=o["xheaders"])),
             (r"/sse/", SseHandler, transports),
-            (rf"/sse/count/{slug}/", SseCountHandler, transports),
+            room_route("/sse/count/{room}/", SseCountHandler, transports),
             (r"/sse/([^/]{1,300})/", SessionHandler, dict(transports, kind="sse")),
             (r"/poll/", PollOpenHandler, transports),
             (r"/poll/([^/]{1,300})/", SessionHandler, dict(transports, kind="poll")),
             (r"/(?:sse|poll)/.*", TransportNotFound),
-            (
-                rf"/api/rooms/{slug}", RoomHandler,
+            room_route(
+                "/api/rooms/{room}", RoomHandler,
                 dict(reads=service.presence, metrics=metrics, rate=addresses.api, token=api_token),
             ),
-            (
-                rf"/api/rooms/{slug}/members", MembersHandler,
+            room_route(
+                "/api/rooms/{room}/members", MembersHandler,
                 dict(reads=service.presence, token=api_token, list_max=max(1, o["presence_list_max"])),
             ),
             (
                 r"/api/users/([^/]{1,128})/disconnect", DisconnectHandler,
                 dict(reads=service.presence, token=api_token, keep_for=o["token_max_age"]),
             ),
-            (
-                rf"/api/rooms/{slug}/messages",
+            room_route(
+                "/api/rooms/{room}/messages",
                 PublishHandler,
                 dict(
                     history=service.history, metrics=metrics, token=api_token, max_size=o["max_message_size"],
@@ -350,6 +364,8 @@ def make_app(**overrides: Any) -> tornado.web.Application:
                     history_bytes=addresses.history_bytes,
                 ),
             ),
+            *([(r"/app/([^/]{1,200})", PusherSocket, dict(sockets, pusher=pusher))] if pusher else []),
+            *(pusher_api.routes(pusher, service.history, service.presence, o["token_max_age"]) if pusher else []),
             (r"/healthz", HealthHandler, dict(health=service.health, info=service.info)),
             (r"/metrics", MetricsHandler, dict(metrics=metrics)),
             # The talk's own page and SharedWorker, unchanged (examples/talk/README.md).
@@ -393,6 +409,7 @@ def check_options() -> None:
         verifier_from_options(o)
         proxies_from_options(o)
         webhook_settings(o)
+        pusher_app(o)
         if not 0 < options.poll_timeout < 60:
             raise ValueError("--poll-timeout must be above 0 and under 60 s (the library waits 60 s for a poll)")
         workers.loop_factory(options.loop)

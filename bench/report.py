@@ -32,6 +32,8 @@ IDENTITY = ROOT / "bench" / "results" / "identity.md"
 TRANSPORTS = ROOT / "bench" / "results" / "transports.md"
 #: Measured apart, by `python -m bench.webhook_cost --write`.
 WEBHOOKS = ROOT / "bench" / "results" / "webhooks.md"
+#: Measured apart, by `python -m bench.pusher_cost --write`.
+PUSHER = ROOT / "bench" / "results" / "pusher.md"
 OURS = "rrr"
 
 
@@ -559,7 +561,8 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
             continue
         doc += [f"### {titles[sc]}", "", DESCRIPTIONS.get(sc, "").format(**p), "",
                 scenario_table(sc, sizes, servers, agg, meta["scenarios"][sc]["size_label"]), ""]
-    for extra in (HANDSHAKE, PERFORMANCE, IDENTITY, TRANSPORTS, WEBHOOKS):  # measured apart, each by its own script
+    # Measured apart, each by its own script.
+    for extra in (HANDSHAKE, PERFORMANCE, IDENTITY, TRANSPORTS, WEBHOOKS, PUSHER):
         if extra.exists():
             doc += [extra.read_text().rstrip(), ""]
     causes = known_causes(results)

@@ -211,12 +211,13 @@ class PublishHandler(JsonHandler):
             return
         body = b"".join(self._chunks)
         self._chunks.clear()
+        event = self._event()
         try:
             text = validate_json_payload(body)
         except ValueError:
             raise tornado.web.HTTPError(400, "body must be a JSON value (UTF-8, no NaN or Infinity)") from None
         try:
-            published = await self.history.publish(slug, text)
+            published = await self.history.publish(slug, protocol.pack(text, event))
         except OutcomeUnknown:
             # Redis took the PUBLISH but did not answer in time: it may have been delivered.
             # A distinct status lets a publisher decide instead of blindly retrying a duplicate.
@@ -267,7 +268,7 @@ class PublishHandler(JsonHandler):
         limit = self.history.max_message
         kept = [(o, d) for o, d in entries if not protocol.too_big(d, limit)]
         self.metrics.oversized_messages.inc(len(entries) - len(kept))
-        messages = ",".join('{"offset":%d,"data":%s}' % (o, d) for o, d in kept)
+        messages = ",".join(_entry_json(o, d) for o, d in kept)
         body = (
             '{"room":' + protocol.dumps(slug) + ',"epoch":' + protocol.dumps(read.epoch or None) + ',"offset":'
             + str(read.top) + ',"recovered":' + ("true" if recovered else "false") + ',"messages":[' + messages + "]}"
@@ -275,6 +276,15 @@ class PublishHandler(JsonHandler):
         if self._over_budget(len(body)):  # others of this address spent it while Redis answered
             return
         self.finish(body)
+
+    def _event(self) -> str | None:
+        event = self.get_query_argument("event", None)
+        if event is None:
+            return None
+        try:
+            return protocol.check_event(event)
+        except ValueError as e:
+            raise tornado.web.HTTPError(400, str(e)) from None
 
     def _over_budget(self, size: int) -> bool:
         """Charge ``size`` bytes to the client address (0: only look whether it owes any); False if
@@ -287,6 +297,13 @@ class PublishHandler(JsonHandler):
             self, self.metrics, "history_bytes", wait, "too much history read from this address; see Retry-After",
         )
         return True
+
+
+def _entry_json(offset: int, payload: str) -> str:
+    """One stored message of ``GET /api/rooms/<slug>/messages``: its ``event`` when it has one."""
+    p = protocol.unpack(payload)
+    event = "" if p.event is None else ',"event":' + protocol.dumps(p.event)
+    return '{"offset":%d%s,"data":%s}' % (offset, event, p.data_json)
 
 
 class HealthHandler(JsonHandler):
@@ -329,7 +346,7 @@ class NotFoundHandler(JsonHandler):
     JSON body."""
 
     def prepare(self) -> None:
-        raise tornado.web.HTTPError(404, "no such page; room slugs are [A-Za-z0-9_-]{1,64}")
+        raise tornado.web.HTTPError(404, "no such page; rooms are 1 to 164 of A-Z a-z 0-9 _ - = @ , . ;")
 
     def wants_html(self) -> bool:
         headers = self.request.headers

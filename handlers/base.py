@@ -12,6 +12,7 @@ import tornado.web
 
 from rrr.edge.headers import host_allowed, request_host, security_headers
 from rrr.edge.requestlog import request_log
+from rrr.protocol import ROOM_PATH_PATTERN, is_valid_slug
 
 
 class SafeLogs(tornado.web.RequestHandler):
@@ -77,3 +78,28 @@ def guard_hosts(app: tornado.web.Application, allowed: frozenset[str], xheaders:
     ahead of the application's own rules, so a rule in the handler list would come too late)."""
     if allowed:
         app.default_router.rules.insert(0, tornado.routing.Rule(DisallowedHost(allowed, xheaders), HostRefused))
+
+
+class RoomPath(tornado.routing.PathMatches):
+    """A route whose groups are room names: matched percent-encoded or not (``/api/rooms/a%40b``
+    is room ``a@b``), and only if every group decodes to a valid room; anything else falls
+    through to the 404 before any handler (or upgrade) runs."""
+
+    def match(self, request: tornado.httputil.HTTPServerRequest) -> dict[str, Any] | None:
+        found = super().match(request)
+        if found is None:
+            return None
+        for arg in found.get("path_args", ()):
+            try:
+                room = arg.decode("utf-8") if isinstance(arg, bytes) else arg
+            except UnicodeDecodeError:
+                return None
+            if not is_valid_slug(room):
+                return None
+        return found
+
+
+def room_route(pattern: str, handler: type[tornado.web.RequestHandler], kwargs: dict[str, Any] | None = None,
+               ) -> tornado.routing.Rule:
+    """A `RoomPath` rule; ``{room}`` in ``pattern`` stands for one room name."""
+    return tornado.routing.Rule(RoomPath(pattern.replace("{room}", f"({ROOM_PATH_PATTERN})")), handler, kwargs)

@@ -37,7 +37,7 @@ class RelaySocket(SafeLogs, WebSocketHandler):
     # dict of its own (1.2 KiB per idle socket; bench/socket_memory.py).
     __slots__ = (
         "shared", "identity", "since", "keepalive", "ip", "allowed_origins", "send_buffer", "bulk_limit", "xheaders",
-        "session", "_fast", "_outbox",
+        "session", "_fast", "_outbox", "socket_id",
     )
 
     def initialize(
@@ -56,6 +56,7 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         self.session: Session | None = None
         self._fast = False
         self._outbox: Outbox | None = None  # only while bulk frames wait for the stream (rrr/edge/outbox.py)
+        self.socket_id: str | None = None  # once it whispers (a Pusher socket: from the start)
 
     def prepare(self) -> None:
         # Tornado skips check_origin when the Origin's host:port equals Host, whatever its

@@ -32,7 +32,7 @@ from .backplane import keys, scripts
 from .auth import mint
 from .backplane.clients import is_cluster_url, make_redis, make_sync_redis
 from .errors import BackplaneError, OutcomeUnknown
-from .backplane.history import parse_published, publish_args
+from .backplane.history import cache_ms, parse_published, publish_args
 
 log = logging.getLogger("rrr.client")
 
@@ -45,6 +45,8 @@ HISTORY_SIZE = 100
 HISTORY_TTL = 300.0
 MAX_MESSAGE_SIZE = protocol.MAX_MESSAGE_SIZE
 TIMEOUT = 2.0
+#: How long a cache channel keeps the helper's message as its last one: the servers' default --cache-ttl.
+CACHE_TTL = 1800.0
 
 
 def token(
@@ -61,17 +63,20 @@ def _default_url() -> str:
     return os.environ.get("RRR_REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 
-def encode(room: str, data: Any) -> str:
-    """The JSON text `publish` would send for ``data`` to ``room``; ValueError for a bad slug or data
-    that is not plain JSON (what `rrr.django.publish_on_commit` checks at call time)."""
+def encode(room: str, data: Any, event: str | None = None) -> str:
+    """The text `publish` would send for ``data`` to ``room`` (with ``event``: `protocol.pack`ed);
+    ValueError for a bad room, event name or data that is not plain JSON (what
+    `rrr.django.publish_on_commit` checks at call time)."""
+    if event is not None:
+        protocol.check_event(event)
     if not protocol.is_valid_slug(room):
-        raise ValueError(f"room must match {protocol.SLUG_PATTERN}, got {room!r:.80}")
+        raise ValueError(f"{protocol.ROOM_RULE}, got {room!r:.80}")
     try:
         text = protocol.dumps(data)
         text.encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as e:
         raise ValueError(f"data must be plain JSON (dicts, lists, str, numbers, bool, None): {e}") from None
-    return text
+    return protocol.pack(text, event)
 
 
 def check_size(text: str, limit: int) -> None:
@@ -179,10 +184,11 @@ def max_message_size(redis_url: str | None = None) -> int:
 
 def publish(
     room: str, data: Any, *, redis_url: str | None = None, history_size: int | None = None,
-    history_ttl: float | None = None,
+    history_ttl: float | None = None, event: str | None = None,
 ) -> int:
     """Send ``data`` (any JSON value) to every socket in ``room``, stored in its history; returns the
-    message's offset (0 when history is off: then it is relayed live only, not stored).
+    message's offset (0 when history is off: then it is relayed live only, not stored). ``event``:
+    the name Pusher clients hear it as (default ``message``), also on rrr's ``message`` frame.
 
     ``redis_url``: the server's ``--redis-url`` (default ``$RRR_REDIS_URL``). History is kept as the
     servers on that Redis keep it (their ``--history-size``/``--history-ttl``, which they announce
@@ -190,7 +196,7 @@ def publish(
     ``--max-message-size`` (announced there too) raises ValueError, and nothing is sent. With no
     server announced there, a WARNING on the ``rrr.client`` logger (once per process and URL) says
     so, and the message goes out all the same."""
-    text = encode(room, data)
+    text = encode(room, data, event)
     url = redis_url or _default_url()
     client = _sync_client(url)
     try:
@@ -201,9 +207,11 @@ def publish(
         size, ttl, limit = _settings_of(announced, history_size, history_ttl)
         check_size(text, limit)
         if size <= 0 or ttl <= 0:
+            if ms := cache_ms(room, CACHE_TTL):
+                client.set(keys.cache(room), text, px=ms)
             client.publish(keys.room_channel(room), text)
             return 0
-        k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url))
+        k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url), cache_ttl=CACHE_TTL)
         return parse_published(client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)).offset
     except RedisTimeoutError as e:
         raise OutcomeUnknown(f"redis did not answer in time; the message may have been published: {e}") from e
@@ -213,10 +221,10 @@ def publish(
 
 async def apublish(
     room: str, data: Any, *, redis_url: str | None = None, history_size: int | None = None,
-    history_ttl: float | None = None,
+    history_ttl: float | None = None, event: str | None = None,
 ) -> int:
     """`publish` for async code (one client per event loop)."""
-    text = encode(room, data)
+    text = encode(room, data, event)
     url = redis_url or _default_url()
     client = _async_client(url)
     try:
@@ -225,9 +233,11 @@ async def apublish(
         size, ttl, limit = _settings_of(announced, history_size, history_ttl)
         check_size(text, limit)
         if size <= 0 or ttl <= 0:
+            if ms := cache_ms(room, CACHE_TTL):
+                await client.set(keys.cache(room), text, px=ms)
             await client.publish(keys.room_channel(room), text)
             return 0
-        k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url))
+        k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url), cache_ttl=CACHE_TTL)
         return parse_published(await client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)).offset
     except (RedisTimeoutError, asyncio.TimeoutError) as e:
         raise OutcomeUnknown(f"redis did not answer in time; the message may have been published: {e}") from e

@@ -41,6 +41,13 @@ from .supervise import RateLimitedLog
 log = logging.getLogger("rrr.delivery")
 
 
+def _message(room: str, payload: str, offset: int | None = None, epoch: str | None = None,
+             sub: str | None = None) -> Frame:
+    """A ``message`` (or ``whisper``) frame that keeps its payload beside it (`Frame.payload`)."""
+    p = protocol.unpack(payload)
+    return Frame(protocol.message_frame(room, p, offset, epoch, sub), (room, p))
+
+
 class Marks(Protocol):
     """Where a room whose presence may now be written is marked (`rrr.writer.Coalescer`)."""
 
@@ -157,7 +164,7 @@ class Delivery:
         if not self._fits(room, data_json):
             return
         s = self._streams.get(room)
-        self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json)))
+        self._fan_out(room, s, _message(room, data_json))
 
     def message(self, room: str, offset: int, epoch: str, data_json: str) -> None:
         s = self._streams.get(room)
@@ -167,7 +174,7 @@ class Delivery:
             data_json = ""  # dropped, its offset kept in order (and nothing big held meanwhile)
         if not self.history.enabled:
             if data_json:
-                self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json, offset, epoch)))
+                self._fan_out(room, s, _message(room, data_json, offset, epoch))
             return
         if not s.stale and epoch == s.epoch and offset > s.top + 1:
             s.stale = True  # a gap: read what is missing, hold what follows
@@ -194,6 +201,9 @@ class Delivery:
         targets = list(local.conns)
         if s is not None and s.unserved:
             targets = [conn for conn in targets if conn not in s.unserved]
+        exclude = frame.payload[1].exclude if frame.payload is not None else None
+        if exclude is not None:  # a whisper (or an API trigger) never reaches its sender
+            targets = [conn for conn in targets if getattr(conn, "socket_id", None) != exclude]
         for conn in targets:
             conn.send_frame(frame)
         self.metrics.messages_out.inc(len(targets))
@@ -221,7 +231,7 @@ class Delivery:
         if s.recent is not None and len(s.recent) < self.hold_max:
             s.recent.append((offset, data_json))
         if data_json:
-            self._fan_out(room, s, Frame(protocol.relay_frame(room, data_json, offset, s.epoch)))
+            self._fan_out(room, s, _message(room, data_json, offset, s.epoch))
 
     def _run(self, room: str, s: RoomStream) -> None:
         if self._closing or (s.task is not None and not s.task.done()):
@@ -371,7 +381,7 @@ class Delivery:
                 if not recovered:
                     replay = []
         messages = [
-            Frame(protocol.relay_frame(room, data, offset, s.epoch, p.sub))
+            _message(room, data, offset, s.epoch, p.sub)
             for offset, data in replay if self._fits(room, data)
         ]
         if messages and not p.conn.may_queue(sum(len(m.wire) for m in messages)):

@@ -32,6 +32,7 @@ class Limits:
     presence_list_rate: float = 1.0
     presence_list_burst: float = 20.0
     max_members: int = 0  # users per presence room (0: no cap)
+    whispers: bool = True  # whispers (and Pusher client events): --pusher-client-events
 
 
 class TokenBucket:

@@ -129,7 +129,8 @@ class Metrics:
             "rrr_webhook_events", "Events that became final and went to the outbox (this process sending)", ["name"],
             registry=r,
         )
-        for name in ("channel_occupied", "channel_vacated", "member_added", "member_removed"):
+        for name in ("channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event",
+                     "cache_miss"):
             self.webhook_events.labels(name)
         self.webhook_requests = Counter(
             "rrr_webhook_requests", "Webhook requests by outcome: ok (2xx), error (any other answer, or none), timeout",
@@ -142,10 +143,11 @@ class Metrics:
             registry=r,
         )
         self.webhook_dropped = Counter(
-            "rrr_webhook_dropped", "Events dropped: expired (past --webhook-retry-for, per URL) or backlog (over "
-            "--webhook-backlog, the oldest)", ["reason"], registry=r,
+            "rrr_webhook_dropped", "Events dropped: expired (past --webhook-retry-for, per URL), backlog (over "
+            "--webhook-backlog, the oldest) or unrecorded (a client_event or cache_miss Redis refused)", ["reason"],
+            registry=r,
         )
-        for reason in ("expired", "backlog"):
+        for reason in ("expired", "backlog", "unrecorded"):
             self.webhook_dropped.labels(reason)
 
     def bind_gauges(self, sockets: Callable[[], float], subs: Callable[[], float], rooms: Callable[[], float]) -> None:

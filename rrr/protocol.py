@@ -14,15 +14,30 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-SLUG_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+#: Room names: Pusher's channel grammar, so every Pusher channel is an rrr room (and the other way).
+ROOM_NAME_MAX = 164
+SLUG_PATTERN = r"[A-Za-z0-9_\-=@,.;]{1,%d}" % ROOM_NAME_MAX
 _SLUG_RE = re.compile(rf"^{SLUG_PATTERN}\Z")
+#: A room in a URL path: its characters, or any of them percent-encoded (as ``encodeURIComponent``
+#: writes ``@ , ; =``). Tornado decodes the segment; `is_valid_slug` judges what it decodes to.
+ROOM_PATH_PATTERN = r"(?:[A-Za-z0-9_\-=@,.;]|%[0-9A-Fa-f]{2}){1," + str(ROOM_NAME_MAX) + "}"
+ROOM_RULE = "room must be 1 to 164 letters, digits or _ - = @ , . ;"
+#: An event name a publisher may give a message (Pusher's limit), and the prefixes only the
+#: Pusher protocol itself may send: ``pusher_internal:member_added`` from a page would rewrite
+#: every Pusher client's member list.
+EVENT_NAME_MAX = 200
+RESERVED_EVENT_PREFIXES = ("pusher:", "pusher_internal:")
 # A JSON escape that may decode to half of a surrogate pair: only such frames need the full check.
 _SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
 SUB_ID_MAX = 128
 #: The longest user id (a token's ``sub``), so the longest ``after`` a ``members`` frame may name.
 USER_ID_MAX = 128
 
-CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "ping", "hello", "auth", "members"})
+CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "ping", "hello", "auth", "members", "whisper"})
+#: A whisper's (and a Pusher client event's) data, in bytes of JSON: Pusher's 10 KB.
+WHISPER_DATA_MAX = 10240
+#: Whispers (and Pusher client events) a socket may send per second, bursts included: Pusher's limit.
+WHISPER_RATE = 10
 TRANSPORTS = frozenset({"sharedworker", "leader", "direct", "unknown"})
 
 
@@ -59,6 +74,7 @@ class ClientMessage:
     token: str | None = None
     since: Since | None = None
     after: str | None = None  # a ``members`` frame's: the last user id the client got ("" from the start)
+    event: str | None = None  # a publish's optional event name (what Pusher clients hear it as); a whisper's
 
 
 @dataclass(frozen=True)
@@ -101,6 +117,92 @@ def is_valid_slug(value: object) -> bool:
     return isinstance(value, str) and _SLUG_RE.match(value) is not None
 
 
+def check_event(event: object) -> str:
+    """An event name a publisher may give (``publish``'s ``event``, ``?event=`` on the API, the
+    helper's ``event=``): 1 to 200 characters, not one of the Pusher protocol's own. ValueError
+    otherwise."""
+    if not isinstance(event, str) or not 0 < len(event) <= EVENT_NAME_MAX:
+        raise ValueError(f"event must be a string of 1 to {EVENT_NAME_MAX} characters")
+    if event.startswith(RESERVED_EVENT_PREFIXES):
+        raise ValueError("event names starting with pusher: or pusher_internal: are reserved")
+    return event
+
+
+#: What starts a payload that carries more than its data (`pack`): no JSON text starts with it.
+ENVELOPE = "#"
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """A message as it travels through Redis (pub/sub and history alike): its data (JSON text) and
+    what goes with it. Plain data is its own payload; anything more is `pack`ed in front of it:
+    its ``event`` name; ``whisper``: an ephemeral event from a client (never stored), from ``user``
+    (None: anonymous); ``exclude``: the socket id of the one socket it must not reach (its sender)."""
+
+    data_json: str
+    event: str | None = None
+    whisper: bool = False
+    user: str | None = None
+    exclude: str | None = None
+
+
+def pack(data_json: str, event: str | None = None, *, whisper: bool = False, user: str | None = None,
+         exclude: str | None = None) -> str:
+    """One string for Redis: ``data_json`` alone, or a header (``#{"e":<event>,...}``) followed by
+    it. Backends that ``PUBLISH`` themselves may write the same (``e`` only)."""
+    header: dict[str, Any] = {}
+    if event is not None:
+        header["e"] = event
+    if whisper:
+        header["w"] = 1
+        if user is not None:
+            header["u"] = user
+    if exclude is not None:
+        header["x"] = exclude
+    return ENVELOPE + dumps(header) + data_json if header else data_json
+
+
+_HEADER = json.JSONDecoder()
+_SOCKET_ID_RE = re.compile(r"[0-9]{1,20}\.[0-9]{1,20}")
+
+
+def unpack(payload: str) -> Payload:
+    """`pack` undone, for a payload already validated (`validate_payload`)."""
+    if not payload.startswith(ENVELOPE):
+        return Payload(payload)
+    header, end = _HEADER.raw_decode(payload, 1)
+    return Payload(payload[end:], header.get("e"), "w" in header, header.get("u"), header.get("x"))
+
+
+def validate_payload(raw: bytes | str) -> str:
+    """`validate_json_payload` for a message's payload: plain JSON data, or a `pack`ed header (an
+    object whose ``e``, if present, is an event name) and JSON data after it. ValueError otherwise."""
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    stripped = text.strip()
+    if not stripped.startswith(ENVELOPE):
+        return validate_json_payload(stripped)
+    try:
+        header, end = _HEADER.raw_decode(stripped, 1)
+    except (ValueError, RecursionError):
+        raise ValueError("a payload's header must be a JSON object") from None
+    if not isinstance(header, dict) or set(header) - {"e", "w", "u", "x"}:
+        raise ValueError("a payload's header must be an object of 'e', 'w', 'u', 'x'")
+    if "e" in header:
+        check_event(header["e"])
+    if "w" in header and (header["w"] != 1 or "e" not in header):
+        raise ValueError("a whisper ('w': 1) needs its event ('e')")
+    user = header.get("u")
+    if user is not None and not (isinstance(user, str) and 0 < len(user) <= USER_ID_MAX and "w" in header):
+        raise ValueError("'u' is a whisper's user id")
+    x = header.get("x")
+    if x is not None and not (isinstance(x, str) and _SOCKET_ID_RE.fullmatch(x)):
+        raise ValueError("'x' is a socket id")
+    data = validate_json_payload(stripped[end:])
+    if not data:
+        raise ValueError("a payload needs data after its header")
+    return stripped[:end] + data
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON, the one encoding every frame uses."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -134,7 +236,9 @@ def parse_client_message(text: str) -> ClientMessage:
         return ClientMessage("auth", token=token)
     room = obj.get("room")
     if not is_valid_slug(room):
-        raise ProtocolError("bad_room", "room must match [A-Za-z0-9_-]{1,64}")
+        raise ProtocolError("bad_room", ROOM_RULE)
+    if kind == "whisper":
+        return _whisper(obj, str(room))
     if kind == "publish":
         if "data" not in obj:
             raise ProtocolError("bad_message", "publish needs a 'data' field")
@@ -142,7 +246,13 @@ def parse_client_message(text: str) -> ClientMessage:
             data_json = dumps(obj["data"])
         except ValueError:
             raise ProtocolError("bad_message", "data must be plain JSON") from None
-        return ClientMessage("publish", room=room, data_json=data_json)
+        event = obj.get("event")
+        if event is not None:
+            try:
+                event = check_event(event)
+            except ValueError as e:
+                raise ProtocolError("bad_message", str(e), room=room) from None
+        return ClientMessage("publish", room=room, data_json=data_json, event=event)
     sub = obj.get("sub", "")
     if isinstance(sub, int) and not isinstance(sub, bool):
         sub = str(sub)
@@ -162,6 +272,23 @@ def parse_client_message(text: str) -> ClientMessage:
     if kind == "subscribe" and obj.get("since") is not None:
         since = parse_since(obj["since"], str(room), sub)
     return ClientMessage(kind, room=room, sub=sub, since=since)
+
+
+def _whisper(obj: dict[str, Any], room: str) -> ClientMessage:
+    """``{"type": "whisper", "room", "event", "data"}``: an event for the room's other subscribers now."""
+    try:
+        event = check_event(obj.get("event"))
+    except ValueError as e:
+        raise ProtocolError("bad_message", f"whisper {e}", room=room) from None
+    if "data" not in obj:
+        raise ProtocolError("bad_message", "whisper needs a 'data' field", room=room)
+    try:
+        data_json = dumps(obj["data"])
+    except ValueError:
+        raise ProtocolError("bad_message", "data must be plain JSON", room=room) from None
+    if too_big(data_json, WHISPER_DATA_MAX):
+        raise ProtocolError("bad_message", f"a whisper's data is at most {WHISPER_DATA_MAX} bytes of JSON", room=room)
+    return ClientMessage("whisper", room=room, data_json=data_json, event=event)
 
 
 _EPOCH_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
@@ -324,9 +451,11 @@ def presence_diff_frames(room: str, joins: Mapping[str, str], leaves: Mapping[st
 
 def relay_frame(
     room: str, data_json: str, offset: int | None = None, epoch: str | None = None, sub: str | None = None,
+    event: str | None = None,
 ) -> str:
     """A ``message`` frame carrying ``data_json`` byte for byte, as the publisher sent it; a message
-    stored in history says where it is (``offset``, ``epoch``); a replay says for which ``sub``.
+    stored in history says where it is (``offset``, ``epoch``); a replay says for which ``sub``; a
+    message its publisher named (or a Pusher event) says its ``event``.
 
     Built by concatenation so a payload is never decoded and re-encoded per room:
     ``data_json`` must already be validated JSON text.
@@ -336,7 +465,28 @@ def relay_frame(
         head += ',"sub":' + dumps(sub)
     if offset is not None:
         head += ',"offset":' + str(offset) + ',"epoch":' + dumps(epoch)
+    if event is not None:
+        head += ',"event":' + dumps(event)
     return head + ',"data":' + data_json + "}"
+
+
+def message_frame(
+    room: str, p: Payload, offset: int | None = None, epoch: str | None = None, sub: str | None = None,
+) -> str:
+    """What a subscriber gets for a payload from Redis (`unpack`ed): a ``message`` (`relay_frame`),
+    or a ``whisper`` (`whisper_frame`)."""
+    if p.whisper:
+        assert p.event is not None
+        return whisper_frame(room, p.event, p.data_json, p.user)
+    return relay_frame(room, p.data_json, offset, epoch, sub, p.event)
+
+
+def whisper_frame(room: str, event: str, data_json: str, user: str | None) -> str:
+    """A whisper as the room's other subscribers get it: ``user`` the sender's (None: anonymous)."""
+    return (
+        '{"type":"whisper","room":' + dumps(room) + ',"event":' + dumps(event) + ',"data":' + data_json
+        + ',"user":' + dumps(user) + "}"
+    )
 
 
 def subscribed_message(room: str, sub: str, offset: int | None, epoch: str | None, recovered: bool) -> dict[str, Any]:

@@ -68,6 +68,7 @@ class Settings:
     #: list's leave grace.
     vacate_delay: float = 2.0
     webhooks: WebhookSettings | None = None
+    cache_ttl: float = 1800.0  # --cache-ttl: a cache channel's last message is kept this long
 
 
 class Service:
@@ -82,7 +83,7 @@ class Service:
         bp = backplane or connect(
             s.redis_url, metrics, ttl=s.presence_ttl, timeout=s.redis_timeout, pool_size=s.redis_pool_size,
             keepalive=s.pubsub_keepalive, history_size=s.history_size, history_ttl=s.history_ttl,
-            max_message=s.max_message_size, events=events,
+            max_message=s.max_message_size, events=events, cache_ttl=s.cache_ttl,
         )
         self.presence: Presence = bp.presence
         self.subscriber: Subscriber = bp.subscriber

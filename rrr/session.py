@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import NoReturn
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import NoReturn, Protocol
 
 from tornado.httputil import HTTPHeaders
 
@@ -26,11 +26,14 @@ from .metrics import Metrics
 from .protocol import ClientMessage, ProtocolError, Since
 from .proxies import RETRY_AFTER, RETRY_EVERY, ConnectProxy, HandshakeRefused, ProxiedIdentity, ProxyRefused
 from .proxies import ProxyUnavailable, SubscribeProxy
+from .pusher.names import SocketIds
 from .rooms import Connection
 
 _PONG = Frame(protocol.PONG_FRAME)
 
 log = logging.getLogger("rrr.session")
+#: Webhook records under way (`Shared.record`): a task must be referenced until it is done.
+_RECORDING: set[asyncio.Future[None]] = set()
 
 
 class _NoCensus(Exception):
@@ -39,6 +42,14 @@ class _NoCensus(Exception):
 
 class _AskBackend(Exception):
     """The room is the subscribe proxy's to judge: the socket's grants do not cover it."""
+
+
+class EventsOut(Protocol):
+    """Webhooks (`rrr.webhooks.Webhooks`) as a session sees them: events no presence change makes."""
+
+    def wants(self, name: str) -> bool: ...
+
+    async def record(self, name: str, room: str, fields: Mapping[str, str]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,19 @@ class Shared:
     reads: PresenceReads
     connect_proxy: ConnectProxy | None = None
     subscribe_proxy: SubscribeProxy | None = None
+    #: Every socket that whispers (and every Pusher socket) gets an id of these, unique across
+    #: processes: what a whisper names so that it never reaches its sender.
+    socket_ids: SocketIds = field(default_factory=SocketIds)
+    events_out: EventsOut | None = None  # webhooks on: client_event and cache_miss, if --webhook-events asks
+
+    def record(self, name: str, room: str, fields: Mapping[str, str]) -> None:
+        """A ``client_event`` or ``cache_miss`` webhook, when ``--webhook-events`` asks for it; off the
+        caller's path (it never waits on Redis for it)."""
+        out = self.events_out
+        if out is not None and out.wants(name):
+            task = asyncio.ensure_future(out.record(name, room, fields))
+            _RECORDING.add(task)
+            task.add_done_callback(_RECORDING.discard)
 
     async def revoked(self, identity: Identity) -> bool:
         """Whether ``identity``'s token was issued before its user's last sign-out (no ``iat``: yes)."""
@@ -97,7 +121,7 @@ class Session:
     # Slots, and rate buckets only once the socket sends: one Session lives per idle socket.
     __slots__ = (
         "conn", "shared", "hub", "ip", "fixed_room", "subs", "n_subs", "transport",
-        "_bucket", "_frames", "_lists", "_dropped", "identity", "_expiry", "_announce_fixed", "_joining",
+        "_bucket", "_frames", "_lists", "_dropped", "identity", "_expiry", "_announce_fixed", "_joining", "_whispers",
     )
 
     def __init__(
@@ -126,6 +150,7 @@ class Session:
         self._expiry: asyncio.TimerHandle | None = None
         self._announce_fixed = since is not None
         self._joining: asyncio.Future[None] | None = None
+        self._whispers: TokenBucket | None = None
         if identity is not None:
             self._authenticate(identity)
         self.hub.attach(conn)
@@ -163,7 +188,7 @@ class Session:
         return None
 
     async def _subscribe_after_census(
-        self, room: str, sub: str, since: Since | None, admitted: str | None = None,
+        self, room: str, sub: str, since: Since | None, admitted: str | None = None, user: str | None = None,
     ) -> None:
         try:
             census = await self.hub.census(room)
@@ -171,7 +196,30 @@ class Session:
             raise ProtocolError("unavailable", "cannot count the room's members now; try again",
                                 room=room, sub=sub) from None
         if self.conn in self.hub.connections:  # not closed while we read
-            self.subscribe(room, sub, since, census, admitted)
+            self.subscribe(room, sub, since, census, admitted, user)
+
+    def admit_subscription(
+        self, room: str, sub: str, info_json: str = "null", user: str | None = None,
+    ) -> Awaitable[None] | None:
+        """A subscription another protocol's door authorized itself (a Pusher channel's signed
+        ``auth``): no token grant is asked for, every cap applies as to any subscription, and in a
+        presence room ``user`` is the member, showing ``info_json``. Refused: `ProtocolError` now,
+        or later as an ``error`` frame naming the room (when the member cap first reads the room)."""
+        try:
+            self.subscribe(room, sub, admitted=info_json, user=user)
+        except _NoCensus:
+            return self._replying(self._subscribe_after_census(room, sub, None, info_json, user))
+        return None
+
+    def identify_as(self, identity: Identity) -> None:
+        """A door's own sign-in (Pusher's ``pusher:signin``): the socket is ``identity`` from now on,
+        for revocation (a sign-out, ``terminate_connections``) as a token's identity is."""
+        self._adopt(identity, announce=False)
+
+    def within_rate(self) -> bool:
+        """Every frame a client sends spends one of ``--message-rate`` (see `_within_rate`), whatever
+        protocol it speaks."""
+        return self._within_rate()
 
     async def _subscribe_if_allowed(self, room: str, sub: str, since: Since | None) -> None:
         """A room of ``--subscribe-proxy-rooms`` the socket's grants do not cover: the backend is
@@ -200,12 +248,13 @@ class Session:
 
     def subscribe(
         self, room: str, sub: str, since: Since | None = None, census: dict[str, str] | None = None,
-        admitted: str | None = None,
+        admitted: str | None = None, user: str | None = None,
     ) -> None:
         """Register one subscription, or raise the cap it would break (nothing is registered then);
         `_NoCensus` when the member cap needs the room's members read first (``census``);
         `_AskBackend` when the subscribe proxy judges the room. ``admitted``: the subscribe proxy
-        let it in, showing that info (JSON) in a presence room."""
+        (or a door's own authorization, `admit_subscription`) let it in, showing that info (JSON)
+        in a presence room, as ``user`` if given (else as the socket's identity)."""
         tabs = self.subs.get(room)
         if tabs is not None and sub in tabs:
             return  # idempotent: a worker resubscribing after a hiccup must not double-count
@@ -233,8 +282,9 @@ class Session:
                 "rooms", "too_many_rooms", f"this server follows its maximum of {lim.max_rooms} rooms; try later",
                 room, sub,
             )
-        if lim.max_members > 0 and protocol.is_presence_room(room) and self.identity is not None:
-            fits = self.hub.admits(room, self.identity.user, lim.max_members, census)
+        who = user if user is not None else (self.identity.user if self.identity is not None else None)
+        if lim.max_members > 0 and protocol.is_presence_room(room) and who is not None:
+            fits = self.hub.admits(room, who, lim.max_members, census)
             if fits is None:
                 raise _NoCensus()
             if not fits:
@@ -258,11 +308,10 @@ class Session:
             tabs = self.subs[room] = set()
         tabs.add(sub)
         self.n_subs += 1
-        who = self.identity
         announce = self.fixed_room is None or self._announce_fixed
         if who is not None and protocol.is_presence_room(room):
-            info_json = who.info_json if admitted is None else admitted
-            self.hub.subscribe(self.conn, room, who.user, info_json, sub, since, announce)
+            info_json = self.identity.info_json if admitted is None and self.identity is not None else admitted
+            self.hub.subscribe(self.conn, room, who, info_json or "null", sub, since, announce)
         else:
             self.hub.subscribe(self.conn, room, sub=sub, since=since, announce=announce)
 
@@ -405,7 +454,58 @@ class Session:
             self.unsubscribe(msg.room, msg.sub)
         elif msg.type == "publish":
             return self._replying(self._publish(msg))
+        elif msg.type == "whisper":
+            assert msg.room is not None and msg.event is not None and msg.data_json is not None
+            user = self.identity.user if self.identity is not None else None
+            return self._replying(self.whisper(msg.room, msg.event, msg.data_json, user))
         return None
+
+    def socket_id(self) -> str:
+        """This socket's id (`Shared.socket_ids`), made on first use and kept on the socket, which
+        delivery compares with a whisper's sender."""
+        conn = self.conn
+        sid: str | None = getattr(conn, "socket_id", None)
+        if sid is None:
+            sid = self.shared.socket_ids.new()
+            conn.socket_id = sid  # type: ignore[attr-defined]  # a slot of every door's socket
+        return sid
+
+    def may_whisper(self) -> bool:
+        """One of the socket's ``WHISPER_RATE`` whispers (Pusher client events) a second."""
+        if self._whispers is None:
+            self._whispers = TokenBucket(protocol.WHISPER_RATE, protocol.WHISPER_RATE)
+        if self._whispers.take():
+            return True
+        self.shared.metrics.limited.labels("whisper_rate").inc()
+        return False
+
+    async def whisper(self, room: str, event: str, data_json: str, user: str | None) -> None:
+        """An event for the room's other subscriptions now, on every process, never stored and never
+        back to this socket (typing indicators, cursors): only in a private or presence room this
+        socket subscribes to (as Pusher allows client events only on authorized channels), at
+        most ``WHISPER_RATE`` a second. ``user``: who it is from, as its receivers are told."""
+        if not self.shared.limits.whispers:
+            raise ProtocolError("forbidden", "whispers are off on this server (--pusher-client-events)", room=room)
+        if not needs_grant(room):
+            raise ProtocolError("forbidden", "whispers only go to private and presence rooms", room=room)
+        if room not in self.subs:
+            raise ProtocolError("not_subscribed", "subscribe to a room before whispering to it", room=room)
+        if not self.may_whisper():
+            raise ProtocolError("rate_limited", f"at most {protocol.WHISPER_RATE} whispers a second", room=room)
+        payload = protocol.pack(data_json, event, whisper=True, user=user, exclude=self.socket_id())
+        try:
+            await self.shared.history.relay(room, payload)
+        except BackplaneError:
+            raise ProtocolError("unavailable", "the message bus is unavailable; try again", room=room) from None
+        self.record_client_event(room, event, data_json, user)
+
+    def record_client_event(self, room: str, event: str, data: str, user: str | None) -> None:
+        """Pusher's ``client_event`` webhook for a whisper or a Pusher client event (``user_id`` on
+        presence rooms only)."""
+        fields = {"e": event, "d": data, "x": self.socket_id()}
+        if user is not None and protocol.is_presence_room(room):
+            fields["u"] = user
+        self.shared.record("client_event", room, fields)
 
     def _members(self, room: str, sub: str, after: str) -> None:
         """A page of a presence room's members, for one of this socket's subscriptions to it: the
@@ -456,7 +556,7 @@ class Session:
         if over is not None:
             self._refuse("client_history", "rate_limited", over, room)
         try:
-            await shared.history.publish(room, msg.data_json)
+            await shared.history.publish(room, protocol.pack(msg.data_json, msg.event))
         except BackplaneError:
             raise ProtocolError("unavailable", "the message bus is unavailable; try again", room=room) from None
 

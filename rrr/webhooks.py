@@ -37,12 +37,15 @@ from .backplane import EventStore, StoredEvent
 from .errors import BackplaneError
 from .metrics import Metrics
 from .pusher.webhooks import signed_webhook
-from .supervise import Supervisor, cancel
+from .supervise import RateLimitedLog, Supervisor, cancel
 
 log = logging.getLogger("rrr.webhooks")
 
-#: The events rrr sends, by their Pusher names (``--webhook-events`` picks among them).
+#: The events rrr sends by default, by their Pusher names (``--webhook-events`` picks among them).
 EVENT_NAMES = ("channel_occupied", "channel_vacated", "member_added", "member_removed")
+#: Sent only when ``--webhook-events`` names them: a Pusher client event (its event, data and
+#: sender), and a cache channel's subscriber that found nothing cached.
+OPT_IN_NAMES = ("client_event", "cache_miss")
 #: Seconds the sender's lease lasts unless renewed (every third of it), at most: another process
 #: takes over within it plus one poll (half of it) of a dead sender. A shorter --presence-ttl
 #: shortens it (to a third of the TTL, at least 1 s), so a dead sender is replaced before its
@@ -77,10 +80,11 @@ def webhook_settings(o: Mapping[str, Any]) -> WebhookSettings | None:
     urls = tuple(u.strip() for u in str(o.get("webhook_url") or "").split(",") if u.strip())
     names_text = str(o.get("webhook_events") or "")
     names = frozenset(n.strip() for n in names_text.split(",") if n.strip()) or frozenset(EVENT_NAMES)
-    unknown = sorted(names - set(EVENT_NAMES))
+    unknown = sorted(names - set(EVENT_NAMES) - set(OPT_IN_NAMES))
     if unknown:
         raise ValueError(
-            f"--webhook-events: unknown event name(s) {', '.join(unknown)} (known: {', '.join(EVENT_NAMES)})",
+            f"--webhook-events: unknown event name(s) {', '.join(unknown)} "
+            f"(known: {', '.join(EVENT_NAMES + OPT_IN_NAMES)})",
         )
     for name, low in (("webhook_retry_for", 0.0), ("webhook_timeout", 0.0)):
         if not float(o.get(name, 1.0)) > low:
@@ -148,7 +152,25 @@ class Webhooks:
         self._wake: dict[str, asyncio.Event] = {url: asyncio.Event() for url in settings.urls}
         self._http: SimpleAsyncHTTPClient | None = None
         self._closing = False
+        self._log = RateLimitedLog(log)
         metrics.webhook_backlog.set_function(lambda: float(self.backlog))
+
+    def wants(self, name: str) -> bool:
+        return name in self.settings.names
+
+    async def record(self, name: str, room: str, fields: Mapping[str, str]) -> None:
+        """An event no presence change makes (``client_event``, ``cache_miss``), from any process,
+        when ``--webhook-events`` asks for it: into the outbox, delivered as the others are. Redis
+        failing loses it (logged at most once per 30 s): it happened, and nobody waits on it."""
+        if name not in self.settings.names:
+            return
+        try:
+            await self.store.direct(name, room, fields)
+        except BackplaneError as e:
+            self.metrics.webhook_dropped.labels("unrecorded").inc()
+            self._log.warning("direct", "could not record a %s webhook for %s: %s", name, room, e)
+            return
+        self.metrics.webhook_events.labels(name).inc()
 
     def status(self) -> dict[str, Any]:
         """What ``/healthz`` reports (information, not a check)."""

@@ -42,6 +42,7 @@ from support.cluster import RedisCluster
 from support.processes import REQUIRE_ALL, AppProcess, Command, free_port, need_binary
 from support.production import Cluster, Nginx, Script, SentinelGroup, start_apps, stop_apps
 from support.pusher import PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET, RequestRecorder
+from support.pusher_js import PusherJs
 from support.redis import LyingRedis
 from support.servers import Server, ServerFactory
 from support.transports import PollClient, SseClient
@@ -387,6 +388,26 @@ def pusher_sdk(http_recorder: RequestRecorder, monkeypatch: pytest.MonkeyPatch) 
         app_id=PUSHER_APP_ID, key=PUSHER_KEY, secret=PUSHER_SECRET, host="127.0.0.1", port=http_recorder.port,
         ssl=False, encryption_master_key_base64=base64.b64encode(b"k" * 32).decode(),
     )
+
+
+@pytest.fixture
+def pusher_js(io_loop: IOLoop) -> Iterator[Callable[..., Awaitable[PusherJs]]]:
+    """Start real pusher-js clients (and the Node server SDK) in a Node process
+    (tests/support/pusher_driver.mjs) against a server's port; all stopped after the test."""
+    started: list[PusherJs] = []
+
+    async def start(port: int, **kw: Any) -> PusherJs:
+        driver = await PusherJs.start(port, **kw)
+        started.append(driver)
+        return driver
+
+    yield start
+
+    async def stop() -> None:
+        for driver in started:
+            await driver.close()
+
+    io_loop.run_sync(stop, timeout=20)
 
 
 @pytest.fixture

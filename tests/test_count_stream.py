@@ -110,4 +110,4 @@ async def test_the_count_stream_follows_the_origin_rule_and_private_rooms_need_a
     s = await count_stream(server, f"/sse/count/private-x/?token={grant}")
     assert s.status == 200
     await s.settles_on(1)
-    assert (await count_stream(server, "/sse/count/bad.slug/")).status == 404
+    assert (await count_stream(server, "/sse/count/bad:slug/")).status == 404

@@ -40,15 +40,15 @@ async def test_count_page_renders_for_the_room(http_client: AsyncHTTPClient, bas
 
 
 @pytest.mark.parametrize("path", [
-    "/count/bad!slug/", "/count/" + "x" * 65 + "/", "/ws/count/bad%20slug/", "/ws/count/a.b/",
-    "/api/rooms/bad!slug", "/api/rooms/%2e%2e", "/nope",
+    "/count/bad!slug/", "/count/" + "x" * 165 + "/", "/ws/count/bad%20slug/", "/ws/count/a:b/",
+    "/api/rooms/bad!slug", "/api/rooms/%2e%2e%2f", "/api/rooms/a%3Ab", "/nope",
 ])
 async def test_bad_slugs_and_unknown_paths_are_404_and_create_nothing(
     http_client: AsyncHTTPClient, base_url: str, rclient: redis.Redis, path: str
 ) -> None:
     r = await fetch(http_client, base_url + path, headers={"Upgrade": "websocket", "Connection": "Upgrade"})
     assert r.code == 404
-    assert "slug" in json.loads(r.body)["error"]
+    assert "rooms are 1 to 164 of" in json.loads(r.body)["error"]
     assert [k for k in rclient.keys("rrr:presence:*")] == []
 
 

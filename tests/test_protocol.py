@@ -12,12 +12,12 @@ from rrr import protocol
 from rrr.protocol import CountState, ProtocolError, parse_client_message
 
 
-@pytest.mark.parametrize("slug", ["a", "ZVk89y", "with-dash_and_underscore", "x" * 64])
+@pytest.mark.parametrize("slug", ["a", "ZVk89y", "with-dash_and_underscore", "x" * 164, "a=b@c,d.e;f", "presence-7"])
 def test_valid_slugs(slug: str) -> None:
     assert protocol.is_valid_slug(slug)
 
 
-@pytest.mark.parametrize("slug", ["", "x" * 65, "bad!slug", "a/b", "a b", "é", "a\n", None, 12])
+@pytest.mark.parametrize("slug", ["", "x" * 165, "bad!slug", "a/b", "a b", "é", "a\n", "a:b", "a%40b", None, 12])
 def test_invalid_slugs(slug: str) -> None:
     assert not protocol.is_valid_slug(slug)
 
@@ -194,11 +194,12 @@ SERVER_BUILDERS: dict[str, Callable[..., str | dict[str, Any]]] = {
     "presence_frame": protocol.presence_frame,
     "presence_diff_frame": protocol.presence_diff_frame,
     "authenticated_message": protocol.authenticated_message,
+    "whisper_frame": protocol.whisper_frame,
     "ProtocolError": lambda *args, **kwargs: ProtocolError(*args, **kwargs).message(),
     "close_message": protocol.close_message,
 }
 SERVER_TYPES = {"connection_message", "message", "pong", "error", "authenticated", "presence", "presence_diff",
-                "subscribed", "close"}
+                "subscribed", "close", "whisper"}
 # What SSE and long-polling sessions are opened and answered with (the vectors' "sessions").
 SESSION_BUILDERS: dict[str, Callable[..., str | dict[str, Any]]] = {
     "session_message": protocol.session_message,

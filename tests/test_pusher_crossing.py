@@ -77,13 +77,14 @@ def test_a_value_survives_the_trip_both_ways() -> None:
         ("presence-room-1", "presence-room-1"),
         ("cache-prices", "cache-prices"),
         ("private-encrypted-vault", None),
-        ("room.1", None),
-        ("a@b", None),
-        ("x" * 65, None),
+        ("room.1", "room.1"),
+        ("a@b", "a@b"),
+        ("x" * 164, "x" * 164),
+        ("x" * 165, None),
         ("#server-to-user-u", None),
     ],
 )
-def test_channels_cross_when_their_name_is_also_an_rrr_room(channel: str, room: str | None) -> None:
+def test_every_channel_but_an_encrypted_one_is_the_room_of_its_name(channel: str, room: str | None) -> None:
     assert crossing.native_room(channel) == room
     if room is not None:
         assert crossing.pusher_channel(room) == channel

@@ -108,6 +108,11 @@ def main() -> int:
     env.setdefault("RRR_TOKEN_SECRET", secrets.token_urlsafe(32))
     env.setdefault("RRR_API_TOKEN", secrets.token_urlsafe(32))
     env.setdefault("RRR_WEBHOOK_SECRET", secrets.token_urlsafe(32))
+    # rrr's Pusher app (--pusher-app-id, --pusher-key, --pusher-secret, read from these by rrr and the site).
+    env.setdefault("RRR_PUSHER_APP_ID", "example")
+    env.setdefault("RRR_PUSHER_KEY", secrets.token_hex(10))
+    env.setdefault("RRR_PUSHER_SECRET", secrets.token_urlsafe(32))
+    env["RRR_PUSHER_HOST"] = f"127.0.0.1:{args.rrr_port}"
     env.update(RRR_REDIS_URL=redis_url, RRR_SOCKET_URL=f"ws://127.0.0.1:{args.rrr_port}/ws/", PYTHONUNBUFFERED="1")
     # the site imports rrr.django from this checkout, installed or not
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
@@ -117,7 +122,8 @@ def main() -> int:
     if args.same_origin:
         # The pages' socket is /ws/ on their own origin, and they ask for no token (RRR_CONNECT_PROXY):
         # rrr asks the connect view directly (not through nginx) who each handshake's cookie is.
-        env.update(RRR_SOCKET_URL="/ws/", RRR_CONNECT_PROXY="1", RRR_API_URL=f"http://127.0.0.1:{args.rrr_port}")
+        env.update(RRR_SOCKET_URL="/ws/", RRR_CONNECT_PROXY="1", RRR_API_URL=f"http://127.0.0.1:{args.rrr_port}",
+                   RRR_PUSHER_HOST=f"127.0.0.1:{args.port}")
         rrr_extra = ["--xheaders", "--connect-proxy-url", f"http://127.0.0.1:{django_port}/rrr/connect/"]
     # Both names of the site's host: the browser's Origin is whichever the person typed.
     origins = f"{site},http://localhost:{args.port}"

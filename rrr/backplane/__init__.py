@@ -163,6 +163,10 @@ class PresenceReads(Protocol):
     async def members(self, room: str) -> dict[str, str]:
         """A presence room's members across every live process: user -> info JSON."""
 
+    async def rooms(self, prefix: str = "") -> list[str]:
+        """The rooms whose name starts with ``prefix`` that have a presence row in Redis (some may
+        be empty: read each one's state), found by scanning the keyspace (every master of a cluster)."""
+
     async def revoked_at(self, user: str) -> float | None:
         """When ``user``'s tokens were last revoked, if that still matters."""
 
@@ -221,6 +225,12 @@ class History(Protocol):
     async def publish(self, room: str, data_json: str) -> Published:
         """Store and relay (history on), or relay only: then ``offset`` is 0 and ``epoch`` empty."""
 
+    async def relay(self, room: str, payload: str) -> int:
+        """Relay only, never stored (a whisper, a Pusher client event): how many processes got it."""
+
+    async def cached(self, room: str) -> str | None:
+        """A cache channel's last message (its payload), kept ``--cache-ttl``; None if none."""
+
     async def read(self, room: str, after: int | None, *, seen: tuple[str, int] | None = None) -> Read:
         """The room's position (its epoch fixed now if it had none), and the messages after ``after``."""
 
@@ -246,10 +256,15 @@ class StoredEvent:
     at_ms: int
     id: str
     stored_ms: int
+    event: str = ""  # a client_event's: its event name, data and sender's socket id
+    data: str = ""
+    socket_id: str = ""
 
     def payload(self) -> dict[str, object]:
         """The event as a webhook carries it (Pusher's shape, plus ``id`` and ``at_ms``)."""
         out: dict[str, object] = {"name": self.name, "channel": self.room}
+        if self.name == "client_event":
+            out.update(event=self.event, data=self.data, socket_id=self.socket_id)
         if self.user:
             out["user_id"] = self.user
         out["id"] = self.id
@@ -290,6 +305,9 @@ class EventStore(Protocol):
     async def ring(self, timeout: float) -> None:
         """Wait until a new event is recorded anywhere, at most ``timeout`` seconds."""
 
+    async def direct(self, name: str, room: str, fields: Mapping[str, str]) -> None:
+        """An event no presence change makes (``client_event``, ``cache_miss``), into the outbox now."""
+
     async def read(self, url_key: str, limit: int) -> list[StoredEvent]:
         """The next events for the URL keyed ``url_key``, after what it acknowledged."""
 
@@ -311,7 +329,7 @@ class Backplane:
 def connect(
     url: str, metrics: Metrics, *, ttl: float = 15.0, timeout: float = 2.0, pool_size: int = 32,
     keepalive: float = 5.0, history_size: int = 100, history_ttl: float = 300.0, max_message: int = 65536,
-    events: EventSettings | None = None,
+    events: EventSettings | None = None, cache_ttl: float = 1800.0,
 ) -> Backplane:
     """The backplane for ``url``: a Redis Cluster's (``redis+cluster://``: per-row expiry, sharded
     pub/sub), or the classic one (one Redis, or Sentinel). Nothing connects until it is used.
@@ -331,6 +349,7 @@ def connect(
         sharded = ClusterPresence(url, metrics, pubsub, ttl=ttl, timeout=timeout, pool_size=pool_size, events=events)
         history = RedisHistory(
             sharded, history_size, history_ttl, sharded=True, readers=max(1, pool_size // 2), max_message=max_message,
+            cache_ttl=cache_ttl,
         )
         subscriber = ClusterSubscriber(
             pubsub, metrics, url=url, timeout=timeout, keepalive=keepalive, process_id=sharded.process_id,
@@ -343,6 +362,7 @@ def connect(
     classic = ClassicPresence(url, metrics, pubsub, ttl=ttl, timeout=timeout, pool_size=pool_size, events=events)
     history = RedisHistory(
         classic, history_size, history_ttl, sharded=False, readers=max(1, pool_size // 2), max_message=max_message,
+        cache_ttl=cache_ttl,
     )
     store = RedisEventStore(url, metrics, classic.process_id, events, timeout=timeout) if events else None
     return Backplane(classic, ClassicSubscriber(pubsub, metrics, keepalive=keepalive, process_id=classic.process_id),

@@ -265,3 +265,13 @@ def lease_fresh(renewed_at: float | None, ttl: float) -> bool:
     """Renewed (at monotonic ``renewed_at``) recently enough that no sweeper can have taken the lease
     (two renewals of slack)."""
     return renewed_at is not None and time.monotonic() - renewed_at < 2 * ttl / 3 + 1
+
+
+def scan_reply(reply: Any) -> tuple[int, list[str]]:
+    """SCAN's ``(cursor, keys)``, the keys as text; `BadReply` for anything else."""
+    if not (isinstance(reply, (list, tuple)) and len(reply) == 2 and isinstance(reply[1], list)):
+        raise BadReply(f"expected a cursor and keys from SCAN, got {reply!r:.80}")
+    try:
+        return int(reply[0]), [k.decode() if isinstance(k, bytes) else str(k) for k in reply[1]]
+    except (ValueError, UnicodeDecodeError):
+        raise BadReply(f"expected a cursor and keys from SCAN, got {reply!r:.80}") from None

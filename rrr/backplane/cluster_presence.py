@@ -34,7 +34,7 @@ from ..supervise import RateLimitedLog
 from . import EventSettings, MemberDelta, RoomReport, WriteResult, keys, scripts
 from .calls import (
     BadReply, Calls, Revocations, Settled, count, event_args, lease_fresh, member_args, parse_members, parse_state,
-    report_args, show,
+    report_args, scan_reply, show,
 )
 from .clients import make_redis
 from .presence import new_process_id
@@ -296,6 +296,19 @@ class ClusterPresence:
 
     async def members(self, room: str) -> dict[str, str]:
         return parse_members(await self._script("cluster_members", [], keys=keys.presence_keys(room)))
+
+    async def rooms(self, prefix: str = "") -> list[str]:
+        found: set[str] = set()
+        for node in self._redis.get_primaries():
+            cursor = 0
+            while True:
+                reply = await self._calls.run("scan", self._redis.scan(
+                    cursor, match=keys.presence_pattern(prefix), count=1000, target_nodes=node))
+                cursor, names = scan_reply(reply)
+                found.update(room for name in names if (room := keys.room_of(keys.PRESENCE_HASH, name)) is not None)
+                if cursor == 0:
+                    break
+        return sorted(found)
 
     # -- plain commands --------------------------------------------------
 

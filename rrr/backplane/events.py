@@ -30,8 +30,9 @@ Its own Redis clients: a slow sender never takes a connection the core needs, an
 from __future__ import annotations
 
 import asyncio
+import secrets
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -71,6 +72,9 @@ class RedisEventStore:
         self._bell_redis = make_redis(url, timeout, 1)
         # From the start: the bell's one entry wakes the first read at once, harmlessly.
         self._bell_id = b"0-0"
+        # Ids of the events this process puts in the outbox itself (`direct`): unique across processes.
+        self._nonce = secrets.token_hex(6)
+        self._direct = 0
         self._calls = Calls(metrics, self._reset)
         self._scripts: dict[str, Any] = {}
         # A cluster's takes: a client per master (``WAIT`` must follow the take on its connection),
@@ -311,11 +315,18 @@ class RedisEventStore:
             try:
                 out.append(StoredEvent(
                     sid=sid, name=f["n"], room=f["c"], user=f.get("u", ""), at_ms=int(f["a"]), id=f["i"],
-                    stored_ms=int(f["s"]),
+                    stored_ms=int(f["s"]), event=f.get("e", ""), data=f.get("d", ""), socket_id=f.get("x", ""),
                 ))
             except (KeyError, ValueError):
                 raise BadReply(f"expected an event in the outbox, got {show(flat)}") from None
         return out
+
+    async def direct(self, name: str, room: str, fields: Mapping[str, str]) -> None:
+        self._direct += 1
+        flat = ["n", name, "c", room]
+        for k, v in fields.items():
+            flat += [k, v]
+        await self._script("ev_direct", [keys.OUTBOX], [self.settings.backlog, f"{self._nonce}-{self._direct}", *flat])
 
     async def acked(self, url_key: str, sid: str, url_keys: list[str]) -> int:
         reply = await self._script("ev_acked", [keys.OUTBOX, keys.CURSORS], [url_key, sid, *url_keys])

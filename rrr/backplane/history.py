@@ -25,7 +25,8 @@ from typing import Any, Protocol
 
 from . import keys
 from ..errors import BackplaneError
-from ..protocol import MAX_MESSAGE_SIZE, is_epoch, parse_uint, validate_json_payload
+from ..protocol import MAX_MESSAGE_SIZE, is_epoch, parse_uint, validate_payload
+from ..pusher.names import CACHE_PREFIXES
 #: The smallest TTL of a room's meta (epoch and offsets), in seconds; see `meta_ttl`.
 META_TTL_MIN = 3600
 
@@ -71,7 +72,8 @@ class Read:
 
 
 def parse_message(raw: bytes | str) -> tuple[int, str, str]:
-    """``<offset> <epoch> <data JSON>`` from a room's message channel; ValueError if malformed."""
+    """``<offset> <epoch> <payload>`` from a room's message channel (the payload: data JSON, or
+    `rrr.protocol.pack`ed with its event); ValueError if malformed."""
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     offset_text, _, rest = text.partition(" ")
     epoch, _, data = rest.partition(" ")
@@ -80,20 +82,30 @@ def parse_message(raw: bytes | str) -> tuple[int, str, str]:
     offset = parse_uint(offset_text)
     if offset < 1:
         raise ValueError("history offsets start at 1")
-    return offset, epoch, validate_json_payload(data)
+    return offset, epoch, validate_payload(data)
 
 
 def publish_args(
-    room: str, data_json: str, size: int, ttl: float, *, own: bool, sharded: bool = False,
+    room: str, data_json: str, size: int, ttl: float, *, own: bool, sharded: bool = False, cache_ttl: float = 0.0,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of `rrr.backplane.scripts.HISTORY_PUBLISH`. ``own``: these are the server's settings
     (the helper passes its defaults, used only for a room no server has set up). ``sharded``: on a
-    Redis Cluster, published with ``SPUBLISH`` (only the room's shard handles it)."""
-    return (
-        [keys.history(room), keys.meta(room)],
-        [keys.message_channel(room), data_json, size, int(ttl * 1000), meta_ttl(ttl), new_epoch(), int(own),
-         int(sharded)],
-    )
+    Redis Cluster, published with ``SPUBLISH`` (only the room's shard handles it). ``cache_ttl``: a
+    cache channel's message is also kept as its last one this long (`cache_ms`)."""
+    k = [keys.history(room), keys.meta(room)]
+    a: list[Any] = [keys.message_channel(room), data_json, size, int(ttl * 1000), meta_ttl(ttl), new_epoch(),
+                    int(own), int(sharded)]
+    ms = cache_ms(room, cache_ttl)
+    if ms:
+        k.append(keys.cache(room))
+        a.append(ms)
+    return k, a
+
+
+def cache_ms(room: str, cache_ttl: float) -> int:
+    """How long (ms) a message to ``room`` is kept as its last one: ``cache_ttl`` for a cache
+    channel (``cache-``, ``private-cache-``, ``private-encrypted-cache-``, ``presence-cache-``), else 0."""
+    return int(cache_ttl * 1000) if cache_ttl > 0 and room.startswith(CACHE_PREFIXES) else 0
 
 
 def parse_published(reply: Any) -> Published:
@@ -119,7 +131,7 @@ def parse_read(reply: Any, limit: int) -> Read:
             entry_id, fields = entry
             ms, _, seq = _text(entry_id).partition("-")
             offset = parse_uint(ms)
-            data = validate_json_payload(fields[1])
+            data = validate_payload(fields[1])
             if fields[0] != b"d" or seq != "0" or not last < offset <= top:
                 raise ValueError("out of order")
         except (TypeError, ValueError, IndexError, UnicodeDecodeError):
@@ -172,9 +184,10 @@ class RedisHistory:
 
     def __init__(
         self, redis: ScriptRunner, size: int, ttl: float, *, sharded: bool = False, readers: int = 16,
-        max_message: int = MAX_MESSAGE_SIZE,
+        max_message: int = MAX_MESSAGE_SIZE, cache_ttl: float = 1800.0,
     ) -> None:
         self.redis = redis
+        self.cache_ttl = cache_ttl  # --cache-ttl: how long a cache channel keeps its last message
         self.size = max(0, size)
         self.ttl = max(0.0, ttl)
         # ``--max-message-size``: the largest data this process delivers. Whatever reaches Redis
@@ -194,9 +207,26 @@ class RedisHistory:
     async def publish(self, room: str, data_json: str) -> Published:
         """Store and relay (history on), or relay only: then ``offset`` is 0 and ``epoch`` empty."""
         if not self.enabled:
+            ms = cache_ms(room, self.cache_ttl)
+            if ms:
+                await self.redis.call_command("set", keys.cache(room), data_json, px=ms)
             return Published(0, "", await self.redis.publish(keys.room_channel(room), data_json))
-        k, a = publish_args(room, data_json, self.size, self.ttl, own=True, sharded=self.sharded)
+        k, a = publish_args(room, data_json, self.size, self.ttl, own=True, sharded=self.sharded,
+                            cache_ttl=self.cache_ttl)
         return parse_published(await self.redis.script("history_publish", k, a))
+
+    async def cached(self, room: str) -> str | None:
+        """A cache channel's last message (its payload) if one is kept, else None (or malformed)."""
+        raw = await self.redis.call_command("get", keys.cache(room))
+        if raw is None:
+            return None
+        try:
+            return validate_payload(raw)
+        except ValueError:
+            return None
+
+    async def relay(self, room: str, payload: str) -> int:
+        return await self.redis.publish(keys.room_channel(room), payload)
 
     async def read(self, room: str, after: int | None, *, seen: tuple[str, int] | None = None) -> Read:
         """The room's position (its epoch fixed now if it had none), and (``after`` given) every

@@ -32,6 +32,7 @@ _MEMBERS = "rrr:members:{%s}"
 _COUNT = "rrr:count:{%s}"
 _PROC_ROOMS = "rrr:proc:%s:rooms"
 _REVOKED = "rrr:revoked:%s"
+_CACHE = "rrr:cache:{%s}"
 #: Every process listens here for orders that concern all of them (a user's disconnect).
 CONTROL_CHANNEL = "rrr:ctl"
 _PROC_PROBE = "rrr:proc:%s:probe"
@@ -82,6 +83,12 @@ def room_channel(room: str) -> str:
     return ROOM_CHANNEL_PREFIX + room
 
 
+def presence_pattern(prefix: str) -> str:
+    """SCAN's pattern for the presence hashes of rooms starting with ``prefix`` (room names hold
+    no glob characters)."""
+    return _PRESENCE % (prefix + "*")
+
+
 def presence(room: str) -> str:
     """Hash of one room: ``<pid> -> "<connections> <tabs>"``, plus ``@v`` (version) and ``@u`` (updated)."""
     return _PRESENCE % room
@@ -118,6 +125,11 @@ def message_channel(room: str) -> str:
 def proc_rooms(pid: str) -> str:
     """Set of the rooms a process has presence in, so its death can be swept room by room."""
     return _PROC_ROOMS % pid
+
+
+def cache(room: str) -> str:
+    """A cache channel's last message (its payload), for whoever subscribes next; ``--cache-ttl``."""
+    return _CACHE % room
 
 
 def revoked(user: str) -> str:
@@ -209,6 +221,7 @@ class Named:
 ROOM_CHANNEL = Named(ROOM_CHANNEL_PREFIX + "%s")
 COUNT_CHANNEL = Named(_COUNT)
 MESSAGE_CHANNEL = Named(_MESSAGES)
+PRESENCE_HASH = Named(_PRESENCE)
 SHARD_ROOM_CHANNEL = Named(_SHARD_ROOM)
 #: A room's event stream and reported state (the cluster's repair finds rooms by them).
 EVENTS_STREAM = Named(_EVENTS)

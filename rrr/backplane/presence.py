@@ -27,7 +27,7 @@ from ..protocol import CountState
 from . import CHUNK, EventSettings, MemberDelta, RoomReport, WriteResult, keys, scripts
 from .calls import (
     BadReply, Calls, Revocations, Settled, count, event_args, flag, lease_fresh, member_args, parse_members,
-    parse_state, report_args, show,
+    parse_state, report_args, scan_reply, show,
 )
 from .clients import make_redis
 
@@ -138,6 +138,17 @@ class ClassicPresence:
     async def members(self, room: str) -> dict[str, str]:
         """A presence room's members through live processes: user -> info JSON."""
         return parse_members(await self._script("members", [room]))
+
+    async def rooms(self, prefix: str = "") -> list[str]:
+        found: set[str] = set()
+        cursor = 0
+        while True:
+            reply = await self._calls.run("scan", self._redis.scan(cursor, match=keys.presence_pattern(prefix),
+                                                                   count=1000))
+            cursor, names = scan_reply(reply)
+            found.update(room for name in names if (room := keys.room_of(keys.PRESENCE_HASH, name)) is not None)
+            if cursor == 0:
+                return sorted(found)
 
     # -- plain commands --------------------------------------------------
 

@@ -174,7 +174,7 @@ class Dispatch:
             if self._psubscribed:
                 room = keys.room_of(keys.SHARD_ROOM_CHANNEL, name)
                 if room is not None:
-                    text = protocol.validate_json_payload(data)
+                    text = protocol.validate_payload(data)
                     self.metrics.relayed.inc()
                     try:
                         events.raw_message(room, text)
@@ -220,7 +220,7 @@ class Dispatch:
             room = keys.room_of(keys.ROOM_CHANNEL, name)
             if room is not None:
                 self.metrics.relayed.inc()
-                text = protocol.validate_json_payload(data)
+                text = protocol.validate_payload(data)
                 try:
                     events.raw_message(room, text)
                 except Exception as e:  # noqa: BLE001

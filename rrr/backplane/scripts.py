@@ -53,7 +53,7 @@ CLUSTER_SWEEP = _CLUSTER + _load("cluster_sweep")
 #: The sender's scripts (`rrr.backplane.events`), the same on one Redis and on a cluster.
 SENDER_SCRIPTS = (
     "ev_move", "ev_take", "ev_push", "ev_ack", "ev_note", "ev_claim", "ev_swept", "ev_due", "ev_later",
-    "ev_lease", "ev_release", "ev_read", "ev_acked",
+    "ev_lease", "ev_release", "ev_read", "ev_acked", "ev_direct",
 )
 _OUTBOX = _load("outbox")
 SENDER = {name: _OUTBOX + _load(name) for name in SENDER_SCRIPTS}

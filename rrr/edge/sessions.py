@@ -80,7 +80,7 @@ class SseStream:
 
     __slots__ = (
         "kind", "id", "stream", "chunked", "event_ids", "metrics", "send_buffer", "bulk_limit", "session",
-        "done", "ip", "_outbox", "_last", "_keepalive", "_timer",
+        "done", "ip", "_outbox", "_last", "_keepalive", "_timer", "socket_id",
     )
 
     def __init__(
@@ -90,6 +90,7 @@ class SseStream:
         """``event_ids``: message events carry ``id: <offset>:<epoch>`` (``/sse/count/<slug>/``)."""
         self.kind = SSE
         self.id = session_id
+        self.socket_id: str | None = None  # once it whispers (rrr.session.Session.socket_id)
         self.stream = stream
         self.chunked = chunked
         self.event_ids = event_ids
@@ -274,12 +275,13 @@ class PollSession:
 
     __slots__ = (
         "kind", "id", "ip", "session", "sessions", "frames", "seq", "live", "bulk", "ended", "waiter",
-        "_wait_seq", "_wait_timer", "_expiry", "_wake",
+        "_wait_seq", "_wait_timer", "_expiry", "_wake", "socket_id",
     )
 
     def __init__(self, sessions: Sessions, session_id: str, ip: str) -> None:
         self.kind = POLL
         self.id = session_id
+        self.socket_id: str | None = None  # once it whispers (rrr.session.Session.socket_id)
         self.ip = ip
         self.sessions = sessions
         self.session: Session | None = None

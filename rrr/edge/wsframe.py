@@ -34,6 +34,7 @@ from tornado.iostream import IOStream, SSLIOStream
 from tornado.util import _websocket_mask
 from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13, _WebSocketParams
 
+from ..protocol import Payload
 from . import sse
 
 _FIN = 0x80
@@ -60,14 +61,20 @@ PING_WIRE = encode_frame(_PING, b"")
 
 
 class Frame:
-    """A text message, with each wire encoding it is sent in computed at most once."""
+    """A text message, with each wire encoding it is sent in computed at most once.
 
-    __slots__ = ("text", "_wire", "_sse")
+    ``payload``: a room message's (or whisper's) room and `rrr.protocol.Payload`, so a door that
+    speaks another protocol (Pusher's) need not parse the frame back; ``alt``: that door's own
+    frames for it, made once for every socket the frame goes to."""
 
-    def __init__(self, text: str) -> None:
+    __slots__ = ("text", "_wire", "_sse", "payload", "alt")
+
+    def __init__(self, text: str, payload: tuple[str, Payload] | None = None) -> None:
         self.text = text
         self._wire: bytes | None = None
         self._sse: bytes | None = None
+        self.payload = payload
+        self.alt: list[Frame] | None = None
 
     @property
     def wire(self) -> bytes:

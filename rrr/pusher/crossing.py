@@ -12,17 +12,15 @@ event's ``data`` is a string (which pusher-js, and most apps, parse as JSON when
 
 A message crosses once: whatever carries it between the two sides must not send it back.
 
-What the native side (`rrr.protocol`, `static/js/protocol.js`) still needs, not changed here:
-``relay_frame`` must take an optional event name and add ``"event": <name>`` to the ``message``
-frame; ``publish`` must accept an optional ``event`` (checked with `check_native_event`), carried
-with the data through Redis; and the page library must pass ``event`` on to its listeners.
+The native side carries the name: ``publish`` takes an optional ``event`` (`rrr.protocol.check_event`),
+carried with the data through Redis (`rrr.protocol.pack`), and the ``message`` frame says it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..protocol import dumps, is_valid_slug, validate_json_payload
+from ..protocol import check_event, dumps, is_valid_slug, validate_json_payload
 from . import names
 
 #: The Pusher event an rrr message becomes when its publisher named none.
@@ -41,10 +39,9 @@ class NativeMessage:
 def native_room(channel: str) -> str | None:
     """The rrr room a Pusher channel is, or None if it has none.
 
-    rrr room names are ``[A-Za-z0-9_-]{1,64}``, a subset of channel names, so a channel crosses
-    when its name is also a room name. Never for an encrypted channel: its data is ciphertext
-    rrr clients cannot read, and rrr messages reaching pusher-js there would be plaintext it
-    fails to decrypt.
+    rrr room names are Pusher's channel names, so every channel is the room of its name. Never for
+    an encrypted channel: its data is ciphertext rrr clients cannot read, and rrr messages reaching
+    pusher-js there would be plaintext it fails to decrypt.
     """
     if names.is_encrypted_channel(channel) or not is_valid_slug(channel):
         return None
@@ -69,12 +66,7 @@ def check_native_event(event: object) -> str:
     """An event name an rrr publisher may give: a Pusher event name that is not the protocol's own
     (``pusher_internal:member_added`` from a page would rewrite every Pusher client's member list).
     ValueError otherwise."""
-    if not names.is_valid_event_name(event):
-        raise ValueError(f"event must be a string of 1 to {names.EVENT_NAME_MAX} characters")
-    assert isinstance(event, str)
-    if names.is_reserved_event_name(event):
-        raise ValueError("event names starting with pusher: or pusher_internal: are reserved")
-    return event
+    return check_event(event)
 
 
 def to_pusher(event: str | None, data_json: str) -> tuple[str, str]:

@@ -21,7 +21,7 @@
  */
 export const LINK_VERSION = 6;
 
-export const SLUG_RE = /^[A-Za-z0-9_-]{1,64}$/;
+export const SLUG_RE = /^[A-Za-z0-9_\-=@,.;]{1,164}$/;
 
 /**
  * A room name the server takes (`is_valid_slug` in rrr/protocol.py). A string first: the
@@ -261,7 +261,22 @@ export const subscribeFrame = (room, sub, since = null) => {
   return at ? { type: "subscribe", room, sub, since: at } : { type: "subscribe", room, sub };
 };
 export const unsubscribeFrame = (room, sub) => ({ type: "unsubscribe", room, sub });
-export const publishFrame = (room, data) => ({ type: "publish", room, data });
+/**
+ * @param {string} room
+ * @param {unknown} data
+ * @param {string|null} [event] the name Pusher clients hear it as (default `message`), also on
+ *   every subscriber's `message` frame
+ */
+export const publishFrame = (room, data, event = null) =>
+  typeof event === "string" ? { type: "publish", room, event, data } : { type: "publish", room, data };
+/**
+ * An event for the room's other subscribers now (typing indicators, cursors): never stored, never
+ * back to this socket; private and presence rooms only, at most 10 a second.
+ * @param {string} room
+ * @param {string} event
+ * @param {unknown} data
+ */
+export const whisperFrame = (room, event, data) => ({ type: "whisper", room, event, data });
 export const pingFrame = () => ({ type: "ping" });
 /**
  * The `transport` field says how the browser shares its connection (the server counts
@@ -462,8 +477,9 @@ export function subscribedPosition(position, frame) {
 
 const SERVER_TYPES = new Set([
   "connection_message", "message", "pong", "error", "authenticated", "presence", "presence_diff", "subscribed", "close",
+  "whisper",
 ]);
-const ROOM_TYPES = new Set(["connection_message", "message", "presence", "presence_diff", "subscribed"]);
+const ROOM_TYPES = new Set(["connection_message", "message", "presence", "presence_diff", "subscribed", "whisper"]);
 
 /**
  * Parse one text frame from the server. Returns null for anything that is not
@@ -497,6 +513,10 @@ export function checkServerFrame(frame) {
   if (frame.type === "authenticated" && (typeof frame.user !== "string" || typeof frame.exp !== "number")) return null;
   if (frame.type === "subscribed" && (typeof frame.sub !== "string" || typeof frame.recovered !== "boolean")) return null;
   if (frame.type === "message" && "offset" in frame && !(Number.isSafeInteger(frame.offset) && typeof frame.epoch === "string")) {
+    return null;
+  }
+  if (frame.type === "message" && "event" in frame && typeof frame.event !== "string") return null;
+  if (frame.type === "whisper" && (typeof frame.event !== "string" || !(frame.user === null || typeof frame.user === "string"))) {
     return null;
   }
   if (frame.type === "close" && !isCloseCode(frame.code)) return null;

@@ -42,6 +42,7 @@ import {
   presenceView,
   probeMsg,
   publishFrame,
+  whisperFrame,
   randomId,
   retryMsg,
   sinceOf,
@@ -78,9 +79,13 @@ import { SocketOwner } from "./socket-owner.js";
  * @typedef {object} RoomHandlers
  * @property {(count: {connections: number, tabs: number, updated: number|null, users?: number}) => void} [onCount]
  *   `users` (distinct members) in presence rooms
- * @property {(data: unknown, meta: {offset: number|null, epoch: string|null}) => void} [onMessage]
+ * @property {(data: unknown, meta: {offset: number|null, epoch: string|null, event?: string}) => void} [onMessage]
  *   each message once, in order, also across reconnects (missed ones are replayed from the
- *   room's history); `offset`/`epoch` say where it is (null for a raw backend PUBLISH)
+ *   room's history); `offset`/`epoch` say where it is (null for a raw backend PUBLISH); `event`
+ *   the name its publisher gave it (a Pusher event's name), when it has one
+ * @property {(event: string, data: unknown, user: string|null) => void} [onWhisper] another
+ *   subscriber's whisper (or a Pusher client's `client-*` event): `user` is who sent it (null:
+ *   anonymous)
  * @property {(position: {offset: number, epoch: string|null}) => void} [onReset] messages were
  *   missed and could not be recovered (the room's history was lost, or trimmed past this
  *   subscription's last one): reload the page's state; messages continue from `position`
@@ -283,7 +288,13 @@ class Runtime {
     queueMicrotask(() => call(handlers.onState, this.#state));
     return {
       room: slug,
-      publish: (data) => this.#send(publishFrame(slug, data)),
+      /** `event`: the name Pusher clients hear it as (default `message`), also on every `onMessage`'s meta. */
+      publish: (data, { event = null } = {}) => this.#send(publishFrame(slug, data, event)),
+      /**
+       * An event for the room's other subscribers now (`onWhisper` there; Pusher clients hear it as
+       * `event`): private and presence rooms only, never stored, at most 10 a second.
+       */
+      whisper: (event, data) => this.#send(whisperFrame(slug, event, data)),
       /** The last message handed to the page: resubscribing later from here misses nothing. */
       position: () => sinceOf(handle.position),
       /**
@@ -535,6 +546,11 @@ class Runtime {
       case "message":
         this.#onMessage(msg);
         break;
+      case "whisper":
+        for (const handle of this.#handles.values()) {
+          if (handle.room === msg.room) call3(handle.handlers.onWhisper, msg.event, msg.data, msg.user);
+        }
+        break;
       case "subscribed": {
         const handle = this.#handles.get(msg.sub);
         if (!handle) break;
@@ -612,6 +628,7 @@ class Runtime {
   /** A message once to each handle it is next for (a replay: to its own subscription only). */
   #onMessage(msg) {
     const meta = typeof msg.offset === "number" ? { offset: msg.offset, epoch: msg.epoch } : { offset: null, epoch: null };
+    if (typeof msg.event === "string") meta.event = msg.event;
     for (const [sub, handle] of this.#handles) {
       if (handle.room !== msg.room || (typeof msg.sub === "string" && sub !== msg.sub)) continue;
       const { deliver, position } = advance(handle.position, msg);
@@ -643,6 +660,15 @@ function call(fn, value) {
   if (typeof fn !== "function") return;
   try {
     fn(value);
+  } catch (err) {
+    reportError(err);
+  }
+}
+
+function call3(fn, a, b, c) {
+  if (typeof fn !== "function") return;
+  try {
+    fn(a, b, c);
   } catch (err) {
     reportError(err);
   }

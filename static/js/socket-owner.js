@@ -38,6 +38,7 @@ import {
   parseServerFrame,
   pingFrame,
   publishFrame,
+  whisperFrame,
   reattachMsg,
   sinceOf,
   stateMsg,
@@ -323,7 +324,7 @@ export class SocketOwner {
       case "publish": {
         // Over SSE and long-polling the server may refuse the frame alone (its POST's 4xx): only its tab hears.
         const refused = (reason) => tab.link.send({ type: "error", code: "refused", reason, room: msg.room });
-        if (!this.#send(publishFrame(msg.room, msg.data), refused)) {
+        if (!this.#send(publishFrame(msg.room, msg.data, msg.event), refused)) {
           tab.link.send({
             type: "error",
             code: "not_connected",
@@ -331,6 +332,15 @@ export class SocketOwner {
             room: msg.room,
           });
         }
+        break;
+      }
+      case "whisper": {
+        // The server never sends a whisper back to the socket it came from: this browser's other
+        // tabs in the room hear it from here.
+        if (!this.#send(whisperFrame(msg.room, msg.event, msg.data))) break;
+        const others = this.#tabs.inRoom(msg.room).filter((id) => id !== tabId);
+        const user = this.#tokens.identity?.user ?? null;
+        this.#sendTo(others, { type: "whisper", room: msg.room, event: msg.event, data: msg.data, user });
         break;
       }
       case "network":
@@ -535,7 +545,7 @@ export class SocketOwner {
       this.#onMessage(frame);
     } else if (frame.type === "subscribed") {
       this.#onSubscribed(frame);
-    } else if (frame.type === "connection_message" || frame.type === "presence_diff") {
+    } else if (frame.type === "connection_message" || frame.type === "presence_diff" || frame.type === "whisper") {
       this.#sendTo(this.#tabs.inRoom(frame.room), frame);
     } else if (frame.type === "presence") {
       // The whole list, once per subscription: only to the tab whose subscription it is.

@@ -12,6 +12,7 @@ const { isSlug, parseServerFrame, pollBatch, pollOpening, sessionOf, sinceOf } =
 /** The client frames the page sends, by the builders that make them. */
 const CLIENT_BUILDERS = [
   "subscribeFrame", "unsubscribeFrame", "publishFrame", "pingFrame", "helloFrame", "authFrame", "membersFrame",
+  "whisperFrame",
 ];
 
 test("each client frame the page builds is byte for byte the frame the server parses as the vector says", () => {

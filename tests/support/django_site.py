@@ -31,6 +31,8 @@ except ImportError:  # pragma: no cover - the dev extra installs it
 SITE_DIR = ROOT / "examples" / "django_site"
 SECRET = "django-e2e-token-secret-of-decent-length"
 API_KEY = "django-e2e-server-key"
+PUSHER_KEY = "django-e2e-pusher-key"
+PUSHER_SECRET = "django-e2e-pusher-secret"
 PASSWORD = "demo-pass"  # items/management/commands/seed_demo.py
 WAIT_MS = 15_000
 
@@ -115,6 +117,7 @@ def run_site(redis_server: EmbeddedRedis, tmp: Path, *flags: str) -> Iterator[Si
         **os.environ, "RRR_TOKEN_SECRET": SECRET, "RRR_API_TOKEN": API_KEY, "EXAMPLE_FAST_PASSWORDS": "1",
         "EXAMPLE_DB": str(tmp / "db.sqlite3"), "RRR_REDIS_URL": redis_server.url,
         "RRR_SOCKET_URL": f"ws://127.0.0.1:{rrr_port}/ws/", "PYTHONPATH": str(ROOT),  # as run.py sets it
+        "RRR_PUSHER_APP_ID": "example", "RRR_PUSHER_KEY": PUSHER_KEY, "RRR_PUSHER_SECRET": PUSHER_SECRET,
     }
     log = tmp / "run.log"
     with open(log, "wb") as out:

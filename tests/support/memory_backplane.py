@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 from rrr.backplane import CHUNK, Backplane, Events, MemberDelta, Publisher, RoomReport, WriteResult, keys
 from rrr.backplane.calls import parse_members, parse_state
-from rrr.backplane.history import Published, Read, meta_ttl, new_epoch
+from rrr.backplane.history import Published, Read, cache_ms, meta_ttl, new_epoch
 from rrr.backplane.pubsub import Dispatch, Follows
 from rrr.errors import BackplaneError, OutcomeUnknown
 from rrr.metrics import Metrics
@@ -175,6 +175,7 @@ class MemoryRedis:
         self.revocations: dict[str, tuple[str, float]] = {}  # rrr:revoked:<user>: (value, expiry)
         self.metas: dict[str, Meta] = {}
         self.streams: dict[str, Stream] = {}
+        self.caches: dict[str, tuple[str, float]] = {}  # a cache channel's last message, until when
         self.config: dict[str, str] = {}  # rrr:config:history
 
     # -- a process's backplane ----------------------------------------------------------------
@@ -837,6 +838,9 @@ class MemoryPresence:
     async def members(self, room: str) -> dict[str, str]:
         return await self._run("members", lambda: self.redis.members(room))
 
+    async def rooms(self, prefix: str = "") -> list[str]:
+        return await self._run("scan", lambda: sorted(r for r in self.redis.presence if r.startswith(prefix)))
+
     async def publish(self, channel: str, data: str) -> int:
         return await self._run("publish", lambda: self.redis.publish(channel, data))
 
@@ -990,12 +994,16 @@ class MemoryHistory:
         self.size = max(0, size)
         self.ttl = max(0.0, ttl)
         self.max_message = max(1, max_message)
+        self.cache_ttl = 1800.0
 
     @property
     def enabled(self) -> bool:
         return self.size > 0 and self.ttl > 0
 
     async def publish(self, room: str, data_json: str) -> Published:
+        ms = cache_ms(room, self.cache_ttl)
+        if ms:
+            self.redis.caches[room] = (data_json, self.redis.clock() + ms / 1000)
         if not self.enabled:
             return Published(0, "", await self._presence.publish(keys.room_channel(room), data_json))
 
@@ -1004,6 +1012,13 @@ class MemoryHistory:
             return self.redis.history_publish(room, data_json, self.size, self.ttl, own=True)
 
         return await self._presence._run("history_publish", run)
+
+    async def relay(self, room: str, payload: str) -> int:
+        return await self._presence.publish(keys.room_channel(room), payload)
+
+    async def cached(self, room: str) -> str | None:
+        kept = self.redis.caches.get(room)
+        return kept[0] if kept is not None and kept[1] > self.redis.clock() else None
 
     async def read(self, room: str, after: int | None, *, seen: tuple[str, int] | None = None) -> Read:
         return await self._presence._run(

@@ -11,6 +11,8 @@ from typing import Any
 PUSHER_APP_ID = "4242"
 PUSHER_KEY = "278d425bdf160c739803"
 PUSHER_SECRET = "7ad3773142a6692b25b8"
+#: What `make_app` takes to be that app (``--pusher-app-id``, ``--pusher-key``, ``--pusher-secret``).
+PUSHER_OPTIONS = dict(pusher_app_id=PUSHER_APP_ID, pusher_key=PUSHER_KEY, pusher_secret=PUSHER_SECRET)
 
 
 @dataclass

@@ -88,3 +88,10 @@ RRR_API_URL = os.environ.get("RRR_API_URL", "")  # rrr's own address; needed whe
 RRR_WEBHOOK_SECRET = os.environ.get("RRR_WEBHOOK_SECRET", "")
 # Every signed-in user may join this presence room ("Online now"); each also gets private-user-<pk>.
 RRR_PRESENCE_ROOMS = ["presence-site"]
+# rrr's Pusher app (its --pusher-app-id, --pusher-key, --pusher-secret): the /pusher/ page is driven by
+# pusher-js, authorized by rrr.django's /rrr/pusher/auth/ and /rrr/pusher/user-auth/.
+RRR_PUSHER_KEY = os.environ.get("RRR_PUSHER_KEY", "")
+RRR_PUSHER_SECRET = os.environ.get("RRR_PUSHER_SECRET", "")
+RRR_PUSHER_HOST = os.environ.get("RRR_PUSHER_HOST", "127.0.0.1:8888")  # where pusher-js connects: rrr's host:port
+# pusher-js's browser build, from the npm dev dependencies of this checkout (`npm ci`); the example serves it.
+PUSHER_JS = BASE_DIR.parent.parent / "node_modules" / "pusher-js" / "dist" / "web" / "pusher.min.js"

@@ -3,7 +3,8 @@ from __future__ import annotations
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.conf import settings
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
 from .models import Item, LastSeen, Occupancy
@@ -44,3 +45,20 @@ def page(room: str, **context: object) -> dict[str, object]:
     channel_occupied; None while nobody else had it open)."""
     occupancy = Occupancy.objects.filter(room=room).first()
     return {"page_room": room, "occupied_since": occupancy.since if occupancy else None, **context}
+
+
+@login_required
+def pusher_page(request: HttpRequest) -> HttpResponse:
+    """The same "online now" and the site's events, driven by pusher-js (not rrr's library): rrr is
+    also a Pusher server, and this page authorizes its channels with rrr.django's Pusher views."""
+    host, _, port = settings.RRR_PUSHER_HOST.rpartition(":")
+    return render(request, "items/pusher.html", {"pusher_key": settings.RRR_PUSHER_KEY, "ws_host": host,
+                                                 "ws_port": port})
+
+
+def pusher_js(request: HttpRequest) -> FileResponse:
+    """pusher-js's browser build from this checkout's npm dev dependencies (an example's convenience:
+    a real site serves its own bundle)."""
+    if not settings.PUSHER_JS.is_file():
+        raise Http404("pusher-js is not installed: run `npm ci` in the repository")
+    return FileResponse(open(settings.PUSHER_JS, "rb"), content_type="text/javascript")

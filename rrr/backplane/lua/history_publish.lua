@@ -1,5 +1,6 @@
--- KEYS: stream, meta. ARGV: channel, data JSON, size, ttl ms, meta ttl s, new epoch, own (1/0),
--- and optionally sharded (1: ``SPUBLISH``, on a Redis Cluster; else ``PUBLISH``).
+-- KEYS: stream, meta, and optionally a cache channel's cache key. ARGV: channel, data JSON, size,
+-- ttl ms, meta ttl s, new epoch, own (1/0), and optionally sharded (1: ``SPUBLISH``, on a Redis
+-- Cluster; else ``PUBLISH``) and the cache's ttl ms (the message is kept there as the last one).
 -- Store and publish in one step: the message gets the next offset, the stream is trimmed
 -- exactly to ``size``, and the message goes out on the room's message channel as
 -- ``<offset> <epoch> <data>``. Returns {offset, epoch, receivers}.
@@ -12,5 +13,8 @@ if size > 0 then
   redis.call('PEXPIRE', stream, ttl)
 end
 redis.call('EXPIRE', meta, tonumber(ARGV[5]))  -- it has had a message now: the long TTL
+if KEYS[3] and tonumber(ARGV[9] or '0') > 0 then
+  redis.call('SET', KEYS[3], ARGV[2], 'PX', tonumber(ARGV[9]))
+end
 local n = redis.call(ARGV[8] == '1' and 'SPUBLISH' or 'PUBLISH', ARGV[1], top .. ' ' .. epoch .. ' ' .. ARGV[2])
 return {top, epoch, n}

@@ -38,7 +38,19 @@ if (pageRoom) {
   });
 }
 
-rt.room("presence-site", {
+// The room's events, whoever sent them: another page's whisper (rrr's library or pusher-js's client
+// event), or the backend's publish.
+function siteEvent(event, data) {
+  const li = document.createElement("li");
+  li.dataset.event = event;
+  li.dataset.from = String(data?.from ?? "");
+  li.textContent = `${event} from ${data?.name ?? data?.from ?? "the site"}`;
+  $("site-events").prepend(li);
+}
+
+const site = rt.room("presence-site", {
+  onWhisper: (event, data) => siteEvent(event, data),
+  onMessage: (data, { event }) => siteEvent(event ?? "message", data),
   // One entry per user however many tabs: the server keys members by user id. The first page
   // (up to rrr's --presence-list-max members) is plenty for a site's "online now".
   onPresence: ({ members }) => {
@@ -77,4 +89,8 @@ rt.room(`private-user-${userId}`, {
     $("notifications-reset").hidden = false;
   },
   onError,
+});
+
+$("wave").addEventListener("click", () => {
+  site.whisper("client-wave", { from: userId, name: $("me").textContent });
 });
