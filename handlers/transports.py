@@ -142,6 +142,27 @@ class TransportHandler(NoStore):
         except HandshakeRefused as e:
             return refused(e.status, e.reason, e.retry_after or 0)
 
+    async def identify(self, transport: str) -> tuple[bool, Identity | None]:
+        """Every door's handshake: who the connect proxy says this is when the request asks it
+        (a cookie or ``Authorization``, no token), else anonymous. False when there is nothing more
+        to do: the refusal was answered, or the client left while the backend was asked (no session
+        for a page that is gone: it would wait out its expiry for nobody)."""
+        if not self.asks_connect_proxy():
+            return True, None
+        asked = await self.proxied_identity(transport)
+        if isinstance(asked, Answer):
+            self.answer(asked)
+            return False, None
+        return not self.gone, asked
+
+    def admitted(self) -> bool:
+        """The caps a new session meets, judged (again) just before it is counted; a refusal answered."""
+        refusal = self.t.sessions.refusal(self.ip)
+        if refusal is not None:
+            self.answer(refusal)
+            return False
+        return True
+
     def park(self) -> None:
         """While a poll waits or a stream lives, what it no longer needs goes: the request's headers
         (a browser's cookies and user agent, 1-2 KiB) and the response's, written already or set
@@ -195,18 +216,8 @@ class SseHandler(_Streaming):
     """``GET /sse/``: a session event, then every frame of ``/ws/`` as one event."""
 
     async def get(self) -> None:
-        identity = None
-        if self.asks_connect_proxy():
-            asked = await self.proxied_identity("sse")
-            if isinstance(asked, Answer):
-                self.answer(asked)
-                return
-            if self.gone:
-                return
-            identity = asked
-        refusal = self.t.sessions.refusal(self.ip)
-        if refusal is not None:
-            self.answer(refusal)
+        go_on, identity = await self.identify("sse")
+        if not (go_on and self.admitted()):
             return
         conn = self.open_stream()
         self.write(sse.event(protocol.dumps(protocol.session_message(conn.id))))
@@ -238,19 +249,13 @@ class SseCountHandler(_Streaming):
         token = self.get_query_argument("token", None)
         if token:
             identity = await self._token_identity(room, token)
-        elif self.asks_connect_proxy():
-            asked = await self.proxied_identity("sse")
-            if isinstance(asked, Answer):
-                self.answer(asked)
+        else:
+            go_on, identity = await self.identify("sse")
+            if not go_on:
                 return
-            if self.gone:
-                return
-            identity = asked
         if needs_grant(room) and not (identity is not None and identity.may_read(room)):
             raise tornado.web.HTTPError(403, "this room needs a token that grants it (?token=<jwt>)")
-        refusal = self.t.sessions.refusal(self.ip)
-        if refusal is not None:
-            self.answer(refusal)
+        if not self.admitted():
             return
         conn = self.open_stream(event_ids=True)
         flushing = self.flush()
@@ -280,18 +285,8 @@ class PollOpenHandler(TransportHandler):
     """``GET /poll/``: a new session, answered at once: ``{"session", "seq": 0, "frames": []}``."""
 
     async def get(self) -> None:
-        identity = None
-        if self.asks_connect_proxy():
-            asked = await self.proxied_identity("poll")
-            if isinstance(asked, Answer):
-                self.answer(asked)
-                return
-            if self.gone:
-                return  # no session for a page that left: it would wait --poll-timeout + 10 s for nobody
-            identity = asked
-        refusal = self.t.sessions.refusal(self.ip)
-        if refusal is not None:
-            self.answer(refusal)
+        go_on, identity = await self.identify("poll")
+        if not (go_on and self.admitted()):
             return
         # Identified at the handshake: its first frame is `authenticated`, as on /ws/.
         held = self.t.sessions.open_poll(self.ip, identity)
