@@ -36,8 +36,8 @@ _HANDED_OUT: collections.OrderedDict[int, None] = collections.OrderedDict()
 
 def free_port() -> int:
     """A port nobody listens on, and never one handed out lately: the kernel may give the same
-    free port twice in a row, and two app.py (which bind with SO_REUSEPORT, for --processes)
-    then share it without an error, so a test's "two processes" were one port answered by both."""
+    free port twice in a row, and a test's two app.py were then handed one port (nginx's config
+    refused it: "an app process is listed twice")."""
     for _ in range(100):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
