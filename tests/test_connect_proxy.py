@@ -125,14 +125,14 @@ async def test_an_unknown_cookie_is_anonymous_and_no_cookie_is_asked_about_at_al
     bare = await open_ws(server)  # neither Cookie nor Authorization
     clients.append(bare)
     await bare.send(type="ping")
-    await bare.next("pong")
+    await bare.reply("pong")
     assert len(app_backend.calls_to("/connect")) == 2, "a handshake without either header asked the backend"
 
     del app_backend.answer["/connect"]
     bearer = await open_ws(server, Authorization="Bearer app-session-token")
     clients.append(bearer)
     await bearer.send(type="ping")
-    await bearer.next("pong")
+    await bearer.reply("pong")
     assert app_backend.calls_to("/connect")[-1].body["headers"] == {
         "Authorization": "Bearer app-session-token", "User-Agent": "Browser/1.0"}
 

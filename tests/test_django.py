@@ -286,7 +286,7 @@ def test_rrrs_webhooks_reach_the_site_a_users_last_seen_and_a_pages_open_since(s
         await tab.send(type="auth", token=token)
         await tab.next("authenticated", after=0)
         await tab.send(type="subscribe", room="presence-site", sub="t")
-        await tab.next("presence")
+        await tab.reply("presence")
         await page.next("connection_message", after=0)
         opened = time.time()
         wait_for(lambda: state()[1] != [], "the page open since then", timeout=30)

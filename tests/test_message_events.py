@@ -42,7 +42,7 @@ async def test_an_event_name_reaches_subscribers_and_history_from_every_publishe
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
     await c.send(type="subscribe", room="shop", sub="t")
-    await c.next("subscribed")
+    await c.reply("subscribed")
     await c.send(type="publish", room="shop", event="cart.updated", data={"n": 1})
     r = await AsyncHTTPClient().fetch(server.base_url + "/api/rooms/shop/messages?event=order.shipped",
                                       method="POST", body='{"n":2}', headers=KEY)
@@ -76,7 +76,7 @@ async def test_an_event_name_is_carried_with_history_off_too(
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
     await c.send(type="subscribe", room="live", sub="t")
-    await c.next("subscribed")
+    await c.reply("subscribed")
     await AsyncHTTPClient().fetch(server.base_url + "/api/rooms/live/messages?event=ping.me", method="POST",
                                   body='"hi"', headers=KEY)
     frame = await c.next("message", after=0)
@@ -90,9 +90,9 @@ async def test_a_reserved_or_overlong_event_name_is_refused_and_nothing_is_sent(
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
     await c.send(type="subscribe", room="shop", sub="t")
-    await c.next("subscribed")
+    await c.reply("subscribed")
     await c.send(type="publish", room="shop", event="pusher_internal:member_added", data=1)
-    error = await c.next("error")
+    error = await c.reply("error")
     assert error["code"] == "bad_message" and "reserved" in error["reason"]
     for event in ("pusher:x", "e" * 201, ""):
         r = await AsyncHTTPClient().fetch(

@@ -65,7 +65,7 @@ async def subscribed(port: int, room: str, clients: list[Client]) -> Client:
     c = await connect(f"ws://127.0.0.1:{port}/ws/")
     clients.append(c)
     await c.send(type="subscribe", room=room, sub="tab")
-    await c.next("subscribed")
+    await c.reply("subscribed")
     return c
 
 

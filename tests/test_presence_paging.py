@@ -245,7 +245,7 @@ async def test_a_page_is_asked_for_through_a_subscription_and_costs_the_list_bud
     bad = await ada.next("error", after=n)
     assert (bad["code"], bad["sub"]) == ("bad_message", "t")
     await ada.send(type="ping")
-    await ada.next("pong")
+    await ada.reply("pong")
 
 
 async def test_a_page_asked_for_before_the_first_list_is_answered_from_it(

@@ -49,7 +49,7 @@ async def test_public_channel_events_from_a_native_publish_reach_pusher_js_as_ev
     native = await connect(server.ws_url("/ws/"))
     clients.append(native)
     await native.send(type="subscribe", room="orders", sub="t")
-    await native.next("subscribed")
+    await native.reply("subscribed")
     await native.settles_on(2, 2, room="orders")
     await native.send(type="publish", room="orders", event="order.shipped", data={"id": 7})
     await native.send(type="publish", room="orders", data=[1, "two"])

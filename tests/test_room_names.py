@@ -34,7 +34,7 @@ async def test_a_room_of_the_pusher_alphabet_at_164_characters_works_on_the_sock
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
     await c.send(type="subscribe", room=WIDE, sub="t")
-    frame = await c.next("subscribed")
+    frame = await c.reply("subscribed")
     assert frame["room"] == WIDE
     await c.settles_on(1, 1, room=WIDE)
     # The API, with the name percent-encoded as encodeURIComponent writes it, and as it is.
@@ -65,7 +65,7 @@ async def test_a_name_outside_the_grammar_is_refused_on_the_socket(
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
     await c.send(type="subscribe", room=name, sub="t")
-    error = await c.next("error")
+    error = await c.reply("error")
     assert error["code"] == "bad_room" and "164" in error["reason"]
 
 

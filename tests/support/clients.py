@@ -65,6 +65,7 @@ class Client(FrameLog):
     def __init__(self, conn: WebSocketClientConnection) -> None:
         self.conn = conn
         self.frames: list[dict[str, Any]] = []
+        self.sent_at = 0
         self.closed = asyncio.Event()
         self._new = asyncio.Event()
         self._reader = asyncio.ensure_future(self._read())
@@ -84,7 +85,14 @@ class Client(FrameLog):
         return self.conn.close_code
 
     def send(self, **msg: Any) -> Awaitable[None]:
+        self.sent_at = len(self.frames)
         return self.conn.write_message(json.dumps(msg))
+
+    async def reply(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The first ``kind`` frame since the last ``send``. ``next`` after ``await send`` can miss
+        it: awaiting the write runs the loop, and a fast answer (a second tab's subscribe is
+        answered without Redis) is read before ``next`` takes its starting point."""
+        return await self.next(kind, timeout, after=self.sent_at)
 
     def close(self, code: int | None = None) -> None:
         self.conn.close(code)
