@@ -96,3 +96,15 @@ async def test_only_what_pages_use_is_under_the_prefix(server_factory: ServerFac
     for path in ("/api/rooms/lobby", "/metrics", "/healthz", "/count/lobby/", "/"):
         assert (await request(server.base_url + path)).status in (200, 302), path
         assert (await request(server.base_url + PREFIX + path)).status == 404, path
+
+
+async def test_refusals_under_the_prefix_answer_as_the_bare_paths_do(server_factory: ServerFactory) -> None:
+    """A Host refused on /_rrr/sse/ is not cached by a proxy, as on /sse/; an unknown socket path is
+    the JSON 404 a script reads, even for a client that asks for HTML."""
+    server = await server_factory(allowed_hosts="rt.example.com")
+    for path in ("/sse/", f"{PREFIX}/sse/", f"{PREFIX}/poll/"):
+        r = await request(server.base_url + path, headers={"Host": "evil.example"})
+        assert r.status == 400 and r.header("Cache-Control") == "no-store", path
+    for path in ("/ws/nope", f"{PREFIX}/ws/nope"):
+        r = await request(server.base_url + path, headers={"Host": "rt.example.com", "Accept": "text/html"})
+        assert r.status == 404 and (r.header("Content-Type") or "").startswith("application/json"), path
