@@ -41,7 +41,7 @@ from rrr.edge.requestlog import RequestLog, install_filters
 from rrr.edge.sessions import Sessions
 from rrr.jwks import JwksKeys, verifier_from_options
 from rrr.limits import AddressLimits, Limits
-from rrr.protocol import SLUG_PATTERN
+from rrr.protocol import BROWSER_PREFIX, SLUG_PATTERN
 from rrr.proxies import proxies_from_options
 from rrr.pusher.door import pusher_app
 from rrr.service import Service, Settings
@@ -223,6 +223,28 @@ define("pusher_client_events", default=True, type=bool,
 define("cache_ttl", default=1800.0, type=float, help="seconds a cache channel keeps its last event")
 
 
+def browser_routes(
+    prefix: str, sockets: dict[str, Any], transports: dict[str, Any], pusher: Any,
+) -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]:
+    """The sockets, their fallbacks, the Pusher socket and the browser library, under ``prefix``."""
+    return [
+        (rf"{prefix}/ws/", RelaySocket, sockets),
+        # Whether the sockets take a page's Origin: the library asks after a handshake failed.
+        (
+            rf"{prefix}/ws/origin", OriginCheck,
+            dict(allowed_origins=sockets["allowed_origins"], xheaders=sockets["xheaders"]),
+        ),
+        (rf"{prefix}/sse/", SseHandler, transports),
+        (rf"{prefix}/sse/([^/]{{1,300}})/", SessionHandler, dict(transports, kind="sse")),
+        (rf"{prefix}/poll/", PollOpenHandler, transports),
+        (rf"{prefix}/poll/([^/]{{1,300}})/", SessionHandler, dict(transports, kind="poll")),
+        (rf"{prefix}/(?:sse|poll)/.*", TransportNotFound, {}),
+        *([(rf"{prefix}/app/([^/]{{1,200}})", PusherSocket, dict(sockets, pusher=pusher))] if pusher else []),
+        # The bare /static/ is Tornado's own (static_path below); a site's /static/ is its own.
+        *([(rf"{prefix}/static/(.*)", SecureStaticFileHandler, dict(path=str(ROOT / "static")))] if prefix else []),
+    ]
+
+
 def make_app(**overrides: Any) -> tornado.web.Application:
     """The Tornado application and the service behind it (``app.settings["service"]``, not yet
     started); ``overrides`` replace option values. ``main()`` and the tests both build it here."""
@@ -334,15 +356,14 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             (r"/", IndexHandler),
             room_route("/count/{room}/", CountPageHandler, dict(client_publish=o["client_publish"])),
             room_route("/ws/count/{room}/", CountSocket, sockets),
-            (r"/ws/", RelaySocket, sockets),
-            # Whether the sockets take a page's Origin: the library asks after a handshake failed.
-            (r"/ws/origin", OriginCheck, dict(allowed_origins=sockets["allowed_origins"], xheaders=o["xheaders"])),
-            (r"/sse/", SseHandler, transports),
             room_route("/sse/count/{room}/", SseCountHandler, transports),
-            (r"/sse/([^/]{1,300})/", SessionHandler, dict(transports, kind="sse")),
-            (r"/poll/", PollOpenHandler, transports),
-            (r"/poll/([^/]{1,300})/", SessionHandler, dict(transports, kind="poll")),
-            (r"/(?:sse|poll)/.*", TransportNotFound),
+            # What a site's pages use, at the bare paths and again under /_rrr/ (BROWSER_PREFIX), the
+            # one prefix a site proxies when rrr shares its origin (deploy/nginx-same-origin.conf).
+            *(
+                rule
+                for prefix in ("", BROWSER_PREFIX)
+                for rule in browser_routes(prefix, sockets, transports, pusher)
+            ),
             room_route(
                 "/api/rooms/{room}", RoomHandler,
                 dict(reads=service.presence, metrics=metrics, rate=addresses.api, token=api_token),
@@ -364,7 +385,6 @@ def make_app(**overrides: Any) -> tornado.web.Application:
                     history_bytes=addresses.history_bytes,
                 ),
             ),
-            *([(r"/app/([^/]{1,200})", PusherSocket, dict(sockets, pusher=pusher))] if pusher else []),
             *(pusher_api.routes(pusher, service.history, service.presence, o["token_max_age"]) if pusher else []),
             (r"/healthz", HealthHandler, dict(health=service.health, info=service.info)),
             (r"/metrics", MetricsHandler, dict(metrics=metrics)),

@@ -78,6 +78,28 @@ def render(template: str, values: dict[str, str]) -> str:
     return out
 
 
+SAME_ORIGIN = Path(__file__).resolve().parent / "nginx-same-origin.conf"
+#: The lines of nginx-same-origin.conf a user changes (marked CHANGE there), by what they are.
+_SAME_ORIGIN_LINES = {
+    "rrr": "    server 127.0.0.1:8888;  # CHANGE: rrr",
+    "django": "    server 127.0.0.1:8000;  # CHANGE: the Django site",
+    "listen": "    listen 80;  # CHANGE: the site's address",
+}
+
+
+def same_origin(rrr: str, django: str, listen: str) -> str:
+    """deploy/nginx-same-origin.conf with its three CHANGE lines set (``HOST:PORT`` each), as a user
+    would edit it; everything else as shipped, so what the tests run is the recipe itself."""
+    text = SAME_ORIGIN.read_text()
+    for name, value in (("rrr", rrr), ("django", django), ("listen", listen)):
+        line = re.compile(rf"^{re.escape(_SAME_ORIGIN_LINES[name])}.*$", re.MULTILINE)
+        if len(line.findall(text)) != 1:
+            raise ValueError(f"{SAME_ORIGIN.name} has no single {name} line marked CHANGE")
+        directive = "listen" if name == "listen" else "server"
+        text = line.sub(f"    {directive} {value};  # {name}, set for this run", text)
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m deploy.render", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -16,7 +16,7 @@ from rrr.backplane import History, PresenceReads
 from rrr.errors import BackplaneError, OutcomeUnknown
 from rrr.limits import RateLimiter
 from rrr.metrics import Metrics
-from rrr.protocol import validate_json_payload
+from rrr.protocol import BROWSER_PREFIX, validate_json_payload
 
 
 class JsonHandler(SecureHeaders):
@@ -352,7 +352,7 @@ class NotFoundHandler(JsonHandler):
         headers = self.request.headers
         accept = headers.get("Accept", "").lower()
         return (
-            not self.request.path.startswith(("/api/", "/ws/"))
+            not self.request.path.removeprefix(BROWSER_PREFIX).startswith(("/api/", "/ws/"))
             and "upgrade" not in headers
             and "text/html" in accept
             and "application/json" not in accept

@@ -12,7 +12,7 @@ import tornado.web
 
 from rrr.edge.headers import host_allowed, request_host, security_headers
 from rrr.edge.requestlog import request_log
-from rrr.protocol import ROOM_PATH_PATTERN, is_valid_slug
+from rrr.protocol import BROWSER_PREFIX, ROOM_PATH_PATTERN, is_valid_slug
 
 
 class SafeLogs(tornado.web.RequestHandler):
@@ -54,7 +54,8 @@ class HostRefused(SecureHeaders):
 
     def prepare(self) -> None:
         self.set_status(400)
-        if self.request.path.startswith(("/sse/", "/poll/")):  # every answer there (README, Transports)
+        path = self.request.path.removeprefix(BROWSER_PREFIX)
+        if path.startswith(("/sse/", "/poll/")):  # every answer there (README, Transports)
             self.set_header("Cache-Control", "no-store")
             self.set_header("X-Accel-Buffering", "no")
         self.finish({"error": "this server does not answer for that Host", "status": 400})

@@ -33,6 +33,12 @@ SUB_ID_MAX = 128
 #: The longest user id (a token's ``sub``), so the longest ``after`` a ``members`` frame may name.
 USER_ID_MAX = 128
 
+#: Where rrr also answers everything a page of a site uses (``/_rrr/ws/``, ``/_rrr/sse/``,
+#: ``/_rrr/poll/``, ``/_rrr/app/<key>``, ``/_rrr/static/js/rrr.js``), beside the bare paths: a site
+#: that puts rrr under its own origin proxies this one prefix, which no site's ``/static/`` (Django's
+#: ``STATIC_URL``), ``/ws/`` (Channels) or ``/rrr/`` (rrr.django's own views) can collide with.
+BROWSER_PREFIX = "/_rrr"
+
 CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "ping", "hello", "auth", "members", "whisper"})
 #: A whisper's (and a Pusher client event's) data, in bytes of JSON: Pusher's 10 KB.
 WHISPER_DATA_MAX = 10240

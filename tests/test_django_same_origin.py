@@ -1,9 +1,9 @@
 """The example Django site the other way (issue #24): ``run.py --same-origin`` puts nginx in front
-of the site and rrr under one origin (``/ws/``, ``/sse/``, ``/poll/``, ``/static/js/`` to rrr, the
-rest to the site), and rrr asks the site's connect view (``/rrr/connect/``, on the site's own
-port) who each handshake's session cookie is (``--connect-proxy-url``). The pages have no
-``getToken`` and call no token view; Chromium signs in through the login form, with real Django
-sessions."""
+of the site and rrr under one origin with the recipe users copy, deploy/nginx-same-origin.conf
+(``/_rrr/`` to rrr: socket, fallbacks, browser library; the rest, the site's ``/static/`` included,
+to the site), and rrr asks the site's connect view (``/rrr/connect/``, on the site's own port) who
+each handshake's session cookie is (``--connect-proxy-url``). The pages have no ``getToken`` and
+call no token view; Chromium signs in through the login form, with real Django sessions."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ import pytest
 
 from rrr.backplane.embedded import EmbeddedRedis
 from support.browsers import metric
+from support.processes import ROOT
 from support.django_site import (
-    WAIT_MS, Site, SignIn, chromium, notification, online, run_site, subscribed_tabs, wait_for,
+    SITE_DIR, WAIT_MS, Site, SignIn, chromium, notification, online, run_site, subscribed_tabs, wait_for,
 )
 
 try:
@@ -52,6 +53,14 @@ def post(url: str, body: bytes, **headers: str) -> tuple[int, Any]:
     try:
         with urllib.request.urlopen(request, timeout=10) as r:
             return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
 
@@ -92,6 +101,44 @@ def test_same_origin_pages_need_no_token_the_connect_proxy_knows_each_session(si
     assert re.search(r'"POST /rrr/connect/ HTTP/1\.1" 200', log), "the site never heard from rrr"
     assert metric(site.rrr_url, "rrr_connect_proxy_calls_total", 'result="user"') >= 2
     assert metric(site.rrr_url, "rrr_connect_proxy_calls_total", 'result="failed"') == 0
+
+
+@pytest.mark.browser
+def test_one_origin_rrr_under_its_prefix_and_the_sites_own_static_files_from_django(
+    site: Site, sign_in: SignIn, browser: Browser,
+) -> None:
+    """The recipe's point (issue #26): rrr's files under /_rrr/, which no site's /static/ covers."""
+    alice = sign_in("alice", tabs=2)
+    page = alice.pages[0]
+    imports = json.loads(page.locator('script[type="importmap"]').text_content() or "{}")["imports"]
+    assert imports["rrr"] == "/_rrr/static/js/rrr.js"  # {% rrr_scripts %}, from RRR_SOCKET_URL = "/_rrr/ws/"
+    assert f"{site.url}/_rrr/static/js/rrr.js" in alice.requests
+    assert not [u for u in alice.requests if u.startswith(f"{site.url}/static/js/")], "rrr's old path asked"
+    # The tabs' SharedWorker is rrr's, from under the prefix; its socket is open and counted.
+    cdp = browser.new_browser_cdp_session()
+    workers = [t["url"] for t in cdp.send("Target.getTargets")["targetInfos"] if t["type"] == "shared_worker"]
+    assert [u for u in workers if u.startswith(f"{site.url}/_rrr/static/js/worker.js")], workers
+    for tab in alice.pages:
+        expect(tab.locator("#live-status")).to_contain_text("sharedworker", timeout=WAIT_MS)
+        expect(online(tab, "alice")).to_have_text("alice (you)", timeout=WAIT_MS)
+    wait_for(lambda: subscribed_tabs(site, f"private-user-{alice.id}") == 2, "alice's private room")
+    assert re.search(r"GET /_rrr/ws/ ", site.log.read_text(errors="replace")), "rrr never saw /_rrr/ws/"
+
+    # Through nginx: /_rrr/ is rrr's own files; /static/ is the site's, every path of it.
+    assert get(f"{site.url}/_rrr/static/js/rrr.js") == (200, (ROOT / "static" / "js" / "rrr.js").read_bytes())
+    assert get(f"{site.url}/static/items/site.css") == (
+        200, (SITE_DIR / "items" / "static" / "items" / "site.css").read_bytes())
+    assert get(f"{site.url}/static/rrr/django.js") == (
+        200, (ROOT / "rrr" / "django" / "static" / "rrr" / "django.js").read_bytes())  # the helper: a Django app's
+    status, body = get(f"{site.url}/static/js/rrr.js")  # the site's /static/: nothing of rrr's in it
+    assert status == 404 and b"connect" not in body
+    # rrr itself still answers the old path (pages and import maps written for it).
+    assert get(f"{site.rrr_url}/static/js/rrr.js") == (200, (ROOT / "static" / "js" / "rrr.js").read_bytes())
+
+    # pusher-js under the same origin: /_rrr/app/<key> (its wsPath).
+    page.goto(site.url + "/pusher/")
+    expect(page.locator("#pusher-status")).to_have_attribute("data-status", "connected", timeout=WAIT_MS)
+    expect(page.locator('#pusher-members li[data-user="alice"]')).to_have_text("alice (you)", timeout=WAIT_MS)
 
 
 @pytest.mark.browser

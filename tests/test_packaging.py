@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -20,26 +19,15 @@ from packaging.requirements import Requirement
 
 from support.clients import Client, connect, wait_until
 from support.processes import Command, free_port
+from support.wheel import build_wheel
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The checkout built as a wheel (once for the module), from a copy without the checkout's build/:
-    setuptools packs what an earlier build left there, so a package missing from pyproject's list
-    would still be in the wheel."""
-    out = tmp_path_factory.mktemp("wheel")
-    source = out / "src"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        "build", "*.egg-info", "node_modules", ".git", ".venv", ".mypy_cache", "__pycache__"))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out),
-         str(source)],
-        check=True, cwd=out, capture_output=True, timeout=300,
-    )
-    (built,) = out.glob("rrr-*.whl")
-    return built
+    """The checkout built as a wheel, once for the module."""
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 def wheel_metadata(wheel: Path) -> tuple[list[str], list[Requirement], str]:

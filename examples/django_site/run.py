@@ -13,8 +13,8 @@ Two ways, as README "Using rrr from Django" describes them:
 
 * by default the site (``--port``) and rrr (``--rrr-port``) are two origins: pages fetch a token
   from the site's token view (``/rrr/token/``) and send it to rrr;
-* ``--same-origin`` puts nginx on ``--port`` in front of both (``nginx.conf.template``: ``/ws/``,
-  ``/sse/``, ``/poll/`` and ``/static/js/`` to rrr, the rest to the site, which runs on a port of
+* ``--same-origin`` puts nginx on ``--port`` in front of both (``deploy/nginx-same-origin.conf``:
+  ``/_rrr/`` to rrr, the rest to the site, its own ``/static/`` included, which runs on a port of
   its own): the browser sends the site's session cookie to rrr, which asks the site who it is
   (``--connect-proxy-url``, the connect view ``/rrr/connect/``). No token view, no ``getToken``.
 """
@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploy.render import render  # noqa: E402
+from deploy.render import render, same_origin  # noqa: E402
 from rrr.backplane.embedded import EmbeddedRedis  # noqa: E402
 
 
@@ -67,18 +67,21 @@ def free_port() -> int:
 
 
 def start_nginx(port: int, rrr_port: int, django_port: int) -> tuple[subprocess.Popen[bytes], Path]:
-    """nginx on ``port`` in front of rrr and the site (``nginx.conf.template``), all of it in a fresh directory."""
+    """nginx on ``port`` in front of rrr and the site: deploy/nginx-same-origin.conf with its three
+    CHANGE lines set, in ``nginx.conf.template``'s process settings, all of it in a fresh directory."""
     binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
                                             if os.access(p, os.X_OK)), None)
     if binary is None:
         raise SystemExit("--same-origin needs nginx (on PATH, or /usr/sbin/nginx)")
     run_dir = Path(tempfile.mkdtemp(prefix="rrr-example-nginx-"))
     conf = run_dir / "nginx.conf"
+    recipe = run_dir / "same-origin.conf"
+    recipe.write_text(same_origin(rrr=f"127.0.0.1:{rrr_port}", django=f"127.0.0.1:{django_port}",
+                                  listen=f"127.0.0.1:{port}"))
     conf.write_text(render((HERE / "nginx.conf.template").read_text(), {
         # As root, workers run as root too, so they can read what this user can.
         "user_line": "user root;" if os.geteuid() == 0 else "",
-        "run_dir": str(run_dir), "listen": f"127.0.0.1:{port}",
-        "rrr_port": str(rrr_port), "django_port": str(django_port),
+        "run_dir": str(run_dir), "recipe": str(recipe),
     }))
     proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(run_dir), "-e", str(run_dir / "error.log")])
     return proc, run_dir
@@ -120,10 +123,11 @@ def main() -> int:
         env["EXAMPLE_DB"] = args.db
     rrr_extra: list[str] = []
     if args.same_origin:
-        # The pages' socket is /ws/ on their own origin, and they ask for no token (RRR_CONNECT_PROXY):
-        # rrr asks the connect view directly (not through nginx) who each handshake's cookie is.
-        env.update(RRR_SOCKET_URL="/ws/", RRR_CONNECT_PROXY="1", RRR_API_URL=f"http://127.0.0.1:{args.rrr_port}",
-                   RRR_PUSHER_HOST=f"127.0.0.1:{args.port}")
+        # The pages' socket is /_rrr/ws/ on their own origin (the library beside it, /_rrr/static/js/), and
+        # they ask for no token (RRR_CONNECT_PROXY): rrr asks the connect view directly (not through nginx)
+        # who each handshake's cookie is. pusher-js connects to /_rrr/app/<key> (its wsPath).
+        env.update(RRR_SOCKET_URL="/_rrr/ws/", RRR_CONNECT_PROXY="1", RRR_API_URL=f"http://127.0.0.1:{args.rrr_port}",
+                   RRR_PUSHER_HOST=f"127.0.0.1:{args.port}/_rrr")
         rrr_extra = ["--xheaders", "--connect-proxy-url", f"http://127.0.0.1:{django_port}/rrr/connect/"]
     # Both names of the site's host: the browser's Origin is whichever the person typed.
     origins = f"{site},http://localhost:{args.port}"

@@ -6,9 +6,10 @@ Optional: add ``"rrr.django"`` to ``INSTALLED_APPS`` (``pip install rrr[django]`
 * ``RRR_REDIS_URL``: the rrr service's Redis (its ``--redis-url``); `publish_on_commit` writes there.
 * ``RRR_TOKEN_SECRET``: the service's ``--token-secret``; the token view signs with it (with the
   first of a comma list: the new secret of a rotation).
-* ``RRR_SOCKET_URL``: the service's socket, e.g. ``wss://rt.example.com/ws/``, or ``/ws/`` when
-  nginx serves rrr under the site's own origin; the template tag loads the browser library from
-  the socket's origin (``/static/js/rrr.js``).
+* ``RRR_SOCKET_URL``: the service's socket, e.g. ``wss://rt.example.com/ws/``, or ``/_rrr/ws/`` when
+  nginx serves rrr under the site's own origin (deploy/nginx-same-origin.conf); the template tag
+  loads the browser library from beside the socket (``https://rt.example.com/static/js/rrr.js``,
+  ``/_rrr/static/js/rrr.js``: never the site's own ``/static/``).
 * ``RRR_CONNECT_PROXY`` (``False``): pages connect without a token view and without ``getToken``;
   rrr (``--connect-proxy-url <site>/rrr/connect/``) asks the connect view who the session cookie
   is. Needs the same origin (the browser sends the site's cookie to rrr only then).

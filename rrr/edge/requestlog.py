@@ -23,6 +23,7 @@ from types import TracebackType
 import tornado.httputil
 import tornado.web
 
+from ..protocol import BROWSER_PREFIX
 from ..supervise import RateLimitedLog
 
 access_log = logging.getLogger("tornado.access")
@@ -45,7 +46,7 @@ def loggable(text: str, limit: int) -> str:
 
 #: An SSE or polling session's id in a path: whoever holds it speaks for the session (its identity
 #: included), so a log shows only its first 8 characters (the tag of the process that holds it).
-_SESSION_IN_PATH = re.compile(r"^(/(?:sse|poll)/[A-Za-z0-9_-]{8})[A-Za-z0-9_-]+")
+_SESSION_IN_PATH = re.compile(rf"^((?:{re.escape(BROWSER_PREFIX)})?/(?:sse|poll)/[A-Za-z0-9_-]{{8}})[A-Za-z0-9_-]+")
 
 
 def loggable_path(path: str) -> str:

@@ -78,7 +78,7 @@ LOGOUT_REDIRECT_URL = "login"
 # The service's Redis, its --token-secret, its socket and its --api-token.
 RRR_REDIS_URL = os.environ.get("RRR_REDIS_URL", "redis://127.0.0.1:6379/0")
 RRR_TOKEN_SECRET = os.environ.get("RRR_TOKEN_SECRET", "")
-RRR_SOCKET_URL = os.environ.get("RRR_SOCKET_URL", "ws://127.0.0.1:8888/ws/")  # "/ws/": same origin (nginx)
+RRR_SOCKET_URL = os.environ.get("RRR_SOCKET_URL", "ws://127.0.0.1:8888/ws/")  # "/_rrr/ws/": same origin (nginx)
 # run.py --same-origin: rrr asks /rrr/connect/ who a page's session cookie is; pages need no token.
 RRR_CONNECT_PROXY = os.environ.get("RRR_CONNECT_PROXY") == "1"
 RRR_API_TOKEN = os.environ.get("RRR_API_TOKEN", "")
@@ -92,6 +92,7 @@ RRR_PRESENCE_ROOMS = ["presence-site"]
 # pusher-js, authorized by rrr.django's /rrr/pusher/auth/ and /rrr/pusher/user-auth/.
 RRR_PUSHER_KEY = os.environ.get("RRR_PUSHER_KEY", "")
 RRR_PUSHER_SECRET = os.environ.get("RRR_PUSHER_SECRET", "")
-RRR_PUSHER_HOST = os.environ.get("RRR_PUSHER_HOST", "127.0.0.1:8888")  # where pusher-js connects: rrr's host:port
+# where pusher-js connects: rrr's host:port, then a path under the site's own origin (127.0.0.1:8000/_rrr)
+RRR_PUSHER_HOST = os.environ.get("RRR_PUSHER_HOST", "127.0.0.1:8888")
 # pusher-js's browser build, from the npm dev dependencies of this checkout (`npm ci`); the example serves it.
 PUSHER_JS = BASE_DIR.parent.parent / "node_modules" / "pusher-js" / "dist" / "web" / "pusher.min.js"

@@ -51,9 +51,10 @@ def page(room: str, **context: object) -> dict[str, object]:
 def pusher_page(request: HttpRequest) -> HttpResponse:
     """The same "online now" and the site's events, driven by pusher-js (not rrr's library): rrr is
     also a Pusher server, and this page authorizes its channels with rrr.django's Pusher views."""
-    host, _, port = settings.RRR_PUSHER_HOST.rpartition(":")
+    address, slash, path = settings.RRR_PUSHER_HOST.partition("/")  # host:port[/_rrr] (pusher-js's wsPath)
+    host, _, port = address.rpartition(":")
     return render(request, "items/pusher.html", {"pusher_key": settings.RRR_PUSHER_KEY, "ws_host": host,
-                                                 "ws_port": port})
+                                                 "ws_port": port, "ws_path": slash + path})
 
 
 def pusher_js(request: HttpRequest) -> FileResponse:

@@ -2,12 +2,13 @@
 // rrr.django's Pusher views. rrr's own library is not loaded here: this is what a Laravel Echo or
 // mobile client sees of the same room.
 const $ = (id) => document.getElementById(id);
-const { userId, pusherKey, wsHost, wsPort, csrf } = document.body.dataset;
+const { userId, pusherKey, wsHost, wsPort, wsPath, csrf } = document.body.dataset;
 const headers = { "X-CSRFToken": csrf };
 
 const pusher = new window.Pusher(pusherKey, {
   wsHost,
   wsPort: Number(wsPort),
+  wsPath, // "/_rrr" under the site's own origin (run.py --same-origin), else ""
   forceTLS: location.protocol === "https:",
   enabledTransports: ["ws", "wss"],
   cluster: "rrr",
