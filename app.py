@@ -223,28 +223,6 @@ define("pusher_client_events", default=True, type=bool,
 define("cache_ttl", default=1800.0, type=float, help="seconds a cache channel keeps its last event")
 
 
-def browser_routes(
-    prefix: str, sockets: dict[str, Any], transports: dict[str, Any], pusher: Any,
-) -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]:
-    """The sockets, their fallbacks, the Pusher socket and the browser library, under ``prefix``."""
-    return [
-        (rf"{prefix}/ws/", RelaySocket, sockets),
-        # Whether the sockets take a page's Origin: the library asks after a handshake failed.
-        (
-            rf"{prefix}/ws/origin", OriginCheck,
-            dict(allowed_origins=sockets["allowed_origins"], xheaders=sockets["xheaders"]),
-        ),
-        (rf"{prefix}/sse/", SseHandler, transports),
-        (rf"{prefix}/sse/([^/]{{1,300}})/", SessionHandler, dict(transports, kind="sse")),
-        (rf"{prefix}/poll/", PollOpenHandler, transports),
-        (rf"{prefix}/poll/([^/]{{1,300}})/", SessionHandler, dict(transports, kind="poll")),
-        (rf"{prefix}/(?:sse|poll)/.*", TransportNotFound, {}),
-        *([(rf"{prefix}/app/([^/]{{1,200}})", PusherSocket, dict(sockets, pusher=pusher))] if pusher else []),
-        # The bare /static/ is Tornado's own (static_path below); a site's /static/ is its own.
-        *([(rf"{prefix}/static/(.*)", SecureStaticFileHandler, dict(path=str(ROOT / "static")))] if prefix else []),
-    ]
-
-
 def make_app(**overrides: Any) -> tornado.web.Application:
     """The Tornado application and the service behind it (``app.settings["service"]``, not yet
     started); ``overrides`` replace option values. ``main()`` and the tests both build it here."""
@@ -347,6 +325,26 @@ def make_app(**overrides: Any) -> tornado.web.Application:
     transports = dict(transports=Transports(
         sessions, handoff, shared, parse_origins(o["allowed_origins"]), o["xheaders"], o["max_message_size"],
     ))
+
+    def browser_routes(prefix: str) -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]:
+        """The sockets, their fallbacks, the Pusher socket and the browser library, under ``prefix``."""
+        return [
+            (rf"{prefix}/ws/", RelaySocket, sockets),
+            # Whether the sockets take a page's Origin: the library asks after a handshake failed.
+            (
+                rf"{prefix}/ws/origin", OriginCheck,
+                dict(allowed_origins=sockets["allowed_origins"], xheaders=sockets["xheaders"]),
+            ),
+            (rf"{prefix}/sse/", SseHandler, transports),
+            (rf"{prefix}/sse/([^/]{{1,300}})/", SessionHandler, dict(transports, kind="sse")),
+            (rf"{prefix}/poll/", PollOpenHandler, transports),
+            (rf"{prefix}/poll/([^/]{{1,300}})/", SessionHandler, dict(transports, kind="poll")),
+            (rf"{prefix}/(?:sse|poll)/.*", TransportNotFound, {}),
+            *([(rf"{prefix}/app/([^/]{{1,200}})", PusherSocket, dict(sockets, pusher=pusher))] if pusher else []),
+            # The bare /static/ is Tornado's own (static_path below); a site's /static/ is its own.
+            *([(rf"{prefix}/static/(.*)", SecureStaticFileHandler, dict(path=str(ROOT / "static")))] if prefix else []),
+        ]
+
     # One line per request, with no query string (tokens travel in it) and a bounded path, and
     # refusals at most once per 30 s per kind (rrr/edge/requestlog.py); handlers log errors through it too.
     request_log = RequestLog()
@@ -362,7 +360,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
             *(
                 rule
                 for prefix in ("", BROWSER_PREFIX)
-                for rule in browser_routes(prefix, sockets, transports, pusher)
+                for rule in browser_routes(prefix)
             ),
             room_route(
                 "/api/rooms/{room}", RoomHandler,
