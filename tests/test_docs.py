@@ -5,7 +5,9 @@ whose links lead somewhere, its quick start works as written in a browser, and t
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -19,8 +21,9 @@ import pytest
 from tornado.options import options
 
 import app  # noqa: F401 - defines the options the reference must list
+from support.clients import Client, connect, wait_until
 from support.docs import ROOT, blocks, lines_with, section
-from support.processes import REQUIRE_ALL, Command, free_port, need_binary
+from support.processes import REQUIRE_ALL, AppProcess, Command, free_port, need_binary
 
 README = ROOT / "README.md"
 OPTIONS_PAGE = ROOT / "docs" / "reference" / "options.md"
@@ -216,6 +219,78 @@ def test_the_quick_starts_page_shows_the_count_and_the_published_message_in_two_
             assert tab.locator("#count").text_content() == "1", "two tabs of one browser are one socket"
         assert not console, console
         context.close()
+
+
+# -- the publishing guide's samples ---------------------------------------------------------
+
+
+PUBLISHING = (ROOT / "docs" / "guides" / "publishing.md").read_text()
+
+
+async def subscribed(port: int, room: str, clients: list[Client]) -> Client:
+    c = await connect(f"ws://127.0.0.1:{port}/ws/")
+    clients.append(c)
+    await c.send(type="subscribe", room=room, sub="tab")
+    await c.reply("subscribed")
+    return c
+
+
+async def closed(clients: list[Client]) -> None:
+    """Close the test's sockets while its loop still runs (their readers end with it)."""
+    for c in clients:
+        c.close()
+    for c in clients:
+        await wait_until(c.closed.is_set, what="the socket closed")
+
+
+async def run(argv: list[str], env: dict[str, str]) -> str:
+    """A command run while this test's sockets keep reading (the loop is not blocked)."""
+    proc = await asyncio.create_subprocess_exec(*argv, cwd=ROOT, env={**os.environ, **env},
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, (argv, out, err)
+    return out.decode()
+
+
+@pytest.mark.gen_test(timeout=120)
+@pytest.mark.parametrize("script", ["examples/publish/publish.py", "examples/publish/publish.mjs"])
+async def test_the_publishing_guides_scripts_reach_a_subscriber_with_their_event_name(
+    script: str, redis_url: str, app_factory: Callable[..., AppProcess], clients: list[Client],
+) -> None:
+    assert f'--8<-- "{script}"' in PUBLISHING, "the guide shows the file itself"
+    server = app_factory(redis_url=redis_url, api_token="dev")
+    c = await subscribed(server.port, "orders", clients)
+    interpreter = sys.executable if script.endswith(".py") else need_binary("node")
+    before = len(c.frames)  # the sockets read while the script runs
+    out = await run([interpreter, script, "orders", '{"id": 7}', "order.shipped"],
+                    {"RRR_REDIS_URL": redis_url, "RRR_URL": server.base_url, "RRR_API_TOKEN": "dev"})
+    assert "published to orders: offset 1" in out
+    got = await c.next("message", timeout=10, after=before)
+    assert got["data"] == {"id": 7} and got["event"] == "order.shipped" and got["offset"] == 1
+    await closed(clients)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_the_publishing_guides_curl_lines_reach_their_rooms(
+    redis_url: str, app_factory: Callable[..., AppProcess], clients: list[Client],
+) -> None:
+    curl = need_binary("curl")
+    lines = lines_with(section("curl", "docs/guides/publishing.md"), "sh", "curl ")
+    assert len(lines) == 2
+    server = app_factory(redis_url=redis_url, api_token="dev")
+    for line in lines:
+        line = line.split("    #", 1)[0].replace("127.0.0.1:8888", f"127.0.0.1:{server.port}")
+        argv = shlex.split(line.replace("$TOKEN", "dev"))  # the key the server was started with
+        url = argv[-1]
+        room = re.search(r"/api/rooms/([^/]+)/messages", url)
+        assert room
+        c = await subscribed(server.port, room[1], clients)
+        before = len(c.frames)
+        await run([curl, "--silent", "--show-error", "--fail", *argv[1:]], {})
+        got = await c.next("message", timeout=10, after=before)
+        assert got["data"] == json.loads(argv[argv.index("-d") + 1])
+        assert got.get("event") == ("order.shipped" if "?event=" in url else None)
+    await closed(clients)
 
 
 # -- the site builds, strictly -------------------------------------------------------------
