@@ -329,7 +329,9 @@ def test_a_broken_link_or_a_missing_page_fails_the_build(tmp_path: Path, breakag
     mkdocs()
     copy = tmp_path / "checkout"
     shutil.copytree(ROOT / "docs", copy / "docs")
-    for name in ("mkdocs.yml", "README.md", "deploy/README.md"):
+    included = {m for page in (ROOT / "docs").rglob("*.md") for m in re.findall(r'--8<-- "([^":]+)', page.read_text())}
+    assert {"README.md", "deploy/README.md"} <= included
+    for name in {"mkdocs.yml", *included}:
         (copy / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, copy / name)
     page = copy / "docs" / "concepts" / "rooms.md"
