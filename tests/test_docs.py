@@ -114,11 +114,28 @@ def test_the_wire_reference_explains_every_error_code_and_only_real_ones() -> No
     assert codes <= listed, "the sentence listing the codes misses some"
 
 
-def test_the_wire_reference_shows_every_client_frame_type() -> None:
-    from rrr.protocol import CLIENT_TYPES
+def test_the_wire_reference_shows_every_client_frame_type_and_each_is_one_rrr_takes() -> None:
+    """Each sample frame a client may send is parsed by rrr's own validator, as a socket's would be."""
+    from rrr.protocol import CLIENT_TYPES, parse_client_message
 
-    shown = set(re.findall(r'\{"type": "([a-z_]+)"', section("Client → server", "docs/reference/wire.md")))
-    assert set(CLIENT_TYPES) <= shown
+    frames = [line for block in blocks(section("Client → server", "docs/reference/wire.md"), "json")
+              for line in block.splitlines() if line.strip()]
+    assert set(CLIENT_TYPES) <= {json.loads(f)["type"] for f in frames}
+    for frame in frames:
+        parse_client_message(frame)  # raises ProtocolError (with its code) for a frame rrr refuses
+
+
+def test_the_tokens_guides_sample_mints_a_token_with_what_it_says() -> None:
+    import jwt
+
+    (sample,) = blocks(section("Tokens and identity providers", "docs/guides/tokens.md"), "python")
+    *setup, expression = sample.strip().splitlines()
+    scope: dict[str, object] = {"SECRET": "s" * 32}
+    exec("\n".join(setup), scope)
+    minted = eval(expression, scope)
+    claims = jwt.decode(minted, "s" * 32, algorithms=["HS256"])
+    assert claims["sub"] == "42" and claims["info"] == {"name": "Ada"}
+    assert claims["rooms"] == ["private-user-42-*", "presence-team-7"] and claims["exp"] > claims["iat"]
 
 
 # -- the README ----------------------------------------------------------------------------
