@@ -177,7 +177,7 @@ def test_the_getting_started_page_is_the_readmes_tested_sections() -> None:
 # -- the quick start, in a browser ---------------------------------------------------------
 
 
-QUICK = section("Quick start: a page of your own")
+QUICK = section("Quick start: a first room in 5 minutes")
 
 
 @pytest.mark.browser
@@ -336,7 +336,7 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     start = (tmp_path / "site" / "getting-started" / "index.html").read_text()
     text = re.sub(r"<[^>]+>", "", start)
     assert 'make run ARGS="--api-token dev --client-publish"' in text.replace("&quot;", '"'), "the two commands"
-    assert "Quick start: a page of your own" in text, "the README's sections are included"
+    assert "Quick start: a first room in 5 minutes" in text, "the README's sections are included"
 
 
 @pytest.mark.parametrize("breakage", ["a link to a missing page", "a missing anchor", "a page left out of the nav",
