@@ -138,6 +138,60 @@ def test_the_tokens_guides_sample_mints_a_token_with_what_it_says() -> None:
     assert claims["rooms"] == ["private-user-42-*", "presence-team-7"] and claims["exp"] > claims["iat"]
 
 
+# -- the Django guide's names ---------------------------------------------------------------
+
+DJANGO_GUIDE = (ROOT / "docs" / "guides" / "django.md").read_text()
+
+IMPORTS_CHECK = """
+import importlib, json, sys
+import django
+from django.conf import settings
+settings.configure(INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "rrr.django"],
+                   ROOT_URLCONF="rrr.django.urls", RRR_TOKEN_SECRET="s" * 32)
+django.setup()
+missing = []
+for module, name in json.loads(sys.argv[1]):
+    try:
+        getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        missing.append(f"{module}.{name}: {e}")
+print(json.dumps(missing))
+"""
+
+
+def test_the_django_guides_settings_are_the_ones_rrr_django_reads_and_no_others() -> None:
+    source = "\n".join(p.read_text() for p in sorted((ROOT / "rrr" / "django").rglob("*.py")))
+    read = set(re.findall(r"\bRRR_[A-Z_]+\b", source))
+    documented = set(re.findall(r"\bRRR_[A-Z_]+\b", DJANGO_GUIDE))
+    assert read - documented == set(), "settings rrr.django reads that the guide leaves out"
+    assert documented - read == set(), "settings the guide names that rrr.django never reads"
+
+
+def test_the_django_guides_code_imports_and_routes_what_rrr_django_has() -> None:
+    """Each Python sample parses, and every name it imports (``from rrr.django import
+    publish_on_commit``) is there in a configured Django; every URL name (``rrr:token``) and
+    template tag it names exists."""
+    import ast
+
+    imports: list[tuple[str, str]] = []
+    samples = blocks(DJANGO_GUIDE, "python")
+    assert len(samples) >= 4
+    for sample in samples:
+        for node in ast.walk(ast.parse(sample)):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imports += [(node.module, alias.name) for alias in node.names]
+    assert ("rrr.django", "publish_on_commit") in imports and ("rrr.django.signals", "member_removed") in imports
+    done = subprocess.run([sys.executable, "-c", IMPORTS_CHECK, json.dumps(imports)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+    routes = set(re.findall(r'name="([a-z-]+)"', (ROOT / "rrr" / "django" / "urls.py").read_text()))
+    named = set(re.findall(r"(?:`|# )rrr:([a-z-]+)\b(?!:)", DJANGO_GUIDE))  # `rrr:connect`, # rrr:token
+    assert {"token", "connect", "pusher-auth"} <= named and named <= routes
+    for tag in set(re.findall(r"\{% (rrr_[a-z_]+)", DJANGO_GUIDE)):
+        assert f"def {tag}(" in (ROOT / "rrr" / "django" / "templatetags" / "rrr.py").read_text(), tag
+
+
 # -- the README ----------------------------------------------------------------------------
 
 
