@@ -125,6 +125,25 @@ def test_the_wire_reference_shows_every_client_frame_type_and_each_is_one_rrr_ta
         parse_client_message(frame)  # raises ProtocolError (with its code) for a frame rrr refuses
 
 
+def server_frame_types() -> set[str]:
+    """The ``type`` of every frame rrr's server side builds (rrr/protocol.py and the parts that
+    write frames of their own: ``{"type":"pong"}``, SSE's ``session``, a session's ``close``)."""
+    source = "\n".join(p.read_text() for p in sorted((ROOT / "rrr").rglob("*.py")) if "pusher" not in p.parts)
+    pairs = re.findall(r'"type"\s*:\s*"([a-z_]+)"|\{"type":"([a-z_]+)"', source)
+    return {a or b for a, b in pairs}
+
+
+def test_the_wire_reference_shows_every_frame_the_server_sends() -> None:
+    types = server_frame_types()
+    assert {"connection_message", "message", "presence_diff", "session", "close"} <= types, "the source was read"
+    server = section("Server → client", "docs/reference/wire.md")
+    shown = set(re.findall(r'\{"type": "([a-z_]+)"', server))
+    assert types - shown == set(), "frames rrr sends that the wire reference does not show"
+    for line in (ln for block in blocks(server, "json") for ln in block.splitlines() if ln.strip()):
+        if "<" not in line:  # a sample with a placeholder (<any JSON ...>) is no JSON
+            assert json.loads(line)["type"] in types, line
+
+
 def test_the_tokens_guides_sample_mints_a_token_with_what_it_says() -> None:
     import jwt
 
