@@ -157,6 +157,23 @@ def test_the_tokens_guides_sample_mints_a_token_with_what_it_says() -> None:
     assert claims["rooms"] == ["private-user-42-*", "presence-team-7"] and claims["exp"] > claims["iat"]
 
 
+# -- the browser library's page -------------------------------------------------------------
+
+
+def test_every_call_and_callback_the_browser_librarys_page_names_is_in_the_library() -> None:
+    """``rt.retryNow()``, ``room.members()``, ``onPresence``, ``getToken``...: what a page is told
+    to call or pass exists in static/js/rrr.js (the page side of the library), by that name."""
+    page = (ROOT / "docs" / "reference" / "browser.md").read_text()
+    code = "\n".join(blocks(page, "js"))
+    names = set(re.findall(r"\b(?:rt|room)\.([a-zA-Z]+)\b", page))
+    names |= set(re.findall(r"\b(on[A-Z][a-zA-Z]+|getToken|transports)\s*:", code))
+    names |= set(re.findall(r"`(on[A-Z][a-zA-Z]+)[`(]", page))
+    assert {"room", "retryNow", "members", "onPresence", "getToken", "onAuth", "sharing"} <= names
+    library = (ROOT / "static" / "js" / "rrr.js").read_text()
+    missing = {name for name in names if not re.search(rf"\b{name}\b", library)}
+    assert missing == set(), f"named on the page, not in static/js/rrr.js: {sorted(missing)}"
+
+
 # -- the Django guide's names ---------------------------------------------------------------
 
 DJANGO_GUIDE = (ROOT / "docs" / "guides" / "django.md").read_text()
