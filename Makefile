@@ -4,6 +4,8 @@
 #   make test    install test requirements and run the whole suite (node --test tests/js/, then pytest)
 #   make lint    flake8 + mypy, configured in setup.cfg
 #   make example the Django example site next to rrr and an embedded Redis (examples/django_site)
+#   make docs    serve the documentation site (mkdocs.yml, docs/) at http://127.0.0.1:8008/
+#   make docs-build  build it with mkdocs build --strict into site/ (a broken link fails)
 #
 # ARGS: extra arguments, e.g. make run ARGS="--port 8001" or make test ARGS="-k presence".
 
@@ -12,7 +14,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test lint example
+.PHONY: run test lint example docs docs-build
 
 $(VENV)/.run-deps: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +39,15 @@ test: $(VENV)/.dev-deps
 # http://127.0.0.1:8000/ (users alice, bob, carol, dave, admin; password demo-pass); rrr on 8888.
 example: $(VENV)/.example-deps
 	$(PY) examples/django_site/run.py $(ARGS)
+
+# The docs extra (mkdocs + Material) comes with requirements-dev.txt. DOCS_ADDR: where `make docs` listens.
+DOCS_ADDR ?= 127.0.0.1:8008
+
+docs: $(VENV)/.dev-deps
+	$(PY) -m mkdocs serve --dev-addr $(DOCS_ADDR)
+
+docs-build: $(VENV)/.dev-deps
+	$(PY) -m mkdocs build --strict --site-dir site
 
 lint: $(VENV)/.dev-deps
 	$(PY) -m flake8 app.py rrr handlers tests examples/django_site

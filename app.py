@@ -95,7 +95,7 @@ define(
     "redis_pool_size", default=32, type=int,
     help="Redis connections for requests (lease renewal and pub/sub have their own); callers beyond wait",
 )
-# Caps: everything an anonymous client can make us hold or do has a price (README, "Caps").
+# Caps: everything an anonymous client can make us hold or do has a price (docs/reference/caps.md).
 define("max_tabs_per_room", default=50, type=int, help="subscriptions (tabs) per socket per room")
 define("max_rooms", default=10000, type=int, help="rooms with local subscribers per process (0: no cap)")
 define("message_rate", default=50.0, type=float, help="client frames per second per socket, pings included (0: off)")

@@ -42,7 +42,7 @@ class SecureStaticFileHandler(SecureHeaders, tornado.web.StaticFileHandler):
     """Static files too: the SharedWorker's script brings the policy its socket runs under.
 
     Readable from any origin (``Access-Control-Allow-Origin: *``): they are public, and a page of
-    another origin (a Django site, README "Using rrr from Django") loads the browser library from
+    another origin (a Django site, docs/guides/django.md) loads the browser library from
     here as module scripts, which browsers fetch in CORS mode. No credentials are ever allowed."""
 
     def set_extra_headers(self, path: str) -> None:
@@ -55,7 +55,7 @@ class HostRefused(SecureHeaders):
     def prepare(self) -> None:
         self.set_status(400)
         path = self.request.path.removeprefix(BROWSER_PREFIX)
-        if path.startswith(("/sse/", "/poll/")):  # every answer there (README, Transports)
+        if path.startswith(("/sse/", "/poll/")):  # every answer there (docs/guides/transports.md)
             self.set_header("Cache-Control", "no-store")
             self.set_header("X-Accel-Buffering", "no")
         self.finish({"error": "this server does not answer for that Host", "status": 400})

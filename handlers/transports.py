@@ -1,6 +1,6 @@
 """``/sse/`` and ``/poll/``: the fallback transports, each a door onto the same sessions as ``/ws/``
 (`rrr.edge.sessions`); a request for a session another process holds is handed to it
-(`rrr.edge.handoff`). README "Transports" has the contract.
+(`rrr.edge.handoff`). docs/guides/transports.md has the contract.
 
 Every answer here carries ``Cache-Control: no-store`` and ``X-Accel-Buffering: no`` (nginx must
 not buffer a stream), follows the WebSocket handshake's Origin rule (a foreign ``Origin`` gets 403,
@@ -63,7 +63,7 @@ class TransportNotFound(NoStore):
     """Any other path under ``/sse/`` and ``/poll/``: the JSON 404, with the headers above."""
 
     def prepare(self) -> None:
-        raise tornado.web.HTTPError(404, "no such path; see README, Transports")
+        raise tornado.web.HTTPError(404, "no such path; see docs/guides/transports.md")
 
 
 class TransportHandler(NoStore):

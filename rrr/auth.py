@@ -240,7 +240,7 @@ class Identity:
     publish: Grants = field(default_factory=Grants)
 
     def may_read(self, room: str) -> bool:
-        """A ``publish`` grant implies read (README, the ``publish`` claim): a publisher that cannot
+        """A ``publish`` grant implies read (docs/guides/tokens.md, the ``publish`` claim): a publisher that cannot
         see the room it writes to surprises, and only the backend mints tokens. Not the reverse."""
         return not needs_grant(room) or self.rooms.allows(room) or self.publish.allows(room)
 

@@ -86,7 +86,8 @@ class Metrics:
         self.health = Gauge("rrr_health_check", "Each /healthz check at its last run (1 ok, 0 failing)", ["check"],
                             registry=r)
         self.limited = Counter(
-            "rrr_limited", "Requests refused by a cap or a rate limit (see README, Caps)", ["limit"], registry=r,
+            "rrr_limited", "Requests refused by a cap or a rate limit (see docs/reference/caps.md)", ["limit"],
+            registry=r,
         )
         for limit in LIMITS:
             self.limited.labels(limit)  # every series exists from the start, at 0, for alerts

@@ -515,7 +515,7 @@ def error_message(code: str, reason: str, **extra: Any) -> dict[str, Any]:
 
 PONG_FRAME = '{"type":"pong"}'
 
-# ---- SSE and long-polling sessions (README "Transports"; static/js/protocol.js mirrors these) ----
+# ---- SSE and long-polling sessions (docs/guides/transports.md; static/js/protocol.js mirrors these) ----
 
 #: A session id: at least 128 random bits in URL-safe base64 (and, first, its process's tag).
 SESSION_PATTERN = r"[A-Za-z0-9_-]{22,256}"

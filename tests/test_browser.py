@@ -799,7 +799,7 @@ def test_count_page_screenshots(
     server: AppProcess, new_context: Callable[..., BrowserContext], errors: ErrorLog
 ) -> None:
     """Desktop, phone and dark screenshots of a busy room, in tests/artifacts/; with
-    RRR_UPDATE_SCREENSHOTS=1 also the README's (docs/count-page.png, -phone.png, -dark.png)."""
+    RRR_UPDATE_SCREENSHOTS=1 also the README's and the site's (docs/count-page.png, -phone.png, -dark.png)."""
     url = f"{server.base_url}/count/demo/"
     ARTIFACTS.mkdir(exist_ok=True)
     desktop = new_context(viewport={"width": 1280, "height": 800})

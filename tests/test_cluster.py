@@ -349,7 +349,7 @@ async def test_a_killed_master_is_followed_and_nothing_stored_is_lost(
 async def test_a_sessions_requests_landing_on_the_other_process_are_handed_over_on_a_cluster(
     server_factory: ServerFactory, cluster: RedisCluster, streams: list[SseClient | PollClient],
 ) -> None:
-    """The handoff's inbox is classic pub/sub, which a cluster spreads to every node (README, Transports)."""
+    """The handoff's inbox is classic pub/sub, which a cluster spreads to every node (docs/guides/transports.md)."""
     owner, other = await start(server_factory, cluster, poll_timeout=5), await start(server_factory, cluster)
     s = await SseClient.open(owner.base_url)
     streams.append(s)

@@ -251,7 +251,8 @@ def holds(read: Callable[[], Any], expected: Any, seconds: float, what: str) -> 
 
 
 def record(engine: str, name: str, seen: dict[str, Any]) -> None:
-    """What a test observed, for the README's engine table: tests/artifacts/engine-<engine>-<name>.json."""
+    """What a test observed, for the engine table of docs/reference/browser.md:
+    tests/artifacts/engine-<engine>-<name>.json."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"engine-{engine}-{name}.json").write_text(json.dumps(seen) + "\n")
 

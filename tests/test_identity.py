@@ -226,7 +226,7 @@ async def test_a_publish_grant_lets_a_client_publish_without_client_publish(
 async def test_a_publish_grant_implies_read_and_a_rooms_grant_never_implies_publish(
     server_factory: ServerFactory, clients: list[Client],
 ) -> None:
-    """README, the ``publish`` claim: a token with only a ``publish`` grant subscribes to and
+    """docs/guides/tokens.md, the ``publish`` claim: a token with only a ``publish`` grant subscribes to and
     receives from that private room; one with only ``rooms`` cannot publish to it, even with
     ``--client-publish`` (which opens public rooms only)."""
     server = await server_factory(token_secret=SECRET, api_token="server-key", client_publish=True)

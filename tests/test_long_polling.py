@@ -1,5 +1,5 @@
 """``GET /poll/``, ``GET /poll/<session>/?seq=<n>`` and ``POST /poll/<session>/``: the protocol of
-``/ws/`` for proxies that buffer streams (README "Transports"). Frames are numbered from 1 and
+``/ws/`` for proxies that buffer streams (docs/guides/transports.md). Frames are numbered from 1 and
 sent again until a later poll acknowledges them; a poll with nothing to take waits
 ``--poll-timeout``; a session nobody polls ends."""
 

@@ -1,4 +1,4 @@
-"""A newcomer's first hour (#26): the README's recipes work as written, run as a person would run
+"""A newcomer's first hour (#26): the README's and the site's recipes work as written, run as a person would run
 them, and a mistake shows where its maker looks (the log, the terminal, the page's console)."""
 
 from __future__ import annotations
@@ -23,26 +23,10 @@ from tornado.options import options
 import app  # noqa: F401 - defines the options whose names deploy/ must use
 from rrr import client as rrr_client
 from support.clients import Client, connect, wait_until
+from support.docs import lines_with, section
 from support.processes import AppProcess, Command, free_port, need_binary
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
-
-
-def section(title: str) -> str:
-    """The README's ``## title`` section, up to the next one of that level."""
-    start = README.index(f"\n## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start:end if end >= 0 else None]
-
-
-def blocks(text: str, lang: str) -> list[str]:
-    """The fenced code blocks of ``lang``, with shell line continuations joined."""
-    return [b.replace("\\\n", " ") for b in re.findall(rf"```{lang}\n(.*?)```", text, re.S)]
-
-
-def lines_with(text: str, lang: str, needle: str) -> list[str]:
-    return [line.strip() for block in blocks(text, lang) for line in block.splitlines() if needle in line]
 
 
 def as_argv(line: str, port: int) -> list[str]:
@@ -69,27 +53,27 @@ async def subscribed(port: int, room: str, clients: list[Client]) -> Client:
     return c
 
 
-# -- the Django section: rrr reads the Redis Django publishes to -------------------------------
+# -- the Django guide: rrr reads the Redis Django publishes to --------------------------------
 
 
-DJANGO = section("Using rrr from Django")
+DJANGO = section("Using rrr from Django", "docs/guides/django.md")
 DJANGO_COMMANDS = lines_with(DJANGO, "sh", "python app.py")
 
 
-def test_the_django_section_says_rrr_must_run_on_djangos_redis() -> None:
+def test_the_django_guide_says_rrr_must_run_on_djangos_redis() -> None:
     assert "on the same Redis" in DJANGO and "RRR_REDIS_URL" in DJANGO
     assert len(DJANGO_COMMANDS) >= 2, "the cross-origin and the same-origin command"
 
 
 @pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("line", DJANGO_COMMANDS)
-async def test_rrr_started_as_the_django_section_says_delivers_what_django_publishes(
+async def test_rrr_started_as_the_django_guide_says_delivers_what_django_publishes(
     line: str, redis_url: str, clients: list[Client], command_factory: Callable[..., Command],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The settings' ``RRR_REDIS_URL`` and the command's Redis stand for one Redis (the test's);
     Django's publish (``rrr.client``, what ``publish_on_commit`` calls) reaches a socket of the rrr
-    the section starts. Started without ``--redis-url``, rrr ran an embedded Redis of its own."""
+    the guide starts. Started without ``--redis-url``, rrr ran an embedded Redis of its own."""
     settings_url = re.search(r'RRR_REDIS_URL = "([^"]+)"', DJANGO)
     assert settings_url, "the settings name RRR_REDIS_URL"
     monkeypatch.setenv("RRR_TOKEN_SECRET", "s" * 32)
@@ -97,7 +81,7 @@ async def test_rrr_started_as_the_django_section_says_delivers_what_django_publi
     port = free_port()
     command_factory(as_argv(line.replace(settings_url[1], redis_url), port), f"http://127.0.0.1:{port}/healthz")
     c = await subscribed(port, "news", clients)
-    # Django's side publishes to RRR_REDIS_URL: the test's Redis, where the README has its own.
+    # Django's side publishes to RRR_REDIS_URL: the test's Redis, where the guide has its own.
     await rrr_client.apublish("news", {"item": 1}, redis_url=redis_url)
     got = await c.next("message", timeout=10)
     assert got["data"] == {"item": 1}

@@ -1,5 +1,5 @@
 """``GET /sse/`` and ``POST /sse/<session>/``: the multiplexed protocol of ``/ws/`` over server-sent
-events, for networks that refuse WebSockets (README "Transports"). A session is a socket to the
+events, for networks that refuse WebSockets (docs/guides/transports.md). A session is a socket to the
 core: counts, caps, tokens, sign-outs, drains and history behave as on ``/ws/``."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ then the site (``migrate``, ``seed_demo``, ``runserver``). Ctrl-C (or SIGTERM) s
     python examples/django_site/run.py [--port 8000] [--rrr-port 8888] [--redis-url URL] [--db PATH]
                                        [--same-origin]
 
-Two ways, as README "Using rrr from Django" describes them:
+Two ways, as docs/guides/django.md describes them:
 
 * by default the site (``--port``) and rrr (``--rrr-port``) are two origins: pages fetch a token
   from the site's token view (``/rrr/token/``) and send it to rrr;

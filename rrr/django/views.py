@@ -58,8 +58,7 @@ def connect(request: HttpRequest) -> HttpResponse:
     cookies, only the one in the body, and answers only who that cookie's holder already is
     (what the token view would tell that holder, signed). An answer is no credential: rrr trusts
     it only as the reply to its own call to the URL its operator configured, so a browser that
-    POSTs here learns nothing about anyone it could not already act as (README, "Using rrr from
-    Django")."""
+    POSTs here learns nothing about anyone it could not already act as (docs/guides/django.md)."""
     try:
         call: Any = json.loads(request.body)
         headers = call["headers"]

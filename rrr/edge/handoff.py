@@ -22,7 +22,7 @@ An owner that does not answer in time (a stalled process, a lost message) gets t
 for a POST the library then opens a new session (a 5xx leaves it unknown whether the frame was
 taken), a poll it asks again.
 
-The alternatives weighed (README "Transports"): proxying over HTTP between processes needs an
+The alternatives weighed (docs/guides/transports.md): proxying over HTTP between processes needs an
 address per process, which ``--processes`` workers sharing one port do not have; keeping every
 polling session's frames in Redis would cost a Redis write per frame per session (a fan-out to
 5,000 polling members, 5,000 writes per message) where this costs nothing until a request lands

@@ -7,7 +7,7 @@ answer never blocks the test's loop), that keeps every request it gets and answe
 * ``down``: not listening at all (connection refused), until `up`.
 
 `events` are those of the requests it answered 200, in arrival order; `unique_events` drops
-repeated ids, as the README tells a receiver to.
+repeated ids, as docs/guides/webhooks.md tells a receiver to.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "items"
 LOGOUT_REDIRECT_URL = "login"
 
-# -- rrr (README "Using rrr from Django") --------------------------------------------------
+# -- rrr (docs/guides/django.md) --------------------------------------------------
 # The service's Redis, its --token-secret, its socket and its --api-token.
 RRR_REDIS_URL = os.environ.get("RRR_REDIS_URL", "redis://127.0.0.1:6379/0")
 RRR_TOKEN_SECRET = os.environ.get("RRR_TOKEN_SECRET", "")
