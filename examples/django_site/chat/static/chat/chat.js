@@ -77,7 +77,8 @@ function onWhisper(event, data, user) {
   const entry = typists.get(user);
   if (entry) clearTimeout(entry[1]);
   if (data?.on !== true) return typingStopped(user);
-  const name = typeof data.name === "string" ? data.name.slice(0, 150) : user;
+  // The name rrr's member list gives that user id (from its token's info), not one the whisper claims.
+  const name = roomMembers[user]?.info?.name ?? user;
   // A typist who went quiet (or whose tab closed) stops showing after 4 s without a word.
   typists.set(user, [name, setTimeout(() => typingStopped(user), 4000)]);
   renderTyping();
@@ -96,7 +97,10 @@ function onState({ status, sharing, transport }) {
 }
 $("retry-now").addEventListener("click", () => rt.retryNow());
 
+let roomMembers = {};
+
 function renderMembers(members) {
+  roomMembers = members;
   const entries = Object.entries(members).map(([id, m]) => [id, m?.info?.name ?? id]);
   entries.sort((a, b) => a[1].localeCompare(b[1]));
   const el = $("members");
@@ -165,7 +169,7 @@ $("text").addEventListener("input", () => {
   const now = Date.now();
   if (typing && now - typingSaid < 1500) return;
   typingSaid = typing ? now : 0;
-  room.whisper("client-typing", { on: typing, name: config.name });
+  room.whisper("client-typing", { on: typing });
 });
 
 $("send").addEventListener("submit", async (event) => {
