@@ -205,12 +205,23 @@ def test_the_pair_room_of_two_users_is_theirs_alone(site: Site, sign_in: SignIn)
     expect(alice.pages[0].locator("#typing")).to_have_text("bob is typing…", timeout=WAIT_MS)
     say(bob.pages[0], "Just between us")
     expect(message(alice.pages[0], "Just between us")).to_have_count(1, timeout=WAIT_MS)
+    expect(alice.pages[0].locator("#typing")).to_have_text("", timeout=WAIT_MS)
+    # A whisper that claims another name shows the name rrr's member list gives its sender.
+    bob.pages[0].evaluate(
+        """async (room) => {
+          const { connect } = await import("rrr/django");
+          const rt = connect();
+          const handle = rt.room(room, {});
+          while (!handle.position()) await new Promise((r) => setTimeout(r, 50));
+          handle.whisper("client-typing", { on: true, name: "carol" });
+          setTimeout(() => rt.close(), 1000);
+        }""",
+        room,
+    )
+    expect(alice.pages[0].locator("#typing")).to_have_text("bob is typing…", timeout=WAIT_MS)
 
     carol = chatting(sign_in, "carol", 1)
     page = carol.pages[0]
-    claims = jwt.decode(carol.token(), SECRET, algorithms=["HS256"])
-    assert room not in claims["rooms"]
-    assert pair(site, "alice", "carol") in claims["rooms"] and pair(site, "bob", "carol") in claims["rooms"]
     # rrr refuses her the room through the browser library itself (her token does not grant it) ...
     refused = page.evaluate(
         """async (room) => {
@@ -226,6 +237,9 @@ def test_the_pair_room_of_two_users_is_theirs_alone(site: Site, sign_in: SignIn)
         room,
     )
     assert refused == "forbidden"
+    claims = jwt.decode(carol.token(), SECRET, algorithms=["HS256"])  # the token names her own pairs only
+    assert room not in claims["rooms"]
+    assert pair(site, "alice", "carol") in claims["rooms"] and pair(site, "bob", "carol") in claims["rooms"]
     # ... and the site refuses her its history and posting to it; the URL can only name her own pairs.
     status = page.evaluate(
         """async ([room, csrf]) => [
