@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 from rrr.django import publish_on_commit
 
 from .models import MAX_TEXT, Message
-from .rooms import ROOMS, may_use, pair_of, pair_room, public_room
+from .rooms import PUBLIC_PREFIX, ROOMS, may_use, pair_of, pair_room, public_room
 from .unread import clear, count_for_absent, counts
 
 #: Messages a room page shows when it opens; older ones stay in the database.
@@ -82,21 +82,23 @@ def send(request: HttpRequest, slug: str) -> HttpResponse:
     if not form.is_valid():
         if wants_json:
             return JsonResponse({"errors": form.errors}, status=400)
-        return redirect(back(slug))
+        return redirect(back(request.user, slug))
     with transaction.atomic():
         message = Message.objects.create(room=slug, author=request.user, text=form.cleaned_data["text"])
         publish_on_commit(slug, message.as_data())
         count_for_absent(message)
     if wants_json:
         return JsonResponse({"id": message.pk}, status=201)
-    return redirect(back(slug))
+    return redirect(back(request.user, slug))
 
 
-def back(slug: str) -> str:
+def back(user: Any, slug: str) -> str:
+    """The page of ``slug``, where a plain form (no script) goes back to."""
     pair = pair_of(slug)
     if pair is None:
-        return reverse("chat-room", args=[slug.removeprefix("presence-chat-")])
-    return reverse("chat")  # a plain form from a pair room: the chat's first room (the page's script never lands here)
+        return reverse("chat-room", args=[slug.removeprefix(PUBLIC_PREFIX)])
+    other = get_user_model().objects.get(pk=pair[1] if pair[0] == user.pk else pair[0])
+    return reverse("chat-pair", args=[other.get_username()])
 
 
 @login_required
