@@ -23,7 +23,7 @@ import pytest
 
 from rrr.backplane.embedded import EmbeddedRedis
 from support.django_site import SECRET, WAIT_MS, Site, SignIn, User, chromium, run_site, subscribed_tabs, wait_for
-from support.processes import ROOT
+from support.processes import ROOT, free_port
 
 try:
     from playwright.sync_api import Browser, Page, expect
@@ -40,6 +40,17 @@ DOCS = ROOT / "docs"
 def site(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """``python examples/django_site/run.py``: rrr, migrate, seed_demo and runserver, on the suite's Redis."""
     yield from run_site(redis_server, tmp_path_factory.mktemp("chat-site"))
+
+
+@pytest.fixture(scope="module")
+def one_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """``run.py --same-origin``: nginx in front of the site and rrr, on a Redis of its own (the two
+    sites' rooms have the same names)."""
+    redis_server = EmbeddedRedis(port=free_port()).start()
+    try:
+        yield from run_site(redis_server, tmp_path_factory.mktemp("chat-same-origin"), "--same-origin")
+    finally:
+        redis_server.close()
 
 
 @pytest.fixture(scope="module")
@@ -302,6 +313,31 @@ def test_unread_counts_follow_who_rrr_webhooks_say_is_in_the_room(site: Site, si
         expect(badge(page, GENERAL)).to_be_hidden(timeout=WAIT_MS)
     wait_for(lambda: "bob" in present(site, GENERAL), "the site told bob is back in #general", 30)
     assert unread(site, "bob", GENERAL) == 0
+
+
+@pytest.mark.browser
+def test_on_one_origin_behind_nginx_the_same_chat_runs_through_a_sharedworker_and_the_connect_proxy(
+    one_origin: Site, browser: Browser
+) -> None:
+    site = one_origin
+    sign_in = SignIn(browser, site)
+    try:
+        alice = chatting(sign_in, "alice", 2, "/chat/with/bob/")
+        bob = chatting(sign_in, "bob", 1, "/chat/with/alice/")
+        for page in alice.pages + bob.pages:
+            expect(page.locator("#live-status")).to_contain_text("sharedworker", timeout=WAIT_MS)
+            expect(member(page, "alice")).to_have_count(1, timeout=WAIT_MS)  # granted by the connect view
+            expect(member(page, "bob")).to_have_count(1, timeout=WAIT_MS)
+        bob.pages[0].type("#text", "one origin")
+        for page in alice.pages:
+            expect(page.locator("#typing")).to_have_text("bob is typing…", timeout=WAIT_MS)
+        say(bob.pages[0], "Same chat, one origin")
+        for page in alice.pages + bob.pages:
+            expect(message(page, "Same chat, one origin")).to_have_count(1, timeout=WAIT_MS)
+        alice.pages[1].reload()
+        expect(message(alice.pages[1], "Same chat, one origin")).to_have_count(1, timeout=WAIT_MS)
+    finally:
+        sign_in.close()
 
 
 # -- the picture in docs/guides/chat.md -----------------------------------------------------------
