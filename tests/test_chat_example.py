@@ -203,6 +203,43 @@ def test_a_message_sent_while_a_tab_was_cut_off_is_recovered_from_rrr_history_on
     assert message(page, "While you were away").count() == 1
 
 
+# Sockets a page opens go to a closed port while window.__holdSockets is true (from the page's start).
+HOLD_SOCKETS = """
+(() => {
+  const Native = window.WebSocket;
+  window.__holdSockets = true;
+  window.WebSocket = class extends Native {
+    constructor(url, ...rest) { super(window.__holdSockets ? "ws://127.0.0.1:9/held" : url, ...rest); }
+  };
+})();
+"""
+
+
+@pytest.mark.browser
+def test_a_message_saved_after_the_page_was_rendered_but_before_it_was_live_is_caught_up_from_the_site(
+    site: Site, sign_in: SignIn
+) -> None:
+    alice = chatting(sign_in, "alice", 1)
+    dave = chatting(sign_in, "dave", 1)
+    page = dave.pages[0]
+    page.add_init_script(HOLD_SOCKETS)
+    page.reload()  # rendered from the database, but its socket cannot open yet
+    expect(page.locator("#live-status")).not_to_have_attribute("data-status", "open", timeout=WAIT_MS)
+    say(alice.pages[0], "Sent while dave's page was loading")
+    assert message(page, "Sent while dave's page was loading").count() == 0
+    page.evaluate("window.__holdSockets = false")
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while page.locator("#live-status").get_attribute("data-status") != "open":
+        assert time.monotonic() < deadline, "the page did not connect"
+        page.evaluate("(b => b.hidden || b.click())(document.getElementById('retry-now'))")
+        time.sleep(0.1)
+    # rrr has nothing to replay (the page never had a position); the site has the message.
+    expect(message(page, "Sent while dave's page was loading")).to_have_count(1, timeout=WAIT_MS)
+    say(alice.pages[0], "And live after that")
+    expect(message(page, "And live after that")).to_have_count(1, timeout=WAIT_MS)
+    assert message(page, "Sent while dave's page was loading").count() == 1
+
+
 @pytest.mark.browser
 def test_the_pair_room_of_two_users_is_theirs_alone(site: Site, sign_in: SignIn) -> None:
     room = pair(site, "alice", "bob")

@@ -128,10 +128,11 @@ const room = rt.room(config.room, {
 });
 
 // Once rrr has said `subscribed` (room.position() knows where the room stands), every later message
-// reaches this page live: ask Django for what came between the render and then.
-(function caughtUpOnceLive() {
-  if (room.position()) catchUp();
-  else setTimeout(caughtUpOnceLive, 100);
+// reaches this page live: ask Django for what came between the render and then. (A server with
+// history off never gives a position: then the page asks after 30 s all the same.)
+(function caughtUpOnceLive(tries = 0) {
+  if (room.position() || tries >= 300) catchUp();
+  else setTimeout(() => caughtUpOnceLive(tries + 1), 100);
 })();
 
 // -- who is online on the site, and unread counts -------------------------------------------------
