@@ -50,6 +50,8 @@ def pair(request: HttpRequest, username: str) -> HttpResponse:
 
 
 def page(request: HttpRequest, slug: str, title: str, other: Any = None) -> HttpResponse:
+    """A room's page: its last messages from the database (the record, so a reload shows them), the
+    unread counts, and what the page's script needs to go live (chat/static/chat/chat.js)."""
     user = request.user
     clear(user, slug)  # opening a room reads it (its member_added webhook does so too, a moment later)
     unread = counts(user)
@@ -60,7 +62,7 @@ def page(request: HttpRequest, slug: str, title: str, other: Any = None) -> Http
                "unread": unread.get(pair_room(user, person), 0)}
               for person in get_user_model().objects.filter(is_active=True).exclude(pk=user.pk).order_by("username")]
     shown = list(Message.objects.filter(room=slug).select_related("author").order_by("-pk")[:SHOWN])[::-1]
-    config = {"room": slug, "me": str(user.pk), "name": user.get_username(),
+    config = {"room": slug, "me": str(user.pk),
               "sendUrl": reverse("chat-send", args=[slug]), "messagesUrl": reverse("chat-messages", args=[slug]),
               "lastId": shown[-1].pk if shown else 0}
     return render(request, "chat/chat.html", {
