@@ -21,6 +21,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rrr.django",
     "items",
+    "chat",
 ]
 
 MIDDLEWARE = [
@@ -88,6 +89,8 @@ RRR_API_URL = os.environ.get("RRR_API_URL", "")  # rrr's own address; needed whe
 RRR_WEBHOOK_SECRET = os.environ.get("RRR_WEBHOOK_SECRET", "")
 # Every signed-in user may join this presence room ("Online now"); each also gets private-user-<pk>.
 RRR_PRESENCE_ROOMS = ["presence-site"]
+# The chat (/chat/) adds its rooms and a room per pair of users to those grants (chat/rooms.py).
+RRR_GRANTS = "chat.rooms.grants"
 # rrr's Pusher app (its --pusher-app-id, --pusher-key, --pusher-secret): the /pusher/ page is driven by
 # pusher-js, authorized by rrr.django's /rrr/pusher/auth/ and /rrr/pusher/user-auth/.
 RRR_PUSHER_KEY = os.environ.get("RRR_PUSHER_KEY", "")

@@ -9,5 +9,6 @@ urlpatterns = [
     # rrr:token (rrr/token/), which the browser library's getToken calls, and rrr:connect
     # (rrr/connect/), which rrr's --connect-proxy-url names (run.py --same-origin)
     path("rrr/", include("rrr.django.urls")),
+    path("chat/", include("chat.urls")),  # the site chat (docs/guides/chat.md)
     path("", include("items.urls")),
 ]
