@@ -44,10 +44,10 @@ example: $(VENV)/.example-deps
 DOCS_ADDR ?= 127.0.0.1:8008
 
 docs: $(VENV)/.dev-deps
-	$(PY) -m mkdocs serve --dev-addr $(DOCS_ADDR)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --dev-addr $(DOCS_ADDR)
 
 docs-build: $(VENV)/.dev-deps
-	$(PY) -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 lint: $(VENV)/.dev-deps
 	$(PY) -m flake8 app.py rrr handlers tests examples/django_site
