@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = ROOT / "static" / "js"
 SAMPLE = ROOT / "tests" / "npm"
 NODE_MODULES = ROOT / "node_modules"
+GUIDE = ROOT / "docs" / "guides" / "bundlers.md"
 TOKEN = "npm-package-token"
 BUNDLERS = ("esbuild", "vite")
 
@@ -50,6 +51,11 @@ def run(argv: list[str], cwd: Path) -> str:
     done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     return done.stdout
+
+
+def guide_blocks(language: str) -> list[str]:
+    """The fenced code blocks of docs/guides/bundlers.md in ``language``."""
+    return re.findall(rf"^```{language}\n(.*?)^```$", GUIDE.read_text(), re.M | re.S)
 
 
 def dev_tool(package: str, script: str) -> list[str]:
@@ -90,10 +96,14 @@ def bundles(sample_app: Path) -> dict[str, Path]:
     """The sample app built by each bundler: a directory of files to serve as the site."""
     esbuild = dev_tool("esbuild", "bin/esbuild")
     vite = dev_tool("vite", "bin/vite.js")
-    built = sample_app / "dist-esbuild"
-    # esbuild rewrites no worker URL: the app builds the package's worker as worker.js beside its bundle.
-    run([*esbuild, "main.js", "--bundle", "--format=esm", f"--outfile={built / 'main.js'}"], sample_app)
-    run([*esbuild, "rrr-client/worker", "--bundle", "--format=esm", f"--outfile={built / 'worker.js'}"], sample_app)
+    built = sample_app / "dist"
+    # esbuild rewrites no worker URL: the app builds the package's worker as worker.js beside its
+    # bundle, with the guide's own commands.
+    (commands,) = [block for block in guide_blocks("sh") if "npx esbuild" in block]
+    lines = commands.splitlines()
+    assert len(lines) == 2 and "rrr-client/worker" in lines[1], lines
+    for line in lines:
+        run([*esbuild, *line.split()[2:]], sample_app)
     shutil.copy(sample_app / "index.html", built / "index.html")
     run([*vite, "build", "--outDir", "dist-vite", "--logLevel", "warn"], sample_app)
     return {"esbuild": built, "vite": sample_app / "dist-vite"}
@@ -153,6 +163,18 @@ def test_the_package_holds_the_library_and_its_worker_and_nothing_it_does_not_ne
             todo += re.findall(r'^import[^;]*?from "\./([\w-]+\.js)";', (LIBRARY / name).read_text(), re.M | re.S)
     assert packed["files"] == sorted(wanted | {"package.json", "rrr.d.ts", "worker.d.ts"})
     assert "count-page.js" not in packed["files"] and "django.js" not in packed["files"]
+
+
+def test_the_guide_shows_the_files_the_tests_run(packed: dict[str, Any]) -> None:
+    """docs/guides/bundlers.md: its import is the sample app's, its type imports the consumer's, its
+    worker form rrr.js's, its tarball the one npm packs (its esbuild commands the bundles fixture runs)."""
+    (install,) = [block for block in guide_blocks("sh") if "npm pack" in block]
+    assert packed["filename"] in install
+    imports, worker = guide_blocks("js")
+    assert imports in (SAMPLE / "main.js").read_text()
+    assert f"return {worker.strip()};" in (LIBRARY / "rrr.js").read_text()
+    (types,) = guide_blocks("ts")
+    assert types in (SAMPLE / "consumer.ts").read_text()
 
 
 def test_the_declarations_type_check_a_consumer_of_every_public_call(sample_app: Path) -> None:
