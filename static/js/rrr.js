@@ -1,7 +1,7 @@
 /**
  * Page client: one shared socket per browser, however many tabs.
  *
- *   import { connect } from "/static/js/rrr.js";
+ *   import { connect } from "/static/js/rrr.js";   // bundled: from "rrr-client" (package.json)
  *   const rt = connect({ getToken });   // getToken only for private-… and presence-… rooms
  *   const room = rt.room("lobby", { onCount, onMessage, onState, onError, onPresence, onReset });
  *   room.publish({ hi: 1 });
