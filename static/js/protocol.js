@@ -128,6 +128,15 @@ export function linkVersionOfWorkerUrl(scriptUrl) {
 }
 
 /**
+ * The link version a worker's name asks for (workerName; null for a name we did not write): a
+ * bundled worker's URL is the bundler's and carries no `link=`, but its name always does.
+ */
+export function linkVersionOfWorkerName(name) {
+  const match = /^rrr\/(\d+) /.exec(typeof name === "string" ? name : "");
+  return match ? Number(match[1]) : null;
+}
+
+/**
  * SharedWorkers are matched by script URL and name. Putting the link version, the
  * socket URL and the transports in the name means tabs that differ in any of them
  * never share a worker, and the worker learns its endpoint without a handshake.

@@ -1,7 +1,7 @@
 /**
  * Page client: one shared socket per browser, however many tabs.
  *
- *   import { connect } from "/static/js/rrr.js";
+ *   import { connect } from "/static/js/rrr.js";   // bundled: from "rrr-client" (package.json)
  *   const rt = connect({ getToken });   // getToken only for private-… and presence-… rooms
  *   const room = rt.room("lobby", { onCount, onMessage, onState, onError, onPresence, onReset });
  *   room.publish({ hi: 1 });
@@ -113,21 +113,47 @@ const PAGE_RETRY_MS = 1_000;
 const PAGE_RETRIES = 30;
 
 /**
- * `worker.js` next to this module. import.meta.resolve applies the page's import
- * map, so a page that maps worker.js to its `?v=` URL gets a worker of the same
- * deploy; `link=` is added either way (protocol.js).
+ * `worker.js` next to this module, for a page that loads the library as files (served by rrr).
+ * import.meta.resolve applies the page's import map, so a page that maps worker.js to its `?v=`
+ * URL gets a worker of the same deploy; `link=` is added either way (protocol.js). The fallback
+ * keeps `import.meta.url` out of the literal `new URL("…", import.meta.url)` form, which bundlers
+ * would copy worker.js for as a raw asset.
  */
 function workerUrl() {
   try {
     return workerScriptUrl(import.meta.resolve("./worker.js"));
   } catch {
-    return workerScriptUrl(new URL("./worker.js", import.meta.url));
+    const here = import.meta.url;
+    return workerScriptUrl(new URL("./worker.js", here));
   }
+}
+
+/**
+ * Whether this code runs as the library's own file (served by rrr, or as the package's files by a
+ * dev server), not inlined into a bundle: then the module's URL names rrr.js and worker.js lies
+ * beside it. In a bundle the module's URL is the chunk's, and worker.js exists only as the
+ * bundler's build of it.
+ */
+function servedAsFiles() {
+  return new URL(import.meta.url).pathname.endsWith("/rrr.js");
+}
+
+/**
+ * The SharedWorker. Served as files: worker.js beside this module (workerUrl). Bundled: the
+ * literal `new SharedWorker(new URL("./worker.js", import.meta.url), {type: "module", ...})`,
+ * the one form bundlers recognise (Vite, webpack, Parcel: they build worker.js and its imports
+ * as a worker and rewrite the URL to it; with esbuild, which rewrites nothing, the app builds the
+ * package's `./worker` export as `worker.js` beside its bundle). A bundler's URL carries no
+ * `link=`: the worker checks the link version its name carries instead (worker.js).
+ */
+function startSharedWorker(name) {
+  if (servedAsFiles()) return new SharedWorker(workerUrl(), { type: "module", name });
+  return new SharedWorker(new URL("./worker.js", import.meta.url), { type: "module", name });
 }
 
 /** @param {TabSide} tab @returns {Link} */
 function sharedWorkerLink(tab) {
-  const worker = new SharedWorker(workerUrl(), { type: "module", name: workerName(tab.url, tab.transports) });
+  const worker = startSharedWorker(workerName(tab.url, tab.transports));
   // Fired when the script cannot load or parse (e.g. no module workers): fall back.
   worker.onerror = () => tab.fail();
   // A worker whose protocol.js is of another link version refuses to serve.

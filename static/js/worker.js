@@ -7,14 +7,14 @@
  * A tab closes its port when it leaves (pagehide, close()) and opens a new
  * SharedWorker connection when it comes back.
  */
-import { LINK_VERSION, endpointFromWorkerName, linkVersionOfWorkerUrl } from "./protocol.js";
+import { LINK_VERSION, endpointFromWorkerName, linkVersionOfWorkerName, linkVersionOfWorkerUrl } from "./protocol.js";
 import { SocketOwner } from "./socket-owner.js";
 
-// The page asked for a worker of its link version (`?link=` in our URL). With a
-// protocol.js of another version (a cache mixing two deploys) we must not serve
-// it: every tab that connects is told so, at once, and falls back to a leader.
-// (An exception thrown here would not reach the pages in Chromium.)
-const wanted = linkVersionOfWorkerUrl(self.location.href);
+// The page asked for a worker of its link version (`?link=` in our URL, which a bundler's URL
+// lacks, and always in our name). With a protocol.js of another version (a cache mixing two
+// deploys) we must not serve it: every tab that connects is told so, at once, and falls back
+// to a leader. (An exception thrown here would not reach the pages in Chromium.)
+const wanted = linkVersionOfWorkerUrl(self.location.href) ?? linkVersionOfWorkerName(self.name);
 if (wanted !== null && wanted !== LINK_VERSION) {
   self.onconnect = ({ ports }) => ports[0].postMessage({ type: "unsupported", link: LINK_VERSION });
 } else {

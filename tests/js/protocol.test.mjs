@@ -12,6 +12,7 @@ import {
   errorHandles,
   errorTabs,
   leaderLockName,
+  linkVersionOfWorkerName,
   linkVersionOfWorkerUrl,
   originCheckUrl,
   originRefusal,
@@ -226,4 +227,13 @@ test("a refused Origin becomes an error naming --allowed-origins and the Origin 
   for (const junk of [null, "no", 1, [], { allowed: "false" }, {}]) assert.equal(originRefusal(junk, "ws://h/ws/"), null);
   const odd = originRefusal({ allowed: false, origin: 7, option: "; rm -rf /" }, "ws://h/ws/");
   assert.match(odd.reason, /--allowed-origins this page's Origin/);
+});
+
+test("a worker's name carries the link version, for a bundled worker whose URL has no link=", () => {
+  assert.equal(linkVersionOfWorkerName(workerName("ws://h/ws/")), LINK_VERSION);
+  assert.equal(linkVersionOfWorkerName(workerName("ws://h/ws/", ["sse"])), LINK_VERSION);
+  assert.equal(linkVersionOfWorkerName("rrr/1 ws://h/ws/ websocket"), 1);
+  for (const foreign of ["", "mine", "rrr/ ws://h/ws/", "rrr/x ws://h/ws/", null, undefined, 7]) {
+    assert.equal(linkVersionOfWorkerName(foreign), null, String(foreign));
+  }
 });
