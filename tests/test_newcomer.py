@@ -206,6 +206,27 @@ def test_a_busy_port_is_one_line_naming_the_option_to_change(processes: int) -> 
     assert "--port" in lines[0] and str(port) in lines[0] and "in use" in lines[0]
 
 
+@pytest.mark.parametrize("option", ["--port", "--rrr-port"])
+def test_make_example_on_a_busy_port_is_one_line_naming_the_option_to_change(option: str) -> None:
+    """``make example`` while something else holds 8000 (a ``python3 -m http.server`` from the quick
+    start) used to start rrr and Redis, print "The example site is at http://127.0.0.1:8000/" because the
+    other server answered there, and end when Django could not bind."""
+    ports = {"--port": free_port(), "--rrr-port": free_port()}
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", ports[option]))
+        holder.listen()
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "django_site" / "run.py"),
+             "--port", str(ports["--port"]), "--rrr-port", str(ports["--rrr-port"])],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert option in lines[0] and str(ports[option]) in lines[0] and "in use" in lines[0]
+    assert "The example site is at" not in done.stdout
+
+
 # -- deploy/ names options as they are named now ------------------------------------------
 
 
