@@ -12,7 +12,8 @@
 #   RRR_PORTS        explicit comma list of ports instead (e.g. 8001,8002,8005)
 #   NGINX_LISTEN     where nginx listens (default 127.0.0.1:8080)
 #   RUN_DIR          logs, nginx.conf, pid and temp files (default ./run)
-#   PYTHON           interpreter with the requirements installed (default python3)
+#   PYTHON           interpreter with the requirements installed (default: the checkout's .venv/bin/python,
+#                    which `make run` creates, else python3)
 #   NGINX            nginx binary (default: nginx on PATH, else /usr/sbin/nginx)
 #   RENDER_ARGS      extra arguments for python -m deploy.render (e.g. "--limit-conn 50")
 # Every other RRR_<OPTION> (RRR_PRESENCE_TTL, RRR_PING_INTERVAL, RRR_API_TOKEN, ...) reaches
@@ -22,7 +23,14 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 : "${RRR_REDIS_URL:?set RRR_REDIS_URL (e.g. redis://127.0.0.1:6379/0)}"
+if [[ -z "${PYTHON:-}" && -x "$root/.venv/bin/python" ]]; then PYTHON="$root/.venv/bin/python"; fi
 PYTHON="${PYTHON:-python3}"
+# Without this, every app process dies at its first import and the script waits out the health check.
+if ! "$PYTHON" -c "import tornado, redis" 2>/dev/null; then
+    echo "run-cluster: $PYTHON cannot import rrr's requirements (tornado, redis): run 'make run' once" \
+        "(it creates .venv), or set PYTHON=<an interpreter with requirements.txt installed>" >&2
+    exit 1
+fi
 NGINX="${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}"
 NGINX_LISTEN="${NGINX_LISTEN:-127.0.0.1:8080}"
 RUN_DIR="$(mkdir -p "${RUN_DIR:-$root/run}" && cd "${RUN_DIR:-$root/run}" && pwd)"

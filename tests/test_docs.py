@@ -377,6 +377,20 @@ async def test_the_publishing_guides_scripts_reach_a_subscriber_with_their_event
     await closed(clients)
 
 
+def test_the_node_script_without_a_server_key_says_which_variable_to_set(
+    redis_url: str, app_factory: Callable[..., AppProcess],
+) -> None:
+    """A newcomer who forgot RRR_API_TOKEN used to read "refused with 403: wrong API token" (the
+    script had sent "Bearer undefined"), as if the key they had were wrong."""
+    server = app_factory(redis_url=redis_url, api_token="dev")
+    env = {k: v for k, v in os.environ.items() if k != "RRR_API_TOKEN"}
+    done = subprocess.run([need_binary("node"), "examples/publish/publish.mjs", "orders", '{"id": 7}'], cwd=ROOT,
+                          env={**env, "RRR_URL": server.base_url}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "set RRR_API_TOKEN to rrr's --api-token" in done.stderr, done.stderr
+    assert "wrong API token" not in done.stderr
+
+
 @pytest.mark.gen_test(timeout=120)
 async def test_the_publishing_guides_curl_lines_reach_their_rooms(
     redis_url: str, app_factory: Callable[..., AppProcess], clients: list[Client],

@@ -206,6 +206,27 @@ def test_a_busy_port_is_one_line_naming_the_option_to_change(processes: int) -> 
     assert "--port" in lines[0] and str(port) in lines[0] and "in use" in lines[0]
 
 
+@pytest.mark.parametrize("option", ["--port", "--rrr-port"])
+def test_make_example_on_a_busy_port_is_one_line_naming_the_option_to_change(option: str) -> None:
+    """``make example`` while something else holds 8000 (a ``python3 -m http.server`` from the quick
+    start) used to start rrr and Redis, print "The example site is at http://127.0.0.1:8000/" because the
+    other server answered there, and end when Django could not bind."""
+    ports = {"--port": free_port(), "--rrr-port": free_port()}
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", ports[option]))
+        holder.listen()
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "django_site" / "run.py"),
+             "--port", str(ports["--port"]), "--rrr-port", str(ports["--rrr-port"])],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert option in lines[0] and str(ports[option]) in lines[0] and "in use" in lines[0]
+    assert "The example site is at" not in done.stdout
+
+
 # -- deploy/ names options as they are named now ------------------------------------------
 
 
@@ -220,6 +241,39 @@ def test_deploy_names_no_option_by_an_older_name() -> None:
         for var in set(re.findall(r"RRR_([A-Z0-9_]+)", path.read_text(errors="replace"))):
             name = var.lower()
             assert name not in older and name.replace("_", "-") not in older, f"{path.name} uses RRR_{var}"
+
+
+def run_cluster(root: Path, run_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """deploy/run-cluster.sh from the checkout at ``root``, as the deploy guide runs it."""
+    base = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    return subprocess.run(
+        ["bash", str(root / "deploy" / "run-cluster.sh")], cwd=root, capture_output=True, text=True, timeout=120,
+        env=dict(base, RRR_REDIS_URL="redis://127.0.0.1:1/0", RRR_PORTS=str(free_port()), RUN_DIR=str(run_dir), **env),
+    )
+
+
+def test_run_cluster_with_an_interpreter_lacking_the_requirements_says_so_and_names_python(tmp_path: Path) -> None:
+    """The guide's one-box command run with a Python that has no requirements (the system one) used to
+    wait 30 s for apps that had died at their first import, then blame their health."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True, timeout=120)
+    bare = str(tmp_path / "bare" / "bin" / "python")
+    done = run_cluster(ROOT, tmp_path / "run", PYTHON=bare)
+    assert done.returncode != 0
+    assert f"run-cluster: {bare} cannot import rrr's requirements" in done.stderr, done.stderr
+    assert "PYTHON=" in done.stderr and "make run" in done.stderr
+    assert "not healthy" not in done.stderr and "app.py on" not in done.stderr, "no app was started"
+
+
+def test_run_cluster_uses_the_checkouts_venv_that_make_run_made(tmp_path: Path) -> None:
+    """Without PYTHON the script takes the checkout's .venv/bin/python (what ``make run`` creates), not
+    whatever python3 is on PATH."""
+    checkout = tmp_path / "checkout"
+    (checkout / "deploy").mkdir(parents=True)
+    (checkout / "deploy" / "run-cluster.sh").write_text((ROOT / "deploy" / "run-cluster.sh").read_text())
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(checkout / ".venv")], check=True, timeout=120)
+    done = run_cluster(checkout, tmp_path / "run")
+    assert done.returncode != 0  # that bare .venv has no requirements: the check names it
+    assert f"run-cluster: {checkout / '.venv' / 'bin' / 'python'} cannot import" in done.stderr, done.stderr
 
 
 # -- a refused Origin is named in the page's console ----------------------------------------

@@ -60,6 +60,17 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float
         time.sleep(0.1)
 
 
+def refuse_busy(port: int, option: str) -> None:
+    """One line naming the option to change, before anything starts: else whatever already answers on
+    the site's port passes for the site, and the banner points at it while Django dies behind it."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise SystemExit(f"run.py: port {port} on 127.0.0.1 is in use (another make example?): "
+                             f"choose another with {option}") from None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -98,6 +109,10 @@ def main() -> int:
     parser.add_argument("--django-port", type=int, default=0,
                         help="with --same-origin: the site's own port behind nginx (default: a free one)")
     args = parser.parse_args()
+    refuse_busy(args.port, "--port")
+    refuse_busy(args.rrr_port, "--rrr-port")
+    if args.same_origin and args.django_port:
+        refuse_busy(args.django_port, "--django-port")
 
     redis = None
     redis_url = args.redis_url

@@ -4,6 +4,11 @@
 //   RRR_URL=http://127.0.0.1:8888 RRR_API_TOKEN=dev node publish.mjs hello '{"text": "hi"}' [event]
 const [room, json, event] = process.argv.slice(2);
 const base = process.env.RRR_URL ?? "http://127.0.0.1:8888";
+if (!process.env.RRR_API_TOKEN) {
+  // Else the header would say "Bearer undefined" and rrr would answer "wrong API token".
+  console.error("set RRR_API_TOKEN to rrr's --api-token (the server key)");
+  process.exit(1);
+}
 const query = event ? `?event=${encodeURIComponent(event)}` : "";
 const response = await fetch(`${base}/api/rooms/${encodeURIComponent(room)}/messages${query}`, {
   method: "POST",
