@@ -91,10 +91,12 @@ def publish_args(
     """KEYS and ARGV of `rrr.backplane.scripts.HISTORY_PUBLISH`. ``own``: these are the server's settings
     (the helper passes its defaults, used only for a room no server has set up). ``sharded``: on a
     Redis Cluster, published with ``SPUBLISH`` (only the room's shard handles it). ``cache_ttl``: a
-    cache channel's message is also kept as its last one this long (`cache_ms`)."""
+    cache channel's message is also kept as its last one this long (`cache_ms`). Each call gets a
+    fresh id, which redis-py's retry after a broken connection sends again: the script then answers
+    the offset the first run gave instead of storing the message twice."""
     k = [keys.history(room), keys.meta(room)]
     a: list[Any] = [keys.message_channel(room), data_json, size, int(ttl * 1000), meta_ttl(ttl), new_epoch(),
-                    int(own), int(sharded)]
+                    int(own), int(sharded), secrets.token_hex(8)]
     ms = cache_ms(room, cache_ttl)
     if ms:
         k.append(keys.cache(room))

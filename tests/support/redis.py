@@ -1,4 +1,5 @@
-"""Real TCP relays on loopback in front of a real Redis: one that can start lying, one that answers late."""
+"""Real TCP relays on loopback in front of a real Redis: one that can start lying, one that answers
+late or not at all."""
 
 from __future__ import annotations
 
@@ -115,8 +116,9 @@ class SlowReplyProxy(LoopbackRelay):
     """A real TCP relay to the real Redis. Armed with ``hold_reply_to(marker, seconds)``, the next
     command that contains ``marker`` runs in Redis at once, but its reply reaches the app only
     ``seconds`` later (a slow network, a busy event loop): the read is *taken* at once and
-    *answered* late; with ``every``, each such command's reply is. Everything else passes
-    straight through."""
+    *answered* late; with ``every``, each such command's reply is. Armed with
+    ``cut_reply_to(marker)``, the next such command runs and the connection is cut before its reply
+    (a failover or a reset right after Redis did the work). Everything else passes straight through."""
 
     def __init__(self, upstream_port: int) -> None:
         super().__init__()
@@ -124,10 +126,15 @@ class SlowReplyProxy(LoopbackRelay):
         self.marker: bytes | None = None
         self.delay = 0.0
         self.every = False
+        self.cut = False
         self.held = asyncio.Event()
 
     def hold_reply_to(self, marker: bytes, seconds: float, every: bool = False) -> None:
-        self.marker, self.delay, self.every = marker, seconds, every
+        self.marker, self.delay, self.every, self.cut = marker, seconds, every, False
+        self.held.clear()
+
+    def cut_reply_to(self, marker: bytes) -> None:
+        self.marker, self.delay, self.every, self.cut = marker, 0.0, False, True
         self.held.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -145,6 +152,10 @@ class SlowReplyProxy(LoopbackRelay):
             if slow_next["replies"]:
                 slow_next["replies"] -= 1
                 self.held.set()
+                if self.cut:
+                    writer.close()
+                    up_writer.close()
+                    raise ConnectionResetError("the relay cut the connection before the reply")
                 await asyncio.sleep(self.delay)
 
         try:
