@@ -33,20 +33,30 @@ class RoomTruth:
 
     ids: dict[tuple[str, int], str] = field(default_factory=dict)
     top: dict[str, int] = field(default_factory=dict)
-    #: (epoch, offset) places seen with two different ids: a failover lost writes and reused offsets.
+    #: (epoch, offset) places seen with two different ids: a failover lost acknowledged writes and gave
+    #: their offsets to the next messages (README "The limits, exactly"); reported, not judged.
     reused: set[tuple[str, int]] = field(default_factory=set)
+    #: Where each id was seen: one place, or more when one publish was stored twice.
+    where: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
 
     def learn(self, epoch: str, offset: int, mid: str) -> None:
         had = self.ids.setdefault((epoch, offset), mid)
         if had != mid:
             self.reused.add((epoch, offset))
+        places = self.where.setdefault(mid, [])
+        if (epoch, offset) not in places:
+            first = places[0][0] if places else epoch
+            places.append((epoch, offset))
+            places.sort(key=lambda p: (p[0] != first, p[1]))
 
-    def place(self, mid: str) -> tuple[str, int] | None:
-        if not hasattr(self, "_by_id"):
-            self._by_id: dict[str, tuple[str, int]] = {}
-        if len(self._by_id) != len(self.ids):
-            self._by_id = {v: k for k, v in self.ids.items()}
-        return self._by_id.get(mid)
+    def place(self, mid: str, nth: int = 0) -> tuple[str, int] | None:
+        """Where the ``nth`` frame of ``mid`` a subscription got belongs (a publish stored twice comes twice)."""
+        places = self.where.get(mid)
+        return places[min(nth, len(places) - 1)] if places else None
+
+    def stored_twice(self) -> dict[str, list[tuple[str, int]]]:
+        """Publishes stored at more than one offset: one acknowledged publish that every subscriber sees twice."""
+        return {m: p for m, p in self.where.items() if len(p) > 1}
 
 
 @dataclass
@@ -89,8 +99,9 @@ def check_subscription(events: Iterable[Event], truth: RoomTruth, history_size: 
     epoch: str | None = None
     cur: int | None = None
     seen: set[int] = set()
-    missing: set[int] = set()
+    missing: set[tuple[str, int]] = set()
     pusher = False
+    nth: dict[str, int] = {}
     for ev in events:
         kind = ev[0]
         if kind == "sub":
@@ -125,7 +136,8 @@ def check_subscription(events: Iterable[Event], truth: RoomTruth, history_size: 
             continue
         _, _t, offset, ep, mid = ev
         if offset is None:
-            placed = truth.place(mid)
+            placed = truth.place(mid, nth.get(mid, 0))
+            nth[mid] = nth.get(mid, 0) + 1
             if placed is None:
                 v.unplaced += 1
                 continue
@@ -141,21 +153,21 @@ def check_subscription(events: Iterable[Event], truth: RoomTruth, history_size: 
         assert cur is not None
         if offset in seen:
             v.duplicated.append((ep, offset))
-        elif offset in missing:
-            missing.discard(offset)
+        elif (ep, offset) in missing:
+            missing.discard((ep, offset))
             v.out_of_order.append((ep, offset))
             seen.add(offset)
         elif offset <= cur:
             v.out_of_order.append((ep, offset))
             seen.add(offset)
         else:
-            missing.update(range(cur + 1, offset))
+            missing.update((ep, o) for o in range(cur + 1, offset))
             cur = offset
             seen.add(offset)
     lost = sorted(missing)
     if alive_at_end and epoch is not None and cur is not None and epoch in truth.top:
-        lost += list(range(cur + 1, truth.top[epoch] + 1))
-    v.lost = [(epoch or "?", o) for o in lost]
+        lost += [(epoch, o) for o in range(cur + 1, truth.top[epoch] + 1)]
+    v.lost = lost
     return v
 
 
@@ -167,6 +179,8 @@ class Totals:
     duplicated: int = 0
     out_of_order: int = 0
     unplaced: int = 0
+    stored_twice: int = 0
+    stored_twice_examples: list[str] = field(default_factory=list)
     resets: dict[str, int] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
 
@@ -185,6 +199,10 @@ def judge_all(histories: Iterable[tuple[str, str, Sequence[Event], bool]], truth
         for ev in events:
             if ev[0] == "msg" and ev[2] is not None and ev[4] is not None:
                 truth.learn(ev[3], ev[2], ev[4])
+    for room, truth in truths.items():
+        twice = truth.stored_twice()
+        t.stored_twice += len(twice)
+        t.stored_twice_examples += [f"{room} {m} at {p}" for m, p in list(twice.items())[:3]]
     for name, room, events, alive in histories:
         t.subscriptions += 1
         v = check_subscription(events, truths.setdefault(room, RoomTruth()), history_size, alive)

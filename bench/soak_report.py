@@ -98,7 +98,8 @@ def section(res: dict[str, Any], plot_name: str | None = PLOT.name) -> list[str]
         + ", ".join(f"{k} {v:.0%}" for k, v in meta["shares"].items())
         + f"; publishers at {meta['publish_rate']:g}/s through the HTTP API, `rrr.client` and the Pusher HTTP "
         f"API; whispers in presence rooms. Counts' bound (presence TTL + sweep + count interval): "
-        f"{meta['bound_s']:g} s.",
+        f"{meta['bound_s']:g} s; with a client's way back (a polling session's owner gone on a Cluster): "
+        f"{meta.get('client_bound_s', meta['bound_s']):g} s.",
         "",
         "| fault | injected | survived | until counts, tabs, members exact: p50 | max |",
         "|---|---|---|---|---|",
@@ -113,6 +114,7 @@ def section(res: dict[str, Any], plot_name: str | None = PLOT.name) -> list[str]
         f"| lost | {m['lost']} |",
         f"| duplicated | {m['duplicated']} |",
         f"| out of order | {m['out_of_order']} |",
+        f"| one publish stored twice (known defect) | {m.get('stored_twice', 0)} |",
         f"| `recovered: false`, by reason | {m['resets'] or 'none'} |",
         f"| delivery latency p50 / max | {_fmt(m['latency_p50_ms'], ' ms')} / {_fmt(m['latency_max_ms'], ' ms')} |",
         f"| counts wrong after the bound | {res['counts_wrong_after_bound']} |",

@@ -100,6 +100,25 @@ def test_a_pusher_subscription_is_placed_by_what_native_ones_saw_whatever_the_or
     assert t.violations and t.violations[0].startswith("p in r: 1 lost")
 
 
+def test_an_offset_a_failover_gave_to_another_message_places_both_ids() -> None:
+    t = truth(3)
+    t.learn(E, 2, "other")  # a subscriber of the old master saw another message at offset 2
+    assert t.reused == {(E, 2)}
+    pusher = [("sub", 0.0, None, None, False, None)] + [("msg", 0.0, None, None, m) for m in ("m1", "other", "m3")]
+    v = check_subscription(pusher, t, 100)
+    assert (v.lost, v.duplicated, v.unplaced) == ([], [], 0)
+
+
+def test_one_publish_stored_twice_is_counted_and_a_pusher_frame_of_each_is_placed() -> None:
+    t = truth(3)
+    t.learn(E, 4, "m3")  # "m3" again at offset 4: one publish, two stored messages
+    t.top[E] = 4
+    native = [("sub", 0.0, 0, E, True, None), *msgs(1, 2, 3), ("msg", 0.0, 4, E, "m3")]
+    pusher = [("sub", 0.0, None, None, False, None)] + [("msg", 0.0, None, None, m) for m in ("m1", "m2", "m3", "m3")]
+    tot = judge_all([("n", "r", native, True), ("p", "r", pusher, True)], {"r": t}, 100)
+    assert (tot.stored_twice, tot.lost, tot.duplicated) == (1, 0, 0)
+
+
 def test_counts_and_members_must_equal_the_truth() -> None:
     assert count_errors({"r": (2, 3)}, {"r": (2, 3)}) == []
     assert count_errors({"r": (2, 3)}, {"r": (2, 4)})
