@@ -22,6 +22,7 @@ import signal
 import socket
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -1211,8 +1212,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config(args)
     cfg.allow_known = args.allow_known if args.allow_known is not None else cfg.smoke
     raise_nofile()
-    workdir = ROOT / "bench" / "runs" / f"soak-{os.getpid()}"
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="rrr-soak-"))
     soak = Soak(cfg, workdir)
     results: dict[str, Any] = {}
     try:
@@ -1225,7 +1225,9 @@ def main(argv: list[str] | None = None) -> int:
             soak.stop()
         except Exception:  # noqa: BLE001
             traceback.print_exc()
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / ("soak-smoke.json" if cfg.smoke else "soak.json")
+    # The smoke (CI) leaves the checkout as it was; a full run's results go with the page.
+    out = Path(args.out) if args.out else (Path(tempfile.gettempdir()) / "rrr-soak-smoke.json" if cfg.smoke
+                                           else soak_report.RESULTS)
     out.write_text(json.dumps(results, indent=1))
     print(soak_report.summary(results))
     if not cfg.smoke and not args.no_report and "meta" in results:
