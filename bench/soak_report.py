@@ -64,8 +64,13 @@ def plot(res: dict[str, Any], path: Path = PLOT) -> str | None:
     axes[0].set_ylabel("delivery latency (ms)")
     axes[0].legend(loc="upper right", fontsize=7)
     faults = tl.get("faults", [])
-    axes[1].bar([f[0] for f in faults], [f[2] or 0 for f in faults], width=3, color="tab:red")
-    axes[1].set_ylabel("s until counts exact")
+    err = tl.get("count_error", [])
+    if err:
+        axes[1].plot([x[0] for x in err], [x[1] for x in err], color="tab:blue", label="rooms with a wrong count")
+    axes[1].bar([f[0] for f in faults], [f[2] or 0 for f in faults], width=3, color="tab:red", alpha=0.5,
+                label="s until exact after the fault")
+    axes[1].set_ylabel("counts' error")
+    axes[1].legend(loc="upper right", fontsize=7)
     rss = tl.get("rss", [])
     if rss:
         axes[2].plot([x[0] for x in rss], [x[1] / 2**20 for x in rss])
