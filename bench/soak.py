@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,7 +249,7 @@ class Client:
             off, ep = f.get("offset"), f.get("epoch")
             sub.events.append(("msg", t, off, ep, mid))
             if off is not None and (sub.pos is None or sub.pos[1] != ep or off > sub.pos[0]):
-                sub.pos = (off, ep)
+                sub.pos = (int(off), str(ep))
             if isinstance(data, dict) and "t" in data and "sub" not in f:  # live, not a replay
                 STATS.latency.append((t, time.time() - data["t"]))
         elif kind == "subscribed":
@@ -358,10 +357,11 @@ class SseClient(HttpSessionClient):
 
     async def session(self) -> None:
         self.gone = asyncio.Event()
-        reader, self.writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.soak.nginx.port), 10)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.soak.nginx.port), 10)
+        self.writer = writer
         try:
-            self.writer.write(b"GET /sse/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
-                              b"Connection: close\r\n\r\n")
+            writer.write(b"GET /sse/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+                         b"Connection: close\r\n\r\n")
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)
             if not head.startswith(b"HTTP/1.1 200"):
                 raise ConnectionError(head.split(b"\r\n", 1)[0].decode())
@@ -375,7 +375,7 @@ class SseClient(HttpSessionClient):
                 body.cancel()
         finally:
             self.session_id = None
-            self.writer.close()
+            writer.close()
             self.writer = None
 
     async def _chunks(self, reader: asyncio.StreamReader, chunked: bool) -> Any:
@@ -522,16 +522,16 @@ class PusherClient(Client):
                 elif ev == "pusher:ping":
                     await self.send({"event": "pusher:pong", "data": {}})
                 elif ev == "pusher_internal:subscription_succeeded":
-                    sub = self.subs.get(f.get("channel", ""))
-                    if sub is not None:
-                        sub.events.append(("sub", since_start(), None, None, False, None))
-                        sub.confirmed = True
+                    ok = self.subs.get(f.get("channel", ""))
+                    if ok is not None:
+                        ok.events.append(("sub", since_start(), None, None, False, None))
+                        ok.confirmed = True
                 elif ev in ("message", "soak"):
-                    sub = self.subs.get(f.get("channel", ""))
-                    if sub is None:
+                    got = self.subs.get(f.get("channel", ""))
+                    if got is None:
                         continue
                     data = json.loads(f["data"]) if isinstance(f["data"], str) else f["data"]
-                    sub.events.append(("msg", since_start(), None, None, data.get("id")))
+                    got.events.append(("msg", since_start(), None, None, data.get("id")))
                     STATS.latency.append((since_start(), time.time() - data["t"]))
                 elif ev in ("pusher:error", "pusher:subscription_error"):
                     STATS.error(f"pusher:{str(f.get('data'))[:40]}")
@@ -767,7 +767,8 @@ class Soak:
                 if c.counts.get(room) != counts[room]:
                     wrong.append(f"{c.name} shows {room} {c.counts.get(room)} != {counts[room]}")
                 if room in members and c.kind == "ws" and c.members.get(room) != members[room]:
-                    wrong.append(f"{c.name} lists {room} members {len(c.members.get(room, ()))} != {len(members[room])}")
+                    got = len(c.members.get(room, ()))
+                    wrong.append(f"{c.name} lists {room} members {got} != {len(members[room])}")
         return wrong
 
     async def settle(self, limit: float, hold: float = 0.0) -> tuple[float | None, list[str]]:
@@ -902,9 +903,11 @@ class Soak:
             rec["what"] = f"worker {victim} of app {a.port}"
         elif kind == "server_sigterm":
             a = self.rng.choice(self.apps)
-            a.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            await loop.run_in_executor(None, a.proc.wait, 60)  # type: ignore[union-attr]
-            rec["what"] = f"app {a.port} drained, exit {a.proc.returncode}"  # type: ignore[union-attr]
+            proc = a.proc
+            assert proc is not None
+            proc.send_signal(signal.SIGTERM)
+            await loop.run_in_executor(None, proc.wait, 60)
+            rec["what"] = f"app {a.port} drained, exit {proc.returncode}"
             await loop.run_in_executor(None, lambda: a.start(timeout=60))
         elif kind == "pubsub_kill":
             killed = 0
@@ -939,7 +942,8 @@ class Soak:
                      and not c.closing]
             chosen = self.rng.sample(socks, min(self.cfg.burst, len(socks)))
             for c in chosen:
-                c.abort()  # type: ignore[attr-defined]
+                assert isinstance(c, (WsClient, PusherClient))
+                c.abort()
             rec["what"] = f"{len(chosen)} sockets dropped at once"
         elif kind == "slow_reader":
             rec["what"] = await self.slow_reader()
@@ -1024,7 +1028,8 @@ class Soak:
             self.rng.shuffle(kinds)
             gap = (seconds - start) / len(kinds)
             return [(start + i * gap, k) for i, k in enumerate(kinds)]
-        out, t = [], start
+        out: list[tuple[float, str]] = []
+        t = start
         while True:
             t += self.rng.uniform(*self.cfg.fault_gap)
             if t > seconds - 20:
@@ -1056,8 +1061,8 @@ class Soak:
         self.publishing = False
         self.churn_on = False
         await asyncio.sleep(2)
-        for t in tasks:
-            t.cancel()
+        for task in tasks:
+            task.cancel()
         took, wrong = await self.settle(cfg.client_bound + 30, cfg.bound)
         if took is None:
             self.failures.append(f"at the end: not exact within {cfg.client_bound + 30:.0f} s: {wrong[:5]}")
@@ -1079,7 +1084,8 @@ class Soak:
             [{"name": s.name, "room": s.room, "client": c.name, "ended": s.ended, "events": s.events}
              for s, c in self.histories]))
         (self.workdir / "truths.json").write_text(json.dumps(
-            {r: {"top": t.top, "ids": {f"{k[0]}:{k[1]}": v for k, v in t.ids.items()}} for r, t in self.truths.items()}))
+            {r: {"top": t.top, "ids": {f"{k[0]}:{k[1]}": v for k, v in t.ids.items()}}
+             for r, t in self.truths.items()}))
         verdict = judge_all(((s.name, s.room, s.events, not s.ended) for s, _ in self.histories), self.truths,
                             HISTORY_SIZE)
         # Everyone leaves: counts go to 0, webhooks end vacant, descriptors come back.
@@ -1161,7 +1167,8 @@ class Soak:
         return clean({
             "meta": {"seed": cfg.seed, "minutes": cfg.minutes, "smoke": cfg.smoke, "clients": cfg.clients,
                      "rooms": cfg.rooms, "publish_rate": cfg.publish_rate, "churn_rate": cfg.churn_rate,
-                     "bound_s": cfg.bound, "client_bound_s": cfg.client_bound, "presence_ttl": cfg.presence_ttl, "history_size": HISTORY_SIZE,
+                     "bound_s": cfg.bound, "client_bound_s": cfg.client_bound, "presence_ttl": cfg.presence_ttl,
+                     "history_size": HISTORY_SIZE,
                      "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() - (now() - T0))),
                      "elapsed_s": since_start(), "machine": machine_info(),
                      "shares": {k.kind: s for k, s in zip(KINDS, SHARES)},

@@ -185,7 +185,7 @@ class Totals:
     violations: list[str] = field(default_factory=list)
 
 
-def judge_all(histories: Iterable[tuple[str, str, Sequence[Event], bool]], truths: Mapping[str, RoomTruth],
+def judge_all(histories: Iterable[tuple[str, str, Sequence[Event], bool]], truths: dict[str, RoomTruth],
               history_size: int, keep: int = 20) -> Totals:
     """Every subscription ``(name, room, events, alive_at_end)``: the totals, and the first ``keep``
     failures named (a run fails when ``lost``, ``duplicated``, ``out_of_order`` or ``violations`` is not
