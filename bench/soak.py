@@ -338,6 +338,7 @@ class HttpSessionClient(Client):
                                      {"Content-Type": "application/json"})
             if r.code == 202:
                 return
+            STATS.error(f"{self.door} POST:{r.code}")
             if r.code in (404, 503):  # gone, or its owner unreachable (a Cluster says so only after a while)
                 self.gone.set()
                 return
@@ -453,6 +454,8 @@ class PollClient(HttpSessionClient):
                 r = await self.soak.http(f"/poll/{self.session_id}/?seq={seq}", timeout=self.soak.cfg.poll_timeout + 20)
             except Exception:  # noqa: BLE001
                 r = None
+            if r is None or r.code != 200:
+                STATS.error(f"poll GET:{'no answer' if r is None else r.code}")
             if r is not None and r.code == 404:
                 return
             if r is None or r.code != 200:
@@ -1003,12 +1006,14 @@ class Soak:
         for at, kind in plan:
             while since_start() < at:
                 await asyncio.sleep(0.2)
-            self.churn_on = False
             try:
                 rec = await self.fault(kind)
             except Exception as e:  # noqa: BLE001
                 rec = {"kind": kind, "t": since_start(), "error": f"{type(e).__name__}: {e}"}
                 self.failures.append(f"fault {kind} could not be injected: {e}\n{traceback.format_exc()}")
+            # Churn goes on through the fault (a receiver that is down misses joins and leaves) and stops while
+            # the counts are judged: exact means equal to what the clients know, which churn keeps moving.
+            self.churn_on = False
             limit = self.cfg.client_bound + 30
             hold = self.cfg.bound if kind in HOLD_AFTER else 1.0
             took, wrong = await self.settle(limit, hold)

@@ -40,7 +40,7 @@ def summary(res: dict[str, Any]) -> str:
                                f"max {_fmt(v['max_s'], ' s')})" for k, v in sorted(res["by_kind"].items())),
         f"counts wrong after the bound: {res['counts_wrong_after_bound']}; webhooks {res['webhooks'].get('events')} "
         f"events, {res['webhooks'].get('duplicates')} repeated ids; fd leaks {res['descriptors']['leaks']}; "
-        f"RSS growth {_fmt(res['rss_growth'])}",
+        f"RSS growth {'-' if res['rss_growth'] is None else format(res['rss_growth'], '+.1%')}",
     ]
     return "\n".join(lines)
 
@@ -124,7 +124,8 @@ def section(res: dict[str, Any], plot_name: str | None = PLOT.name) -> list[str]
         f"| delivery latency p50 / max | {_fmt(m['latency_p50_ms'], ' ms')} / {_fmt(m['latency_max_ms'], ' ms')} |",
         f"| counts wrong after the bound | {res['counts_wrong_after_bound']} |",
         f"| webhook events (repeated ids) | {res['webhooks'].get('events')} ({res['webhooks'].get('duplicates')}) |",
-        f"| server RSS growth after the warm-up | {_fmt(res['rss_growth'])} |",
+        f"| server RSS growth after the warm-up (limit 5 %, full runs) | "
+        f"{'-' if res['rss_growth'] is None else format(res['rss_growth'], '+.1%')} |",
         f"| descriptors not back to baseline | {res['descriptors']['leaks'] or 'none'} |",
         "",
     ]
