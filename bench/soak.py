@@ -737,6 +737,20 @@ class Soak:
         ports["nginx"] = self.nginx.port
         out = {name: 0 for name in ports}
         by_port = {p: name for name, p in ports.items()}
+        # Only sockets these processes hold: another process's outgoing connection may have the same local
+        # (ephemeral) port number.
+        pids = [p for ps in self.server_pids().values() for p in ps]
+        if self.nginx.proc is not None:
+            pids += self.tree(self.nginx.proc.pid)
+        inodes: set[str] = set()
+        for pid in pids:
+            try:
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+            except OSError:
+                pass
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):
             try:
                 lines = Path(table).read_text().splitlines()[1:]
@@ -745,7 +759,7 @@ class Soak:
             for line in lines:
                 parts = line.split()
                 local_port = int(parts[1].rsplit(":", 1)[1], 16)
-                if parts[3] in ("01", "08") and local_port in by_port:  # ESTABLISHED, CLOSE_WAIT
+                if parts[3] in ("01", "08") and local_port in by_port and parts[9] in inodes:  # ESTABLISHED, CLOSE_WAIT
                     out[by_port[local_port]] += 1
         return out
 
