@@ -201,11 +201,13 @@ class Client:
     async def send(self, frame: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    async def retry_subscribe(self, sub: Sub) -> None:
+    async def retry_subscribe(self, sub: Sub, reauth: bool = False) -> None:
         await asyncio.sleep(random.uniform(0.5, 1.0))
         if self.connected and self.subs.get(sub.room) is sub and not sub.confirmed and not self.closing:
             STATS.error("subscribe retried")
             try:
+                if reauth and self.user is not None:
+                    await self.send({"type": "auth", "token": self.soak.tokens[self.user]})
                 await self.send(self.subscribe_frame(sub))
             except Exception:  # noqa: BLE001 - the connection went meanwhile: the reconnect subscribes again
                 pass
@@ -295,9 +297,10 @@ class Client:
             STATS.error(f"frame:{f.get('code')}")
             self.note(f"error {f.get('code')} {room} {f.get('sub', '')}")
             if sub is not None and f.get("sub") == sub.name and not sub.confirmed:
-                # A subscribe refused for now (``unavailable``: Redis did not answer): ask again, as the browser
+                # A subscribe refused for now (``unavailable``: Redis did not answer; ``forbidden``: the token's
+                # ``auth`` was itself refused for now, so the socket is anonymous): ask again, as the browser
                 # library does, or the subscription would never come back.
-                asyncio.ensure_future(self.retry_subscribe(sub))
+                asyncio.ensure_future(self.retry_subscribe(sub, reauth=f.get("code") == "forbidden"))
         elif kind == "close":
             raise ConnectionResetError(f"server closed the session: {f.get('code')}")
 
