@@ -1071,7 +1071,7 @@ class Soak:
             took, wrong = await self.settle(limit, hold)
             rec["recovery_s"] = None if took is None else round(took + rec.get("injected_for", 0), 2)
             rec["within_bound"] = took is not None and took <= self.cfg.client_bound
-            if took is None and self.cfg.allow_known and wrong and all("members" in w for w in wrong):
+            if took is None and wrong and all("members" in w for w in wrong):
                 # Counts exact, every client back, only member lists off (seen after a failover, a SIGSTOP and a
                 # pub/sub cut): the known defect. Its stale members are set aside from here on (still reported),
                 # so the rest stays judged.
@@ -1081,8 +1081,9 @@ class Soak:
                     extra = (seen_members.get(room) or set()) - want
                     if extra:
                         self.stale_members.setdefault(room, set()).update(extra)
-                self.known.append(f"after {kind}: member lists still wrong after {limit:.0f} s (a member kept "
-                                  f"with no subscription left): {wrong[:3]}; set aside: {self.stale_members}")
+                (self.known if self.cfg.allow_known else self.failures).append(
+                    f"after {kind}: member lists still wrong after {limit:.0f} s (a member kept with no "
+                    f"subscription left): {wrong[:3]}; set aside from here on: {self.stale_members}")
                 rec["wrong"] = wrong[:10]
                 rec["known_defect"] = "stale members"
             elif took is None:
