@@ -59,7 +59,8 @@ lint: $(VENV)/.dev-deps
 #   make bench-quick   small sizes, 3 repeats, < 10 minutes; rewrites docs/benchmarks.md
 #   make bench         full sizes (19k sockets, 10k-member rooms); takes much longer
 #   make bench-report  redraw docs/benchmarks.md + plots from the latest results JSON
-#   make bench-test    the harness's own tests (its checks catch injected faults)
+#   make bench-test    the harness's own tests (its checks catch injected faults), and the soak's checkers'
+#   make soak-smoke    the soak's 2-minute CI run (below)
 #
 # BENCH_VENV: where the venv goes; RRR_PYTHON: interpreter for app.py (default: the
 # bench venv, which also gets the project's requirements.txt); BENCH_ARGS: extra
@@ -70,7 +71,7 @@ RRR_PYTHON ?= $(BENCH_VENV)/bin/python
 BENCH_ARGS ?=
 BENCH_PY := $(BENCH_VENV)/bin/python
 
-.PHONY: bench bench-quick bench-report bench-test bench-venv
+.PHONY: bench bench-quick bench-report bench-test bench-venv soak soak-smoke
 
 $(BENCH_VENV)/.installed: bench/requirements.txt requirements.txt pyproject.toml
 	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
@@ -90,4 +91,15 @@ bench-report: bench-venv
 	$(BENCH_PY) -m bench.report bench/results/quick.json
 
 bench-test: bench-venv
-	$(BENCH_PY) -m pytest -q -p no:cacheprovider bench/test_harness.py
+	$(BENCH_PY) -m pytest -q -p no:cacheprovider bench/test_harness.py bench/tests
+
+# The soak (issue 27, bench/soak.py): everything at once with faults injected, the whole history checked.
+#   make soak-smoke   CI: ~120 clients, every fault kind once, under 3 minutes; fails when a guarantee breaks
+#   make soak         SOAK_ARGS="--minutes 30 --seed 1" by default; rewrites the page's Soak section
+SOAK_ARGS ?= --minutes 30 --seed 1
+
+soak-smoke: bench-venv
+	$(BENCH_PY) -m bench.soak --smoke
+
+soak: bench-venv
+	$(BENCH_PY) -m bench.soak $(SOAK_ARGS)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import history_report, hundred_k_report
+from . import history_report, hundred_k_report, soak_report
 from .machine import ROOT
 
 DOCS = ROOT / "docs"
@@ -581,6 +581,8 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
         doc += [hundred_k_report.section(json.loads(hundred_k.read_text()), hundred_k_report.load_variants(hundred_k))]
     doc += ["## Failures and skips", "", failure_list(agg, servers, titles), ""]
     doc += history_section()
+    # The soak (python -m bench.soak), a run of its own: kept whenever the page is redrawn.
+    doc += soak_report.load()
     out.write_text("\n".join(doc))
     return out
 

@@ -1,0 +1,152 @@
+"""The "Soak" section of ``docs/benchmarks.md`` and its timeline plot, from ``bench/results/soak.json``.
+
+Apart from ``bench/soak.py``, which runs the soak and saves that file: ``bench/report.py`` keeps this section
+whenever it redraws the page, from the saved results, without the code that runs the soak.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .machine import ROOT
+
+RESULTS = ROOT / "bench" / "results" / "soak.json"
+DOC = ROOT / "docs" / "benchmarks.md"
+PLOT = ROOT / "docs" / "bench-soak.png"
+SECTION = "## Soak: everything at once, with faults"
+
+
+def _fmt(x: Any, unit: str = "") -> str:
+    return "-" if x is None else f"{x:g}{unit}" if isinstance(x, (int, float)) else str(x)
+
+
+def summary(res: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    if "meta" not in res:
+        return "soak: no results"
+    m = res["messages"]
+    lines = [
+        f"soak seed {res['meta']['seed']}, {res['meta']['minutes']:g} min, {res['meta']['clients']} clients, "
+        f"{res['meta']['rooms']} rooms",
+        f"published {sum(m['published'].values())} {m['published']} (refused {m['publish_refused']}); "
+        f"delivered {m['delivered']} to {m['subscriptions']} subscriptions; lost {m['lost']}, duplicated "
+        f"{m['duplicated']}, out of order {m['out_of_order']}; recovered:false {m['resets']}",
+        f"latency p50 {_fmt(m['latency_p50_ms'], ' ms')}, max {_fmt(m['latency_max_ms'], ' ms')}; whispers "
+        f"{res['whispers']}; reconnects {res['reconnects']}",
+        "faults: " + ", ".join(f"{k} {v['survived']}/{v['injected']} (p50 {_fmt(v['p50_s'], ' s')}, "
+                               f"max {_fmt(v['max_s'], ' s')})" for k, v in sorted(res["by_kind"].items())),
+        f"counts wrong after the bound: {res['counts_wrong_after_bound']}; webhooks {res['webhooks'].get('events')} "
+        f"events, {res['webhooks'].get('duplicates')} repeated ids; fd leaks {res['descriptors']['leaks']}; "
+        f"RSS growth {'-' if res['rss_growth'] is None else format(res['rss_growth'], '+.1%')}",
+    ]
+    return "\n".join(lines)
+
+
+def plot(res: dict[str, Any], path: Path = PLOT) -> str | None:
+    """Faults, counts' error, delivery latency and RSS over the run (matplotlib, as ``report.py``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    tl = res["timeline"]
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    lat = tl.get("latency", [])
+    if lat:
+        axes[0].plot([x[0] for x in lat], [x[1] * 1000 for x in lat], label="p50")
+        axes[0].plot([x[0] for x in lat], [x[2] * 1000 for x in lat], label="max", alpha=0.6)
+        axes[0].set_yscale("log")
+    axes[0].set_ylabel("delivery latency (ms)")
+    axes[0].legend(loc="upper right", fontsize=7)
+    faults = tl.get("faults", [])
+    err = tl.get("count_error", [])
+    if err:
+        axes[1].plot([x[0] for x in err], [x[1] for x in err], color="tab:blue", label="rooms with a wrong count")
+    axes[1].bar([f[0] for f in faults], [f[2] or 0 for f in faults], width=3, color="tab:red", alpha=0.5,
+                label="s until exact after the fault")
+    axes[1].set_ylabel("counts' error")
+    axes[1].legend(loc="upper right", fontsize=7)
+    rss = tl.get("rss", [])
+    if rss:
+        axes[2].plot([x[0] for x in rss], [x[1] / 2**20 for x in rss])
+    axes[2].set_ylabel("server RSS (MiB)")
+    axes[2].set_xlabel("seconds")
+    for ax in axes:
+        for f in faults:
+            ax.axvline(f[0], color="tab:red", alpha=0.25, linewidth=0.8)
+    for f in faults:
+        axes[1].annotate(f[1], (f[0], 0), rotation=90, fontsize=6, va="bottom")
+    fig.suptitle(f"soak, seed {res['meta']['seed']}: faults (red), recovery, latency, RSS")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
+
+
+def section(res: dict[str, Any], plot_name: str | None = PLOT.name) -> list[str]:
+    meta, m = res["meta"], res["messages"]
+    ok = not res["failures"]
+    out = [
+        SECTION, "",
+        f"`python -m bench.soak --minutes {meta['minutes']:g} --seed {meta['seed']}` (issue #27), run "
+        f"{meta['started']}, {meta['elapsed_s'] / 60:.1f} min in all: "
+        f"{'**every check passed**' if ok else '**FAILED**: ' + '; '.join(res['failures'][:5])}.",
+        "",
+        f"Two `app.py --processes 2` behind nginx on a 6-node Redis Cluster, webhooks to a local receiver, "
+        f"{meta['clients']:,} clients at a time ({meta['clients_made']:,} made through churn of "
+        f"{meta['churn_rate']:g}/s) over {meta['rooms']} rooms (public, private, presence), shares "
+        + ", ".join(f"{k} {v:.0%}" for k, v in meta["shares"].items())
+        + f"; publishers at {meta['publish_rate']:g}/s through the HTTP API, `rrr.client` and the Pusher HTTP "
+        f"API; whispers in presence rooms. Counts' bound (presence TTL + sweep + count interval): "
+        f"{meta['bound_s']:g} s; with a client's way back (a polling session's owner gone on a Cluster): "
+        f"{meta.get('client_bound_s', meta['bound_s']):g} s.",
+        "",
+        "| fault | injected | survived | until counts, tabs, members exact: p50 | max |",
+        "|---|---|---|---|---|",
+        *(f"| {k} | {v['injected']} | {v['survived']} | {_fmt(v['p50_s'], ' s')} | {_fmt(v['max_s'], ' s')} |"
+          for k, v in sorted(res["by_kind"].items())),
+        "",
+        "| messages | |",
+        "|---|---|",
+        f"| published (acknowledged) | {sum(m['published'].values()):,} ({m['published']}) |",
+        f"| refused during faults (not acknowledged) | {sum(m['publish_refused'].values()):,} |",
+        f"| delivered | {m['delivered']:,} to {m['subscriptions']:,} subscriptions |",
+        f"| lost | {m['lost']} |",
+        f"| duplicated | {m['duplicated']} |",
+        f"| out of order | {m['out_of_order']} |",
+        f"| one publish stored twice (known defect) | {m.get('stored_twice', 0)} |",
+        f"| `recovered: false`, by reason | {m['resets'] or 'none'} |",
+        f"| delivery latency p50 / max | {_fmt(m['latency_p50_ms'], ' ms')} / {_fmt(m['latency_max_ms'], ' ms')} |",
+        f"| counts wrong after the bound | {res['counts_wrong_after_bound']} |",
+        f"| webhook events (repeated ids) | {res['webhooks'].get('events')} ({res['webhooks'].get('duplicates')}) |",
+        f"| server RSS growth after the warm-up (limit 5 %, full runs) | "
+        f"{'-' if res['rss_growth'] is None else format(res['rss_growth'], '+.1%')} |",
+        f"| descriptors not back to baseline | {res['descriptors']['leaks'] or 'none'} |",
+        "",
+    ]
+    if plot_name:
+        out += [f"![soak timeline]({plot_name})", ""]
+    return out
+
+
+def load() -> list[str]:
+    """The section from the saved results (``report.py`` keeps it on the page)."""
+    if not RESULTS.exists():
+        return []
+    res = json.loads(RESULTS.read_text())
+    return section(res, PLOT.name if PLOT.exists() else None)
+
+
+def write(res: dict[str, Any], results_path: Path = RESULTS) -> None:
+    """Draw the plot and put the section on the page in place of the old one (or at its end)."""
+    name = plot(res)
+    text = DOC.read_text() if DOC.exists() else ""
+    new = "\n".join(section(res, name))
+    pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
+    text = pattern.sub(lambda _m: new.rstrip() + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + new
+    DOC.write_text(text)

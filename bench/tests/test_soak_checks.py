@@ -1,0 +1,159 @@
+"""The soak's judges (bench/soak_checks.py) fed histories with loss, duplication, reordering, unexplained
+resets and broken webhook transitions: each must say so, and a clean history must pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.soak_checks import (
+    RoomTruth, check_subscription, check_webhooks, count_errors, fd_leaks, judge_all, member_errors, rss_growth,
+)
+
+E = "ep1"
+
+
+def msgs(*offsets: int, epoch: str = E) -> list[tuple[Any, ...]]:
+    return [("msg", 0.0, o, epoch, f"m{o}") for o in offsets]
+
+
+def truth(top: int, epoch: str = E) -> RoomTruth:
+    t = RoomTruth(top={epoch: top})
+    for o in range(1, top + 1):
+        t.learn(epoch, o, f"m{o}")
+    return t
+
+
+def test_a_clean_history_across_a_recovered_reconnect_passes() -> None:
+    h = [("sub", 0.0, 3, E, True, None), *msgs(4, 5), ("sub", 1.0, 7, E, True, 5), *msgs(6, 7, 8)]
+    v = check_subscription(h, truth(8), 100)
+    assert (v.lost, v.duplicated, v.out_of_order, v.violations) == ([], [], [], [])
+    assert v.delivered == 5
+
+
+def test_loss_in_the_middle_and_at_the_tail_is_found() -> None:
+    h = [("sub", 0.0, 0, E, True, None), *msgs(1, 2, 4)]
+    v = check_subscription(h, truth(6), 100)
+    assert v.lost == [(E, 3), (E, 5), (E, 6)]
+    # Not owed after the subscription ended on purpose.
+    v = check_subscription(h + [("end", 1.0, "churn")], truth(6), 100)
+    assert v.lost == [(E, 3)]
+
+
+def test_a_resume_that_skips_what_was_missed_is_loss() -> None:
+    h = [("sub", 0.0, 0, E, True, None), *msgs(1, 2), ("sub", 1.0, 9, E, True, 2), *msgs(5, 6)]
+    v = check_subscription(h, truth(6), 100)
+    assert v.lost == [(E, 3), (E, 4)]
+
+
+def test_duplicates_and_reordering_are_found() -> None:
+    v = check_subscription([("sub", 0.0, 0, E, True, None), *msgs(1, 2, 2, 3)], truth(3), 100)
+    assert v.duplicated == [(E, 2)] and not v.lost
+    v = check_subscription([("sub", 0.0, 0, E, True, None), *msgs(1, 3, 2)], truth(3), 100)
+    assert v.out_of_order == [(E, 2)] and not v.lost and not v.duplicated
+    # A replay that sends again what was delivered before a recovered resubscribe is a duplicate.
+    h = [("sub", 0.0, 0, E, True, None), *msgs(1, 2), ("sub", 1.0, 3, E, True, 2), *msgs(2, 3)]
+    assert check_subscription(h, truth(3), 100).duplicated == [(E, 2)]
+
+
+def test_recovered_false_must_be_explained() -> None:
+    base = [("sub", 0.0, 0, E, True, None), *msgs(1, 2)]
+    ok = check_subscription(base + [("sub", 1.0, 500, E, False, 2), *msgs(501)], truth(501), 100)
+    assert ok.resets == ["gap out of history (498 missed > 100 kept)"] and not ok.violations and not ok.lost
+    ep = check_subscription(base + [("sub", 1.0, 0, "ep2", False, 2), *msgs(1, epoch="ep2")],
+                            RoomTruth(top={E: 2, "ep2": 1}), 100)
+    assert ep.resets == ["epoch changed"] and not ep.violations
+    bad = check_subscription(base + [("sub", 1.0, 5, E, False, 2), *msgs(6)], truth(6), 100)
+    assert bad.violations and "unexplained" in bad.violations[0]
+    # recovered:true when the epoch changed is a lie.
+    lie = check_subscription(base + [("sub", 1.0, 0, "ep2", True, 2)], truth(2), 100)
+    assert lie.violations
+
+
+def test_a_message_of_another_epoch_without_a_reset_is_a_violation() -> None:
+    v = check_subscription([("sub", 0.0, 0, E, True, None), *msgs(1), *msgs(2, epoch="ep2")], truth(1), 100)
+    assert v.violations
+
+
+def test_pusher_frames_are_placed_by_id_and_judged_the_same() -> None:
+    t = truth(5)
+    ok = [("sub", 0.0, None, None, False, None)] + [("msg", 0.0, None, None, f"m{o}") for o in (2, 3, 4, 5)]
+    assert not check_subscription(ok, t, 100).lost
+    dup = [("sub", 0.0, None, None, False, None)] + [("msg", 0.0, None, None, f"m{o}") for o in (2, 3, 3, 5)]
+    v = check_subscription(dup, t, 100)
+    assert v.duplicated == [(E, 3)] and v.lost == [(E, 4)]
+
+
+def test_judge_all_adds_up_and_names_the_failures() -> None:
+    hs = [("a", "r", [("sub", 0.0, 0, E, True, None), *msgs(1, 2, 3)], True),
+          ("b", "r", [("sub", 0.0, 0, E, True, None), *msgs(1, 3, 3)], True)]
+    t = judge_all(hs, {"r": truth(3)}, 100)
+    assert (t.delivered, t.lost, t.duplicated) == (6, 1, 1)
+    assert any(v.startswith("b in r") for v in t.violations)
+    assert judge_all(hs[:1], {"r": truth(3)}, 100).violations == []
+
+
+def test_a_pusher_subscription_is_placed_by_what_native_ones_saw_whatever_the_order() -> None:
+    pusher = [("sub", 0.0, None, None, False, None)] + [("msg", 0.0, None, None, f"m{o}") for o in (1, 2, 4)]
+    native = [("sub", 0.0, 0, E, True, None), *msgs(1, 2, 3, 4)]
+    t = judge_all([("p", "r", pusher, True), ("n", "r", native, True)], {"r": RoomTruth(top={E: 4})}, 100)
+    assert (t.lost, t.unplaced) == (1, 0)
+    assert t.violations and t.violations[0].startswith("p in r: 1 lost")
+
+
+def test_an_offset_a_failover_gave_to_another_message_places_both_ids() -> None:
+    t = truth(3)
+    t.learn(E, 2, "other")  # a subscriber of the old master saw another message at offset 2
+    assert t.reused == {(E, 2)}
+    pusher = [("sub", 0.0, None, None, False, None)] + [("msg", 0.0, None, None, m) for m in ("m1", "other", "m3")]
+    v = check_subscription(pusher, t, 100)
+    assert (v.lost, v.duplicated, v.unplaced) == ([], [], 0)
+
+
+def test_one_publish_stored_twice_is_counted_and_a_pusher_frame_of_each_is_placed() -> None:
+    t = truth(3)
+    t.learn(E, 4, "m3")  # "m3" again at offset 4: one publish, two stored messages
+    t.top[E] = 4
+    native = [("sub", 0.0, 0, E, True, None), *msgs(1, 2, 3), ("msg", 0.0, 4, E, "m3")]
+    pusher = [("sub", 0.0, None, None, False, None)] + [("msg", 0.0, None, None, m) for m in ("m1", "m2", "m3", "m3")]
+    tot = judge_all([("n", "r", native, True), ("p", "r", pusher, True)], {"r": t}, 100)
+    assert (tot.stored_twice, tot.lost, tot.duplicated) == (1, 0, 0)
+
+
+def test_counts_and_members_must_equal_the_truth() -> None:
+    assert count_errors({"r": (2, 3)}, {"r": (2, 3)}) == []
+    assert count_errors({"r": (2, 3)}, {"r": (2, 4)})
+    assert count_errors({"r": (2, 3)}, {})
+    assert member_errors({"p": {"a", "b"}}, {"p": {"a", "b"}}) == []
+    assert member_errors({"p": {"a", "b"}}, {"p": {"a"}})
+
+
+def ev(i: int, name: str, room: str, user: str | None = None) -> dict[str, Any]:
+    e: dict[str, Any] = {"id": f"e{i}", "name": name, "channel": room}
+    if user:
+        e["user_id"] = user
+    return e
+
+
+def test_webhook_transitions_alternate_and_end_on_the_truth() -> None:
+    good = [ev(1, "channel_occupied", "r"), ev(2, "member_added", "r", "u"), ev(2, "member_added", "r", "u"),
+            ev(3, "member_removed", "r", "u"), ev(4, "channel_vacated", "r")]
+    r = check_webhooks(good, {"r": False}, {"r": set()})
+    assert r["violations"] == [] and r["duplicates"] == 1 and r["events"] == 4
+    twice = [ev(1, "channel_occupied", "r"), ev(2, "channel_occupied", "r")]
+    assert check_webhooks(twice, {"r": True}, {})["violations"]
+    orphan = [ev(1, "channel_vacated", "r")]
+    assert check_webhooks(orphan, {"r": False}, {})["violations"]
+    # A lost vacated: the webhooks still say occupied while the room is empty.
+    assert check_webhooks(good[:1], {"r": False}, {})["violations"]
+    # A member present with no member_added.
+    assert check_webhooks(good[:1], {"r": True}, {"r": {"u"}})["violations"]
+
+
+def test_rss_growth_and_descriptor_leaks() -> None:
+    flat = [(float(t), 100.0) for t in range(0, 600, 5)]
+    assert rss_growth(flat, 60) == 0
+    growing = [(float(t), 100.0 + t / 10) for t in range(0, 600, 5)]
+    g = rss_growth(growing, 60)
+    assert g is not None and g > 0.05
+    assert fd_leaks({"app": 40}, {"app": 44}) == []
+    assert fd_leaks({"app": 40}, {"app": 400})
