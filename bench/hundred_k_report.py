@@ -136,6 +136,10 @@ def other_runs(variants: list[dict[str, Any]]) -> list[str]:
         m = v["meta"]
         loads = [x[1] for x in m.get("load_samples", [])]
         status = "every check passed" if v.get("ok") else "failed: " + "; ".join(f[:250] for f in v["failures"])
+        d = v.get("density", {})
+        if d.get("rss_per_socket_kib") is not None:
+            status += (f"; density: {d['rss_per_socket_kib']:.2f} KiB per socket, idle server CPU "
+                       f"{fmt(d.get('idle_server_cpu_pct'))} % of a core over {fmt(d.get('hold_s'), '{:g}')} s")
         rows.append(f"- Run {k + 2}: `{m['command']}` (run {m['started']}, {m.get('elapsed_s', 0) / 60:.1f} min, "
                     f"load at the start {m.get('loadavg_start')}, during {fmt(min(loads, default=None), '{:.2f}')} "
                     f"to {fmt(max(loads, default=None), '{:.2f}')}): {status}.{warnings_text(m)}")

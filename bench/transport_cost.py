@@ -266,7 +266,7 @@ async def drive() -> None:
     [[room, want], ...], sub}: the members, answered once each shows its room's ``want``; ``wait``
     {messages}: answered once each holds that many (or at the deadline); ``quit``."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=1 << 24)  # an open names every member: 10,000 of them are 250 KB
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     members: list[Member] = []
     wants: list[int] = []
