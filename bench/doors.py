@@ -186,7 +186,8 @@ def idle_run(redis: RedisServer, logs: Path, doors: list[str], sockets: int, ser
             for (proc, port), share in zip(procs[door], split(sockets, servers), strict=True):
                 driver = Driver(module, logs / f"driver-{door}-{port}.log")
                 drivers.append(driver)
-                rooms = [[f"{door}{i // 10}", min(10, share - (i // 10) * 10)] for i in range(share)]
+                # Rooms of this server alone: a room shared with another process would count both's members.
+                rooms = [[f"{door}-{port}-{i // 10}", min(10, share - (i // 10) * 10)] for i in range(share)]
                 driver.send(cmd="open", kind=kind, port=port, rooms=rooms, sub="s", within=600)
                 opened.append((door, port, driver, share))
         failures: list[str] = []
