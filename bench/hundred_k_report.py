@@ -11,6 +11,7 @@ without the code that starts servers and drivers.
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,7 +330,7 @@ def section(results: dict[str, Any], variants: list[dict[str, Any]] | None = Non
         "",
     ]
     if page is not HUNDRED_K:
-        return "\n".join(lines + per_cpu(results, page))
+        return "\n".join(lines + limits(results, page) + per_cpu(results, page))
     lines += [
         f"**Per-CPU density.** {n:,} sockets on {cores} cores is {n / cores:,.0f} sockets per CPU, "
         f"{n / cores / CENTRIFUGO_PER_CPU:.1f}× the about {CENTRIFUGO_PER_CPU:,} per CPU of Centrifugo's "
@@ -448,3 +449,31 @@ def plot_per_cpu(results: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def limits(results: dict[str, Any], page: Page) -> list[str]:
+    """What bounds each timed figure on this box, in numbers taken from the run: CPU seconds over its cores."""
+    meta, d, st = results["meta"], results.get("density", {}), results.get("storm", {})
+    n, cores = meta["sockets"], meta["machine"]["cores"]
+    parts = []
+    idle = d.get("idle_server_cpu_pct")
+    if idle is not None:
+        parts.append(f"idle, {idle:.1f} % of a core is {idle / 100 * 20 / n * 1e6:.1f} µs of server CPU per socket per "
+                     f"20 s ping interval (the target, {page.targets.get('idle_server_cpu_pct', 0):g} %, allows "
+                     f"{page.targets.get('idle_server_cpu_pct', 0) / 100 * 20 / n * 1e6:.1f}), the "
+                     f"{meta['servers']} processes' own timers included")
+    if st.get("server_cpu_s") is not None and st.get("driver_cpu_s") is not None:
+        both = st["server_cpu_s"] + st["driver_cpu_s"]
+        parts.append(f"the storm took {both:.0f} s of CPU (servers {st['server_cpu_s']:.0f}, drivers "
+                     f"{st['driver_cpu_s']:.0f}): {both / cores:.0f} s of wall time on {cores} cores even with nothing "
+                     f"else running, against a target of {page.targets.get('storm_s', 0):g} s; the servers spent "
+                     f"{fmt(st.get('server_cpu_us_per_join'), '{:,}')} µs per join, with "
+                     f"{fmt(st.get('frames_per_client'), '{:.0f}')} count frames per client")
+    msgs = results.get("fanout", {}).get("messages", [])
+    if msgs and all(m.get("server_cpu_us_per_frame") for m in msgs):
+        per = statistics.median(m["server_cpu_us_per_frame"] for m in msgs)
+        parts.append(f"one message is {n:,} frames at {per:.1f} µs of server CPU each, {per * n / 1e6:.1f} s of CPU, "
+                     f"{per * n / 1e6 / cores:.1f} s on {cores} cores before the drivers read a frame")
+    if not parts:
+        return []
+    return ["**What bounds the timed figures here.** " + "; ".join(parts) + ".", ""]
