@@ -161,7 +161,7 @@ def storm_time(st: dict[str, Any]) -> str:
 
 
 def reading(rounds: list[tuple[str, dict[str, Any], dict[str, Any], float]], n: int,
-            d: dict[str, Any]) -> list[str]:
+            d: dict[str, Any], history: bool = True) -> list[str]:
     """What the storm rounds show, in numbers taken from them."""
     parts = []
     for label, st, _fo, _ci in rounds:
@@ -183,8 +183,10 @@ def reading(rounds: list[tuple[str, dict[str, Any], dict[str, Any], float]], n: 
             f"all processes together, so a room of {n:,} is sent a count every {n / 20_000:g} s; each new socket gets "
             "its own "
             "at once), so a storm costs about the rate × its duration in frames, O(N) whatever the room's size. "
-            "Before the pacing, a fixed 0.1 s interval sent every member a count 10 times a second for as long as "
-            "the storm lasted: 3.8 million frames, and the storm had not finished after 180 s. What the storm's "
+            + ("Before the pacing, a fixed 0.1 s interval sent every member a count 10 times a second for as long as "
+               "the storm lasted: 3.8 million frames, and the storm had not finished after 180 s. "
+               if history else "")
+            + "What the storm's "
             "time is now: the joins themselves (each a TCP handshake, an upgrade and a presence write, on the "
             f"server and on the driver, all on these 2 cores; the density phase opened its {n:,} sockets, with "
             f"no storm, in {fmt(d.get('ready_s'), '{:.0f}')} s), then the wait for the room's next paced broadcast, "
@@ -303,7 +305,7 @@ def section(results: dict[str, Any], variants: list[dict[str, Any]] | None = Non
         "|---|---|---|---|",
         *rows,
         "",
-        *reading(rounds, n, d),
+        *reading(rounds, n, d, page is HUNDRED_K),
         *(reading_warnings([results, *(variants or [])]) if page is HUNDRED_K else []),
         "How each figure was checked, not assumed: in the density phase each client showed its room's exact "
         f"count, each of the {fmt(d.get('rooms'), '{:,}')} rooms' stored count (`GET /api/rooms/<room>`) matched, "
