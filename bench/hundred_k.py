@@ -1,6 +1,7 @@
-"""100,000 sockets on this box (issue 13): density, a 100,000 join storm, a 100,000 fan-out.
+"""100,000 sockets on this box (issue 13), and 200,000 (issue 25): density, a join storm of all, a fan-out to all.
 
-    python -m bench.hundred_k                     # the full run: 100,000 sockets, 8 app.py, 8 drivers
+    python -m bench.hundred_k                     # the full run: 100,000 sockets, 6 app.py, 6 drivers
+    python -m bench.hundred_k --sockets 200000 --hold 60   # 200,000: 12 app.py, 12 drivers, its own section
     python -m bench.hundred_k --sockets 8000 --servers 2 --drivers 2 --no-report   # a small check
 
 One real ``redis-server``; ``--servers`` ``app.py`` processes, each on its own port (so
@@ -33,7 +34,9 @@ phase as a failure, and the whole run is cut at ``--max-seconds``; whatever
 happens, the drivers, servers and Redis started here are stopped (by pid).
 Writes ``bench/results/hundred_k.json`` and, unless ``--no-report``, the section
 "100,000 sockets" of ``docs/benchmarks.md`` and ``docs/bench-100k.png`` (drawn by
-``bench/hundred_k_report.py`` from that file; ``--report-only`` redraws them alone).
+``bench/hundred_k_report.py`` from that file; ``--report-only`` redraws them alone). From 150,000
+sockets (or ``--page 200k``) the results go to ``bench/results/sockets_200k.json`` and the section
+"200,000 sockets" with issue 25's targets, ``docs/bench-200k.png`` and ``docs/bench-200k-per-cpu.png``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ import redis.asyncio as aioredis
 from rrr.client import apublish
 
 from .drivers import DriverPool
-from .hundred_k_report import RESULT_FILE, write_page
+from .hundred_k_report import PAGES, write_page
 from .machine import ROOT, clean, cpu_seconds, machine_info, raise_nofile, rss_bytes, versions
 from .scenarios import latency_summary
 from .servers import RedisServer, RrrKind, ServerGroup, redis_binary
@@ -67,6 +70,9 @@ RESULTS = ROOT / "bench" / "results"
 STALL_S = 15.0
 #: Most sockets one process may hold here: 20,000 files less room for Redis, logs, listeners.
 MAX_PER_PROCESS = 19_000
+#: Sockets per process when ``--servers`` and ``--drivers`` are not given: 12 processes on 2 cores cost less CPU
+#: per join than 16 (100,000 storm: 95 s with 6 + 6, 124 s with 8 + 8, measured back to back).
+PER_PROCESS = 16_667
 
 
 class Failed(Exception):
@@ -568,6 +574,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "command": "python -m bench.hundred_k " + " ".join(sys.argv[1:]),
             "sockets": n, "servers": args.servers, "drivers": args.drivers,
             "count_interval": args.count_interval, "messages": args.messages, "phases": args.phases,
+            "hold_s": args.hold, "out": args.out,
             "machine": {**machine_info(), "nofile": list(nofile)},
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         },
@@ -646,10 +653,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="100,000 sockets on this box: density, join storm, fan-out")
     parser.add_argument("--sockets", type=int, default=100_000)
-    # As few processes as 20,000 files each allow: 12 processes on 2 cores cost less CPU per join than 16
-    # (100,000 storm: 95 s with 6 + 6, 124 s with 8 + 8, measured back to back).
-    parser.add_argument("--servers", type=int, default=6, help="app.py processes, one port each")
-    parser.add_argument("--drivers", type=int, default=6, help="load-driver processes")
+    # Default: as many of each as sockets / 16,667 (6 for 100,000, 12 for 200,000).
+    parser.add_argument("--servers", type=int, default=None, help="app.py processes, one port each")
+    parser.add_argument("--drivers", type=int, default=None, help="load-driver processes")
     parser.add_argument("--room-size", type=int, default=10, help="room size in the density phase")
     parser.add_argument("--spread", action="store_true",
                         help="density: a room's members alternate over every process (default: each room on one)")
@@ -670,20 +676,26 @@ def main() -> None:
     parser.add_argument("--wait-max", type=float, default=2700.0, help="longest wait for --wait-quiet (s)")
     parser.add_argument("--rrr-python", default=os.environ.get("RRR_PYTHON", sys.executable))
     parser.add_argument("--redis-server", default=os.environ.get("REDIS_SERVER"))
-    parser.add_argument("--out", default=str(RESULT_FILE), help="results JSON")
+    parser.add_argument("--page", choices=sorted(PAGES), default=None,
+                        help="the page's section the results are for (default: 200k from 150,000 sockets, else 100k)")
+    parser.add_argument("--out", default=None, help="results JSON (default: the page's results file)")
     parser.add_argument("--no-report", action="store_true", help="do not touch docs/benchmarks.md")
     parser.add_argument("--report-only", action="store_true", help="only redraw the page from --out")
     args = parser.parse_args()
+    page = PAGES[args.page or ("200k" if args.sockets >= 150_000 else "100k")]
+    args.out = args.out or str(page.results)
+    args.servers = args.servers or math.ceil(args.sockets / PER_PROCESS)
+    args.drivers = args.drivers or math.ceil(args.sockets / PER_PROCESS)
     if args.report_only:
-        print(write_page(json.loads(Path(args.out).read_text())))
+        print(write_page(json.loads(Path(args.out).read_text()), page))
         return
     results = asyncio.run(main_async(args))
     print(f"results: {args.out}; {'ok' if results['ok'] else 'FAILED: ' + '; '.join(results['failures'])}")
     if not args.no_report:
-        main_results = results if Path(args.out).resolve() == RESULT_FILE else (
-            json.loads(RESULT_FILE.read_text()) if RESULT_FILE.exists() else None)
+        main_results = results if Path(args.out).resolve() == page.results else (
+            json.loads(page.results.read_text()) if page.results.exists() else None)
         if main_results is not None:
-            print(f"report: {write_page(main_results)}")
+            print(f"report: {write_page(main_results, page)}")
     sys.exit(0 if results["ok"] else 1)
 
 

@@ -33,10 +33,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .doors import Driver, answer, masked, server_frames, status, until
 from .machine import ROOT, cpu_seconds, free_port, rss_bytes, stop_process
 from .servers import RedisServer, redis_binary, start_app
 
@@ -50,19 +50,6 @@ APP_OPTIONS: dict[str, Any] = {
     "api_rate": 0, "count_interval": 0.1, "max_connections": 60000, "message_rate": 0, "publish_rate_per_ip": 0,
     "pusher_app_id": "1", "pusher_key": KEY, "pusher_secret": "bench-secret",
 }
-
-
-def masked(opcode: int, payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x80 | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 class Member(asyncio.Protocol):
@@ -127,22 +114,7 @@ class Member(asyncio.Protocol):
             if self.kind == "native":
                 assert self.transport is not None
                 self.transport.write(masked(0x1, self.subscribe_text().encode()))
-        buf = self.buf
-        while len(buf) >= 2:
-            n = buf[1] & 0x7F
-            at = 2
-            if n == 126:
-                if len(buf) < 4:
-                    return
-                n, at = int.from_bytes(buf[2:4], "big"), 4
-            elif n == 127:
-                if len(buf) < 10:
-                    return
-                n, at = int.from_bytes(buf[2:10], "big"), 10
-            if len(buf) < at + n:
-                return
-            opcode, payload = buf[0] & 0x0F, bytes(buf[at: at + n])
-            del buf[: at + n]
+        for opcode, payload in server_frames(self.buf):
             if opcode == 0x1:
                 self.frame(json.loads(payload))
             elif opcode == 0x9 and self.transport is not None:
@@ -166,10 +138,6 @@ async def drive() -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     members: list[Member] = []
 
-    def answer(obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
-
     while line := await reader.readline():
         cmd = json.loads(line)
         if cmd["cmd"] == "open":
@@ -192,49 +160,11 @@ async def drive() -> None:
             ok = await until(lambda: all(len(m.got) >= n for m in members), cmd.get("within", 120))
             exact = sum(1 for m in members if m.got == list(range(n)))
             answer({"done": ok, "exact": exact, "members": len(members), "frames": sum(len(m.got) for m in members)})
+        elif cmd["cmd"] == "status":
+            answer(status(members))
         elif cmd["cmd"] == "quit":
             break
     answer({"bye": True})
-
-
-async def until(done: Callable[[], bool], within: float) -> bool:
-    deadline = time.monotonic() + within
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
-
-
-class Driver:
-    """A ``--drive`` child process and the commands it answers."""
-
-    def __init__(self, log: Path) -> None:
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.pusher_cost", "--drive"], cwd=ROOT, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True,
-        )
-
-    def send(self, **cmd: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-
-    def answer(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"driver exited {self.proc.poll()}: {self.log.read_text()[-2000:]}")
-        return dict(json.loads(line))
-
-    def close(self) -> None:
-        try:
-            self.send(cmd="quit")
-            self.proc.wait(10)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
 
 
 def room_tabs(port: int, room: str) -> int:
@@ -265,7 +195,7 @@ class Bench:
         return start_app(self.redis.url, port, self.logs / f"app-{port}.log", APP_OPTIONS), port
 
     def drivers(self, n: int) -> list[Driver]:
-        return [Driver(self.logs / f"driver-{i}.log") for i in range(n)]
+        return [Driver("bench.pusher_cost", self.logs / f"driver-{i}.log") for i in range(n)]
 
     def memory(self, kind: str, sockets: int, hold: float) -> float:
         """KiB of server RSS per idle socket of ``kind``, each in a room of 10."""

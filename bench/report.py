@@ -34,6 +34,8 @@ TRANSPORTS = ROOT / "bench" / "results" / "transports.md"
 WEBHOOKS = ROOT / "bench" / "results" / "webhooks.md"
 #: Measured apart, by `python -m bench.pusher_cost --write`.
 PUSHER = ROOT / "bench" / "results" / "pusher.md"
+#: Measured apart, by `python -m bench.doors --write` (the doors side by side at scale, issue 25).
+DOORS = ROOT / "bench" / "results" / "doors.md"
 OURS = "rrr"
 
 
@@ -562,7 +564,7 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
         doc += [f"### {titles[sc]}", "", DESCRIPTIONS.get(sc, "").format(**p), "",
                 scenario_table(sc, sizes, servers, agg, meta["scenarios"][sc]["size_label"]), ""]
     # Measured apart, each by its own script.
-    for extra in (HANDSHAKE, PERFORMANCE, IDENTITY, TRANSPORTS, WEBHOOKS, PUSHER):
+    for extra in (HANDSHAKE, PERFORMANCE, IDENTITY, TRANSPORTS, WEBHOOKS, PUSHER, DOORS):
         if extra.exists():
             doc += [extra.read_text().rstrip(), ""]
     causes = known_causes(results)
@@ -579,6 +581,11 @@ def write_report(results_path: Path, out: Path = DOCS / "benchmarks.md") -> Path
     if hundred_k.exists():
         # A separate run (python -m bench.hundred_k); kept on the page whenever the page is redrawn.
         doc += [hundred_k_report.section(json.loads(hundred_k.read_text()), hundred_k_report.load_variants(hundred_k))]
+    two = hundred_k_report.TWO_HUNDRED_K
+    if two.results.exists():
+        # python -m bench.hundred_k --sockets 200000 (issue 25); kept the same way.
+        doc += [hundred_k_report.section(json.loads(two.results.read_text()),
+                                         hundred_k_report.load_variants(two.results), two)]
     doc += ["## Failures and skips", "", failure_list(agg, servers, titles), ""]
     doc += history_section()
     # The soak (python -m bench.soak), a run of its own: kept whenever the page is redrawn.

@@ -15,7 +15,9 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
 
+from . import hundred_k_report
 from .dialects import COUNT, ERROR, JOINED, MESSAGE, RrrDialect, SocketIODialect
+from .doors import server_frames
 from .report import Metric, aggregate, fmt_cell, ratio, targets_table
 from .scenarios import latency_summary, split
 from .worker import Client, Worker
@@ -289,3 +291,42 @@ def test_pages_import_no_runner() -> None:
     graph = bench_imports()
     wrong = {page: sorted(graph[page] - PAGES - {"machine"}) for page in sorted(PAGES)}
     assert not any(wrong.values()), {page: deps for page, deps in wrong.items() if deps}
+
+
+def test_door_clients_read_whole_server_frames_only() -> None:
+    """The door tools' clients take a frame off the buffer only once it is whole, at every length encoding."""
+    big = b"x" * 300
+    wire = b"\x81\x02hi" + b"\x89\x00" + b"\x81\x7e" + len(big).to_bytes(2, "big") + big
+    for cut in range(len(wire) + 1):
+        buf = bytearray(wire[:cut])
+        got = list(server_frames(buf))
+        buf += wire[cut:]
+        got += list(server_frames(buf))
+        assert got == [(1, b"hi"), (9, b""), (1, big)] and not buf, cut
+
+
+def test_the_200k_section_holds_the_run_to_issue_25s_targets() -> None:
+    """The 200,000 section judges by its own targets (12 KiB, idle CPU, 120 s, 2 s), not the 100,000 one's."""
+    results: dict[str, Any] = {
+        "meta": {"command": "python -m bench.hundred_k --sockets 200000", "sockets": 200_000, "servers": 12,
+                 "drivers": 12, "count_interval": 0.1, "started": "s", "machine": {"cores": 2, "memory_gib": 23.5}},
+        "density": {"rss_per_socket_kib": 12.5, "idle_server_cpu_pct": 20.0, "hold_s": 60, "room_size": 10},
+        "storm": {"all_show_n_s": 100.0, "count_frames": 1, "connect_s": 90.0},
+        "fanout": {"messages": [{"p99_ms": 2500.0, "p50_ms": 1.0, "last_recipient_ms": 2600.0}]},
+        "failures": [],
+    }
+    text = hundred_k_report.section(results, [], hundred_k_report.TWO_HUNDRED_K)
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+
+    def row(start: str) -> str:
+        return next(v for k, v in rows.items() if k.startswith(start))
+
+    assert "≤ 12 KiB | 12.50 KiB | **no**" in row("| server RSS per socket")
+    assert "≤ 25 % of a core | 20.0 % | yes" in row("| idle server CPU")
+    assert "≤ 120 s | 100.0 s | yes" in row("| join storm of 200,000")
+    assert "≤ 2 s | 2,500 ms | **no**" in row("| fan-out of one message")
+    assert "| idle sockets per core of CPU used | 1,000,000 | 212,766 |" in text
+    assert text.startswith("## 200,000 sockets")
+    # The 100,000 section keeps issue 13's targets and has no idle CPU row.
+    hundred = hundred_k_report.section(results, [])
+    assert "≤ 16 KiB" in hundred and "idle server CPU," not in hundred and hundred.startswith("## 100,000 sockets")

@@ -36,10 +36,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .doors import Driver, answer, masked, server_frames, status, until
 from .machine import ROOT, cpu_seconds, free_port, rss_bytes, stop_process
 from .servers import RedisServer, redis_binary, start_app
 
@@ -80,19 +80,6 @@ class Member:
         return json.dumps({"type": "subscribe", "room": self.room, "sub": self.sub})
 
 
-def masked(opcode: int, payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x80 | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 class WsMember(Member, asyncio.Protocol):
     """``/ws/``: the upgrade by hand, one subscribe, server frames parsed as they come."""
 
@@ -123,22 +110,7 @@ class WsMember(Member, asyncio.Protocol):
             self.upgraded = True
             assert self.transport is not None
             self.transport.write(masked(0x1, self.subscribe_text().encode()))
-        buf = self.buf
-        while len(buf) >= 2:
-            n = buf[1] & 0x7F
-            at = 2
-            if n == 126:
-                if len(buf) < 4:
-                    return
-                n, at = int.from_bytes(buf[2:4], "big"), 4
-            elif n == 127:
-                if len(buf) < 10:
-                    return
-                n, at = int.from_bytes(buf[2:10], "big"), 10
-            if len(buf) < at + n:
-                return
-            opcode, payload = buf[0] & 0x0F, bytes(buf[at: at + n])
-            del buf[: at + n]
+        for opcode, payload in server_frames(self.buf):
             if opcode == 0x1:
                 self.frame(json.loads(payload))
             elif opcode == 0x9 and self.transport is not None:
@@ -294,16 +266,12 @@ async def drive() -> None:
     [[room, want], ...], sub}: the members, answered once each shows its room's ``want``; ``wait``
     {messages}: answered once each holds that many (or at the deadline); ``quit``."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=1 << 24)  # an open names every member: 10,000 of them are 250 KB
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     members: list[Member] = []
     wants: list[int] = []
     keep: list[Any] = []
     pending: set[asyncio.Task[Any]] = set()
-
-    def answer(obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
 
     while line := await reader.readline():
         cmd = json.loads(line)
@@ -341,48 +309,11 @@ async def drive() -> None:
             exact = sum(1 for m in members if len(m.offsets) == n and m.offsets == sorted(set(m.offsets)))
             answer({"done": ok, "exact": exact, "members": len(members),
                     "frames": sum(len(m.offsets) for m in members)})
+        elif cmd["cmd"] == "status":
+            answer(status(members))
         elif cmd["cmd"] == "quit":
             break
     answer({"bye": True})
-
-
-async def until(done: Callable[[], bool], within: float) -> bool:
-    deadline = time.monotonic() + within
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
-
-
-class Driver:
-    """A ``--drive`` child process and the commands it answers."""
-
-    def __init__(self, log: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.transport_cost", "--drive"], cwd=ROOT, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True,
-        )
-
-    def send(self, **cmd: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-
-    def answer(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"driver exited {self.proc.poll()}")
-        return dict(json.loads(line))
-
-    def close(self) -> None:
-        try:
-            self.send(cmd="quit")
-            self.proc.wait(10)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
 
 
 # -- the measures ----------------------------------------------------------------------------------------
@@ -401,7 +332,7 @@ class Bench:
         return proc, port
 
     def drivers(self, n: int) -> list[Driver]:
-        return [Driver(self.logs / f"driver-{i}.log") for i in range(n)]
+        return [Driver("bench.transport_cost", self.logs / f"driver-{i}.log") for i in range(n)]
 
     def memory(self, kind: str, sessions: int, hold: float) -> float:
         """KiB of server RSS per idle session of ``kind``."""

@@ -25,6 +25,7 @@ from rrr import protocol
 from rrr.auth import Identity, TokenError, needs_grant
 from rrr.edge import sse
 from rrr.edge.handoff import Handoff
+from rrr.edge.headers import empty_in_place
 from rrr.edge.origins import origin_allowed
 from rrr.edge.requestlog import loggable
 from rrr.edge.sessions import Answer, Sessions, SseStream, refused
@@ -167,8 +168,8 @@ class TransportHandler(NoStore):
         """While a poll waits or a stream lives, what it no longer needs goes: the request's headers
         (a browser's cookies and user agent, 1-2 KiB) and the response's, written already or set
         again (``clear``) when the answer comes. About 1 KiB per session, as a socket sheds its own
-        (handlers/sockets.py)."""
-        self.request.headers.clear()
+        (handlers/sockets.py); emptied with their tables, which ``clear()`` would keep (issue 25)."""
+        empty_in_place(self.request.headers)
         self._headers = tornado.httputil.HTTPHeaders()
 
 

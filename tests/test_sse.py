@@ -5,9 +5,11 @@ core: counts, caps, tokens, sign-outs, drains and history behave as on ``/ws/``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import jwt
 import pytest
 
+from handlers.transports import _Streaming
 from support.clients import wait_until
 from support.servers import Server, ServerFactory
 from support.transports import PollClient, SseClient, post, request
@@ -338,3 +341,25 @@ async def test_a_client_that_stops_reading_is_cut_off_past_the_send_buffer(serve
     await wait_until(lambda: server.metric("rrr_slow_client_disconnects_total") == 1, what="the cut")
     await wait_until(lambda: server.metric("rrr_open_sockets") == 0, what="the session gone")
     writer.close()
+
+
+async def test_a_held_stream_keeps_no_table_of_its_requests_headers(
+    server_factory: ServerFactory, stream: Stream,
+) -> None:
+    server = await server_factory(publish_token="tok")
+    browser = {"Cookie": "session=" + "x" * 600, "User-Agent": "Mozilla/5.0 " + "y" * 120,
+               "Accept-Language": "en-GB,en;q=0.9", "Cache-Control": "no-cache", "Pragma": "no-cache"}
+    s = await stream(server, **browser)
+    gc.collect()
+    held = [h for h in gc.get_objects() if isinstance(h, _Streaming) and h.request.path == "/sse/"
+            and not h._finished]
+    assert len(held) == 1
+    headers = held[0].request.headers
+    tables = [sys.getsizeof(d) for d in vars(headers).values() if isinstance(d, dict)]
+    assert len(headers) == 0 and tables and all(size == sys.getsizeof({}) for size in tables), (
+        f"a held stream's emptied request headers keep tables: {tables} bytes")
+    # Still a stream that works.
+    assert (await s.send({"type": "subscribe", "room": "held", "sub": "s1"})).status == 202
+    await s.settles_on(1, 1)
+    await publish(server, "held", {"n": 1})
+    assert (await s.next("message", after=0))["data"] == {"n": 1}
