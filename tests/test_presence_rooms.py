@@ -217,3 +217,28 @@ async def test_a_member_that_left_while_pubsub_was_down_leaves_the_list(
     await wait_until(partial(sees, stays, only_ada), timeout=20, what="bob gone from ada's list")
     assert (await api_members(server.base_url))["members"] == only_ada
     assert len(rclient.hkeys(keys.members(ROOM))) == 1
+
+
+async def test_a_member_whose_removal_redis_lost_goes_at_the_next_reconnect(
+    server_factory: ServerFactory, rclient: redis.Redis, clients: list[Client],
+) -> None:
+    """A Cluster failover can lose a removal Redis had confirmed (the replica never got it): the process
+    believes the member gone and would never write it again. A reconnect (a failover moves the
+    room's shard, so the subscriber reconnects) rewrites the process's members whole, and the field
+    Redis kept goes."""
+    server = await server_factory(token_secret=SECRET, api_token=KEY, vacate_delay=0.1)
+    stays = await member(ws_base(server.port), "ada", "Ada")
+    goes = await member(ws_base(server.port), "bob", "Bob")
+    clients += [stays, goes]
+    await wait_until(lambda: len(rclient.hkeys(keys.members(ROOM))) == 2, what="both members written")
+    fields = rclient.hgetall(keys.members(ROOM))
+    goes.close()
+    only_ada = {"ada": {"info": {"name": "Ada"}}}
+    await wait_until(partial(sees, stays, only_ada), what="bob gone")
+
+    rclient.hset(keys.members(ROOM), mapping=fields)  # Redis as it was before bob's removal
+    assert set((await api_members(server.base_url))["members"]) == {"ada", "bob"}
+    assert rclient.client_kill_filter(_type="pubsub") >= 1
+    await wait_until(lambda: len(rclient.hkeys(keys.members(ROOM))) == 1, timeout=20, what="bob's field gone")
+    assert (await api_members(server.base_url))["members"] == only_ada
+    await wait_until(partial(sees, stays, only_ada), what="ada's list without bob")
