@@ -236,7 +236,8 @@ async def test_a_member_whose_removal_redis_lost_goes_at_the_next_reconnect(
     only_ada = {"ada": {"info": {"name": "Ada"}}}
     await wait_until(partial(sees, stays, only_ada), what="bob gone")
 
-    rclient.hset(keys.members(ROOM), mapping=fields)  # Redis as it was before bob's removal
+    for field, info in fields.items():  # Redis as it was before bob's removal
+        rclient.hset(keys.members(ROOM), field, info)
     assert set((await api_members(server.base_url))["members"]) == {"ada", "bob"}
     assert rclient.client_kill_filter(_type="pubsub") >= 1
     await wait_until(lambda: len(rclient.hkeys(keys.members(ROOM))) == 1, timeout=20, what="bob's field gone")
