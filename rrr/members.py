@@ -82,6 +82,10 @@ class Members:
         self._presence: dict[str, PresenceRoom] = {}  # local presence rooms
         # The members Redis holds from this process: room -> user -> info JSON.
         self._written: dict[str, dict[str, str]] = {}
+        # Rooms whose members Redis holds from us are unknown since a resync: the next write of each
+        # states them all and drops every other field of ours (a removal that had not landed, or one a
+        # failover lost, would otherwise stay listed for as long as our row lives).
+        self._replace: set[str] = set()
         # Members whose last local tab just went: room -> user -> (until, info JSON).
         self._leaving: dict[str, dict[str, tuple[float, str]]] = {}
         # Reads of rooms with no list here yet, shared by the subscriptions the member cap holds.
@@ -211,17 +215,22 @@ class Members:
             now = {user: entry[1] for user, entry in p.users.items()} if p else {}
             if self.in_grace(room):
                 now.update({user: info for user, (_, info) in self._leaving[room].items() if user not in now})
+            left = self._left_at.get(room)
+            if room in self._replace:
+                # Every member here, and the users we know left (their removals timed); the script
+                # drops any other field of ours.
+                out[room] = (now, [u for u in left or () if u not in now], True)
+                continue
             written = self._written.get(room, {})
             adds = {u: info for u, info in now.items() if written.get(u) != info}
             removes = [u for u in written if u not in now]
-            left = self._left_at.get(room)
             if left:  # a user that left before it was ever written has no removal to time
                 for user in [u for u in left if u not in written and u not in now]:
                     del left[user]
                 if not left:
                     del self._left_at[room]
             if adds or removes:
-                out[room] = (adds, removes)
+                out[room] = (adds, removes, False)
         return out
 
     def in_grace(self, room: str) -> bool:
@@ -246,7 +255,10 @@ class Members:
 
     def written(self, changes: Mapping[str, MemberDelta]) -> None:
         """A write with these member changes landed."""
-        for room, (adds, removes) in changes.items():
+        for room, (adds, removes, replace) in changes.items():
+            if replace:
+                self._replace.discard(room)
+                self._written[room] = {}
             written = self._written.setdefault(room, {})
             written.update(adds)
             left = self._left_at.get(room)
@@ -260,7 +272,11 @@ class Members:
                 del self._written[room]
 
     def forget_written(self) -> None:
-        """Redis lost our rows (or may have): every member is written again."""
+        """Redis lost our rows, or may hold other members of ours than we think (a write that had
+        not landed, one a failover lost): each room's next write replaces all our members there."""
+        self._replace.update(self._written)
+        self._replace.update(self._presence)
+        self._replace.update(self._leaving)
         self._written.clear()
 
     # -- lists and diffs -------------------------------------------------

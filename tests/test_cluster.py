@@ -365,3 +365,35 @@ async def test_a_sessions_requests_landing_on_the_other_process_are_handed_over_
     assert (await p.poll_once()).json() == {"seq": 1, "frames": [{"type": "pong"}]}
     assert other.metric("rrr_handoffs_total", {"op": "post", "result": "202"}) == 4
     assert other.metric("rrr_handoffs_total", {"op": "poll", "result": "200"}) == 1
+
+
+async def test_a_member_whose_removal_the_cluster_lost_goes_after_a_reconnect(
+    cluster: RedisCluster, server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    """A failover can lose a removal the old master confirmed (the soak saw a member listed for good
+    after a master's SIGSTOP): the subscriber's reconnect makes the process rewrite its members in the
+    room whole, and the field the shard kept goes."""
+    server = await start(server_factory, cluster, vacate_delay=0.1)
+    team = "presence-lost"
+    ada, bob = await connect(server.ws_url("/ws/")), await connect(server.ws_url("/ws/"))
+    clients += [ada, bob]
+    for c, user in ((ada, "ada"), (bob, "bob")):
+        await c.send(type="auth", token=token(user, [team]))
+        await c.next("authenticated", after=0)
+        await subscribe_all(c, [team])
+    shard = cluster.node(cluster.master_of(keys.members(team)))
+    await wait_until(lambda: len(shard.hkeys(keys.members(team))) == 2, what="both members written")
+    fields = shard.hgetall(keys.members(team))
+    bob.close()
+
+    async def listed() -> set[str]:
+        return set((await api(server, f"/api/rooms/{team}/members"))["members"])
+
+    await wait_until(lambda: len(shard.hkeys(keys.members(team))) == 1, what="bob removed")
+    for field, info in fields.items():  # the shard as it was before bob's removal
+        shard.hset(keys.members(team), field, info)
+    assert await listed() == {"ada", "bob"}
+    for port in cluster.masters():
+        cluster.node(port).client_kill_filter(_type="pubsub")
+    await wait_until(lambda: len(shard.hkeys(keys.members(team))) == 1, timeout=30, what="bob's field gone")
+    assert await listed() == {"ada"}

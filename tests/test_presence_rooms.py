@@ -8,7 +8,7 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -20,6 +20,7 @@ from tornado.httpclient import AsyncHTTPClient
 from rrr.backplane import keys
 from support.clients import Client, connect, wait_until
 from support.processes import AppProcess
+from support.redis import LyingRedis
 from support.servers import ServerFactory
 
 pytestmark = pytest.mark.gen_test(timeout=90)
@@ -186,3 +187,59 @@ async def test_a_refreshed_token_with_new_info_shows_every_member_the_new_info(
                       "leaves": {}}]
     assert (await api_members(two.base_url))["members"] == after
     await bob.settles_on(2, 2, room=ROOM)
+
+
+async def test_a_member_that_left_while_pubsub_was_down_leaves_the_list(
+    server_factory: ServerFactory, lying_redis: Callable[[], Awaitable[LyingRedis]], rclient: redis.Redis,
+    clients: list[Client],
+) -> None:
+    """The soak's stale member (bench/soak.py, after a pub/sub cut or a SIGSTOP): a user whose last tab
+    left while pub/sub was down stayed listed for good (counts right). Its removal waited for the room's
+    resubscription, and the reconnect before it made the process forget which members Redis held, so
+    the next write sent the users still here and no removal: the field stayed, under a live lease."""
+    proxy = await lying_redis()
+    server = await server_factory(redis=proxy.url, token_secret=SECRET, api_token=KEY, vacate_delay=0.1)
+    stays = await member(ws_base(server.port), "ada", "Ada")
+    goes = await member(ws_base(server.port), "bob", "Bob")
+    clients += [stays, goes]
+    both = {"ada": {"info": {"name": "Ada"}}, "bob": {"info": {"name": "Bob"}}}
+    await wait_until(partial(sees, stays, both), what="both members")
+
+    proxy.subscribe_delay = 2.0  # the resubscription takes a while: bob leaves meanwhile
+    assert rclient.client_kill_filter(_type="pubsub") >= 1
+    # (The reconnect itself is quick; the room's SUBSCRIBE is confirmed only after the relay's delay.)
+    await wait_until(lambda: not server.service.subscriber.synced, what="pub/sub cut, the room not resubscribed")
+    goes.close()
+    await wait_until(lambda: server.service.subscriber.synced, timeout=30, what="pub/sub back, the room resubscribed")
+    proxy.subscribe_delay = 0.0
+
+    only_ada = {"ada": {"info": {"name": "Ada"}}}
+    await wait_until(partial(sees, stays, only_ada), timeout=20, what="bob gone from ada's list")
+    assert (await api_members(server.base_url))["members"] == only_ada
+    assert len(rclient.hkeys(keys.members(ROOM))) == 1
+
+
+async def test_a_member_whose_removal_redis_lost_goes_at_the_next_reconnect(
+    server_factory: ServerFactory, rclient: redis.Redis, clients: list[Client],
+) -> None:
+    """A Cluster failover can lose a removal Redis had confirmed (the replica never got it): the process
+    believes the member gone and would never write it again. A reconnect (a failover moves the
+    room's shard, so the subscriber reconnects) rewrites the process's members whole, and the field
+    Redis kept goes."""
+    server = await server_factory(token_secret=SECRET, api_token=KEY, vacate_delay=0.1)
+    stays = await member(ws_base(server.port), "ada", "Ada")
+    goes = await member(ws_base(server.port), "bob", "Bob")
+    clients += [stays, goes]
+    await wait_until(lambda: len(rclient.hkeys(keys.members(ROOM))) == 2, what="both members written")
+    fields = rclient.hgetall(keys.members(ROOM))
+    goes.close()
+    only_ada = {"ada": {"info": {"name": "Ada"}}}
+    await wait_until(partial(sees, stays, only_ada), what="bob gone")
+
+    for field, info in fields.items():  # Redis as it was before bob's removal
+        rclient.hset(keys.members(ROOM), field, info)
+    assert set((await api_members(server.base_url))["members"]) == {"ada", "bob"}
+    assert rclient.client_kill_filter(_type="pubsub") >= 1
+    await wait_until(lambda: len(rclient.hkeys(keys.members(ROOM))) == 1, timeout=20, what="bob's field gone")
+    assert (await api_members(server.base_url))["members"] == only_ada
+    await wait_until(partial(sees, stays, only_ada), what="ada's list without bob")

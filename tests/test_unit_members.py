@@ -121,9 +121,9 @@ async def test_member_writes_carry_only_what_changed(nodes: NodeFactory, memory_
     await eventually(lambda: memory_redis.members(ROOM) == {"ada": '{"name":"Ada"}'}, what="bob removed")
     member_writes = [w.members[ROOM] for w in memory_redis.writes if w.pid == a.pid and ROOM in w.members]
     assert member_writes == [
-        ({"ada": '{"name":"Ada"}'}, []),
-        ({"bob": '{"name":"Bob"}'}, []),
-        ({}, ["bob"]),
+        ({"ada": '{"name":"Ada"}'}, [], False),
+        ({"bob": '{"name":"Bob"}'}, [], False),
+        ({}, ["bob"], False),
     ]
 
 
@@ -150,7 +150,7 @@ async def test_member_list_reads_go_one_at_a_time_and_end_on_the_truth(
     before = memory_redis.calls["members"]
 
     def join(user: str) -> None:  # another process's write, announced
-        memory_redis.set_presence("peer", 15, {ROOM: (1, 1)}, {ROOM: ({user: "null"}, [])})
+        memory_redis.set_presence("peer", 15, {ROOM: (1, 1)}, {ROOM: ({user: "null"}, [], False)})
 
     join("user0")
     await eventually(lambda: reads.waiting == 1, what="a read of the list under way")

@@ -64,16 +64,21 @@ async def scenario(a: Backplane, b: Backplane, elapse: Callable[[float], Awaitab
 
         out.append(("renew a", await a.presence.renew(), "renew b", await b.presence.renew()))
         out.append(("a writes", written(await a.presence.write(
-            {"r": (1, 2), "presence-p": (1, 1)}, {"presence-p": ({"ada": '{"n":1}'}, [])}))))
+            {"r": (1, 2), "presence-p": (1, 1)}, {"presence-p": ({"ada": '{"n":1}'}, [], False)}))))
         out.append(("b writes", written(await b.presence.write(
-            {"r": (2, 3), "presence-p": (2, 2)}, {"presence-p": ({"ada": '{"n":2}', "bob": "null"}, [])}))))
+            {"r": (2, 3), "presence-p": (2, 2)}, {"presence-p": ({"ada": '{"n":2}', "bob": "null"}, [], False)}))))
         out.append(("unchanged", written(await a.presence.write({"r": (1, 2)}, {}))))
         out.append(("same member", written(await a.presence.write(
-            {"presence-p": (1, 1)}, {"presence-p": ({"ada": '{"n":1}'}, [])}))))
+            {"presence-p": (1, 1)}, {"presence-p": ({"ada": '{"n":1}'}, [], False)}))))
         out.append(("totals", state(await b.presence.room_state("r")), state(await b.presence.room_state("q"))))
         out.append(("members", await b.presence.members("presence-p")))
         out.append(("a leaves r", written(await a.presence.write({"r": (0, 0)}))))
-        out.append(("bob goes", written(await b.presence.write({"presence-p": (1, 1)}, {"presence-p": ({}, ["bob"])}))))
+        out.append(("bob goes", written(await b.presence.write(
+            {"presence-p": (1, 1)}, {"presence-p": ({}, ["bob"], False)}))))
+        # After a resync b states its members whole: ada's field of b goes, cy comes.
+        out.append(("b replaces", written(await b.presence.write(
+            {"presence-p": (1, 1)}, {"presence-p": ({"cy": "null"}, [], True)}))))
+        out.append(("members replaced", await b.presence.members("presence-p")))
         out.append(("b leaves r", written(await b.presence.write({"r": (0, 0)}))))
 
         # b stops renewing; a renews; b's lease runs out.

@@ -39,8 +39,11 @@ __all__ = [
 #: for a whole batch, yet short scripts.
 CHUNK = 500
 
-#: A presence room's member changes for one write: users added (user -> info JSON), users removed.
-MemberDelta = tuple[dict[str, str], list[str]]
+#: A presence room's member changes for one write: users added (user -> info JSON), users removed,
+#: and whether the write *replaces* this process's members in the room (every other member field of
+#: ours goes too): after a resync the process cannot know which of its members Redis still holds
+#: (a removal that had not landed, or one a failover lost), so it states them all.
+MemberDelta = tuple[dict[str, str], list[str], bool]
 
 
 @dataclass(frozen=True)

@@ -117,11 +117,14 @@ def show(x: Any) -> str:
 # -- a row write's arguments -------------------------------------------------------------------
 
 
-def member_args(adds: dict[str, str], removes: list[str], left: Mapping[str, float] | None = None) -> list[Any]:
+def member_args(
+    adds: dict[str, str], removes: list[str], left: Mapping[str, float] | None = None, replace: bool = False,
+) -> list[Any]:
     """What both row writes take after a room's counts: the number of adds A and of removes R, A
     pairs (user, info JSON), R pairs (user, ms since it left: ``left``, seconds) (``rows.lua``'s
-    ``apply_members`` reads them)."""
-    args: list[Any] = [len(adds), len(removes)]
+    ``apply_members`` reads them). ``replace``: R is sent as ``-(R + 1)``, and every other member
+    field of this process in the room goes too (see `rrr.backplane.MemberDelta`)."""
+    args: list[Any] = [len(adds), -(len(removes) + 1) if replace else len(removes)]
     for user, info in adds.items():
         args += [user, info]
     for user in removes:

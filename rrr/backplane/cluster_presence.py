@@ -237,12 +237,12 @@ class ClusterPresence:
 
         def call(room: str) -> Any:
             c, t = updates[room]
-            adds, removes = members.get(room, ({}, []))
+            adds, removes, replace = members.get(room, ({}, [], False))
             report = reports.get(room)
             args: list[Any] = [
                 self.process_id, self.ttl, keys.count_channel(room), int(room in self._rows), c, t,
                 *event_args(self.events), *report_args(room in self._settled, report),
-                *member_args(adds, removes, report.users_left_ago if report else None),
+                *member_args(adds, removes, report.users_left_ago if report else None, replace),
             ]
             return self._script("cluster_write", args, keys=keys.presence_write_keys(room))
 

@@ -112,10 +112,10 @@ class ClassicPresence:
             for room in chunk:
                 c, t = updates[room]
                 report = reports.get(room)
-                adds, removes = members.get(room, ({}, []))
+                adds, removes, replace = members.get(room, ({}, [], False))
                 args += [
                     room, c, t, *report_args(room in self._settled, report),
-                    *member_args(adds, removes, report.users_left_ago if report else None),
+                    *member_args(adds, removes, report.users_left_ago if report else None, replace),
                 ]
             reply = await self._script("set_presence", args)
             if not isinstance(reply, list) or len(reply) != len(chunk) + 1:

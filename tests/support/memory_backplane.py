@@ -436,7 +436,9 @@ class MemoryRedis:
 
     # -- rows.lua ---------------------------------------------------------------------------------
 
-    def _apply_members(self, room: str, pid: str, adds: Mapping[str, str], removes: Iterable[str]) -> bool:
+    def _apply_members(
+        self, room: str, pid: str, adds: Mapping[str, str], removes: Iterable[str], replace: bool = False,
+    ) -> bool:
         dirty = False
         for user, info in adds.items():
             f = pid + "|" + user
@@ -447,6 +449,14 @@ class MemoryRedis:
         for user in removes:
             fields = self.member_fields.get(room, {})
             if fields.pop(pid + "|" + user, None) is not None:
+                dirty = True
+            if not fields:
+                self.member_fields.pop(room, None)
+        if replace:
+            fields = self.member_fields.get(room, {})
+            keep = {pid + "|" + user for user in adds}
+            for f in [f for f in fields if f.startswith(pid + "|") and f not in keep]:
+                del fields[f]
                 dirty = True
             if not fields:
                 self.member_fields.pop(room, None)
@@ -470,7 +480,7 @@ class MemoryRedis:
         self, pid: str, ttl: float, rows: Mapping[str, tuple[int, int]], members: Mapping[str, MemberDelta],
     ) -> list[Any]:
         """set_presence.lua: ``[lease ok 0/1, {c, t, u, v, users} per room]``."""
-        self.writes.append(WriteCall(pid, dict(rows), {r: (dict(a), list(d)) for r, (a, d) in members.items()}))
+        self.writes.append(WriteCall(pid, dict(rows), {r: (dict(a), list(d), x) for r, (a, d, x) in members.items()}))
         t = self.clock()
         exp = self.procs.get(pid)
         ok = exp is not None and exp > t
@@ -481,8 +491,8 @@ class MemoryRedis:
             self.procs[pid] = t + ttl
         out: list[Any] = [1 if ok else 0]
         for room, (c, n) in rows.items():
-            adds, removes = members.get(room, ({}, []))
-            dirty = self._apply_members(room, pid, adds, removes)
+            adds, removes, replace = members.get(room, ({}, [], False))
+            dirty = self._apply_members(room, pid, adds, removes, replace)
             cur = self.presence.get(room, {}).get(pid)
             if c == 0 and n == 0:
                 rooms = self.proc_rooms.get(pid)

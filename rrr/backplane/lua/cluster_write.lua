@@ -1,7 +1,8 @@
 -- KEYS: presence, members, reported, events. ARGV: pid, ttl s, count channel, expect (1: we believe
 -- our row is there), connections, tabs, events (4: see events.lua), quiet (1/0), ms since the room's
 -- last local subscription left, number of member adds A, number of member removes R, A pairs (user,
--- info JSON), R pairs (user, ms since it left).
+-- info JSON), R pairs (user, ms since it left); R negative: -R - 1 pairs, and the adds replace our
+-- members in the room (rows.lua's apply_members).
 -- Connections and tabs 0: our row and members go. Returns {lost, {c, t, u, v, users}, due,
 -- replicated}; lost is 1 when we expected our row and it was missing or expired (a failover lost
 -- it, or we stalled past the TTL): the caller must write every room again, members included. due,

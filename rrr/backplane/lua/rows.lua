@@ -2,13 +2,20 @@
 -- process's row in a room's presence hash, and its member fields in the members hash, change.
 
 -- Apply one process's member changes to the members hash ``mkey``: from ARGV[i], ``adds`` pairs
--- (user, info JSON), then ``removes`` pairs (user, ms since its last tab here left). Returns whether
--- anything changed, the next i, and the removed users' "left ago" (user -> ms, for their events).
+-- (user, info JSON), then ``removes`` pairs (user, ms since its last tab here left). ``removes``
+-- negative: ``-removes - 1`` pairs, and the adds *replace* ``pid``'s members: every other field of
+-- ``pid`` goes too (after a resync the process cannot know which of its members Redis still holds).
+-- Returns whether anything changed, the next i, and the removed users' "left ago" (user -> ms, for
+-- their events).
 local function apply_members(mkey, pid, i, adds, removes)
   local dirty = false
   local left = {}
+  local replace = removes < 0
+  if replace then removes = -removes - 1 end
+  local keep = {}
   for _ = 1, adds do
     local field = pid .. '|' .. ARGV[i]
+    keep[field] = true
     if redis.call('HGET', mkey, field) ~= ARGV[i + 1] then
       redis.call('HSET', mkey, field, ARGV[i + 1])
       dirty = true
@@ -19,6 +26,17 @@ local function apply_members(mkey, pid, i, adds, removes)
     if redis.call('HDEL', mkey, pid .. '|' .. ARGV[i]) == 1 then dirty = true end
     left[ARGV[i]] = tonumber(ARGV[i + 1]) or 0
     i = i + 2
+  end
+  if replace then
+    local prefix = pid .. '|'
+    for _, f in ipairs(redis.call('HKEYS', mkey)) do
+      if not keep[f] and string.sub(f, 1, #prefix) == prefix then
+        redis.call('HDEL', mkey, f)
+        dirty = true
+        local user = string.sub(f, #prefix + 1)
+        if left[user] == nil then left[user] = 0 end
+      end
+    end
   end
   return dirty, i, left
 end

@@ -1,6 +1,7 @@
 -- KEYS: none. ARGV: pid, ttl, events (4: see events.lua), then per room: room, connections, tabs,
 -- quiet (1/0), ms since its last local subscription left, number of member adds A, number of member
--- removes R, A pairs (user, info JSON), R pairs (user, ms since it left).
+-- removes R, A pairs (user, info JSON), R pairs (user, ms since it left); R negative: -R - 1 pairs, and
+-- the adds replace the process's members in the room (rows.lua's apply_members).
 -- Returns: lease_ok flag, then a row {c, t, u, v, users} per room. A missing lease is
 -- re-created first, so every field written here is always one a sweeper can find.
 
