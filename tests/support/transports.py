@@ -213,6 +213,7 @@ class PollClient(FrameLog):
         self.frames: list[dict[str, Any]] = []
         self.answers: list[tuple[int, int, float]] = []  # (seq asked, status, seconds it took)
         self.gone = asyncio.Event()
+        self.stopped = False
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -245,12 +246,14 @@ class PollClient(FrameLog):
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
-        while True:
+        while not self.stopped:
             try:
                 r = await self.poll_once()
             except (ConnectionError, OSError, asyncio.TimeoutError):
                 await asyncio.sleep(0.2)
                 continue
+            if self.stopped:
+                return
             if r.status == 404:
                 self.gone.set()
                 return
@@ -263,7 +266,11 @@ class PollClient(FrameLog):
         return await post(self.base, "poll", self.session, frame if frame is not None else msg)
 
     def close(self) -> None:
-        """Stop polling (the tab closed): the session lingers on the server until it expires."""
+        """Stop polling (the tab closed): the session lingers on the server until it expires. The
+        flag as well as the cancel: on Python 3.11 ``asyncio.wait_for`` swallows a cancel that lands
+        as its answer comes (a poll answered in the same loop turn as the test's other client), and
+        the loop polled on, so the session never expired."""
+        self.stopped = True
         if self._task is not None:
             self._task.cancel()
 
