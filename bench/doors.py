@@ -153,6 +153,43 @@ def metric(port: int, name: str) -> float:
     return float(m.group(1))
 
 
+def fan_out(group: list[Driver], kind: str, pid: int, port: int, redis_url: str, members: int, messages: int,
+            joined: Callable[[], bool] = lambda: True) -> dict[str, Any]:
+    """Server CPU per delivered frame: ``members`` in one room over ``group``, ``messages`` published.
+
+    Shared by ``transport_cost`` and ``pusher_cost`` so the doors are measured the same way; ``joined`` is an
+    extra check that every member is in the room (the Pusher drivers cannot see their own count).
+    """
+    from rrr.client import apublish
+
+    for i, (driver, n) in enumerate(zip(group, split(members, len(group)))):
+        driver.send(cmd="open", kind=kind, port=port, rooms=[["fan", members]] * n, sub=f"d{i}-",
+                    within=300, concurrency=32)
+    ready = [d.answer() for d in group]
+    if not all(r["ready"] for r in ready) or not joined():
+        raise RuntimeError(f"{kind}: not every member joined: {ready}")
+    time.sleep(2)  # the join's last counts and writes settle
+
+    async def publish_all() -> None:
+        for n in range(messages):
+            await apublish("fan", {"n": n, "pad": "x" * 64}, redis_url=redis_url)
+            await asyncio.sleep(0.02)
+
+    cpu0 = cpu_seconds(pid)
+    started = time.monotonic()
+    asyncio.run(publish_all())
+    for d in group:
+        d.send(cmd="wait", messages=messages, within=300)
+    done = [d.answer() for d in group]
+    took = time.monotonic() - started
+    cpu = cpu_seconds(pid) - cpu0
+    frames = sum(d["frames"] for d in done)
+    exact = sum(d["exact"] for d in done)
+    return {"cpu_s": cpu, "frames": frames, "us_per_frame": 1e6 * cpu / frames if frames else float("nan"),
+            "exact": exact, "members": members, "ok": exact == members and frames == members * messages,
+            "s": took}
+
+
 # -- the doors side by side, idle ---------------------------------------------------------------------------
 
 

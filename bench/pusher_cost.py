@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .doors import Driver, answer, masked, server_frames, status, until
+from .doors import Driver, answer, fan_out, masked, server_frames, status, until
 from .machine import ROOT, cpu_seconds, free_port, rss_bytes, stop_process
 from .servers import RedisServer, redis_binary, start_app
 
@@ -220,39 +220,12 @@ class Bench:
 
     def fanout(self, kind: str, members: int, messages: int, drivers: int) -> dict[str, Any]:
         """Server CPU per delivered frame: ``members`` in one room, ``messages`` published."""
-        from rrr.client import apublish
-
         asyncio.run(self.redis.flush())
         proc, port = self.app()
         group = self.drivers(drivers)
         try:
-            share = [members // drivers + (1 if i < members % drivers else 0) for i in range(drivers)]
-            for i, (driver, n) in enumerate(zip(group, share)):
-                driver.send(cmd="open", kind=kind, port=port, rooms=[["fan", members]] * n, sub=f"d{i}-",
-                            within=300, concurrency=32)
-            ready = [d.answer() for d in group]
-            if not all(r["ready"] for r in ready) or not wait_tabs(port, "fan", members, 120):
-                raise RuntimeError(f"{kind}: not every member joined: {ready}")
-            time.sleep(2)  # the join's last counts and writes settle
-
-            async def publish_all() -> None:
-                for n in range(messages):
-                    await apublish("fan", {"n": n, "pad": "x" * 64}, redis_url=self.redis.url)
-                    await asyncio.sleep(0.02)
-
-            cpu0 = cpu_seconds(proc.pid)
-            started = time.monotonic()
-            asyncio.run(publish_all())
-            for d in group:
-                d.send(cmd="wait", messages=messages, within=300)
-            done = [d.answer() for d in group]
-            took = time.monotonic() - started
-            cpu = cpu_seconds(proc.pid) - cpu0
-            frames = sum(d["frames"] for d in done)
-            exact = sum(d["exact"] for d in done)
-            return {"cpu_s": cpu, "frames": frames, "us_per_frame": 1e6 * cpu / frames if frames else float("nan"),
-                    "exact": exact, "members": members, "ok": exact == members and frames == members * messages,
-                    "s": took}
+            return fan_out(group, kind, proc.pid, port, self.redis.url, members, messages,
+                           joined=lambda: wait_tabs(port, "fan", members, 120))
         finally:
             for d in group:
                 d.close()

@@ -39,6 +39,7 @@ from support.jwks import JwksServer
 from support.memory_backplane import MemoryRedis
 from support.memory_core import Node, NodeFactory, start_node
 from support.cluster import RedisCluster
+from support.django_site import Site, SignIn, chromium
 from support.processes import REQUIRE_ALL, AppProcess, Command, free_port, need_binary
 from support.production import Cluster, Nginx, Script, SentinelGroup, start_apps, stop_apps
 from support.pusher import PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET, RequestRecorder
@@ -47,6 +48,11 @@ from support.redis import LyingRedis
 from support.servers import Server, ServerFactory
 from support.transports import PollClient, SseClient
 from support.webhooks import Receiver
+
+try:
+    from playwright.sync_api import Browser
+except ImportError:  # pragma: no cover - the dev extra installs it
+    pass
 
 # -- the event loop ----------------------------------------------------------
 
@@ -431,3 +437,22 @@ def app_backend() -> Iterator[AppBackend]:
     backend = AppBackend()
     yield backend
     backend.close()
+
+
+# -- the example Django site in Chromium ------------------------------------------------------
+# Each test module of the site defines its own module-scoped `site` (its own run of run.py, with
+# its own flags); these two serve whichever `site` the requesting module has.
+
+
+@pytest.fixture(scope="module")
+def site_browser() -> Iterator[Browser]:
+    """One Chromium per module of the example site's tests."""
+    yield from chromium()
+
+
+@pytest.fixture
+def sign_in(site_browser: Browser, site: Site) -> Iterator[SignIn]:
+    """``sign_in("alice", tabs=2)``: a user signed in, with live tabs (`support.django_site.SignIn`)."""
+    signed_in = SignIn(site_browser, site)
+    yield signed_in
+    signed_in.close()

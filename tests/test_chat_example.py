@@ -22,7 +22,7 @@ import jwt
 import pytest
 
 from rrr.backplane.embedded import EmbeddedRedis
-from support.django_site import SECRET, WAIT_MS, Site, SignIn, User, chromium, run_site, subscribed_tabs, wait_for
+from support.django_site import SECRET, WAIT_MS, Site, SignIn, User, run_site, subscribed_tabs, wait_for
 from support.processes import ROOT, free_port
 
 try:
@@ -51,18 +51,6 @@ def one_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         yield from run_site(redis_server, tmp_path_factory.mktemp("chat-same-origin"), "--same-origin")
     finally:
         redis_server.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    yield from chromium()
-
-
-@pytest.fixture
-def sign_in(browser: Browser, site: Site) -> Iterator[SignIn]:
-    signed_in = SignIn(browser, site)
-    yield signed_in
-    signed_in.close()
 
 
 # -- how a test looks at the chat -----------------------------------------------------------------
@@ -354,10 +342,10 @@ def test_unread_counts_follow_who_rrr_webhooks_say_is_in_the_room(site: Site, si
 
 @pytest.mark.browser
 def test_on_one_origin_behind_nginx_the_same_chat_runs_through_a_sharedworker_and_the_connect_proxy(
-    one_origin: Site, browser: Browser
+    one_origin: Site, site_browser: Browser
 ) -> None:
     site = one_origin
-    sign_in = SignIn(browser, site)
+    sign_in = SignIn(site_browser, site)
     try:
         alice = chatting(sign_in, "alice", 2, "/chat/with/bob/")
         bob = chatting(sign_in, "bob", 1, "/chat/with/alice/")

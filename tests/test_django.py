@@ -24,13 +24,13 @@ import pytest
 
 from rrr.backplane.embedded import EmbeddedRedis
 from support.django_site import (
-    SECRET, SITE_DIR, WAIT_MS, Site, SignIn, chromium, notification, online, run_site, subscribed_tabs,
+    SECRET, SITE_DIR, WAIT_MS, Site, notification, online, run_site, subscribed_tabs,
     wait_for,
 )
 from support.processes import ROOT
 
 try:
-    from playwright.sync_api import Browser, expect
+    from playwright.sync_api import expect
 except ImportError:  # pragma: no cover - the dev extra installs it
     pass
 
@@ -60,19 +60,6 @@ async ([url, token, room]) => new Promise((resolve, reject) => {
 def site(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """``python examples/django_site/run.py``: rrr, migrate, seed_demo and runserver, on the suite's Redis."""
     yield from run_site(redis_server, tmp_path_factory.mktemp("django-site"))
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    yield from chromium()
-
-
-@pytest.fixture
-def sign_in(browser: Browser, site: Site) -> Iterator[SignIn]:
-    """``sign_in("alice", tabs=2)``: a user signed in, with live tabs (`support.django_site.SignIn`)."""
-    signed_in = SignIn(browser, site)
-    yield signed_in
-    signed_in.close()
 
 
 # -- tests ----------------------------------------------------------------------------------

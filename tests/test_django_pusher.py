@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from rrr.backplane.embedded import EmbeddedRedis
-from support.django_site import API_KEY, PASSWORD, WAIT_MS, SignIn, Site, chromium, online, run_site
+from support.django_site import API_KEY, PASSWORD, WAIT_MS, Site, online, run_site
 from support.processes import ROOT
 
 ECHO = ROOT / "node_modules" / "laravel-echo" / "dist" / "echo.iife.js"
@@ -26,18 +26,6 @@ ECHO = ROOT / "node_modules" / "laravel-echo" / "dist" / "echo.iife.js"
 @pytest.fixture(scope="module")
 def site(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     yield from run_site(redis_server, tmp_path_factory.mktemp("django-pusher"))
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    yield from chromium()
-
-
-@pytest.fixture
-def sign_in(browser: Browser, site: Site) -> Iterator[SignIn]:
-    signed_in = SignIn(browser, site)
-    yield signed_in
-    signed_in.close()
 
 
 def publish(site: Site, room: str, event: str, data: Any) -> None:
@@ -148,12 +136,12 @@ def seen(page: Page, what: str) -> Any:
 
 
 @pytest.mark.browser
-def test_laravel_echo_private_join_here_joining_leaving_and_whispers(site: Site, browser: Browser) -> None:
+def test_laravel_echo_private_join_here_joining_leaving_and_whispers(site: Site, site_browser: Browser) -> None:
     # Users of an earlier test leave the room within the leave grace (--vacate-delay).
     expect_eventually(lambda: site.api("/api/rooms/presence-site/members")["total"] == 0, "an empty room")
-    carol, c = echo_user(browser, site, "carol")
+    carol, c = echo_user(site_browser, site, "carol")
     expect_eventually(lambda: seen(c, "here") == ["carol"], "carol's here()")
-    dave, d = echo_user(browser, site, "dave")
+    dave, d = echo_user(site_browser, site, "dave")
     expect_eventually(lambda: seen(d, "here") == ["carol", "dave"], "dave's here()")
     expect_eventually(lambda: seen(c, "joining") == ["dave"], "carol sees dave joining")
     d.evaluate('window.echo.join("site").whisper("typing", {name: "dave"})')

@@ -21,7 +21,7 @@ from rrr.backplane.embedded import EmbeddedRedis
 from support.browsers import metric
 from support.processes import ROOT
 from support.django_site import (
-    SITE_DIR, WAIT_MS, Site, SignIn, chromium, notification, online, run_site, subscribed_tabs, wait_for,
+    SITE_DIR, WAIT_MS, Site, SignIn, notification, online, run_site, subscribed_tabs, wait_for,
 )
 
 try:
@@ -33,18 +33,6 @@ except ImportError:  # pragma: no cover - the dev extra installs it
 @pytest.fixture(scope="module")
 def site(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     yield from run_site(redis_server, tmp_path_factory.mktemp("django-same-origin"), "--same-origin")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    yield from chromium()
-
-
-@pytest.fixture
-def sign_in(browser: Browser, site: Site) -> Iterator[SignIn]:
-    signed_in = SignIn(browser, site)
-    yield signed_in
-    signed_in.close()
 
 
 def post(url: str, body: bytes, **headers: str) -> tuple[int, Any]:
@@ -105,7 +93,7 @@ def test_same_origin_pages_need_no_token_the_connect_proxy_knows_each_session(si
 
 @pytest.mark.browser
 def test_one_origin_rrr_under_its_prefix_and_the_sites_own_static_files_from_django(
-    site: Site, sign_in: SignIn, browser: Browser,
+    site: Site, sign_in: SignIn, site_browser: Browser,
 ) -> None:
     """The recipe's point (issue #26): rrr's files under /_rrr/, which no site's /static/ covers."""
     alice = sign_in("alice", tabs=2)
@@ -115,7 +103,7 @@ def test_one_origin_rrr_under_its_prefix_and_the_sites_own_static_files_from_dja
     assert f"{site.url}/_rrr/static/js/rrr.js" in alice.requests
     assert not [u for u in alice.requests if u.startswith(f"{site.url}/static/js/")], "rrr's old path asked"
     # The tabs' SharedWorker is rrr's, from under the prefix; its socket is open and counted.
-    cdp = browser.new_browser_cdp_session()
+    cdp = site_browser.new_browser_cdp_session()
     workers = [t["url"] for t in cdp.send("Target.getTargets")["targetInfos"] if t["type"] == "shared_worker"]
     assert [u for u in workers if u.startswith(f"{site.url}/_rrr/static/js/worker.js")], workers
     for tab in alice.pages:

@@ -25,9 +25,9 @@ from redis.exceptions import RedisError
 
 from ..metrics import Metrics
 from ..supervise import RateLimitedLog, cancel, full_jitter
-from . import Events, Publisher, keys
+from . import Publisher, keys
 from .clients import make_node_redis, parse_cluster_url
-from .pubsub import Dispatch, Follows, listen, log
+from .pubsub import Dispatch, Following, Follows, listen, log
 
 
 class _Link:
@@ -56,7 +56,7 @@ class _Link:
 CLASSIC = "classic"
 
 
-class ClusterSubscriber:
+class ClusterSubscriber(Following):
     """Pub/sub on a Redis Cluster: sharded pub/sub per master, plus one classic connection.
 
     A master's connection that breaks is repaired alone: its rooms are unconfirmed, the topology
@@ -91,37 +91,7 @@ class ClusterSubscriber:
         self._broken = asyncio.Event()
         self._stopping = False
 
-    def bind(self, events: Events) -> None:
-        self._dispatch.events = events
-
-    # -- what the core asks for ------------------------------------------
-
-    def follow(self, room: str) -> None:
-        self._follows.follow(room)
-
-    def unfollow(self, room: str) -> None:
-        self._follows.unfollow(room)
-
-    def confirmed(self, room: str) -> bool:
-        return self._follows.is_confirmed(room)
-
-    @property
-    def connected(self) -> bool:
-        return self._follows.connected
-
-    @property
-    def synced(self) -> bool:
-        return self._follows.synced
-
-    @property
-    def ran_for(self) -> float:
-        return self._follows.ran_for
-
-    def reconnect_now(self) -> None:
-        self._follows.reconnect_now()
-
-    async def backoff(self, delay: float) -> None:
-        await self._follows.backoff(delay)
+    # -- what the core asks for (the rest is `Following`'s) ----------------
 
     async def probe(self, publisher: Publisher, timeout: float) -> bool:
         """A token through every connection: the classic one and each master's sharded one."""

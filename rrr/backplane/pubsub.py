@@ -140,6 +140,45 @@ class Follows:
             pass
 
 
+class Following:
+    """The half of a subscriber the core talks to, the same for classic and cluster pub/sub: which
+    rooms are followed and confirmed (`Follows`) and where their events go (`Dispatch`). Each
+    subscriber sets both in its ``__init__`` and keeps its own connections and probe."""
+
+    _follows: Follows
+    _dispatch: Dispatch
+
+    def bind(self, events: Events) -> None:
+        self._dispatch.events = events
+
+    def follow(self, room: str) -> None:
+        self._follows.follow(room)
+
+    def unfollow(self, room: str) -> None:
+        self._follows.unfollow(room)
+
+    def confirmed(self, room: str) -> bool:
+        return self._follows.is_confirmed(room)
+
+    @property
+    def connected(self) -> bool:
+        return self._follows.connected
+
+    @property
+    def synced(self) -> bool:
+        return self._follows.synced
+
+    @property
+    def ran_for(self) -> float:
+        return self._follows.ran_for
+
+    def reconnect_now(self) -> None:
+        self._follows.reconnect_now()
+
+    async def backoff(self, delay: float) -> None:
+        await self._follows.backoff(delay)
+
+
 class Dispatch:
     """What a message on one of our channels means, handed to the core's `Events`: a stored
     message, a backend's raw one, a room's count, a sign-out, or a probe's token coming back.

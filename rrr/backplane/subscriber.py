@@ -19,11 +19,11 @@ from typing import Any
 
 from ..metrics import Metrics
 from ..supervise import cancel
-from . import Events, Publisher, keys
-from .pubsub import Dispatch, Follows, listen
+from . import Publisher, keys
+from .pubsub import Dispatch, Following, Follows, listen
 
 
-class ClassicSubscriber:
+class ClassicSubscriber(Following):
     def __init__(self, redis: Any, metrics: Metrics, *, keepalive: float = 5.0, process_id: str = "") -> None:
         self.keepalive = keepalive
         pid = process_id or secrets.token_hex(8)
@@ -34,37 +34,7 @@ class ClassicSubscriber:
         self._dispatch = Dispatch(metrics, {self.probe_channel}, inbox=self.inbox_channel)
         self._syncer: asyncio.Task[None] | None = None
 
-    def bind(self, events: Events) -> None:
-        self._dispatch.events = events
-
-    # -- what the core asks for ------------------------------------------
-
-    def follow(self, room: str) -> None:
-        self._follows.follow(room)
-
-    def unfollow(self, room: str) -> None:
-        self._follows.unfollow(room)
-
-    def confirmed(self, room: str) -> bool:
-        return self._follows.is_confirmed(room)
-
-    @property
-    def connected(self) -> bool:
-        return self._follows.connected
-
-    @property
-    def synced(self) -> bool:
-        return self._follows.synced
-
-    @property
-    def ran_for(self) -> float:
-        return self._follows.ran_for
-
-    def reconnect_now(self) -> None:
-        self._follows.reconnect_now()
-
-    async def backoff(self, delay: float) -> None:
-        await self._follows.backoff(delay)
+    # -- what the core asks for (the rest is `Following`'s) ----------------
 
     async def probe(self, publisher: Publisher, timeout: float) -> bool:
         """Publish a token on our own channel and wait for it to come back through pub/sub."""

@@ -47,10 +47,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from rrr.backplane import CHUNK, Backplane, Events, MemberDelta, Publisher, RoomReport, WriteResult, keys
+from rrr.backplane import CHUNK, Backplane, MemberDelta, Publisher, RoomReport, WriteResult, keys
 from rrr.backplane.calls import parse_members, parse_state
 from rrr.backplane.history import Published, Read, cache_ms, meta_ttl, new_epoch
-from rrr.backplane.pubsub import Dispatch, Follows
+from rrr.backplane.pubsub import Dispatch, Following, Follows
 from rrr.errors import BackplaneError, OutcomeUnknown
 from rrr.metrics import Metrics
 from rrr.protocol import MAX_MESSAGE_SIZE, CountState
@@ -880,7 +880,7 @@ class MemoryPresence:
         pass
 
 
-class MemorySubscriber:
+class MemorySubscriber(Following):
     """`rrr.backplane.Subscriber` on `MemoryRedis` (mirrors `rrr.backplane.subscriber.ClassicSubscriber`,
     with its `Follows` and `Dispatch`): one connection per `run`, rooms' channels converged by a sync
     task, each room confirmed once Redis acknowledged all its channels."""
@@ -895,39 +895,9 @@ class MemorySubscriber:
         self._syncer: asyncio.Task[None] | None = None
         self.runs = 0  # connections made
 
-    def bind(self, events: Events) -> None:
-        self._dispatch.events = events
-
-    def follow(self, room: str) -> None:
-        self._follows.follow(room)
-
-    def unfollow(self, room: str) -> None:
-        self._follows.unfollow(room)
-
-    def confirmed(self, room: str) -> bool:
-        return self._follows.is_confirmed(room)
-
-    @property
-    def connected(self) -> bool:
-        return self._follows.connected
-
-    @property
-    def synced(self) -> bool:
-        return self._follows.synced
-
-    @property
-    def ran_for(self) -> float:
-        return self._follows.ran_for
-
     @property
     def wanted(self) -> set[str]:
         return self._follows.wanted
-
-    def reconnect_now(self) -> None:
-        self._follows.reconnect_now()
-
-    async def backoff(self, delay: float) -> None:
-        await self._follows.backoff(delay)
 
     async def probe(self, publisher: Publisher, timeout: float) -> bool:
         if not self.connected:
