@@ -280,7 +280,8 @@ async def apublish(
     room: str, data: Any, *, redis_url: str | None = None, history_size: int | None = None,
     history_ttl: float | None = None, event: str | None = None,
 ) -> int:
-    """`publish` for async code (one client per event loop)."""
+    """`publish` for async code (one client per event loop; at most `ASYNC_CONNECTIONS` calls at once,
+    the others wait their turn up to `TIMEOUT`, then `BackplaneError`)."""
     text = encode(room, data, event)
     url = redis_url or _default_url()
     client, limit = _async_client(url)
