@@ -7,8 +7,9 @@ the server accepts. Both have asyncio twins for async views (`apublish`).
 
 Errors are plain: `ValueError` for a bad room, a payload that is not JSON or one bigger than the
 servers deliver (their ``--max-message-size``; nothing is sent), `BackplaneError` when Redis does
-not answer or refuses (nothing was published), `OutcomeUnknown` when it took the call but did not
-answer in time (it may have been).
+not answer or refuses (nothing was published), `OutcomeUnknown` when the message was on its way and
+no answer came: Redis did not answer in time, or the connection broke (it may have been published).
+Nothing else comes out of a Redis call, whatever the client library raises (see `_failure`).
 Payloads are JSON, never pickled.
 """
 
@@ -23,7 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.exceptions import RedisError
+from redis.exceptions import AskError, ClusterError, ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import protocol
@@ -95,19 +96,75 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, A
 
 
 def _sync_client(url: str) -> Any:
+    """The process's client for ``url``. A cluster's is made by reaching one of its nodes: one that
+    cannot is `BackplaneError`, and the next call tries again."""
     with _sync_lock:
         client = _sync_clients.get(url)
         if client is None:
-            client = _sync_clients[url] = make_sync_redis(url, TIMEOUT)
+            try:
+                client = make_sync_redis(url, TIMEOUT)
+            except ValueError:
+                raise
+            except Exception as e:
+                raise _failure(e, sent=False) from e
+            _sync_clients[url] = client
         return client
 
 
-def _async_client(url: str) -> Any:
-    per_loop = _async_clients.setdefault(asyncio.get_running_loop(), {})
+#: Connections (per node, on a Cluster) of ``apublish``'s client for one event loop and Redis, and
+#: how many of its calls run at once: a Cluster client refuses a command beyond its connections
+#: (``MaxConnectionsError``) instead of waiting for one, and once it retried a publish after a broken
+#: connection that refusal cannot say nothing was published. The others wait, up to `TIMEOUT`.
+ASYNC_CONNECTIONS = 8
+_async_limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _async_client(url: str) -> tuple[Any, asyncio.Semaphore]:
+    loop = asyncio.get_running_loop()
+    per_loop = _async_clients.setdefault(loop, {})
     client = per_loop.get(url)
     if client is None:
-        client = per_loop[url] = make_redis(url, TIMEOUT, 8)
-    return client
+        client = per_loop[url] = make_redis(url, TIMEOUT, ASYNC_CONNECTIONS)
+    limits = _async_limits.setdefault(loop, {})
+    limit = limits.get(url)
+    if limit is None:
+        limit = limits[url] = asyncio.Semaphore(ASYNC_CONNECTIONS)
+    return client, limit
+
+
+#: Replies that refuse a command because of where it was sent (a slot moving, a cluster down or
+#: failing over, a demoted master): they come after redis-py's retries, so an earlier attempt may
+#: have run and lost its reply with its connection.
+_TOPOLOGY_REPLIES = (ClusterError, AskError, TryAgainError, ReadOnlyError)
+
+
+def _failure(e: Exception, *, sent: bool) -> BackplaneError:
+    """The error a caller gets for ``e``, raised by a Redis call: ``sent`` once a command that
+    publishes may have left (before, nothing can have been published).
+
+    Whatever the client library raises is answered: besides its `RedisError`, redis-py lets other
+    exceptions out of a connection another task closed under a command (an ``AttributeError`` from
+    the asyncio cluster client during a failover, a ``RedisClusterException`` when no node
+    answers). Once the message may have left, only an answer that refused it (a script error, an
+    ACL, out of memory) says it was not published; a broken connection or a timeout says nothing,
+    and neither does a topology reply, which comes after redis-py retried an attempt that may have
+    run. A publish is stored once however often it is retried with its id, but a caller's publish
+    again is a new message: hence `OutcomeUnknown`."""
+    if isinstance(e, BackplaneError):
+        return e
+    what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    timed_out = isinstance(e, (RedisTimeoutError, asyncio.TimeoutError))
+    if not sent:
+        if timed_out:
+            return BackplaneError(f"redis did not answer in time; nothing was published: {what}")
+        return BackplaneError(f"redis refused or is unreachable; nothing was published: {what}")
+    if isinstance(e, ResponseError) and not isinstance(e, _TOPOLOGY_REPLIES):
+        return BackplaneError(f"redis refused the message; nothing was published: {what}")
+    if timed_out:
+        return OutcomeUnknown(f"redis did not answer in time; the message may have been published: {what}")
+    return OutcomeUnknown(f"the connection to redis broke; the message may have been published: {what}")
 
 
 #: The fields of `keys.HISTORY_CONFIG` the helper reads (`History.announce` writes them).
@@ -171,15 +228,13 @@ def _settings_of(reply: Any, size: int | None, ttl: float | None) -> tuple[int, 
 
 def max_message_size(redis_url: str | None = None) -> int:
     """The largest message data (bytes of JSON) the servers on ``redis_url`` deliver: the
-    ``--max-message-size`` they announced there, else their default. `BackplaneError` or
-    `OutcomeUnknown` when Redis does not answer."""
+    ``--max-message-size`` they announced there, else their default. `BackplaneError` when Redis
+    does not answer."""
     client = _sync_client(redis_url or _default_url())
     try:
         return _settings_of(client.hmget(keys.HISTORY_CONFIG, *_ANNOUNCED), None, None)[2]
-    except RedisTimeoutError as e:
-        raise OutcomeUnknown(f"redis did not answer in time: {e}") from e
-    except (RedisError, OSError) as e:
-        raise BackplaneError(f"redis refused or is unreachable: {e}") from e
+    except Exception as e:
+        raise _failure(e, sent=False) from e
 
 
 def publish(
@@ -203,43 +258,64 @@ def publish(
         # The servers' settings, read each time: a deployment may turn history off or on, or change
         # its limit.
         announced = client.hmget(keys.HISTORY_CONFIG, *_ANNOUNCED)
-        _check_announced(announced, url)
-        size, ttl, limit = _settings_of(announced, history_size, history_ttl)
-        check_size(text, limit)
+    except Exception as e:
+        raise _failure(e, sent=False) from e
+    _check_announced(announced, url)
+    size, ttl, limit = _settings_of(announced, history_size, history_ttl)
+    check_size(text, limit)
+    try:
         if size <= 0 or ttl <= 0:
             if ms := cache_ms(room, CACHE_TTL):
                 client.set(keys.cache(room), text, px=ms)
             client.publish(keys.room_channel(room), text)
             return 0
         k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url), cache_ttl=CACHE_TTL)
-        return parse_published(client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)).offset
-    except RedisTimeoutError as e:
-        raise OutcomeUnknown(f"redis did not answer in time; the message may have been published: {e}") from e
-    except (RedisError, OSError) as e:
-        raise BackplaneError(f"redis refused or is unreachable; nothing was published: {e}") from e
+        reply = client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)
+    except Exception as e:
+        raise _failure(e, sent=True) from e
+    return parse_published(reply).offset
 
 
 async def apublish(
     room: str, data: Any, *, redis_url: str | None = None, history_size: int | None = None,
     history_ttl: float | None = None, event: str | None = None,
 ) -> int:
-    """`publish` for async code (one client per event loop)."""
+    """`publish` for async code (one client per event loop; at most `ASYNC_CONNECTIONS` calls at once,
+    the others wait their turn up to `TIMEOUT`, then `BackplaneError`)."""
     text = encode(room, data, event)
     url = redis_url or _default_url()
-    client = _async_client(url)
+    client, limit = _async_client(url)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await limit.acquire()
+    except TimeoutError:
+        raise BackplaneError(
+            f"the helper's {ASYNC_CONNECTIONS} connections to redis stayed busy for {TIMEOUT} s; nothing was published"
+        ) from None
+    try:
+        return await _apublish(client, url, room, text, history_size, history_ttl)
+    finally:
+        limit.release()
+
+
+async def _apublish(
+    client: Any, url: str, room: str, text: str, history_size: int | None, history_ttl: float | None,
+) -> int:
     try:
         announced = await client.hmget(keys.HISTORY_CONFIG, *_ANNOUNCED)
-        _check_announced(announced, url)
-        size, ttl, limit = _settings_of(announced, history_size, history_ttl)
-        check_size(text, limit)
+    except Exception as e:
+        raise _failure(e, sent=False) from e
+    _check_announced(announced, url)
+    size, ttl, limit = _settings_of(announced, history_size, history_ttl)
+    check_size(text, limit)
+    try:
         if size <= 0 or ttl <= 0:
             if ms := cache_ms(room, CACHE_TTL):
                 await client.set(keys.cache(room), text, px=ms)
             await client.publish(keys.room_channel(room), text)
             return 0
         k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url), cache_ttl=CACHE_TTL)
-        return parse_published(await client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)).offset
-    except (RedisTimeoutError, asyncio.TimeoutError) as e:
-        raise OutcomeUnknown(f"redis did not answer in time; the message may have been published: {e}") from e
-    except (RedisError, OSError) as e:
-        raise BackplaneError(f"redis refused or is unreachable; nothing was published: {e}") from e
+        reply = await client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)
+    except Exception as e:
+        raise _failure(e, sent=True) from e
+    return parse_published(reply).offset

@@ -118,7 +118,8 @@ class SlowReplyProxy(LoopbackRelay):
     ``seconds`` later (a slow network, a busy event loop): the read is *taken* at once and
     *answered* late; with ``every``, each such command's reply is. Armed with
     ``cut_reply_to(marker)``, the next such command runs and the connection is cut before its reply
-    (a failover or a reset right after Redis did the work). Everything else passes straight through."""
+    (a failover or a reset right after Redis did the work); with ``every``, each such command's
+    connection is. Everything else passes straight through."""
 
     def __init__(self, upstream_port: int) -> None:
         super().__init__()
@@ -133,8 +134,8 @@ class SlowReplyProxy(LoopbackRelay):
         self.marker, self.delay, self.every, self.cut = marker, seconds, every, False
         self.held.clear()
 
-    def cut_reply_to(self, marker: bytes) -> None:
-        self.marker, self.delay, self.every, self.cut = marker, 0.0, False, True
+    def cut_reply_to(self, marker: bytes, every: bool = False) -> None:
+        self.marker, self.delay, self.every, self.cut = marker, 0.0, every, True
         self.held.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
