@@ -143,25 +143,33 @@ def section(res: dict[str, Any], plot_name: str | None = PLOT.name) -> list[str]
     return out
 
 
-def sentinel_section(res: dict[str, Any]) -> list[str]:
-    """A short table: the same soak on one Redis under Sentinel (its faults hit the current master)."""
+def sentinel_section(runs: list[dict[str, Any]]) -> list[str]:
+    """Short tables: the same soak on one Redis under Sentinel (its faults hit the current master), per run."""
+    if not runs:
+        return []
+    return [
+        SENTINEL_SECTION, "",
+        f"The same apps, clients and publishers on {runs[0]['meta'].get('redis_described', 'Sentinel')}, given as "
+        "a `redis+sentinel://` URL. `master_kill9`: kill -9 of the current master (the sentinels promote the "
+        "replica; the killed server comes back as its replica); `redis_sigstop`: the current master stopped 5 s "
+        "(voted down after 1 s and failed over; it wakes as a replica); `pubsub_kill`: `CLIENT KILL TYPE pubsub` "
+        "on the master.",
+        "",
+        *(line for res in runs for line in _sentinel_run(res)),
+    ]
+
+
+def _sentinel_run(res: dict[str, Any]) -> list[str]:
     meta, m = res["meta"], res["messages"]
     ok = not res["failures"]
     load = meta.get("load_avg_end")
     return [
-        SENTINEL_SECTION, "",
         f"`python -m bench.soak --redis sentinel --minutes {meta['minutes']:g} --seed {meta['seed']} --clients "
         f"{meta['clients']} --rooms {meta['rooms']} --publish-rate {meta['publish_rate']:g} --churn-rate "
         f"{meta['churn_rate']:g}`, run {meta['started']}, {meta['elapsed_s'] / 60:.1f} min in all"
         + (f" (load average at the end {load[0]:g}, {load[1]:g}, {load[2]:g} on {meta['machine']['cores']} cores)"
            if load else "")
         + f": {'**every check passed**' if ok else '**FAILED**: ' + '; '.join(res['failures'][:5])}.",
-        "",
-        f"The same apps, clients and publishers on {meta.get('redis_described', 'Sentinel')}, given as a "
-        "`redis+sentinel://` URL. `master_kill9`: kill -9 of the current master (the sentinels promote the "
-        "replica; the killed server comes back as its replica); `redis_sigstop`: the current master stopped 5 s "
-        "(voted down after 1 s and failed over; it wakes as a replica); `pubsub_kill`: `CLIENT KILL TYPE pubsub` "
-        "on the master.",
         "",
         "| fault | injected | survived | until exact: p50 | max |",
         "|---|---|---|---|---|",
@@ -187,23 +195,44 @@ def _saved(path: Path) -> dict[str, Any] | None:
     return res if "meta" in res else None
 
 
-def _lines(cluster: dict[str, Any] | None, plot_name: str | None, sentinel: dict[str, Any] | None) -> list[str]:
-    out = section(cluster, plot_name) if cluster is not None else ([SECTION, ""] if sentinel is not None else [])
-    return out + (sentinel_section(sentinel) if sentinel is not None else [])
+def sentinel_runs(current: tuple[Path, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every saved Sentinel run: ``soak-sentinel.json`` first, then ``soak-sentinel-*.json`` (e.g. a seed whose
+    faults hit the master more often) by name; ``current`` (a run just saved there, or elsewhere) in its place."""
+    paths = sorted(SENTINEL_RESULTS.parent.glob(SENTINEL_RESULTS.stem + "*.json"),
+                   key=lambda p: (p != SENTINEL_RESULTS, p.name))
+    runs: list[dict[str, Any]] = []
+    placed = False
+    for path in paths:
+        if current is not None and path.resolve() == current[0].resolve():
+            runs.append(current[1])
+            placed = True
+        elif (res := _saved(path)) is not None:
+            runs.append(res)
+    if current is not None and not placed:
+        runs.append(current[1])
+    return runs
+
+
+def _lines(cluster: dict[str, Any] | None, plot_name: str | None, sentinel: list[dict[str, Any]]) -> list[str]:
+    out = section(cluster, plot_name) if cluster is not None else ([SECTION, ""] if sentinel else [])
+    return out + sentinel_section(sentinel)
 
 
 def load() -> list[str]:
     """The section from the saved results (``report.py`` keeps it on the page)."""
-    return _lines(_saved(RESULTS), PLOT.name if PLOT.exists() else None, _saved(SENTINEL_RESULTS))
+    return _lines(_saved(RESULTS), PLOT.name if PLOT.exists() else None, sentinel_runs())
 
 
-def write(res: dict[str, Any], results_path: Path = RESULTS) -> None:
+def write(res: dict[str, Any], saved_at: Path | None = None) -> None:
     """Put the section on the page in place of the old one (or at its end): a Cluster run draws the plot and
-    rewrites the section above the Sentinel subsection, a Sentinel run only that subsection."""
-    if res["meta"].get("redis", "cluster") == "sentinel":
-        lines = _lines(_saved(RESULTS), PLOT.name if PLOT.exists() else None, res)
+    rewrites the section above the Sentinel subsection, a Sentinel run (saved at ``saved_at``, by default its
+    kind's results file) only that subsection."""
+    redis = res["meta"].get("redis", "cluster")
+    if redis == "sentinel":
+        here = saved_at or results_path(redis)
+        lines = _lines(_saved(RESULTS), PLOT.name if PLOT.exists() else None, sentinel_runs((here, res)))
     else:
-        lines = _lines(res, plot(res), _saved(SENTINEL_RESULTS))
+        lines = _lines(res, plot(res), sentinel_runs())
     text = DOC.read_text() if DOC.exists() else ""
     new = "\n".join(lines)
     pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)

@@ -39,9 +39,8 @@ def page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return doc
 
 
-def save(res: dict[str, Any]) -> None:
-    path = soak_report.results_path(res["meta"]["redis"])
-    path.write_text(json.dumps(res))
+def save(res: dict[str, Any], path: Path | None = None) -> None:
+    (path or soak_report.results_path(res["meta"]["redis"])).write_text(json.dumps(res))
 
 
 def test_a_sentinel_run_leaves_the_cluster_figures_and_a_cluster_run_keeps_the_sentinel_ones(page: Path) -> None:
@@ -77,3 +76,24 @@ def test_the_sentinel_subsection_alone_still_sits_under_the_soak_heading(page: P
     text = page.read_text()
     assert soak_report.SECTION in text and "777" in text
     assert text.index(soak_report.SECTION) < text.index(soak_report.SENTINEL_SECTION)
+
+
+def test_more_sentinel_runs_follow_the_first_each_once(page: Path, tmp_path: Path) -> None:
+    first, other, elsewhere = results("sentinel", 111), results("sentinel", 222), results("sentinel", 333)
+    other["meta"]["seed"] = 12
+    save(first)
+    seed12 = tmp_path / "soak-sentinel-seed12.json"
+    save(other, seed12)
+    soak_report.write(other, seed12)
+    text = page.read_text()
+    assert text.count(soak_report.SENTINEL_SECTION) == 1
+    assert text.count("| 111 |") == 1 and text.count("| 222 |") == 1
+    assert text.index("| 111 |") < text.index("--seed 12 ") < text.index("| 222 |")
+    # A run saved outside bench/results (--out) comes last, once.
+    out = tmp_path / "out" / "x.json"
+    out.parent.mkdir()
+    save(elsewhere, out)
+    soak_report.write(elsewhere, out)
+    text = page.read_text()
+    assert [text.count(f"| {n} |") for n in (111, 222, 333)] == [1, 1, 1]
+    assert text.index("| 222 |") < text.index("| 333 |")
