@@ -39,7 +39,7 @@ def summary(res: dict[str, Any]) -> str:
     m = res["messages"]
     lines = [
         f"soak seed {res['meta']['seed']}, {res['meta']['minutes']:g} min, {res['meta']['clients']} clients, "
-        f"{res['meta']['rooms']} rooms",
+        f"{res['meta']['rooms']} rooms, on {res['meta'].get('redis', 'cluster')}",
         f"published {sum(m['published'].values())} {m['published']} (refused {m['publish_refused']}); "
         f"delivered {m['delivered']} to {m['subscriptions']} subscriptions; lost {m['lost']}, duplicated "
         f"{m['duplicated']}, out of order {m['out_of_order']}; recovered:false {m['resets']}",
