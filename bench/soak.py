@@ -1,13 +1,15 @@
 """The soak (issue #27): everything at once, faults injected at random, and a complete history checked afterwards.
 
 ``python -m bench.soak --minutes N --seed S`` (``--smoke``: a bounded CI run, every fault kind once). Real
-processes only: a 6-node Redis Cluster (``tests/support/cluster.py``), two ``app.py --processes 2`` servers
+processes only: a 6-node Redis Cluster (``tests/support/cluster.py``; ``--redis sentinel``: one master, a
+replica and three sentinels, ``bench/soak_redis.py``), two ``app.py --processes 2`` servers
 behind nginx (``deploy/render.py``), a webhook receiver (``tests/support/webhooks.py``), client tokens and
 Pusher credentials. Clients in this process speak the native ``/ws/``, SSE, long-polling and Pusher; each
 subscription records every message with offset and epoch (``bench/soak_checks.py`` judges them). Publishers
 go through the HTTP API, ``rrr.client.apublish`` and the Pusher HTTP API. The run exits 1, naming what broke,
 when any guarantee breaks; it writes ``bench/results/soak[-smoke].json`` and, for a full run, the page's
-"Soak" section (``bench/soak_report.py``).
+"Soak" section (``bench/soak_report.py``; on Sentinel ``bench/results/soak-sentinel.json`` and the section's
+"Soak on Sentinel").
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from .machine import ROOT, clean, machine_info, raise_nofile, rss_bytes
 from .soak_checks import (
     RoomTruth, check_webhooks, count_errors, fd_leaks, judge_all, member_errors, p50_max, rss_growth,
 )
-from . import soak_report
+from . import soak_redis, soak_report
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -43,7 +45,6 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect  # no
 
 from rrr.client import apublish, token as mint_token  # noqa: E402
 from rrr.pusher.signing import channel_auth, sign_api_request  # noqa: E402
-from support.cluster import RedisCluster  # noqa: E402
 from support.processes import AppProcess, free_port  # noqa: E402
 from support.production import Nginx  # noqa: E402
 from support.webhooks import Receiver  # noqa: E402
@@ -82,6 +83,8 @@ class Config:
     redis_timeout: float = 2.0
     #: Report the known defects (``KNOWN`` in the report) without failing: the CI smoke, until they are fixed.
     allow_known: bool = False
+    #: The Redis under the apps (``bench/soak_redis.py``): ``cluster`` or ``sentinel``.
+    redis: str = "cluster"
 
     @property
     def bound(self) -> float:
@@ -650,9 +653,9 @@ class Soak:
     def start(self) -> None:
         redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
         redis_cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        redis_sentinel = shutil.which("redis-sentinel") or "/usr/bin/redis-sentinel"
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        (self.workdir / "cluster").mkdir(parents=True, exist_ok=True)
-        self.cluster = RedisCluster(self.workdir / "cluster", redis_server, redis_cli).start()
+        self.redis = soak_redis.make(self.cfg.redis, self.workdir, redis_server, redis_cli, redis_sentinel).start()
         self.receiver = Receiver()
         c = self.cfg
         opts = dict(
@@ -663,13 +666,13 @@ class Soak:
             message_rate=0, history_size=HISTORY_SIZE, log_level="warning", max_connections=20000,
             presence_list_rate=0,
         )
-        self.apps = [AppProcess(self.cluster.url, free_port(), self.workdir / f"app-{i}.log", **opts) for i in range(2)]
+        self.apps = [AppProcess(self.redis.url, free_port(), self.workdir / f"app-{i}.log", **opts) for i in range(2)]
         for a in self.apps:
             a.start(timeout=60)
         self.nginx = Nginx(nginx, self.workdir, [a.port for a in self.apps], limit_conn=60000, balance="round-robin",
                            poll_timeout=c.poll_timeout).start()
-        self.log("up: cluster", self.cluster.ports, "apps", [a.port for a in self.apps], "nginx", self.nginx.port,
-                 "receiver", self.receiver.port)
+        self.log(f"up: {self.redis.kind}", self.redis.names(), "apps", [a.port for a in self.apps], "nginx",
+                 self.nginx.port, "receiver", self.receiver.port)
 
     def stop(self) -> None:
         for a in self.apps:
@@ -681,12 +684,7 @@ class Soak:
                 a.kill()
         self.nginx.stop()
         self.receiver.close()
-        for port in list(self.cluster.procs):
-            try:
-                self.cluster.pause(port, False)
-            except OSError:
-                pass
-        self.cluster.close()
+        self.redis.stop()
 
     # -- process readings ----------------------------------------------------------------------------------
 
@@ -719,8 +717,8 @@ class Soak:
         groups = dict(self.server_pids())
         if self.nginx.proc is not None:
             groups["nginx"] = self.tree(self.nginx.proc.pid)
-        for port, proc in self.cluster.procs.items():
-            groups[f"redis-{port}"] = [proc.pid] if proc.poll() is None else []
+        for name, proc in self.redis.procs().items():
+            groups[name] = [proc.pid] if proc.poll() is None else []
         for name, pids in groups.items():
             n = 0
             for p in pids:
@@ -888,7 +886,7 @@ class Soak:
                 else:
                     self.failed[f"{path}:{r.code}"] = self.failed.get(f"{path}:{r.code}", 0) + 1
             elif path == "helper":
-                await apublish(room, data, redis_url=self.cluster.url)
+                await apublish(room, data, redis_url=self.redis.url)
                 self.acked[path] += 1
             else:
                 body = json.dumps({"name": "soak", "channel": room, "data": json.dumps(data)}).encode()
@@ -965,24 +963,19 @@ class Soak:
             rec["what"] = f"app {a.port} drained, exit {proc.returncode}"
             await loop.run_in_executor(None, lambda: a.start(timeout=60))
         elif kind == "pubsub_kill":
-            killed = 0
-            for port in self.cluster.alive():
-                node = self.cluster.node(port)
-                killed += int(node.execute_command("CLIENT", "KILL", "TYPE", "pubsub"))
-                node.close()
-            rec["what"] = f"{killed} pub/sub connections"
+            rec["what"] = f"{self.redis.pubsub_kill()} pub/sub connections"
         elif kind == "master_kill9":
-            port = self.rng.choice(self.cluster.masters())
-            self.cluster.kill(port)
+            port = self.redis.pick_master(self.rng)
+            self.redis.kill(port)
             rec["what"] = f"master {port}"
-            await loop.run_in_executor(None, self._wait_failover_then_restart, port)
+            await loop.run_in_executor(None, self.redis.recover_after_kill, port)
         elif kind == "redis_sigstop":
-            port = self.rng.choice(self.cluster.masters())
-            self.cluster.pause(port, True)
+            port = self.redis.pick_master(self.rng)
+            self.redis.pause(port, True)
             await asyncio.sleep(5)
-            self.cluster.pause(port, False)
+            self.redis.pause(port, False)
             rec["what"] = f"master {port} stopped 5 s"
-            await loop.run_in_executor(None, lambda: self.cluster.wait_healthy(60))
+            await loop.run_in_executor(None, self.redis.wait_whole)
         elif kind == "nginx_reload":
             assert self.nginx.proc is not None
             self.nginx.proc.send_signal(signal.SIGHUP)
@@ -1004,19 +997,6 @@ class Soak:
             rec["what"] = await self.slow_reader()
         rec["injected_for"] = round(since_start() - rec["t"], 2)
         return rec
-
-    def _wait_failover_then_restart(self, port: int) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if len(self.cluster.masters()) == 3 and all(
-                        "cluster_state:ok" in self.cluster.cluster_info(p) for p in self.cluster.alive()):
-                    break
-            except Exception:  # noqa: BLE001
-                pass
-            time.sleep(0.2)
-        self.cluster.restart(port)
-        self.cluster.wait_healthy(60)
 
     async def slow_reader(self) -> str:
         """A socket that subscribes and never reads again, straight to one app (nginx would buffer for it),
@@ -1244,6 +1224,8 @@ class Soak:
             fail.append(f"server RSS grew {growth:.1%} after the warm-up (limit 5 %)")
         return clean({
             "meta": {"seed": cfg.seed, "minutes": cfg.minutes, "smoke": cfg.smoke, "clients": cfg.clients,
+                     "redis": cfg.redis, "redis_described": self.redis.description,
+                     "load_avg_end": [round(x, 2) for x in os.getloadavg()],
                      "rooms": cfg.rooms, "publish_rate": cfg.publish_rate, "churn_rate": cfg.churn_rate,
                      "bound_s": cfg.bound, "client_bound_s": cfg.client_bound, "presence_ttl": cfg.presence_ttl,
                      "history_size": HISTORY_SIZE,
@@ -1299,8 +1281,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="report known rrr defects (a presence member kept with no subscription left) without failing "
                         "(default: on with --smoke, off otherwise)")
     p.add_argument("--no-report", action="store_true", help="do not rewrite the page's Soak section")
+    p.add_argument("--redis", choices=soak_redis.KINDS, default="cluster",
+                   help="the Redis under the apps: the 6-node Cluster (default) or one master + replica under "
+                        "three sentinels (results in bench/results/soak-sentinel.json, the page's Soak on Sentinel)")
     args = p.parse_args(argv)
     cfg = config(args)
+    cfg.redis = args.redis
     cfg.allow_known = args.allow_known if args.allow_known is not None else cfg.smoke
     raise_nofile()
     workdir = Path(tempfile.mkdtemp(prefix="rrr-soak-"))
@@ -1317,8 +1303,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:  # noqa: BLE001
             traceback.print_exc()
     # The smoke (CI) leaves the checkout as it was; a full run's results go with the page.
-    out = Path(args.out) if args.out else (Path(tempfile.gettempdir()) / "rrr-soak-smoke.json" if cfg.smoke
-                                           else soak_report.RESULTS)
+    suffix = "" if cfg.redis == "cluster" else f"-{cfg.redis}"
+    out = Path(args.out) if args.out else (Path(tempfile.gettempdir()) / f"rrr-soak{suffix}-smoke.json" if cfg.smoke
+                                           else soak_report.results_path(cfg.redis))
     out.write_text(json.dumps(results, indent=1))
     print(soak_report.summary(results))
     if not cfg.smoke and not args.no_report and "meta" in results:

@@ -1,4 +1,6 @@
-"""The "Soak" section of ``docs/benchmarks.md`` and its timeline plot, from ``bench/results/soak.json``.
+"""The "Soak" section of ``docs/benchmarks.md`` and its timeline plot, from ``bench/results/soak.json``; its
+"Soak on Sentinel" subsection from ``bench/results/soak-sentinel.json`` (``--redis sentinel``). Either run
+rewrites only its own part: the other's figures are read back from its saved results.
 
 Apart from ``bench/soak.py``, which runs the soak and saves that file: ``bench/report.py`` keeps this section
 whenever it redraws the page, from the saved results, without the code that runs the soak.
@@ -17,6 +19,13 @@ RESULTS = ROOT / "bench" / "results" / "soak.json"
 DOC = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "bench-soak.png"
 SECTION = "## Soak: everything at once, with faults"
+SENTINEL_RESULTS = ROOT / "bench" / "results" / "soak-sentinel.json"
+SENTINEL_SECTION = "### Soak on Sentinel"
+
+
+def results_path(redis: str) -> Path:
+    """Where a full run on ``redis`` (``cluster`` or ``sentinel``) saves its results."""
+    return SENTINEL_RESULTS if redis == "sentinel" else RESULTS
 
 
 def _fmt(x: Any, unit: str = "") -> str:
@@ -30,7 +39,7 @@ def summary(res: dict[str, Any]) -> str:
     m = res["messages"]
     lines = [
         f"soak seed {res['meta']['seed']}, {res['meta']['minutes']:g} min, {res['meta']['clients']} clients, "
-        f"{res['meta']['rooms']} rooms",
+        f"{res['meta']['rooms']} rooms, on {res['meta'].get('redis', 'cluster')}",
         f"published {sum(m['published'].values())} {m['published']} (refused {m['publish_refused']}); "
         f"delivered {m['delivered']} to {m['subscriptions']} subscriptions; lost {m['lost']}, duplicated "
         f"{m['duplicated']}, out of order {m['out_of_order']}; recovered:false {m['resets']}",
@@ -134,19 +143,98 @@ def section(res: dict[str, Any], plot_name: str | None = PLOT.name) -> list[str]
     return out
 
 
+def sentinel_section(runs: list[dict[str, Any]]) -> list[str]:
+    """Short tables: the same soak on one Redis under Sentinel (its faults hit the current master), per run."""
+    if not runs:
+        return []
+    return [
+        SENTINEL_SECTION, "",
+        f"The same apps, clients and publishers on {runs[0]['meta'].get('redis_described', 'Sentinel')}, given as "
+        "a `redis+sentinel://` URL. `master_kill9`: kill -9 of the current master (the sentinels promote the "
+        "replica; the killed server comes back as its replica); `redis_sigstop`: the current master stopped 5 s "
+        "(voted down after 1 s and failed over; it wakes as a replica); `pubsub_kill`: `CLIENT KILL TYPE pubsub` "
+        "on the master.",
+        "",
+        *(line for res in runs for line in _sentinel_run(res)),
+    ]
+
+
+def _sentinel_run(res: dict[str, Any]) -> list[str]:
+    meta, m = res["meta"], res["messages"]
+    ok = not res["failures"]
+    load = meta.get("load_avg_end")
+    return [
+        f"`python -m bench.soak --redis sentinel --minutes {meta['minutes']:g} --seed {meta['seed']} --clients "
+        f"{meta['clients']} --rooms {meta['rooms']} --publish-rate {meta['publish_rate']:g} --churn-rate "
+        f"{meta['churn_rate']:g}`, run {meta['started']}, {meta['elapsed_s'] / 60:.1f} min in all"
+        + (f" (load average at the end {load[0]:g}, {load[1]:g}, {load[2]:g} on {meta['machine']['cores']} cores)"
+           if load else "")
+        + f": {'**every check passed**' if ok else '**FAILED**: ' + '; '.join(res['failures'][:5])}.",
+        "",
+        "| fault | injected | survived | until exact: p50 | max |",
+        "|---|---|---|---|---|",
+        *(f"| {k} | {v['injected']} | {v['survived']} | {_fmt(v['p50_s'], ' s')} | {_fmt(v['max_s'], ' s')} |"
+          for k, v in sorted(res["by_kind"].items())),
+        "",
+        "| published (acknowledged) | delivered | lost | duplicated | out of order | stored twice "
+        "| counts wrong after the bound | RSS growth | descriptors not back |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {sum(m['published'].values()):,} | {m['delivered']:,} to {m['subscriptions']:,} subscriptions "
+        f"| {m['lost']} | {m['duplicated']} | {m['out_of_order']} | {m.get('stored_twice', 0)} "
+        f"| {res['counts_wrong_after_bound']} "
+        f"| {'-' if res['rss_growth'] is None else format(res['rss_growth'], '+.1%')} "
+        f"| {res['descriptors']['leaks'] or 'none'} |",
+        "",
+    ]
+
+
+def _saved(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    res = json.loads(path.read_text())
+    return res if "meta" in res else None
+
+
+def sentinel_runs(current: tuple[Path, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every saved Sentinel run: ``soak-sentinel.json`` first, then ``soak-sentinel-*.json`` (e.g. a seed whose
+    faults hit the master more often) by name; ``current`` (a run just saved there, or elsewhere) in its place."""
+    paths = sorted(SENTINEL_RESULTS.parent.glob(SENTINEL_RESULTS.stem + "*.json"),
+                   key=lambda p: (p != SENTINEL_RESULTS, p.name))
+    runs: list[dict[str, Any]] = []
+    placed = False
+    for path in paths:
+        if current is not None and path.resolve() == current[0].resolve():
+            runs.append(current[1])
+            placed = True
+        elif (res := _saved(path)) is not None:
+            runs.append(res)
+    if current is not None and not placed:
+        runs.append(current[1])
+    return runs
+
+
+def _lines(cluster: dict[str, Any] | None, plot_name: str | None, sentinel: list[dict[str, Any]]) -> list[str]:
+    out = section(cluster, plot_name) if cluster is not None else ([SECTION, ""] if sentinel else [])
+    return out + sentinel_section(sentinel)
+
+
 def load() -> list[str]:
     """The section from the saved results (``report.py`` keeps it on the page)."""
-    if not RESULTS.exists():
-        return []
-    res = json.loads(RESULTS.read_text())
-    return section(res, PLOT.name if PLOT.exists() else None)
+    return _lines(_saved(RESULTS), PLOT.name if PLOT.exists() else None, sentinel_runs())
 
 
-def write(res: dict[str, Any], results_path: Path = RESULTS) -> None:
-    """Draw the plot and put the section on the page in place of the old one (or at its end)."""
-    name = plot(res)
+def write(res: dict[str, Any], saved_at: Path | None = None) -> None:
+    """Put the section on the page in place of the old one (or at its end): a Cluster run draws the plot and
+    rewrites the section above the Sentinel subsection, a Sentinel run (saved at ``saved_at``, by default its
+    kind's results file) only that subsection."""
+    redis = res["meta"].get("redis", "cluster")
+    if redis == "sentinel":
+        here = saved_at or results_path(redis)
+        lines = _lines(_saved(RESULTS), PLOT.name if PLOT.exists() else None, sentinel_runs((here, res)))
+    else:
+        lines = _lines(res, plot(res), sentinel_runs())
     text = DOC.read_text() if DOC.exists() else ""
-    new = "\n".join(section(res, name))
+    new = "\n".join(lines)
     pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
     text = pattern.sub(lambda _m: new.rstrip() + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + new
     DOC.write_text(text)
