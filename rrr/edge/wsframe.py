@@ -8,14 +8,18 @@ bytes for every client, so we build it once and hand it to each ``IOStream``.
 On the read side, `FastReadProtocol13` reads each small whole frame (every pong,
 ping and close, most client messages) with one ``read_bytes`` instead of Tornado's
 three, and without making Tornado stop and restart listening to the socket in
-between (`FastReadProtocol13._receive_frame`).
+between (`FastReadProtocol13._receive_frame`). On a `FrameStream` (every connection
+``app.py`` serves), a pong that arrives alone while the frame loop waits is read and
+handled in the stream's own read callback (`FrameStream._handle_read`): the frame loop
+is not woken for it at all.
 
 This is the only module that touches Tornado internals (``stream``,
 ``_compressor``, ``_decompressor``, ``_fragmented_message_buffer``,
 ``_handle_message`` and ``_receive_frame`` on ``WebSocketProtocol13``, its
 ``_WebSocketParams``; ``_write_buffer``, ``_read_buffer``, ``_read_buffer_size``,
-``_user_read_buffer``, ``_state``, ``_start_read``, ``_read_bytes`` and
-``_read_partial`` on ``IOStream``).
+``_user_read_buffer``, ``_state``, ``_start_read``, ``_read_bytes``, ``_read_partial``,
+``_read_future``, ``_handle_read``, ``_find_read_pos``, ``_read_from_buffer`` and
+``_is_connreset`` on ``IOStream``).
 An SSE stream (`rrr.edge.streams`) writes its events through the same stream functions
 (`write`, `buffered_bytes`, `stream_flushed`), each event encoded once too (`Frame.sse`).
 ``tests/test_wsframe.py`` fails loudly if they change, and both paths fall back
@@ -31,6 +35,7 @@ from typing import Any
 
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, SSLIOStream
+from tornado.log import gen_log
 from tornado.util import _websocket_mask
 from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13, _WebSocketParams
 
@@ -197,6 +202,7 @@ READ_AHEAD = 4096
 _FAST_OPCODES = frozenset((0x1, 0x2, 0x8, 0x9, 0xA))
 _SMALL = 125
 _READ = IOLoop.READ
+_PONG_HEAD = _FIN | 0xA
 
 
 class FastReadProtocol13(WebSocketProtocol13):
@@ -233,7 +239,7 @@ class FastReadProtocol13(WebSocketProtocol13):
         ):
             await super()._receive_frame()
             return
-        data = await _read_ahead(stream)
+        data = await _read_ahead(stream, self)
         end = len(data)
         n = data[1] & 0x7F if end >= 2 else _SMALL + 1
         frame_end = 6 + n
@@ -256,7 +262,7 @@ class FastReadProtocol13(WebSocketProtocol13):
         await super()._receive_frame()
 
 
-def _read_ahead(stream: IOStream) -> Awaitable[bytes]:
+def _read_ahead(stream: IOStream, conn: FastReadProtocol13) -> Awaitable[bytes]:
     """``stream.read_bytes(READ_AHEAD, partial=True)``, without its first try at the socket when
     nothing is buffered and the stream listens for data already.
 
@@ -267,10 +273,90 @@ def _read_ahead(stream: IOStream) -> Awaitable[bytes]:
     next turn all the same."""
     if stream._read_buffer_size or stream.closed() or stream.reading() or not (stream._state or 0) & _READ:
         return stream.read_bytes(READ_AHEAD, partial=True)
+    if isinstance(stream, FrameStream) and stream.frames is not conn:
+        stream.frames = conn
     future = stream._start_read()
     stream._read_bytes = READ_AHEAD
     stream._read_partial = True
     return future
+
+
+class FrameStream(IOStream):
+    """An IOStream that reads a lone pong itself, without waking the WebSocket's frame loop.
+
+    An idle socket's only traffic is the keepalive's ping and the pong that answers it. Read
+    the usual way, the pong completes the frame loop's pending read: a Future resolved, a
+    Task woken, the five coroutines from ``RequestHandler._execute`` down to
+    `FastReadProtocol13._receive_frame` resumed and suspended again, a new read set up, and a
+    64 KiB buffer allocated to ``recv`` six bytes into; together about half of what an idle
+    socket costs the server per ping interval. Here, while the frame loop waits on its read
+    (`_read_ahead`'s, with nothing buffered) on an uncompressed connection, the read callback
+    takes what arrived with one small ``recv``; if that is exactly one whole, masked pong,
+    within ``max_message_size``, it goes straight to Tornado's own ``_handle_message``
+    (``on_pong``, as the frame loop would call it) and the frame loop's read stays pending.
+    Anything else (more than one frame, a part of one, any other frame) goes into the
+    stream's buffer and completes the pending read, as Tornado's own read would, and the frame
+    loop reads it as ever. Errors and the end of the stream close it as Tornado's read does.
+    A handler whose ``on_pong`` is a coroutine is not awaited here (rrr's are plain methods).
+    """
+
+    # A slot, not an attribute: see `rrr.edge.guard.GuardedStream` on why streams keep theirs in slots.
+    __slots__ = ("frames",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The WebSocket protocol reading this stream, once its frame loop has waited on it.
+        self.frames: FastReadProtocol13 | None = None
+
+    def _handle_read(self) -> None:
+        conn = self.frames
+        if (
+            conn is None
+            or self._read_future is None
+            or self._read_buffer_size
+            or self._read_bytes != READ_AHEAD
+            or not self._read_partial
+            or self._user_read_buffer
+            or conn.stream is not self
+            or conn.client_terminated
+            or conn._decompressor is not None
+            or conn._fragmented_message_buffer is not None
+        ):
+            super()._handle_read()
+            return
+        try:
+            data = self.socket.recv(READ_AHEAD)
+        except BlockingIOError:
+            return  # nothing after all: the read stays pending
+        except OSError as e:  # as Tornado's read: a reset closes quietly, anything else is logged first
+            if not self._is_connreset(e):
+                gen_log.warning("error on read: %s" % e)
+            self.close(exc_info=e)
+            return
+        if not data:
+            self.close()  # the peer closed: the pending read fails with StreamClosedError, as ever
+            return
+        end = len(data)
+        n = data[1] & 0x7F if end >= 2 else _SMALL + 1
+        if (
+            data[0] == _PONG_HEAD  # FIN, no RSV bits, a pong
+            and data[1] & 0x80  # masked
+            and n <= _SMALL
+            and end == 6 + n  # one whole frame and nothing after it
+            and n <= conn.params.max_message_size
+        ):
+            conn._wire_bytes_in += end
+            conn._handle_message(0xA, _websocket_mask(data[2:6], data[6:end]))
+            return
+        self._read_buffer += data
+        self._read_buffer_size += end
+        pos = self._find_read_pos()
+        if pos is not None:
+            self._read_from_buffer(pos)
+
+    def close_fd(self) -> None:
+        self.frames = None
+        super().close_fd()
 
 
 def _unread(stream: IOStream, data: bytes) -> None:
