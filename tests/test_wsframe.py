@@ -348,6 +348,7 @@ async def test_a_lone_pong_is_handled_by_the_stream_without_waking_the_frame_loo
         assert isinstance(stream, wsframe.FrameStream)
         await wait_until(lambda: stream._read_future is not None, what="the frame loop waiting")
         waiting = stream._read_future
+        assert waiting is not None
         reads = 0
         start_read = stream._start_read
 
