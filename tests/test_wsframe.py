@@ -422,7 +422,7 @@ def test_tornado_still_has_what_the_read_fast_path_uses() -> None:
         assert callable(getattr(WebSocketProtocol13, name, None)), f"Tornado changed: WebSocketProtocol13.{name}"
     stream = IOStream(socket.socket())
     try:
-        for name in ("_read_future", "_read_bytes", "_read_partial", "_handle_read", "_find_read_pos",
+        for name in ("_read_future", "_read_bytes", "_read_partial", "_handle_events", "_find_read_pos",
                      "_read_from_buffer", "_is_connreset", "close_fd"):
             assert hasattr(stream, name), f"Tornado changed: IOStream.{name}"
     finally:

@@ -10,7 +10,7 @@ ping and close, most client messages) with one ``read_bytes`` instead of Tornado
 three, and without making Tornado stop and restart listening to the socket in
 between (`FastReadProtocol13._receive_frame`). On a `FrameStream` (every connection
 ``app.py`` serves), a pong that arrives alone while the frame loop waits is read and
-handled in the stream's own read callback (`FrameStream._handle_read`): the frame loop
+handled in the stream's own event callback (`FrameStream._handle_events`): the frame loop
 is not woken for it at all.
 
 This is the only module that touches Tornado internals (``stream``,
@@ -18,7 +18,7 @@ This is the only module that touches Tornado internals (``stream``,
 ``_handle_message`` and ``_receive_frame`` on ``WebSocketProtocol13``, its
 ``_WebSocketParams``; ``_write_buffer``, ``_read_buffer``, ``_read_buffer_size``,
 ``_user_read_buffer``, ``_state``, ``_start_read``, ``_read_bytes``, ``_read_partial``,
-``_read_future``, ``_handle_read``, ``_find_read_pos``, ``_read_from_buffer`` and
+``_read_future``, ``_handle_events``, ``_find_read_pos``, ``_read_from_buffer`` and
 ``_is_connreset`` on ``IOStream``).
 An SSE stream (`rrr.edge.streams`) writes its events through the same stream functions
 (`write`, `buffered_bytes`, `stream_flushed`), each event encoded once too (`Frame.sse`).
@@ -287,17 +287,19 @@ class FrameStream(IOStream):
     An idle socket's only traffic is the keepalive's ping and the pong that answers it. Read
     the usual way, the pong completes the frame loop's pending read: a Future resolved, a
     Task woken, the five coroutines from ``RequestHandler._execute`` down to
-    `FastReadProtocol13._receive_frame` resumed and suspended again, a new read set up, and a
-    64 KiB buffer allocated to ``recv`` six bytes into; together about half of what an idle
-    socket costs the server per ping interval. Here, while the frame loop waits on its read
-    (`_read_ahead`'s, with nothing buffered) on an uncompressed connection, the read callback
-    takes what arrived with one small ``recv``; if that is exactly one whole, masked pong,
-    within ``max_message_size``, it goes straight to Tornado's own ``_handle_message``
-    (``on_pong``, as the frame loop would call it) and the frame loop's read stays pending.
-    Anything else (more than one frame, a part of one, any other frame) goes into the
-    stream's buffer and completes the pending read, as Tornado's own read would, and the frame
-    loop reads it as ever. Errors and the end of the stream close it as Tornado's read does.
-    A handler whose ``on_pong`` is a coroutine is not awaited here (rrr's are plain methods).
+    `FastReadProtocol13._receive_frame` resumed and suspended again, a new read set up, a
+    64 KiB buffer allocated to ``recv`` six bytes into, and the stream's bookkeeping of what
+    to listen for; together about half of what an idle socket costs the server per ping
+    interval. Here, when the socket is readable while the frame loop waits on its read
+    (`_read_ahead`'s, with nothing buffered) on an uncompressed connection, the event is
+    taken with one small ``recv``; if that is exactly one whole, masked pong, within
+    ``max_message_size``, it goes straight to Tornado's own ``_handle_message`` (``on_pong``,
+    as the frame loop would call it), and the frame loop's read, and what the stream listens
+    for, stay as they were. Anything else (more than one frame, a part of one, any other
+    frame) goes into the stream's buffer and completes the pending read, as Tornado's own
+    read would, and the frame loop reads it as ever. Errors and the end of the stream close
+    it as Tornado's read does. A handler whose ``on_pong`` is a coroutine is not awaited here
+    (rrr's are plain methods).
     """
 
     # A slot, not an attribute: see `rrr.edge.guard.GuardedStream` on why streams keep theirs in slots.
@@ -308,10 +310,11 @@ class FrameStream(IOStream):
         #: The WebSocket protocol reading this stream, once its frame loop has waited on it.
         self.frames: FastReadProtocol13 | None = None
 
-    def _handle_read(self) -> None:
+    def _handle_events(self, fd: Any, events: int) -> None:
         conn = self.frames
         if (
-            conn is None
+            events != _READ
+            or conn is None
             or self._read_future is None
             or self._read_buffer_size
             or self._read_bytes != READ_AHEAD
@@ -322,7 +325,7 @@ class FrameStream(IOStream):
             or conn._decompressor is not None
             or conn._fragmented_message_buffer is not None
         ):
-            super()._handle_read()
+            super()._handle_events(fd, events)
             return
         try:
             data = self.socket.recv(READ_AHEAD)
@@ -353,6 +356,8 @@ class FrameStream(IOStream):
         pos = self._find_read_pos()
         if pos is not None:
             self._read_from_buffer(pos)
+        # What to listen for next, as after any event; no event left to handle (the read is done).
+        super()._handle_events(fd, 0)
 
     def close_fd(self) -> None:
         self.frames = None
