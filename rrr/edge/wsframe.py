@@ -175,6 +175,37 @@ def ping(conn: WebSocketProtocol, fast: bool) -> None:
         conn.write_ping(b"")
 
 
+def ping_now(conn: WebSocketProtocol) -> bool:
+    """The keepalive's ping, built once (`PING_WIRE`), as one ``send`` straight to the socket of
+    an open connection on the fast path (`fast_path_ok`) whose `FrameStream` has nothing queued.
+
+    The keepalive pings every idle socket once per interval, and `ping`'s way there (the
+    connection's and the stream's checks, `write`) runs ten Python functions around the one
+    system call; here, none: attributes are read directly. True once the ping went (or its
+    tail was queued behind a partial send, in order); False when this does not apply, and
+    `ping` must send it. Never raises."""
+    stream = conn.stream
+    if (
+        stream is None
+        or stream._closed
+        or conn.client_terminated
+        or conn.server_terminated
+        or stream._write_buffer._size
+        or not isinstance(stream, FrameStream)
+    ):
+        return False
+    try:
+        sent = stream.socket.send(PING_WIRE)
+    except OSError:  # would block, or a dead peer: `ping`'s way meets it as usual
+        return False
+    if sent < len(PING_WIRE):
+        try:
+            stream.write(PING_WIRE[sent:])  # the rest, behind the part that went (IOStream handles errors)
+        except Exception:  # noqa: BLE001 - the stream is closing: nothing more to send on it
+            pass
+    return True
+
+
 def send_many(conn: WebSocketProtocol, frames: list[Frame], fast: bool) -> None:
     """Queue ``frames`` on ``conn`` back to back: on the fast path in one write, so a replay's
     messages cost one system call, not one each. Same errors as `send`."""
