@@ -423,10 +423,12 @@ def test_tornado_still_has_what_the_read_fast_path_uses() -> None:
     stream = IOStream(socket.socket())
     try:
         for name in ("_read_future", "_read_bytes", "_read_partial", "_handle_events", "_find_read_pos",
-                     "_read_from_buffer", "_is_connreset", "close_fd"):
+                     "_read_from_buffer", "_is_connreset", "close_fd", "_closed"):
             assert hasattr(stream, name), f"Tornado changed: IOStream.{name}"
+        assert stream._write_buffer._size == 0, "Tornado changed: IOStream._write_buffer._size"
     finally:
         stream.close()
     proto = WebSocketProtocol13(None, False, _WebSocketParams())  # type: ignore[arg-type]
-    for name in ("_decompressor", "_fragmented_message_buffer", "_wire_bytes_in", "params", "client_terminated"):
+    for name in ("_decompressor", "_fragmented_message_buffer", "_wire_bytes_in", "params", "client_terminated",
+                 "server_terminated"):
         assert hasattr(proto, name), f"Tornado changed: WebSocketProtocol13.{name}"
