@@ -15,7 +15,9 @@ same machine; the figure is
 
     (CPU over the window - the process's own idle CPU rate x the window) / sockets / intervals
 
-where the idle rate is read before any socket opens (its timers: lease, sweep). The order the
+where the idle rate is read before any socket opens (its timers: lease, sweep), over
+``--idle-seconds`` for every server at once; the figure with that idle CPU left in (what the
+process costs in all, per socket) is printed beside it. The order the
 trees start in alternates between runs; the medians of ``--runs`` runs are printed with the
 load average around them.
 
@@ -47,7 +49,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.machine import ROOT, cpu_seconds, free_port, stop_process, wait_healthy
+from bench.machine import CLOCK_TICKS, ROOT, cpu_seconds, free_port, stop_process, wait_healthy
 
 ROOM_SIZE = 10
 CONNECT_CONCURRENCY = 64
@@ -225,6 +227,12 @@ def start_app(root: Path, redis_url: str, port: int, args: argparse.Namespace, l
     return proc
 
 
+def system_seconds(pid: int) -> float:
+    """stime of ``pid``: the kernel's share of its CPU (the ping's ``send``, the pong's ``recv``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[12]) / CLOCK_TICKS
+
+
 def counters(driver: subprocess.Popen[bytes]) -> dict[str, int]:
     """The driver's counters, asked for with SIGUSR1 and read from its stdout."""
     assert driver.stdout is not None
@@ -242,10 +250,15 @@ def one_run(trees: list[Tree], redis_url: str, args: argparse.Namespace, run: in
                 app = start_app(tree.root, redis_url, port, args, workdir / f"{tree.label}-{run}-{k}.log")
                 running.append(Running(tree, app))
                 running[-1].lines.append(str(port))
-        for r in running:
-            c0 = cpu_seconds(r.app.pid)
-            time.sleep(2)
-            r.idle_rate = (cpu_seconds(r.app.pid) - c0) / 2
+        # Every server's idle rate over the same --idle-seconds, after its start has settled: two
+        # seconds right after a start caught its last start-up work (5 ms/s against a steady 1).
+        time.sleep(2)
+        c0s = [cpu_seconds(r.app.pid) for r in running]
+        t0 = time.monotonic()
+        time.sleep(args.idle_seconds)
+        idle_wall = time.monotonic() - t0
+        for r, c0 in zip(running, c0s, strict=True):
+            r.idle_rate = (cpu_seconds(r.app.pid) - c0) / idle_wall
         for k, r in enumerate(running):
             r.driver = subprocess.Popen(
                 [sys.executable, "-m", "bench.keepalive_cost", "--drive", r.lines[0], str(args.sockets),
@@ -261,18 +274,24 @@ def one_run(trees: list[Tree], redis_url: str, args: argparse.Namespace, run: in
         time.sleep(2 * max(args.ping_interval, args.talk) + 1)
         window = args.intervals * args.ping_interval
         before = [(cpu_seconds(r.app.pid), counters(r.driver)) for r in running if r.driver is not None]
+        sys0 = [system_seconds(r.app.pid) for r in running]
         t0 = time.monotonic()
         time.sleep(window)
         wall = time.monotonic() - t0
         after = [(cpu_seconds(r.app.pid), counters(r.driver)) for r in running if r.driver is not None]
+        sys1 = [system_seconds(r.app.pid) for r in running]
         intervals = wall / args.ping_interval
         for tree in trees:
             # A tree's servers together: their CPU over the window less their idle rates, over all their sockets.
             mine = [(r, b, a) for r, b, a in zip(running, before, after, strict=True) if r.tree is tree]
+            system = sum(s1 - s0 for r, s0, s1 in zip(running, sys0, sys1, strict=True) if r.tree is tree)
             sockets = args.sockets * len(mine)
             cpu = sum(a[0] - b[0] - r.idle_rate * wall for r, b, a in mine)
+            gross = sum(a[0] - b[0] for _, b, a in mine)
             result = {
                 "us": cpu / sockets / intervals * 1e6,
+                "gross_us": gross / sockets / intervals * 1e6,
+                "sys_us": system / sockets / intervals * 1e6,
                 "pings": sum(a[1]["pings"] - b[1]["pings"] for _, b, a in mine) / sockets / intervals,
                 "talked": sum(a[1]["talked"] - b[1]["talked"] for _, b, a in mine) / sockets / intervals,
                 "dropped": sum(a[1]["closed_by_server"] + a[1]["lost"] for _, _, a in mine),
@@ -281,6 +300,8 @@ def one_run(trees: list[Tree], redis_url: str, args: argparse.Namespace, run: in
             }
             tree.results.append(result)
             print(f"run {run + 1} {tree.label:8s}: {result['us']:6.1f} us CPU per socket per interval "
+                  f"({result['gross_us']:.1f} with the process's own idle CPU, {result['sys_us']:.1f} of it in the "
+                  f"kernel) "
                   f"({100 * result['core']:.1f} % of a core over {wall:.0f} s for {sockets} sockets in "
                   f"{len(mine)} server(s); idle {result['idle_ms']:.1f} ms/s); "
                   f"{result['pings']:.2f} pings and {result['talked']:.2f} client frames per socket per interval; "
@@ -308,6 +329,8 @@ def main() -> None:
     ap.add_argument("--compare", metavar="CHECKOUT", help="another tree's app.py, measured in the same windows")
     ap.add_argument("--loop", default="", help="RRR_LOOP for every app.py (asyncio, uvloop, auto; unset: default)")
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds a driver may take to open its sockets")
+    ap.add_argument("--idle-seconds", type=float, default=10.0,
+                    help="seconds each server's own idle CPU is read over, before its sockets open")
     args = ap.parse_args()
     if not 0 < args.sockets < 19000:
         raise SystemExit("--sockets: 1 to 18,999 (each process may hold 20,000 files)")
@@ -332,9 +355,15 @@ def main() -> None:
           f"{load0[0]:.2f} before, {load1[0]:.2f} after ({os.cpu_count()} CPUs); logs in {workdir}")
     for tree in trees:
         us = [r["us"] for r in tree.results]
+        gross = [r["gross_us"] for r in tree.results]
+        idle = [r["idle_ms"] for r in tree.results]
+        system = [r["sys_us"] for r in tree.results]
         pings = statistics.median(r["pings"] for r in tree.results)
         print(f"  {tree.label} ({tree.root}): median {statistics.median(us):.1f} us CPU per socket per interval "
-              f"(runs: {', '.join(f'{x:.1f}' for x in us)}); {pings:.2f} pings per socket per interval; "
+              f"(runs: {', '.join(f'{x:.1f}' for x in us)}); with the process's own idle CPU "
+              f"{statistics.median(gross):.1f} (runs: {', '.join(f'{x:.1f}' for x in gross)}), in the kernel "
+              f"{statistics.median(system):.1f} (runs: {', '.join(f'{x:.1f}' for x in system)}); idle before the "
+              f"sockets {statistics.median(idle):.2f} ms/s; {pings:.2f} pings per socket per interval; "
               f"{sum(r['dropped'] for r in tree.results):.0f} sockets dropped")
 
 

@@ -239,8 +239,11 @@ class RelaySocket(SafeLogs, WebSocketHandler):
         return self.session.announced_subs(room) if self.session is not None else ()
 
     def send_ping(self) -> None:
-        """The keepalive's ping, written ahead of anything queued so a reading client answers it soon."""
-        self._send(None)
+        """The keepalive's ping, written ahead of anything queued so a reading client answers it soon;
+        on an idle socket one ``send`` of pre-built bytes (`wsframe.ping_now`)."""
+        conn = self.ws_connection
+        if not (self._fast and conn is not None and wsframe.ping_now(conn)):
+            self._send(None)
 
     def check_progress(self) -> None:
         """The keepalive's check, once per interval: a cut for a queue that made no progress since the previous one."""

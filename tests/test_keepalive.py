@@ -5,13 +5,18 @@ goes within two intervals)."""
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import os
 import struct
+import sys
 from collections.abc import AsyncIterator
+from types import FrameType
+from typing import Any
 
 import pytest
 
+from handlers.sockets import RelaySocket
 from rrr.edge.keepalive import Keepalive
 from support.clients import Client, connect, wait_until
 from support.servers import Server, ServerFactory
@@ -70,6 +75,41 @@ async def watched_peer(
     peer = await RawPeer.open(server.port, f"/ws/count/{room}/")
     await watcher.settles_on(2)
     return server, watcher, peer
+
+
+async def test_an_idle_sockets_ping_is_one_send_of_prebuilt_bytes_and_no_python_around_it(
+    server_factory: ServerFactory,
+) -> None:
+    """The keepalive pings every idle socket once per interval: on an idle socket the ping is the
+    pre-built frame sent straight to the socket, without the ten Python functions of the generic
+    write path (connection and stream checks, ``wsframe.write``) around the system call."""
+    server = await server_factory(ping_interval=3600)  # the keepalive's own timer stays out of the way
+    peer = await RawPeer.open(server.port, "/ws/count/lean/")
+    try:
+        await wait_until(lambda: any(isinstance(h, RelaySocket) and h.ws_connection is not None
+                                     and h.request.path == "/ws/count/lean/" for h in gc.get_objects()),
+                         what="the socket open")
+        handler = next(h for h in gc.get_objects() if isinstance(h, RelaySocket) and h.ws_connection is not None
+                       and h.request.path == "/ws/count/lean/")
+        called: list[str] = []
+
+        def profile(frame: FrameType, event: str, arg: Any) -> None:
+            if event == "call":
+                called.append(frame.f_code.co_qualname)
+
+        sys.setprofile(profile)
+        try:
+            handler.send_ping()
+        finally:
+            sys.setprofile(None)
+        assert called == ["RelaySocket.send_ping", "ping_now"], f"the ping ran {called}"
+        while True:  # the room's count comes first
+            opcode, payload = await asyncio.wait_for(peer.frame(), 10)
+            if opcode == PING:
+                break
+        assert payload == b""
+    finally:
+        peer.close()
 
 
 @pytest.mark.parametrize("answer", ["pong", "message"])

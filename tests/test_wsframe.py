@@ -19,6 +19,8 @@ from tornado.iostream import IOStream
 from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13, _WebSocketParams
 
 from rrr.edge import wsframe
+from rrr.edge.guard import make_http_server
+from rrr.metrics import Metrics
 from support.clients import Client, connect, wait_until
 from support.servers import ServerFactory
 
@@ -168,9 +170,11 @@ class Recorder(WebSocketHandler):
 
 
 class Echo:
-    """A Tornado server on loopback whose handler reads with Tornado's own protocol or ours."""
+    """A Tornado server on loopback whose handler reads with Tornado's own protocol or ours;
+    ``guarded``: served by rrr's own HTTP server (``app.py``'s), whose streams read lone pongs
+    themselves (`wsframe.FrameStream`)."""
 
-    def __init__(self, fast: bool, max_message: int) -> None:
+    def __init__(self, fast: bool, max_message: int, guarded: bool = False) -> None:
         self.events: list[tuple[Any, ...]] = []
         self.handlers: list[Recorder] = []
         app = tornado.web.Application(
@@ -178,7 +182,7 @@ class Echo:
             websocket_max_message_size=max_message,
         )
         sock, self.port = tornado.testing.bind_unused_port()
-        self.http = tornado.httpserver.HTTPServer(app)
+        self.http = make_http_server(app, Metrics()) if guarded else tornado.httpserver.HTTPServer(app)
         self.http.add_sockets([sock])
 
     async def close(self) -> None:
@@ -190,8 +194,8 @@ class Echo:
 def echoes(io_loop: Any) -> Iterator[Callable[..., Echo]]:
     made: list[Echo] = []
 
-    def start(fast: bool, max_message: int = MAX_MESSAGE) -> Echo:
-        made.append(Echo(fast, max_message))
+    def start(fast: bool, max_message: int = MAX_MESSAGE, guarded: bool = False) -> Echo:
+        made.append(Echo(fast, max_message, guarded))
         return made[-1]
 
     yield start
@@ -315,6 +319,59 @@ async def test_the_read_fast_path_leaves_a_small_max_message_size_to_tornado(ech
     await compare(echoes(False, SMALL_LIMIT), echoes(True, SMALL_LIMIT), SMALL_LIMIT_SCENARIOS)
 
 
+@pytest.mark.gen_test(timeout=120)
+async def test_rrrs_own_streams_handle_every_frame_exactly_as_tornado_does(echoes: Callable[..., Echo]) -> None:
+    """A lone pong read by the stream itself, and everything else it hands on, as Tornado's own."""
+    lone = [frame(0xA), frame(0xA, b"abc"), frame(0xA, b"p" * 125)]
+    scenarios = dict(SCENARIOS, **{"lone pongs, then a message": [*lone, frame(0x1, b"after"), close_frame()],
+                                   "a pong and a message in one write": [frame(0xA) + frame(0x1, b"x"), close_frame()],
+                                   "a pong cut in two": [(h := frame(0xA, b"cut"))[:3], h[3:], close_frame()]})
+    await compare(echoes(False), echoes(True, guarded=True), scenarios)
+    await compare(echoes(False, SMALL_LIMIT), echoes(True, SMALL_LIMIT, guarded=True), SMALL_LIMIT_SCENARIOS)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_lone_pong_is_handled_by_the_stream_without_waking_the_frame_loop(
+    echoes: Callable[..., Echo],
+) -> None:
+    """On rrr's own server, an idle socket's pong completes no read: the frame loop's read stays
+    pending (the same Future throughout), and no new read is started for the next frame."""
+    echo = echoes(True, guarded=True)
+    reader, writer = await asyncio.open_connection("127.0.0.1", echo.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{echo.port}\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    try:
+        await wait_until(lambda: echo.handlers and echo.handlers[0].ws_connection is not None, what="open")
+        stream = echo.handlers[0].ws_connection.stream  # type: ignore[union-attr]
+        assert isinstance(stream, wsframe.FrameStream)
+        await wait_until(lambda: stream._read_future is not None, what="the frame loop waiting")
+        waiting = stream._read_future
+        assert waiting is not None
+        reads = 0
+        start_read = stream._start_read
+
+        def counted_read() -> Any:
+            nonlocal reads
+            reads += 1
+            return start_read()
+
+        stream._start_read = counted_read  # type: ignore[method-assign]
+        for i in range(10):
+            writer.write(frame(0xA, b"%d" % i))
+            await wait_until(lambda: len(echo.events) == i + 1, what=f"pong {i}")
+        assert echo.events == [("pong", b"%d" % i) for i in range(10)]
+        assert reads == 0, f"{reads} reads started for 10 lone pongs"
+        assert stream._read_future is waiting and not waiting.done(), "a pong completed the frame loop's read"
+        writer.write(frame(0x1, b"then a message"))  # the frame loop still reads everything else
+        await wait_until(lambda: len(echo.events) == 11, what="the message")
+        assert echo.events[-1] == ("message", "then a message")
+        assert waiting.done() and reads == 1
+    finally:
+        writer.close()
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_a_pong_is_read_with_one_read_and_one_recv(echoes: Callable[..., Echo]) -> None:
     """Tornado reads a frame's header, its mask and its payload with a read each, and tries the
@@ -363,6 +420,15 @@ def test_tornado_still_has_what_the_read_fast_path_uses() -> None:
         stream.close()
     for name in ("_receive_frame", "_handle_message", "_receive_frame_loop"):
         assert callable(getattr(WebSocketProtocol13, name, None)), f"Tornado changed: WebSocketProtocol13.{name}"
+    stream = IOStream(socket.socket())
+    try:
+        for name in ("_read_future", "_read_bytes", "_read_partial", "_handle_events", "_find_read_pos",
+                     "_read_from_buffer", "_is_connreset", "close_fd", "_closed"):
+            assert hasattr(stream, name), f"Tornado changed: IOStream.{name}"
+        assert stream._write_buffer._size == 0, "Tornado changed: IOStream._write_buffer._size"
+    finally:
+        stream.close()
     proto = WebSocketProtocol13(None, False, _WebSocketParams())  # type: ignore[arg-type]
-    for name in ("_decompressor", "_fragmented_message_buffer", "_wire_bytes_in", "params", "client_terminated"):
+    for name in ("_decompressor", "_fragmented_message_buffer", "_wire_bytes_in", "params", "client_terminated",
+                 "server_terminated"):
         assert hasattr(proto, name), f"Tornado changed: WebSocketProtocol13.{name}"

@@ -22,10 +22,11 @@ import tornado.httpserver
 import tornado.httputil
 from tornado import gen
 from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.iostream import StreamClosedError
 
 from ..metrics import Metrics
 from ..supervise import RateLimitedLog
+from .wsframe import FrameStream
 
 log = logging.getLogger("rrr.http")
 
@@ -58,10 +59,11 @@ def default_max_connections(headroom_min: int = 64) -> int:
     return max(1, soft - max(headroom_min, soft // 8))
 
 
-class GuardedStream(IOStream):
+class GuardedStream(FrameStream):
     """A client connection that reports its close (for the connection count) and puts two
     clocks on each request head: ``idle`` until its first byte, ``header`` from there to the
-    blank line. HTTP1Connection reads every request head with ``read_until_regex``."""
+    blank line. HTTP1Connection reads every request head with ``read_until_regex``. Once
+    upgraded, it reads a WebSocket's lone pongs itself (`rrr.edge.wsframe.FrameStream`)."""
 
     # Slots, not instance attributes: IOStream already sets 27 attributes, and CPython (3.11)
     # keeps an instance's attributes in a compact array shared with its class only while there

@@ -8,14 +8,18 @@ bytes for every client, so we build it once and hand it to each ``IOStream``.
 On the read side, `FastReadProtocol13` reads each small whole frame (every pong,
 ping and close, most client messages) with one ``read_bytes`` instead of Tornado's
 three, and without making Tornado stop and restart listening to the socket in
-between (`FastReadProtocol13._receive_frame`).
+between (`FastReadProtocol13._receive_frame`). On a `FrameStream` (every connection
+``app.py`` serves), a pong that arrives alone while the frame loop waits is read and
+handled in the stream's own event callback (`FrameStream._handle_events`): the frame loop
+is not woken for it at all.
 
 This is the only module that touches Tornado internals (``stream``,
 ``_compressor``, ``_decompressor``, ``_fragmented_message_buffer``,
 ``_handle_message`` and ``_receive_frame`` on ``WebSocketProtocol13``, its
 ``_WebSocketParams``; ``_write_buffer``, ``_read_buffer``, ``_read_buffer_size``,
-``_user_read_buffer``, ``_state``, ``_start_read``, ``_read_bytes`` and
-``_read_partial`` on ``IOStream``).
+``_user_read_buffer``, ``_state``, ``_start_read``, ``_read_bytes``, ``_read_partial``,
+``_read_future``, ``_handle_events``, ``_find_read_pos``, ``_read_from_buffer`` and
+``_is_connreset`` on ``IOStream``).
 An SSE stream (`rrr.edge.streams`) writes its events through the same stream functions
 (`write`, `buffered_bytes`, `stream_flushed`), each event encoded once too (`Frame.sse`).
 ``tests/test_wsframe.py`` fails loudly if they change, and both paths fall back
@@ -31,6 +35,7 @@ from typing import Any
 
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, SSLIOStream
+from tornado.log import gen_log
 from tornado.util import _websocket_mask
 from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13, _WebSocketParams
 
@@ -170,6 +175,37 @@ def ping(conn: WebSocketProtocol, fast: bool) -> None:
         conn.write_ping(b"")
 
 
+def ping_now(conn: WebSocketProtocol) -> bool:
+    """The keepalive's ping, built once (`PING_WIRE`), as one ``send`` straight to the socket of
+    an open connection on the fast path (`fast_path_ok`) whose `FrameStream` has nothing queued.
+
+    The keepalive pings every idle socket once per interval, and `ping`'s way there (the
+    connection's and the stream's checks, `write`) runs ten Python functions around the one
+    system call; here, none: attributes are read directly. True once the ping went (or its
+    tail was queued behind a partial send, in order); False when this does not apply, and
+    `ping` must send it. Never raises."""
+    stream = conn.stream
+    if (
+        stream is None
+        or stream._closed
+        or conn.client_terminated
+        or conn.server_terminated
+        or stream._write_buffer._size
+        or not isinstance(stream, FrameStream)
+    ):
+        return False
+    try:
+        sent = stream.socket.send(PING_WIRE)
+    except OSError:  # would block, or a dead peer: `ping`'s way meets it as usual
+        return False
+    if sent < len(PING_WIRE):
+        try:
+            stream.write(PING_WIRE[sent:])  # the rest, behind the part that went (IOStream handles errors)
+        except Exception:  # noqa: BLE001 - the stream is closing: nothing more to send on it
+            pass
+    return True
+
+
 def send_many(conn: WebSocketProtocol, frames: list[Frame], fast: bool) -> None:
     """Queue ``frames`` on ``conn`` back to back: on the fast path in one write, so a replay's
     messages cost one system call, not one each. Same errors as `send`."""
@@ -197,6 +233,7 @@ READ_AHEAD = 4096
 _FAST_OPCODES = frozenset((0x1, 0x2, 0x8, 0x9, 0xA))
 _SMALL = 125
 _READ = IOLoop.READ
+_PONG_HEAD = _FIN | 0xA
 
 
 class FastReadProtocol13(WebSocketProtocol13):
@@ -233,7 +270,7 @@ class FastReadProtocol13(WebSocketProtocol13):
         ):
             await super()._receive_frame()
             return
-        data = await _read_ahead(stream)
+        data = await _read_ahead(stream, self)
         end = len(data)
         n = data[1] & 0x7F if end >= 2 else _SMALL + 1
         frame_end = 6 + n
@@ -256,7 +293,7 @@ class FastReadProtocol13(WebSocketProtocol13):
         await super()._receive_frame()
 
 
-def _read_ahead(stream: IOStream) -> Awaitable[bytes]:
+def _read_ahead(stream: IOStream, conn: FastReadProtocol13) -> Awaitable[bytes]:
     """``stream.read_bytes(READ_AHEAD, partial=True)``, without its first try at the socket when
     nothing is buffered and the stream listens for data already.
 
@@ -267,10 +304,95 @@ def _read_ahead(stream: IOStream) -> Awaitable[bytes]:
     next turn all the same."""
     if stream._read_buffer_size or stream.closed() or stream.reading() or not (stream._state or 0) & _READ:
         return stream.read_bytes(READ_AHEAD, partial=True)
+    if isinstance(stream, FrameStream) and stream.frames is not conn:
+        stream.frames = conn
     future = stream._start_read()
     stream._read_bytes = READ_AHEAD
     stream._read_partial = True
     return future
+
+
+class FrameStream(IOStream):
+    """An IOStream that reads a lone pong itself, without waking the WebSocket's frame loop.
+
+    An idle socket's only traffic is the keepalive's ping and the pong that answers it. Read
+    the usual way, the pong completes the frame loop's pending read: a Future resolved, a
+    Task woken, the five coroutines from ``RequestHandler._execute`` down to
+    `FastReadProtocol13._receive_frame` resumed and suspended again, a new read set up, a
+    64 KiB buffer allocated to ``recv`` six bytes into, and the stream's bookkeeping of what
+    to listen for; together about half of what an idle socket costs the server per ping
+    interval. Here, when the socket is readable while the frame loop waits on its read
+    (`_read_ahead`'s, with nothing buffered) on an uncompressed connection, the event is
+    taken with one small ``recv``; if that is exactly one whole, masked pong, within
+    ``max_message_size``, it goes straight to Tornado's own ``_handle_message`` (``on_pong``,
+    as the frame loop would call it), and the frame loop's read, and what the stream listens
+    for, stay as they were. Anything else (more than one frame, a part of one, any other
+    frame) goes into the stream's buffer and completes the pending read, as Tornado's own
+    read would, and the frame loop reads it as ever. Errors and the end of the stream close
+    it as Tornado's read does. A handler whose ``on_pong`` is a coroutine is not awaited here
+    (rrr's are plain methods).
+    """
+
+    # A slot, not an attribute: see `rrr.edge.guard.GuardedStream` on why streams keep theirs in slots.
+    __slots__ = ("frames",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The WebSocket protocol reading this stream, once its frame loop has waited on it.
+        self.frames: FastReadProtocol13 | None = None
+
+    def _handle_events(self, fd: Any, events: int) -> None:
+        conn = self.frames
+        if (
+            events != _READ
+            or conn is None
+            or self._read_future is None
+            or self._read_buffer_size
+            or self._read_bytes != READ_AHEAD
+            or not self._read_partial
+            or self._user_read_buffer
+            or conn.stream is not self
+            or conn.client_terminated
+            or conn._decompressor is not None
+            or conn._fragmented_message_buffer is not None
+        ):
+            super()._handle_events(fd, events)
+            return
+        try:
+            data = self.socket.recv(READ_AHEAD)
+        except BlockingIOError:
+            return  # nothing after all: the read stays pending
+        except OSError as e:  # as Tornado's read: a reset closes quietly, anything else is logged first
+            if not self._is_connreset(e):
+                gen_log.warning("error on read: %s" % e)
+            self.close(exc_info=e)
+            return
+        if not data:
+            self.close()  # the peer closed: the pending read fails with StreamClosedError, as ever
+            return
+        end = len(data)
+        n = data[1] & 0x7F if end >= 2 else _SMALL + 1
+        if (
+            data[0] == _PONG_HEAD  # FIN, no RSV bits, a pong
+            and data[1] & 0x80  # masked
+            and n <= _SMALL
+            and end == 6 + n  # one whole frame and nothing after it
+            and n <= conn.params.max_message_size
+        ):
+            conn._wire_bytes_in += end
+            conn._handle_message(0xA, _websocket_mask(data[2:6], data[6:end]))
+            return
+        self._read_buffer += data
+        self._read_buffer_size += end
+        pos = self._find_read_pos()
+        if pos is not None:
+            self._read_from_buffer(pos)
+        # What to listen for next, as after any event; no event left to handle (the read is done).
+        super()._handle_events(fd, 0)
+
+    def close_fd(self) -> None:
+        self.frames = None
+        super().close_fd()
 
 
 def _unread(stream: IOStream, data: bytes) -> None:
