@@ -401,10 +401,11 @@ class HttpSessionClient(Client):
 
     async def send(self, frame: dict[str, Any]) -> None:
         for _ in range(20):
-            if self.session_id is None:
+            sid = self.session_id  # the session may end while the POST is out
+            if sid is None:
                 return
             try:
-                r = await self.soak.http(f"/{self.door}/{self.session_id}/", "POST", json.dumps(frame),
+                r = await self.soak.http(f"/{self.door}/{sid}/", "POST", json.dumps(frame),
                                          {"Content-Type": "application/json"})
             except Exception as e:  # noqa: BLE001 - no answer (timed out, reset): the frame may or may not
                 # have been taken. Every frame sent here is idempotent (a subscription's name is its identity),
@@ -413,7 +414,7 @@ class HttpSessionClient(Client):
                 self.note(f"POST {frame.get('type')} {frame.get('room', '')}: {type(e).__name__}")
                 await asyncio.sleep(0.3)
                 continue
-            self.note(f"POST {frame.get('type')} {frame.get('room', '')} {self.session_id[:8]}: {r.code}")
+            self.note(f"POST {frame.get('type')} {frame.get('room', '')} {sid[:8]}: {r.code}")
             if r.code == 202:
                 return
             STATS.error(f"{self.door} POST:{r.code}")
@@ -529,11 +530,12 @@ class PollClient(HttpSessionClient):
     async def _poll(self, seq: int) -> None:
         fails = 0
         while not self.gone.is_set() and self.session_id is not None:
+            sid = self.session_id
             try:
-                r = await self.soak.http(f"/poll/{self.session_id}/?seq={seq}", timeout=self.soak.cfg.poll_timeout + 20)
+                r = await self.soak.http(f"/poll/{sid}/?seq={seq}", timeout=self.soak.cfg.poll_timeout + 20)
             except Exception:  # noqa: BLE001
                 r = None
-            self.note(f"poll {self.session_id[:8]} seq {seq}: {'no answer' if r is None else r.code}"
+            self.note(f"poll {sid[:8]} seq {seq}: {'no answer' if r is None else r.code}"
                       + (f" {len(json.loads(r.body)['frames'])} frames" if r is not None and r.code == 200 else ""))
             if r is None or r.code != 200:
                 STATS.error(f"poll GET:{'no answer' if r is None else r.code}")
@@ -1227,6 +1229,12 @@ class Soak:
                 rec["wrong"] = wrong[:10]
                 rec["known_defect"] = "stale members"
             elif took is None:
+                # The server's side too (the clients' views are judged first, and a wrong view stops the round):
+                # which room counts whom it should not, which member it lists with no subscription.
+                truth_counts, truth_members = self.truth()
+                seen_counts, seen_members = await self.server_view()
+                wrong = (count_errors(truth_counts, seen_counts) + member_errors(truth_members, seen_members)
+                         + wrong)
                 rec["wrong"] = wrong[:10]
                 for c in getattr(self, "unsettled", [])[:3]:
                     self.log(f"    {c.name}: connected {c.connected}, subs "
@@ -1432,6 +1440,11 @@ class Soak:
         loads = self.timeline["load"]
         counts_wrong_after_bound = sum(1 for f in self.faults if not f.get("within_bound"))
         fail = list(self.failures) + verdict.violations + STATS.violations[:10] + hooks["violations"]
+        # Exact again, but later than the bound (a fault whose counts never came back failed above already).
+        late = [f"{f['kind']} at {f['t']:.0f} s (exact {f['recovery_s']} s after it)" for f in self.faults
+                if not f.get("within_bound") and f.get("recovery_s") is not None]
+        if late:
+            fail.append(f"counts wrong after the bound ({cfg.client_bound:g} s) after {len(late)} fault(s): {late[:5]}")
         if verdict.lost or verdict.duplicated or verdict.out_of_order:
             fail.append(f"messages: {verdict.lost} lost, {verdict.duplicated} duplicated, "
                         f"{verdict.out_of_order} out of order")
