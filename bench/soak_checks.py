@@ -223,6 +223,30 @@ def judge_all(histories: Iterable[tuple[str, str, Sequence[Event], bool]], truth
     return t
 
 
+def split_stored_twice(twice: Mapping[tuple[str, str], Sequence[tuple[str, int]]],
+                       records: Mapping[str, Mapping[tuple[str, int], str | None]]) -> tuple[list[str], list[str]]:
+    """Publishes subscribers got at two places ``(room, id) -> [(epoch, offset), ...]``, split by what the room's
+    history holds at the end (``records``: room -> ``(epoch, offset) -> id``, read from the server): stored
+    twice (a defect: the record holds the id at more than one place, or does not cover them all, so nothing
+    clears it), or once, the other place holding another message: a write a failover lost after it had
+    gone out live (the old master ran the publish as it came back, before it learnt it was demoted), which the
+    client's retry then stored on the new master (docs/concepts/delivery.md "The limits, exactly": a failover
+    can lose the last writes). Each entry names the room, the id and its places."""
+    stored: list[str] = []
+    lost_first: list[str] = []
+    for (room, mid), places in sorted(twice.items()):
+        rec = records.get(room, {})
+        covered = all(p in rec for p in places)
+        held = [p for p in places if rec.get(p) == mid]
+        what = f"{room} {mid} at {list(places)}"
+        if covered and len(held) == 1:
+            others = {p: rec[p] for p in places if p not in held}
+            lost_first.append(f"{what}; the record holds it at {held[0]}, and {others} instead")
+        else:
+            stored.append(what + ("" if covered else "; the record does not cover every place"))
+    return stored, lost_first
+
+
 # -- counts, members ----------------------------------------------------------------------------------
 
 

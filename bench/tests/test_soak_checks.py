@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.soak_checks import (
     RoomTruth, check_subscription, check_webhooks, count_errors, fd_leaks, judge_all, member_errors, rss_growth,
+    split_stored_twice,
 )
 
 E = "ep1"
@@ -157,3 +158,18 @@ def test_rss_growth_and_descriptor_leaks() -> None:
     assert g is not None and g > 0.05
     assert fd_leaks({"app": 40}, {"app": 44}) == []
     assert fd_leaks({"app": 40}, {"app": 400})
+
+
+def test_a_publish_stored_twice_fails_unless_the_record_shows_a_failover_lost_its_first_write() -> None:
+    twice = {("r", "a1"): [(E, 161), (E, 162)]}
+    # The room's history holds a1 at both places: stored twice, a defect.
+    stored, lost = split_stored_twice(twice, {"r": {(E, 161): "a1", (E, 162): "a1"}})
+    assert (len(stored), lost) == (1, [])
+    # It holds a1 once and another message where subscribers first got it: the failover lost that write.
+    stored, lost = split_stored_twice(twice, {"r": {(E, 161): "x9", (E, 162): "a1"}})
+    assert stored == [] and len(lost) == 1 and "x9" in lost[0]
+    # The record does not reach back to the first place (or another epoch): nothing clears it.
+    stored, lost = split_stored_twice(twice, {"r": {(E, 162): "a1"}})
+    assert (len(stored), lost) == (1, [])
+    stored, lost = split_stored_twice(twice, {"r": {("ep2", 161): "x9", ("ep2", 162): "a1"}})
+    assert (len(stored), lost) == (1, [])
