@@ -281,7 +281,10 @@ class Client:
         room = f.get("room", "")
         sub = self.subs.get(room)
         if kind == "message":
-            if sub is None:
+            # A live message (no ``sub``) before this subscription's ``subscribed`` was sent for an earlier
+            # subscription of the room on this connection, left just before (the server sends a subscription
+            # nothing live before its ``subscribed``): it is not this one's.
+            if sub is None or (not sub.confirmed and "sub" not in f):
                 return
             data = f.get("data")
             mid = data.get("id") if isinstance(data, dict) else None
