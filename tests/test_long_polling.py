@@ -21,7 +21,7 @@ import pytest
 
 from support.clients import wait_until
 from support.servers import Server, ServerFactory
-from support.transports import PollClient, SseClient, post, request
+from support.transports import PollClient, Response, SseClient, post, request
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 
@@ -63,9 +63,17 @@ async def test_a_session_opens_at_once_and_its_frames_are_numbered_from_1(
     sid = body["session"]
 
     assert (await post(server.base_url, "poll", sid, {"type": "subscribe", "room": "p1", "sub": "t"})).status == 202
+
+    async def unacknowledged(until: str) -> Response:
+        """Poll with nothing acknowledged (``seq=0``) until a frame of type ``until`` is among those owed."""
+        deadline = time.monotonic() + 10
+        while True:
+            r = await request(f"{server.base_url}/poll/{sid}/?seq=0")
+            if any(f["type"] == until for f in r.json()["frames"]) or time.monotonic() > deadline:
+                return r
+    await unacknowledged("subscribed")  # a message published before it is not the subscription's
     await publish(server, "p1", "hello")
-    await asyncio.sleep(0.3)
-    first = await request(f"{server.base_url}/poll/{sid}/?seq=0")
+    first = await unacknowledged("message")
     assert first.status == 200 and first.header("cache-control") == "no-store"
     batch = first.json()
     types = [f["type"] for f in batch["frames"]]
