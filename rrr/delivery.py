@@ -31,6 +31,7 @@ from typing import Protocol
 
 from . import protocol
 from .backplane import History, Read, Subscriber
+from .backplane.history import digest
 from .edge.wsframe import Frame
 from .errors import BackplaneError
 from .metrics import Metrics
@@ -68,6 +69,10 @@ class Pending:
 class RoomStream:
     epoch: str | None = None
     top: int = 0
+    # The data delivered here at ``top`` ("": none, or dropped as oversized). A catch-up sends its
+    # digest: a room whose history holds another message there reused the offset (a stopped old
+    # master's publish heard live, the new master's stored) and starts a new epoch.
+    last: str = ""
     stale: bool = True  # history must be read before live messages go out again
     held: list[tuple[int, str, str]] = field(default_factory=list)  # live while stale: (offset, epoch, data)
     pending: dict[tuple[Connection, str], Pending] = field(default_factory=dict)
@@ -228,6 +233,7 @@ class Delivery:
         s.top = offset
         if not self._fits(room, data_json):
             data_json = ""
+        s.last = data_json
         if s.recent is not None and len(s.recent) < self.hold_max:
             s.recent.append((offset, data_json))
         if data_json:
@@ -276,12 +282,12 @@ class Delivery:
         # Whatever was held before the read began was stored before it: the read must show it.
         before = len(s.held)
         read = await self.history.read(
-            room, s.top if known else None, seen=(s.epoch, s.top) if s.epoch is not None else None,
+            room, s.top if known else None, seen=(s.epoch, s.top, digest(s.last)) if s.epoch is not None else None,
         )
         if self._streams.get(room) is not s or s.generation != generation:
             return  # pub/sub broke meanwhile: still stale, read again once it is back
         if not known:
-            s.epoch, s.top = read.epoch, read.top
+            s.epoch, s.top, s.last = read.epoch, read.top, ""
         elif read.covers(s.top, s.epoch):
             self._replay(room, s, read.entries)
         elif s.top == 0 and read.covers(0):
@@ -292,7 +298,7 @@ class Delivery:
         else:
             # Lost (Redis restarted empty, a failover lost the last writes) or trimmed past us:
             # the room's sockets must reload.
-            s.epoch, s.top = read.epoch, read.top
+            s.epoch, s.top, s.last = read.epoch, read.top, ""
             self._reset(room, s)
         held, s.held = s.held, []
         s.stale = False

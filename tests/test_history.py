@@ -13,9 +13,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from rrr import client as rrr_client
 from rrr.backplane.embedded import EmbeddedRedis
-from rrr.backplane.history import publish_args
+from rrr.backplane.history import digest, publish_args, read_args
 from rrr.backplane.keys import history, meta
-from rrr.backplane.scripts import HISTORY_PUBLISH
+from rrr.backplane.scripts import HISTORY_PUBLISH, HISTORY_READ
 from support.clients import Client, connect, wait_until
 from support.redis import LyingRedis, SlowReplyProxy
 from support.servers import ServerFactory, Server
@@ -642,6 +642,90 @@ async def test_offsets_that_went_back_in_the_same_epoch_are_not_recovered_from(
     got = [m["data"] for m in messages(back, "failover")]
     assert answer["recovered"] is False and got == [], (
         f"{answer} then {got}: a position in a lost run of offsets must not pass for recovered")
+
+
+def store_other_at(rclient: redis.Redis, room: str, offset: int, data: str) -> None:
+    """Make the entry stored at ``offset`` another message than the one delivered there, keeping the
+    rest: what a new master holds after a stopped old master ran a queued publish as master at
+    SIGCONT, sent it live under that offset, then was demoted and flushed it (#27)."""
+    kept = rclient.xrange(history(room))
+    assert kept is not None
+    ttl = rclient.pttl(history(room))
+    with rclient.pipeline(transaction=True) as p:
+        p.delete(history(room))
+        for entry_id, fields in kept:
+            assert entry_id is not None and fields is not None
+            value = data if entry_id == f"{offset}-0" else fields["d"]
+            p.xadd(history(room), {"d": value}, id=entry_id)
+        p.pexpire(history(room), ttl)
+        p.execute()
+    stored = rclient.xrange(history(room), f"{offset}-0", f"{offset}-0")
+    assert stored is not None and stored[0][1] == {"d": data}
+
+
+async def test_a_read_that_finds_another_message_at_the_offset_it_delivered_up_to_starts_a_new_epoch(
+    rclient: redis.Redis,
+) -> None:
+    """HISTORY_READ itself, on a real Redis: the caller's ``seen`` carries the digest of what it
+    delivered at its top. The same message there: nothing changes. Another one: a new epoch, the
+    stream gone, and the remembered publish ids too, so a retried publish is stored in the new epoch
+    instead of being answered with its old offset under the new epoch's name."""
+    room = "reused"
+    sent = [json.dumps(f"x {i}") for i in (1, 2, 3)]
+    args = [publish_args(room, data, 100, 300, own=True) for data in sent]
+    replies = [rclient.eval(HISTORY_PUBLISH, len(k), *k, *a) for k, a in args]
+    assert [r[0] for r in replies] == [1, 2, 3]
+    epoch = replies[0][1]
+
+    def read(after: int, seen: tuple[str, int, str]) -> list[Any]:
+        k, a = read_args(room, after, 100, 100, 300, seen=seen)
+        reply: list[Any] = rclient.eval(HISTORY_READ, len(k), *k, *a)
+        return reply
+
+    assert read(3, (epoch, 3, digest(sent[2])))[:2] == [epoch, 3]
+    assert read(3, (epoch, 3, ""))[:2] == [epoch, 3]  # unknown (dropped as oversized): nothing to check
+    assert rclient.hget(meta(room), "p") is not None
+
+    store_other_at(rclient, room, 3, json.dumps("y 3"))
+    assert read(3, (epoch, 3, digest(json.dumps("y 3"))))[:2] == [epoch, 3]  # a process that got y 3
+    assert read(2, (epoch, 2, digest(sent[1])))[:2] == [epoch, 3]  # below the reuse: still the same
+
+    got = read(3, (epoch, 3, digest(sent[2])))
+    assert got[0] != epoch and got[1] == 0 and got[2] == [], f"{got}: offset 3 was reused, yet the epoch stands"
+    assert rclient.hget(meta(room), "e") == got[0] and rclient.exists(history(room)) == 0
+    assert rclient.hget(meta(room), "p") is None, "the old epoch's publish ids survived the reset"
+    k, a = args[2]
+    retried = rclient.eval(HISTORY_PUBLISH, len(k), *k, *a)  # its first reply was lost: sent again
+    assert retried[:2] == [1, got[0]], f"{retried}: a retry after the reset answered with an old-epoch offset"
+
+
+async def test_a_catch_up_that_finds_another_message_where_it_delivered_resets_instead_of_skipping(
+    server_factory: ServerFactory, rclient: redis.Redis, clients: list[Client]
+) -> None:
+    """The soak's silent loss (#27): a process delivered X at offset 3, heard live from an old master
+    that then lost it; the new master holds Y at 3. After the pub/sub cut the process catches up from
+    3 and, without the digest, would skip Y for good with no word to anyone. Its sockets are told
+    ``recovered: false`` under a new epoch instead, and get what follows."""
+    server = await server_factory(api_token="tok")
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    epoch = (await subscribed(c, "reused"))["epoch"]
+    for i in (1, 2, 3):
+        await api_publish(server, "reused", f"x {i}")
+    await wait_until(lambda: offsets(c, "reused") == [1, 2, 3], what="x 1..3")
+
+    store_other_at(rclient, "reused", 3, json.dumps("y 3"))
+    n = len(c.frames)
+    assert rclient.client_kill_filter(_type="pubsub") >= 1  # a failover cuts every connection
+    reset = await c.next("subscribed", after=n, timeout=30)
+    assert reset["recovered"] is False and reset["epoch"] != epoch and reset["offset"] == 0, reset
+
+    published = await api_publish(server, "reused", "after")
+    assert (published["offset"], published["epoch"]) == (1, reset["epoch"])
+    await wait_until(lambda: [m["data"] for m in messages(c, "reused")][3:] == ["after"], timeout=30,
+                     what="the new epoch's first message")
+    assert [(m["offset"], m["epoch"]) for m in messages(c, "reused")] == [
+        (1, epoch), (2, epoch), (3, epoch), (1, reset["epoch"])]
 
 
 @pytest.mark.parametrize("stray", ["foreign epoch", "offset ahead of the stored top"])

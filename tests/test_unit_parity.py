@@ -2,7 +2,7 @@
 scenario, run against a real redis-server (`rrr.backplane.connect`) and against `MemoryRedis`, gives
 the same transcript, call by call: lease renewals, row and member writes and the totals they return,
 reads, a sweep of a dead process and what it announces, sign-outs, raw relays, and history (offsets,
-trimming, ``covers``, looks, the ``seen`` rule), and every event the subscriber hears, in order."""
+trimming, ``covers``, looks, the ``seen`` rule and its digest), and every event the subscriber hears, in order."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from rrr.backplane import Backplane, WriteResult, connect, keys
-from rrr.backplane.history import Read
+from rrr.backplane.history import Read, digest
 from rrr.metrics import Metrics
 from rrr.protocol import CountState
 from support.memory_backplane import MemoryRedis
@@ -105,11 +105,17 @@ async def scenario(a: Backplane, b: Backplane, elapse: Callable[[float], Awaitab
         out.append(("after 2", read(await a.history.read("r", 2), 2)))
         out.append(("look q", read(await a.history.look("q", 0), 0), "read q", read(await a.history.read("q", 0), 0)))
         out.append(("look r", read(await a.history.look("r", 4), 4)))
-        out.append(("went back", read(await a.history.read("r", 5, seen=(published[0].epoch, 9)), 5)))
+        out.append(("went back", read(await a.history.read("r", 5, seen=(published[0].epoch, 9, "")), 5)))
         again = await b.history.publish("r", '{"i":6}')
         out.append(("new epoch", again.offset, epochs(again.epoch)))
+        seventh = await b.history.publish("r", '{"i":7}')
+        out.append(("seventh", seventh.offset, epochs(seventh.epoch)))
+        out.append(("digest unknown", read(await a.history.read("r", 2, seen=(again.epoch, 2, "")), 2)))
+        out.append(("same at top", read(await a.history.read("r", 1, seen=(again.epoch, 2, digest('{"i":7}'))), 1)))
+        out.append(("other at top", read(await a.history.read("r", 2, seen=(again.epoch, 2, digest('{"i":8}'))), 2)))
+        out.append(("after reuse", read(await a.history.read("r", 0), 0)))
 
-        await eventually(lambda: any(e[0] == "message" and e[4] == '{"i":6}' for e in heard.heard), what="all heard")
+        await eventually(lambda: any(e[0] == "message" and e[4] == '{"i":7}' for e in heard.heard), what="all heard")
         for event in heard.heard:
             kind = event[0]
             if kind == "count":
@@ -147,3 +153,8 @@ async def test_the_memory_backplane_answers_and_announces_as_a_real_redis_does(r
     for step, (got, want) in enumerate(zip(in_memory, on_redis)):
         assert got == want, f"step {step}: memory {got!r} != redis {want!r}"
     assert len(in_memory) == len(on_redis)
+    steps = {s[0]: s for s in on_redis}
+    # Another message at the offset a process delivered up to starts a new epoch; the same one does not.
+    epoch = steps["new epoch"][2]
+    assert steps["digest unknown"][1][:2] == steps["same at top"][1][:2] == (epoch, 2)
+    assert steps["other at top"][1][0] not in ("", epoch) and steps["other at top"][1][1] == 0

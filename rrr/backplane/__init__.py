@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..protocol import CountState
-from .history import Published, Read
+from .history import Published, Read, Seen
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
 
 __all__ = [
     "CHUNK", "Backplane", "EventSettings", "EventStore", "Events", "History", "MemberDelta", "Moved", "Presence",
-    "PresenceReads", "Published", "Publisher", "Read", "RoomReport", "StoredEvent", "Subscriber", "WriteResult",
+    "PresenceReads", "Published", "Publisher", "Read", "RoomReport", "Seen", "StoredEvent", "Subscriber", "WriteResult",
     "connect",
 ]
 
@@ -234,7 +234,7 @@ class History(Protocol):
     async def cached(self, room: str) -> str | None:
         """A cache channel's last message (its payload), kept ``--cache-ttl``; None if none."""
 
-    async def read(self, room: str, after: int | None, *, seen: tuple[str, int] | None = None) -> Read:
+    async def read(self, room: str, after: int | None, *, seen: Seen | None = None) -> Read:
         """The room's position (its epoch fixed now if it had none), and the messages after ``after``."""
 
     async def look(self, room: str, after: int) -> Read:

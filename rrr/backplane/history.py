@@ -18,6 +18,7 @@ helper (`rrr.client.publish`) runs the same scripts with the same argument build
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,11 @@ from . import keys
 from ..errors import BackplaneError
 from ..protocol import MAX_MESSAGE_SIZE, is_epoch, parse_uint, validate_payload
 from ..pusher.names import CACHE_PREFIXES
+
+#: What a process delivered up to in a room: its epoch, top offset and the `digest` of the data
+#: delivered at that offset ("": unknown).
+Seen = tuple[str, int, str]
+
 #: The smallest TTL of a room's meta (epoch and offsets), in seconds; see `meta_ttl`.
 META_TTL_MIN = 3600
 
@@ -143,17 +149,25 @@ def parse_read(reply: Any, limit: int) -> Read:
     return Read(epoch, top, entries)
 
 
+def digest(data_json: str) -> str:
+    """What HISTORY_READ compares with the entry stored at a caller's ``seen`` top (``redis.sha1hex``
+    of its ``d``): "" for a message not delivered (dropped as oversized), which is checked against
+    nothing."""
+    return hashlib.sha1(data_json.encode("utf-8")).hexdigest() if data_json else ""
+
+
 def read_args(
     room: str, after: int | None, limit: int, size: int, ttl: float, *, own: bool = True,
-    seen: tuple[str, int] | None = None,
+    seen: Seen | None = None,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of `rrr.backplane.scripts.HISTORY_READ` (``after`` None: the position only; ``own``
-    False: a read-only look; ``seen``: the epoch and top offset the caller delivered up to)."""
-    seen_epoch, seen_top = seen or ("", 0)
+    False: a read-only look; ``seen``: the epoch and top offset the caller delivered up to, and the
+    `digest` of what it delivered there)."""
+    seen_epoch, seen_top, seen_digest = seen or ("", 0, "")
     return (
         [keys.history(room), keys.meta(room)],
         [-1 if after is None else after, limit, new_epoch(), meta_ttl(ttl), size, int(ttl * 1000), int(own),
-         seen_epoch, seen_top],
+         seen_epoch, seen_top, seen_digest],
     )
 
 
@@ -230,10 +244,11 @@ class RedisHistory:
     async def relay(self, room: str, payload: str) -> int:
         return await self.redis.publish(keys.room_channel(room), payload)
 
-    async def read(self, room: str, after: int | None, *, seen: tuple[str, int] | None = None) -> Read:
+    async def read(self, room: str, after: int | None, *, seen: Seen | None = None) -> Read:
         """The room's position (its epoch fixed now if it had none), and (``after`` given) every
         stored message after it, at most ``size`` of them (all the stream can hold). ``seen``: the
-        epoch and top this process delivered, so a room whose top went back gets a new epoch."""
+        epoch and top this process delivered and the `digest` of what it delivered there, so a room
+        whose top went back, or that holds another message at that offset, gets a new epoch."""
         k, a = read_args(room, after, self.size, self.size, self.ttl, seen=seen)
         async with self._readers:
             reply = await self.redis.script("history_read", k, a)

@@ -10,7 +10,7 @@ for step, and says which script it mirrors (``rrr/backplane/lua/*.lua``):
   process per room, member fields ``<pid>|<user>``, totals that count only live leases, the sweep of
   expired leases with announcements, and one global version sequence (``rrr:seq``);
 * a room's history: its epoch, offsets from 1, the stream trimmed exactly to its size, expiries,
-  and the ``seen`` rule (a top that went back starts a new epoch);
+  and the ``seen`` rule (a top that went back, or another message at it, starts a new epoch);
 * pub/sub: each process's connection (`Link`) subscribes channels by name (`rrr.backplane.keys`);
   Redis acknowledges each one on that connection, in order, and delivers what is published to the
   connections subscribed at that moment, in publish order, with the payloads the scripts publish
@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 from rrr.backplane import CHUNK, Backplane, MemberDelta, Publisher, RoomReport, WriteResult, keys
 from rrr.backplane.calls import parse_members, parse_state
-from rrr.backplane.history import Published, Read, cache_ms, meta_ttl, new_epoch
+from rrr.backplane.history import Published, Read, Seen, cache_ms, digest, meta_ttl, new_epoch
 from rrr.backplane.pubsub import Dispatch, Following, Follows
 from rrr.errors import BackplaneError, OutcomeUnknown
 from rrr.metrics import Metrics
@@ -632,18 +632,23 @@ class MemoryRedis:
 
     def history_read(
         self, room: str, after: int | None, limit: int, size: int, ttl: float, *, own: bool = True,
-        seen: tuple[str, int] | None = None,
+        seen: Seen | None = None,
     ) -> Read:
         """history_read.lua: the position (an epoch fixed now if none, unless a look), and at most
         ``limit`` entries after ``after``."""
-        seen_epoch, seen_top = seen or ("", 0)
+        seen_epoch, seen_top, seen_digest = seen or ("", 0, "")
         m = self._meta(room)
         if not own and m is None:
             return Read("", 0, [])
         if own:
             fresh = new_epoch()  # ARGV[3]: the epoch a room without one gets, and one whose top went back
             m, epoch = self._epoch_of(room, fresh)
-            if epoch == seen_epoch and m.o < seen_top:
+            reused = False
+            if epoch == seen_epoch and seen_top > 0 and m.o >= seen_top and seen_digest:
+                s = self._stream(room)
+                at = [d for o, d in (s.entries if s else []) if o == seen_top]
+                reused = bool(at) and digest(at[0]) != seen_digest
+            if epoch == seen_epoch and (m.o < seen_top or reused):
                 epoch = m.e = fresh
                 m.o = 0
                 self.streams.pop(room, None)
@@ -1000,7 +1005,7 @@ class MemoryHistory:
         kept = self.redis.caches.get(room)
         return kept[0] if kept is not None and kept[1] > self.redis.clock() else None
 
-    async def read(self, room: str, after: int | None, *, seen: tuple[str, int] | None = None) -> Read:
+    async def read(self, room: str, after: int | None, *, seen: Seen | None = None) -> Read:
         return await self._presence._run(
             "history_read", lambda: self.redis.history_read(room, after, self.size, self.size, self.ttl, seen=seen),
         )
