@@ -4,13 +4,16 @@ Rooms are picked so they live on every shard. Two processes agree on counts and 
 messages from the API, the backend helper, a raw classic PUBLISH and an SPUBLISH reach every
 subscriber; a kill -9'd process leaves every count within TTL + TTL/3; a kill -9'd master is
 replaced by its replica and rrr follows: delivery resumes and counts are exact within the
-node timeout + 5 s, and every message stored in history reaches every subscriber once.
+node timeout + 5 s, and every message stored in history reaches every subscriber once; a
+SIGSTOPped master that publishes after its replica took over costs a ``recovered: false``, never a
+silent skip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +25,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from rrr import client as rrr_client
 
 from rrr.backplane import keys
+from rrr.backplane.history import publish_args
+from rrr.backplane.scripts import HISTORY_PUBLISH
 from rrr.backplane.clients import parse_cluster_url
 from support.clients import Client, connect, wait_until
 from support.cluster import NODE_TIMEOUT_MS, RedisCluster
@@ -397,3 +402,80 @@ async def test_a_member_whose_removal_the_cluster_lost_goes_after_a_reconnect(
         cluster.node(port).client_kill_filter(_type="pubsub")
     await wait_until(lambda: len(shard.hkeys(keys.members(team))) == 1, timeout=30, what="bob's field gone")
     assert await listed() == {"ada"}
+
+
+def resp(*args: Any) -> bytes:
+    """One command as a client sends it (RESP array of bulk strings)."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+async def test_a_stopped_master_that_publishes_after_its_replica_took_over_makes_a_new_epoch_not_a_silent_skip(
+    cluster: RedisCluster, server_factory: ServerFactory, clients: list[Client],
+) -> None:
+    """The soak's silent loss (#27), on a real cluster. A master is SIGSTOPped with a publish of X
+    unread in its socket (what a client that gave up on it leaves behind); its replica takes over
+    and stores Y at the same offset. At SIGCONT the old master runs X as master and SPUBLISHes it to
+    the process still linked to it, then steps down and flushes X. The process then catches up from
+    the offset X had: the room holds Y there. Its socket must get Y or ``recovered: false``, never
+    neither."""
+    room = "stalled"
+    # A long keepalive: the link to the stopped master must still be up when it wakes.
+    server = await start(server_factory, cluster, pubsub_keepalive=30.0)
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    await subscribe_all(c, [room])
+    epoch = c.of_type("subscribed")[-1]["epoch"]
+    for i in (1, 2, 3):
+        await api(server, f"/api/rooms/{room}/messages", "POST", json.dumps(f"before {i}"))
+    await wait_until(lambda: [o for o, _ in offsets_in(c, room)] == [1, 2, 3], what="1..3")
+    assert cluster.replicated(keys.meta(room))
+    master = cluster.master_of(keys.meta(room))
+    replica = cluster.replica_of(master)
+
+    k, a = publish_args(room, json.dumps("X"), 100, 300.0, own=False, sharded=True)
+    queued = resp("EVAL", HISTORY_PUBLISH, len(k), *k, *a)
+    raw = socket.create_connection(("127.0.0.1", master), timeout=30)
+    loop = asyncio.get_running_loop()
+    try:
+        raw.sendall(resp("PING"))
+        assert raw.recv(100) == b"+PONG\r\n"  # accepted: its socket is one the master already watches
+        cluster.pause(master)
+        try:
+            raw.sendall(queued)  # unread until SIGCONT: read before the failover's bus messages
+            promoted = cluster.node(replica)
+            promoted.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+            await wait_until(lambda: cluster.info(replica, "replication").get("role") == "master",
+                             timeout=30, what="the replica promoted")
+            k, a = publish_args(room, json.dumps("Y"), 100, 300.0, own=False, sharded=True)
+            y = promoted.eval(HISTORY_PUBLISH, len(k), *k, *a)
+            assert y[0] == 4 and y[1].decode() == epoch, y
+        finally:
+            cluster.pause(master, False)
+        # The old master's answer to X: it ran as master, at the same offset as Y.
+        ran = await loop.run_in_executor(None, raw.recv, 200)
+        assert ran.startswith(b"*3\r\n:4\r\n"), f"the old master did not run X as master: {ran!r}"
+    finally:
+        raw.close()
+
+    await wait_until(lambda: ("X" in data_in(c, room)), timeout=30, what="X, live from the old master")
+    await loop.run_in_executor(None, cluster.wait_healthy, 60.0)
+    z = None
+    for _ in range(100):  # the process's cluster client finds the new master
+        try:
+            z = await api(server, f"/api/rooms/{room}/messages", "POST", json.dumps("Z"))
+            break
+        except HTTPClientError:
+            await asyncio.sleep(0.3)
+    assert z is not None
+    await wait_until(lambda: "Z" in data_in(c, room), timeout=30, what="Z")
+    frames = [f for f in c.frames if f.get("room") == room and f["type"] in ("message", "subscribed")]
+    reset = [f for f in frames if f["type"] == "subscribed" and f["recovered"] is False and f["epoch"] != epoch]
+    assert "Y" in data_in(c, room) or reset, (
+        f"Y (stored at 4 of {epoch}) never delivered and no recovered: false: {frames}")
+    if reset:
+        assert z["epoch"] == reset[-1]["epoch"] and "Y" not in data_in(c, room)
+    print("delivered:", [(f["type"], f.get("offset"), f.get("data", f.get("recovered"))) for f in frames])
