@@ -273,7 +273,10 @@ class Client:
             await self.send({"type": "auth", "token": self.soak.tokens[self.user]})
         self.connected = True
         for sub in list(self.subs.values()):
-            await self.send(self.subscribe_frame(sub))
+            # Left while the frames before it were out (a churn step): subscribing it now would leave the server
+            # holding a subscription this client no longer counts (the 30-minute run's one-too-many presence).
+            if self.subs.get(sub.room) is sub:
+                await self.send(self.subscribe_frame(sub))
 
     def frame(self, f: dict[str, Any]) -> None:
         t = since_start()
@@ -404,8 +407,15 @@ class HttpSessionClient(Client):
         super().__init__(*a)
         self.session_id: str | None = None
         self.gone = asyncio.Event()
+        #: One POST out at a time, as the browser library sends them: two at once may reach different processes,
+        #: and a subscribe handed over through Redis would be taken after an unsubscribe POSTed later.
+        self.sending = asyncio.Lock()
 
     async def send(self, frame: dict[str, Any]) -> None:
+        async with self.sending:
+            await self._send(frame)
+
+    async def _send(self, frame: dict[str, Any]) -> None:
         for _ in range(20):
             sid = self.session_id  # the session may end while the POST is out
             if sid is None:

@@ -18,6 +18,7 @@ from rrr.backplane import keys
 from support.clients import Client, connect, wait_until
 from support.processes import AppProcess
 from support.production import Cluster
+from support.redis import SlowReplyProxy
 from support.servers import Server, ServerFactory
 from support.transports import PollClient, SseClient, post, request
 
@@ -195,6 +196,97 @@ async def test_kill_9_of_a_sessions_process_the_counts_converge_and_its_sessions
     assert converged <= ttl + 2.0, f"took {converged:.2f} s with presence-ttl {ttl}"
     assert (await post(survivor.base_url, "sse", s.session, {"type": "ping"})).status == 404
     assert (await request(f"{survivor.base_url}/poll/{p.session}/?seq={p.seq}")).status == 404
+
+
+async def relayed_pair(
+    app_factory: Callable[..., AppProcess], redis_url: str, **options: Any,
+) -> tuple[AppProcess, SlowReplyProxy, AppProcess, SlowReplyProxy]:
+    """Two app.py processes on one Redis, each through its own relay (so one's publishes can be made to fail)."""
+    port = int(redis_url.split(":")[2].split("/")[0])
+    made: list[Any] = []
+    for _ in range(2):
+        proxy = await SlowReplyProxy(port).start()
+        # Started off this loop: the relay runs on it, and app.py's start waits for /healthz.
+        made += [await asyncio.to_thread(app_factory, redis_url=proxy.url, **options), proxy]
+    return made[0], made[1], made[2], made[3]
+
+
+async def stop_relayed(*made: AppProcess | SlowReplyProxy) -> None:
+    """The apps first (off this loop: their shutdown still talks to Redis through the relays), then the relays."""
+    for thing in made:
+        if isinstance(thing, AppProcess):
+            await asyncio.to_thread(thing.stop)
+    for thing in made:
+        if isinstance(thing, SlowReplyProxy):
+            await thing.close()
+
+
+async def test_a_handed_over_poll_whose_client_left_and_whose_answer_cannot_go_lets_its_session_end(
+    app_factory: Callable[..., AppProcess], redis_url: str, streams: list[SseClient | PollClient],
+    clients: list[Client],
+) -> None:
+    """The soak's suspect (#27): a session abandoned with a poll parked on its owner for another process
+    whose client hung up, and the owner's answer publish failing. The owner's waiter goes after
+    --poll-timeout all the same, and the session nobody polls ends --poll-timeout + 10 s later."""
+    owner, owner_relay, other, other_relay = await relayed_pair(
+        app_factory, redis_url, poll_timeout=2, presence_ttl=2, redis_timeout=1)
+    try:
+        p = await PollClient.open(owner.base_url, poll=False)
+        streams.append(p)
+        assert (await p.send(type="subscribe", room="left-behind", sub="t")).status == 202
+        p.take((await p.poll_once()).json())
+        assert p.of_type("subscribed")
+        watcher = await connect(other.base_url.replace("http", "ws") + "/ws/count/left-behind/")
+        clients.append(watcher)
+        await watcher.settles_on(2)
+        while (answer := (await p.poll_once()).json())["frames"]:  # up to date: the next poll waits
+            p.take(answer)
+        # Every answer the owner publishes to the other process's inbox: run, and its connection cut.
+        owner_relay.cut_reply_to(keys.inbox_channel(await tag_of(other)).encode(), every=True)
+        other_relay.hold_reply_to(keys.inbox_channel(p.session[:8]).encode(), 0.0)  # marks the handoff's publish
+        p.base = other.base_url
+        parked = asyncio.ensure_future(p.poll_once())
+        await wait_until(other_relay.held.is_set, what="the poll handed over to the owner")
+        assert not parked.done()  # it waits there: nothing is new
+        parked.cancel()  # the client hangs up and polls no more: the session is abandoned
+        await asyncio.gather(parked, return_exceptions=True)
+        await wait_until(lambda: "could not answer a handed-over request" in owner.log(), timeout=20,
+                         what="the owner's answer publish failing")
+        # Gone within --poll-timeout + 10 s + --presence-ttl of its last poll (with room to spare).
+        await watcher.settles_on(1, timeout=2 + 10 + 2 + 20)
+        metrics = (await request(f"{other.base_url}/metrics")).body.decode()
+        assert 'rrr_handoffs_total{op="poll",result="abandoned"} 1.0' in metrics  # the client's hang-up
+        assert (await request(f"{owner.base_url}/poll/{p.session}/?seq={p.seq}")).status == 404
+    finally:
+        await stop_relayed(owner, owner_relay, other, other_relay)
+
+
+async def test_a_stream_that_dies_while_its_posts_cannot_be_handed_over_ends_its_session(
+    app_factory: Callable[..., AppProcess], redis_url: str, streams: list[SseClient | PollClient],
+    clients: list[Client],
+) -> None:
+    """An SSE session's POST lands on the other process, whose handoff publish fails (503); the client
+    then drops the stream and opens a new one, as the library does. The old session goes with its stream."""
+    owner, owner_relay, other, other_relay = await relayed_pair(
+        app_factory, redis_url, poll_timeout=2, presence_ttl=2, redis_timeout=1)
+    try:
+        s = await SseClient.open(owner.base_url)
+        streams.append(s)
+        await s.started()
+        assert (await post(owner.base_url, "sse", s.session, {"type": "subscribe", "room": "dropped",
+                                                              "sub": "t"})).status == 202
+        await s.next("subscribed", after=0)
+        watcher = await connect(other.base_url.replace("http", "ws") + "/ws/count/dropped/")
+        clients.append(watcher)
+        await watcher.settles_on(2)
+        other_relay.hold_reply_to(keys.inbox_channel(await tag_of(owner)).encode(), 5, every=True)
+        r = await post(other.base_url, "sse", s.session, {"type": "ping"}, timeout=20)
+        assert r.status == 503, (r.status, r.body)
+        s.close()
+        await watcher.settles_on(1, timeout=30)
+        assert (await post(owner.base_url, "sse", s.session, {"type": "ping"})).status == 404
+    finally:
+        await stop_relayed(owner, owner_relay, other, other_relay)
 
 
 @pytest.mark.nginx
