@@ -290,7 +290,7 @@ def unreached(acks: Iterable[Ack], histories: Iterable[tuple[str, str, Sequence[
     ``recovered: false``, epoch change or Pusher resubscribe since the publish was sent (such a reset tells the
     client it may have missed messages). An acknowledged message that no subscription around it got, while
     one live went past it, is a write nobody was told about: a failover gave its offset to another message
-    the subscribers already had (README "The limits, exactly"), and they read past it."""
+    the subscribers already had (docs/concepts/delivery.md "The limits, exactly"), and they read past it."""
     acks = list(acks)
     sent_of = {str(a[1]): float(a[2]) for a in acks}
     rooms: dict[str, list[_Reach]] = {}
