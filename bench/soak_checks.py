@@ -244,15 +244,21 @@ class _Reach:
         self.events = events
         self.start = math.inf  # its first ``subscribed``
         self.end = math.inf  # its ``end`` (none: alive at the end)
+        self.pusher = False
         self.resets: list[float] = []
+        #: When it saw its room's history start a new epoch.
+        self.epoch_changes: list[float] = []
         epoch: Any = None
         for ev in events:
             if ev[0] == "sub":
                 _, t, _offset, ep, recovered, _since = ev
                 if self.start == math.inf:
                     self.start = t
+                    self.pusher = ep is None
                 elif ep is None or not recovered or ep != epoch:
                     self.resets.append(t)
+                if epoch is not None and ep is not None and ep != epoch:
+                    self.epoch_changes.append(t)
                 epoch = ep
             elif ev[0] == "end":
                 self.end = min(self.end, ev[1])
@@ -288,9 +294,10 @@ def unreached(acks: Iterable[Ack], histories: Iterable[tuple[str, str, Sequence[
     Live around a publish: subscribed (its first ``subscribed`` arrived) before the publish was sent, not ended
     by then, and still there after it: it got a message published after the acknowledgement, with no
     ``recovered: false``, epoch change or Pusher resubscribe since the publish was sent (such a reset tells the
-    client it may have missed messages). An acknowledged message that no subscription around it got, while
-    one live went past it, is a write nobody was told about: a failover gave its offset to another message
-    the subscribers already had (docs/concepts/delivery.md "The limits, exactly"), and they read past it."""
+    client it may have missed messages; a Pusher client cannot be told, and a new epoch of the room's history,
+    as native subscribers saw it, counts as its reset). An acknowledged message that no subscription around it
+    got, while one live went past it, is a write nobody was told about: a failover gave its offset to another
+    message the subscribers already had (docs/concepts/delivery.md "The limits, exactly"), and they read past it."""
     acks = list(acks)
     sent_of = {str(a[1]): float(a[2]) for a in acks}
     rooms: dict[str, list[_Reach]] = {}
@@ -301,6 +308,13 @@ def unreached(acks: Iterable[Ack], histories: Iterable[tuple[str, str, Sequence[
         for ev in events:
             if ev[0] == "msg" and ev[4] in sent_of:
                 got.setdefault(ev[4], []).append(r)
+    for subs in rooms.values():
+        # A Pusher client cannot be told: a new epoch of its room's history, as native subscribers saw it, ends
+        # what it is owed (its frames are judged by epoch the same way, `check_subscription`).
+        changes = sorted(t for r in subs for t in r.epoch_changes)
+        for r in subs:
+            if r.pusher and changes:
+                r.resets = sorted(r.resets + changes)
     out: list[str] = []
     for room, mid, sent, acked, epoch, offset in acks:
         if any(r.start < sent < r.end for r in got.get(mid, ())):

@@ -232,6 +232,11 @@ def test_an_acknowledged_publish_that_no_live_subscription_got_fails_the_run() -
     # A Pusher client resubscribed (it never recovers): it may have missed it.
     again = [*pusher[:4], ("sub", 5.0, None, None, False, None), pusher[4]]
     assert unreached(again, acks=helper) == []
+    # Nor can it be told: a new epoch of the room's history (as a native subscription saw it) is its reset; a
+    # native subscription's own recovered:false in the same epoch is not.
+    assert unreached(pusher, told, acks=helper) == []
+    same_epoch = native(("sub", 5.0, 4, E, False, 4), ("msg", 6.3, 5, E, "m5"))
+    assert len(unreached(pusher, same_epoch, acks=helper)) == 1
 
 
 def test_a_publish_at_two_places_the_record_no_longer_reaches_is_told_apart_by_what_subscriptions_saw() -> None:
