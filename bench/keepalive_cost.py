@@ -49,6 +49,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.doors import server_frames
 from bench.machine import CLOCK_TICKS, ROOT, cpu_seconds, free_port, stop_process, wait_healthy
 
 ROOM_SIZE = 10
@@ -90,21 +91,7 @@ class IdleSocket(asyncio.Protocol):
                 return
             del self.buf[: end + 4]
             self.upgraded = True
-        buf = self.buf
-        while len(buf) >= 2:
-            opcode, n, at = buf[0] & 0x0F, buf[1] & 0x7F, 2
-            if n == 126:
-                if len(buf) < 4:
-                    return
-                n, at = int.from_bytes(buf[2:4], "big"), 4
-            elif n == 127:
-                if len(buf) < 10:
-                    return
-                n, at = int.from_bytes(buf[2:10], "big"), 10
-            if len(buf) < at + n:
-                return
-            payload = bytes(buf[at: at + n])
-            del buf[: at + n]
+        for opcode, payload in server_frames(self.buf):
             if opcode == 0x9:
                 self.stats["pings"] += 1
                 self.send(0xA, payload)

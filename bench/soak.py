@@ -665,6 +665,9 @@ class Soak:
                                      secret=TOKEN_SECRET) for u in self.users}
         self.truths: dict[str, RoomTruth] = {r: RoomTruth() for r in self.rooms}
         self.acked: dict[str, int] = {"api": 0, "helper": 0, "pusher": 0}
+        #: Every acknowledged publish (``soak_checks.Ack``): room, id, sent and acknowledged (since the start),
+        #: where it was stored as far as its path says.
+        self.acks: list[tuple[str, str, float, float, str | None, int | None]] = []
         self.failed: dict[str, int] = {}
         self.faults: list[dict[str, Any]] = []
         self.timeline: dict[str, list[Any]] = {"rss": [], "count_error": [], "load": []}
@@ -966,6 +969,7 @@ class Soak:
             asyncio.ensure_future(self.publish_one(path, room, data))
 
     async def publish_one(self, path: str, room: str, data: dict[str, Any]) -> None:
+        sent = since_start()
         try:
             if path == "api":
                 r = await self.http(f"/api/rooms/{quote(room)}/messages", "POST", json.dumps(data),
@@ -974,11 +978,13 @@ class Soak:
                     b = json.loads(r.body)
                     self.truths[room].learn(b["epoch"], b["offset"], data["id"])
                     self.acked[path] += 1
+                    self.acks.append((room, data["id"], sent, since_start(), b["epoch"], b["offset"]))
                 else:
                     self.failed[f"{path}:{r.code}"] = self.failed.get(f"{path}:{r.code}", 0) + 1
             elif path == "helper":
-                await apublish(room, data, redis_url=self.redis.url)
+                offset = await apublish(room, data, redis_url=self.redis.url)
                 self.acked[path] += 1
+                self.acks.append((room, data["id"], sent, since_start(), None, offset or None))
             else:
                 body = json.dumps({"name": "soak", "channel": room, "data": json.dumps(data)}).encode()
                 p = f"/apps/{PUSHER_ID}/events"
@@ -987,6 +993,7 @@ class Soak:
                 r = await self.http(f"{p}?{q}", "POST", body, {"Content-Type": "application/json"})
                 if r.code == 200:
                     self.acked[path] += 1
+                    self.acks.append((room, data["id"], sent, since_start(), None, None))
                 else:
                     self.failed[f"{path}:{r.code}"] = self.failed.get(f"{path}:{r.code}", 0) + 1
         except Exception as e:  # noqa: BLE001 - a publish refused during a fault: counted, not a loss
@@ -1364,8 +1371,9 @@ class Soak:
         (self.workdir / "truths.json").write_text(json.dumps(
             {r: {"top": t.top, "ids": {f"{k[0]}:{k[1]}": v for k, v in t.ids.items()}}
              for r, t in self.truths.items()}))
-        verdict = judge_all(((s.name, s.room, s.events, not s.ended) for s, _ in self.histories), self.truths,
-                            HISTORY_SIZE)
+        (self.workdir / "acks.json").write_text(json.dumps(self.acks))
+        judged = [(s.name, s.room, s.events, not s.ended) for s, _ in self.histories]
+        verdict = judge_all(judged, self.truths, HISTORY_SIZE, acks=self.acks)
         # Everyone leaves: counts go to 0, webhooks end vacant, descriptors come back.
         staying = [c for c in self.clients if not c.closing]
         for i in range(0, len(staying), 200):  # 200 at a time: thousands one by one would take minutes
@@ -1444,7 +1452,7 @@ class Soak:
         fail += [f"descriptors not back: {x}" for x in leaks]
         known: list[str] = list(self.known)
         twice = {(room, mid): places for room, t in self.truths.items() for mid, places in t.stored_twice().items()}
-        stored_twice, lost_first = split_stored_twice(twice, self.records)
+        stored_twice, lost_first = split_stored_twice(twice, self.records, judged)
         if stored_twice:
             # Fixed on one node (a publish's id, rrr/backplane/lua/history_publish.lua); still a failure.
             fail.append(f"{len(stored_twice)} publish(es) stored twice (every subscriber got them at two offsets, and "
@@ -1476,6 +1484,8 @@ class Soak:
                          "delivered_twice_first_write_lost_by_failover": len(lost_first),
                          "delivered_twice_first_write_lost_examples": lost_first[:10],
                          "offsets_reused": sum(len(t.reused) for t in self.truths.values()),
+                         "acknowledged_unreached": len(verdict.unreached),
+                         "acknowledged_unreached_examples": verdict.unreached[:10],
                          "latency_p50_ms": round(statistics.median(lat) * 1000, 1) if lat else None,
                          "latency_max_ms": round(max(lat) * 1000, 1) if lat else None},
             "whispers": {"sent": STATS.whispers_sent, "received": STATS.whispers_got},

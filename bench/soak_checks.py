@@ -12,17 +12,25 @@ A history is what one subscription saw, in arrival order, as plain tuples (JSON-
 * ``("end", t, why)``: the subscription ended on purpose (churn, the client left); nothing is owed after it.
 
 One logical subscription lives across reconnects: the client resubscribes with ``since`` its last offset.
+
+A publisher's acknowledgement (`Ack`) is ``(room, id, sent, acked, epoch, offset)``: when the publish was sent and
+when it was acknowledged (the histories' clock), and where it was stored when the path says (the HTTP API gives
+both, the helper the offset, the Pusher API neither: None).
 Standard library only.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 Event = Sequence[Any]
+Ack = Sequence[Any]
 
 
 @dataclass
@@ -183,15 +191,20 @@ class Totals:
     stored_twice_examples: list[str] = field(default_factory=list)
     resets: dict[str, int] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
+    #: Acknowledged publishes that reached none of the subscriptions live around them (`unreached`).
+    unreached: list[str] = field(default_factory=list)
 
 
 def judge_all(histories: Iterable[tuple[str, str, Sequence[Event], bool]], truths: dict[str, RoomTruth],
-              history_size: int, keep: int = 20) -> Totals:
+              history_size: int, keep: int = 20, acks: Iterable[Ack] = ()) -> Totals:
     """Every subscription ``(name, room, events, alive_at_end)``: the totals, and the first ``keep``
     failures named (a run fails when ``lost``, ``duplicated``, ``out_of_order`` or ``violations`` is not
-    empty/zero)."""
+    empty/zero). ``acks``: the publishers' acknowledgements; each one that reached none of the subscriptions
+    live around it is a violation (`unreached`)."""
     t = Totals()
     histories = list(histories)
+    t.unreached = unreached(acks, histories)
+    t.violations += t.unreached[:keep]
     # First what every native frame says is where (a Pusher frame is placed by its id, whatever order the
     # subscriptions are judged in).
     for _name, room, events, _alive in histories:
@@ -223,15 +236,123 @@ def judge_all(histories: Iterable[tuple[str, str, Sequence[Event], bool]], truth
     return t
 
 
+class _Reach:
+    """One subscription as `unreached` reads it: when it began and ended, and when it was told it may have missed
+    messages (``recovered: false``, an epoch change, a Pusher resubscribe)."""
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = events
+        self.start = math.inf  # its first ``subscribed``
+        self.end = math.inf  # its ``end`` (none: alive at the end)
+        self.pusher = False
+        self.resets: list[float] = []
+        #: When it saw its room's history start a new epoch.
+        self.epoch_changes: list[float] = []
+        epoch: Any = None
+        for ev in events:
+            if ev[0] == "sub":
+                _, t, _offset, ep, recovered, _since = ev
+                if self.start == math.inf:
+                    self.start = t
+                    self.pusher = ep is None
+                elif ep is None or not recovered or ep != epoch:
+                    self.resets.append(t)
+                if epoch is not None and ep is not None and ep != epoch:
+                    self.epoch_changes.append(t)
+                epoch = ep
+            elif ev[0] == "end":
+                self.end = min(self.end, ev[1])
+        #: Read only for a publish nobody around got: the acknowledged messages it got, in arrival order: when
+        #: each arrived, and the latest send time among them so far (non-decreasing: a bisect finds the first
+        #: one sent after a given time).
+        self._arrived: array[float] | None = None
+        self._newest_sent = array("d")
+
+    def passed(self, sent: float, acked: float, sent_of: Mapping[str, float]) -> bool:
+        """Whether it went on past a message sent at ``sent`` and acknowledged at ``acked`` with nothing to tell
+        it that it might have missed it: it got a message published after ``acked`` (stored after it, so
+        delivered after it), and no reset came between the publish and that message."""
+        if self._arrived is None:
+            self._arrived = array("d")
+            newest = -math.inf
+            for ev in self.events:
+                if ev[0] == "msg" and ev[4] in sent_of:
+                    newest = max(newest, sent_of[ev[4]])
+                    self._arrived.append(ev[1])
+                    self._newest_sent.append(newest)
+        i = bisect_right(self._newest_sent, acked)
+        if i == len(self._arrived):
+            return False
+        j = bisect_left(self.resets, sent)
+        return j == len(self.resets) or self.resets[j] > self._arrived[i]
+
+
+def unreached(acks: Iterable[Ack], histories: Iterable[tuple[str, str, Sequence[Event], bool]]) -> list[str]:
+    """Acknowledged publishes that reached none of the subscriptions live in their room around them, each named
+    with its room, epoch, offset and id.
+
+    Live around a publish: subscribed (its first ``subscribed`` arrived) before the publish was sent, not ended
+    by then, and still there after it: it got a message published after the acknowledgement, with no
+    ``recovered: false``, epoch change or Pusher resubscribe since the publish was sent (such a reset tells the
+    client it may have missed messages; a Pusher client cannot be told, and a new epoch of the room's history,
+    as native subscribers saw it, counts as its reset). An acknowledged message that no subscription around it
+    got, while one live went past it, is a write nobody was told about: a failover gave its offset to another
+    message the subscribers already had (docs/concepts/delivery.md "The limits, exactly"), and they read past it."""
+    acks = list(acks)
+    sent_of = {str(a[1]): float(a[2]) for a in acks}
+    rooms: dict[str, list[_Reach]] = {}
+    got: dict[str, list[_Reach]] = {}  # id -> the subscriptions that got it
+    for _name, room, events, _alive in histories:
+        r = _Reach(events)
+        rooms.setdefault(room, []).append(r)
+        for ev in events:
+            if ev[0] == "msg" and ev[4] in sent_of:
+                got.setdefault(ev[4], []).append(r)
+    for subs in rooms.values():
+        # A Pusher client cannot be told: a new epoch of its room's history, as native subscribers saw it, ends
+        # what it is owed (its frames are judged by epoch the same way, `check_subscription`).
+        changes = sorted(t for r in subs for t in r.epoch_changes)
+        for r in subs:
+            if r.pusher and changes:
+                r.resets = sorted(r.resets + changes)
+    out: list[str] = []
+    for room, mid, sent, acked, epoch, offset in acks:
+        if any(r.start < sent < r.end for r in got.get(mid, ())):
+            continue
+        live = sum(1 for r in rooms.get(room, ()) if r.start < sent < r.end and r.passed(sent, acked, sent_of))
+        if live:
+            out.append(f"{room} {mid} acknowledged at (epoch {epoch}, offset {offset}) reached none of the {live} "
+                       f"subscription(s) live around it (sent {sent:.1f} s, acknowledged {acked:.1f} s), no reset "
+                       "to explain it")
+    return out
+
+
+def _seen_at(histories: Iterable[tuple[str, str, Sequence[Event], bool]]) -> dict[str, dict[tuple[str, int], set[str]]]:
+    """room -> (epoch, offset) -> every id a subscription got there (native frames: they carry their place)."""
+    out: dict[str, dict[tuple[str, int], set[str]]] = {}
+    for _name, room, events, _alive in histories:
+        for ev in events:
+            if ev[0] == "msg" and ev[2] is not None and ev[4] is not None:
+                out.setdefault(room, {}).setdefault((ev[3], ev[2]), set()).add(ev[4])
+    return out
+
+
 def split_stored_twice(twice: Mapping[tuple[str, str], Sequence[tuple[str, int]]],
-                       records: Mapping[str, Mapping[tuple[str, int], str | None]]) -> tuple[list[str], list[str]]:
-    """Publishes subscribers got at two places ``(room, id) -> [(epoch, offset), ...]``, split by what the room's
-    history holds at the end (``records``: room -> ``(epoch, offset) -> id``, read from the server): stored
-    twice (a defect: the record holds the id at more than one place, or does not cover them all, so nothing
-    clears it), or once, the other place holding another message: a write a failover lost after it had
-    gone out live (the old master ran the publish as it came back, before it learnt it was demoted), which the
-    client's retry then stored on the new master (docs/concepts/delivery.md "The limits, exactly": a failover
-    can lose the last writes). Each entry names the room, the id and its places."""
+                       records: Mapping[str, Mapping[tuple[str, int], str | None]],
+                       histories: Iterable[tuple[str, str, Sequence[Event], bool]] = ()) -> tuple[list[str], list[str]]:
+    """Publishes subscribers got at two places ``(room, id) -> [(epoch, offset), ...]``, split into stored twice
+    (a defect) and the other kind: one publish run on two datasets a failover split apart, its first write lost
+    after it had gone out live (the old master ran the publish as it came back, before it learnt it was
+    demoted), which the client's retry then stored on the new master (docs/concepts/delivery.md "The limits,
+    exactly": a failover can lose the last writes). Each entry names the room, the id and its places.
+
+    First by what the room's history holds at the end (``records``: room -> ``(epoch, offset) -> id``, read
+    from the server): the id at more than one place is stored twice; at one place, another message at the
+    other, the lost-first-write kind. When the record does not settle it (it no longer reaches back to every
+    place), by what the subscriptions saw (``histories``, as `judge_all` takes them): the places in two epochs
+    (the room's history was reset between them: two datasets), or another id a subscription got at one of them
+    (two datasets disagreed there), is the lost-first-write kind; otherwise nothing clears it: stored twice."""
+    seen = _seen_at(histories)
     stored: list[str] = []
     lost_first: list[str] = []
     for (room, mid), places in sorted(twice.items()):
@@ -239,9 +360,17 @@ def split_stored_twice(twice: Mapping[tuple[str, str], Sequence[tuple[str, int]]
         covered = all(p in rec for p in places)
         held = [p for p in places if rec.get(p) == mid]
         what = f"{room} {mid} at {list(places)}"
+        others_seen = {p: sorted(ids - {mid}) for p in places
+                       if (ids := seen.get(room, {}).get(p, set())) - {mid}}
         if covered and len(held) == 1:
             others = {p: rec[p] for p in places if p not in held}
             lost_first.append(f"{what}; the record holds it at {held[0]}, and {others} instead")
+        elif covered and held:
+            stored.append(what)
+        elif len({epoch for epoch, _ in places}) > 1:
+            lost_first.append(f"{what}; in two epochs (the room's history was reset between them)")
+        elif others_seen:
+            lost_first.append(f"{what}; other subscriptions got {others_seen} there")
         else:
             stored.append(what + ("" if covered else "; the record does not cover every place"))
     return stored, lost_first

@@ -43,6 +43,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from .doors import server_frames
 from .machine import ROOT, free_port, rss_bytes, stop_process, wait_healthy
 from .servers import RedisServer, RrrKind, redis_binary
 
@@ -88,24 +89,7 @@ class CountClient(asyncio.Protocol):
             self.upgraded = True
             if not self.opened.done():
                 self.opened.set_result(None)
-        self._frames()
-
-    def _frames(self) -> None:
-        buf = self.buf
-        while len(buf) >= 2:
-            opcode, n, at = buf[0] & 0x0F, buf[1] & 0x7F, 2
-            if n == 126:
-                if len(buf) < 4:
-                    return
-                n, at = int.from_bytes(buf[2:4], "big"), 4
-            elif n == 127:
-                if len(buf) < 10:
-                    return
-                n, at = int.from_bytes(buf[2:10], "big"), 10
-            if len(buf) < at + n:
-                return
-            payload = bytes(buf[at: at + n])
-            del buf[: at + n]
+        for opcode, payload in server_frames(self.buf):
             if opcode == 0x1:
                 count = json.loads(payload).get("connections")
                 if isinstance(count, int):

@@ -305,6 +305,60 @@ def test_door_clients_read_whole_server_frames_only() -> None:
         assert got == [(1, b"hi"), (9, b""), (1, big)] and not buf, cut
 
 
+def test_the_count_socket_clients_see_their_count_and_answer_pings_from_whole_frames() -> None:
+    """``keepalive_cost``'s and ``socket_memory``'s bare clients, against a loopback server that sends a ping
+    and a count (16-bit length) a few bytes per write: each answers the ping with its payload, masked, and
+    settles on the count once the frame is whole."""
+    from .keepalive_cost import IdleSocket
+    from .socket_memory import CountClient
+
+    count = json.dumps({"type": "connection_message", "connections": 3, "room": "r", "pad": "x" * 200},
+                       separators=(",", ":")).encode()
+    wire = b"\x89\x02p1" + b"\x81\x7e" + len(count).to_bytes(2, "big") + count
+
+    async def body() -> None:
+        pongs: list[bytes] = []
+
+        async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            for at in range(0, len(wire), 7):
+                writer.write(wire[at: at + 7])
+                await writer.drain()
+                await asyncio.sleep(0.001)
+            head = await reader.readexactly(2)
+            mask = await reader.readexactly(4)
+            payload = await reader.readexactly(head[1] & 0x7F)
+            assert head[0] == 0x8A and head[1] & 0x80
+            pongs.append(bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+            await reader.read()  # until the client closes
+            writer.close()
+
+        server = await asyncio.start_server(serve_one, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        stats = {"pings": 0, "texts": 0, "closed_by_server": 0, "lost": 0, "talked": 0}
+        idle = IdleSocket("/ws/count/r/", port, 3, stats, loop)
+        counting = CountClient("/ws/count/r/", port, 3, loop)
+        for client in (idle, counting):
+            await loop.create_connection(lambda: client, "127.0.0.1", port)
+        await asyncio.wait_for(asyncio.gather(idle.counted, counting.counted), 10)
+        for _ in range(500):
+            if len(pongs) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert pongs == [b"p1", b"p1"]
+        assert stats["pings"] == 1 and stats["texts"] == 1 and counting.count == 3
+        assert not idle.buf and not counting.buf
+        for client in (idle, counting):
+            assert client.transport is not None
+            client.transport.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(body())
+
+
 def test_the_200k_section_holds_the_run_to_issue_25s_targets() -> None:
     """The 200,000 section judges by its own targets (12 KiB, idle CPU, 120 s, 2 s), not the 100,000 one's."""
     results: dict[str, Any] = {

@@ -28,7 +28,7 @@ from rrr.backplane import keys
 from rrr.backplane.history import publish_args
 from rrr.backplane.scripts import HISTORY_PUBLISH
 from rrr.backplane.clients import parse_cluster_url
-from support.clients import Client, connect, wait_until
+from support.clients import Client, connect, signed_in, wait_until
 from support.cluster import NODE_TIMEOUT_MS, RedisCluster
 from support.processes import AppProcess
 from support.servers import Server, ServerFactory
@@ -93,6 +93,17 @@ async def subscribe_all(c: Client, rooms: list[str], subs: tuple[str, ...] = ("t
                              what=f"subscribed to {room}/{sub}")
 
 
+async def ada_and_bob_in(team: str, ada_on: Server, bob_on: Server, clients: list[Client]) -> tuple[Client, Client]:
+    """ada (a socket on ``ada_on``) and bob (on ``bob_on``), each signed in with a grant to the presence room
+    ``team`` and subscribed to it."""
+    signed = []
+    for user, server in (("ada", ada_on), ("bob", bob_on)):
+        c = await signed_in(server.ws_url("/ws/"), token(user, [team]), clients)
+        await subscribe_all(c, [team])
+        signed.append(c)
+    return signed[0], signed[1]
+
+
 async def api(server: Server, path: str, method: str = "GET", body: str | None = None) -> Any:
     r = await AsyncHTTPClient().fetch(server.base_url + path, method=method, body=body,
                                       headers={"Authorization": f"Bearer {KEY}"})
@@ -155,12 +166,7 @@ async def test_two_processes_agree_on_counts_and_members_in_rooms_on_every_shard
 
     # A presence room's members, through both processes.
     team = "presence-team"
-    ada, bob = await connect(one.ws_url("/ws/")), await connect(two.ws_url("/ws/"))
-    clients += [ada, bob]
-    for c, user in ((ada, "ada"), (bob, "bob")):
-        await c.send(type="auth", token=token(user, [team]))
-        await c.next("authenticated", after=0)
-        await subscribe_all(c, [team])
+    await ada_and_bob_in(team, one, two, clients)
     for server in (one, two):
         await wait_until(
             lambda: _members_are(server, team, {"ada", "bob"}), what=f"ada and bob on {server.port}",
@@ -380,12 +386,7 @@ async def test_a_member_whose_removal_the_cluster_lost_goes_after_a_reconnect(
     room whole, and the field the shard kept goes."""
     server = await start(server_factory, cluster, vacate_delay=0.1)
     team = "presence-lost"
-    ada, bob = await connect(server.ws_url("/ws/")), await connect(server.ws_url("/ws/"))
-    clients += [ada, bob]
-    for c, user in ((ada, "ada"), (bob, "bob")):
-        await c.send(type="auth", token=token(user, [team]))
-        await c.next("authenticated", after=0)
-        await subscribe_all(c, [team])
+    _ada, bob = await ada_and_bob_in(team, server, server, clients)
     shard = cluster.node(cluster.master_of(keys.members(team)))
     await wait_until(lambda: len(shard.hkeys(keys.members(team))) == 2, what="both members written")
     fields = shard.hgetall(keys.members(team))

@@ -266,14 +266,20 @@ SMALL_LIMIT_SCENARIOS: dict[str, list[bytes]] = {
 }
 
 
-async def exchange(port: int, chunks: list[bytes]) -> bytes:
-    """Upgrade, write ``chunks`` with a pause after each, then everything the server sends until it closes."""
+async def upgraded(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw socket to the Echo on ``port``, upgraded by hand (101 read), so a test writes the frames' bytes itself."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert b" 101 " in head.split(b"\r\n")[0]
+    return reader, writer
+
+
+async def exchange(port: int, chunks: list[bytes]) -> bytes:
+    """Upgrade, write ``chunks`` with a pause after each, then everything the server sends until it closes."""
+    reader, writer = await upgraded(port)
     try:
         for chunk in chunks:
             writer.write(chunk)
@@ -337,11 +343,7 @@ async def test_a_lone_pong_is_handled_by_the_stream_without_waking_the_frame_loo
     """On rrr's own server, an idle socket's pong completes no read: the frame loop's read stays
     pending (the same Future throughout), and no new read is started for the next frame."""
     echo = echoes(True, guarded=True)
-    reader, writer = await asyncio.open_connection("127.0.0.1", echo.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{echo.port}\r\nUpgrade: websocket\r\n"
-                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    _reader, writer = await upgraded(echo.port)
     try:
         await wait_until(lambda: echo.handlers and echo.handlers[0].ws_connection is not None, what="open")
         stream = echo.handlers[0].ws_connection.stream  # type: ignore[union-attr]
@@ -378,11 +380,7 @@ async def test_a_pong_is_read_with_one_read_and_one_recv(echoes: Callable[..., E
     socket again (EAGAIN) as it asks for the next frame; the fast path reads a small frame whole,
     once, from the one ``recv`` that got it."""
     echo = echoes(True)
-    reader, writer = await asyncio.open_connection("127.0.0.1", echo.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{echo.port}\r\nUpgrade: websocket\r\n"
-                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    _reader, writer = await upgraded(echo.port)
     try:
         await wait_until(lambda: echo.handlers and echo.handlers[0].ws_connection is not None, what="open")
         stream = echo.handlers[0].ws_connection.stream  # type: ignore[union-attr]

@@ -173,3 +173,89 @@ def test_a_publish_stored_twice_fails_unless_the_record_shows_a_failover_lost_it
     assert (len(stored), lost) == (1, [])
     stored, lost = split_stored_twice(twice, {"r": {("ep2", 161): "x9", ("ep2", 162): "a1"}})
     assert (len(stored), lost) == (1, [])
+
+
+def acked(mid: str, sent: float, place: int | None, epoch: str | None = E, room: str = "r") -> tuple[Any, ...]:
+    """A publisher's acknowledgement, 0.2 s after it sent the publish."""
+    return (room, mid, sent, sent + 0.2, epoch if place is not None else None, place)
+
+
+#: m1, m2, m3 at offsets 1-3, "lost" acknowledged at 4, m5 at 5; sent 1 s apart (m5 at 6.0).
+ACKS = [acked("m1", 1.0, 1), acked("m2", 2.0, 2), acked("m3", 3.0, 3), acked("lost", 4.0, 4), acked("m5", 6.0, 5)]
+
+
+def native(*tail: tuple[Any, ...], start: float = 0.5) -> list[tuple[Any, ...]]:
+    """A subscription from ``start`` that got m1-m3 as each was published, then ``tail``."""
+    return [("sub", start, 0, E, True, None), *[("msg", o + 0.3, o, E, f"m{o}") for o in (1, 2, 3)], *tail]
+
+
+def test_an_acknowledged_publish_that_no_live_subscription_got_fails_the_run() -> None:
+    """A failover gave the acknowledged "lost"'s offset 4 to another message, "x", that the subscribers had
+    already got live from the old master: each went on past 4 with every offset once, so nothing of a
+    subscription's own is wrong, and no ``recovered: false`` told them; the judge names the acknowledged message
+    that none of the subscriptions live around it got."""
+    t = RoomTruth(top={E: 5})
+    for _, mid, _s, _a, ep, o in ACKS:
+        t.learn(ep, o, mid)
+    read_past = native(("msg", 4.3, 4, E, "x"), ("msg", 6.3, 5, E, "m5"))
+    hs = [("a", "r", read_past, True), ("b", "r", list(read_past), True)]
+    tot = judge_all(hs, {"r": t}, 100, acks=ACKS)
+    assert (tot.lost, tot.duplicated, tot.out_of_order) == (0, 0, 0)  # every subscription alone looks whole
+    assert len(tot.unreached) == 1 and tot.unreached[0] in tot.violations
+    assert tot.unreached[0].startswith("r lost acknowledged at (epoch ep1, offset 4) reached none of the 2 ")
+
+    def unreached(*subs: list[tuple[Any, ...]], acks: list[tuple[Any, ...]] = ACKS) -> list[str]:
+        return judge_all([(f"s{i}", "r", h, True) for i, h in enumerate(subs)], {"r": RoomTruth()}, 100,
+                         acks=acks).unreached
+
+    # One live subscription that got it is enough (the other may be a client of the old master's).
+    assert unreached(read_past, native(("msg", 4.3, 4, E, "lost"), ("msg", 6.3, 5, E, "m5"))) == []
+    # Each told it may have missed messages, between the publish and the next message: explained.
+    told = native(("sub", 5.0, 0, "ep2", False, 4), ("msg", 6.3, 1, "ep2", "m5"))
+    assert unreached(told, native(("sub", 5.0, 4, E, False, 4), ("msg", 6.3, 5, E, "m5"))) == []
+    # A reset only after the subscription had gone past it explains nothing.
+    assert len(unreached(native(("msg", 4.3, 4, E, "x"), ("msg", 6.3, 5, E, "m5"), ("sub", 7.0, 9, E, False, 5)))) == 1
+    # Subscribed only after the publish was sent; ended before the next message; never got a later one: not owed.
+    assert unreached(native(("msg", 4.3, 4, E, "x"), ("msg", 6.3, 5, E, "m5"), start=4.1)) == []
+    assert unreached(native(("msg", 4.3, 4, E, "x"), ("end", 5.0, "churn"))) == []
+    assert unreached(native(("msg", 4.3, 4, E, "x"))) == []
+    # A message not acknowledged, or sent before the acknowledgement, proves nothing.
+    assert unreached(read_past, acks=ACKS[:4]) == []
+    assert unreached(read_past, acks=[*ACKS[:4], ("r", "m5", 4.1, 4.3, E, 5)]) == []
+    # The helper's and the Pusher API's acknowledgements do not say where; a Pusher frame does not either.
+    pusher = [("sub", 0.5, None, None, False, None), *[("msg", o + 0.3, None, None, f"m{o}") for o in (1, 2, 3)],
+              ("msg", 6.3, None, None, "m5")]
+    helper = [*ACKS[:3], acked("lost", 4.0, None), ACKS[4]]
+    assert unreached(pusher, acks=helper) == ["r lost acknowledged at (epoch None, offset None) reached none of the 1 "
+                                              "subscription(s) live around it (sent 4.0 s, acknowledged 4.2 s), no "
+                                              "reset to explain it"]
+    # A Pusher client resubscribed (it never recovers): it may have missed it.
+    again = [*pusher[:4], ("sub", 5.0, None, None, False, None), pusher[4]]
+    assert unreached(again, acks=helper) == []
+    # Nor can it be told: a new epoch of the room's history (as a native subscription saw it) is its reset; a
+    # native subscription's own recovered:false in the same epoch is not.
+    assert unreached(pusher, told, acks=helper) == []
+    same_epoch = native(("sub", 5.0, 4, E, False, 4), ("msg", 6.3, 5, E, "m5"))
+    assert len(unreached(pusher, same_epoch, acks=helper)) == 1
+
+
+def test_a_publish_at_two_places_the_record_no_longer_reaches_is_told_apart_by_what_subscriptions_saw() -> None:
+    """When the room's history at the end has gone past both places, the subscriptions' own records tell one
+    publish run on two datasets a failover split apart from one stored twice."""
+    # In two epochs: the old master's run at (ep1, 979), the retry at (ep2, 1) once the room's history was reset.
+    stored, lost = split_stored_twice({("r", "a1"): [(E, 979), ("ep2", 1)]}, {"r": {}})
+    assert stored == [] and len(lost) == 1 and "two epochs" in lost[0]
+    # One epoch: the old master's subscribers got a1 at 161 and 162 (its run, then the retry's offset on the new
+    # master), and another subscription got the new master's x9 at 161.
+    twice = {("r", "a1"): [(E, 161), (E, 162)]}
+    old_masters = [("sub", 0.0, 160, E, True, None), ("msg", 1.0, 161, E, "a1"), ("msg", 2.0, 162, E, "a1")]
+    new_masters = [("sub", 0.0, 160, E, True, None), ("msg", 1.5, 161, E, "x9"), ("msg", 2.0, 162, E, "a1")]
+    stored, lost = split_stored_twice(twice, {"r": {}}, [("o", "r", old_masters, True), ("n", "r", new_masters, True)])
+    assert stored == [] and len(lost) == 1 and "x9" in lost[0]
+    # Nobody got anything else there: nothing clears it.
+    stored, lost = split_stored_twice(twice, {"r": {}}, [("o", "r", old_masters, True)])
+    assert len(stored) == 1 and lost == []
+    # The record holding it at both places settles it, whatever was seen.
+    stored, lost = split_stored_twice(twice, {"r": {(E, 161): "a1", (E, 162): "a1"}},
+                                      [("o", "r", old_masters, True), ("n", "r", new_masters, True)])
+    assert len(stored) == 1 and lost == []

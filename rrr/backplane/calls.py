@@ -1,6 +1,6 @@
-"""What both presences (classic and cluster) share: Redis calls with their errors as ours, replies
-checked before they are believed, the member part of a row write's arguments, and the batched
-revocation checks.
+"""What both presences (classic and cluster) share: what each holds (`PresenceBase`), Redis calls
+with their errors as ours, replies checked before they are believed, the member part of a row
+write's arguments, and the batched revocation checks.
 
 Every reply is checked: a Redis (or something answering in its place) that sends the wrong
 shape raises `BadReply`, a `BackplaneError`, never a ``TypeError`` deep in a loop.
@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import socket
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -262,6 +265,44 @@ class Revocations:
                             fut.set_exception(error)
                         else:
                             fut.set_result(result)
+
+
+def new_process_id() -> str:
+    """``host:pid:random``: unique per process start, readable in Redis."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class PresenceBase(ABC):
+    """What a presence holds whatever Redis it is on. Each presence opens its own two clients (their
+    pools sized for how its client waits, or not, for a connection) and says how it publishes and how
+    it starts its connections afresh after a garbled reply."""
+
+    def __init__(
+        self, metrics: Metrics, pubsub: Any, redis: Any, lease_redis: Any, *, ttl: float,
+        events: EventSettings | None,
+    ) -> None:
+        self.metrics = metrics
+        self.ttl = ttl
+        self.events = events  # the scripts record events (webhooks on)
+        self.process_id = new_process_id()
+        self._settled = Settled()
+        self._redis = redis  # request traffic: room reads, writes, publishes
+        # Renewal and sweep: never behind request traffic in the pool.
+        self._lease_redis = lease_redis
+        # The subscriber's (`rrr.backplane.connect`): closed with ours.
+        self._pubsub_redis = pubsub
+        self._calls = Calls(metrics, self._reset_pools)
+        self._revocations = Revocations(self._redis, self._calls, self.publish)
+        self._scripts: dict[str, Any] = {}
+        self._renewed_at: float | None = None  # monotonic time of the last renewal Redis confirmed
+
+    @abstractmethod
+    async def publish(self, channel: str, data: str) -> int:
+        """A plain publish (sign-outs go out on the control channel with it)."""
+
+    @abstractmethod
+    async def _reset_pools(self) -> None:
+        """Start every connection afresh (`Calls` after a reply that broke the parser)."""
 
 
 def lease_fresh(renewed_at: float | None, ttl: float) -> bool:

@@ -33,11 +33,10 @@ from ..protocol import CountState
 from ..supervise import RateLimitedLog
 from . import EventSettings, MemberDelta, RoomReport, WriteResult, keys, scripts
 from .calls import (
-    BadReply, Calls, Revocations, Settled, count, event_args, lease_fresh, member_args, parse_members, parse_state,
-    report_args, scan_reply, show,
+    BadReply, PresenceBase, count, event_args, lease_fresh, member_args, parse_members, parse_state, report_args,
+    scan_reply, show,
 )
 from .clients import make_redis
-from .presence import new_process_id
 
 log = logging.getLogger("rrr.cluster")
 
@@ -45,34 +44,24 @@ log = logging.getLogger("rrr.cluster")
 CONCURRENCY = 16
 
 
-class ClusterPresence:
+class ClusterPresence(PresenceBase):
     """Presence on a Redis Cluster: per-row expiry instead of a lease, one room per script."""
 
     def __init__(
         self, url: str, metrics: Metrics, pubsub: Any, *, ttl: float = 15.0, timeout: float = 2.0, pool_size: int = 32,
         events: EventSettings | None = None,
     ) -> None:
-        self.metrics = metrics
-        self.ttl = ttl
-        self.events = events  # the scripts record events (webhooks on)
-        self._settled = Settled()
+        # The cluster client does not wait for a free connection (it refuses): renewals run
+        # CONCURRENCY at once, so give them that many. ``pubsub``: the subscriber's client, which it
+        # reads the topology with. A renewal is confirmed when every shard confirmed it.
+        super().__init__(metrics, pubsub, make_redis(url, timeout, max(pool_size, CONCURRENCY * 2)),
+                         make_redis(url, timeout, CONCURRENCY + 2), ttl=ttl, events=events)
         # What the sender's slot has yet to learn (a failed note is retried with the next one).
         self._note_add: set[str] = set()
         self._note_remove: set[str] = set()
         self._note_due: dict[str, int] = {}
         self._note_log = RateLimitedLog(log)
         self._noting: asyncio.Future[None] | None = None
-        self.process_id = new_process_id()
-        self._redis = make_redis(url, timeout, max(pool_size, CONCURRENCY * 2))
-        # The cluster client does not wait for a free connection (it refuses): renewals run
-        # CONCURRENCY at once, so give them that many.
-        self._lease_redis = make_redis(url, timeout, CONCURRENCY + 2)
-        # The subscriber's, which it reads the topology with (`rrr.backplane.connect`): closed with ours.
-        self._pubsub_redis = pubsub
-        self._calls = Calls(metrics, self._reset_pools)
-        self._revocations = Revocations(self._redis, self._calls, self.publish)
-        self._scripts: dict[str, Any] = {}
-        self._renewed_at: float | None = None  # monotonic time of the last renewal every shard confirmed
         self._rows: dict[str, tuple[int, int]] = {}  # rooms our row is in Redis with, as last written
         self._writing: set[str] = set()
 

@@ -12,9 +12,6 @@ traffic (room reads, publishes) can never starve the lease out of the pool.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -26,41 +23,24 @@ from ..metrics import Metrics
 from ..protocol import CountState
 from . import CHUNK, EventSettings, MemberDelta, RoomReport, WriteResult, keys, scripts
 from .calls import (
-    BadReply, Calls, Revocations, Settled, count, event_args, flag, lease_fresh, member_args, parse_members,
-    parse_state, report_args, scan_reply, show,
+    BadReply, PresenceBase, count, event_args, flag, lease_fresh, member_args, parse_members, parse_state, report_args,
+    scan_reply, show,
 )
 from .clients import make_redis
 
 log = logging.getLogger("rrr.presence")
 
 
-def new_process_id() -> str:
-    """``host:pid:random``: unique per process start, readable in Redis."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-class ClassicPresence:
+class ClassicPresence(PresenceBase):
     """One process's presence: lease, rows, sweep, room totals, and plain publishes."""
 
     def __init__(
         self, url: str, metrics: Metrics, pubsub: Any, *, ttl: float = 15.0, timeout: float = 2.0, pool_size: int = 32,
         events: EventSettings | None = None,
     ) -> None:
-        self.metrics = metrics
-        self.ttl = ttl
-        self.events = events  # the scripts record events (webhooks on)
-        self._settled = Settled()
-        self.process_id = new_process_id()
-        self._redis = make_redis(url, timeout, pool_size)
-        # Renewal and sweep: never behind request traffic in the pool.
-        self._lease_redis = make_redis(url, timeout, 2)
-        # The subscriber's (`rrr.backplane.connect`): closed and reset with ours.
-        self._pubsub_redis = pubsub
-        self._calls = Calls(metrics, self._reset_pools)
-        self._revocations = Revocations(self._redis, self._calls, self.publish)
+        super().__init__(metrics, pubsub, make_redis(url, timeout, pool_size), make_redis(url, timeout, 2), ttl=ttl,
+                         events=events)
         self._flags: bool | None = None  # does this Redis take script flags (7.0+)?
-        self._scripts: dict[str, Any] = {}
-        self._renewed_at: float | None = None  # monotonic time of the last renewal Redis confirmed
 
     @property
     def oom(self) -> bool:

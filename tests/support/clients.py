@@ -102,3 +102,13 @@ async def connect(url: str, origin: str | None = None, **kwargs: Any) -> Client:
     headers = {"Origin": origin} if origin else {}
     request = tornado.httpclient.HTTPRequest(url, headers=headers)
     return Client(await websocket_connect(request, **kwargs))
+
+
+async def signed_in(url: str, token: str, clients: list[Client]) -> Client:
+    """A socket at ``url`` (kept in ``clients``, the fixture that closes them) that sent ``auth`` with ``token``
+    and was answered ``authenticated``: a user who may join what the token grants."""
+    c = await connect(url)
+    clients.append(c)
+    await c.send(type="auth", token=token)
+    await c.next("authenticated", after=0)
+    return c
