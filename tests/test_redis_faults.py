@@ -146,25 +146,24 @@ async def test_an_unreadable_reply_cuts_no_call_in_flight_and_its_connection_is_
 ) -> None:
     """A reply the parser chokes on renews the pool's connections, but not under a call another
     task is still waiting on: that call gets its real answer, and its connection is renewed once
-    released. Cutting it (the reset did) failed that call, whose failure reset again: a cascade in
-    the 30-minute soak (#27)."""
+    released. Cutting it (the reset did) failed that call or, redis-py retrying it, ran it twice
+    (the INCR here; a publish in the 30-minute soak, #27)."""
     proxy = await TamperingProxy(port_of(redis_server.url)).start()
     presence = ClassicPresence(proxy.url, Metrics(), make_redis(proxy.url, 10, 1, retries=0), timeout=10)
     try:
-        rclient.set("in-flight", "its real answer")
         proxy.hold(b"in-flight")
-        waiting = asyncio.ensure_future(presence.call_command("get", "in-flight"))
+        waiting = asyncio.ensure_future(presence.call_command("incr", "in-flight"))
         await wait_until(proxy.held.is_set, what="the first call's reply, held")
 
         proxy.garble(b"choking", NOT_AN_ENTRY)
         with pytest.raises(BackplaneError, match="unreadable reply"):
             await presence.call_command("xrange", "choking")
-        await wait_until(lambda: proxy.closed_by_app == 1, what="the choked connection closed")
+        await wait_until(lambda: proxy.closed_by_app >= 1, what="the choked connection closed")
 
         proxy.release()
-        assert await waiting == b"its real answer"
+        assert await waiting == 1
         await wait_until(lambda: proxy.closed_by_app == 2, what="the waiting call's connection renewed once free")
-        assert await presence.call_command("get", "in-flight") == b"its real answer"
+        assert await presence.call_command("get", "in-flight") == b"1"
     finally:
         await presence.close()
         await proxy.close()
@@ -189,8 +188,8 @@ async def test_on_a_cluster_an_unreadable_reply_cuts_no_call_in_flight(redis_clu
             await presence.call_command("zrangebyscore", scores, "-inf", "+inf", withscores=True,
                                         score_cast_func=datetime.date.fromisoformat)
         r.xadd(stream, {"f": "added after the reset"})
-        reply = await waiting
-        assert reply[0][0] == stream.encode() and reply[0][1][0][1] == {b"f": b"added after the reset"}, reply
+        reply = await waiting  # [[stream, [(id, fields)]]], or [] when the 8 s block ran out
+        assert [fields for _, fields in (reply[0][1] if reply else [])] == [{b"f": b"added after the reset"}], reply
     finally:
         r.close()
         await presence.close()
