@@ -33,7 +33,7 @@ from .auth import mint
 from .backplane.clients import is_cluster_url, make_redis, make_sync_redis
 from .errors import BackplaneError, OutcomeUnknown
 from .backplane.history import cache_ms, parse_published, publish_args
-from .backplane.outcome import attempts, may_have_run, timed_out
+from .backplane.outcome import Attempts, attempts, may_have_run, timed_out
 
 log = logging.getLogger("rrr.client")
 
@@ -134,7 +134,7 @@ def _async_client(url: str) -> tuple[Any, asyncio.Semaphore]:
     return client, limit
 
 
-def _failure(e: Exception, *, sent: bool, failed: list[BaseException] | None = None) -> BackplaneError:
+def _failure(e: Exception, *, sent: bool, failed: Attempts | None = None) -> BackplaneError:
     """The error a caller gets for ``e``, raised by a Redis call: ``sent`` once a command that
     publishes may have left (before, nothing can have been published); ``failed``: the call's
     earlier attempts (`rrr.backplane.outcome.attempts`).
@@ -152,9 +152,9 @@ def _failure(e: Exception, *, sent: bool, failed: list[BaseException] | None = N
     what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
     if not sent and timed_out(e):
         return BackplaneError(f"redis did not answer in time; nothing was published: {what}")
-    if sent and isinstance(e, ResponseError) and not may_have_run(e, failed or ()):
+    if sent and isinstance(e, ResponseError) and not may_have_run(e, failed):
         return BackplaneError(f"redis refused the message; nothing was published: {what}")
-    if not sent or not may_have_run(e, failed or ()):
+    if not sent or not may_have_run(e, failed):
         return BackplaneError(f"redis refused or is unreachable; nothing was published: {what}")
     if timed_out(e):
         return OutcomeUnknown(f"redis did not answer in time; the message may have been published: {what}")

@@ -28,29 +28,40 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-#: The failed attempts of the Redis call running in this context (None: nobody is asking).
-_FAILED: ContextVar[list[BaseException] | None] = ContextVar("rrr_redis_failed_attempts", default=None)
+
+class Attempts:
+    """What the failed attempts of one call say: whether one of them may have run. A flag, not the
+    errors: a task started during the call inherits it, and must not pile errors up in it."""
+
+    __slots__ = ("may_have_run",)
+
+    def __init__(self) -> None:
+        self.may_have_run = False
+
+
+#: The attempts of the Redis call running in this context (None: nobody is asking).
+_ATTEMPTS: ContextVar[Attempts | None] = ContextVar("rrr_redis_attempts", default=None)
 
 
 @contextmanager
-def attempts() -> Iterator[list[BaseException]]:
+def attempts() -> Iterator[Attempts]:
     """Collect the failed attempts of the Redis call awaited inside (a coroutine made before but
     first awaited inside runs in this context too)."""
-    failed: list[BaseException] = []
-    outer = _FAILED.get()
-    _FAILED.set(failed)
+    seen = Attempts()
+    outer = _ATTEMPTS.get()
+    _ATTEMPTS.set(seen)
     try:
-        yield failed
+        yield seen
     finally:
         # Not ``reset(token)``: a coroutine closed unfinished (GeneratorExit) ends in another context.
-        _FAILED.set(outer)
+        _ATTEMPTS.set(outer)
 
 
 def note(error: BaseException) -> None:
     """One attempt of the current call failed with ``error`` (called by the clients' retry hooks)."""
-    failed = _FAILED.get()
-    if failed is not None:
-        failed.append(error)
+    seen = _ATTEMPTS.get()
+    if seen is not None and not seen.may_have_run and attempt_may_have_run(error):
+        seen.may_have_run = True
 
 
 #: Nothing left the client: no connection to the server, or none free. Each is a `ConnectionError`.
@@ -81,9 +92,9 @@ def attempt_may_have_run(e: BaseException) -> bool:
     return True  # anything else out of a connection (a closed transport, a reply a callback choked on)
 
 
-def may_have_run(e: BaseException, failed: list[BaseException] | tuple[BaseException, ...] = ()) -> bool:
-    """Whether a call that failed with ``e``, after the attempts ``failed`` (`attempts`), may have run."""
-    return attempt_may_have_run(e) or any(attempt_may_have_run(x) for x in failed)
+def may_have_run(e: BaseException, earlier: Attempts | None = None) -> bool:
+    """Whether a call that failed with ``e``, after the attempts ``earlier`` (`attempts`), may have run."""
+    return attempt_may_have_run(e) or (earlier is not None and earlier.may_have_run)
 
 
 def timed_out(e: BaseException) -> bool:
