@@ -219,16 +219,17 @@ class PublishHandler(JsonHandler):
         try:
             published = await self.history.publish(slug, protocol.pack(text, event))
         except OutcomeUnknown:
-            # Redis took the PUBLISH but did not answer in time: it may have been delivered.
-            # A distinct status lets a publisher decide instead of blindly retrying a duplicate.
+            # The PUBLISH may have reached Redis, and no answer came (a timeout, a connection that
+            # broke after it was written): it may have been delivered. A distinct status lets a
+            # publisher decide instead of blindly retrying a duplicate.
             self.set_status(504)
             self.finish({
-                "error": "redis did not answer in time: the message may or may not have been delivered",
+                "error": "redis did not answer: the message may or may not have been delivered",
                 "status": 504,
                 "outcome": "unknown",
             })
             return
-        except BackplaneError:
+        except BackplaneError:  # refused, or never sent (`rrr.backplane.outcome`)
             raise tornado.web.HTTPError(503, "redis unavailable: the message was not delivered") from None
         self.set_status(202)
         if published.offset:

@@ -45,7 +45,7 @@ class PusherApi(SecureHeaders):
         except ApiError as e:
             self._refuse(e.status, e.message)
         except OutcomeUnknown:
-            self._refuse(504, "Redis did not answer in time: the request may or may not have taken effect")
+            self._refuse(504, "Redis did not answer: the request may or may not have taken effect")
         except BackplaneError:
             self._refuse(503, "Redis is unavailable: nothing was done; try again")
 

@@ -24,8 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.exceptions import AskError, ClusterError, ReadOnlyError, ResponseError, TryAgainError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
 from . import protocol
 
@@ -34,6 +33,7 @@ from .auth import mint
 from .backplane.clients import is_cluster_url, make_redis, make_sync_redis
 from .errors import BackplaneError, OutcomeUnknown
 from .backplane.history import cache_ms, parse_published, publish_args
+from .backplane.outcome import Attempts, attempts, may_have_run, timed_out
 
 log = logging.getLogger("rrr.client")
 
@@ -134,35 +134,29 @@ def _async_client(url: str) -> tuple[Any, asyncio.Semaphore]:
     return client, limit
 
 
-#: Replies that refuse a command because of where it was sent (a slot moving, a cluster down or
-#: failing over, a demoted master): they come after redis-py's retries, so an earlier attempt may
-#: have run and lost its reply with its connection.
-_TOPOLOGY_REPLIES = (ClusterError, AskError, TryAgainError, ReadOnlyError)
-
-
-def _failure(e: Exception, *, sent: bool) -> BackplaneError:
+def _failure(e: Exception, *, sent: bool, failed: Attempts | None = None) -> BackplaneError:
     """The error a caller gets for ``e``, raised by a Redis call: ``sent`` once a command that
-    publishes may have left (before, nothing can have been published).
+    publishes may have left (before, nothing can have been published); ``failed``: the call's
+    earlier attempts (`rrr.backplane.outcome.attempts`).
 
     Whatever the client library raises is answered: besides its `RedisError`, redis-py lets other
     exceptions out of a connection another task closed under a command (an ``AttributeError`` from
     the asyncio cluster client during a failover, a ``RedisClusterException`` when no node
-    answers). Once the message may have left, only an answer that refused it (a script error, an
-    ACL, out of memory) says it was not published; a broken connection or a timeout says nothing,
-    and neither does a topology reply, which comes after redis-py retried an attempt that may have
-    run. A publish is stored once however often it is retried with its id, but a caller's publish
-    again is a new message: hence `OutcomeUnknown`."""
+    answers). Once the message may have left, only a failure known to come before it ran (a refused
+    connect, a refusing answer: out of memory, READONLY, CLUSTERDOWN, a script error) says it was
+    not published, and only if no earlier attempt may have run (`rrr.backplane.outcome`). A publish
+    is stored once however often it is retried with its id, but a caller's publish again is a new
+    message: hence `OutcomeUnknown`."""
     if isinstance(e, BackplaneError):
         return e
     what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-    timed_out = isinstance(e, (RedisTimeoutError, asyncio.TimeoutError))
-    if not sent:
-        if timed_out:
-            return BackplaneError(f"redis did not answer in time; nothing was published: {what}")
-        return BackplaneError(f"redis refused or is unreachable; nothing was published: {what}")
-    if isinstance(e, ResponseError) and not isinstance(e, _TOPOLOGY_REPLIES):
+    if not sent and timed_out(e):
+        return BackplaneError(f"redis did not answer in time; nothing was published: {what}")
+    if sent and isinstance(e, ResponseError) and not may_have_run(e, failed):
         return BackplaneError(f"redis refused the message; nothing was published: {what}")
-    if timed_out:
+    if not sent or not may_have_run(e, failed):
+        return BackplaneError(f"redis refused or is unreachable; nothing was published: {what}")
+    if timed_out(e):
         return OutcomeUnknown(f"redis did not answer in time; the message may have been published: {what}")
     return OutcomeUnknown(f"the connection to redis broke; the message may have been published: {what}")
 
@@ -263,16 +257,17 @@ def publish(
     _check_announced(announced, url)
     size, ttl, limit = _settings_of(announced, history_size, history_ttl)
     check_size(text, limit)
-    try:
-        if size <= 0 or ttl <= 0:
-            if ms := cache_ms(room, CACHE_TTL):
-                client.set(keys.cache(room), text, px=ms)
-            client.publish(keys.room_channel(room), text)
-            return 0
-        k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url), cache_ttl=CACHE_TTL)
-        reply = client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)
-    except Exception as e:
-        raise _failure(e, sent=True) from e
+    with attempts() as failed:
+        try:
+            if size <= 0 or ttl <= 0:
+                if ms := cache_ms(room, CACHE_TTL):
+                    client.set(keys.cache(room), text, px=ms)
+                client.publish(keys.room_channel(room), text)
+                return 0
+            k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url), cache_ttl=CACHE_TTL)
+            reply = client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)
+        except Exception as e:
+            raise _failure(e, sent=True, failed=failed) from e
     return parse_published(reply).offset
 
 
@@ -308,14 +303,15 @@ async def _apublish(
     _check_announced(announced, url)
     size, ttl, limit = _settings_of(announced, history_size, history_ttl)
     check_size(text, limit)
-    try:
-        if size <= 0 or ttl <= 0:
-            if ms := cache_ms(room, CACHE_TTL):
-                await client.set(keys.cache(room), text, px=ms)
-            await client.publish(keys.room_channel(room), text)
-            return 0
-        k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url), cache_ttl=CACHE_TTL)
-        reply = await client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)
-    except Exception as e:
-        raise _failure(e, sent=True) from e
+    with attempts() as failed:
+        try:
+            if size <= 0 or ttl <= 0:
+                if ms := cache_ms(room, CACHE_TTL):
+                    await client.set(keys.cache(room), text, px=ms)
+                await client.publish(keys.room_channel(room), text)
+                return 0
+            k, a = publish_args(room, text, size, ttl, own=False, sharded=is_cluster_url(url), cache_ttl=CACHE_TTL)
+            reply = await client.register_script(scripts.HISTORY_PUBLISH)(keys=k, args=a)
+        except Exception as e:
+            raise _failure(e, sent=True, failed=failed) from e
     return parse_published(reply).offset

@@ -72,6 +72,41 @@ async def test_a_publish_whose_connection_breaks_after_redis_stored_it_is_outcom
         await proxy.close()
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_a_publish_cut_after_it_was_written_and_refused_on_reconnect_is_outcome_unknown(
+    redis_server: Any, rclient: redis.Redis,
+) -> None:
+    """redis-py's retry finds nobody listening: the last error is a refused connect, yet the first
+    attempt ran (redis-py raises only the last attempt's error; the clients note every one)."""
+    for room, publish in (("cut-async", rrr_client.apublish),
+                          ("cut-sync", lambda *a, **kw: asyncio.to_thread(rrr_client.publish, *a, **kw))):
+        proxy = await SlowReplyProxy(redis_port(redis_server)).start()
+        try:
+            await publish("warm-up", 0, redis_url=proxy.url)  # the script is loaded: the next run runs
+            proxy.cut_reply_to(keys.history(room).encode(), refuse_after=True)
+            with pytest.raises(OutcomeUnknown, match="may have been published") as got:
+                await publish(room, {"n": 1}, redis_url=proxy.url)
+            assert "connecting to" in str(got.value), got.value  # the last attempt's error: refused
+            assert rclient.xlen(keys.history(room)) == 1
+        finally:
+            await proxy.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_publish_whose_connect_is_refused_is_a_backplane_error(redis_server: Any) -> None:
+    """Nothing can have been sent: "nothing was published" is the truth, for both helpers."""
+    proxy = await SlowReplyProxy(redis_port(redis_server)).start()
+    url = proxy.url
+    await rrr_client.apublish("warm-up", 0, redis_url=url)
+    await asyncio.to_thread(rrr_client.publish, "warm-up", 0, redis_url=url)
+    await proxy.close()  # every connection cut, and nobody listens there any more
+    for call in (lambda: rrr_client.apublish("refused", {"n": 1}, redis_url=url),
+                 lambda: asyncio.to_thread(rrr_client.publish, "refused", {"n": 1}, redis_url=url)):
+        with pytest.raises(BackplaneError, match="nothing was published") as got:
+            await call()
+        assert not isinstance(got.value, OutcomeUnknown), got.value
+
+
 @pytest.fixture
 def nobody_listening() -> Iterator[int]:
     """A loopback port bound by no listener for the test: a connection to it is refused."""

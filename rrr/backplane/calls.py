@@ -19,12 +19,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from redis.exceptions import OutOfMemoryError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import BackplaneError, OutcomeUnknown
 from ..metrics import Metrics
 from ..protocol import CountState, validate_json_payload
 from . import CHUNK, EventSettings, RoomReport, keys
+from .outcome import attempts, may_have_run, timed_out
 
 
 class BadReply(BackplaneError):
@@ -37,27 +37,34 @@ class Calls:
 
     def __init__(self, metrics: Metrics, reset: Callable[[], Awaitable[None]]) -> None:
         self.metrics = metrics
-        # A parser that choked may leave a connection mid-reply: ``reset`` starts every one afresh.
+        # A parser that choked may leave a connection mid-reply: ``reset`` drops every connection
+        # once it is free (lazily: not those other calls are still waiting on).
         self._reset = reset
         self.oom = False  # the last write Redis was asked for was refused at maxmemory
 
     async def run(self, op: str, coro: Awaitable[Any]) -> Any:
-        try:
-            reply = await coro
-        except OutOfMemoryError as e:
-            self.oom = True
-            self.metrics.redis_errors.labels(op).inc()
-            raise BackplaneError(f"redis {op} refused: out of memory ({e})") from e
-        except (asyncio.TimeoutError, RedisTimeoutError) as e:
-            self.metrics.redis_errors.labels(op).inc()
-            raise OutcomeUnknown(f"redis {op} timed out: {e}") from e
-        except (RedisError, OSError) as e:
-            self.metrics.redis_errors.labels(op).inc()
-            raise BackplaneError(f"redis {op} failed: {e}") from e
-        except Exception as e:  # noqa: BLE001 - a garbled reply can break the parser in any way
-            self.metrics.redis_errors.labels(op).inc()
-            await self._reset()
-            raise BadReply(f"redis {op}: unreadable reply ({type(e).__name__}: {e})") from e
+        """``coro``'s reply. A failure is `BackplaneError` when the command is known not to have run
+        (refused, never sent), else `OutcomeUnknown` (`rrr.backplane.outcome`): a publish that got
+        it may have been delivered."""
+        with attempts() as failed:
+            try:
+                reply = await coro
+            except Exception as e:  # noqa: BLE001 - a garbled reply can break the parser in any way
+                self.metrics.redis_errors.labels(op).inc()
+                if isinstance(e, OutOfMemoryError):
+                    self.oom = True
+                    raise BackplaneError(f"redis {op} refused: out of memory ({e})") from e
+                unreadable = not isinstance(e, (RedisError, OSError))
+                if unreadable:
+                    await self._reset()
+                    what = f"redis {op}: unreadable reply ({type(e).__name__}: {e})"
+                elif timed_out(e):
+                    what = f"redis {op} timed out: {e}"
+                else:
+                    what = f"redis {op} failed: {e}"
+                if may_have_run(e, failed):  # an unreadable reply too: the command was written
+                    raise OutcomeUnknown(what) from e
+                raise BackplaneError(what) from e
         if op == "probe":
             self.oom = False
         return reply

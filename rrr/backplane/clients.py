@@ -50,6 +50,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
+from redis.retry import Retry as SyncRetry
+
+from .outcome import note
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
@@ -167,10 +170,34 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
     """Sentinel's master discovery with the blocking pool's wait for a free connection."""
 
 
+class NotingRetry(Retry):
+    """redis-py's retry, which also notes each failed attempt for `rrr.backplane.outcome` (redis-py
+    raises only the last one's error, and an earlier one may have run)."""
+
+    async def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None,
+                              with_failure_count: bool = False) -> Any:
+        async def noted(error: Exception, *count: int) -> Any:
+            note(error)
+            return await fail(error, *count)
+
+        return await super().call_with_retry(do, noted, is_retryable, with_failure_count)
+
+
+class SyncNotingRetry(SyncRetry):
+    """`NotingRetry` for the blocking clients (`make_sync_redis`)."""
+
+    def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
+        def noted(error: Exception, *count: int) -> Any:
+            note(error)
+            return fail(error, *count)
+
+        return super().call_with_retry(do, noted, is_retryable, with_failure_count)
+
+
 def _retry(retries: int = 1) -> Retry:
     """One retry, on connection errors only: a command that timed out may still run when a
     stalled Redis resumes, and retrying it would deliver a PUBLISH twice."""
-    return Retry(ExponentialBackoff(cap=0.2, base=0.02), retries, supported_errors=(RedisConnectionError,))
+    return NotingRetry(ExponentialBackoff(cap=0.2, base=0.02), retries, supported_errors=(RedisConnectionError,))
 
 
 def make_sentinel_redis(
@@ -249,6 +276,14 @@ class ClusterRedis(aioredis.RedisCluster):
 
     ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
 
+    async def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
+        """One attempt (on one node); a failed one is noted for `rrr.backplane.outcome`."""
+        try:
+            return await super()._execute_command(target_node, *args, **kwargs)
+        except Exception as e:
+            note(e)
+            raise
+
 
 def make_cluster_redis(
     parsed: ClusterURL, timeout: float, max_connections: int = 32, retries: int = 1,
@@ -310,9 +345,7 @@ def make_redis(url: str, timeout: float, max_connections: int = 32, retries: int
 
 def make_sync_redis(url: str, timeout: float) -> Any:
     """A blocking client for backends (`rrr.client`), with the same URLs, timeouts and retry rule."""
-    from redis.retry import Retry as SyncRetry
-
-    retry = SyncRetry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(RedisConnectionError,))
+    retry = SyncNotingRetry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(RedisConnectionError,))
     if is_sentinel_url(url):
         parsed = parse_sentinel_url(url)
         sentinel = redis.sentinel.Sentinel(
@@ -333,6 +366,13 @@ def make_sync_redis(url: str, timeout: float) -> Any:
         class SyncClusterRedis(SyncRedisCluster):
             ERRORS_ALLOW_RETRY = ClusterRedis.ERRORS_ALLOW_RETRY  # type: ignore[assignment]  # not after a timeout
 
+            def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    return super()._execute_command(target_node, *args, **kwargs)
+                except Exception as e:
+                    note(e)  # one failed attempt, for `rrr.backplane.outcome`
+                    raise
+
         c = parse_cluster_url(url)
         return SyncClusterRedis(
             startup_nodes=[SyncClusterNode(h, p) for h, p in c.nodes], username=c.username, password=c.password,
@@ -341,3 +381,18 @@ def make_sync_redis(url: str, timeout: float) -> Any:
     return redis.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry, client_name="rrr-client",
     )
+
+
+async def renew_connections(client: Any) -> None:
+    """Start every connection of ``client`` afresh, without cutting a command another task has in
+    flight: the free ones close now, those in use when they are released (redis-py's reconnect
+    mark). Closing those too (``disconnect()``) cut the commands other tasks were waiting on, which
+    failed in turn and reset again (the soak, #27)."""
+    if isinstance(client, aioredis.RedisCluster):
+        for node in client.get_nodes():
+            node.update_active_connections_for_reconnect()
+            await node.disconnect_free_connections()
+        return
+    pool = client.connection_pool
+    await pool.update_active_connections_for_reconnect()
+    await pool.disconnect(inuse_connections=False)

@@ -36,7 +36,7 @@ from .calls import (
     BadReply, PresenceBase, count, event_args, lease_fresh, member_args, parse_members, parse_state, report_args,
     scan_reply, show,
 )
-from .clients import make_redis
+from .clients import make_redis, renew_connections
 
 log = logging.getLogger("rrr.cluster")
 
@@ -365,10 +365,10 @@ class ClusterPresence(PresenceBase):
         return done, failed[0] if failed else None
 
     async def _reset_pools(self) -> None:
-        """A parser that choked: drop every connection (the cluster client reconnects)."""
+        """A parser that choked: drop every connection (each in use once it is released,
+        `renew_connections`; the cluster client reconnects)."""
         for client in (self._redis, self._lease_redis):
             try:
-                for node in client.get_nodes():
-                    await node.disconnect()
+                await renew_connections(client)
             except Exception:  # noqa: BLE001 - already broken; the next call reconnects
                 pass

@@ -41,7 +41,7 @@ from ..errors import BackplaneError
 from ..metrics import Metrics
 from . import EventSettings, Moved, StoredEvent, keys, scripts
 from .calls import BadReply, Calls, event_args, ms, show
-from .clients import is_cluster_url, make_redis
+from .clients import is_cluster_url, make_redis, renew_connections
 
 log = logging.getLogger("rrr.events")
 
@@ -358,13 +358,10 @@ class RedisEventStore:
         return True
 
     async def _reset(self) -> None:
+        """A parser that choked: drop every connection (each in use once it is released)."""
         for client in (self._redis, self._bell_redis):
             try:
-                if self.cluster:
-                    for node in client.get_nodes():
-                        await node.disconnect()
-                else:
-                    await client.connection_pool.disconnect()
+                await renew_connections(client)
             except Exception:  # noqa: BLE001 - already broken; the next call reconnects
                 pass
 

@@ -26,7 +26,7 @@ from .calls import (
     BadReply, PresenceBase, count, event_args, flag, lease_fresh, member_args, parse_members, parse_state, report_args,
     scan_reply, show,
 )
-from .clients import make_redis
+from .clients import make_redis, renew_connections
 
 log = logging.getLogger("rrr.presence")
 
@@ -133,7 +133,8 @@ class ClassicPresence(PresenceBase):
     # -- plain commands --------------------------------------------------
 
     async def publish(self, channel: str, data: str) -> int:
-        """PUBLISH; a timeout raises `OutcomeUnknown` (it may have been delivered): never retried."""
+        """PUBLISH; `OutcomeUnknown` when it may have been delivered (a timeout, a connection broken
+        after it was written): never retried by us."""
         return count(await self._calls.run("publish", self._redis.publish(channel, data)), "PUBLISH")
 
     async def revoke(self, user: str, keep_for: float) -> float:
@@ -181,9 +182,10 @@ class ClassicPresence(PresenceBase):
         return True
 
     async def _reset_pools(self) -> None:
-        """A parser that choked may leave a connection mid-reply: start every connection afresh."""
+        """A parser that choked may leave a connection mid-reply: start every connection afresh
+        (each in use once it is released, `renew_connections`)."""
         for client in (self._redis, self._lease_redis, self._pubsub_redis):
             try:
-                await client.connection_pool.disconnect()
+                await renew_connections(client)
             except Exception:  # noqa: BLE001 - already broken; the next call reconnects
                 pass

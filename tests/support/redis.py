@@ -119,7 +119,8 @@ class SlowReplyProxy(LoopbackRelay):
     *answered* late; with ``every``, each such command's reply is. Armed with
     ``cut_reply_to(marker)``, the next such command runs and the connection is cut before its reply
     (a failover or a reset right after Redis did the work); with ``every``, each such command's
-    connection is. Everything else passes straight through."""
+    connection is, and with ``refuse_after`` nobody listens any more after the cut. Everything else
+    passes straight through."""
 
     def __init__(self, upstream_port: int) -> None:
         super().__init__()
@@ -128,14 +129,17 @@ class SlowReplyProxy(LoopbackRelay):
         self.delay = 0.0
         self.every = False
         self.cut = False
+        self.refuse_after = False
         self.held = asyncio.Event()
 
     def hold_reply_to(self, marker: bytes, seconds: float, every: bool = False) -> None:
         self.marker, self.delay, self.every, self.cut = marker, seconds, every, False
         self.held.clear()
 
-    def cut_reply_to(self, marker: bytes, every: bool = False) -> None:
+    def cut_reply_to(self, marker: bytes, every: bool = False, refuse_after: bool = False) -> None:
+        """``refuse_after``: once it has cut, the relay stops listening (a reconnect is refused)."""
         self.marker, self.delay, self.every, self.cut = marker, 0.0, every, True
+        self.refuse_after = refuse_after
         self.held.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -154,6 +158,8 @@ class SlowReplyProxy(LoopbackRelay):
                 slow_next["replies"] -= 1
                 self.held.set()
                 if self.cut:
+                    if self.refuse_after and self._server is not None:
+                        self._server.close()
                     writer.close()
                     up_writer.close()
                     raise ConnectionResetError("the relay cut the connection before the reply")
@@ -161,5 +167,74 @@ class SlowReplyProxy(LoopbackRelay):
 
         try:
             await asyncio.gather(self.pipe(reader, up_writer, mark), self.pipe(up_reader, writer, hold))
+        finally:
+            self._writers -= {writer, up_writer}
+
+
+# -- a Redis whose reply to one command is held or garbled -------------------------------
+
+
+class TamperingProxy(LoopbackRelay):
+    """A real TCP relay to the real Redis that tampers with the reply to the next command that
+    contains a marker (the command itself runs in Redis): ``hold(marker)`` keeps the reply until
+    `release`; ``garble(marker, junk)`` sends ``junk`` instead. Several markers may be armed at
+    once, each used once. ``closed_by_app`` counts the connections the app closed."""
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__()
+        self.upstream_port = upstream_port
+        self._rules: dict[bytes, bytes | None] = {}  # marker -> the junk to answer, or None: hold
+        self.held = asyncio.Event()  # a held reply arrived from Redis
+        self.garbled = asyncio.Event()  # junk went out instead of a reply
+        self._released = asyncio.Event()
+        self.closed_by_app = 0
+
+    def hold(self, marker: bytes) -> None:
+        self._rules[marker] = None
+
+    def garble(self, marker: bytes, junk: bytes) -> None:
+        self._rules[marker] = junk
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers |= {writer, up_writer}
+        next_replies: list[bytes | None] = []  # what to do with this connection's next replies
+
+        async def requests() -> None:
+            try:
+                while data := await reader.read(65536):
+                    for marker in [m for m in self._rules if m in data]:
+                        next_replies.append(self._rules.pop(marker))
+                    up_writer.write(data)
+                    await up_writer.drain()
+                self.closed_by_app += 1
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                up_writer.close()
+
+        async def replies() -> None:
+            try:
+                while data := await up_reader.read(65536):
+                    if next_replies:
+                        junk = next_replies.pop(0)
+                        if junk is None:
+                            self.held.set()
+                            await self._released.wait()
+                        else:
+                            data = junk
+                            self.garbled.set()
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        try:
+            await asyncio.gather(requests(), replies())
         finally:
             self._writers -= {writer, up_writer}
