@@ -20,7 +20,7 @@ if (response.status === 202) {
   // Stored in the room's history (a page that was reconnecting recovers it) and sent to every socket.
   console.log(`published to ${answer.room}: offset ${answer.offset}, epoch ${answer.epoch}`);
 } else if (response.status === 504) {
-  // Redis took the call but did not answer in time: it may have been delivered; do not retry blindly.
+  // Redis took the call but no answer came (a timeout, a broken connection): it may have been delivered; do not retry blindly.
   console.error("outcome unknown:", answer.error);
   process.exitCode = 2;
 } else {
