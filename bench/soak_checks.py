@@ -351,8 +351,7 @@ def unreached(acks: Iterable[Ack], histories: Iterable[tuple[str, str, Sequence[
             other = {i for r in around for i in r.got_at(offset, epoch, sent) if i != mid}
             live = [r for r in live if r.passed(sent, max(acked, r.first_of(other, sent)), sent_of)]
         if live:
-            live_n = len(live)
-            out.append(f"{room} {mid} acknowledged at (epoch {epoch}, offset {offset}) reached none of the {live_n} "
+            out.append(f"{room} {mid} acknowledged at (epoch {epoch}, offset {offset}) reached none of the {len(live)} "
                        f"subscription(s) live around it (sent {sent:.1f} s, acknowledged {acked:.1f} s), no reset "
                        "to explain it")
     return out
