@@ -268,6 +268,23 @@ class _Reach:
         self._arrived: array[float] | None = None
         self._newest_sent = array("d")
 
+    def got_at(self, offset: int, epoch: str | None, sent: float) -> set[str]:
+        """The ids it got after ``sent`` at ``offset`` of ``epoch`` (None: the epoch it was in at ``sent``)."""
+        if epoch is None:
+            for ev in self.events:
+                if ev[1] > sent:
+                    break
+                if ev[0] in ("sub", "msg") and ev[3] is not None:
+                    epoch = ev[3]
+        if epoch is None:
+            return set()
+        return {ev[4] for ev in self.events
+                if ev[0] == "msg" and ev[1] > sent and ev[2] == offset and ev[3] == epoch and ev[4] is not None}
+
+    def first_of(self, ids: set[str], sent: float) -> float:
+        """When it first got one of ``ids`` after ``sent`` (-inf: never)."""
+        return next((ev[1] for ev in self.events if ev[0] == "msg" and ev[1] > sent and ev[4] in ids), -math.inf)
+
     def passed(self, sent: float, acked: float, sent_of: Mapping[str, float]) -> bool:
         """Whether it went on past a message sent at ``sent`` and acknowledged at ``acked`` with nothing to tell
         it that it might have missed it: it got a message published after ``acked`` (stored after it, so
@@ -297,7 +314,16 @@ def unreached(acks: Iterable[Ack], histories: Iterable[tuple[str, str, Sequence[
     client it may have missed messages; a Pusher client cannot be told, and a new epoch of the room's history,
     as native subscribers saw it, counts as its reset). An acknowledged message that no subscription around it
     got, while one live went past it, is a write nobody was told about: a failover gave its offset to another
-    message the subscribers already had (docs/concepts/delivery.md "The limits, exactly"), and they read past it."""
+    message the subscribers already had (docs/concepts/delivery.md "The limits, exactly"), and they read past it.
+
+    A subscription that got another message at the publish's own place (its offset, in the acknowledgement's
+    epoch or, the helper's acknowledgement having none, the one the subscription was in when it was sent) heard
+    a second dataset: a stopped old master that ran its queued publishes when it resumed, after its replica
+    took over and stored this one. What came from it was all sent before the subscription heard that other
+    message, so only a message sent after that shows the subscription went past the publish: one sent earlier
+    may be the old master's, at offsets the new master gave to this publish and those after it, and the reset
+    that tells the subscription (the catch-up that finds the new master's history differs starts a new epoch)
+    comes after those."""
     acks = list(acks)
     sent_of = {str(a[1]): float(a[2]) for a in acks}
     rooms: dict[str, list[_Reach]] = {}
@@ -319,9 +345,13 @@ def unreached(acks: Iterable[Ack], histories: Iterable[tuple[str, str, Sequence[
     for room, mid, sent, acked, epoch, offset in acks:
         if any(r.start < sent < r.end for r in got.get(mid, ())):
             continue
-        live = sum(1 for r in rooms.get(room, ()) if r.start < sent < r.end and r.passed(sent, acked, sent_of))
+        around = [r for r in rooms.get(room, ()) if r.start < sent < r.end]
+        live = [r for r in around if r.passed(sent, acked, sent_of)]
+        if live and offset is not None:  # rare: only for what would fail the run
+            other = {i for r in around for i in r.got_at(offset, epoch, sent) if i != mid}
+            live = [r for r in live if r.passed(sent, max(acked, r.first_of(other, sent)), sent_of)]
         if live:
-            out.append(f"{room} {mid} acknowledged at (epoch {epoch}, offset {offset}) reached none of the {live} "
+            out.append(f"{room} {mid} acknowledged at (epoch {epoch}, offset {offset}) reached none of the {len(live)} "
                        f"subscription(s) live around it (sent {sent:.1f} s, acknowledged {acked:.1f} s), no reset "
                        "to explain it")
     return out

@@ -239,6 +239,35 @@ def test_an_acknowledged_publish_that_no_live_subscription_got_fails_the_run() -
     assert len(unreached(pusher, same_epoch, acks=helper)) == 1
 
 
+def test_an_old_masters_queued_publishes_heard_before_the_reset_do_not_pass_the_new_masters_message() -> None:
+    """Soak r7 (private-soak-8 h62214, presence-soak-4 h81598 and h95553): a master was stopped; its replica took
+    over and stored the helper's publish "lost" at offset 4 (the helper says no epoch). The old master, resumed,
+    ran its queued publishes first ("x" at 4, "late" at 5, "late" sent after "lost" was acknowledged) and sent
+    them live; the catch-up then found the new master's history differs and started a new epoch: every
+    subscription was told ``recovered: false``, after "late". Messages sent before a subscription heard "x" at
+    the publish's place may be the old master's: they do not show it went past "lost". One sent after does."""
+    helper = [*ACKS[:3], acked("lost", 4.0, 4, None), ("r", "late", 4.5, 5.1, None, None), acked("m6", 6.0, 1, "ep2")]
+    told = native(("msg", 5.0, 4, E, "x"), ("msg", 5.05, 5, E, "late"), ("sub", 5.4, 0, "ep2", False, 5),
+                  ("msg", 6.3, 1, "ep2", "m6"))
+    pusher = [("sub", 0.5, None, None, False, None), *[("msg", o + 0.3, None, None, f"m{o}") for o in (1, 2, 3)],
+              ("msg", 5.0, None, None, "x"), ("msg", 5.05, None, None, "late"), ("msg", 6.3, None, None, "m6")]
+
+    def unreached(*subs: list[tuple[Any, ...]], acks: list[tuple[Any, ...]] = helper) -> list[str]:
+        return judge_all([(f"s{i}", "r", h, True) for i, h in enumerate(subs)], {"r": RoomTruth()}, 100,
+                         acks=acks).unreached
+
+    assert unreached(told, pusher) == []
+    # The same with the HTTP API's acknowledgement, which names the epoch.
+    api = [*helper[:3], acked("lost", 4.0, 4), *helper[4:]]
+    assert unreached(told, pusher, acks=api) == []
+    # No reset: the subscription went on in the epoch with a message sent after it heard "x" (the catch-up read
+    # past the new master's "lost" without a word): still a write nobody was told about.
+    silent = native(("msg", 5.0, 4, E, "x"), ("msg", 5.05, 5, E, "late"), ("msg", 6.3, 6, E, "m6"))
+    assert unreached(silent) == ["r lost acknowledged at (epoch None, offset 4) reached none of the 1 subscription(s) "
+                                 "live around it (sent 4.0 s, acknowledged 4.2 s), no reset to explain it"]
+    assert len(unreached(silent, pusher, acks=api)) == 1
+
+
 def test_a_publish_at_two_places_the_record_no_longer_reaches_is_told_apart_by_what_subscriptions_saw() -> None:
     """When the room's history at the end has gone past both places, the subscriptions' own records tell one
     publish run on two datasets a failover split apart from one stored twice."""
