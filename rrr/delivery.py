@@ -185,7 +185,7 @@ class Delivery:
             s.stale = True  # a gap: read what is missing, hold what follows
             self.metrics.history_gaps.inc()
         elif not s.stale and epoch != s.epoch:
-            s.stale = True  # the room's history was lost and began again
+            s.stale = True  # the room started a new epoch (its history lost, or its offsets went back)
         if s.stale:
             if len(s.held) < self.hold_max:
                 s.held.append((offset, epoch, data_json))

@@ -629,12 +629,15 @@ async def test_offsets_that_went_back_in_the_same_epoch_are_not_recovered_from(
     assert rclient.client_kill_filter(_type="pubsub") >= 1  # a failover cuts every connection
     reset = await watcher.next("subscribed", after=n, timeout=30)
     # Offsets 9 and 10 named messages that are gone: the room starts a new epoch rather than give
-    # those offsets to other messages.
-    assert reset["recovered"] is False and reset["epoch"] != epoch and reset["offset"] == 0
+    # those offsets to other messages under the old one. It keeps what it stored (1..8) and its top.
+    assert reset["recovered"] is False and reset["epoch"] != epoch and reset["offset"] == 8
 
     for i in (1, 2, 3):
         published = await api_publish(server, "failover", f"new {i}")
-        assert (published["offset"], published["epoch"]) == (i, reset["epoch"])
+        assert (published["offset"], published["epoch"]) == (8 + i, reset["epoch"])
+    kept_now = await api_history(server, "failover", f"since=0&epoch={reset['epoch']}")
+    assert kept_now["recovered"] is True and [m["data"] for m in kept_now["messages"]] == [
+        *(f"old {i}" for i in range(1, 9)), "new 1", "new 2", "new 3"], kept_now
     back = await connect(server.ws_url("/ws/"))
     clients.append(back)
     answer = await subscribed(back, "failover", offset=9, epoch=epoch)  # it saw "old 9"
@@ -667,9 +670,10 @@ async def test_a_read_that_finds_another_message_at_the_offset_it_delivered_up_t
     rclient: redis.Redis,
 ) -> None:
     """HISTORY_READ itself, on a real Redis: the caller's ``seen`` carries the digest of what it
-    delivered at its top. The same message there: nothing changes. Another one: a new epoch, the
-    stream gone, and the remembered publish ids too, so a retried publish is stored in the new epoch
-    instead of being answered with its old offset under the new epoch's name."""
+    delivered at its top. The same message there: nothing changes. Another one: a new epoch, and
+    only that: the top, the stream and the remembered publish ids stay, so what was stored reads
+    back under the new epoch, offsets go on, and a retried publish is answered with the offset that
+    still names its stored entry (under the new epoch's name) instead of being stored twice."""
     room = "reused"
     sent = [json.dumps(f"x {i}") for i in (1, 2, 3)]
     args = [publish_args(room, data, 100, 300, own=True) for data in sent]
@@ -684,19 +688,32 @@ async def test_a_read_that_finds_another_message_at_the_offset_it_delivered_up_t
 
     assert read(3, (epoch, 3, digest(sent[2])))[:2] == [epoch, 3]
     assert read(3, (epoch, 3, ""))[:2] == [epoch, 3]  # unknown (dropped as oversized): nothing to check
-    assert rclient.hget(meta(room), "p") is not None
+    ids = rclient.hget(meta(room), "p")
+    assert ids is not None
 
     store_other_at(rclient, room, 3, json.dumps("y 3"))
     assert read(3, (epoch, 3, digest(json.dumps("y 3"))))[:2] == [epoch, 3]  # a process that got y 3
     assert read(2, (epoch, 2, digest(sent[1])))[:2] == [epoch, 3]  # below the reuse: still the same
 
     got = read(3, (epoch, 3, digest(sent[2])))
-    assert got[0] != epoch and got[1] == 0 and got[2] == [], f"{got}: offset 3 was reused, yet the epoch stands"
-    assert rclient.hget(meta(room), "e") == got[0] and rclient.exists(history(room)) == 0
-    assert rclient.hget(meta(room), "p") is None, "the old epoch's publish ids survived the reset"
-    k, a = args[2]
+    assert got[0] != epoch, f"{got}: offset 3 was reused, yet the epoch stands"
+    assert got[1:] == [3, []], f"{got}: the new epoch did not keep the room's top"
+    assert rclient.hget(meta(room), "e") == got[0]
+    assert rclient.hget(meta(room), "p") == ids, "the reset dropped the remembered publish ids"
+    entries = rclient.xrange(history(room))
+    assert entries is not None
+    stored = [(i, f and f["d"]) for i, f in entries]
+    assert stored == [("1-0", sent[0]), ("2-0", sent[1]), ("3-0", json.dumps("y 3"))], stored
+    k, a = args[1]
     retried = rclient.eval(HISTORY_PUBLISH, len(k), *k, *a)  # its first reply was lost: sent again
-    assert retried[:2] == [1, got[0]], f"{retried}: a retry after the reset answered with an old-epoch offset"
+    assert retried[:2] == [2, got[0]], f"{retried}: a retry after the reset was not answered with its offset"
+    assert rclient.xlen(history(room)) == 3, "a retried publish was stored twice"
+    k, a = publish_args(room, json.dumps("z 4"), 100, 300, own=True)
+    after = rclient.eval(HISTORY_PUBLISH, len(k), *k, *a)
+    assert after[:2] == [4, got[0]], f"{after}: offsets did not go on from the top under the new epoch"
+    assert read(0, (got[0], 4, digest(json.dumps("z 4")))) == [got[0], 4, [
+        ["1-0", ["d", sent[0]]], ["2-0", ["d", sent[1]]], ["3-0", ["d", json.dumps("y 3")]],
+        ["4-0", ["d", json.dumps("z 4")]]]]
 
 
 async def test_a_catch_up_that_finds_another_message_where_it_delivered_resets_instead_of_skipping(
@@ -705,7 +722,7 @@ async def test_a_catch_up_that_finds_another_message_where_it_delivered_resets_i
     """The soak's silent loss (#27): a process delivered X at offset 3, heard live from an old master
     that then lost it; the new master holds Y at 3. After the pub/sub cut the process catches up from
     3 and, without the digest, would skip Y for good with no word to anyone. Its sockets are told
-    ``recovered: false`` under a new epoch instead, and get what follows."""
+    ``recovered: false`` under a new epoch instead (at the room's top, which stays), and get what follows."""
     server = await server_factory(api_token="tok")
     c = await connect(server.ws_url("/ws/"))
     clients.append(c)
@@ -718,14 +735,68 @@ async def test_a_catch_up_that_finds_another_message_where_it_delivered_resets_i
     n = len(c.frames)
     assert rclient.client_kill_filter(_type="pubsub") >= 1  # a failover cuts every connection
     reset = await c.next("subscribed", after=n, timeout=30)
-    assert reset["recovered"] is False and reset["epoch"] != epoch and reset["offset"] == 0, reset
+    assert reset["recovered"] is False and reset["epoch"] != epoch and reset["offset"] == 3, reset
 
     published = await api_publish(server, "reused", "after")
-    assert (published["offset"], published["epoch"]) == (1, reset["epoch"])
+    assert (published["offset"], published["epoch"]) == (4, reset["epoch"])
     await wait_until(lambda: [m["data"] for m in messages(c, "reused")][3:] == ["after"], timeout=30,
                      what="the new epoch's first message")
     assert [(m["offset"], m["epoch"]) for m in messages(c, "reused")] == [
-        (1, epoch), (2, epoch), (3, epoch), (1, reset["epoch"])]
+        (1, epoch), (2, epoch), (3, epoch), (4, reset["epoch"])]
+
+
+async def test_messages_acknowledged_before_a_new_epoch_stay_readable_under_it(
+    server_factory: ServerFactory, rclient: redis.Redis, clients: list[Client]
+) -> None:
+    """The soak's deleted publishes (#27): a new master stores and acknowledges a publish (202, offset
+    3) at the offset a stopped old master had already sent another message under, live, to a
+    process. That process's catch-up starts a new epoch; the acknowledged message (and every one
+    before it) must stay readable, now under the new epoch, by GET messages and by ``since``. The
+    reset used to delete the room's stream: nobody could read them any more."""
+    server = await server_factory(api_token="tok")
+    c = await connect(server.ws_url("/ws/"))
+    clients.append(c)
+    epoch = (await subscribed(c, "acked"))["epoch"]
+    acked = [await api_publish(server, "acked", f"x {i}") for i in (1, 2)]
+    await api_publish(server, "acked", "X")  # the old master's, heard live, then lost with it
+    await wait_until(lambda: offsets(c, "acked") == [1, 2, 3], what="x 1, x 2, X")
+
+    # The new master never got X: its top is 2 (a stream rebuilt: one that had 3-0 takes no new
+    # 3-0). A publish there is stored at 3 and acknowledged; the process heard X at 3 already, so
+    # it takes the live "3 Y" for a duplicate.
+    kept = rclient.xrange(history("acked"), "1-0", "2-0")
+    assert kept is not None
+    ttl = rclient.pttl(history("acked"))
+    with rclient.pipeline(transaction=True) as p:
+        p.delete(history("acked"))
+        for entry_id, fields in kept:
+            assert entry_id is not None and fields is not None
+            p.xadd(history("acked"), {str(k): str(v) for k, v in fields.items()}, id=entry_id)
+        p.pexpire(history("acked"), ttl)
+        p.hset(meta("acked"), "o", 2)
+        p.execute()
+    acked.append(await api_publish(server, "acked", "Y"))
+    assert [(a["offset"], a["epoch"]) for a in acked] == [(1, epoch), (2, epoch), (3, epoch)]
+    n = len(c.frames)
+    assert rclient.client_kill_filter(_type="pubsub") >= 1  # a failover cuts every connection
+    reset = await c.next("subscribed", after=n, timeout=30)
+    assert reset["recovered"] is False and reset["epoch"] != epoch, reset
+
+    read = await api_history(server, "acked", f"since=0&epoch={reset['epoch']}")
+    assert read["epoch"] == reset["epoch"] and read["recovered"] is True and [
+        (m["offset"], m["data"]) for m in read["messages"]] == [(1, "x 1"), (2, "x 2"), (3, "Y")], (
+        f"{read}: acknowledged publishes were deleted by the new epoch")
+    assert reset["offset"] == read["offset"] == 3
+    late = await connect(server.ws_url("/ws/"))
+    clients.append(late)
+    answer = await subscribed(late, "acked", offset=0, epoch=reset["epoch"])
+    await wait_until(lambda: [m["data"] for m in messages(late, "acked")] == ["x 1", "x 2", "Y"], timeout=30,
+                     what="the kept messages replayed under the new epoch")
+    assert answer["recovered"] is True and offsets(late, "acked") == [1, 2, 3]
+    nxt = await api_publish(server, "acked", "next")
+    assert (nxt["offset"], nxt["epoch"]) == (4, reset["epoch"])
+    await wait_until(lambda: offsets(c, "acked")[-1:] == [4] and offsets(late, "acked")[-1:] == [4], timeout=30,
+                     what="the next message to both sockets")
 
 
 @pytest.mark.parametrize("stray", ["foreign epoch", "offset ahead of the stored top"])

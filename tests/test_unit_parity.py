@@ -110,12 +110,14 @@ async def scenario(a: Backplane, b: Backplane, elapse: Callable[[float], Awaitab
         out.append(("new epoch", again.offset, epochs(again.epoch)))
         seventh = await b.history.publish("r", '{"i":7}')
         out.append(("seventh", seventh.offset, epochs(seventh.epoch)))
-        out.append(("digest unknown", read(await a.history.read("r", 2, seen=(again.epoch, 2, "")), 2)))
-        out.append(("same at top", read(await a.history.read("r", 1, seen=(again.epoch, 2, digest('{"i":7}'))), 1)))
-        out.append(("other at top", read(await a.history.read("r", 2, seen=(again.epoch, 2, digest('{"i":8}'))), 2)))
-        out.append(("after reuse", read(await a.history.read("r", 0), 0)))
+        out.append(("digest unknown", read(await a.history.read("r", 7, seen=(again.epoch, 7, "")), 7)))
+        out.append(("same at top", read(await a.history.read("r", 6, seen=(again.epoch, 7, digest('{"i":7}'))), 6)))
+        out.append(("other at top", read(await a.history.read("r", 6, seen=(again.epoch, 7, digest('{"i":8}'))), 6)))
+        out.append(("after reuse", read(await a.history.read("r", 4), 4)))
+        eighth = await b.history.publish("r", '{"i":8}')
+        out.append(("eighth", eighth.offset, epochs(eighth.epoch)))
 
-        await eventually(lambda: any(e[0] == "message" and e[4] == '{"i":7}' for e in heard.heard), what="all heard")
+        await eventually(lambda: any(e[0] == "message" and e[4] == '{"i":8}' for e in heard.heard), what="all heard")
         for event in heard.heard:
             kind = event[0]
             if kind == "count":
@@ -154,7 +156,14 @@ async def test_the_memory_backplane_answers_and_announces_as_a_real_redis_does(r
         assert got == want, f"step {step}: memory {got!r} != redis {want!r}"
     assert len(in_memory) == len(on_redis)
     steps = {s[0]: s for s in on_redis}
-    # Another message at the offset a process delivered up to starts a new epoch; the same one does not.
+    # A top that went back starts a new epoch, and only that: the top and the stored messages stay,
+    # offsets go on from the top.
     epoch = steps["new epoch"][2]
-    assert steps["digest unknown"][1][:2] == steps["same at top"][1][:2] == (epoch, 2)
-    assert steps["other at top"][1][0] not in ("", epoch) and steps["other at top"][1][1] == 0
+    assert steps["went back"][1] == (epoch, 5, [], True) and epoch != steps["published"][1][0][1]
+    assert steps["new epoch"][1] == 6 and steps["seventh"][1:] == (7, epoch)
+    # Another message at the offset a process delivered up to starts a new epoch; the same one does not.
+    assert steps["digest unknown"][1][:2] == steps["same at top"][1][:2] == (epoch, 7)
+    other = steps["other at top"][1]
+    assert other[0] not in ("", epoch) and other[1:] == (7, [(7, '{"i":7}')], True), other
+    assert steps["after reuse"][1] == (other[0], 7, [(5, '{"i": 5}'), (6, '{"i":6}'), (7, '{"i":7}')], True)
+    assert steps["eighth"][1:] == (8, other[0])

@@ -5,8 +5,9 @@ and a meta hash with its *epoch* and top *offset*, both under the room's hash ta
 message is stored and published by one script (`rrr.backplane.scripts.HISTORY_PUBLISH`), so every
 message a socket can see live is already stored, in offset order: whoever missed some
 reads them back from the offset it last saw, and knows (``recovered: false``) when it
-cannot, because the epoch changed (the history was lost) or the oldest stored offset is
-past the one it needs (trimmed or expired).
+cannot, because the epoch changed (the history was lost, or a failover made its offsets go
+back or name other messages) or the oldest stored offset is past the one it needs (trimmed or
+expired).
 
 The meta outlives the stream (`meta_ttl`), so a room that was merely quiet keeps its
 offsets: a client that saw the top offset before a long silence still recovers.
@@ -248,7 +249,9 @@ class RedisHistory:
         """The room's position (its epoch fixed now if it had none), and (``after`` given) every
         stored message after it, at most ``size`` of them (all the stream can hold). ``seen``: the
         epoch and top this process delivered and the `digest` of what it delivered there, so a room
-        whose top went back, or that holds another message at that offset, gets a new epoch."""
+        whose top went back, or that holds another message at that offset, gets a new epoch: only
+        the epoch changes, so what the room stored (acknowledged to its publishers) stays readable
+        and its offsets go on from the top."""
         k, a = read_args(room, after, self.size, self.size, self.ttl, seen=seen)
         async with self._readers:
             reply = await self.redis.script("history_read", k, a)

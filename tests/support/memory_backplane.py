@@ -10,7 +10,8 @@ for step, and says which script it mirrors (``rrr/backplane/lua/*.lua``):
   process per room, member fields ``<pid>|<user>``, totals that count only live leases, the sweep of
   expired leases with announcements, and one global version sequence (``rrr:seq``);
 * a room's history: its epoch, offsets from 1, the stream trimmed exactly to its size, expiries,
-  and the ``seen`` rule (a top that went back, or another message at it, starts a new epoch);
+  and the ``seen`` rule (a top that went back, or another message at it, starts a new epoch,
+  keeping the top and the stream);
 * pub/sub: each process's connection (`Link`) subscribes channels by name (`rrr.backplane.keys`);
   Redis acknowledges each one on that connection, in order, and delivers what is published to the
   connections subscribed at that moment, in publish order, with the payloads the scripts publish
@@ -649,9 +650,7 @@ class MemoryRedis:
                 at = [d for o, d in (s.entries if s else []) if o == seen_top]
                 reused = bool(at) and digest(at[0]) != seen_digest
             if epoch == seen_epoch and (m.o < seen_top or reused):
-                epoch = m.e = fresh
-                m.o = 0
-                self.streams.pop(room, None)
+                epoch = m.e = fresh  # only the epoch: the top and what is stored stay
             self._settings(m, True, str(size), str(int(ttl * 1000)))
             self._keep(m, meta_ttl(ttl), int(ttl * 1000))
         else:

@@ -9,6 +9,10 @@
 -- that of the entry stored there: an old master that ran a queued publish after it was stopped
 -- and replaced sent a message live under an offset the new master gave to another (#27), and a
 -- catch-up from that offset would skip the stored one without a word.
+-- A new epoch changes only the epoch: the top offset, the stream and the remembered publish ids
+-- stay. What the room stored was acknowledged to its publishers and stays readable (under the new
+-- epoch), offsets go on from the top, and a retried publish is answered with the offset that still
+-- names its stored entry.
 -- Returns {epoch, top, {{id, {field, value}}, ...}}.
 
 if ARGV[7] ~= '1' and redis.call('EXISTS', meta) == 0 then return {'', 0, {}} end
@@ -24,11 +28,7 @@ if ARGV[7] == '1' then
   end
   if epoch == ARGV[8] and (o < seen_top or reused) then
     epoch = ARGV[3]
-    redis.call('HSET', meta, 'e', epoch, 'o', 0)
-    -- The publish ids remembered with their offsets are of the old epoch: a retry must not be
-    -- answered with one of them.
-    redis.call('HDEL', meta, 'p')
-    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'e', epoch)
   end
   settings(ARGV[7], ARGV[5], ARGV[6])
   keep(ARGV[4], ARGV[6])
