@@ -27,7 +27,7 @@ from rrr import client as rrr_client
 from rrr.backplane import keys
 from rrr.backplane.history import publish_args
 from rrr.backplane.scripts import HISTORY_PUBLISH
-from rrr.backplane.clients import parse_cluster_url
+from rrr.backplane.clients import make_redis, parse_cluster_url
 from support.clients import Client, connect, signed_in, wait_until
 from support.cluster import NODE_TIMEOUT_MS, RedisCluster
 from support.processes import AppProcess
@@ -213,6 +213,25 @@ async def test_api_helper_raw_and_sharded_publishes_reach_every_subscriber(
             assert [d for d in data_in(c, room) if d in expected[room][:3]] == expected[room][:3]
         stored = [m for m in c.of_type("message") if "offset" in m]
         assert len(stored) == 3 * len(rooms)
+
+
+async def test_a_burst_beyond_a_nodes_pool_waits_for_a_free_connection_instead_of_failing(
+    cluster: RedisCluster,
+) -> None:
+    """redis-py's cluster nodes refuse a command at once (an empty ``MaxConnectionsError``) when all
+    their connections are busy; rrr's client waits for one, as its classic and Sentinel pools do: a
+    drain's or a worker kill's sessions all coming back at once must not fail calls never sent (#27)."""
+    client = make_redis(cluster.url, timeout=5, max_connections=2)
+    busy = ("local s = redis.call('TIME') repeat local n = redis.call('TIME') "
+            "until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > 100000 return 1")
+    try:
+        # Each call holds one of the node's two connections for 0.1 s or more: eight take turns.
+        replies = await asyncio.gather(
+            *(client.execute_command("EVAL", busy, 1, "rrr:{burst}:k") for _ in range(8)), return_exceptions=True,
+        )
+        assert replies == [1] * 8
+    finally:
+        await client.aclose()
 
 
 async def test_the_cluster_url_is_parsed() -> None:

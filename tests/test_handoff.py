@@ -289,6 +289,30 @@ async def test_a_stream_that_dies_while_its_posts_cannot_be_handed_over_ends_its
         await stop_relayed(owner, owner_relay, other, other_relay)
 
 
+async def test_an_answer_a_redis_blip_kept_from_the_asker_is_sent_again_and_the_post_is_202(
+    app_factory: Callable[..., AppProcess], redis_url: str, streams: list[SseClient | PollClient],
+) -> None:
+    """The soak's drains (#27): the owner took a handed-over POST's frame, but Redis would not take its
+    answer for a moment; the asker answered 503 after its timeout, the client opened a new session and the
+    old one counted in its rooms until it expired. The owner now sends its answer again while it is awaited."""
+    owner, owner_relay, other, other_relay = await relayed_pair(
+        app_factory, redis_url, poll_timeout=2, presence_ttl=2, redis_timeout=1)
+    try:
+        s = await SseClient.open(owner.base_url)
+        streams.append(s)
+        await s.started()
+        owner_relay.cut_before(keys.inbox_channel(await tag_of(other)).encode())
+        answer = asyncio.ensure_future(post(other.base_url, "sse", s.session, {"type": "ping"}, timeout=20))
+        await asyncio.wait_for(owner_relay.held.wait(), 10)  # the owner took the frame; its answer was cut
+        await asyncio.sleep(1.5)  # longer than the client's own retry of a broken connection
+        owner_relay.disarm()
+        r = await answer
+        assert r.status == 202, (r.status, r.body)
+        await s.next("pong", after=0)
+    finally:
+        await stop_relayed(owner, owner_relay, other, other_relay)
+
+
 @pytest.mark.nginx
 async def test_posts_and_polls_behind_nginx_round_robin_reach_the_owner(
     cluster_factory: Callable[..., Cluster], redis_url: str, streams: list[SseClient | PollClient],

@@ -37,6 +37,7 @@ new master after a failover.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -45,7 +46,7 @@ import redis
 import redis.asyncio as aioredis
 import redis.sentinel
 from redis.asyncio.retry import Retry
-from redis.exceptions import ClusterDownError, SlotNotCoveredError
+from redis.exceptions import ClusterDownError, MaxConnectionsError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -276,13 +277,34 @@ class ClusterRedis(aioredis.RedisCluster):
 
     ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
 
+    #: How long a command waits for a free connection of its node (set by `make_cluster_redis`).
+    pool_timeout = 0.0
+
     async def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
-        """One attempt (on one node); a failed one is noted for `rrr.backplane.outcome`."""
-        try:
-            return await super()._execute_command(target_node, *args, **kwargs)
-        except Exception as e:
-            note(e)
-            raise
+        """One attempt (on one node); a failed one is noted for `rrr.backplane.outcome`.
+
+        redis-py's cluster nodes fail a command at once (``MaxConnectionsError``, with no message)
+        when all their connections are busy; the classic and Sentinel pools wait for one. A burst
+        (a drain's or a worker kill's sessions coming back at once, #27) must not fail calls that
+        were never sent, so this waits too, up to ``pool_timeout``: nothing was sent, so asking again
+        is safe."""
+        deadline: float | None = None
+        pause = 0.001
+        while True:
+            try:
+                return await super()._execute_command(target_node, *args, **kwargs)
+            except MaxConnectionsError as e:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.pool_timeout if deadline is None else deadline
+                if loop.time() + pause > deadline:
+                    note(e)
+                    raise MaxConnectionsError(
+                        f"no free connection to {target_node.name} within {self.pool_timeout:g} s") from e
+                await asyncio.sleep(pause)  # redis-py's node pool has no waiters to wake: look again soon
+                pause = min(pause * 2, 0.025)
+            except Exception as e:
+                note(e)
+                raise
 
 
 def make_cluster_redis(
@@ -295,7 +317,7 @@ def make_cluster_redis(
     """
     from redis.asyncio.cluster import ClusterNode
 
-    return ClusterRedis(
+    client = ClusterRedis(
         startup_nodes=[ClusterNode(h, p) for h, p in parsed.nodes],
         username=parsed.username,
         password=parsed.password,
@@ -307,6 +329,8 @@ def make_cluster_redis(
         decode_responses=False,
         client_name="rrr",
     )
+    client.pool_timeout = timeout
+    return client
 
 
 def make_node_redis(parsed: ClusterURL, host: str, port: int, timeout: float) -> aioredis.Redis:

@@ -175,12 +175,25 @@ class Handoff:
         self._spawn(self._publish(keys.inbox_channel(asker), message))
 
     async def _publish(self, channel: str, message: str) -> None:
-        try:
-            await self.publisher.publish(channel, message)
-        except BackplaneError as e:
-            # The asker times out and answers its client 503; the client asks again.
-            self.metrics.task_errors.labels("handoff").inc()
-            self._log.warning("publish", "could not answer a handed-over request: %s", e)
+        """An answer is sent again until the asker stops waiting for it (``timeout``): a POST's frame
+        was taken, and an answer lost to a Redis blip would get its client a 503, after which the
+        library opens a new session and this one counts in its rooms until it expires (#27). A second
+        copy of an answer is harmless: the asker takes the first and drops any other."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        pause = 0.05
+        while True:
+            try:
+                await self.publisher.publish(channel, message)
+                return
+            except BackplaneError as e:
+                if loop.time() + pause >= deadline:
+                    # The asker times out and answers its client 503; the client asks again.
+                    self.metrics.task_errors.labels("handoff").inc()
+                    self._log.warning("publish", "could not answer a handed-over request: %s", e)
+                    return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)

@@ -119,8 +119,9 @@ class SlowReplyProxy(LoopbackRelay):
     *answered* late; with ``every``, each such command's reply is. Armed with
     ``cut_reply_to(marker)``, the next such command runs and the connection is cut before its reply
     (a failover or a reset right after Redis did the work); with ``every``, each such command's
-    connection is, and with ``refuse_after`` nobody listens any more after the cut. Everything else
-    passes straight through."""
+    connection is, and with ``refuse_after`` nobody listens any more after the cut. Armed with
+    ``cut_before(marker)``, such commands never reach Redis until `disarm`. Everything else passes
+    straight through."""
 
     def __init__(self, upstream_port: int) -> None:
         super().__init__()
@@ -130,6 +131,7 @@ class SlowReplyProxy(LoopbackRelay):
         self.every = False
         self.cut = False
         self.refuse_after = False
+        self.cut_first = False
         self.held = asyncio.Event()
 
     def hold_reply_to(self, marker: bytes, seconds: float, every: bool = False) -> None:
@@ -142,6 +144,15 @@ class SlowReplyProxy(LoopbackRelay):
         self.refuse_after = refuse_after
         self.held.clear()
 
+    def cut_before(self, marker: bytes) -> None:
+        """Until `disarm`, each command that contains ``marker`` never reaches Redis: its connection
+        is cut as it is sent (a Redis that cannot be reached for a moment)."""
+        self.marker, self.every, self.cut_first = marker, True, True
+        self.held.clear()
+
+    def disarm(self) -> None:
+        self.marker, self.every, self.cut, self.cut_first = None, False, False, False
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         self._writers |= {writer, up_writer}
@@ -149,6 +160,11 @@ class SlowReplyProxy(LoopbackRelay):
 
         async def mark(data: bytes) -> None:
             if self.marker is not None and self.marker in data:
+                if self.cut_first:
+                    self.held.set()
+                    writer.close()
+                    up_writer.close()
+                    raise ConnectionResetError("the relay cut the connection before the command went on")
                 if not self.every:
                     self.marker = None
                 slow_next["replies"] += 1
