@@ -115,6 +115,10 @@ class Publisher(Protocol):
     async def publish(self, channel: str, data: str) -> int:
         """PUBLISH (SPUBLISH where the channel is a room's shard channel); how many received it."""
 
+    async def alive(self, tag: str) -> bool:
+        """Whether the process whose tag is ``tag`` holds its liveness key (`keys.alive`): it renewed
+        its presence within the TTL and has not left."""
+
 
 class Subscriber(Protocol):
     """This process's pub/sub: the rooms it follows, and a connection that `run` holds until it

@@ -85,8 +85,8 @@ class ClusterPresence(PresenceBase):
         the caller writes every local room again."""
         started = time.monotonic()
         rooms = dict(self._rows)
+        await self._mark_alive()  # also proves the cluster reachable when we have no rows
         if not rooms:
-            await self._calls.run("renew", self._lease_redis.ping())
             self._renewed_at = started
             return False
         replies, failure = await self._each(
@@ -278,6 +278,7 @@ class ClusterPresence(PresenceBase):
             await self._calls.run("probe", self._redis.delete(keys.probe_key(self.process_id)))
         except BackplaneError:
             pass
+        await self._unmark_alive()
         self._renewed_at = None
 
     async def room_state(self, room: str) -> CountState:

@@ -62,6 +62,7 @@ class ClassicPresence(PresenceBase):
         lost = flag(
             await self._script("renew", [self.process_id, self.ttl, *event_args(self.events)], lease=True), "RENEW",
         )
+        await self._mark_alive()
         self._renewed_at = started
         if not lost:
             self._settled.renewed(started)
@@ -110,6 +111,7 @@ class ClassicPresence(PresenceBase):
     async def leave(self) -> None:
         """Remove this process's presence at once (clean shutdown: no TTL wait)."""
         count(await self._script("leave", [self.process_id, *event_args(self.events)], lease=True), "LEAVE")
+        await self._unmark_alive()
         self._renewed_at = None
 
     async def room_state(self, room: str) -> CountState:
