@@ -116,8 +116,9 @@ class Publisher(Protocol):
         """PUBLISH (SPUBLISH where the channel is a room's shard channel); how many received it."""
 
     async def alive(self, tag: str) -> bool:
-        """Whether the process whose tag is ``tag`` holds its liveness key (`keys.alive`): it renewed
-        its presence within the TTL and has not left."""
+        """Whether the process whose tag is ``tag`` is there: on one Redis, whether its inbox has a
+        listener; on a cluster (where PUBLISH counts one node's listeners only), whether it holds its
+        liveness key (`keys.alive`: renewed with its presence, deleted when it leaves)."""
 
 
 class Subscriber(Protocol):

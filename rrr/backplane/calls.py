@@ -307,28 +307,6 @@ class PresenceBase(ABC):
     async def publish(self, channel: str, data: str) -> int:
         """A plain publish (sign-outs go out on the control channel with it)."""
 
-    @property
-    def tag(self) -> str:
-        return keys.process_tag(self.process_id)
-
-    async def alive(self, tag: str) -> bool:
-        """Whether process ``tag``'s liveness key is there (`keys.alive`): on a cluster, where PUBLISH
-        cannot count an inbox's listeners, what tells a gone session owner (`rrr.edge.handoff`)."""
-        return count(await self._calls.run("alive", self._redis.exists(keys.alive(tag))), "EXISTS") > 0
-
-    async def _mark_alive(self) -> None:
-        """Our liveness key, renewed with our presence and expiring with it (a killed process's goes
-        within the TTL)."""
-        ttl_ms = max(1, int(self.ttl * 1000))
-        await self._calls.run("renew", self._lease_redis.set(keys.alive(self.tag), "1", px=ttl_ms))
-
-    async def _unmark_alive(self) -> None:
-        """Clean shutdown: gone at once, so requests for our sessions are answered 404 right away."""
-        try:
-            await self._calls.run("leave", self._lease_redis.delete(keys.alive(self.tag)))
-        except BackplaneError:
-            pass  # it expires within the TTL
-
     @abstractmethod
     async def _reset_pools(self) -> None:
         """Start every connection afresh (`Calls` after a reply that broke the parser)."""

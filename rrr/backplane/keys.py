@@ -40,8 +40,8 @@ _PROC_PROBE = "rrr:proc:%s:probe"
 #: answers to those it handed them (`rrr.edge.handoff`). Named by the process's tag, which every
 #: session id of the process starts with, so any process can reach the session's owner.
 _INBOX = "rrr:inbox:%s"
-#: A process's liveness key, by its tag: set with the presence TTL at each renewal, deleted when it
-#: leaves. On a cluster PUBLISH cannot say whether an inbox has a listener; this key can.
+#: A process's liveness key on a cluster, by its tag: set with the presence TTL at each renewal,
+#: deleted when it leaves. There PUBLISH cannot say whether an inbox has a listener; this key can.
 _ALIVE = "rrr:alive:{%s}"
 
 # -- Redis Cluster only (rrr.backplane.cluster_presence, cluster_subscriber) --

@@ -62,7 +62,6 @@ class ClassicPresence(PresenceBase):
         lost = flag(
             await self._script("renew", [self.process_id, self.ttl, *event_args(self.events)], lease=True), "RENEW",
         )
-        await self._mark_alive()
         self._renewed_at = started
         if not lost:
             self._settled.renewed(started)
@@ -111,7 +110,6 @@ class ClassicPresence(PresenceBase):
     async def leave(self) -> None:
         """Remove this process's presence at once (clean shutdown: no TTL wait)."""
         count(await self._script("leave", [self.process_id, *event_args(self.events)], lease=True), "LEAVE")
-        await self._unmark_alive()
         self._renewed_at = None
 
     async def room_state(self, room: str) -> CountState:
@@ -138,6 +136,14 @@ class ClassicPresence(PresenceBase):
         """PUBLISH; `OutcomeUnknown` when it may have been delivered (a timeout, a connection broken
         after it was written): never retried by us."""
         return count(await self._calls.run("publish", self._redis.publish(channel, data)), "PUBLISH")
+
+    async def alive(self, tag: str) -> bool:
+        """On one Redis the inbox's listeners can be counted (PUBSUB NUMSUB): no liveness key needed."""
+        reply = await self._calls.run("alive", self._redis.pubsub_numsub(keys.inbox_channel(tag)))
+        one = reply[0] if isinstance(reply, list) and len(reply) == 1 else None
+        if not (isinstance(one, (list, tuple)) and len(one) == 2):
+            raise BadReply(f"expected one channel's count from PUBSUB NUMSUB, got {show(reply)}")
+        return count(one[1], "PUBSUB NUMSUB") > 0
 
     async def revoke(self, user: str, keep_for: float) -> float:
         return await self._revocations.revoke(user, keep_for)

@@ -167,7 +167,6 @@ class MemoryRedis:
 
     def _flush(self) -> None:
         self.procs: dict[str, float] = {}  # rrr:procs: pid -> lease expiry
-        self.alive_keys: dict[str, float] = {}  # rrr:alive:{<tag>} -> expiry
         self.seq = 0  # rrr:seq
         self.presence: dict[str, dict[str, str]] = {}  # rrr:presence:{room}: pid -> "c n", @v, @u
         self.member_fields: dict[str, dict[str, str]] = {}  # rrr:members:{room}: "pid|user" -> info
@@ -525,17 +524,6 @@ class MemoryRedis:
         self.procs[pid] = t + ttl
         return 1
 
-    def mark_alive(self, tag: str, ttl: float) -> None:
-        """SET rrr:alive:{<tag>} PX ttl."""
-        self.alive_keys[tag] = self.clock() + ttl
-
-    def unmark_alive(self, tag: str) -> None:
-        self.alive_keys.pop(tag, None)
-
-    def alive(self, tag: str) -> bool:
-        """EXISTS rrr:alive:{<tag>}."""
-        return self.alive_keys.get(tag, 0.0) > self.clock()
-
     def sweep(self, limit: int = 16) -> int:
         """sweep.lua: claims up to ``limit`` expired leases (ZRANGEBYSCORE -inf now) and drops them."""
         t = self.clock()
@@ -825,7 +813,6 @@ class MemoryPresence:
     async def renew(self) -> bool:
         started = self.redis.clock()
         lost = await self._run("renew", lambda: self.redis.renew(self.process_id, self.ttl))
-        await self._run("renew", lambda: self.redis.mark_alive(keys.process_tag(self.process_id), self.ttl))
         self._renewed_at = started
         return bool(lost)
 
@@ -858,7 +845,6 @@ class MemoryPresence:
 
     async def leave(self) -> None:
         await self._run("leave", lambda: self.redis.leave(self.process_id))
-        await self._run("leave", lambda: self.redis.unmark_alive(keys.process_tag(self.process_id)))
         self._renewed_at = None
 
     async def room_state(self, room: str) -> CountState:
@@ -874,7 +860,7 @@ class MemoryPresence:
         return await self._run("publish", lambda: self.redis.publish(channel, data))
 
     async def alive(self, tag: str) -> bool:
-        return await self._run("alive", lambda: self.redis.alive(tag))
+        return await self._run("alive", lambda: self.redis.subscribers(keys.inbox_channel(tag)) > 0)
 
     async def revoke(self, user: str, keep_for: float) -> float:
         at = time.time()
