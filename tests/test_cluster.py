@@ -32,7 +32,7 @@ from support.clients import Client, connect, signed_in, wait_until
 from support.cluster import NODE_TIMEOUT_MS, RedisCluster
 from support.processes import AppProcess
 from support.servers import Server, ServerFactory
-from support.transports import PollClient, SseClient, post
+from support.transports import PollClient, SseClient, post, request
 
 
 pytestmark = pytest.mark.gen_test(timeout=120)
@@ -395,6 +395,52 @@ async def test_a_sessions_requests_landing_on_the_other_process_are_handed_over_
     assert (await p.poll_once()).json() == {"seq": 1, "frames": [{"type": "pong"}]}
     assert other.metric("rrr_handoffs_total", {"op": "post", "result": "202"}) == 4
     assert other.metric("rrr_handoffs_total", {"op": "poll", "result": "200"}) == 1
+
+
+async def test_a_killed_processs_sessions_are_404_through_the_survivor_once_its_presence_expired(
+    cluster: RedisCluster, app_factory: Callable[..., AppProcess], streams: list[SseClient | PollClient],
+    clients: list[Client],
+) -> None:
+    """On a cluster PUBLISH cannot tell that nobody listens on a killed process's inbox; its liveness
+    key, gone within the presence TTL, does: the survivor answers 404 at once (the library opens a
+    new session) instead of a 503 after the handoff's timeout."""
+    victim = await asyncio.to_thread(app_factory, redis_url=cluster.url, presence_ttl=TTL, poll_timeout=5)
+    survivor = await asyncio.to_thread(app_factory, redis_url=cluster.url, presence_ttl=TTL, poll_timeout=5)
+    s = await SseClient.open(victim.base_url)
+    streams.append(s)
+    await s.started()
+    p = await PollClient.open(victim.base_url)
+    streams.append(p)
+    for c in (s, p):
+        assert (await c.send(type="subscribe", room="k9", sub="t")).status == 202
+    watcher = await connect(survivor.base_url.replace("http", "ws") + "/ws/count/k9/")
+    clients.append(watcher)
+    await watcher.settles_on(3)
+    alive = keys.alive(p.session[:8])
+    shard = cluster.node(cluster.master_of(alive))
+    victim.kill()
+    await watcher.settles_on(1, timeout=TTL + 20)
+    await wait_until(lambda: not shard.exists(alive), timeout=TTL + 20, what="the victim's liveness key expired")
+    # Generous timeouts: without the liveness key these wait out the handoff (about 9 s, 14 s) for a 503.
+    posted = await post(survivor.base_url, "sse", s.session, {"type": "ping"}, timeout=60)
+    assert (posted.status, posted.json()["error"]) == (404, "unknown session")
+    polled = await request(f"{survivor.base_url}/poll/{p.session}/?seq={p.seq}", timeout=60)
+    assert (polled.status, polled.json()["error"]) == (404, "unknown session")
+
+
+async def test_a_processs_liveness_key_is_renewed_while_it_lives_and_deleted_when_it_stops(
+    cluster: RedisCluster, app_factory: Callable[..., AppProcess], streams: list[SseClient | PollClient],
+) -> None:
+    app = await asyncio.to_thread(app_factory, redis_url=cluster.url, presence_ttl=TTL)
+    p = await PollClient.open(app.base_url, poll=False)
+    streams.append(p)
+    alive = keys.alive(p.session[:8])
+    shard = cluster.node(cluster.master_of(alive))
+    first = shard.pttl(alive)
+    assert 0 < first <= TTL * 1000
+    await wait_until(lambda: shard.pttl(alive) > first, timeout=TTL + 10, what="the key renewed")
+    assert await asyncio.to_thread(app.stop) == 0
+    assert shard.exists(alive) == 0
 
 
 async def test_a_member_whose_removal_the_cluster_lost_goes_after_a_reconnect(

@@ -132,6 +132,18 @@ async def test_a_session_whose_process_is_gone_is_404_at_once(
     assert other.metric("rrr_handoffs_total", {"op": "poll", "result": "gone"}) == 1
 
 
+async def test_on_one_redis_a_process_is_there_while_its_inbox_has_a_listener(server_factory: ServerFactory) -> None:
+    """What the backplane's ``alive`` answers on one Redis (PUBSUB NUMSUB of the inbox); a cluster's
+    liveness key is tests/test_cluster.py's."""
+    owner, other = await two(server_factory)
+    tag = owner.service.process_tag
+    await wait_until(lambda: other.service.presence.alive(tag), what="the owner's inbox listened to")
+    assert not await other.service.presence.alive("Nobody00")
+    await owner.service.shutdown()
+    owner.http.stop()
+    assert not await other.service.presence.alive(tag)
+
+
 async def test_an_owner_that_never_answers_gets_the_client_a_503(
     server_factory: ServerFactory, redis_url: str,
 ) -> None:

@@ -115,6 +115,11 @@ class Publisher(Protocol):
     async def publish(self, channel: str, data: str) -> int:
         """PUBLISH (SPUBLISH where the channel is a room's shard channel); how many received it."""
 
+    async def alive(self, tag: str) -> bool:
+        """Whether the process whose tag is ``tag`` is there: on one Redis, whether its inbox has a
+        listener; on a cluster (where PUBLISH counts one node's listeners only), whether it holds its
+        liveness key (`keys.alive`: renewed with its presence, deleted when it leaves)."""
+
 
 class Subscriber(Protocol):
     """This process's pub/sub: the rooms it follows, and a connection that `run` holds until it

@@ -85,8 +85,16 @@ class ClusterPresence(PresenceBase):
         the caller writes every local room again."""
         started = time.monotonic()
         rooms = dict(self._rows)
+        # Our liveness key lives on one shard: if that shard fails, every room is renewed all the
+        # same, and the renewal fails as it does when a room's shard fails.
+        unmarked: BackplaneError | None = None
+        try:
+            await self._mark_alive()  # also proves the cluster reachable when we have no rows
+        except BackplaneError as e:
+            unmarked = e
         if not rooms:
-            await self._calls.run("renew", self._lease_redis.ping())
+            if unmarked is not None:
+                raise unmarked
             self._renewed_at = started
             return False
         replies, failure = await self._each(
@@ -111,6 +119,8 @@ class ClusterPresence(PresenceBase):
         self._note_soon()
         if failure is not None:
             raise failure  # a shard did not answer: our rows there were not renewed
+        if unmarked is not None:
+            raise unmarked
         self._renewed_at = started
         return lost
 
@@ -278,6 +288,7 @@ class ClusterPresence(PresenceBase):
             await self._calls.run("probe", self._redis.delete(keys.probe_key(self.process_id)))
         except BackplaneError:
             pass
+        await self._unmark_alive()
         self._renewed_at = None
 
     async def room_state(self, room: str) -> CountState:
@@ -329,6 +340,30 @@ class ClusterPresence(PresenceBase):
         await self._calls.run(
             "probe", self._redis.set(keys.probe_key(self.process_id), str(time.time()), ex=max(60, int(3 * self.ttl))),
         )
+
+    # -- liveness (the handoff's) ----------------------------------------
+
+    @property
+    def tag(self) -> str:
+        return keys.process_tag(self.process_id)
+
+    async def alive(self, tag: str) -> bool:
+        """Whether process ``tag``'s liveness key is there (`keys.alive`): PUBLISH cannot count an
+        inbox's listeners on a cluster, this tells a gone session owner (`rrr.edge.handoff`)."""
+        return count(await self._calls.run("alive", self._redis.exists(keys.alive(tag))), "EXISTS") > 0
+
+    async def _mark_alive(self) -> None:
+        """Our liveness key, renewed with our presence and expiring with it (a killed process's goes
+        within the TTL)."""
+        ttl_ms = max(1, int(self.ttl * 1000))
+        await self._calls.run("renew", self._lease_redis.set(keys.alive(self.tag), "1", px=ttl_ms))
+
+    async def _unmark_alive(self) -> None:
+        """Clean shutdown: gone at once, so requests for our sessions are answered 404 right away."""
+        try:
+            await self._calls.run("leave", self._lease_redis.delete(keys.alive(self.tag)))
+        except BackplaneError:
+            pass  # it expires within the TTL
 
     # -- plumbing --------------------------------------------------------
 

@@ -40,6 +40,9 @@ _PROC_PROBE = "rrr:proc:%s:probe"
 #: answers to those it handed them (`rrr.edge.handoff`). Named by the process's tag, which every
 #: session id of the process starts with, so any process can reach the session's owner.
 _INBOX = "rrr:inbox:%s"
+#: A process's liveness key on a cluster, by its tag: set with the presence TTL at each renewal,
+#: deleted when it leaves. There PUBLISH cannot say whether an inbox has a listener; this key can.
+_ALIVE = "rrr:alive:{%s}"
 
 # -- Redis Cluster only (rrr.backplane.cluster_presence, cluster_subscriber) --
 #: The room's shard channel (``SPUBLISH``): what the app publishes live when history is off, and
@@ -151,6 +154,11 @@ def process_tag(pid: str) -> str:
 def inbox_channel(tag: str) -> str:
     """The inbox of the process whose tag is ``tag`` (classic pub/sub, also on a cluster)."""
     return _INBOX % tag
+
+
+def alive(tag: str) -> str:
+    """The liveness key of the process whose tag is ``tag``: there while it renews its presence."""
+    return _ALIVE % tag
 
 
 def shard_room_channel(room: str) -> str:

@@ -137,6 +137,14 @@ class ClassicPresence(PresenceBase):
         after it was written): never retried by us."""
         return count(await self._calls.run("publish", self._redis.publish(channel, data)), "PUBLISH")
 
+    async def alive(self, tag: str) -> bool:
+        """On one Redis the inbox's listeners can be counted (PUBSUB NUMSUB): no liveness key needed."""
+        reply = await self._calls.run("alive", self._redis.pubsub_numsub(keys.inbox_channel(tag)))
+        one = reply[0] if isinstance(reply, list) and len(reply) == 1 else None
+        if not (isinstance(one, (list, tuple)) and len(one) == 2):
+            raise BadReply(f"expected one channel's count from PUBSUB NUMSUB, got {show(reply)}")
+        return count(one[1], "PUBSUB NUMSUB") > 0
+
     async def revoke(self, user: str, keep_for: float) -> float:
         return await self._revocations.revoke(user, keep_for)
 

@@ -16,8 +16,11 @@ pub/sub connection it already holds). A process that gets a request for another'
 
 So frames are kept once, in the owner's memory, and a poll costs Redis two small publishes only
 when it lands elsewhere. PUBLISH says how many heard it: none means the owner is gone (stopped,
-killed), and the asker answers 404 at once, so the library opens a new session. (On a Redis
-Cluster that number counts only one node's listeners, so there a gone owner shows as a timeout.)
+killed), and the asker answers 404 at once, so the library opens a new session. On a Redis
+Cluster that number counts only one node's listeners, so there the asker first checks the owner's
+liveness key (`rrr.backplane.keys.alive`, set with the presence TTL at each renewal, deleted when
+the process leaves): missing, the answer is 404 at once too (a killed owner's key is gone within
+``--presence-ttl``); one EXISTS per handed-over request, on a cluster only.
 An owner that does not answer in time (a stalled process, a lost message) gets the client a 503:
 for a POST the library then opens a new session (a 5xx leaves it unknown whether the frame was
 taken), a poll it asks again.
@@ -111,6 +114,9 @@ class Handoff:
         self._pending[rid] = answer
         result = "timeout"
         try:
+            if not self.counts_receivers and not await self._owner_alive(session_id):
+                result = "gone"
+                return UNKNOWN
             try:
                 heard = await self.publisher.publish(
                     keys.inbox_channel(self.sessions.owner(session_id)),
@@ -134,6 +140,15 @@ class Handoff:
         finally:
             self._pending.pop(rid, None)
             self.metrics.handoffs.labels(op, result).inc()
+
+    async def _owner_alive(self, session_id: str) -> bool:
+        """Where PUBLISH cannot say whether anyone heard (a cluster): whether the owner's liveness key
+        is there (`keys.alive`), asked before anything is handed over, so a frame is never both taken
+        and answered 404. If Redis cannot say, the request is handed over as before (and may time out)."""
+        try:
+            return await self.publisher.alive(self.sessions.owner(session_id))
+        except BackplaneError:
+            return True
 
     # -- the inbox ------------------------------------------------------------------
 

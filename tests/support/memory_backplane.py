@@ -858,6 +858,9 @@ class MemoryPresence:
     async def publish(self, channel: str, data: str) -> int:
         return await self._run("publish", lambda: self.redis.publish(channel, data))
 
+    async def alive(self, tag: str) -> bool:
+        return await self._run("alive", lambda: self.redis.subscribers(keys.inbox_channel(tag)) > 0)
+
     async def revoke(self, user: str, keep_for: float) -> float:
         at = time.time()
         await self._run("revoke", lambda: self.redis.set_revoked(user, at, keep_for))
