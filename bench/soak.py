@@ -57,6 +57,10 @@ TOKEN_SECRET = "soak-token-secret-0123456789abcdef"
 PUSHER_ID, PUSHER_KEY, PUSHER_SECRET = "4242", "278d425bdf160c739803", "7ad3773142a6692b25b8"
 HISTORY_SIZE = 100
 NGINX_KEEPALIVE = 2 * 32
+#: As the browser library (static/js/wires.js POLL_RETRIES, POLL_RETRY_MS): a failed long poll is asked again this
+#: many times in a row, this long apart, before its session is given up.
+POLL_RETRIES = 2
+POLL_RETRY_S = 1.0
 #: Faults after which counts are held exact for the whole bound before they count as recovered (a dead
 #: process's lease still counts its clients until it runs out).
 HOLD_AFTER = ("worker_kill9", "server_sigterm", "master_kill9", "redis_sigstop", "pubsub_kill")
@@ -100,9 +104,14 @@ class Config:
     @property
     def client_bound(self) -> float:
         """How long counts may be off after a fault, by the README: the counts' bound, plus the time a client
-        of a gone process takes to learn it: a polling session's owner gone on a Redis Cluster is answered 503
-        only after 2 x --redis-timeout + 5 s (+ --poll-timeout for a waiting poll), README "Transports")."""
-        return self.bound + 2 * self.redis_timeout + 5 + self.poll_timeout
+        of a gone process takes to learn it: a polling session's owner gone is answered 503 only after
+        2 x --redis-timeout + 5 s (+ --poll-timeout for a waiting poll), README "Transports"). On a Redis Cluster
+        that is every poll's answer (PUBLISH's count covers one node: a gone owner is not told from a slow one),
+        and the client asks POLL_RETRIES times more, POLL_RETRY_S apart, before it opens a new session."""
+        handoff_wait = 2 * self.redis_timeout + 5 + self.poll_timeout
+        if self.redis != "cluster":
+            return self.bound + handoff_wait
+        return self.bound + (POLL_RETRIES + 1) * handoff_wait + POLL_RETRIES * POLL_RETRY_S
 
 
 def now() -> float:
@@ -544,6 +553,9 @@ class PollClient(HttpSessionClient):
         self.gone.set()
 
     async def _poll(self, seq: int) -> None:
+        """Long polls as the browser library's PollWire asks them (static/js/wires.js). Giving the session up at
+        its first failed poll left it, and its subscriptions, on its owner until it expired (--poll-timeout + 10 s):
+        the 30-minute run's counts one too many ~45 s after two Redis stalls, where a browser would have kept it."""
         fails = 0
         while not self.gone.is_set() and self.session_id is not None:
             sid = self.session_id
@@ -559,13 +571,14 @@ class PollClient(HttpSessionClient):
                 return
             if r is None or r.code != 200:
                 # Not receiving now (the owner may be gone: on a Cluster that is a 503 after a while, not a
-                # 404): not counted as settled; a second failure in a row opens a new session.
+                # 404): not counted as settled. Asked again with the same seq as the library does; only a 404 or
+                # a failure past its retries opens a new session.
                 for sub in self.subs.values():
                     sub.confirmed = False
                 fails += 1
-                if fails >= 1:
+                if fails > POLL_RETRIES:
                     return
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(POLL_RETRY_S)
                 continue
             if fails:
                 # The session answered again: it holds the subscriptions it had.
