@@ -104,14 +104,12 @@ class Config:
     @property
     def client_bound(self) -> float:
         """How long counts may be off after a fault, by the README: the counts' bound, plus the time a client
-        of a gone process takes to learn it: a polling session's owner gone is answered 503 only after
-        2 x --redis-timeout + 5 s (+ --poll-timeout for a waiting poll), README "Transports"). On a Redis Cluster
-        that is every poll's answer (PUBLISH's count covers one node: a gone owner is not told from a slow one),
-        and the client asks POLL_RETRIES times more, POLL_RETRY_S apart, before it opens a new session."""
-        handoff_wait = 2 * self.redis_timeout + 5 + self.poll_timeout
-        if self.redis != "cluster":
-            return self.bound + handoff_wait
-        return self.bound + (POLL_RETRIES + 1) * handoff_wait + POLL_RETRIES * POLL_RETRY_S
+        of a gone process takes to learn it. A poll parked on the dead process fails at once and is asked again
+        POLL_RETRY_S later; on a Redis Cluster a request for the dead process's session is handed over (and
+        answered 503 after 2 x --redis-timeout + 5 s, + --poll-timeout for a waiting poll) until its liveness
+        key runs out (--presence-ttl), then answered 404, and the client opens a new session (docs/guides/
+        transports.md). One such wait, and the library's retries around it."""
+        return self.bound + 2 * self.redis_timeout + 5 + self.poll_timeout + POLL_RETRIES * POLL_RETRY_S
 
 
 def now() -> float:
