@@ -32,7 +32,7 @@ from support.clients import Client, connect, signed_in, wait_until
 from support.cluster import NODE_TIMEOUT_MS, RedisCluster
 from support.processes import AppProcess
 from support.servers import Server, ServerFactory
-from support.transports import PollClient, SseClient, post, request
+from support.transports import PollClient, SseClient, post, request, sessions_of
 
 
 pytestmark = pytest.mark.gen_test(timeout=120)
@@ -406,16 +406,7 @@ async def test_a_killed_processs_sessions_are_404_through_the_survivor_once_its_
     new session) instead of a 503 after the handoff's timeout."""
     victim = await asyncio.to_thread(app_factory, redis_url=cluster.url, presence_ttl=TTL, poll_timeout=5)
     survivor = await asyncio.to_thread(app_factory, redis_url=cluster.url, presence_ttl=TTL, poll_timeout=5)
-    s = await SseClient.open(victim.base_url)
-    streams.append(s)
-    await s.started()
-    p = await PollClient.open(victim.base_url)
-    streams.append(p)
-    for c in (s, p):
-        assert (await c.send(type="subscribe", room="k9", sub="t")).status == 202
-    watcher = await connect(survivor.base_url.replace("http", "ws") + "/ws/count/k9/")
-    clients.append(watcher)
-    await watcher.settles_on(3)
+    s, p, watcher = await sessions_of(victim.base_url, survivor.base_url, "k9", streams, clients)
     alive = keys.alive(p.session[:8])
     shard = cluster.node(cluster.master_of(alive))
     victim.kill()

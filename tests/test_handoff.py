@@ -20,7 +20,7 @@ from support.processes import AppProcess
 from support.production import Cluster
 from support.redis import SlowReplyProxy
 from support.servers import Server, ServerFactory
-from support.transports import PollClient, SseClient, post, request
+from support.transports import PollClient, SseClient, post, request, sessions_of
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 
@@ -191,16 +191,7 @@ async def test_kill_9_of_a_sessions_process_the_counts_converge_and_its_sessions
     ttl = 2.0
     victim = app_factory(redis_url=redis_url, presence_ttl=ttl, poll_timeout=5)
     survivor = app_factory(redis_url=redis_url, presence_ttl=ttl, poll_timeout=5)
-    s = await SseClient.open(victim.base_url)
-    streams.append(s)
-    await s.started()
-    p = await PollClient.open(victim.base_url)
-    streams.append(p)
-    for c in (s, p):
-        assert (await c.send(type="subscribe", room="k9", sub="t")).status == 202
-    watcher = await connect(survivor.base_url.replace("http", "ws") + "/ws/count/k9/")
-    clients.append(watcher)
-    await watcher.settles_on(3)
+    s, p, watcher = await sessions_of(victim.base_url, survivor.base_url, "k9", streams, clients)
     killed_at = time.monotonic()
     victim.kill()
     await watcher.settles_on(1, timeout=ttl + 10)

@@ -614,17 +614,7 @@ async def test_offsets_that_went_back_in_the_same_epoch_are_not_recovered_from(
     await wait_until(lambda: offsets(watcher, "failover")[-1:] == [10], what="10 to the watcher")
 
     # The promoted replica lacks the last two writes: same epoch, top 8, entries 1..8.
-    kept = rclient.xrange(history("failover"), "1-0", "8-0")
-    assert kept is not None
-    ttl = rclient.pttl(history("failover"))
-    with rclient.pipeline(transaction=True) as p:
-        p.delete(history("failover"))
-        for entry_id, fields in kept:
-            assert entry_id is not None and fields is not None
-            p.xadd(history("failover"), {str(k): str(v) for k, v in fields.items()}, id=entry_id)
-        p.pexpire(history("failover"), ttl)
-        p.hset(meta("failover"), "o", 8)
-        p.execute()
+    lacking_writes_after(rclient, "failover", 8)
     n = len(watcher.frames)
     assert rclient.client_kill_filter(_type="pubsub") >= 1  # a failover cuts every connection
     reset = await watcher.next("subscribed", after=n, timeout=30)
@@ -645,6 +635,23 @@ async def test_offsets_that_went_back_in_the_same_epoch_are_not_recovered_from(
     got = [m["data"] for m in messages(back, "failover")]
     assert answer["recovered"] is False and got == [], (
         f"{answer} then {got}: a position in a lost run of offsets must not pass for recovered")
+
+
+def lacking_writes_after(rclient: redis.Redis, room: str, top: int) -> None:
+    """Make the room's history what a promoted replica that never got the writes after ``top`` holds:
+    the same epoch, its entries up to ``top``, its top ``top`` (a stream rebuilt: one that had a later
+    entry takes no new one below it)."""
+    kept = rclient.xrange(history(room), "1-0", f"{top}-0")
+    assert kept is not None
+    ttl = rclient.pttl(history(room))
+    with rclient.pipeline(transaction=True) as p:
+        p.delete(history(room))
+        for entry_id, fields in kept:
+            assert entry_id is not None and fields is not None
+            p.xadd(history(room), {str(k): str(v) for k, v in fields.items()}, id=entry_id)
+        p.pexpire(history(room), ttl)
+        p.hset(meta(room), "o", top)
+        p.execute()
 
 
 def store_other_at(rclient: redis.Redis, room: str, offset: int, data: str) -> None:
@@ -764,17 +771,7 @@ async def test_messages_acknowledged_before_a_new_epoch_stay_readable_under_it(
     # The new master never got X: its top is 2 (a stream rebuilt: one that had 3-0 takes no new
     # 3-0). A publish there is stored at 3 and acknowledged; the process heard X at 3 already, so
     # it takes the live "3 Y" for a duplicate.
-    kept = rclient.xrange(history("acked"), "1-0", "2-0")
-    assert kept is not None
-    ttl = rclient.pttl(history("acked"))
-    with rclient.pipeline(transaction=True) as p:
-        p.delete(history("acked"))
-        for entry_id, fields in kept:
-            assert entry_id is not None and fields is not None
-            p.xadd(history("acked"), {str(k): str(v) for k, v in fields.items()}, id=entry_id)
-        p.pexpire(history("acked"), ttl)
-        p.hset(meta("acked"), "o", 2)
-        p.execute()
+    lacking_writes_after(rclient, "acked", 2)
     acked.append(await api_publish(server, "acked", "Y"))
     assert [(a["offset"], a["epoch"]) for a in acked] == [(1, epoch), (2, epoch), (3, epoch)]
     n = len(c.frames)

@@ -10,6 +10,7 @@ import asyncio
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import tornado.httpclient
 import tornado.httpserver
@@ -60,12 +61,12 @@ class Local(Soak):
         return await super().http(path, method, body, headers, timeout, base or self.base)
 
 
-async def client_and_server() -> tuple[PollClient, Taker, tornado.httpserver.HTTPServer]:
-    taker = Taker()
+def served_by(handler: type[tornado.web.RequestHandler], **kwargs: Any,
+              ) -> tuple[PollClient, tornado.httpserver.HTTPServer]:
+    """The soak's polling client, in session ``S...``, of a real loopback server whose ``/poll/<session>/``
+    is ``handler`` (given ``kwargs``)."""
     port = free_port()
-    server = tornado.httpserver.HTTPServer(tornado.web.Application([
-        (r"/poll/([^/]+)/", SessionPost, {"taker": taker}),
-    ]))
+    server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/poll/([^/]+)/", handler, kwargs)]))
     server.listen(port, "127.0.0.1")
     cfg = Config(minutes=1, seed=1, smoke=True, clients=3, rooms=4, publish_rate=1, churn_rate=1,
                  fault_gap=(1, 2), webhooks_down_s=1, burst=1)
@@ -73,6 +74,12 @@ async def client_and_server() -> tuple[PollClient, Taker, tornado.httpserver.HTT
     soak.base = f"http://127.0.0.1:{port}"
     client = PollClient(soak, 1, None)
     client.session_id = "S" * 30
+    return client, server
+
+
+async def client_and_server() -> tuple[PollClient, Taker, tornado.httpserver.HTTPServer]:
+    taker = Taker()
+    client, server = served_by(SessionPost, taker=taker)
     for room in ("stays", "left"):
         client.subs[room] = Sub(f"{client.name}-{room}", room)
     return client, taker, server
@@ -147,17 +154,7 @@ class SessionPoll(tornado.web.RequestHandler):
 async def poll_against(answers: list[int | str]) -> list[int]:
     """The seqs of every poll the soak's client asked of its session before it gave the session up."""
     polls = Polls(answers)
-    port = free_port()
-    server = tornado.httpserver.HTTPServer(tornado.web.Application([
-        (r"/poll/([^/]+)/", SessionPoll, {"polls": polls}),
-    ]))
-    server.listen(port, "127.0.0.1")
-    cfg = Config(minutes=1, seed=1, smoke=True, clients=3, rooms=4, publish_rate=1, churn_rate=1,
-                 fault_gap=(1, 2), webhooks_down_s=1, burst=1)
-    soak = Local(cfg, Path(tempfile.mkdtemp(prefix="soak-client-")))
-    soak.base = f"http://127.0.0.1:{port}"
-    client = PollClient(soak, 1, None)
-    client.session_id = "S" * 30
+    client, server = served_by(SessionPoll, polls=polls)
     try:
         await asyncio.wait_for(client._poll(7), 60)
     finally:

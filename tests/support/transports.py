@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from support.clients import FrameLog, wait_until
+from support.clients import Client, FrameLog, connect, wait_until
 
 
 @dataclass
@@ -278,3 +278,20 @@ class PollClient(FrameLog):
         self.close()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def sessions_of(victim: str, watched_from: str, room: str, streams: list[SseClient | PollClient],
+                      clients: list[Client]) -> tuple[SseClient, PollClient, Client]:
+    """An SSE and a polling session on the server at ``victim``, both subscribed to ``room``, and a
+    count watcher of it on ``watched_from`` that saw all three there (the set-up of a kill test)."""
+    s = await SseClient.open(victim)
+    streams.append(s)
+    await s.started()
+    p = await PollClient.open(victim)
+    streams.append(p)
+    for c in (s, p):
+        assert (await c.send(type="subscribe", room=room, sub="t")).status == 202
+    watcher = await connect(watched_from.replace("http", "ws") + f"/ws/count/{room}/")
+    clients.append(watcher)
+    await watcher.settles_on(3)
+    return s, p, watcher
