@@ -321,6 +321,7 @@ def make_app(**overrides: Any) -> tornado.web.Application:
         counts_receivers=not o["redis_url"].lower().startswith(("redis+cluster:", "rediss+cluster:")),
     )
     service.events.on_inbox = handoff.inbox
+    service.settles.append(handoff.settle)
     service.drains.append(handoff.drain)
     transports = dict(transports=Transports(
         sessions, handoff, shared, parse_origins(o["allowed_origins"]), o["xheaders"], o["max_message_size"],

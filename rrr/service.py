@@ -116,9 +116,13 @@ class Service:
         self._renew_now = asyncio.Event()
         self._renewed_once = False  # the first renewal always finds no lease: not news
         self._health: asyncio.Future[dict[str, bool]] | None = None
+        #: Awaited first at shutdown, while everything still runs: requests this process answers
+        #: for another's sessions (a handed-over POST waits for its owner's answer on our inbox).
+        self.settles: list[Callable[[], Awaitable[None]]] = []
         #: Awaited at shutdown once every socket was told 1001, before Redis is let go: what the
         #: edge still owes other processes (a polling session's last answer, handed back through Redis).
         self.drains: list[Callable[[], Awaitable[None]]] = []
+        self._shutting_down = False
         metrics.redis_oom.set_function(lambda: float(self.presence.oom))
 
     @property
@@ -254,9 +258,12 @@ class Service:
     # -- shutdown --------------------------------------------------------
 
     async def shutdown(self, code: int = 1001, reason: str = "server shutting down") -> None:
-        """Remove our presence first (counts drop at once), then close every socket with 1001."""
-        if self.hub.closing:
+        """Let requests in flight for other processes finish (`settles`: milliseconds, unless an owner
+        is stalled), remove our presence (counts drop at once), then close every socket with 1001."""
+        if self._shutting_down or self.hub.closing:
             return
+        self._shutting_down = True
+        await self._each("settle", self.settles, 2 * self.settings.redis_timeout + 6)
         # From now on nothing is marked for writing: LEAVE removes all our presence at once.
         self.hub.close()
         self.writer.close()
@@ -274,13 +281,17 @@ class Service:
         if self.webhooks is not None:
             await self.webhooks.close()  # after LEAVE, whose events another process then sends
         self.hub.close_all(code, reason)
-        for drain in self.drains:
-            try:
-                await asyncio.wait_for(drain(), self.settings.redis_timeout + 1)
-            except Exception as e:  # noqa: BLE001 - shutdown goes on whatever one drain met
-                log.warning("shutdown: %s did not finish: %s: %s", getattr(drain, "__qualname__", drain),
-                            type(e).__name__, e)
+        await self._each("drain", self.drains, self.settings.redis_timeout + 1)
         await self.presence.close()
+
+    @staticmethod
+    async def _each(what: str, steps: list[Callable[[], Awaitable[None]]], timeout: float) -> None:
+        for step in steps:
+            try:
+                await asyncio.wait_for(step(), timeout)
+            except Exception as e:  # noqa: BLE001 - shutdown goes on whatever one step met
+                log.warning("shutdown: %s %s did not finish: %s: %s", what, getattr(step, "__qualname__", step),
+                            type(e).__name__, e)
 
 
 class CoreEvents:

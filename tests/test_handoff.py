@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -314,6 +315,66 @@ async def test_an_answer_a_redis_blip_kept_from_the_asker_is_sent_again_and_the_
         await s.next("pong", after=0)
     finally:
         await stop_relayed(owner, owner_relay, other, other_relay)
+
+
+async def test_a_post_a_draining_process_handed_over_still_gets_the_owners_202(
+    app_factory: Callable[..., AppProcess], redis_url: str, streams: list[SseClient | PollClient],
+) -> None:
+    """The soak's drains (#27): a balancer's POST in flight to a process told SIGTERM, for a session
+    another process holds. The owner took the frame; the draining process keeps listening on its inbox
+    until the answer comes, and passes the 202 on (it was cut, and the client opened a new session
+    while the one it left counted in its rooms until it expired)."""
+    owner, owner_relay, draining, draining_relay = await relayed_pair(
+        app_factory, redis_url, poll_timeout=2, presence_ttl=2, redis_timeout=1)
+    try:
+        s = await SseClient.open(owner.base_url)
+        streams.append(s)
+        await s.started()
+        owner_relay.cut_before(keys.inbox_channel(await tag_of(draining)).encode())
+        answer = asyncio.ensure_future(post(draining.base_url, "sse", s.session, {"type": "ping"}, timeout=20))
+        await asyncio.wait_for(owner_relay.held.wait(), 10)  # the owner took the frame; its answer is held
+        draining.signal(signal.SIGTERM)
+        await asyncio.sleep(1.0)  # the drain is under way
+        owner_relay.disarm()
+        r = await answer
+        assert r.status == 202, (r.status, r.body)
+        await s.next("pong", after=0)
+        assert await asyncio.to_thread(draining.exited) == 0  # a clean drain
+    finally:
+        await stop_relayed(owner, owner_relay, draining, draining_relay)
+
+
+async def test_a_poll_a_draining_process_handed_over_is_answered_at_once_with_nothing_new(
+    app_factory: Callable[..., AppProcess], redis_url: str, streams: list[SseClient | PollClient],
+) -> None:
+    """A poll parked on a process told SIGTERM, for another's session, gets the answer a quiet
+    --poll-timeout gets (nothing new, the same seq) at once, not a cut connection; the session goes on
+    where it is held, nothing lost."""
+    owner, owner_relay, draining, draining_relay = await relayed_pair(
+        app_factory, redis_url, poll_timeout=30, presence_ttl=2, redis_timeout=1, client_publish=True)
+    try:
+        p = await PollClient.open(owner.base_url, poll=False)
+        streams.append(p)
+        assert (await p.send(type="ping")).status == 202
+        p.take((await p.poll_once(timeout=10)).json())  # at once: the pong was waiting
+        assert p.of_type("pong")  # and nothing more is: the next poll parks
+        draining_relay.hold_reply_to(keys.inbox_channel(p.session[:8]).encode(), 0.0)  # marks the handoff
+        p.base = draining.base_url
+        parked = asyncio.ensure_future(p.poll_once())
+        await wait_until(draining_relay.held.is_set, what="the poll handed over to the owner")
+        seq = p.seq
+        started = time.monotonic()
+        draining.signal(signal.SIGTERM)
+        r = await asyncio.wait_for(parked, 20)
+        assert (r.status, r.json()) == (200, {"seq": seq, "frames": []}), (r.status, r.body)
+        assert time.monotonic() - started < 10  # not the 30 s --poll-timeout
+        p.base = owner.base_url
+        assert (await p.send(type="ping")).status == 202
+        p.take((await p.poll_once(timeout=10)).json())
+        assert len(p.of_type("pong")) == 2
+        assert await asyncio.to_thread(draining.exited) == 0  # a clean drain
+    finally:
+        await stop_relayed(owner, owner_relay, draining, draining_relay)
 
 
 @pytest.mark.nginx

@@ -157,6 +157,23 @@ async def test_silent_and_kept_alive_connections_are_closed_after_the_idle_timeo
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_a_stopped_server_closes_a_kept_alive_connection_after_its_next_answer(
+    guarded: GuardedFactory, raw: RawOpen,
+) -> None:
+    """A draining process (SIGTERM stops the server first) must not go on taking a balancer's requests
+    on its kept-alive connections until it exits: the next answer on each is its last."""
+    server = await guarded(idle_timeout=60, header_timeout=60)
+    kept, writer = await raw(server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    head = await response_head(kept)
+    assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()
+    server.http.stop()
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    rest = await closed_by_server(kept)  # within 10 s, not the 60 s idle timeout
+    assert b"HTTP/1.1 200" in rest, rest[:200]
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_a_body_that_stops_arriving_is_cut_after_the_body_timeout(
     guarded: GuardedFactory, raw: RawOpen, rclient: redis.Redis,
 ) -> None:

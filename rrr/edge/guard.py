@@ -163,6 +163,10 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
             self._listen(sock)
 
     def stop(self) -> None:
+        """No new connection, and each open one closes after the answer to its next request: a
+        balancer's kept-alive connection would otherwise bring a draining process requests until it
+        exits, and lose (502) those it sent just as the connection was closed under it."""
+        self.conn_params.no_keep_alive = True  # read per request by each connection (one shared object)
         if self._resume is not None:
             IOLoop.current().remove_timeout(self._resume)
             self._resume = None

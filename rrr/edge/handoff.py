@@ -50,6 +50,16 @@ from .sessions import POLL, SSE, UNKNOWN, Answer, Sessions, refused
 
 log = logging.getLogger("rrr.handoff")
 
+
+def _nothing_new(seq: int) -> Answer:
+    """What a poll gets when nothing came within ``--poll-timeout``: it asks again after ``seq``."""
+    return Answer(200, protocol.poll_batch(seq, []))
+
+
+def _ignore() -> None:
+    pass
+
+
 _TAG_RE = re.compile(r"^[A-Za-z0-9_-]{8}\Z")
 _KINDS = frozenset({SSE, POLL})
 
@@ -72,7 +82,12 @@ class Handoff:
         self.tag = sessions.tag
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Answer]] = {}
+        self._polls: dict[int, int] = {}  # a handed-over poll's request id -> the seq it asked after
+        self._idle = asyncio.Event()  # set while nothing is handed over from here
+        self._idle.set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Set by `settle` at shutdown: polls handed over from here are answered at once.
+        self.settling = False
         self._log = RateLimitedLog(log)
 
     # -- what handlers ask --------------------------------------------------------
@@ -84,6 +99,10 @@ class Handoff:
 
     def poll(self, session_id: str, seq: int) -> tuple[asyncio.Future[Answer], Callable[[], None]]:
         """A long poll: its answer, and what to call if its client goes away first."""
+        if not self.sessions.is_local(session_id) and self.settling:
+            nothing: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            nothing.set_result(_nothing_new(seq))
+            return nothing, _ignore
         if not self.sessions.is_local(session_id):
             task = asyncio.ensure_future(
                 self._forward("poll", POLL, session_id, str(seq), "", self.sessions.poll_timeout + self.timeout),
@@ -112,6 +131,9 @@ class Handoff:
         rid = next(self._ids)
         answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._pending[rid] = answer
+        if op == "poll":
+            self._polls[rid] = int(arg)
+        self._idle.clear()
         result = "timeout"
         try:
             if not self.counts_receivers and not await self._owner_alive(session_id):
@@ -139,6 +161,9 @@ class Handoff:
             return got
         finally:
             self._pending.pop(rid, None)
+            self._polls.pop(rid, None)
+            if not self._pending:
+                self._idle.set()
             self.metrics.handoffs.labels(op, result).inc()
 
     async def _owner_alive(self, session_id: str) -> bool:
@@ -220,6 +245,20 @@ class Handoff:
         if not task.cancelled() and (e := task.exception()) is not None:
             self.metrics.task_errors.labels("handoff").inc()
             self._log.warning("task", "serving a handed-over request failed: %s: %s", type(e).__name__, e)
+
+    async def settle(self) -> None:
+        """At shutdown, first, while this process still listens on its inbox: every poll handed over
+        from here is answered now with nothing new (its client polls again, and reaches a process that
+        stays), and every POST handed over from here waits for its owner's answer (within its own
+        timeout). A balancer's requests in flight to a draining process are otherwise cut (a 502) or
+        answered 5xx, though the owner took the frame; the library then opens a new session, and the
+        one it left counts in its rooms until it expires (the soak's drains, #27)."""
+        self.settling = True
+        for rid, seq in list(self._polls.items()):
+            pending = self._pending.get(rid)
+            if pending is not None and not pending.done():
+                pending.set_result(_nothing_new(seq))
+        await self._idle.wait()
 
     async def drain(self) -> None:
         """At shutdown, once every session was told 1001: the answers still owed to other processes'

@@ -99,6 +99,11 @@ class AppProcess:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
+    def exited(self, timeout: float = 20.0) -> int:
+        """Wait for it to end on its own (after a signal sent with `signal`): its exit code."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM and wait: the clean shutdown path."""
         if self.proc is None:
