@@ -228,14 +228,20 @@ class Client:
     async def send(self, frame: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def still_wanted(self, sub: Sub) -> bool:
+        return self.connected and self.subs.get(sub.room) is sub and not sub.confirmed and not self.closing
+
     async def retry_subscribe(self, sub: Sub, reauth: bool = False) -> None:
         await asyncio.sleep(random.uniform(0.5, 1.0))
-        if self.connected and self.subs.get(sub.room) is sub and not sub.confirmed and not self.closing:
+        if self.still_wanted(sub):
             STATS.error("subscribe retried")
             try:
                 if reauth and self.user is not None:
                     await self.send({"type": "auth", "token": self.soak.tokens[self.user]})
-                await self.send(self.subscribe_frame(sub))
+                # Asked again after the auth was answered: a churn step may have left the room meanwhile, and its
+                # unsubscribe went first (a 3-minute run's private-soak-4, a connection too many for minutes).
+                if self.still_wanted(sub):
+                    await self.send(self.subscribe_frame(sub))
             except Exception:  # noqa: BLE001 - the connection went meanwhile: the reconnect subscribes again
                 pass
 

@@ -1,7 +1,8 @@
 """The soak's SSE and polling clients (bench/soak.py) against a real HTTP server that takes their POSTs: a room
 left while a new session's subscribes are out is never subscribed on it, and a frame is POSTed only once the one
 before it was answered (the browser library's order). Either race left the 30-minute run's presence-soak-0 one
-member too many for ~170 s: the client had left the room, its new polling session held it (#27). A failed long poll
+member too many for ~170 s: the client had left the room, its new polling session held it (#27); a subscribe asked
+again after a re-auth is not sent for a room left while the auth was out. A failed long poll
 is asked again as the library asks it, and the session given up only after the library's retries or a 404."""
 
 from __future__ import annotations
@@ -125,6 +126,28 @@ def test_a_frame_is_posted_only_once_the_one_before_it_was_answered() -> None:
     # only one out at a time keeps the server's order the client's.
     assert seen == [("in", "subscribe left"), ("out", "subscribe left"), ("in", "unsubscribe left"),
                     ("out", "unsubscribe left")], seen
+
+
+def test_a_subscribe_retried_after_a_reauth_is_not_sent_for_a_room_left_while_the_auth_was_out() -> None:
+    async def run() -> list[str]:
+        client, taker, server = await client_and_server()
+        client.user = "ada"
+        client.soak.tokens = {"ada": "token"}
+        client.connected = True
+        taker.hold = {"auth"}
+        try:
+            retrying = asyncio.ensure_future(client.retry_subscribe(client.subs["left"], reauth=True))
+            await asyncio.wait_for(taker.arrived.wait(), 10)
+            leaving = asyncio.ensure_future(client.unsubscribe("left"))  # a churn step meanwhile
+            await asyncio.sleep(0.3)
+            taker.release.set()
+            await asyncio.wait_for(asyncio.gather(retrying, leaving), 10)
+            return [what for way, what in taker.seen if way == "in"]
+        finally:
+            server.stop()
+
+    seen = asyncio.run(run())
+    assert seen == ["auth", "unsubscribe left"], seen
 
 
 class Polls:
