@@ -273,7 +273,10 @@ class Service:
         # A write still in flight must land before LEAVE, or it would re-add us.
         await self.writer.settle(self.settings.redis_timeout + 1)
         await self.subscriber.stop()
-        await self.supervisor.close()
+        # The subscriber's connection (our inbox) listens until we have left: other processes hand us
+        # requests until then (on a Cluster while our liveness key stands, which LEAVE deletes last),
+        # and one handed over with nobody listening waited out the handoff's timeout (#27's drains).
+        await self.supervisor.close(keep=frozenset({"subscriber"}))
         try:
             await self.presence.leave()
         except BackplaneError as e:
@@ -282,6 +285,7 @@ class Service:
             await self.webhooks.close()  # after LEAVE, whose events another process then sends
         self.hub.close_all(code, reason)
         await self._each("drain", self.drains, self.settings.redis_timeout + 1)
+        await self.supervisor.close()
         await self.presence.close()
 
     @staticmethod

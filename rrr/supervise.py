@@ -102,10 +102,12 @@ class Supervisor:
                 await asyncio.sleep(full_jitter(attempt, 0.05, cap))
                 attempt += 1
 
-    async def close(self) -> None:
-        for task in list(self._tasks.values()):
-            await cancel(task)
-        self._tasks.clear()
+    async def close(self, keep: frozenset[str] = frozenset()) -> None:
+        """Cancel every task but those named in ``keep`` (a later `close` ends them), and wait for each."""
+        for name, task in list(self._tasks.items()):
+            if name not in keep:
+                await cancel(task)
+                del self._tasks[name]
 
 
 def _cause(exc: BaseException) -> str:

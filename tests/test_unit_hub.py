@@ -6,6 +6,8 @@ End to end on a real Redis: test_rooms_socket.py, test_presence.py, test_identit
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from rrr.backplane import keys
@@ -103,6 +105,22 @@ async def test_a_sign_out_made_while_pubsub_was_down_closes_the_socket_once_it_i
     held.open()
     await eventually(lambda: ada.close_code == 4001, what="ada closed after the control channel came back")
     assert not bob.closed
+
+
+async def test_the_inbox_is_heard_until_the_process_has_left(nodes: NodeFactory, memory_redis: MemoryRedis) -> None:
+    """Other processes hand a stopping process requests for its sessions until it has left (on a Cluster
+    while its liveness key stands, which LEAVE deletes last). Its inbox stopped before LEAVE, and a poll
+    handed over in between waited out the handoff's timeout (#27's drains): it listens until LEAVE is done."""
+    a = await nodes()
+    inbox = keys.inbox_channel(a.service.process_tag)
+    await eventually(lambda: memory_redis.subscribers(inbox) == 1, what="a's inbox listened to")
+    leaving = memory_redis.hold("leave")
+    stopping = asyncio.ensure_future(a.stop())
+    await eventually(lambda: leaving.waiting == 1, what="a's LEAVE under way")
+    assert memory_redis.subscribers(inbox) == 1, "nobody listens on the inbox while the process leaves"
+    leaving.open()
+    await stopping
+    assert memory_redis.subscribers(inbox) == 0
 
 
 async def test_shutdown_removes_presence_then_closes_every_socket_with_1001(
