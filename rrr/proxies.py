@@ -18,10 +18,10 @@ Every door calls the same two things (`rrr.session.Shared` holds the proxies):
 * nothing at refresh: a `Session` given a `ProxiedIdentity` asks again itself, at 80 % of its
   lifetime (`ConnectProxy.refresh`), and drops what needed it when the backend no longer vouches.
 
-No answer is cached: each handshake asks, each refresh asks again. The calls go through one
-Tornado HTTP client per proxy, at most `MAX_CLIENTS` at once (more wait in its queue, within the
-same timeout), answers over `MAX_ANSWER` bytes are cut off and count as no answer, redirects are
-not followed.
+No answer is cached: each handshake asks, each refresh asks again. The calls go over kept-alive
+connections (`rrr.pooled_http`: no new connection per handshake), at most `MAX_CLIENTS` at once
+(more wait their turn, within the same timeout), answers over `MAX_ANSWER` bytes are cut off and
+count as no answer, redirects are not followed.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httputil import HTTPHeaders
 from tornado.netutil import DefaultLoopResolver, Resolver
 
 from .auth import Identity, TokenError, identity_from_claims, info_from_claim, needs_grant
 from .metrics import Metrics
+from .pooled_http import PooledPoster
 from .supervise import RateLimitedLog
 
 log = logging.getLogger("rrr.proxies")
@@ -141,24 +141,20 @@ class _Poster:
         self.url = url
         self.timeout = timeout
         self.name = name
-        self._client: AsyncHTTPClient | None = None
+        self._client: PooledPoster | None = None
         self.log = RateLimitedLog(log)
 
     async def post(self, body: bytes) -> tuple[int, bytes]:
         """The status and body of the answer; ProxyUnavailable when there is none."""
         if self._client is None:  # made on the loop that uses it (a worker's, after the fork)
-            self._client = AsyncHTTPClient(force_instance=True, max_clients=MAX_CLIENTS, max_body_size=MAX_ANSWER,
-                                           resolver=_Resolver())
-        request = HTTPRequest(
-            self.url, method="POST", body=body, connect_timeout=self.timeout, request_timeout=self.timeout,
-            follow_redirects=False, user_agent="rrr", decompress_response=False,
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-        )
+            self._client = PooledPoster(
+                self.url, timeout=self.timeout, max_calls=MAX_CLIENTS, max_answer=MAX_ANSWER, resolver=_Resolver(),
+                headers={"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "rrr"},
+            )
         try:
-            response = await self._client.fetch(request, raise_error=False)
+            return await self._client.post(body)
         except Exception as e:  # noqa: BLE001 - refused, reset, timed out, too long: all no answer
             raise self.unavailable(f"no answer ({type(e).__name__}: {str(e)[:120]})") from None
-        return response.code, response.body or b""
 
     def unavailable(self, why: str) -> ProxyUnavailable:
         """Logged at most once per 30 s per kind (the kind is the first word or two of ``why``)."""

@@ -23,7 +23,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from rrr.backplane.embedded import EmbeddedRedis
-from support.app_backend import HANG, AppBackend, Session
+from support.app_backend import DROP, HANG, AppBackend, Session
 from support.clients import Client, FrameLog, wait_until
 from support.processes import ROOT
 from support.redis import SlowReplyProxy
@@ -152,6 +152,55 @@ async def test_each_handshake_asks_again_nothing_is_cached(
     await wait_until(lambda: errors(second, "forbidden"), what="the second socket is anonymous")
     assert not second.of_type("authenticated")
     assert len(app_backend.calls_to("/connect")) == 2
+
+
+async def test_handshakes_are_asked_over_one_kept_alive_connection(
+    server_factory: ServerFactory, app_backend: AppBackend, clients: list[Client],
+) -> None:
+    """No new connection per handshake (a TCP, or TLS, handshake each, and a port in TIME_WAIT)."""
+    app_backend.sessions["s-ada"] = ADA
+    server = await proxied_server(server_factory, app_backend)
+    for _ in range(10):
+        c = await open_ws(server, Cookie="sid=s-ada")
+        clients.append(c)
+        await c.next("authenticated", after=0)
+    assert len(app_backend.calls_to("/connect")) == 10
+    assert app_backend.connections == 1
+
+
+async def test_a_kept_connection_the_application_ended_is_replaced_without_failing_a_handshake(
+    server_factory: ServerFactory, app_backend: AppBackend, clients: list[Client],
+) -> None:
+    """Application servers close idle connections on their own clock (gunicorn after 2 s): one closed
+    while idle is seen and dropped before it is used; one closed just as a call went out on it (no answer
+    at all) is asked again once, on a new connection."""
+    app_backend.sessions["s-ada"] = ADA
+    app_backend.idle_timeout = 0.3
+    server = await proxied_server(server_factory, app_backend)
+
+    async def handshake() -> None:
+        c = await open_ws(server, Cookie="sid=s-ada")
+        clients.append(c)
+        await c.next("authenticated", after=0)
+
+    await handshake()
+    await wait_until(lambda: not app_backend._open, what="the backend closing the idle connection")
+    await handshake()
+    assert app_backend.connections == 2
+
+    app_backend.idle_timeout = None
+    dropped: list[dict[str, Any]] = []
+
+    def drop_once(body: dict[str, Any]) -> tuple[int, Any]:
+        if not dropped:
+            dropped.append(body)
+            return DROP, None
+        return 200, ADA.answer()
+
+    app_backend.answer["/connect"] = drop_once
+    await handshake()  # on the kept connection: dropped, then asked again on a new one
+    assert dropped and app_backend.connections == 3
+    assert len(app_backend.calls_to("/connect")) == 4
 
 
 async def test_a_token_on_the_one_room_socket_is_not_asked_about(

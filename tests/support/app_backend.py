@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,9 @@ from typing import Any
 
 #: An answer that never comes (the request is held until `AppBackend.release` or close).
 HANG = -1
+#: No answer: the connection is closed as the request arrives (a server ending an idle connection
+#: just as a request went out on it).
+DROP = -2
 
 Answer = tuple[int, Any]  # status, and a body: JSON-able, raw bytes, or None for no body
 
@@ -58,10 +62,31 @@ class AppBackend:
         self.held = threading.Event()  # set while a call is held (HANG)
         self._release = threading.Event()
         self._lock = threading.Lock()
+        #: Connections rrr opened to it so far; those open now (closed with the backend, as a process's are).
+        self.connections = 0
+        self._open: set[socket.socket] = set()
+        #: Seconds a kept-alive connection may stay idle before the backend closes it (gunicorn's 2 s).
+        self.idle_timeout: float | None = None
         backend = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with backend._lock:
+                    backend.connections += 1
+                    backend._open.add(self.connection)
+                if backend.idle_timeout is not None:
+                    self.connection.settimeout(backend.idle_timeout)  # a read that waits longer ends it
+
+            def finish(self) -> None:
+                with backend._lock:
+                    backend._open.discard(self.connection)
+                try:
+                    super().finish()
+                except OSError:
+                    pass
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -73,6 +98,9 @@ class AppBackend:
                 with backend._lock:
                     backend.calls.append(Call(self.path, body, time.time()))
                 status, payload = backend._answer(self.path, body)
+                if status == DROP:
+                    self.close_connection = True
+                    return
                 if status == HANG:
                     backend.held.set()
                     backend._release.wait(60)
@@ -137,3 +165,9 @@ class AppBackend:
         self._release.set()
         self.server.shutdown()
         self.server.server_close()
+        with self._lock:
+            for conn in self._open:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
