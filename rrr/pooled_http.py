@@ -8,9 +8,10 @@ idle connection if there is one, and gives it back once its answer was read whol
 answer said ``Connection: close`` or the server ended it.
 
 An application server closes idle connections on its own clock (gunicorn after 2 s): a kept
-connection the server has closed is seen before it is used (a peek says so) and dropped; one it
-closes just as a call is written is tried again once on a new connection. A call is a question
-(who is this cookie, may it join this room): asking it twice is harmless.
+connection with anything to read (its end, or a stray answer) is seen before it is used (a peek
+says so) and dropped; a call on one closed just as the call went out (no answer at all) is asked
+again once, on a new connection. A call is a question (who is this cookie, may it join this room):
+asking it twice is harmless.
 
 The HTTP itself is Tornado's (`tornado.http1connection`), as its own client uses it: the answer's
 size limit, chunked bodies, header parsing. Nothing here follows a redirect or decompresses.
@@ -69,16 +70,19 @@ class _Answer(httputil.HTTPMessageDelegate):
         return "keep-alive" in tokens
 
 
-def _peer_closed(stream: IOStream) -> bool:
-    """Whether an idle connection was ended by its server (EOF or an error waiting to be read)."""
+def _still_idle(stream: IOStream) -> bool:
+    """Whether a kept connection can carry the next call: open, and nothing to read on it. An idle
+    HTTP/1.1 connection has nothing to say; an end (EOF, a TLS close), an error or a stray answer (a
+    408 some servers send before they close) each mean it cannot, and are never read as a call's answer."""
     if stream.closed():
-        return True
+        return False
     try:
-        return stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
-        return False  # nothing to read: still open
+        return True  # nothing to read: still open, still quiet
     except OSError:
-        return True
+        return False
+    return False
 
 
 class PooledPoster:
@@ -127,7 +131,7 @@ class PooledPoster:
     async def _take(self, fresh: bool = False) -> tuple[IOStream, bool]:
         while self._idle and not fresh:
             stream = self._idle.pop()
-            if not _peer_closed(stream):
+            if _still_idle(stream):
                 return stream, True
             stream.close()
         ssl_options: ssl.SSLContext | None = ssl.create_default_context() if self._tls else None
