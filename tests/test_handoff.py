@@ -21,7 +21,7 @@ from support.processes import AppProcess
 from support.production import Cluster
 from support.redis import SlowReplyProxy
 from support.servers import Server, ServerFactory
-from support.transports import PollClient, SseClient, post, request, sessions_of
+from support.transports import PollClient, Response, SseClient, post, request, sessions_of
 
 pytestmark = pytest.mark.gen_test(timeout=120)
 
@@ -225,6 +225,21 @@ async def stop_relayed(*made: AppProcess | SlowReplyProxy) -> None:
             await thing.close()
 
 
+async def a_post_taken_its_answer_cut(
+    owner: AppProcess, owner_relay: SlowReplyProxy, other: AppProcess, streams: list[SseClient | PollClient],
+) -> tuple[SseClient, asyncio.Future[Response]]:
+    """An SSE session on ``owner``, and a ping POSTed for it to ``other``: handed over and taken by the
+    owner, whose answer to ``other`` never reaches Redis until ``owner_relay.disarm()``. The POST's answer
+    is still out."""
+    s = await SseClient.open(owner.base_url)
+    streams.append(s)
+    await s.started()
+    owner_relay.cut_before(keys.inbox_channel(await tag_of(other)).encode())
+    answer = asyncio.ensure_future(post(other.base_url, "sse", s.session, {"type": "ping"}, timeout=20))
+    await asyncio.wait_for(owner_relay.held.wait(), 10)  # the owner took the frame; its answer was cut
+    return s, answer
+
+
 async def test_a_handed_over_poll_whose_client_left_and_whose_answer_cannot_go_lets_its_session_end(
     app_factory: Callable[..., AppProcess], redis_url: str, streams: list[SseClient | PollClient],
     clients: list[Client],
@@ -302,12 +317,7 @@ async def test_an_answer_a_redis_blip_kept_from_the_asker_is_sent_again_and_the_
     owner, owner_relay, other, other_relay = await relayed_pair(
         app_factory, redis_url, poll_timeout=2, presence_ttl=2, redis_timeout=1)
     try:
-        s = await SseClient.open(owner.base_url)
-        streams.append(s)
-        await s.started()
-        owner_relay.cut_before(keys.inbox_channel(await tag_of(other)).encode())
-        answer = asyncio.ensure_future(post(other.base_url, "sse", s.session, {"type": "ping"}, timeout=20))
-        await asyncio.wait_for(owner_relay.held.wait(), 10)  # the owner took the frame; its answer was cut
+        s, answer = await a_post_taken_its_answer_cut(owner, owner_relay, other, streams)
         await asyncio.sleep(1.5)  # longer than the client's own retry of a broken connection
         owner_relay.disarm()
         r = await answer
@@ -327,12 +337,7 @@ async def test_a_post_a_draining_process_handed_over_still_gets_the_owners_202(
     owner, owner_relay, draining, draining_relay = await relayed_pair(
         app_factory, redis_url, poll_timeout=2, presence_ttl=2, redis_timeout=1)
     try:
-        s = await SseClient.open(owner.base_url)
-        streams.append(s)
-        await s.started()
-        owner_relay.cut_before(keys.inbox_channel(await tag_of(draining)).encode())
-        answer = asyncio.ensure_future(post(draining.base_url, "sse", s.session, {"type": "ping"}, timeout=20))
-        await asyncio.wait_for(owner_relay.held.wait(), 10)  # the owner took the frame; its answer is held
+        s, answer = await a_post_taken_its_answer_cut(owner, owner_relay, draining, streams)
         draining.signal(signal.SIGTERM)
         await asyncio.sleep(1.0)  # the drain is under way
         owner_relay.disarm()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,40 +87,42 @@ async def client_and_server() -> tuple[PollClient, Taker, tornado.httpserver.HTT
     return client, taker, server
 
 
-def test_a_room_left_while_a_new_sessions_subscribes_are_out_is_not_subscribed_on_it() -> None:
-    async def run() -> list[str]:
-        client, taker, server = await client_and_server()
-        taker.hold = {"subscribe stays"}
-        try:
-            opening = asyncio.ensure_future(client.opening())
-            await asyncio.wait_for(taker.arrived.wait(), 10)
-            leaving = asyncio.ensure_future(client.unsubscribe("left"))  # a churn step meanwhile
-            await asyncio.sleep(0.3)
-            taker.release.set()
-            await asyncio.wait_for(asyncio.gather(opening, leaving), 10)
-            return [what for way, what in taker.seen if way == "in"]
-        finally:
-            server.stop()
+async def left_while_held(client: PollClient, taker: Taker, server: tornado.httpserver.HTTPServer, hold: str,
+                          first: Callable[[], Awaitable[Any]]) -> list[tuple[str, str]]:
+    """``first`` runs, and its POST of ``hold`` is held; meanwhile a churn step leaves room "left"; then the
+    POST is answered and both finish. What the server saw, in order."""
+    taker.hold = {hold}
+    try:
+        started = asyncio.ensure_future(first())
+        await asyncio.wait_for(taker.arrived.wait(), 10)
+        leaving = asyncio.ensure_future(client.unsubscribe("left"))  # a churn step meanwhile
+        await asyncio.sleep(0.3)
+        taker.release.set()
+        await asyncio.wait_for(asyncio.gather(started, leaving), 10)
+        return taker.seen
+    finally:
+        server.stop()
 
-    seen = asyncio.run(run())
+
+def posted(seen: list[tuple[str, str]]) -> list[str]:
+    return [what for way, what in seen if way == "in"]
+
+
+def test_a_room_left_while_a_new_sessions_subscribes_are_out_is_not_subscribed_on_it() -> None:
+    async def run() -> list[tuple[str, str]]:
+        client, taker, server = await client_and_server()
+        return await left_while_held(client, taker, server, "subscribe stays", client.opening)
+
+    seen = posted(asyncio.run(run()))
     assert seen == ["subscribe stays", "unsubscribe left"], seen
 
 
 def test_a_frame_is_posted_only_once_the_one_before_it_was_answered() -> None:
     async def run() -> list[tuple[str, str]]:
         client, taker, server = await client_and_server()
-        taker.hold = {"subscribe left"}
         client.connected = True
-        try:
-            subscribing = asyncio.ensure_future(client.send(client.subscribe_frame(client.subs["left"])))
-            await asyncio.wait_for(taker.arrived.wait(), 10)
-            leaving = asyncio.ensure_future(client.unsubscribe("left"))
-            await asyncio.sleep(0.3)
-            taker.release.set()
-            await asyncio.wait_for(asyncio.gather(subscribing, leaving), 10)
-            return taker.seen
-        finally:
-            server.stop()
+        return await left_while_held(client, taker, server, "subscribe left",
+                                     lambda: client.send(client.subscribe_frame(client.subs["left"])))
 
     seen = asyncio.run(run())
     # Behind a round-robin balancer the second POST may be taken first (the first handed over through Redis):
@@ -129,24 +132,15 @@ def test_a_frame_is_posted_only_once_the_one_before_it_was_answered() -> None:
 
 
 def test_a_subscribe_retried_after_a_reauth_is_not_sent_for_a_room_left_while_the_auth_was_out() -> None:
-    async def run() -> list[str]:
+    async def run() -> list[tuple[str, str]]:
         client, taker, server = await client_and_server()
         client.user = "ada"
         client.soak.tokens = {"ada": "token"}
         client.connected = True
-        taker.hold = {"auth"}
-        try:
-            retrying = asyncio.ensure_future(client.retry_subscribe(client.subs["left"], reauth=True))
-            await asyncio.wait_for(taker.arrived.wait(), 10)
-            leaving = asyncio.ensure_future(client.unsubscribe("left"))  # a churn step meanwhile
-            await asyncio.sleep(0.3)
-            taker.release.set()
-            await asyncio.wait_for(asyncio.gather(retrying, leaving), 10)
-            return [what for way, what in taker.seen if way == "in"]
-        finally:
-            server.stop()
+        return await left_while_held(client, taker, server, "auth",
+                                     lambda: client.retry_subscribe(client.subs["left"], reauth=True))
 
-    seen = asyncio.run(run())
+    seen = posted(asyncio.run(run()))
     assert seen == ["auth", "unsubscribe left"], seen
 
 
