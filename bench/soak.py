@@ -37,8 +37,8 @@ from urllib.parse import quote
 from .machine import ROOT, clean, cpu_seconds, machine_info, raise_nofile, rss_bytes
 from .wsconn import WsConnection, open_connection as ws_open
 from .soak_checks import (
-    RoomTruth, check_webhooks, count_errors, fd_leaks, judge_all, member_errors, p50_max, rss_growth,
-    split_stored_twice,
+    FAILOVER_FAULTS, RoomTruth, check_webhooks, count_errors, fd_leaks, judge_all, lost_in_failover, member_errors,
+    p50_max, rss_growth, split_stored_twice,
 )
 from . import soak_redis, soak_report
 
@@ -1390,7 +1390,12 @@ class Soak:
              for r, t in self.truths.items()}))
         (self.workdir / "acks.json").write_text(json.dumps(self.acks))
         judged = [(s.name, s.room, s.events, not s.ended) for s, _ in self.histories]
-        verdict = judge_all(judged, self.truths, HISTORY_SIZE, acks=self.acks)
+        windows = [(f["t"], f["t"] + (f.get("recovery_s") or cfg.client_bound + 30)) for f in self.faults
+                   if f["kind"] in FAILOVER_FAULTS]
+        verdict = judge_all(judged, self.truths, HISTORY_SIZE, acks=self.acks,
+                            failover_lost=lost_in_failover(windows, self.records))
+        for item in verdict.lost_in_failover:
+            self.log(f"acknowledged, {item}")
         # Everyone leaves: counts go to 0, webhooks end vacant, descriptors come back.
         staying = [c for c in self.clients if not c.closing]
         for i in range(0, len(staying), 200):  # 200 at a time: thousands one by one would take minutes
@@ -1503,6 +1508,8 @@ class Soak:
                          "offsets_reused": sum(len(t.reused) for t in self.truths.values()),
                          "acknowledged_unreached": len(verdict.unreached),
                          "acknowledged_unreached_examples": verdict.unreached[:10],
+                         "acknowledged_lost_in_failover": len(verdict.lost_in_failover),
+                         "acknowledged_lost_in_failover_examples": verdict.lost_in_failover[:10],
                          "latency_p50_ms": round(statistics.median(lat) * 1000, 1) if lat else None,
                          "latency_max_ms": round(max(lat) * 1000, 1) if lat else None},
             "whispers": {"sent": STATS.whispers_sent, "received": STATS.whispers_got},

@@ -61,7 +61,8 @@ def summary(res: dict[str, Any]) -> str:
         f"{m['duplicated']}, out of order {m['out_of_order']}; recovered:false {m['resets']}; stored twice "
         f"{m.get('stored_twice', 0)}; first write lost by a failover "
         f"{m.get('delivered_twice_first_write_lost_by_failover', 0)}; offsets reused {m.get('offsets_reused', 0)}; "
-        f"acknowledged, reached no live subscription {m.get('acknowledged_unreached', 0)}",
+        f"acknowledged, reached no live subscription {m.get('acknowledged_unreached', 0)}; acknowledged, lost in a "
+        f"failover {m.get('acknowledged_lost_in_failover', 0)}",
         f"latency p50 {_fmt(m['latency_p50_ms'], ' ms')}, max {_fmt(m['latency_max_ms'], ' ms')}; whispers "
         f"{res['whispers']}; reconnects {res['reconnects']}",
         "faults: " + ", ".join(f"{k} {v['survived']}/{v['injected']} (p50 {_fmt(v['p50_s'], ' s')}, "
@@ -161,6 +162,8 @@ def section(res: dict[str, Any], plot_name: str | None = PLOT.name) -> list[str]
         f"| offsets a failover gave to other messages (documented limit) | {m.get('offsets_reused', 0)} |",
         f"| acknowledged, reached none of the subscriptions live around it (a failure) | "
         f"{m.get('acknowledged_unreached', 0)} |",
+        f"| acknowledged, stored nowhere: lost in a failover before anyone got it (documented limit) | "
+        f"{m.get('acknowledged_lost_in_failover', 0)} |",
         f"| `recovered: false`, by reason | {m['resets'] or 'none'} |",
         f"| delivery latency p50 / max | {_fmt(m['latency_p50_ms'], ' ms')} / {_fmt(m['latency_max_ms'], ' ms')} |",
         f"| counts wrong after the bound | {res['counts_wrong_after_bound']} |",
